@@ -1,0 +1,29 @@
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct Ini2envArgs {
+    /// The relay's ini file [default: DIR/chatmail.ini].
+    #[arg(long, value_name = "PATH")]
+    pub ini: Option<PathBuf>,
+
+    /// The .env to merge into [default: DIR/.env].
+    #[arg(long, value_name = "PATH")]
+    pub env: Option<PathBuf>,
+
+    /// Print the generated variables instead of writing .env.
+    #[arg(long)]
+    pub stdout: bool,
+
+    /// Write every [params] key, not only those that differ from the relay's defaults.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Exit 1 and show a diff when .env is out of date; change nothing.
+    #[arg(long)]
+    pub check: bool,
+
+    /// Let the ini win over values set by hand in .env.
+    #[arg(long)]
+    pub force: bool,
+}

@@ -1,0 +1,160 @@
+//! Command-line definitions (clap derive). One file per command group; the
+//! command files only describe arguments, the library does the work.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+use crate::shell::ColorChoice;
+
+pub mod certwatch;
+pub mod compose;
+pub mod ini2env;
+pub mod migrate;
+pub mod overrides;
+pub mod preflight;
+pub mod setup;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chatmail-docker",
+    version,
+    about = "Run a chatmail relay in one Docker container, and do on the host what the container cannot.",
+    after_help = "Start with `chatmail-docker setup` in the deployment directory.\n\
+                  Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error, 3 preflight failed."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Deployment directory holding .env, chatmail.ini, custom/, data/ and docker/.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "CHATMAIL_DOCKER_DIR",
+        default_value = "."
+    )]
+    pub dir: PathBuf,
+
+    /// Print what would be done and change nothing.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+
+    /// Print only errors and warnings.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Print more: the commands run, files skipped, decisions taken.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
+    /// When to use colors (NO_COLOR is respected by `auto`).
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+
+    /// Host filesystem root for /etc, /proc/sys, /sys/fs/cgroup, /home, ... (for tests and migrations from a mounted disk).
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "CHATMAIL_DOCKER_ROOT",
+        default_value = "/"
+    )]
+    pub root: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check that this host can run the appliance.
+    #[command(
+        after_help = "Example:\n  chatmail-docker preflight\n  chatmail-docker preflight --json"
+    )]
+    Preflight(preflight::PreflightArgs),
+
+    /// Raise the host's inotify limits (the container cannot).
+    #[command(
+        after_help = "Example:\n  sudo chatmail-docker sysctl\n  chatmail-docker sysctl --dry-run"
+    )]
+    Sysctl(preflight::SysctlArgs),
+
+    /// Check the host, write .env and overrides, build and start the appliance, wait until healthy.
+    #[command(
+        after_help = "Examples:\n  chatmail-docker setup\n  chatmail-docker setup --reinstall\n  chatmail-docker setup --dry-run"
+    )]
+    Setup(setup::SetupArgs),
+
+    /// Start the appliance (docker compose up -d) with the generated overrides.
+    #[command(after_help = "Example:\n  chatmail-docker up")]
+    Up(compose::UpArgs),
+
+    /// Stop and remove the container; data/ is kept.
+    #[command(after_help = "Example:\n  chatmail-docker down")]
+    Down(compose::DownArgs),
+
+    /// Restart the container.
+    #[command(after_help = "Example:\n  chatmail-docker restart")]
+    Restart(compose::RestartArgs),
+
+    /// Show the container, its health and the relay's services.
+    #[command(after_help = "Example:\n  chatmail-docker status\n  chatmail-docker status --json")]
+    Status(compose::StatusArgs),
+
+    /// Show the container's logs.
+    #[command(after_help = "Example:\n  chatmail-docker logs -f")]
+    Logs(compose::LogsArgs),
+
+    /// Run a command inside the container.
+    #[command(after_help = "Example:\n  chatmail-docker exec -- systemctl status postfix")]
+    Exec(compose::ExecArgs),
+
+    /// Convert chatmail.ini into .env (merged, exact for Docker Compose).
+    #[command(
+        after_help = "Examples:\n  chatmail-docker ini2env\n  chatmail-docker ini2env --ini /usr/local/lib/chatmaild/chatmail.ini --stdout\n  chatmail-docker ini2env --check"
+    )]
+    Ini2env(ini2env::Ini2envArgs),
+
+    /// Print the merged compose configuration as Docker Compose sees it.
+    #[command(
+        after_help = "Examples:\n  chatmail-docker config\n  chatmail-docker config --override-only"
+    )]
+    Config(overrides::ConfigArgs),
+
+    /// Move a bare-metal chatmail install into this deployment directory.
+    #[command(
+        after_help = "Examples:\n  chatmail-docker migrate --dry-run\n  chatmail-docker migrate --yes --start\n  chatmail-docker migrate --rollback"
+    )]
+    Migrate(migrate::MigrateArgs),
+
+    /// Watch the TLS certificates and reload the services when they change.
+    #[command(
+        name = "cert-watch",
+        after_help = "Examples:\n  chatmail-docker cert-watch\n  chatmail-docker cert-watch --once"
+    )]
+    CertWatch(certwatch::CertWatchArgs),
+
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  chatmail-docker completions bash > /etc/bash_completion.d/chatmail-docker"
+    )]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,1 @@
+//! .env reading, Compose-exact quoting and merging.

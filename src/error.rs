@@ -1,0 +1,92 @@
+//! Exit codes and the error kinds that choose them.
+//!
+//! Every failure travels as an `anyhow::Error` with context; a [`Failure`]
+//! somewhere in its chain picks the exit code. Without one the code is 1.
+
+use std::fmt;
+
+/// Everything went fine.
+pub const EXIT_OK: i32 = 0;
+/// A runtime failure: a command failed, a file could not be written, ...
+pub const EXIT_RUNTIME: i32 = 1;
+/// Bad usage or bad configuration: the user has to change something.
+pub const EXIT_USAGE: i32 = 2;
+/// A preflight check failed.
+pub const EXIT_PREFLIGHT: i32 = 3;
+
+/// An error that carries its own exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    /// `None` for a silent exit: the command already printed what went wrong.
+    pub message: Option<String>,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.message {
+            Some(m) => f.write_str(m),
+            None => write!(f, "exit status {}", self.code),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// A usage or configuration error (exit 2) with a message that says how to fix it.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    Failure {
+        code: EXIT_USAGE,
+        message: Some(message.into()),
+    }
+    .into()
+}
+
+/// A preflight failure (exit 3).
+pub fn preflight(message: impl Into<String>) -> anyhow::Error {
+    Failure {
+        code: EXIT_PREFLIGHT,
+        message: Some(message.into()),
+    }
+    .into()
+}
+
+/// Exit with `code` without printing anything more.
+pub fn silent(code: i32) -> anyhow::Error {
+    Failure {
+        code,
+        message: None,
+    }
+    .into()
+}
+
+/// The exit code an error maps to.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Failure>().map(|f| f.code))
+        .unwrap_or(EXIT_RUNTIME)
+}
+
+/// Whether the error only carries an exit code and must not be printed.
+pub fn is_silent(err: &anyhow::Error) -> bool {
+    matches!(
+        err.downcast_ref::<Failure>(),
+        Some(Failure { message: None, .. })
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn code_is_found_through_context() {
+        let err = Err::<(), _>(usage("bad MAIL_DOMAIN"))
+            .context("reading .env")
+            .unwrap_err();
+        assert_eq!(exit_code(&err), EXIT_USAGE);
+        assert_eq!(exit_code(&anyhow::anyhow!("boom")), EXIT_RUNTIME);
+        assert!(is_silent(&silent(1)));
+    }
+}

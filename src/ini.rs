@@ -1,0 +1,1 @@
+//! chatmail.ini parsing with the semantics of Python's iniconfig.

@@ -1,0 +1,115 @@
+//! chatmail-docker: run a chatmail relay in one Docker container and do on
+//! the host what the container cannot do for itself.
+//!
+//! One module per capability; each computes a plan (pure) and applies it
+//! through the [`host`] seam. `main.rs` only parses arguments and calls
+//! [`main_with`].
+
+pub mod certwatch;
+pub mod cli;
+pub mod compose;
+pub mod dotenv;
+pub mod error;
+pub mod host;
+pub mod ini;
+pub mod ini2env;
+pub mod migrate;
+pub mod overrides;
+pub mod preflight;
+pub mod setup;
+pub mod shell;
+pub mod sysctl;
+
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+use crate::cli::{Cli, Command};
+use crate::host::Host;
+use crate::shell::{Shell, Verbosity};
+
+/// Everything a command needs to know about where and how it runs.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// The deployment directory (absolute).
+    pub dir: PathBuf,
+    pub host: Host,
+    pub shell: Shell,
+    pub dry_run: bool,
+}
+
+impl Context {
+    pub fn new(dir: impl AsRef<Path>, host: Host, shell: Shell, dry_run: bool) -> Result<Context> {
+        let dir = dir.as_ref();
+        let dir = if dir.is_absolute() {
+            dir.to_path_buf()
+        } else {
+            std::env::current_dir()?.join(dir)
+        };
+        // Normalise `./x/.` without requiring the directory to exist.
+        let dir: PathBuf = dir.components().collect();
+        Ok(Context {
+            dir,
+            host,
+            shell,
+            dry_run,
+        })
+    }
+
+    /// A path inside the deployment directory.
+    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.dir.join(rel)
+    }
+}
+
+/// Run a parsed command line and return the process exit code.
+pub fn main_with(cli: Cli) -> i32 {
+    let verbosity = if cli.global.quiet {
+        Verbosity::Quiet
+    } else if cli.global.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+    let shell = Shell::new(verbosity, cli.global.color);
+    let result = Context::new(
+        &cli.global.dir,
+        Host::new(&cli.global.root),
+        shell.clone(),
+        cli.global.dry_run,
+    )
+    .and_then(|ctx| run(&ctx, cli.command));
+    match result {
+        Ok(()) => error::EXIT_OK,
+        Err(err) => {
+            if !error::is_silent(&err) {
+                shell.print_error(&err);
+            }
+            error::exit_code(&err)
+        }
+    }
+}
+
+/// Dispatch one command.
+pub fn run(ctx: &Context, command: Command) -> Result<()> {
+    match command {
+        Command::Preflight(a) => preflight::run(ctx, &a),
+        Command::Sysctl(a) => sysctl::run(ctx, &a),
+        Command::Setup(a) => setup::run(ctx, &a),
+        Command::Up(a) => compose::up(ctx, &a),
+        Command::Down(a) => compose::down(ctx, &a),
+        Command::Restart(a) => compose::restart(ctx, &a),
+        Command::Status(a) => compose::status(ctx, &a),
+        Command::Logs(a) => compose::logs(ctx, &a),
+        Command::Exec(a) => compose::exec(ctx, &a),
+        Command::Ini2env(a) => ini2env::run(ctx, &a),
+        Command::Config(a) => overrides::config(ctx, &a),
+        Command::Migrate(a) => migrate::run(ctx, &a),
+        Command::CertWatch(a) => certwatch::run(ctx, &a),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "chatmail-docker", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
