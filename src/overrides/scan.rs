@@ -79,29 +79,29 @@ const PROTECTED: &[Protected] = &[
     Protected {
         path: "/home",
         below: true,
-        why: "the mailboxes (persistent data)",
+        why: "the mailboxes, persistent data",
     },
     Protected {
         path: "/etc/dkimkeys",
         below: true,
-        why: "the DKIM keys (persistent data)",
+        why: "the DKIM keys, persistent data",
     },
     Protected {
         path: "/var/lib/acme",
         below: true,
-        why: "the TLS certificates (persistent data)",
+        why: "the TLS certificates, persistent data",
     },
     // systemd runs the container: its binaries, its own unit directories
     // and the manager configuration.
     Protected {
         path: "/sbin/init",
         below: true,
-        why: "systemd (the container's init)",
+        why: "systemd, the container's init",
     },
     Protected {
         path: "/usr/sbin/init",
         below: true,
-        why: "systemd (the container's init)",
+        why: "systemd, the container's init",
     },
     Protected {
         path: "/bin/systemctl",
@@ -147,7 +147,7 @@ const PROTECTED: &[Protected] = &[
     Protected {
         path: "/run",
         below: true,
-        why: "systemd's runtime directory (a tmpfs)",
+        why: "systemd's runtime directory, a tmpfs",
     },
     // The source tree itself: single files in it are the point of custom/,
     // replacing the whole tree is not.
@@ -316,9 +316,6 @@ pub fn scan(custom: &Path) -> Result<Scan> {
 
         let name = entry.file_name().to_string_lossy();
         if ft.is_dir() {
-            if rel == Path::new(ROOT_DIR) {
-                continue;
-            }
             if fs::symlink_metadata(path.join(MOUNT_DIR_MARKER)).is_ok_and(|m| m.is_file()) {
                 match target_of(&rel) {
                     Err(why) => {
@@ -327,7 +324,10 @@ pub fn scan(custom: &Path) -> Result<Scan> {
                     }
                     Ok(target) => {
                         if let Some(why) = refuse_target(&target) {
+                            // Walk on file by file, so problems inside are
+                            // reported too.
                             problem(&rel, &format!("cannot be mounted at {target}: {why}"));
+                            continue;
                         }
                         out.mounts.push(Mount {
                             rel: rel.clone(),
