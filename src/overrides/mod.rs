@@ -174,12 +174,14 @@ pub fn generate(ctx: &Context, opts: &OverrideOptions) -> Result<Generated> {
 
     let mut volumes = Vec::with_capacity(mounts.len());
     for m in &mounts {
-        ctx.shell.verbose(format!(
-            "mounting {} at {}{}",
-            m.source.display(),
-            m.target,
-            if m.read_only { "" } else { " (read-write)" }
-        ));
+        if ctx.shell.is_verbose() {
+            ctx.shell.verbose(format!(
+                "mounting {} at {}{}",
+                m.source.display(),
+                m.target,
+                if m.read_only { "" } else { " (read-write)" }
+            ));
+        }
         volumes.push(BindVolume {
             kind: "bind",
             source: escape_dollars(utf8(&m.source)?),
