@@ -484,6 +484,7 @@ fn fifos_and_sockets_are_refused() {
         .unwrap();
     assert!(st.success());
     let _sock = std::os::unix::net::UnixListener::bind(d.custom().join("sock")).unwrap();
+    symlink("www/src/pipe", d.custom().join("pipe-link")).unwrap();
     let snap = d.snapshot();
     let out = d.cmd().arg("config").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -493,6 +494,11 @@ fn fifos_and_sockets_are_refused() {
         "{err}"
     );
     assert!(err.contains("custom/sock: is a socket"), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("custom/pipe-link: is a symlink to") && l.contains("a fifo")),
+        "{err}"
+    );
     assert_eq!(d.snapshot(), snap, "nothing written");
 }
 

@@ -374,6 +374,15 @@ pub fn scan(custom: &Path) -> Result<Scan> {
         } else if ft.is_symlink() {
             match check_symlink(path, &real_custom) {
                 Ok(real) if real.is_file() => real,
+                Ok(real) if !real.is_dir() => {
+                    let msg = format!(
+                        "is a symlink to {}, {}; {ONLY_REGULAR}",
+                        real.display(),
+                        special_kind(&real)
+                    );
+                    problem(&rel, &msg);
+                    continue;
+                }
                 Ok(_) => {
                     problem(&rel, "is a symlink to a directory; only symlinks to files are mounted (to mount a directory whole, put a .mount-dir file into it)");
                     continue;
@@ -453,16 +462,22 @@ fn check_symlink(path: &Path, real_custom: &Path) -> Result<PathBuf, String> {
     }
 }
 
-fn special_file(path: &Path) -> String {
+/// What kind of non-regular file `path` is, for messages.
+fn special_kind(path: &Path) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
-    let kind = match fs::symlink_metadata(path) {
+    match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_fifo() => "a fifo (named pipe)",
         Ok(m) if m.file_type().is_socket() => "a socket",
         Ok(m) if m.file_type().is_block_device() => "a block device",
         Ok(m) if m.file_type().is_char_device() => "a character device",
         _ => "not a regular file",
-    };
-    format!("is {kind}; only regular files and directories can be mounted, remove it")
+    }
+}
+
+const ONLY_REGULAR: &str = "only regular files and directories can be mounted, remove it";
+
+fn special_file(path: &Path) -> String {
+    format!("is {}; {ONLY_REGULAR}", special_kind(path))
 }
 
 #[cfg(test)]
