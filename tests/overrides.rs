@@ -267,6 +267,13 @@ fn awkward_names_are_all_mounted_read_only_and_nothing_else_changes() {
         assert_eq!(g, e);
     }
 
+    // Ours ask Compose not to create missing sources, which also makes it
+    // use the engine's structured mounts (names with `:` survive).
+    let raw = after["services"]["chatmail"]["volumes"].as_array().unwrap();
+    let ours: Vec<&Value> = raw.iter().filter(|v| v["read_only"] == true).collect();
+    assert_eq!(ours.len(), files.len());
+    assert!(ours.iter().all(|v| v["bind"]["create_host_path"] == false));
+
     // Apart from the mounts and the hash label, the service is unchanged.
     let (mut s0, mut s1) = (service(&before), service(&after));
     for s in [&mut s0, &mut s1] {

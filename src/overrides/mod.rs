@@ -107,7 +107,7 @@ struct ServiceOverride {
     volumes: Vec<BindVolume>,
 }
 
-/// Long volume syntax: no `:`-splitting, so any file name works.
+/// Long volume syntax: no `:`-splitting in the compose file.
 #[derive(Serialize)]
 struct BindVolume {
     #[serde(rename = "type")]
@@ -115,6 +115,17 @@ struct BindVolume {
     source: String,
     target: String,
     read_only: bool,
+    bind: BindOptions,
+}
+
+/// `create_host_path: false` matters twice: a mount whose source vanished
+/// fails instead of Docker creating an empty directory in its place, and it
+/// makes Compose hand the mount to the engine as a structured mount. Without
+/// it Compose passes the legacy `source:target:ro` string, which the engine
+/// splits at every `:` and rejects for names containing one.
+#[derive(Serialize)]
+struct BindOptions {
+    create_host_path: bool,
 }
 
 /// Compose interpolates `$` in every string of a compose file; `$$` is a
@@ -187,6 +198,9 @@ pub fn generate(ctx: &Context, opts: &OverrideOptions) -> Result<Generated> {
             source: escape_dollars(utf8(&m.source)?),
             target: escape_dollars(&m.target),
             read_only: m.read_only,
+            bind: BindOptions {
+                create_host_path: false,
+            },
         });
     }
     let model = ComposeOverride {
