@@ -163,23 +163,33 @@ const PROTECTED: &[Protected] = &[
 /// below it are allowed (the directory itself is not).
 const ALLOWED_BELOW: &[&str] = &["/etc/systemd/system"];
 
+/// Whether `path` is `dir` or lies below it. Both are normalised absolute
+/// paths (no `.`, `..`, `//` or trailing `/`), as [`target_of`] builds them;
+/// plain string work keeps the check cheap for 10,000 files.
+fn is_within(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || dir == "/")
+}
+
 /// Why a container path may not be a mount target, if it may not.
 pub fn refuse_target(target: &str) -> Option<String> {
-    let t = Path::new(target);
-    if t == Path::new("/") {
+    let t = match target.trim_end_matches('/') {
+        "" => "/",
+        t => t,
+    };
+    if t == "/" {
         return Some("it would replace the container's whole filesystem".into());
     }
     for allowed in ALLOWED_BELOW {
-        if t.starts_with(allowed) && t != Path::new(allowed) {
+        if is_within(t, allowed) && t != *allowed {
             return None;
         }
     }
     for p in PROTECTED {
-        let pp = Path::new(p.path);
-        if t == pp || (p.below && t.starts_with(pp)) {
+        if t == p.path || (p.below && is_within(t, p.path)) {
             return Some(format!("it would shadow {} ({})", p.path, p.why));
         }
-        if pp.starts_with(t) {
+        if is_within(p.path, t) {
             return Some(format!("it would hide {} ({}) beneath it", p.path, p.why));
         }
     }
@@ -289,7 +299,7 @@ pub fn scan(custom: &Path) -> Result<Scan> {
             }
         };
         let path = entry.path();
-        let rel = path.strip_prefix(custom).unwrap_or(path).to_path_buf();
+        let rel = relative(path, custom);
         let ft = entry.file_type();
 
         // Inside a whole-directory mount: validate and record, mount nothing.
@@ -347,14 +357,14 @@ pub fn scan(custom: &Path) -> Result<Scan> {
             out.skipped.push(Skipped { rel, reason });
             continue;
         }
-        if rel == Path::new("README.md") {
+        if entry.depth() == 1 && name == "README.md" {
             out.skipped.push(Skipped {
                 rel,
                 reason: "the README of custom/ itself",
             });
             continue;
         }
-        if rel == Path::new(ROOT_DIR) {
+        if entry.depth() == 1 && name == ROOT_DIR {
             problem(
                 &rel,
                 "_root_ must be a directory: custom/_root_/etc/x is mounted at /etc/x",
@@ -443,6 +453,19 @@ pub fn scan(custom: &Path) -> Result<Scan> {
     Ok(out)
 }
 
+/// `path` relative to `base`, which walkdir built it from. Slicing the
+/// bytes avoids a component-wise comparison per entry.
+fn relative(path: &Path, base: &Path) -> PathBuf {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let (p, b) = (path.as_os_str().as_bytes(), base.as_os_str().as_bytes());
+    if p.len() > b.len() + 1 && p.starts_with(b) && p[b.len()] == b'/' {
+        PathBuf::from(OsStr::from_bytes(&p[b.len() + 1..]))
+    } else {
+        path.strip_prefix(base).unwrap_or(path).to_path_buf()
+    }
+}
+
 /// Resolve a symlink and make sure it stays inside `custom/`; returns the
 /// resolved path.
 fn check_symlink(path: &Path, real_custom: &Path) -> Result<PathBuf, String> {
@@ -528,6 +551,20 @@ mod tests {
         ] {
             assert_eq!(refuse_target(good), None, "{good} should be allowed");
         }
+    }
+
+    #[test]
+    fn within() {
+        assert!(is_within("/home/vmail", "/home"));
+        assert!(is_within("/home", "/home"));
+        assert!(!is_within("/homepage", "/home"));
+        assert!(is_within("/etc", "/"));
+        assert_eq!(refuse_target("/etc/"), refuse_target("/etc"));
+        assert!(refuse_target("").is_some());
+        assert_eq!(
+            relative(Path::new("/a/custom/x/y"), Path::new("/a/custom")),
+            PathBuf::from("x/y")
+        );
     }
 
     #[test]
