@@ -805,3 +805,27 @@ fn stages_are_validated_with_clear_errors() {
     );
     assert_eq!(chatmail_docker::error::exit_code(&err), 2);
 }
+
+#[test]
+fn override_only_json_is_the_generated_override() {
+    let d = Deploy::new();
+    d.put("www/src/index.md", "hi");
+    let out = d
+        .cmd()
+        .args(["config", "--override-only", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vols = v["services"]["chatmail"]["volumes"].as_array().unwrap();
+    assert_eq!(vols.len(), 1);
+    assert_eq!(vols[0]["target"], "/opt/chatmail/www/src/index.md");
+    assert_eq!(vols[0]["read_only"], true);
+    assert_eq!(vols[0]["bind"]["create_host_path"], false);
+    assert!(label(&v).is_some());
+    assert!(!d.generated().exists(), "--override-only writes nothing");
+}
