@@ -1,1 +1,378 @@
-//! chatmail.ini parsing with the semantics of Python's iniconfig.
+//! chatmail.ini parsing with the semantics of Python's `iniconfig`.
+//!
+//! The relay reads its configuration with `iniconfig.IniConfig(path)`, so
+//! what a value *is* is decided by that library, not by the usual INI rules.
+//! This module reproduces it exactly (differentially tested against
+//! iniconfig 2.3.1 in `tests/ini2env_parse.rs`):
+//!
+//! - the file is UTF-8 (a non-UTF-8 byte is an error naming its offset); one
+//!   leading byte order mark is dropped;
+//! - lines end where Python's universal newlines and `str.splitlines` end
+//!   them: `\n`, `\r\n`, `\r`, and also `\v`, `\f`, `\x1c`–`\x1e`, U+0085,
+//!   U+2028 and U+2029;
+//! - a line whose first non-blank character is `#` or `;`, or that is blank,
+//!   is skipped, wherever it is (even between continuation lines);
+//! - `[name]` opens a section; on a section line everything from the first
+//!   `#`, then from the first `;`, is a comment. A line starting with `[`
+//!   that does not end in `]` after that is *not* a section but a
+//!   continuation line;
+//! - `key = value` or `key: value` (the first `=` splits, unless the part
+//!   before it holds a `:`, then the first `:` splits); key and value are
+//!   stripped of Python whitespace; there is no inline comment stripping in
+//!   values (`a = b # c` is `b # c`); keys are case-sensitive and may be
+//!   empty;
+//! - an indented line continues the previous value: its stripped text is
+//!   appended after a `\n` (an empty first line adds nothing, so `k =` then
+//!   `  a` is `a`);
+//! - errors: a line that is neither, a continuation with no value before it,
+//!   `[]`, a key before any section, a duplicate section or key.
+//!
+//! Why not `rust-ini`: it strips inline comments and quotes, treats
+//! continuation lines, duplicate keys and `:` differently and has no notion
+//! of Python's whitespace and line-break set, so it cannot be configured to
+//! read a chatmail.ini the way the relay does.
+
+use anyhow::{Context as _, Result};
+use std::fmt;
+use std::path::Path;
+
+/// A parsed chatmail.ini: its sections in file order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ini {
+    pub sections: Vec<Section>,
+}
+
+/// One `[section]` with its keys in file order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Section {
+    pub name: String,
+    /// 1-based line of the `[section]` header.
+    pub line: usize,
+    pub entries: Vec<Entry>,
+}
+
+/// One `key = value`; `value` has continuation lines joined by `\n`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: String,
+    /// 1-based line where the key is.
+    pub line: usize,
+}
+
+impl Ini {
+    pub fn section(&self, name: &str) -> Option<&Section> {
+        self.sections.iter().find(|s| s.name == name)
+    }
+}
+
+impl Section {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.value.as_str())
+    }
+}
+
+/// Why a file is not a valid chatmail.ini, with the 1-based line it is on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    /// 1-based line number (for encoding errors: the line the byte is on).
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Python's `str.isspace`: Unicode White_Space plus the four ASCII
+/// separators `\x1c`–`\x1f`, which Rust does not count as whitespace.
+pub fn py_isspace(c: char) -> bool {
+    c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
+}
+
+/// The characters that end a line for Python's universal newlines plus
+/// `str.splitlines` (`\r\n` is handled as one break by the caller).
+fn is_line_break(c: char) -> bool {
+    matches!(
+        c,
+        '\n' | '\r'
+            | '\x0b'
+            | '\x0c'
+            | '\x1c'
+            | '\x1d'
+            | '\x1e'
+            | '\u{85}'
+            | '\u{2028}'
+            | '\u{2029}'
+    )
+}
+
+/// Split like `open(..., encoding="utf-8").read().splitlines()`, without the
+/// line ends.
+fn split_lines(text: &str) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut iter = text.char_indices().peekable();
+    while let Some((i, c)) = iter.next() {
+        if is_line_break(c) {
+            lines.push(&text[start..i]);
+            let mut end = i + c.len_utf8();
+            if c == '\r' {
+                if let Some(&(_, '\n')) = iter.peek() {
+                    iter.next();
+                    end += 1;
+                }
+            }
+            start = end;
+        }
+    }
+    if start < text.len() {
+        lines.push(&text[start..]);
+    }
+    lines
+}
+
+fn py_strip(s: &str) -> &str {
+    s.trim_matches(py_isspace)
+}
+
+fn py_rstrip(s: &str) -> &str {
+    s.trim_end_matches(py_isspace)
+}
+
+/// What one line is, before sections and duplicates are checked.
+enum Token {
+    Section {
+        name: String,
+        line: usize,
+    },
+    Value {
+        key: String,
+        value: Vec<String>,
+        line: usize,
+    },
+}
+
+/// Parse chatmail.ini bytes. Errors carry the 1-based line.
+pub fn parse_bytes(bytes: &[u8]) -> Result<Ini, ParseError> {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let offset = e.valid_up_to();
+            let line = 1 + bytes[..offset].iter().filter(|&&b| b == b'\n').count();
+            return Err(ParseError {
+                line,
+                message: format!("not valid UTF-8 at byte offset {offset}; save the file as UTF-8"),
+            });
+        }
+    };
+    parse_str(text)
+}
+
+/// Parse chatmail.ini text. Errors carry the 1-based line.
+pub fn parse_str(text: &str) -> Result<Ini, ParseError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let err = |line: usize, message: String| ParseError { line, message };
+
+    // Pass 1, line by line (iniconfig's parse_lines): syntax errors come
+    // first, in line order, before any section or duplicate error.
+    let mut tokens: Vec<Token> = Vec::new();
+    for (idx, raw) in split_lines(text).into_iter().enumerate() {
+        let lineno = idx + 1;
+        let first = raw.trim_start_matches(py_isspace).chars().next();
+        if matches!(first, None | Some('#') | Some(';')) {
+            continue;
+        }
+        let line = py_rstrip(raw);
+        let continuation: Option<&str> = if line.starts_with('[') {
+            let mut head = line;
+            for c in ['#', ';'] {
+                head = py_rstrip(head.split(c).next().unwrap_or(""));
+            }
+            if head.len() >= 2 && head.ends_with(']') {
+                let name = &head[1..head.len() - 1];
+                if name.is_empty() {
+                    return Err(err(
+                        lineno,
+                        "empty section name `[]`; write `[params]`".into(),
+                    ));
+                }
+                tokens.push(Token::Section {
+                    name: name.to_string(),
+                    line: lineno,
+                });
+                None
+            } else {
+                Some(py_strip(line))
+            }
+        } else if !line.starts_with(py_isspace) {
+            let split = match line.split_once('=') {
+                Some((name, _)) if name.contains(':') => line.split_once(':'),
+                Some(kv) => Some(kv),
+                None => line.split_once(':'),
+            };
+            let Some((name, value)) = split else {
+                return Err(err(
+                    lineno,
+                    format!(
+                        "unexpected line {line:?}: expected `key = value`, `[section]`, \
+                         a `#` comment or an indented continuation line"
+                    ),
+                ));
+            };
+            let value = py_strip(value);
+            tokens.push(Token::Value {
+                key: py_strip(name).to_string(),
+                value: if value.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![value.to_string()]
+                },
+                line: lineno,
+            });
+            None
+        } else {
+            Some(py_strip(line))
+        };
+        if let Some(data) = continuation {
+            match tokens.last_mut() {
+                Some(Token::Value { value, .. }) => value.push(data.to_string()),
+                _ => {
+                    return Err(err(
+                        lineno,
+                        "indented line continues no value (only `key = value` lines can \
+                         be continued); remove the indentation or the line"
+                            .into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    // Pass 2 (iniconfig's parse_ini_data): sections and duplicates.
+    let mut ini = Ini::default();
+    for token in tokens {
+        match token {
+            Token::Section { name, line } => {
+                if let Some(first) = ini.section(&name) {
+                    return Err(err(
+                        line,
+                        format!(
+                            "duplicate section [{name}] (first at line {}); merge the two",
+                            first.line
+                        ),
+                    ));
+                }
+                ini.sections.push(Section {
+                    name,
+                    line,
+                    entries: Vec::new(),
+                });
+            }
+            Token::Value { key, value, line } => {
+                let Some(section) = ini.sections.last_mut() else {
+                    return Err(err(
+                        line,
+                        format!("key {key:?} comes before any section; put `[params]` above it"),
+                    ));
+                };
+                if let Some(first) = section.entries.iter().find(|e| e.key == key) {
+                    return Err(err(
+                        line,
+                        format!(
+                            "duplicate key {key:?} in [{}] (first at line {}); keep one",
+                            section.name, first.line
+                        ),
+                    ));
+                }
+                section.entries.push(Entry {
+                    key,
+                    value: value.join("\n"),
+                    line,
+                });
+            }
+        }
+    }
+    Ok(ini)
+}
+
+/// Read and parse a chatmail.ini file. A syntax error is a configuration
+/// error (exit 2) naming `path:line`.
+pub fn read(path: &Path) -> Result<Ini> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_bytes(&bytes)
+        .map_err(|e| crate::error::usage(format!("{}:{}: {}", path.display(), e.line, e.message)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(text: &str) -> Vec<(String, String)> {
+        let ini = parse_str(text).unwrap();
+        ini.section("params")
+            .unwrap()
+            .entries
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect()
+    }
+
+    fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn values_keep_inline_comments_and_colons() {
+        assert_eq!(
+            params("[params]\na = b # c\nurl: http://x:1/\nk:v=w\n"),
+            kv(&[("a", "b # c"), ("url", "http://x:1/"), ("k", "v=w")])
+        );
+    }
+
+    #[test]
+    fn continuations_join_with_newlines_and_skip_comments() {
+        assert_eq!(
+            params("[params]\nk =\n  a\n\n  # no\n  b\nx = 1\n   more\n"),
+            kv(&[("k", "a\nb"), ("x", "1\nmore")])
+        );
+    }
+
+    #[test]
+    fn section_lines_and_bracket_continuations() {
+        let ini = parse_str("[params] # c\nk = v\n[not a section\n").unwrap();
+        assert_eq!(ini.sections[0].get("k"), Some("v\n[not a section"));
+    }
+
+    #[test]
+    fn errors_name_lines() {
+        let e = parse_str("[params]\na = 1\na = 2\n").unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(e.message.contains("line 2"), "{e}");
+        assert_eq!(parse_str("k = v\n").unwrap_err().line, 1);
+        assert_eq!(parse_str("[params]\n  x\n").unwrap_err().line, 2);
+        assert_eq!(parse_str("[]\n").unwrap_err().line, 1);
+        assert_eq!(parse_str("[a]\nnothing\n").unwrap_err().line, 2);
+        let e = parse_bytes(b"[params]\nk = \xff\n").unwrap_err();
+        assert!(e.message.contains("offset 13"), "{e}");
+        assert_eq!(e.line, 2);
+    }
+
+    #[test]
+    fn python_line_breaks_and_bom() {
+        assert_eq!(
+            params("\u{feff}[params]\r\na = 1\rb = 2\x0cc = 3\u{2028}d = \x1f4\x1f"),
+            kv(&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")])
+        );
+    }
+}
