@@ -119,9 +119,7 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
         let start = pos;
         // `export` followed by ASCII white space (Go's `\s`).
         let rest = &src[pos..];
-        if rest.starts_with("export")
-            && rest[6..].starts_with(|c: char| matches!(c, '\t' | '\n' | '\x0c' | '\r' | ' '))
-        {
+        if rest.starts_with("export") && rest[6..].starts_with(['\t', '\n', '\x0c', '\r', ' ']) {
             pos += 6;
             pos += src[pos..]
                 .find(|c: char| !blank(c))
