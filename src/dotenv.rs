@@ -273,7 +273,9 @@ fn expand_escapes(s: &str) -> String {
                     .and_then(char::from_u32);
                 match octal {
                     Some(c) => (Some(c.to_string()), used),
-                    None => (Some(format!("\\0{digits}")), used),
+                    // compose-go has already dropped the `0` when the
+                    // octal conversion fails, and keeps what is left.
+                    None => (Some(format!("\\{digits}")), used),
                 }
             }
             _ => (None, 0),
@@ -304,7 +306,8 @@ fn is_name_char(c: u8) -> bool {
 /// Compose's `${}` interpolation against earlier keys of the file: `$$`,
 /// `$NAME`, `${NAME}`, `${NAME:-default}`, `${NAME-default}`,
 /// `${NAME:+alt}`, `${NAME+alt}`, `${NAME:?message}`, `${NAME?message}`
-/// (nested in defaults). A `$` that starts none of these stays literal.
+/// (nested in defaults). A `$` followed by anything else stays literal, but
+/// a `${` that starts no valid reference is an error, as in Compose.
 fn substitute(s: &str, vars: &HashMap<String, String>) -> Result<String, String> {
     let b = s.as_bytes();
     let mut out = String::with_capacity(s.len());
@@ -335,8 +338,10 @@ fn substitute(s: &str, vars: &HashMap<String, String>) -> Result<String, String>
                     i = end;
                 }
                 None => {
-                    out.push('$');
-                    i += 1;
+                    return Err(format!(
+                        "invalid interpolation {s:?}: `${{` must start `${{NAME}}` or \
+                         `${{NAME:-default}}`; write `$$` for a literal `$`"
+                    ))
                 }
             },
             _ => {
@@ -351,7 +356,8 @@ fn substitute(s: &str, vars: &HashMap<String, String>) -> Result<String, String>
 }
 
 /// `${...}` starting at `start` (the `$`): the value and the offset after
-/// the closing brace, or `None` when it is not a valid reference.
+/// the closing brace, or `None` when it is not a valid reference (no
+/// closing brace, no name, or an unknown operator such as `:=`).
 fn braced(
     s: &str,
     start: usize,
