@@ -96,6 +96,7 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
     let mut pos = bom;
     let mut out: Vec<Statement> = Vec::new();
     let mut vars: HashMap<String, String> = HashMap::new();
+    let (mut line_pos, mut line_count) = (0usize, 1usize);
     let err = |offset: usize, message: String| ParseError {
         line: line_of(src, offset),
         message,
@@ -169,7 +170,13 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
             // Inherited from the process environment: not ours to read.
             continue;
         }
-        let line = line_of(src, key_start);
+        // Offsets only grow: count newlines since the previous statement.
+        line_count += src.as_bytes()[line_pos..key_start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        line_pos = key_start;
+        let line = line_count;
         pos += src[pos..]
             .find(|c: char| !blank(c))
             .unwrap_or(src.len() - pos);

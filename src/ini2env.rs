@@ -313,7 +313,7 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
         let by_hand = if f.owner == Owner::Tool || same {
             ""
         } else {
-            ", replacing a value set by hand (--force)"
+            "; --force: replaces a value set by hand"
         };
         if v.write {
             if same && ours {
@@ -363,23 +363,23 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
     }
     if !conflicts.is_empty() {
         return Err(error::usage(format!(
-            "{env_name} sets {} differently from chatmail.ini by hand:\n  {}\n\
+            "{env_name} has values set by hand that differ from chatmail.ini:\n  {}\n\
              Change chatmail.ini, remove those lines from {env_name}, or rerun with --force \
              to let chatmail.ini win; nothing was written",
-            if conflicts.len() == 1 {
-                "a key"
-            } else {
-                "keys"
-            },
             conflicts.join("\n  ")
         )));
     }
 
-    let mut text = old.to_string();
-    edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
+    // Splice the edits in one pass (they never overlap: one per statement).
+    edits.sort_by_key(|(r, _)| r.start);
+    let mut text = String::with_capacity(old.len() + appends.len() * 64);
+    let mut at = 0;
     for (range, with) in edits {
-        text.replace_range(range, &with);
+        text.push_str(&old[at..range.start]);
+        text.push_str(&with);
+        at = range.end;
     }
+    text.push_str(&old[at..]);
     if !appends.is_empty() {
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
