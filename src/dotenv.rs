@@ -493,21 +493,32 @@ fn plain(c: char) -> bool {
 /// The right-hand side of `KEY=...` that Compose v2 reads back as exactly
 /// `value` (see the module doc for the rules).
 pub fn quote(value: &str) -> Result<String, QuoteError> {
+    let mut out = String::with_capacity(value.len() + 2);
+    quote_into(&mut out, value)?;
+    Ok(out)
+}
+
+/// [`quote`], appending to `out` (nothing is appended on error).
+pub fn quote_into(out: &mut String, value: &str) -> Result<(), QuoteError> {
     if value.contains('\0') {
         return Err(QuoteError(
             "holds a NUL character, which no environment variable can carry".into(),
         ));
     }
     if value.is_empty() {
-        return Ok("''".into());
+        out.push_str("''");
+        return Ok(());
     }
     if value.chars().all(plain) {
-        return Ok(value.to_string());
+        out.push_str(value);
+        return Ok(());
     }
     if !value.contains(['\'', '\n', '\r']) && !value.ends_with('\\') {
-        return Ok(format!("'{value}'"));
+        out.push('\'');
+        out.push_str(value);
+        out.push('\'');
+        return Ok(());
     }
-    let mut out = String::with_capacity(value.len() + 8);
     out.push('"');
     let mut chars = value.chars().peekable();
     while let Some(c) = chars.next() {
@@ -522,7 +533,7 @@ pub fn quote(value: &str) -> Result<String, QuoteError> {
         }
     }
     out.push('"');
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

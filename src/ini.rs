@@ -33,6 +33,7 @@
 //! read a chatmail.ini the way the relay does.
 
 use anyhow::{Context as _, Result};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
@@ -116,27 +117,25 @@ fn is_line_break(c: char) -> bool {
 
 /// Split like `open(..., encoding="utf-8").read().splitlines()`, without the
 /// line ends.
-fn split_lines(text: &str) -> Vec<&str> {
-    let mut lines = Vec::new();
-    let mut start = 0;
-    let mut iter = text.char_indices().peekable();
-    while let Some((i, c)) = iter.next() {
-        if is_line_break(c) {
-            lines.push(&text[start..i]);
-            let mut end = i + c.len_utf8();
-            if c == '\r' {
-                if let Some(&(_, '\n')) = iter.peek() {
-                    iter.next();
+fn split_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        match rest.char_indices().find(|&(_, c)| is_line_break(c)) {
+            None => Some(std::mem::take(&mut rest)),
+            Some((i, c)) => {
+                let line = &rest[..i];
+                let mut end = i + c.len_utf8();
+                if c == '\r' && rest[end..].starts_with('\n') {
                     end += 1;
                 }
+                rest = &rest[end..];
+                Some(line)
             }
-            start = end;
         }
-    }
-    if start < text.len() {
-        lines.push(&text[start..]);
-    }
-    lines
+    })
 }
 
 fn py_strip(s: &str) -> &str {
@@ -147,17 +146,38 @@ fn py_rstrip(s: &str) -> &str {
     s.trim_end_matches(py_isspace)
 }
 
-/// What one line is, before sections and duplicates are checked.
-enum Token {
-    Section {
-        name: String,
-        line: usize,
-    },
-    Value {
-        key: String,
-        value: Vec<String>,
-        line: usize,
-    },
+/// FNV-1a: keys are short and not attacker-chosen (an administrator's own
+/// file), so a cheap hash beats SipHash for duplicate checks on large files.
+#[derive(Default, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// A `HashMap` with [`Fnv`].
+pub type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
+/// What the previous meaningful line was, for continuation lines.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Last {
+    Nothing,
+    Section,
+    Value,
 }
 
 /// Parse chatmail.ini bytes. Errors carry the 1-based line.
@@ -177,14 +197,22 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Ini, ParseError> {
 }
 
 /// Parse chatmail.ini text. Errors carry the 1-based line.
+///
+/// iniconfig works in two passes: line syntax first (an error there wins,
+/// wherever it is), then sections and duplicates in line order. This is one
+/// pass that remembers the first error of the second kind and keeps
+/// checking syntax to the end.
 pub fn parse_str(text: &str) -> Result<Ini, ParseError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let err = |line: usize, message: String| ParseError { line, message };
 
-    // Pass 1, line by line (iniconfig's parse_lines): syntax errors come
-    // first, in line order, before any section or duplicate error.
-    let mut tokens: Vec<Token> = Vec::new();
-    for (idx, raw) in split_lines(text).into_iter().enumerate() {
+    let mut ini = Ini::default();
+    // The first section or duplicate error; once set, `ini` is not built.
+    let mut pending: Option<ParseError> = None;
+    let mut last = Last::Nothing;
+    // Where each key of the current section is, for duplicate checks.
+    let mut keys: FnvMap<&str, usize> = FnvMap::default();
+    for (idx, raw) in split_lines(text).enumerate() {
         let lineno = idx + 1;
         let first = raw.trim_start_matches(py_isspace).chars().next();
         if matches!(first, None | Some('#') | Some(';')) {
@@ -204,10 +232,25 @@ pub fn parse_str(text: &str) -> Result<Ini, ParseError> {
                         "empty section name `[]`; write `[params]`".into(),
                     ));
                 }
-                tokens.push(Token::Section {
-                    name: name.to_string(),
-                    line: lineno,
-                });
+                last = Last::Section;
+                if pending.is_none() {
+                    if let Some(first) = ini.section(name) {
+                        pending = Some(err(
+                            lineno,
+                            format!(
+                                "duplicate section [{name}] (first at line {}); merge the two",
+                                first.line
+                            ),
+                        ));
+                    } else {
+                        ini.sections.push(Section {
+                            name: name.to_string(),
+                            line: lineno,
+                            entries: Vec::new(),
+                        });
+                        keys.clear();
+                    }
+                }
                 None
             } else {
                 Some(py_strip(line))
@@ -227,80 +270,67 @@ pub fn parse_str(text: &str) -> Result<Ini, ParseError> {
                     ),
                 ));
             };
-            let value = py_strip(value);
-            tokens.push(Token::Value {
-                key: py_strip(name).to_string(),
-                value: if value.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![value.to_string()]
-                },
-                line: lineno,
-            });
+            last = Last::Value;
+            let key = py_strip(name);
+            if pending.is_none() {
+                match ini.sections.last_mut() {
+                    None => {
+                        pending = Some(err(
+                            lineno,
+                            format!(
+                                "key {key:?} comes before any section; put `[params]` above it"
+                            ),
+                        ))
+                    }
+                    Some(section) => {
+                        if let Some(earlier) = keys.insert(key, lineno) {
+                            pending = Some(err(
+                                lineno,
+                                format!(
+                                    "duplicate key {key:?} in [{}] (first at line {earlier}); \
+                                     keep one",
+                                    section.name
+                                ),
+                            ));
+                        } else {
+                            section.entries.push(Entry {
+                                key: key.to_string(),
+                                value: py_strip(value).to_string(),
+                                line: lineno,
+                            });
+                        }
+                    }
+                }
+            }
             None
         } else {
             Some(py_strip(line))
         };
         if let Some(data) = continuation {
-            match tokens.last_mut() {
-                Some(Token::Value { value, .. }) => value.push(data.to_string()),
-                _ => {
-                    return Err(err(
-                        lineno,
-                        "indented line continues no value (only `key = value` lines can \
-                         be continued); remove the indentation or the line"
-                            .into(),
-                    ))
+            if last != Last::Value {
+                return Err(err(
+                    lineno,
+                    "indented line continues no value (only `key = value` lines can \
+                     be continued); remove the indentation or the line"
+                        .into(),
+                ));
+            }
+            if pending.is_none() {
+                if let Some(entry) = ini.sections.last_mut().and_then(|s| s.entries.last_mut()) {
+                    // Continuation text is never empty; an empty first line
+                    // stays out of the join, as in iniconfig.
+                    if !entry.value.is_empty() {
+                        entry.value.push('\n');
+                    }
+                    entry.value.push_str(data);
                 }
             }
         }
     }
-
-    // Pass 2 (iniconfig's parse_ini_data): sections and duplicates.
-    let mut ini = Ini::default();
-    for token in tokens {
-        match token {
-            Token::Section { name, line } => {
-                if let Some(first) = ini.section(&name) {
-                    return Err(err(
-                        line,
-                        format!(
-                            "duplicate section [{name}] (first at line {}); merge the two",
-                            first.line
-                        ),
-                    ));
-                }
-                ini.sections.push(Section {
-                    name,
-                    line,
-                    entries: Vec::new(),
-                });
-            }
-            Token::Value { key, value, line } => {
-                let Some(section) = ini.sections.last_mut() else {
-                    return Err(err(
-                        line,
-                        format!("key {key:?} comes before any section; put `[params]` above it"),
-                    ));
-                };
-                if let Some(first) = section.entries.iter().find(|e| e.key == key) {
-                    return Err(err(
-                        line,
-                        format!(
-                            "duplicate key {key:?} in [{}] (first at line {}); keep one",
-                            section.name, first.line
-                        ),
-                    ));
-                }
-                section.entries.push(Entry {
-                    key,
-                    value: value.join("\n"),
-                    line,
-                });
-            }
-        }
+    match pending {
+        Some(e) => Err(e),
+        None => Ok(ini),
     }
-    Ok(ini)
 }
 
 /// Read and parse a chatmail.ini file. A syntax error is a configuration

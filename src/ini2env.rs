@@ -114,9 +114,9 @@ fn valid_name(key: &str) -> bool {
 /// is only for messages. Errors (exit 2) for a missing `[params]` or
 /// `mail_domain`, a key that is no valid variable name, two keys that
 /// upper-case to the same name, or a value `.env` cannot carry.
-pub fn vars(ini: &Ini, path: &Path, all: bool) -> Result<Vec<Var>> {
+pub fn vars(ini: Ini, path: &Path, all: bool) -> Result<Vec<Var>> {
     let shown = path.display();
-    let Some(params) = ini.section("params") else {
+    let Some(params) = ini.sections.into_iter().find(|s| s.name == "params") else {
         return Err(error::usage(format!(
             "{shown} has no [params] section; it is not a chatmail.ini"
         )));
@@ -127,8 +127,7 @@ pub fn vars(ini: &Ini, path: &Path, all: bool) -> Result<Vec<Var>> {
         )));
     }
     let defaults = defaults();
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut out = Vec::with_capacity(params.entries.len());
+    let mut names: Vec<String> = Vec::with_capacity(params.entries.len());
     for e in &params.entries {
         if !valid_name(&e.key) {
             return Err(error::usage(format!(
@@ -137,40 +136,52 @@ pub fn vars(ini: &Ini, path: &Path, all: bool) -> Result<Vec<Var>> {
                 e.line, e.key
             )));
         }
-        let name = e.key.to_ascii_uppercase();
-        if let Some(first) = seen.insert(name.clone(), e.line) {
+        if e.value.contains('\0') {
             return Err(error::usage(format!(
-                "{shown}:{}: key {:?} and the key on line {first} both become {name}; \
-                 keep one",
+                "{shown}:{}: the value of {} holds a NUL character, which no environment \
+                 variable can carry",
                 e.line, e.key
             )));
         }
-        if let Err(why) = dotenv::quote(&e.value) {
-            return Err(error::usage(format!(
-                "{shown}:{}: the value of {} {why}",
-                e.line, e.key
-            )));
-        }
-        let write = all || defaults.get(&e.key) != Some(&e.value);
-        out.push(Var {
-            name,
-            key: e.key.clone(),
-            value: e.value.clone(),
-            line: e.line,
-            write,
-        });
+        names.push(e.key.to_ascii_uppercase());
     }
+    // Keys are case-sensitive in the ini, names are not: find clashes.
+    let mut seen: ini::FnvMap<&str, usize> = ini::FnvMap::default();
+    seen.reserve(names.len());
+    for (i, name) in names.iter().enumerate() {
+        if let Some(j) = seen.insert(name, i) {
+            let (first, second) = (&params.entries[j], &params.entries[i]);
+            return Err(error::usage(format!(
+                "{shown}:{}: key {:?} and the key on line {} both become {name}; keep one",
+                second.line, second.key, first.line
+            )));
+        }
+    }
+    drop(seen);
+    let out = params
+        .entries
+        .into_iter()
+        .zip(names)
+        .map(|(e, name)| Var {
+            write: all || defaults.get(&e.key) != Some(&e.value),
+            name,
+            key: e.key,
+            value: e.value,
+            line: e.line,
+        })
+        .collect();
     Ok(out)
 }
 
 /// The `KEY=value` lines for `vars` that are written (for `--stdout`).
 pub fn render(vars: &[Var]) -> Result<String> {
-    let mut out = String::new();
+    // Quoting adds a few bytes at most for ordinary values.
+    let size: usize = vars.iter().map(|v| v.name.len() + v.value.len() + 4).sum();
+    let mut out = String::with_capacity(size + size / 8);
     for v in vars.iter().filter(|v| v.write) {
-        let q = dotenv::quote(&v.value).map_err(|e| anyhow::anyhow!("{}: {e}", v.name))?;
         out.push_str(&v.name);
         out.push('=');
-        out.push_str(&q);
+        dotenv::quote_into(&mut out, &v.value).map_err(|e| anyhow::anyhow!("{}: {e}", v.name))?;
         out.push('\n');
     }
     Ok(out)
@@ -445,7 +456,7 @@ fn plan(ctx: &Context, ini_path: &Path, env: &Path, opts: &Options) -> Result<Pl
             s.line
         ));
     }
-    let vars = vars(&ini, ini_path, opts.all)?;
+    let vars = vars(ini, ini_path, opts.all)?;
     let (old, mode_wrong) = match fs::read(env) {
         Ok(bytes) => {
             let text = String::from_utf8(bytes).map_err(|e| {
@@ -575,7 +586,7 @@ pub fn run(ctx: &Context, args: &Ini2envArgs) -> Result<()> {
             )));
         }
         let ini = ini::read(&ini_path)?;
-        let vars = vars(&ini, &ini_path, opts.all)?;
+        let vars = vars(ini, &ini_path, opts.all)?;
         let text = render(&vars)?;
         ctx.shell.data(text.trim_end_matches('\n'));
         return Ok(());
@@ -645,12 +656,7 @@ mod tests {
     use super::*;
 
     fn vars_of(ini: &str, all: bool) -> Vec<Var> {
-        vars(
-            &ini::parse_str(ini).unwrap(),
-            Path::new("chatmail.ini"),
-            all,
-        )
-        .unwrap()
+        vars(ini::parse_str(ini).unwrap(), Path::new("chatmail.ini"), all).unwrap()
     }
 
     #[test]
@@ -678,7 +684,7 @@ mod tests {
     #[test]
     fn bad_keys_are_errors() {
         let bad = |ini: &str| {
-            vars(&ini::parse_str(ini).unwrap(), Path::new("c.ini"), false)
+            vars(ini::parse_str(ini).unwrap(), Path::new("c.ini"), false)
                 .unwrap_err()
                 .to_string()
         };

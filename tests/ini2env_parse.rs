@@ -30,7 +30,8 @@ fn oracle_available() -> bool {
 
 /// iniconfig's verdict on each file, in order.
 fn oracle(paths: &[PathBuf]) -> Vec<Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ini2env/iniconfig_oracle.py");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ini2env/iniconfig_oracle.py");
     let mut child = Command::new("python3")
         .arg(script)
         .stdin(Stdio::piped())
@@ -38,7 +39,12 @@ fn oracle(paths: &[PathBuf]) -> Vec<Value> {
         .spawn()
         .expect("python3 runs");
     let list: String = paths.iter().map(|p| format!("{}\n", p.display())).collect();
-    child.stdin.take().unwrap().write_all(list.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(list.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "oracle failed");
     String::from_utf8(out.stdout)
@@ -93,7 +99,12 @@ fn compare(cases: &[Vec<u8>]) {
             ));
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Hand-written corner cases.
@@ -160,7 +171,10 @@ fn corpus() -> Vec<Vec<u8>> {
     cases.push(b"[params]\nk = caf\xc3\n".to_vec());
     cases.push(b"\xef\xbb[params]\n".to_vec());
     let data = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for f in ["tests/data/ini2env/chatmail.ini", "src/chatmail-ini-defaults.ini"] {
+    for f in [
+        "tests/data/ini2env/chatmail.ini",
+        "src/chatmail-ini-defaults.ini",
+    ] {
         cases.push(std::fs::read(data.join(f)).unwrap());
     }
     cases
@@ -182,9 +196,9 @@ fn generated_inputs_match_iniconfig() {
         return;
     }
     const PIECES: &[&str] = &[
-        "[params]", "[x]", "[", "]", "k", "v", "K", "=", ":", " ", "  ", "\t", "\n", "\n",
-        "\n", "\r\n", "\r", "#", ";", "é", "\u{a0}", "\x1f", "\x0c", "\u{2028}", "\u{feff}",
-        "$", "\"", "'", "\\", "%",
+        "[params]", "[x]", "[", "]", "k", "v", "K", "=", ":", " ", "  ", "\t", "\n", "\n", "\n",
+        "\r\n", "\r", "#", ";", "é", "\u{a0}", "\x1f", "\x0c", "\u{2028}", "\u{feff}", "$", "\"",
+        "'", "\\", "%",
     ];
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
