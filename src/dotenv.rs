@@ -31,8 +31,9 @@
 //! value that cannot be represented is one holding a NUL character (no
 //! environment variable can).
 
+use crate::ini::FnvMap;
 use anyhow::{Context as _, Result};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::Path;
@@ -95,7 +96,8 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
     let bom = if src.starts_with('\u{feff}') { 3 } else { 0 };
     let mut pos = bom;
     let mut out: Vec<Statement> = Vec::new();
-    let mut vars: HashMap<String, String> = HashMap::new();
+    // Earlier keys, for interpolation: key -> index in `out`.
+    let mut index: FnvMap<&str, usize> = FnvMap::default();
     let (mut line_pos, mut line_count) = (0usize, 1usize);
     let err = |offset: usize, message: String| ParseError {
         line: line_of(src, offset),
@@ -193,6 +195,10 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
                     raw = &raw[..i];
                 }
                 let raw = raw.trim_end_matches(go_is_space);
+                let vars = Vars {
+                    index: &index,
+                    out: &out,
+                };
                 let value = substitute(raw, &vars).map_err(|m| err(value_start, m))?;
                 pos = line_end;
                 (value, value_start + raw.len())
@@ -226,6 +232,10 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
                     ));
                 };
                 let value = if q == '"' {
+                    let vars = Vars {
+                        index: &index,
+                        out: &out,
+                    };
                     substitute(&expand_escapes(&chars), &vars).map_err(|m| err(value_start, m))?
                 } else {
                     chars
@@ -234,7 +244,7 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
                 (value, close + 1)
             }
         };
-        vars.insert(key.to_string(), value.clone());
+        index.insert(key, out.len());
         out.push(Statement {
             key: key.to_string(),
             value,
@@ -242,6 +252,18 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
             start,
             value_span: value_start..value_end,
         });
+    }
+}
+
+/// The keys read so far, for `${}` (a repeated key: the latest value).
+struct Vars<'a> {
+    index: &'a FnvMap<&'a str, usize>,
+    out: &'a [Statement],
+}
+
+impl Vars<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.index.get(name).map(|&i| self.out[i].value.as_str())
     }
 }
 
@@ -315,7 +337,10 @@ fn is_name_char(c: u8) -> bool {
 /// `${NAME:+alt}`, `${NAME+alt}`, `${NAME:?message}`, `${NAME?message}`
 /// (nested in defaults). A `$` followed by anything else stays literal, but
 /// a `${` that starts no valid reference is an error, as in Compose.
-fn substitute(s: &str, vars: &HashMap<String, String>) -> Result<String, String> {
+fn substitute(s: &str, vars: &Vars) -> Result<String, String> {
+    if !s.contains('$') {
+        return Ok(s.to_string());
+    }
     let b = s.as_bytes();
     let mut out = String::with_capacity(s.len());
     let mut i = 0;
@@ -336,7 +361,7 @@ fn substitute(s: &str, vars: &HashMap<String, String>) -> Result<String, String>
                 while j < b.len() && is_name_char(b[j]) {
                     j += 1;
                 }
-                out.push_str(vars.get(&s[i + 1..j]).map_or("", |v| v.as_str()));
+                out.push_str(vars.get(&s[i + 1..j]).unwrap_or(""));
                 i = j;
             }
             Some(b'{') => match braced(s, i, vars)? {
@@ -365,11 +390,7 @@ fn substitute(s: &str, vars: &HashMap<String, String>) -> Result<String, String>
 /// `${...}` starting at `start` (the `$`): the value and the offset after
 /// the closing brace, or `None` when it is not a valid reference (no
 /// closing brace, no name, or an unknown operator such as `:=`).
-fn braced(
-    s: &str,
-    start: usize,
-    vars: &HashMap<String, String>,
-) -> Result<Option<(String, usize)>, String> {
+fn braced(s: &str, start: usize, vars: &Vars) -> Result<Option<(String, usize)>, String> {
     let b = s.as_bytes();
     // The closing brace, counting nested `${`.
     let mut depth = 0usize;
@@ -403,13 +424,13 @@ fn braced(
     }
     let name = &inner[..n];
     let op = &inner[n..];
-    let current = vars.get(name);
-    let set_nonempty = current.is_some_and(|v| !v.is_empty());
+    let current = vars.get(name).map(str::to_string);
+    let set_nonempty = current.as_ref().is_some_and(|v| !v.is_empty());
     let value = if op.is_empty() {
-        current.cloned().unwrap_or_default()
+        current.clone().unwrap_or_default()
     } else if let Some(arg) = op.strip_prefix(":-") {
         if set_nonempty {
-            current.cloned().unwrap_or_default()
+            current.clone().unwrap_or_default()
         } else {
             substitute(arg, vars)?
         }
@@ -426,7 +447,7 @@ fn braced(
                 substitute(arg, vars)?
             ));
         }
-        current.cloned().unwrap_or_default()
+        current.clone().unwrap_or_default()
     } else if let Some(arg) = op.strip_prefix('-') {
         match current {
             Some(v) => v.clone(),

@@ -34,7 +34,7 @@
 
 use anyhow::{bail, Context as _, Result};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
@@ -44,7 +44,7 @@ use std::sync::OnceLock;
 use crate::cli::ini2env::Ini2envArgs;
 use crate::dotenv;
 use crate::error;
-use crate::ini::{self, Ini};
+use crate::ini::{self, FnvMap, Ini};
 use crate::Context;
 
 /// The relay's `[params]` defaults (see the file's header for provenance).
@@ -193,8 +193,20 @@ fn digest(value: &str) -> String {
 }
 
 fn managed_line(name: &str, value: &str) -> Result<String> {
-    let q = dotenv::quote(value).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-    Ok(format!("{name}={q}  {MARKER}{}", digest(value)))
+    let mut line = String::with_capacity(name.len() + value.len() + 32);
+    push_managed(&mut line, name, value)?;
+    Ok(line)
+}
+
+/// Append `NAME=value  # chatmail.ini:<hash>` (no newline) to `out`.
+fn push_managed(out: &mut String, name: &str, value: &str) -> Result<()> {
+    out.push_str(name);
+    out.push('=');
+    dotenv::quote_into(out, value).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    out.push_str("  ");
+    out.push_str(MARKER);
+    out.push_str(&digest(value));
+    Ok(())
 }
 
 /// How a `.env` statement relates to the tool.
@@ -275,17 +287,18 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
             e.line, e.message
         ))
     })?;
-    let mut count: HashMap<String, usize> = HashMap::new();
+    let mut count: FnvMap<String, usize> = FnvMap::default();
     for st in &statements {
         *count.entry(st.key.clone()).or_default() += 1;
     }
-    let mut last: HashMap<String, Found> = HashMap::new();
+    let mut last: FnvMap<String, Found> = FnvMap::default();
     for st in statements {
         last.insert(st.key.clone(), inspect(old, st));
     }
 
     let mut edits: Vec<(Range<usize>, String)> = Vec::new();
-    let mut appends: Vec<String> = Vec::new();
+    // New lines, in ini order, appended after the existing text.
+    let mut appends = String::new();
     let mut actions = Vec::new();
     let mut notes = Vec::new();
     let mut conflicts = Vec::new();
@@ -294,7 +307,8 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
     for v in vars {
         let Some(f) = last.get(&v.name) else {
             if v.write {
-                appends.push(managed_line(&v.name, &v.value)?);
+                push_managed(&mut appends, &v.name, &v.value)?;
+                appends.push('\n');
                 actions.push(format!("add {} (chatmail.ini line {})", v.name, v.line));
             }
             continue;
@@ -383,7 +397,7 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
 
     // Splice the edits in one pass (they never overlap: one per statement).
     edits.sort_by_key(|(r, _)| r.start);
-    let mut text = String::with_capacity(old.len() + appends.len() * 64);
+    let mut text = String::with_capacity(old.len() + appends.len() + HEADER.len() + 2);
     let mut at = 0;
     for (range, with) in edits {
         text.push_str(&old[at..range.start]);
@@ -401,16 +415,13 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
             }
             text.push_str(HEADER);
         }
-        for line in appends {
-            text.push_str(&line);
-            text.push('\n');
-        }
+        text.push_str(&appends);
     }
 
     // Read the result back the way Compose will before anyone writes it.
     let check = dotenv::parse(&text)
         .map_err(|e| anyhow::anyhow!("internal error: the merged .env does not parse: {e}"))?;
-    let got: HashMap<&str, &str> = check
+    let got: FnvMap<&str, &str> = check
         .iter()
         .map(|s| (s.key.as_str(), s.value.as_str()))
         .collect();
@@ -492,7 +503,7 @@ pub fn sync_env(ctx: &Context, ini: &Path, env: &Path, opts: &Options) -> Result
         ctx.shell.verbose(n);
     }
     let content_changed = p.old.as_deref() != Some(p.merge.text.as_str());
-    let mut lines = p.merge.actions.clone();
+    let mut lines = p.merge.actions;
     if p.old.is_none() {
         lines.insert(0, format!("create {}", env.display()));
     }
