@@ -15,8 +15,11 @@
 //! - values are quoted with [`crate::dotenv::quote`] so Compose reads them
 //!   back byte for byte; a multi-line ini value (continuation lines) is one
 //!   double-quoted line with `\n` escapes, e.g. `KEY="first\nsecond"`, and
-//!   reaches the container as a variable holding real newlines, which the
-//!   init writes back as indented continuation lines;
+//!   reaches the container as a variable holding real newlines. The way
+//!   back is `key = <first line>` followed by each further line indented:
+//!   iniconfig strips every line and skips blank and `#`/`;` lines, so a
+//!   value read from an ini never has blank lines, lines starting with `#`
+//!   or `;`, or blanks around a line, and that form reproduces it exactly;
 //! - merging: a line the tool wrote ends in `# chatmail.ini:<hash>`, the
 //!   first 8 hex digits of the SHA-256 of the value it wrote. Such lines
 //!   follow chatmail.ini (updated in place, removed when the key falls back
@@ -526,7 +529,8 @@ pub fn sync_env(ctx: &Context, ini: &Path, env: &Path, opts: &Options) -> Result
 }
 
 /// Render the change as a unified diff. Values are hidden unless
-/// `show_values`: a line `KEY=...` shows as `KEY=…`, other non-comment lines
+/// `show_values`: a line `KEY=...` shows as `KEY=…` (a marker's hash, being
+/// derived from the value, as `# chatmail.ini:…`), other non-comment lines
 /// (inside multi-line values) as `…`.
 pub fn diff(old: &str, new: &str, name: &str, show_values: bool) -> String {
     let redact = |line: &str| -> String {
@@ -546,16 +550,13 @@ pub fn diff(old: &str, new: &str, name: &str, show_values: bool) -> String {
                     .all(|c| c == '_' || c.is_alphanumeric()) =>
             {
                 let tail = &body[i + 1..];
-                let marker = tail.find(MARKER).map(|m| &tail[m..]).unwrap_or("");
-                format!(
-                    "{}=…{}",
-                    body[..i].trim(),
-                    if marker.is_empty() {
-                        String::new()
-                    } else {
-                        format!("  {marker}")
-                    }
-                )
+                // The marker's hash is derived from the value: hidden too.
+                let marked = if tail.contains(MARKER) {
+                    format!("  {MARKER}…")
+                } else {
+                    String::new()
+                };
+                format!("{}=…{marked}", body[..i].trim())
             }
             _ => "…".into(),
         }
@@ -759,6 +760,7 @@ mod tests {
         );
         assert!(!d.contains("secret") && !d.contains("other"), "{d}");
         assert!(d.contains("-A=…") && d.contains("+A=…"), "{d}");
+        assert!(!d.contains("00000000"), "marker hashes are hidden too: {d}");
         assert!(diff("A=secret\n", "A=x\n", ".env", true).contains("secret"));
     }
 }

@@ -204,6 +204,46 @@ fn check_shows_a_redacted_diff_and_changes_nothing() {
 }
 
 #[test]
+fn keys_leaving_the_ini_are_removed_and_modes_are_fixed() {
+    let d = setup(INI, None);
+    cmd(d.path()).arg("ini2env").assert().success();
+    let ini2 = INI.replace("privacy_mail = it's \"me\" $HOME\n", "");
+    fs::write(d.path().join("chatmail.ini"), ini2).unwrap();
+    cmd(d.path())
+        .arg("ini2env")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "remove PRIVACY_MAIL (no longer in chatmail.ini)",
+        ));
+    assert!(!read(d.path(), ".env").contains("PRIVACY_MAIL"));
+
+    // Up to date but readable by others: only the mode changes.
+    let env = d.path().join(".env");
+    let text = read(d.path(), ".env");
+    fs::set_permissions(&env, fs::Permissions::from_mode(0o644)).unwrap();
+    cmd(d.path()).args(["ini2env", "--check"]).assert().code(1);
+    cmd(d.path())
+        .arg("ini2env")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("set the mode"));
+    assert_eq!(mode(&env), 0o600);
+    assert_eq!(read(d.path(), ".env"), text);
+}
+
+#[test]
+fn check_without_env_file_is_out_of_date() {
+    let d = setup(INI, None);
+    cmd(d.path())
+        .args(["ini2env", "--check"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("+MAIL_DOMAIN=…"));
+    assert!(!d.path().join(".env").exists());
+}
+
+#[test]
 fn dry_run_prints_the_plan_and_changes_nothing() {
     let d = setup(INI, Some("A=1\n"));
     let before = snapshot(d.path());
