@@ -252,12 +252,11 @@ fn inspect(text: &str, st: dotenv::Statement) -> Found {
         }
     }
     let line_start = text[..st.start].rfind('\n').map_or(0, |i| i + 1);
-    let whole_start = if text[line_start..st.start].trim().is_empty() {
-        line_start
-    } else {
-        st.start
-    };
-    let whole_end = if line_end < text.len() {
+    // The whole line, unless another statement shares it: then only this
+    // statement goes and the line break stays.
+    let own_line = text[line_start..st.start].trim().is_empty();
+    let whole_start = if own_line { line_start } else { st.start };
+    let whole_end = if own_line && line_end < text.len() {
         line_end + 1
     } else {
         line_end
@@ -290,13 +289,15 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
             e.line, e.message
         ))
     })?;
-    let mut count: FnvMap<String, usize> = FnvMap::default();
-    for st in &statements {
-        *count.entry(st.key.clone()).or_default() += 1;
-    }
-    let mut last: FnvMap<String, Found> = FnvMap::default();
+    // Every occurrence of each key, in file order: the last one counts.
+    let mut occurrences: FnvMap<String, Vec<Found>> = FnvMap::default();
+    let mut keys_in_order: Vec<String> = Vec::new();
     for st in statements {
-        last.insert(st.key.clone(), inspect(old, st));
+        let list = occurrences.entry(st.key.clone()).or_default();
+        if list.is_empty() {
+            keys_in_order.push(st.key.clone());
+        }
+        list.push(inspect(old, st));
     }
 
     let mut edits: Vec<(Range<usize>, String)> = Vec::new();
@@ -308,7 +309,8 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
     let names: HashSet<&str> = vars.iter().map(|v| v.name.as_str()).collect();
 
     for v in vars {
-        let Some(f) = last.get(&v.name) else {
+        let all = occurrences.get(&v.name).map(Vec::as_slice).unwrap_or(&[]);
+        let Some(f) = all.last() else {
             if v.write {
                 push_managed(&mut appends, &v.name, &v.value)?;
                 appends.push('\n');
@@ -316,10 +318,12 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
             }
             continue;
         };
-        if count.get(&v.name).copied().unwrap_or(0) > 1 {
+        if all.len() > 1 {
             notes.push(format!(
                 "{} is set {} times in {env_name}; only the last (line {}) counts",
-                v.name, count[&v.name], f.st.line
+                v.name,
+                all.len(),
+                f.st.line
             ));
         }
         let same = f.st.value == v.value;
@@ -360,7 +364,18 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
                 format!("update {} (chatmail.ini line {}{by_hand})", v.name, v.line)
             });
         } else if ours || (!same && force) {
-            edits.push((f.whole.clone(), String::new()));
+            // Removing the last line would let an earlier one count: go
+            // through all of them.
+            for g in all {
+                if g.owner == Owner::Tool || force {
+                    edits.push((g.whole.clone(), String::new()));
+                } else if g.st.value != v.value {
+                    conflicts.push(format!(
+                        "{} ({env_name} line {}, set by hand, chatmail.ini line {})",
+                        v.name, g.st.line, v.line
+                    ));
+                }
+            }
             actions.push(format!(
                 "remove {} (chatmail.ini line {} sets the relay's default{by_hand})",
                 v.name, v.line
@@ -372,22 +387,25 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
             ));
         }
     }
-    // Tool lines for keys that left chatmail.ini.
-    let mut gone: Vec<&Found> = last
-        .values()
-        .filter(|f| f.owner != Owner::Hand && !names.contains(f.st.key.as_str()))
-        .collect();
-    gone.sort_by_key(|f| f.st.start);
-    for f in gone {
-        if f.owner == Owner::Edited && !force {
-            conflicts.push(format!(
-                "{} ({env_name} line {}, edited by hand, no longer in chatmail.ini)",
-                f.st.key, f.st.line
-            ));
-            continue;
+    // Tool lines for keys that left chatmail.ini (hand-set ones stay).
+    for key in keys_in_order.iter().filter(|k| !names.contains(k.as_str())) {
+        let mut removed = false;
+        for f in &occurrences[key] {
+            match f.owner {
+                Owner::Hand => {}
+                Owner::Edited if !force => conflicts.push(format!(
+                    "{key} ({env_name} line {}, edited by hand, no longer in chatmail.ini)",
+                    f.st.line
+                )),
+                _ => {
+                    edits.push((f.whole.clone(), String::new()));
+                    removed = true;
+                }
+            }
         }
-        edits.push((f.whole.clone(), String::new()));
-        actions.push(format!("remove {} (no longer in chatmail.ini)", f.st.key));
+        if removed {
+            actions.push(format!("remove {key} (no longer in chatmail.ini)"));
+        }
     }
     if !conflicts.is_empty() {
         return Err(error::usage(format!(
@@ -734,6 +752,17 @@ mod tests {
         assert!(m2.text.contains("MAIL_DOMAIN=other.org  # chatmail.ini:"));
         assert!(!m2.text.contains("MAX_MAILBOX_SIZE"));
         assert!(m2.text.starts_with("# mine\nDEBUG=1 # keep\n"));
+    }
+
+    #[test]
+    fn removal_keeps_a_shared_line() {
+        let v = vars_of("[params]\nmail_domain = x.org\n", false);
+        let old = "MAIL_DOMAIN=x.org  # chatmail.ini:a1b2c3d4\nA='1' GONE=2  # chatmail.ini:"
+            .to_string()
+            + &digest("2")
+            + "\nB=3\n";
+        let m = merge(&old, ".env", &v, false).unwrap();
+        assert!(m.text.ends_with("A='1' \nB=3\n"), "{:?}", m.text);
     }
 
     #[test]

@@ -248,3 +248,50 @@ proptest! {
         }
     }
 }
+
+fn merge_vars(values: &[String]) -> Vec<chatmail_docker::ini2env::Var> {
+    let mut ini = String::from("[params]\nmail_domain = x.org\n");
+    for (i, v) in values.iter().enumerate() {
+        ini.push_str(&format!("k{i} = {v}\n"));
+    }
+    chatmail_docker::ini2env::vars(
+        ini::parse_str(&ini).unwrap(),
+        Path::new("chatmail.ini"),
+        false,
+    )
+    .unwrap()
+}
+
+proptest! {
+    /// Whatever the user's .env holds, merging never panics; with --force
+    /// it always succeeds, reads back as the ini says and is stable.
+    #[test]
+    fn merge_is_total_and_idempotent(
+        lines in proptest::collection::vec(prop_oneof![
+            Just("A=1".to_string()),
+            Just("# comment".to_string()),
+            Just(String::new()),
+            Just("MAIL_DOMAIN=other.org".to_string()),
+            Just("K0='hand set'".to_string()),
+            Just("export K1=\"a\\nb\"  # mine".to_string()),
+            Just("K2=zz  # chatmail.ini:deadbeef".to_string()),
+            Just("B='x' K3=y".to_string()),
+            "[A-Z]{1,3}=[a-z $#'\"]{0,6}",
+        ], 0..8),
+        values in proptest::collection::vec("[a-z0-9 '\"$#\\\\]{0,8}", 0..5),
+        crlf in any::<bool>(),
+    ) {
+        let mut old = lines.join(if crlf { "\r\n" } else { "\n" });
+        if !old.is_empty() && crlf {
+            old.push_str("\r\n");
+        }
+        let vars = merge_vars(&values);
+        let _ = chatmail_docker::ini2env::merge(&old, ".env", &vars, false);
+        if chatmail_docker::dotenv::parse(&old).is_ok() {
+            let m = chatmail_docker::ini2env::merge(&old, ".env", &vars, true).unwrap();
+            let again = chatmail_docker::ini2env::merge(&m.text, ".env", &vars, false).unwrap();
+            prop_assert_eq!(&again.text, &m.text);
+            prop_assert!(again.actions.is_empty(), "{:?}", again.actions);
+        }
+    }
+}
