@@ -213,7 +213,8 @@ fn random_values_read_back_verbatim() {
     }
     const ALPHABET: &[char] = &[
         'a', 'Z', '0', ' ', '\t', '\n', '\r', '\'', '"', '\\', '$', '{', '}', '#', '=', ':', '%',
-        '`', 'é', '✓', '\u{a0}', '\u{85}', '\u{2028}', '\x0b', '\x01', '-', '_', '.', '/',
+        '`', 'é', '✓', '\u{a0}', '\u{85}', '\u{2028}', '\x0b', '\x01', '-', '_', '.', '/', '\x0c',
+        '\x1b', '\x1f', '\x7f', '\u{feff}', '\u{2029}', '\u{3000}', '😀', '0', '8',
     ];
     let mut state: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = move || {
@@ -222,7 +223,7 @@ fn random_values_read_back_verbatim() {
         state ^= state << 17;
         state
     };
-    let values: Vec<String> = (0..600)
+    let values: Vec<String> = (0..1000)
         .map(|_| {
             (0..next() % 12)
                 .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
