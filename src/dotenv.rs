@@ -31,7 +31,7 @@
 //! value that cannot be represented is one holding a NUL character (no
 //! environment variable can).
 
-use crate::ini::FnvMap;
+use crate::ini::FastMap;
 use anyhow::{Context as _, Result};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -97,7 +97,7 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
     let mut pos = bom;
     let mut out: Vec<Statement> = Vec::new();
     // Earlier keys, for interpolation: key -> index in `out`.
-    let mut index: FnvMap<&str, usize> = FnvMap::default();
+    let mut index: FastMap<&str, usize> = FastMap::default();
     let (mut line_pos, mut line_count) = (0usize, 1usize);
     let err = |offset: usize, message: String| ParseError {
         line: line_of(src, offset),
@@ -257,7 +257,7 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
 
 /// The keys read so far, for `${}` (a repeated key: the latest value).
 struct Vars<'a> {
-    index: &'a FnvMap<&'a str, usize>,
+    index: &'a FastMap<&'a str, usize>,
     out: &'a [Statement],
 }
 

@@ -33,7 +33,6 @@
 //! read a chatmail.ini the way the relay does.
 
 use anyhow::{Context as _, Result};
-use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
@@ -146,31 +145,10 @@ fn py_rstrip(s: &str) -> &str {
     s.trim_end_matches(py_isspace)
 }
 
-/// FNV-1a: keys are short and not attacker-chosen (an administrator's own
-/// file), so a cheap hash beats SipHash for duplicate checks on large files.
-#[derive(Default, Clone, Copy)]
-pub struct Fnv(u64);
-
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
-
-/// A `HashMap` with [`Fnv`].
-pub type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+/// A fast `HashMap` for duplicate checks on large files: keys are short and
+/// come from the administrator's own file, so SipHash's flood resistance
+/// buys nothing here.
+pub type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 /// What the previous meaningful line was, for continuation lines.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -211,7 +189,7 @@ pub fn parse_str(text: &str) -> Result<Ini, ParseError> {
     let mut pending: Option<ParseError> = None;
     let mut last = Last::Nothing;
     // Where each key of the current section is, for duplicate checks.
-    let mut keys: FnvMap<&str, usize> = FnvMap::default();
+    let mut keys: FastMap<&str, usize> = FastMap::default();
     for (idx, raw) in split_lines(text).enumerate() {
         let lineno = idx + 1;
         let first = raw.trim_start_matches(py_isspace).chars().next();

@@ -47,7 +47,7 @@ use std::sync::OnceLock;
 use crate::cli::ini2env::Ini2envArgs;
 use crate::dotenv;
 use crate::error;
-use crate::ini::{self, FnvMap, Ini};
+use crate::ini::{self, FastMap, Ini};
 use crate::Context;
 
 /// The relay's `[params]` defaults (see the file's header for provenance).
@@ -149,7 +149,7 @@ pub fn vars(ini: Ini, path: &Path, all: bool) -> Result<Vec<Var>> {
         names.push(e.key.to_ascii_uppercase());
     }
     // Keys are case-sensitive in the ini, names are not: find clashes.
-    let mut seen: ini::FnvMap<&str, usize> = ini::FnvMap::default();
+    let mut seen: ini::FastMap<&str, usize> = ini::FastMap::default();
     seen.reserve(names.len());
     for (i, name) in names.iter().enumerate() {
         if let Some(j) = seen.insert(name, i) {
@@ -290,7 +290,7 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
         ))
     })?;
     // Every occurrence of each key, in file order: the last one counts.
-    let mut occurrences: FnvMap<String, Vec<Found>> = FnvMap::default();
+    let mut occurrences: FastMap<String, Vec<Found>> = FastMap::default();
     let mut keys_in_order: Vec<String> = Vec::new();
     for st in statements {
         let list = occurrences.entry(st.key.clone()).or_default();
@@ -442,7 +442,7 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
     // Read the result back the way Compose will before anyone writes it.
     let check = dotenv::parse(&text)
         .map_err(|e| anyhow::anyhow!("internal error: the merged .env does not parse: {e}"))?;
-    let got: FnvMap<&str, &str> = check
+    let got: FastMap<&str, &str> = check
         .iter()
         .map(|s| (s.key.as_str(), s.value.as_str()))
         .collect();

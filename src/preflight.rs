@@ -530,8 +530,10 @@ pub fn mail_domain(ctx: &Context, env: &BTreeMap<String, String>) -> Option<(Str
 }
 
 fn ini_mail_domain(path: &Path) -> Option<String> {
-    let ini = ini::Ini::load_from_file(path).ok()?;
-    ini.get_from(Some("params"), "mail_domain")
+    // Read as the relay reads it; a broken file is reported by ini2env.
+    let ini = crate::ini::read(path).ok()?;
+    ini.section("params")?
+        .get("mail_domain")
         .map(str::to_string)
 }
 

@@ -51,6 +51,13 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     let root = fake_root(t.path(), MOUNTINFO_V2, 128, 8192);
     let d = minimal_deployment(t.path());
     fs::write(d.join(".env"), "MAIL_DOMAIN=chat.example.org\n").unwrap();
+    fs::write(
+        d.join("chatmail.ini"),
+        "[params]\nmail_domain = chat.example.org\nmax_message_size = 1000\n",
+    )
+    .unwrap();
+    fs::create_dir_all(d.join("custom/www/src")).unwrap();
+    fs::write(d.join("custom/www/src/index.md"), "# hello\n").unwrap();
     fs::create_dir_all(d.join("relay")).unwrap();
     let before = (snapshot(&d), snapshot(&root));
     let out = setup(&root, &d, None, &["--dry-run", "--reinstall"]);
