@@ -651,14 +651,13 @@ fn migrate_then_setup(parent: &Path, base: &str) {
     for e in walkdir::WalkDir::new(root.join("home/vmail")) {
         std::os::unix::fs::lchown(e.unwrap().path(), Some(4343), Some(4343)).unwrap();
     }
-    // The bare-metal host's systemctl, recorded instead of run.
+    // The bare-metal host's systemctl: every relay unit installed, enabled
+    // and running until migrate stops and disables it; calls are recorded.
     let bin = parent.join("bare-metal-bin");
     let calls = parent.join("systemctl.calls");
-    common::script(
-        &bin,
-        "systemctl",
-        &format!("echo \"$*\" >> '{}'\nexit 0", calls.display()),
-    );
+    let state = parent.join("bare-metal-units");
+    fs::create_dir_all(&state).unwrap();
+    common::script(&bin, "systemctl", &fake_systemctl(&state, &calls));
     let path = format!(
         "{}:{}",
         bin.display(),
@@ -716,6 +715,50 @@ fn migrate_then_setup(parent: &Path, base: &str) {
         4242,
         "ownership fixed on the mounted key"
     );
+}
+
+/// A `systemctl` for a fake bare-metal host: units are loaded, and their
+/// active and enablement states live in files under `state`.
+fn fake_systemctl(state: &Path, calls: &Path) -> String {
+    format!(
+        r#"state='{state}'
+echo "$*" >> '{calls}'
+cmd=$1; shift
+units=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    -p|--property) shift 2; continue;;
+    -*) shift; continue;;
+  esac
+  units="$units $1"; shift
+done
+set_all() {{ for u in $units; do echo "$2" > "$state/$u.$1"; done; }}
+case $cmd in
+  show)
+    first=1
+    for u in $units; do
+      [ $first = 1 ] || echo
+      first=0
+      a=$(cat "$state/$u.active" 2>/dev/null || echo active)
+      f=$(cat "$state/$u.file" 2>/dev/null || echo enabled)
+      printf 'Id=%s\nLoadState=loaded\nActiveState=%s\nUnitFileState=%s\n' "$u" "$a" "$f"
+    done;;
+  stop|kill) set_all active inactive;;
+  start|restart|reload-or-restart) set_all active active;;
+  disable|mask) set_all file disabled;;
+  enable|unmask) set_all file enabled;;
+  is-active)
+    rc=0
+    for u in $units; do
+      a=$(cat "$state/$u.active" 2>/dev/null || echo active); echo "$a"
+      [ "$a" = active ] || rc=3
+    done
+    exit $rc;;
+esac
+exit 0"#,
+        state = state.display(),
+        calls = calls.display()
+    )
 }
 
 // ---------------------------------------------------------------------------
