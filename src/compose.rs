@@ -381,14 +381,18 @@ pub fn parse_time(ts: &str) -> Option<std::time::SystemTime> {
 pub fn up(ctx: &Context, _a: &UpArgs) -> Result<()> {
     require_compose_file(ctx)?;
     crate::setup::refresh_generated(ctx)?;
-    up_with_env(ctx, &[])
+    up_with_env(ctx, &[], false)
 }
 
 /// `docker compose up -d` with extra environment for this run only.
-pub fn up_with_env(ctx: &Context, env: &[(String, String)]) -> Result<()> {
-    let args = ["up", "--detach", "--remove-orphans", SERVICE];
+pub fn up_with_env(ctx: &Context, env: &[(String, String)], force_recreate: bool) -> Result<()> {
+    let mut args = vec!["up", "--detach", "--remove-orphans"];
+    if force_recreate {
+        args.push("--force-recreate");
+    }
+    args.push(SERVICE);
     if ctx.dry_run {
-        let mut cmd = Project::new(ctx).cmd(ctx, args);
+        let mut cmd = Project::new(ctx).cmd(ctx, &args);
         for (k, v) in env {
             cmd = cmd.env(k, v);
         }

@@ -17,64 +17,50 @@ use std::time::{Duration, Instant};
 
 use crate::cli::setup::SetupArgs;
 use crate::compose::{self, Inspect, Project, SERVICE};
+use crate::overrides::{self, OneShot};
 use crate::{error, ini2env, preflight, sysctl, Context};
 
 /// Default relay source directory (the build context of the image).
 pub const DEFAULT_RELAY_SRC: &str = "relay";
 
-/// Regenerate the compose override from custom/ (writes only on change).
-pub fn refresh_generated(_ctx: &Context) -> Result<bool> {
-    Ok(false)
+/// Regenerate the compose override from custom/ (writes only on change;
+/// with `--dry-run` says what it would write). Returns whether it changed.
+pub fn refresh_generated(ctx: &Context) -> Result<bool> {
+    let generated = overrides::generate(ctx, &overrides::OverrideOptions::default())?;
+    overrides::write(ctx, &generated)
 }
 
-/// Warnings for `status` that come from other capabilities.
-pub fn status_warnings(_ctx: &Context, _c: &Inspect) -> Vec<String> {
-    Vec::new()
-}
-
-/// The one-shot environment for this run's `up` (never persisted).
-pub fn one_shot_env(args: &SetupArgs) -> Result<Vec<(String, String)>> {
-    let mut env = Vec::new();
-    let stages = if args.reinstall {
-        Some("install,configure,activate".to_string())
-    } else {
-        args.stages.clone()
-    };
-    if let Some(s) = stages {
-        env.push(("CMDEPLOY_STAGES".to_string(), validate_stages(&s)?));
-    }
-    for (flag, var) in [
-        (args.recreate_venv, "RECREATE_VENV"),
-        (args.force_reinit_ini, "FORCE_REINIT_INI_FILE"),
-        (args.debug_commands, "DEBUG_COMMANDS_ENABLED"),
-    ] {
-        if flag {
-            env.push((var.to_string(), "true".to_string()));
+/// Warnings for `status` that come from other capabilities: custom files
+/// edited since the container started, or added/removed since it was created.
+pub fn status_warnings(ctx: &Context, c: &Inspect) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(started) = compose::parse_time(&c.state.started_at) {
+        match overrides::changed_since_start(ctx, started) {
+            Ok(files) if !files.is_empty() => out.push(format!(
+                "changed since the container started (it still sees the old content; run `chatmail-docker up`): {}",
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Ok(_) => {}
+            Err(e) => out.push(format!("cannot check custom/: {e:#}")),
         }
     }
-    Ok(env)
-}
-
-/// Validate a stage list: a non-empty subset of install, configure,
-/// activate, in that order, without repeats.
-pub fn validate_stages(list: &str) -> Result<String> {
-    const ORDER: [&str; 3] = ["install", "configure", "activate"];
-    let stages: Vec<&str> = list.split(',').map(str::trim).collect();
-    let mut last = None;
-    for s in &stages {
-        let Some(pos) = ORDER.iter().position(|o| o == s) else {
-            return Err(error::usage(format!(
-                "--stages: unknown stage `{s}`; use a subset of install,configure,activate"
-            )));
-        };
-        if last.is_some_and(|l| pos <= l) {
-            return Err(error::usage(format!(
-                "--stages: `{list}` is out of order or repeats a stage; the order is install,configure,activate"
-            )));
+    if let Ok(generated) = overrides::generate(ctx, &overrides::OverrideOptions::default()) {
+        let running = c
+            .config
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(overrides::HASH_LABEL));
+        if running.is_some_and(|h| *h != generated.hash) {
+            out.push(
+                "files under custom/ were added, removed or changed since the container was created; run `chatmail-docker up`".into(),
+            );
         }
-        last = Some(pos);
     }
-    Ok(stages.join(","))
+    out
 }
 
 fn image_names(ctx: &Context) -> Result<Vec<String>> {
@@ -153,7 +139,13 @@ fn run_preflight(ctx: &Context, args: &SetupArgs, without_inotify: bool) -> Resu
 pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
     let started = Instant::now();
     compose::require_compose_file(ctx)?;
-    let one_shot = one_shot_env(args)?;
+    let one_shot = OneShot::from_flags(
+        args.reinstall,
+        args.stages.as_deref(),
+        args.recreate_venv,
+        args.force_reinit_ini,
+        args.debug_commands,
+    )?;
     preflight::validate_skips(&args.preflight.skip_check)?;
 
     // 1. Preflight, before touching anything.
@@ -244,7 +236,17 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
         ctx.shell
             .status("Starting", "the appliance (docker compose up -d)");
     }
-    compose::up_with_env(ctx, &one_shot)?;
+    let env: Vec<(String, String)> = one_shot
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    compose::up_with_env(ctx, &env, one_shot.needs_recreate())?;
+    if !one_shot.is_empty() && !ctx.dry_run {
+        ctx.shell.note(
+            "the one-shot settings applied to this start only; the next `setup` or `up` recreates the container with the defaults",
+        );
+    }
     if ctx.dry_run {
         ctx.shell.out(format!(
             "would wait up to {}s for the container to become healthy",
@@ -279,26 +281,4 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stages() {
-        assert_eq!(
-            validate_stages("install,configure,activate").unwrap(),
-            "install,configure,activate"
-        );
-        assert_eq!(
-            validate_stages("configure, activate").unwrap(),
-            "configure,activate"
-        );
-        assert_eq!(validate_stages("activate").unwrap(), "activate");
-        assert!(validate_stages("activate,configure").is_err());
-        assert!(validate_stages("install,install").is_err());
-        assert!(validate_stages("deploy").is_err());
-        assert!(validate_stages("").is_err());
-    }
 }
