@@ -1,19 +1,630 @@
-//! .env reading, Compose-exact quoting and merging.
+//! `.env` reading, Compose-exact quoting and the statement positions that
+//! merging needs.
+//!
+//! Docker Compose v2 reads `.env` (and `env_file:`) with its own dotenv
+//! dialect (compose-go's `dotenv` package), which differs from shells and
+//! from other dotenv libraries. This module reads it the same way:
+//!
+//! - blank space (Unicode) and `#` comment lines between statements are
+//!   skipped; `export ` before a key is dropped; `KEY=value` or `KEY: value`;
+//!   a key alone on its line takes its value from the process environment
+//!   (ignored here: [`load`] never consults the process environment);
+//! - unquoted values run to the end of the line, are cut at the first ` #`
+//!   (space, hash) and trimmed at the right, then `$VAR`/`${VAR...}` are
+//!   interpolated;
+//! - `'single'` quotes are literal and may span lines (only `\'` is special);
+//! - `"double"` quotes may span lines, understand `\n \r \t \\ \" \$` (and
+//!   `\a \b \f \v`, `\0ooo` octal) and are interpolated.
+//!
+//! Interpolation takes earlier keys of the same file; an unset variable
+//! becomes empty, as Compose does.
+//!
+//! [`quote`] picks, per value, a form that reads back verbatim, and this is
+//! proven against the real `docker compose config` in `tests/ini2env_compose.rs`:
+//! plain values (letters, digits, `_-.,/:@+=%^~`) are written bare; other
+//! values without `'`, line breaks or a trailing `\` in single quotes (no
+//! interpolation, no escapes); everything else in double quotes with `\\`,
+//! `\"`, `\$`, `\n` and `\r` escaped — a trailing backslash is written as the
+//! octal `\0134` so that older Compose v2 releases, which did not treat `\\`
+//! before the closing quote as an escape, read it the same. A multi-line
+//! value is therefore one physical line: `KEY="first\nsecond"`. The only
+//! value that cannot be represented is one holding a NUL character (no
+//! environment variable can).
 
+use crate::ini::FnvMap;
 use anyhow::{Context as _, Result};
 use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
 use std::path::Path;
 
-/// Read a `.env` file into a map of variable -> value, the way Docker
-/// Compose v2 reads it (no interpolation of the process environment).
-pub fn load(path: &Path) -> Result<BTreeMap<String, String>> {
-    // Interim implementation; to be replaced by the Compose-exact parser.
-    let mut out = BTreeMap::new();
-    for item in
-        dotenvy::from_path_iter(path).with_context(|| format!("cannot read {}", path.display()))?
-    {
-        let (k, v) = item.with_context(|| format!("cannot parse {}", path.display()))?;
-        out.insert(k, v);
+/// One `KEY=value` statement of a `.env` file, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Statement {
+    pub key: String,
+    /// The value Compose sees (quotes removed, escapes and `${}` expanded).
+    pub value: String,
+    /// 1-based line of the key.
+    pub line: usize,
+    /// Byte offset where the statement (including a leading `export`) starts.
+    pub start: usize,
+    /// The value as written: quotes included; for unquoted values without
+    /// the trailing blanks and ` #` comment.
+    pub value_span: Range<usize>,
+}
+
+/// Why Compose would reject a `.env` file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
     }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Go's `unicode.IsSpace` (Unicode White_Space, line breaks included).
+fn go_is_space(c: char) -> bool {
+    c.is_whitespace()
+}
+
+/// compose-go's `isSpace`: blanks that are not `\n`.
+fn blank(c: char) -> bool {
+    matches!(c, '\t' | '\x0b' | '\x0c' | '\r' | ' ' | '\u{85}' | '\u{a0}')
+}
+
+fn valid_key_char(c: char) -> bool {
+    matches!(c, '_' | '.' | '-' | '[' | ']') || c.is_alphabetic() || c.is_numeric()
+}
+
+fn line_of(src: &str, offset: usize) -> usize {
+    1 + src.as_bytes()[..offset]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+}
+
+/// Parse `.env` text into its statements, in file order (a key may repeat;
+/// the last one wins, as in Compose). Inherited keys (`KEY` alone) are
+/// skipped.
+pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
+    let bom = if src.starts_with('\u{feff}') { 3 } else { 0 };
+    let mut pos = bom;
+    let mut out: Vec<Statement> = Vec::new();
+    // Earlier keys, for interpolation: key -> index in `out`.
+    let mut index: FnvMap<&str, usize> = FnvMap::default();
+    let (mut line_pos, mut line_count) = (0usize, 1usize);
+    let err = |offset: usize, message: String| ParseError {
+        line: line_of(src, offset),
+        message,
+    };
+    loop {
+        // Statement start: skip blank space and comment lines.
+        loop {
+            match src[pos..].find(|c: char| !go_is_space(c)) {
+                None => return Ok(out),
+                Some(i) => pos += i,
+            }
+            if src[pos..].starts_with('#') {
+                match src[pos..].find('\n') {
+                    None => return Ok(out),
+                    Some(i) => pos += i,
+                }
+            } else {
+                break;
+            }
+        }
+        let start = pos;
+        // `export` followed by ASCII white space (Go's `\s`).
+        let rest = &src[pos..];
+        if rest.starts_with("export") && rest[6..].starts_with(['\t', '\n', '\x0c', '\r', ' ']) {
+            pos += 6;
+            pos += src[pos..]
+                .find(|c: char| !blank(c))
+                .unwrap_or(src.len() - pos);
+        }
+        if pos >= src.len() {
+            return Err(err(start, "`export` without a variable".into()));
+        }
+        // The key runs to `=`, `:` or a line end.
+        let key_start = pos;
+        let mut terminator = None;
+        for (i, c) in src[pos..].char_indices() {
+            if blank(c) {
+                continue;
+            }
+            match c {
+                '=' | ':' | '\n' => {
+                    terminator = Some((pos + i, c));
+                    break;
+                }
+                c if valid_key_char(c) => {}
+                c => {
+                    let first_line = src[key_start..].split('\n').next().unwrap_or("");
+                    return Err(err(
+                        pos + i,
+                        format!(
+                            "unexpected character {c:?} in variable name {first_line:?}; \
+                             names may hold letters, digits and `_.-[]`"
+                        ),
+                    ));
+                }
+            }
+        }
+        let Some((term, term_char)) = terminator else {
+            // A last line without `=`: Compose takes it as inherited.
+            return Ok(out);
+        };
+        let key = src[key_start..term].trim_end_matches(go_is_space);
+        if key.contains(' ') {
+            return Err(err(
+                key_start,
+                format!("variable name {key:?} contains a space"),
+            ));
+        }
+        pos = term + term_char.len_utf8();
+        if term_char == '\n' {
+            // Inherited from the process environment: not ours to read.
+            continue;
+        }
+        // Offsets only grow: count newlines since the previous statement.
+        line_count += src.as_bytes()[line_pos..key_start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        line_pos = key_start;
+        let line = line_count;
+        pos += src[pos..]
+            .find(|c: char| !blank(c))
+            .unwrap_or(src.len() - pos);
+        let value_start = pos;
+        let quote = src[pos..]
+            .chars()
+            .next()
+            .filter(|c| *c == '\'' || *c == '"');
+        let (value, value_end) = match quote {
+            None => {
+                let line_end = src[pos..].find('\n').map_or(src.len(), |i| pos + i);
+                let mut raw = &src[pos..line_end];
+                if let Some(i) = raw.find(" #") {
+                    raw = &raw[..i];
+                }
+                let raw = raw.trim_end_matches(go_is_space);
+                let vars = Vars {
+                    index: &index,
+                    out: &out,
+                };
+                let value = substitute(raw, &vars).map_err(|m| err(value_start, m))?;
+                pos = line_end;
+                (value, value_start + raw.len())
+            }
+            Some(q) => {
+                let mut chars = String::new();
+                let mut escaped = false;
+                let mut close = None;
+                for (i, c) in src[pos + 1..].char_indices() {
+                    if escaped {
+                        escaped = false;
+                        if c != q {
+                            chars.push('\\');
+                        }
+                        chars.push(c);
+                        continue;
+                    }
+                    if c == '\\' {
+                        escaped = true;
+                    } else if c == q {
+                        close = Some(pos + 1 + i);
+                        break;
+                    } else {
+                        chars.push(c);
+                    }
+                }
+                let Some(close) = close else {
+                    return Err(err(
+                        value_start,
+                        format!("unterminated {q}-quoted value for {key}"),
+                    ));
+                };
+                let value = if q == '"' {
+                    let vars = Vars {
+                        index: &index,
+                        out: &out,
+                    };
+                    substitute(&expand_escapes(&chars), &vars).map_err(|m| err(value_start, m))?
+                } else {
+                    chars
+                };
+                pos = close + 1;
+                (value, close + 1)
+            }
+        };
+        index.insert(key, out.len());
+        out.push(Statement {
+            key: key.to_string(),
+            value,
+            line,
+            start,
+            value_span: value_start..value_end,
+        });
+    }
+}
+
+/// The keys read so far, for `${}` (a repeated key: the latest value).
+struct Vars<'a> {
+    index: &'a FnvMap<&'a str, usize>,
+    out: &'a [Statement],
+}
+
+impl Vars<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.index.get(name).map(|&i| self.out[i].value.as_str())
+    }
+}
+
+/// compose-go's escape expansion in double quotes. `\$` becomes `$$`, which
+/// interpolation then turns into a literal `$`.
+fn expand_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let mut next = after.chars();
+        let (replacement, used): (Option<String>, usize) = match next.next() {
+            Some('a') => (Some("\x07".into()), 1),
+            Some('b') => (Some("\x08".into()), 1),
+            Some('c') => (Some("\\c".into()), 1),
+            Some('f') => (Some("\x0c".into()), 1),
+            Some('n') => (Some("\n".into()), 1),
+            Some('r') => (Some("\r".into()), 1),
+            Some('t') => (Some("\t".into()), 1),
+            Some('v') => (Some("\x0b".into()), 1),
+            Some('$') => (Some("$$".into()), 1),
+            Some('"') => (Some("\"".into()), 1),
+            Some('\\') => (Some("\\".into()), 1),
+            Some('0') => {
+                let digits: String = after[1..]
+                    .chars()
+                    .take(3)
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect();
+                let used = 1 + digits.len();
+                let octal = (digits.len() == 3)
+                    .then(|| u32::from_str_radix(&digits, 8).ok())
+                    .flatten()
+                    .filter(|v| *v <= 255)
+                    .and_then(char::from_u32);
+                match octal {
+                    Some(c) => (Some(c.to_string()), used),
+                    // compose-go has already dropped the `0` when the
+                    // octal conversion fails, and keeps what is left.
+                    None => (Some(format!("\\{digits}")), used),
+                }
+            }
+            _ => (None, 0),
+        };
+        match replacement {
+            Some(r) => {
+                out.push_str(&r);
+                rest = &after[used..];
+            }
+            None => {
+                out.push('\\');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn is_name_start(c: u8) -> bool {
+    c == b'_' || c.is_ascii_alphabetic()
+}
+
+fn is_name_char(c: u8) -> bool {
+    c == b'_' || c.is_ascii_alphanumeric()
+}
+
+/// Compose's `${}` interpolation against earlier keys of the file: `$$`,
+/// `$NAME`, `${NAME}`, `${NAME:-default}`, `${NAME-default}`,
+/// `${NAME:+alt}`, `${NAME+alt}`, `${NAME:?message}`, `${NAME?message}`
+/// (nested in defaults). A `$` followed by anything else stays literal, but
+/// a `${` that starts no valid reference is an error, as in Compose.
+fn substitute(s: &str, vars: &Vars) -> Result<String, String> {
+    if !s.contains('$') {
+        return Ok(s.to_string());
+    }
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    let mut last = 0;
+    while i < b.len() {
+        if b[i] != b'$' {
+            i += 1;
+            continue;
+        }
+        out.push_str(&s[last..i]);
+        match b.get(i + 1) {
+            Some(b'$') => {
+                out.push('$');
+                i += 2;
+            }
+            Some(&c) if is_name_start(c) => {
+                let mut j = i + 2;
+                while j < b.len() && is_name_char(b[j]) {
+                    j += 1;
+                }
+                out.push_str(vars.get(&s[i + 1..j]).unwrap_or(""));
+                i = j;
+            }
+            Some(b'{') => match braced(s, i, vars)? {
+                Some((value, end)) => {
+                    out.push_str(&value);
+                    i = end;
+                }
+                None => {
+                    return Err(format!(
+                        "invalid interpolation {s:?}: `${{` must start `${{NAME}}` or \
+                         `${{NAME:-default}}`; write `$$` for a literal `$`"
+                    ))
+                }
+            },
+            _ => {
+                out.push('$');
+                i += 1;
+            }
+        }
+        last = i;
+    }
+    out.push_str(&s[last..]);
     Ok(out)
+}
+
+/// `${...}` starting at `start` (the `$`): the value and the offset after
+/// the closing brace, or `None` when it is not a valid reference (no
+/// closing brace, no name, or an unknown operator such as `:=`).
+fn braced(s: &str, start: usize, vars: &Vars) -> Result<Option<(String, usize)>, String> {
+    let b = s.as_bytes();
+    // The closing brace, counting nested `${`.
+    let mut depth = 0usize;
+    let mut j = start;
+    let mut close = None;
+    while j < b.len() {
+        if b[j] == b'}' {
+            depth = depth.saturating_sub(1);
+            if depth == 0 {
+                close = Some(j);
+                break;
+            }
+        }
+        if b[j] == b'$' && b.get(j + 1) == Some(&b'{') {
+            depth += 1;
+            j += 1;
+        }
+        j += 1;
+    }
+    let Some(close) = close else {
+        return Ok(None);
+    };
+    let inner = &s[start + 2..close];
+    let ib = inner.as_bytes();
+    if ib.is_empty() || !is_name_start(ib[0]) {
+        return Ok(None);
+    }
+    let mut n = 1;
+    while n < ib.len() && is_name_char(ib[n]) {
+        n += 1;
+    }
+    let name = &inner[..n];
+    let op = &inner[n..];
+    let current = vars.get(name).map(str::to_string);
+    let set_nonempty = current.as_ref().is_some_and(|v| !v.is_empty());
+    let value = if op.is_empty() {
+        current.clone().unwrap_or_default()
+    } else if let Some(arg) = op.strip_prefix(":-") {
+        if set_nonempty {
+            current.clone().unwrap_or_default()
+        } else {
+            substitute(arg, vars)?
+        }
+    } else if let Some(arg) = op.strip_prefix(":+") {
+        if set_nonempty {
+            substitute(arg, vars)?
+        } else {
+            String::new()
+        }
+    } else if let Some(arg) = op.strip_prefix(":?") {
+        if !set_nonempty {
+            return Err(format!(
+                "required variable {name} is missing a value: {}",
+                substitute(arg, vars)?
+            ));
+        }
+        current.clone().unwrap_or_default()
+    } else if let Some(arg) = op.strip_prefix('-') {
+        match current {
+            Some(v) => v.clone(),
+            None => substitute(arg, vars)?,
+        }
+    } else if let Some(arg) = op.strip_prefix('+') {
+        match current {
+            Some(_) => substitute(arg, vars)?,
+            None => String::new(),
+        }
+    } else if let Some(arg) = op.strip_prefix('?') {
+        match current {
+            Some(v) => v.clone(),
+            None => {
+                return Err(format!(
+                    "required variable {name} is missing a value: {}",
+                    substitute(arg, vars)?
+                ))
+            }
+        }
+    } else {
+        return Ok(None);
+    };
+    Ok(Some((value, close + 1)))
+}
+
+/// Read a `.env` file into a map of variable -> value, the way Docker
+/// Compose v2 reads it (no interpolation of the process environment; a
+/// repeated key keeps its last value). A syntax error Compose would reject
+/// is a configuration error (exit 2) naming `path:line`.
+pub fn load(path: &Path) -> Result<BTreeMap<String, String>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        crate::error::usage(format!(
+            "{}: not valid UTF-8 at byte offset {}",
+            path.display(),
+            e.valid_up_to()
+        ))
+    })?;
+    let statements = parse(text).map_err(|e| {
+        crate::error::usage(format!("{}:{}: {}", path.display(), e.line, e.message))
+    })?;
+    Ok(statements.into_iter().map(|s| (s.key, s.value)).collect())
+}
+
+/// A value no `.env` form can carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuoteError(pub String);
+
+impl fmt::Display for QuoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for QuoteError {}
+
+/// Characters that need no quotes: Compose reads a value made of these
+/// verbatim when it is written bare.
+fn plain(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_-.,/:@+=%^~".contains(c)
+}
+
+/// The right-hand side of `KEY=...` that Compose v2 reads back as exactly
+/// `value` (see the module doc for the rules).
+pub fn quote(value: &str) -> Result<String, QuoteError> {
+    let mut out = String::with_capacity(value.len() + 2);
+    quote_into(&mut out, value)?;
+    Ok(out)
+}
+
+/// [`quote`], appending to `out` (nothing is appended on error).
+pub fn quote_into(out: &mut String, value: &str) -> Result<(), QuoteError> {
+    if value.contains('\0') {
+        return Err(QuoteError(
+            "holds a NUL character, which no environment variable can carry".into(),
+        ));
+    }
+    if value.is_empty() {
+        out.push_str("''");
+        return Ok(());
+    }
+    if value.chars().all(plain) {
+        out.push_str(value);
+        return Ok(());
+    }
+    if !value.contains(['\'', '\n', '\r']) && !value.ends_with('\\') {
+        out.push('\'');
+        out.push_str(value);
+        out.push('\'');
+        return Ok(());
+    }
+    out.push('"');
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_none() => out.push_str("\\0134"),
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '$' => out.push_str("\\$"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(src: &str) -> String {
+        let s = parse(src).unwrap();
+        assert_eq!(s.len(), 1, "{s:?}");
+        s[0].value.clone()
+    }
+
+    #[test]
+    fn reads_like_compose() {
+        assert_eq!(one("A='it\\'s'"), "it's");
+        assert_eq!(one("A=\"x\\\\\""), "x\\");
+        assert_eq!(one("A=\"x\\0134\""), "x\\");
+        assert_eq!(one("A='a\\b'"), "a\\b");
+        assert_eq!(one("A=$$x"), "$x");
+        assert_eq!(one("A=\"\\$HOME\""), "$HOME");
+        assert_eq!(one("A='$HOME ${X}'"), "$HOME ${X}");
+        assert_eq!(one("A=a#b"), "a#b");
+        assert_eq!(one("A=a #b"), "a");
+        assert_eq!(one("A= # c"), "# c");
+        assert_eq!(one("A='' # c"), "");
+        assert_eq!(one("A=\"\\n\\t\\r\""), "\n\t\r");
+        assert_eq!(one("A='multi\nline'"), "multi\nline");
+        assert_eq!(one("export  A : v  "), "v");
+        assert_eq!(one("\u{feff}# c\n\n  A=$"), "$");
+        assert_eq!(one("A=a\t#b"), "a\t#b");
+    }
+
+    #[test]
+    fn interpolates_earlier_keys() {
+        let s = parse("B=bee\nA=x${B:-${Y}}y $B.z ${X:-d} ${B:+alt} ${b} $Bx ${X:-a}}\n").unwrap();
+        assert_eq!(s[1].value, "xbeey bee.z d alt   a}");
+        assert!(parse("A=${X:?needed}\n").is_err());
+    }
+
+    #[test]
+    fn rejects_what_compose_rejects() {
+        assert_eq!(parse("A B=1\n").unwrap_err().line, 1);
+        assert_eq!(parse("\nA=\"open\n").unwrap_err().line, 2);
+        assert!(parse("A\"=1\n").is_err());
+    }
+
+    #[test]
+    fn spans_cover_the_value_as_written() {
+        let src = "A=1 # c\nexport B = 'x y'  # d\n";
+        let s = parse(src).unwrap();
+        assert_eq!(&src[s[0].value_span.clone()], "1");
+        assert_eq!(&src[s[1].value_span.clone()], "'x y'");
+        assert_eq!(&src[s[1].start..s[1].start + 6], "export");
+        assert_eq!(s[1].line, 2);
+    }
+
+    #[test]
+    fn quoting_round_trips() {
+        for v in [
+            "", "plain", "a b", "it's", "\"q\"", "$HOME", "${X}", "#", "a #b", "\\", "x\\", "\\'",
+            " lead", "trail ", "\t", "a\nb", "a\r\nb", "ünï", "100%", "'", "\"", "$$", "\\0123",
+            "end\\\"", "a\\",
+        ] {
+            let q = quote(v).unwrap();
+            let line = format!("K={q}\n");
+            assert_eq!(one(&line), v, "{line:?}");
+        }
+        assert!(quote("a\0b").is_err());
+        assert_eq!(quote("10G").unwrap(), "10G");
+        assert_eq!(quote("a b").unwrap(), "'a b'");
+        assert_eq!(quote("a\nb").unwrap(), "\"a\\nb\"");
+    }
 }

@@ -1,8 +1,65 @@
-//! `ini2env`: chatmail.ini -> .env.
+//! `ini2env`: chatmail.ini `[params]` -> the appliance's `.env`.
+//!
+//! The container is configured through `.env`: every `[params]` key of the
+//! relay's chatmail.ini, upper-cased (`mail_domain` -> `MAIL_DOMAIN`), and
+//! the container's init writes them back into the relay's ini. This module
+//! makes that trip exact and keeps the administrator's own `.env` intact:
+//!
+//! - the ini is read with the relay's semantics ([`crate::ini`]); only
+//!   `[params]` counts, other sections are reported and ignored;
+//! - by default a key is written only when its value differs from the
+//!   relay's default (the embedded `chatmail-ini-defaults.ini`, compared as
+//!   exact strings); keys without a default are written whenever the ini has
+//!   them, even empty, because the relay tells "empty" from "absent" for
+//!   some of them (`iroh_relay`); `--all` writes every key;
+//! - values are quoted with [`crate::dotenv::quote`] so Compose reads them
+//!   back byte for byte; a multi-line ini value (continuation lines) is one
+//!   double-quoted line with `\n` escapes, e.g. `KEY="first\nsecond"`, and
+//!   reaches the container as a variable holding real newlines. The way
+//!   back is `key = <first line>` followed by each further line indented:
+//!   iniconfig strips every line and skips blank and `#`/`;` lines, so a
+//!   value read from an ini never has blank lines, lines starting with `#`
+//!   or `;`, or blanks around a line, and that form reproduces it exactly;
+//! - merging: a line the tool wrote ends in `# chatmail.ini:<hash>`, the
+//!   first 8 hex digits of the SHA-256 of the value it wrote. Such lines
+//!   follow chatmail.ini (updated in place, removed when the key falls back
+//!   to its default or leaves the ini). Any other line setting a key the ini
+//!   sets to something else — or a tool line whose value no longer matches
+//!   its hash, i.e. edited by hand — is a conflict: nothing is written and
+//!   the keys are named, unless `--force` lets the ini win. A hand-set line
+//!   that already agrees is adopted (it gets the marker). Other lines,
+//!   comments and their order are never touched;
+//! - the new `.env` is checked by reading it back before it is written
+//!   atomically with mode 0600, after saving the previous one as `.env.bak`.
+//!
+//! Reports name keys, never values: `.env` may hold secrets. Only `--stdout`
+//! (explicit) and `--check --show-values` print values.
+
+use anyhow::{bail, Context as _, Result};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::ops::Range;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
 use crate::cli::ini2env::Ini2envArgs;
+use crate::dotenv;
+use crate::error;
+use crate::ini::{self, FnvMap, Ini};
 use crate::Context;
-use anyhow::Result;
-use std::path::Path;
+
+/// The relay's `[params]` defaults (see the file's header for provenance).
+pub const DEFAULTS_INI: &str = include_str!("chatmail-ini-defaults.ini");
+
+/// The comment that marks a line as written from chatmail.ini.
+const MARKER: &str = "# chatmail.ini:";
+
+/// Written once above the first generated line.
+const HEADER: &str =
+    "# Lines ending in `# chatmail.ini:<hash>` are written by `chatmail-docker ini2env`\n\
+# from chatmail.ini [params]: change chatmail.ini and rerun it rather than editing them.\n";
 
 /// How `setup` and `migrate` ask for the conversion.
 #[derive(Clone, Debug, Default)]
@@ -22,11 +79,717 @@ pub struct Report {
     pub lines: Vec<String>,
 }
 
-/// Convert `ini` into `env` (merging), honouring `ctx.dry_run`.
-pub fn sync_env(_ctx: &Context, _ini: &Path, _env: &Path, _opts: &Options) -> Result<Report> {
-    anyhow::bail!("ini2env: work in progress")
+/// One `[params]` key as an environment variable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Var {
+    /// The variable name (`MAIL_DOMAIN`).
+    pub name: String,
+    /// The ini key (`mail_domain`).
+    pub key: String,
+    pub value: String,
+    /// 1-based line of the key in chatmail.ini.
+    pub line: usize,
+    /// Whether it goes into `.env` (differs from the default, or `--all`).
+    pub write: bool,
 }
 
-pub fn run(_ctx: &Context, _args: &Ini2envArgs) -> Result<()> {
-    anyhow::bail!("ini2env: work in progress")
+/// The relay's defaults, parsed once.
+pub fn defaults() -> &'static BTreeMap<String, String> {
+    static DEFAULTS: OnceLock<BTreeMap<String, String>> = OnceLock::new();
+    DEFAULTS.get_or_init(|| {
+        ini::parse_str(DEFAULTS_INI)
+            .ok()
+            .and_then(|i| i.section("params").cloned())
+            .map(|s| s.entries.into_iter().map(|e| (e.key, e.value)).collect())
+            .unwrap_or_default()
+    })
+}
+
+fn valid_name(key: &str) -> bool {
+    let mut chars = key.chars();
+    chars
+        .next()
+        .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// The `[params]` of `ini` as environment variables, in ini order. `path`
+/// is only for messages. Errors (exit 2) for a missing `[params]` or
+/// `mail_domain`, a key that is no valid variable name, two keys that
+/// upper-case to the same name, or a value `.env` cannot carry.
+pub fn vars(ini: Ini, path: &Path, all: bool) -> Result<Vec<Var>> {
+    let shown = path.display();
+    let Some(params) = ini.sections.into_iter().find(|s| s.name == "params") else {
+        return Err(error::usage(format!(
+            "{shown} has no [params] section; it is not a chatmail.ini"
+        )));
+    };
+    if params.get("mail_domain").is_none_or(|d| d.is_empty()) {
+        return Err(error::usage(format!(
+            "{shown}: [params] has no mail_domain; set `mail_domain = your.domain`"
+        )));
+    }
+    let defaults = defaults();
+    let mut names: Vec<String> = Vec::with_capacity(params.entries.len());
+    for e in &params.entries {
+        if !valid_name(&e.key) {
+            return Err(error::usage(format!(
+                "{shown}:{}: key {:?} cannot become an environment variable; \
+                 use letters, digits and `_`, not starting with a digit",
+                e.line, e.key
+            )));
+        }
+        if e.value.contains('\0') {
+            return Err(error::usage(format!(
+                "{shown}:{}: the value of {} holds a NUL character, which no environment \
+                 variable can carry",
+                e.line, e.key
+            )));
+        }
+        names.push(e.key.to_ascii_uppercase());
+    }
+    // Keys are case-sensitive in the ini, names are not: find clashes.
+    let mut seen: ini::FnvMap<&str, usize> = ini::FnvMap::default();
+    seen.reserve(names.len());
+    for (i, name) in names.iter().enumerate() {
+        if let Some(j) = seen.insert(name, i) {
+            let (first, second) = (&params.entries[j], &params.entries[i]);
+            return Err(error::usage(format!(
+                "{shown}:{}: key {:?} and the key on line {} both become {name}; keep one",
+                second.line, second.key, first.line
+            )));
+        }
+    }
+    drop(seen);
+    let out = params
+        .entries
+        .into_iter()
+        .zip(names)
+        .map(|(e, name)| Var {
+            write: all || defaults.get(&e.key) != Some(&e.value),
+            name,
+            key: e.key,
+            value: e.value,
+            line: e.line,
+        })
+        .collect();
+    Ok(out)
+}
+
+/// The `KEY=value` lines for `vars` that are written (for `--stdout`).
+pub fn render(vars: &[Var]) -> Result<String> {
+    // Quoting adds a few bytes at most for ordinary values.
+    let size: usize = vars.iter().map(|v| v.name.len() + v.value.len() + 4).sum();
+    let mut out = String::with_capacity(size + size / 8);
+    for v in vars.iter().filter(|v| v.write) {
+        out.push_str(&v.name);
+        out.push('=');
+        dotenv::quote_into(&mut out, &v.value).map_err(|e| anyhow::anyhow!("{}: {e}", v.name))?;
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+fn digest(value: &str) -> String {
+    let d = Sha256::digest(value.as_bytes());
+    hex::encode(&d[..4])
+}
+
+fn managed_line(name: &str, value: &str) -> Result<String> {
+    let mut line = String::with_capacity(name.len() + value.len() + 32);
+    push_managed(&mut line, name, value)?;
+    Ok(line)
+}
+
+/// Append `NAME=value  # chatmail.ini:<hash>` (no newline) to `out`.
+fn push_managed(out: &mut String, name: &str, value: &str) -> Result<()> {
+    out.push_str(name);
+    out.push('=');
+    dotenv::quote_into(out, value).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    out.push_str("  ");
+    out.push_str(MARKER);
+    out.push_str(&digest(value));
+    Ok(())
+}
+
+/// How a `.env` statement relates to the tool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    /// Written by the tool and unchanged since.
+    Tool,
+    /// Written by the tool, value edited by hand since.
+    Edited,
+    /// Written by hand.
+    Hand,
+}
+
+struct Found {
+    st: dotenv::Statement,
+    owner: Owner,
+    /// From the value's start to the end of the marker (or of the value).
+    replace: Range<usize>,
+    /// The whole line(s), newline included, for removal.
+    whole: Range<usize>,
+}
+
+fn inspect(text: &str, st: dotenv::Statement) -> Found {
+    let end = st.value_span.end;
+    let line_end = text[end..].find('\n').map_or(text.len(), |i| end + i);
+    let tail = &text[end..line_end];
+    let trimmed = tail.trim_start();
+    let lead = tail.len() - trimmed.len();
+    let mut owner = Owner::Hand;
+    let mut replace_end = end;
+    if let Some(rest) = trimmed.strip_prefix(MARKER) {
+        let hash: String = rest.chars().take(8).collect();
+        if hash.len() == 8 && hash.chars().all(|c| c.is_ascii_hexdigit()) {
+            owner = if hash == digest(&st.value) {
+                Owner::Tool
+            } else {
+                Owner::Edited
+            };
+            replace_end = end + lead + MARKER.len() + 8;
+        }
+    }
+    let line_start = text[..st.start].rfind('\n').map_or(0, |i| i + 1);
+    // The whole line, unless another statement shares it: then only this
+    // statement goes and the line break stays.
+    let own_line = text[line_start..st.start].trim().is_empty();
+    let whole_start = if own_line { line_start } else { st.start };
+    let whole_end = if own_line && line_end < text.len() {
+        line_end + 1
+    } else {
+        line_end
+    };
+    Found {
+        replace: st.value_span.start..replace_end,
+        whole: whole_start..whole_end,
+        st,
+        owner,
+    }
+}
+
+/// A computed merge: the new `.env` text and what changes.
+#[derive(Clone, Debug)]
+pub struct Merge {
+    pub text: String,
+    /// Keys only.
+    pub actions: Vec<String>,
+    /// Notes for `-v` (duplicates, hand-set keys left alone).
+    pub notes: Vec<String>,
+}
+
+/// Merge `vars` into the `.env` text `old` (empty when there is none).
+/// `env_name` is only for messages. Conflicts are an error (exit 2) unless
+/// `force`.
+pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Merge> {
+    let statements = dotenv::parse(old).map_err(|e| {
+        error::usage(format!(
+            "{env_name}:{}: {} (Docker Compose would reject this file too; fix that line)",
+            e.line, e.message
+        ))
+    })?;
+    // Every occurrence of each key, in file order: the last one counts.
+    let mut occurrences: FnvMap<String, Vec<Found>> = FnvMap::default();
+    let mut keys_in_order: Vec<String> = Vec::new();
+    for st in statements {
+        let list = occurrences.entry(st.key.clone()).or_default();
+        if list.is_empty() {
+            keys_in_order.push(st.key.clone());
+        }
+        list.push(inspect(old, st));
+    }
+
+    let mut edits: Vec<(Range<usize>, String)> = Vec::new();
+    // New lines, in ini order, appended after the existing text.
+    let mut appends = String::new();
+    let mut actions = Vec::new();
+    let mut notes = Vec::new();
+    let mut conflicts = Vec::new();
+    let names: HashSet<&str> = vars.iter().map(|v| v.name.as_str()).collect();
+
+    for v in vars {
+        let all = occurrences.get(&v.name).map(Vec::as_slice).unwrap_or(&[]);
+        let Some(f) = all.last() else {
+            if v.write {
+                push_managed(&mut appends, &v.name, &v.value)?;
+                appends.push('\n');
+                actions.push(format!("add {} (chatmail.ini line {})", v.name, v.line));
+            }
+            continue;
+        };
+        if all.len() > 1 {
+            notes.push(format!(
+                "{} is set {} times in {env_name}; only the last (line {}) counts",
+                v.name,
+                all.len(),
+                f.st.line
+            ));
+        }
+        let same = f.st.value == v.value;
+        let ours = f.owner == Owner::Tool;
+        if !same && !ours && !force {
+            conflicts.push(format!(
+                "{} ({env_name} line {}{}, chatmail.ini line {})",
+                v.name,
+                f.st.line,
+                if f.owner == Owner::Edited {
+                    ", edited by hand"
+                } else {
+                    ", set by hand"
+                },
+                v.line
+            ));
+            continue;
+        }
+        let by_hand = if f.owner == Owner::Tool || same {
+            ""
+        } else {
+            "; --force: replaces a value set by hand"
+        };
+        if v.write {
+            if same && ours {
+                continue;
+            }
+            edits.push((
+                f.replace.clone(),
+                managed_line(&v.name, &v.value)?[v.name.len() + 1..].to_string(),
+            ));
+            actions.push(if same {
+                format!(
+                    "adopt {} (already equal to chatmail.ini line {})",
+                    v.name, v.line
+                )
+            } else {
+                format!("update {} (chatmail.ini line {}{by_hand})", v.name, v.line)
+            });
+        } else if ours || (!same && force) {
+            // Removing the last line would let an earlier one count: go
+            // through all of them.
+            for g in all {
+                if g.owner == Owner::Tool || force {
+                    edits.push((g.whole.clone(), String::new()));
+                } else if g.st.value != v.value {
+                    conflicts.push(format!(
+                        "{} ({env_name} line {}, set by hand, chatmail.ini line {})",
+                        v.name, g.st.line, v.line
+                    ));
+                }
+            }
+            actions.push(format!(
+                "remove {} (chatmail.ini line {} sets the relay's default{by_hand})",
+                v.name, v.line
+            ));
+        } else {
+            notes.push(format!(
+                "{} is set by hand in {env_name} (line {}) to chatmail.ini's value",
+                v.name, f.st.line
+            ));
+        }
+    }
+    // Tool lines for keys that left chatmail.ini (hand-set ones stay).
+    for key in keys_in_order.iter().filter(|k| !names.contains(k.as_str())) {
+        let mut removed = false;
+        for f in &occurrences[key] {
+            match f.owner {
+                Owner::Hand => {}
+                Owner::Edited if !force => conflicts.push(format!(
+                    "{key} ({env_name} line {}, edited by hand, no longer in chatmail.ini)",
+                    f.st.line
+                )),
+                _ => {
+                    edits.push((f.whole.clone(), String::new()));
+                    removed = true;
+                }
+            }
+        }
+        if removed {
+            actions.push(format!("remove {key} (no longer in chatmail.ini)"));
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(error::usage(format!(
+            "{env_name} has values set by hand that differ from chatmail.ini:\n  {}\n\
+             Change chatmail.ini, remove those lines from {env_name}, or rerun with --force \
+             to let chatmail.ini win; nothing was written",
+            conflicts.join("\n  ")
+        )));
+    }
+
+    // Splice the edits in one pass (they never overlap: one per statement).
+    edits.sort_by_key(|(r, _)| r.start);
+    let mut text = String::with_capacity(old.len() + appends.len() + HEADER.len() + 2);
+    let mut at = 0;
+    for (range, with) in edits {
+        text.push_str(&old[at..range.start]);
+        text.push_str(&with);
+        at = range.end;
+    }
+    text.push_str(&old[at..]);
+    if !appends.is_empty() {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        if !text.contains(HEADER) {
+            if !text.trim().is_empty() {
+                text.push('\n');
+            }
+            text.push_str(HEADER);
+        }
+        text.push_str(&appends);
+    }
+
+    // Read the result back the way Compose will before anyone writes it.
+    let check = dotenv::parse(&text)
+        .map_err(|e| anyhow::anyhow!("internal error: the merged .env does not parse: {e}"))?;
+    let got: FnvMap<&str, &str> = check
+        .iter()
+        .map(|s| (s.key.as_str(), s.value.as_str()))
+        .collect();
+    for v in vars.iter().filter(|v| v.write) {
+        if got.get(v.name.as_str()) != Some(&v.value.as_str()) {
+            bail!("internal error: {} would not read back as written", v.name);
+        }
+    }
+    Ok(Merge {
+        text,
+        actions,
+        notes,
+    })
+}
+
+/// The backup path: `.env` -> `.env.bak`.
+pub fn backup_path(env: &Path) -> PathBuf {
+    let mut name = env.file_name().unwrap_or_default().to_os_string();
+    name.push(".bak");
+    env.with_file_name(name)
+}
+
+/// What the merge would write, and what is there now.
+struct Planned {
+    old: Option<String>,
+    merge: Merge,
+    mode_wrong: bool,
+}
+
+fn plan(ctx: &Context, ini_path: &Path, env: &Path, opts: &Options) -> Result<Planned> {
+    if !ini_path.exists() {
+        return Err(error::usage(format!(
+            "no chatmail.ini at {}; pass --ini PATH or --dir to the deployment directory",
+            ini_path.display()
+        )));
+    }
+    let ini = ini::read(ini_path)?;
+    for s in ini.sections.iter().filter(|s| s.name != "params") {
+        ctx.shell.note(format!(
+            "{}: [{}] (line {}) ignored: only [params] becomes environment",
+            ini_path.display(),
+            s.name,
+            s.line
+        ));
+    }
+    let vars = vars(ini, ini_path, opts.all)?;
+    let (old, mode_wrong) = match fs::read(env) {
+        Ok(bytes) => {
+            let text = String::from_utf8(bytes).map_err(|e| {
+                error::usage(format!(
+                    "{}: not valid UTF-8 at byte offset {}",
+                    env.display(),
+                    e.utf8_error().valid_up_to()
+                ))
+            })?;
+            let mode = fs::metadata(env)?.permissions().mode() & 0o7777;
+            (Some(text), mode != 0o600)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, false),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", env.display())),
+    };
+    let merge = merge(
+        old.as_deref().unwrap_or(""),
+        &env.display().to_string(),
+        &vars,
+        opts.force,
+    )?;
+    Ok(Planned {
+        old,
+        merge,
+        mode_wrong,
+    })
+}
+
+/// Convert `ini` into `env` (merging), honouring `ctx.dry_run`.
+pub fn sync_env(ctx: &Context, ini: &Path, env: &Path, opts: &Options) -> Result<Report> {
+    let p = plan(ctx, ini, env, opts)?;
+    for n in &p.merge.notes {
+        ctx.shell.verbose(n);
+    }
+    let content_changed = p.old.as_deref() != Some(p.merge.text.as_str());
+    let mut lines = p.merge.actions;
+    if p.old.is_none() {
+        lines.insert(0, format!("create {}", env.display()));
+    }
+    if !content_changed && p.mode_wrong {
+        lines.push(format!("set the mode of {} to 0600", env.display()));
+    }
+    let changed = content_changed || p.mode_wrong;
+    if changed && !ctx.dry_run {
+        if content_changed {
+            if let Some(old) = &p.old {
+                crate::host::write_atomic(&backup_path(env), old.as_bytes(), 0o600)?;
+            }
+            crate::host::write_atomic(env, p.merge.text.as_bytes(), 0o600)?;
+        } else {
+            fs::set_permissions(env, fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot set the mode of {}", env.display()))?;
+        }
+    }
+    Ok(Report { changed, lines })
+}
+
+/// Render the change as a unified diff. Values are hidden unless
+/// `show_values`: a line `KEY=...` shows as `KEY=…` (a marker's hash, being
+/// derived from the value, as `# chatmail.ini:…`), other non-comment lines
+/// (inside multi-line values) as `…`.
+pub fn diff(old: &str, new: &str, name: &str, show_values: bool) -> String {
+    let redact = |line: &str| -> String {
+        if show_values {
+            return line.to_string();
+        }
+        let t = line.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            return line.to_string();
+        }
+        let body = t.strip_prefix("export ").unwrap_or(t);
+        match body.find(['=', ':']) {
+            Some(i)
+                if body[..i]
+                    .trim()
+                    .chars()
+                    .all(|c| c == '_' || c.is_alphanumeric()) =>
+            {
+                let tail = &body[i + 1..];
+                // The marker's hash is derived from the value: hidden too.
+                let marked = if tail.contains(MARKER) {
+                    format!("  {MARKER}…")
+                } else {
+                    String::new()
+                };
+                format!("{}=…{marked}", body[..i].trim())
+            }
+            _ => "…".into(),
+        }
+    };
+    let d = similar::TextDiff::from_lines(old, new);
+    let mut out = format!("--- {name}\n+++ {name} (from chatmail.ini)\n");
+    for group in d.grouped_ops(2) {
+        for op in group {
+            for change in d.iter_changes(&op) {
+                let sign = match change.tag() {
+                    similar::ChangeTag::Delete => '-',
+                    similar::ChangeTag::Insert => '+',
+                    similar::ChangeTag::Equal => ' ',
+                };
+                let line = change.value().trim_end_matches('\n');
+                out.push(sign);
+                out.push_str(&redact(line));
+                out.push('\n');
+            }
+        }
+        out.push_str("@@\n");
+    }
+    out
+}
+
+/// `chatmail-docker ini2env`.
+pub fn run(ctx: &Context, args: &Ini2envArgs) -> Result<()> {
+    let ini_path = args.ini.clone().unwrap_or_else(|| ctx.path("chatmail.ini"));
+    let env = args.env.clone().unwrap_or_else(|| ctx.path(".env"));
+    let opts = Options {
+        all: args.all,
+        force: args.force,
+    };
+    if args.stdout {
+        if !ini_path.exists() {
+            return Err(error::usage(format!(
+                "no chatmail.ini at {}; pass --ini PATH",
+                ini_path.display()
+            )));
+        }
+        let ini = ini::read(&ini_path)?;
+        let vars = vars(ini, &ini_path, opts.all)?;
+        let text = render(&vars)?;
+        ctx.shell.data(text.trim_end_matches('\n'));
+        return Ok(());
+    }
+    if args.check {
+        let p = plan(ctx, &ini_path, &env, &opts)?;
+        let old = p.old.as_deref().unwrap_or("");
+        if p.old.is_some() && old == p.merge.text {
+            if p.mode_wrong {
+                ctx.shell.warn(format!(
+                    "{} is up to date but not mode 0600; run `chatmail-docker ini2env` to fix",
+                    env.display()
+                ));
+                return Err(error::silent(error::EXIT_RUNTIME));
+            }
+            ctx.shell
+                .status("Fresh", format!("{} matches chatmail.ini", env.display()));
+            return Ok(());
+        }
+        ctx.shell.out(
+            diff(
+                old,
+                &p.merge.text,
+                &env.display().to_string(),
+                args.show_values,
+            )
+            .trim_end(),
+        );
+        ctx.shell.error(format!(
+            "{} is out of date with chatmail.ini ({}); run `chatmail-docker ini2env` to update it",
+            env.display(),
+            if p.merge.actions.is_empty() {
+                "missing".to_string()
+            } else {
+                p.merge.actions.join(", ")
+            }
+        ));
+        return Err(error::silent(error::EXIT_RUNTIME));
+    }
+    let report = sync_env(ctx, &ini_path, &env, &opts)?;
+    if !report.changed {
+        ctx.shell
+            .status("Fresh", format!("{} matches chatmail.ini", env.display()));
+        return Ok(());
+    }
+    for line in &report.lines {
+        ctx.shell.out(format!("  {line}"));
+    }
+    if ctx.dry_run {
+        ctx.shell
+            .status("Dry run", format!("{} not changed", env.display()));
+    } else {
+        ctx.shell.status(
+            "Updated",
+            format!(
+                "{} (previous version in {})",
+                env.display(),
+                backup_path(&env).display()
+            ),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars_of(ini: &str, all: bool) -> Vec<Var> {
+        vars(ini::parse_str(ini).unwrap(), Path::new("chatmail.ini"), all).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_embedded() {
+        assert_eq!(
+            defaults().get("max_mailbox_size").map(String::as_str),
+            Some("500M")
+        );
+        assert_eq!(defaults().get("www_folder").map(String::as_str), Some(""));
+        assert!(defaults().len() >= 27);
+    }
+
+    #[test]
+    fn only_non_defaults_unless_all() {
+        let ini = "[params]\nmail_domain = x.org\nmax_mailbox_size = 500M\nprivacy_mail =\n";
+        let w: Vec<_> = vars_of(ini, false)
+            .into_iter()
+            .filter(|v| v.write)
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(w, ["MAIL_DOMAIN", "PRIVACY_MAIL"]);
+        assert!(vars_of(ini, true).iter().all(|v| v.write));
+    }
+
+    #[test]
+    fn bad_keys_are_errors() {
+        let bad = |ini: &str| {
+            vars(ini::parse_str(ini).unwrap(), Path::new("c.ini"), false)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("[params]\nmail_domain = x\nmax-size = 1\n").contains("c.ini:3"));
+        assert!(bad("[params]\nmail_domain = x\nfoo = 1\nFOO = 2\n").contains("line 3"));
+        assert!(bad("[params]\nmax_mailbox_size = 1\n").contains("mail_domain"));
+        assert!(bad("[other]\na = 1\n").contains("[params]"));
+    }
+
+    #[test]
+    fn merge_keeps_user_lines_and_is_idempotent() {
+        let v = vars_of(
+            "[params]\nmail_domain = new.org\nmax_mailbox_size = 1G\n",
+            false,
+        );
+        let old = "# mine\nDEBUG=1 # keep\nMAIL_DOMAIN=new.org\n";
+        let m = merge(old, ".env", &v, false).unwrap();
+        assert!(
+            m.text
+                .starts_with("# mine\nDEBUG=1 # keep\nMAIL_DOMAIN=new.org  # chatmail.ini:"),
+            "{}",
+            m.text
+        );
+        assert!(m.text.contains("MAX_MAILBOX_SIZE=1G  # chatmail.ini:"));
+        let again = merge(&m.text, ".env", &v, false).unwrap();
+        assert_eq!(again.text, m.text);
+        assert!(again.actions.is_empty());
+
+        // The ini changes: tool lines follow; back to default: removed.
+        let v2 = vars_of(
+            "[params]\nmail_domain = other.org\nmax_mailbox_size = 500M\n",
+            false,
+        );
+        let m2 = merge(&m.text, ".env", &v2, false).unwrap();
+        assert!(m2.text.contains("MAIL_DOMAIN=other.org  # chatmail.ini:"));
+        assert!(!m2.text.contains("MAX_MAILBOX_SIZE"));
+        assert!(m2.text.starts_with("# mine\nDEBUG=1 # keep\n"));
+    }
+
+    #[test]
+    fn removal_keeps_a_shared_line() {
+        let v = vars_of("[params]\nmail_domain = x.org\n", false);
+        let old = "MAIL_DOMAIN=x.org  # chatmail.ini:a1b2c3d4\nA='1' GONE=2  # chatmail.ini:"
+            .to_string()
+            + &digest("2")
+            + "\nB=3\n";
+        let m = merge(&old, ".env", &v, false).unwrap();
+        assert!(m.text.ends_with("A='1' \nB=3\n"), "{:?}", m.text);
+    }
+
+    #[test]
+    fn hand_set_conflicts_need_force() {
+        let v = vars_of("[params]\nmail_domain = ini.org\n", false);
+        let old = "MAIL_DOMAIN=hand.org\n";
+        let e = merge(old, ".env", &v, false).unwrap_err();
+        assert!(e.to_string().contains("MAIL_DOMAIN (.env line 1"), "{e}");
+        assert!(!e.to_string().contains("hand.org"), "no values in errors");
+        let m = merge(old, ".env", &v, true).unwrap();
+        assert!(m.text.starts_with("MAIL_DOMAIN=ini.org  # chatmail.ini:"));
+        // A tool line edited by hand is a conflict too.
+        let edited = m.text.replace("ini.org", "edit.org");
+        assert!(merge(&edited, ".env", &v, false).is_err());
+    }
+
+    #[test]
+    fn diff_hides_values() {
+        let d = diff(
+            "A=secret\n",
+            "A=other  # chatmail.ini:00000000\n",
+            ".env",
+            false,
+        );
+        assert!(!d.contains("secret") && !d.contains("other"), "{d}");
+        assert!(d.contains("-A=…") && d.contains("+A=…"), "{d}");
+        assert!(!d.contains("00000000"), "marker hashes are hidden too: {d}");
+        assert!(diff("A=secret\n", "A=x\n", ".env", true).contains("secret"));
+    }
 }

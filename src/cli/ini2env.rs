@@ -11,8 +11,8 @@ pub struct Ini2envArgs {
     #[arg(long, value_name = "PATH")]
     pub env: Option<PathBuf>,
 
-    /// Print the generated variables instead of writing .env.
-    #[arg(long)]
+    /// Print the generated variables (values included) instead of writing .env.
+    #[arg(long, conflicts_with_all = ["check", "force"])]
     pub stdout: bool,
 
     /// Write every [params] key, not only those that differ from the relay's defaults.
@@ -22,6 +22,10 @@ pub struct Ini2envArgs {
     /// Exit 1 and show a diff when .env is out of date; change nothing.
     #[arg(long)]
     pub check: bool,
+
+    /// With --check: show values in the diff (hidden by default: .env may hold secrets).
+    #[arg(long, requires = "check")]
+    pub show_values: bool,
 
     /// Let the ini win over values set by hand in .env.
     #[arg(long)]
