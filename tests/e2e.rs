@@ -204,6 +204,17 @@ fn healthy_container(dir: &Path, base: &str) -> String {
         .to_string()
 }
 
+/// The id of a local image, if present.
+fn image_id(name: &str) -> Option<String> {
+    let out = StdCommand::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", name])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// Run a command in the container, returning stdout; panics on failure.
 fn exec(container: &str, args: &[&str]) -> String {
     let out = StdCommand::new("docker")
@@ -377,12 +388,21 @@ fn appliance_end_to_end() {
             "the refusal says how to switch to cgroups v2: {stderr}"
         );
     }
+    let previous_image = image_id(IMAGE);
     let setup_started = Instant::now();
     run_tool(
         tool(&dir, &base).args(["setup", "--rebuild", "--skip-check", "cgroup-v2"]),
         0,
         "setup (build + first start)",
     );
+    // The rebuild leaves the previous image of the suite dangling: drop it.
+    if let Some(old) = previous_image.filter(|old| image_id(IMAGE).as_ref() != Some(old)) {
+        let _ = StdCommand::new("docker")
+            .args(["rmi", &old])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
     eprintln!(
         "e2e: setup (with image build) to healthy: {:.1?}",
         setup_started.elapsed()
