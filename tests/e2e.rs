@@ -1,0 +1,1057 @@
+//! End-to-end: the real `chatmail-docker` binary drives the appliance built
+//! from `docker/` on the machine's Docker engine, with the relay stand-in
+//! (`tests/relay-standin`) as the relay source. Everything but the relay is
+//! real: Docker engine, Compose v2, systemd as PID 1 in the container,
+//! Debian's nginx, Postfix and Dovecot, the tool's own binary.
+//!
+//! The scenarios that need the engine run in order inside one test, since
+//! they share the host's mail ports (network_mode: host) and the fixed
+//! compose project name. Without a Docker daemon they are skipped with a
+//! printed reason, except under CI=true where that is a failure.
+//!
+//! The base image is built from Debian packages by
+//! `tests/images/build-base.sh` (cached by content hash), because no image
+//! registry is assumed to be reachable.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as StdCommand, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+
+const DOMAIN: &str = "chat.e2e-test.example";
+/// The image the suite builds, apart from a user's `chatmail-relay:local`.
+const IMAGE: &str = "chatmail-relay:e2e";
+const PORTS_TLS: &[(u16, Option<&str>)] = &[(443, None), (25, Some("smtp")), (143, Some("imap"))];
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Whether a Docker daemon answers; skip (or fail in CI) otherwise.
+fn engine_or_skip() -> bool {
+    let ok = StdCommand::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok && common::have_compose_v2() {
+        return true;
+    }
+    if in_ci() {
+        panic!("the end-to-end suite needs a Docker daemon and Compose v2, and CI=true forbids skipping");
+    }
+    eprintln!(
+        "skipping the end-to-end suite: no Docker daemon answers (or no `docker compose` v2)"
+    );
+    false
+}
+
+/// The base image tag, built when missing (cached by content hash).
+fn base_image() -> String {
+    let script = manifest_dir().join("tests/images/build-base.sh");
+    let out = StdCommand::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(out.status.success(), "{} failed", script.display());
+    let tag = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(
+        tag.starts_with("chatmail-docker-test-base:"),
+        "unexpected tag {tag:?}"
+    );
+    tag
+}
+
+/// `chatmail-docker --dir DIR ...` with the suite's image settings.
+fn tool(dir: &Path, base: &str) -> Command {
+    let mut cmd = Command::cargo_bin("chatmail-docker").unwrap();
+    cmd.env("CHATMAIL_BASE_IMAGE", base)
+        .env("CHATMAIL_IMAGE", IMAGE)
+        .env("NO_COLOR", "1")
+        .env_remove("CMDEPLOY_STAGES")
+        .env_remove("RECREATE_VENV")
+        .env_remove("FORCE_REINIT_INI_FILE")
+        .env_remove("DEBUG_COMMANDS_ENABLED")
+        .arg("--dir")
+        .arg(dir)
+        .timeout(Duration::from_secs(1800));
+    cmd
+}
+
+/// Run the tool, print its output (the test log is the user's view), and
+/// panic with it when the exit code is not the expected one.
+fn run_tool(cmd: &mut Command, expect: i32, what: &str) -> (String, String) {
+    let started = Instant::now();
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    eprintln!(
+        "--- {what}: exit {:?} after {:.1?}\n{stdout}{stderr}",
+        out.status.code(),
+        started.elapsed()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(expect),
+        "{what}: unexpected exit code"
+    );
+    (stdout, stderr)
+}
+
+/// A deployment directory as an administrator has it: the appliance files,
+/// the relay source, chatmail.ini and .env from docker/example.env.
+fn deployment(parent: &Path, name: &str, ini: Option<&str>) -> PathBuf {
+    let dir = parent.join(name);
+    fs::create_dir_all(&dir).unwrap();
+    copy_tree(&manifest_dir().join("docker"), &dir.join("docker"), &|p| {
+        p.file_name().is_some_and(|n| n == "compose.generated.yaml")
+    });
+    copy_tree(
+        &manifest_dir().join("tests/relay-standin"),
+        &dir.join("relay"),
+        &|p| {
+            p.file_name()
+                .is_some_and(|n| n == "__pycache__" || n.to_string_lossy().ends_with(".egg-info"))
+        },
+    );
+    if let Some(ini) = ini {
+        fs::write(dir.join("chatmail.ini"), ini).unwrap();
+        let env = fs::read_to_string(dir.join("docker/example.env"))
+            .unwrap()
+            .replace("\nMAIL_DOMAIN=\n", &format!("\nMAIL_DOMAIN={DOMAIN}\n"));
+        fs::write(dir.join(".env"), env).unwrap();
+        fs::set_permissions(dir.join(".env"), fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    dir
+}
+
+fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) {
+    for e in walkdir::WalkDir::new(from)
+        .into_iter()
+        .filter_entry(|e| !skip(e.path()))
+    {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(from).unwrap();
+        let dest = to.join(rel);
+        if e.file_type().is_dir() {
+            fs::create_dir_all(&dest).unwrap();
+        } else {
+            fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// Takes the appliance down (compose directly, so it works even when the
+/// tool does not) when a scenario ends, failed or not.
+struct Down(PathBuf);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = StdCommand::new("docker")
+            .args([
+                "compose",
+                "--project-name",
+                "chatmail",
+                "--project-directory",
+            ])
+            .arg(&self.0)
+            .arg("--file")
+            .arg(self.0.join("docker/docker-compose.yaml"))
+            .args(["down", "--remove-orphans", "--timeout", "30"])
+            .env("CHATMAIL_IMAGE", IMAGE)
+            .status();
+    }
+}
+
+/// The running container's name, from `status --json`, checking that it is
+/// healthy.
+fn healthy_container(dir: &Path, base: &str) -> String {
+    let (stdout, _) = run_tool(
+        tool(dir, base).args(["status", "--json"]),
+        0,
+        "status --json",
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {stdout}"));
+    assert_eq!(
+        v["healthy"],
+        serde_json::Value::Bool(true),
+        "status --json: {v}"
+    );
+    assert_eq!(v["health"], "healthy", "status --json: {v}");
+    assert_eq!(v["state"], "running", "status --json: {v}");
+    v["container"]
+        .as_str()
+        .unwrap_or_else(|| panic!("status --json names no container: {v}"))
+        .to_string()
+}
+
+/// The id of a local image, if present.
+fn image_id(name: &str) -> Option<String> {
+    let out = StdCommand::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", name])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Run a command in the container, returning stdout; panics on failure.
+fn exec(container: &str, args: &[&str]) -> String {
+    let out = StdCommand::new("docker")
+        .arg("exec")
+        .arg(container)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker exec {container} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// [params] of an ini text with iniconfig's rules: `#`/`;` comments, blank
+/// lines ignored, indented lines continue the previous value (joined with
+/// "\n"), surrounding whitespace stripped.
+fn ini_params(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut section = String::new();
+    let mut last: Option<String> = None;
+    for raw in text.lines() {
+        let t = raw.trim();
+        if t.is_empty() || t.starts_with('#') || t.starts_with(';') {
+            continue;
+        }
+        if raw.starts_with([' ', '\t']) {
+            if let Some(k) = &last {
+                let v: &mut String = out.get_mut(k).unwrap();
+                if !v.is_empty() {
+                    v.push('\n');
+                }
+                v.push_str(t);
+            }
+            continue;
+        }
+        if let Some(s) = t.strip_prefix('[') {
+            section = s.split(']').next().unwrap_or_default().to_string();
+            last = None;
+            continue;
+        }
+        if section != "params" {
+            continue;
+        }
+        if let Some((k, v)) = t.split_once('=').or_else(|| t.split_once(':')) {
+            let k = k.trim().to_string();
+            out.insert(k.clone(), v.trim().to_string());
+            last = Some(k);
+        }
+    }
+    out
+}
+
+fn host_has_ipv6() -> bool {
+    fs::read_to_string("/proc/net/if_inet6").is_ok_and(|s| !s.trim().is_empty())
+}
+
+fn host_is_cgroup2() -> bool {
+    fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let (left, right) = l.split_once(" - ").unwrap_or(("", ""));
+            left.split_whitespace().nth(4) == Some("/sys/fs/cgroup")
+                && right.split_whitespace().next() == Some("cgroup2")
+        })
+    })
+}
+
+/// Write a file the way editors do: a new file renamed over the old one
+/// (a new inode, which a single-file bind mount does not follow).
+fn replace_file(path: &Path, content: &str) {
+    let tmp = path.with_extension("e2e-tmp");
+    fs::write(&tmp, content).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+/// GET a path over plain HTTP from the host's port 80.
+fn http_get(path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", 80)).expect("connect to 127.0.0.1:80");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {DOMAIN}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// The leaf certificate (DER) served on a port, with STARTTLS when given.
+fn served_cert(port: u16, starttls: Option<&str>) -> Option<Vec<u8>> {
+    let mut cmd = StdCommand::new("openssl");
+    cmd.args([
+        "s_client",
+        "-connect",
+        &format!("127.0.0.1:{port}"),
+        "-servername",
+        DOMAIN,
+    ]);
+    if let Some(proto) = starttls {
+        cmd.args(["-starttls", proto]);
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut reader = std::io::BufReader::new(text.as_bytes());
+    let first = rustls_pemfile::certs(&mut reader)
+        .next()
+        .and_then(|c| c.ok())
+        .map(|c| c.as_ref().to_vec());
+    first
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// The host's chatmail.ini: only values that differ from the relay's
+/// defaults, so that `.env` carries every key and the round trip can be
+/// compared exactly.
+fn host_ini() -> String {
+    format!(
+        "[params]\n\
+         mail_domain = {DOMAIN}\n\
+         # a multi-line value, as a postal address is\n\
+         privacy_postal = Example Relay e.V.\n    Hauptstrasse 1\n    12345 Berlin\n\
+         privacy_mail = privacy@{DOMAIN}\n\
+         privacy_pdo = Jane Doe, pdo@{DOMAIN}\n\
+         privacy_supervisor = Data protection authority\n    of the example state\n\
+         max_message_size = 1000000\n\
+         delete_mails_after = 40\n"
+    )
+}
+
+/// Scenarios 1-6, in order, on the real engine.
+#[test]
+fn appliance_end_to_end() {
+    if !engine_or_skip() {
+        return;
+    }
+    let total = Instant::now();
+    let base = base_image();
+    let tmp = tempfile::Builder::new()
+        .prefix("chatmail-e2e")
+        .tempdir()
+        .unwrap();
+    let dir = deployment(tmp.path(), "deploy", Some(&host_ini()));
+    let guard = Down(dir.clone());
+
+    // A custom landing page, mounted over the relay source's.
+    let page = dir.join("custom/www/src/index.md");
+    fs::create_dir_all(page.parent().unwrap()).unwrap();
+    fs::write(&page, "# e2e landing page, version one\n").unwrap();
+
+    // 1. setup in a fresh deployment dir -> healthy.
+    if !host_is_cgroup2() {
+        let (stdout, stderr) = run_tool(
+            tool(&dir, &base).arg("setup"),
+            3,
+            "setup on a cgroup v1 host without the override",
+        );
+        let stderr = stdout + &stderr;
+        assert!(
+            stderr.contains("cgroup"),
+            "the refusal names cgroups: {stderr}"
+        );
+        assert!(
+            stderr.contains("systemd.unified_cgroup_hierarchy=1"),
+            "the refusal says how to switch to cgroups v2: {stderr}"
+        );
+    }
+    let previous_image = image_id(IMAGE);
+    let setup_started = Instant::now();
+    run_tool(
+        tool(&dir, &base).args(["setup", "--rebuild", "--skip-check", "cgroup-v2"]),
+        0,
+        "setup (build + first start)",
+    );
+    // The rebuild leaves the previous image of the suite dangling: drop it.
+    if let Some(old) = previous_image.filter(|old| image_id(IMAGE).as_ref() != Some(old)) {
+        let _ = StdCommand::new("docker")
+            .args(["rmi", &old])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    eprintln!(
+        "e2e: setup (with image build) to healthy: {:.1?}",
+        setup_started.elapsed()
+    );
+    let container = healthy_container(&dir, &base);
+
+    // The container's chatmail.ini equals the host's ([params], parsed).
+    let mut inside = ini_params(&exec(&container, &["cat", "/etc/chatmail/chatmail.ini"]));
+    let host = ini_params(&fs::read_to_string(dir.join("chatmail.ini")).unwrap());
+    if !host_has_ipv6() && !host.contains_key("disable_ipv6") {
+        assert_eq!(
+            inside.remove("disable_ipv6").as_deref(),
+            Some("True"),
+            "no IPv6: disabled in the ini"
+        );
+    }
+    assert_eq!(
+        inside, host,
+        "container chatmail.ini differs from the host's"
+    );
+    assert!(
+        host["privacy_postal"].contains('\n'),
+        "the multi-line value survived"
+    );
+    let stages = exec(
+        &container,
+        &["tail", "-n1", "/var/lib/chatmail-standin/stages.log"],
+    );
+    assert!(
+        stages.trim().ends_with(" configure,activate"),
+        "first start: {stages}"
+    );
+
+    // 2. custom/www/src is what the container sees at /opt/chatmail/www/src.
+    let seen = exec(&container, &["cat", "/opt/chatmail/www/src/index.md"]);
+    assert_eq!(seen, "# e2e landing page, version one\n");
+    assert!(
+        http_get("/index.html").contains("version one"),
+        "the page is served"
+    );
+    replace_file(&page, "# e2e landing page, version two\n");
+    run_tool(
+        tool(&dir, &base).args(["setup", "--skip-check", "cgroup-v2"]),
+        0,
+        "setup after editing a custom file",
+    );
+    let container = healthy_container(&dir, &base);
+    let seen = exec(&container, &["cat", "/opt/chatmail/www/src/index.md"]);
+    assert_eq!(
+        seen, "# e2e landing page, version two\n",
+        "the edit reached the container"
+    );
+    assert!(
+        http_get("/index.html").contains("version two"),
+        "the new page is served"
+    );
+
+    // 3. --reinstall runs the install stage once; the next setup does not.
+    run_tool(
+        tool(&dir, &base).args(["setup", "--reinstall", "--skip-check", "cgroup-v2"]),
+        0,
+        "setup --reinstall",
+    );
+    let container = healthy_container(&dir, &base);
+    let stages = exec(
+        &container,
+        &["tail", "-n1", "/var/lib/chatmail-standin/stages.log"],
+    );
+    assert!(
+        stages.trim().ends_with(" install,configure,activate"),
+        "after --reinstall: {stages}"
+    );
+    run_tool(
+        tool(&dir, &base).args(["setup", "--skip-check", "cgroup-v2"]),
+        0,
+        "setup after --reinstall",
+    );
+    let container = healthy_container(&dir, &base);
+    let stages = exec(
+        &container,
+        &["tail", "-n1", "/var/lib/chatmail-standin/stages.log"],
+    );
+    assert!(
+        stages.trim().ends_with(" configure,activate"),
+        "after plain setup: {stages}"
+    );
+    assert!(
+        !stages.contains("install"),
+        "plain setup ran the install stage: {stages}"
+    );
+
+    // 4. cert-watch: an acmetool-style rotation is served within 2 s.
+    rotate_certificate(&dir, &base, &container);
+
+    // 5. down, then setup: mail and keys under data/ intact.
+    let maildir = format!("/home/vmail/mail/{DOMAIN}/alice@{DOMAIN}/cur");
+    let msg = format!("{maildir}/1700000000.e2e:2,S");
+    exec(
+        &container,
+        &["sh", "-c", &format!(
+            "mkdir -p {maildir} && printf 'Subject: kept\\n\\nhello\\n' > {msg} && chown -R vmail:vmail /home/vmail/mail/{DOMAIN}/alice@{DOMAIN}"
+        )],
+    );
+    let dkim_before = exec(&container, &["sha256sum", "/etc/dkimkeys/opendkim.private"]);
+    let host_dkim = dir.join("data/chatmail-dkimkeys/opendkim.private");
+    let host_msg = dir
+        .join("data/chatmail")
+        .join(msg.trim_start_matches("/home/"));
+    let snapshot_keys = fs::read(&host_dkim).expect("the DKIM key is under data/");
+    run_tool(tool(&dir, &base).arg("down"), 0, "down");
+    let gone = StdCommand::new("docker")
+        .args(["inspect", &container])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "down removed the container");
+    assert_eq!(
+        fs::read(&host_dkim).unwrap(),
+        snapshot_keys,
+        "DKIM key intact after down"
+    );
+    assert!(
+        host_msg.exists(),
+        "mail intact after down: {}",
+        host_msg.display()
+    );
+    run_tool(
+        tool(&dir, &base).args(["setup", "--skip-check", "cgroup-v2"]),
+        0,
+        "setup after down",
+    );
+    let container = healthy_container(&dir, &base);
+    assert_eq!(
+        exec(&container, &["sha256sum", "/etc/dkimkeys/opendkim.private"]),
+        dkim_before
+    );
+    assert_eq!(exec(&container, &["cat", &msg]), "Subject: kept\n\nhello\n");
+    assert_eq!(
+        exec(&container, &["stat", "-c", "%U", &msg]).trim(),
+        "vmail"
+    );
+    drop(guard);
+
+    // 6. migrate from a bare-metal host, then setup.
+    migrate_then_setup(tmp.path(), &base);
+
+    eprintln!("e2e: scenarios 1-6 took {:.1?}", total.elapsed());
+}
+
+/// Scenario 4: rotate the certificate on the host as acmetool does (new
+/// directory under certs/, live/<domain> symlink swapped atomically) while
+/// `cert-watch` runs; 443 and STARTTLS on 25 and 143 serve it within 2 s.
+fn rotate_certificate(dir: &Path, base: &str, container: &str) {
+    let acme = dir.join("data/chatmail-acme");
+    let live = acme.join("live").join(DOMAIN);
+    assert!(
+        live.join("fullchain").exists(),
+        "the first start made a certificate at {}",
+        live.display()
+    );
+    for &(port, starttls) in PORTS_TLS {
+        assert!(
+            served_cert(port, starttls).is_some(),
+            "no certificate served on port {port}"
+        );
+    }
+
+    let bin = assert_cmd::cargo::cargo_bin("chatmail-docker");
+    let mut watcher: Child = StdCommand::new(bin)
+        .env("CHATMAIL_BASE_IMAGE", base)
+        .env("CHATMAIL_IMAGE", IMAGE)
+        .env("NO_COLOR", "1")
+        .arg("--dir")
+        .arg(dir)
+        .args(["cert-watch", "--path"])
+        .arg(&live)
+        .args(["--poll-interval", "1"])
+        .spawn()
+        .expect("start cert-watch");
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let watcher = Kill(&mut watcher);
+    // Let it take its first look at the current certificate.
+    std::thread::sleep(Duration::from_secs(3));
+    if let Some(status) = watcher.0.try_wait().unwrap() {
+        panic!("cert-watch exited early with {status}");
+    }
+
+    let key = rcgen::generate_simple_self_signed(vec![DOMAIN.to_string()]).unwrap();
+    let new_der = key.cert.der().to_vec();
+    let id = format!("e2e-{}", std::process::id());
+    let certdir = acme.join("certs").join(&id);
+    fs::create_dir_all(&certdir).unwrap();
+    fs::write(certdir.join("fullchain"), key.cert.pem()).unwrap();
+    fs::write(certdir.join("cert"), key.cert.pem()).unwrap();
+    fs::write(certdir.join("privkey"), key.signing_key.serialize_pem()).unwrap();
+    fs::set_permissions(certdir.join("privkey"), fs::Permissions::from_mode(0o600)).unwrap();
+    let tmp_link = acme.join("live").join(format!(".{DOMAIN}.e2e"));
+    std::os::unix::fs::symlink(format!("../certs/{id}"), &tmp_link).unwrap();
+    let rotated = Instant::now();
+    fs::rename(&tmp_link, &live).unwrap();
+
+    let want = sha256_hex(&new_der);
+    let mut pending: Vec<(u16, Option<&str>)> = PORTS_TLS.to_vec();
+    let mut last = BTreeMap::new();
+    while !pending.is_empty() && rotated.elapsed() < Duration::from_secs(2) {
+        pending.retain(|&(port, starttls)| {
+            let got = served_cert(port, starttls)
+                .map(|d| sha256_hex(&d))
+                .unwrap_or_default();
+            let done = got == want;
+            if done {
+                eprintln!(
+                    "e2e: port {port} serves the new certificate after {:.2?}",
+                    rotated.elapsed()
+                );
+            }
+            last.insert(port, got);
+            !done
+        });
+        if !pending.is_empty() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    drop(watcher);
+    assert!(
+        pending.is_empty(),
+        "ports {:?} did not serve the rotated certificate ({want}) within 2 s; last seen: {last:?}",
+        pending.iter().map(|p| p.0).collect::<Vec<_>>()
+    );
+    // The appliance is still healthy afterwards.
+    let _ = healthy_container(dir, base);
+    let _ = container;
+}
+
+/// Scenario 6: a fake bare-metal host (files owned by uids the container's
+/// users do not have) -> `migrate --root` -> `setup` -> the maildir and the
+/// DKIM key are in the container, owned by vmail and opendkim.
+fn migrate_then_setup(parent: &Path, base: &str) {
+    let root = parent.join("bare-metal");
+    let dkim = root.join("etc/dkimkeys");
+    fs::create_dir_all(&dkim).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    fs::write(dkim.join("opendkim.private"), &key).unwrap();
+    fs::write(
+        dkim.join("opendkim.txt"),
+        "opendkim._domainkey IN TXT ( \"v=DKIM1; k=rsa; p=e2e\" )\n",
+    )
+    .unwrap();
+    let cur = root.join(format!("home/vmail/mail/{DOMAIN}/bob@{DOMAIN}/cur"));
+    fs::create_dir_all(&cur).unwrap();
+    let mail = cur.join("1690000000.migrated:2,S");
+    fs::write(&mail, "Subject: migrated\n\nfrom bare metal\n").unwrap();
+    fs::create_dir_all(root.join("var/lib/acme")).unwrap();
+    let ini_dir = root.join("usr/local/lib/chatmaild");
+    fs::create_dir_all(&ini_dir).unwrap();
+    fs::write(ini_dir.join("chatmail.ini"), host_ini()).unwrap();
+    // Owners that exist on no container: 4242 for the key, 4343 for mail.
+    for e in walkdir::WalkDir::new(&dkim) {
+        std::os::unix::fs::lchown(e.unwrap().path(), Some(4242), Some(4242)).unwrap();
+    }
+    for e in walkdir::WalkDir::new(root.join("home/vmail")) {
+        std::os::unix::fs::lchown(e.unwrap().path(), Some(4343), Some(4343)).unwrap();
+    }
+    // The bare-metal host's systemctl: every relay unit installed, enabled
+    // and running until migrate stops and disables it; calls are recorded.
+    let bin = parent.join("bare-metal-bin");
+    let calls = parent.join("systemctl.calls");
+    let state = parent.join("bare-metal-units");
+    fs::create_dir_all(&state).unwrap();
+    common::script(&bin, "systemctl", &fake_systemctl(&state, &calls));
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    let dir = deployment(parent, "migrated", None);
+    let _guard = Down(dir.clone());
+    run_tool(
+        tool(&dir, base)
+            .env("PATH", &path)
+            .arg("--root")
+            .arg(&root)
+            .args(["migrate", "--yes"]),
+        0,
+        "migrate --root <bare-metal host>",
+    );
+    let env = fs::read_to_string(dir.join(".env")).expect("migrate wrote .env");
+    assert!(
+        env.contains(&format!("MAIL_DOMAIN={DOMAIN}")),
+        ".env has MAIL_DOMAIN: {env}"
+    );
+    run_tool(
+        tool(&dir, base).args(["setup", "--skip-check", "cgroup-v2"]),
+        0,
+        "setup after migrate",
+    );
+    let container = healthy_container(&dir, base);
+    let inside_mail = format!("/home/vmail/mail/{DOMAIN}/bob@{DOMAIN}/cur/1690000000.migrated:2,S");
+    assert_eq!(
+        exec(&container, &["cat", &inside_mail]),
+        "Subject: migrated\n\nfrom bare metal\n"
+    );
+    assert_eq!(
+        exec(&container, &["stat", "-c", "%U:%G", &inside_mail]).trim(),
+        "vmail:vmail"
+    );
+    assert_eq!(
+        exec(&container, &["cat", "/etc/dkimkeys/opendkim.private"]),
+        key,
+        "the migrated key, not a new one"
+    );
+    assert_eq!(
+        exec(
+            &container,
+            &["stat", "-c", "%U:%G", "/etc/dkimkeys/opendkim.private"]
+        )
+        .trim(),
+        "opendkim:opendkim"
+    );
+    // The host side follows the container's users now.
+    let host_key = dir.join("data/chatmail-dkimkeys/opendkim.private");
+    assert_ne!(
+        fs::metadata(&host_key).unwrap().uid(),
+        4242,
+        "ownership fixed on the mounted key"
+    );
+}
+
+/// A `systemctl` for a fake bare-metal host: units are loaded, and their
+/// active and enablement states live in files under `state`.
+fn fake_systemctl(state: &Path, calls: &Path) -> String {
+    format!(
+        r#"state='{state}'
+echo "$*" >> '{calls}'
+cmd=$1; shift
+units=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    -p|--property) shift 2; continue;;
+    -*) shift; continue;;
+  esac
+  units="$units $1"; shift
+done
+set_all() {{ for u in $units; do echo "$2" > "$state/$u.$1"; done; }}
+case $cmd in
+  show)
+    first=1
+    for u in $units; do
+      [ $first = 1 ] || echo
+      first=0
+      a=$(cat "$state/$u.active" 2>/dev/null || echo active)
+      f=$(cat "$state/$u.file" 2>/dev/null || echo enabled)
+      printf 'Id=%s\nLoadState=loaded\nActiveState=%s\nUnitFileState=%s\n' "$u" "$a" "$f"
+    done;;
+  stop|kill) set_all active inactive;;
+  start|restart|reload-or-restart) set_all active active;;
+  disable|mask) set_all file disabled;;
+  enable|unmask) set_all file enabled;;
+  is-active)
+    rc=0
+    for u in $units; do
+      a=$(cat "$state/$u.active" 2>/dev/null || echo active); echo "$a"
+      [ "$a" = active ] || rc=3
+    done
+    exit $rc;;
+esac
+exit 0"#,
+        state = state.display(),
+        calls = calls.display()
+    )
+}
+
+// ---------------------------------------------------------------------------
+// 7. Bad input: setup refuses before touching Docker, with the fix.
+
+/// A PATH whose `docker` records every call, then runs the real one.
+fn recording_docker(dir: &Path) -> (String, PathBuf) {
+    let real = std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("docker"))
+                .find(|d| d.is_file())
+        })
+        .map(|p| p.display().to_string());
+    let log = dir.join("docker.calls");
+    let bin = dir.join("bin");
+    let body = match real {
+        Some(real) => format!("echo \"$*\" >> '{}'\nexec '{real}' \"$@\"", log.display()),
+        None => format!("echo \"$*\" >> '{}'\nexit 1", log.display()),
+    };
+    common::script(&bin, "docker", &body);
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (path, log)
+}
+
+/// Docker calls that change something (build, start, create, pull...).
+fn changing_calls(log: &Path) -> Vec<String> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            ["build", "up", "create", "run", "start", "pull", "import"]
+                .iter()
+                .any(|w| words.contains(w))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn setup_refuses_without_mail_domain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = deployment(tmp.path(), "deploy", None);
+    fs::copy(dir.join("docker/example.env"), dir.join(".env")).unwrap();
+    fs::set_permissions(dir.join(".env"), fs::Permissions::from_mode(0o600)).unwrap();
+    let (path, log) = recording_docker(tmp.path());
+    let out = Command::cargo_bin("chatmail-docker")
+        .unwrap()
+        .env("PATH", path)
+        .env("NO_COLOR", "1")
+        .arg("--dir")
+        .arg(&dir)
+        .args(["setup", "--skip-check", "cgroup-v2"])
+        .output()
+        .unwrap();
+    // What the user sees: the check report and the error, in either stream.
+    let stderr = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let code = out.status.code();
+    assert!(matches!(code, Some(2) | Some(3)), "exit {code:?}: {stderr}");
+    assert!(
+        stderr.contains("MAIL_DOMAIN"),
+        "names the variable: {stderr}"
+    );
+    assert!(stderr.contains(".env"), "says where to set it: {stderr}");
+    assert_eq!(
+        changing_calls(&log),
+        Vec::<String>::new(),
+        "setup touched Docker"
+    );
+    assert!(
+        !dir.join("data/chatmail").exists(),
+        "no data directories were created"
+    );
+}
+
+#[test]
+fn setup_refuses_on_cgroup_v1_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = deployment(tmp.path(), "deploy", Some(&host_ini()));
+    let root = common::fake_root(tmp.path(), common::MOUNTINFO_V1, 65536, 65536);
+    let (path, log) = recording_docker(tmp.path());
+    let out = Command::cargo_bin("chatmail-docker")
+        .unwrap()
+        .env("PATH", path)
+        .env("NO_COLOR", "1")
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--root")
+        .arg(&root)
+        .arg("setup")
+        .output()
+        .unwrap();
+    // What the user sees: the check report and the error, in either stream.
+    let stderr = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3), "preflight failure: {stderr}");
+    assert!(stderr.contains("cgroup"), "names the problem: {stderr}");
+    assert!(
+        stderr.contains("systemd.unified_cgroup_hierarchy=1"),
+        "gives the fix: {stderr}"
+    );
+    assert_eq!(
+        changing_calls(&log),
+        Vec::<String>::new(),
+        "setup touched Docker"
+    );
+}
+
+#[test]
+fn setup_refuses_with_compose_v1_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = deployment(tmp.path(), "deploy", Some(&host_ini()));
+    let root = common::fake_root(tmp.path(), common::MOUNTINFO_V2, 65536, 65536);
+    let bin = tmp.path().join("bin");
+    let calls = tmp.path().join("calls");
+    // A Docker CLI without the compose plugin, and the old standalone tool.
+    common::script(
+        &bin,
+        "docker",
+        &format!(
+            "echo \"docker $*\" >> '{c}'\n\
+             case \"$1\" in\n\
+               compose) echo \"docker: 'compose' is not a docker command.\" >&2; exit 1;;\n\
+               info) echo '{{\"ServerVersion\":\"20.10.24\"}}'; exit 0;;\n\
+               version) echo '20.10.24'; exit 0;;\n\
+             esac\n\
+             exit 0",
+            c = calls.display()
+        ),
+    );
+    common::script(
+        &bin,
+        "docker-compose",
+        &format!(
+            "echo \"docker-compose $*\" >> '{c}'\n\
+             case \"$*\" in *short*) echo 1.29.2;; *) echo 'docker-compose version 1.29.2, build unknown';; esac",
+            c = calls.display()
+        ),
+    );
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let out = Command::cargo_bin("chatmail-docker")
+        .unwrap()
+        .env("PATH", path)
+        .env("NO_COLOR", "1")
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--root")
+        .arg(&root)
+        .arg("setup")
+        .output()
+        .unwrap();
+    // What the user sees: the check report and the error, in either stream.
+    let stderr = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3), "preflight failure: {stderr}");
+    assert!(
+        stderr.contains("Compose v2") || stderr.contains("docker compose"),
+        "explains v2 is needed: {stderr}"
+    );
+    assert!(
+        stderr.contains("docker-compose-plugin") || stderr.contains("cli-plugins"),
+        "says how to install it: {stderr}"
+    );
+    let recorded = fs::read_to_string(&calls).unwrap_or_default();
+    assert_eq!(
+        changing_calls(&calls),
+        Vec::<String>::new(),
+        "setup touched Docker: {recorded}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The in-container init's half of the round trip, without the engine:
+// environment -> chatmail.ini, parsed back with iniconfig's rules.
+
+fn have_python3() -> bool {
+    StdCommand::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `chatmail-init render-ini` with exactly these variables in its environment.
+fn render_ini(vars: &[(String, String)]) -> String {
+    let script = manifest_dir().join("docker/files/chatmail-init");
+    let out = StdCommand::new("python3")
+        .arg(&script)
+        .arg("render-ini")
+        .env_clear()
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "render-ini failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A value as iniconfig can hold it: lines without surrounding whitespace,
+/// continuation lines neither empty nor starting a comment.
+fn ini_value() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    // No control characters or line/paragraph separators anywhere (Python
+    // splits lines at some of them), no whitespace at either end.
+    let first = "[^\\s\\p{Cc}\\p{Z}]([^\\p{Cc}\\p{Zl}\\p{Zp}]{0,30}[^\\s\\p{Cc}\\p{Z}])?";
+    let cont = "[^\\s#;\\p{Cc}\\p{Z}]([^\\p{Cc}\\p{Zl}\\p{Zp}]{0,30}[^\\s\\p{Cc}\\p{Z}])?";
+    prop_oneof![
+        Just(String::new()),
+        (first, proptest::collection::vec(cont, 0..4)).prop_map(|(f, rest)| {
+            std::iter::once(f)
+                .chain(rest)
+                .collect::<Vec<_>>()
+                .join("\n")
+        }),
+    ]
+}
+
+#[test]
+fn init_writes_env_params_back_exactly() {
+    use proptest::prelude::*;
+    if !common::require(
+        have_python3(),
+        "python3 (runs the in-container init script)",
+    ) {
+        return;
+    }
+    let keys = [
+        "privacy_postal",
+        "privacy_mail",
+        "max_message_size",
+        "disable_ipv6",
+        "acme_email",
+        "tls_external_cert_and_key",
+    ];
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let strategy = proptest::collection::vec(proptest::option::of(ini_value()), keys.len());
+    runner
+        .run(&strategy, |values| {
+            let mut vars = vec![("MAIL_DOMAIN".to_string(), DOMAIN.to_string())];
+            let mut want = BTreeMap::from([("mail_domain".to_string(), DOMAIN.to_string())]);
+            for (k, v) in keys.iter().zip(values) {
+                if let Some(v) = v {
+                    vars.push((k.to_uppercase(), v.clone()));
+                    want.insert(k.to_string(), v);
+                }
+            }
+            // Variables that are not [params] keys stay out of the ini.
+            vars.push(("PATH".into(), "/usr/bin:/bin".into()));
+            vars.push(("CMDEPLOY_STAGES".into(), "configure,activate".into()));
+            let text = render_ini(&vars);
+            prop_assert_eq!(ini_params(&text), want, "rendered:\n{}", text);
+            Ok(())
+        })
+        .unwrap();
+}

@@ -1,0 +1,1 @@
+"""Stand-in for the relay's chatmaild package: only its ini template."""
