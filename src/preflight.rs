@@ -293,12 +293,12 @@ fn check_cgroup(ctx: &Context) -> Check {
         CgroupMode::Unified => Check::ok(ID, "cgroups v2 (cgroup2 mounted at /sys/fs/cgroup)"),
         CgroupMode::Hybrid => Check::fail(
             ID,
-            "cgroups are in hybrid mode (v1 controllers, cgroup2 only at /sys/fs/cgroup/unified); systemd in the container needs v2",
+            "cgroups are in hybrid mode (v1 controllers, cgroup2 only at /sys/fs/cgroup/unified); the appliance (systemd as PID 1 with `cgroup: host`) is supported on cgroups v2 only",
             fix,
         ),
         CgroupMode::Legacy => Check::fail(
             ID,
-            "cgroups v1 only; systemd in the container needs cgroups v2",
+            "cgroups v1 only; the appliance (systemd as PID 1 with `cgroup: host`) is supported on cgroups v2 only",
             fix,
         ),
         CgroupMode::Unknown => Check::fail(

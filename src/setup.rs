@@ -190,7 +190,22 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
     // 4. Overrides.
     changed |= refresh_generated(ctx)?;
 
-    // 5. Build when needed.
+    // 5. Build when needed. Compose needs .env (`env_file`), which a dry
+    // run on a fresh directory has only planned, not written.
+    if ctx.dry_run && !ctx.path(".env").exists() {
+        ctx.shell.out(format!(
+            "would run: {} (when the image is missing)",
+            Project::new(ctx).cmd(ctx, ["build", SERVICE]).display()
+        ));
+        ctx.shell.out(format!(
+            "would run: {}",
+            Project::new(ctx)
+                .cmd(ctx, ["up", "--detach", "--remove-orphans", SERVICE])
+                .display()
+        ));
+        ctx.shell.out("dry run: nothing was changed");
+        return Ok(());
+    }
     let images = image_names(ctx)?;
     let mut missing = Vec::new();
     for i in &images {

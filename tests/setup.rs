@@ -162,3 +162,24 @@ fn compose_v1_only_refuses() {
         "{stdout}"
     );
 }
+
+#[test]
+fn dry_run_on_a_fresh_directory_with_only_chatmail_ini() {
+    let t = tempfile::tempdir().unwrap();
+    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
+    let d = minimal_deployment(t.path());
+    fs::write(d.join("chatmail.ini"), "[params]\nmail_domain = _test\n").unwrap();
+    let bin = t.path().join("bin");
+    let log = t.path().join("docker.log");
+    recording_docker(&bin, &log);
+    let before = snapshot(&d);
+    let out = setup(&root, &d, Some(&isolated_path(&bin)), &["--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("dry run: nothing was changed"), "{stdout}");
+    assert_eq!(snapshot(&d), before);
+}
