@@ -160,4 +160,14 @@ mod tests {
         ));
         assert!(u.contains("WantedBy=multi-user.target"));
     }
+
+    #[test]
+    fn shipped_example_is_the_rendered_unit() {
+        let example = include_str!("../../examples/chatmail-cert-watch.service");
+        let rendered = render(
+            Path::new("/usr/local/bin/chatmail-docker"),
+            Path::new("/opt/chatmail-docker"),
+        );
+        assert_eq!(example, rendered);
+    }
 }
