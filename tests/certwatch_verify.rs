@@ -28,6 +28,8 @@ fn free_port() -> u16 {
 struct SServer {
     pidfile: PathBuf,
     port: u16,
+    /// The first server, started here (later ones by the reload script).
+    first: std::process::Child,
 }
 
 impl SServer {
@@ -47,7 +49,11 @@ impl SServer {
             .spawn()
             .unwrap();
         std::fs::write(&pidfile, child.id().to_string()).unwrap();
-        let s = SServer { pidfile, port };
+        let s = SServer {
+            pidfile,
+            port,
+            first: child,
+        };
         s.wait_listening();
         s
     }
@@ -96,6 +102,8 @@ impl Drop for SServer {
                 }
             }
         }
+        let _ = self.first.kill();
+        let _ = self.first.wait();
     }
 }
 
