@@ -38,6 +38,8 @@ pub struct Target {
     pub mounts: Vec<Mount>,
     /// How the directory was found, for logs.
     pub origin: String,
+    /// Ancestors above this are not watched (see [`Walk::floor`]).
+    pub floor: Option<PathBuf>,
 }
 
 /// Lexically normalise an absolute path (`a/./b/../c` -> `a/c`).
@@ -171,10 +173,15 @@ pub fn locate(
         } else {
             std::env::current_dir()?.join(p)
         };
+        let dir = normalize(&abs);
+        // The directory and its parent may be replaced; what is above is
+        // left to the poll timer.
+        let floor = dir.parent().and_then(Path::parent).map(Path::to_path_buf);
         return Ok(Target {
-            dir: normalize(&abs),
+            dir,
             mounts: Vec::new(),
             origin: "--path".into(),
+            floor,
         });
     }
     let domain = env.get("MAIL_DOMAIN").filter(|d| !d.is_empty());
@@ -190,6 +197,20 @@ pub fn locate(
             }
         },
     };
+    // `.env` may carry the documented default literally; Compose would
+    // interpolate it, so do the same for the one variable it uses.
+    let container_path = match domain {
+        Some(d) => container_path
+            .replace("${MAIL_DOMAIN}", d)
+            .replace("$MAIL_DOMAIN", d),
+        None => container_path,
+    };
+    if container_path.contains('$') {
+        return Err(crate::error::usage(format!(
+            "PATH_TO_SSL={container_path} in {} still contains a variable; write the path out",
+            ctx.path(".env").display()
+        )));
+    }
     let cpath = Path::new(&container_path);
     if !cpath.is_absolute() {
         return Err(crate::error::usage(format!(
@@ -227,10 +248,18 @@ pub fn locate(
             "PATH_TO_SSL={container_path} is under none of the chatmail service's volume mounts ({list}), so the host cannot see the certificates; mount its directory in docker-compose.override.yaml or pass --path DIR"
         ))
     })?;
+    // The mount's host directory may be replaced (a restore of data/), so
+    // watch from its parent down.
+    let floor = mounts
+        .iter()
+        .filter(|m| dir.starts_with(&m.host))
+        .max_by_key(|m| m.host.components().count())
+        .and_then(|m| m.host.parent().map(Path::to_path_buf));
     Ok(Target {
         dir,
         mounts,
         origin: format!("PATH_TO_SSL={container_path} via {origin}"),
+        floor,
     })
 }
 
@@ -242,6 +271,12 @@ pub struct Walk {
     pub visited: BTreeSet<PathBuf>,
     /// Directories that hold those paths: where to put watches.
     pub dirs: BTreeSet<PathBuf>,
+    /// Ancestors above this directory are only watched where needed (the
+    /// directory holding a symlink or a final file, the deepest existing
+    /// one of a missing path). Watching `/`, `/tmp` or `/etc` would wake the
+    /// watcher for every unrelated file there; a replacement that high up is
+    /// left to the poll timer.
+    pub floor: Option<PathBuf>,
 }
 
 impl Walk {
@@ -253,7 +288,6 @@ impl Walk {
         push_front(&mut todo, path);
         let mut cur = PathBuf::from("/");
         let mut links = 0;
-        self.dirs.insert(cur.clone());
         while let Some(part) = todo.pop_front() {
             if part == "/" {
                 cur = PathBuf::from("/");
@@ -268,8 +302,14 @@ impl Walk {
             }
             let next = cur.join(&part);
             self.visited.insert(next.clone());
-            self.dirs.insert(cur.clone());
-            match std::fs::symlink_metadata(&next) {
+            let meta = std::fs::symlink_metadata(&next);
+            let needed = todo.is_empty()
+                || meta.as_ref().map_or(true, |m| m.file_type().is_symlink())
+                || self.floor.as_ref().is_none_or(|f| cur.starts_with(f));
+            if needed {
+                self.dirs.insert(cur.clone());
+            }
+            match meta {
                 Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(20) => {
                     return Ok(None)
                 }
@@ -377,5 +417,21 @@ mod tests {
                 .unwrap(),
             None
         );
+        // Without a floor every ancestor is a watch directory.
+        assert!(w.dirs.contains(Path::new("/")));
+
+        // With one, ancestors above it are left out, but not the
+        // directories that hold links or final files.
+        let mut w = Walk {
+            floor: Some(root.join("acme")),
+            ..Walk::default()
+        };
+        w.resolve(&root.join("acme/live/d1/fullchain"), &mounts)
+            .unwrap();
+        assert!(!w.dirs.contains(Path::new("/")));
+        assert!(!w.dirs.contains(root.parent().unwrap()));
+        for d in ["acme", "acme/live", "acme/certs", "acme/certs/abc"] {
+            assert!(w.dirs.contains(&root.join(d)), "{d}: {:?}", w.dirs);
+        }
     }
 }

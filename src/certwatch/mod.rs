@@ -122,10 +122,13 @@ pub enum Check {
 /// Resolve the target and read the files. The [`Walk`] lists the paths and
 /// directories involved, for the watcher.
 pub fn check(settings: &Settings) -> (Check, Walk) {
-    let mut walk = Walk::default();
     let t = &settings.target;
-    let dir = match walk.resolve(&t.dir, &t.mounts) {
-        Ok(Some(d)) if d.is_dir() => d,
+    let mut walk = Walk {
+        floor: t.floor.clone(),
+        ..Walk::default()
+    };
+    match walk.resolve(&t.dir, &t.mounts) {
+        Ok(Some(d)) if d.is_dir() => {}
         Ok(Some(d)) => {
             return (
                 Check::Missing(format!("{} is not a directory", d.display())),
@@ -139,8 +142,7 @@ pub fn check(settings: &Settings) -> (Check, Walk) {
             )
         }
         Err(e) => return (Check::Missing(format!("{e:#}")), walk),
-    };
-    let _ = dir;
+    }
     // Resolve each candidate through the unresolved directory path, so every
     // symlink hop on the way is recorded.
     let mut exists = |p: &std::path::Path| match walk.resolve(p, &t.mounts) {
