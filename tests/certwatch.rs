@@ -342,12 +342,15 @@ fn path_to_ssl_is_mapped_through_the_compose_volumes() {
     }
     let d = Deploy::new("PATH_TO_SSL=/etc/tls/current\n");
     let host_certs = d.path("elsewhere/tls");
+    // A volume name nobody has: its host directory is unknown.
+    let volume = format!("cert-watch-test-{}-absent", std::process::id());
     fs::create_dir_all(d.path("docker")).unwrap();
     fs::write(
         d.path("docker/docker-compose.yaml"),
         format!(
-            "services:\n  chatmail:\n    image: chatmail-test:none\n    volumes:\n      - {}:/etc/tls\n      - certs:/var/lib/acme\nvolumes:\n  certs:\n",
-            host_certs.display()
+            "services:\n  chatmail:\n    image: chatmail-test:none\n    volumes:\n      - {}:/etc/tls\n      - certs:/var/lib/acme\nvolumes:\n  certs:\n    name: {}\n",
+            host_certs.display(),
+            volume
         ),
     )
     .unwrap();
@@ -380,4 +383,18 @@ fn path_to_ssl_is_mapped_through_the_compose_volumes() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/etc/tls <- "), "{err}");
+
+    // On a named volume Docker has not created: say so.
+    fs::write(d.path(".env"), "MAIL_DOMAIN=example.org\n").unwrap();
+    let out = d
+        .cmd()
+        .args(["cert-watch", "--once", "--no-verify"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("is on the named volume {volume}")),
+        "{err}"
+    );
 }

@@ -75,9 +75,13 @@ pub fn map_to_host(container_path: &Path, mounts: &[Mount]) -> Option<PathBuf> {
         })
 }
 
+/// Named volumes whose host directory could not be found: (container
+/// path, volume name).
+pub type Unresolved = Vec<(PathBuf, String)>;
+
 /// The mounts of the chatmail service, from `docker compose config`.
 /// `Ok(None)` when Compose cannot tell (not installed, no compose file).
-pub fn compose_mounts(ctx: &Context) -> Result<Option<Vec<Mount>>> {
+pub fn compose_mounts(ctx: &Context) -> Result<Option<(Vec<Mount>, Unresolved)>> {
     let project = compose::Project::new(ctx);
     let out = match project
         .cmd(ctx, ["config", "--format", "json"])
@@ -104,13 +108,14 @@ pub fn compose_mounts(ctx: &Context) -> Result<Option<Vec<Mount>>> {
 
 /// The mounts of the service in `docker compose config --format json`
 /// output. Named volumes are looked up with `docker volume inspect`.
-fn parse_mounts(ctx: &Context, json: &serde_json::Value) -> Result<Vec<Mount>> {
+fn parse_mounts(ctx: &Context, json: &serde_json::Value) -> Result<(Vec<Mount>, Unresolved)> {
     let vols = json
         .pointer(&format!("/services/{}/volumes", compose::SERVICE))
         .and_then(|v| v.as_array())
         .cloned()
         .unwrap_or_default();
     let mut mounts = Vec::new();
+    let mut unresolved = Vec::new();
     for v in vols {
         let kind = v.get("type").and_then(|x| x.as_str()).unwrap_or("");
         let (Some(source), Some(target)) = (
@@ -133,6 +138,7 @@ fn parse_mounts(ctx: &Context, json: &serde_json::Value) -> Result<Vec<Mount>> {
                         ctx.shell.verbose(format!(
                             "named volume {name} (at {target}) has no known host directory"
                         ));
+                        unresolved.push((normalize(Path::new(target)), name));
                         continue;
                     }
                 }
@@ -144,7 +150,7 @@ fn parse_mounts(ctx: &Context, json: &serde_json::Value) -> Result<Vec<Mount>> {
             host: normalize(&host),
         });
     }
-    Ok(mounts)
+    Ok((mounts, unresolved))
 }
 
 fn volume_mountpoint(ctx: &Context, name: &str) -> Option<PathBuf> {
@@ -218,8 +224,12 @@ pub fn locate(
             ctx.path(".env").display()
         )));
     }
-    let (mounts, origin) = match compose_mounts(ctx)? {
-        Some(m) => (m, "the chatmail service's volumes (docker compose config)"),
+    let (mounts, unresolved, origin) = match compose_mounts(ctx)? {
+        Some((m, u)) => (
+            m,
+            u,
+            "the chatmail service's volumes (docker compose config)",
+        ),
         None => {
             ctx.shell.verbose(format!(
                 "using the appliance's default mount {} <-> {DEFAULT_ACME_CONTAINER}",
@@ -230,10 +240,19 @@ pub fn locate(
                     container: PathBuf::from(DEFAULT_ACME_CONTAINER),
                     host: ctx.path(DEFAULT_ACME_HOST),
                 }],
+                Vec::new(),
                 "the default mount data/chatmail-acme (docker compose config unavailable)",
             )
         }
     };
+    if map_to_host(cpath, &mounts).is_none() {
+        if let Some((target, name)) = unresolved.iter().find(|(t, _)| cpath.starts_with(t)) {
+            return Err(crate::error::usage(format!(
+                "PATH_TO_SSL={container_path} is on the named volume {name} (mounted at {}), whose host directory is unknown: start the appliance once so Docker creates it (`docker volume inspect {name}`), or bind-mount a host directory there in docker-compose.override.yaml",
+                target.display()
+            )));
+        }
+    }
     let dir = map_to_host(cpath, &mounts).ok_or_else(|| {
         let list = if mounts.is_empty() {
             "none".to_string()

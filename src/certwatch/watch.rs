@@ -35,6 +35,9 @@ use crate::Context;
 /// postpone the reload for ever.
 const MAX_DELAY: Duration = Duration::from_secs(2);
 
+/// How long a stop request waits for a running reload to finish.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
 /// The set of directory watches, keyed by path and inode.
 struct Watches {
     watcher: notify::RecommendedWatcher,
@@ -300,12 +303,25 @@ impl Engine {
         let ctx = self.ctx.clone();
         let settings = self.settings.clone();
         let (m2, info2) = (m.clone(), info.clone());
-        let job = tokio::task::spawn_blocking(move || apply(&ctx, &settings, &m2, &info2));
+        let mut job = tokio::task::spawn_blocking(move || apply(&ctx, &settings, &m2, &info2));
+        let mut step = Step::Continue;
         let outcome = tokio::select! {
             biased;
-            _ = sigterm.recv() => return Step::Exit,
-            _ = sigint.recv() => return Step::Exit,
-            r = job => r,
+            _ = sigterm.recv() => None,
+            _ = sigint.recv() => None,
+            r = &mut job => Some(r),
+        };
+        let outcome = match outcome {
+            Some(r) => r,
+            None => {
+                // Stopping: let a reload that is about done finish so its
+                // result is recorded, but do not wait on a hung one.
+                step = Step::Exit;
+                match tokio::time::timeout(STOP_GRACE, job).await {
+                    Ok(r) => r,
+                    Err(_) => return Step::Exit,
+                }
+            }
         };
         match outcome {
             Ok(Applied::Ok { verified }) => {
@@ -318,7 +334,7 @@ impl Engine {
             Ok(Applied::Later(why)) | Ok(Applied::Failed(why)) => self.schedule_retry(&m, why),
             Err(e) => self.schedule_retry(&m, format!("the reload task failed: {e}")),
         }
-        Step::Continue
+        step
     }
 
     fn schedule_retry(&mut self, m: &Material, why: String) {
