@@ -174,6 +174,24 @@ fn burst_of_twenty_writes_reloads_exactly_once() {
 }
 
 #[test]
+fn poll_timer_catches_a_change_no_watch_sees() {
+    // Ancestors well above the certificate directory are not watched (they
+    // would wake the watcher for unrelated files); replacing one is caught
+    // by the poll timer instead.
+    let d = Deploy::new("");
+    let (a, b) = (pair(), pair());
+    let dir = d.path("srv/tls/example/live");
+    plain(&dir, &a);
+    let w = d.watch(&["--path", dir.to_str().unwrap(), "--poll-interval", "1"]);
+    started(&d, &w, &a);
+    plain(&d.path("srv-new/tls/example/live"), &b);
+    fs::rename(d.path("srv"), d.path("srv-old")).unwrap();
+    fs::rename(d.path("srv-new"), d.path("srv")).unwrap();
+    wait_reloads(&d, &w, 2);
+    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf]);
+}
+
+#[test]
 fn restart_does_not_reload_an_applied_certificate() {
     let d = Deploy::new("");
     let (a, b) = (pair(), pair());
@@ -259,6 +277,46 @@ fn once_reloads_only_when_the_content_changed() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not belong"));
     assert_eq!(d.reloads().len(), 2);
+}
+
+#[test]
+fn a_certificate_close_to_expiry_is_applied_with_a_warning() {
+    if !have("openssl", &["version"]) {
+        return;
+    }
+    let d = Deploy::new("");
+    let dir = d.path("ssl");
+    fs::create_dir_all(&dir).unwrap();
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "5", "-subj", "/CN=example.org"])
+        .args(["-addext", "subjectAltName=DNS:example.org"])
+        .arg("-keyout")
+        .arg(dir.join("privkey.pem"))
+        .arg("-out")
+        .arg(dir.join("fullchain.pem"))
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let out = d
+        .cmd()
+        .args(["cert-watch", "--once", "--no-verify", "--path"])
+        .arg(&dir)
+        .arg("--reload-command")
+        .arg(d.record_cmd())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("the certificate expires in 4 days"), "{err}");
+    assert_eq!(d.reloads().len(), 1);
 }
 
 #[test]

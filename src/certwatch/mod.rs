@@ -275,6 +275,24 @@ fn verified(ctx: &Context, s: &Settings, report: &verify::Report, info: &CertInf
     Applied::Ok { verified: ok }
 }
 
+/// Certificates from an ACME client are renewed well before they expire
+/// (30 days for Let's Encrypt); one this close to expiry means renewal is
+/// failing somewhere.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
+
+/// Warn when `info` expires within [`EXPIRY_WARNING`].
+pub fn warn_if_expiring(ctx: &Context, info: &CertInfo) {
+    if let Ok(left) = info.not_after.duration_since(SystemTime::now()) {
+        if left < EXPIRY_WARNING {
+            ctx.shell.warn(format!(
+                "the certificate expires in {} days ({}); is the ACME client renewing it?",
+                left.as_secs() / 86_400,
+                info.not_after_text()
+            ));
+        }
+    }
+}
+
 /// Record `m` as applied.
 pub fn record(ctx: &Context, m: &Material, info: &CertInfo, verified: bool) -> Result<()> {
     state::save(
@@ -411,6 +429,7 @@ fn once(ctx: &Context, s: &Settings) -> Result<()> {
             info.not_after_text()
         ),
     );
+    warn_if_expiring(ctx, &info);
     // A deploy hook should not hang for ever on a stopped container, but
     // give it a few minutes to come back.
     let deadline = std::time::Instant::now() + Duration::from_secs(180);

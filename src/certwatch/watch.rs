@@ -299,6 +299,7 @@ impl Engine {
                     info.not_after_text()
                 ),
             );
+            super::warn_if_expiring(&self.ctx, &info);
         }
         let ctx = self.ctx.clone();
         let settings = self.settings.clone();
