@@ -17,8 +17,8 @@
 #    60 s): whether it notices a rotation at all, and its CPU time over the
 #    same idle window.
 #
-# Needs bash >= 5 (EPOCHREALTIME), openssl, GNU date. BIN overrides the
-# binary (default target/release/chatmail-docker, else target/debug/...).
+# Needs bash >= 5 (EPOCHREALTIME), openssl, GNU date, bc. BIN overrides the
+# binary (default: the newer of target/release and target/debug).
 set -euo pipefail
 
 ROTATIONS=${1:-50}
@@ -27,9 +27,8 @@ DOMAIN=example.org
 here=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-}
 if [ -z "$BIN" ]; then
-    for b in "$here/target/release/chatmail-docker" "$here/target/debug/chatmail-docker"; do
-        [ -x "$b" ] && BIN=$b && break
-    done
+    # The most recently built of release and debug.
+    BIN=$(ls -t "$here/target/release/chatmail-docker" "$here/target/debug/chatmail-docker" 2>/dev/null | head -n 1 || true)
 fi
 [ -n "$BIN" ] || { echo "build first (cargo build --release) or set BIN" >&2; exit 2; }
 
