@@ -319,6 +319,117 @@ fn a_certificate_close_to_expiry_is_applied_with_a_warning() {
     assert_eq!(d.reloads().len(), 1);
 }
 
+/// Run openssl with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn pkcs1_rsa_and_sec1_ec_keys_wildcards_and_separate_chain_files() {
+    if !have("openssl", &["version"]) {
+        return;
+    }
+    let d = Deploy::new("");
+    // RSA key in PKCS#1 form, leaf in `cert` with an empty `chain` (no
+    // fullchain), the way older acmetool directories look.
+    let rsa = d.path("rsa");
+    fs::create_dir_all(&rsa).unwrap();
+    openssl(&rsa, &["genrsa", "-traditional", "-out", "privkey", "2048"]);
+    openssl(
+        &rsa,
+        &[
+            "req",
+            "-x509",
+            "-key",
+            "privkey",
+            "-subj",
+            "/CN=example.org",
+            "-addext",
+            "subjectAltName=DNS:example.org",
+            "-days",
+            "30",
+            "-out",
+            "cert",
+        ],
+    );
+    fs::write(rsa.join("chain"), "").unwrap();
+    // EC key in SEC1 form, certificate for a wildcard only.
+    let ec = d.path("ec");
+    fs::create_dir_all(&ec).unwrap();
+    openssl(
+        &ec,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "key.pem",
+        ],
+    );
+    openssl(
+        &ec,
+        &[
+            "req",
+            "-x509",
+            "-key",
+            "key.pem",
+            "-subj",
+            "/CN=wild",
+            "-addext",
+            "subjectAltName=DNS:*.example.org",
+            "-days",
+            "30",
+            "-out",
+            "cert.pem",
+        ],
+    );
+    let run = |dir: &std::path::Path, domain: &str| {
+        fs::write(d.path(".env"), format!("MAIL_DOMAIN={domain}\n")).unwrap();
+        let _ = fs::remove_file(d.path("data/.cert-watch-state.json"));
+        d.cmd()
+            .args(["cert-watch", "--once", "--no-verify", "--path"])
+            .arg(dir)
+            .arg("--reload-command")
+            .arg(d.record_cmd())
+            .output()
+            .unwrap()
+    };
+    let out = run(&rsa, DOMAIN);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&ec, "mail.example.org");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.reloads().len(), 2);
+    // The wildcard covers one label only.
+    let out = run(&ec, DOMAIN);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is for *.example.org"));
+    // A key that is no key at all.
+    fs::write(ec.join("key.pem"), "not a key\n").unwrap();
+    let out = run(&ec, "mail.example.org");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no private key"));
+    assert_eq!(d.reloads().len(), 2);
+}
+
 #[test]
 fn once_with_a_failing_reload_command_keeps_the_old_state() {
     let d = Deploy::new("");
