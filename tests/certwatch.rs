@@ -216,6 +216,15 @@ fn sigterm_and_sigint_exit_zero() {
     let mut w = d.watch(&["--path", dir.to_str().unwrap()]);
     started(&d, &w, &a);
     assert!(d.path("data/.cert-watch.pid").exists());
+    // A second watcher for the same deployment refuses to start.
+    let out = d
+        .cmd()
+        .args(["cert-watch", "--no-verify", "--path"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cert-watch already runs"));
     let st = w.terminate();
     assert_eq!(st.code(), Some(0), "{}", w.log());
     assert!(!d.path("data/.cert-watch.pid").exists(), "pid file removed");

@@ -130,6 +130,14 @@ enum Step {
 
 /// Run until SIGTERM or SIGINT.
 pub fn run(ctx: &Context, settings: Settings) -> Result<()> {
+    // Two watchers would reload twice for every renewal.
+    if let Some(pid) = live_pid(ctx).filter(|p| *p != std::process::id()) {
+        return Err(crate::error::usage(format!(
+            "cert-watch already runs for {} (pid {pid}); stop it first (`systemctl stop {}` if it is the service)",
+            ctx.dir.display(),
+            super::UNIT_NAME
+        )));
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
