@@ -12,7 +12,9 @@ use std::fs;
 /// The watcher reloads once at start (no state yet): wait for it, so the
 /// watches are in place before the test changes anything.
 fn started(d: &Deploy, w: &Watcher, first: &Pair) {
-    wait_for("the initial reload", w, || !d.reloads().is_empty());
+    wait_for("the initial reload to be recorded", w, || {
+        d.path("data/.cert-watch-state.json").exists()
+    });
     assert_eq!(d.reloaded_leaves(), vec![first.leaf.clone()]);
 }
 

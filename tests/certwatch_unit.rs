@@ -122,7 +122,10 @@ fn unit_install_and_status() {
     let a = pair();
     Acmetool::new(d.path("data/chatmail-acme"), &a);
     let w = d.watch(&[]);
-    wait_for("the initial reload", &w, || !d.reloads().is_empty());
+    // The state is recorded once the reload command has returned.
+    wait_for("the initial reload to be recorded", &w, || {
+        d.path("data/.cert-watch-state.json").exists()
+    });
     let st = certwatch::status(&c).unwrap();
     assert!(st.watcher_running, "{st:?}");
     assert_eq!(st.watcher, format!("pid {}", w.child.id()));
