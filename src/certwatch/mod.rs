@@ -313,6 +313,12 @@ pub fn record(ctx: &Context, m: &Material, info: &CertInfo, verified: bool) -> R
 /// `chatmail-docker cert-watch`.
 pub fn run(ctx: &Context, args: &CertWatchArgs) -> Result<()> {
     let settings = Settings::resolve(ctx, args)?;
+    if settings.domain.is_none() {
+        ctx.shell.note(format!(
+            "MAIL_DOMAIN is not set in {}: the certificate's names are not checked",
+            ctx.path(".env").display()
+        ));
+    }
     ctx.shell.verbose(format!(
         "watching {} ({})",
         settings.target.dir.display(),
