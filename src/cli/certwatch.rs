@@ -1,7 +1,8 @@
 use clap::Args;
 use std::path::PathBuf;
 
-#[derive(Args, Debug, Clone, Default)]
+/// Arguments of `cert-watch`.
+#[derive(Args, Debug, Clone)]
 pub struct CertWatchArgs {
     /// Host directory holding the certificate and key (instead of PATH_TO_SSL from .env).
     #[arg(long, value_name = "DIR")]
@@ -15,11 +16,52 @@ pub struct CertWatchArgs {
     #[arg(long, value_name = "SECS")]
     pub poll_interval: Option<u64>,
 
-    /// Run this shell command instead of reloading the services in the container.
+    /// Run this shell command instead of reloading the services in the container
+    /// (it sees CERT_WATCH_ACTION=reload|restart, CERT_FINGERPRINT, CERT_LEAF_SHA256,
+    /// CERT_FILE, KEY_FILE, CERT_NOT_AFTER, MAIL_DOMAIN; exit 75 means "retry later").
     #[arg(long, value_name = "CMD")]
     pub reload_command: Option<String>,
 
     /// Do not check the served certificates after reloading.
     #[arg(long)]
     pub no_verify: bool,
+
+    /// Ports to check after a reload; 25 and 587 speak SMTP STARTTLS, 143 IMAP STARTTLS,
+    /// others implicit TLS (force with PORT/tls, PORT/smtp, PORT/imap).
+    #[arg(
+        long,
+        value_name = "PORTS",
+        env = "CERT_WATCH_VERIFY_PORTS",
+        default_value = crate::certwatch::verify::DEFAULT_PORTS
+    )]
+    pub verify_ports: String,
+
+    /// Address the verification connects to.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub verify_host: String,
+
+    /// Seconds to keep checking the served certificate after a reload before restarting.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub verify_timeout: u64,
+
+    /// Quiet time after the last file event before acting, in milliseconds
+    /// (ACME clients write several files in a row).
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    pub debounce_ms: u64,
+}
+
+impl Default for CertWatchArgs {
+    fn default() -> Self {
+        CertWatchArgs {
+            path: None,
+            once: false,
+            poll_interval: None,
+            reload_command: None,
+            no_verify: false,
+            verify_ports: crate::certwatch::verify::DEFAULT_PORTS.to_string(),
+            verify_host: "127.0.0.1".to_string(),
+            verify_timeout: 5,
+            debounce_ms: 200,
+        }
+    }
 }

@@ -1,0 +1,456 @@
+//! Where the certificates are on the host, and how their paths resolve.
+//!
+//! `PATH_TO_SSL` in `.env` is a path inside the container. The ACME client
+//! writes through a volume mount, so the same files live somewhere on the
+//! host; the service's mounts (from `docker compose config`) say where.
+//!
+//! Symlinks are resolved by hand rather than with `canonicalize`: every hop
+//! is a place a renewal can swap (acmetool's `live/<domain>`, certbot's
+//! `live/<domain>/*.pem`), so the watcher needs all of them, and a link
+//! written inside the container may be absolute in the container's terms
+//! (`/var/lib/acme/certs/...`), which only the mount table can translate.
+
+use anyhow::{anyhow, Context as _, Result};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ffi::OsString;
+use std::io::ErrorKind;
+use std::path::{Component, Path, PathBuf};
+
+use crate::compose;
+use crate::Context;
+
+/// The appliance's documented mount for ACME state.
+pub const DEFAULT_ACME_HOST: &str = "data/chatmail-acme";
+pub const DEFAULT_ACME_CONTAINER: &str = "/var/lib/acme";
+
+/// One volume mount: a container path and the host directory behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub container: PathBuf,
+    pub host: PathBuf,
+}
+
+/// The directory to watch, on the host.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub dir: PathBuf,
+    /// Mounts used to translate container-absolute symlinks.
+    pub mounts: Vec<Mount>,
+    /// How the directory was found, for logs.
+    pub origin: String,
+    /// Ancestors above this are not watched (see [`Walk::floor`]).
+    pub floor: Option<PathBuf>,
+}
+
+/// Lexically normalise an absolute path (`a/./b/../c` -> `a/c`).
+pub fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// Map a container path to the host through the mount with the longest
+/// matching target.
+pub fn map_to_host(container_path: &Path, mounts: &[Mount]) -> Option<PathBuf> {
+    let p = normalize(container_path);
+    mounts
+        .iter()
+        .filter(|m| p.starts_with(&m.container))
+        .max_by_key(|m| m.container.components().count())
+        .map(|m| {
+            let rest = p.strip_prefix(&m.container).unwrap_or(Path::new(""));
+            if rest.as_os_str().is_empty() {
+                m.host.clone()
+            } else {
+                m.host.join(rest)
+            }
+        })
+}
+
+/// Named volumes whose host directory could not be found: (container
+/// path, volume name).
+pub type Unresolved = Vec<(PathBuf, String)>;
+
+/// The mounts of the chatmail service, from `docker compose config`.
+/// `Ok(None)` when Compose cannot tell (not installed, no compose file).
+pub fn compose_mounts(ctx: &Context) -> Result<Option<(Vec<Mount>, Unresolved)>> {
+    let project = compose::Project::new(ctx);
+    let out = match project
+        .cmd(ctx, ["config", "--format", "json"])
+        .output(&ctx.shell)
+    {
+        Ok(o) => o,
+        Err(e) => {
+            ctx.shell
+                .verbose(format!("docker compose is not usable: {e:#}"));
+            return Ok(None);
+        }
+    };
+    if !out.success() {
+        ctx.shell.verbose(format!(
+            "`docker compose config` failed: {}",
+            out.stderr.lines().next().unwrap_or("").trim()
+        ));
+        return Ok(None);
+    }
+    let json: serde_json::Value = serde_json::from_str(&out.stdout)
+        .context("cannot parse the JSON printed by `docker compose config`")?;
+    parse_mounts(ctx, &json).map(Some)
+}
+
+/// The mounts of the service in `docker compose config --format json`
+/// output. Named volumes are looked up with `docker volume inspect`.
+fn parse_mounts(ctx: &Context, json: &serde_json::Value) -> Result<(Vec<Mount>, Unresolved)> {
+    let vols = json
+        .pointer(&format!("/services/{}/volumes", compose::SERVICE))
+        .and_then(|v| v.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let mut mounts = Vec::new();
+    let mut unresolved = Vec::new();
+    for v in vols {
+        let kind = v.get("type").and_then(|x| x.as_str()).unwrap_or("");
+        let (Some(source), Some(target)) = (
+            v.get("source").and_then(|x| x.as_str()),
+            v.get("target").and_then(|x| x.as_str()),
+        ) else {
+            continue;
+        };
+        let host = match kind {
+            "bind" => PathBuf::from(source),
+            "volume" => {
+                let name = json
+                    .pointer(&format!("/volumes/{source}/name"))
+                    .and_then(|x| x.as_str())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{}_{source}", compose::PROJECT_NAME));
+                match volume_mountpoint(ctx, &name) {
+                    Some(p) => p,
+                    None => {
+                        ctx.shell.verbose(format!(
+                            "named volume {name} (at {target}) has no known host directory"
+                        ));
+                        unresolved.push((normalize(Path::new(target)), name));
+                        continue;
+                    }
+                }
+            }
+            _ => continue,
+        };
+        mounts.push(Mount {
+            container: normalize(Path::new(target)),
+            host: normalize(&host),
+        });
+    }
+    Ok((mounts, unresolved))
+}
+
+fn volume_mountpoint(ctx: &Context, name: &str) -> Option<PathBuf> {
+    let out = ctx
+        .host
+        .cmd(
+            "docker",
+            ["volume", "inspect", "--format", "{{.Mountpoint}}", name],
+        )
+        .output(&ctx.shell)
+        .ok()?;
+    let p = out.stdout.trim();
+    (out.success() && !p.is_empty()).then(|| PathBuf::from(p))
+}
+
+/// Decide which host directory to watch: `--path`, else `PATH_TO_SSL`
+/// mapped through the service's mounts.
+pub fn locate(
+    ctx: &Context,
+    path: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Result<Target> {
+    if let Some(p) = path {
+        let abs = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir()?.join(p)
+        };
+        let dir = normalize(&abs);
+        // The directory and its parent may be replaced; what is above is
+        // left to the poll timer.
+        let floor = dir.parent().and_then(Path::parent).map(Path::to_path_buf);
+        return Ok(Target {
+            dir,
+            mounts: Vec::new(),
+            origin: "--path".into(),
+            floor,
+        });
+    }
+    let domain = env.get("MAIL_DOMAIN").filter(|d| !d.is_empty());
+    let container_path = match env.get("PATH_TO_SSL").filter(|p| !p.is_empty()) {
+        Some(p) => p.clone(),
+        None => match domain {
+            Some(d) => format!("{DEFAULT_ACME_CONTAINER}/live/{d}"),
+            None => {
+                return Err(crate::error::usage(format!(
+                    "neither PATH_TO_SSL nor MAIL_DOMAIN is set in {}; set MAIL_DOMAIN (run `chatmail-docker ini2env`) or pass --path DIR",
+                    ctx.path(".env").display()
+                )))
+            }
+        },
+    };
+    // `.env` may carry the documented default literally; Compose would
+    // interpolate it, so do the same for the one variable it uses.
+    let container_path = match domain {
+        Some(d) => container_path
+            .replace("${MAIL_DOMAIN}", d)
+            .replace("$MAIL_DOMAIN", d),
+        None => container_path,
+    };
+    if container_path.contains('$') {
+        return Err(crate::error::usage(format!(
+            "PATH_TO_SSL={container_path} in {} still contains a variable; write the path out",
+            ctx.path(".env").display()
+        )));
+    }
+    let cpath = Path::new(&container_path);
+    if !cpath.is_absolute() {
+        return Err(crate::error::usage(format!(
+            "PATH_TO_SSL={container_path} in {} must be an absolute path inside the container",
+            ctx.path(".env").display()
+        )));
+    }
+    let (mounts, unresolved, origin) = match compose_mounts(ctx)? {
+        Some((m, u)) => (
+            m,
+            u,
+            "the chatmail service's volumes (docker compose config)",
+        ),
+        None => {
+            ctx.shell.verbose(format!(
+                "using the appliance's default mount {} <-> {DEFAULT_ACME_CONTAINER}",
+                ctx.path(DEFAULT_ACME_HOST).display()
+            ));
+            (
+                vec![Mount {
+                    container: PathBuf::from(DEFAULT_ACME_CONTAINER),
+                    host: ctx.path(DEFAULT_ACME_HOST),
+                }],
+                Vec::new(),
+                "the default mount data/chatmail-acme (docker compose config unavailable)",
+            )
+        }
+    };
+    if map_to_host(cpath, &mounts).is_none() {
+        if let Some((target, name)) = unresolved.iter().find(|(t, _)| cpath.starts_with(t)) {
+            return Err(crate::error::usage(format!(
+                "PATH_TO_SSL={container_path} is on the named volume {name} (mounted at {}), whose host directory is unknown: start the appliance once so Docker creates it (`docker volume inspect {name}`), or bind-mount a host directory there in docker-compose.override.yaml",
+                target.display()
+            )));
+        }
+    }
+    let dir = map_to_host(cpath, &mounts).ok_or_else(|| {
+        let list = if mounts.is_empty() {
+            "none".to_string()
+        } else {
+            mounts
+                .iter()
+                .map(|m| format!("{} <- {}", m.container.display(), m.host.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        crate::error::usage(format!(
+            "PATH_TO_SSL={container_path} is under none of the chatmail service's volume mounts ({list}), so the host cannot see the certificates; mount its directory in docker-compose.override.yaml or pass --path DIR"
+        ))
+    })?;
+    // The mount's host directory may be replaced (a restore of data/), so
+    // watch from its parent down.
+    let floor = mounts
+        .iter()
+        .filter(|m| dir.starts_with(&m.host))
+        .max_by_key(|m| m.host.components().count())
+        .and_then(|m| m.host.parent().map(Path::to_path_buf));
+    Ok(Target {
+        dir,
+        mounts,
+        origin: format!("PATH_TO_SSL={container_path} via {origin}"),
+        floor,
+    })
+}
+
+/// The outcome of resolving one path.
+#[derive(Clone, Debug, Default)]
+pub struct Walk {
+    /// Every path looked at on the way (each component, each symlink): an
+    /// event on any of them may change the outcome.
+    pub visited: BTreeSet<PathBuf>,
+    /// Directories that hold those paths: where to put watches.
+    pub dirs: BTreeSet<PathBuf>,
+    /// Ancestors above this directory are only watched where needed (the
+    /// directory holding a symlink or a final file, the deepest existing
+    /// one of a missing path). Watching `/`, `/tmp` or `/etc` would wake the
+    /// watcher for every unrelated file there; a replacement that high up is
+    /// left to the poll timer.
+    pub floor: Option<PathBuf>,
+}
+
+impl Walk {
+    /// Resolve `path` through symlinks. Returns the real path when it
+    /// exists. Absolute link targets under a mount's container path are
+    /// translated to the host.
+    pub fn resolve(&mut self, path: &Path, mounts: &[Mount]) -> Result<Option<PathBuf>> {
+        let mut todo: VecDeque<OsString> = VecDeque::new();
+        push_front(&mut todo, path);
+        let mut cur = PathBuf::from("/");
+        let mut links = 0;
+        while let Some(part) = todo.pop_front() {
+            if part == "/" {
+                cur = PathBuf::from("/");
+                continue;
+            }
+            if part == "." {
+                continue;
+            }
+            if part == ".." {
+                cur.pop();
+                continue;
+            }
+            let next = cur.join(&part);
+            self.visited.insert(next.clone());
+            let meta = std::fs::symlink_metadata(&next);
+            let needed = todo.is_empty()
+                || meta.as_ref().map_or(true, |m| m.file_type().is_symlink())
+                || self.floor.as_ref().is_none_or(|f| cur.starts_with(f));
+            if needed {
+                self.dirs.insert(cur.clone());
+            }
+            match meta {
+                Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(20) => {
+                    return Ok(None)
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot look at {}", next.display()))
+                }
+                Ok(m) if m.file_type().is_symlink() => {
+                    links += 1;
+                    if links > 40 {
+                        return Err(anyhow!(
+                            "too many symlinks while resolving {}",
+                            path.display()
+                        ));
+                    }
+                    let target = std::fs::read_link(&next)
+                        .with_context(|| format!("cannot read the symlink {}", next.display()))?;
+                    let target = if target.is_absolute() && !mounts.is_empty() {
+                        let inside = mounts.iter().any(|m| next.starts_with(&m.host));
+                        match map_to_host(&target, mounts) {
+                            Some(h) if inside => h,
+                            _ => target,
+                        }
+                    } else {
+                        target
+                    };
+                    push_front(&mut todo, &target);
+                }
+                Ok(_) => cur = next,
+            }
+        }
+        Ok(Some(cur))
+    }
+}
+
+fn push_front(todo: &mut VecDeque<OsString>, p: &Path) {
+    let parts: Vec<OsString> = p
+        .components()
+        .map(|c| match c {
+            Component::RootDir => OsString::from("/"),
+            other => other.as_os_str().to_os_string(),
+        })
+        .collect();
+    for part in parts.into_iter().rev() {
+        todo.push_front(part);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn longest_mount_wins() {
+        let m = vec![
+            Mount {
+                container: "/var/lib".into(),
+                host: "/h/lib".into(),
+            },
+            Mount {
+                container: "/var/lib/acme".into(),
+                host: "/h/acme".into(),
+            },
+        ];
+        assert_eq!(
+            map_to_host(Path::new("/var/lib/acme/live/x"), &m),
+            Some(PathBuf::from("/h/acme/live/x"))
+        );
+        assert_eq!(
+            map_to_host(Path::new("/var/lib/acme"), &m),
+            Some(PathBuf::from("/h/acme"))
+        );
+        assert_eq!(map_to_host(Path::new("/etc/ssl"), &m), None);
+        // A prefix of a component is no match.
+        assert_eq!(map_to_host(Path::new("/var/libx"), &m), None);
+    }
+
+    #[test]
+    fn resolves_relative_and_container_absolute_links() {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        std::fs::create_dir_all(root.join("acme/certs/abc")).unwrap();
+        std::fs::create_dir_all(root.join("acme/live")).unwrap();
+        std::fs::write(root.join("acme/certs/abc/fullchain"), "x").unwrap();
+        symlink("../certs/abc", root.join("acme/live/d1")).unwrap();
+        symlink("/var/lib/acme/certs/abc", root.join("acme/live/d2")).unwrap();
+        let mounts = vec![Mount {
+            container: "/var/lib/acme".into(),
+            host: root.join("acme"),
+        }];
+        let mut w = Walk::default();
+        let r = w
+            .resolve(&root.join("acme/live/d1/fullchain"), &mounts)
+            .unwrap();
+        assert_eq!(r, Some(root.join("acme/certs/abc/fullchain")));
+        assert!(w.visited.contains(&root.join("acme/live/d1")));
+        assert!(w.dirs.contains(&root.join("acme/live")));
+        assert!(w.dirs.contains(&root.join("acme/certs/abc")));
+        let r = w
+            .resolve(&root.join("acme/live/d2/fullchain"), &mounts)
+            .unwrap();
+        assert_eq!(r, Some(root.join("acme/certs/abc/fullchain")));
+        assert_eq!(
+            w.resolve(&root.join("acme/live/nope/fullchain"), &mounts)
+                .unwrap(),
+            None
+        );
+        // Without a floor every ancestor is a watch directory.
+        assert!(w.dirs.contains(Path::new("/")));
+
+        // With one, ancestors above it are left out, but not the
+        // directories that hold links or final files.
+        let mut w = Walk {
+            floor: Some(root.join("acme")),
+            ..Walk::default()
+        };
+        w.resolve(&root.join("acme/live/d1/fullchain"), &mounts)
+            .unwrap();
+        assert!(!w.dirs.contains(Path::new("/")));
+        assert!(!w.dirs.contains(root.parent().unwrap()));
+        for d in ["acme", "acme/live", "acme/certs", "acme/certs/abc"] {
+            assert!(w.dirs.contains(&root.join(d)), "{d}: {:?}", w.dirs);
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Make the services pick up a new certificate.
+//!
+//! By default nginx, Dovecot and Postfix are reloaded inside the container
+//! (`docker compose exec -T chatmail systemctl reload ...`). A unit whose
+//! reload fails is restarted; a container that is not running is reported
+//! as such so the caller can retry with backoff once it is back. A custom
+//! `--reload-command` replaces all of this with `sh -c CMD`.
+
+use std::time::Duration;
+
+use crate::compose;
+use crate::Context;
+
+/// The units serving TLS inside the container.
+pub const UNITS: &[&str] = &["nginx", "dovecot", "postfix"];
+
+/// Exit code a custom reload command uses to say "not now, try again later"
+/// (sysexits' EX_TEMPFAIL), like a container that is down.
+pub const EXIT_TEMPFAIL: i32 = 75;
+
+/// How to reload.
+#[derive(Clone, Debug)]
+pub enum Reloader {
+    /// systemctl inside the compose service.
+    Compose,
+    /// `sh -c CMD`, with the certificate described in the environment.
+    Command(String),
+}
+
+/// Reload (the normal case) or restart (when a reload did not take).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Reload,
+    Restart,
+}
+
+impl Action {
+    pub fn word(self) -> &'static str {
+        match self {
+            Action::Reload => "reload",
+            Action::Restart => "restart",
+        }
+    }
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done; the text says what was done.
+    Done(String),
+    /// The container is not running (or the command asked to retry later).
+    NotNow(String),
+    Failed(String),
+}
+
+/// Facts about the certificate handed to a custom command as environment
+/// variables (`CERT_FINGERPRINT`, `CERT_LEAF_SHA256`, `CERT_FILE`,
+/// `KEY_FILE`, `CERT_NOT_AFTER`, `CERT_WATCH_ACTION`).
+#[derive(Clone, Debug, Default)]
+pub struct CertEnv {
+    pub fingerprint: String,
+    pub leaf_sha256: String,
+    pub cert_file: String,
+    pub key_file: String,
+    pub not_after: String,
+    pub domain: String,
+}
+
+pub fn run(ctx: &Context, how: &Reloader, action: Action, cert: &CertEnv) -> Outcome {
+    match how {
+        Reloader::Command(cmd) => run_command(ctx, cmd, action, cert),
+        Reloader::Compose => run_compose(ctx, action),
+    }
+}
+
+fn run_command(ctx: &Context, cmd: &str, action: Action, cert: &CertEnv) -> Outcome {
+    let c = ctx
+        .host
+        .cmd("sh", ["-c", cmd])
+        .env("CERT_WATCH_ACTION", action.word())
+        .env("CERT_FINGERPRINT", &cert.fingerprint)
+        .env("CERT_LEAF_SHA256", &cert.leaf_sha256)
+        .env("CERT_FILE", &cert.cert_file)
+        .env("KEY_FILE", &cert.key_file)
+        .env("CERT_NOT_AFTER", &cert.not_after)
+        .env("MAIL_DOMAIN", &cert.domain);
+    match c.status(&ctx.shell) {
+        Ok(0) => Outcome::Done(format!("ran the reload command ({})", action.word())),
+        Ok(EXIT_TEMPFAIL) => Outcome::NotNow(format!(
+            "the reload command exited with {EXIT_TEMPFAIL} (try again later)"
+        )),
+        Ok(code) => Outcome::Failed(format!("the reload command exited with status {code}")),
+        Err(e) => Outcome::Failed(format!("{e:#}")),
+    }
+}
+
+fn last_line(s: &str) -> String {
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+fn run_compose(ctx: &Context, action: Action) -> Outcome {
+    let project = compose::Project::new(ctx);
+    let exec = |args: Vec<&str>| {
+        let mut all = vec!["exec", "-T", compose::SERVICE];
+        all.extend(args);
+        project.cmd(ctx, all).output(&ctx.shell)
+    };
+    let mut all = vec!["systemctl", action.word()];
+    all.extend(UNITS);
+    let first = match exec(all) {
+        Ok(o) => o,
+        Err(e) => return Outcome::Failed(format!("{e:#}")),
+    };
+    if first.success() {
+        return Outcome::Done(format!("{}ed {}", action.word(), UNITS.join(" ")));
+    }
+    if !container_running(ctx, &project) {
+        return Outcome::NotNow(format!(
+            "the {} container is not running ({})",
+            compose::SERVICE,
+            last_line(&first.stderr)
+        ));
+    }
+    // Find the unit that failed and restart it; reload the others.
+    let mut done = Vec::new();
+    for unit in UNITS {
+        let ok = matches!(exec(vec!["systemctl", action.word(), unit]), Ok(o) if o.success());
+        if ok {
+            done.push(format!("{}ed {unit}", action.word()));
+            continue;
+        }
+        match exec(vec!["systemctl", "restart", unit]) {
+            Ok(o) if o.success() => done.push(format!("restarted {unit} (its reload failed)")),
+            Ok(o) => {
+                return Outcome::Failed(format!(
+                    "{unit} could not be reloaded nor restarted: {}",
+                    last_line(&o.stderr)
+                ))
+            }
+            Err(e) => return Outcome::Failed(format!("{e:#}")),
+        }
+    }
+    Outcome::Done(done.join(", "))
+}
+
+fn container_running(ctx: &Context, project: &compose::Project) -> bool {
+    project
+        .cmd(
+            ctx,
+            ["ps", "--status", "running", "--quiet", compose::SERVICE],
+        )
+        .output(&ctx.shell)
+        .map(|o| o.success() && !o.stdout.trim().is_empty())
+        .unwrap_or(false)
+}
+
+/// Pause before retry number `attempt` (1-based): 1 s, 2 s, 4 s ... 5 min.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(9)).min(Duration::from_secs(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(4), Duration::from_secs(8));
+        assert_eq!(backoff(30), Duration::from_secs(300));
+    }
+}

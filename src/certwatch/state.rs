@@ -1,0 +1,72 @@
+//! The last certificate the services were reloaded into, kept in
+//! `data/.cert-watch-state.json` so that `--once` (cron, an ACME client's
+//! deploy hook) and a restarted watcher reload only when the content really
+//! changed, and `status` can say what is being served.
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+use crate::Context;
+
+/// File name under `data/`.
+pub const STATE_FILE: &str = "data/.cert-watch-state.json";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Content fingerprint of the applied chain + key.
+    pub fingerprint: String,
+    /// sha256 of the applied leaf certificate.
+    #[serde(default)]
+    pub leaf_sha256: String,
+    #[serde(default)]
+    pub subject: String,
+    #[serde(default)]
+    pub not_after: String,
+    #[serde(default)]
+    pub cert_files: Vec<PathBuf>,
+    #[serde(default)]
+    pub key_file: PathBuf,
+    /// RFC 3339 time of the reload.
+    #[serde(default)]
+    pub applied_at: String,
+    /// Whether the served certificate was checked afterwards.
+    #[serde(default)]
+    pub verified: bool,
+}
+
+pub fn path(ctx: &Context) -> PathBuf {
+    ctx.path(STATE_FILE)
+}
+
+/// The recorded state; `None` when there is none yet. A damaged file is
+/// treated as absent (with a warning) so the next change reloads.
+pub fn load(ctx: &Context) -> Option<State> {
+    load_from(&path(ctx), ctx)
+}
+
+fn load_from(p: &Path, ctx: &Context) -> Option<State> {
+    let bytes = std::fs::read(p).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            ctx.shell.warn(format!(
+                "ignoring {}: {e} (it is rewritten after the next reload)",
+                p.display()
+            ));
+            None
+        }
+    }
+}
+
+/// Record `state` atomically (0600; it names key files).
+pub fn save(ctx: &Context, state: &State) -> Result<()> {
+    let p = path(ctx);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let mut bytes = serde_json::to_vec_pretty(state)?;
+    bytes.push(b'\n');
+    crate::host::write_atomic(&p, &bytes, 0o600)
+}

@@ -1,0 +1,580 @@
+//! `cert-watch` against real files: each ACME layout and way of replacing
+//! files, invalid states that must not be reloaded into, bursts, `--once`
+//! and signals. Reloads are recorded by `--reload-command` into a file; the
+//! tests wait on that file (or on the log) with a generous bound and assert
+//! only what was recorded.
+
+mod certwatch_common;
+use certwatch_common::*;
+
+use std::fs;
+
+/// The watcher reloads once at start (no state yet): wait for it, so the
+/// watches are in place before the test changes anything.
+fn started(d: &Deploy, w: &Watcher, first: &Pair) {
+    wait_for("the initial reload to be recorded", w, || {
+        d.path("data/.cert-watch-state.json").exists()
+    });
+    assert_eq!(d.reloaded_leaves(), vec![first.leaf.clone()]);
+}
+
+fn wait_reloads(d: &Deploy, w: &Watcher, n: usize) {
+    wait_for(&format!("{n} reloads"), w, || d.reloads().len() >= n);
+}
+
+#[test]
+fn acmetool_symlink_swap_via_path_to_ssl_default_mount() {
+    // No compose file: PATH_TO_SSL's default maps through data/chatmail-acme.
+    let d = Deploy::new("");
+    let (a, b, c) = (pair(), pair(), pair());
+    let mut acme = Acmetool::new(d.path("data/chatmail-acme"), &a);
+    let mut w = d.watch(&[]);
+    started(&d, &w, &a);
+    acme.rotate(&b);
+    wait_reloads(&d, &w, 2);
+    acme.rotate(&c);
+    wait_reloads(&d, &w, 3);
+    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf, c.leaf.clone()]);
+    assert!(w.terminate().success());
+    let state = fs::read_to_string(d.path("data/.cert-watch-state.json")).unwrap();
+    assert!(state.contains(&c.leaf), "{state}");
+}
+
+#[test]
+fn certbot_archive_live_layout() {
+    let d = Deploy::new("");
+    let (a, b, c) = (pair(), pair(), pair());
+    let mut cb = Certbot::new(d.path("letsencrypt"), &a);
+    let live = cb.live().display().to_string();
+    let w = d.watch(&["--path", &live]);
+    started(&d, &w, &a);
+    cb.rotate(&b);
+    wait_reloads(&d, &w, 2);
+    cb.rotate(&c);
+    wait_reloads(&d, &w, 3);
+    // certbot moves the links one by one; the half-moved states never
+    // reach the reload command.
+    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf, c.leaf]);
+}
+
+#[test]
+fn plain_files_replaced_by_rename() {
+    let d = Deploy::new("");
+    let (a, b) = (pair(), pair());
+    let dir = d.path("ssl");
+    plain(&dir, &a);
+    let w = d.watch(&["--path", dir.to_str().unwrap()]);
+    started(&d, &w, &a);
+    plain(&dir, &b);
+    wait_reloads(&d, &w, 2);
+    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf]);
+}
+
+#[test]
+fn files_rewritten_in_place() {
+    let d = Deploy::new("");
+    let (a, b) = (pair(), pair());
+    let dir = d.path("ssl");
+    plain(&dir, &a);
+    let w = d.watch(&["--path", dir.to_str().unwrap()]);
+    started(&d, &w, &a);
+    rewrite(&dir.join("privkey.pem"), &b.key);
+    rewrite(&dir.join("fullchain.pem"), &b.cert);
+    wait_reloads(&d, &w, 2);
+    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf]);
+}
+
+#[test]
+fn directory_deleted_and_recreated() {
+    let d = Deploy::new("");
+    let (a, b, c) = (pair(), pair(), pair());
+    let dir = d.path("ssl/live");
+    plain(&dir, &a);
+    let w = d.watch(&["--path", dir.to_str().unwrap()]);
+    started(&d, &w, &a);
+    fs::remove_dir_all(&dir).unwrap();
+    wait_log(&w, "does not exist", 1);
+    plain(&dir, &b);
+    wait_reloads(&d, &w, 2);
+    // The parent goes too, and comes back.
+    fs::remove_dir_all(d.path("ssl")).unwrap();
+    wait_log(&w, "does not exist", 2);
+    plain(&dir, &c);
+    wait_reloads(&d, &w, 3);
+    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf, c.leaf]);
+}
+
+#[test]
+fn key_written_before_cert_is_not_reloaded_until_the_cert_follows() {
+    let d = Deploy::new("");
+    let (a, b) = (pair(), pair());
+    let dir = d.path("ssl");
+    plain(&dir, &a);
+    let w = d.watch(&["--path", dir.to_str().unwrap()]);
+    started(&d, &w, &a);
+    put(&dir.join("privkey.pem"), &b.key);
+    wait_log(&w, "does not belong to the certificate", 1);
+    assert_eq!(d.reloads().len(), 1, "no reload into a half-updated pair");
+    put(&dir.join("fullchain.pem"), &b.cert);
+    wait_reloads(&d, &w, 2);
+    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf]);
+}
+
+#[test]
+fn mismatched_pair_and_expired_cert_are_never_reloaded() {
+    let d = Deploy::new("");
+    let (a, other, c) = (pair(), pair(), pair());
+    let expired = expired_pair();
+    let wrong_name = pair_for(&["other.example.net"]);
+    let dir = d.path("ssl");
+    plain(&dir, &a);
+    let w = d.watch(&["--path", dir.to_str().unwrap()]);
+    started(&d, &w, &a);
+
+    put(&dir.join("privkey.pem"), &other.key);
+    wait_log(&w, "does not belong to the certificate", 1);
+    plain(&dir, &expired);
+    wait_log(&w, "expired on 2020-04-01", 1);
+    plain(&dir, &wrong_name);
+    wait_log(&w, "but MAIL_DOMAIN is example.org", 1);
+    // Each invalid state was looked at and refused; a valid one follows.
+    plain(&dir, &c);
+    wait_reloads(&d, &w, 2);
+    assert_eq!(d.reloaded_leaves(), vec![a.leaf, c.leaf]);
+}
+
+#[test]
+fn burst_of_twenty_writes_reloads_exactly_once() {
+    let d = Deploy::new("");
+    let (a, b, c) = (pair(), pair(), pair());
+    let dir = d.path("ssl");
+    plain(&dir, &a);
+    let w = d.watch(&["--path", dir.to_str().unwrap()]);
+    started(&d, &w, &a);
+    // An ACME client rewriting its files several times in a row: truncated,
+    // mixed and complete states follow each other within milliseconds.
+    for i in 0..20 {
+        if i % 2 == 0 {
+            rewrite(&dir.join("privkey.pem"), &b.key);
+        } else {
+            rewrite(&dir.join("fullchain.pem"), &b.cert);
+        }
+    }
+    wait_reloads(&d, &w, 2);
+    // A later, separate change proves nothing else was queued in between.
+    plain(&dir, &c);
+    wait_reloads(&d, &w, 3);
+    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf, c.leaf]);
+    // And touching files without changing content reloads nothing.
+    rewrite(&dir.join("fullchain.pem"), &c.cert);
+    put(&dir.join("privkey.pem"), &c.key);
+    fs::write(dir.join("unrelated"), "x").unwrap();
+    let d_leaf = pair();
+    plain(&dir, &d_leaf);
+    wait_reloads(&d, &w, 4);
+    assert_eq!(d.reloads().len(), 4);
+}
+
+#[test]
+fn poll_timer_catches_a_change_no_watch_sees() {
+    // Ancestors well above the certificate directory are not watched (they
+    // would wake the watcher for unrelated files); replacing one is caught
+    // by the poll timer instead.
+    let d = Deploy::new("");
+    let (a, b) = (pair(), pair());
+    let dir = d.path("srv/tls/example/live");
+    plain(&dir, &a);
+    let w = d.watch(&["--path", dir.to_str().unwrap(), "--poll-interval", "1"]);
+    started(&d, &w, &a);
+    plain(&d.path("srv-new/tls/example/live"), &b);
+    fs::rename(d.path("srv"), d.path("srv-old")).unwrap();
+    fs::rename(d.path("srv-new"), d.path("srv")).unwrap();
+    wait_reloads(&d, &w, 2);
+    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf]);
+}
+
+#[test]
+fn restart_does_not_reload_an_applied_certificate() {
+    let d = Deploy::new("");
+    let (a, b) = (pair(), pair());
+    let dir = d.path("ssl");
+    plain(&dir, &a);
+    let mut w = d.watch(&["--path", dir.to_str().unwrap()]);
+    started(&d, &w, &a);
+    assert!(w.terminate().success());
+    let w = d.watch(&["--path", dir.to_str().unwrap()]);
+    wait_log(&w, "Watching", 1);
+    plain(&dir, &b);
+    wait_reloads(&d, &w, 2);
+    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf]);
+}
+
+#[test]
+fn sigterm_and_sigint_exit_zero() {
+    let d = Deploy::new("");
+    let a = pair();
+    let dir = d.path("ssl");
+    plain(&dir, &a);
+    let mut w = d.watch(&["--path", dir.to_str().unwrap()]);
+    started(&d, &w, &a);
+    assert!(d.path("data/.cert-watch.pid").exists());
+    // A second watcher for the same deployment refuses to start.
+    let out = d
+        .cmd()
+        .args(["cert-watch", "--no-verify", "--path"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cert-watch already runs"));
+    let st = w.terminate();
+    assert_eq!(st.code(), Some(0), "{}", w.log());
+    assert!(!d.path("data/.cert-watch.pid").exists(), "pid file removed");
+
+    let mut w = d.watch(&["--path", dir.to_str().unwrap()]);
+    wait_log(&w, "Watching", 1);
+    unsafe {
+        libc::kill(w.child.id() as i32, libc::SIGINT);
+    }
+    let start = std::time::Instant::now();
+    let st = loop {
+        if let Some(st) = w.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < PATIENCE, "SIGINT ignored");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert_eq!(st.code(), Some(0));
+}
+
+#[test]
+fn once_reloads_only_when_the_content_changed() {
+    let d = Deploy::new("");
+    let (a, b) = (pair(), pair());
+    let mut acme = Acmetool::new(d.path("data/chatmail-acme"), &a);
+    let once = || {
+        d.cmd()
+            .args(["cert-watch", "--once", "--no-verify", "--reload-command"])
+            .arg(d.record_cmd())
+            .output()
+            .unwrap()
+    };
+    let out = once();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.reloaded_leaves(), vec![a.leaf.clone()]);
+    let out = once();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unchanged"));
+    assert_eq!(d.reloads().len(), 1);
+    // Same content under a new path: still nothing to do.
+    acme.rotate(&a);
+    assert!(once().status.success());
+    assert_eq!(d.reloads().len(), 1);
+    acme.rotate(&b);
+    assert!(once().status.success());
+    assert_eq!(d.reloaded_leaves(), vec![a.leaf.clone(), b.leaf.clone()]);
+
+    // An invalid pair fails with the reason, reloads nothing, keeps state.
+    let other = pair();
+    acme.rotate(&Pair {
+        key: other.key,
+        ..pair()
+    });
+    let out = once();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not belong"));
+    assert_eq!(d.reloads().len(), 2);
+}
+
+#[test]
+fn a_certificate_close_to_expiry_is_applied_with_a_warning() {
+    if !have("openssl", &["version"]) {
+        return;
+    }
+    let d = Deploy::new("");
+    let dir = d.path("ssl");
+    fs::create_dir_all(&dir).unwrap();
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "5", "-subj", "/CN=example.org"])
+        .args(["-addext", "subjectAltName=DNS:example.org"])
+        .arg("-keyout")
+        .arg(dir.join("privkey.pem"))
+        .arg("-out")
+        .arg(dir.join("fullchain.pem"))
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let out = d
+        .cmd()
+        .args(["cert-watch", "--once", "--no-verify", "--path"])
+        .arg(&dir)
+        .arg("--reload-command")
+        .arg(d.record_cmd())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("the certificate expires in 4 days"), "{err}");
+    assert_eq!(d.reloads().len(), 1);
+}
+
+/// Run openssl with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn pkcs1_rsa_and_sec1_ec_keys_wildcards_and_separate_chain_files() {
+    if !have("openssl", &["version"]) {
+        return;
+    }
+    let d = Deploy::new("");
+    // RSA key in PKCS#1 form, leaf in `cert` with an empty `chain` (no
+    // fullchain), the way older acmetool directories look.
+    let rsa = d.path("rsa");
+    fs::create_dir_all(&rsa).unwrap();
+    openssl(&rsa, &["genrsa", "-traditional", "-out", "privkey", "2048"]);
+    openssl(
+        &rsa,
+        &[
+            "req",
+            "-x509",
+            "-key",
+            "privkey",
+            "-subj",
+            "/CN=example.org",
+            "-addext",
+            "subjectAltName=DNS:example.org",
+            "-days",
+            "30",
+            "-out",
+            "cert",
+        ],
+    );
+    fs::write(rsa.join("chain"), "").unwrap();
+    // EC key in SEC1 form, certificate for a wildcard only.
+    let ec = d.path("ec");
+    fs::create_dir_all(&ec).unwrap();
+    openssl(
+        &ec,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "key.pem",
+        ],
+    );
+    openssl(
+        &ec,
+        &[
+            "req",
+            "-x509",
+            "-key",
+            "key.pem",
+            "-subj",
+            "/CN=wild",
+            "-addext",
+            "subjectAltName=DNS:*.example.org",
+            "-days",
+            "30",
+            "-out",
+            "cert.pem",
+        ],
+    );
+    let run = |dir: &std::path::Path, domain: &str| {
+        fs::write(d.path(".env"), format!("MAIL_DOMAIN={domain}\n")).unwrap();
+        let _ = fs::remove_file(d.path("data/.cert-watch-state.json"));
+        d.cmd()
+            .args(["cert-watch", "--once", "--no-verify", "--path"])
+            .arg(dir)
+            .arg("--reload-command")
+            .arg(d.record_cmd())
+            .output()
+            .unwrap()
+    };
+    let out = run(&rsa, DOMAIN);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&ec, "mail.example.org");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.reloads().len(), 2);
+    // The wildcard covers one label only.
+    let out = run(&ec, DOMAIN);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is for *.example.org"));
+    // A key that is no key at all.
+    fs::write(ec.join("key.pem"), "not a key\n").unwrap();
+    let out = run(&ec, "mail.example.org");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no private key"));
+    assert_eq!(d.reloads().len(), 2);
+}
+
+#[test]
+fn once_with_a_failing_reload_command_keeps_the_old_state() {
+    let d = Deploy::new("");
+    let a = pair();
+    let dir = d.path("ssl");
+    plain(&dir, &a);
+    let out = d
+        .cmd()
+        .args(["cert-watch", "--once", "--no-verify", "--path"])
+        .arg(&dir)
+        .args(["--reload-command", "exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exited with status 3"));
+    assert!(!d.path("data/.cert-watch-state.json").exists());
+}
+
+#[test]
+fn dry_run_reports_and_touches_nothing() {
+    let d = Deploy::new("");
+    let a = pair();
+    Acmetool::new(d.path("data/chatmail-acme"), &a);
+    let out = d
+        .cmd()
+        .args(["--dry-run", "cert-watch", "--reload-command"])
+        .arg(d.record_cmd())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("would reload"), "{stdout}");
+    assert!(stdout.contains(&a.leaf[..16]), "{stdout}");
+    assert!(d.reloads().is_empty());
+    assert!(!d.path("data/.cert-watch-state.json").exists());
+}
+
+#[test]
+fn configuration_errors_exit_2() {
+    // No .env and no --path.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("chatmail-docker"))
+        .arg("--dir")
+        .arg(tmp.path())
+        .args(["cert-watch", "--once"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(".env does not exist"));
+
+    // PATH_TO_SSL outside every mount (default mount used without compose).
+    let d = Deploy::new("PATH_TO_SSL=/etc/ssl/private\n");
+    let out = d.cmd().args(["cert-watch", "--once"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PATH_TO_SSL=/etc/ssl/private is under none"),
+        "{err}"
+    );
+
+    let d = Deploy::new("CERTS_MONITORING_TIMEOUT=soon\n");
+    let out = d.cmd().args(["cert-watch", "--once"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CERTS_MONITORING_TIMEOUT=soon"));
+
+    let d = Deploy::new("");
+    let out = d
+        .cmd()
+        .args(["cert-watch", "--once", "--verify-ports", "443,https"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn path_to_ssl_is_mapped_through_the_compose_volumes() {
+    if !have("docker", &["compose", "version"]) {
+        return;
+    }
+    let d = Deploy::new("PATH_TO_SSL=/etc/tls/current\n");
+    let host_certs = d.path("elsewhere/tls");
+    // A volume name nobody has: its host directory is unknown.
+    let volume = format!("cert-watch-test-{}-absent", std::process::id());
+    fs::create_dir_all(d.path("docker")).unwrap();
+    fs::write(
+        d.path("docker/docker-compose.yaml"),
+        format!(
+            "services:\n  chatmail:\n    image: chatmail-test:none\n    volumes:\n      - {}:/etc/tls\n      - certs:/var/lib/acme\nvolumes:\n  certs:\n    name: {}\n",
+            host_certs.display(),
+            volume
+        ),
+    )
+    .unwrap();
+    let a = pair();
+    plain(&host_certs.join("current"), &a);
+    let out = d
+        .cmd()
+        .args(["cert-watch", "--once", "--no-verify", "--reload-command"])
+        .arg(d.record_cmd())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.reloaded_leaves(), vec![a.leaf]);
+
+    // Under no mount: exit 2 naming the mounts.
+    fs::write(
+        d.path(".env"),
+        "MAIL_DOMAIN=example.org\nPATH_TO_SSL=/srv/certs\n",
+    )
+    .unwrap();
+    let out = d
+        .cmd()
+        .args(["cert-watch", "--once", "--no-verify"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/etc/tls <- "), "{err}");
+
+    // On a named volume Docker has not created: say so.
+    fs::write(d.path(".env"), "MAIL_DOMAIN=example.org\n").unwrap();
+    let out = d
+        .cmd()
+        .args(["cert-watch", "--once", "--no-verify"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("is on the named volume {volume}")),
+        "{err}"
+    );
+}

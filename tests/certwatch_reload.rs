@@ -1,0 +1,183 @@
+//! The default reload through `docker compose exec` (a stand-in `docker`
+//! first on PATH records its calls and plays a container that is up, down,
+//! or whose dovecot refuses to reload), and retrying with backoff while the
+//! container is down or a custom command asks to try later.
+
+mod certwatch_common;
+use certwatch_common::*;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+/// A stand-in `docker`: `compose config` fails (so the default mount is
+/// used), `ps` reports the container running when `up` exists, `exec`
+/// fails when it is down, and dovecot's reload fails when `fail-dovecot`
+/// exists.
+fn fake_docker(d: &Deploy) -> (PathBuf, PathBuf) {
+    let bin = d.path("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let calls = d.path("docker.calls");
+    let state = d.path("fake");
+    fs::create_dir_all(&state).unwrap();
+    let script = format!(
+        r#"#!/bin/sh
+echo "$*" >> '{calls}'
+S='{state}'
+case "$*" in
+  *" config --format json"*) echo "no compose file" >&2; exit 1 ;;
+  *" ps --status running --quiet chatmail"*) [ -f "$S/up" ] && echo 0123abcd; exit 0 ;;
+  *" exec -T chatmail "*)
+    [ -f "$S/up" ] || {{ echo 'service "chatmail" is not running' >&2; exit 1; }}
+    case "$*" in
+      *"systemctl reload"*dovecot*) [ -f "$S/fail-dovecot" ] && {{ echo "Job for dovecot.service failed" >&2; exit 1; }} ;;
+    esac
+    exit 0 ;;
+esac
+exit 0
+"#,
+        calls = calls.display(),
+        state = state.display()
+    );
+    fs::write(bin.join("docker"), script).unwrap();
+    fs::set_permissions(bin.join("docker"), fs::Permissions::from_mode(0o755)).unwrap();
+    (bin, state)
+}
+
+fn path_with(bin: &std::path::Path) -> String {
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// The systemctl parts of the recorded `docker compose ... exec` calls.
+fn exec_calls(d: &Deploy) -> Vec<String> {
+    fs::read_to_string(d.path("docker.calls"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            l.split_once(" exec -T chatmail ")
+                .map(|(_, c)| c.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn compose_reload_restarts_a_unit_whose_reload_fails() {
+    let d = Deploy::new("");
+    let (bin, state) = fake_docker(&d);
+    fs::write(state.join("up"), "").unwrap();
+    let a = pair();
+    let mut acme = Acmetool::new(d.path("data/chatmail-acme"), &a);
+    let out = d
+        .cmd()
+        .env("PATH", path_with(&bin))
+        .args(["cert-watch", "--once", "--no-verify"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        exec_calls(&d),
+        vec!["systemctl reload nginx dovecot postfix"]
+    );
+    // The compose project's files are passed explicitly.
+    let calls = fs::read_to_string(d.path("docker.calls")).unwrap();
+    assert!(calls.contains("compose --project-name chatmail"), "{calls}");
+
+    // Next certificate: dovecot refuses to reload and is restarted.
+    fs::write(state.join("fail-dovecot"), "").unwrap();
+    fs::remove_file(d.path("docker.calls")).unwrap();
+    acme.rotate(&pair());
+    let out = d
+        .cmd()
+        .env("PATH", path_with(&bin))
+        .args(["cert-watch", "--once", "--no-verify"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        exec_calls(&d),
+        vec![
+            "systemctl reload nginx dovecot postfix",
+            "systemctl reload nginx",
+            "systemctl reload dovecot",
+            "systemctl restart dovecot",
+            "systemctl reload postfix",
+        ]
+    );
+    assert!(
+        err.contains("restarted dovecot (its reload failed)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn container_down_is_retried_until_it_is_back() {
+    let d = Deploy::new("");
+    let (bin, state) = fake_docker(&d);
+    let a = pair();
+    Acmetool::new(d.path("data/chatmail-acme"), &a);
+    let log = d.path("watch.log");
+    let mut c = d.cmd();
+    c.env("PATH", path_with(&bin))
+        .args(["cert-watch", "--no-verify", "--poll-interval", "3600"])
+        .stdin(std::process::Stdio::null())
+        .stderr(fs::File::create(&log).unwrap());
+    let mut w = Watcher {
+        child: c.spawn().unwrap(),
+        log,
+    };
+    wait_log(&w, "container is not running", 1);
+    assert!(!d.path("data/.cert-watch-state.json").exists());
+    fs::write(state.join("up"), "").unwrap();
+    wait_for("the state file after the container came back", &w, || {
+        d.path("data/.cert-watch-state.json").exists()
+    });
+    let calls = exec_calls(&d);
+    assert!(calls.len() >= 2, "{calls:?}");
+    assert!(calls
+        .iter()
+        .all(|c| c == "systemctl reload nginx dovecot postfix"));
+    assert!(w.log().contains("retrying in 1 s"), "{}", w.log());
+    assert_eq!(w.terminate().code(), Some(0));
+}
+
+#[test]
+fn custom_command_exit_75_means_try_again_later() {
+    let d = Deploy::new("");
+    let a = pair();
+    let dir = d.path("ssl");
+    plain(&dir, &a);
+    let count = d.path("attempts");
+    let cmd = format!(
+        "echo x >> '{c}'; [ $(wc -l < '{c}') -ge 2 ] || exit 75; {rec}",
+        c = count.display(),
+        rec = d.record_cmd()
+    );
+    let log = d.path("watch.log");
+    let mut c = d.cmd();
+    c.args([
+        "cert-watch",
+        "--no-verify",
+        "--poll-interval",
+        "3600",
+        "--path",
+    ])
+    .arg(&dir)
+    .arg("--reload-command")
+    .arg(cmd)
+    .stdin(std::process::Stdio::null())
+    .stderr(fs::File::create(&log).unwrap());
+    let w = Watcher {
+        child: c.spawn().unwrap(),
+        log,
+    };
+    wait_for("the reload after one retry", &w, || !d.reloads().is_empty());
+    assert_eq!(d.reloaded_leaves(), vec![a.leaf]);
+    assert_eq!(fs::read_to_string(&count).unwrap().lines().count(), 2);
+    assert!(w.log().contains("exited with 75"), "{}", w.log());
+}
