@@ -558,6 +558,8 @@ pub struct StatusReport {
     pub started_at: Option<String>,
     pub uptime_seconds: Option<u64>,
     pub units: Vec<UnitState>,
+    /// The TLS certificate and the cert-watch service.
+    pub certificate: Option<crate::certwatch::CertStatus>,
     pub warnings: Vec<String>,
 }
 
@@ -591,6 +593,21 @@ pub fn status_report(ctx: &Context) -> Result<StatusReport> {
         }
     }
     r.warnings.extend(crate::setup::status_warnings(ctx, &c));
+    match crate::certwatch::status(ctx) {
+        Ok(cert) => {
+            if let Some(p) = &cert.problem {
+                r.warnings.push(format!("certificate: {p}"));
+            }
+            if cert.days_left.is_some_and(|d| d < 14) {
+                r.warnings.push(format!(
+                    "the certificate expires in {} days",
+                    cert.days_left.unwrap_or_default()
+                ));
+            }
+            r.certificate = Some(cert);
+        }
+        Err(e) => r.warnings.push(format!("certificate: {e:#}")),
+    }
     Ok(r)
 }
 
@@ -623,6 +640,25 @@ pub fn status(ctx: &Context, a: &StatusArgs) -> Result<()> {
                 sh.out(format!("health:    {h}"));
                 if let Some(i) = &r.image {
                     sh.out(format!("image:     {i}"));
+                }
+                if let Some(cert) = &r.certificate {
+                    if let Some(na) = &cert.not_after {
+                        sh.out(format!(
+                            "cert:      {} expires {na}{}",
+                            cert.subject.clone().unwrap_or_default(),
+                            cert.days_left
+                                .map(|d| format!(" ({d} days)"))
+                                .unwrap_or_default()
+                        ));
+                    }
+                    sh.out(format!(
+                        "watcher:   {}",
+                        if cert.watcher_running {
+                            format!("running ({})", cert.watcher)
+                        } else {
+                            "not running (chatmail-docker cert-watch)".to_string()
+                        }
+                    ));
                 }
                 if !r.units.is_empty() {
                     sh.out("units:");

@@ -63,6 +63,21 @@ pub fn status_warnings(ctx: &Context, c: &Inspect) -> Vec<String> {
     out
 }
 
+/// With `ENABLE_CERTS_MONITORING=true` in `.env`, install and enable the
+/// host's cert-watch service (or say how to run it without systemd).
+fn ensure_cert_watch_unit(ctx: &Context) -> Result<bool> {
+    let env = crate::dotenv::load(&ctx.path(".env")).unwrap_or_default();
+    let wanted = env
+        .get("ENABLE_CERTS_MONITORING")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    if !wanted {
+        return Ok(false);
+    }
+    let plan = crate::certwatch::unit_plan(ctx)?;
+    crate::certwatch::apply_unit(ctx, &plan)?;
+    Ok(plan.write)
+}
+
 fn image_names(ctx: &Context) -> Result<Vec<String>> {
     let out = Project::new(ctx)
         .cmd(ctx, ["config", "--images"])
@@ -267,6 +282,7 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
             "would wait up to {}s for the container to become healthy",
             args.wait_timeout
         ));
+        ensure_cert_watch_unit(ctx)?;
         ctx.shell.out("dry run: nothing was changed");
         return Ok(());
     }
@@ -278,6 +294,9 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
         .as_ref()
         .is_none_or(|b| b.id != c.id || b.state.started_at != c.state.started_at);
     changed |= recreated;
+
+    // 8. The host's certificate watcher, when asked for.
+    changed |= ensure_cert_watch_unit(ctx)?;
 
     if changed {
         ctx.shell.status(

@@ -134,7 +134,7 @@ pub enum Command {
     /// Watch the TLS certificates and reload the services when they change.
     #[command(
         name = "cert-watch",
-        after_help = "Examples:\n  chatmail-docker cert-watch\n  chatmail-docker cert-watch --once"
+        after_help = "Examples:\n  chatmail-docker cert-watch                  # in the foreground, for a supervisor\n  chatmail-docker cert-watch --once           # from cron or an ACME client's deploy hook\n  chatmail-docker cert-watch --path /etc/letsencrypt/live/chat.example.org --once"
     )]
     CertWatch(certwatch::CertWatchArgs),
 
