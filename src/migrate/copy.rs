@@ -479,6 +479,13 @@ fn remove_any(path: &Path, meta: &Metadata) -> Result<()> {
 /// tool owns: extraneous entries there are deleted.
 pub fn sync(src: &Tree, dst_root: &Path, dry: bool) -> Result<Stats> {
     let dst = walk(dst_root, true)?;
+    sync_trees(src, &dst, dry)
+}
+
+/// [`sync`] with a destination walk the caller already has (the plan walks
+/// both trees; nothing but this tool writes to the destination meanwhile).
+pub fn sync_trees(src: &Tree, dst: &Tree, dry: bool) -> Result<Stats> {
+    let dst_root = dst.root.as_path();
     let mut stats = Stats::default();
     let dst_map: HashMap<&Path, &Metadata> = dst
         .entries

@@ -61,6 +61,8 @@ struct Found {
     host: PathBuf,
     dest: PathBuf,
     tree: Tree,
+    /// The destination as walked for the plan (empty when not ours yet).
+    dest_tree: Tree,
     totals: Totals,
     already: Totals,
     owner: SourceOwner,
@@ -107,11 +109,15 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
         check_destination(&dest, source.dest, &st)?;
         let tree = copy::walk(&host, false)?;
         let totals = tree.totals();
-        let already = if st.owns(source.dest) {
-            copy::walk(&dest, true)?.totals()
+        let dest_tree = if st.owns(source.dest) {
+            copy::walk(&dest, true)?
         } else {
-            Totals::default()
+            Tree {
+                root: dest.clone(),
+                entries: Vec::new(),
+            }
         };
+        let already = dest_tree.totals();
         let root_meta = &tree.entries[0].meta;
         let owner = SourceOwner {
             source: source.host_path.to_string(),
@@ -124,6 +130,7 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
             host,
             dest,
             tree,
+            dest_tree,
             totals,
             already,
             owner,
@@ -200,7 +207,7 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
         st.save(&state_file)?;
         for f in &found {
             let t = Instant::now();
-            let stats = copy::sync(&f.tree, &f.dest, false)
+            let stats = copy::sync_trees(&f.tree, &f.dest_tree, false)
                 .with_context(|| format!("pre-sync of {} failed", f.source.host_path))?;
             copy::flush(&f.dest)?;
             report_sync(ctx, "Pre-synced", f, &stats, t.elapsed());
@@ -386,12 +393,11 @@ fn print_plan(
                 a.join(" + ")
             }
         };
-        let was = st
-            .stopped
-            .iter()
-            .any(|s| s.unit == u.unit)
-            .then_some(" (stopped by an earlier run)")
-            .unwrap_or("");
+        let was = if st.stopped.iter().any(|s| s.unit == u.unit) {
+            " (stopped by an earlier run)"
+        } else {
+            ""
+        };
         sh.out(format!(
             "    {:<30} {:<10} {:<10} -> {action}{was}",
             u.unit,
