@@ -1,13 +1,17 @@
 //! The compose project: which files, which `.env`, which project name, and
 //! running `docker compose` with them.
 
-use anyhow::Result;
+use anyhow::{bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::cli::compose::*;
 use crate::host::Cmd;
-use crate::Context;
+use crate::{error, Context};
 
 /// Compose project name: fixed, so the directory's name does not matter.
 pub const PROJECT_NAME: &str = "chatmail";
@@ -69,21 +73,600 @@ impl Project {
     }
 }
 
-pub fn up(_ctx: &Context, _a: &UpArgs) -> Result<()> {
-    anyhow::bail!("up: work in progress")
+// ---------------------------------------------------------------- signals
+
+/// Signals received since the tool started: (count, last signal number).
+/// Installed lazily by the first command that runs a child or waits, so
+/// that Ctrl-C and SIGTERM are forwarded to `docker compose` and loops can
+/// stop cleanly instead of the tool dying mid-way.
+struct SignalState {
+    count: AtomicUsize,
+    last: AtomicUsize,
 }
-pub fn down(_ctx: &Context, _a: &DownArgs) -> Result<()> {
-    anyhow::bail!("down: work in progress")
+
+fn signals() -> &'static SignalState {
+    static STATE: OnceLock<&'static SignalState> = OnceLock::new();
+    STATE.get_or_init(|| {
+        let state: &'static SignalState = Box::leak(Box::new(SignalState {
+            count: AtomicUsize::new(0),
+            last: AtomicUsize::new(0),
+        }));
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        if let Ok(mut sigs) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+            std::thread::spawn(move || {
+                for sig in sigs.forever() {
+                    state.last.store(sig as usize, Ordering::SeqCst);
+                    state.count.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        state
+    })
 }
-pub fn restart(_ctx: &Context, _a: &RestartArgs) -> Result<()> {
-    anyhow::bail!("restart: work in progress")
+
+/// Whether SIGINT/SIGTERM/SIGHUP arrived since `since` (a count from [`signal_count`]).
+pub fn interrupted_since(since: usize) -> bool {
+    signals().count.load(Ordering::SeqCst) > since
 }
-pub fn status(_ctx: &Context, _a: &StatusArgs) -> Result<()> {
-    anyhow::bail!("status: work in progress")
+
+pub fn signal_count() -> usize {
+    signals().count.load(Ordering::SeqCst)
 }
-pub fn logs(_ctx: &Context, _a: &LogsArgs) -> Result<()> {
-    anyhow::bail!("logs: work in progress")
+
+/// Run a command with inherited stdio, forwarding SIGTERM/SIGHUP (and SIGINT
+/// when it did not come from the terminal, which delivers it to the child
+/// itself) to the child. Returns the child's exit code.
+pub fn run_forwarding(ctx: &Context, cmd: &Cmd) -> Result<i32> {
+    use std::io::IsTerminal;
+    let state = signals();
+    let seen = state.count.load(Ordering::SeqCst);
+    let handle = cmd
+        .expr(&ctx.shell)
+        .unchecked()
+        .start()
+        .with_context(|| format!("could not start `{}`", cmd.display()))?;
+    let pids = handle.pids();
+    let tty = std::io::stdin().is_terminal();
+    let mut forwarded = seen;
+    loop {
+        if let Some(out) = handle.try_wait()? {
+            use std::os::unix::process::ExitStatusExt;
+            let st = out.status;
+            return Ok(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)));
+        }
+        let now = state.count.load(Ordering::SeqCst);
+        if now > forwarded {
+            forwarded = now;
+            let sig = state.last.load(Ordering::SeqCst) as i32;
+            if !(sig == libc::SIGINT && tty) {
+                for pid in &pids {
+                    // SAFETY: kill(2) with a pid we started; no memory involved.
+                    unsafe {
+                        libc::kill(*pid as libc::pid_t, sig);
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
-pub fn exec(_ctx: &Context, _a: &ExecArgs) -> Result<()> {
-    anyhow::bail!("exec: work in progress")
+
+/// Run `docker compose ARGS` streaming its output; a non-zero exit is an error.
+pub fn compose_run<I, S>(ctx: &Context, args: I, env: &[(String, String)]) -> Result<()>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    let mut cmd = Project::new(ctx).cmd(ctx, args);
+    for (k, v) in env {
+        cmd = cmd.env(k, v);
+    }
+    let code = run_forwarding(ctx, &cmd)?;
+    if code != 0 {
+        return Err(error::Failure {
+            code: if code > 128 {
+                code
+            } else {
+                error::EXIT_RUNTIME
+            },
+            message: Some(format!(
+                "`{}` failed with exit status {code}",
+                cmd.display()
+            )),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Fail with a clear message when the appliance's compose file is missing.
+pub fn require_compose_file(ctx: &Context) -> Result<()> {
+    let f = ctx.path(COMPOSE_FILE);
+    if !f.exists() {
+        return Err(error::usage(format!(
+            "{} not found: {} is not a chatmail-docker deployment directory (use --dir, or run from the repository checkout)",
+            f.display(),
+            ctx.dir.display()
+        )));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- container state
+
+/// The container's state as `docker inspect` reports it.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Inspect {
+    pub id: String,
+    pub name: String,
+    pub state: State,
+    pub config: Config,
+    pub image: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct State {
+    pub status: String,
+    pub running: bool,
+    pub started_at: String,
+    pub exit_code: i64,
+    pub health: Option<Health>,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Health {
+    pub status: String,
+    #[serde(default)]
+    pub log: Option<Vec<HealthLog>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthLog {
+    pub exit_code: i64,
+    pub output: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Config {
+    pub image: String,
+    #[serde(default)]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl Inspect {
+    pub fn health_status(&self) -> Option<&str> {
+        self.state.health.as_ref().map(|h| h.status.as_str())
+    }
+    pub fn last_health_output(&self) -> Option<String> {
+        let log = self.state.health.as_ref()?.log.as_ref()?;
+        log.last().map(|l| l.output.trim().to_string())
+    }
+}
+
+/// The id of the service's container, running or not.
+pub fn container_id(ctx: &Context) -> Result<Option<String>> {
+    let out = Project::new(ctx)
+        .cmd(ctx, ["ps", "--all", "--quiet", SERVICE])
+        .output(&ctx.shell)?;
+    if !out.success() {
+        bail!("`docker compose ps` failed: {}", out.stderr.trim());
+    }
+    Ok(out
+        .stdout
+        .lines()
+        .next()
+        .map(|l| l.trim().to_string())
+        .filter(|s| !s.is_empty()))
+}
+
+pub fn inspect(ctx: &Context, id: &str) -> Result<Inspect> {
+    let out = ctx.host.cmd("docker", ["inspect", id]).output(&ctx.shell)?;
+    if !out.success() {
+        bail!("`docker inspect {id}` failed: {}", out.stderr.trim());
+    }
+    let mut list: Vec<Inspect> =
+        serde_json::from_str(&out.stdout).context("cannot parse `docker inspect` output")?;
+    list.pop().context("`docker inspect` returned nothing")
+}
+
+/// The service's container, if it exists.
+pub fn current(ctx: &Context) -> Result<Option<Inspect>> {
+    match container_id(ctx)? {
+        Some(id) => Ok(Some(inspect(ctx, &id)?)),
+        None => Ok(None),
+    }
+}
+
+/// The last `n` log lines of the service.
+pub fn last_logs(ctx: &Context, n: usize) -> String {
+    Project::new(ctx)
+        .cmd(
+            ctx,
+            ["logs", "--no-color", "--tail", &n.to_string(), SERVICE],
+        )
+        .output(&ctx.shell)
+        .map(|o| format!("{}{}", o.stdout, o.stderr))
+        .unwrap_or_default()
+}
+
+/// Wait until the container is healthy, with a spinner; on failure print the
+/// last 50 log lines and the failing health check output.
+pub fn wait_healthy(ctx: &Context, timeout: Duration) -> Result<Inspect> {
+    let since = signal_count();
+    let start = Instant::now();
+    let bar = ctx.shell.progress_allowed().then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    let result = (|| -> Result<Inspect> {
+        loop {
+            let state = current(ctx)?;
+            let elapsed = start.elapsed();
+            let Some(c) = state else {
+                bail!("the container does not exist (did `docker compose up` fail?)");
+            };
+            let health = c.health_status().unwrap_or("none").to_string();
+            if let Some(b) = &bar {
+                b.set_message(format!(
+                    "waiting for the appliance: {} / health {} ({}s)",
+                    c.state.status,
+                    health,
+                    elapsed.as_secs()
+                ));
+            }
+            if !c.state.running {
+                bail!(
+                    "the container stopped (status {}, exit code {})",
+                    c.state.status,
+                    c.state.exit_code
+                );
+            }
+            match health.as_str() {
+                "healthy" | "none" => return Ok(c),
+                "unhealthy" => bail!(
+                    "the container is unhealthy: {}",
+                    c.last_health_output().unwrap_or_default()
+                ),
+                _ => {}
+            }
+            if elapsed >= timeout {
+                bail!(
+                    "the container did not become healthy within {}s (health: {health}{}); raise --wait-timeout if the first start is slow",
+                    timeout.as_secs(),
+                    c.last_health_output()
+                        .map(|o| format!(", last check: {o}"))
+                        .unwrap_or_default()
+                );
+            }
+            if interrupted_since(since) {
+                return Err(error::Failure {
+                    code: 130,
+                    message: Some("interrupted while waiting; the container keeps starting (see `chatmail-docker status`)".into()),
+                }
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })();
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if let Err(e) = &result {
+        if error::exit_code(e) != 130 {
+            let logs = last_logs(ctx, 50);
+            if !logs.trim().is_empty() {
+                ctx.shell.error("last 50 log lines of the appliance:");
+                for l in logs.lines() {
+                    ctx.shell.data(format!("  | {l}"));
+                }
+            }
+        }
+    }
+    result
+}
+
+/// Parse docker's RFC 3339 timestamp into a SystemTime.
+pub fn parse_time(ts: &str) -> Option<std::time::SystemTime> {
+    humantime::parse_rfc3339_weak(ts.trim_end_matches('Z').split('.').next()?).ok()
+}
+
+// ---------------------------------------------------------------- commands
+
+pub fn up(ctx: &Context, _a: &UpArgs) -> Result<()> {
+    require_compose_file(ctx)?;
+    crate::setup::refresh_generated(ctx)?;
+    up_with_env(ctx, &[], false)
+}
+
+/// `docker compose up -d` with extra environment for this run only.
+pub fn up_with_env(ctx: &Context, env: &[(String, String)], force_recreate: bool) -> Result<()> {
+    let mut args = vec!["up", "--detach", "--remove-orphans"];
+    if force_recreate {
+        args.push("--force-recreate");
+    }
+    args.push(SERVICE);
+    if ctx.dry_run {
+        let mut cmd = Project::new(ctx).cmd(ctx, &args);
+        for (k, v) in env {
+            cmd = cmd.env(k, v);
+        }
+        ctx.shell.out(format!("would run: {}", cmd.display()));
+        return Ok(());
+    }
+    compose_run(ctx, args, env)
+}
+
+pub fn down(ctx: &Context, _a: &DownArgs) -> Result<()> {
+    require_compose_file(ctx)?;
+    if ctx.dry_run {
+        ctx.shell.out(format!(
+            "would run: {} (data/ is kept)",
+            Project::new(ctx).cmd(ctx, ["down"]).display()
+        ));
+        return Ok(());
+    }
+    compose_run(ctx, ["down"], &[])?;
+    ctx.shell.status("Stopped", "the appliance; data/ is kept");
+    Ok(())
+}
+
+pub fn restart(ctx: &Context, _a: &RestartArgs) -> Result<()> {
+    require_compose_file(ctx)?;
+    if ctx.dry_run {
+        ctx.shell.out(format!(
+            "would run: {}",
+            Project::new(ctx).cmd(ctx, ["restart", SERVICE]).display()
+        ));
+        return Ok(());
+    }
+    compose_run(ctx, ["restart", SERVICE], &[])
+}
+
+pub fn logs(ctx: &Context, a: &LogsArgs) -> Result<()> {
+    require_compose_file(ctx)?;
+    let mut args: Vec<String> = vec!["logs".into()];
+    if a.follow {
+        args.push("--follow".into());
+    }
+    if let Some(t) = &a.tail {
+        args.push("--tail".into());
+        args.push(t.clone());
+    }
+    args.push(SERVICE.into());
+    let code = run_forwarding(ctx, &Project::new(ctx).cmd(ctx, args))?;
+    match code {
+        0 | 130 => Ok(()),
+        c => Err(error::silent(c)),
+    }
+}
+
+pub fn exec(ctx: &Context, a: &ExecArgs) -> Result<()> {
+    require_compose_file(ctx)?;
+    use std::io::IsTerminal;
+    let mut args: Vec<String> = vec!["exec".into()];
+    if !std::io::stdin().is_terminal() {
+        args.push("-T".into());
+    }
+    args.push(SERVICE.into());
+    args.extend(a.command.iter().cloned());
+    let code = run_forwarding(ctx, &Project::new(ctx).cmd(ctx, args))?;
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(error::silent(code))
+    }
+}
+
+// ---------------------------------------------------------------- status
+
+/// The relay's systemd units, as the bare-metal install and the appliance name them.
+pub const RELAY_UNITS: &[&str] = &[
+    "postfix",
+    "dovecot",
+    "doveauth",
+    "nginx",
+    "opendkim",
+    "unbound",
+    "acmetool-redirector",
+    "filtermail",
+    "filtermail-incoming",
+    "chatmail-turn",
+    "iroh-relay",
+    "chatmail-metadata",
+    "lastlogin",
+    "mtail",
+];
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct UnitState {
+    pub unit: String,
+    pub active: String,
+    pub enabled: String,
+}
+
+/// Parse `systemctl show -p Id,LoadState,ActiveState,UnitFileState A B ...`
+/// output (blocks separated by blank lines); units that are not installed
+/// are left out.
+pub fn parse_unit_states(text: &str) -> Vec<UnitState> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let mut id = None;
+        let mut load = "";
+        let mut active = "";
+        let mut enabled = "";
+        for line in block.lines() {
+            match line.split_once('=') {
+                Some(("Id", v)) => id = Some(v.trim_end_matches(".service").to_string()),
+                Some(("LoadState", v)) => load = v,
+                Some(("ActiveState", v)) => active = v,
+                Some(("UnitFileState", v)) => enabled = v,
+                _ => {}
+            }
+        }
+        if let Some(id) = id {
+            if load != "not-found" {
+                out.push(UnitState {
+                    unit: id,
+                    active: active.to_string(),
+                    enabled: enabled.to_string(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The states of the relay's units inside the running container.
+pub fn unit_states(ctx: &Context) -> Result<Vec<UnitState>> {
+    let mut args: Vec<String> = [
+        "exec",
+        "-T",
+        SERVICE,
+        "systemctl",
+        "show",
+        "-p",
+        "Id,LoadState,ActiveState,UnitFileState",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(RELAY_UNITS.iter().map(|u| format!("{u}.service")));
+    let out = Project::new(ctx).cmd(ctx, args).output(&ctx.shell)?;
+    if !out.success() {
+        bail!(
+            "cannot query systemd in the container: {}",
+            out.stderr.trim()
+        );
+    }
+    Ok(parse_unit_states(&out.stdout))
+}
+
+/// What `status` reports.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct StatusReport {
+    pub container: Option<String>,
+    pub state: String,
+    pub health: Option<String>,
+    pub healthy: bool,
+    pub image: Option<String>,
+    pub started_at: Option<String>,
+    pub uptime_seconds: Option<u64>,
+    pub units: Vec<UnitState>,
+    pub warnings: Vec<String>,
+}
+
+pub fn status_report(ctx: &Context) -> Result<StatusReport> {
+    require_compose_file(ctx)?;
+    let mut r = StatusReport {
+        state: "absent".into(),
+        ..Default::default()
+    };
+    let Some(c) = current(ctx)? else {
+        return Ok(r);
+    };
+    r.container = Some(c.name.trim_start_matches('/').to_string());
+    r.state = c.state.status.clone();
+    r.health = c.health_status().map(str::to_string);
+    r.healthy = c.state.running && matches!(r.health.as_deref(), Some("healthy") | None);
+    r.image = Some(c.config.image.clone());
+    r.started_at = Some(c.state.started_at.clone());
+    if c.state.running {
+        r.uptime_seconds = parse_time(&c.state.started_at)
+            .and_then(|t| t.elapsed().ok())
+            .map(|d| d.as_secs());
+        match unit_states(ctx) {
+            Ok(u) => r.units = u,
+            Err(e) => r.warnings.push(format!("{e:#}")),
+        }
+        for u in &r.units {
+            if u.enabled == "enabled" && u.active != "active" {
+                r.warnings.push(format!("unit {} is {}", u.unit, u.active));
+            }
+        }
+    }
+    r.warnings.extend(crate::setup::status_warnings(ctx, &c));
+    Ok(r)
+}
+
+pub fn status(ctx: &Context, a: &StatusArgs) -> Result<()> {
+    let r = status_report(ctx)?;
+    if a.json {
+        ctx.shell.data(serde_json::to_string_pretty(&r)?);
+    } else {
+        let sh = &ctx.shell;
+        match &r.container {
+            None => sh.out("container: not created (run `chatmail-docker setup`)"),
+            Some(name) => {
+                sh.out(format!("container: {name}"));
+                sh.out(format!(
+                    "state:     {}{}",
+                    r.state,
+                    r.uptime_seconds
+                        .map(|s| format!(
+                            ", up {}",
+                            humantime::format_duration(Duration::from_secs(s))
+                        ))
+                        .unwrap_or_default()
+                ));
+                let h = r.health.clone().unwrap_or_else(|| "no health check".into());
+                let h = if r.healthy {
+                    sh.ok_word(&h)
+                } else {
+                    sh.fail_word(&h)
+                };
+                sh.out(format!("health:    {h}"));
+                if let Some(i) = &r.image {
+                    sh.out(format!("image:     {i}"));
+                }
+                if !r.units.is_empty() {
+                    sh.out("units:");
+                    for u in &r.units {
+                        let a = if u.active == "active" {
+                            sh.ok_word(&u.active)
+                        } else {
+                            sh.warn_word(&u.active)
+                        };
+                        sh.out(format!("  {:<22} {a} ({})", u.unit, u.enabled));
+                    }
+                }
+            }
+        }
+        for w in &r.warnings {
+            sh.warn(w);
+        }
+    }
+    if r.container.is_some() && r.healthy {
+        Ok(())
+    } else {
+        Err(error::silent(error::EXIT_RUNTIME))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_blocks() {
+        let text = "Id=postfix.service\nLoadState=loaded\nActiveState=active\nUnitFileState=enabled\n\nId=mtail.service\nLoadState=not-found\nActiveState=inactive\nUnitFileState=\n";
+        assert_eq!(
+            parse_unit_states(text),
+            vec![UnitState {
+                unit: "postfix".into(),
+                active: "active".into(),
+                enabled: "enabled".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn docker_times() {
+        assert!(parse_time("2026-11-23T15:00:01.123456789Z").is_some());
+    }
 }

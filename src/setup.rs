@@ -1,8 +1,284 @@
-//! `setup`: the whole loop.
-use crate::cli::setup::SetupArgs;
-use crate::Context;
-use anyhow::Result;
+//! `setup`: the whole loop, from a bare host to a healthy appliance.
+//!
+//! 1. preflight (stop on any failure, exit 3),
+//! 2. inotify limits (sysctl), then the inotify check,
+//! 3. chatmail.ini -> .env (merged, 0600),
+//! 4. custom/ -> docker/compose.generated.yaml,
+//! 5. `docker compose build` when the image is missing or `--rebuild`,
+//! 6. `docker compose up -d` with this run's one-shot switches,
+//! 7. wait for the container's health check,
+//! 8. the host cert-watch unit when `ENABLE_CERTS_MONITORING=true`.
+//!
+//! With `--dry-run` every step prints what it would do and nothing changes.
+//! Re-running on a healthy, unchanged deployment changes nothing and says so.
 
-pub fn run(_ctx: &Context, _args: &SetupArgs) -> Result<()> {
-    anyhow::bail!("setup: work in progress")
+use anyhow::{Context as _, Result};
+use std::time::{Duration, Instant};
+
+use crate::cli::setup::SetupArgs;
+use crate::compose::{self, Inspect, Project, SERVICE};
+use crate::overrides::{self, OneShot};
+use crate::{error, ini2env, preflight, sysctl, Context};
+
+/// Default relay source directory (the build context of the image).
+pub const DEFAULT_RELAY_SRC: &str = "relay";
+
+/// Regenerate the compose override from custom/ (writes only on change;
+/// with `--dry-run` says what it would write). Returns whether it changed.
+pub fn refresh_generated(ctx: &Context) -> Result<bool> {
+    let generated = overrides::generate(ctx, &overrides::OverrideOptions::default())?;
+    overrides::write(ctx, &generated)
+}
+
+/// Warnings for `status` that come from other capabilities: custom files
+/// edited since the container started, or added/removed since it was created.
+pub fn status_warnings(ctx: &Context, c: &Inspect) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(started) = compose::parse_time(&c.state.started_at) {
+        match overrides::changed_since_start(ctx, started) {
+            Ok(files) if !files.is_empty() => out.push(format!(
+                "changed since the container started (it still sees the old content; run `chatmail-docker up`): {}",
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Ok(_) => {}
+            Err(e) => out.push(format!("cannot check custom/: {e:#}")),
+        }
+    }
+    if let Ok(generated) = overrides::generate(ctx, &overrides::OverrideOptions::default()) {
+        let running = c
+            .config
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(overrides::HASH_LABEL));
+        if running.is_some_and(|h| *h != generated.hash) {
+            out.push(
+                "files under custom/ were added, removed or changed since the container was created; run `chatmail-docker up`".into(),
+            );
+        }
+    }
+    out
+}
+
+fn image_names(ctx: &Context) -> Result<Vec<String>> {
+    let out = Project::new(ctx)
+        .cmd(ctx, ["config", "--images"])
+        .output(&ctx.shell)?;
+    if !out.success() {
+        return Err(error::usage(format!(
+            "docker compose cannot read the configuration: {}",
+            out.stderr.trim()
+        )));
+    }
+    Ok(out
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+fn image_exists(ctx: &Context, name: &str) -> Result<bool> {
+    Ok(ctx
+        .host
+        .cmd("docker", ["image", "inspect", "--format", "{{.Id}}", name])
+        .output(&ctx.shell)?
+        .success())
+}
+
+fn relay_src_check(ctx: &Context) -> Result<()> {
+    let env = crate::dotenv::load(&ctx.path(".env")).unwrap_or_default();
+    let src = env
+        .get("RELAY_SRC")
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_RELAY_SRC.to_string());
+    let path = ctx.path(&src);
+    if !path.is_dir() {
+        return Err(error::usage(format!(
+            "the relay source {} is missing; the image is built from it. Get it with:\n  git clone https://github.com/chatmail/relay {}\n(or set RELAY_SRC in .env to where it is)",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn run_preflight(ctx: &Context, args: &SetupArgs, without_inotify: bool) -> Result<()> {
+    let opts = preflight::Options {
+        skip: args.preflight.skip_check.clone(),
+        inotify_min: sysctl::Limits::from_args(&args.sysctl),
+        inotify_must_pass: true,
+        without_inotify,
+    };
+    let report = preflight::run_checks(ctx, &opts)?;
+    let failed = report.failed();
+    let noisy = !failed.is_empty()
+        || ctx.shell.is_verbose()
+        || ctx.dry_run
+        || report
+            .checks
+            .iter()
+            .any(|c| c.status != preflight::Status::Ok);
+    if noisy {
+        preflight::print_report(ctx, &report);
+    }
+    if !failed.is_empty() {
+        let ids: Vec<&str> = failed.iter().map(|c| c.id).collect();
+        return Err(error::preflight(format!(
+            "preflight failed ({}); fix the above, or skip a check you know to be wrong with --skip-check ID",
+            ids.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
+    let started = Instant::now();
+    compose::require_compose_file(ctx)?;
+    let one_shot = OneShot::from_flags(
+        args.reinstall,
+        args.stages.as_deref(),
+        args.recreate_venv,
+        args.force_reinit_ini,
+        args.debug_commands,
+    )?;
+    preflight::validate_skips(&args.preflight.skip_check)?;
+
+    // 1. Preflight, before touching anything.
+    run_preflight(ctx, args, true)?;
+
+    // 2. Host tuning, then the inotify check on the result.
+    let limits = sysctl::Limits::from_args(&args.sysctl);
+    let sysctl_plan = sysctl::ensure(ctx, &limits)?;
+    let mut changed = !sysctl_plan.is_noop();
+    if !ctx.dry_run && !args.preflight.skip_check.iter().any(|s| s == "inotify") {
+        let live = sysctl::read_live(&ctx.host)?;
+        if live.max_user_instances < limits.max_user_instances
+            || live.max_user_watches < limits.max_user_watches
+        {
+            return Err(error::preflight(format!(
+                "inotify limits are still too low after tuning ({} / {}); run: {}",
+                live.max_user_instances,
+                live.max_user_watches,
+                sysctl::manual_commands(&sysctl_plan)
+            )));
+        }
+    }
+
+    // 3. chatmail.ini -> .env
+    let ini = ctx.path("chatmail.ini");
+    if ini.exists() {
+        let report = ini2env::sync_env(
+            ctx,
+            &ini,
+            &ctx.path(".env"),
+            &ini2env::Options {
+                all: false,
+                force: args.force,
+            },
+        )?;
+        changed |= report.changed;
+    } else {
+        ctx.shell
+            .verbose(format!("{} not found; using .env as it is", ini.display()));
+    }
+
+    // 4. Overrides.
+    changed |= refresh_generated(ctx)?;
+
+    // 5. Build when needed.
+    let images = image_names(ctx)?;
+    let mut missing = Vec::new();
+    for i in &images {
+        if !image_exists(ctx, i)? {
+            missing.push(i.clone());
+        }
+    }
+    let build = args.rebuild.is_some() || !missing.is_empty();
+    if build {
+        relay_src_check(ctx)?;
+        let mut bargs = vec!["build".to_string()];
+        if args.rebuild.as_deref() == Some("full") {
+            bargs.push("--no-cache".into());
+        }
+        bargs.push(SERVICE.into());
+        if ctx.dry_run {
+            ctx.shell.out(format!(
+                "would run: {}{}",
+                Project::new(ctx).cmd(ctx, &bargs).display(),
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (image {} is missing)", missing.join(", "))
+                }
+            ));
+        } else {
+            ctx.shell.status(
+                "Building",
+                format!("the appliance image ({})", images.join(", ")),
+            );
+            compose::compose_run(ctx, &bargs, &[])?;
+        }
+        changed = true;
+    }
+
+    // 6. Up.
+    let before = if ctx.dry_run {
+        None
+    } else {
+        compose::current(ctx)?
+    };
+    if !ctx.dry_run {
+        ctx.shell
+            .status("Starting", "the appliance (docker compose up -d)");
+    }
+    let env: Vec<(String, String)> = one_shot
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    compose::up_with_env(ctx, &env, one_shot.needs_recreate())?;
+    if !one_shot.is_empty() && !ctx.dry_run {
+        ctx.shell.note(
+            "the one-shot settings applied to this start only; the next `setup` or `up` recreates the container with the defaults",
+        );
+    }
+    if ctx.dry_run {
+        ctx.shell.out(format!(
+            "would wait up to {}s for the container to become healthy",
+            args.wait_timeout
+        ));
+        ctx.shell.out("dry run: nothing was changed");
+        return Ok(());
+    }
+
+    // 7. Health.
+    let c = compose::wait_healthy(ctx, Duration::from_secs(args.wait_timeout))
+        .context("the appliance did not become healthy")?;
+    let recreated = before
+        .as_ref()
+        .is_none_or(|b| b.id != c.id || b.state.started_at != c.state.started_at);
+    changed |= recreated;
+
+    if changed {
+        ctx.shell.status(
+            "Ready",
+            format!(
+                "{} is {} after {:.0?}",
+                c.name.trim_start_matches('/'),
+                c.health_status().unwrap_or("running"),
+                started.elapsed()
+            ),
+        );
+    } else {
+        ctx.shell.status(
+            "Fresh",
+            "nothing changed: configuration up to date, the appliance is up and healthy",
+        );
+    }
+    Ok(())
 }

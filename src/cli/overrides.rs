@@ -1,12 +1,16 @@
+//! Arguments of `chatmail-docker config`.
 use clap::Args;
 
+/// `config` regenerates docker/compose.generated.yaml from custom/ (not with
+/// --dry-run) and prints what `docker compose config` makes of all compose
+/// files, the user's docker-compose.override.yaml and .env together.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ConfigArgs {
-    /// Print only the generated override.
+    /// Print only the override generated from custom/ (and data/.mount-vmail); writes nothing.
     #[arg(long)]
     pub override_only: bool,
 
-    /// Print JSON (passed through to docker compose config).
+    /// Print JSON (`docker compose config --format json`; with --override-only, the override as JSON).
     #[arg(long)]
     pub json: bool,
 }

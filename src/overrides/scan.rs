@@ -1,0 +1,579 @@
+//! Walking `custom/` and deciding, file by file, what gets mounted where.
+//!
+//! This is the part that has to be strict: a bind mount is a hole through
+//! the container's filesystem, so anything that could expose host files
+//! (a symlink leading out of `custom/`), hang the walk (a fifo) or hide the
+//! relay's persistent data or systemd itself is refused here, with every
+//! problem of the tree listed at once so a user fixes them in one go.
+//!
+//! The walk is sorted by file name and the result sorted by target, so the
+//! same tree always gives the same mounts in the same order.
+
+use anyhow::{Context as _, Result};
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+/// Files under `custom/<P>` land at `/opt/chatmail/<P>`: the relay's source
+/// tree inside the container.
+pub const SOURCE_TREE: &str = "/opt/chatmail";
+/// `custom/_root_/<P>` lands at `/<P>`, for files outside the source tree.
+pub const ROOT_DIR: &str = "_root_";
+/// A directory holding this marker is mounted whole instead of file by file.
+pub const MOUNT_DIR_MARKER: &str = ".mount-dir";
+
+/// How a path is mounted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MountKind {
+    /// One regular file (or a symlink to one inside `custom/`).
+    File,
+    /// A whole directory, marked with `.mount-dir`.
+    Dir,
+}
+
+impl MountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MountKind::File => "file",
+            MountKind::Dir => "dir",
+        }
+    }
+}
+
+/// One bind mount of the generated override.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// Path relative to `custom/` (for messages). Empty for mounts that do
+    /// not come from `custom/` (the `/home/vmail` mount).
+    pub rel: PathBuf,
+    /// Absolute host path handed to Docker.
+    pub source: PathBuf,
+    /// Absolute path in the container.
+    pub target: String,
+    pub kind: MountKind,
+    pub read_only: bool,
+    /// For directory mounts: the files inside, relative to the directory,
+    /// sorted; they feed the content hash. Empty for file mounts.
+    pub contents: Vec<PathBuf>,
+}
+
+/// A file under `custom/` that is deliberately not mounted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// Path relative to `custom/`.
+    pub rel: PathBuf,
+    pub reason: &'static str,
+}
+
+/// Paths no custom mount may hide. `below: true` also refuses everything
+/// under the path; `below: false` refuses the path itself and its ancestors
+/// only (files inside stay allowed).
+struct Protected {
+    path: &'static str,
+    below: bool,
+    why: &'static str,
+}
+
+const PROTECTED: &[Protected] = &[
+    // Persistent data mounted by the appliance: a mount on or under them
+    // would hide mail, DKIM keys or certificates.
+    Protected {
+        path: "/home",
+        below: true,
+        why: "the mailboxes, persistent data",
+    },
+    Protected {
+        path: "/etc/dkimkeys",
+        below: true,
+        why: "the DKIM keys, persistent data",
+    },
+    Protected {
+        path: "/var/lib/acme",
+        below: true,
+        why: "the TLS certificates, persistent data",
+    },
+    // systemd runs the container: its binaries, its own unit directories
+    // and the manager configuration.
+    Protected {
+        path: "/sbin/init",
+        below: true,
+        why: "systemd, the container's init",
+    },
+    Protected {
+        path: "/usr/sbin/init",
+        below: true,
+        why: "systemd, the container's init",
+    },
+    Protected {
+        path: "/bin/systemctl",
+        below: true,
+        why: "systemd",
+    },
+    Protected {
+        path: "/usr/bin/systemctl",
+        below: true,
+        why: "systemd",
+    },
+    Protected {
+        path: "/lib/systemd",
+        below: true,
+        why: "systemd's own units and binaries",
+    },
+    Protected {
+        path: "/usr/lib/systemd",
+        below: true,
+        why: "systemd's own units and binaries",
+    },
+    Protected {
+        path: "/etc/systemd",
+        below: true,
+        why: "systemd's configuration",
+    },
+    // Kernel and runtime filesystems the container needs as they are.
+    Protected {
+        path: "/proc",
+        below: true,
+        why: "the kernel's /proc",
+    },
+    Protected {
+        path: "/sys",
+        below: true,
+        why: "the kernel's /sys and the cgroup mount",
+    },
+    Protected {
+        path: "/dev",
+        below: true,
+        why: "device nodes",
+    },
+    Protected {
+        path: "/run",
+        below: true,
+        why: "systemd's runtime directory, a tmpfs",
+    },
+    // The source tree itself: single files in it are the point of custom/,
+    // replacing the whole tree is not.
+    Protected {
+        path: SOURCE_TREE,
+        below: false,
+        why: "the relay's whole source tree",
+    },
+];
+
+/// Exceptions to [`PROTECTED`]: admins customise services with unit files
+/// and drop-ins in `/etc/systemd/system/`, so files and directories strictly
+/// below it are allowed (the directory itself is not).
+const ALLOWED_BELOW: &[&str] = &["/etc/systemd/system"];
+
+/// Whether `path` is `dir` or lies below it. Both are normalised absolute
+/// paths (no `.`, `..`, `//` or trailing `/`), as [`target_of`] builds them;
+/// plain string work keeps the check cheap for 10,000 files.
+fn is_within(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || dir == "/")
+}
+
+/// Why a container path may not be a mount target, if it may not.
+pub fn refuse_target(target: &str) -> Option<String> {
+    let t = match target.trim_end_matches('/') {
+        "" => "/",
+        t => t,
+    };
+    if t == "/" {
+        return Some("it would replace the container's whole filesystem".into());
+    }
+    for allowed in ALLOWED_BELOW {
+        if is_within(t, allowed) && t != *allowed {
+            return None;
+        }
+    }
+    for p in PROTECTED {
+        if t == p.path || (p.below && is_within(t, p.path)) {
+            return Some(format!("it would shadow {} ({})", p.path, p.why));
+        }
+        if is_within(p.path, t) {
+            return Some(format!("it would hide {} ({}) beneath it", p.path, p.why));
+        }
+    }
+    None
+}
+
+/// Editor and desktop droppings that are never mounted: backup files
+/// (`*~`), vim swap files (`.*.swp`, `.swo`, `.swx`), Emacs autosave and
+/// lock files (`#*#`, `.#*`) and macOS `.DS_Store`.
+pub fn dropping(name: &str) -> Option<&'static str> {
+    if name == ".DS_Store" {
+        Some("macOS metadata file")
+    } else if name.ends_with('~') {
+        Some("editor backup file")
+    } else if name.starts_with('.')
+        && (name.ends_with(".swp") || name.ends_with(".swo") || name.ends_with(".swx"))
+    {
+        Some("vim swap file")
+    } else if name.starts_with(".#")
+        || (name.len() > 1 && name.starts_with('#') && name.ends_with('#'))
+    {
+        Some("Emacs autosave or lock file")
+    } else {
+        None
+    }
+}
+
+/// The container path for a path relative to `custom/`.
+fn target_of(rel: &Path) -> Result<String, String> {
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => {
+                match n.to_str() {
+                    Some(s) => parts.push(s),
+                    None => return Err(
+                        "its name is not valid UTF-8; Compose files cannot express it, rename it"
+                            .into(),
+                    ),
+                }
+            }
+            _ => return Err("unexpected path component".into()),
+        }
+    }
+    if parts.first() == Some(&ROOT_DIR) {
+        Ok(format!("/{}", parts[1..].join("/")))
+    } else {
+        Ok(format!("{SOURCE_TREE}/{}", parts.join("/")))
+    }
+}
+
+/// What the walk found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub mounts: Vec<Mount>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Show a path relative to `custom/` the way users type it.
+pub fn shown(rel: &Path) -> String {
+    Path::new("custom").join(rel).display().to_string()
+}
+
+/// Walk `custom` (an absolute path) and decide every entry. All problems
+/// are collected and returned together as one error.
+pub fn scan(custom: &Path) -> Result<Scan> {
+    let mut out = Scan::default();
+    let meta = match fs::metadata(custom) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", custom.display())),
+    };
+    if !meta.is_dir() {
+        return Err(crate::error::usage(format!(
+            "{} is not a directory; custom/ holds the files to mount into the container",
+            custom.display()
+        )));
+    }
+    let real_custom =
+        fs::canonicalize(custom).with_context(|| format!("cannot resolve {}", custom.display()))?;
+    let mut problems: Vec<String> = Vec::new();
+    let mut problem = |rel: &Path, why: &str| problems.push(format!("{}: {why}", shown(rel)));
+
+    if fs::symlink_metadata(custom.join(MOUNT_DIR_MARKER)).is_ok() {
+        problem(
+            Path::new(MOUNT_DIR_MARKER),
+            "custom/ itself cannot be mounted whole (it would replace /opt/chatmail); put .mount-dir into a subdirectory",
+        );
+    }
+
+    // Index into `out.mounts` of the directory mount being walked, if any.
+    let mut in_dir_mount: Option<usize> = None;
+    let mut walk = walkdir::WalkDir::new(custom)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter();
+    while let Some(entry) = walk.next() {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                let p = e
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                return Err(anyhow::Error::new(e)).with_context(|| format!("cannot read {p}"));
+            }
+        };
+        let path = entry.path();
+        let rel = relative(path, custom);
+        let ft = entry.file_type();
+
+        // Inside a whole-directory mount: validate and record, mount nothing.
+        if let Some(i) = in_dir_mount {
+            let dir_rel = out.mounts[i].rel.clone();
+            if rel.starts_with(&dir_rel) {
+                let inner = rel.strip_prefix(&dir_rel).unwrap_or(&rel).to_path_buf();
+                if ft.is_dir() {
+                    continue;
+                } else if ft.is_file() {
+                    out.mounts[i].contents.push(inner);
+                } else if ft.is_symlink() {
+                    match check_symlink(path, &real_custom) {
+                        Ok(_) => out.mounts[i].contents.push(inner),
+                        Err(why) => problem(&rel, &why),
+                    }
+                } else {
+                    problem(&rel, &special_file(path));
+                }
+                continue;
+            }
+            in_dir_mount = None;
+        }
+
+        let name = entry.file_name().to_string_lossy();
+        if ft.is_dir() {
+            if fs::symlink_metadata(path.join(MOUNT_DIR_MARKER)).is_ok_and(|m| m.is_file()) {
+                match target_of(&rel) {
+                    Err(why) => {
+                        problem(&rel, &why);
+                        walk.skip_current_dir();
+                    }
+                    Ok(target) => {
+                        if let Some(why) = refuse_target(&target) {
+                            // Walk on file by file, so problems inside are
+                            // reported too.
+                            problem(&rel, &format!("cannot be mounted at {target}: {why}"));
+                            continue;
+                        }
+                        out.mounts.push(Mount {
+                            rel: rel.clone(),
+                            source: path.to_path_buf(),
+                            target,
+                            kind: MountKind::Dir,
+                            read_only: true,
+                            contents: Vec::new(),
+                        });
+                        in_dir_mount = Some(out.mounts.len() - 1);
+                    }
+                }
+            }
+            continue;
+        }
+        if let Some(reason) = dropping(&name) {
+            out.skipped.push(Skipped { rel, reason });
+            continue;
+        }
+        if entry.depth() == 1 && name == "README.md" {
+            out.skipped.push(Skipped {
+                rel,
+                reason: "the README of custom/ itself",
+            });
+            continue;
+        }
+        if entry.depth() == 1 && name == ROOT_DIR {
+            problem(
+                &rel,
+                "_root_ must be a directory: custom/_root_/etc/x is mounted at /etc/x",
+            );
+            continue;
+        }
+        if name == MOUNT_DIR_MARKER {
+            // A marker that is not a regular file, or in custom/ itself
+            // (reported above); a regular one was handled with its directory.
+            if !ft.is_file() {
+                problem(&rel, "the .mount-dir marker must be a regular file");
+            }
+            continue;
+        }
+        let source = if ft.is_file() {
+            path.to_path_buf()
+        } else if ft.is_symlink() {
+            match check_symlink(path, &real_custom) {
+                Ok(real) if real.is_file() => real,
+                Ok(real) if !real.is_dir() => {
+                    let msg = format!(
+                        "is a symlink to {}, {}; {ONLY_REGULAR}",
+                        real.display(),
+                        special_kind(&real)
+                    );
+                    problem(&rel, &msg);
+                    continue;
+                }
+                Ok(_) => {
+                    problem(&rel, "is a symlink to a directory; only symlinks to files are mounted (to mount a directory whole, put a .mount-dir file into it)");
+                    continue;
+                }
+                Err(why) => {
+                    problem(&rel, &why);
+                    continue;
+                }
+            }
+        } else {
+            problem(&rel, &special_file(path));
+            continue;
+        };
+        let target = match target_of(&rel) {
+            Ok(t) => t,
+            Err(why) => {
+                problem(&rel, &why);
+                continue;
+            }
+        };
+        if let Some(why) = refuse_target(&target) {
+            problem(&rel, &format!("cannot be mounted at {target}: {why}"));
+            continue;
+        }
+        out.mounts.push(Mount {
+            rel,
+            source,
+            target,
+            kind: MountKind::File,
+            read_only: true,
+            contents: Vec::new(),
+        });
+    }
+
+    out.mounts.sort_by(|a, b| a.target.cmp(&b.target));
+    for pair in out.mounts.windows(2) {
+        if pair[0].target == pair[1].target {
+            problems.push(format!(
+                "{} and {} would both be mounted at {}; remove one of them",
+                shown(&pair[0].rel),
+                shown(&pair[1].rel),
+                pair[0].target
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        let n = problems.len();
+        let mut msg = format!(
+            "custom/ cannot be mounted: {n} problem{} (nothing was written)",
+            if n == 1 { "" } else { "s" }
+        );
+        for p in problems {
+            msg.push_str("\n  - ");
+            msg.push_str(&p);
+        }
+        return Err(crate::error::usage(msg));
+    }
+    Ok(out)
+}
+
+/// `path` relative to `base`, which walkdir built it from. Slicing the
+/// bytes avoids a component-wise comparison per entry.
+fn relative(path: &Path, base: &Path) -> PathBuf {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let (p, b) = (path.as_os_str().as_bytes(), base.as_os_str().as_bytes());
+    if p.len() > b.len() + 1 && p.starts_with(b) && p[b.len()] == b'/' {
+        PathBuf::from(OsStr::from_bytes(&p[b.len() + 1..]))
+    } else {
+        path.strip_prefix(base).unwrap_or(path).to_path_buf()
+    }
+}
+
+/// Resolve a symlink and make sure it stays inside `custom/`; returns the
+/// resolved path.
+fn check_symlink(path: &Path, real_custom: &Path) -> Result<PathBuf, String> {
+    let link = fs::read_link(path)
+        .map(|l| l.display().to_string())
+        .unwrap_or_else(|_| "?".into());
+    match fs::canonicalize(path) {
+        Err(_) => Err(format!(
+            "is a symlink to {link}, which does not exist; remove it or fix its target"
+        )),
+        Ok(real) if !real.starts_with(real_custom) => Err(format!(
+            "is a symlink to {link}, which is outside custom/; copy the file into custom/ instead \
+             (mounting it would expose {} to the container)",
+            real.display()
+        )),
+        Ok(real) => Ok(real),
+    }
+}
+
+/// What kind of non-regular file `path` is, for messages.
+fn special_kind(path: &Path) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_fifo() => "a fifo (named pipe)",
+        Ok(m) if m.file_type().is_socket() => "a socket",
+        Ok(m) if m.file_type().is_block_device() => "a block device",
+        Ok(m) if m.file_type().is_char_device() => "a character device",
+        _ => "not a regular file",
+    }
+}
+
+const ONLY_REGULAR: &str = "only regular files and directories can be mounted, remove it";
+
+fn special_file(path: &Path) -> String {
+    format!("is {}; {ONLY_REGULAR}", special_kind(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            target_of(Path::new("www/src/index.md")).unwrap(),
+            "/opt/chatmail/www/src/index.md"
+        );
+        assert_eq!(
+            target_of(Path::new("_root_/etc/postfix/master.cf")).unwrap(),
+            "/etc/postfix/master.cf"
+        );
+    }
+
+    #[test]
+    fn protected_targets() {
+        for bad in [
+            "/home/vmail/x",
+            "/home",
+            "/etc/dkimkeys/k.private",
+            "/var/lib/acme/live/x/fullchain",
+            "/var/lib",
+            "/var",
+            "/etc",
+            "/lib/systemd/system/postfix.service",
+            "/usr/lib/systemd/systemd",
+            "/etc/systemd/system.conf",
+            "/etc/systemd/system",
+            "/sbin/init",
+            "/run/x",
+            "/opt/chatmail",
+            "/opt",
+            "/",
+        ] {
+            assert!(refuse_target(bad).is_some(), "{bad} should be refused");
+        }
+        for good in [
+            "/etc/postfix/master.cf",
+            "/opt/chatmail/www/src/index.md",
+            "/opt/chatmail/www",
+            "/etc/systemd/system/postfix.service.d/override.conf",
+            "/var/lib/foo",
+            "/homepage",
+        ] {
+            assert_eq!(refuse_target(good), None, "{good} should be allowed");
+        }
+    }
+
+    #[test]
+    fn within() {
+        assert!(is_within("/home/vmail", "/home"));
+        assert!(is_within("/home", "/home"));
+        assert!(!is_within("/homepage", "/home"));
+        assert!(is_within("/etc", "/"));
+        assert_eq!(refuse_target("/etc/"), refuse_target("/etc"));
+        assert!(refuse_target("").is_some());
+        assert_eq!(
+            relative(Path::new("/a/custom/x/y"), Path::new("/a/custom")),
+            PathBuf::from("x/y")
+        );
+    }
+
+    #[test]
+    fn droppings() {
+        for d in ["a~", ".x.swp", ".x.swo", ".DS_Store", "#a#", ".#a"] {
+            assert!(dropping(d).is_some(), "{d}");
+        }
+        for f in ["index.md", "#", "a#", "swp", "x.swp"] {
+            assert!(dropping(f).is_none(), "{f}");
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Preflight against fake hosts: cgroup layouts from mountinfo, Docker and
+//! Compose present in various versions or missing (stand-in scripts on a
+//! temp PATH), and the real `docker compose` when it is installed.
+
+mod common;
+
+use assert_cmd::Command;
+use common::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+fn report(root: &Path, dir: &Path, path: Option<&str>) -> (i32, serde_json::Value) {
+    let mut cmd = Command::cargo_bin("chatmail-docker").unwrap();
+    cmd.arg("--root")
+        .arg(root)
+        .arg("--dir")
+        .arg(dir)
+        .args(["preflight", "--json"]);
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
+    let out = cmd.output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad json ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.code().unwrap(), v)
+}
+
+fn check<'a>(v: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no check {id}"))
+}
+
+fn deployment(t: &Path) -> std::path::PathBuf {
+    let d = t.join("deploy");
+    fs::create_dir_all(&d).unwrap();
+    fs::write(d.join(".env"), "MAIL_DOMAIN=chat.example.org\n").unwrap();
+    fs::set_permissions(d.join(".env"), fs::Permissions::from_mode(0o600)).unwrap();
+    d
+}
+
+#[test]
+fn cgroup_layouts() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    for (info, status, needle) in [
+        (MOUNTINFO_V2, "ok", "cgroups v2"),
+        (MOUNTINFO_HYBRID, "fail", "hybrid"),
+        (MOUNTINFO_V1, "fail", "v1 only"),
+    ] {
+        let r = tempfile::tempdir().unwrap();
+        let root = fake_root(r.path(), info, 65536, 65536);
+        let (code, v) = report(&root, &d, None);
+        let c = check(&v, "cgroup-v2");
+        assert_eq!(c["status"], status, "{c}");
+        assert!(c["message"].as_str().unwrap().contains(needle), "{c}");
+        if status == "fail" {
+            assert_eq!(code, 3);
+            assert!(c["fix"]
+                .as_str()
+                .unwrap()
+                .contains("systemd.unified_cgroup_hierarchy=1"));
+        }
+    }
+}
+
+#[test]
+fn compose_v1_only_fails_with_the_reason() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
+    let bin = t.path().join("bin");
+    // A docker without the compose plugin, and Compose v1 standalone.
+    script(
+        &bin,
+        "docker",
+        r#"case "$1" in
+  --version) echo "Docker version 20.10.24+dfsg1, build 297e128";;
+  info) echo "20.10.24";;
+  compose) echo "docker: 'compose' is not a docker command." >&2; exit 1;;
+esac"#,
+    );
+    script(
+        &bin,
+        "docker-compose",
+        r#"echo "docker-compose version 1.29.2, build unknown""#,
+    );
+    let (code, v) = report(&root, &d, Some(&isolated_path(&bin)));
+    assert_eq!(code, 3);
+    let c = check(&v, "compose-v2");
+    assert_eq!(c["status"], "fail");
+    let msg = c["message"].as_str().unwrap();
+    assert!(
+        msg.contains("1.29.2") && msg.contains("cgroup: host"),
+        "{msg}"
+    );
+    assert!(c["fix"].as_str().unwrap().contains("cli-plugins"));
+    assert_eq!(check(&v, "docker-engine")["status"], "ok");
+}
+
+#[test]
+fn docker_missing_and_podman() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
+    let empty = t.path().join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    let (code, v) = report(&root, &d, Some(&isolated_path(&empty)));
+    assert_eq!(code, 3);
+    assert_eq!(check(&v, "docker-engine")["status"], "fail");
+    assert_eq!(check(&v, "compose-v2")["status"], "fail");
+
+    let bin = t.path().join("podbin");
+    script(
+        &bin,
+        "podman",
+        r#"[ "$1" = compose ] && echo "podman-compose version 1.0.6" ; exit 0"#,
+    );
+    let (_, v) = report(&root, &d, Some(&isolated_path(&bin)));
+    let e = check(&v, "docker-engine");
+    assert_eq!(e["status"], "warn");
+    assert!(e["message"].as_str().unwrap().contains("Podman"));
+    assert_eq!(check(&v, "compose-v2")["status"], "warn");
+}
+
+#[test]
+fn compose_v2_stand_in_and_real() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
+    let bin = t.path().join("bin");
+    script(
+        &bin,
+        "docker",
+        r#"case "$1" in
+  --version) echo "Docker version 28.2.2, build e6534b4";;
+  info) echo "28.2.2";;
+  compose) echo "v2.29.1";;
+esac"#,
+    );
+    let (_, v) = report(&root, &d, Some(&isolated_path(&bin)));
+    assert_eq!(check(&v, "compose-v2")["status"], "ok");
+    assert!(check(&v, "compose-v2")["message"]
+        .as_str()
+        .unwrap()
+        .contains("2.29.1"));
+
+    if require(have_compose_v2(), "docker compose v2") {
+        let (_, v) = report(&root, &d, None);
+        assert_eq!(check(&v, "compose-v2")["status"], "ok", "{v}");
+    }
+}
+
+#[test]
+fn mail_domain_forms_and_env_mode() {
+    let t = tempfile::tempdir().unwrap();
+    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
+    let d = t.path().join("deploy");
+    fs::create_dir_all(&d).unwrap();
+    let env = d.join(".env");
+    for (value, ok) in [
+        ("chat.example.org", true),
+        ("203.0.113.7", true),
+        ("_testrelay", true),
+        ("not a domain", false),
+        ("localhost", false),
+    ] {
+        fs::write(&env, format!("MAIL_DOMAIN={value}\n")).unwrap();
+        fs::set_permissions(&env, fs::Permissions::from_mode(0o644)).unwrap();
+        let (_, v) = report(&root, &d, None);
+        let c = check(&v, "mail-domain");
+        assert_eq!(c["status"], if ok { "ok" } else { "fail" }, "{value}: {c}");
+        // The world-readable .env was tightened and the user told.
+        assert_eq!(
+            fs::metadata(&env).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    fs::write(&env, "OTHER=1\n").unwrap();
+    let (code, v) = report(&root, &d, None);
+    assert_eq!(code, 3);
+    let c = check(&v, "mail-domain");
+    assert!(c["message"]
+        .as_str()
+        .unwrap()
+        .contains("MAIL_DOMAIN is not set"));
+}
+
+#[test]
+fn inotify_low_is_a_warning_with_the_fix() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let root = fake_root(t.path(), MOUNTINFO_V2, 128, 8192);
+    let (_, v) = report(&root, &d, None);
+    let c = check(&v, "inotify");
+    assert_eq!(c["status"], "warn");
+    assert!(c["fix"]
+        .as_str()
+        .unwrap()
+        .contains("chatmail-docker sysctl"));
+}
+
+#[test]
+fn skipped_checks_are_reported_loudly() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let root = fake_root(t.path(), MOUNTINFO_V1, 65536, 65536);
+    let out = Command::cargo_bin("chatmail-docker")
+        .unwrap()
+        .arg("--root")
+        .arg(&root)
+        .arg("--dir")
+        .arg(&d)
+        .args(["preflight", "--skip-check", "cgroup-v2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("skip"), "{stdout}");
+    assert!(stderr.contains("SKIPPED"), "{stderr}");
+}

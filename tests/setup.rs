@@ -1,0 +1,157 @@
+//! `setup` before it reaches the engine: the dry-run plan, and refusals
+//! that must happen before Docker is touched.
+
+mod common;
+
+use assert_cmd::Command;
+use common::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+fn setup(root: &Path, dir: &Path, path: Option<&str>, extra: &[&str]) -> std::process::Output {
+    let mut cmd = Command::cargo_bin("chatmail-docker").unwrap();
+    cmd.arg("--root")
+        .arg(root)
+        .arg("--dir")
+        .arg(dir)
+        .arg("setup")
+        .args(extra);
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
+    cmd.output().unwrap()
+}
+
+/// A docker stand-in that answers the preflight queries like a v2 install
+/// and records every call.
+fn recording_docker(bin: &Path, log: &Path) {
+    script(
+        bin,
+        "docker",
+        &format!(
+            r#"echo "$*" >> {log}
+case "$1" in
+  --version) echo "Docker version 28.2.2, build e6534b4";;
+  info) echo "28.2.2";;
+  compose) [ "$2" = version ] && echo "v2.40.3";;
+esac
+exit 0"#,
+            log = log.display()
+        ),
+    );
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    if !require(have_compose_v2(), "docker compose v2") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let root = fake_root(t.path(), MOUNTINFO_V2, 128, 8192);
+    let d = minimal_deployment(t.path());
+    fs::write(d.join(".env"), "MAIL_DOMAIN=chat.example.org\n").unwrap();
+    fs::create_dir_all(d.join("relay")).unwrap();
+    let before = (snapshot(&d), snapshot(&root));
+    let out = setup(&root, &d, None, &["--dry-run", "--reinstall"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for needle in [
+        "would raise fs.inotify.max_user_instances from 128 to 65536",
+        "would write",
+        "build chatmail",
+        "CMDEPLOY_STAGES=… docker compose",
+        "up --detach",
+        "would wait up to 900s",
+        "dry run: nothing was changed",
+    ] {
+        assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");
+    }
+    assert_eq!(
+        (snapshot(&d), snapshot(&root)),
+        before,
+        "dry run changed files"
+    );
+}
+
+#[test]
+fn cgroup_v1_host_refuses_before_touching_docker() {
+    let t = tempfile::tempdir().unwrap();
+    let root = fake_root(t.path(), MOUNTINFO_HYBRID, 65536, 65536);
+    let d = minimal_deployment(t.path());
+    fs::write(d.join(".env"), "MAIL_DOMAIN=chat.example.org\n").unwrap();
+    fs::set_permissions(d.join(".env"), fs::Permissions::from_mode(0o600)).unwrap();
+    let bin = t.path().join("bin");
+    let log = t.path().join("docker.log");
+    recording_docker(&bin, &log);
+    let before = snapshot(&d);
+    let out = setup(&root, &d, Some(&isolated_path(&bin)), &[]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("systemd.unified_cgroup_hierarchy=1"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("--skip-check"), "{stderr}");
+    let calls = fs::read_to_string(&log).unwrap_or_default();
+    for word in ["build", "up", "create", "run"] {
+        assert!(
+            !calls
+                .lines()
+                .any(|l| l.split_whitespace().any(|w| w == word)),
+            "docker was used: {calls}"
+        );
+    }
+    assert_eq!(snapshot(&d), before);
+    // sysctl was not touched either.
+    assert!(!root
+        .join("etc/sysctl.d/60-chatmail-docker-inotify.conf")
+        .exists());
+}
+
+#[test]
+fn missing_mail_domain_refuses_with_the_fix() {
+    let t = tempfile::tempdir().unwrap();
+    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
+    let d = minimal_deployment(t.path());
+    fs::write(d.join(".env"), "# nothing here\n").unwrap();
+    let bin = t.path().join("bin");
+    let log = t.path().join("docker.log");
+    recording_docker(&bin, &log);
+    let out = setup(&root, &d, Some(&isolated_path(&bin)), &[]);
+    assert_eq!(out.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("MAIL_DOMAIN is not set"), "{stdout}");
+    assert!(
+        stdout.contains("mail_domain = chat.example.org"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn compose_v1_only_refuses() {
+    let t = tempfile::tempdir().unwrap();
+    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
+    let d = minimal_deployment(t.path());
+    fs::write(d.join(".env"), "MAIL_DOMAIN=chat.example.org\n").unwrap();
+    let bin = t.path().join("bin");
+    script(
+        &bin,
+        "docker",
+        r#"case "$1" in --version) echo "Docker version 20.10";; info) echo 20.10;; *) exit 1;; esac"#,
+    );
+    script(
+        &bin,
+        "docker-compose",
+        r#"echo "docker-compose version 1.29.2, build unknown""#,
+    );
+    let out = setup(&root, &d, Some(&isolated_path(&bin)), &[]);
+    assert_eq!(out.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Compose v1") && stdout.contains("docker-compose-plugin"),
+        "{stdout}"
+    );
+}
