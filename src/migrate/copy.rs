@@ -129,13 +129,28 @@ pub fn walk(root: &Path, missing_ok: bool) -> Result<Tree> {
         meta,
     }];
     entries.extend(walk_dir(root, Path::new(""))?);
-    entries.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+    debug_assert!(entries
+        .windows(2)
+        .all(|w| tree_order(&w[0].rel, &w[1].rel).is_lt()));
     Ok(Tree {
         root: root.to_path_buf(),
         entries,
     })
 }
 
+/// Path order with `/` below every other byte: the same order as comparing
+/// components (a directory, then everything inside it, then its next
+/// sibling), at the cost of a byte comparison.
+fn tree_order(a: &Path, b: &Path) -> std::cmp::Ordering {
+    use std::os::unix::ffi::OsStrExt;
+    let key = |c: &u8| if *c == b'/' { 0 } else { *c };
+    let (a, b) = (a.as_os_str().as_bytes(), b.as_os_str().as_bytes());
+    a.iter().map(key).cmp(b.iter().map(key))
+}
+
+/// The subtree below `rel`, already in [`tree_order`]: each directory's
+/// names are sorted and every subdirectory's subtree (walked in parallel)
+/// follows its entry, so no global sort is needed.
 fn walk_dir(root: &Path, rel: &Path) -> Result<Vec<Entry>> {
     let dir = root.join(rel);
     let rd = match fs::read_dir(&dir) {
@@ -143,8 +158,7 @@ fn walk_dir(root: &Path, rel: &Path) -> Result<Vec<Entry>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
     };
-    let mut entries = Vec::new();
-    let mut subdirs = Vec::new();
+    let mut named = Vec::new();
     for de in rd {
         let de = de.with_context(|| format!("cannot list {}", dir.display()))?;
         // DirEntry::metadata is an fstatat(AT_SYMLINK_NOFOLLOW) on the open
@@ -156,17 +170,39 @@ fn walk_dir(root: &Path, rel: &Path) -> Result<Vec<Entry>> {
                 return Err(e).with_context(|| format!("cannot stat {}", de.path().display()))
             }
         };
-        let r = rel.join(de.file_name());
-        if meta.is_dir() {
-            subdirs.push(r.clone());
+        named.push((de.file_name(), meta));
+    }
+    named.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let children: Vec<Entry> = named
+        .into_iter()
+        .map(|(name, meta)| Entry {
+            rel: rel.join(name),
+            meta,
+        })
+        .collect();
+    let dirs: Vec<usize> = (0..children.len())
+        .filter(|&i| children[i].meta.is_dir())
+        .collect();
+    let mut subtrees: Vec<Result<Vec<Entry>>> = dirs
+        .par_iter()
+        .map(|&i| walk_dir(root, &children[i].rel))
+        .collect();
+    let total: usize = subtrees
+        .iter()
+        .map(|r| r.as_ref().map_or(0, Vec::len))
+        .sum();
+    let mut out = Vec::with_capacity(children.len() + total);
+    let mut next = subtrees.drain(..);
+    for e in children {
+        let is_dir = e.meta.is_dir();
+        out.push(e);
+        if is_dir {
+            if let Some(sub) = next.next() {
+                out.extend(sub?);
+            }
         }
-        entries.push(Entry { rel: r, meta });
     }
-    let nested: Vec<Result<Vec<Entry>>> = subdirs.par_iter().map(|s| walk_dir(root, s)).collect();
-    for n in nested {
-        entries.extend(n?);
-    }
-    Ok(entries)
+    Ok(out)
 }
 
 /// What a sync did (or, with `dry`, would do).
@@ -487,63 +523,68 @@ pub fn sync(src: &Tree, dst_root: &Path, dry: bool) -> Result<Stats> {
 pub fn sync_trees(src: &Tree, dst: &Tree, dry: bool) -> Result<Stats> {
     let dst_root = dst.root.as_path();
     let mut stats = Stats::default();
-    let dst_map: HashMap<&Path, &Metadata> = dst
-        .entries
-        .iter()
-        .map(|e| (e.rel.as_path(), &e.meta))
-        .collect();
-    let src_map: HashMap<&Path, &Metadata> = src
-        .entries
-        .iter()
-        .filter(|e| kind(&e.meta) != Kind::Special)
-        .map(|e| (e.rel.as_path(), &e.meta))
-        .collect();
 
-    // 1. Deletions: what the source lacks, or has as another kind. Sorted
-    //    order puts a directory before its contents, so only the top of a
-    //    removed subtree is listed.
-    let mut removed: Vec<&Path> = Vec::new();
-    for e in &dst.entries {
-        if e.rel.as_os_str().is_empty() {
-            continue;
-        }
-        if removed.last().is_some_and(|r| e.rel.starts_with(r)) {
-            continue;
-        }
-        let keep = src_map
-            .get(e.rel.as_path())
-            .is_some_and(|s| kind(s) == kind(&e.meta));
-        if !keep {
-            removed.push(&e.rel);
+    // Pair every source entry with the destination entry at the same path:
+    // both walks are in tree order, so a merge join does it without hashing.
+    // Destination entries without a partner of the same kind are deleted;
+    // tree order puts a directory right before its contents, so only the
+    // top of a removed subtree is listed.
+    let (s, d) = (&src.entries, &dst.entries);
+    let mut pairs: Vec<(&Entry, Option<&Metadata>)> = Vec::with_capacity(s.len());
+    let mut removed: Vec<&Entry> = Vec::new();
+    fn remove<'a>(e: &'a Entry, removed: &mut Vec<&'a Entry>) {
+        if !e.rel.as_os_str().is_empty()
+            && !removed.last().is_some_and(|r| e.rel.starts_with(&r.rel))
+        {
+            removed.push(e);
         }
     }
-    stats.deleted = removed.len() as u64;
-    let gone: HashSet<&Path> = removed.iter().copied().collect();
-    let is_gone = |rel: &Path| -> bool { rel.ancestors().any(|a| gone.contains(a)) };
-    let present = |rel: &Path| -> Option<&Metadata> {
-        if is_gone(rel) {
-            None
-        } else {
-            dst_map.get(rel).copied()
+    let (mut i, mut j) = (0, 0);
+    loop {
+        let ord = match (s.get(i), d.get(j)) {
+            (Some(a), Some(b)) => tree_order(&a.rel, &b.rel),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => break,
+        };
+        match ord {
+            std::cmp::Ordering::Less => {
+                pairs.push((&s[i], None));
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                remove(&d[j], &mut removed);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                let (a, b) = (&s[i], &d[j]);
+                if kind(&a.meta) == kind(&b.meta) && kind(&a.meta) != Kind::Special {
+                    pairs.push((a, Some(&b.meta)));
+                } else {
+                    pairs.push((a, None));
+                    remove(b, &mut removed);
+                }
+                i += 1;
+                j += 1;
+            }
         }
-    };
+    }
+
+    // 1. Deletions.
+    stats.deleted = removed.len() as u64;
     if !dry {
         let errors = Errors::default();
-        removed.par_iter().for_each(|rel| {
-            if let Some(m) = dst_map.get(rel) {
-                if let Err(e) = remove_any(&dst_root.join(rel), m) {
-                    errors.push(e);
-                }
+        removed.par_iter().for_each(|e| {
+            if let Err(err) = remove_any(&dst_root.join(&e.rel), &e.meta) {
+                errors.push(err);
             }
         });
         errors.finish()?;
     }
 
     // 2. Directories, parents first.
-    let mut new_dirs: HashSet<&Path> = HashSet::new();
-    for e in &src.entries {
-        if kind(&e.meta) == Kind::Dir && present(&e.rel).is_none() {
-            new_dirs.insert(&e.rel);
+    for (e, dm) in &pairs {
+        if kind(&e.meta) == Kind::Dir && dm.is_none() {
             stats.dirs_created += 1;
             if !dry {
                 let p = dst_root.join(&e.rel);
@@ -559,34 +600,39 @@ pub fn sync_trees(src: &Tree, dst: &Tree, dry: bool) -> Result<Stats> {
     }
 
     // 3. Files (first of each hard-link group) and symlinks, in parallel.
-    let mut primaries: HashMap<(u64, u64), &Path> = HashMap::new();
-    let mut singles: Vec<&Entry> = Vec::new();
-    let mut links: Vec<(&Entry, &Path)> = Vec::new();
-    for e in &src.entries {
+    type First<'a> = (&'a Path, Option<&'a Metadata>);
+    let mut primaries: HashMap<(u64, u64), First> = HashMap::new();
+    let mut singles: Vec<(&Entry, Option<&Metadata>)> = Vec::new();
+    let mut links: Vec<(&Entry, Option<&Metadata>, First)> = Vec::new();
+    for &(e, dm) in &pairs {
         match kind(&e.meta) {
             Kind::File if e.meta.nlink() > 1 => {
                 let key = (e.meta.dev(), e.meta.ino());
                 match primaries.get(&key) {
-                    Some(first) => links.push((e, first)),
+                    Some(first) => links.push((e, dm, *first)),
                     None => {
-                        primaries.insert(key, &e.rel);
-                        singles.push(e);
+                        primaries.insert(key, (&e.rel, dm));
+                        singles.push((e, dm));
                     }
                 }
             }
-            Kind::File | Kind::Symlink => singles.push(e),
+            Kind::File | Kind::Symlink => singles.push((e, dm)),
             Kind::Special => stats.special.push(src.root.join(&e.rel)),
             Kind::Dir => {}
         }
     }
     let c = Counters::default();
     let errors = Errors::default();
-    singles.par_iter().for_each(|e| {
-        let s = src.root.join(&e.rel);
-        let d = dst_root.join(&e.rel);
-        let unchanged = match (kind(&e.meta), present(&e.rel)) {
+    singles.par_iter().for_each(|&(e, dm)| {
+        // Paths are joined only when needed: most files of a re-run are
+        // unchanged, and the metadata comparison needs none.
+        let paths = || (src.root.join(&e.rel), dst_root.join(&e.rel));
+        let unchanged = match (kind(&e.meta), dm) {
             (Kind::File, Some(dm)) => same_file(&e.meta, dm),
-            (Kind::Symlink, Some(dm)) => same_symlink(&s, &e.meta, &d, dm),
+            (Kind::Symlink, Some(dm)) => {
+                let (s, d) = paths();
+                same_symlink(&s, &e.meta, &d, dm)
+            }
             _ => false,
         };
         if unchanged {
@@ -602,6 +648,7 @@ pub fn sync_trees(src: &Tree, dst: &Tree, dry: bool) -> Result<Stats> {
             }
             return;
         }
+        let (s, d) = paths();
         let r = if kind(&e.meta) == Kind::File {
             copy_file(&s, &d, &e.meta)
         } else {
@@ -623,24 +670,30 @@ pub fn sync_trees(src: &Tree, dst: &Tree, dry: bool) -> Result<Stats> {
         }
     });
     errors.finish()?;
+    let files_changed = c.files_copied.load(Ordering::Relaxed)
+        + c.symlinks.load(Ordering::Relaxed)
+        + c.vanished.load(Ordering::Relaxed)
+        > 0;
 
-    // 4. Hard links to the copied first paths.
+    // 4. Hard links to the copied first paths. When no file was rewritten,
+    //    the walked inode numbers are still current and nothing is stat'ed.
     let errors = Errors::default();
-    links.par_iter().for_each(|(e, first)| {
+    links.par_iter().for_each(|&(e, dm, (first, first_dm))| {
         let d = dst_root.join(&e.rel);
         let target = dst_root.join(first);
-        let target_meta = if dry {
-            present(first).cloned()
-        } else {
+        let fresh = !dry && files_changed;
+        let target_meta = if fresh {
             fs::symlink_metadata(&target).ok()
+        } else {
+            first_dm.cloned()
         };
-        let linked = match (present(&e.rel), &target_meta) {
-            (Some(dm), Some(tm)) if !dry => {
-                // Re-stat: the first path may just have been replaced.
+        let linked = match (dm, &target_meta) {
+            (Some(_), Some(tm)) if fresh => {
                 fs::symlink_metadata(&d).is_ok_and(|m| m.ino() == tm.ino() && m.dev() == tm.dev())
-                    && dm.file_type().is_file()
             }
-            (Some(dm), Some(tm)) => dm.ino() == tm.ino() && same_file(&e.meta, dm),
+            (Some(dm), Some(tm)) => {
+                dm.ino() == tm.ino() && dm.dev() == tm.dev() && (dry || same_file(&e.meta, tm))
+            }
             _ => false,
         };
         if linked {
@@ -651,6 +704,10 @@ pub fn sync_trees(src: &Tree, dst: &Tree, dry: bool) -> Result<Stats> {
         if dry {
             return;
         }
+        let target_meta = match target_meta {
+            Some(m) => Some(m),
+            None => fs::symlink_metadata(&target).ok(),
+        };
         if target_meta.is_none() {
             // The first path vanished at the source during a live pre-sync.
             c.vanished.fetch_add(1, Ordering::Relaxed);
@@ -669,18 +726,21 @@ pub fn sync_trees(src: &Tree, dst: &Tree, dry: bool) -> Result<Stats> {
         }
     });
     errors.finish()?;
+    let anything_changed = files_changed
+        || stats.deleted + stats.dirs_created + c.hardlinks.load(Ordering::Relaxed) > 0;
 
-    // 5. Directory metadata, after all their contents changed.
+    // 5. Directory metadata, after all their contents changed. When nothing
+    //    changed inside, the walked metadata is still current.
     let errors = Errors::default();
-    src.entries
+    pairs
         .par_iter()
-        .filter(|e| kind(&e.meta) == Kind::Dir)
-        .for_each(|e| {
-            let d = dst_root.join(&e.rel);
-            let current = if dry {
-                present(&e.rel).cloned()
+        .filter(|(e, _)| kind(&e.meta) == Kind::Dir)
+        .for_each(|&(e, dm)| {
+            let d = || dst_root.join(&e.rel);
+            let current = if !dry && anything_changed {
+                fs::symlink_metadata(d()).ok()
             } else {
-                fs::symlink_metadata(&d).ok()
+                dm.cloned()
             };
             let ok = current.as_ref().is_some_and(|m| {
                 same_owner_mode(&e.meta, m)
@@ -690,11 +750,11 @@ pub fn sync_trees(src: &Tree, dst: &Tree, dry: bool) -> Result<Stats> {
             if ok {
                 return;
             }
-            if !new_dirs.contains(e.rel.as_path()) {
+            if dm.is_some() {
                 c.dirs_updated.fetch_add(1, Ordering::Relaxed);
             }
             if !dry {
-                if let Err(err) = set_dir_meta(&src.root.join(&e.rel), &d, &e.meta) {
+                if let Err(err) = set_dir_meta(&src.root.join(&e.rel), &d(), &e.meta) {
                     errors.push(err);
                 }
             }
@@ -759,6 +819,18 @@ mod tests {
         let again = sync(&walk(&s, false).unwrap(), &d, false).unwrap();
         assert!(!again.changed(), "{again:?}");
         assert_eq!(again.unchanged, 3);
+    }
+
+    #[test]
+    fn tree_order_keeps_directories_contiguous() {
+        let mut v: Vec<PathBuf> = ["a-b", "a/c", "a", "a/b/c", "a.b", "a/b", "b"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        v.sort_by(|a, b| tree_order(a, b));
+        let mut w = v.clone();
+        w.sort();
+        assert_eq!(v, w);
     }
 
     #[test]

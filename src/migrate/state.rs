@@ -93,7 +93,9 @@ impl State {
     }
 
     /// Write the state atomically (mode 0600: it names units and owners only,
-    /// but nobody else needs to read it).
+    /// but nobody else needs to read it). An unchanged state is not
+    /// rewritten: each write is an fsync, and a no-change re-run should cost
+    /// no more than reading.
     pub fn save(&self, file: &Path) -> Result<()> {
         if let Some(parent) = file.parent() {
             std::fs::create_dir_all(parent)
@@ -101,7 +103,7 @@ impl State {
         }
         let mut bytes = serde_json::to_vec_pretty(self)?;
         bytes.push(b'\n');
-        host::write_atomic(file, &bytes, 0o600)
+        host::write_if_changed(file, &bytes, 0o600).map(|_| ())
     }
 
     pub fn owns(&self, dest: &str) -> bool {
