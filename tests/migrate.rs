@@ -92,7 +92,14 @@ fn migrates_everything_and_a_rerun_copies_nothing() {
         out.contains("/etc/dkimkeys -> data/chatmail-dkimkeys"),
         "{out}"
     );
-    assert!(out.contains("owner opendkim (105:108)"), "{out}");
+    assert!(
+        out.contains("/etc/dkimkeys owned by opendkim (105:108)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("/home/vmail owned by vmail (998:998)"),
+        "{out}"
+    );
     assert!(
         out.contains("mtail.service") && out.contains("not installed"),
         "{out}"
@@ -356,6 +363,16 @@ fn mount_vmail_copies_no_mail_and_leaves_a_marker() {
     let (code, out, err) = migrate(&f, &["--yes", "--mount-vmail"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(f.dest("data/.mount-vmail").is_file());
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.dest("data/.migrate-state.json")).unwrap()).unwrap();
+    assert!(
+        state["source_owners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["source"] == "/home/vmail" && o["uid"] == VMAIL && o["user"] == "vmail"),
+        "{state}"
+    );
     assert!(!f.dest("data/chatmail").exists());
     f.check_copy("/etc/dkimkeys", "data/chatmail-dkimkeys");
     f.check_copy("/var/lib/acme", "data/chatmail-acme");

@@ -126,12 +126,13 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
         let (tree, dest_tree) = (tree?, dest_tree?);
         let totals = tree.totals();
         let already = dest_tree.totals();
-        let root_meta = &tree.entries[0].meta;
+        let owner_meta = std::fs::metadata(ctx.host.path(source.owner_of))
+            .unwrap_or_else(|_| tree.entries[0].meta.clone());
         let owner = SourceOwner {
-            source: source.host_path.to_string(),
-            uid: root_meta.uid(),
-            gid: root_meta.gid(),
-            user: plan::user_name(&ctx.host.path("/etc/passwd"), root_meta.uid()),
+            source: source.owner_of.to_string(),
+            uid: owner_meta.uid(),
+            gid: owner_meta.gid(),
+            user: plan::user_name(&ctx.host.path("/etc/passwd"), owner_meta.uid()),
         };
         found.push(Found {
             source,
@@ -206,6 +207,16 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
             b"# /home/vmail is bind-mounted from the host (chatmail-docker migrate --mount-vmail)\n",
             0o644,
         )?;
+        // The container uses the host's files directly: their owner matters.
+        if let Ok(m) = std::fs::metadata(ctx.host.path(plan::MAIL.owner_of)) {
+            st.source_owners.retain(|o| o.source != plan::MAIL.owner_of);
+            st.source_owners.push(SourceOwner {
+                source: plan::MAIL.owner_of.to_string(),
+                uid: m.uid(),
+                gid: m.gid(),
+                user: plan::user_name(&ctx.host.path("/etc/passwd"), m.uid()),
+            });
+        }
     }
     st.save(&state_file)?;
 
@@ -307,7 +318,8 @@ fn check_destination(dest: &Path, rel: &str, st: &State) -> Result<()> {
     if st.owns(rel) {
         return Ok(());
     }
-    match std::fs::symlink_metadata(dest) {
+    // Followed: data/chatmail may be a symlink to a bigger disk.
+    match std::fs::metadata(dest) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", dest.display())),
         Ok(m) if !m.is_dir() => Err(error::usage(format!(
@@ -357,13 +369,14 @@ fn print_plan(
             None => format!("{}:{}", f.owner.uid, f.owner.gid),
         };
         sh.out(format!(
-            "  copy: {} -> {}  ({} files, {} dirs, {} symlinks, {}; owner {owner}){}",
+            "  copy: {} -> {}  ({} files, {} dirs, {} symlinks, {}; {} owned by {owner}){}",
             f.source.host_path,
             f.source.dest,
             t.files,
             t.dirs,
             t.symlinks,
             human(t.bytes),
+            f.owner.source,
             if f.already.files > 0 {
                 format!(" [{} files already copied]", f.already.files)
             } else {
@@ -377,6 +390,10 @@ fn print_plan(
             ));
         }
     }
+    sh.out(
+        "  owners: kept as numeric uid/gid and recorded in data/.migrate-state.json, so the \
+         container can re-own the data if its users have other ids",
+    );
     if args.mount_vmail {
         sh.out(format!(
             "  mail: not copied; /home/vmail is bind-mounted (marker {MOUNT_VMAIL_MARKER})"

@@ -20,6 +20,8 @@ pub struct Source {
     pub dest: &'static str,
     /// The relay cannot work without it: a missing source is an error.
     pub required: bool,
+    /// Whose owner matters to the container (`/home/vmail`, not `/home`).
+    pub owner_of: &'static str,
 }
 
 /// The trees a chatmail relay keeps its state in.
@@ -27,16 +29,19 @@ pub const DKIM: Source = Source {
     host_path: "/etc/dkimkeys",
     dest: "data/chatmail-dkimkeys",
     required: true,
+    owner_of: "/etc/dkimkeys",
 };
 pub const ACME: Source = Source {
     host_path: "/var/lib/acme",
     dest: "data/chatmail-acme",
     required: false,
+    owner_of: "/var/lib/acme",
 };
 pub const MAIL: Source = Source {
     host_path: "/home",
     dest: "data/chatmail",
     required: true,
+    owner_of: "/home/vmail",
 };
 
 /// The sources for a run: all three, or without the mail with `--mount-vmail`.
