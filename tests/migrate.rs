@@ -406,6 +406,7 @@ fn killed_at_random_points_it_resumes_to_an_identical_copy() {
     });
     let src = f.source_digest();
     let mut seed: u64 = 0x5eed_1234;
+    let mut killed = 0;
     for round in 0..6 {
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -420,6 +421,16 @@ fn killed_at_random_points_it_resumes_to_an_identical_copy() {
         std::thread::sleep(delay);
         let _ = child.kill(); // SIGKILL
         let status = child.wait().unwrap();
+        killed += usize::from(status.code().is_none());
+        let phase = fs::read(f.dest("data/.migrate-state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .map(|v| v["phase"].as_str().unwrap_or("?").to_string())
+            .unwrap_or_else(|| "-".into());
+        eprintln!(
+            "round {round}: killed after {delay:?} ({status}), phase {phase}, {} files copied",
+            files(&f.dest("data/chatmail")).len()
+        );
         // Every file under a final name is complete (the source never changes here).
         let dst = f.dest("data/chatmail");
         for rel in files(&dst) {
@@ -436,6 +447,10 @@ fn killed_at_random_points_it_resumes_to_an_identical_copy() {
             );
         }
     }
+    assert!(
+        killed > 0,
+        "no run was interrupted: the test proved nothing"
+    );
     let (code, out, err) = migrate(&f, &["--yes"]);
     assert_eq!(code, 0, "{out}\n{err}");
     for (s, d) in TREES {

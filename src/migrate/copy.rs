@@ -24,6 +24,7 @@
 //! kernel allows it, so not even access times move.
 
 use anyhow::{anyhow, Context as _, Result};
+use indicatif::ProgressBar;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -517,12 +518,13 @@ fn remove_any(path: &Path, meta: &Metadata) -> Result<()> {
 /// tool owns: extraneous entries there are deleted.
 pub fn sync(src: &Tree, dst_root: &Path, dry: bool) -> Result<Stats> {
     let dst = walk(dst_root, true)?;
-    sync_trees(src, &dst, dry)
+    sync_trees(src, &dst, dry, &ProgressBar::hidden())
 }
 
 /// [`sync`] with a destination walk the caller already has (the plan walks
 /// both trees; nothing but this tool writes to the destination meanwhile).
-pub fn sync_trees(src: &Tree, dst: &Tree, dry: bool) -> Result<Stats> {
+/// `progress` advances by the bytes of every file copied.
+pub fn sync_trees(src: &Tree, dst: &Tree, dry: bool, progress: &ProgressBar) -> Result<Stats> {
     let dst_root = dst.root.as_path();
     let mut stats = Stats::default();
 
@@ -664,6 +666,7 @@ pub fn sync_trees(src: &Tree, dst: &Tree, dry: bool) -> Result<Stats> {
                 if kind(&e.meta) == Kind::File {
                     c.files_copied.fetch_add(1, Ordering::Relaxed);
                     c.bytes_copied.fetch_add(n, Ordering::Relaxed);
+                    progress.inc(n);
                 } else {
                     c.symlinks.fetch_add(1, Ordering::Relaxed);
                 }

@@ -226,8 +226,10 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
         st.save(&state_file)?;
         for f in &found {
             let t = Instant::now();
-            let stats = copy::sync_trees(&f.tree, &f.dest_tree, false)
+            let bar = progress(ctx, f.totals.bytes.saturating_sub(f.already.bytes));
+            let stats = copy::sync_trees(&f.tree, &f.dest_tree, false, &bar)
                 .with_context(|| format!("pre-sync of {} failed", f.source.host_path))?;
+            bar.finish_and_clear();
             // On disk before the relay stops, so the downtime does not pay
             // for flushing the bulk of the data.
             if stats.changed() {
@@ -304,6 +306,23 @@ fn sum(it: impl Iterator<Item = Totals>) -> Totals {
         bytes: a.bytes + b.bytes,
         alloc: a.alloc + b.alloc,
     })
+}
+
+/// A progress bar on stderr for a copy of about `bytes` (hidden when stderr
+/// is not a terminal or with -q). The estimate counts what an earlier run
+/// already copied as done, so it can only be too high for changed files.
+fn progress(ctx: &Context, bytes: u64) -> indicatif::ProgressBar {
+    if !ctx.shell.progress_allowed() || bytes == 0 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(bytes);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "  {bar:30} {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
 }
 
 fn secs(d: Duration) -> String {
@@ -457,14 +476,12 @@ fn confirm(ctx: &Context, args: &MigrateArgs) -> Result<()> {
             "not on a terminal: pass --yes to confirm the migration (nothing was changed)",
         ));
     }
-    ctx.shell.status(
-        "Confirm",
-        if args.presync_only {
-            "copy the data now (the relay keeps running)? [y/N]"
-        } else {
-            "migrate now, stopping the relay's units for the final sync? [y/N]"
-        },
-    );
+    // A warning, not a status line: it must show even with -q.
+    ctx.shell.warn(if args.presync_only {
+        "this copies the data now (the relay keeps running). Continue? [y/N]"
+    } else {
+        "this stops and disables the relay's units for the final sync. Continue? [y/N]"
+    });
     let mut answer = String::new();
     stdin
         .read_line(&mut answer)

@@ -55,7 +55,7 @@ pub fn run(ctx: &Context, yes: bool) -> Result<()> {
                     "not on a terminal: pass --yes to confirm the rollback (nothing was changed)",
                 ));
             }
-            ctx.shell.status("Confirm", "restart the old relay? [y/N]");
+            ctx.shell.warn("restart the old relay? [y/N]");
             let mut answer = String::new();
             std::io::stdin()
                 .read_line(&mut answer)
