@@ -461,3 +461,57 @@ fn killed_at_random_points_it_resumes_to_an_identical_copy() {
     assert_eq!(code, 0);
     assert!(out.contains("nothing to copy"), "{out}");
 }
+
+/// A real small filesystem (a tmpfs mounted in a private mount namespace)
+/// as the deployment dir: the plan must refuse with the numbers, before
+/// writing anything or stopping anything.
+#[test]
+fn insufficient_space_is_refused_with_numbers() {
+    let f = Fake::new(&Mail {
+        users: 2,
+        files_per_user: 5,
+        big: vec![30 << 20],
+    });
+    let probe = Command::new("unshare")
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=1m none \"$0\"",
+        ])
+        .arg(&f.dir)
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this test needs `unshare --mount` and tmpfs mounts (CAP_SYS_ADMIN)"
+        );
+        eprintln!("skipped: cannot mount a tmpfs in a private mount namespace here");
+        return;
+    }
+    // 80 MiB: less than 30 MiB of mail plus the 64 MiB headroom.
+    let mut c = Command::new("unshare");
+    c.args([
+        "--mount",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o size=80m none \"$0\" && exec \"$@\"",
+    ])
+    .arg(&f.dir)
+    .arg(assert_cmd::cargo::cargo_bin("chatmail-docker"));
+    f.env(&mut c);
+    c.args(["migrate", "--yes"]);
+    let (code, out, err) = run(&mut c);
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(
+        err.contains("not enough free space")
+            && err.contains("needed")
+            && err.contains("80.0 MiB available"),
+        "{err}"
+    );
+    assert!(out.contains("Migration plan"), "{out}");
+    assert!(!f.log().contains("stop"), "{}", f.log());
+    // The tmpfs is gone with the namespace; nothing was written under it
+    // either way, and nothing at all on the real disk.
+    assert!(!f.dest("data").exists() && !f.dest(".env").exists());
+}

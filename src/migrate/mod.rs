@@ -423,7 +423,7 @@ fn print_plan(
         "  free space at {}: {} ({} of data to copy)",
         ctx.path("data").display(),
         human(free.bytes),
-        human(need.alloc)
+        human(need.alloc.max(need.bytes))
     ));
     sh.out("  units:");
     for u in unit_states {

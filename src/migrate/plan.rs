@@ -67,7 +67,10 @@ pub const MARGIN_BYTES: u64 = 64 * 1024 * 1024;
 /// already copied to the destination (a resumed migration needs only the
 /// rest). Returns a message with the numbers when it does not fit.
 pub fn check_space(need: &Totals, already: &Totals, free: Free) -> Result<(), String> {
-    let bytes = need.alloc.saturating_sub(already.alloc) + MARGIN_BYTES;
+    // Allocated blocks, or the apparent size where larger: a sparse source
+    // file is not guaranteed to stay sparse in the copy.
+    let size = |t: &Totals| t.alloc.max(t.bytes);
+    let bytes = size(need).saturating_sub(size(already)) + MARGIN_BYTES;
     let inodes = (need.files + need.dirs + need.symlinks)
         .saturating_sub(already.files + already.dirs + already.symlinks);
     if free.bytes < bytes {
