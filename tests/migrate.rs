@@ -351,6 +351,12 @@ fn a_failing_stop_is_an_error_and_rollback_restarts_what_was_stopped() {
     let (code, out, _) = migrate(&f, &["--rollback"]);
     assert_eq!(code, 0);
     assert!(out.contains("Nothing to roll back"), "{out}");
+
+    // Trying again after a rollback starts over with a pre-sync.
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("Pre-synced"), "{err}");
+    f.check_copy("/home", "data/chatmail");
 }
 
 #[test]

@@ -174,6 +174,12 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
         return already_done(ctx, args, &found);
     }
 
+    if args.presync_only && st.phase == Phase::Stopped {
+        return Err(error::usage(
+            "an earlier run already stopped the relay's units: run `migrate` without \
+             --presync-only to finish, or `migrate --rollback` to restart the old relay",
+        ));
+    }
     confirm(ctx, args)?;
 
     // Config.
@@ -221,7 +227,7 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
     st.save(&state_file)?;
 
     // Pre-sync while the relay runs.
-    if st.phase < Phase::Stopped {
+    if st.phase != Phase::Stopped {
         st.phase = Phase::Presync;
         st.save(&state_file)?;
         for f in &found {
@@ -264,9 +270,9 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
         let tree = copy::walk(&f.host, false)?;
         let stats = copy::sync(&tree, &f.dest, false)
             .with_context(|| format!("final sync of {} failed", f.source.host_path))?;
-        if stats.changed() {
-            copy::flush(&f.dest)?;
-        }
+        // Always: an interrupted earlier run may have left unflushed copies
+        // that this one found complete, and "done" must mean "on disk".
+        copy::flush(&f.dest)?;
         report_sync(ctx, "Synced", f, &stats, t.elapsed());
         total.add(stats);
     }

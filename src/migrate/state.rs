@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 
 use crate::host;
 
-/// Where the migration stands. Ordered: a later phase implies the earlier ones.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// Where the migration stands (in the order a migration passes them;
+/// `RolledBack` starts over with a pre-sync).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Nothing done yet.
@@ -132,7 +133,6 @@ mod tests {
         };
         s.save(&f).unwrap();
         assert_eq!(State::load(&f).unwrap(), s);
-        assert!(Phase::Done > Phase::Stopped);
     }
 
     #[test]
