@@ -1,12 +1,22 @@
 //! The copy engine: mirror one source tree into one destination tree,
 //! preserving everything a mail server cares about, fast and restartably.
 //!
-//! A sync is: walk both trees in parallel (one `fstatat` per entry, no
-//! per-file processes), delete at the destination what the source no longer
-//! has, create directories, copy regular files whose size, mtime, mode or
-//! owner differ (kernel-side `copy_file_range` through `std::io::copy`, which
-//! also reflinks where the filesystem can), recreate symlinks, then hard
-//! links, and finally set directory metadata after their children.
+//! A sync is: walk both trees in parallel (one `statx` per entry relative to
+//! its open directory, no per-file processes), pair source and destination
+//! entries by a merge join over the two sorted walks, delete at the
+//! destination what the source no longer has, create directories, copy
+//! regular files whose size, mtime, mode or owner differ (kernel-side
+//! `copy_file_range` through `std::io::copy`, which also reflinks where the
+//! filesystem can), recreate symlinks, then hard links, and finally set
+//! directory metadata after their children.
+//!
+//! Like rsync's quick check, a file rewritten with the same size and the
+//! same mtime (to the nanosecond) is not noticed by a sync; the verifier
+//! hashes every file and would report it.
+//!
+//! Durability: no fsync per file (that would dominate the run time); the
+//! caller flushes the whole destination filesystem once (`syncfs`, see
+//! [`flush`]) before it records a phase as done.
 //!
 //! Crash safety: every file and symlink is written under a temporary name in
 //! its destination directory, given its owner, mode, xattrs and times, and
@@ -27,7 +37,6 @@ use anyhow::{anyhow, Context as _, Result};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -783,13 +792,6 @@ pub fn flush(path: &Path) -> Result<()> {
     let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     rustix::fs::syncfs(&f)
         .with_context(|| format!("cannot sync the filesystem of {}", path.display()))
-}
-
-/// Names of temporaries this engine leaves behind after a crash (for tests
-/// and for the verifier, which must never see them after a completed sync).
-pub fn is_tmp_name(name: &OsString) -> bool {
-    let n = name.to_string_lossy();
-    n.starts_with(".migrate-") && n.ends_with(".tmp")
 }
 
 #[cfg(test)]
