@@ -521,3 +521,17 @@ fn insufficient_space_is_refused_with_numbers() {
     // either way, and nothing at all on the real disk.
     assert!(!f.dest("data").exists() && !f.dest(".env").exists());
 }
+
+#[test]
+fn start_outside_a_deployment_dir_fails_before_anything_changes() {
+    let f = Fake::new(&Mail {
+        users: 1,
+        files_per_user: 2,
+        big: vec![],
+    });
+    let (code, _, err) = migrate(&f, &["--yes", "--start"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("docker-compose.yaml"), "{err}");
+    assert!(f.log().is_empty(), "{}", f.log());
+    assert!(!f.dest("data").exists());
+}

@@ -53,7 +53,7 @@ use units::UnitState;
 pub const DEFAULT_INI: &str = "/usr/local/lib/chatmaild/chatmail.ini";
 
 /// Marker telling the override generator to bind-mount `/home/vmail`.
-pub const MOUNT_VMAIL_MARKER: &str = "data/.mount-vmail";
+pub const MOUNT_VMAIL_MARKER: &str = crate::overrides::VMAIL_MARKER;
 
 /// A source tree found on the host, with its walk (used for the pre-sync).
 struct Found {
@@ -74,6 +74,10 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
     }
     let state_file = state::path(&ctx.dir);
     let mut st = State::load(&state_file)?;
+    if args.start {
+        // Found out now, not after the relay has been stopped.
+        crate::compose::require_compose_file(ctx)?;
+    }
 
     let ini = match &args.ini {
         Some(p) => p.clone(),
