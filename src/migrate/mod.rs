@@ -294,10 +294,11 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
     verify_all(ctx, &found)?;
     st.phase = Phase::Done;
     st.save(&state_file)?;
-    ctx.shell.out(
-        "Migration complete. The old units stay disabled; `chatmail-docker migrate --rollback` \
-         re-enables them.",
-    );
+    ctx.shell.out(format!(
+        "Migration complete; the relay has been down for {} (incl. verification). The old \
+         units stay disabled; `chatmail-docker migrate --rollback` re-enables them.",
+        secs(down.elapsed())
+    ));
     if args.start {
         crate::compose::up(ctx, &Default::default())?;
     } else {
