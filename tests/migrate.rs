@@ -69,6 +69,7 @@ fn migrates_everything_and_a_rerun_copies_nothing() {
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     for (s, d) in TREES {
         f.check_copy(s, d);
+        f.check_with_rsync(s, d);
     }
     assert!(f
         .dest("data/chatmail/vmail/mail")
@@ -306,12 +307,6 @@ fn an_unreadable_source_file_stops_before_any_unit_is_touched() {
     assert_eq!(src, f.source_digest());
 }
 
-fn which(p: &str) -> Option<std::path::PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(p))
-        .find(|p| p.is_file())
-}
-
 #[test]
 fn a_failing_stop_is_an_error_and_rollback_restarts_what_was_stopped() {
     let f = Fake::new(&Mail {
@@ -461,6 +456,7 @@ fn killed_at_random_points_it_resumes_to_an_identical_copy() {
     assert_eq!(code, 0, "{out}\n{err}");
     for (s, d) in TREES {
         f.check_copy(s, d);
+        f.check_with_rsync(s, d);
     }
     assert_eq!(src, f.source_digest(), "the source was modified");
     let (code, out, _) = migrate(&f, &["--yes"]);

@@ -426,6 +426,35 @@ esac
         );
     }
 
+    /// A second, unrelated checker: `rsync -n -c -i` itemizes every
+    /// difference in content (checksums), metadata, hard links and xattrs;
+    /// an exact copy itemizes nothing.
+    pub fn check_with_rsync(&self, src: &str, dst: &str) {
+        if which("rsync").is_none() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "rsync is needed by the migrate tests in CI"
+            );
+            eprintln!("rsync not found: second check skipped");
+            return;
+        }
+        let out = Command::new("rsync")
+            .args(["-anciHX", "--numeric-ids", "--delete"])
+            .arg(format!(
+                "{}/",
+                self.root.join(src.trim_start_matches('/')).display()
+            ))
+            .arg(format!("{}/", self.dir.join(dst).display()))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.trim().is_empty(),
+            "rsync sees differences {src} -> {dst}:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Digest (content + metadata incl. ctime) of a tree.
     pub fn digest(&self, path: &Path) -> String {
         let out = Command::new("python3")
@@ -453,6 +482,12 @@ esac
             .trim()
             .to_string()
     }
+}
+
+pub fn which(p: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(p))
+        .find(|p| p.is_file())
 }
 
 pub fn checker() -> PathBuf {
