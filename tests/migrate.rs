@@ -403,7 +403,7 @@ fn killed_at_random_points_it_resumes_to_an_identical_copy() {
     let f = Fake::new(&Mail {
         users: 20,
         files_per_user: 150,
-        big: vec![32 << 20, 16 << 20],
+        big: vec![24 << 20, 8 << 20],
     });
     let src = f.source_digest();
     let mut seed: u64 = 0x5eed_1234;
