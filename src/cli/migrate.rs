@@ -1,6 +1,10 @@
 use clap::Args;
 use std::path::PathBuf;
 
+/// Migrate a bare-metal chatmail relay on this host into the container
+/// deployment: config, DKIM keys, ACME state and mailboxes.
+///
+/// Example: `chatmail-docker migrate --dry-run`, then `chatmail-docker migrate --yes --start`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct MigrateArgs {
     /// The bare-metal chatmail.ini [default: /usr/local/lib/chatmaild/chatmail.ini under --root].
@@ -19,7 +23,13 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub start: bool,
 
+    /// Only pre-sync: copy the data while the relay keeps running, stop
+    /// nothing. Run again without it to switch over; the final sync then
+    /// copies only what changed, which keeps the downtime short.
+    #[arg(long)]
+    pub presync_only: bool,
+
     /// Undo: re-enable and start the units a previous migration stopped.
-    #[arg(long, conflicts_with_all = ["mount_vmail", "start"])]
+    #[arg(long, conflicts_with_all = ["mount_vmail", "start", "presync_only"])]
     pub rollback: bool,
 }

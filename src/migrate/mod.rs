@@ -1,8 +1,678 @@
-//! `migrate`: bare-metal chatmail -> container.
-use crate::cli::migrate::MigrateArgs;
-use crate::Context;
-use anyhow::Result;
+//! `migrate`: turn a bare-metal chatmail relay into the container deployment
+//! without losing a message, a key or a certificate, and with the relay down
+//! only for the final sync.
+//!
+//! The order of steps is what keeps downtime short and the host safe:
+//! 1. plan (always printed; `--dry-run` stops there), including free space;
+//! 2. confirmation (terminal prompt or `--yes`; neither = refuse, exit 2);
+//! 3. `chatmail.ini` -> `.env` through [`crate::ini2env::sync_env`];
+//! 4. pre-sync of `/etc/dkimkeys`, `/var/lib/acme`, `/home` while the relay
+//!    still runs (the bulk of the copying, no downtime);
+//! 5. stop and disable the relay's units (recorded first, for `--rollback`);
+//! 6. final sync: only what changed since the pre-sync, deletions included;
+//! 7. verify every entry, content hashed; 8. optionally start the container.
+//!
+//! Everything needed to resume or undo lives in `data/.migrate-state.json`
+//! ([`state`]). The copy engine ([`copy`]) never writes a partial file under
+//! its final name, so the whole command can be re-run after any interruption.
+//!
+//! Ownership: uids/gids are copied numerically. The host's `vmail`,
+//! `opendkim`, ... uids may differ from the image's; the plan and the state
+//! file record the source owners, and the appliance's init re-owns the
+//! mounted data to its own users at start.
+//!
+//! With `--mount-vmail` the mail is not copied: the marker file
+//! `data/.mount-vmail` makes the generated compose override bind-mount the
+//! host's `/home/vmail` instead.
+//!
+//! A missing `chatmail.ini` is an error: every bare-metal chatmail host has
+//! one, so its absence means the wrong `--root` or a host that is not a relay;
+//! `--ini PATH` points elsewhere when it was moved.
 
-pub fn run(_ctx: &Context, _args: &MigrateArgs) -> Result<()> {
-    anyhow::bail!("migrate: work in progress")
+pub mod copy;
+pub mod plan;
+pub mod rollback;
+pub mod state;
+pub mod units;
+pub mod verify;
+
+use anyhow::{Context as _, Result};
+use std::io::IsTerminal;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::cli::migrate::MigrateArgs;
+use crate::{error, ini2env, Context};
+use copy::{Totals, Tree};
+use plan::{human, Source};
+use state::{Phase, SourceOwner, State, StoppedUnit};
+use units::UnitState;
+
+/// Where a bare-metal relay keeps its configuration.
+pub const DEFAULT_INI: &str = "/usr/local/lib/chatmaild/chatmail.ini";
+
+/// Marker telling the override generator to bind-mount `/home/vmail`.
+pub const MOUNT_VMAIL_MARKER: &str = crate::overrides::VMAIL_MARKER;
+
+/// A source tree found on the host, with its walk (used for the pre-sync).
+struct Found {
+    source: Source,
+    host: PathBuf,
+    dest: PathBuf,
+    tree: Tree,
+    /// The destination as walked for the plan (empty when not ours yet).
+    dest_tree: Tree,
+    totals: Totals,
+    already: Totals,
+    owner: SourceOwner,
+}
+
+pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
+    if args.rollback {
+        return rollback::run(ctx, args.yes);
+    }
+    let state_file = state::path(&ctx.dir);
+    let mut st = State::load(&state_file)?;
+    if args.start {
+        // Found out now, not after the relay has been stopped.
+        crate::compose::require_compose_file(ctx)?;
+    }
+
+    let ini = match &args.ini {
+        Some(p) => p.clone(),
+        None => ctx.host.path(DEFAULT_INI),
+    };
+    if !ini.is_file() {
+        return Err(error::usage(format!(
+            "no chatmail.ini at {}: this does not look like a bare-metal chatmail host \
+             (check --root), or pass --ini PATH if the file was moved",
+            ini.display()
+        )));
+    }
+
+    // Scan the sources and check the destinations.
+    let mut found = Vec::new();
+    for source in plan::sources(args.mount_vmail) {
+        let host = ctx.host.path(source.host_path);
+        if !host.is_dir() {
+            if source.required {
+                return Err(error::preflight(format!(
+                    "{} not found (looked at {}): nothing to migrate from",
+                    source.host_path,
+                    host.display()
+                )));
+            }
+            ctx.shell.note(format!(
+                "{} does not exist; nothing to copy from it",
+                source.host_path
+            ));
+            continue;
+        }
+        let dest = ctx.path(source.dest);
+        check_destination(&dest, source.dest, &st)?;
+        // Both walks at once: each is parallel, but small directories leave
+        // cores idle that the other walk can use.
+        let owned = st.owns(source.dest);
+        let (tree, dest_tree) = rayon::join(
+            || copy::walk(&host, false),
+            || {
+                if owned {
+                    copy::walk(&dest, true)
+                } else {
+                    Ok(Tree {
+                        root: dest.clone(),
+                        entries: Vec::new(),
+                    })
+                }
+            },
+        );
+        let (tree, dest_tree) = (tree?, dest_tree?);
+        let totals = tree.totals();
+        let already = dest_tree.totals();
+        let owner_meta = std::fs::metadata(ctx.host.path(source.owner_of))
+            .unwrap_or_else(|_| tree.entries[0].meta.clone());
+        let owner = SourceOwner {
+            source: source.owner_of.to_string(),
+            uid: owner_meta.uid(),
+            gid: owner_meta.gid(),
+            user: plan::user_name(&ctx.host.path("/etc/passwd"), owner_meta.uid()),
+        };
+        found.push(Found {
+            source,
+            host,
+            dest,
+            tree,
+            dest_tree,
+            totals,
+            already,
+            owner,
+        });
+    }
+    if args.mount_vmail {
+        let vmail = ctx.host.path("/home/vmail");
+        if !vmail.is_dir() {
+            return Err(error::preflight(format!(
+                "--mount-vmail: {} does not exist",
+                vmail.display()
+            )));
+        }
+    }
+
+    let unit_states = units::query(ctx)?;
+    let free = plan::free_at(&ctx.path("data"))?;
+    let need = sum(found.iter().map(|f| f.totals));
+    let already = sum(found.iter().map(|f| f.already));
+    let space = plan::check_space(&need, &already, free);
+
+    print_plan(ctx, args, &ini, &found, &unit_states, free, &st);
+    if let Err(msg) = space {
+        return Err(error::preflight(msg));
+    }
+    if ctx.dry_run {
+        ctx.shell.note("dry run: nothing was changed");
+        return Ok(());
+    }
+
+    if st.phase == Phase::Done {
+        return already_done(ctx, args, &found);
+    }
+
+    if args.presync_only && st.phase == Phase::Stopped {
+        return Err(error::usage(
+            "an earlier run already stopped the relay's units: run `migrate` without \
+             --presync-only to finish, or `migrate --rollback` to restart the old relay",
+        ));
+    }
+    confirm(ctx, args)?;
+
+    // Config.
+    let report = ini2env::sync_env(ctx, &ini, &ctx.path(".env"), &ini2env::Options::default())
+        .with_context(|| format!("cannot convert {} into .env", ini.display()))?;
+    for line in &report.lines {
+        ctx.shell.verbose(line);
+    }
+    ctx.shell.status(
+        "Config",
+        if report.changed {
+            format!("{} -> .env updated", ini.display())
+        } else {
+            ".env already up to date".to_string()
+        },
+    );
+
+    // Claim the destinations before writing into them.
+    std::fs::create_dir_all(ctx.path("data"))
+        .with_context(|| format!("cannot create {}", ctx.path("data").display()))?;
+    for f in &found {
+        if !st.owns(f.source.dest) {
+            st.created.push(f.source.dest.to_string());
+        }
+        st.source_owners.retain(|o| o.source != f.owner.source);
+        st.source_owners.push(f.owner.clone());
+    }
+    if args.mount_vmail {
+        crate::host::write_atomic(
+            &ctx.path(MOUNT_VMAIL_MARKER),
+            b"# /home/vmail is bind-mounted from the host (chatmail-docker migrate --mount-vmail)\n",
+            0o644,
+        )?;
+        // The container uses the host's files directly: their owner matters.
+        if let Ok(m) = std::fs::metadata(ctx.host.path(plan::MAIL.owner_of)) {
+            st.source_owners.retain(|o| o.source != plan::MAIL.owner_of);
+            st.source_owners.push(SourceOwner {
+                source: plan::MAIL.owner_of.to_string(),
+                uid: m.uid(),
+                gid: m.gid(),
+                user: plan::user_name(&ctx.host.path("/etc/passwd"), m.uid()),
+            });
+        }
+    }
+    st.save(&state_file)?;
+
+    // Pre-sync while the relay runs.
+    if st.phase != Phase::Stopped {
+        st.phase = Phase::Presync;
+        st.save(&state_file)?;
+        for f in &found {
+            let t = Instant::now();
+            let bar = progress(ctx, f.totals.bytes.saturating_sub(f.already.bytes));
+            let stats = copy::sync_trees(&f.tree, &f.dest_tree, false, &bar)
+                .with_context(|| format!("pre-sync of {} failed", f.source.host_path))?;
+            bar.finish_and_clear();
+            // On disk before the relay stops, so the downtime does not pay
+            // for flushing the bulk of the data.
+            if stats.changed() {
+                copy::flush(&f.dest)?;
+            }
+            report_sync(ctx, "Pre-synced", f, &stats, t.elapsed());
+            if !st.presynced.iter().any(|p| p == f.source.dest) {
+                st.presynced.push(f.source.dest.to_string());
+            }
+        }
+        st.save(&state_file)?;
+        if args.presync_only {
+            ctx.shell.out(
+                "Pre-sync done; the relay keeps running. Run `migrate` again (without \
+                 --presync-only) to stop it and switch over.",
+            );
+            return Ok(());
+        }
+    } else {
+        ctx.shell
+            .note("resuming: the units are already stopped, continuing with the final sync");
+    }
+
+    // Downtime starts here.
+    let down = Instant::now();
+    stop_units(ctx, &mut st, &state_file, &unit_states)?;
+    let stopped_in = down.elapsed();
+
+    let mut total = copy::Stats::default();
+    for f in &found {
+        let t = Instant::now();
+        let tree = copy::walk(&f.host, false)?;
+        let stats = copy::sync(&tree, &f.dest, false)
+            .with_context(|| format!("final sync of {} failed", f.source.host_path))?;
+        // Always: an interrupted earlier run may have left unflushed copies
+        // that this one found complete, and "done" must mean "on disk".
+        copy::flush(&f.dest)?;
+        report_sync(ctx, "Synced", f, &stats, t.elapsed());
+        total.add(stats);
+    }
+    let downtime = down.elapsed();
+    st.downtime_secs = Some(downtime.as_secs_f64());
+    st.save(&state_file)?;
+    ctx.shell.out(format!(
+        "Downtime so far: {} (stopping units {}, final sync {}); {} files copied in the final sync.",
+        secs(downtime),
+        secs(stopped_in),
+        secs(downtime - stopped_in),
+        total.files_copied + total.hardlinks + total.symlinks
+    ));
+
+    verify_all(ctx, &found)?;
+    st.phase = Phase::Done;
+    st.save(&state_file)?;
+    ctx.shell.out(format!(
+        "Migration complete; the relay has been down for {} (incl. verification). The old \
+         units stay disabled; `chatmail-docker migrate --rollback` re-enables them.",
+        secs(down.elapsed())
+    ));
+    if args.start {
+        crate::compose::up(ctx, &Default::default())?;
+    } else {
+        ctx.shell
+            .note("start the container with `chatmail-docker up`");
+    }
+    Ok(())
+}
+
+fn sum(it: impl Iterator<Item = Totals>) -> Totals {
+    it.fold(Totals::default(), |a, b| Totals {
+        files: a.files + b.files,
+        dirs: a.dirs + b.dirs,
+        symlinks: a.symlinks + b.symlinks,
+        special: a.special + b.special,
+        bytes: a.bytes + b.bytes,
+        alloc: a.alloc + b.alloc,
+    })
+}
+
+/// A progress bar on stderr for a copy of about `bytes` (hidden when stderr
+/// is not a terminal or with -q). The estimate counts what an earlier run
+/// already copied as done, so it can only be too high for changed files.
+fn progress(ctx: &Context, bytes: u64) -> indicatif::ProgressBar {
+    if !ctx.shell.progress_allowed() || bytes == 0 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(bytes);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "  {bar:30} {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+/// A destination may be written only when absent, empty, or created by an
+/// earlier run of this tool (recorded in the state file): a non-empty
+/// directory from elsewhere (another host, a container that already ran)
+/// could hold mail that the mirror would delete.
+fn check_destination(dest: &Path, rel: &str, st: &State) -> Result<()> {
+    if st.owns(rel) {
+        return Ok(());
+    }
+    // Followed: data/chatmail may be a symlink to a bigger disk.
+    match std::fs::metadata(dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", dest.display())),
+        Ok(m) if !m.is_dir() => Err(error::usage(format!(
+            "{} exists and is not a directory; move it away first",
+            dest.display()
+        ))),
+        Ok(_) => {
+            let mut rd = std::fs::read_dir(dest)
+                .with_context(|| format!("cannot list {}", dest.display()))?;
+            if rd.next().is_none() {
+                Ok(())
+            } else {
+                Err(error::usage(format!(
+                    "{} is not empty and was not created by `migrate` (it may hold data from \
+                     another host or a container that already ran); nothing was changed. Move it \
+                     away (or empty it) and run again",
+                    dest.display()
+                )))
+            }
+        }
+    }
+}
+
+fn print_plan(
+    ctx: &Context,
+    args: &MigrateArgs,
+    ini: &Path,
+    found: &[Found],
+    unit_states: &[UnitState],
+    free: plan::Free,
+    st: &State,
+) {
+    let sh = &ctx.shell;
+    sh.out(format!(
+        "Migration plan (host root {}):",
+        ctx.host.root().display()
+    ));
+    sh.out(format!(
+        "  config: {} -> {}",
+        ini.display(),
+        ctx.path(".env").display()
+    ));
+    for f in found {
+        let t = &f.totals;
+        let owner = match &f.owner.user {
+            Some(u) => format!("{u} ({}:{})", f.owner.uid, f.owner.gid),
+            None => format!("{}:{}", f.owner.uid, f.owner.gid),
+        };
+        sh.out(format!(
+            "  copy: {} -> {}  ({} files, {} dirs, {} symlinks, {}; {} owned by {owner}){}",
+            f.source.host_path,
+            f.source.dest,
+            t.files,
+            t.dirs,
+            t.symlinks,
+            human(t.bytes),
+            f.owner.source,
+            if f.already.files > 0 {
+                format!(" [{} files already copied]", f.already.files)
+            } else {
+                String::new()
+            }
+        ));
+        if t.special > 0 {
+            sh.warn(format!(
+                "{}: {} sockets/fifos/devices are not copied",
+                f.source.host_path, t.special
+            ));
+        }
+    }
+    sh.out(
+        "  owners: kept as numeric uid/gid and recorded in data/.migrate-state.json, so the \
+         container can re-own the data if its users have other ids",
+    );
+    if args.mount_vmail {
+        sh.out(format!(
+            "  mail: not copied; /home/vmail is bind-mounted (marker {MOUNT_VMAIL_MARKER})"
+        ));
+    }
+    let need = sum(found.iter().map(|f| f.totals));
+    sh.out(format!(
+        "  free space at {}: {} ({} of data to copy)",
+        ctx.path("data").display(),
+        human(free.bytes),
+        human(need.alloc.max(need.bytes))
+    ));
+    sh.out("  units:");
+    for u in unit_states {
+        let action = if !u.exists() {
+            "not installed, skipped".to_string()
+        } else {
+            let mut a = Vec::new();
+            if u.is_active() {
+                a.push("stop");
+            }
+            if u.is_enabled() {
+                a.push("disable");
+            }
+            if a.is_empty() {
+                "nothing to do".to_string()
+            } else {
+                a.join(" + ")
+            }
+        };
+        let was = if st.stopped.iter().any(|s| s.unit == u.unit) {
+            " (stopped by an earlier run)"
+        } else {
+            ""
+        };
+        sh.out(format!(
+            "    {:<30} {:<10} {:<10} -> {action}{was}",
+            u.unit,
+            if u.exists() { u.active.as_str() } else { "-" },
+            if u.exists() { u.file.as_str() } else { "-" },
+        ));
+    }
+    let mut steps = vec!["convert the config", "pre-sync while the relay runs"];
+    if !args.presync_only {
+        steps.extend(["stop + disable the units", "final sync", "verify"]);
+        if args.start {
+            steps.push("start the container");
+        }
+    }
+    sh.out(format!("  steps: {}", steps.join(", ")));
+}
+
+/// Ask before changing anything: a terminal prompt, or `--yes`.
+fn confirm(ctx: &Context, args: &MigrateArgs) -> Result<()> {
+    if args.yes {
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(error::usage(
+            "not on a terminal: pass --yes to confirm the migration (nothing was changed)",
+        ));
+    }
+    // A warning, not a status line: it must show even with -q.
+    ctx.shell.warn(if args.presync_only {
+        "this copies the data now (the relay keeps running). Continue? [y/N]"
+    } else {
+        "this stops and disables the relay's units for the final sync. Continue? [y/N]"
+    });
+    let mut answer = String::new();
+    stdin
+        .read_line(&mut answer)
+        .context("cannot read the answer")?;
+    if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        ctx.shell.error("aborted: nothing was changed");
+        Err(error::silent(error::EXIT_RUNTIME))
+    }
+}
+
+/// Record, then stop and disable, every installed unit that runs or starts
+/// at boot. Units stopped by an interrupted earlier run keep their first
+/// record (which knows they were running).
+fn stop_units(
+    ctx: &Context,
+    st: &mut State,
+    state_file: &Path,
+    unit_states: &[UnitState],
+) -> Result<()> {
+    let missing: Vec<&str> = unit_states
+        .iter()
+        .filter(|u| !u.exists())
+        .map(|u| u.unit.as_str())
+        .collect();
+    if !missing.is_empty() {
+        ctx.shell
+            .note(format!("not installed, skipped: {}", missing.join(", ")));
+    }
+    let todo: Vec<&UnitState> = unit_states
+        .iter()
+        .filter(|u| u.exists() && (u.is_active() || u.is_enabled()))
+        .collect();
+    for u in &todo {
+        if !st.stopped.iter().any(|s| s.unit == u.unit) {
+            st.stopped.push(StoppedUnit {
+                unit: u.unit.clone(),
+                was_active: u.is_active(),
+                was_enabled: u.is_enabled(),
+            });
+        }
+    }
+    st.phase = Phase::Stopped;
+    st.save(state_file)?;
+    let active: Vec<String> = todo
+        .iter()
+        .filter(|u| u.is_active())
+        .map(|u| u.unit.clone())
+        .collect();
+    let enabled: Vec<String> = todo
+        .iter()
+        .filter(|u| u.is_enabled())
+        .map(|u| u.unit.clone())
+        .collect();
+    units::systemctl(ctx, "stop", &active)
+        .context("stopping the relay failed; `migrate --rollback` starts what was stopped")?;
+    units::systemctl(ctx, "disable", &enabled)
+        .context("disabling the relay's units failed; `migrate --rollback` undoes the stop")?;
+    if todo.is_empty() {
+        ctx.shell.status("Units", "nothing running or enabled");
+    } else {
+        ctx.shell.status(
+            "Stopped",
+            format!(
+                "{} unit(s) stopped, {} disabled",
+                active.len(),
+                enabled.len()
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn report_sync(ctx: &Context, verb: &str, f: &Found, s: &copy::Stats, took: Duration) {
+    let msg = if s.changed() {
+        format!(
+            "{} -> {}: {} files ({}), {} hard links, {} symlinks, {} dirs created, {} deleted, {} unchanged in {}",
+            f.source.host_path,
+            f.source.dest,
+            s.files_copied,
+            human(s.bytes_copied),
+            s.hardlinks,
+            s.symlinks,
+            s.dirs_created,
+            s.deleted,
+            s.unchanged,
+            secs(took)
+        )
+    } else {
+        format!(
+            "{} -> {}: nothing to copy ({} unchanged) in {}",
+            f.source.host_path,
+            f.source.dest,
+            s.unchanged,
+            secs(took)
+        )
+    };
+    ctx.shell.status(verb, msg);
+    if s.vanished > 0 {
+        ctx.shell.verbose(format!(
+            "{} entries vanished at the source while copying (the final sync picks up the rest)",
+            s.vanished
+        ));
+    }
+}
+
+/// Verify every destination and fail with the differences, if any.
+fn verify_all(ctx: &Context, found: &[Found]) -> Result<()> {
+    let mut bad = Vec::new();
+    for f in found {
+        let t = Instant::now();
+        let r = verify::verify(&f.host, &f.dest)?;
+        if r.ok() {
+            ctx.shell.status(
+                "Verified",
+                format!(
+                    "{}: {} entries identical ({} files, {} hashed) in {}",
+                    f.source.dest,
+                    r.entries,
+                    r.files,
+                    human(r.bytes_hashed),
+                    secs(t.elapsed())
+                ),
+            );
+        } else {
+            for d in r.differences.iter().take(20) {
+                ctx.shell.error(format!("{}: {d}", f.source.dest));
+            }
+            if r.differences.len() > 20 {
+                ctx.shell
+                    .error(format!("... and {} more", r.differences.len() - 20));
+            }
+            bad.push(format!(
+                "{} ({} differences)",
+                f.source.dest,
+                r.differences.len()
+            ));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "verification failed for {}; the relay's units stay stopped: run `migrate` again \
+             to re-sync, or `migrate --rollback` to restart the old relay",
+            bad.join(", ")
+        )
+    }
+}
+
+/// A finished migration run again: compare without writing. Identical ->
+/// say so (and start if asked); different -> refuse, because the container
+/// may have received mail since, which a new mirror would delete.
+fn already_done(ctx: &Context, args: &MigrateArgs, found: &[Found]) -> Result<()> {
+    let mut changed = Vec::new();
+    for f in found {
+        let tree = copy::walk(&f.host, false)?;
+        let s = copy::sync(&tree, &f.dest, true)?;
+        if s.changed() {
+            changed.push(format!(
+                "{} ({} files differ, {} extra entries)",
+                f.source.dest,
+                s.files_copied + s.hardlinks + s.symlinks,
+                s.deleted
+            ));
+        }
+    }
+    if !changed.is_empty() {
+        return Err(error::usage(format!(
+            "this deployment was already migrated, and since then the copies changed: {}. \
+             They may hold mail the container received; nothing was changed. To migrate anew, \
+             move data/ away first",
+            changed.join(", ")
+        )));
+    }
+    ctx.shell
+        .out("Already migrated: the copies match the host; nothing to copy.");
+    if args.start {
+        crate::compose::up(ctx, &Default::default())?;
+    }
+    Ok(())
 }

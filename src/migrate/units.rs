@@ -1,0 +1,160 @@
+//! The bare-metal relay's systemd units: which exist, which run, and how to
+//! stop them for the final sync and bring them back on `--rollback`.
+//!
+//! All state comes from one `systemctl show -p Id,LoadState,ActiveState,UnitFileState
+//! <units...>` call, which answers for every unit at once (also for units
+//! that are not installed: `LoadState=not-found`), so the whole query is a
+//! single process and simple to reproduce with a stand-in in tests.
+
+use anyhow::{bail, Result};
+use std::collections::BTreeMap;
+
+use crate::Context;
+
+/// The units a chatmail relay installs, in the order they are stopped
+/// (mail intake first, so no message arrives after the final sync starts).
+pub const UNITS: [&str; 14] = [
+    "postfix",
+    "dovecot",
+    "doveauth",
+    "nginx",
+    "opendkim",
+    "unbound",
+    "acmetool-redirector",
+    "filtermail",
+    "filtermail-incoming",
+    "chatmail-turn",
+    "iroh-relay",
+    "chatmail-metadata",
+    "lastlogin",
+    "mtail",
+];
+
+/// What systemd says about one unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitState {
+    /// Full name, `postfix.service`.
+    pub unit: String,
+    pub load: String,
+    pub active: String,
+    pub file: String,
+}
+
+impl UnitState {
+    pub fn exists(&self) -> bool {
+        self.load == "loaded"
+    }
+    /// Running or on its way: stopping it is needed.
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.active.as_str(),
+            "active" | "activating" | "reloading" | "deactivating"
+        )
+    }
+    /// Starts at boot; disabling it is needed (static/masked units cannot be).
+    pub fn is_enabled(&self) -> bool {
+        self.file == "enabled"
+    }
+}
+
+/// Full unit name for a short one.
+pub fn unit_name(short: &str) -> String {
+    format!("{short}.service")
+}
+
+/// Parse `systemctl show -p Id,LoadState,ActiveState,UnitFileState` output:
+/// blocks of `Key=Value` lines separated by blank lines, one block per unit.
+/// Blocks are matched by `Id` when present, else by position.
+pub fn parse_show(out: &str, units: &[String]) -> Result<Vec<UnitState>> {
+    let mut blocks: Vec<BTreeMap<String, String>> = Vec::new();
+    let mut cur = BTreeMap::new();
+    for line in out.lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            if !cur.is_empty() {
+                blocks.push(std::mem::take(&mut cur));
+            }
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            cur.insert(k.to_string(), v.to_string());
+        }
+    }
+    if !cur.is_empty() {
+        blocks.push(cur);
+    }
+    let mut result = Vec::new();
+    for (i, unit) in units.iter().enumerate() {
+        let block = blocks
+            .iter()
+            .find(|b| b.get("Id").is_some_and(|id| id == unit))
+            .or_else(|| blocks.get(i).filter(|b| !b.contains_key("Id")));
+        let Some(b) = block else {
+            bail!("`systemctl show` said nothing about {unit}");
+        };
+        let get = |k: &str| b.get(k).cloned().unwrap_or_default();
+        result.push(UnitState {
+            unit: unit.clone(),
+            load: get("LoadState"),
+            active: get("ActiveState"),
+            file: get("UnitFileState"),
+        });
+    }
+    Ok(result)
+}
+
+/// Ask systemd about every chatmail unit (one `systemctl` call).
+pub fn query(ctx: &Context) -> Result<Vec<UnitState>> {
+    let units: Vec<String> = UNITS.iter().map(|u| unit_name(u)).collect();
+    let cmd = ctx
+        .host
+        .cmd(
+            "systemctl",
+            ["show", "-p", "Id,LoadState,ActiveState,UnitFileState"],
+        )
+        .args(&units);
+    let out = cmd.output(&ctx.shell)?;
+    if !out.success() {
+        bail!(
+            "`{}` failed (exit {}): {}",
+            cmd.display(),
+            out.code,
+            out.stderr.trim()
+        );
+    }
+    parse_show(&out.stdout, &units)
+}
+
+/// Run `systemctl <verb> <units...>`; a failure is an error naming the units.
+pub fn systemctl(ctx: &Context, verb: &str, units: &[String]) -> Result<()> {
+    if units.is_empty() {
+        return Ok(());
+    }
+    let cmd = ctx.host.cmd("systemctl", [verb]).args(units);
+    let out = cmd.output(&ctx.shell)?;
+    if !out.success() {
+        bail!(
+            "`{}` failed (exit {}): {}",
+            cmd.display(),
+            out.code,
+            out.stderr.trim()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_blocks_by_id_and_not_found_units() {
+        let units = vec!["postfix.service".to_string(), "mtail.service".to_string()];
+        let out = "Id=mtail.service\nLoadState=not-found\nActiveState=inactive\nUnitFileState=\n\n\
+                   Id=postfix.service\nLoadState=loaded\nActiveState=active\nUnitFileState=enabled\n";
+        let s = parse_show(out, &units).unwrap();
+        assert!(s[0].exists() && s[0].is_active() && s[0].is_enabled());
+        assert!(!s[1].exists() && !s[1].is_active());
+        assert!(parse_show("", &units).is_err());
+    }
+}

@@ -1,0 +1,533 @@
+//! `migrate` end to end: a fake bare-metal host under a temp root, the real
+//! binary, a recording `systemctl` stand-in, and an independent checker
+//! (tests/migrate_check.py, os.lstat based) comparing the trees.
+
+mod migrate_support;
+
+use migrate_support::*;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn run(c: &mut Command) -> (i32, String, String) {
+    let out = c.stdin(Stdio::null()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn migrate(f: &Fake, extra: &[&str]) -> (i32, String, String) {
+    let mut c = f.cmd();
+    c.arg("migrate").args(extra);
+    run(&mut c)
+}
+
+const TREES: [(&str, &str); 3] = [
+    ("/etc/dkimkeys", "data/chatmail-dkimkeys"),
+    ("/var/lib/acme", "data/chatmail-acme"),
+    ("/home", "data/chatmail"),
+];
+
+#[test]
+fn migrates_everything_and_a_rerun_copies_nothing() {
+    let f = Fake::new(&Mail::default());
+    // The last mail activity before the relay stops: a new message, one
+    // moved from new/ to cur/, one deleted. The final sync must see all.
+    let user = f
+        .root
+        .join(format!("home/vmail/mail/{DOMAIN}/user001@{DOMAIN}"));
+    let moved = fs::read_dir(user.join("new"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let deleted = fs::read_dir(user.join("cur"))
+        .unwrap()
+        .nth(3)
+        .unwrap()
+        .unwrap()
+        .path();
+    let hook = format!(
+        "#!/bin/sh\nset -e\n[ -e '{m}' ] || exit 0\nprintf 'late mail' > '{new}'\nmv '{m}' '{cur}'\nrm '{d}'\npython3 '{checker}' digest '{root}' > '{out}'\n",
+        m = moved.display(),
+        new = user.join("new/1800000000.late:2,").display(),
+        cur = user.join("cur").join(moved.file_name().unwrap()).display(),
+        d = deleted.display(),
+        checker = checker().display(),
+        root = f.root.display(),
+        out = f.tmp.path().join("digest-at-stop").display(),
+    );
+    let hook_path = f.units.join("on-stop");
+    fs::write(&hook_path, hook).unwrap();
+    fs::set_permissions(&hook_path, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    for (s, d) in TREES {
+        f.check_copy(s, d);
+        f.check_with_rsync(s, d);
+    }
+    assert!(f
+        .dest("data/chatmail/vmail/mail")
+        .join(format!("{DOMAIN}/user001@{DOMAIN}/new/1800000000.late:2,"))
+        .exists());
+    assert!(!f
+        .dest("data/chatmail")
+        .join(deleted.strip_prefix(f.root.join("home")).unwrap())
+        .exists());
+    // The source was only read (its state right after the hook changed it).
+    let at_stop = fs::read_to_string(f.tmp.path().join("digest-at-stop")).unwrap();
+    assert_eq!(at_stop.trim(), f.source_digest(), "the source was modified");
+    // DKIM key kept secret and owned by opendkim, numerically.
+    let key = fs::metadata(f.dest("data/chatmail-dkimkeys/opendkim.private")).unwrap();
+    assert_eq!(
+        (key.mode() & 0o7777, key.uid(), key.gid()),
+        (0o600, OPENDKIM, OPENDKIM_GID)
+    );
+    // Plan, owners, units and downtime are reported.
+    assert!(
+        out.contains("/etc/dkimkeys -> data/chatmail-dkimkeys"),
+        "{out}"
+    );
+    assert!(
+        out.contains("/etc/dkimkeys owned by opendkim (105:108)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("/home/vmail owned by vmail (998:998)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("mtail.service") && out.contains("not installed"),
+        "{out}"
+    );
+    assert!(out.contains("Downtime"), "{out}");
+    assert!(err.contains("Verified"), "{err}");
+    // Units: queried once, active ones stopped, enabled ones disabled.
+    let log = f.log();
+    assert!(
+        log.lines().any(|l| l.starts_with("stop ")
+            && l.contains("postfix.service")
+            && !l.contains("lastlogin")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("disable ") && l.contains("lastlogin.service")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("mtail"))
+            .all(|l| l.starts_with("show ")),
+        "not-installed units are only queried: {log}"
+    );
+    assert_eq!(f.unit_state("postfix.service"), "inactive disabled");
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.dest("data/.migrate-state.json")).unwrap()).unwrap();
+    assert_eq!(state["phase"], "done");
+    assert_eq!(
+        fs::metadata(f.dest("data/.migrate-state.json"))
+            .unwrap()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    // Again: nothing to copy, nothing stopped, destination untouched.
+    let before = f.digest(&f.dest("data"));
+    let log_len = f.log().len();
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("nothing to copy"), "{out}");
+    assert_eq!(f.digest(&f.dest("data")), before);
+    assert!(!f.log()[log_len..].contains("stop"), "{}", f.log());
+
+    // The container's data changed afterwards (new mail): a rerun refuses
+    // instead of mirroring the old host over it.
+    fs::write(f.dest("data/chatmail/vmail/new-in-container"), "x").unwrap();
+    let (code, _, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("already migrated"), "{err}");
+    assert!(f.dest("data/chatmail/vmail/new-in-container").exists());
+
+    // Rollback after completion needs a confirmation...
+    let (code, _, err) = migrate(&f, &["--rollback"]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(f.unit_state("postfix.service"), "inactive disabled");
+    // ...and with it restores exactly what was there before.
+    let (code, out, err) = migrate(&f, &["--rollback", "--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(f.unit_state("postfix.service"), "active enabled");
+    assert_eq!(f.unit_state("lastlogin.service"), "inactive enabled");
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let f = Fake::new(&Mail {
+        users: 3,
+        files_per_user: 10,
+        big: vec![],
+    });
+    let src = f.source_digest();
+    let (code, out, err) = migrate(&f, &["--dry-run"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("Migration plan") && out.contains("/home -> data/chatmail"),
+        "{out}"
+    );
+    assert!(
+        out.contains("postfix.service") && out.contains("stop + disable"),
+        "{out}"
+    );
+    assert!(out.contains("free space"), "{out}");
+    assert!(!f.dest("data").exists() && !f.dest(".env").exists());
+    assert!(
+        f.log().lines().all(|l| l.starts_with("show ")),
+        "{}",
+        f.log()
+    );
+    assert_eq!(src, f.source_digest());
+}
+
+#[test]
+fn without_a_terminal_and_without_yes_it_refuses() {
+    let f = Fake::new(&Mail {
+        users: 2,
+        files_per_user: 5,
+        big: vec![],
+    });
+    let (code, _, err) = migrate(&f, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--yes"), "{err}");
+    assert!(!f.dest("data").exists() && !f.dest(".env").exists());
+    assert!(!f.log().contains("stop"));
+}
+
+#[test]
+fn a_foreign_destination_is_refused_and_kept() {
+    let f = Fake::new(&Mail {
+        users: 2,
+        files_per_user: 5,
+        big: vec![],
+    });
+    fs::create_dir_all(f.dest("data/chatmail/vmail")).unwrap();
+    fs::write(f.dest("data/chatmail/vmail/from-another-host"), "mail").unwrap();
+    let (code, _, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("data/chatmail is not empty"), "{err}");
+    assert_eq!(
+        fs::read_to_string(f.dest("data/chatmail/vmail/from-another-host")).unwrap(),
+        "mail"
+    );
+    assert!(!f.log().contains("stop"));
+    assert!(!f.dest("data/chatmail-dkimkeys").exists());
+}
+
+#[test]
+fn a_missing_ini_is_a_usage_error() {
+    let f = Fake::new(&Mail {
+        users: 1,
+        files_per_user: 1,
+        big: vec![],
+    });
+    fs::remove_file(f.root.join("usr/local/lib/chatmaild/chatmail.ini")).unwrap();
+    let (code, _, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("chatmail.ini") && err.contains("--ini"),
+        "{err}"
+    );
+    assert!(!f.dest("data").exists());
+}
+
+#[test]
+fn an_unreadable_source_file_stops_before_any_unit_is_touched() {
+    // Root reads everything; drop the capabilities that allow it, so the
+    // permission check is real.
+    if which("setpriv").is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "setpriv (util-linux) is needed in CI"
+        );
+        eprintln!("skipped: setpriv not found");
+        return;
+    }
+    let f = Fake::new(&Mail {
+        users: 0,
+        files_per_user: 0,
+        big: vec![],
+    });
+    // Without DAC override every directory must be traversable by "others".
+    for e in walkdir::WalkDir::new(&f.root) {
+        let e = e.unwrap();
+        if e.file_type().is_dir() {
+            let mode = e.metadata().unwrap().mode() & 0o7777;
+            fs::set_permissions(e.path(), fs::Permissions::from_mode(mode | 0o005)).unwrap();
+        } else if e.file_type().is_file() {
+            let mode = e.metadata().unwrap().mode() & 0o7777;
+            fs::set_permissions(e.path(), fs::Permissions::from_mode(mode | 0o004)).unwrap();
+        }
+    }
+    let secret = f.root.join("home/vmail/mail/locked:2,S");
+    fs::write(&secret, "no peeking").unwrap();
+    std::os::unix::fs::lchown(&secret, Some(VMAIL), Some(VMAIL)).unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
+    let src = f.source_digest();
+
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--inh-caps=-dac_override,-dac_read_search",
+        "--bounding-set=-dac_override,-dac_read_search",
+    ])
+    .arg(assert_cmd::cargo::cargo_bin("chatmail-docker"));
+    f.env(&mut c);
+    c.args(["migrate", "--yes"]);
+    let (code, out, err) = run(&mut c);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("locked:2,S") && err.contains("Permission denied"),
+        "{err}"
+    );
+    assert!(!f.log().contains("stop"), "{}", f.log());
+    assert!(!f.dest("data/chatmail/vmail/mail/locked:2,S").exists());
+    // No temporaries left behind either.
+    for p in files(&f.dest("data")) {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            !(name.starts_with(".migrate-") && name.ends_with(".tmp")),
+            "{}",
+            p.display()
+        );
+    }
+    assert_eq!(src, f.source_digest());
+}
+
+#[test]
+fn a_failing_stop_is_an_error_and_rollback_restarts_what_was_stopped() {
+    let f = Fake::new(&Mail {
+        users: 2,
+        files_per_user: 5,
+        big: vec![],
+    });
+    fs::write(f.units.join("dovecot.service.fail"), "").unwrap();
+    let (code, _, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--rollback"), "{err}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.dest("data/.migrate-state.json")).unwrap()).unwrap();
+    assert_eq!(state["phase"], "stopped");
+    assert!(state["stopped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u["unit"] == "postfix.service"));
+
+    fs::remove_file(f.units.join("dovecot.service.fail")).unwrap();
+    fs::write(f.units.join("postfix.service"), "inactive enabled\n").unwrap();
+    let (code, out, err) = migrate(&f, &["--rollback"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(f.unit_state("postfix.service"), "active enabled");
+    let log = f.log();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("start ") && l.contains("postfix.service")),
+        "{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("start ") && l.contains("lastlogin")),
+        "{log}"
+    );
+    let (code, out, _) = migrate(&f, &["--rollback"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Nothing to roll back"), "{out}");
+
+    // Trying again after a rollback starts over with a pre-sync.
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("Pre-synced"), "{err}");
+    f.check_copy("/home", "data/chatmail");
+}
+
+#[test]
+fn mount_vmail_copies_no_mail_and_leaves_a_marker() {
+    let f = Fake::new(&Mail {
+        users: 2,
+        files_per_user: 5,
+        big: vec![],
+    });
+    let (code, out, err) = migrate(&f, &["--yes", "--mount-vmail"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(f.dest("data/.mount-vmail").is_file());
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.dest("data/.migrate-state.json")).unwrap()).unwrap();
+    assert!(
+        state["source_owners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["source"] == "/home/vmail" && o["uid"] == VMAIL && o["user"] == "vmail"),
+        "{state}"
+    );
+    assert!(!f.dest("data/chatmail").exists());
+    f.check_copy("/etc/dkimkeys", "data/chatmail-dkimkeys");
+    f.check_copy("/var/lib/acme", "data/chatmail-acme");
+}
+
+#[test]
+fn presync_only_keeps_the_relay_running() {
+    let f = Fake::new(&Mail {
+        users: 2,
+        files_per_user: 5,
+        big: vec![],
+    });
+    let (code, out, err) = migrate(&f, &["--yes", "--presync-only"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!f.log().contains("stop"));
+    f.check_copy("/home", "data/chatmail");
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("nothing to copy"), "{err}");
+    assert_eq!(f.unit_state("postfix.service"), "inactive disabled");
+}
+
+/// `kill -9` at pseudo-random moments, then resume: the result is exact,
+/// and no file under its final name is ever partial.
+#[test]
+fn killed_at_random_points_it_resumes_to_an_identical_copy() {
+    let f = Fake::new(&Mail {
+        users: 20,
+        files_per_user: 150,
+        big: vec![24 << 20, 8 << 20],
+    });
+    let src = f.source_digest();
+    let mut seed: u64 = 0x5eed_1234;
+    let mut killed = 0;
+    for round in 0..6 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(20 + seed % 400);
+        let mut c = f.cmd();
+        c.args(["migrate", "--yes", "-q"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = c.spawn().unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        killed += usize::from(status.code().is_none());
+        let phase = fs::read(f.dest("data/.migrate-state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .map(|v| v["phase"].as_str().unwrap_or("?").to_string())
+            .unwrap_or_else(|| "-".into());
+        eprintln!(
+            "round {round}: killed after {delay:?} ({status}), phase {phase}, {} files copied",
+            files(&f.dest("data/chatmail")).len()
+        );
+        // Every file under a final name is complete (the source never changes here).
+        let dst = f.dest("data/chatmail");
+        for rel in files(&dst) {
+            let name = rel.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with(".migrate-") && name.ends_with(".tmp") {
+                continue;
+            }
+            let a = fs::read(f.root.join("home").join(&rel)).unwrap();
+            let b = fs::read(dst.join(&rel)).unwrap();
+            assert!(
+                a == b,
+                "round {round} ({delay:?}, {status}): partial file {}",
+                rel.display()
+            );
+        }
+    }
+    assert!(
+        killed > 0,
+        "no run was interrupted: the test proved nothing"
+    );
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for (s, d) in TREES {
+        f.check_copy(s, d);
+        f.check_with_rsync(s, d);
+    }
+    assert_eq!(src, f.source_digest(), "the source was modified");
+    let (code, out, _) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing to copy"), "{out}");
+}
+
+/// A real small filesystem (a tmpfs mounted in a private mount namespace)
+/// as the deployment dir: the plan must refuse with the numbers, before
+/// writing anything or stopping anything.
+#[test]
+fn insufficient_space_is_refused_with_numbers() {
+    let f = Fake::new(&Mail {
+        users: 2,
+        files_per_user: 5,
+        big: vec![30 << 20],
+    });
+    let probe = Command::new("unshare")
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=1m none \"$0\"",
+        ])
+        .arg(&f.dir)
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this test needs `unshare --mount` and tmpfs mounts (CAP_SYS_ADMIN)"
+        );
+        eprintln!("skipped: cannot mount a tmpfs in a private mount namespace here");
+        return;
+    }
+    // 80 MiB: less than 30 MiB of mail plus the 64 MiB headroom.
+    let mut c = Command::new("unshare");
+    c.args([
+        "--mount",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o size=80m none \"$0\" && exec \"$@\"",
+    ])
+    .arg(&f.dir)
+    .arg(assert_cmd::cargo::cargo_bin("chatmail-docker"));
+    f.env(&mut c);
+    c.args(["migrate", "--yes"]);
+    let (code, out, err) = run(&mut c);
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(
+        err.contains("not enough free space")
+            && err.contains("needed")
+            && err.contains("80.0 MiB available"),
+        "{err}"
+    );
+    assert!(out.contains("Migration plan"), "{out}");
+    assert!(!f.log().contains("stop"), "{}", f.log());
+    // The tmpfs is gone with the namespace; nothing was written under it
+    // either way, and nothing at all on the real disk.
+    assert!(!f.dest("data").exists() && !f.dest(".env").exists());
+}
+
+#[test]
+fn start_outside_a_deployment_dir_fails_before_anything_changes() {
+    let f = Fake::new(&Mail {
+        users: 1,
+        files_per_user: 2,
+        big: vec![],
+    });
+    let (code, _, err) = migrate(&f, &["--yes", "--start"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("docker-compose.yaml"), "{err}");
+    assert!(f.log().is_empty(), "{}", f.log());
+    assert!(!f.dest("data").exists());
+}
