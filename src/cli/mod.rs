@@ -127,7 +127,7 @@ pub enum Command {
 
     /// Move a bare-metal chatmail install into this deployment directory.
     #[command(
-        after_help = "Examples:\n  chatmail-docker migrate --dry-run\n  chatmail-docker migrate --yes --start\n  chatmail-docker migrate --rollback"
+        after_help = "Examples:\n  chatmail-docker migrate --dry-run        # the plan, nothing changes\n  chatmail-docker migrate --presync-only   # copy while the relay keeps running\n  chatmail-docker migrate --yes --start\n  chatmail-docker migrate --rollback"
     )]
     Migrate(migrate::MigrateArgs),
 
