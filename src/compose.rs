@@ -465,24 +465,7 @@ pub fn exec(ctx: &Context, a: &ExecArgs) -> Result<()> {
 
 // ---------------------------------------------------------------- status
 
-/// The relay's systemd units, as the bare-metal install and the appliance name them.
-pub const RELAY_UNITS: &[&str] = &[
-    "postfix",
-    "dovecot",
-    "doveauth",
-    "nginx",
-    "opendkim",
-    "unbound",
-    "acmetool-redirector",
-    "filtermail",
-    "filtermail-incoming",
-    "chatmail-turn",
-    "iroh-relay",
-    "chatmail-metadata",
-    "lastlogin",
-    "mtail",
-];
-
+/// A relay unit's state inside the container, as `status` reports it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct UnitState {
     pub unit: String,
@@ -490,40 +473,10 @@ pub struct UnitState {
     pub enabled: String,
 }
 
-/// Parse `systemctl show -p Id,LoadState,ActiveState,UnitFileState A B ...`
-/// output (blocks separated by blank lines); units that are not installed
-/// are left out.
-pub fn parse_unit_states(text: &str) -> Vec<UnitState> {
-    let mut out = Vec::new();
-    for block in text.split("\n\n") {
-        let mut id = None;
-        let mut load = "";
-        let mut active = "";
-        let mut enabled = "";
-        for line in block.lines() {
-            match line.split_once('=') {
-                Some(("Id", v)) => id = Some(v.trim_end_matches(".service").to_string()),
-                Some(("LoadState", v)) => load = v,
-                Some(("ActiveState", v)) => active = v,
-                Some(("UnitFileState", v)) => enabled = v,
-                _ => {}
-            }
-        }
-        if let Some(id) = id {
-            if load != "not-found" {
-                out.push(UnitState {
-                    unit: id,
-                    active: active.to_string(),
-                    enabled: enabled.to_string(),
-                });
-            }
-        }
-    }
-    out
-}
-
 /// The states of the relay's units inside the running container.
 pub fn unit_states(ctx: &Context) -> Result<Vec<UnitState>> {
+    use crate::migrate::units;
+    let names: Vec<String> = units::UNITS.iter().map(|u| units::unit_name(u)).collect();
     let mut args: Vec<String> = [
         "exec",
         "-T",
@@ -536,7 +489,7 @@ pub fn unit_states(ctx: &Context) -> Result<Vec<UnitState>> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    args.extend(RELAY_UNITS.iter().map(|u| format!("{u}.service")));
+    args.extend(names.iter().cloned());
     let out = Project::new(ctx).cmd(ctx, args).output(&ctx.shell)?;
     if !out.success() {
         bail!(
@@ -544,7 +497,15 @@ pub fn unit_states(ctx: &Context) -> Result<Vec<UnitState>> {
             out.stderr.trim()
         );
     }
-    Ok(parse_unit_states(&out.stdout))
+    Ok(units::parse_show(&out.stdout, &names)?
+        .into_iter()
+        .filter(|u| u.exists())
+        .map(|u| UnitState {
+            unit: u.unit.trim_end_matches(".service").to_string(),
+            active: u.active,
+            enabled: u.file,
+        })
+        .collect())
 }
 
 /// What `status` reports.
@@ -687,19 +648,6 @@ pub fn status(ctx: &Context, a: &StatusArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unit_blocks() {
-        let text = "Id=postfix.service\nLoadState=loaded\nActiveState=active\nUnitFileState=enabled\n\nId=mtail.service\nLoadState=not-found\nActiveState=inactive\nUnitFileState=\n";
-        assert_eq!(
-            parse_unit_states(text),
-            vec![UnitState {
-                unit: "postfix".into(),
-                active: "active".into(),
-                enabled: "enabled".into()
-            }]
-        );
-    }
 
     #[test]
     fn docker_times() {

@@ -54,19 +54,7 @@ pub struct Statement {
 }
 
 /// Why Compose would reject a `.env` file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParseError {
-    pub line: usize,
-    pub message: String,
-}
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: {}", self.line, self.message)
-    }
-}
-
-impl std::error::Error for ParseError {}
+pub type ParseError = crate::error::LineError;
 
 /// Go's `unicode.IsSpace` (Unicode White_Space, line breaks included).
 fn go_is_space(c: char) -> bool {

@@ -60,6 +60,21 @@ pub fn silent(code: i32) -> anyhow::Error {
     .into()
 }
 
+/// A parse error at a 1-based line of a text file (chatmail.ini, .env).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+impl std::error::Error for LineError {}
+
 /// The exit code an error maps to.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     err.chain()

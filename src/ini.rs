@@ -33,7 +33,6 @@
 //! read a chatmail.ini the way the relay does.
 
 use anyhow::{Context as _, Result};
-use std::fmt;
 use std::path::Path;
 
 /// A parsed chatmail.ini: its sections in file order.
@@ -76,20 +75,7 @@ impl Section {
 }
 
 /// Why a file is not a valid chatmail.ini, with the 1-based line it is on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParseError {
-    /// 1-based line number (for encoding errors: the line the byte is on).
-    pub line: usize,
-    pub message: String,
-}
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: {}", self.line, self.message)
-    }
-}
-
-impl std::error::Error for ParseError {}
+pub type ParseError = crate::error::LineError;
 
 /// Python's `str.isspace`: Unicode White_Space plus the four ASCII
 /// separators `\x1c`–`\x1f`, which Rust does not count as whitespace.

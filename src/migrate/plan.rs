@@ -111,18 +111,7 @@ pub fn free_at(path: &Path) -> Result<Free> {
 
 /// Bytes for humans (binary units).
 pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    crate::preflight::human_bytes(bytes)
 }
 
 /// The user name of `uid` in the host's `/etc/passwd` (under `--root`).
