@@ -493,6 +493,24 @@ fn appliance_end_to_end() {
         !stages.contains("install"),
         "plain setup ran the install stage: {stages}"
     );
+    // Re-running setup on a healthy, unchanged deployment changes nothing.
+    let started = exec(&container, &["sh", "-c", "cut -d' ' -f22 /proc/1/stat"]);
+    let (_, stderr) = run_tool(
+        tool(&dir, &base).args(["setup", "--skip-check", "cgroup-v2"]),
+        0,
+        "setup on an unchanged, healthy deployment",
+    );
+    assert!(stderr.contains("nothing changed"), "{stderr}");
+    assert_eq!(
+        healthy_container(&dir, &base),
+        container,
+        "the same container"
+    );
+    assert_eq!(
+        exec(&container, &["sh", "-c", "cut -d' ' -f22 /proc/1/stat"]),
+        started,
+        "PID 1 was not restarted"
+    );
 
     // 4. cert-watch: an acmetool-style rotation is served within 2 s.
     rotate_certificate(&dir, &base, &container);
