@@ -188,7 +188,7 @@ pub fn print_report(ctx: &Context, report: &Report) {
 /// `chatmail-docker preflight`.
 pub fn run(ctx: &Context, args: &PreflightArgs) -> Result<()> {
     let opts = Options {
-        skip: args.skip_check.clone(),
+        skip: args.checks.skip_check.clone(),
         inotify_min: sysctl::Limits::default(),
         inotify_must_pass: false,
         without_inotify: false,

@@ -124,7 +124,7 @@ fn relay_src_check(ctx: &Context) -> Result<()> {
 
 fn run_preflight(ctx: &Context, args: &SetupArgs, without_inotify: bool) -> Result<()> {
     let opts = preflight::Options {
-        skip: args.preflight.skip_check.clone(),
+        skip: args.checks.skip_check.clone(),
         inotify_min: sysctl::Limits::from_args(&args.sysctl),
         inotify_must_pass: true,
         without_inotify,
@@ -161,7 +161,7 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
         args.force_reinit_ini,
         args.debug_commands,
     )?;
-    preflight::validate_skips(&args.preflight.skip_check)?;
+    preflight::validate_skips(&args.checks.skip_check)?;
 
     // 1. Preflight, before touching anything.
     run_preflight(ctx, args, true)?;
@@ -170,7 +170,7 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
     let limits = sysctl::Limits::from_args(&args.sysctl);
     let sysctl_plan = sysctl::ensure(ctx, &limits)?;
     let mut changed = !sysctl_plan.is_noop();
-    if !ctx.dry_run && !args.preflight.skip_check.iter().any(|s| s == "inotify") {
+    if !ctx.dry_run && !args.checks.skip_check.iter().any(|s| s == "inotify") {
         let live = sysctl::read_live(&ctx.host)?;
         if live.max_user_instances < limits.max_user_instances
             || live.max_user_watches < limits.max_user_watches

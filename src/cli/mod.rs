@@ -36,6 +36,7 @@ pub struct GlobalArgs {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         value_name = "DIR",
         env = "CHATMAIL_DOCKER_DIR",
         default_value = "."
@@ -43,25 +44,32 @@ pub struct GlobalArgs {
     pub dir: PathBuf,
 
     /// Print what would be done and change nothing.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub dry_run: bool,
 
     /// Print only errors and warnings.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        help_heading = "Global options",
+        conflicts_with = "verbose"
+    )]
     pub quiet: bool,
 
     /// Print more: the commands run, files skipped, decisions taken.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Global options")]
     pub verbose: bool,
 
     /// When to use colors (NO_COLOR is respected by `auto`).
-    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    #[arg(long, global = true, help_heading = "Global options", value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
     pub color: ColorChoice,
 
     /// Host filesystem root for /etc, /proc/sys, /sys/fs/cgroup, /home, ... (for tests and migrations from a mounted disk).
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         value_name = "DIR",
         env = "CHATMAIL_DOCKER_ROOT",
         default_value = "/"

@@ -6,7 +6,16 @@ pub struct PreflightArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Skip a check by id (repeatable). Use only when you know why it fails.
+    #[command(flatten)]
+    pub checks: CheckArgs,
+}
+
+/// Options shared by `preflight` and `setup`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CheckArgs {
+    /// Skip a check by id (repeatable); it is reported loudly. Ids: cgroup-v2,
+    /// docker-engine, compose-v2, architecture, mail-domain, env-file, ports,
+    /// disk-space, inotify.
     #[arg(long = "skip-check", value_name = "NAME")]
     pub skip_check: Vec<String>,
 }

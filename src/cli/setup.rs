@@ -1,11 +1,11 @@
 use clap::Args;
 
-use super::preflight::{PreflightArgs, SysctlArgs};
+use super::preflight::{CheckArgs, SysctlArgs};
 
 #[derive(Args, Debug, Clone)]
 pub struct SetupArgs {
     #[command(flatten)]
-    pub preflight: PreflightArgs,
+    pub checks: CheckArgs,
 
     #[command(flatten)]
     pub sysctl: SysctlArgs,
