@@ -513,6 +513,37 @@ fn configuration_errors_exit_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+
+    // Intervals that would overflow the timers are refused, not a panic,
+    // and the message names where the value came from.
+    let d = Deploy::new("CERTS_MONITORING_TIMEOUT=18446744073709551615\n");
+    for (args, needle) in [
+        (vec![], "CERTS_MONITORING_TIMEOUT=18446744073709551615 in"),
+        (vec!["--poll-interval", "0"], "--poll-interval 0"),
+        (
+            vec!["--poll-interval", "18446744073709551615"],
+            "--poll-interval 18446744073709551615",
+        ),
+        (
+            vec![
+                "--poll-interval",
+                "5",
+                "--debounce-ms",
+                "18446744073709551615",
+            ],
+            "--debounce-ms 18446744073709551615",
+        ),
+    ] {
+        let out = d
+            .cmd()
+            .args(["cert-watch", "--once"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
 }
 
 #[test]

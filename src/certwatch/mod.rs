@@ -39,6 +39,14 @@ pub use unit::{apply_unit, unit_plan, UnitPlan, UNIT_NAME};
 /// Pid file of a running watcher, under the deployment directory.
 pub const PID_FILE: &str = "data/.cert-watch.pid";
 
+/// Longest poll interval accepted (a day): the fallback poll is a safety
+/// net, and a larger value only risks overflowing the timer.
+pub const MAX_POLL_SECS: u64 = 86_400;
+
+/// Longest debounce accepted; the watcher acts at the latest two seconds
+/// after the first event of a burst anyway.
+pub const MAX_DEBOUNCE_MS: u64 = 60_000;
+
 /// Everything the watcher needs, resolved once from the arguments and `.env`.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -71,22 +79,34 @@ impl Settings {
         };
         let domain = env.get("MAIL_DOMAIN").filter(|d| !d.is_empty()).cloned();
         let target = locate::locate(ctx, args.path.as_deref(), &env)?;
-        let poll = match args.poll_interval {
-            Some(s) => s,
+        let (poll, poll_source) = match args.poll_interval {
+            Some(s) => (s, format!("--poll-interval {s}")),
             None => match env.get("CERTS_MONITORING_TIMEOUT").map(|s| s.trim()) {
-                None | Some("") => 60,
-                Some(v) => v.trim_matches(['\'', '"']).parse().map_err(|_| {
-                    crate::error::usage(format!(
-                        "CERTS_MONITORING_TIMEOUT={v} in {} is not a number of seconds",
-                        env_path.display()
-                    ))
-                })?,
+                None | Some("") => (60, String::new()),
+                Some(v) => (
+                    v.trim_matches(['\'', '"']).parse().map_err(|_| {
+                        crate::error::usage(format!(
+                            "CERTS_MONITORING_TIMEOUT={v} in {} is not a number of seconds; \
+                             write e.g. CERTS_MONITORING_TIMEOUT=60",
+                            env_path.display()
+                        ))
+                    })?,
+                    format!("CERTS_MONITORING_TIMEOUT={v} in {}", env_path.display()),
+                ),
             },
         };
-        if poll == 0 {
-            return Err(crate::error::usage(
-                "the poll interval must be at least 1 second",
-            ));
+        // Bounded both ways: 0 would spin, and a huge value would overflow
+        // the timer's deadline (a panic, not a watcher).
+        if !(1..=MAX_POLL_SECS).contains(&poll) {
+            return Err(crate::error::usage(format!(
+                "{poll_source}: the poll interval must be between 1 and {MAX_POLL_SECS} seconds"
+            )));
+        }
+        if args.debounce_ms > MAX_DEBOUNCE_MS {
+            return Err(crate::error::usage(format!(
+                "--debounce-ms {}: the quiet time must be at most {MAX_DEBOUNCE_MS} ms",
+                args.debounce_ms
+            )));
         }
         let verify = if args.no_verify {
             None
