@@ -329,7 +329,10 @@ impl Walk {
                 self.dirs.insert(cur.clone());
             }
             match meta {
-                Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(20) => {
+                Err(e)
+                    if e.kind() == ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ENOTDIR) =>
+                {
                     return Ok(None)
                 }
                 Err(e) => {

@@ -315,13 +315,6 @@ impl Report {
             .collect()
     }
 
-    /// Whether every port serves `expected` (refused ones excepted).
-    pub fn all_current(&self, expected: &str) -> bool {
-        self.results
-            .iter()
-            .all(|(_, s)| matches!(s, Served::Leaf(fp) if fp == expected) || *s == Served::Refused)
-    }
-
     /// One line: `443 ok, 465 old (ab12…), 25/smtp refused`.
     pub fn summary(&self, expected: &str) -> String {
         self.results
