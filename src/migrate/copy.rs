@@ -61,6 +61,18 @@ pub enum Kind {
     Special,
 }
 
+impl Kind {
+    /// The kind in words, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Dir => "directory",
+            Kind::File => "regular file",
+            Kind::Symlink => "symlink",
+            Kind::Special => "socket, fifo or device",
+        }
+    }
+}
+
 pub fn kind(meta: &Metadata) -> Kind {
     let t = meta.file_type();
     if t.is_dir() {
@@ -327,8 +339,9 @@ fn tmp_name(dst: &Path) -> PathBuf {
     }
 }
 
-/// Open a source file for reading without touching its atime.
-fn open_source(path: &Path) -> io::Result<File> {
+/// Open a source file for reading without touching its atime (also used by
+/// the verifier, which reads every source file once more).
+pub(crate) fn open_source(path: &Path) -> io::Result<File> {
     match fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOATIME | libc::O_NOFOLLOW)
@@ -357,17 +370,21 @@ fn copy_xattrs_fd(src: &File, dst: &File, what: &Path) -> Result<()> {
         }
     };
     for name in names {
-        if let Some(value) = src
-            .get_xattr(&name)
-            .with_context(|| format!("cannot read xattr {name:?} of {}", what.display()))?
-        {
+        if let Some(value) = src.get_xattr(&name).with_context(|| {
+            format!(
+                "cannot read xattr {} of {}",
+                name.to_string_lossy(),
+                what.display()
+            )
+        })? {
             match dst.set_xattr(&name, &value) {
                 Ok(()) => {}
                 Err(e) if is_unsupported(&e) => {}
                 Err(e) => {
                     return Err(e).with_context(|| {
                         format!(
-                            "cannot set xattr {name:?} on the copy of {}",
+                            "cannot set xattr {} on the copy of {}",
+                            name.to_string_lossy(),
                             what.display()
                         )
                     })
@@ -388,15 +405,24 @@ fn copy_xattrs_path(src: &Path, dst: &Path) -> Result<()> {
         }
     };
     for name in names {
-        if let Some(value) = xattr::get(src, &name)
-            .with_context(|| format!("cannot read xattr {name:?} of {}", src.display()))?
-        {
+        if let Some(value) = xattr::get(src, &name).with_context(|| {
+            format!(
+                "cannot read xattr {} of {}",
+                name.to_string_lossy(),
+                src.display()
+            )
+        })? {
             match xattr::set(dst, &name, &value) {
                 Ok(()) => {}
                 Err(e) if is_unsupported(&e) => {}
                 Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("cannot set xattr {name:?} on {}", dst.display()))
+                    return Err(e).with_context(|| {
+                        format!(
+                            "cannot set xattr {} on {}",
+                            name.to_string_lossy(),
+                            dst.display()
+                        )
+                    })
                 }
             }
         }
