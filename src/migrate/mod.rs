@@ -130,8 +130,16 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
         let (tree, dest_tree) = (tree?, dest_tree?);
         let totals = tree.totals();
         let already = dest_tree.totals();
-        let owner_meta = std::fs::metadata(ctx.host.path(source.owner_of))
-            .unwrap_or_else(|_| tree.entries[0].meta.clone());
+        // `/home/vmail` may be missing on a half-installed host: then the
+        // tree's root (walked above, always the first entry) stands in.
+        let owner_meta = match std::fs::metadata(ctx.host.path(source.owner_of)) {
+            Ok(m) => m,
+            Err(_) => match tree.entries.first() {
+                Some(root) => root.meta.clone(),
+                None => std::fs::metadata(&host)
+                    .with_context(|| format!("cannot read {}", host.display()))?,
+            },
+        };
         let owner = SourceOwner {
             source: source.owner_of.to_string(),
             uid: owner_meta.uid(),
