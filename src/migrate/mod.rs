@@ -486,21 +486,33 @@ fn print_plan(
 
 /// Ask before changing anything: a terminal prompt, or `--yes`.
 fn confirm(ctx: &Context, args: &MigrateArgs) -> Result<()> {
-    if args.yes {
+    ask(
+        ctx,
+        args.yes,
+        "the migration",
+        if args.presync_only {
+            "this copies the data now (the relay keeps running). Continue? [y/N]"
+        } else {
+            "this stops and disables the relay's units for the final sync. Continue? [y/N]"
+        },
+    )
+}
+
+/// `question` on the terminal, answered y/yes to go on; `yes` (from
+/// `--yes`) answers it. Without a terminal and without `--yes`, refuse
+/// (exit 2) rather than guess; `what` names what was not confirmed.
+pub(crate) fn ask(ctx: &Context, yes: bool, what: &str, question: &str) -> Result<()> {
+    if yes {
         return Ok(());
     }
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
-        return Err(error::usage(
-            "not on a terminal: pass --yes to confirm the migration (nothing was changed)",
-        ));
+        return Err(error::usage(format!(
+            "not on a terminal: pass --yes to confirm {what} (nothing was changed)"
+        )));
     }
     // A warning, not a status line: it must show even with -q.
-    ctx.shell.warn(if args.presync_only {
-        "this copies the data now (the relay keeps running). Continue? [y/N]"
-    } else {
-        "this stops and disables the relay's units for the final sync. Continue? [y/N]"
-    });
+    ctx.shell.warn(question);
     let mut answer = String::new();
     stdin
         .read_line(&mut answer)
