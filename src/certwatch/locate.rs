@@ -177,7 +177,14 @@ pub fn locate(
         let abs = if p.is_absolute() {
             p.to_path_buf()
         } else {
-            std::env::current_dir()?.join(p)
+            std::env::current_dir()
+                .with_context(|| {
+                    format!(
+                        "cannot resolve --path {}: the current directory is gone; pass an absolute path",
+                        p.display()
+                    )
+                })?
+                .join(p)
         };
         let dir = normalize(&abs);
         // The directory and its parent may be replaced; what is above is
