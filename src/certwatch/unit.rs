@@ -42,8 +42,7 @@ fn systemd_quote(s: &str) -> String {
         .replace('%', "%%")
         .replace('$', "$$");
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+%$".contains(c))
     {
         escaped
