@@ -118,7 +118,12 @@ impl Settings {
             domain,
             reloader: match &args.reload_command {
                 Some(c) if !c.trim().is_empty() => Reloader::Command(c.clone()),
-                Some(_) => return Err(crate::error::usage("--reload-command is empty")),
+                Some(_) => {
+                    return Err(crate::error::usage(
+                        "--reload-command is empty: give a command, or leave the option out to \
+                         reload the services in the container",
+                    ))
+                }
                 None => Reloader::Compose,
             },
             verify,

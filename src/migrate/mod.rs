@@ -98,7 +98,8 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
         if !host.is_dir() {
             if source.required {
                 return Err(error::preflight(format!(
-                    "{} not found (looked at {}): nothing to migrate from",
+                    "{} not found (looked at {}): nothing to migrate from; run this on the \
+                     relay's host, or point --root at its filesystem",
                     source.host_path,
                     host.display()
                 )));
@@ -161,7 +162,8 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
         let vmail = ctx.host.path("/home/vmail");
         if !vmail.is_dir() {
             return Err(error::preflight(format!(
-                "--mount-vmail: {} does not exist",
+                "--mount-vmail: {} does not exist, so there is no mail to mount; check --root, \
+                 or leave out --mount-vmail to copy /home",
                 vmail.display()
             )));
         }
