@@ -486,6 +486,24 @@ fn dry_run_reports_and_touches_nothing() {
     assert!(stdout.contains(&a.leaf[..16]), "{stdout}");
     assert!(d.reloads().is_empty());
     assert!(!d.path("data/.cert-watch-state.json").exists());
+
+    // A pair the watcher would refuse is not announced as a reload.
+    let dir = d.path("ssl");
+    plain(&dir, &a);
+    put(&dir.join("privkey.pem"), &pair().key);
+    let out = d
+        .cmd()
+        .args(["--dry-run", "cert-watch", "--path", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("does not belong to the certificate"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("but invalid: would not reload"), "{stdout}");
+    assert!(!stdout.contains(": would reload"), "{stdout}");
 }
 
 #[test]

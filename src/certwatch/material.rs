@@ -129,7 +129,7 @@ impl Material {
         let leaf_der = &chain[0];
         let (_, leaf) = x509_parser::parse_x509_certificate(leaf_der.as_ref()).map_err(|e| {
             anyhow!(
-                "cannot parse the certificate in {}: {e}",
+                "the certificate in {} is not a valid X.509 certificate (damaged or half-written?): {e}",
                 self.cert_display()
             )
         })?;
@@ -208,7 +208,7 @@ impl Material {
         let chain = self.chain()?;
         let (_, leaf) = x509_parser::parse_x509_certificate(chain[0].as_ref()).map_err(|e| {
             anyhow!(
-                "cannot parse the certificate in {}: {e}",
+                "the certificate in {} is not a valid X.509 certificate (damaged or half-written?): {e}",
                 self.cert_display()
             )
         })?;

@@ -389,25 +389,32 @@ fn dry_run(ctx: &Context, s: &Settings) -> Result<()> {
                     .join(" + "),
                 m.key_file.display()
             ));
-            match m.validate(s.domain.as_deref(), SystemTime::now()) {
-                Ok(info) => ctx.shell.out(format!(
-                    "  cert    {} (expires {}, sha256 {})",
-                    info.subject,
-                    info.not_after_text(),
-                    short(&info.leaf_sha256)
-                )),
-                Err(e) => ctx.shell.out(format!("  invalid {e:#}")),
-            }
+            let valid = match m.validate(s.domain.as_deref(), SystemTime::now()) {
+                Ok(info) => {
+                    ctx.shell.out(format!(
+                        "  cert    {} (expires {}, sha256 {})",
+                        info.subject,
+                        info.not_after_text(),
+                        short(&info.leaf_sha256)
+                    ));
+                    true
+                }
+                Err(e) => {
+                    ctx.shell.out(format!("  invalid {e:#}"));
+                    false
+                }
+            };
             let changed = last
                 .as_ref()
                 .map(|l| l.fingerprint != m.fingerprint)
                 .unwrap_or(true);
             ctx.shell.out(format!(
                 "  state   {}",
-                if changed {
-                    "changed since the last reload: would reload"
-                } else {
-                    "unchanged since the last reload"
+                match (changed, valid) {
+                    (true, true) => "changed since the last reload: would reload",
+                    // Never reloaded into, as the watcher would not either.
+                    (true, false) => "changed since the last reload, but invalid: would not reload",
+                    (false, _) => "unchanged since the last reload",
                 }
             ));
         }
