@@ -164,15 +164,25 @@ fn burst_of_twenty_writes_reloads_exactly_once() {
     // A later, separate change proves nothing else was queued in between.
     plain(&dir, &c);
     wait_reloads(&d, &w, 3);
-    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf, c.leaf]);
-    // And touching files without changing content reloads nothing.
+    assert_eq!(
+        d.reloaded_leaves(),
+        vec![a.leaf.clone(), b.leaf.clone(), c.leaf.clone()]
+    );
+    // And touching files without changing content reloads nothing. The
+    // pause outlasts the debounce, so a wrong reload would happen before
+    // the next real change instead of merging with it; it cannot make the
+    // test fail when the watcher is right.
     rewrite(&dir.join("fullchain.pem"), &c.cert);
     put(&dir.join("privkey.pem"), &c.key);
     fs::write(dir.join("unrelated"), "x").unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
     let d_leaf = pair();
     plain(&dir, &d_leaf);
     wait_reloads(&d, &w, 4);
-    assert_eq!(d.reloads().len(), 4);
+    assert_eq!(
+        d.reloaded_leaves(),
+        vec![a.leaf, b.leaf, c.leaf, d_leaf.leaf]
+    );
 }
 
 #[test]
@@ -476,6 +486,24 @@ fn dry_run_reports_and_touches_nothing() {
     assert!(stdout.contains(&a.leaf[..16]), "{stdout}");
     assert!(d.reloads().is_empty());
     assert!(!d.path("data/.cert-watch-state.json").exists());
+
+    // A pair the watcher would refuse is not announced as a reload.
+    let dir = d.path("ssl");
+    plain(&dir, &a);
+    put(&dir.join("privkey.pem"), &pair().key);
+    let out = d
+        .cmd()
+        .args(["--dry-run", "cert-watch", "--path", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("does not belong to the certificate"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("but invalid: would not reload"), "{stdout}");
+    assert!(!stdout.contains(": would reload"), "{stdout}");
 }
 
 #[test]
@@ -513,6 +541,37 @@ fn configuration_errors_exit_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+
+    // Intervals that would overflow the timers are refused, not a panic,
+    // and the message names where the value came from.
+    let d = Deploy::new("CERTS_MONITORING_TIMEOUT=18446744073709551615\n");
+    for (args, needle) in [
+        (vec![], "CERTS_MONITORING_TIMEOUT=18446744073709551615 in"),
+        (vec!["--poll-interval", "0"], "--poll-interval 0"),
+        (
+            vec!["--poll-interval", "18446744073709551615"],
+            "--poll-interval 18446744073709551615",
+        ),
+        (
+            vec![
+                "--poll-interval",
+                "5",
+                "--debounce-ms",
+                "18446744073709551615",
+            ],
+            "--debounce-ms 18446744073709551615",
+        ),
+    ] {
+        let out = d
+            .cmd()
+            .args(["cert-watch", "--once"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
 }
 
 #[test]

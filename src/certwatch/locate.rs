@@ -177,7 +177,14 @@ pub fn locate(
         let abs = if p.is_absolute() {
             p.to_path_buf()
         } else {
-            std::env::current_dir()?.join(p)
+            std::env::current_dir()
+                .with_context(|| {
+                    format!(
+                        "cannot resolve --path {}: the current directory is gone; pass an absolute path",
+                        p.display()
+                    )
+                })?
+                .join(p)
         };
         let dir = normalize(&abs);
         // The directory and its parent may be replaced; what is above is
@@ -329,7 +336,10 @@ impl Walk {
                 self.dirs.insert(cur.clone());
             }
             match meta {
-                Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(20) => {
+                Err(e)
+                    if e.kind() == ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ENOTDIR) =>
+                {
                     return Ok(None)
                 }
                 Err(e) => {

@@ -23,8 +23,9 @@ pub const CHAIN_NAMES: &[&str] = &["chain", "chain.pem"];
 /// Names of the private key.
 pub const KEY_NAMES: &[&str] = &["privkey", "privkey.pem", "key", "key.pem"];
 
-/// The files found for one certificate, with their content.
-#[derive(Clone, Debug)]
+/// The files found for one certificate, with their content. `Debug` leaves
+/// the content out: it holds the private key.
+#[derive(Clone)]
 pub struct Material {
     /// The files the chain was read from (fullchain, or cert then chain).
     pub cert_files: Vec<PathBuf>,
@@ -33,6 +34,18 @@ pub struct Material {
     pub fingerprint: String,
     cert_bytes: Vec<u8>,
     key_bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material")
+            .field("cert_files", &self.cert_files)
+            .field("key_file", &self.key_file)
+            .field("fingerprint", &self.fingerprint)
+            .field("cert_bytes", &self.cert_bytes.len())
+            .field("key_bytes", &"<redacted>")
+            .finish()
+    }
 }
 
 /// What validation found out about a consistent pair.
@@ -116,7 +129,7 @@ impl Material {
         let leaf_der = &chain[0];
         let (_, leaf) = x509_parser::parse_x509_certificate(leaf_der.as_ref()).map_err(|e| {
             anyhow!(
-                "cannot parse the certificate in {}: {e}",
+                "the certificate in {} is not a valid X.509 certificate (damaged or half-written?): {e}",
                 self.cert_display()
             )
         })?;
@@ -195,7 +208,7 @@ impl Material {
         let chain = self.chain()?;
         let (_, leaf) = x509_parser::parse_x509_certificate(chain[0].as_ref()).map_err(|e| {
             anyhow!(
-                "cannot parse the certificate in {}: {e}",
+                "the certificate in {} is not a valid X.509 certificate (damaged or half-written?): {e}",
                 self.cert_display()
             )
         })?;
@@ -298,6 +311,26 @@ pub fn find_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        let (cert, key) = (d.path().join("fullchain"), d.path().join("privkey"));
+        let secret = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0IGtleSBtYXRlcmlhbA==\n-----END PRIVATE KEY-----\n";
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(&key, secret).unwrap();
+        let m = Material::read(vec![cert], key).unwrap();
+        let shown = format!("{m:?} {:?}", Some(&m));
+        // Neither as text nor as the byte list a derived Debug would print.
+        let bytes = format!("{:?}", secret.as_bytes());
+        assert!(!shown.contains(bytes.trim_matches(['[', ']'])), "{shown}");
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
+        assert!(shown.contains("privkey"), "{shown}");
+    }
 
     #[test]
     fn wildcards_follow_rfc6125() {

@@ -39,6 +39,14 @@ pub use unit::{apply_unit, unit_plan, UnitPlan, UNIT_NAME};
 /// Pid file of a running watcher, under the deployment directory.
 pub const PID_FILE: &str = "data/.cert-watch.pid";
 
+/// Longest poll interval accepted (a day): the fallback poll is a safety
+/// net, and a larger value only risks overflowing the timer.
+pub const MAX_POLL_SECS: u64 = 86_400;
+
+/// Longest debounce accepted; the watcher acts at the latest two seconds
+/// after the first event of a burst anyway.
+pub const MAX_DEBOUNCE_MS: u64 = 60_000;
+
 /// Everything the watcher needs, resolved once from the arguments and `.env`.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -71,22 +79,34 @@ impl Settings {
         };
         let domain = env.get("MAIL_DOMAIN").filter(|d| !d.is_empty()).cloned();
         let target = locate::locate(ctx, args.path.as_deref(), &env)?;
-        let poll = match args.poll_interval {
-            Some(s) => s,
+        let (poll, poll_source) = match args.poll_interval {
+            Some(s) => (s, format!("--poll-interval {s}")),
             None => match env.get("CERTS_MONITORING_TIMEOUT").map(|s| s.trim()) {
-                None | Some("") => 60,
-                Some(v) => v.trim_matches(['\'', '"']).parse().map_err(|_| {
-                    crate::error::usage(format!(
-                        "CERTS_MONITORING_TIMEOUT={v} in {} is not a number of seconds",
-                        env_path.display()
-                    ))
-                })?,
+                None | Some("") => (60, String::new()),
+                Some(v) => (
+                    v.trim_matches(['\'', '"']).parse().map_err(|_| {
+                        crate::error::usage(format!(
+                            "CERTS_MONITORING_TIMEOUT={v} in {} is not a number of seconds; \
+                             write e.g. CERTS_MONITORING_TIMEOUT=60",
+                            env_path.display()
+                        ))
+                    })?,
+                    format!("CERTS_MONITORING_TIMEOUT={v} in {}", env_path.display()),
+                ),
             },
         };
-        if poll == 0 {
-            return Err(crate::error::usage(
-                "the poll interval must be at least 1 second",
-            ));
+        // Bounded both ways: 0 would spin, and a huge value would overflow
+        // the timer's deadline (a panic, not a watcher).
+        if !(1..=MAX_POLL_SECS).contains(&poll) {
+            return Err(crate::error::usage(format!(
+                "{poll_source}: the poll interval must be between 1 and {MAX_POLL_SECS} seconds"
+            )));
+        }
+        if args.debounce_ms > MAX_DEBOUNCE_MS {
+            return Err(crate::error::usage(format!(
+                "--debounce-ms {}: the quiet time must be at most {MAX_DEBOUNCE_MS} ms",
+                args.debounce_ms
+            )));
         }
         let verify = if args.no_verify {
             None
@@ -98,7 +118,12 @@ impl Settings {
             domain,
             reloader: match &args.reload_command {
                 Some(c) if !c.trim().is_empty() => Reloader::Command(c.clone()),
-                Some(_) => return Err(crate::error::usage("--reload-command is empty")),
+                Some(_) => {
+                    return Err(crate::error::usage(
+                        "--reload-command is empty: give a command, or leave the option out to \
+                         reload the services in the container",
+                    ))
+                }
                 None => Reloader::Compose,
             },
             verify,
@@ -364,25 +389,32 @@ fn dry_run(ctx: &Context, s: &Settings) -> Result<()> {
                     .join(" + "),
                 m.key_file.display()
             ));
-            match m.validate(s.domain.as_deref(), SystemTime::now()) {
-                Ok(info) => ctx.shell.out(format!(
-                    "  cert    {} (expires {}, sha256 {})",
-                    info.subject,
-                    info.not_after_text(),
-                    short(&info.leaf_sha256)
-                )),
-                Err(e) => ctx.shell.out(format!("  invalid {e:#}")),
-            }
+            let valid = match m.validate(s.domain.as_deref(), SystemTime::now()) {
+                Ok(info) => {
+                    ctx.shell.out(format!(
+                        "  cert    {} (expires {}, sha256 {})",
+                        info.subject,
+                        info.not_after_text(),
+                        short(&info.leaf_sha256)
+                    ));
+                    true
+                }
+                Err(e) => {
+                    ctx.shell.out(format!("  invalid {e:#}"));
+                    false
+                }
+            };
             let changed = last
                 .as_ref()
                 .map(|l| l.fingerprint != m.fingerprint)
                 .unwrap_or(true);
             ctx.shell.out(format!(
                 "  state   {}",
-                if changed {
-                    "changed since the last reload: would reload"
-                } else {
-                    "unchanged since the last reload"
+                match (changed, valid) {
+                    (true, true) => "changed since the last reload: would reload",
+                    // Never reloaded into, as the watcher would not either.
+                    (true, false) => "changed since the last reload, but invalid: would not reload",
+                    (false, _) => "unchanged since the last reload",
                 }
             ));
         }

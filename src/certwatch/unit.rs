@@ -31,10 +31,30 @@ pub struct UnitPlan {
     pub manual: String,
 }
 
+/// Quote one word of an `ExecStart=` line. systemd is not a shell: it
+/// expands `%` specifiers and `$VAR` even inside quotes and knows no `'\''`
+/// idiom, so those are escaped its way (`%%`, `$$`, C escapes in double
+/// quotes).
+fn systemd_quote(s: &str) -> String {
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('%', "%%")
+        .replace('$', "$$");
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+%$".contains(c))
+    {
+        escaped
+    } else {
+        format!("\"{escaped}\"")
+    }
+}
+
 /// Render the unit for this binary and deployment directory.
 pub fn render(binary: &Path, dir: &Path) -> String {
-    let exe = shell_quote(&binary.to_string_lossy());
-    let d = shell_quote(&dir.to_string_lossy());
+    let exe = systemd_quote(&binary.to_string_lossy());
+    let d = systemd_quote(&dir.to_string_lossy());
     format!(
         "# Installed by chatmail-docker setup (ENABLE_CERTS_MONITORING=true).\n\
          # Reloads nginx, Dovecot and Postfix in the chatmail container within a\n\
@@ -156,9 +176,19 @@ mod tests {
             Path::new("/srv/chat mail"),
         );
         assert!(u.contains(
-            "ExecStart=/usr/local/bin/chatmail-docker --dir '/srv/chat mail' cert-watch\n"
+            "ExecStart=/usr/local/bin/chatmail-docker --dir \"/srv/chat mail\" cert-watch\n"
         ));
         assert!(u.contains("WantedBy=multi-user.target"));
+        // Specifiers, variables, quotes and backslashes are systemd's to
+        // escape, not a shell's.
+        let u = render(
+            Path::new("/usr/local/bin/chatmail-docker"),
+            Path::new("/srv/100%$HOME/it's \"x\"\\"),
+        );
+        assert!(
+            u.contains(r#"--dir "/srv/100%%$$HOME/it's \"x\"\\" cert-watch"#),
+            "{u}"
+        );
     }
 
     #[test]

@@ -153,6 +153,12 @@ fn read_line<R: BufRead>(r: &mut R) -> Result<String> {
     Ok(String::from_utf8_lossy(&buf).trim_end().to_string())
 }
 
+/// A line the server sent, for an error message: in backquotes, with
+/// control characters escaped so a hostile peer cannot garble the log.
+fn quoted(line: &str) -> String {
+    format!("`{}`", line.escape_debug())
+}
+
 /// Read an SMTP reply (`250-...` continued, `250 ...` last) and return its code.
 fn smtp_reply<R: BufRead>(r: &mut R) -> Result<(u16, String)> {
     loop {
@@ -160,7 +166,7 @@ fn smtp_reply<R: BufRead>(r: &mut R) -> Result<(u16, String)> {
         let code: u16 = line
             .get(..3)
             .and_then(|c| c.parse().ok())
-            .ok_or_else(|| anyhow!("not an SMTP reply: {line:?}"))?;
+            .ok_or_else(|| anyhow!("not an SMTP reply: {}", quoted(&line)))?;
         if line.as_bytes().get(3) != Some(&b'-') {
             return Ok((code, line));
         }
@@ -174,17 +180,17 @@ fn smtp_starttls(sock: &mut TcpStream) -> Result<()> {
     let mut r = BufReader::new(sock.try_clone()?);
     let (code, line) = smtp_reply(&mut r)?;
     if code != 220 {
-        bail!("SMTP greeting was {line:?}");
+        bail!("SMTP greeting was {}", quoted(&line));
     }
     sock.write_all(b"EHLO cert-watch.invalid\r\n")?;
     let (code, line) = smtp_reply(&mut r)?;
     if code != 250 {
-        bail!("SMTP EHLO answered {line:?}");
+        bail!("SMTP EHLO answered {}", quoted(&line));
     }
     sock.write_all(b"STARTTLS\r\n")?;
     let (code, line) = smtp_reply(&mut r)?;
     if code != 220 {
-        bail!("SMTP STARTTLS answered {line:?}");
+        bail!("SMTP STARTTLS answered {}", quoted(&line));
     }
     Ok(())
 }
@@ -193,7 +199,7 @@ fn imap_starttls(sock: &mut TcpStream) -> Result<()> {
     let mut r = BufReader::new(sock.try_clone()?);
     let greeting = read_line(&mut r)?;
     if !greeting.starts_with("* OK") {
-        bail!("IMAP greeting was {greeting:?}");
+        bail!("IMAP greeting was {}", quoted(&greeting));
     }
     sock.write_all(b"cw1 STARTTLS\r\n")?;
     loop {
@@ -202,7 +208,7 @@ fn imap_starttls(sock: &mut TcpStream) -> Result<()> {
             if rest.starts_with("OK") {
                 return Ok(());
             }
-            bail!("IMAP STARTTLS answered {line:?}");
+            bail!("IMAP STARTTLS answered {}", quoted(&line));
         }
     }
 }
@@ -315,13 +321,6 @@ impl Report {
             .collect()
     }
 
-    /// Whether every port serves `expected` (refused ones excepted).
-    pub fn all_current(&self, expected: &str) -> bool {
-        self.results
-            .iter()
-            .all(|(_, s)| matches!(s, Served::Leaf(fp) if fp == expected) || *s == Served::Refused)
-    }
-
     /// One line: `443 ok, 465 old (ab12…), 25/smtp refused`.
     pub fn summary(&self, expected: &str) -> String {
         self.results
@@ -420,6 +419,12 @@ mod tests {
         assert!(parse_ports("0").is_err());
         assert!(parse_ports("25/pop").is_err());
         assert!(parse_ports(" , ").is_err());
+    }
+
+    #[test]
+    fn server_lines_are_quoted_with_control_characters_escaped() {
+        assert_eq!(quoted("554 no service"), "`554 no service`");
+        assert_eq!(quoted("554 \x1b[2Jgone"), "`554 \\u{1b}[2Jgone`");
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub struct CertWatchArgs {
     #[arg(long)]
     pub once: bool,
 
-    /// Seconds between polls that catch changes events miss [default: CERTS_MONITORING_TIMEOUT or 60].
+    /// Seconds (1-86400) between polls that catch changes events miss [default: CERTS_MONITORING_TIMEOUT or 60].
     #[arg(long, value_name = "SECS")]
     pub poll_interval: Option<u64>,
 
@@ -44,7 +44,7 @@ pub struct CertWatchArgs {
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub verify_timeout: u64,
 
-    /// Quiet time after the last file event before acting, in milliseconds
+    /// Quiet time after the last file event before acting, in milliseconds (at most 60000)
     /// (ACME clients write several files in a row).
     #[arg(long, value_name = "MS", default_value_t = 200)]
     pub debounce_ms: u64,

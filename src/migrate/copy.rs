@@ -61,6 +61,18 @@ pub enum Kind {
     Special,
 }
 
+impl Kind {
+    /// The kind in words, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Dir => "directory",
+            Kind::File => "regular file",
+            Kind::Symlink => "symlink",
+            Kind::Special => "socket, fifo or device",
+        }
+    }
+}
+
 pub fn kind(meta: &Metadata) -> Kind {
     let t = meta.file_type();
     if t.is_dir() {
@@ -327,8 +339,9 @@ fn tmp_name(dst: &Path) -> PathBuf {
     }
 }
 
-/// Open a source file for reading without touching its atime.
-fn open_source(path: &Path) -> io::Result<File> {
+/// Open a source file for reading without touching its atime (also used by
+/// the verifier, which reads every source file once more).
+pub(crate) fn open_source(path: &Path) -> io::Result<File> {
     match fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOATIME | libc::O_NOFOLLOW)
@@ -349,38 +362,37 @@ fn is_unsupported(e: &io::Error) -> bool {
 /// Copy extended attributes from the open source to the open destination.
 fn copy_xattrs_fd(src: &File, dst: &File, what: &Path) -> Result<()> {
     use xattr::FileExt;
-    let names = match src.list_xattr() {
-        Ok(n) => n,
-        Err(e) if is_unsupported(&e) => return Ok(()),
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot list xattrs of {}", what.display()))
-        }
-    };
-    for name in names {
-        if let Some(value) = src
-            .get_xattr(&name)
-            .with_context(|| format!("cannot read xattr {name:?} of {}", what.display()))?
-        {
-            match dst.set_xattr(&name, &value) {
-                Ok(()) => {}
-                Err(e) if is_unsupported(&e) => {}
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!(
-                            "cannot set xattr {name:?} on the copy of {}",
-                            what.display()
-                        )
-                    })
-                }
-            }
-        }
-    }
-    Ok(())
+    copy_xattrs(
+        what,
+        || format!("the copy of {}", what.display()),
+        || src.list_xattr(),
+        |n| src.get_xattr(n),
+        |n, v| dst.set_xattr(n, v),
+    )
 }
 
 /// Copy extended attributes by path (directories), not following symlinks.
 fn copy_xattrs_path(src: &Path, dst: &Path) -> Result<()> {
-    let names = match xattr::list(src) {
+    copy_xattrs(
+        src,
+        || dst.display().to_string(),
+        || xattr::list(src),
+        |n| xattr::get(src, n),
+        |n, v| xattr::set(dst, n, v),
+    )
+}
+
+/// The one loop behind both: list, read each, set each. A filesystem
+/// without xattr support on either side is not an error; `src` and `dst`
+/// name the two sides in messages (`dst` is only formatted on error).
+fn copy_xattrs(
+    src: &Path,
+    dst: impl Fn() -> String,
+    list: impl FnOnce() -> io::Result<xattr::XAttrs>,
+    get: impl Fn(&std::ffi::OsStr) -> io::Result<Option<Vec<u8>>>,
+    set: impl Fn(&std::ffi::OsStr, &[u8]) -> io::Result<()>,
+) -> Result<()> {
+    let names = match list() {
         Ok(n) => n,
         Err(e) if is_unsupported(&e) => return Ok(()),
         Err(e) => {
@@ -388,16 +400,21 @@ fn copy_xattrs_path(src: &Path, dst: &Path) -> Result<()> {
         }
     };
     for name in names {
-        if let Some(value) = xattr::get(src, &name)
-            .with_context(|| format!("cannot read xattr {name:?} of {}", src.display()))?
-        {
-            match xattr::set(dst, &name, &value) {
-                Ok(()) => {}
-                Err(e) if is_unsupported(&e) => {}
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("cannot set xattr {name:?} on {}", dst.display()))
-                }
+        let value = get(&name).with_context(|| {
+            format!(
+                "cannot read xattr {} of {}",
+                name.to_string_lossy(),
+                src.display()
+            )
+        })?;
+        let Some(value) = value else { continue };
+        match set(&name, &value) {
+            Ok(()) => {}
+            Err(e) if is_unsupported(&e) => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot set xattr {} on {}", name.to_string_lossy(), dst())
+                })
             }
         }
     }

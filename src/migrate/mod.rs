@@ -98,7 +98,8 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
         if !host.is_dir() {
             if source.required {
                 return Err(error::preflight(format!(
-                    "{} not found (looked at {}): nothing to migrate from",
+                    "{} not found (looked at {}): nothing to migrate from; run this on the \
+                     relay's host, or point --root at its filesystem",
                     source.host_path,
                     host.display()
                 )));
@@ -130,8 +131,16 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
         let (tree, dest_tree) = (tree?, dest_tree?);
         let totals = tree.totals();
         let already = dest_tree.totals();
-        let owner_meta = std::fs::metadata(ctx.host.path(source.owner_of))
-            .unwrap_or_else(|_| tree.entries[0].meta.clone());
+        // `/home/vmail` may be missing on a half-installed host: then the
+        // tree's root (walked above, always the first entry) stands in.
+        let owner_meta = match std::fs::metadata(ctx.host.path(source.owner_of)) {
+            Ok(m) => m,
+            Err(_) => match tree.entries.first() {
+                Some(root) => root.meta.clone(),
+                None => std::fs::metadata(&host)
+                    .with_context(|| format!("cannot read {}", host.display()))?,
+            },
+        };
         let owner = SourceOwner {
             source: source.owner_of.to_string(),
             uid: owner_meta.uid(),
@@ -153,7 +162,8 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
         let vmail = ctx.host.path("/home/vmail");
         if !vmail.is_dir() {
             return Err(error::preflight(format!(
-                "--mount-vmail: {} does not exist",
+                "--mount-vmail: {} does not exist, so there is no mail to mount; check --root, \
+                 or leave out --mount-vmail to copy /home",
                 vmail.display()
             )));
         }
@@ -478,21 +488,33 @@ fn print_plan(
 
 /// Ask before changing anything: a terminal prompt, or `--yes`.
 fn confirm(ctx: &Context, args: &MigrateArgs) -> Result<()> {
-    if args.yes {
+    ask(
+        ctx,
+        args.yes,
+        "the migration",
+        if args.presync_only {
+            "this copies the data now (the relay keeps running). Continue? [y/N]"
+        } else {
+            "this stops and disables the relay's units for the final sync. Continue? [y/N]"
+        },
+    )
+}
+
+/// `question` on the terminal, answered y/yes to go on; `yes` (from
+/// `--yes`) answers it. Without a terminal and without `--yes`, refuse
+/// (exit 2) rather than guess; `what` names what was not confirmed.
+pub(crate) fn ask(ctx: &Context, yes: bool, what: &str, question: &str) -> Result<()> {
+    if yes {
         return Ok(());
     }
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
-        return Err(error::usage(
-            "not on a terminal: pass --yes to confirm the migration (nothing was changed)",
-        ));
+        return Err(error::usage(format!(
+            "not on a terminal: pass --yes to confirm {what} (nothing was changed)"
+        )));
     }
     // A warning, not a status line: it must show even with -q.
-    ctx.shell.warn(if args.presync_only {
-        "this copies the data now (the relay keeps running). Continue? [y/N]"
-    } else {
-        "this stops and disables the relay's units for the final sync. Continue? [y/N]"
-    });
+    ctx.shell.warn(question);
     let mut answer = String::new();
     stdin
         .read_line(&mut answer)

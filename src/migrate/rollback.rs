@@ -4,12 +4,11 @@
 //! stopped or disabled (never others), and leaves the copied data in
 //! `data/` alone: a later `migrate` updates it with a new pre-sync.
 
-use anyhow::{Context as _, Result};
-use std::io::IsTerminal;
+use anyhow::Result;
 
 use super::state::{self, Phase, State};
 use super::units;
-use crate::{error, Context};
+use crate::Context;
 
 pub fn run(ctx: &Context, yes: bool) -> Result<()> {
     let file = state::path(&ctx.dir);
@@ -49,22 +48,7 @@ pub fn run(ctx: &Context, yes: bool) -> Result<()> {
             "the migration had completed: stop the container first (`chatmail-docker down`); \
              mail it received since is not copied back",
         );
-        if !yes {
-            if !std::io::stdin().is_terminal() {
-                return Err(error::usage(
-                    "not on a terminal: pass --yes to confirm the rollback (nothing was changed)",
-                ));
-            }
-            ctx.shell.warn("restart the old relay? [y/N]");
-            let mut answer = String::new();
-            std::io::stdin()
-                .read_line(&mut answer)
-                .context("cannot read the answer")?;
-            if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
-                ctx.shell.error("aborted: nothing was changed");
-                return Err(error::silent(error::EXIT_RUNTIME));
-            }
-        }
+        super::ask(ctx, yes, "the rollback", "restart the old relay? [y/N]")?;
     }
     units::systemctl(ctx, "enable", &enable)?;
     units::systemctl(ctx, "start", &start)?;

@@ -113,16 +113,8 @@ pub fn query(ctx: &Context) -> Result<Vec<UnitState>> {
             ["show", "-p", "Id,LoadState,ActiveState,UnitFileState"],
         )
         .args(&units);
-    let out = cmd.output(&ctx.shell)?;
-    if !out.success() {
-        bail!(
-            "`{}` failed (exit {}): {}",
-            cmd.display(),
-            out.code,
-            out.stderr.trim()
-        );
-    }
-    parse_show(&out.stdout, &units)
+    let stdout = run(ctx, &cmd)?;
+    parse_show(&stdout, &units)
 }
 
 /// Run `systemctl <verb> <units...>`; a failure is an error naming the units.
@@ -130,7 +122,12 @@ pub fn systemctl(ctx: &Context, verb: &str, units: &[String]) -> Result<()> {
     if units.is_empty() {
         return Ok(());
     }
-    let cmd = ctx.host.cmd("systemctl", [verb]).args(units);
+    run(ctx, &ctx.host.cmd("systemctl", [verb]).args(units)).map(drop)
+}
+
+/// Run `cmd` and return its stdout; a non-zero exit is an error showing the
+/// command line and what it printed on stderr.
+fn run(ctx: &Context, cmd: &crate::host::Cmd) -> Result<String> {
     let out = cmd.output(&ctx.shell)?;
     if !out.success() {
         bail!(
@@ -140,7 +137,7 @@ pub fn systemctl(ctx: &Context, verb: &str, units: &[String]) -> Result<()> {
             out.stderr.trim()
         );
     }
-    Ok(())
+    Ok(out.stdout)
 }
 
 #[cfg(test)]

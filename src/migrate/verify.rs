@@ -36,8 +36,11 @@ impl Report {
     }
 }
 
+/// SHA-256 of a file's content. Opened like the copy opens sources: without
+/// moving the access time and without following a symlink swapped in.
 fn hash(path: &Path) -> Result<[u8; 32]> {
-    let mut f = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut f =
+        copy::open_source(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -68,7 +71,11 @@ fn compare_meta(src: &Path, s: &Metadata, dst: &Path, d: &Metadata) -> Vec<Strin
     let mut out = Vec::new();
     let (ks, kd) = (copy::kind(s), copy::kind(d));
     if ks != kd {
-        out.push(format!("kind {ks:?} at the source, {kd:?} at the copy"));
+        out.push(format!(
+            "{} at the source, {} at the copy",
+            ks.name(),
+            kd.name()
+        ));
         return out;
     }
     if ks != Kind::Symlink && s.mode() & 0o7777 != d.mode() & 0o7777 {
@@ -101,7 +108,11 @@ fn compare_meta(src: &Path, s: &Metadata, dst: &Path, d: &Metadata) -> Vec<Strin
         Kind::Symlink => {
             let (a, b) = (fs::read_link(src).ok(), fs::read_link(dst).ok());
             if a != b {
-                out.push(format!("symlink target {a:?} != {b:?}"));
+                let show = |t: &Option<PathBuf>| match t {
+                    Some(t) => t.display().to_string(),
+                    None => "(unreadable)".to_string(),
+                };
+                out.push(format!("symlink target {} != {}", show(&a), show(&b)));
             }
         }
         _ => {}
@@ -251,5 +262,48 @@ mod tests {
         fs::copy(d.join("a"), d.join("b")).unwrap();
         let r = verify(&s, &d).unwrap();
         assert!(!r.ok());
+    }
+
+    #[test]
+    fn differences_are_worded_for_people() {
+        let t = tempfile::tempdir().unwrap();
+        let s = t.path().join("s");
+        let d = t.path().join("d");
+        fs::create_dir_all(&s).unwrap();
+        fs::write(s.join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink("target-a", s.join("l")).unwrap();
+        copy::sync(&copy::walk(&s, false).unwrap(), &d, false).unwrap();
+        fs::remove_file(d.join("f")).unwrap();
+        fs::create_dir(d.join("f")).unwrap();
+        fs::remove_file(d.join("l")).unwrap();
+        std::os::unix::fs::symlink("target-b", d.join("l")).unwrap();
+        let r = verify(&s, &d).unwrap();
+        let all = r.differences.join("\n");
+        assert!(
+            all.contains("f: regular file at the source, directory at the copy"),
+            "{all}"
+        );
+        assert!(
+            all.contains("l: symlink target target-a != target-b"),
+            "{all}"
+        );
+        assert!(!all.contains("Some(") && !all.contains('"'), "{all}");
+    }
+
+    #[test]
+    fn hashing_leaves_the_source_access_time_alone() {
+        let t = tempfile::tempdir().unwrap();
+        let s = t.path().join("s");
+        let d = t.path().join("d");
+        fs::create_dir_all(&s).unwrap();
+        fs::write(s.join("f"), b"mail").unwrap();
+        // An access time older than the mtime: relatime would update it on
+        // any ordinary read.
+        let old = filetime::FileTime::from_unix_time(1_000_000_000, 0);
+        filetime::set_file_atime(s.join("f"), old).unwrap();
+        copy::sync(&copy::walk(&s, false).unwrap(), &d, false).unwrap();
+        assert!(verify(&s, &d).unwrap().ok());
+        let after = fs::metadata(s.join("f")).unwrap();
+        assert_eq!(filetime::FileTime::from_last_access_time(&after), old);
     }
 }
