@@ -31,7 +31,7 @@
 //! value that cannot be represented is one holding a NUL character (no
 //! environment variable can).
 
-use crate::ini::FastMap;
+use crate::ini::{quoted, FastMap};
 use anyhow::{Context as _, Result};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -133,12 +133,15 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
                 }
                 c if valid_key_char(c) => {}
                 c => {
-                    let first_line = src[key_start..].split('\n').next().unwrap_or("");
+                    // Only the name so far: the rest of the line may be a
+                    // secret value.
                     return Err(err(
                         pos + i,
                         format!(
-                            "unexpected character {c:?} in variable name {first_line:?}; \
-                             names may hold letters, digits and `_.-[]`"
+                            "unexpected character {} after the variable name {}; \
+                             names may hold letters, digits and `_.-[]`, followed by `=`",
+                            quoted(&c.to_string()),
+                            quoted(&src[key_start..pos + i])
                         ),
                     ));
                 }
@@ -152,7 +155,7 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
         if key.contains(' ') {
             return Err(err(
                 key_start,
-                format!("variable name {key:?} contains a space"),
+                format!("variable name {} contains a space; remove it", quoted(key)),
             ));
         }
         pos = term + term_char.len_utf8();
@@ -187,7 +190,8 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
                     index: &index,
                     out: &out,
                 };
-                let value = substitute(raw, &vars).map_err(|m| err(value_start, m))?;
+                let value = substitute(raw, &vars)
+                    .map_err(|m| err(value_start, format!("the value of {key}: {m}")))?;
                 pos = line_end;
                 (value, value_start + raw.len())
             }
@@ -216,7 +220,9 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
                 let Some(close) = close else {
                     return Err(err(
                         value_start,
-                        format!("unterminated {q}-quoted value for {key}"),
+                        format!(
+                            "the {q}-quoted value of {key} is never closed; add the closing {q}"
+                        ),
                     ));
                 };
                 let value = if q == '"' {
@@ -224,7 +230,8 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
                         index: &index,
                         out: &out,
                     };
-                    substitute(&expand_escapes(&chars), &vars).map_err(|m| err(value_start, m))?
+                    substitute(&expand_escapes(&chars), &vars)
+                        .map_err(|m| err(value_start, format!("the value of {key}: {m}")))?
                 } else {
                     chars
                 };
@@ -358,10 +365,10 @@ fn substitute(s: &str, vars: &Vars) -> Result<String, String> {
                     i = end;
                 }
                 None => {
-                    return Err(format!(
-                        "invalid interpolation {s:?}: `${{` must start `${{NAME}}` or \
-                         `${{NAME:-default}}`; write `$$` for a literal `$`"
-                    ))
+                    // The value itself is not shown: it may be a secret.
+                    return Err("invalid interpolation: `${` must start `${NAME}` or \
+                                `${NAME:-default}`; write `$$` for a literal `$`"
+                        .to_string());
                 }
             },
             _ => {
@@ -587,6 +594,22 @@ mod tests {
         assert_eq!(parse("A B=1\n").unwrap_err().line, 1);
         assert_eq!(parse("\nA=\"open\n").unwrap_err().line, 2);
         assert!(parse("A\"=1\n").is_err());
+    }
+
+    #[test]
+    fn errors_never_show_values() {
+        for src in [
+            "PASS\"WORD=s3cret\n",
+            "A=s3cret${\n",
+            "A=\"s3cret${ x}\"\n",
+            "A='s3cret\n",
+        ] {
+            let e = parse(src).unwrap_err();
+            assert!(!e.message.contains("s3cret"), "{src:?}: {e}");
+        }
+        let e = parse("PASS\"WORD=s3cret\n").unwrap_err();
+        assert!(e.message.contains("`PASS`"), "{e}");
+        assert!(parse("A=x${\n").unwrap_err().message.contains("value of A"));
     }
 
     #[test]

@@ -134,9 +134,10 @@ pub fn vars(ini: Ini, path: &Path, all: bool) -> Result<Vec<Var>> {
     for e in &params.entries {
         if !valid_name(&e.key) {
             return Err(error::usage(format!(
-                "{shown}:{}: key {:?} cannot become an environment variable; \
+                "{shown}:{}: key {} cannot become an environment variable; \
                  use letters, digits and `_`, not starting with a digit",
-                e.line, e.key
+                e.line,
+                ini::quoted(&e.key)
             )));
         }
         if e.value.contains('\0') {
@@ -155,8 +156,10 @@ pub fn vars(ini: Ini, path: &Path, all: bool) -> Result<Vec<Var>> {
         if let Some(j) = seen.insert(name, i) {
             let (first, second) = (&params.entries[j], &params.entries[i]);
             return Err(error::usage(format!(
-                "{shown}:{}: key {:?} and the key on line {} both become {name}; keep one",
-                second.line, second.key, first.line
+                "{shown}:{}: key {} and the key on line {} both become {name}; keep one",
+                second.line,
+                ini::quoted(&second.key),
+                first.line
             )));
         }
     }

@@ -294,15 +294,15 @@ fn bad_input_is_a_clear_error() {
     let cases: &[(&[u8], &str)] = &[
         (
             b"[params]\nmail_domain = a\nmail_domain = b\n",
-            "chatmail.ini:3: duplicate key \"mail_domain\" in [params] (first at line 2)",
+            "chatmail.ini:3: duplicate key `mail_domain` in [params] (first at line 2)",
         ),
         (
             b"mail_domain = a\n",
-            "chatmail.ini:1: key \"mail_domain\" comes before any section",
+            "chatmail.ini:1: key `mail_domain` comes before any section",
         ),
         (
             b"[params]\nmail_domain = a\nmax-size = 1\n",
-            "chatmail.ini:3: key \"max-size\" cannot become an environment variable",
+            "chatmail.ini:3: key `max-size` cannot become an environment variable",
         ),
         (
             b"[params]\nmail_domain = caf\xe9\n",
