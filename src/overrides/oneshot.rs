@@ -35,8 +35,6 @@ pub const STAGES_VAR: &str = "CMDEPLOY_STAGES";
 pub const RECREATE_VENV_VAR: &str = "RECREATE_VENV";
 pub const FORCE_REINIT_INI_VAR: &str = "FORCE_REINIT_INI_FILE";
 pub const DEBUG_COMMANDS_VAR: &str = "DEBUG_COMMANDS_ENABLED";
-/// The stages a normal start runs (the compose file's default).
-pub const DEFAULT_STAGES: &str = "configure,activate";
 
 /// Parse and validate a `--stages` list: a non-empty, comma-separated
 /// subset of `install,configure,activate`, each at most once, in that

@@ -30,15 +30,6 @@ pub enum MountKind {
     Dir,
 }
 
-impl MountKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MountKind::File => "file",
-            MountKind::Dir => "dir",
-        }
-    }
-}
-
 /// One bind mount of the generated override.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
