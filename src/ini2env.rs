@@ -526,7 +526,11 @@ fn plan(ctx: &Context, ini_path: &Path, env: &Path, opts: &Options) -> Result<Pl
                     e.utf8_error().valid_up_to()
                 ))
             })?;
-            let mode = fs::metadata(env)?.permissions().mode() & 0o7777;
+            let mode = fs::metadata(env)
+                .with_context(|| format!("cannot read {}", env.display()))?
+                .permissions()
+                .mode()
+                & 0o7777;
             (Some(text), mode != 0o600)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, false),
