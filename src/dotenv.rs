@@ -117,7 +117,10 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
                 .unwrap_or(src.len() - pos);
         }
         if pos >= src.len() {
-            return Err(err(start, "`export` without a variable".into()));
+            return Err(err(
+                start,
+                "`export` without a variable; write `export NAME=value` or remove it".into(),
+            ));
         }
         // The key runs to `=`, `:` or a line end.
         let key_start = pos;
@@ -477,7 +480,7 @@ pub fn load(path: &Path) -> Result<BTreeMap<String, String>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
         crate::error::usage(format!(
-            "{}: not valid UTF-8 at byte offset {}",
+            "{}: not valid UTF-8 at byte offset {}; save the file as UTF-8",
             path.display(),
             e.valid_up_to()
         ))

@@ -521,7 +521,7 @@ fn plan(ctx: &Context, ini_path: &Path, env: &Path, opts: &Options) -> Result<Pl
         Ok(bytes) => {
             let text = String::from_utf8(bytes).map_err(|e| {
                 error::usage(format!(
-                    "{}: not valid UTF-8 at byte offset {}",
+                    "{}: not valid UTF-8 at byte offset {}; save the file as UTF-8",
                     env.display(),
                     e.utf8_error().valid_up_to()
                 ))
