@@ -77,6 +77,9 @@ pub struct Report {
     pub changed: bool,
     /// Human-readable lines describing the changes (keys only, never values).
     pub lines: Vec<String>,
+    /// Where the previous `.env` was (or would be) saved: only when an
+    /// existing file's content changes.
+    pub backup: Option<PathBuf>,
 }
 
 /// One `[params]` key as an environment variable.
@@ -564,10 +567,11 @@ pub fn sync_env(ctx: &Context, ini: &Path, env: &Path, opts: &Options) -> Result
         lines.push(format!("set the mode of {} to 0600", env.display()));
     }
     let changed = content_changed || p.mode_wrong;
+    let backup = (content_changed && p.old.is_some()).then(|| backup_path(env));
     if changed && !ctx.dry_run {
         if content_changed {
-            if let Some(old) = &p.old {
-                crate::host::write_atomic(&backup_path(env), old.as_bytes(), 0o600)?;
+            if let (Some(old), Some(backup)) = (&p.old, &backup) {
+                crate::host::write_atomic(backup, old.as_bytes(), 0o600)?;
             }
             crate::host::write_atomic(env, p.merge.text.as_bytes(), 0o600)?;
         } else {
@@ -575,7 +579,11 @@ pub fn sync_env(ctx: &Context, ini: &Path, env: &Path, opts: &Options) -> Result
                 .with_context(|| format!("cannot set the mode of {}", env.display()))?;
         }
     }
-    Ok(Report { changed, lines })
+    Ok(Report {
+        changed,
+        lines,
+        backup,
+    })
 }
 
 /// Render the change as a unified diff. Values are hidden unless
@@ -701,14 +709,12 @@ pub fn run(ctx: &Context, args: &Ini2envArgs) -> Result<()> {
         ctx.shell
             .status("Dry run", format!("{} not changed", env.display()));
     } else {
-        ctx.shell.status(
-            "Updated",
-            format!(
-                "{} (previous version in {})",
-                env.display(),
-                backup_path(&env).display()
-            ),
-        );
+        let previous = match &report.backup {
+            Some(b) => format!(" (previous version in {})", b.display()),
+            None => String::new(),
+        };
+        ctx.shell
+            .status("Updated", format!("{}{previous}", env.display()));
     }
     Ok(())
 }
