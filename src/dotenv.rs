@@ -336,6 +336,19 @@ fn is_name_char(c: u8) -> bool {
 /// (nested in defaults). A `$` followed by anything else stays literal, but
 /// a `${` that starts no valid reference is an error, as in Compose.
 fn substitute(s: &str, vars: &Vars) -> Result<String, String> {
+    substitute_nested(s, vars, 0)
+}
+
+/// How deep `${A:-${B:-...}}` may nest: far beyond any real file, and
+/// keeps a hostile one from overflowing the stack.
+const MAX_NESTING: usize = 64;
+
+fn substitute_nested(s: &str, vars: &Vars, depth: usize) -> Result<String, String> {
+    if depth > MAX_NESTING {
+        return Err(format!(
+            "`${{...}}` nested more than {MAX_NESTING} levels deep; simplify the value"
+        ));
+    }
     if !s.contains('$') {
         return Ok(s.to_string());
     }
@@ -362,7 +375,7 @@ fn substitute(s: &str, vars: &Vars) -> Result<String, String> {
                 out.push_str(vars.get(&s[i + 1..j]).unwrap_or(""));
                 i = j;
             }
-            Some(b'{') => match braced(s, i, vars)? {
+            Some(b'{') => match braced(s, i, vars, depth)? {
                 Some((value, end)) => {
                     out.push_str(&value);
                     i = end;
@@ -388,7 +401,12 @@ fn substitute(s: &str, vars: &Vars) -> Result<String, String> {
 /// `${...}` starting at `start` (the `$`): the value and the offset after
 /// the closing brace, or `None` when it is not a valid reference (no
 /// closing brace, no name, or an unknown operator such as `:=`).
-fn braced(s: &str, start: usize, vars: &Vars) -> Result<Option<(String, usize)>, String> {
+fn braced(
+    s: &str,
+    start: usize,
+    vars: &Vars,
+    nesting: usize,
+) -> Result<Option<(String, usize)>, String> {
     let b = s.as_bytes();
     // The closing brace, counting nested `${`.
     let mut depth = 0usize;
@@ -430,11 +448,11 @@ fn braced(s: &str, start: usize, vars: &Vars) -> Result<Option<(String, usize)>,
         if set_nonempty {
             current.clone().unwrap_or_default()
         } else {
-            substitute(arg, vars)?
+            substitute_nested(arg, vars, nesting + 1)?
         }
     } else if let Some(arg) = op.strip_prefix(":+") {
         if set_nonempty {
-            substitute(arg, vars)?
+            substitute_nested(arg, vars, nesting + 1)?
         } else {
             String::new()
         }
@@ -442,18 +460,18 @@ fn braced(s: &str, start: usize, vars: &Vars) -> Result<Option<(String, usize)>,
         if !set_nonempty {
             return Err(format!(
                 "required variable {name} is missing a value: {}",
-                substitute(arg, vars)?
+                substitute_nested(arg, vars, nesting + 1)?
             ));
         }
         current.clone().unwrap_or_default()
     } else if let Some(arg) = op.strip_prefix('-') {
         match current {
             Some(v) => v.clone(),
-            None => substitute(arg, vars)?,
+            None => substitute_nested(arg, vars, nesting + 1)?,
         }
     } else if let Some(arg) = op.strip_prefix('+') {
         match current {
-            Some(_) => substitute(arg, vars)?,
+            Some(_) => substitute_nested(arg, vars, nesting + 1)?,
             None => String::new(),
         }
     } else if let Some(arg) = op.strip_prefix('?') {
@@ -462,7 +480,7 @@ fn braced(s: &str, start: usize, vars: &Vars) -> Result<Option<(String, usize)>,
             None => {
                 return Err(format!(
                     "required variable {name} is missing a value: {}",
-                    substitute(arg, vars)?
+                    substitute_nested(arg, vars, nesting + 1)?
                 ))
             }
         }
@@ -590,6 +608,15 @@ mod tests {
         let s = parse("B=bee\nA=x${B:-${Y}}y $B.z ${X:-d} ${B:+alt} ${b} $Bx ${X:-a}}\n").unwrap();
         assert_eq!(s[1].value, "xbeey bee.z d alt   a}");
         assert!(parse("A=${X:?needed}\n").is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let deep = format!("A={}x{}\n", "${B:-".repeat(100_000), "}".repeat(100_000));
+        let e = parse(&deep).unwrap_err();
+        assert!(e.message.contains("nested more than"), "{e}");
+        let ok = format!("A={}x{}\n", "${B:-".repeat(10), "}".repeat(10));
+        assert_eq!(parse(&ok).unwrap()[0].value, "x");
     }
 
     #[test]
