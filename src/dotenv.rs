@@ -31,7 +31,7 @@
 //! value that cannot be represented is one holding a NUL character (no
 //! environment variable can).
 
-use crate::ini::FastMap;
+use crate::ini::{quoted, FastMap};
 use anyhow::{Context as _, Result};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -117,7 +117,10 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
                 .unwrap_or(src.len() - pos);
         }
         if pos >= src.len() {
-            return Err(err(start, "`export` without a variable".into()));
+            return Err(err(
+                start,
+                "`export` without a variable; write `export NAME=value` or remove it".into(),
+            ));
         }
         // The key runs to `=`, `:` or a line end.
         let key_start = pos;
@@ -133,12 +136,15 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
                 }
                 c if valid_key_char(c) => {}
                 c => {
-                    let first_line = src[key_start..].split('\n').next().unwrap_or("");
+                    // Only the name so far: the rest of the line may be a
+                    // secret value.
                     return Err(err(
                         pos + i,
                         format!(
-                            "unexpected character {c:?} in variable name {first_line:?}; \
-                             names may hold letters, digits and `_.-[]`"
+                            "unexpected character {} after the variable name {}; \
+                             names may hold letters, digits and `_.-[]`, followed by `=`",
+                            quoted(&c.to_string()),
+                            quoted(&src[key_start..pos + i])
                         ),
                     ));
                 }
@@ -152,7 +158,7 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
         if key.contains(' ') {
             return Err(err(
                 key_start,
-                format!("variable name {key:?} contains a space"),
+                format!("variable name {} contains a space; remove it", quoted(key)),
             ));
         }
         pos = term + term_char.len_utf8();
@@ -187,7 +193,8 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
                     index: &index,
                     out: &out,
                 };
-                let value = substitute(raw, &vars).map_err(|m| err(value_start, m))?;
+                let value = substitute(raw, &vars)
+                    .map_err(|m| err(value_start, format!("the value of {key}: {m}")))?;
                 pos = line_end;
                 (value, value_start + raw.len())
             }
@@ -216,7 +223,9 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
                 let Some(close) = close else {
                     return Err(err(
                         value_start,
-                        format!("unterminated {q}-quoted value for {key}"),
+                        format!(
+                            "the {q}-quoted value of {key} is never closed; add the closing {q}"
+                        ),
                     ));
                 };
                 let value = if q == '"' {
@@ -224,7 +233,8 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
                         index: &index,
                         out: &out,
                     };
-                    substitute(&expand_escapes(&chars), &vars).map_err(|m| err(value_start, m))?
+                    substitute(&expand_escapes(&chars), &vars)
+                        .map_err(|m| err(value_start, format!("the value of {key}: {m}")))?
                 } else {
                     chars
                 };
@@ -326,6 +336,19 @@ fn is_name_char(c: u8) -> bool {
 /// (nested in defaults). A `$` followed by anything else stays literal, but
 /// a `${` that starts no valid reference is an error, as in Compose.
 fn substitute(s: &str, vars: &Vars) -> Result<String, String> {
+    substitute_nested(s, vars, 0)
+}
+
+/// How deep `${A:-${B:-...}}` may nest: far beyond any real file, and
+/// keeps a hostile one from overflowing the stack.
+const MAX_NESTING: usize = 64;
+
+fn substitute_nested(s: &str, vars: &Vars, depth: usize) -> Result<String, String> {
+    if depth > MAX_NESTING {
+        return Err(format!(
+            "`${{...}}` nested more than {MAX_NESTING} levels deep; simplify the value"
+        ));
+    }
     if !s.contains('$') {
         return Ok(s.to_string());
     }
@@ -352,16 +375,16 @@ fn substitute(s: &str, vars: &Vars) -> Result<String, String> {
                 out.push_str(vars.get(&s[i + 1..j]).unwrap_or(""));
                 i = j;
             }
-            Some(b'{') => match braced(s, i, vars)? {
+            Some(b'{') => match braced(s, i, vars, depth)? {
                 Some((value, end)) => {
                     out.push_str(&value);
                     i = end;
                 }
                 None => {
-                    return Err(format!(
-                        "invalid interpolation {s:?}: `${{` must start `${{NAME}}` or \
-                         `${{NAME:-default}}`; write `$$` for a literal `$`"
-                    ))
+                    // The value itself is not shown: it may be a secret.
+                    return Err("invalid interpolation: `${` must start `${NAME}` or \
+                                `${NAME:-default}`; write `$$` for a literal `$`"
+                        .to_string());
                 }
             },
             _ => {
@@ -378,7 +401,12 @@ fn substitute(s: &str, vars: &Vars) -> Result<String, String> {
 /// `${...}` starting at `start` (the `$`): the value and the offset after
 /// the closing brace, or `None` when it is not a valid reference (no
 /// closing brace, no name, or an unknown operator such as `:=`).
-fn braced(s: &str, start: usize, vars: &Vars) -> Result<Option<(String, usize)>, String> {
+fn braced(
+    s: &str,
+    start: usize,
+    vars: &Vars,
+    nesting: usize,
+) -> Result<Option<(String, usize)>, String> {
     let b = s.as_bytes();
     // The closing brace, counting nested `${`.
     let mut depth = 0usize;
@@ -420,11 +448,11 @@ fn braced(s: &str, start: usize, vars: &Vars) -> Result<Option<(String, usize)>,
         if set_nonempty {
             current.clone().unwrap_or_default()
         } else {
-            substitute(arg, vars)?
+            substitute_nested(arg, vars, nesting + 1)?
         }
     } else if let Some(arg) = op.strip_prefix(":+") {
         if set_nonempty {
-            substitute(arg, vars)?
+            substitute_nested(arg, vars, nesting + 1)?
         } else {
             String::new()
         }
@@ -432,18 +460,18 @@ fn braced(s: &str, start: usize, vars: &Vars) -> Result<Option<(String, usize)>,
         if !set_nonempty {
             return Err(format!(
                 "required variable {name} is missing a value: {}",
-                substitute(arg, vars)?
+                substitute_nested(arg, vars, nesting + 1)?
             ));
         }
         current.clone().unwrap_or_default()
     } else if let Some(arg) = op.strip_prefix('-') {
         match current {
             Some(v) => v.clone(),
-            None => substitute(arg, vars)?,
+            None => substitute_nested(arg, vars, nesting + 1)?,
         }
     } else if let Some(arg) = op.strip_prefix('+') {
         match current {
-            Some(_) => substitute(arg, vars)?,
+            Some(_) => substitute_nested(arg, vars, nesting + 1)?,
             None => String::new(),
         }
     } else if let Some(arg) = op.strip_prefix('?') {
@@ -452,7 +480,7 @@ fn braced(s: &str, start: usize, vars: &Vars) -> Result<Option<(String, usize)>,
             None => {
                 return Err(format!(
                     "required variable {name} is missing a value: {}",
-                    substitute(arg, vars)?
+                    substitute_nested(arg, vars, nesting + 1)?
                 ))
             }
         }
@@ -470,7 +498,7 @@ pub fn load(path: &Path) -> Result<BTreeMap<String, String>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
         crate::error::usage(format!(
-            "{}: not valid UTF-8 at byte offset {}",
+            "{}: not valid UTF-8 at byte offset {}; save the file as UTF-8",
             path.display(),
             e.valid_up_to()
         ))
@@ -583,10 +611,35 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let deep = format!("A={}x{}\n", "${B:-".repeat(100_000), "}".repeat(100_000));
+        let e = parse(&deep).unwrap_err();
+        assert!(e.message.contains("nested more than"), "{e}");
+        let ok = format!("A={}x{}\n", "${B:-".repeat(10), "}".repeat(10));
+        assert_eq!(parse(&ok).unwrap()[0].value, "x");
+    }
+
+    #[test]
     fn rejects_what_compose_rejects() {
         assert_eq!(parse("A B=1\n").unwrap_err().line, 1);
         assert_eq!(parse("\nA=\"open\n").unwrap_err().line, 2);
         assert!(parse("A\"=1\n").is_err());
+    }
+
+    #[test]
+    fn errors_never_show_values() {
+        for src in [
+            "PASS\"WORD=s3cret\n",
+            "A=s3cret${\n",
+            "A=\"s3cret${ x}\"\n",
+            "A='s3cret\n",
+        ] {
+            let e = parse(src).unwrap_err();
+            assert!(!e.message.contains("s3cret"), "{src:?}: {e}");
+        }
+        let e = parse("PASS\"WORD=s3cret\n").unwrap_err();
+        assert!(e.message.contains("`PASS`"), "{e}");
+        assert!(parse("A=x${\n").unwrap_err().message.contains("value of A"));
     }
 
     #[test]

@@ -123,6 +123,22 @@ fn split_lines(text: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// `s` for messages: in backticks, control characters escaped (`\t`,
+/// `\u{1f}`) so blanks and odd bytes are visible, everything else as is.
+pub fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('`');
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('`');
+    out
+}
+
 fn py_strip(s: &str) -> &str {
     s.trim_matches(py_isspace)
 }
@@ -229,8 +245,9 @@ pub fn parse_str(text: &str) -> Result<Ini, ParseError> {
                 return Err(err(
                     lineno,
                     format!(
-                        "unexpected line {line:?}: expected `key = value`, `[section]`, \
-                         a `#` comment or an indented continuation line"
+                        "unexpected line {}: expected `key = value`, `[section]`, \
+                         a `#` comment or an indented continuation line",
+                        quoted(line)
                     ),
                 ));
             };
@@ -242,7 +259,8 @@ pub fn parse_str(text: &str) -> Result<Ini, ParseError> {
                         pending = Some(err(
                             lineno,
                             format!(
-                                "key {key:?} comes before any section; put `[params]` above it"
+                                "key {} comes before any section; put `[params]` above it",
+                                quoted(key)
                             ),
                         ))
                     }
@@ -251,8 +269,9 @@ pub fn parse_str(text: &str) -> Result<Ini, ParseError> {
                             pending = Some(err(
                                 lineno,
                                 format!(
-                                    "duplicate key {key:?} in [{}] (first at line {earlier}); \
+                                    "duplicate key {} in [{}] (first at line {earlier}); \
                                      keep one",
+                                    quoted(key),
                                     section.name
                                 ),
                             ));
@@ -360,6 +379,13 @@ mod tests {
         let e = parse_bytes(b"[params]\nk = \xff\n").unwrap_err();
         assert!(e.message.contains("offset 13"), "{e}");
         assert_eq!(e.line, 2);
+    }
+
+    #[test]
+    fn messages_quote_without_debug_formatting() {
+        assert_eq!(quoted("a \"b\"\tc"), "`a \"b\"\\tc`");
+        let e = parse_str("[params]\nno separator\n").unwrap_err();
+        assert!(e.message.contains("`no separator`"), "{e}");
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct Report {
     pub changed: bool,
     /// Human-readable lines describing the changes (keys only, never values).
     pub lines: Vec<String>,
+    /// Where the previous `.env` was (or would be) saved: only when an
+    /// existing file's content changes.
+    pub backup: Option<PathBuf>,
 }
 
 /// One `[params]` key as an environment variable.
@@ -134,9 +137,10 @@ pub fn vars(ini: Ini, path: &Path, all: bool) -> Result<Vec<Var>> {
     for e in &params.entries {
         if !valid_name(&e.key) {
             return Err(error::usage(format!(
-                "{shown}:{}: key {:?} cannot become an environment variable; \
+                "{shown}:{}: key {} cannot become an environment variable; \
                  use letters, digits and `_`, not starting with a digit",
-                e.line, e.key
+                e.line,
+                ini::quoted(&e.key)
             )));
         }
         if e.value.contains('\0') {
@@ -155,8 +159,10 @@ pub fn vars(ini: Ini, path: &Path, all: bool) -> Result<Vec<Var>> {
         if let Some(j) = seen.insert(name, i) {
             let (first, second) = (&params.entries[j], &params.entries[i]);
             return Err(error::usage(format!(
-                "{shown}:{}: key {:?} and the key on line {} both become {name}; keep one",
-                second.line, second.key, first.line
+                "{shown}:{}: key {} and the key on line {} both become {name}; keep one",
+                second.line,
+                ini::quoted(&second.key),
+                first.line
             )));
         }
     }
@@ -226,9 +232,15 @@ enum Owner {
 struct Found {
     st: dotenv::Statement,
     owner: Owner,
-    /// From the value's start to the end of the marker (or of the value).
+    /// From the value's start to the end of the marker (or of the value);
+    /// when another statement follows on the same line, up to that one.
     replace: Range<usize>,
-    /// The whole line(s), newline included, for removal.
+    /// Another statement follows on the same line (after a quoted value):
+    /// a replacement must end the line, or the marker comment would swallow
+    /// that statement.
+    shares_line: bool,
+    /// The whole line(s), newline included, for removal; only this
+    /// statement when it shares its line with another.
     whole: Range<usize>,
 }
 
@@ -251,18 +263,26 @@ fn inspect(text: &str, st: dotenv::Statement) -> Found {
             replace_end = end + lead + MARKER.len() + 8;
         }
     }
+    // After a quoted value, anything but blanks or a `#` comment is the
+    // next statement (`A='1' B=2`).
+    let shares_line = owner == Owner::Hand && !(trimmed.is_empty() || trimmed.starts_with('#'));
+    if shares_line {
+        replace_end = end + lead;
+    }
     let line_start = text[..st.start].rfind('\n').map_or(0, |i| i + 1);
     // The whole line, unless another statement shares it: then only this
     // statement goes and the line break stays.
     let own_line = text[line_start..st.start].trim().is_empty();
-    let whole_start = if own_line { line_start } else { st.start };
-    let whole_end = if own_line && line_end < text.len() {
-        line_end + 1
+    let (whole_start, whole_end) = if shares_line {
+        (st.start, replace_end)
+    } else if own_line {
+        (line_start, (line_end + 1).min(text.len()))
     } else {
-        line_end
+        (st.start, line_end)
     };
     Found {
         replace: st.value_span.start..replace_end,
+        shares_line,
         whole: whole_start..whole_end,
         st,
         owner,
@@ -351,10 +371,11 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
             if same && ours {
                 continue;
             }
-            edits.push((
-                f.replace.clone(),
-                managed_line(&v.name, &v.value)?[v.name.len() + 1..].to_string(),
-            ));
+            let mut with = managed_line(&v.name, &v.value)?[v.name.len() + 1..].to_string();
+            if f.shares_line {
+                with.push('\n');
+            }
+            edits.push((f.replace.clone(), with));
             actions.push(if same {
                 format!(
                     "adopt {} (already equal to chatmail.ini line {})",
@@ -421,6 +442,9 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
     let mut text = String::with_capacity(old.len() + appends.len() + HEADER.len() + 2);
     let mut at = 0;
     for (range, with) in edits {
+        if range.start < at {
+            bail!("internal error: overlapping edits of {env_name}; nothing was written");
+        }
         text.push_str(&old[at..range.start]);
         text.push_str(&with);
         at = range.end;
@@ -449,6 +473,13 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
     for v in vars.iter().filter(|v| v.write) {
         if got.get(v.name.as_str()) != Some(&v.value.as_str()) {
             bail!("internal error: {} would not read back as written", v.name);
+        }
+    }
+    // The user's own variables are all still there.
+    for key in keys_in_order.iter().filter(|k| !names.contains(k.as_str())) {
+        let kept = occurrences[key].iter().any(|f| f.owner == Owner::Hand);
+        if kept && !got.contains_key(key.as_str()) {
+            bail!("internal error: {key} would be lost from {env_name}; nothing was written");
         }
     }
     Ok(Merge {
@@ -493,12 +524,16 @@ fn plan(ctx: &Context, ini_path: &Path, env: &Path, opts: &Options) -> Result<Pl
         Ok(bytes) => {
             let text = String::from_utf8(bytes).map_err(|e| {
                 error::usage(format!(
-                    "{}: not valid UTF-8 at byte offset {}",
+                    "{}: not valid UTF-8 at byte offset {}; save the file as UTF-8",
                     env.display(),
                     e.utf8_error().valid_up_to()
                 ))
             })?;
-            let mode = fs::metadata(env)?.permissions().mode() & 0o7777;
+            let mode = fs::metadata(env)
+                .with_context(|| format!("cannot read {}", env.display()))?
+                .permissions()
+                .mode()
+                & 0o7777;
             (Some(text), mode != 0o600)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, false),
@@ -532,10 +567,11 @@ pub fn sync_env(ctx: &Context, ini: &Path, env: &Path, opts: &Options) -> Result
         lines.push(format!("set the mode of {} to 0600", env.display()));
     }
     let changed = content_changed || p.mode_wrong;
+    let backup = (content_changed && p.old.is_some()).then(|| backup_path(env));
     if changed && !ctx.dry_run {
         if content_changed {
-            if let Some(old) = &p.old {
-                crate::host::write_atomic(&backup_path(env), old.as_bytes(), 0o600)?;
+            if let (Some(old), Some(backup)) = (&p.old, &backup) {
+                crate::host::write_atomic(backup, old.as_bytes(), 0o600)?;
             }
             crate::host::write_atomic(env, p.merge.text.as_bytes(), 0o600)?;
         } else {
@@ -543,7 +579,11 @@ pub fn sync_env(ctx: &Context, ini: &Path, env: &Path, opts: &Options) -> Result
                 .with_context(|| format!("cannot set the mode of {}", env.display()))?;
         }
     }
-    Ok(Report { changed, lines })
+    Ok(Report {
+        changed,
+        lines,
+        backup,
+    })
 }
 
 /// Render the change as a unified diff. Values are hidden unless
@@ -669,14 +709,12 @@ pub fn run(ctx: &Context, args: &Ini2envArgs) -> Result<()> {
         ctx.shell
             .status("Dry run", format!("{} not changed", env.display()));
     } else {
-        ctx.shell.status(
-            "Updated",
-            format!(
-                "{} (previous version in {})",
-                env.display(),
-                backup_path(&env).display()
-            ),
-        );
+        let previous = match &report.backup {
+            Some(b) => format!(" (previous version in {})", b.display()),
+            None => String::new(),
+        };
+        ctx.shell
+            .status("Updated", format!("{}{previous}", env.display()));
     }
     Ok(())
 }
@@ -763,6 +801,45 @@ mod tests {
             + "\nB=3\n";
         let m = merge(&old, ".env", &v, false).unwrap();
         assert!(m.text.ends_with("A='1' \nB=3\n"), "{:?}", m.text);
+    }
+
+    #[test]
+    fn statements_sharing_a_line_survive() {
+        let v = vars_of("[params]\nmail_domain = x.org\n", false);
+        // Adopting a hand-set value must not turn the next statement into
+        // part of the marker comment.
+        let m = merge("MAIL_DOMAIN='x.org' USER=me\n", ".env", &v, false).unwrap();
+        assert!(
+            m.text.starts_with("MAIL_DOMAIN=x.org  # chatmail.ini:")
+                && m.text.ends_with("\nUSER=me\n"),
+            "{:?}",
+            m.text
+        );
+        let again = merge(&m.text, ".env", &v, false).unwrap();
+        assert_eq!(again.text, m.text);
+
+        // Removing hand-set keys with --force: only the statement goes.
+        let v = vars_of(
+            "[params]\nmail_domain = x.org\nmax_mailbox_size = 500M\nmax_message_size = 31457280\n",
+            false,
+        );
+        let m = merge("MAX_MAILBOX_SIZE='1G' USER=me\n", ".env", &v, true).unwrap();
+        assert!(
+            m.text.contains("\nUSER=me\n") || m.text.starts_with("USER=me\n"),
+            "{:?}",
+            m.text
+        );
+        assert!(!m.text.contains("MAX_MAILBOX_SIZE"), "{:?}", m.text);
+        // Two of them on one line: no overlapping edits.
+        let m = merge(
+            "MAX_MAILBOX_SIZE='1G' MAX_MESSAGE_SIZE=5\nB=2\n",
+            ".env",
+            &v,
+            true,
+        )
+        .unwrap();
+        assert!(!m.text.contains("MAX_M"), "{:?}", m.text);
+        assert!(m.text.contains("B=2\n"), "{:?}", m.text);
     }
 
     #[test]

@@ -250,7 +250,11 @@ proptest! {
 }
 
 fn merge_vars(values: &[String]) -> Vec<chatmail_docker::ini2env::Var> {
-    let mut ini = String::from("[params]\nmail_domain = x.org\n");
+    // Two keys at the relay's default: hand-set lines for them are removed
+    // under --force.
+    let mut ini = String::from(
+        "[params]\nmail_domain = x.org\nmax_mailbox_size = 500M\nmax_message_size = 31457280\n",
+    );
     for (i, v) in values.iter().enumerate() {
         ini.push_str(&format!("k{i} = {v}\n"));
     }
@@ -276,6 +280,9 @@ proptest! {
             Just("export K1=\"a\\nb\"  # mine".to_string()),
             Just("K2=zz  # chatmail.ini:deadbeef".to_string()),
             Just("B='x' K3=y".to_string()),
+            Just("K0='a' USER=me".to_string()),
+            Just("MAX_MAILBOX_SIZE='1G' MAX_MESSAGE_SIZE=5 K4=z".to_string()),
+            Just("MAIL_DOMAIN=\"x.org\"USER2=me".to_string()),
             "[A-Z]{1,3}=[a-z $#'\"]{0,6}",
         ], 0..8),
         values in proptest::collection::vec("[a-z0-9 '\"$#\\\\]{0,8}", 0..5),
@@ -289,6 +296,16 @@ proptest! {
         let _ = chatmail_docker::ini2env::merge(&old, ".env", &vars, false);
         if chatmail_docker::dotenv::parse(&old).is_ok() {
             let m = chatmail_docker::ini2env::merge(&old, ".env", &vars, true).unwrap();
+            // Variables that are not the ini's stay.
+            let keys = |text: &str| -> std::collections::BTreeSet<String> {
+                chatmail_docker::dotenv::parse(text)
+                    .unwrap()
+                    .into_iter()
+                    .map(|s| s.key)
+                    .filter(|k| !k.starts_with('K') && !k.starts_with("MA"))
+                    .collect()
+            };
+            prop_assert_eq!(keys(&m.text), keys(&old), "{}", m.text);
             let again = chatmail_docker::ini2env::merge(&m.text, ".env", &vars, false).unwrap();
             prop_assert_eq!(&again.text, &m.text);
             prop_assert!(again.actions.is_empty(), "{:?}", again.actions);

@@ -24,7 +24,8 @@
 //! `/etc/dkimkeys`, `/var/lib/acme`), systemd (`/sbin/init`, `systemctl`,
 //! `/lib/systemd`, `/usr/lib/systemd`, `/etc/systemd` except unit files and
 //! drop-ins below `/etc/systemd/system/`), `/proc`, `/sys`, `/dev`, `/run`,
-//! or the whole source tree. See [`scan::refuse_target`].
+//! the container's `/etc/chatmail/chatmail.ini` (written from `.env`), or
+//! the whole source tree. See [`scan::refuse_target`].
 //!
 //! A single-file bind mount keeps the inode it was created with: when an
 //! editor replaces the file, the container keeps the old content. So the

@@ -7,6 +7,7 @@
 //! that run only: nothing is written to `.env` or the generated override,
 //! and the next `setup`/`up` is back to the defaults.
 
+use crate::ini::quoted;
 use anyhow::Result;
 
 /// The relay's deployment stages, in the only order they can run.
@@ -34,8 +35,6 @@ pub const STAGES_VAR: &str = "CMDEPLOY_STAGES";
 pub const RECREATE_VENV_VAR: &str = "RECREATE_VENV";
 pub const FORCE_REINIT_INI_VAR: &str = "FORCE_REINIT_INI_FILE";
 pub const DEBUG_COMMANDS_VAR: &str = "DEBUG_COMMANDS_ENABLED";
-/// The stages a normal start runs (the compose file's default).
-pub const DEFAULT_STAGES: &str = "configure,activate";
 
 /// Parse and validate a `--stages` list: a non-empty, comma-separated
 /// subset of `install,configure,activate`, each at most once, in that
@@ -56,25 +55,30 @@ pub fn parse_stages(list: &str) -> Result<Vec<Stage>> {
             "activate" => Stage::Activate,
             "" => {
                 return Err(crate::error::usage(format!(
-                    "--stages {list:?} has an empty item; separate stages with single commas, e.g. {allowed}"
-                )))
+                "--stages {} has an empty item; separate stages with single commas, e.g. {allowed}",
+                quoted(list)
+            )))
             }
             other => {
                 return Err(crate::error::usage(format!(
-                    "--stages {list:?}: unknown stage {other:?}; the stages are {allowed}"
+                    "--stages {}: unknown stage {}; the stages are {allowed}",
+                    quoted(list),
+                    quoted(other)
                 )))
             }
         };
         if out.contains(&stage) {
             return Err(crate::error::usage(format!(
-                "--stages {list:?} names {} twice",
+                "--stages {} names {} twice",
+                quoted(list),
                 stage.as_str()
             )));
         }
         if let Some(last) = out.last() {
             if *last > stage {
                 return Err(crate::error::usage(format!(
-                    "--stages {list:?}: {} must come before {}; stages run in the order {allowed}",
+                    "--stages {}: {} must come before {}; stages run in the order {allowed}",
+                    quoted(list),
                     stage.as_str(),
                     last.as_str()
                 )));
@@ -191,7 +195,7 @@ mod tests {
             ("activate,configure", "must come before"),
             ("install,install", "twice"),
             ("install,,activate", "empty item"),
-            ("deploy", "unknown stage \"deploy\""),
+            ("deploy", "unknown stage `deploy`"),
             ("Install", "unknown stage"),
         ] {
             let err = parse_stages(bad).unwrap_err();

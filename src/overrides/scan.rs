@@ -30,15 +30,6 @@ pub enum MountKind {
     Dir,
 }
 
-impl MountKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MountKind::File => "file",
-            MountKind::Dir => "dir",
-        }
-    }
-}
-
 /// One bind mount of the generated override.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
@@ -127,6 +118,15 @@ const PROTECTED: &[Protected] = &[
         path: "/etc/systemd",
         below: true,
         why: "systemd's configuration",
+    },
+    // The relay's ini in the container is written at every start from
+    // `.env` (a read-only mount there makes the init fail); the deployment
+    // directory's chatmail.ini is where it is configured.
+    Protected {
+        path: "/etc/chatmail/chatmail.ini",
+        below: true,
+        why: "the relay's chatmail.ini, written from .env at start; \
+              edit chatmail.ini in the deployment directory instead",
     },
     // Kernel and runtime filesystems the container needs as they are.
     Protected {
@@ -537,6 +537,8 @@ mod tests {
             "/run/x",
             "/opt/chatmail",
             "/opt",
+            "/etc/chatmail/chatmail.ini",
+            "/etc/chatmail",
             "/",
         ] {
             assert!(refuse_target(bad).is_some(), "{bad} should be refused");
@@ -548,6 +550,7 @@ mod tests {
             "/etc/systemd/system/postfix.service.d/override.conf",
             "/var/lib/foo",
             "/homepage",
+            "/etc/chatmail/other.conf",
         ] {
             assert_eq!(refuse_target(good), None, "{good} should be allowed");
         }

@@ -1,0 +1,151 @@
+//! The appliance's in-container init script (`docker/files/chatmail-init`)
+//! on odd input, run with the host's python3 and no Docker engine: the
+//! script's paths are pointed into a temp dir by a small harness that loads
+//! it as a module.
+//!
+//! Needs `python3`; without it the tests are skipped with a reason, except
+//! under CI.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn have_python3() -> bool {
+    Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/files/chatmail-init")
+}
+
+/// `chatmail-init render-ini` with exactly `vars` as its environment.
+fn render_ini(vars: &[(&str, &str)]) -> String {
+    let out = Command::new("python3")
+        .arg(script())
+        .arg("render-ini")
+        .env_clear()
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "render-ini failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `chatmail-init prepare` with `env` as the container's environment
+/// and every path it touches under `dir`; returns (exit code, output).
+fn prepare(dir: &Path, env: &[(&str, &str)]) -> (i32, String) {
+    let harness = r#"
+import importlib.machinery, importlib.util, json, os, pathlib, sys
+loader = importlib.machinery.SourceFileLoader("chatmail_init", sys.argv[1])
+spec = importlib.util.spec_from_loader("chatmail_init", loader)
+ci = importlib.util.module_from_spec(spec)
+loader.exec_module(ci)
+d = pathlib.Path(sys.argv[2])
+ci.INI = d / "etc/chatmail/chatmail.ini"
+ci.FAILED = d / "run/chatmail-init.failed"
+ci.DONE = d / "run/chatmail-init.done"
+ci.DKIM_DIR = d / "etc/dkimkeys"
+ci.VMAIL_HOME = d / "home/vmail"
+(d / "run").mkdir(exist_ok=True)
+env = json.loads(sys.argv[3])
+ci.container_env = lambda: env
+# No opendkim-genkey: generating the DKIM key fails like a broken tool.
+os.environ["PATH"] = str(d / "no-such-bin")
+sys.exit(ci.main(["chatmail-init", "prepare"]))
+"#;
+    let env_json = serde_json::to_string(
+        &env.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+    )
+    .unwrap();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(harness)
+        .arg(script())
+        .arg(dir)
+        .arg(env_json)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn hand_set_values_with_other_line_breaks_keep_the_ini_readable() {
+    if !common::require(have_python3(), "python3 (runs the init script)") {
+        return;
+    }
+    // Only chatmail-docker's own .env lines are known to hold `\n` alone;
+    // a value set by hand may hold any line break Python splits at.
+    let text = render_ini(&[
+        ("MAIL_DOMAIN", "chat.example.org"),
+        ("PRIVACY_MAIL", "a\rb\u{2028}c\x0cd"),
+        ("ACME_EMAIL", ""),
+    ]);
+    let ini = chatmail_docker::ini::parse_str(&text)
+        .unwrap_or_else(|e| panic!("the written ini does not parse ({e}):\n{text}"));
+    let params = ini.section("params").unwrap();
+    assert_eq!(params.get("privacy_mail"), Some("a\nb\nc\nd"), "{text}");
+    assert_eq!(params.get("acme_email"), Some(""), "{text}");
+    assert_eq!(params.get("mail_domain"), Some("chat.example.org"));
+}
+
+#[test]
+fn a_mail_domain_that_is_a_path_is_refused_before_touching_anything() {
+    if !common::require(have_python3(), "python3 (runs the init script)") {
+        return;
+    }
+    for bad in ["/etc", "../../etc", "..", "chat example.org"] {
+        let d = tempfile::tempdir().unwrap();
+        let (code, out) = prepare(d.path(), &[("MAIL_DOMAIN", bad)]);
+        assert_eq!(code, 1, "{bad}: {out}");
+        let failed = std::fs::read_to_string(d.path().join("run/chatmail-init.failed")).unwrap();
+        assert!(
+            failed.contains("is not a domain name") && failed.contains("MAIL_DOMAIN"),
+            "{bad}: {failed}"
+        );
+        assert!(
+            !d.path().join("etc").exists() && !d.path().join("home").exists(),
+            "{bad}: nothing may be written"
+        );
+    }
+}
+
+#[test]
+fn an_unexpected_failure_is_recorded_for_the_health_check() {
+    if !common::require(have_python3(), "python3 (runs the init script)") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (code, out) = prepare(d.path(), &[("MAIL_DOMAIN", "chat.example.org")]);
+    assert_eq!(code, 1, "{out}");
+    // The ini was written (atomically: no temporary file left behind)
+    // before the DKIM key generation failed.
+    let ini = d.path().join("etc/chatmail/chatmail.ini");
+    let text = std::fs::read_to_string(&ini).unwrap();
+    assert!(text.contains("mail_domain = chat.example.org"), "{text}");
+    assert!(!d.path().join("etc/chatmail/.chatmail.ini.tmp").exists());
+    let failed = std::fs::read_to_string(d.path().join("run/chatmail-init.failed")).unwrap();
+    assert!(
+        failed.starts_with("prepare failed: FileNotFoundError")
+            && failed.contains("opendkim-genkey"),
+        "{failed}"
+    );
+    assert!(
+        out.contains("Traceback"),
+        "the traceback goes to the log: {out}"
+    );
+}
