@@ -348,7 +348,11 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
         }
         let same = f.st.value == v.value;
         let ours = f.owner == Owner::Tool;
-        if !same && !ours && !force {
+        // An empty line set by hand (`MAIL_DOMAIN=` copied from
+        // docker/example.env) is a blank to fill in, not a choice that
+        // conflicts with chatmail.ini.
+        let placeholder = f.owner == Owner::Hand && f.st.value.is_empty() && !same;
+        if !same && !ours && !force && !placeholder {
             conflicts.push(format!(
                 "{} ({env_name} line {}{}, chatmail.ini line {})",
                 v.name,
@@ -362,7 +366,7 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
             ));
             continue;
         }
-        let by_hand = if f.owner == Owner::Tool || same {
+        let by_hand = if f.owner == Owner::Tool || same || placeholder {
             ""
         } else {
             "; --force: replaces a value set by hand"
@@ -381,14 +385,19 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
                     "adopt {} (already equal to chatmail.ini line {})",
                     v.name, v.line
                 )
+            } else if placeholder {
+                format!(
+                    "fill in {} (empty in {env_name}, chatmail.ini line {})",
+                    v.name, v.line
+                )
             } else {
                 format!("update {} (chatmail.ini line {}{by_hand})", v.name, v.line)
             });
-        } else if ours || (!same && force) {
+        } else if ours || (!same && (force || placeholder)) {
             // Removing the last line would let an earlier one count: go
             // through all of them.
             for g in all {
-                if g.owner == Owner::Tool || force {
+                if g.owner == Owner::Tool || force || (placeholder && g.st.value.is_empty()) {
                     edits.push((g.whole.clone(), String::new()));
                 } else if g.st.value != v.value {
                     conflicts.push(format!(
@@ -854,6 +863,34 @@ mod tests {
         // A tool line edited by hand is a conflict too.
         let edited = m.text.replace("ini.org", "edit.org");
         assert!(merge(&edited, ".env", &v, false).is_err());
+    }
+
+    #[test]
+    fn empty_placeholders_are_filled_not_conflicts() {
+        // docker/example.env ships `MAIL_DOMAIN=` for the user to fill in.
+        let v = vars_of(
+            "[params]\nmail_domain = ini.org\nmax_message_size = 31457280\n",
+            false,
+        );
+        let old = "# mine\nMAIL_DOMAIN=\nMAX_MESSAGE_SIZE=\nOTHER=1\n";
+        let m = merge(old, ".env", &v, false).unwrap();
+        assert!(
+            m.text.contains("\nMAIL_DOMAIN=ini.org  # chatmail.ini:"),
+            "{}",
+            m.text
+        );
+        // At the relay's default: the blank (which would override it) goes.
+        assert!(!m.text.contains("MAX_MESSAGE_SIZE"), "{}", m.text);
+        assert!(m.text.starts_with("# mine\n") && m.text.contains("OTHER=1\n"));
+        assert!(
+            m.actions
+                .iter()
+                .any(|a| a.starts_with("fill in MAIL_DOMAIN")),
+            "{:?}",
+            m.actions
+        );
+        // A second run changes nothing.
+        assert_eq!(merge(&m.text, ".env", &v, false).unwrap().text, m.text);
     }
 
     #[test]
