@@ -204,7 +204,23 @@ pub fn which(program: &str) -> Option<PathBuf> {
 /// Write `bytes` to `path` atomically: a temp file in the same directory,
 /// `mode` set before any byte is written, fsync, rename over, fsync the
 /// directory. A crash leaves either the old or the new file, never half.
+///
+/// When `path` is a symlink (an administrator keeping `.env` elsewhere), the
+/// file it points to is replaced and the link is kept.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let resolved;
+    let path = match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            resolved = fs::canonicalize(path).with_context(|| {
+                format!(
+                    "{} is a symlink to a missing file; fix or remove the link",
+                    path.display()
+                )
+            })?;
+            resolved.as_path()
+        }
+        _ => path,
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -285,6 +301,25 @@ mod tests {
             1,
             "no temp files left"
         );
+    }
+
+    #[test]
+    fn atomic_write_through_a_symlink_keeps_the_link() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("secrets/env");
+        fs::create_dir_all(real.parent().unwrap()).unwrap();
+        fs::write(&real, "A=1\n").unwrap();
+        let link = d.path().join(".env");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write_atomic(&link, b"A=2\n", 0o600).unwrap();
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read(&real).unwrap(), b"A=2\n");
+        let dangling = d.path().join("dangling");
+        std::os::unix::fs::symlink(d.path().join("nope"), &dangling).unwrap();
+        assert!(write_atomic(&dangling, b"x", 0o600).is_err());
     }
 
     #[test]

@@ -202,6 +202,11 @@ pub fn refuse_target(target: &str) -> Option<String> {
 pub fn dropping(name: &str) -> Option<&'static str> {
     if name == ".DS_Store" {
         Some("macOS metadata file")
+    } else if matches!(
+        name,
+        ".git" | ".gitignore" | ".gitkeep" | ".gitattributes" | ".hgignore"
+    ) {
+        Some("version control file")
     } else if name.ends_with('~') {
         Some("editor backup file")
     } else if name.starts_with('.')
@@ -326,6 +331,16 @@ pub fn scan(custom: &Path) -> Result<Scan> {
 
         let name = entry.file_name().to_string_lossy();
         if ft.is_dir() {
+            if matches!(name.as_ref(), ".git" | ".hg" | ".svn") {
+                // custom/ kept in version control: its metadata is not a
+                // customisation of the relay.
+                out.skipped.push(Skipped {
+                    rel,
+                    reason: "version control metadata",
+                });
+                walk.skip_current_dir();
+                continue;
+            }
             if fs::symlink_metadata(path.join(MOUNT_DIR_MARKER)).is_ok_and(|m| m.is_file()) {
                 match target_of(&rel) {
                     Err(why) => {
@@ -572,11 +587,43 @@ mod tests {
 
     #[test]
     fn droppings() {
-        for d in ["a~", ".x.swp", ".x.swo", ".DS_Store", "#a#", ".#a"] {
+        for d in [
+            "a~",
+            ".x.swp",
+            ".x.swo",
+            ".DS_Store",
+            "#a#",
+            ".#a",
+            ".gitignore",
+            ".git",
+        ] {
             assert!(dropping(d).is_some(), "{d}");
         }
         for f in ["index.md", "#", "a#", "swp", "x.swp"] {
             assert!(dropping(f).is_none(), "{f}");
+        }
+    }
+
+    #[test]
+    fn version_control_metadata_is_not_mounted() {
+        let d = tempfile::tempdir().unwrap();
+        let custom = d.path().join("custom");
+        fs::create_dir_all(custom.join(".git/objects")).unwrap();
+        fs::write(custom.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+        fs::write(custom.join(".gitignore"), "*.bak\n").unwrap();
+        fs::create_dir_all(custom.join("www/src")).unwrap();
+        fs::write(custom.join("www/src/index.md"), "# hi\n").unwrap();
+        fs::write(custom.join("www/src/.gitkeep"), "").unwrap();
+        let scan = scan(&custom).unwrap();
+        let targets: Vec<&str> = scan.mounts.iter().map(|m| m.target.as_str()).collect();
+        assert_eq!(targets, vec!["/opt/chatmail/www/src/index.md"]);
+        let skipped: Vec<String> = scan
+            .skipped
+            .iter()
+            .map(|s| s.rel.display().to_string())
+            .collect();
+        for s in [".git", ".gitignore", "www/src/.gitkeep"] {
+            assert!(skipped.iter().any(|k| k == s), "{s} not in {skipped:?}");
         }
     }
 }
