@@ -453,6 +453,30 @@ pub fn scan(custom: &Path) -> Result<Scan> {
             ));
         }
     }
+    // A mount inside a whole-directory mount would need a mount point in a
+    // read-only directory the container cannot create it in.
+    let dirs: Vec<&Mount> = out
+        .mounts
+        .iter()
+        .filter(|m| m.kind == MountKind::Dir)
+        .collect();
+    for m in &out.mounts {
+        for d in &dirs {
+            let inside = m
+                .target
+                .strip_prefix(d.target.as_str())
+                .is_some_and(|rest| rest.starts_with('/'));
+            if inside {
+                problems.push(format!(
+                    "{} would be mounted at {}, inside the directory mount of {} ({}); put the file into that directory instead",
+                    shown(&m.rel),
+                    m.target,
+                    shown(&d.rel),
+                    d.target
+                ));
+            }
+        }
+    }
     if !problems.is_empty() {
         let n = problems.len();
         let mut msg = format!(
@@ -625,5 +649,28 @@ mod tests {
         for s in [".git", ".gitignore", "www/src/.gitkeep"] {
             assert!(skipped.iter().any(|k| k == s), "{s} not in {skipped:?}");
         }
+    }
+
+    #[test]
+    fn mounts_inside_a_directory_mount_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let custom = d.path().join("custom");
+        fs::create_dir_all(custom.join("www")).unwrap();
+        fs::write(custom.join("www/.mount-dir"), "").unwrap();
+        fs::write(custom.join("www/index.md"), "# hi\n").unwrap();
+        fs::create_dir_all(custom.join("_root_/opt/chatmail/www/src")).unwrap();
+        fs::write(custom.join("_root_/opt/chatmail/www/src/extra.md"), "x").unwrap();
+        fs::create_dir_all(custom.join("www-theme")).unwrap();
+        fs::write(custom.join("www-theme/a.css"), "x").unwrap();
+        let err = format!("{:#}", scan(&custom).unwrap_err());
+        assert!(
+            err.contains("inside the directory mount of custom/www"),
+            "{err}"
+        );
+        assert!(err.contains("extra.md"), "{err}");
+        assert!(
+            !err.contains("a.css"),
+            "a sibling with a common prefix is fine: {err}"
+        );
     }
 }
