@@ -444,6 +444,16 @@ fn appliance_end_to_end() {
         "the page is served"
     );
     replace_file(&page, "# e2e landing page, version two\n");
+    // Until the container is recreated it sees the old file: status says so.
+    let (_, stderr) = run_tool(
+        tool(&dir, &base).arg("status"),
+        0,
+        "status after editing a custom file",
+    );
+    assert!(
+        stderr.contains("changed since the container started") && stderr.contains("index.md"),
+        "status warns about the edited file: {stderr}"
+    );
     run_tool(
         tool(&dir, &base).args(["setup", "--skip-check", "cgroup-v2"]),
         0,
