@@ -33,32 +33,33 @@ pub fn refresh_generated(ctx: &Context) -> Result<bool> {
 /// Warnings for `status` that come from other capabilities: custom files
 /// edited since the container started, or added/removed since it was created.
 pub fn status_warnings(ctx: &Context, c: &Inspect) -> Vec<String> {
+    let generated = match overrides::generate(ctx, &overrides::OverrideOptions::default()) {
+        Ok(g) => g,
+        Err(e) => return vec![format!("cannot check custom/: {e:#}")],
+    };
     let mut out = Vec::new();
     if let Some(started) = compose::parse_time(&c.state.started_at) {
-        match overrides::changed_since_start(ctx, started) {
-            Ok(files) if !files.is_empty() => out.push(format!(
+        let files = overrides::changed_since_start(&generated, started);
+        if !files.is_empty() {
+            out.push(format!(
                 "changed since the container started (it still sees the old content; run `chatmail-docker up`): {}",
                 files
                     .iter()
                     .map(|f| f.display().to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
-            )),
-            Ok(_) => {}
-            Err(e) => out.push(format!("cannot check custom/: {e:#}")),
+            ));
         }
     }
-    if let Ok(generated) = overrides::generate(ctx, &overrides::OverrideOptions::default()) {
-        let running = c
-            .config
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(overrides::HASH_LABEL));
-        if running.is_some_and(|h| *h != generated.hash) {
-            out.push(
-                "files under custom/ were added, removed or changed since the container was created; run `chatmail-docker up`".into(),
-            );
-        }
+    let running = c
+        .config
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(overrides::HASH_LABEL));
+    if running.is_some_and(|h| *h != generated.hash) {
+        out.push(
+            "files under custom/ were added, removed or changed since the container was created; run `chatmail-docker up`".into(),
+        );
     }
     out
 }

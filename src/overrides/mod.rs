@@ -327,12 +327,16 @@ pub fn write(ctx: &Context, generated: &Generated) -> Result<bool> {
 /// may keep the old mtime while the new inode's ctime is fresh. Directory
 /// mounts are not listed: the container sees changes inside them at once.
 /// Files added to or removed from `custom/` show up as a difference between
-/// [`generate`]'s hash and the running container's [`HASH_LABEL`].
-pub fn changed_since_start(ctx: &Context, started_at: SystemTime) -> Result<Vec<PathBuf>> {
+/// [`generate`]'s hash and the running container's [`HASH_LABEL`]; pass
+/// the same [`Generated`] so `custom/` is scanned once.
+pub fn changed_since_start(generated: &Generated, started_at: SystemTime) -> Vec<PathBuf> {
     use std::os::unix::fs::MetadataExt;
-    let scan = scan::scan(&ctx.path("custom"))?;
     let mut changed = Vec::new();
-    for m in scan.mounts.iter().filter(|m| m.kind == MountKind::File) {
+    for m in generated
+        .mounts
+        .iter()
+        .filter(|m| m.kind == MountKind::File)
+    {
         let meta = match fs::metadata(&m.source) {
             Ok(meta) => meta,
             // Removed meanwhile: the hash comparison covers that.
@@ -347,7 +351,7 @@ pub fn changed_since_start(ctx: &Context, started_at: SystemTime) -> Result<Vec<
             changed.push(Path::new("custom").join(&m.rel));
         }
     }
-    Ok(changed)
+    changed
 }
 
 /// `chatmail-docker config`: regenerate the override and show the merged
