@@ -305,12 +305,14 @@ pub fn wait_healthy(ctx: &Context, timeout: Duration) -> Result<Inspect> {
         b
     });
     let result = (|| -> Result<Inspect> {
+        // The container keeps its id while it starts (restarts included), so
+        // ask Compose once and only `docker inspect` it in the loop.
+        let Some(id) = container_id(ctx)? else {
+            bail!("the container does not exist (did `docker compose up` fail?)");
+        };
         loop {
-            let state = current(ctx)?;
+            let c = inspect(ctx, &id)?;
             let elapsed = start.elapsed();
-            let Some(c) = state else {
-                bail!("the container does not exist (did `docker compose up` fail?)");
-            };
             let health = c.health_status().unwrap_or("none").to_string();
             if let Some(b) = &bar {
                 b.set_message(format!(
