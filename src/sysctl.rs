@@ -143,26 +143,22 @@ fn persisted_elsewhere(host: &Host, key: &str) -> Option<u64> {
         .map(|(_, p)| p)
         .collect();
     paths.push(host.path("/etc/sysctl.conf"));
-    let mut value = None;
-    for p in paths {
-        let Ok(text) = fs::read_to_string(&p) else {
-            continue;
-        };
-        for line in text.lines() {
-            let line = line.trim();
-            if line.starts_with('#') || line.starts_with(';') {
-                continue;
-            }
-            if let Some((k, v)) = line.trim_start_matches('-').split_once('=') {
-                if k.trim() == key {
-                    if let Ok(n) = v.trim().parse() {
-                        value = Some(n);
-                    }
-                }
-            }
-        }
-    }
-    value
+    paths
+        .iter()
+        .filter_map(|p| fs::read_to_string(p).ok())
+        .filter_map(|text| last_value(&text, key))
+        .next_back()
+}
+
+/// The last numeric value a sysctl.d file sets for `key` (later lines win).
+fn last_value(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.starts_with(';'))
+        .filter_map(|l| l.trim_start_matches('-').split_once('='))
+        .filter(|(k, _)| k.trim() == key)
+        .filter_map(|(_, v)| v.trim().parse().ok())
+        .next_back()
 }
 
 /// Compute the plan against the host.
@@ -185,14 +181,10 @@ pub fn plan(host: &Host, min: &Limits) -> Result<Plan> {
         Some(old) => {
             // Keep an existing managed file whose values are all at least the
             // target: rewriting it with lower numbers would lower them at boot.
-            let old_ok = KEYS.iter().enumerate().all(|(i, k)| {
-                old.lines()
-                    .filter_map(|l| l.split_once('='))
-                    .filter(|(lk, _)| lk.trim() == *k)
-                    .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
-                    .next_back()
-                    .is_some_and(|v| v >= target.get(i))
-            });
+            let old_ok = KEYS
+                .iter()
+                .enumerate()
+                .all(|(i, k)| last_value(old, k).is_some_and(|v| v >= target.get(i)));
             !old_ok
         }
         None => {
