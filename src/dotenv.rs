@@ -521,11 +521,38 @@ impl fmt::Display for QuoteError {
 
 impl std::error::Error for QuoteError {}
 
-/// Characters that need no quotes: Compose reads a value made of these
-/// verbatim when it is written bare.
-fn plain(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "_-.,/:@+=%^~".contains(c)
-}
+/// How a byte constrains the quoting of a value, as bit flags (a value's
+/// constraint is the union of its bytes').
+const PLAIN: u8 = 0; // may be written bare
+const QUOTE: u8 = 1; // needs quotes; single quotes will do
+const DOUBLE: u8 = 2; // `'`, `\n`, `\r`: needs double quotes and escapes
+const NUL: u8 = 4; // cannot be carried at all
+
+/// [`PLAIN`] for the bytes Compose reads verbatim when written bare (ASCII
+/// letters, digits and `_-.,/:@+=%^~`), the other classes as above; every
+/// byte of a multi-byte character is [`QUOTE`].
+const CLASS: [u8; 256] = {
+    let mut t = [QUOTE; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() {
+            t[b] = PLAIN;
+        }
+        b += 1;
+    }
+    let plain = b"_-.,/:@+=%^~";
+    let mut i = 0;
+    while i < plain.len() {
+        t[plain[i] as usize] = PLAIN;
+        i += 1;
+    }
+    t[b'\'' as usize] = QUOTE | DOUBLE;
+    t[b'\n' as usize] = QUOTE | DOUBLE;
+    t[b'\r' as usize] = QUOTE | DOUBLE;
+    t[0] = QUOTE | NUL;
+    t
+};
 
 /// The right-hand side of `KEY=...` that Compose v2 reads back as exactly
 /// `value` (see the module doc for the rules).
@@ -537,7 +564,8 @@ pub fn quote(value: &str) -> Result<String, QuoteError> {
 
 /// [`quote`], appending to `out` (nothing is appended on error).
 pub fn quote_into(out: &mut String, value: &str) -> Result<(), QuoteError> {
-    if value.contains('\0') {
+    let class = value.bytes().fold(PLAIN, |c, b| c | CLASS[b as usize]);
+    if class & NUL != 0 {
         return Err(QuoteError(
             "holds a NUL character, which no environment variable can carry".into(),
         ));
@@ -546,11 +574,11 @@ pub fn quote_into(out: &mut String, value: &str) -> Result<(), QuoteError> {
         out.push_str("''");
         return Ok(());
     }
-    if value.chars().all(plain) {
+    if class == PLAIN {
         out.push_str(value);
         return Ok(());
     }
-    if !value.contains(['\'', '\n', '\r']) && !value.ends_with('\\') {
+    if class & DOUBLE == 0 && !value.ends_with('\\') {
         out.push('\'');
         out.push_str(value);
         out.push('\'');

@@ -33,44 +33,49 @@
 //! read a chatmail.ini the way the relay does.
 
 use anyhow::{Context as _, Result};
+use hashbrown::HashTable;
+use std::borrow::Cow;
+use std::hash::BuildHasher;
 use std::path::Path;
 
-/// A parsed chatmail.ini: its sections in file order.
+/// A parsed chatmail.ini: its sections in file order. Names, keys and
+/// values borrow from the text; only a value continued over several lines
+/// is a new string.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Ini {
-    pub sections: Vec<Section>,
+pub struct Ini<'a> {
+    pub sections: Vec<Section<'a>>,
 }
 
 /// One `[section]` with its keys in file order.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Section {
-    pub name: String,
+pub struct Section<'a> {
+    pub name: &'a str,
     /// 1-based line of the `[section]` header.
     pub line: usize,
-    pub entries: Vec<Entry>,
+    pub entries: Vec<Entry<'a>>,
 }
 
 /// One `key = value`; `value` has continuation lines joined by `\n`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    pub key: String,
-    pub value: String,
+pub struct Entry<'a> {
+    pub key: &'a str,
+    pub value: Cow<'a, str>,
     /// 1-based line where the key is.
     pub line: usize,
 }
 
-impl Ini {
-    pub fn section(&self, name: &str) -> Option<&Section> {
+impl<'a> Ini<'a> {
+    pub fn section(&self, name: &str) -> Option<&Section<'a>> {
         self.sections.iter().find(|s| s.name == name)
     }
 }
 
-impl Section {
+impl Section<'_> {
     pub fn get(&self, key: &str) -> Option<&str> {
         self.entries
             .iter()
             .find(|e| e.key == key)
-            .map(|e| e.value.as_str())
+            .map(|e| e.value.as_ref())
     }
 }
 
@@ -100,26 +105,64 @@ fn is_line_break(c: char) -> bool {
     )
 }
 
+/// The index of the first byte of `b` at or after `from` that is below
+/// 0x20 or above 0x7E: the only bytes that can start a line break. Ordinary
+/// text is skipped eight bytes at a time: a 64-bit word holds such a byte
+/// if one of its bytes has the high bit set, is below 0x20 (subtracting
+/// 0x20 from it borrows into its high bit) or is 0x7F (adding 1 carries
+/// into it).
+fn next_special(b: &[u8], mut from: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = b.get(from..from + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        if (x | x.wrapping_sub(ONES * 0x20) | x.wrapping_add(ONES)) & HIGH != 0 {
+            break;
+        }
+        from += 8;
+    }
+    b[from.min(b.len())..]
+        .iter()
+        .position(|&c| !(0x20..0x7f).contains(&c))
+        .map_or(b.len(), |i| from + i)
+}
+
 /// Split like `open(..., encoding="utf-8").read().splitlines()`, without the
-/// line ends.
+/// line ends. Every line break is an ASCII control byte or starts with the
+/// lead byte 0xC2 (U+0085) or 0xE2 (U+2028, U+2029), so a match is always
+/// on a character boundary.
 fn split_lines(text: &str) -> impl Iterator<Item = &str> {
     let mut rest = text;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
-        match rest.char_indices().find(|&(_, c)| is_line_break(c)) {
-            None => Some(std::mem::take(&mut rest)),
-            Some((i, c)) => {
-                let line = &rest[..i];
-                let mut end = i + c.len_utf8();
-                if c == '\r' && rest[end..].starts_with('\n') {
-                    end += 1;
+        let b = rest.as_bytes();
+        let mut i = next_special(b, 0);
+        while i < b.len() {
+            let len = match b[i] {
+                b'\n' | 0x0b | 0x0c | 0x1c..=0x1e => 1,
+                b'\r' if b.get(i + 1) == Some(&b'\n') => 2,
+                b'\r' => 1,
+                0xc2 if b.get(i + 1) == Some(&0x85) => 2,
+                0xe2 if b.get(i + 1) == Some(&0x80)
+                    && matches!(b.get(i + 2), Some(0xa8 | 0xa9)) =>
+                {
+                    3
                 }
-                rest = &rest[end..];
-                Some(line)
-            }
+                _ => {
+                    i = next_special(b, i + 1);
+                    continue;
+                }
+            };
+            debug_assert!(is_line_break(rest[i..].chars().next().unwrap_or(' ')));
+            let line = &rest[..i];
+            rest = &rest[i + len..];
+            return Some(line);
         }
+        Some(std::mem::take(&mut rest))
     })
 }
 
@@ -139,12 +182,44 @@ pub fn quoted(s: &str) -> String {
     out
 }
 
-fn py_strip(s: &str) -> &str {
-    s.trim_matches(py_isspace)
+/// [`py_isspace`] for an ASCII byte.
+fn py_isspace_ascii(b: u8) -> bool {
+    matches!(b, b' ' | b'\t'..=b'\r' | 0x1c..=0x1f)
 }
 
+#[inline]
+fn py_strip(s: &str) -> &str {
+    py_rstrip(py_lstrip(s))
+}
+
+/// Strip leading Python whitespace; ASCII bytes are checked directly, the
+/// first non-ASCII byte hands over to the `char` test.
+#[inline]
+fn py_lstrip(s: &str) -> &str {
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        if b >= 0x80 {
+            return s[i..].trim_start_matches(py_isspace);
+        }
+        if !py_isspace_ascii(b) {
+            return &s[i..];
+        }
+    }
+    ""
+}
+
+/// Strip trailing Python whitespace (ASCII fast path as in [`py_lstrip`]).
+#[inline]
 fn py_rstrip(s: &str) -> &str {
-    s.trim_end_matches(py_isspace)
+    for (i, &b) in s.as_bytes().iter().enumerate().rev() {
+        if b >= 0x80 {
+            // The last byte of a character: everything after it is ASCII.
+            return s[..=i].trim_end_matches(py_isspace);
+        }
+        if !py_isspace_ascii(b) {
+            return &s[..=i];
+        }
+    }
+    ""
 }
 
 /// A fast `HashMap` for duplicate checks on large files: keys are short and
@@ -160,20 +235,20 @@ enum Last {
     Value,
 }
 
+/// The error for bytes that are not UTF-8 from `offset` on.
+fn not_utf8(bytes: &[u8], offset: usize) -> ParseError {
+    ParseError {
+        line: 1 + bytes[..offset].iter().filter(|&&b| b == b'\n').count(),
+        message: format!("not valid UTF-8 at byte offset {offset}; save the file as UTF-8"),
+    }
+}
+
 /// Parse chatmail.ini bytes. Errors carry the 1-based line.
-pub fn parse_bytes(bytes: &[u8]) -> Result<Ini, ParseError> {
-    let text = match std::str::from_utf8(bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            let offset = e.valid_up_to();
-            let line = 1 + bytes[..offset].iter().filter(|&&b| b == b'\n').count();
-            return Err(ParseError {
-                line,
-                message: format!("not valid UTF-8 at byte offset {offset}; save the file as UTF-8"),
-            });
-        }
-    };
-    parse_str(text)
+pub fn parse_bytes(bytes: &[u8]) -> Result<Ini<'_>, ParseError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse_str(text),
+        Err(e) => Err(not_utf8(bytes, e.valid_up_to())),
+    }
 }
 
 /// Parse chatmail.ini text. Errors carry the 1-based line.
@@ -182,7 +257,7 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Ini, ParseError> {
 /// wherever it is), then sections and duplicates in line order. This is one
 /// pass that remembers the first error of the second kind and keeps
 /// checking syntax to the end.
-pub fn parse_str(text: &str) -> Result<Ini, ParseError> {
+pub fn parse_str(text: &str) -> Result<Ini<'_>, ParseError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let err = |line: usize, message: String| ParseError { line, message };
 
@@ -191,11 +266,17 @@ pub fn parse_str(text: &str) -> Result<Ini, ParseError> {
     let mut pending: Option<ParseError> = None;
     let mut last = Last::Nothing;
     // Where each key of the current section is, for duplicate checks.
-    let mut keys: FastMap<&str, usize> = FastMap::default();
+    // The current section's keys, as indices into its entries. Sized for a
+    // file of ordinary lines, so a large one is not rehashed over and over.
+    let hasher = rustc_hash::FxBuildHasher;
+    let mut keys: HashTable<u32> = HashTable::with_capacity(text.len() / 32);
+    // A capacity hint for a section's entries: the lines left in the file.
+    // Reserved but unwritten capacity costs no memory, while growing a
+    // large section step by step copies it over and over.
+    let newlines = memchr::memchr_iter(b'\n', text.as_bytes()).count();
     for (idx, raw) in split_lines(text).enumerate() {
         let lineno = idx + 1;
-        let first = raw.trim_start_matches(py_isspace).chars().next();
-        if matches!(first, None | Some('#') | Some(';')) {
+        if matches!(py_lstrip(raw).as_bytes().first(), None | Some(b'#' | b';')) {
             continue;
         }
         let line = py_rstrip(raw);
@@ -223,10 +304,13 @@ pub fn parse_str(text: &str) -> Result<Ini, ParseError> {
                             ),
                         ));
                     } else {
+                        if let Some(previous) = ini.sections.last_mut() {
+                            previous.entries.shrink_to_fit();
+                        }
                         ini.sections.push(Section {
-                            name: name.to_string(),
+                            name,
                             line: lineno,
-                            entries: Vec::new(),
+                            entries: Vec::with_capacity(newlines.saturating_sub(idx) + 1),
                         });
                         keys.clear();
                     }
@@ -236,11 +320,12 @@ pub fn parse_str(text: &str) -> Result<Ini, ParseError> {
                 Some(py_strip(line))
             }
         } else if !line.starts_with(py_isspace) {
-            let split = match line.split_once('=') {
-                Some((name, _)) if name.contains(':') => line.split_once(':'),
-                Some(kv) => Some(kv),
-                None => line.split_once(':'),
-            };
+            // iniconfig splits at the first `=` unless the part before it
+            // holds a `:`: that is, at whichever of the two comes first.
+            let split = line
+                .bytes()
+                .position(|b| b == b'=' || b == b':')
+                .map(|i| (&line[..i], &line[i + 1..]));
             let Some((name, value)) = split else {
                 return Err(err(
                     lineno,
@@ -265,20 +350,31 @@ pub fn parse_str(text: &str) -> Result<Ini, ParseError> {
                         ))
                     }
                     Some(section) => {
-                        if let Some(earlier) = keys.insert(key, lineno) {
+                        let entries = &section.entries;
+                        let hash = hasher.hash_one(key);
+                        if let Some(&i) = keys.find(hash, |&i| entries[i as usize].key == key) {
                             pending = Some(err(
                                 lineno,
                                 format!(
-                                    "duplicate key {} in [{}] (first at line {earlier}); \
-                                     keep one",
+                                    "duplicate key {} in [{}] (first at line {}); keep one",
                                     quoted(key),
-                                    section.name
+                                    section.name,
+                                    entries[i as usize].line
                                 ),
                             ));
                         } else {
+                            let index = u32::try_from(entries.len()).map_err(|_| {
+                                err(
+                                    lineno,
+                                    "more keys in one section than can be counted".into(),
+                                )
+                            })?;
+                            keys.insert_unique(hash, index, |&i| {
+                                hasher.hash_one(entries[i as usize].key)
+                            });
                             section.entries.push(Entry {
-                                key: key.to_string(),
-                                value: py_strip(value).to_string(),
+                                key,
+                                value: Cow::Borrowed(py_strip(value)),
                                 line: lineno,
                             });
                         }
@@ -302,13 +398,17 @@ pub fn parse_str(text: &str) -> Result<Ini, ParseError> {
                 if let Some(entry) = ini.sections.last_mut().and_then(|s| s.entries.last_mut()) {
                     // Continuation text is never empty; an empty first line
                     // stays out of the join, as in iniconfig.
-                    if !entry.value.is_empty() {
-                        entry.value.push('\n');
+                    let value = entry.value.to_mut();
+                    if !value.is_empty() {
+                        value.push('\n');
                     }
-                    entry.value.push_str(data);
+                    value.push_str(data);
                 }
             }
         }
+    }
+    if let Some(last) = ini.sections.last_mut() {
+        last.entries.shrink_to_fit();
     }
     match pending {
         Some(e) => Err(e),
@@ -316,12 +416,26 @@ pub fn parse_str(text: &str) -> Result<Ini, ParseError> {
     }
 }
 
-/// Read and parse a chatmail.ini file. A syntax error is a configuration
-/// error (exit 2) naming `path:line`.
-pub fn read(path: &Path) -> Result<Ini> {
+/// `path:line: message` as a configuration error (exit 2).
+fn at(path: &Path, e: ParseError) -> anyhow::Error {
+    crate::error::usage(format!("{}:{}: {}", path.display(), e.line, e.message))
+}
+
+/// Read a chatmail.ini file as text; bytes that are not UTF-8 are a
+/// configuration error naming `path:line` and the offset. Parse the text
+/// with [`parse_file`].
+pub fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse_bytes(&bytes)
-        .map_err(|e| crate::error::usage(format!("{}:{}: {}", path.display(), e.line, e.message)))
+    String::from_utf8(bytes).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        at(path, not_utf8(e.as_bytes(), offset))
+    })
+}
+
+/// Parse the text of the chatmail.ini at `path` (read with [`read_text`]).
+/// A syntax error is a configuration error (exit 2) naming `path:line`.
+pub fn parse_file<'a>(text: &'a str, path: &Path) -> Result<Ini<'a>> {
+    parse_str(text).map_err(|e| at(path, e))
 }
 
 #[cfg(test)]
@@ -334,7 +448,7 @@ mod tests {
             .unwrap()
             .entries
             .iter()
-            .map(|e| (e.key.clone(), e.value.clone()))
+            .map(|e| (e.key.to_string(), e.value.to_string()))
             .collect()
     }
 
@@ -394,5 +508,46 @@ mod tests {
             params("\u{feff}[params]\r\na = 1\rb = 2\x0cc = 3\u{2028}d = \x1f4\x1f"),
             kv(&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")])
         );
+    }
+
+    /// The straightforward definition the byte scanner must agree with.
+    fn split_lines_by_char(text: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut chars = text.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if is_line_break(c) {
+                out.push(&text[start..i]);
+                let mut end = i + c.len_utf8();
+                if c == '\r' && chars.peek().map(|&(_, n)| n) == Some('\n') {
+                    chars.next();
+                    end += 1;
+                }
+                start = end;
+            }
+        }
+        if start < text.len() {
+            out.push(&text[start..]);
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn byte_scanner_splits_like_python(
+            // Runs of plain text with one odd character after each, so
+            // that 8-byte chunks holding exactly one are common.
+            s in "([a-z =:#~]{0,14}([\x00-\x1f\x7f]|\r\n|\u{85}|\u{2028}|\u{2029}|\u{2026}|\u{a0}|é|\u{1F600})){0,12}[a-z]{0,9}"
+        ) {
+            let got: Vec<&str> = split_lines(&s).collect();
+            proptest::prop_assert_eq!(got, split_lines_by_char(&s));
+        }
+
+        #[test]
+        fn strips_like_python(s in "([a-z]|[ \t\x0b\x0c\x1c-\x1f]|\u{85}|\u{a0}|\u{3000}|é){0,12}") {
+            proptest::prop_assert_eq!(py_strip(&s), s.trim_matches(py_isspace));
+            proptest::prop_assert_eq!(py_lstrip(&s), s.trim_start_matches(py_isspace));
+            proptest::prop_assert_eq!(py_rstrip(&s), s.trim_end_matches(py_isspace));
+        }
     }
 }

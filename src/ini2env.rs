@@ -36,9 +36,13 @@
 //! (explicit) and `--check --show-values` print values.
 
 use anyhow::{bail, Context as _, Result};
+use hashbrown::HashTable;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashSet};
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fs;
+use std::hash::BuildHasher;
+use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -82,45 +86,55 @@ pub struct Report {
     pub backup: Option<PathBuf>,
 }
 
-/// One `[params]` key as an environment variable.
+/// One `[params]` key as an environment variable, borrowing from the ini
+/// text.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Var {
-    /// The variable name (`MAIL_DOMAIN`).
-    pub name: String,
-    /// The ini key (`mail_domain`).
-    pub key: String,
-    pub value: String,
-    /// 1-based line of the key in chatmail.ini.
-    pub line: usize,
+pub struct Var<'a> {
+    /// The ini key (`mail_domain`); the variable is [`Var::name`].
+    pub key: &'a str,
+    pub value: Cow<'a, str>,
+    /// 1-based line of the key in chatmail.ini. (`u32` keeps a `Var` the
+    /// size of an [`ini::Entry`], so [`vars`] converts the entries in place
+    /// instead of copying a large file's worth of them.)
+    pub line: u32,
     /// Whether it goes into `.env` (differs from the default, or `--all`).
     pub write: bool,
 }
 
+impl Var<'_> {
+    /// The variable name (`MAIL_DOMAIN`).
+    pub fn name(&self) -> String {
+        self.key.to_ascii_uppercase()
+    }
+}
+
 /// The relay's defaults, parsed once.
-pub fn defaults() -> &'static BTreeMap<String, String> {
-    static DEFAULTS: OnceLock<BTreeMap<String, String>> = OnceLock::new();
+pub fn defaults() -> &'static FastMap<&'static str, Cow<'static, str>> {
+    static DEFAULTS: OnceLock<FastMap<&'static str, Cow<'static, str>>> = OnceLock::new();
     DEFAULTS.get_or_init(|| {
         ini::parse_str(DEFAULTS_INI)
             .ok()
-            .and_then(|i| i.section("params").cloned())
+            .and_then(|mut i| {
+                let at = i.sections.iter().position(|s| s.name == "params")?;
+                Some(i.sections.swap_remove(at))
+            })
             .map(|s| s.entries.into_iter().map(|e| (e.key, e.value)).collect())
             .unwrap_or_default()
     })
 }
 
 fn valid_name(key: &str) -> bool {
-    let mut chars = key.chars();
-    chars
-        .next()
-        .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
-        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+    let b = key.as_bytes();
+    b.first()
+        .is_some_and(|&c| c == b'_' || c.is_ascii_alphabetic())
+        && b.iter().all(|&c| c == b'_' || c.is_ascii_alphanumeric())
 }
 
 /// The `[params]` of `ini` as environment variables, in ini order. `path`
 /// is only for messages. Errors (exit 2) for a missing `[params]` or
 /// `mail_domain`, a key that is no valid variable name, two keys that
 /// upper-case to the same name, or a value `.env` cannot carry.
-pub fn vars(ini: Ini, path: &Path, all: bool) -> Result<Vec<Var>> {
+pub fn vars<'a>(ini: Ini<'a>, path: &Path, all: bool) -> Result<Vec<Var<'a>>> {
     let shown = path.display();
     let Some(params) = ini.sections.into_iter().find(|s| s.name == "params") else {
         return Err(error::usage(format!(
@@ -132,51 +146,58 @@ pub fn vars(ini: Ini, path: &Path, all: bool) -> Result<Vec<Var>> {
             "{shown}: [params] has no mail_domain; set `mail_domain = your.domain`"
         )));
     }
-    let defaults = defaults();
-    let mut names: Vec<String> = Vec::with_capacity(params.entries.len());
+    let defaults = (!all).then(defaults);
     for e in &params.entries {
-        if !valid_name(&e.key) {
+        if !valid_name(e.key) {
             return Err(error::usage(format!(
                 "{shown}:{}: key {} cannot become an environment variable; \
                  use letters, digits and `_`, not starting with a digit",
                 e.line,
-                ini::quoted(&e.key)
+                ini::quoted(e.key)
             )));
         }
-        if e.value.contains('\0') {
+        if memchr::memchr(0, e.value.as_bytes()).is_some() {
             return Err(error::usage(format!(
                 "{shown}:{}: the value of {} holds a NUL character, which no environment \
                  variable can carry",
                 e.line, e.key
             )));
         }
-        names.push(e.key.to_ascii_uppercase());
     }
     // Keys are case-sensitive in the ini, names are not: find clashes.
-    let mut seen: ini::FastMap<&str, usize> = ini::FastMap::default();
-    seen.reserve(names.len());
-    for (i, name) in names.iter().enumerate() {
-        if let Some(j) = seen.insert(name, i) {
-            let (first, second) = (&params.entries[j], &params.entries[i]);
+    // (Valid names are ASCII, so comparing keys without ASCII case is
+    // comparing names; the table holds indices into the entries.)
+    let entries = &params.entries;
+    let hasher = rustc_hash::FxBuildHasher;
+    let name_hash = |key: &str| hasher.hash_one(key.to_ascii_uppercase());
+    let mut seen: HashTable<usize> = HashTable::with_capacity(entries.len());
+    let mut name = String::new();
+    for (i, second) in entries.iter().enumerate() {
+        name.clear();
+        name.push_str(second.key);
+        name.make_ascii_uppercase();
+        let hash = hasher.hash_one(&name);
+        let same = |&j: &usize| entries[j].key.eq_ignore_ascii_case(second.key);
+        if let Some(&j) = seen.find(hash, same) {
             return Err(error::usage(format!(
-                "{shown}:{}: key {} and the key on line {} both become {name}; keep one",
+                "{shown}:{}: key {} and the key on line {} both become {}; keep one",
                 second.line,
-                ini::quoted(&second.key),
-                first.line
+                ini::quoted(second.key),
+                entries[j].line,
+                second.key.to_ascii_uppercase()
             )));
         }
+        seen.insert_unique(hash, i, |&j| name_hash(entries[j].key));
     }
     drop(seen);
     let out = params
         .entries
         .into_iter()
-        .zip(names)
-        .map(|(e, name)| Var {
-            write: all || defaults.get(&e.key) != Some(&e.value),
-            name,
+        .map(|e| Var {
+            write: defaults.is_none_or(|d| d.get(e.key) != Some(&e.value)),
             key: e.key,
             value: e.value,
-            line: e.line,
+            line: u32::try_from(e.line).unwrap_or(u32::MAX),
         })
         .collect();
     Ok(out)
@@ -184,16 +205,27 @@ pub fn vars(ini: Ini, path: &Path, all: bool) -> Result<Vec<Var>> {
 
 /// The `KEY=value` lines for `vars` that are written (for `--stdout`).
 pub fn render(vars: &[Var]) -> Result<String> {
-    // Quoting adds a few bytes at most for ordinary values.
-    let size: usize = vars.iter().map(|v| v.name.len() + v.value.len() + 4).sum();
-    let mut out = String::with_capacity(size + size / 8);
+    let mut out = Vec::new();
+    write_vars(vars, &mut out)?;
+    String::from_utf8(out).context("internal error: rendered .env lines are not UTF-8")
+}
+
+/// [`render`] into a writer, one line at a time (`--stdout` streams a
+/// large ini instead of building its whole output first).
+pub fn write_vars(vars: &[Var], out: &mut impl Write) -> Result<()> {
+    let mut line = String::new();
     for v in vars.iter().filter(|v| v.write) {
-        out.push_str(&v.name);
-        out.push('=');
-        dotenv::quote_into(&mut out, &v.value).map_err(|e| anyhow::anyhow!("{}: {e}", v.name))?;
-        out.push('\n');
+        line.clear();
+        line.push_str(v.key);
+        // Keys are ASCII (checked by `vars`): upper-casing them is the name.
+        line.make_ascii_uppercase();
+        line.push('=');
+        dotenv::quote_into(&mut line, &v.value)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", v.name()))?;
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
     }
-    Ok(out)
+    Ok(())
 }
 
 fn digest(value: &str) -> String {
@@ -326,22 +358,23 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
     let mut actions = Vec::new();
     let mut notes = Vec::new();
     let mut conflicts = Vec::new();
-    let names: HashSet<&str> = vars.iter().map(|v| v.name.as_str()).collect();
+    let var_names: Vec<String> = vars.iter().map(Var::name).collect();
+    let names: HashSet<&str> = var_names.iter().map(String::as_str).collect();
 
-    for v in vars {
-        let all = occurrences.get(&v.name).map(Vec::as_slice).unwrap_or(&[]);
+    for (v, name) in vars.iter().zip(&var_names) {
+        let all = occurrences.get(name).map(Vec::as_slice).unwrap_or(&[]);
         let Some(f) = all.last() else {
             if v.write {
-                push_managed(&mut appends, &v.name, &v.value)?;
+                push_managed(&mut appends, name, &v.value)?;
                 appends.push('\n');
-                actions.push(format!("add {} (chatmail.ini line {})", v.name, v.line));
+                actions.push(format!("add {} (chatmail.ini line {})", name, v.line));
             }
             continue;
         };
         if all.len() > 1 {
             notes.push(format!(
                 "{} is set {} times in {env_name}; only the last (line {}) counts",
-                v.name,
+                name,
                 all.len(),
                 f.st.line
             ));
@@ -355,7 +388,7 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
         if !same && !ours && !force && !placeholder {
             conflicts.push(format!(
                 "{} ({env_name} line {}{}, chatmail.ini line {})",
-                v.name,
+                name,
                 f.st.line,
                 if f.owner == Owner::Edited {
                     ", edited by hand"
@@ -375,7 +408,7 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
             if same && ours {
                 continue;
             }
-            let mut with = managed_line(&v.name, &v.value)?[v.name.len() + 1..].to_string();
+            let mut with = managed_line(name, &v.value)?[name.len() + 1..].to_string();
             if f.shares_line {
                 with.push('\n');
             }
@@ -383,15 +416,15 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
             actions.push(if same {
                 format!(
                     "adopt {} (already equal to chatmail.ini line {})",
-                    v.name, v.line
+                    name, v.line
                 )
             } else if placeholder {
                 format!(
                     "fill in {} (empty in {env_name}, chatmail.ini line {})",
-                    v.name, v.line
+                    name, v.line
                 )
             } else {
-                format!("update {} (chatmail.ini line {}{by_hand})", v.name, v.line)
+                format!("update {} (chatmail.ini line {}{by_hand})", name, v.line)
             });
         } else if ours || (!same && (force || placeholder)) {
             // Removing the last line would let an earlier one count: go
@@ -402,18 +435,18 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
                 } else if g.st.value != v.value {
                     conflicts.push(format!(
                         "{} ({env_name} line {}, set by hand, chatmail.ini line {})",
-                        v.name, g.st.line, v.line
+                        name, g.st.line, v.line
                     ));
                 }
             }
             actions.push(format!(
                 "remove {} (chatmail.ini line {} sets the relay's default{by_hand})",
-                v.name, v.line
+                name, v.line
             ));
         } else {
             notes.push(format!(
                 "{} is set by hand in {env_name} (line {}) to chatmail.ini's value",
-                v.name, f.st.line
+                name, f.st.line
             ));
         }
     }
@@ -479,9 +512,9 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
         .iter()
         .map(|s| (s.key.as_str(), s.value.as_str()))
         .collect();
-    for v in vars.iter().filter(|v| v.write) {
-        if got.get(v.name.as_str()) != Some(&v.value.as_str()) {
-            bail!("internal error: {} would not read back as written", v.name);
+    for (v, name) in vars.iter().zip(&var_names).filter(|(v, _)| v.write) {
+        if got.get(name.as_str()) != Some(&v.value.as_ref()) {
+            bail!("internal error: {name} would not read back as written");
         }
     }
     // The user's own variables are all still there.
@@ -519,7 +552,8 @@ fn plan(ctx: &Context, ini_path: &Path, env: &Path, opts: &Options) -> Result<Pl
             ini_path.display()
         )));
     }
-    let ini = ini::read(ini_path)?;
+    let text = ini::read_text(ini_path)?;
+    let ini = ini::parse_file(&text, ini_path)?;
     for s in ini.sections.iter().filter(|s| s.name != "params") {
         ctx.shell.note(format!(
             "{}: [{}] (line {}) ignored: only [params] becomes environment",
@@ -664,11 +698,21 @@ pub fn run(ctx: &Context, args: &Ini2envArgs) -> Result<()> {
                 ini_path.display()
             )));
         }
-        let ini = ini::read(&ini_path)?;
+        let text = ini::read_text(&ini_path)?;
+        let ini = ini::parse_file(&text, &ini_path)?;
         let vars = vars(ini, &ini_path, opts.all)?;
-        let text = render(&vars)?;
-        ctx.shell.data(text.trim_end_matches('\n'));
-        return Ok(());
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+        let written = write_vars(&vars, &mut out).and_then(|()| Ok(out.flush()?));
+        return match written {
+            // A closed pipe (`| head`) is not an error worth reporting.
+            Err(e)
+                if e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+            {
+                Ok(())
+            }
+            other => other.context("cannot write to standard output"),
+        };
     }
     if args.check {
         let p = plan(ctx, &ini_path, &env, &opts)?;
@@ -732,17 +776,17 @@ pub fn run(ctx: &Context, args: &Ini2envArgs) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn vars_of(ini: &str, all: bool) -> Vec<Var> {
+    fn vars_of(ini: &str, all: bool) -> Vec<Var<'_>> {
         vars(ini::parse_str(ini).unwrap(), Path::new("chatmail.ini"), all).unwrap()
     }
 
     #[test]
     fn defaults_are_embedded() {
         assert_eq!(
-            defaults().get("max_mailbox_size").map(String::as_str),
+            defaults().get("max_mailbox_size").map(|v| v.as_ref()),
             Some("500M")
         );
-        assert_eq!(defaults().get("www_folder").map(String::as_str), Some(""));
+        assert_eq!(defaults().get("www_folder").map(|v| v.as_ref()), Some(""));
         assert!(defaults().len() >= 27);
     }
 
@@ -752,7 +796,7 @@ mod tests {
         let w: Vec<_> = vars_of(ini, false)
             .into_iter()
             .filter(|v| v.write)
-            .map(|v| v.name)
+            .map(|v| v.name())
             .collect();
         assert_eq!(w, ["MAIL_DOMAIN", "PRIVACY_MAIL"]);
         assert!(vars_of(ini, true).iter().all(|v| v.write));

@@ -531,7 +531,8 @@ pub fn mail_domain(ctx: &Context, env: &BTreeMap<String, String>) -> Option<(Str
 
 fn ini_mail_domain(path: &Path) -> Option<String> {
     // Read as the relay reads it; a broken file is reported by ini2env.
-    let ini = crate::ini::read(path).ok()?;
+    let text = crate::ini::read_text(path).ok()?;
+    let ini = crate::ini::parse_file(&text, path).ok()?;
     ini.section("params")?
         .get("mail_domain")
         .map(str::to_string)

@@ -306,7 +306,8 @@ fn ini2env_output_reproduces_the_ini_through_compose() {
         .assert()
         .success();
     let env_text = std::fs::read_to_string(dir.path().join(".env")).unwrap();
-    let params = ini::read(&ini_path)
+    let ini_text = ini::read_text(&ini_path).unwrap();
+    let params = ini::parse_file(&ini_text, &ini_path)
         .unwrap()
         .section("params")
         .unwrap()
@@ -320,8 +321,8 @@ fn ini2env_output_reproduces_the_ini_through_compose() {
         let got = compose_env(&env_text, &keys, mode).unwrap();
         for e in &params.entries {
             assert_eq!(
-                got.get(&e.key.to_uppercase()),
-                Some(&e.value),
+                got.get(&e.key.to_uppercase()).map(String::as_str),
+                Some(e.value.as_ref()),
                 "{mode:?} {}",
                 e.key
             );

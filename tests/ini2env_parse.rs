@@ -249,7 +249,16 @@ proptest! {
     }
 }
 
-fn merge_vars(values: &[String]) -> Vec<chatmail_docker::ini2env::Var> {
+fn merge_vars(ini: &str) -> Vec<chatmail_docker::ini2env::Var<'_>> {
+    chatmail_docker::ini2env::vars(
+        ini::parse_str(ini).unwrap(),
+        Path::new("chatmail.ini"),
+        false,
+    )
+    .unwrap()
+}
+
+fn merge_ini(values: &[String]) -> String {
     // Two keys at the relay's default: hand-set lines for them are removed
     // under --force.
     let mut ini = String::from(
@@ -258,12 +267,7 @@ fn merge_vars(values: &[String]) -> Vec<chatmail_docker::ini2env::Var> {
     for (i, v) in values.iter().enumerate() {
         ini.push_str(&format!("k{i} = {v}\n"));
     }
-    chatmail_docker::ini2env::vars(
-        ini::parse_str(&ini).unwrap(),
-        Path::new("chatmail.ini"),
-        false,
-    )
-    .unwrap()
+    ini
 }
 
 proptest! {
@@ -292,7 +296,8 @@ proptest! {
         if !old.is_empty() && crlf {
             old.push_str("\r\n");
         }
-        let vars = merge_vars(&values);
+        let ini = merge_ini(&values);
+        let vars = merge_vars(&ini);
         let _ = chatmail_docker::ini2env::merge(&old, ".env", &vars, false);
         if chatmail_docker::dotenv::parse(&old).is_ok() {
             let m = chatmail_docker::ini2env::merge(&old, ".env", &vars, true).unwrap();
