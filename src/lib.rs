@@ -92,22 +92,23 @@ pub fn main_with(cli: Cli) -> i32 {
 /// Dispatch one command.
 pub fn run(ctx: &Context, command: Command) -> Result<()> {
     match command {
-        Command::Preflight(a) => preflight::run(ctx, &a),
-        Command::Sysctl(a) => sysctl::run(ctx, &a),
-        Command::Setup(a) => setup::run(ctx, &a),
-        Command::Up(a) => compose::up(ctx, &a),
-        Command::Down(a) => compose::down(ctx, &a),
-        Command::Restart(a) => compose::restart(ctx, &a),
-        Command::Status(a) => compose::status(ctx, &a),
-        Command::Logs(a) => compose::logs(ctx, &a),
-        Command::Exec(a) => compose::exec(ctx, &a),
-        Command::Ini2env(a) => ini2env::run(ctx, &a),
-        Command::Config(a) => overrides::config(ctx, &a),
-        Command::Migrate(a) => migrate::run(ctx, &a),
-        Command::CertWatch(a) => certwatch::run(ctx, &a),
-        Command::Completions { shell } => {
+        Command::Preflight(a) => preflight::run(ctx, &a.args),
+        Command::Sysctl(a) => sysctl::run(ctx, &a.args),
+        Command::Setup(a) => setup::run(ctx, &a.args),
+        Command::Up(a) => compose::up(ctx, &a.args),
+        Command::Down(a) => compose::down(ctx, &a.args),
+        Command::Restart(a) => compose::restart(ctx, &a.args),
+        Command::Status(a) => compose::status(ctx, &a.args),
+        Command::Logs(a) => compose::logs(ctx, &a.args),
+        Command::Exec(a) => compose::exec(ctx, &a.args),
+        Command::Ini2env(a) => ini2env::run(ctx, &a.args),
+        Command::Config(a) => overrides::config(ctx, &a.args),
+        Command::Migrate(a) => migrate::run(ctx, &a.args),
+        Command::CertWatch(a) => certwatch::run(ctx, &a.args),
+        Command::Completions(a) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
+            let shell = a.args.shell;
             clap_complete::generate(shell, &mut cmd, "chatmail-docker", &mut std::io::stdout());
             Ok(())
         }

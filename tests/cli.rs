@@ -104,3 +104,66 @@ fn completions_are_generated() {
             .stdout(predicate::str::contains("chatmail-docker"));
     }
 }
+
+#[test]
+fn global_options_go_before_or_after_the_command_name() {
+    let missing = |args: &[&str], dir: &str| {
+        bin()
+            .current_dir(std::env::temp_dir())
+            .env_remove("CHATMAIL_DOCKER_DIR")
+            .args(args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(format!(
+                "no chatmail.ini at {dir}/chatmail.ini"
+            )));
+    };
+    missing(
+        &["--dir", "/nowhere-a", "ini2env", "--stdout"],
+        "/nowhere-a",
+    );
+    missing(
+        &["ini2env", "--dir", "/nowhere-b", "--stdout"],
+        "/nowhere-b",
+    );
+    // Both: the later one, after the command name, wins.
+    missing(
+        &[
+            "--dir",
+            "/nowhere-a",
+            "ini2env",
+            "--dir",
+            "/nowhere-c",
+            "--stdout",
+        ],
+        "/nowhere-c",
+    );
+    // The environment is the default for both positions.
+    bin()
+        .env("CHATMAIL_DOCKER_DIR", "/nowhere-env")
+        .args(["--dir", "/nowhere-top", "ini2env", "--stdout"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("/nowhere-top/chatmail.ini"));
+    // -q and -v conflict wherever they are.
+    for args in [["-q", "ini2env", "-v"], ["ini2env", "-q", "-v"]] {
+        bin()
+            .args(args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("cannot be used with"));
+    }
+    // Flags after the command name take effect: --dry-run writes nothing.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("chatmail.ini"),
+        "[params]\nmail_domain = x.org\n",
+    )
+    .unwrap();
+    bin()
+        .args(["ini2env", "--dry-run", "--dir"])
+        .arg(d.path())
+        .assert()
+        .success();
+    assert!(!d.path().join(".env").exists());
+}

@@ -1,7 +1,9 @@
 //! Command-line definitions (clap derive). One file per command group; the
 //! command files only describe arguments, the library does the work.
 
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 
 use crate::shell::ColorChoice;
@@ -23,10 +25,82 @@ pub mod setup;
                   Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error, 3 preflight failed."
 )]
 pub struct Cli {
+    /// Global options given before the command name; [`Cli::parse_args`]
+    /// merges those given after it into this.
     #[command(flatten)]
     pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// A command's own arguments and the global options given after its name.
+///
+/// The global options are declared on every command rather than with
+/// clap's `global = true`: clap copies global options into every
+/// subcommand's definition before parsing, which was a fifth of the start-up
+/// time of a short command. Declared here, they are only built for the
+/// command being run (`defer`), and [`Cli::parse_args`] merges them.
+#[derive(Args, Debug)]
+pub struct Sub<T: Args> {
+    #[command(flatten)]
+    pub args: T,
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+/// The arguments of `completions`.
+#[derive(Args, Debug, Clone)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    pub shell: clap_complete::Shell,
+}
+
+impl Cli {
+    /// Parse the process's arguments (exits with clap's message and code on
+    /// a usage error). Global options may come before or after the command
+    /// name; after it wins when both give one.
+    pub fn parse_args() -> Cli {
+        let mut command = Cli::command();
+        let mut matches = command.get_matches_mut();
+        // Which valued options the command line gives after the command
+        // name (asked before the derive takes the values out).
+        let after = |id: &str| {
+            matches
+                .subcommand()
+                .is_some_and(|(_, sub)| sub.value_source(id) == Some(ValueSource::CommandLine))
+        };
+        let (dir_after, color_after, root_after) = (after("dir"), after("color"), after("root"));
+        let parsed = Cli::from_arg_matches_mut(&mut matches).and_then(|mut cli| {
+            let inner = cli.command.global_mut();
+            let g = &mut cli.global;
+            if dir_after {
+                g.dir = inner.dir.clone();
+            }
+            if color_after {
+                g.color = inner.color;
+            }
+            if root_after {
+                g.root = inner.root.clone();
+            }
+            g.dry_run |= inner.dry_run;
+            g.quiet |= inner.quiet;
+            g.verbose |= inner.verbose;
+            if g.quiet && g.verbose {
+                return Err(command.error(
+                    ErrorKind::ArgumentConflict,
+                    "the argument '--quiet' cannot be used with '--verbose'",
+                ));
+            }
+            *inner = g.clone();
+            Ok(cli)
+        });
+        let cli = parsed.unwrap_or_else(|e| e.format(&mut command).exit());
+        // The process ends right after the command: taking clap's tree of
+        // arguments apart would only cost time on every start.
+        std::mem::forget(matches);
+        std::mem::forget(command);
+        cli
+    }
 }
 
 /// Options every command takes.
@@ -35,7 +109,6 @@ pub struct GlobalArgs {
     /// Deployment directory holding .env, chatmail.ini, custom/, data/ and docker/.
     #[arg(
         long,
-        global = true,
         help_heading = "Global options",
         value_name = "DIR",
         env = "CHATMAIL_DOCKER_DIR",
@@ -44,31 +117,29 @@ pub struct GlobalArgs {
     pub dir: PathBuf,
 
     /// Print what would be done and change nothing.
-    #[arg(long, global = true, help_heading = "Global options")]
+    #[arg(long, help_heading = "Global options")]
     pub dry_run: bool,
 
     /// Print only errors and warnings.
     #[arg(
         short,
         long,
-        global = true,
         help_heading = "Global options",
         conflicts_with = "verbose"
     )]
     pub quiet: bool,
 
     /// Print more: the commands run, files skipped, decisions taken.
-    #[arg(short, long, global = true, help_heading = "Global options")]
+    #[arg(short, long, help_heading = "Global options")]
     pub verbose: bool,
 
     /// When to use colors (NO_COLOR is respected by `auto`).
-    #[arg(long, global = true, help_heading = "Global options", value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    #[arg(long, help_heading = "Global options", value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
     pub color: ColorChoice,
 
     /// Host filesystem root for /etc, /proc/sys, /sys/fs/cgroup, /home, ... (for tests and migrations from a mounted disk).
     #[arg(
         long,
-        global = true,
         help_heading = "Global options",
         value_name = "DIR",
         env = "CHATMAIL_DOCKER_ROOT",
@@ -77,89 +148,111 @@ pub struct GlobalArgs {
     pub root: PathBuf,
 }
 
+/// Subcommand arguments are built only for the subcommand being run
+/// (`defer`): building every subcommand's arguments was most of the
+/// start-up cost of a short command such as `ini2env`.
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum Command {
     /// Check that this host can run the appliance.
     #[command(
         after_help = "Example:\n  chatmail-docker preflight\n  chatmail-docker preflight --json"
     )]
-    Preflight(preflight::PreflightArgs),
+    Preflight(Sub<preflight::PreflightArgs>),
 
     /// Raise the host's inotify limits (the container cannot).
     #[command(
         after_help = "Example:\n  sudo chatmail-docker sysctl\n  chatmail-docker sysctl --dry-run"
     )]
-    Sysctl(preflight::SysctlArgs),
+    Sysctl(Sub<preflight::SysctlArgs>),
 
     /// Check the host, write .env and overrides, build and start the appliance, wait until healthy.
     #[command(
         after_help = "Examples:\n  chatmail-docker setup\n  chatmail-docker setup --reinstall\n  chatmail-docker setup --dry-run"
     )]
-    Setup(setup::SetupArgs),
+    Setup(Sub<setup::SetupArgs>),
 
     /// Start the appliance (docker compose up -d) with the generated overrides.
     #[command(after_help = "Example:\n  chatmail-docker up")]
-    Up(compose::UpArgs),
+    Up(Sub<compose::UpArgs>),
 
     /// Stop and remove the container; data/ is kept.
     #[command(after_help = "Example:\n  chatmail-docker down")]
-    Down(compose::DownArgs),
+    Down(Sub<compose::DownArgs>),
 
     /// Restart the container.
     #[command(after_help = "Example:\n  chatmail-docker restart")]
-    Restart(compose::RestartArgs),
+    Restart(Sub<compose::RestartArgs>),
 
     /// Show the container, its health and the relay's services.
     #[command(after_help = "Example:\n  chatmail-docker status\n  chatmail-docker status --json")]
-    Status(compose::StatusArgs),
+    Status(Sub<compose::StatusArgs>),
 
     /// Show the container's logs.
     #[command(after_help = "Example:\n  chatmail-docker logs -f")]
-    Logs(compose::LogsArgs),
+    Logs(Sub<compose::LogsArgs>),
 
     /// Run a command inside the container.
     #[command(after_help = "Example:\n  chatmail-docker exec -- systemctl status postfix")]
-    Exec(compose::ExecArgs),
+    Exec(Sub<compose::ExecArgs>),
 
     /// Convert chatmail.ini into .env (merged, exact for Docker Compose).
     #[command(
         after_help = "Examples:\n  chatmail-docker ini2env\n  chatmail-docker ini2env --ini /usr/local/lib/chatmaild/chatmail.ini --stdout\n  chatmail-docker ini2env --check"
     )]
-    Ini2env(ini2env::Ini2envArgs),
+    Ini2env(Sub<ini2env::Ini2envArgs>),
 
     /// Print the merged compose configuration as Docker Compose sees it.
     #[command(
         after_help = "Examples:\n  chatmail-docker config\n  chatmail-docker config --override-only"
     )]
-    Config(overrides::ConfigArgs),
+    Config(Sub<overrides::ConfigArgs>),
 
     /// Move a bare-metal chatmail install into this deployment directory.
     #[command(
         after_help = "Examples:\n  chatmail-docker migrate --dry-run        # the plan, nothing changes\n  chatmail-docker migrate --presync-only   # copy while the relay keeps running\n  chatmail-docker migrate --yes --start\n  chatmail-docker migrate --rollback"
     )]
-    Migrate(migrate::MigrateArgs),
+    Migrate(Sub<migrate::MigrateArgs>),
 
     /// Watch the TLS certificates and reload the services when they change.
     #[command(
         name = "cert-watch",
         after_help = "Examples:\n  chatmail-docker cert-watch                  # in the foreground, for a supervisor\n  chatmail-docker cert-watch --once           # from cron or an ACME client's deploy hook\n  chatmail-docker cert-watch --path /etc/letsencrypt/live/chat.example.org --once"
     )]
-    CertWatch(certwatch::CertWatchArgs),
+    CertWatch(Sub<certwatch::CertWatchArgs>),
 
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  chatmail-docker completions bash > /etc/bash_completion.d/chatmail-docker"
     )]
-    Completions {
-        /// The shell to complete for.
-        shell: clap_complete::Shell,
-    },
+    Completions(Sub<CompletionsArgs>),
+}
+
+impl Command {
+    /// The global options given after the command name.
+    pub fn global_mut(&mut self) -> &mut GlobalArgs {
+        match self {
+            Command::Preflight(s) => &mut s.global,
+            Command::Sysctl(s) => &mut s.global,
+            Command::Setup(s) => &mut s.global,
+            Command::Up(s) => &mut s.global,
+            Command::Down(s) => &mut s.global,
+            Command::Restart(s) => &mut s.global,
+            Command::Status(s) => &mut s.global,
+            Command::Logs(s) => &mut s.global,
+            Command::Exec(s) => &mut s.global,
+            Command::Ini2env(s) => &mut s.global,
+            Command::Config(s) => &mut s.global,
+            Command::Migrate(s) => &mut s.global,
+            Command::CertWatch(s) => &mut s.global,
+            Command::Completions(s) => &mut s.global,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_is_consistent() {
