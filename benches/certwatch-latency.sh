@@ -18,7 +18,8 @@
 #    same idle window.
 #
 # Needs bash >= 5 (EPOCHREALTIME), openssl, GNU date, bc. BIN overrides the
-# binary (default: the newer of target/release and target/debug).
+# binary (default: the newer of the release and debug builds under
+# target/<host tuple>/, see .cargo/config.toml).
 set -euo pipefail
 
 ROTATIONS=${1:-50}
@@ -28,7 +29,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-}
 if [ -z "$BIN" ]; then
     # The most recently built of release and debug.
-    BIN=$(ls -t "$here/target/release/chatmail-docker" "$here/target/debug/chatmail-docker" 2>/dev/null | head -n 1 || true)
+    tuple=$(rustc -vV | sed -n 's/^host: //p')
+    BIN=$(ls -t "$here/target/$tuple/release/chatmail-docker" "$here/target/$tuple/debug/chatmail-docker" 2>/dev/null | head -n 1 || true)
 fi
 [ -n "$BIN" ] || { echo "build first (cargo build --release) or set BIN" >&2; exit 2; }
 

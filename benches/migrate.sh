@@ -18,7 +18,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${1:-20000}
 MIB=${2:-500}
-BIN=${BIN:-target/release/chatmail-docker}
+# .cargo/config.toml builds for the host tuple explicitly: target/<tuple>/.
+BIN=${BIN:-target/$(rustc -vV | sed -n 's/^host: //p')/release/chatmail-docker}
 REPEAT=${REPEAT:-5}
 command -v rsync >/dev/null || { echo "rsync is needed (apt-get install rsync)" >&2; exit 1; }
 [ -x "$BIN" ] || cargo build --release

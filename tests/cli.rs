@@ -167,3 +167,27 @@ fn global_options_go_before_or_after_the_command_name() {
         .success();
     assert!(!d.path().join(".env").exists());
 }
+
+/// The executable is linked statically (see .cargo/config.toml): it starts
+/// without the dynamic loader, which the ini2env benchmark depends on.
+#[test]
+fn the_executable_is_static() {
+    let readelf = std::process::Command::new("readelf")
+        .args(["-lW", env!("CARGO_BIN_EXE_chatmail-docker")])
+        .output();
+    let Ok(out) = readelf else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "readelf (binutils) is required in CI"
+        );
+        eprintln!("skipping: readelf is not available");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("LOAD"), "{text}");
+    assert!(
+        !text.contains("INTERP"),
+        "the executable asks for a program interpreter:\n{text}"
+    );
+}
