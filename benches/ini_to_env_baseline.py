@@ -1,4 +1,4 @@
-"""Baseline for benches/ini2env.sh: the shape of the install guide's Python
+"""Baseline for benches/ini2env.rs: the shape of the install guide's Python
 converter (configparser -> KEY=value lines), run as a process.
 
 usage: python3 ini_to_env_baseline.py CHATMAIL_INI ENV_OUT
