@@ -270,10 +270,11 @@ pub fn parse_str(text: &str) -> Result<Ini<'_>, ParseError> {
     // file of ordinary lines, so a large one is not rehashed over and over.
     let hasher = rustc_hash::FxBuildHasher;
     let mut keys: HashTable<u32> = HashTable::with_capacity(text.len() / 32);
-    // A capacity hint for a section's entries: the lines left in the file.
-    // Reserved but unwritten capacity costs no memory, while growing a
-    // large section step by step copies it over and over.
-    let newlines = memchr::memchr_iter(b'\n', text.as_bytes()).count();
+    // A capacity hint for a section's entries: one per 16 bytes left in the
+    // file, more than ordinary `key = value` lines need. Reserved but
+    // unwritten capacity costs no memory, while growing a large section
+    // step by step copies it over and over.
+    let room = |line: &str| (text.len() - (line.as_ptr() as usize - text.as_ptr() as usize)) / 16;
     for (idx, raw) in split_lines(text).enumerate() {
         let lineno = idx + 1;
         if matches!(py_lstrip(raw).as_bytes().first(), None | Some(b'#' | b';')) {
@@ -310,7 +311,7 @@ pub fn parse_str(text: &str) -> Result<Ini<'_>, ParseError> {
                         ini.sections.push(Section {
                             name,
                             line: lineno,
-                            entries: Vec::with_capacity(newlines.saturating_sub(idx) + 1),
+                            entries: Vec::with_capacity(room(raw) + 1),
                         });
                         keys.clear();
                     }

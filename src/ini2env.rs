@@ -156,7 +156,7 @@ pub fn vars<'a>(ini: Ini<'a>, path: &Path, all: bool) -> Result<Vec<Var<'a>>> {
                 ini::quoted(e.key)
             )));
         }
-        if memchr::memchr(0, e.value.as_bytes()).is_some() {
+        if e.value.as_bytes().contains(&0) {
             return Err(error::usage(format!(
                 "{shown}:{}: the value of {} holds a NUL character, which no environment \
                  variable can carry",
