@@ -191,3 +191,31 @@ fn the_executable_is_static() {
         "the executable asks for a program interpreter:\n{text}"
     );
 }
+
+/// Each command's own help starts with the description the command list
+/// gives it (an argument struct's doc comment must not replace it).
+#[test]
+fn command_help_starts_with_its_description() {
+    let out = bin().arg("--help").output().unwrap();
+    let top = String::from_utf8(out.stdout).unwrap();
+    for c in COMMANDS {
+        let listed = top
+            .lines()
+            .find_map(|l| {
+                let l = l.trim_start();
+                let rest = l.strip_prefix(c)?;
+                rest.starts_with(' ').then(|| rest.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("{c} is not in the command list:\n{top}"));
+        for flag in ["-h", "--help"] {
+            let out = bin().args([c, flag]).output().unwrap();
+            let help = String::from_utf8(out.stdout).unwrap();
+            // The list may wrap a long description: compare its start.
+            let start: String = listed.chars().take(30).collect();
+            assert!(
+                help.starts_with(&start),
+                "`{c} {flag}` does not start with `{start}`:\n{help}"
+            );
+        }
+    }
+}

@@ -1,7 +1,7 @@
 use clap::Args;
 use std::path::PathBuf;
 
-/// Arguments of `cert-watch`.
+// Arguments of `cert-watch`.
 #[derive(Args, Debug, Clone)]
 pub struct CertWatchArgs {
     /// Host directory holding the certificate and key (instead of PATH_TO_SSL from .env).

@@ -1,10 +1,10 @@
 use clap::Args;
 use std::path::PathBuf;
 
-/// Migrate a bare-metal chatmail relay on this host into the container
-/// deployment: config, DKIM keys, ACME state and mailboxes.
-///
-/// Example: `chatmail-docker migrate --dry-run`, then `chatmail-docker migrate --yes --start`.
+// Migrate a bare-metal chatmail relay on this host into the container
+// deployment: config, DKIM keys, ACME state and mailboxes.
+//
+// Example: `chatmail-docker migrate --dry-run`, then `chatmail-docker migrate --yes --start`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct MigrateArgs {
     /// The bare-metal chatmail.ini [default: /usr/local/lib/chatmaild/chatmail.ini under --root].

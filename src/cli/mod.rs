@@ -33,13 +33,14 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// A command's own arguments and the global options given after its name.
-///
-/// The global options are declared on every command rather than with
-/// clap's `global = true`: clap copies global options into every
-/// subcommand's definition before parsing, which was a fifth of the start-up
-/// time of a short command. Declared here, they are only built for the
-/// command being run (`defer`), and [`Cli::parse_args`] merges them.
+// A command's own arguments and the global options given after its name.
+//
+// The global options are declared on every command rather than with clap's
+// `global = true`: clap copies global options into every subcommand's
+// definition before parsing, which was a fifth of the start-up time of a
+// short command. Declared here, they are only built for the command being
+// run (`defer`), and `Cli::parse_args` merges them. (Plain comments: clap
+// would show a doc comment here as every command's description.)
 #[derive(Args, Debug)]
 pub struct Sub<T: Args> {
     #[command(flatten)]
@@ -48,7 +49,7 @@ pub struct Sub<T: Args> {
     pub global: GlobalArgs,
 }
 
-/// The arguments of `completions`.
+// The arguments of `completions` (a plain comment, as above).
 #[derive(Args, Debug, Clone)]
 pub struct CompletionsArgs {
     /// The shell to complete for.
@@ -103,7 +104,8 @@ impl Cli {
     }
 }
 
-/// Options every command takes.
+// Options every command takes. (A plain comment: flattened into each
+// command, clap would show a doc comment as the command's description.)
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
     /// Deployment directory holding .env, chatmail.ini, custom/, data/ and docker/.

@@ -1,9 +1,9 @@
 //! Arguments of `chatmail-docker config`.
 use clap::Args;
 
-/// `config` regenerates docker/compose.generated.yaml from custom/ (not with
-/// --dry-run) and prints what `docker compose config` makes of all compose
-/// files, the user's docker-compose.override.yaml and .env together.
+// `config` regenerates docker/compose.generated.yaml from custom/ (not with
+// --dry-run) and prints what `docker compose config` makes of all compose
+// files, the user's docker-compose.override.yaml and .env together.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ConfigArgs {
     /// Print only the override generated from custom/ (and data/.mount-vmail); writes nothing.

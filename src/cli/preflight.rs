@@ -10,7 +10,7 @@ pub struct PreflightArgs {
     pub checks: CheckArgs,
 }
 
-/// Options shared by `preflight` and `setup`.
+// Options shared by `preflight` and `setup`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct CheckArgs {
     /// Skip a check by id (repeatable); it is reported loudly. Ids: cgroup-v2,
