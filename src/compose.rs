@@ -558,15 +558,7 @@ pub fn status_report(ctx: &Context) -> Result<StatusReport> {
     r.warnings.extend(crate::setup::status_warnings(ctx, &c));
     match crate::certwatch::status(ctx) {
         Ok(cert) => {
-            if let Some(p) = &cert.problem {
-                r.warnings.push(format!("certificate: {p}"));
-            }
-            if cert.days_left.is_some_and(|d| d < 14) {
-                r.warnings.push(format!(
-                    "the certificate expires in {} days",
-                    cert.days_left.unwrap_or_default()
-                ));
-            }
+            r.warnings.extend(certificate_warnings(&cert));
             r.certificate = Some(cert);
         }
         Err(e) => r.warnings.push(format!("certificate: {e:#}")),
@@ -647,9 +639,49 @@ pub fn status(ctx: &Context, a: &StatusArgs) -> Result<()> {
     }
 }
 
+/// What `status` warns about the certificate.
+fn certificate_warnings(cert: &crate::certwatch::CertStatus) -> Vec<String> {
+    let mut w = Vec::new();
+    if let Some(p) = &cert.problem {
+        w.push(format!("certificate: {p}"));
+    }
+    match cert.days_left {
+        Some(d) if d < 0 => w.push("the certificate has expired: clients refuse it".to_string()),
+        Some(d) if d < 14 => w.push(format!("the certificate expires in {d} days")),
+        _ => {}
+    }
+    w
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_warnings_for_expiry_soon_and_past() {
+        let cert = |days_left: Option<i64>| crate::certwatch::CertStatus {
+            watcher_running: true,
+            watcher: "systemd".into(),
+            path: None,
+            subject: None,
+            not_after: None,
+            days_left,
+            fingerprint: None,
+            applied_fingerprint: None,
+            applied_at: None,
+            problem: None,
+        };
+        assert!(certificate_warnings(&cert(Some(90))).is_empty());
+        assert!(certificate_warnings(&cert(None)).is_empty());
+        assert_eq!(
+            certificate_warnings(&cert(Some(3))),
+            ["the certificate expires in 3 days"]
+        );
+        assert_eq!(
+            certificate_warnings(&cert(Some(-1))),
+            ["the certificate has expired: clients refuse it"]
+        );
+    }
 
     #[test]
     fn docker_times() {

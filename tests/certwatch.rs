@@ -300,14 +300,10 @@ fn once_reloads_only_when_the_content_changed() {
     assert_eq!(d.reloads().len(), 2);
 }
 
-#[test]
-fn a_certificate_close_to_expiry_is_applied_with_a_warning() {
-    if !have("openssl", &["version"]) {
-        return;
-    }
-    let d = Deploy::new("");
-    let dir = d.path("ssl");
-    fs::create_dir_all(&dir).unwrap();
+/// A pair for example.org in `dir` (`fullchain.pem`, `privkey.pem`) that
+/// expires in `days` days.
+fn short_lived(dir: &std::path::Path, days: u32) {
+    fs::create_dir_all(dir).unwrap();
     let st = std::process::Command::new("openssl")
         .args([
             "req",
@@ -317,7 +313,13 @@ fn a_certificate_close_to_expiry_is_applied_with_a_warning() {
             "-pkeyopt",
             "ec_paramgen_curve:P-256",
         ])
-        .args(["-nodes", "-days", "5", "-subj", "/CN=example.org"])
+        .args([
+            "-nodes",
+            "-days",
+            &days.to_string(),
+            "-subj",
+            "/CN=example.org",
+        ])
         .args(["-addext", "subjectAltName=DNS:example.org"])
         .arg("-keyout")
         .arg(dir.join("privkey.pem"))
@@ -325,18 +327,65 @@ fn a_certificate_close_to_expiry_is_applied_with_a_warning() {
         .arg(dir.join("fullchain.pem"))
         .output()
         .unwrap();
-    assert!(st.status.success());
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
+/// `cert-watch --once --path dir` with recorded reloads: its stderr.
+fn once_at(d: &Deploy, dir: &std::path::Path) -> String {
     let out = d
         .cmd()
         .args(["cert-watch", "--once", "--no-verify", "--path"])
-        .arg(&dir)
+        .arg(dir)
         .arg("--reload-command")
         .arg(d.record_cmd())
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{err}");
+    err
+}
+
+#[test]
+fn a_certificate_close_to_expiry_is_applied_with_a_warning() {
+    if !have("openssl", &["version"]) {
+        return;
+    }
+    let d = Deploy::new("");
+    let dir = d.path("ssl");
+    short_lived(&dir, 5);
+    let err = once_at(&d, &dir);
     assert!(err.contains("the certificate expires in 4 days"), "{err}");
+    assert_eq!(d.reloads().len(), 1);
+    // Unchanged on the next run (a daily cron job): nothing to reload, but
+    // the renewal is still failing, so the warning comes again.
+    let err = once_at(&d, &dir);
+    assert!(err.contains("already applied"), "{err}");
+    assert!(err.contains("the certificate expires in 4 days"), "{err}");
+    assert_eq!(d.reloads().len(), 1);
+}
+
+#[test]
+fn the_watcher_reminds_of_an_applied_certificate_close_to_expiry() {
+    if !have("openssl", &["version"]) {
+        return;
+    }
+    let d = Deploy::new("");
+    let dir = d.path("ssl");
+    short_lived(&dir, 5);
+    once_at(&d, &dir);
+    // The watcher finds the certificate already applied, warns once at
+    // start and not again on every poll (it polls every second here).
+    let mut w = d.watch(&["--path", dir.to_str().unwrap(), "--poll-interval", "1"]);
+    wait_log(&w, "the certificate expires in 4 days", 1);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(w.terminate().success());
+    let log = w.log();
+    assert_eq!(log.matches("expires in 4 days").count(), 1, "{log}");
+    assert!(!log.contains("Changed"), "{log}");
     assert_eq!(d.reloads().len(), 1);
 }
 

@@ -305,17 +305,27 @@ fn verified(ctx: &Context, s: &Settings, report: &verify::Report, info: &CertInf
 /// failing somewhere.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 
-/// Warn when `info` expires within [`EXPIRY_WARNING`].
-pub fn warn_if_expiring(ctx: &Context, info: &CertInfo) {
-    if let Ok(left) = info.not_after.duration_since(SystemTime::now()) {
-        if left < EXPIRY_WARNING {
-            ctx.shell.warn(format!(
-                "the certificate expires in {} days ({}); is the ACME client renewing it?",
-                left.as_secs() / 86_400,
-                info.not_after_text()
-            ));
-        }
+/// The warning for `info` when it expires within [`EXPIRY_WARNING`] or has
+/// expired.
+pub fn expiry_warning(info: &CertInfo) -> Option<String> {
+    match info.not_after.duration_since(SystemTime::now()) {
+        Ok(left) if left < EXPIRY_WARNING => Some(format!(
+            "the certificate expires in {} days ({}); is the ACME client renewing it?",
+            left.as_secs() / 86_400,
+            info.not_after_text()
+        )),
+        Ok(_) => None,
+        Err(_) => Some(format!(
+            "the certificate expired on {}: clients refuse it; is the ACME client renewing it?",
+            info.not_after_text()
+        )),
     }
+}
+
+/// Warn when `info` expires within [`EXPIRY_WARNING`] or has expired;
+/// whether it warned.
+pub fn warn_if_expiring(ctx: &Context, info: &CertInfo) -> bool {
+    expiry_warning(info).map(|w| ctx.shell.warn(w)).is_some()
 }
 
 /// Record `m` as applied.
@@ -452,6 +462,10 @@ fn once(ctx: &Context, s: &Settings) -> Result<()> {
             "Unchanged",
             format!("certificate {} already applied", short(&m.fingerprint)),
         );
+        // Run from cron, this is the daily reminder of a failing renewal.
+        if let Ok(info) = m.info() {
+            warn_if_expiring(ctx, &info);
+        }
         return Ok(());
     }
     let info = m
@@ -584,5 +598,38 @@ fn watcher_state(ctx: &Context) -> (bool, String) {
     match watch::live_pid(ctx) {
         Some(pid) => (true, format!("pid {pid}")),
         None => (false, String::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expiring_in(secs: i64) -> CertInfo {
+        let now = SystemTime::now();
+        let not_after = if secs >= 0 {
+            now + Duration::from_secs(secs as u64)
+        } else {
+            now - Duration::from_secs(secs.unsigned_abs())
+        };
+        CertInfo {
+            subject: "CN=example.org".into(),
+            not_after,
+            leaf_sha256: String::new(),
+            dns_names: vec!["example.org".into()],
+        }
+    }
+
+    #[test]
+    fn expiry_warnings_for_soon_and_past_not_for_later() {
+        let soon = expiry_warning(&expiring_in(5 * 86_400 + 3_600)).unwrap();
+        assert!(
+            soon.starts_with("the certificate expires in 5 days"),
+            "{soon}"
+        );
+        let past = expiry_warning(&expiring_in(-86_400)).unwrap();
+        assert!(past.starts_with("the certificate expired on"), "{past}");
+        assert!(past.contains("clients refuse it"), "{past}");
+        assert_eq!(expiry_warning(&expiring_in(30 * 86_400)), None);
     }
 }

@@ -120,8 +120,16 @@ struct Engine {
     missing: Option<String>,
     /// A reload to retry: when, which fingerprint, which attempt.
     retry: Option<(Instant, String, u32)>,
+    /// When the applied certificate's coming (or past) expiry was last
+    /// warned about.
+    expiry_warned: Option<Instant>,
     walk: Walk,
 }
+
+/// How often an unchanged certificate close to expiry is warned about
+/// again: a renewal that keeps failing must not go unnoticed, nor flood the
+/// log on every poll.
+const EXPIRY_REMINDER: Duration = Duration::from_secs(86_400);
 
 enum Step {
     Continue,
@@ -178,6 +186,7 @@ async fn main_loop(ctx: Context, settings: Settings) -> Result<()> {
         rejected: None,
         missing: None,
         retry: None,
+        expiry_warned: None,
         walk: Walk::default(),
     };
     let mut poll =
@@ -272,6 +281,7 @@ impl Engine {
                     .shell
                     .status("Unchanged", "the certificate is back to the applied one");
             }
+            self.remind_expiry(&m);
             return Step::Continue;
         }
         if self.rejected.as_deref() == Some(fp.as_str()) {
@@ -307,7 +317,9 @@ impl Engine {
                     info.not_after_text()
                 ),
             );
-            super::warn_if_expiring(&self.ctx, &info);
+            if super::warn_if_expiring(&self.ctx, &info) {
+                self.expiry_warned = Some(Instant::now());
+            }
         }
         let ctx = self.ctx.clone();
         let settings = self.settings.clone();
@@ -344,6 +356,23 @@ impl Engine {
             Err(e) => self.schedule_retry(&m, format!("the reload task failed: {e}")),
         }
         step
+    }
+
+    /// The applied certificate did not change: if it is about to expire or
+    /// has expired, its renewal is failing. Say so at start and then once a
+    /// day, as long as it lasts.
+    fn remind_expiry(&mut self, m: &Material) {
+        if self
+            .expiry_warned
+            .is_some_and(|at| at.elapsed() < EXPIRY_REMINDER)
+        {
+            return;
+        }
+        if let Ok(info) = m.info() {
+            if super::warn_if_expiring(&self.ctx, &info) {
+                self.expiry_warned = Some(Instant::now());
+            }
+        }
     }
 
     fn schedule_retry(&mut self, m: &Material, why: String) {
