@@ -6,7 +6,8 @@
 //! 4. custom/ -> docker/compose.generated.yaml,
 //! 5. `docker compose build` when the image is missing or `--rebuild`,
 //! 6. `docker compose up -d` with this run's one-shot switches,
-//! 7. wait for the container's health check,
+//! 7. wait for the container's health check, then remove the image a
+//!    rebuild replaced,
 //! 8. the host cert-watch unit when `ENABLE_CERTS_MONITORING=true`.
 //!
 //! With `--dry-run` every step prints what it would do and nothing changes.
@@ -98,12 +99,53 @@ fn image_names(ctx: &Context) -> Result<Vec<String>> {
         .collect())
 }
 
-fn image_exists(ctx: &Context, name: &str) -> Result<bool> {
-    Ok(ctx
+/// The ID of the image `name` (`sha256:...`), or None when there is none.
+fn image_id(ctx: &Context, name: &str) -> Result<Option<String>> {
+    let out = ctx
         .host
         .cmd("docker", ["image", "inspect", "--format", "{{.Id}}", name])
-        .output(&ctx.shell)?
-        .success())
+        .output(&ctx.shell)?;
+    Ok(out.success().then(|| out.stdout.trim().to_string()))
+}
+
+/// After a healthy start on rebuilt images: remove each image a rebuild
+/// replaced. It is left without a name and would keep its disk space (a
+/// `--rebuild=full` leaves a whole appliance image behind). `docker image
+/// rm` by ID refuses an image a container still uses or that has another
+/// name, so only the unnamed leftover goes; failing to remove it does not
+/// fail the setup.
+fn remove_replaced_images(ctx: &Context, previous: &[(String, String)]) {
+    for (name, old) in previous {
+        match image_id(ctx, name) {
+            Ok(Some(now)) if now == *old => continue,
+            Ok(_) => {}
+            Err(e) => {
+                ctx.shell
+                    .verbose(format!("kept the previous image of {name}: {e:#}"));
+                continue;
+            }
+        }
+        let short = old.trim_start_matches("sha256:").get(..12).unwrap_or(old);
+        match ctx
+            .host
+            .cmd("docker", ["image", "rm", old.as_str()])
+            .output(&ctx.shell)
+        {
+            Ok(out) if out.success() => {
+                ctx.shell.status(
+                    "Removed",
+                    format!("the image the rebuild replaced ({name} was {short})"),
+                );
+            }
+            Ok(out) => ctx.shell.verbose(format!(
+                "kept the previous image {short} of {name}: {}",
+                out.stderr.trim()
+            )),
+            Err(e) => ctx
+                .shell
+                .verbose(format!("kept the previous image {short} of {name}: {e:#}")),
+        }
+    }
 }
 
 fn relay_src_check(ctx: &Context) -> Result<()> {
@@ -224,12 +266,18 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
     }
     let images = image_names(ctx)?;
     let mut missing = Vec::new();
+    // What a rebuild replaces: (name, image ID) of the existing images.
+    let mut previous = Vec::new();
     for i in &images {
-        if !image_exists(ctx, i)? {
-            missing.push(i.clone());
+        match image_id(ctx, i)? {
+            Some(id) => previous.push((i.clone(), id)),
+            None => missing.push(i.clone()),
         }
     }
     let build = args.rebuild.is_some() || !missing.is_empty();
+    if !build {
+        previous.clear();
+    }
     if build {
         relay_src_check(ctx)?;
         let mut bargs = vec!["build".to_string()];
@@ -247,6 +295,11 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
                     format!(" (image {} is missing)", missing.join(", "))
                 }
             ));
+            if !previous.is_empty() {
+                ctx.shell.out(
+                    "would remove the image the rebuild replaces (if it changed) once the appliance is healthy",
+                );
+            }
         } else {
             ctx.shell.status(
                 "Building",
@@ -291,6 +344,8 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
     // 7. Health.
     let c = compose::wait_healthy(ctx, Duration::from_secs(args.wait_timeout))
         .context("the appliance did not become healthy")?;
+    // Only now: while the new image is not proven, the old one stays.
+    remove_replaced_images(ctx, &previous);
     let recreated = before
         .as_ref()
         .is_none_or(|b| b.id != c.id || b.state.started_at != c.state.started_at);

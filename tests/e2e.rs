@@ -395,7 +395,8 @@ fn appliance_end_to_end() {
         0,
         "setup (build + first start)",
     );
-    // The rebuild leaves the previous image of the suite dangling: drop it.
+    // setup removes the image a rebuild replaced (asserted in step 3);
+    // should one from an earlier run still be there, drop it.
     if let Some(old) = previous_image.filter(|old| image_id(IMAGE).as_ref() != Some(old)) {
         let _ = StdCommand::new("docker")
             .args(["rmi", &old])
@@ -470,11 +471,35 @@ fn appliance_end_to_end() {
         "the new page is served"
     );
 
-    // 3. --reinstall runs the install stage once; the next setup does not.
-    run_tool(
-        tool(&dir, &base).args(["setup", "--reinstall", "--skip-check", "cgroup-v2"]),
+    // 3. A change in the relay source, `--rebuild --reinstall`: a new image,
+    // the one it replaced removed once the container is healthy; the
+    // install stage runs once; the next setup does not run it.
+    let before = image_id(IMAGE).expect("the image from step 1");
+    fs::write(
+        dir.join("relay/REBUILD-e2e"),
+        format!("a change in the relay source {:?}\n", Instant::now()),
+    )
+    .unwrap();
+    let (_, stderr) = run_tool(
+        tool(&dir, &base).args([
+            "setup",
+            "--rebuild",
+            "--reinstall",
+            "--skip-check",
+            "cgroup-v2",
+        ]),
         0,
-        "setup --reinstall",
+        "setup --rebuild --reinstall after a relay source change",
+    );
+    let after = image_id(IMAGE).expect("the rebuilt image");
+    assert_ne!(before, after, "the relay source changed: a new image");
+    assert!(
+        image_id(&before).is_none(),
+        "the replaced image {before} is still there: {stderr}"
+    );
+    assert!(
+        stderr.contains("the image the rebuild replaced"),
+        "{stderr}"
     );
     let container = healthy_container(&dir, &base);
     let stages = exec(
