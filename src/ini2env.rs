@@ -203,15 +203,9 @@ pub fn vars<'a>(ini: Ini<'a>, path: &Path, all: bool) -> Result<Vec<Var<'a>>> {
     Ok(out)
 }
 
-/// The `KEY=value` lines for `vars` that are written (for `--stdout`).
-pub fn render(vars: &[Var]) -> Result<String> {
-    let mut out = Vec::new();
-    write_vars(vars, &mut out)?;
-    String::from_utf8(out).context("internal error: rendered .env lines are not UTF-8")
-}
-
-/// [`render`] into a writer, one line at a time (`--stdout` streams a
-/// large ini instead of building its whole output first).
+/// The `KEY=value` lines for `vars` that are written, into a writer one
+/// line at a time (`--stdout` streams a large ini instead of building its
+/// whole output first).
 pub fn write_vars(vars: &[Var], out: &mut impl Write) -> Result<()> {
     let mut line = String::new();
     for v in vars.iter().filter(|v| v.write) {

@@ -304,33 +304,27 @@ fn once_reloads_only_when_the_content_changed() {
 /// expires in `days` days.
 fn short_lived(dir: &std::path::Path, days: u32) {
     fs::create_dir_all(dir).unwrap();
-    let st = std::process::Command::new("openssl")
-        .args([
+    openssl(
+        dir,
+        &[
             "req",
             "-x509",
             "-newkey",
             "ec",
             "-pkeyopt",
             "ec_paramgen_curve:P-256",
-        ])
-        .args([
             "-nodes",
             "-days",
             &days.to_string(),
             "-subj",
             "/CN=example.org",
-        ])
-        .args(["-addext", "subjectAltName=DNS:example.org"])
-        .arg("-keyout")
-        .arg(dir.join("privkey.pem"))
-        .arg("-out")
-        .arg(dir.join("fullchain.pem"))
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
+            "-addext",
+            "subjectAltName=DNS:example.org",
+            "-keyout",
+            "privkey.pem",
+            "-out",
+            "fullchain.pem",
+        ],
     );
 }
 
