@@ -82,6 +82,11 @@ const PROTECTED: &[Protected] = &[
         below: true,
         why: "the TLS certificates, persistent data",
     },
+    Protected {
+        path: "/var/lib/chatmail-docker",
+        below: true,
+        why: "the appliance's own state (self-signed certificate), persistent data",
+    },
     // systemd runs the container: its binaries, its own unit directories
     // and the manager configuration.
     Protected {
