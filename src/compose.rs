@@ -228,6 +228,9 @@ pub struct Health {
 pub struct HealthLog {
     pub exit_code: i64,
     pub output: String,
+    /// When the check ran (RFC 3339).
+    #[serde(default)]
+    pub start: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -245,6 +248,17 @@ impl Inspect {
     pub fn last_health_output(&self) -> Option<String> {
         let log = self.state.health.as_ref()?.log.as_ref()?;
         log.last().map(|l| l.output.trim().to_string())
+    }
+
+    /// The reason the in-container init recorded for a failed start, from a
+    /// health check of this start (a restarted container keeps the checks
+    /// of its previous run).
+    pub fn init_failure(&self) -> Option<String> {
+        let started = parse_time(&self.state.started_at)?;
+        let last = self.state.health.as_ref()?.log.as_ref()?.last()?;
+        let out = last.output.trim();
+        (out.starts_with("init failed") && parse_time(&last.start).is_some_and(|t| t >= started))
+            .then(|| out.to_string())
     }
 }
 
@@ -328,6 +342,12 @@ pub fn wait_healthy(ctx: &Context, timeout: Duration) -> Result<Inspect> {
                     c.state.status,
                     c.state.exit_code
                 );
+            }
+            // The init records a failed deploy for the health check; Docker
+            // still says "starting" during the start period, but nothing
+            // will change until the configuration does.
+            if let Some(reason) = c.init_failure() {
+                bail!("the appliance did not start: {reason}");
             }
             match health.as_str() {
                 "healthy" | "none" => return Ok(c),

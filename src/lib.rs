@@ -5,6 +5,7 @@
 //! through the [`host`] seam. `main.rs` only parses arguments and calls
 //! [`main_with`].
 
+pub mod build;
 pub mod certwatch;
 pub mod cli;
 pub mod compose;

@@ -148,7 +148,7 @@ fn remove_replaced_images(ctx: &Context, previous: &[(String, String)]) {
     }
 }
 
-fn relay_src_check(ctx: &Context) -> Result<()> {
+fn relay_src_check(ctx: &Context) -> Result<std::path::PathBuf> {
     let env = crate::dotenv::load(&ctx.path(".env")).unwrap_or_default();
     let src = env
         .get("RELAY_SRC")
@@ -162,7 +162,7 @@ fn relay_src_check(ctx: &Context) -> Result<()> {
             path.display()
         )));
     }
-    Ok(())
+    Ok(path)
 }
 
 fn run_preflight(ctx: &Context, args: &SetupArgs, without_inotify: bool) -> Result<()> {
@@ -279,7 +279,15 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
         previous.clear();
     }
     if build {
-        relay_src_check(ctx)?;
+        let relay = relay_src_check(ctx)?;
+        let build_env = crate::build::prepare(
+            ctx,
+            &relay,
+            &crate::build::BuildOptions {
+                ca: args.build_ca.clone(),
+                keep_ca: args.keep_build_ca,
+            },
+        )?;
         let mut bargs = vec!["build".to_string()];
         if args.rebuild.as_deref() == Some("full") {
             bargs.push("--no-cache".into());
@@ -305,7 +313,7 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
                 "Building",
                 format!("the appliance image ({})", images.join(", ")),
             );
-            compose::compose_run(ctx, &bargs, &[])?;
+            compose::compose_run(ctx, &bargs, &build_env.env)?;
         }
         changed = true;
     }

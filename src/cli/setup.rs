@@ -38,6 +38,14 @@ pub struct SetupArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// Trust these extra CA certificates while building the image (a PEM file or a directory of .crt/.pem files), for networks whose proxy re-signs TLS; not kept in the image.
+    #[arg(long, value_name = "PATH", env = "CHATMAIL_BUILD_CA")]
+    pub build_ca: Option<std::path::PathBuf>,
+
+    /// With --build-ca: keep those certificates trusted in the image too.
+    #[arg(long, requires = "build_ca")]
+    pub keep_build_ca: bool,
+
     /// Seconds to wait for the container to become healthy.
     #[arg(long, default_value_t = 900, value_name = "SECS")]
     pub wait_timeout: u64,

@@ -1,0 +1,406 @@
+//! End-to-end with the real chatmail relay: the snapshot of upstream's
+//! repository in `../shared/relay/` (what `git clone` gives a user), built
+//! into the appliance by the real `chatmail-docker`, started under systemd
+//! on the machine's Docker engine, and checked the way a user would: the
+//! relay's own web page, accounts from `POST /new`, mail over 587, 465 and
+//! 25 read back over IMAP 993.
+//!
+//! Only the relay's internet downloads are replaced (`tests/relay-offline/`:
+//! the machines that run this have no internet but the package
+//! registries). The relay runs in self-signed mode (`_` domain): no DNS or
+//! ACME is reachable here.
+//!
+//! The scenarios share the host's mail ports (network_mode: host) and run in
+//! order inside one test. Without a Docker daemon the test is skipped with a
+//! printed reason, except under CI=true where that is a failure.
+
+mod e2e_support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command as StdCommand;
+use std::time::Instant;
+
+use e2e_support::*;
+
+const DOMAIN: &str = "_chat.example.org";
+/// The image this suite builds, apart from a user's `chatmail-relay:local`
+/// and the stand-in suite's image.
+const IMAGE: &str = "chatmail-relay:e2e-real";
+/// CA certificates the host trusts: on machines whose way to PyPI is a
+/// proxy that re-signs TLS, the image build needs them (`--build-ca`).
+const HOST_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The relay snapshot, unpacked as `relay/` the way `git clone` leaves it
+/// (a git checkout), with the offline patch applied and committed.
+fn unpack_relay(dir: &Path) -> String {
+    let shared = manifest_dir().join("../shared/relay");
+    let tarball = fs::read_dir(&shared)
+        .unwrap_or_else(|e| panic!("{}: {e} (the relay snapshot)", shared.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("chatmail-relay-"))
+        })
+        .unwrap_or_else(|| panic!("no chatmail-relay-*.tar.gz in {}", shared.display()));
+    check(
+        StdCommand::new("tar")
+            .arg("-xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(dir),
+        "unpack the relay snapshot",
+    );
+    let relay = dir.join("relay");
+    check(
+        StdCommand::new("python3")
+            .arg(manifest_dir().join("tests/relay-offline/apply.py"))
+            .arg(&relay),
+        "replace the relay's downloads",
+    );
+    for args in [
+        &["init", "-q"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@example.org",
+            "commit",
+            "-q",
+            "-m",
+            "relay snapshot, offline downloads",
+        ],
+    ] {
+        check(
+            StdCommand::new("git").args(args).current_dir(&relay),
+            "make relay/ a git checkout",
+        );
+    }
+    let out = StdCommand::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(&relay)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A deployment directory as a user has it after cloning this repository
+/// and the relay: the appliance files, relay/, chatmail.ini.
+fn deployment(parent: &Path) -> (PathBuf, String) {
+    let dir = parent.join("deploy");
+    fs::create_dir_all(&dir).unwrap();
+    copy_tree(&manifest_dir().join("docker"), &dir.join("docker"), &|p| {
+        p.file_name().is_some_and(|n| n == "compose.generated.yaml")
+    });
+    let commit = unpack_relay(&dir);
+    fs::write(dir.join("chatmail.ini"), ini("")).unwrap();
+    (dir, commit)
+}
+
+/// The suite's chatmail.ini. `max_load_1m`: the relay refuses new accounts
+/// above this load, and a test machine building images is busy.
+fn ini(extra: &str) -> String {
+    format!("[params]\nmail_domain = {DOMAIN}\nmax_load_1m = 100\n{extra}")
+}
+
+fn tool(dir: &Path) -> assert_cmd::Command {
+    let mut cmd = tool_with_image(dir, IMAGE);
+    cmd.env("CHATMAIL_BUILD_CA", HOST_CA);
+    cmd
+}
+
+fn mailcheck(args: &[&str]) -> serde_json::Value {
+    let out = StdCommand::new("python3")
+        .arg(manifest_dir().join("tests/relay-offline/mailcheck.py"))
+        .arg("127.0.0.1")
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "mailcheck {args:?} failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("mailcheck output ({e}): {stdout}"))
+}
+
+fn inbox_has(v: &serde_json::Value, ids: &[String]) {
+    let inbox: Vec<&str> = v["inbox"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no inbox in {v}"))
+        .iter()
+        .filter_map(|i| i.as_str())
+        .collect();
+    for id in ids {
+        assert!(inbox.contains(&id.as_str()), "{id} not in B's INBOX: {v}");
+    }
+}
+
+fn served_cert_sha(port: u16) -> String {
+    let pem = served_cert_pem(port).unwrap_or_else(|| panic!("no certificate served on {port}"));
+    sha256_hex(pem.as_bytes())
+}
+
+#[test]
+fn real_relay_end_to_end() {
+    if !engine_or_skip() {
+        return;
+    }
+    let total = Instant::now();
+    let base = base_image();
+    let tmp = tempfile::Builder::new()
+        .prefix("chatmail-e2e-relay")
+        .tempdir()
+        .unwrap();
+    let (dir, commit) = deployment(tmp.path());
+    let _down = Down::new(&dir, IMAGE);
+
+    // 1. setup in a fresh deployment directory: build, start, healthy.
+    let started = Instant::now();
+    run_tool(
+        tool(&dir).env("CHATMAIL_BASE_IMAGE", &base).args([
+            "setup",
+            "--rebuild",
+            "--skip-check",
+            "cgroup-v2",
+        ]),
+        0,
+        "setup (build + first start)",
+    );
+    eprintln!(
+        "e2e-relay: setup with image build to healthy: {:.1?}",
+        started.elapsed()
+    );
+    let container = healthy_container_of(&mut tool(&dir));
+
+    // 2. The image: built from the relay as cloned, without its .git, the
+    // compilers its install stage needed, or unbound-anchor (the relay
+    // removes it); the relay's commit where the relay records it; nothing
+    // of the mail stack enabled before the relay's deploy.
+    assert_eq!(
+        exec(&container, &["cat", "/etc/chatmail-version"]).trim(),
+        commit,
+        "/etc/chatmail-version holds the relay commit"
+    );
+    for absent in [
+        "/opt/chatmail/.git",
+        "/usr/bin/gcc",
+        "/usr/sbin/unbound-anchor",
+    ] {
+        assert!(
+            !exec_ok(&container, &["test", "-e", absent]),
+            "{absent} is in the image"
+        );
+    }
+    let enabled = StdCommand::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--entrypoint",
+            "systemctl",
+            IMAGE,
+            "is-enabled",
+        ])
+        .args(["postfix", "dovecot", "nginx", "opendkim", "unbound"])
+        .output()
+        .unwrap();
+    let enabled = String::from_utf8_lossy(&enabled.stdout);
+    assert!(
+        enabled.lines().all(|l| l.trim() == "disabled"),
+        "the image starts no mail service before the deploy: {enabled}"
+    );
+
+    // 3. What a user checks: the relay's page, accounts, mail on 587, 465
+    // and 25 (STARTTLS) arriving over IMAP; 25 without STARTTLS refused.
+    let v = mailcheck(&[]);
+    let title = v["title"].as_str().unwrap_or_default();
+    assert!(
+        title.contains(DOMAIN),
+        "the relay's own page: <title>{title}</title>"
+    );
+    for who in ["a", "b"] {
+        let email = v[who]["email"].as_str().unwrap_or_default();
+        assert!(email.ends_with(&format!("@{DOMAIN}")), "POST /new: {v}");
+    }
+    let sent: Vec<String> = ["587", "465", "25"]
+        .iter()
+        .map(|p| v["sent"][p].as_str().unwrap().to_string())
+        .collect();
+    inbox_has(&v, &sent);
+    assert!(
+        v["plain_25_refused"].is_string(),
+        "25 without STARTTLS must be refused: {v}"
+    );
+    // The 587 message was signed by the relay's opendkim on its way (the
+    // relay strips the signature from locally delivered copies).
+    let qid = v["queue_id_587"]
+        .as_str()
+        .expect("a queue id for the 587 message");
+    let journal = exec(&container, &["journalctl", "--no-pager", "-u", "opendkim"]);
+    assert!(
+        journal.contains(&format!(
+            "{qid}: DKIM-Signature field added (s=opendkim, d={DOMAIN})"
+        )),
+        "opendkim signed {qid}: {}",
+        tail(&journal, 20)
+    );
+    let b = format!(
+        "{}:{}",
+        v["b"]["email"].as_str().unwrap(),
+        v["b"]["password"].as_str().unwrap()
+    );
+
+    // 4. The health check covers every unit the relay enabled, including
+    // filtermail-transport, which carries all outgoing mail.
+    let units = exec(&container, &["cat", "/etc/chatmail/relay-units"]);
+    for unit in [
+        "filtermail-transport.service",
+        "postfix.service",
+        "dovecot.service",
+        "doveauth.service",
+    ] {
+        assert!(
+            units.lines().any(|l| l == unit),
+            "{unit} not recorded: {units}"
+        );
+    }
+    exec(&container, &["systemctl", "stop", "filtermail-transport"]);
+    let (ok, out) = exec_status(&container, &["/usr/local/lib/chatmail-docker/healthcheck"]);
+    assert!(
+        !ok && out.contains("filtermail-transport"),
+        "health with filtermail-transport stopped: {out}"
+    );
+    exec(&container, &["systemctl", "start", "filtermail-transport"]);
+
+    // 5. A deploy that fails leaves the running relay as it was.
+    let ini_path = "/etc/chatmail/chatmail.ini";
+    let good_ini = exec(&container, &["cat", ini_path]);
+    exec(
+        &container,
+        &[
+            "sh",
+            "-c",
+            &format!("echo 'max_message_size = not-a-number' >> {ini_path}"),
+        ],
+    );
+    let (ok, _) = exec_status(&container, &["systemctl", "restart", "chatmail-deploy"]);
+    assert!(!ok, "the deploy with a broken ini must fail");
+    let (_, health) = exec_status(&container, &["/usr/local/lib/chatmail-docker/healthcheck"]);
+    assert!(
+        health.starts_with("init failed"),
+        "health says why: {health}"
+    );
+    for unit in ["postfix", "dovecot", "nginx", "opendkim", "filtermail"] {
+        assert!(
+            exec_ok(&container, &["systemctl", "is-active", "--quiet", unit]),
+            "{unit} stopped by a failed deploy"
+        );
+    }
+    inbox_has(&mailcheck(&["--read", &b]), &sent);
+    exec(
+        &container,
+        &[
+            "sh",
+            "-c",
+            &format!("cat > {ini_path} <<'EOF'\n{good_ini}EOF"),
+        ],
+    );
+    let (ok, out) = exec_status(&container, &["systemctl", "restart", "chatmail-deploy"]);
+    assert!(ok, "deploy with the good ini again: {out}");
+
+    // 6. A restart (no deploy: nothing changed) is healthy again, with the
+    // relay's resolver (its unbound) in effect, not Docker's copy.
+    let started = Instant::now();
+    check(
+        StdCommand::new("docker").args(["restart", "--time", "60", &container]),
+        "docker restart",
+    );
+    wait_healthy(&container);
+    eprintln!("e2e-relay: restart to healthy: {:.1?}", started.elapsed());
+    let resolv = exec(&container, &["cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.lines().next() == Some("nameserver 127.0.0.1"),
+        "the relay's resolver after a restart: {resolv}"
+    );
+
+    // 7. down + setup: a new container with the same certificate, DKIM key
+    // and mailboxes (passwords included).
+    let cert = served_cert_sha(443);
+    let dkim = fs::read(dir.join("data/chatmail-dkimkeys/opendkim.private")).unwrap();
+    run_tool(tool(&dir).arg("down"), 0, "down");
+    let started = Instant::now();
+    run_tool(
+        tool(&dir).args(["setup", "--skip-check", "cgroup-v2"]),
+        0,
+        "setup after down",
+    );
+    eprintln!(
+        "e2e-relay: setup with the image present to healthy: {:.1?}",
+        started.elapsed()
+    );
+    let container = healthy_container_of(&mut tool(&dir));
+    assert_eq!(
+        served_cert_sha(443),
+        cert,
+        "the self-signed certificate survives a recreate"
+    );
+    assert_eq!(
+        fs::read(dir.join("data/chatmail-dkimkeys/opendkim.private")).unwrap(),
+        dkim,
+        "the DKIM key survives"
+    );
+    inbox_has(&mailcheck(&["--read", &b]), &sent);
+
+    // 8. A configuration the relay rejects: setup stops as soon as the
+    // init has failed (the test's own timeout bounds it, far below the
+    // default 900 s wait) and says why.
+    fs::write(
+        dir.join("chatmail.ini"),
+        ini("max_message_size = not-a-number\n"),
+    )
+    .unwrap();
+    let (stdout, stderr) = run_tool(
+        tool(&dir)
+            .args(["setup", "--skip-check", "cgroup-v2"])
+            .timeout(std::time::Duration::from_secs(300)),
+        1,
+        "setup with a value the relay rejects",
+    );
+    let said = stdout + &stderr;
+    assert!(
+        said.contains("init failed") && said.contains("cmdeploy run failed"),
+        "setup names the failed deploy: {said}"
+    );
+    drop(container);
+
+    // 9. A container start needs no internet: configure,activate with no
+    // network at all (an override of the user's own) becomes healthy.
+    fs::write(dir.join("chatmail.ini"), ini("")).unwrap();
+    fs::write(
+        dir.join("docker-compose.override.yaml"),
+        "services:\n  chatmail:\n    network_mode: none\n",
+    )
+    .unwrap();
+    run_tool(
+        tool(&dir).args([
+            "setup",
+            "--skip-check",
+            "cgroup-v2",
+            "--skip-check",
+            "ports",
+        ]),
+        0,
+        "setup without any network",
+    );
+    let container = healthy_container_of(&mut tool(&dir));
+    assert_eq!(
+        exec(&container, &["sh", "-c", "ls /sys/class/net"]).trim(),
+        "lo",
+        "the container has no network but loopback"
+    );
+    fs::remove_file(dir.join("docker-compose.override.yaml")).unwrap();
+
+    eprintln!("e2e-relay: total {:.1?}", total.elapsed());
+}

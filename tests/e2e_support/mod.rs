@@ -1,0 +1,263 @@
+//! Helpers of the end-to-end suites that drive the appliance on the
+//! machine's Docker engine: the engine rule (skip with a reason, fail under
+//! CI=true), the base image, the tool with a suite's image name, the
+//! container's health, `docker exec`.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command as StdCommand, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+fn have_compose_v2() -> bool {
+    StdCommand::new("docker")
+        .args(["compose", "version", "--short"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout)
+                    .trim_start()
+                    .starts_with('2')
+        })
+}
+
+/// Whether a Docker daemon and Compose v2 answer; skip (or fail in CI)
+/// otherwise.
+pub fn engine_or_skip() -> bool {
+    let ok = StdCommand::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok && have_compose_v2() {
+        return true;
+    }
+    if in_ci() {
+        panic!("the end-to-end suite needs a Docker daemon and Compose v2, and CI=true forbids skipping");
+    }
+    eprintln!(
+        "skipping the end-to-end suite: no Docker daemon answers (or no `docker compose` v2)"
+    );
+    false
+}
+
+/// The base image tag, built when missing (cached by content hash).
+pub fn base_image() -> String {
+    let script = manifest_dir().join("tests/images/build-base.sh");
+    let out = StdCommand::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(out.status.success(), "{} failed", script.display());
+    let tag = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(
+        tag.starts_with("chatmail-docker-test-base:"),
+        "unexpected tag {tag:?}"
+    );
+    tag
+}
+
+/// `chatmail-docker --dir DIR` with a suite's image name and no one-shot
+/// switches inherited from the caller's environment.
+pub fn tool_with_image(dir: &Path, image: &str) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("chatmail-docker").unwrap();
+    cmd.env("CHATMAIL_IMAGE", image)
+        .env("NO_COLOR", "1")
+        .env_remove("CMDEPLOY_STAGES")
+        .env_remove("RECREATE_VENV")
+        .env_remove("FORCE_REINIT_INI_FILE")
+        .env_remove("DEBUG_COMMANDS_ENABLED")
+        .arg("--dir")
+        .arg(dir)
+        .timeout(Duration::from_secs(1800));
+    cmd
+}
+
+/// Run the tool, print its output (the test log is the user's view), and
+/// panic with it when the exit code is not the expected one.
+pub fn run_tool(cmd: &mut assert_cmd::Command, expect: i32, what: &str) -> (String, String) {
+    let started = Instant::now();
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    eprintln!(
+        "--- {what}: exit {:?} after {:.1?}\n{stdout}{stderr}",
+        out.status.code(),
+        started.elapsed()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(expect),
+        "{what}: unexpected exit code"
+    );
+    (stdout, stderr)
+}
+
+/// Run a helper command; panic with its output when it fails.
+pub fn check(cmd: &mut StdCommand, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The running container's name from `status --json`, checking that it is
+/// healthy.
+pub fn healthy_container_of(tool: &mut assert_cmd::Command) -> String {
+    let (stdout, _) = run_tool(tool.args(["status", "--json"]), 0, "status --json");
+    let v: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {stdout}"));
+    assert_eq!(v["health"], "healthy", "status --json: {v}");
+    assert_eq!(v["state"], "running", "status --json: {v}");
+    v["container"]
+        .as_str()
+        .unwrap_or_else(|| panic!("status --json names no container: {v}"))
+        .to_string()
+}
+
+/// Wait until Docker reports the container healthy (bounded by a number of
+/// checks, not by a time in an assertion).
+pub fn wait_healthy(container: &str) {
+    let mut last = String::new();
+    for _ in 0..600 {
+        let out = StdCommand::new("docker")
+            .args(["inspect", "--format", "{{.State.Health.Status}}", container])
+            .output()
+            .unwrap();
+        last = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if last == "healthy" {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("{container} did not become healthy (last: {last})");
+}
+
+/// Run a command in the container: (success, stdout + stderr).
+pub fn exec_status(container: &str, args: &[&str]) -> (bool, String) {
+    let out = StdCommand::new("docker")
+        .arg("exec")
+        .arg(container)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+pub fn exec_ok(container: &str, args: &[&str]) -> bool {
+    exec_status(container, args).0
+}
+
+/// Run a command in the container, returning stdout; panics on failure.
+pub fn exec(container: &str, args: &[&str]) -> String {
+    let out = StdCommand::new("docker")
+        .arg("exec")
+        .arg(container)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker exec {container} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) {
+    for e in walkdir::WalkDir::new(from)
+        .into_iter()
+        .filter_entry(|e| !skip(e.path()))
+    {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(from).unwrap();
+        let dest = to.join(rel);
+        if e.file_type().is_dir() {
+            fs::create_dir_all(&dest).unwrap();
+        } else {
+            fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// The leaf certificate served with TLS on a port of this host, as PEM.
+pub fn served_cert_pem(port: u16) -> Option<String> {
+    let out = StdCommand::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text.find("-----BEGIN CERTIFICATE-----")?;
+    let end = text[start..].find("-----END CERTIFICATE-----")? + start;
+    Some(text[start..end].to_string())
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Takes the appliance down (compose directly, so it works even when the
+/// tool does not) when a scenario ends, failed or not.
+pub struct Down {
+    dir: PathBuf,
+    image: String,
+}
+
+impl Down {
+    pub fn new(dir: &Path, image: &str) -> Down {
+        Down {
+            dir: dir.to_path_buf(),
+            image: image.to_string(),
+        }
+    }
+}
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = StdCommand::new("docker")
+            .args([
+                "compose",
+                "--project-name",
+                "chatmail",
+                "--project-directory",
+            ])
+            .arg(&self.dir)
+            .arg("--file")
+            .arg(self.dir.join("docker/docker-compose.yaml"))
+            .args(["down", "--remove-orphans", "--timeout", "30"])
+            .env("CHATMAIL_IMAGE", &self.image)
+            .status();
+    }
+}
