@@ -17,6 +17,7 @@ pub mod ini2env;
 pub mod migrate;
 pub mod overrides;
 pub mod preflight;
+pub mod relay;
 pub mod setup;
 pub mod shell;
 pub mod sysctl;

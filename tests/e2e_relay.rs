@@ -266,6 +266,14 @@ fn real_relay_end_to_end() {
             "{unit} not recorded: {units}"
         );
     }
+    // The tool's manifest of the relay (status, migrate, preflight) knows
+    // every unit this relay release enabled.
+    for unit in units.lines() {
+        assert!(
+            chatmail_docker::relay::is_relay_unit(unit),
+            "{unit} was enabled by the relay's deploy but is missing from src/relay.rs"
+        );
+    }
     exec(&container, &["systemctl", "stop", "filtermail-transport"]);
     let (ok, out) = exec_status(&container, &["/usr/local/lib/chatmail-docker/healthcheck"]);
     assert!(
