@@ -2,14 +2,13 @@
 //! running `docker compose` with them.
 
 use anyhow::{bail, Context as _, Result};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::cli::compose::*;
 use crate::host::Cmd;
 use crate::{error, Context};
 
@@ -380,12 +379,6 @@ pub fn parse_time(ts: &str) -> Option<std::time::SystemTime> {
 
 // ---------------------------------------------------------------- commands
 
-pub fn up(ctx: &Context, _a: &UpArgs) -> Result<()> {
-    require_compose_file(ctx)?;
-    crate::setup::refresh_generated(ctx)?;
-    up_with_env(ctx, &[], false)
-}
-
 /// `docker compose up -d` with extra environment for this run only.
 pub fn up_with_env(ctx: &Context, env: &[(String, String)], force_recreate: bool) -> Result<()> {
     let mut args = vec!["up", "--detach", "--remove-orphans"];
@@ -404,7 +397,7 @@ pub fn up_with_env(ctx: &Context, env: &[(String, String)], force_recreate: bool
     compose_run(ctx, args, env)
 }
 
-pub fn down(ctx: &Context, _a: &DownArgs) -> Result<()> {
+pub fn down(ctx: &Context) -> Result<()> {
     require_compose_file(ctx)?;
     if ctx.dry_run {
         ctx.shell.out(format!(
@@ -418,7 +411,7 @@ pub fn down(ctx: &Context, _a: &DownArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn restart(ctx: &Context, _a: &RestartArgs) -> Result<()> {
+pub fn restart(ctx: &Context) -> Result<()> {
     require_compose_file(ctx)?;
     if ctx.dry_run {
         ctx.shell.out(format!(
@@ -430,7 +423,16 @@ pub fn restart(ctx: &Context, _a: &RestartArgs) -> Result<()> {
     compose_run(ctx, ["restart", SERVICE], &[])
 }
 
-pub fn logs(ctx: &Context, a: &LogsArgs) -> Result<()> {
+/// What `logs` shows.
+#[derive(Clone, Debug, Default)]
+pub struct LogsOptions {
+    /// Keep following the output.
+    pub follow: bool,
+    /// Lines from the end (Compose's `--tail`: a number or `all`).
+    pub tail: Option<String>,
+}
+
+pub fn logs(ctx: &Context, a: &LogsOptions) -> Result<()> {
     require_compose_file(ctx)?;
     let mut args: Vec<String> = vec!["logs".into()];
     if a.follow {
@@ -448,7 +450,8 @@ pub fn logs(ctx: &Context, a: &LogsArgs) -> Result<()> {
     }
 }
 
-pub fn exec(ctx: &Context, a: &ExecArgs) -> Result<()> {
+/// Run `command` in the container with the terminal attached.
+pub fn exec(ctx: &Context, command: &[String]) -> Result<()> {
     require_compose_file(ctx)?;
     use std::io::IsTerminal;
     let mut args: Vec<String> = vec!["exec".into()];
@@ -456,7 +459,7 @@ pub fn exec(ctx: &Context, a: &ExecArgs) -> Result<()> {
         args.push("-T".into());
     }
     args.push(SERVICE.into());
-    args.extend(a.command.iter().cloned());
+    args.extend(command.iter().cloned());
     let code = run_forwarding(ctx, &Project::new(ctx).cmd(ctx, args))?;
     if code == 0 {
         Ok(())
@@ -465,223 +468,9 @@ pub fn exec(ctx: &Context, a: &ExecArgs) -> Result<()> {
     }
 }
 
-// ---------------------------------------------------------------- status
-
-/// A relay unit's state inside the container, as `status` reports it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct UnitState {
-    pub unit: String,
-    pub active: String,
-    pub enabled: String,
-}
-
-/// The states of the relay's units inside the running container.
-pub fn unit_states(ctx: &Context) -> Result<Vec<UnitState>> {
-    use crate::migrate::units;
-    let names: Vec<String> = units::UNITS.iter().map(|u| units::unit_name(u)).collect();
-    let mut args: Vec<String> = [
-        "exec",
-        "-T",
-        SERVICE,
-        "systemctl",
-        "show",
-        "-p",
-        "Id,LoadState,ActiveState,UnitFileState",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(names.iter().cloned());
-    let out = Project::new(ctx).cmd(ctx, args).output(&ctx.shell)?;
-    if !out.success() {
-        bail!(
-            "cannot query systemd in the container: {}",
-            out.stderr.trim()
-        );
-    }
-    Ok(units::parse_show(&out.stdout, &names)?
-        .into_iter()
-        .filter(|u| u.exists())
-        .map(|u| UnitState {
-            unit: u.unit.trim_end_matches(".service").to_string(),
-            active: u.active,
-            enabled: u.file,
-        })
-        .collect())
-}
-
-/// What `status` reports.
-#[derive(Clone, Debug, Serialize, Default)]
-pub struct StatusReport {
-    pub container: Option<String>,
-    pub state: String,
-    pub health: Option<String>,
-    pub healthy: bool,
-    pub image: Option<String>,
-    pub started_at: Option<String>,
-    pub uptime_seconds: Option<u64>,
-    pub units: Vec<UnitState>,
-    /// The TLS certificate and the cert-watch service.
-    pub certificate: Option<crate::certwatch::CertStatus>,
-    pub warnings: Vec<String>,
-}
-
-pub fn status_report(ctx: &Context) -> Result<StatusReport> {
-    require_compose_file(ctx)?;
-    let mut r = StatusReport {
-        state: "absent".into(),
-        ..Default::default()
-    };
-    let Some(c) = current(ctx)? else {
-        return Ok(r);
-    };
-    r.container = Some(c.name.trim_start_matches('/').to_string());
-    r.state = c.state.status.clone();
-    r.health = c.health_status().map(str::to_string);
-    r.healthy = c.state.running && matches!(r.health.as_deref(), Some("healthy") | None);
-    r.image = Some(c.config.image.clone());
-    r.started_at = Some(c.state.started_at.clone());
-    if c.state.running {
-        r.uptime_seconds = parse_time(&c.state.started_at)
-            .and_then(|t| t.elapsed().ok())
-            .map(|d| d.as_secs());
-        match unit_states(ctx) {
-            Ok(u) => r.units = u,
-            Err(e) => r.warnings.push(format!("{e:#}")),
-        }
-        for u in &r.units {
-            if u.enabled == "enabled" && u.active != "active" {
-                r.warnings.push(format!("unit {} is {}", u.unit, u.active));
-            }
-        }
-    }
-    r.warnings.extend(crate::setup::status_warnings(ctx, &c));
-    match crate::certwatch::status(ctx) {
-        Ok(cert) => {
-            r.warnings.extend(certificate_warnings(&cert));
-            r.certificate = Some(cert);
-        }
-        Err(e) => r.warnings.push(format!("certificate: {e:#}")),
-    }
-    Ok(r)
-}
-
-pub fn status(ctx: &Context, a: &StatusArgs) -> Result<()> {
-    let r = status_report(ctx)?;
-    if a.json {
-        ctx.shell.data(serde_json::to_string_pretty(&r)?);
-    } else {
-        let sh = &ctx.shell;
-        match &r.container {
-            None => sh.out("container: not created (run `chatmail-docker setup`)"),
-            Some(name) => {
-                sh.out(format!("container: {name}"));
-                sh.out(format!(
-                    "state:     {}{}",
-                    r.state,
-                    r.uptime_seconds
-                        .map(|s| format!(
-                            ", up {}",
-                            humantime::format_duration(Duration::from_secs(s))
-                        ))
-                        .unwrap_or_default()
-                ));
-                let h = r.health.clone().unwrap_or_else(|| "no health check".into());
-                let h = if r.healthy {
-                    sh.ok_word(&h)
-                } else {
-                    sh.fail_word(&h)
-                };
-                sh.out(format!("health:    {h}"));
-                if let Some(i) = &r.image {
-                    sh.out(format!("image:     {i}"));
-                }
-                if let Some(cert) = &r.certificate {
-                    if let Some(na) = &cert.not_after {
-                        sh.out(format!(
-                            "cert:      {} expires {na}{}",
-                            cert.subject.clone().unwrap_or_default(),
-                            cert.days_left
-                                .map(|d| format!(" ({d} days)"))
-                                .unwrap_or_default()
-                        ));
-                    }
-                    sh.out(format!(
-                        "watcher:   {}",
-                        if cert.watcher_running {
-                            format!("running ({})", cert.watcher)
-                        } else {
-                            "not running (chatmail-docker cert-watch)".to_string()
-                        }
-                    ));
-                }
-                if !r.units.is_empty() {
-                    sh.out("units:");
-                    for u in &r.units {
-                        let a = if u.active == "active" {
-                            sh.ok_word(&u.active)
-                        } else {
-                            sh.warn_word(&u.active)
-                        };
-                        sh.out(format!("  {:<22} {a} ({})", u.unit, u.enabled));
-                    }
-                }
-            }
-        }
-        for w in &r.warnings {
-            sh.warn(w);
-        }
-    }
-    if r.container.is_some() && r.healthy {
-        Ok(())
-    } else {
-        Err(error::silent(error::EXIT_RUNTIME))
-    }
-}
-
-/// What `status` warns about the certificate.
-fn certificate_warnings(cert: &crate::certwatch::CertStatus) -> Vec<String> {
-    let mut w = Vec::new();
-    if let Some(p) = &cert.problem {
-        w.push(format!("certificate: {p}"));
-    }
-    match cert.days_left {
-        Some(d) if d < 0 => w.push("the certificate has expired: clients refuse it".to_string()),
-        Some(d) if d < 14 => w.push(format!("the certificate expires in {d} days")),
-        _ => {}
-    }
-    w
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn certificate_warnings_for_expiry_soon_and_past() {
-        let cert = |days_left: Option<i64>| crate::certwatch::CertStatus {
-            watcher_running: true,
-            watcher: "systemd".into(),
-            path: None,
-            subject: None,
-            not_after: None,
-            days_left,
-            fingerprint: None,
-            applied_fingerprint: None,
-            applied_at: None,
-            problem: None,
-        };
-        assert!(certificate_warnings(&cert(Some(90))).is_empty());
-        assert!(certificate_warnings(&cert(None)).is_empty());
-        assert_eq!(
-            certificate_warnings(&cert(Some(3))),
-            ["the certificate expires in 3 days"]
-        );
-        assert_eq!(
-            certificate_warnings(&cert(Some(-1))),
-            ["the certificate has expired: clients refuse it"]
-        );
-    }
 
     #[test]
     fn docker_times() {

@@ -48,7 +48,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::cli::ini2env::Ini2envArgs;
 use crate::dotenv;
 use crate::error;
 use crate::ini::{self, FastMap, Ini};
@@ -677,15 +676,36 @@ pub fn diff(old: &str, new: &str, name: &str, show_values: bool) -> String {
     out
 }
 
+/// What `chatmail-docker ini2env` does with the conversion.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Output {
+    /// Merge into `.env` (the default).
+    #[default]
+    Write,
+    /// Print the variables instead of writing.
+    Stdout,
+    /// Say whether `.env` is up to date; change nothing. `show_values`
+    /// puts values into the diff (hidden by default: `.env` may hold secrets).
+    Check { show_values: bool },
+}
+
+/// `chatmail-docker ini2env`'s files and mode.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// The relay's ini; `DIR/chatmail.ini` when `None`.
+    pub ini: Option<PathBuf>,
+    /// The `.env` to merge into; `DIR/.env` when `None`.
+    pub env: Option<PathBuf>,
+    pub output: Output,
+    pub merge: Options,
+}
+
 /// `chatmail-docker ini2env`.
-pub fn run(ctx: &Context, args: &Ini2envArgs) -> Result<()> {
+pub fn run(ctx: &Context, args: &RunOptions) -> Result<()> {
     let ini_path = args.ini.clone().unwrap_or_else(|| ctx.path("chatmail.ini"));
     let env = args.env.clone().unwrap_or_else(|| ctx.path(".env"));
-    let opts = Options {
-        all: args.all,
-        force: args.force,
-    };
-    if args.stdout {
+    let opts = &args.merge;
+    if args.output == Output::Stdout {
         if !ini_path.exists() {
             return Err(error::usage(format!(
                 "no chatmail.ini at {}; pass --ini PATH",
@@ -708,8 +728,8 @@ pub fn run(ctx: &Context, args: &Ini2envArgs) -> Result<()> {
             other => other.context("cannot write to standard output"),
         };
     }
-    if args.check {
-        let p = plan(ctx, &ini_path, &env, &opts)?;
+    if let Output::Check { show_values } = args.output {
+        let p = plan(ctx, &ini_path, &env, opts)?;
         let old = p.old.as_deref().unwrap_or("");
         if p.old.is_some() && old == p.merge.text {
             if p.mode_wrong {
@@ -723,15 +743,8 @@ pub fn run(ctx: &Context, args: &Ini2envArgs) -> Result<()> {
                 .status("Fresh", format!("{} matches chatmail.ini", env.display()));
             return Ok(());
         }
-        ctx.shell.out(
-            diff(
-                old,
-                &p.merge.text,
-                &env.display().to_string(),
-                args.show_values,
-            )
-            .trim_end(),
-        );
+        ctx.shell
+            .out(diff(old, &p.merge.text, &env.display().to_string(), show_values).trim_end());
         ctx.shell.error(format!(
             "{} is out of date with chatmail.ini ({}); run `chatmail-docker ini2env` to update it",
             env.display(),
@@ -743,7 +756,7 @@ pub fn run(ctx: &Context, args: &Ini2envArgs) -> Result<()> {
         ));
         return Err(error::silent(error::EXIT_RUNTIME));
     }
-    let report = sync_env(ctx, &ini_path, &env, &opts)?;
+    let report = sync_env(ctx, &ini_path, &env, opts)?;
     if !report.changed {
         ctx.shell
             .status("Fresh", format!("{} matches chatmail.ini", env.display()));

@@ -18,6 +18,7 @@ pub mod overrides;
 pub mod preflight;
 pub mod setup;
 pub mod shell;
+pub mod status;
 pub mod sysctl;
 
 use anyhow::Result;
@@ -92,19 +93,19 @@ pub fn main_with(cli: Cli) -> i32 {
 /// Dispatch one command.
 pub fn run(ctx: &Context, command: Command) -> Result<()> {
     match command {
-        Command::Preflight(a) => preflight::run(ctx, &a.args),
-        Command::Sysctl(a) => sysctl::run(ctx, &a.args),
-        Command::Setup(a) => setup::run(ctx, &a.args),
-        Command::Up(a) => compose::up(ctx, &a.args),
-        Command::Down(a) => compose::down(ctx, &a.args),
-        Command::Restart(a) => compose::restart(ctx, &a.args),
-        Command::Status(a) => compose::status(ctx, &a.args),
-        Command::Logs(a) => compose::logs(ctx, &a.args),
-        Command::Exec(a) => compose::exec(ctx, &a.args),
-        Command::Ini2env(a) => ini2env::run(ctx, &a.args),
-        Command::Config(a) => overrides::config(ctx, &a.args),
-        Command::Migrate(a) => migrate::run(ctx, &a.args),
-        Command::CertWatch(a) => certwatch::run(ctx, &a.args),
+        Command::Preflight(a) => a.args.exec(ctx),
+        Command::Sysctl(a) => a.args.exec(ctx),
+        Command::Setup(a) => a.args.exec(ctx),
+        Command::Up(a) => a.args.exec(ctx),
+        Command::Down(a) => a.args.exec(ctx),
+        Command::Restart(a) => a.args.exec(ctx),
+        Command::Status(a) => a.args.exec(ctx),
+        Command::Logs(a) => a.args.exec(ctx),
+        Command::Exec(a) => a.args.exec(ctx),
+        Command::Ini2env(a) => a.args.exec(ctx),
+        Command::Config(a) => a.args.exec(ctx),
+        Command::Migrate(a) => a.args.exec(ctx),
+        Command::CertWatch(a) => a.args.exec(ctx),
         Command::Completions(a) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -18,23 +18,51 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::cli::preflight::PreflightArgs;
 use crate::host::Captured;
 use crate::{error, sysctl, Context};
 
-/// The ids of every check, in report order. Stable: used by `--skip-check`
-/// and in the JSON report.
-pub const CHECK_IDS: &[&str] = &[
-    "cgroup-v2",
-    "docker-engine",
-    "compose-v2",
-    "architecture",
-    "mail-domain",
-    "env-file",
-    "ports",
-    "disk-space",
-    "inotify",
-];
+/// Every check, in report order. The ids are stable: used by
+/// `--skip-check` and in the JSON report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckId {
+    CgroupV2,
+    DockerEngine,
+    ComposeV2,
+    Architecture,
+    MailDomain,
+    EnvFile,
+    Ports,
+    DiskSpace,
+    Inotify,
+}
+
+impl CheckId {
+    pub const ALL: [CheckId; 9] = [
+        CheckId::CgroupV2,
+        CheckId::DockerEngine,
+        CheckId::ComposeV2,
+        CheckId::Architecture,
+        CheckId::MailDomain,
+        CheckId::EnvFile,
+        CheckId::Ports,
+        CheckId::DiskSpace,
+        CheckId::Inotify,
+    ];
+
+    pub const fn id(self) -> &'static str {
+        match self {
+            CheckId::CgroupV2 => "cgroup-v2",
+            CheckId::DockerEngine => "docker-engine",
+            CheckId::ComposeV2 => "compose-v2",
+            CheckId::Architecture => "architecture",
+            CheckId::MailDomain => "mail-domain",
+            CheckId::EnvFile => "env-file",
+            CheckId::Ports => "ports",
+            CheckId::DiskSpace => "disk-space",
+            CheckId::Inotify => "inotify",
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,7 +129,7 @@ impl Report {
 /// Which checks to run and how.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    pub skip: Vec<String>,
+    pub skip: Vec<CheckId>,
     /// Minimum inotify values (from `sysctl` options).
     pub inotify_min: sysctl::Limits,
     /// Whether the inotify check is a failure (after tuning, in `setup`) or
@@ -111,31 +139,17 @@ pub struct Options {
     pub without_inotify: bool,
 }
 
-/// Validate `--skip-check` names.
-pub fn validate_skips(skip: &[String]) -> Result<()> {
-    for s in skip {
-        if !CHECK_IDS.contains(&s.as_str()) {
-            return Err(error::usage(format!(
-                "unknown check `{s}` in --skip-check; the checks are: {}",
-                CHECK_IDS.join(", ")
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Run every check.
 pub fn run_checks(ctx: &Context, opts: &Options) -> Result<Report> {
-    validate_skips(&opts.skip)?;
     let env = read_env(ctx);
     let mut checks = Vec::new();
-    for &id in CHECK_IDS {
-        if id == "inotify" && opts.without_inotify {
+    for id in CheckId::ALL {
+        if id == CheckId::Inotify && opts.without_inotify {
             continue;
         }
-        if opts.skip.iter().any(|s| s == id) {
+        if opts.skip.contains(&id) {
             checks.push(Check {
-                id,
+                id: id.id(),
                 status: Status::Skipped,
                 message: "skipped on request (--skip-check); the appliance may not work".into(),
                 fix: None,
@@ -143,16 +157,15 @@ pub fn run_checks(ctx: &Context, opts: &Options) -> Result<Report> {
             continue;
         }
         let check = match id {
-            "cgroup-v2" => check_cgroup(ctx),
-            "docker-engine" => check_docker_engine(ctx),
-            "compose-v2" => check_compose(ctx),
-            "architecture" => check_architecture(std::env::consts::ARCH),
-            "mail-domain" => check_mail_domain(ctx, &env),
-            "env-file" => check_env_file(ctx),
-            "ports" => check_ports(ctx, &env),
-            "disk-space" => check_disk(ctx),
-            "inotify" => check_inotify(ctx, &opts.inotify_min, opts.inotify_must_pass),
-            _ => unreachable!("every id in CHECK_IDS has a check"),
+            CheckId::CgroupV2 => check_cgroup(ctx),
+            CheckId::DockerEngine => check_docker_engine(ctx),
+            CheckId::ComposeV2 => check_compose(ctx),
+            CheckId::Architecture => check_architecture(std::env::consts::ARCH),
+            CheckId::MailDomain => check_mail_domain(ctx, &env),
+            CheckId::EnvFile => check_env_file(ctx),
+            CheckId::Ports => check_ports(ctx, &env),
+            CheckId::DiskSpace => check_disk(ctx),
+            CheckId::Inotify => check_inotify(ctx, &opts.inotify_min, opts.inotify_must_pass),
         };
         checks.push(check);
     }
@@ -185,23 +198,31 @@ pub fn print_report(ctx: &Context, report: &Report) {
     }
 }
 
+/// What `chatmail-docker preflight` checks and how it prints the report.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub skip: Vec<CheckId>,
+    /// Machine-readable JSON instead of text.
+    pub json: bool,
+}
+
 /// `chatmail-docker preflight`.
-pub fn run(ctx: &Context, args: &PreflightArgs) -> Result<()> {
+pub fn run(ctx: &Context, run: &RunOptions) -> Result<()> {
     let opts = Options {
-        skip: args.checks.skip_check.clone(),
+        skip: run.skip.clone(),
         inotify_min: sysctl::Limits::default(),
         inotify_must_pass: false,
         without_inotify: false,
     };
     let report = run_checks(ctx, &opts)?;
-    if args.json {
+    if run.json {
         ctx.shell.data(serde_json::to_string_pretty(&report)?);
     } else {
         print_report(ctx, &report);
     }
     if report.ok {
         Ok(())
-    } else if args.json {
+    } else if run.json {
         Err(error::silent(error::EXIT_PREFLIGHT))
     } else {
         let ids: Vec<&str> = report.failed().iter().map(|c| c.id).collect();
@@ -275,7 +296,7 @@ fn statfs_is_cgroup2(path: &Path) -> Option<bool> {
 }
 
 fn check_cgroup(ctx: &Context) -> Check {
-    const ID: &str = "cgroup-v2";
+    const ID: &str = CheckId::CgroupV2.id();
     let mountinfo = fs::read_to_string(ctx.host.path("/proc/self/mountinfo")).unwrap_or_default();
     let mut mode = classify_mountinfo(&mountinfo);
     if ctx.host.is_real_root() {
@@ -317,7 +338,7 @@ fn is_podman(version_output: &str) -> bool {
 }
 
 fn check_docker_engine(ctx: &Context) -> Check {
-    const ID: &str = "docker-engine";
+    const ID: &str = CheckId::DockerEngine.id();
     let install = "install Docker Engine (https://docs.docker.com/engine/install/debian/ or `apt install docker.io`) and start it: `systemctl enable --now docker`";
     if crate::host::which("docker").is_none() {
         if crate::host::which("podman").is_some() {
@@ -378,7 +399,7 @@ pub fn parse_compose_version(text: &str) -> Option<(u32, String)> {
 }
 
 fn check_compose(ctx: &Context) -> Check {
-    const ID: &str = "compose-v2";
+    const ID: &str = CheckId::ComposeV2.id();
     let plugin_fix =
         "install Compose v2 as a Docker CLI plugin: `apt install docker-compose-plugin` \
                       (Docker's apt repository), or put the v2 binary at \
@@ -454,7 +475,7 @@ fn first_line(s: &str) -> String {
 // ---------------------------------------------------------------- arch
 
 pub fn check_architecture(arch: &str) -> Check {
-    const ID: &str = "architecture";
+    const ID: &str = CheckId::Architecture.id();
     match arch {
         "x86_64" => Check::ok(ID, "amd64"),
         "aarch64" => Check::warn(
@@ -539,7 +560,7 @@ fn ini_mail_domain(path: &Path) -> Option<String> {
 }
 
 fn check_mail_domain(ctx: &Context, env: &BTreeMap<String, String>) -> Check {
-    const ID: &str = "mail-domain";
+    const ID: &str = CheckId::MailDomain.id();
     match mail_domain(ctx, env) {
         None => Check::fail(
             ID,
@@ -562,7 +583,7 @@ fn check_mail_domain(ctx: &Context, env: &BTreeMap<String, String>) -> Check {
 }
 
 fn check_env_file(ctx: &Context) -> Check {
-    const ID: &str = "env-file";
+    const ID: &str = CheckId::EnvFile.id();
     let path = ctx.path(".env");
     let meta = match fs::metadata(&path) {
         Ok(m) => m,
@@ -776,7 +797,7 @@ fn running_container_id(ctx: &Context) -> Option<String> {
 }
 
 fn check_ports(ctx: &Context, env: &BTreeMap<String, String>) -> Check {
-    const ID: &str = "ports";
+    const ID: &str = CheckId::Ports.id();
     let mut listeners = Vec::new();
     for (file, udp) in [
         ("tcp", false),
@@ -841,7 +862,7 @@ const DISK_FAIL: u64 = 1 << 30;
 const DISK_WARN: u64 = 5 << 30;
 
 fn check_disk(ctx: &Context) -> Check {
-    const ID: &str = "disk-space";
+    const ID: &str = CheckId::DiskSpace.id();
     let mut dir = ctx.path("data");
     while !dir.exists() {
         match dir.parent() {
@@ -900,7 +921,7 @@ pub fn human_bytes(n: u64) -> String {
 // ---------------------------------------------------------------- inotify
 
 fn check_inotify(ctx: &Context, min: &sysctl::Limits, must_pass: bool) -> Check {
-    const ID: &str = "inotify";
+    const ID: &str = CheckId::Inotify.id();
     let live = match sysctl::read_live(&ctx.host) {
         Ok(l) => l,
         Err(e) => return Check::warn(ID, format!("{e:#}"), "check /proc/sys/fs/inotify"),

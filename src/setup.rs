@@ -16,53 +16,45 @@
 use anyhow::{Context as _, Result};
 use std::time::{Duration, Instant};
 
-use crate::cli::setup::SetupArgs;
-use crate::compose::{self, Inspect, Project, SERVICE};
+use crate::compose::{self, Project, SERVICE};
 use crate::overrides::{self, OneShot};
 use crate::{error, ini2env, preflight, sysctl, Context};
 
 /// Default relay source directory (the build context of the image).
 pub const DEFAULT_RELAY_SRC: &str = "relay";
 
-/// Regenerate the compose override from custom/ (writes only on change;
-/// with `--dry-run` says what it would write). Returns whether it changed.
-pub fn refresh_generated(ctx: &Context) -> Result<bool> {
-    let generated = overrides::generate(ctx, &overrides::OverrideOptions::default())?;
-    overrides::write(ctx, &generated)
+/// How `setup` rebuilds the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rebuild {
+    /// `docker compose build`: reuse the build cache.
+    Cache,
+    /// `docker compose build --no-cache`.
+    Full,
 }
 
-/// Warnings for `status` that come from other capabilities: custom files
-/// edited since the container started, or added/removed since it was created.
-pub fn status_warnings(ctx: &Context, c: &Inspect) -> Vec<String> {
-    let generated = match overrides::generate(ctx, &overrides::OverrideOptions::default()) {
-        Ok(g) => g,
-        Err(e) => return vec![format!("cannot check custom/: {e:#}")],
-    };
-    let mut out = Vec::new();
-    if let Some(started) = compose::parse_time(&c.state.started_at) {
-        let files = overrides::changed_since_start(&generated, started);
-        if !files.is_empty() {
-            out.push(format!(
-                "changed since the container started (it still sees the old content; run `chatmail-docker up`): {}",
-                files
-                    .iter()
-                    .map(|f| f.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-    }
-    let running = c
-        .config
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(overrides::HASH_LABEL));
-    if running.is_some_and(|h| *h != generated.hash) {
-        out.push(
-            "files under custom/ were added, removed or changed since the container was created; run `chatmail-docker up`".into(),
-        );
-    }
-    out
+/// What `chatmail-docker setup` is asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Preflight checks not to run.
+    pub skip: Vec<preflight::CheckId>,
+    /// The inotify limits to ensure.
+    pub limits: sysctl::Limits,
+    /// Settings for this one start of the container.
+    pub one_shot: OneShot,
+    /// Rebuild the image even when it exists.
+    pub rebuild: Option<Rebuild>,
+    /// chatmail.ini wins over values set by hand in .env.
+    pub force: bool,
+    /// How long to wait for the container to become healthy.
+    pub wait_timeout: Duration,
+}
+
+/// `chatmail-docker up`: regenerate the override from custom/, then
+/// `docker compose up -d`.
+pub fn up(ctx: &Context) -> Result<()> {
+    compose::require_compose_file(ctx)?;
+    overrides::refresh_generated(ctx)?;
+    compose::up_with_env(ctx, &[], false)
 }
 
 /// With `ENABLE_CERTS_MONITORING=true` in `.env`, install and enable the
@@ -165,10 +157,10 @@ fn relay_src_check(ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-fn run_preflight(ctx: &Context, args: &SetupArgs, without_inotify: bool) -> Result<()> {
+fn run_preflight(ctx: &Context, args: &Options, without_inotify: bool) -> Result<()> {
     let opts = preflight::Options {
-        skip: args.checks.skip_check.clone(),
-        inotify_min: sysctl::Limits::from_args(&args.sysctl),
+        skip: args.skip.clone(),
+        inotify_min: args.limits,
         inotify_must_pass: true,
         without_inotify,
     };
@@ -194,26 +186,19 @@ fn run_preflight(ctx: &Context, args: &SetupArgs, without_inotify: bool) -> Resu
     Ok(())
 }
 
-pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
+pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     let started = Instant::now();
     compose::require_compose_file(ctx)?;
-    let one_shot = OneShot::from_flags(
-        args.reinstall,
-        args.stages.as_deref(),
-        args.recreate_venv,
-        args.force_reinit_ini,
-        args.debug_commands,
-    )?;
-    preflight::validate_skips(&args.checks.skip_check)?;
+    let one_shot = &args.one_shot;
 
     // 1. Preflight, before touching anything.
     run_preflight(ctx, args, true)?;
 
     // 2. Host tuning, then the inotify check on the result.
-    let limits = sysctl::Limits::from_args(&args.sysctl);
+    let limits = args.limits;
     let sysctl_plan = sysctl::ensure(ctx, &limits)?;
     let mut changed = !sysctl_plan.is_noop();
-    if !ctx.dry_run && !args.checks.skip_check.iter().any(|s| s == "inotify") {
+    if !ctx.dry_run && !args.skip.contains(&preflight::CheckId::Inotify) {
         let live = sysctl::read_live(&ctx.host)?;
         if live.max_user_instances < limits.max_user_instances
             || live.max_user_watches < limits.max_user_watches
@@ -246,7 +231,7 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
     }
 
     // 4. Overrides.
-    changed |= refresh_generated(ctx)?;
+    changed |= overrides::refresh_generated(ctx)?;
 
     // 5. Build when needed. Compose needs .env (`env_file`), which a dry
     // run on a fresh directory has only planned, not written.
@@ -281,7 +266,7 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
     if build {
         relay_src_check(ctx)?;
         let mut bargs = vec!["build".to_string()];
-        if args.rebuild.as_deref() == Some("full") {
+        if args.rebuild == Some(Rebuild::Full) {
             bargs.push("--no-cache".into());
         }
         bargs.push(SERVICE.into());
@@ -334,7 +319,7 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
     if ctx.dry_run {
         ctx.shell.out(format!(
             "would wait up to {}s for the container to become healthy",
-            args.wait_timeout
+            args.wait_timeout.as_secs()
         ));
         ensure_cert_watch_unit(ctx)?;
         ctx.shell.out("dry run: nothing was changed");
@@ -342,7 +327,7 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
     }
 
     // 7. Health.
-    let c = compose::wait_healthy(ctx, Duration::from_secs(args.wait_timeout))
+    let c = compose::wait_healthy(ctx, args.wait_timeout)
         .context("the appliance did not become healthy")?;
     // Only now: while the new image is not proven, the old one stays.
     remove_replaced_images(ctx, &previous);

@@ -672,7 +672,14 @@ fn reinstall_applies_to_one_run_only() {
     assert_eq!(stages(&cfg), "configure,activate");
     assert_eq!(service(&cfg)["environment"]["RECREATE_VENV"], "false");
 
-    let some = OneShot::from_flags(false, Some("install,activate"), false, true, true).unwrap();
+    let some = OneShot::from_flags(
+        false,
+        Some(overrides::parse_stages("install,activate").unwrap()),
+        false,
+        true,
+        true,
+    )
+    .unwrap();
     let cfg = d.config_json(&some.env());
     assert_eq!(stages(&cfg), "install,activate");
     assert_eq!(

@@ -254,12 +254,12 @@ impl Engine {
     ) -> Step {
         // Walk, watch what the walk touched, and walk again if watches were
         // added (anything that changed before they existed is then seen).
-        let mut result = check(&self.settings);
+        let mut result = check(&self.settings.target);
         for _ in 0..3 {
             if !watches.update(&self.ctx, &result.1.dirs) {
                 break;
             }
-            result = check(&self.settings);
+            result = check(&self.settings.target);
         }
         let (found, walk) = result;
         self.walk = walk;

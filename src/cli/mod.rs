@@ -1,5 +1,7 @@
-//! Command-line definitions (clap derive). One file per command group; the
-//! command files only describe arguments, the library does the work.
+//! Command-line definitions (clap derive). One file per command group: each
+//! describes its arguments and turns them into the typed options of one
+//! library function (cargo's `commands/*.rs` -> `ops` split). Nothing below
+//! this module sees clap.
 
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
@@ -15,6 +17,7 @@ pub mod migrate;
 pub mod overrides;
 pub mod preflight;
 pub mod setup;
+pub mod status;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -188,7 +191,7 @@ pub enum Command {
 
     /// Show the container, its health and the relay's services.
     #[command(after_help = "Example:\n  chatmail-docker status\n  chatmail-docker status --json")]
-    Status(Sub<compose::StatusArgs>),
+    Status(Sub<status::StatusArgs>),
 
     /// Show the container's logs.
     #[command(after_help = "Example:\n  chatmail-docker logs -f")]

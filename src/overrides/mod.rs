@@ -50,7 +50,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::cli::overrides::ConfigArgs;
 use crate::compose::{self, Project};
 use crate::{error, host, Context};
 
@@ -319,6 +318,13 @@ pub fn write(ctx: &Context, generated: &Generated) -> Result<bool> {
     Ok(true)
 }
 
+/// Regenerate the compose override from custom/ (writes only on change;
+/// with `--dry-run` says what it would write). Returns whether it changed.
+pub fn refresh_generated(ctx: &Context) -> Result<bool> {
+    let generated = generate(ctx, &OverrideOptions::default())?;
+    write(ctx, &generated)
+}
+
 /// Files mounted one by one from `custom/` whose content changed after
 /// `started_at` (the container's start): the container still sees their old
 /// content until it is recreated. Paths are returned as `custom/...`.
@@ -354,9 +360,18 @@ pub fn changed_since_start(generated: &Generated, started_at: SystemTime) -> Vec
     changed
 }
 
+/// What `chatmail-docker config` prints.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigOptions {
+    /// Only the override generated from custom/; writes nothing.
+    pub override_only: bool,
+    /// JSON instead of YAML.
+    pub json: bool,
+}
+
 /// `chatmail-docker config`: regenerate the override and show the merged
 /// configuration as Compose sees it.
-pub fn config(ctx: &Context, args: &ConfigArgs) -> Result<()> {
+pub fn config(ctx: &Context, args: &ConfigOptions) -> Result<()> {
     let generated = generate(ctx, &OverrideOptions::default())?;
     if args.override_only {
         if args.json {
