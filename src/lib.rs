@@ -93,23 +93,23 @@ pub fn main_with(cli: Cli) -> i32 {
 /// Dispatch one command.
 pub fn run(ctx: &Context, command: Command) -> Result<()> {
     match command {
-        Command::Preflight(a) => a.args.exec(ctx),
-        Command::Sysctl(a) => a.args.exec(ctx),
-        Command::Setup(a) => a.args.exec(ctx),
-        Command::Up(a) => a.args.exec(ctx),
-        Command::Down(a) => a.args.exec(ctx),
-        Command::Restart(a) => a.args.exec(ctx),
-        Command::Status(a) => a.args.exec(ctx),
-        Command::Logs(a) => a.args.exec(ctx),
-        Command::Exec(a) => a.args.exec(ctx),
-        Command::Ini2env(a) => a.args.exec(ctx),
-        Command::Config(a) => a.args.exec(ctx),
-        Command::Migrate(a) => a.args.exec(ctx),
-        Command::CertWatch(a) => a.args.exec(ctx),
+        Command::Preflight(a) => a.exec(ctx),
+        Command::Sysctl(a) => a.exec(ctx),
+        Command::Setup(a) => a.exec(ctx),
+        Command::Up(a) => a.exec(ctx),
+        Command::Down(a) => a.exec(ctx),
+        Command::Restart(a) => a.exec(ctx),
+        Command::Status(a) => a.exec(ctx),
+        Command::Logs(a) => a.exec(ctx),
+        Command::Exec(a) => a.exec(ctx),
+        Command::Ini2env(a) => a.exec(ctx),
+        Command::Config(a) => a.exec(ctx),
+        Command::Migrate(a) => a.exec(ctx),
+        Command::CertWatch(a) => a.exec(ctx),
         Command::Completions(a) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
-            let shell = a.args.shell;
+            let shell = a.shell;
             clap_complete::generate(shell, &mut cmd, "chatmail-docker", &mut std::io::stdout());
             Ok(())
         }
