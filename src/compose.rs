@@ -9,19 +9,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::host::Cmd;
+use crate::host::{Captured, Cmd};
 use crate::{error, Context};
 
 /// Compose project name: fixed, so the directory's name does not matter.
 pub const PROJECT_NAME: &str = "chatmail";
 /// The one service of the appliance.
 pub const SERVICE: &str = "chatmail";
-/// The appliance's compose file, relative to the deployment directory.
-pub const COMPOSE_FILE: &str = "docker/docker-compose.yaml";
-/// The override the tool generates and owns.
-pub const GENERATED_FILE: &str = "docker/compose.generated.yaml";
-/// The user's own overrides, included last so they win. Never written.
-pub const USER_OVERRIDES: &[&str] = &["docker-compose.override.yaml", "compose.override.yaml"];
 
 /// The files and settings `docker compose` is run with.
 #[derive(Clone, Debug)]
@@ -35,21 +29,17 @@ impl Project {
     /// The project for a deployment directory: the appliance's compose file,
     /// the generated override when present, then the user's override.
     pub fn new(ctx: &Context) -> Project {
-        let mut files = vec![ctx.path(COMPOSE_FILE)];
-        let generated = ctx.path(GENERATED_FILE);
+        let d = &ctx.deployment;
+        let mut files = vec![d.compose_file()];
+        let generated = d.generated_file();
         if generated.exists() {
             files.push(generated);
         }
-        for name in USER_OVERRIDES {
-            let p = ctx.path(name);
-            if p.exists() {
-                files.push(p);
-            }
-        }
+        files.extend(d.user_overrides());
         Project {
-            dir: ctx.dir.clone(),
+            dir: d.dir().to_path_buf(),
             files,
-            env_file: ctx.path(".env"),
+            env_file: d.env_file(),
         }
     }
 
@@ -180,12 +170,12 @@ where
 
 /// Fail with a clear message when the appliance's compose file is missing.
 pub fn require_compose_file(ctx: &Context) -> Result<()> {
-    let f = ctx.path(COMPOSE_FILE);
+    let f = ctx.deployment.compose_file();
     if !f.exists() {
         return Err(error::usage(format!(
             "{} not found: {} is not a chatmail-docker deployment directory (use --dir, or run from the repository checkout)",
             f.display(),
-            ctx.dir.display()
+            ctx.deployment.dir().display()
         )));
     }
     Ok(())
@@ -247,11 +237,22 @@ impl Inspect {
     }
 }
 
-/// The id of the service's container, running or not.
-pub fn container_id(ctx: &Context) -> Result<Option<String>> {
-    let out = Project::new(ctx)
-        .cmd(ctx, ["ps", "--all", "--quiet", SERVICE])
-        .output(&ctx.shell)?;
+/// Which containers [`container_id`] asks about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Containers {
+    /// The service's container in any state.
+    Any,
+    /// Only a running one.
+    Running,
+}
+
+/// The id of the service's container, if there is one (`docker compose ps`).
+pub fn container_id(ctx: &Context, which: Containers) -> Result<Option<String>> {
+    let args = match which {
+        Containers::Any => ["ps", "--all", "--quiet", SERVICE].as_slice(),
+        Containers::Running => &["ps", "--status", "running", "--quiet", SERVICE],
+    };
+    let out = Project::new(ctx).cmd(ctx, args).output(&ctx.shell)?;
     if !out.success() {
         bail!("`docker compose ps` failed: {}", out.stderr.trim());
     }
@@ -261,6 +262,28 @@ pub fn container_id(ctx: &Context) -> Result<Option<String>> {
         .next()
         .map(|l| l.trim().to_string())
         .filter(|s| !s.is_empty()))
+}
+
+/// `docker compose exec -T chatmail ARGS`: a command in the container, no
+/// terminal, for output that is read rather than shown.
+pub fn exec_cmd<I, S>(ctx: &Context, args: I) -> Cmd
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    let mut all: Vec<OsString> = vec!["exec".into(), "-T".into(), SERVICE.into()];
+    all.extend(args.into_iter().map(Into::into));
+    Project::new(ctx).cmd(ctx, all)
+}
+
+/// Run [`exec_cmd`] and capture what it prints; a non-zero exit is not an
+/// error here (the caller reads it).
+pub fn exec_output<I, S>(ctx: &Context, args: I) -> Result<Captured>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    exec_cmd(ctx, args).output(&ctx.shell)
 }
 
 pub fn inspect(ctx: &Context, id: &str) -> Result<Inspect> {
@@ -275,7 +298,7 @@ pub fn inspect(ctx: &Context, id: &str) -> Result<Inspect> {
 
 /// The service's container, if it exists.
 pub fn current(ctx: &Context) -> Result<Option<Inspect>> {
-    match container_id(ctx)? {
+    match container_id(ctx, Containers::Any)? {
         Some(id) => Ok(Some(inspect(ctx, &id)?)),
         None => Ok(None),
     }
@@ -306,7 +329,7 @@ pub fn wait_healthy(ctx: &Context, timeout: Duration) -> Result<Inspect> {
     let result = (|| -> Result<Inspect> {
         // The container keeps its id while it starts (restarts included), so
         // ask Compose once and only `docker inspect` it in the loop.
-        let Some(id) = container_id(ctx)? else {
+        let Some(id) = container_id(ctx, Containers::Any)? else {
             bail!("the container does not exist (did `docker compose up` fail?)");
         };
         loop {

@@ -702,8 +702,11 @@ pub struct RunOptions {
 
 /// `chatmail-docker ini2env`.
 pub fn run(ctx: &Context, args: &RunOptions) -> Result<()> {
-    let ini_path = args.ini.clone().unwrap_or_else(|| ctx.path("chatmail.ini"));
-    let env = args.env.clone().unwrap_or_else(|| ctx.path(".env"));
+    let ini_path = args.ini.clone().unwrap_or_else(|| ctx.deployment.ini());
+    let env = args
+        .env
+        .clone()
+        .unwrap_or_else(|| ctx.deployment.env_file());
     let opts = &args.merge;
     if args.output == Output::Stdout {
         if !ini_path.exists() {

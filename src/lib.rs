@@ -8,6 +8,7 @@
 pub mod certwatch;
 pub mod cli;
 pub mod compose;
+pub mod deployment;
 pub mod dotenv;
 pub mod error;
 pub mod host;
@@ -25,14 +26,15 @@ use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 use crate::cli::{Cli, Command};
+use crate::deployment::Deployment;
 use crate::host::Host;
 use crate::shell::{Shell, Verbosity};
 
 /// Everything a command needs to know about where and how it runs.
 #[derive(Clone, Debug)]
 pub struct Context {
-    /// The deployment directory (absolute).
-    pub dir: PathBuf,
+    /// The deployment directory (absolute) and its files.
+    pub deployment: Deployment,
     pub host: Host,
     pub shell: Shell,
     pub dry_run: bool,
@@ -49,7 +51,7 @@ impl Context {
         // Normalise `./x/.` without requiring the directory to exist.
         let dir: PathBuf = dir.components().collect();
         Ok(Context {
-            dir,
+            deployment: Deployment::new(dir),
             host,
             shell,
             dry_run,
@@ -58,7 +60,7 @@ impl Context {
 
     /// A path inside the deployment directory.
     pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
-        self.dir.join(rel)
+        self.deployment.path(rel)
     }
 }
 

@@ -18,6 +18,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use crate::compose::{self, Containers};
+use crate::deployment::Env;
 use crate::host::Captured;
 use crate::{error, sysctl, Context};
 
@@ -141,7 +143,13 @@ pub struct Options {
 
 /// Run every check.
 pub fn run_checks(ctx: &Context, opts: &Options) -> Result<Report> {
-    let env = read_env(ctx);
+    // A `.env` that cannot be parsed fails the env-file check; the other
+    // checks then see no variables.
+    let loaded = ctx.deployment.load_env();
+    let env = match &loaded {
+        Ok(Some(env)) => env.clone(),
+        _ => Env::new(),
+    };
     let mut checks = Vec::new();
     for id in CheckId::ALL {
         if id == CheckId::Inotify && opts.without_inotify {
@@ -162,7 +170,7 @@ pub fn run_checks(ctx: &Context, opts: &Options) -> Result<Report> {
             CheckId::ComposeV2 => check_compose(ctx),
             CheckId::Architecture => check_architecture(std::env::consts::ARCH),
             CheckId::MailDomain => check_mail_domain(ctx, &env),
-            CheckId::EnvFile => check_env_file(ctx),
+            CheckId::EnvFile => check_env_file(ctx, loaded.as_ref().err()),
             CheckId::Ports => check_ports(ctx, &env),
             CheckId::DiskSpace => check_disk(ctx),
             CheckId::Inotify => check_inotify(ctx, &opts.inotify_min, opts.inotify_must_pass),
@@ -231,10 +239,6 @@ pub fn run(ctx: &Context, run: &RunOptions) -> Result<()> {
             ids.join(", ")
         )))
     }
-}
-
-fn read_env(ctx: &Context) -> BTreeMap<String, String> {
-    crate::dotenv::load(&ctx.path(".env")).unwrap_or_default()
 }
 
 // ---------------------------------------------------------------- cgroups
@@ -542,11 +546,11 @@ pub fn validate_mail_domain(domain: &str) -> std::result::Result<(), String> {
 }
 
 /// Find MAIL_DOMAIN: `.env` first, then `chatmail.ini`'s `[params] mail_domain`.
-pub fn mail_domain(ctx: &Context, env: &BTreeMap<String, String>) -> Option<(String, String)> {
+pub fn mail_domain(ctx: &Context, env: &Env) -> Option<(String, String)> {
     if let Some(d) = env.get("MAIL_DOMAIN") {
         return Some((d.clone(), ".env".into()));
     }
-    let ini = ctx.path("chatmail.ini");
+    let ini = ctx.deployment.ini();
     ini_mail_domain(&ini).map(|d| (d, "chatmail.ini".into()))
 }
 
@@ -559,15 +563,15 @@ fn ini_mail_domain(path: &Path) -> Option<String> {
         .map(str::to_string)
 }
 
-fn check_mail_domain(ctx: &Context, env: &BTreeMap<String, String>) -> Check {
+fn check_mail_domain(ctx: &Context, env: &Env) -> Check {
     const ID: &str = CheckId::MailDomain.id();
     match mail_domain(ctx, env) {
         None => Check::fail(
             ID,
             format!(
                 "MAIL_DOMAIN is not set (neither in {} nor as mail_domain in {})",
-                ctx.path(".env").display(),
-                ctx.path("chatmail.ini").display()
+                ctx.deployment.env_file().display(),
+                ctx.deployment.ini().display()
             ),
             "set `mail_domain = chat.example.org` under [params] in chatmail.ini, or `MAIL_DOMAIN=chat.example.org` in .env",
         ),
@@ -582,13 +586,13 @@ fn check_mail_domain(ctx: &Context, env: &BTreeMap<String, String>) -> Check {
     }
 }
 
-fn check_env_file(ctx: &Context) -> Check {
+fn check_env_file(ctx: &Context, unparsable: Option<&anyhow::Error>) -> Check {
     const ID: &str = CheckId::EnvFile.id();
-    let path = ctx.path(".env");
+    let path = ctx.deployment.env_file();
     let meta = match fs::metadata(&path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return if ctx.path("chatmail.ini").exists() {
+            return if ctx.deployment.ini().exists() {
                 Check::ok(
                     ID,
                     ".env does not exist yet; setup writes it from chatmail.ini",
@@ -614,6 +618,13 @@ fn check_env_file(ctx: &Context) -> Check {
             ID,
             format!("cannot read {}: {e}", path.display()),
             "run as the owner of .env or as root",
+        );
+    }
+    if let Some(e) = unparsable {
+        return Check::fail(
+            ID,
+            format!("{e:#}"),
+            "correct the line it names (docker/example.env shows the syntax)",
         );
     }
     let mode = meta.permissions().mode() & 0o777;
@@ -661,7 +672,7 @@ pub struct Port {
 
 /// The ports the relay binds, with the internal ones taken from the
 /// configuration (`filtermail_smtp_port`, ...) when set.
-pub fn appliance_ports(env: &BTreeMap<String, String>) -> Vec<Port> {
+pub fn appliance_ports(env: &Env) -> Vec<Port> {
     let mut ports: Vec<Port> = [
         (25, "SMTP"),
         (80, "HTTP (ACME, redirects)"),
@@ -784,19 +795,15 @@ fn in_appliance(ctx: &Context, pid: u32, container_id: Option<&str>) -> bool {
 }
 
 fn running_container_id(ctx: &Context) -> Option<String> {
-    if !ctx.path(crate::compose::COMPOSE_FILE).exists() || crate::host::which("docker").is_none() {
+    if !ctx.deployment.compose_file().exists() || crate::host::which("docker").is_none() {
         return None;
     }
-    let project = crate::compose::Project::new(ctx);
-    let out = project
-        .cmd(ctx, ["ps", "-q", crate::compose::SERVICE])
-        .output(&ctx.shell)
-        .ok()?;
-    let id = out.stdout.trim().to_string();
-    (out.success() && !id.is_empty()).then_some(id)
+    compose::container_id(ctx, Containers::Running)
+        .ok()
+        .flatten()
 }
 
-fn check_ports(ctx: &Context, env: &BTreeMap<String, String>) -> Check {
+fn check_ports(ctx: &Context, env: &Env) -> Check {
     const ID: &str = CheckId::Ports.id();
     let mut listeners = Vec::new();
     for (file, udp) in [
@@ -863,7 +870,7 @@ const DISK_WARN: u64 = 5 << 30;
 
 fn check_disk(ctx: &Context) -> Check {
     const ID: &str = CheckId::DiskSpace.id();
-    let mut dir = ctx.path("data");
+    let mut dir = ctx.deployment.data();
     while !dir.exists() {
         match dir.parent() {
             Some(p) => dir = p.to_path_buf(),

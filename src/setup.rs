@@ -17,6 +17,7 @@ use anyhow::{Context as _, Result};
 use std::time::{Duration, Instant};
 
 use crate::compose::{self, Project, SERVICE};
+use crate::deployment::Env;
 use crate::overrides::{self, OneShot};
 use crate::{error, ini2env, preflight, sysctl, Context};
 
@@ -59,8 +60,7 @@ pub fn up(ctx: &Context) -> Result<()> {
 
 /// With `ENABLE_CERTS_MONITORING=true` in `.env`, install and enable the
 /// host's cert-watch service (or say how to run it without systemd).
-fn ensure_cert_watch_unit(ctx: &Context) -> Result<bool> {
-    let env = crate::dotenv::load(&ctx.path(".env")).unwrap_or_default();
+fn ensure_cert_watch_unit(ctx: &Context, env: &Env) -> Result<bool> {
     let wanted = env
         .get("ENABLE_CERTS_MONITORING")
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
@@ -140,13 +140,12 @@ fn remove_replaced_images(ctx: &Context, previous: &[(String, String)]) {
     }
 }
 
-fn relay_src_check(ctx: &Context) -> Result<()> {
-    let env = crate::dotenv::load(&ctx.path(".env")).unwrap_or_default();
+fn relay_src_check(ctx: &Context, env: &Env) -> Result<()> {
     let src = env
         .get("RELAY_SRC")
         .cloned()
         .unwrap_or_else(|| DEFAULT_RELAY_SRC.to_string());
-    let path = ctx.path(&src);
+    let path = ctx.deployment.path(&src);
     if !path.is_dir() {
         return Err(error::usage(format!(
             "the relay source {} is missing; the image is built from it. Get it with:\n  git clone https://github.com/chatmail/relay {}\n(or set RELAY_SRC in .env to where it is)",
@@ -213,12 +212,12 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     }
 
     // 3. chatmail.ini -> .env
-    let ini = ctx.path("chatmail.ini");
+    let ini = ctx.deployment.ini();
     if ini.exists() {
         let report = ini2env::sync_env(
             ctx,
             &ini,
-            &ctx.path(".env"),
+            &ctx.deployment.env_file(),
             &ini2env::Options {
                 all: false,
                 force: args.force,
@@ -235,7 +234,9 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
 
     // 5. Build when needed. Compose needs .env (`env_file`), which a dry
     // run on a fresh directory has only planned, not written.
-    if ctx.dry_run && !ctx.path(".env").exists() {
+    // Read once, now that it is written (a dry run reads the old one).
+    let loaded = ctx.deployment.load_env()?;
+    if ctx.dry_run && loaded.is_none() {
         ctx.shell.out(format!(
             "would run: {} (when the image is missing)",
             Project::new(ctx).cmd(ctx, ["build", SERVICE]).display()
@@ -249,6 +250,7 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
         ctx.shell.out("dry run: nothing was changed");
         return Ok(());
     }
+    let vars = loaded.unwrap_or_default();
     let images = image_names(ctx)?;
     let mut missing = Vec::new();
     // What a rebuild replaces: (name, image ID) of the existing images.
@@ -264,7 +266,7 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
         previous.clear();
     }
     if build {
-        relay_src_check(ctx)?;
+        relay_src_check(ctx, &vars)?;
         let mut bargs = vec!["build".to_string()];
         if args.rebuild == Some(Rebuild::Full) {
             bargs.push("--no-cache".into());
@@ -321,7 +323,7 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
             "would wait up to {}s for the container to become healthy",
             args.wait_timeout.as_secs()
         ));
-        ensure_cert_watch_unit(ctx)?;
+        ensure_cert_watch_unit(ctx, &vars)?;
         ctx.shell.out("dry run: nothing was changed");
         return Ok(());
     }
@@ -337,7 +339,7 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     changed |= recreated;
 
     // 8. The host's certificate watcher, when asked for.
-    changed |= ensure_cert_watch_unit(ctx)?;
+    changed |= ensure_cert_watch_unit(ctx, &vars)?;
 
     if changed {
         ctx.shell.status(

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use std::time::Duration;
 
-use crate::compose::{self, Inspect, Project, SERVICE};
+use crate::compose::{self, Inspect};
 use crate::{error, overrides, Context};
 
 /// How to show the report.
@@ -34,19 +34,15 @@ pub fn unit_states(ctx: &Context) -> Result<Vec<UnitState>> {
     use crate::migrate::units;
     let names: Vec<String> = units::UNITS.iter().map(|u| units::unit_name(u)).collect();
     let mut args: Vec<String> = [
-        "exec",
-        "-T",
-        SERVICE,
         "systemctl",
         "show",
         "-p",
         "Id,LoadState,ActiveState,UnitFileState",
     ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    .map(String::from)
+    .to_vec();
     args.extend(names.iter().cloned());
-    let out = Project::new(ctx).cmd(ctx, args).output(&ctx.shell)?;
+    let out = compose::exec_output(ctx, args)?;
     if !out.success() {
         bail!(
             "cannot query systemd in the container: {}",

@@ -23,10 +23,10 @@ pub mod verify;
 pub mod watch;
 
 use anyhow::{Context as _, Result};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use crate::deployment::Env;
 use crate::Context;
 use locate::{Target, Walk};
 use material::{CertInfo, Material};
@@ -34,9 +34,6 @@ use reload::{Action, Outcome, Reloader};
 use verify::{short, Endpoint};
 
 pub use unit::{apply_unit, unit_plan, UnitPlan, UNIT_NAME};
-
-/// Pid file of a running watcher, under the deployment directory.
-pub const PID_FILE: &str = "data/.cert-watch.pid";
 
 /// Longest poll interval accepted (a day): the fallback poll is a safety
 /// net, and a larger value only risks overflowing the timer.
@@ -102,16 +99,16 @@ impl Located {
         path: Option<&std::path::Path>,
         poll_interval: Option<u64>,
     ) -> Result<Located> {
-        let env_path = ctx.path(".env");
-        let env: BTreeMap<String, String> = if env_path.exists() {
-            crate::dotenv::load(&env_path)?
-        } else if path.is_some() {
-            BTreeMap::new()
-        } else {
-            return Err(crate::error::usage(format!(
-                "{} does not exist: run `chatmail-docker ini2env` (or `setup`) first, or pass --path DIR",
-                env_path.display()
-            )));
+        let env_path = ctx.deployment.env_file();
+        let env = match ctx.deployment.load_env()? {
+            Some(env) => env,
+            None if path.is_some() => Env::new(),
+            None => {
+                return Err(crate::error::usage(format!(
+                    "{} does not exist: run `chatmail-docker ini2env` (or `setup`) first, or pass --path DIR",
+                    env_path.display()
+                )))
+            }
         };
         let domain = env.get("MAIL_DOMAIN").filter(|d| !d.is_empty()).cloned();
         let target = locate::locate(ctx, path, &env)?;
@@ -401,7 +398,7 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     if settings.domain.is_none() {
         ctx.shell.note(format!(
             "MAIL_DOMAIN is not set in {}: the certificate's names are not checked",
-            ctx.path(".env").display()
+            ctx.deployment.env_file().display()
         ));
     }
     ctx.shell.verbose(format!(
@@ -422,9 +419,9 @@ fn reload_display(ctx: &Context, s: &Settings) -> String {
     match &s.reloader {
         Reloader::Command(c) => format!("sh -c {}", crate::host::shell_quote(c)),
         Reloader::Compose => {
-            let mut args = vec!["exec", "-T", crate::compose::SERVICE, "systemctl", "reload"];
+            let mut args = vec!["systemctl", "reload"];
             args.extend(reload::UNITS);
-            crate::compose::Project::new(ctx).cmd(ctx, args).display()
+            crate::compose::exec_cmd(ctx, args).display()
         }
     }
 }

@@ -85,7 +85,7 @@ pub fn render(binary: &Path, dir: &Path) -> String {
 /// Plan the installation: the file, whether it changes, the systemctl calls.
 pub fn unit_plan(ctx: &Context) -> Result<UnitPlan> {
     let binary = std::env::current_exe().context("cannot find the path of this program")?;
-    let content = render(&binary, &ctx.dir);
+    let content = render(&binary, ctx.deployment.dir());
     let path = ctx.host.path(format!("/etc/systemd/system/{UNIT_NAME}"));
     let write = std::fs::read_to_string(&path)
         .map(|old| old != content)
@@ -105,7 +105,7 @@ pub fn unit_plan(ctx: &Context) -> Result<UnitPlan> {
     let manual = format!(
         "{} --dir {} cert-watch   (keep it running under your supervisor; it exits 0 on SIGTERM)",
         shell_quote(&binary.to_string_lossy()),
-        shell_quote(&ctx.dir.to_string_lossy())
+        shell_quote(&ctx.deployment.dir().to_string_lossy())
     );
     Ok(UnitPlan {
         path,

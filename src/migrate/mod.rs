@@ -88,7 +88,7 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     if args.rollback {
         return rollback::run(ctx, args.yes);
     }
-    let state_file = state::path(&ctx.dir);
+    let state_file = state::path(ctx.deployment.dir());
     let mut st = State::load(&state_file)?;
     if args.start {
         // Found out now, not after the relay has been stopped.
