@@ -140,17 +140,10 @@ pub fn run_forwarding(ctx: &Context, cmd: &Cmd) -> Result<i32> {
     }
 }
 
-/// Run `docker compose ARGS` streaming its output; a non-zero exit is an error.
-pub fn compose_run<I, S>(ctx: &Context, args: I, env: &[(String, String)]) -> Result<()>
-where
-    I: IntoIterator<Item = S>,
-    S: Into<OsString>,
-{
-    let mut cmd = Project::new(ctx).cmd(ctx, args);
-    for (k, v) in env {
-        cmd = cmd.env(k, v);
-    }
-    let code = run_forwarding(ctx, &cmd)?;
+/// Run a command streaming its output (see [`run_forwarding`]); a non-zero
+/// exit is an error.
+pub fn run_checked(ctx: &Context, cmd: &Cmd) -> Result<()> {
+    let code = run_forwarding(ctx, cmd)?;
     if code != 0 {
         return Err(error::Failure {
             code: if code > 128 {
@@ -409,41 +402,31 @@ pub fn up_with_env(ctx: &Context, env: &[(String, String)], force_recreate: bool
         args.push("--force-recreate");
     }
     args.push(SERVICE);
-    if ctx.dry_run {
-        let mut cmd = Project::new(ctx).cmd(ctx, &args);
-        for (k, v) in env {
-            cmd = cmd.env(k, v);
-        }
-        ctx.shell.out(format!("would run: {}", cmd.display()));
-        return Ok(());
+    let mut cmd = Project::new(ctx).cmd(ctx, args);
+    for (k, v) in env {
+        cmd = cmd.env(k, v);
     }
-    compose_run(ctx, args, env)
+    ctx.run_or_show(&cmd, "", |cmd| run_checked(ctx, cmd))?;
+    Ok(())
 }
 
 pub fn down(ctx: &Context) -> Result<()> {
     require_compose_file(ctx)?;
-    if ctx.dry_run {
-        ctx.shell.out(format!(
-            "would run: {} (data/ is kept)",
-            Project::new(ctx).cmd(ctx, ["down"]).display()
-        ));
-        return Ok(());
+    let cmd = Project::new(ctx).cmd(ctx, ["down"]);
+    if ctx
+        .run_or_show(&cmd, " (data/ is kept)", |cmd| run_checked(ctx, cmd))?
+        .is_some()
+    {
+        ctx.shell.status("Stopped", "the appliance; data/ is kept");
     }
-    compose_run(ctx, ["down"], &[])?;
-    ctx.shell.status("Stopped", "the appliance; data/ is kept");
     Ok(())
 }
 
 pub fn restart(ctx: &Context) -> Result<()> {
     require_compose_file(ctx)?;
-    if ctx.dry_run {
-        ctx.shell.out(format!(
-            "would run: {}",
-            Project::new(ctx).cmd(ctx, ["restart", SERVICE]).display()
-        ));
-        return Ok(());
-    }
-    compose_run(ctx, ["restart", SERVICE], &[])
+    let cmd = Project::new(ctx).cmd(ctx, ["restart", SERVICE]);
+    ctx.run_or_show(&cmd, "", |cmd| run_checked(ctx, cmd))?;
+    Ok(())
 }
 
 /// What `logs` shows.

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cli::{Cli, Command};
 use crate::deployment::Deployment;
-use crate::host::Host;
+use crate::host::{Cmd, Host};
 use crate::shell::{Shell, Verbosity};
 
 /// Everything a command needs to know about where and how it runs.
@@ -56,6 +56,28 @@ impl Context {
             shell,
             dry_run,
         })
+    }
+
+    /// Where a dry run and a real run part for a command: in a dry run,
+    /// show it (`would run: CMD NOTE`) and return `None`; otherwise run it
+    /// with `run`.
+    pub fn run_or_show<T>(
+        &self,
+        cmd: &Cmd,
+        note: &str,
+        run: impl FnOnce(&Cmd) -> Result<T>,
+    ) -> Result<Option<T>> {
+        if self.dry_run {
+            self.shell
+                .out(format!("would run: {}{note}", cmd.display()));
+            return Ok(None);
+        }
+        run(cmd).map(Some)
+    }
+
+    /// The last line of a dry run.
+    pub fn dry_run_done(&self) {
+        self.shell.out("dry run: nothing was changed");
     }
 
     /// A path inside the deployment directory.

@@ -72,6 +72,14 @@ fn ensure_cert_watch_unit(ctx: &Context, env: &Env) -> Result<bool> {
     Ok(plan.write)
 }
 
+/// The service's images with the ID of each, `None` when it is missing.
+fn images(ctx: &Context) -> Result<Vec<(String, Option<String>)>> {
+    image_names(ctx)?
+        .into_iter()
+        .map(|name| Ok((name.clone(), image_id(ctx, &name)?)))
+        .collect()
+}
+
 fn image_names(ctx: &Context) -> Result<Vec<String>> {
     let out = Project::new(ctx)
         .cmd(ctx, ["config", "--images"])
@@ -188,114 +196,27 @@ fn run_preflight(ctx: &Context, args: &Options, without_inotify: bool) -> Result
 pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     let started = Instant::now();
     compose::require_compose_file(ctx)?;
-    let one_shot = &args.one_shot;
 
     // 1. Preflight, before touching anything.
     run_preflight(ctx, args, true)?;
 
     // 2. Host tuning, then the inotify check on the result.
-    let limits = args.limits;
-    let sysctl_plan = sysctl::ensure(ctx, &limits)?;
-    let mut changed = !sysctl_plan.is_noop();
-    if !ctx.dry_run && !args.skip.contains(&preflight::CheckId::Inotify) {
-        let live = sysctl::read_live(&ctx.host)?;
-        if live.max_user_instances < limits.max_user_instances
-            || live.max_user_watches < limits.max_user_watches
-        {
-            return Err(error::preflight(format!(
-                "inotify limits are still too low after tuning ({} / {}); run: {}",
-                live.max_user_instances,
-                live.max_user_watches,
-                sysctl::manual_commands(&sysctl_plan)
-            )));
-        }
-    }
+    let mut changed = tune_host(ctx, args)?;
 
     // 3. chatmail.ini -> .env
-    let ini = ctx.deployment.ini();
-    if ini.exists() {
-        let report = ini2env::sync_env(
-            ctx,
-            &ini,
-            &ctx.deployment.env_file(),
-            &ini2env::Options {
-                all: false,
-                force: args.force,
-            },
-        )?;
-        changed |= report.changed;
-    } else {
-        ctx.shell
-            .verbose(format!("{} not found; using .env as it is", ini.display()));
-    }
+    changed |= write_env(ctx, args)?;
 
     // 4. Overrides.
     changed |= overrides::refresh_generated(ctx)?;
 
-    // 5. Build when needed. Compose needs .env (`env_file`), which a dry
-    // run on a fresh directory has only planned, not written.
     // Read once, now that it is written (a dry run reads the old one).
     let loaded = ctx.deployment.load_env()?;
-    if ctx.dry_run && loaded.is_none() {
-        ctx.shell.out(format!(
-            "would run: {} (when the image is missing)",
-            Project::new(ctx).cmd(ctx, ["build", SERVICE]).display()
-        ));
-        ctx.shell.out(format!(
-            "would run: {}",
-            Project::new(ctx)
-                .cmd(ctx, ["up", "--detach", "--remove-orphans", SERVICE])
-                .display()
-        ));
-        ctx.shell.out("dry run: nothing was changed");
-        return Ok(());
-    }
+    let env_written = loaded.is_some();
     let vars = loaded.unwrap_or_default();
-    let images = image_names(ctx)?;
-    let mut missing = Vec::new();
-    // What a rebuild replaces: (name, image ID) of the existing images.
-    let mut previous = Vec::new();
-    for i in &images {
-        match image_id(ctx, i)? {
-            Some(id) => previous.push((i.clone(), id)),
-            None => missing.push(i.clone()),
-        }
-    }
-    let build = args.rebuild.is_some() || !missing.is_empty();
-    if !build {
-        previous.clear();
-    }
-    if build {
-        relay_src_check(ctx, &vars)?;
-        let mut bargs = vec!["build".to_string()];
-        if args.rebuild == Some(Rebuild::Full) {
-            bargs.push("--no-cache".into());
-        }
-        bargs.push(SERVICE.into());
-        if ctx.dry_run {
-            ctx.shell.out(format!(
-                "would run: {}{}",
-                Project::new(ctx).cmd(ctx, &bargs).display(),
-                if missing.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (image {} is missing)", missing.join(", "))
-                }
-            ));
-            if !previous.is_empty() {
-                ctx.shell.out(
-                    "would remove the image the rebuild replaces (if it changed) once the appliance is healthy",
-                );
-            }
-        } else {
-            ctx.shell.status(
-                "Building",
-                format!("the appliance image ({})", images.join(", ")),
-            );
-            compose::compose_run(ctx, &bargs, &[])?;
-        }
-        changed = true;
-    }
+
+    // 5. Build when needed.
+    let previous = build(ctx, args, &vars, env_written)?;
+    changed |= previous.is_some();
 
     // 6. Up.
     let before = if ctx.dry_run {
@@ -303,28 +224,14 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     } else {
         compose::current(ctx)?
     };
-    if !ctx.dry_run {
-        ctx.shell
-            .status("Starting", "the appliance (docker compose up -d)");
-    }
-    let env: Vec<(String, String)> = one_shot
-        .env()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    compose::up_with_env(ctx, &env, one_shot.needs_recreate())?;
-    if !one_shot.is_empty() && !ctx.dry_run {
-        ctx.shell.note(
-            "the one-shot settings applied to this start only; the next `setup` or `up` recreates the container with the defaults",
-        );
-    }
+    start(ctx, &args.one_shot)?;
     if ctx.dry_run {
         ctx.shell.out(format!(
             "would wait up to {}s for the container to become healthy",
             args.wait_timeout.as_secs()
         ));
         ensure_cert_watch_unit(ctx, &vars)?;
-        ctx.shell.out("dry run: nothing was changed");
+        ctx.dry_run_done();
         return Ok(());
     }
 
@@ -332,7 +239,7 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     let c = compose::wait_healthy(ctx, args.wait_timeout)
         .context("the appliance did not become healthy")?;
     // Only now: while the new image is not proven, the old one stays.
-    remove_replaced_images(ctx, &previous);
+    remove_replaced_images(ctx, &previous.unwrap_or_default());
     let recreated = before
         .as_ref()
         .is_none_or(|b| b.id != c.id || b.state.started_at != c.state.started_at);
@@ -355,6 +262,128 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
         ctx.shell.status(
             "Fresh",
             "nothing changed: configuration up to date, the appliance is up and healthy",
+        );
+    }
+    Ok(())
+}
+
+/// Step 2: raise the inotify limits, then check the live values (unless
+/// the inotify check is skipped). Returns whether anything changed.
+fn tune_host(ctx: &Context, args: &Options) -> Result<bool> {
+    let limits = args.limits;
+    let plan = sysctl::ensure(ctx, &limits)?;
+    if !ctx.dry_run && !args.skip.contains(&preflight::CheckId::Inotify) {
+        let live = sysctl::read_live(&ctx.host)?;
+        if live.max_user_instances < limits.max_user_instances
+            || live.max_user_watches < limits.max_user_watches
+        {
+            return Err(error::preflight(format!(
+                "inotify limits are still too low after tuning ({} / {}); run: {}",
+                live.max_user_instances,
+                live.max_user_watches,
+                sysctl::manual_commands(&plan)
+            )));
+        }
+    }
+    Ok(!plan.is_noop())
+}
+
+/// Step 3: merge chatmail.ini into .env, when there is a chatmail.ini.
+fn write_env(ctx: &Context, args: &Options) -> Result<bool> {
+    let ini = ctx.deployment.ini();
+    if !ini.exists() {
+        ctx.shell
+            .verbose(format!("{} not found; using .env as it is", ini.display()));
+        return Ok(false);
+    }
+    let report = ini2env::sync_env(
+        ctx,
+        &ini,
+        &ctx.deployment.env_file(),
+        &ini2env::Options {
+            all: false,
+            force: args.force,
+        },
+    )?;
+    Ok(report.changed)
+}
+
+/// Step 5: build the image when it is missing or a rebuild is asked for.
+/// Returns `None` when nothing is built, otherwise (name, image ID) of the
+/// images the build replaces.
+fn build(
+    ctx: &Context,
+    args: &Options,
+    vars: &Env,
+    env_written: bool,
+) -> Result<Option<Vec<(String, String)>>> {
+    // Compose needs .env (`env_file`) to list the images, which a dry run
+    // on a fresh directory has only planned: the build is then shown as
+    // conditional.
+    let listed = if ctx.dry_run && !env_written {
+        None
+    } else {
+        Some(images(ctx)?)
+    };
+    let mut previous = Vec::new();
+    let note = match &listed {
+        None => " (when the image is missing)".to_string(),
+        Some(images) => {
+            let mut missing = Vec::new();
+            for (name, id) in images {
+                match id {
+                    Some(id) => previous.push((name.clone(), id.clone())),
+                    None => missing.push(name.as_str()),
+                }
+            }
+            if args.rebuild.is_none() && missing.is_empty() {
+                return Ok(None);
+            }
+            relay_src_check(ctx, vars)?;
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(" (image {} is missing)", missing.join(", "))
+            }
+        }
+    };
+    let mut bargs = vec!["build"];
+    if args.rebuild == Some(Rebuild::Full) {
+        bargs.push("--no-cache");
+    }
+    bargs.push(SERVICE);
+    let cmd = Project::new(ctx).cmd(ctx, bargs);
+    let built = ctx.run_or_show(&cmd, &note, |cmd| {
+        let names: Vec<&str> = listed.iter().flatten().map(|(n, _)| n.as_str()).collect();
+        ctx.shell.status(
+            "Building",
+            format!("the appliance image ({})", names.join(", ")),
+        );
+        compose::run_checked(ctx, cmd)
+    })?;
+    if built.is_none() && !previous.is_empty() {
+        ctx.shell.out(
+            "would remove the image the rebuild replaces (if it changed) once the appliance is healthy",
+        );
+    }
+    Ok(Some(previous))
+}
+
+/// Step 6: `docker compose up -d` with this run's one-shot switches.
+fn start(ctx: &Context, one_shot: &OneShot) -> Result<()> {
+    if !ctx.dry_run {
+        ctx.shell
+            .status("Starting", "the appliance (docker compose up -d)");
+    }
+    let env: Vec<(String, String)> = one_shot
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    compose::up_with_env(ctx, &env, one_shot.needs_recreate())?;
+    if !one_shot.is_empty() && !ctx.dry_run {
+        ctx.shell.note(
+            "the one-shot settings applied to this start only; the next `setup` or `up` recreates the container with the defaults",
         );
     }
     Ok(())

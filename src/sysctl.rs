@@ -302,7 +302,7 @@ pub fn ensure(ctx: &Context, min: &Limits) -> Result<Plan> {
 pub fn run(ctx: &Context, limits: &Limits) -> Result<()> {
     let plan = ensure(ctx, limits)?;
     if ctx.dry_run && !plan.is_noop() {
-        ctx.shell.out("dry run: nothing was changed");
+        ctx.dry_run_done();
     }
     Ok(())
 }

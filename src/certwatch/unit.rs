@@ -126,40 +126,39 @@ pub fn apply_unit(ctx: &Context, plan: &UnitPlan) -> Result<()> {
         ));
         return Ok(());
     }
-    if ctx.dry_run {
-        if plan.write {
-            ctx.shell
-                .out(format!("would write {}:", plan.path.display()));
-            for line in plan.content.lines() {
-                ctx.shell.out(format!("    {line}"));
-            }
-        } else {
-            ctx.shell
-                .out(format!("{} is up to date", plan.path.display()));
+    if plan.write && ctx.dry_run {
+        ctx.shell
+            .out(format!("would write {}:", plan.path.display()));
+        for line in plan.content.lines() {
+            ctx.shell.out(format!("    {line}"));
         }
-        for c in &plan.commands {
-            ctx.shell.out(format!("would run: {}", c.display()));
-        }
-        return Ok(());
-    }
-    if plan.write {
+    } else if plan.write {
         if let Some(parent) = plan.path.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         crate::host::write_atomic(&plan.path, plan.content.as_bytes(), 0o644)?;
         ctx.shell.status("Wrote", plan.path.display().to_string());
+    } else if ctx.dry_run {
+        ctx.shell
+            .out(format!("{} is up to date", plan.path.display()));
     }
     for c in &plan.commands {
-        let out = c.output(&ctx.shell)?;
-        if !out.success() {
-            anyhow::bail!(
-                "`{}` failed (exit {}): {}",
-                c.display(),
-                out.code,
-                out.stderr.trim()
-            );
-        }
+        ctx.run_or_show(c, "", |c| {
+            let out = c.output(&ctx.shell)?;
+            if !out.success() {
+                anyhow::bail!(
+                    "`{}` failed (exit {}): {}",
+                    c.display(),
+                    out.code,
+                    out.stderr.trim()
+                );
+            }
+            Ok(())
+        })?;
+    }
+    if ctx.dry_run {
+        return Ok(());
     }
     ctx.shell.status("Enabled", UNIT_NAME);
     Ok(())
