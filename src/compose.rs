@@ -396,7 +396,7 @@ pub fn parse_time(ts: &str) -> Option<std::time::SystemTime> {
 // ---------------------------------------------------------------- commands
 
 /// `docker compose up -d` with extra environment for this run only.
-pub fn up_with_env(ctx: &Context, env: &[(String, String)], force_recreate: bool) -> Result<()> {
+pub fn up_cmd(ctx: &Context, env: &[(&str, String)], force_recreate: bool) -> Cmd {
     let mut args = vec!["up", "--detach", "--remove-orphans"];
     if force_recreate {
         args.push("--force-recreate");
@@ -406,8 +406,7 @@ pub fn up_with_env(ctx: &Context, env: &[(String, String)], force_recreate: bool
     for (k, v) in env {
         cmd = cmd.env(k, v);
     }
-    ctx.run_or_show(&cmd, "", |cmd| run_checked(ctx, cmd))?;
-    Ok(())
+    cmd
 }
 
 pub fn down(ctx: &Context) -> Result<()> {

@@ -55,7 +55,9 @@ pub struct Options {
 pub fn up(ctx: &Context) -> Result<()> {
     compose::require_compose_file(ctx)?;
     overrides::refresh_generated(ctx)?;
-    compose::up_with_env(ctx, &[], false)
+    let cmd = compose::up_cmd(ctx, &[], false);
+    ctx.run_or_show(&cmd, "", |cmd| compose::run_checked(ctx, cmd))?;
+    Ok(())
 }
 
 /// With `ENABLE_CERTS_MONITORING=true` in `.env`, install and enable the
@@ -371,20 +373,17 @@ fn build(
 
 /// Step 6: `docker compose up -d` with this run's one-shot switches.
 fn start(ctx: &Context, one_shot: &OneShot) -> Result<()> {
-    if !ctx.dry_run {
+    let cmd = compose::up_cmd(ctx, &one_shot.env(), one_shot.needs_recreate());
+    ctx.run_or_show(&cmd, "", |cmd| {
         ctx.shell
             .status("Starting", "the appliance (docker compose up -d)");
-    }
-    let env: Vec<(String, String)> = one_shot
-        .env()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    compose::up_with_env(ctx, &env, one_shot.needs_recreate())?;
-    if !one_shot.is_empty() && !ctx.dry_run {
-        ctx.shell.note(
-            "the one-shot settings applied to this start only; the next `setup` or `up` recreates the container with the defaults",
-        );
-    }
+        compose::run_checked(ctx, cmd)?;
+        if !one_shot.is_empty() {
+            ctx.shell.note(
+                "the one-shot settings applied to this start only; the next `setup` or `up` recreates the container with the defaults",
+            );
+        }
+        Ok(())
+    })?;
     Ok(())
 }
