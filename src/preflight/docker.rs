@@ -13,8 +13,8 @@ fn is_podman(version_output: &str) -> bool {
 pub(super) fn check_docker_engine(ctx: &Context) -> Check {
     const ID: &str = CheckId::DockerEngine.id();
     let install = "install Docker Engine (https://docs.docker.com/engine/install/debian/ or `apt install docker.io`) and start it: `systemctl enable --now docker`";
-    if crate::host::which("docker").is_none() {
-        if crate::host::which("podman").is_some() {
+    if ctx.host.which("docker").is_none() {
+        if ctx.host.which("podman").is_some() {
             return Check::warn(
                 ID,
                 "no `docker` command, but Podman is installed; Podman is untested with the appliance",
@@ -78,7 +78,7 @@ pub(super) fn check_compose(ctx: &Context) -> Check {
                       (Docker's apt repository), or put the v2 binary at \
                       ~/.docker/cli-plugins/docker-compose (or /usr/local/lib/docker/cli-plugins/)";
     let run = |prog: &str, args: &[&str]| -> Option<Captured> {
-        crate::host::which(prog)?;
+        ctx.host.which(prog)?;
         ctx.host
             .cmd(prog, args.iter().copied())
             .output(&ctx.shell)
@@ -98,7 +98,7 @@ pub(super) fn check_compose(ctx: &Context) -> Check {
             }
         }
     }
-    if crate::host::which("docker").is_none() && crate::host::which("podman").is_some() {
+    if ctx.host.which("docker").is_none() && ctx.host.which("podman").is_some() {
         if let Some(c) = run("podman", &["compose", "version"]) {
             if c.success() {
                 return Check::warn(

@@ -142,7 +142,7 @@ fn in_appliance(ctx: &Context, pid: u32, container_id: Option<&str>) -> bool {
 }
 
 fn running_container_id(ctx: &Context) -> Option<String> {
-    if !ctx.deployment.compose_file().exists() || crate::host::which("docker").is_none() {
+    if !ctx.deployment.compose_file().exists() || ctx.host.which("docker").is_none() {
         return None;
     }
     compose::container_id(ctx, Containers::Running)

@@ -1,10 +1,8 @@
 //! The compose runner: the command line it builds, signal forwarding, exit
 //! codes, `-v` showing commands. A stand-in `docker` records what it gets.
 
-mod common;
-
+use crate::support::*;
 use assert_cmd::Command;
-use common::*;
 use std::fs;
 use std::time::{Duration, Instant};
 

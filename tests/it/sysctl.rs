@@ -1,9 +1,7 @@
 //! inotify tuning against a fake /proc/sys and /etc/sysctl.d.
 
-mod common;
-
+use crate::support::*;
 use assert_cmd::Command;
-use common::*;
 use std::fs;
 
 fn sysctl(root: &std::path::Path, extra: &[&str]) -> std::process::Output {

@@ -4,8 +4,8 @@
 //! tests wait on that file (or on the log) with a generous bound and assert
 //! only what was recorded.
 
-mod certwatch_common;
-use certwatch_common::*;
+use crate::support::certs::*;
+use crate::support::have;
 
 use std::fs;
 
