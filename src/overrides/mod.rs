@@ -385,14 +385,7 @@ pub fn config(ctx: &Context, args: &ConfigOptions) -> Result<()> {
         return Ok(());
     }
 
-    let compose_file = ctx.deployment.compose_file();
-    if !compose_file.is_file() {
-        return Err(error::usage(format!(
-            "{} not found; is {} the deployment directory? (use --dir)",
-            compose_file.display(),
-            ctx.deployment.dir().display()
-        )));
-    }
+    compose::require_compose_file(ctx)?;
     write(ctx, &generated)?;
     let mut project = Project::new(ctx);
     // With --dry-run nothing is written, so Compose reads the override that

@@ -27,11 +27,7 @@ fn runs_compose_with_the_project_files_and_shows_it_with_v() {
         .args(["-v", "restart"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let args: Vec<String> = fs::read_to_string(&log)
         .unwrap()
         .lines()

@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use crate::support::{have_compose_v2, require};
+use crate::support::{assert_ok, have_compose_v2, require};
 use chatmail_docker::overrides::{self, OneShot, OverrideOptions};
 use chatmail_docker::{host::Host, shell, Context};
 
@@ -690,11 +690,7 @@ fn dry_run_shows_the_result_and_writes_nothing() {
         .args(["--dry-run", "config", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let cfg: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(volumes(&cfg)
         .iter()
@@ -744,11 +740,7 @@ fn mount_vmail_marker_mounts_home_vmail_read_write() {
         .args(["config", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let cfg: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(volumes(&cfg).contains(&Vol {
         source: root.path().join("home/vmail").to_str().unwrap().into(),
@@ -806,11 +798,7 @@ fn override_only_json_is_the_generated_override() {
         .args(["config", "--override-only", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let vols = v["services"]["chatmail"]["volumes"].as_array().unwrap();
     assert_eq!(vols.len(), 1);

@@ -4,7 +4,7 @@
 //! created, never started, from an empty image built `FROM scratch`, so no
 //! registry is needed.
 
-use crate::support::{require, runs};
+use crate::support::{assert_ok, require, runs};
 use serde_json::Value;
 use std::fs;
 use std::path::Path;
@@ -63,11 +63,7 @@ impl Engine {
             .args(["config", "--override-only"])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out);
         // --override-only writes nothing; write it as `setup` would.
         let ctx = chatmail_docker::Context::new(
             self.dir(),

@@ -142,6 +142,15 @@ pub fn have(tool: &str, args: &[&str]) -> bool {
     require(runs(tool, args), tool)
 }
 
+/// Fail with what the command wrote to stderr unless it succeeded.
+pub fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The binary under test.
 pub fn bin() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("chatmail-docker").unwrap()
