@@ -20,7 +20,7 @@
 //! becomes empty, as Compose does.
 //!
 //! [`quote`] picks, per value, a form that reads back verbatim, and this is
-//! proven against the real `docker compose config` in `tests/ini2env_compose.rs`:
+//! proven against the real `docker compose config` in `tests/it/ini2env_compose.rs`:
 //! plain values (letters, digits, `_-.,/:@+=%^~`) are written bare; other
 //! values without `'`, line breaks or a trailing `\` in single quotes (no
 //! interpolation, no escapes); everything else in double quotes with `\\`,

@@ -12,6 +12,8 @@
 //!
 //! With `--dry-run` every step prints what it would do and nothing changes.
 //! Re-running on a healthy, unchanged deployment changes nothing and says so.
+//!
+//! `up` is steps 4 and 6 alone: regenerate the override, start the appliance.
 
 use anyhow::{Context as _, Result};
 use std::time::{Duration, Instant};
