@@ -12,6 +12,7 @@ use serde::Serialize;
 use std::time::Duration;
 
 use crate::compose::{self, Inspect};
+use crate::shell::Shell;
 use crate::{error, overrides, Context};
 
 /// How to show the report.
@@ -126,71 +127,78 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<()> {
     if opts.json {
         ctx.shell.data(serde_json::to_string_pretty(&r)?);
     } else {
-        let sh = &ctx.shell;
-        match &r.container {
-            None => sh.out("container: not created (run `chatmail-docker setup`)"),
-            Some(name) => {
-                sh.out(format!("container: {name}"));
-                sh.out(format!(
-                    "state:     {}{}",
-                    r.state,
-                    r.uptime_seconds
-                        .map(|s| format!(
-                            ", up {}",
-                            humantime::format_duration(Duration::from_secs(s))
-                        ))
-                        .unwrap_or_default()
-                ));
-                let h = r.health.clone().unwrap_or_else(|| "no health check".into());
-                let h = if r.healthy {
-                    sh.ok_word(&h)
-                } else {
-                    sh.fail_word(&h)
-                };
-                sh.out(format!("health:    {h}"));
-                if let Some(i) = &r.image {
-                    sh.out(format!("image:     {i}"));
-                }
-                if let Some(cert) = &r.certificate {
-                    if let Some(na) = &cert.not_after {
-                        sh.out(format!(
-                            "cert:      {} expires {na}{}",
-                            cert.subject.clone().unwrap_or_default(),
-                            cert.days_left
-                                .map(|d| format!(" ({d} days)"))
-                                .unwrap_or_default()
-                        ));
-                    }
-                    sh.out(format!(
-                        "watcher:   {}",
-                        if cert.watcher_running {
-                            format!("running ({})", cert.watcher)
-                        } else {
-                            "not running (chatmail-docker cert-watch)".to_string()
-                        }
-                    ));
-                }
-                if !r.units.is_empty() {
-                    sh.out("units:");
-                    for u in &r.units {
-                        let a = if u.active == "active" {
-                            sh.ok_word(&u.active)
-                        } else {
-                            sh.warn_word(&u.active)
-                        };
-                        sh.out(format!("  {:<22} {a} ({})", u.unit, u.enabled));
-                    }
-                }
-            }
-        }
-        for w in &r.warnings {
-            sh.warn(w);
-        }
+        print_text(&ctx.shell, &r);
     }
     if r.container.is_some() && r.healthy {
         Ok(())
     } else {
         Err(error::silent(error::EXIT_RUNTIME))
+    }
+}
+
+/// The report for people: one `name: value` line per part, then the warnings.
+fn print_text(sh: &Shell, r: &StatusReport) {
+    let Some(name) = &r.container else {
+        sh.out("container: not created (run `chatmail-docker setup`)");
+        return print_warnings(sh, r);
+    };
+    sh.out(format!("container: {name}"));
+    sh.out(format!(
+        "state:     {}{}",
+        r.state,
+        r.uptime_seconds
+            .map(|s| format!(
+                ", up {}",
+                humantime::format_duration(Duration::from_secs(s))
+            ))
+            .unwrap_or_default()
+    ));
+    let h = r.health.clone().unwrap_or_else(|| "no health check".into());
+    let h = if r.healthy {
+        sh.ok_word(&h)
+    } else {
+        sh.fail_word(&h)
+    };
+    sh.out(format!("health:    {h}"));
+    if let Some(i) = &r.image {
+        sh.out(format!("image:     {i}"));
+    }
+    if let Some(cert) = &r.certificate {
+        if let Some(na) = &cert.not_after {
+            sh.out(format!(
+                "cert:      {} expires {na}{}",
+                cert.subject.clone().unwrap_or_default(),
+                cert.days_left
+                    .map(|d| format!(" ({d} days)"))
+                    .unwrap_or_default()
+            ));
+        }
+        sh.out(format!(
+            "watcher:   {}",
+            if cert.watcher_running {
+                format!("running ({})", cert.watcher)
+            } else {
+                "not running (chatmail-docker cert-watch)".to_string()
+            }
+        ));
+    }
+    if !r.units.is_empty() {
+        sh.out("units:");
+        for u in &r.units {
+            let a = if u.active == "active" {
+                sh.ok_word(&u.active)
+            } else {
+                sh.warn_word(&u.active)
+            };
+            sh.out(format!("  {:<22} {a} ({})", u.unit, u.enabled));
+        }
+    }
+    print_warnings(sh, r);
+}
+
+fn print_warnings(sh: &Shell, r: &StatusReport) {
+    for w in &r.warnings {
+        sh.warn(w);
     }
 }
 
