@@ -1,5 +1,8 @@
 //! The compose project: which files, which `.env`, which project name, and
-//! running `docker compose` with them.
+//! running `docker compose` with them: the container's id and state, `exec`
+//! with captured output, the health wait, and the commands that pass
+//! straight through (`down`, `restart`, `logs`, `exec`). It knows Compose
+//! and the deployment's files, nothing of the capabilities above it.
 
 use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;

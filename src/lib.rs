@@ -80,7 +80,8 @@ impl Context {
         self.shell.out("dry run: nothing was changed");
     }
 
-    /// A path inside the deployment directory.
+    /// A path inside the deployment directory ([`Deployment`] names its
+    /// files; this is for the others).
     pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.deployment.path(rel)
     }

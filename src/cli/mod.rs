@@ -3,8 +3,8 @@
 //! library function (cargo's `commands/*.rs` -> `ops` split). Nothing below
 //! this module sees clap.
 
-use clap::error::ErrorKind;
 use clap::builder::PossibleValue;
+use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
