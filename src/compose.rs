@@ -1,28 +1,24 @@
 //! The compose project: which files, which `.env`, which project name, and
-//! running `docker compose` with them.
+//! running `docker compose` with them: the container's id and state, `exec`
+//! with captured output, the health wait, and the commands that pass
+//! straight through (`down`, `restart`, `logs`, `exec`). It knows Compose
+//! and the deployment's files, nothing of the capabilities above it.
 
 use anyhow::{bail, Context as _, Result};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::cli::compose::*;
-use crate::host::Cmd;
+use crate::host::{Captured, Cmd};
 use crate::{error, Context};
 
 /// Compose project name: fixed, so the directory's name does not matter.
 pub const PROJECT_NAME: &str = "chatmail";
 /// The one service of the appliance.
 pub const SERVICE: &str = "chatmail";
-/// The appliance's compose file, relative to the deployment directory.
-pub const COMPOSE_FILE: &str = "docker/docker-compose.yaml";
-/// The override the tool generates and owns.
-pub const GENERATED_FILE: &str = "docker/compose.generated.yaml";
-/// The user's own overrides, included last so they win. Never written.
-pub const USER_OVERRIDES: &[&str] = &["docker-compose.override.yaml", "compose.override.yaml"];
 
 /// The files and settings `docker compose` is run with.
 #[derive(Clone, Debug)]
@@ -36,21 +32,17 @@ impl Project {
     /// The project for a deployment directory: the appliance's compose file,
     /// the generated override when present, then the user's override.
     pub fn new(ctx: &Context) -> Project {
-        let mut files = vec![ctx.path(COMPOSE_FILE)];
-        let generated = ctx.path(GENERATED_FILE);
+        let d = &ctx.deployment;
+        let mut files = vec![d.compose_file()];
+        let generated = d.generated_file();
         if generated.exists() {
             files.push(generated);
         }
-        for name in USER_OVERRIDES {
-            let p = ctx.path(name);
-            if p.exists() {
-                files.push(p);
-            }
-        }
+        files.extend(d.user_overrides());
         Project {
-            dir: ctx.dir.clone(),
+            dir: d.dir().to_path_buf(),
             files,
-            env_file: ctx.path(".env"),
+            env_file: d.env_file(),
         }
     }
 
@@ -151,17 +143,10 @@ pub fn run_forwarding(ctx: &Context, cmd: &Cmd) -> Result<i32> {
     }
 }
 
-/// Run `docker compose ARGS` streaming its output; a non-zero exit is an error.
-pub fn compose_run<I, S>(ctx: &Context, args: I, env: &[(String, String)]) -> Result<()>
-where
-    I: IntoIterator<Item = S>,
-    S: Into<OsString>,
-{
-    let mut cmd = Project::new(ctx).cmd(ctx, args);
-    for (k, v) in env {
-        cmd = cmd.env(k, v);
-    }
-    let code = run_forwarding(ctx, &cmd)?;
+/// Run a command streaming its output (see [`run_forwarding`]); a non-zero
+/// exit is an error.
+pub fn run_checked(ctx: &Context, cmd: &Cmd) -> Result<()> {
+    let code = run_forwarding(ctx, cmd)?;
     if code != 0 {
         return Err(error::Failure {
             code: if code > 128 {
@@ -181,12 +166,12 @@ where
 
 /// Fail with a clear message when the appliance's compose file is missing.
 pub fn require_compose_file(ctx: &Context) -> Result<()> {
-    let f = ctx.path(COMPOSE_FILE);
+    let f = ctx.deployment.compose_file();
     if !f.exists() {
         return Err(error::usage(format!(
             "{} not found: {} is not a chatmail-docker deployment directory (use --dir, or run from the repository checkout)",
             f.display(),
-            ctx.dir.display()
+            ctx.deployment.dir().display()
         )));
     }
     Ok(())
@@ -262,11 +247,22 @@ impl Inspect {
     }
 }
 
-/// The id of the service's container, running or not.
-pub fn container_id(ctx: &Context) -> Result<Option<String>> {
-    let out = Project::new(ctx)
-        .cmd(ctx, ["ps", "--all", "--quiet", SERVICE])
-        .output(&ctx.shell)?;
+/// Which containers [`container_id`] asks about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Containers {
+    /// The service's container in any state.
+    Any,
+    /// Only a running one.
+    Running,
+}
+
+/// The id of the service's container, if there is one (`docker compose ps`).
+pub fn container_id(ctx: &Context, which: Containers) -> Result<Option<String>> {
+    let args = match which {
+        Containers::Any => ["ps", "--all", "--quiet", SERVICE].as_slice(),
+        Containers::Running => &["ps", "--status", "running", "--quiet", SERVICE],
+    };
+    let out = Project::new(ctx).cmd(ctx, args).output(&ctx.shell)?;
     if !out.success() {
         bail!("`docker compose ps` failed: {}", out.stderr.trim());
     }
@@ -276,6 +272,28 @@ pub fn container_id(ctx: &Context) -> Result<Option<String>> {
         .next()
         .map(|l| l.trim().to_string())
         .filter(|s| !s.is_empty()))
+}
+
+/// `docker compose exec -T chatmail ARGS`: a command in the container, no
+/// terminal, for output that is read rather than shown.
+pub fn exec_cmd<I, S>(ctx: &Context, args: I) -> Cmd
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    let mut all: Vec<OsString> = vec!["exec".into(), "-T".into(), SERVICE.into()];
+    all.extend(args.into_iter().map(Into::into));
+    Project::new(ctx).cmd(ctx, all)
+}
+
+/// Run [`exec_cmd`] and capture what it prints; a non-zero exit is not an
+/// error here (the caller reads it).
+pub fn exec_output<I, S>(ctx: &Context, args: I) -> Result<Captured>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    exec_cmd(ctx, args).output(&ctx.shell)
 }
 
 pub fn inspect(ctx: &Context, id: &str) -> Result<Inspect> {
@@ -290,7 +308,7 @@ pub fn inspect(ctx: &Context, id: &str) -> Result<Inspect> {
 
 /// The service's container, if it exists.
 pub fn current(ctx: &Context) -> Result<Option<Inspect>> {
-    match container_id(ctx)? {
+    match container_id(ctx, Containers::Any)? {
         Some(id) => Ok(Some(inspect(ctx, &id)?)),
         None => Ok(None),
     }
@@ -321,7 +339,7 @@ pub fn wait_healthy(ctx: &Context, timeout: Duration) -> Result<Inspect> {
     let result = (|| -> Result<Inspect> {
         // The container keeps its id while it starts (restarts included), so
         // ask Compose once and only `docker inspect` it in the loop.
-        let Some(id) = container_id(ctx)? else {
+        let Some(id) = container_id(ctx, Containers::Any)? else {
             bail!("the container does not exist (did `docker compose up` fail?)");
         };
         loop {
@@ -400,57 +418,49 @@ pub fn parse_time(ts: &str) -> Option<std::time::SystemTime> {
 
 // ---------------------------------------------------------------- commands
 
-pub fn up(ctx: &Context, _a: &UpArgs) -> Result<()> {
-    require_compose_file(ctx)?;
-    crate::setup::refresh_generated(ctx)?;
-    up_with_env(ctx, &[], false)
-}
-
 /// `docker compose up -d` with extra environment for this run only.
-pub fn up_with_env(ctx: &Context, env: &[(String, String)], force_recreate: bool) -> Result<()> {
+pub fn up_cmd(ctx: &Context, env: &[(&str, String)], force_recreate: bool) -> Cmd {
     let mut args = vec!["up", "--detach", "--remove-orphans"];
     if force_recreate {
         args.push("--force-recreate");
     }
     args.push(SERVICE);
-    if ctx.dry_run {
-        let mut cmd = Project::new(ctx).cmd(ctx, &args);
-        for (k, v) in env {
-            cmd = cmd.env(k, v);
-        }
-        ctx.shell.out(format!("would run: {}", cmd.display()));
-        return Ok(());
+    let mut cmd = Project::new(ctx).cmd(ctx, args);
+    for (k, v) in env {
+        cmd = cmd.env(k, v);
     }
-    compose_run(ctx, args, env)
+    cmd
 }
 
-pub fn down(ctx: &Context, _a: &DownArgs) -> Result<()> {
+pub fn down(ctx: &Context) -> Result<()> {
     require_compose_file(ctx)?;
-    if ctx.dry_run {
-        ctx.shell.out(format!(
-            "would run: {} (data/ is kept)",
-            Project::new(ctx).cmd(ctx, ["down"]).display()
-        ));
-        return Ok(());
+    let cmd = Project::new(ctx).cmd(ctx, ["down"]);
+    if ctx
+        .run_or_show(&cmd, " (data/ is kept)", |cmd| run_checked(ctx, cmd))?
+        .is_some()
+    {
+        ctx.shell.status("Stopped", "the appliance; data/ is kept");
     }
-    compose_run(ctx, ["down"], &[])?;
-    ctx.shell.status("Stopped", "the appliance; data/ is kept");
     Ok(())
 }
 
-pub fn restart(ctx: &Context, _a: &RestartArgs) -> Result<()> {
+pub fn restart(ctx: &Context) -> Result<()> {
     require_compose_file(ctx)?;
-    if ctx.dry_run {
-        ctx.shell.out(format!(
-            "would run: {}",
-            Project::new(ctx).cmd(ctx, ["restart", SERVICE]).display()
-        ));
-        return Ok(());
-    }
-    compose_run(ctx, ["restart", SERVICE], &[])
+    let cmd = Project::new(ctx).cmd(ctx, ["restart", SERVICE]);
+    ctx.run_or_show(&cmd, "", |cmd| run_checked(ctx, cmd))?;
+    Ok(())
 }
 
-pub fn logs(ctx: &Context, a: &LogsArgs) -> Result<()> {
+/// What `logs` shows.
+#[derive(Clone, Debug, Default)]
+pub struct LogsOptions {
+    /// Keep following the output.
+    pub follow: bool,
+    /// Lines from the end (Compose's `--tail`: a number or `all`).
+    pub tail: Option<String>,
+}
+
+pub fn logs(ctx: &Context, a: &LogsOptions) -> Result<()> {
     require_compose_file(ctx)?;
     let mut args: Vec<String> = vec!["logs".into()];
     if a.follow {
@@ -468,7 +478,8 @@ pub fn logs(ctx: &Context, a: &LogsArgs) -> Result<()> {
     }
 }
 
-pub fn exec(ctx: &Context, a: &ExecArgs) -> Result<()> {
+/// Run `command` in the container with the terminal attached.
+pub fn exec(ctx: &Context, command: &[String]) -> Result<()> {
     require_compose_file(ctx)?;
     use std::io::IsTerminal;
     let mut args: Vec<String> = vec!["exec".into()];
@@ -476,7 +487,7 @@ pub fn exec(ctx: &Context, a: &ExecArgs) -> Result<()> {
         args.push("-T".into());
     }
     args.push(SERVICE.into());
-    args.extend(a.command.iter().cloned());
+    args.extend(command.iter().cloned());
     let code = run_forwarding(ctx, &Project::new(ctx).cmd(ctx, args))?;
     if code == 0 {
         Ok(())
@@ -485,223 +496,9 @@ pub fn exec(ctx: &Context, a: &ExecArgs) -> Result<()> {
     }
 }
 
-// ---------------------------------------------------------------- status
-
-/// A relay unit's state inside the container, as `status` reports it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct UnitState {
-    pub unit: String,
-    pub active: String,
-    pub enabled: String,
-}
-
-/// The states of the relay's units inside the running container.
-pub fn unit_states(ctx: &Context) -> Result<Vec<UnitState>> {
-    use crate::migrate::units;
-    let names: Vec<String> = units::UNITS.iter().map(|u| units::unit_name(u)).collect();
-    let mut args: Vec<String> = [
-        "exec",
-        "-T",
-        SERVICE,
-        "systemctl",
-        "show",
-        "-p",
-        "Id,LoadState,ActiveState,UnitFileState",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(names.iter().cloned());
-    let out = Project::new(ctx).cmd(ctx, args).output(&ctx.shell)?;
-    if !out.success() {
-        bail!(
-            "cannot query systemd in the container: {}",
-            out.stderr.trim()
-        );
-    }
-    Ok(units::parse_show(&out.stdout, &names)?
-        .into_iter()
-        .filter(|u| u.exists())
-        .map(|u| UnitState {
-            unit: u.unit.trim_end_matches(".service").to_string(),
-            active: u.active,
-            enabled: u.file,
-        })
-        .collect())
-}
-
-/// What `status` reports.
-#[derive(Clone, Debug, Serialize, Default)]
-pub struct StatusReport {
-    pub container: Option<String>,
-    pub state: String,
-    pub health: Option<String>,
-    pub healthy: bool,
-    pub image: Option<String>,
-    pub started_at: Option<String>,
-    pub uptime_seconds: Option<u64>,
-    pub units: Vec<UnitState>,
-    /// The TLS certificate and the cert-watch service.
-    pub certificate: Option<crate::certwatch::CertStatus>,
-    pub warnings: Vec<String>,
-}
-
-pub fn status_report(ctx: &Context) -> Result<StatusReport> {
-    require_compose_file(ctx)?;
-    let mut r = StatusReport {
-        state: "absent".into(),
-        ..Default::default()
-    };
-    let Some(c) = current(ctx)? else {
-        return Ok(r);
-    };
-    r.container = Some(c.name.trim_start_matches('/').to_string());
-    r.state = c.state.status.clone();
-    r.health = c.health_status().map(str::to_string);
-    r.healthy = c.state.running && matches!(r.health.as_deref(), Some("healthy") | None);
-    r.image = Some(c.config.image.clone());
-    r.started_at = Some(c.state.started_at.clone());
-    if c.state.running {
-        r.uptime_seconds = parse_time(&c.state.started_at)
-            .and_then(|t| t.elapsed().ok())
-            .map(|d| d.as_secs());
-        match unit_states(ctx) {
-            Ok(u) => r.units = u,
-            Err(e) => r.warnings.push(format!("{e:#}")),
-        }
-        for u in &r.units {
-            if u.enabled == "enabled" && u.active != "active" {
-                r.warnings.push(format!("unit {} is {}", u.unit, u.active));
-            }
-        }
-    }
-    r.warnings.extend(crate::setup::status_warnings(ctx, &c));
-    match crate::certwatch::status(ctx) {
-        Ok(cert) => {
-            r.warnings.extend(certificate_warnings(&cert));
-            r.certificate = Some(cert);
-        }
-        Err(e) => r.warnings.push(format!("certificate: {e:#}")),
-    }
-    Ok(r)
-}
-
-pub fn status(ctx: &Context, a: &StatusArgs) -> Result<()> {
-    let r = status_report(ctx)?;
-    if a.json {
-        ctx.shell.data(serde_json::to_string_pretty(&r)?);
-    } else {
-        let sh = &ctx.shell;
-        match &r.container {
-            None => sh.out("container: not created (run `chatmail-docker setup`)"),
-            Some(name) => {
-                sh.out(format!("container: {name}"));
-                sh.out(format!(
-                    "state:     {}{}",
-                    r.state,
-                    r.uptime_seconds
-                        .map(|s| format!(
-                            ", up {}",
-                            humantime::format_duration(Duration::from_secs(s))
-                        ))
-                        .unwrap_or_default()
-                ));
-                let h = r.health.clone().unwrap_or_else(|| "no health check".into());
-                let h = if r.healthy {
-                    sh.ok_word(&h)
-                } else {
-                    sh.fail_word(&h)
-                };
-                sh.out(format!("health:    {h}"));
-                if let Some(i) = &r.image {
-                    sh.out(format!("image:     {i}"));
-                }
-                if let Some(cert) = &r.certificate {
-                    if let Some(na) = &cert.not_after {
-                        sh.out(format!(
-                            "cert:      {} expires {na}{}",
-                            cert.subject.clone().unwrap_or_default(),
-                            cert.days_left
-                                .map(|d| format!(" ({d} days)"))
-                                .unwrap_or_default()
-                        ));
-                    }
-                    sh.out(format!(
-                        "watcher:   {}",
-                        if cert.watcher_running {
-                            format!("running ({})", cert.watcher)
-                        } else {
-                            "not running (chatmail-docker cert-watch)".to_string()
-                        }
-                    ));
-                }
-                if !r.units.is_empty() {
-                    sh.out("units:");
-                    for u in &r.units {
-                        let a = if u.active == "active" {
-                            sh.ok_word(&u.active)
-                        } else {
-                            sh.warn_word(&u.active)
-                        };
-                        sh.out(format!("  {:<22} {a} ({})", u.unit, u.enabled));
-                    }
-                }
-            }
-        }
-        for w in &r.warnings {
-            sh.warn(w);
-        }
-    }
-    if r.container.is_some() && r.healthy {
-        Ok(())
-    } else {
-        Err(error::silent(error::EXIT_RUNTIME))
-    }
-}
-
-/// What `status` warns about the certificate.
-fn certificate_warnings(cert: &crate::certwatch::CertStatus) -> Vec<String> {
-    let mut w = Vec::new();
-    if let Some(p) = &cert.problem {
-        w.push(format!("certificate: {p}"));
-    }
-    match cert.days_left {
-        Some(d) if d < 0 => w.push("the certificate has expired: clients refuse it".to_string()),
-        Some(d) if d < 14 => w.push(format!("the certificate expires in {d} days")),
-        _ => {}
-    }
-    w
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn certificate_warnings_for_expiry_soon_and_past() {
-        let cert = |days_left: Option<i64>| crate::certwatch::CertStatus {
-            watcher_running: true,
-            watcher: "systemd".into(),
-            path: None,
-            subject: None,
-            not_after: None,
-            days_left,
-            fingerprint: None,
-            applied_fingerprint: None,
-            applied_at: None,
-            problem: None,
-        };
-        assert!(certificate_warnings(&cert(Some(90))).is_empty());
-        assert!(certificate_warnings(&cert(None)).is_empty());
-        assert_eq!(
-            certificate_warnings(&cert(Some(3))),
-            ["the certificate expires in 3 days"]
-        );
-        assert_eq!(
-            certificate_warnings(&cert(Some(-1))),
-            ["the certificate has expired: clients refuse it"]
-        );
-    }
 
     #[test]
     fn docker_times() {

@@ -20,7 +20,7 @@
 //! becomes empty, as Compose does.
 //!
 //! [`quote`] picks, per value, a form that reads back verbatim, and this is
-//! proven against the real `docker compose config` in `tests/ini2env_compose.rs`:
+//! proven against the real `docker compose config` in `tests/it/ini2env_compose.rs`:
 //! plain values (letters, digits, `_-.,/:@+=%^~`) are written bare; other
 //! values without `'`, line breaks or a trailing `\` in single quotes (no
 //! interpolation, no escapes); everything else in double quotes with `\\`,
@@ -82,165 +82,42 @@ fn line_of(src: &str, offset: usize) -> usize {
 /// skipped.
 pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
     let bom = if src.starts_with('\u{feff}') { 3 } else { 0 };
-    let mut pos = bom;
+    let mut cur = Cursor {
+        src,
+        pos: bom,
+        line_pos: 0,
+        line_count: 1,
+    };
     let mut out: Vec<Statement> = Vec::new();
     // Earlier keys, for interpolation: key -> index in `out`.
     let mut index: FastMap<&str, usize> = FastMap::default();
-    let (mut line_pos, mut line_count) = (0usize, 1usize);
-    let err = |offset: usize, message: String| ParseError {
-        line: line_of(src, offset),
-        message,
-    };
     loop {
-        // Statement start: skip blank space and comment lines.
-        loop {
-            match src[pos..].find(|c: char| !go_is_space(c)) {
-                None => return Ok(out),
-                Some(i) => pos += i,
-            }
-            if src[pos..].starts_with('#') {
-                match src[pos..].find('\n') {
-                    None => return Ok(out),
-                    Some(i) => pos += i,
-                }
-            } else {
-                break;
-            }
+        // 1. Statement start: skip blank space and comment lines.
+        if !cur.next_statement() {
+            return Ok(out);
         }
-        let start = pos;
-        // `export` followed by ASCII white space (Go's `\s`).
-        let rest = &src[pos..];
-        if rest.starts_with("export") && rest[6..].starts_with(['\t', '\n', '\x0c', '\r', ' ']) {
-            pos += 6;
-            pos += src[pos..]
-                .find(|c: char| !blank(c))
-                .unwrap_or(src.len() - pos);
-        }
-        if pos >= src.len() {
-            return Err(err(
-                start,
-                "`export` without a variable; write `export NAME=value` or remove it".into(),
-            ));
-        }
-        // The key runs to `=`, `:` or a line end.
-        let key_start = pos;
-        let mut terminator = None;
-        for (i, c) in src[pos..].char_indices() {
-            if blank(c) {
-                continue;
-            }
-            match c {
-                '=' | ':' | '\n' => {
-                    terminator = Some((pos + i, c));
-                    break;
-                }
-                c if valid_key_char(c) => {}
-                c => {
-                    // Only the name so far: the rest of the line may be a
-                    // secret value.
-                    return Err(err(
-                        pos + i,
-                        format!(
-                            "unexpected character {} after the variable name {}; \
-                             names may hold letters, digits and `_.-[]`, followed by `=`",
-                            quoted(&c.to_string()),
-                            quoted(&src[key_start..pos + i])
-                        ),
-                    ));
-                }
-            }
-        }
-        let Some((term, term_char)) = terminator else {
+        let start = cur.pos;
+        // 2. `export`, then the key up to `=`, `:` or a line end.
+        cur.export(start)?;
+        let Some((key_start, key, term)) = cur.key()? else {
             // A last line without `=`: Compose takes it as inherited.
             return Ok(out);
         };
-        let key = src[key_start..term].trim_end_matches(go_is_space);
-        if key.contains(' ') {
-            return Err(err(
-                key_start,
-                format!("variable name {} contains a space; remove it", quoted(key)),
-            ));
-        }
-        pos = term + term_char.len_utf8();
-        if term_char == '\n' {
+        if term == '\n' {
             // Inherited from the process environment: not ours to read.
             continue;
         }
-        // Offsets only grow: count newlines since the previous statement.
-        line_count += src.as_bytes()[line_pos..key_start]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count();
-        line_pos = key_start;
-        let line = line_count;
-        pos += src[pos..]
-            .find(|c: char| !blank(c))
-            .unwrap_or(src.len() - pos);
-        let value_start = pos;
-        let quote = src[pos..]
-            .chars()
-            .next()
-            .filter(|c| *c == '\'' || *c == '"');
-        let (value, value_end) = match quote {
-            None => {
-                let line_end = src[pos..].find('\n').map_or(src.len(), |i| pos + i);
-                let mut raw = &src[pos..line_end];
-                if let Some(i) = raw.find(" #") {
-                    raw = &raw[..i];
-                }
-                let raw = raw.trim_end_matches(go_is_space);
-                let vars = Vars {
-                    index: &index,
-                    out: &out,
-                };
-                let value = substitute(raw, &vars)
-                    .map_err(|m| err(value_start, format!("the value of {key}: {m}")))?;
-                pos = line_end;
-                (value, value_start + raw.len())
-            }
-            Some(q) => {
-                let mut chars = String::new();
-                let mut escaped = false;
-                let mut close = None;
-                for (i, c) in src[pos + 1..].char_indices() {
-                    if escaped {
-                        escaped = false;
-                        if c != q {
-                            chars.push('\\');
-                        }
-                        chars.push(c);
-                        continue;
-                    }
-                    if c == '\\' {
-                        escaped = true;
-                    } else if c == q {
-                        close = Some(pos + 1 + i);
-                        break;
-                    } else {
-                        chars.push(c);
-                    }
-                }
-                let Some(close) = close else {
-                    return Err(err(
-                        value_start,
-                        format!(
-                            "the {q}-quoted value of {key} is never closed; add the closing {q}"
-                        ),
-                    ));
-                };
-                let value = if q == '"' {
-                    let vars = Vars {
-                        index: &index,
-                        out: &out,
-                    };
-                    substitute(&expand_escapes(&chars), &vars)
-                        .map_err(|m| err(value_start, format!("the value of {key}: {m}")))?
-                } else {
-                    chars
-                };
-                pos = close + 1;
-                (value, close + 1)
-            }
+        let line = cur.line_at(key_start);
+        // 3. The value: unquoted to the line end, or quoted.
+        cur.skip_blanks();
+        let value_start = cur.pos;
+        let vars = Vars {
+            index: &index,
+            out: &out,
+        };
+        let (value, value_end) = match cur.rest().chars().next() {
+            Some(q @ ('\'' | '"')) => cur.quoted_value(q, key, &vars)?,
+            _ => cur.unquoted_value(key, &vars)?,
         };
         index.insert(key, out.len());
         out.push(Statement {
@@ -250,6 +127,189 @@ pub fn parse(src: &str) -> Result<Vec<Statement>, ParseError> {
             start,
             value_span: value_start..value_end,
         });
+    }
+}
+
+/// Where [`parse`] is in the text.
+struct Cursor<'a> {
+    src: &'a str,
+    pos: usize,
+    /// The line of `line_pos`, counted once: offsets only grow.
+    line_pos: usize,
+    line_count: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn err(&self, offset: usize, message: String) -> ParseError {
+        ParseError {
+            line: line_of(self.src, offset),
+            message,
+        }
+    }
+
+    fn rest(&self) -> &'a str {
+        &self.src[self.pos..]
+    }
+
+    fn skip_blanks(&mut self) {
+        self.pos += self
+            .rest()
+            .find(|c: char| !blank(c))
+            .unwrap_or(self.src.len() - self.pos);
+    }
+
+    /// Skip blank space and comment lines; `false` at the end of the text.
+    fn next_statement(&mut self) -> bool {
+        loop {
+            match self.rest().find(|c: char| !go_is_space(c)) {
+                None => return false,
+                Some(i) => self.pos += i,
+            }
+            if !self.rest().starts_with('#') {
+                return true;
+            }
+            match self.rest().find('\n') {
+                None => return false,
+                Some(i) => self.pos += i,
+            }
+        }
+    }
+
+    /// Skip `export` followed by ASCII white space (Go's `\s`).
+    fn export(&mut self, start: usize) -> Result<(), ParseError> {
+        let rest = self.rest();
+        if rest.starts_with("export") && rest[6..].starts_with(['\t', '\n', '\x0c', '\r', ' ']) {
+            self.pos += 6;
+            self.skip_blanks();
+        }
+        if self.pos >= self.src.len() {
+            return Err(self.err(
+                start,
+                "`export` without a variable; write `export NAME=value` or remove it".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The key (where it starts, the name) and what ends it: `=`, `:` or
+    /// `\n`. `None` for a last line with none of them.
+    fn key(&mut self) -> Result<Option<(usize, &'a str, char)>, ParseError> {
+        let src = self.src;
+        let key_start = self.pos;
+        let mut terminator = None;
+        for (i, c) in self.rest().char_indices() {
+            if blank(c) {
+                continue;
+            }
+            match c {
+                '=' | ':' | '\n' => {
+                    terminator = Some((key_start + i, c));
+                    break;
+                }
+                c if valid_key_char(c) => {}
+                c => {
+                    // Only the name so far: the rest of the line may be a
+                    // secret value.
+                    return Err(self.err(
+                        key_start + i,
+                        format!(
+                            "unexpected character {} after the variable name {}; \
+                             names may hold letters, digits and `_.-[]`, followed by `=`",
+                            quoted(&c.to_string()),
+                            quoted(&src[key_start..key_start + i])
+                        ),
+                    ));
+                }
+            }
+        }
+        let Some((term, term_char)) = terminator else {
+            return Ok(None);
+        };
+        let key = src[key_start..term].trim_end_matches(go_is_space);
+        if key.contains(' ') {
+            return Err(self.err(
+                key_start,
+                format!("variable name {} contains a space; remove it", quoted(key)),
+            ));
+        }
+        self.pos = term + term_char.len_utf8();
+        Ok(Some((key_start, key, term_char)))
+    }
+
+    /// The 1-based line of `offset`, at or after the previous one asked.
+    fn line_at(&mut self, offset: usize) -> usize {
+        self.line_count += self.src.as_bytes()[self.line_pos..offset]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        self.line_pos = offset;
+        self.line_count
+    }
+
+    /// An unquoted value: to the line end, cut at ` #`, trimmed at the
+    /// right, interpolated. Returns it and where it ends in the text.
+    fn unquoted_value(&mut self, key: &str, vars: &Vars) -> Result<(String, usize), ParseError> {
+        let value_start = self.pos;
+        let line_end = self
+            .rest()
+            .find('\n')
+            .map_or(self.src.len(), |i| self.pos + i);
+        let mut raw = &self.src[self.pos..line_end];
+        if let Some(i) = raw.find(" #") {
+            raw = &raw[..i];
+        }
+        let raw = raw.trim_end_matches(go_is_space);
+        let value = substitute(raw, vars)
+            .map_err(|m| self.err(value_start, format!("the value of {key}: {m}")))?;
+        self.pos = line_end;
+        Ok((value, value_start + raw.len()))
+    }
+
+    /// A value in `q` quotes, which may span lines; `"` values have their
+    /// escapes expanded and are interpolated. Returns it and where it ends
+    /// (after the closing quote).
+    fn quoted_value(
+        &mut self,
+        q: char,
+        key: &str,
+        vars: &Vars,
+    ) -> Result<(String, usize), ParseError> {
+        let value_start = self.pos;
+        let mut chars = String::new();
+        let mut escaped = false;
+        let mut close = None;
+        for (i, c) in self.src[self.pos + 1..].char_indices() {
+            if escaped {
+                escaped = false;
+                if c != q {
+                    chars.push('\\');
+                }
+                chars.push(c);
+                continue;
+            }
+            if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                close = Some(self.pos + 1 + i);
+                break;
+            } else {
+                chars.push(c);
+            }
+        }
+        let Some(close) = close else {
+            return Err(self.err(
+                value_start,
+                format!("the {q}-quoted value of {key} is never closed; add the closing {q}"),
+            ));
+        };
+        let value = if q == '"' {
+            substitute(&expand_escapes(&chars), vars)
+                .map_err(|m| self.err(value_start, format!("the value of {key}: {m}")))?
+        } else {
+            chars
+        };
+        self.pos = close + 1;
+        Ok((value, close + 1))
     }
 }
 

@@ -4,7 +4,8 @@
 //! under the host root (`/` for real use, a temp dir in tests, `--root`), and
 //! every external program is started through [`Host::cmd`], which logs the
 //! command with `-v`. Tests record calls by putting stand-in programs first on
-//! `PATH`; there is no second code path for them.
+//! `PATH` (the binary's, or [`Host::with_search_path`] for the library
+//! called in-process); there is no second code path for them.
 
 use anyhow::{Context as _, Result};
 use std::ffi::{OsStr, OsString};
@@ -19,11 +20,39 @@ use crate::shell::Shell;
 #[derive(Clone, Debug)]
 pub struct Host {
     root: PathBuf,
+    /// Where programs are looked for instead of the process's `PATH`.
+    search_path: Option<OsString>,
 }
 
 impl Host {
     pub fn new(root: impl Into<PathBuf>) -> Host {
-        Host { root: root.into() }
+        Host {
+            root: root.into(),
+            search_path: None,
+        }
+    }
+
+    /// Look programs up in `path` instead of the process's `PATH`, and
+    /// give them that `PATH` (tests put stand-ins first without changing
+    /// the test process's environment).
+    pub fn with_search_path(mut self, path: impl Into<OsString>) -> Host {
+        self.search_path = Some(path.into());
+        self
+    }
+
+    /// Find a program the way [`Host::cmd`] will.
+    pub fn which(&self, program: &str) -> Option<PathBuf> {
+        let path = match &self.search_path {
+            Some(p) => p.clone(),
+            None => std::env::var_os("PATH")?,
+        };
+        std::env::split_paths(&path)
+            .map(|d| d.join(program))
+            .find(|p| {
+                p.metadata()
+                    .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                    .unwrap_or(false)
+            })
     }
 
     /// The host filesystem root (`/` unless `--root` says otherwise).
@@ -63,6 +92,7 @@ impl Host {
             args: args.into_iter().map(Into::into).collect(),
             env: Vec::new(),
             dir: None,
+            search_path: self.search_path.clone(),
         }
     }
 }
@@ -75,6 +105,8 @@ pub struct Cmd {
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
     pub dir: Option<PathBuf>,
+    /// The host's `PATH` override, if any (not shown: not part of the plan).
+    search_path: Option<OsString>,
 }
 
 impl Cmd {
@@ -119,6 +151,9 @@ impl Cmd {
     pub fn expr(&self, shell: &Shell) -> duct::Expression {
         shell.command(self.display());
         let mut e = duct::cmd(&self.program, &self.args);
+        if let Some(p) = &self.search_path {
+            e = e.env("PATH", p);
+        }
         for (k, v) in &self.env {
             e = e.env(k, v);
         }
@@ -187,18 +222,6 @@ pub fn shell_quote(s: &str) -> String {
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
-}
-
-/// Find a program on `PATH`.
-pub fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| {
-            p.metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
 }
 
 /// Write `bytes` to `path` atomically: a temp file in the same directory,

@@ -3,7 +3,7 @@
 //! The relay reads its configuration with `iniconfig.IniConfig(path)`, so
 //! what a value *is* is decided by that library, not by the usual INI rules.
 //! This module reproduces it exactly (differentially tested against
-//! iniconfig 2.3.1 in `tests/ini2env_parse.rs`):
+//! iniconfig 2.3.1 in `tests/it/ini2env_parse.rs`):
 //!
 //! - the file is UTF-8 (a non-UTF-8 byte is an error naming its offset); one
 //!   leading byte order mark is dropped;

@@ -48,7 +48,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::cli::ini2env::Ini2envArgs;
 use crate::dotenv;
 use crate::error;
 use crate::ini::{self, FastMap, Ini};
@@ -329,44 +328,139 @@ pub struct Merge {
 /// `env_name` is only for messages. Conflicts are an error (exit 2) unless
 /// `force`.
 pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Merge> {
-    let statements = dotenv::parse(old).map_err(|e| {
-        error::usage(format!(
-            "{env_name}:{}: {} (Docker Compose would reject this file too; fix that line)",
-            e.line, e.message
-        ))
-    })?;
-    // Every occurrence of each key, in file order: the last one counts.
-    let mut occurrences: FastMap<String, Vec<Found>> = FastMap::default();
-    let mut keys_in_order: Vec<String> = Vec::new();
-    for st in statements {
-        let list = occurrences.entry(st.key.clone()).or_default();
-        if list.is_empty() {
-            keys_in_order.push(st.key.clone());
-        }
-        list.push(inspect(old, st));
-    }
-
-    let mut edits: Vec<(Range<usize>, String)> = Vec::new();
-    // New lines, in ini order, appended after the existing text.
-    let mut appends = String::new();
-    let mut actions = Vec::new();
-    let mut notes = Vec::new();
-    let mut conflicts = Vec::new();
+    // 1. What .env has now.
+    let existing = Existing::parse(old, env_name)?;
     let var_names: Vec<String> = vars.iter().map(Var::name).collect();
     let names: HashSet<&str> = var_names.iter().map(String::as_str).collect();
 
+    // 2. The edits: each chatmail.ini key, then tool lines for keys that
+    // left chatmail.ini.
+    let mut plan = MergePlan {
+        env_name,
+        force,
+        edits: Vec::new(),
+        appends: String::new(),
+        actions: Vec::new(),
+        notes: Vec::new(),
+        conflicts: Vec::new(),
+    };
     for (v, name) in vars.iter().zip(&var_names) {
-        let all = occurrences.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        plan.key(v, name, existing.all(name))?;
+    }
+    for key in existing.keys_not_in(&names) {
+        plan.departed(key, &existing.occurrences[key]);
+    }
+    if !plan.conflicts.is_empty() {
+        return Err(error::usage(format!(
+            "{env_name} has values set by hand that differ from chatmail.ini:\n  {}\n\
+             Change chatmail.ini, remove those lines from {env_name}, or rerun with --force \
+             to let chatmail.ini win; nothing was written",
+            plan.conflicts.join("\n  ")
+        )));
+    }
+
+    // 3. The new text.
+    let text = splice(old, plan.edits, &plan.appends, env_name)?;
+
+    // 4. Read the result back the way Compose will before anyone writes it.
+    let check = dotenv::parse(&text)
+        .map_err(|e| anyhow::anyhow!("internal error: the merged .env does not parse: {e}"))?;
+    let got: FastMap<&str, &str> = check
+        .iter()
+        .map(|s| (s.key.as_str(), s.value.as_str()))
+        .collect();
+    for (v, name) in vars.iter().zip(&var_names).filter(|(v, _)| v.write) {
+        if got.get(name.as_str()) != Some(&v.value.as_ref()) {
+            bail!("internal error: {name} would not read back as written");
+        }
+    }
+    // The user's own variables are all still there.
+    for key in existing.keys_not_in(&names) {
+        let kept = existing.occurrences[key]
+            .iter()
+            .any(|f| f.owner == Owner::Hand);
+        if kept && !got.contains_key(key.as_str()) {
+            bail!("internal error: {key} would be lost from {env_name}; nothing was written");
+        }
+    }
+    Ok(Merge {
+        text,
+        actions: plan.actions,
+        notes: plan.notes,
+    })
+}
+
+/// The statements of the old `.env`, by key.
+struct Existing {
+    /// Every occurrence of each key, in file order: the last one counts.
+    occurrences: FastMap<String, Vec<Found>>,
+    keys_in_order: Vec<String>,
+}
+
+impl Existing {
+    fn parse(old: &str, env_name: &str) -> Result<Existing> {
+        let statements = dotenv::parse(old).map_err(|e| {
+            error::usage(format!(
+                "{env_name}:{}: {} (Docker Compose would reject this file too; fix that line)",
+                e.line, e.message
+            ))
+        })?;
+        let mut occurrences: FastMap<String, Vec<Found>> = FastMap::default();
+        let mut keys_in_order: Vec<String> = Vec::new();
+        for st in statements {
+            let list = occurrences.entry(st.key.clone()).or_default();
+            if list.is_empty() {
+                keys_in_order.push(st.key.clone());
+            }
+            list.push(inspect(old, st));
+        }
+        Ok(Existing {
+            occurrences,
+            keys_in_order,
+        })
+    }
+
+    fn all(&self, name: &str) -> &[Found] {
+        self.occurrences.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Keys of `.env` that are not among `names`, in file order.
+    fn keys_not_in<'s>(&'s self, names: &'s HashSet<&str>) -> impl Iterator<Item = &'s String> {
+        self.keys_in_order
+            .iter()
+            .filter(|k| !names.contains(k.as_str()))
+    }
+}
+
+/// What the merge changes, collected key by key.
+struct MergePlan<'e> {
+    env_name: &'e str,
+    force: bool,
+    /// Replacements of byte ranges of the old text; never overlapping.
+    edits: Vec<(Range<usize>, String)>,
+    /// New lines, in ini order, appended after the existing text.
+    appends: String,
+    actions: Vec<String>,
+    notes: Vec<String>,
+    conflicts: Vec<String>,
+}
+
+impl MergePlan<'_> {
+    /// One chatmail.ini key `v` (variable `name`), found at `all` in `.env`.
+    fn key(&mut self, v: &Var, name: &str, all: &[Found]) -> Result<()> {
+        let env_name = self.env_name;
+        let force = self.force;
         let Some(f) = all.last() else {
             if v.write {
-                push_managed(&mut appends, name, &v.value)?;
-                appends.push('\n');
-                actions.push(format!("add {} (chatmail.ini line {})", name, v.line));
+                push_managed(&mut self.appends, name, &v.value)?;
+                self.appends.push('\n');
+                self.actions
+                    .push(format!("add {} (chatmail.ini line {})", name, v.line));
             }
-            continue;
+            return Ok(());
         };
         if all.len() > 1 {
-            notes.push(format!(
+            self.notes.push(format!(
                 "{} is set {} times in {env_name}; only the last (line {}) counts",
                 name,
                 all.len(),
@@ -380,7 +474,7 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
         // conflicts with chatmail.ini.
         let placeholder = f.owner == Owner::Hand && f.st.value.is_empty() && !same;
         if !same && !ours && !force && !placeholder {
-            conflicts.push(format!(
+            self.conflicts.push(format!(
                 "{} ({env_name} line {}{}, chatmail.ini line {})",
                 name,
                 f.st.line,
@@ -391,7 +485,7 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
                 },
                 v.line
             ));
-            continue;
+            return Ok(());
         }
         let by_hand = if f.owner == Owner::Tool || same || placeholder {
             ""
@@ -400,14 +494,14 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
         };
         if v.write {
             if same && ours {
-                continue;
+                return Ok(());
             }
             let mut with = managed_line(name, &v.value)?[name.len() + 1..].to_string();
             if f.shares_line {
                 with.push('\n');
             }
-            edits.push((f.replace.clone(), with));
-            actions.push(if same {
+            self.edits.push((f.replace.clone(), with));
+            self.actions.push(if same {
                 format!(
                     "adopt {} (already equal to chatmail.ini line {})",
                     name, v.line
@@ -425,55 +519,59 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
             // through all of them.
             for g in all {
                 if g.owner == Owner::Tool || force || (placeholder && g.st.value.is_empty()) {
-                    edits.push((g.whole.clone(), String::new()));
+                    self.edits.push((g.whole.clone(), String::new()));
                 } else if g.st.value != v.value {
-                    conflicts.push(format!(
+                    self.conflicts.push(format!(
                         "{} ({env_name} line {}, set by hand, chatmail.ini line {})",
                         name, g.st.line, v.line
                     ));
                 }
             }
-            actions.push(format!(
+            self.actions.push(format!(
                 "remove {} (chatmail.ini line {} sets the relay's default{by_hand})",
                 name, v.line
             ));
         } else {
-            notes.push(format!(
+            self.notes.push(format!(
                 "{} is set by hand in {env_name} (line {}) to chatmail.ini's value",
                 name, f.st.line
             ));
         }
+        Ok(())
     }
-    // Tool lines for keys that left chatmail.ini (hand-set ones stay).
-    for key in keys_in_order.iter().filter(|k| !names.contains(k.as_str())) {
+
+    /// A key of `.env` no longer in chatmail.ini: its tool lines go,
+    /// hand-set ones stay.
+    fn departed(&mut self, key: &str, found: &[Found]) {
         let mut removed = false;
-        for f in &occurrences[key] {
+        for f in found {
             match f.owner {
                 Owner::Hand => {}
-                Owner::Edited if !force => conflicts.push(format!(
-                    "{key} ({env_name} line {}, edited by hand, no longer in chatmail.ini)",
-                    f.st.line
+                Owner::Edited if !self.force => self.conflicts.push(format!(
+                    "{key} ({} line {}, edited by hand, no longer in chatmail.ini)",
+                    self.env_name, f.st.line
                 )),
                 _ => {
-                    edits.push((f.whole.clone(), String::new()));
+                    self.edits.push((f.whole.clone(), String::new()));
                     removed = true;
                 }
             }
         }
         if removed {
-            actions.push(format!("remove {key} (no longer in chatmail.ini)"));
+            self.actions
+                .push(format!("remove {key} (no longer in chatmail.ini)"));
         }
     }
-    if !conflicts.is_empty() {
-        return Err(error::usage(format!(
-            "{env_name} has values set by hand that differ from chatmail.ini:\n  {}\n\
-             Change chatmail.ini, remove those lines from {env_name}, or rerun with --force \
-             to let chatmail.ini win; nothing was written",
-            conflicts.join("\n  ")
-        )));
-    }
+}
 
-    // Splice the edits in one pass (they never overlap: one per statement).
+/// Apply `edits` to `old` in one pass and append `appends` (below the
+/// header, written once).
+fn splice(
+    old: &str,
+    mut edits: Vec<(Range<usize>, String)>,
+    appends: &str,
+    env_name: &str,
+) -> Result<String> {
     edits.sort_by_key(|(r, _)| r.start);
     let mut text = String::with_capacity(old.len() + appends.len() + HEADER.len() + 2);
     let mut at = 0;
@@ -496,33 +594,9 @@ pub fn merge(old: &str, env_name: &str, vars: &[Var], force: bool) -> Result<Mer
             }
             text.push_str(HEADER);
         }
-        text.push_str(&appends);
+        text.push_str(appends);
     }
-
-    // Read the result back the way Compose will before anyone writes it.
-    let check = dotenv::parse(&text)
-        .map_err(|e| anyhow::anyhow!("internal error: the merged .env does not parse: {e}"))?;
-    let got: FastMap<&str, &str> = check
-        .iter()
-        .map(|s| (s.key.as_str(), s.value.as_str()))
-        .collect();
-    for (v, name) in vars.iter().zip(&var_names).filter(|(v, _)| v.write) {
-        if got.get(name.as_str()) != Some(&v.value.as_ref()) {
-            bail!("internal error: {name} would not read back as written");
-        }
-    }
-    // The user's own variables are all still there.
-    for key in keys_in_order.iter().filter(|k| !names.contains(k.as_str())) {
-        let kept = occurrences[key].iter().any(|f| f.owner == Owner::Hand);
-        if kept && !got.contains_key(key.as_str()) {
-            bail!("internal error: {key} would be lost from {env_name}; nothing was written");
-        }
-    }
-    Ok(Merge {
-        text,
-        actions,
-        notes,
-    })
+    Ok(text)
 }
 
 /// The backup path: `.env` -> `.env.bak`.
@@ -677,15 +751,39 @@ pub fn diff(old: &str, new: &str, name: &str, show_values: bool) -> String {
     out
 }
 
+/// What `chatmail-docker ini2env` does with the conversion.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Output {
+    /// Merge into `.env` (the default).
+    #[default]
+    Write,
+    /// Print the variables instead of writing.
+    Stdout,
+    /// Say whether `.env` is up to date; change nothing. `show_values`
+    /// puts values into the diff (hidden by default: `.env` may hold secrets).
+    Check { show_values: bool },
+}
+
+/// `chatmail-docker ini2env`'s files and mode.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// The relay's ini; `DIR/chatmail.ini` when `None`.
+    pub ini: Option<PathBuf>,
+    /// The `.env` to merge into; `DIR/.env` when `None`.
+    pub env: Option<PathBuf>,
+    pub output: Output,
+    pub merge: Options,
+}
+
 /// `chatmail-docker ini2env`.
-pub fn run(ctx: &Context, args: &Ini2envArgs) -> Result<()> {
-    let ini_path = args.ini.clone().unwrap_or_else(|| ctx.path("chatmail.ini"));
-    let env = args.env.clone().unwrap_or_else(|| ctx.path(".env"));
-    let opts = Options {
-        all: args.all,
-        force: args.force,
-    };
-    if args.stdout {
+pub fn run(ctx: &Context, args: &RunOptions) -> Result<()> {
+    let ini_path = args.ini.clone().unwrap_or_else(|| ctx.deployment.ini());
+    let env = args
+        .env
+        .clone()
+        .unwrap_or_else(|| ctx.deployment.env_file());
+    let opts = &args.merge;
+    if args.output == Output::Stdout {
         if !ini_path.exists() {
             return Err(error::usage(format!(
                 "no chatmail.ini at {}; pass --ini PATH",
@@ -708,8 +806,8 @@ pub fn run(ctx: &Context, args: &Ini2envArgs) -> Result<()> {
             other => other.context("cannot write to standard output"),
         };
     }
-    if args.check {
-        let p = plan(ctx, &ini_path, &env, &opts)?;
+    if let Output::Check { show_values } = args.output {
+        let p = plan(ctx, &ini_path, &env, opts)?;
         let old = p.old.as_deref().unwrap_or("");
         if p.old.is_some() && old == p.merge.text {
             if p.mode_wrong {
@@ -723,15 +821,8 @@ pub fn run(ctx: &Context, args: &Ini2envArgs) -> Result<()> {
                 .status("Fresh", format!("{} matches chatmail.ini", env.display()));
             return Ok(());
         }
-        ctx.shell.out(
-            diff(
-                old,
-                &p.merge.text,
-                &env.display().to_string(),
-                args.show_values,
-            )
-            .trim_end(),
-        );
+        ctx.shell
+            .out(diff(old, &p.merge.text, &env.display().to_string(), show_values).trim_end());
         ctx.shell.error(format!(
             "{} is out of date with chatmail.ini ({}); run `chatmail-docker ini2env` to update it",
             env.display(),
@@ -743,7 +834,7 @@ pub fn run(ctx: &Context, args: &Ini2envArgs) -> Result<()> {
         ));
         return Err(error::silent(error::EXIT_RUNTIME));
     }
-    let report = sync_env(ctx, &ini_path, &env, &opts)?;
+    let report = sync_env(ctx, &ini_path, &env, opts)?;
     if !report.changed {
         ctx.shell
             .status("Fresh", format!("{} matches chatmail.ini", env.display()));

@@ -9,6 +9,7 @@ pub mod build;
 pub mod certwatch;
 pub mod cli;
 pub mod compose;
+pub mod deployment;
 pub mod dotenv;
 pub mod error;
 pub mod host;
@@ -20,20 +21,22 @@ pub mod preflight;
 pub mod relay;
 pub mod setup;
 pub mod shell;
+pub mod status;
 pub mod sysctl;
 
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 use crate::cli::{Cli, Command};
-use crate::host::Host;
+use crate::deployment::Deployment;
+use crate::host::{Cmd, Host};
 use crate::shell::{Shell, Verbosity};
 
 /// Everything a command needs to know about where and how it runs.
 #[derive(Clone, Debug)]
 pub struct Context {
-    /// The deployment directory (absolute).
-    pub dir: PathBuf,
+    /// The deployment directory (absolute) and its files.
+    pub deployment: Deployment,
     pub host: Host,
     pub shell: Shell,
     pub dry_run: bool,
@@ -50,16 +53,39 @@ impl Context {
         // Normalise `./x/.` without requiring the directory to exist.
         let dir: PathBuf = dir.components().collect();
         Ok(Context {
-            dir,
+            deployment: Deployment::new(dir),
             host,
             shell,
             dry_run,
         })
     }
 
-    /// A path inside the deployment directory.
+    /// Where a dry run and a real run part for a command: in a dry run,
+    /// show it (`would run: CMD NOTE`) and return `None`; otherwise run it
+    /// with `run`.
+    pub fn run_or_show<T>(
+        &self,
+        cmd: &Cmd,
+        note: &str,
+        run: impl FnOnce(&Cmd) -> Result<T>,
+    ) -> Result<Option<T>> {
+        if self.dry_run {
+            self.shell
+                .out(format!("would run: {}{note}", cmd.display()));
+            return Ok(None);
+        }
+        run(cmd).map(Some)
+    }
+
+    /// The last line of a dry run.
+    pub fn dry_run_done(&self) {
+        self.shell.out("dry run: nothing was changed");
+    }
+
+    /// A path inside the deployment directory ([`Deployment`] names its
+    /// files; this is for the others).
     pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
-        self.dir.join(rel)
+        self.deployment.path(rel)
     }
 }
 
@@ -94,23 +120,23 @@ pub fn main_with(cli: Cli) -> i32 {
 /// Dispatch one command.
 pub fn run(ctx: &Context, command: Command) -> Result<()> {
     match command {
-        Command::Preflight(a) => preflight::run(ctx, &a.args),
-        Command::Sysctl(a) => sysctl::run(ctx, &a.args),
-        Command::Setup(a) => setup::run(ctx, &a.args),
-        Command::Up(a) => compose::up(ctx, &a.args),
-        Command::Down(a) => compose::down(ctx, &a.args),
-        Command::Restart(a) => compose::restart(ctx, &a.args),
-        Command::Status(a) => compose::status(ctx, &a.args),
-        Command::Logs(a) => compose::logs(ctx, &a.args),
-        Command::Exec(a) => compose::exec(ctx, &a.args),
-        Command::Ini2env(a) => ini2env::run(ctx, &a.args),
-        Command::Config(a) => overrides::config(ctx, &a.args),
-        Command::Migrate(a) => migrate::run(ctx, &a.args),
-        Command::CertWatch(a) => certwatch::run(ctx, &a.args),
+        Command::Preflight(a) => a.exec(ctx),
+        Command::Sysctl(a) => a.exec(ctx),
+        Command::Setup(a) => a.exec(ctx),
+        Command::Up(a) => a.exec(ctx),
+        Command::Down(a) => a.exec(ctx),
+        Command::Restart(a) => a.exec(ctx),
+        Command::Status(a) => a.exec(ctx),
+        Command::Logs(a) => a.exec(ctx),
+        Command::Exec(a) => a.exec(ctx),
+        Command::Ini2env(a) => a.exec(ctx),
+        Command::Config(a) => a.exec(ctx),
+        Command::Migrate(a) => a.exec(ctx),
+        Command::CertWatch(a) => a.exec(ctx),
         Command::Completions(a) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
-            let shell = a.args.shell;
+            let shell = a.shell;
             clap_complete::generate(shell, &mut cmd, "chatmail-docker", &mut std::io::stdout());
             Ok(())
         }

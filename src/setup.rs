@@ -12,63 +12,61 @@
 //!
 //! With `--dry-run` every step prints what it would do and nothing changes.
 //! Re-running on a healthy, unchanged deployment changes nothing and says so.
+//!
+//! `up` is steps 4 and 6 alone: regenerate the override, start the appliance.
 
 use anyhow::{Context as _, Result};
 use std::time::{Duration, Instant};
 
-use crate::cli::setup::SetupArgs;
-use crate::compose::{self, Inspect, Project, SERVICE};
+use crate::compose::{self, Project, SERVICE};
+use crate::deployment::Env;
 use crate::overrides::{self, OneShot};
 use crate::{error, ini2env, preflight, sysctl, Context};
 
 /// Default relay source directory (the build context of the image).
 pub const DEFAULT_RELAY_SRC: &str = "relay";
 
-/// Regenerate the compose override from custom/ (writes only on change;
-/// with `--dry-run` says what it would write). Returns whether it changed.
-pub fn refresh_generated(ctx: &Context) -> Result<bool> {
-    let generated = overrides::generate(ctx, &overrides::OverrideOptions::default())?;
-    overrides::write(ctx, &generated)
+/// How `setup` rebuilds the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rebuild {
+    /// `docker compose build`: reuse the build cache.
+    Cache,
+    /// `docker compose build --no-cache`.
+    Full,
 }
 
-/// Warnings for `status` that come from other capabilities: custom files
-/// edited since the container started, or added/removed since it was created.
-pub fn status_warnings(ctx: &Context, c: &Inspect) -> Vec<String> {
-    let generated = match overrides::generate(ctx, &overrides::OverrideOptions::default()) {
-        Ok(g) => g,
-        Err(e) => return vec![format!("cannot check custom/: {e:#}")],
-    };
-    let mut out = Vec::new();
-    if let Some(started) = compose::parse_time(&c.state.started_at) {
-        let files = overrides::changed_since_start(&generated, started);
-        if !files.is_empty() {
-            out.push(format!(
-                "changed since the container started (it still sees the old content; run `chatmail-docker up`): {}",
-                files
-                    .iter()
-                    .map(|f| f.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-    }
-    let running = c
-        .config
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(overrides::HASH_LABEL));
-    if running.is_some_and(|h| *h != generated.hash) {
-        out.push(
-            "files under custom/ were added, removed or changed since the container was created; run `chatmail-docker up`".into(),
-        );
-    }
-    out
+/// What `chatmail-docker setup` is asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Preflight checks not to run.
+    pub skip: Vec<preflight::CheckId>,
+    /// The inotify limits to ensure.
+    pub limits: sysctl::Limits,
+    /// Settings for this one start of the container.
+    pub one_shot: OneShot,
+    /// Rebuild the image even when it exists.
+    pub rebuild: Option<Rebuild>,
+    /// chatmail.ini wins over values set by hand in .env.
+    pub force: bool,
+    /// How long to wait for the container to become healthy.
+    pub wait_timeout: Duration,
+    /// How to build the image (extra CA certificates).
+    pub build: crate::build::BuildOptions,
+}
+
+/// `chatmail-docker up`: regenerate the override from custom/, then
+/// `docker compose up -d`.
+pub fn up(ctx: &Context) -> Result<()> {
+    compose::require_compose_file(ctx)?;
+    overrides::refresh_generated(ctx)?;
+    let cmd = compose::up_cmd(ctx, &[], false);
+    ctx.run_or_show(&cmd, "", |cmd| compose::run_checked(ctx, cmd))?;
+    Ok(())
 }
 
 /// With `ENABLE_CERTS_MONITORING=true` in `.env`, install and enable the
 /// host's cert-watch service (or say how to run it without systemd).
-fn ensure_cert_watch_unit(ctx: &Context) -> Result<bool> {
-    let env = crate::dotenv::load(&ctx.path(".env")).unwrap_or_default();
+fn ensure_cert_watch_unit(ctx: &Context, env: &Env) -> Result<bool> {
     let wanted = env
         .get("ENABLE_CERTS_MONITORING")
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
@@ -78,6 +76,14 @@ fn ensure_cert_watch_unit(ctx: &Context) -> Result<bool> {
     let plan = crate::certwatch::unit_plan(ctx)?;
     crate::certwatch::apply_unit(ctx, &plan)?;
     Ok(plan.write)
+}
+
+/// The service's images with the ID of each, `None` when it is missing.
+fn images(ctx: &Context) -> Result<Vec<(String, Option<String>)>> {
+    image_names(ctx)?
+        .into_iter()
+        .map(|name| Ok((name.clone(), image_id(ctx, &name)?)))
+        .collect()
 }
 
 fn image_names(ctx: &Context) -> Result<Vec<String>> {
@@ -148,13 +154,12 @@ fn remove_replaced_images(ctx: &Context, previous: &[(String, String)]) {
     }
 }
 
-fn relay_src_check(ctx: &Context) -> Result<std::path::PathBuf> {
-    let env = crate::dotenv::load(&ctx.path(".env")).unwrap_or_default();
+fn relay_src_check(ctx: &Context, env: &Env) -> Result<std::path::PathBuf> {
     let src = env
         .get("RELAY_SRC")
         .cloned()
         .unwrap_or_else(|| DEFAULT_RELAY_SRC.to_string());
-    let path = ctx.path(&src);
+    let path = ctx.deployment.path(&src);
     if !path.is_dir() {
         return Err(error::usage(format!(
             "the relay source {} is missing; the image is built from it. Get it with:\n  git clone https://github.com/chatmail/relay {}\n(or set RELAY_SRC in .env to where it is)",
@@ -165,10 +170,10 @@ fn relay_src_check(ctx: &Context) -> Result<std::path::PathBuf> {
     Ok(path)
 }
 
-fn run_preflight(ctx: &Context, args: &SetupArgs, without_inotify: bool) -> Result<()> {
+fn run_preflight(ctx: &Context, args: &Options, without_inotify: bool) -> Result<()> {
     let opts = preflight::Options {
-        skip: args.checks.skip_check.clone(),
-        inotify_min: sysctl::Limits::from_args(&args.sysctl),
+        skip: args.skip.clone(),
+        inotify_min: args.limits,
         inotify_must_pass: true,
         without_inotify,
     };
@@ -194,129 +199,30 @@ fn run_preflight(ctx: &Context, args: &SetupArgs, without_inotify: bool) -> Resu
     Ok(())
 }
 
-pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
+pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     let started = Instant::now();
     compose::require_compose_file(ctx)?;
-    let one_shot = OneShot::from_flags(
-        args.reinstall,
-        args.stages.as_deref(),
-        args.recreate_venv,
-        args.force_reinit_ini,
-        args.debug_commands,
-    )?;
-    preflight::validate_skips(&args.checks.skip_check)?;
 
     // 1. Preflight, before touching anything.
     run_preflight(ctx, args, true)?;
 
     // 2. Host tuning, then the inotify check on the result.
-    let limits = sysctl::Limits::from_args(&args.sysctl);
-    let sysctl_plan = sysctl::ensure(ctx, &limits)?;
-    let mut changed = !sysctl_plan.is_noop();
-    if !ctx.dry_run && !args.checks.skip_check.iter().any(|s| s == "inotify") {
-        let live = sysctl::read_live(&ctx.host)?;
-        if live.max_user_instances < limits.max_user_instances
-            || live.max_user_watches < limits.max_user_watches
-        {
-            return Err(error::preflight(format!(
-                "inotify limits are still too low after tuning ({} / {}); run: {}",
-                live.max_user_instances,
-                live.max_user_watches,
-                sysctl::manual_commands(&sysctl_plan)
-            )));
-        }
-    }
+    let mut changed = tune_host(ctx, args)?;
 
     // 3. chatmail.ini -> .env
-    let ini = ctx.path("chatmail.ini");
-    if ini.exists() {
-        let report = ini2env::sync_env(
-            ctx,
-            &ini,
-            &ctx.path(".env"),
-            &ini2env::Options {
-                all: false,
-                force: args.force,
-            },
-        )?;
-        changed |= report.changed;
-    } else {
-        ctx.shell
-            .verbose(format!("{} not found; using .env as it is", ini.display()));
-    }
+    changed |= write_env(ctx, args)?;
 
     // 4. Overrides.
-    changed |= refresh_generated(ctx)?;
+    changed |= overrides::refresh_generated(ctx)?;
 
-    // 5. Build when needed. Compose needs .env (`env_file`), which a dry
-    // run on a fresh directory has only planned, not written.
-    if ctx.dry_run && !ctx.path(".env").exists() {
-        ctx.shell.out(format!(
-            "would run: {} (when the image is missing)",
-            Project::new(ctx).cmd(ctx, ["build", SERVICE]).display()
-        ));
-        ctx.shell.out(format!(
-            "would run: {}",
-            Project::new(ctx)
-                .cmd(ctx, ["up", "--detach", "--remove-orphans", SERVICE])
-                .display()
-        ));
-        ctx.shell.out("dry run: nothing was changed");
-        return Ok(());
-    }
-    let images = image_names(ctx)?;
-    let mut missing = Vec::new();
-    // What a rebuild replaces: (name, image ID) of the existing images.
-    let mut previous = Vec::new();
-    for i in &images {
-        match image_id(ctx, i)? {
-            Some(id) => previous.push((i.clone(), id)),
-            None => missing.push(i.clone()),
-        }
-    }
-    let build = args.rebuild.is_some() || !missing.is_empty();
-    if !build {
-        previous.clear();
-    }
-    if build {
-        let relay = relay_src_check(ctx)?;
-        let build_env = crate::build::prepare(
-            ctx,
-            &relay,
-            &crate::build::BuildOptions {
-                ca: args.build_ca.clone(),
-                keep_ca: args.keep_build_ca,
-            },
-        )?;
-        let mut bargs = vec!["build".to_string()];
-        if args.rebuild.as_deref() == Some("full") {
-            bargs.push("--no-cache".into());
-        }
-        bargs.push(SERVICE.into());
-        if ctx.dry_run {
-            ctx.shell.out(format!(
-                "would run: {}{}",
-                Project::new(ctx).cmd(ctx, &bargs).display(),
-                if missing.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (image {} is missing)", missing.join(", "))
-                }
-            ));
-            if !previous.is_empty() {
-                ctx.shell.out(
-                    "would remove the image the rebuild replaces (if it changed) once the appliance is healthy",
-                );
-            }
-        } else {
-            ctx.shell.status(
-                "Building",
-                format!("the appliance image ({})", images.join(", ")),
-            );
-            compose::compose_run(ctx, &bargs, &build_env.env)?;
-        }
-        changed = true;
-    }
+    // Read once, now that it is written (a dry run reads the old one).
+    let loaded = ctx.deployment.load_env()?;
+    let env_written = loaded.is_some();
+    let vars = loaded.unwrap_or_default();
+
+    // 5. Build when needed.
+    let previous = build(ctx, args, &vars, env_written)?;
+    changed |= previous.is_some();
 
     // 6. Up.
     let before = if ctx.dry_run {
@@ -324,43 +230,29 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
     } else {
         compose::current(ctx)?
     };
-    if !ctx.dry_run {
-        ctx.shell
-            .status("Starting", "the appliance (docker compose up -d)");
-    }
-    let env: Vec<(String, String)> = one_shot
-        .env()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    compose::up_with_env(ctx, &env, one_shot.needs_recreate())?;
-    if !one_shot.is_empty() && !ctx.dry_run {
-        ctx.shell.note(
-            "the one-shot settings applied to this start only; the next `setup` or `up` recreates the container with the defaults",
-        );
-    }
+    start(ctx, &args.one_shot)?;
     if ctx.dry_run {
         ctx.shell.out(format!(
             "would wait up to {}s for the container to become healthy",
-            args.wait_timeout
+            args.wait_timeout.as_secs()
         ));
-        ensure_cert_watch_unit(ctx)?;
-        ctx.shell.out("dry run: nothing was changed");
+        ensure_cert_watch_unit(ctx, &vars)?;
+        ctx.dry_run_done();
         return Ok(());
     }
 
     // 7. Health.
-    let c = compose::wait_healthy(ctx, Duration::from_secs(args.wait_timeout))
+    let c = compose::wait_healthy(ctx, args.wait_timeout)
         .context("the appliance did not become healthy")?;
     // Only now: while the new image is not proven, the old one stays.
-    remove_replaced_images(ctx, &previous);
+    remove_replaced_images(ctx, &previous.unwrap_or_default());
     let recreated = before
         .as_ref()
         .is_none_or(|b| b.id != c.id || b.state.started_at != c.state.started_at);
     changed |= recreated;
 
     // 8. The host's certificate watcher, when asked for.
-    changed |= ensure_cert_watch_unit(ctx)?;
+    changed |= ensure_cert_watch_unit(ctx, &vars)?;
 
     if changed {
         ctx.shell.status(
@@ -378,5 +270,133 @@ pub fn run(ctx: &Context, args: &SetupArgs) -> Result<()> {
             "nothing changed: configuration up to date, the appliance is up and healthy",
         );
     }
+    Ok(())
+}
+
+/// Step 2: raise the inotify limits, then check the live values (unless
+/// the inotify check is skipped). Returns whether anything changed.
+fn tune_host(ctx: &Context, args: &Options) -> Result<bool> {
+    let limits = args.limits;
+    let plan = sysctl::ensure(ctx, &limits)?;
+    if !ctx.dry_run && !args.skip.contains(&preflight::CheckId::Inotify) {
+        let live = sysctl::read_live(&ctx.host)?;
+        if live.max_user_instances < limits.max_user_instances
+            || live.max_user_watches < limits.max_user_watches
+        {
+            return Err(error::preflight(format!(
+                "inotify limits are still too low after tuning ({} / {}); run: {}",
+                live.max_user_instances,
+                live.max_user_watches,
+                sysctl::manual_commands(&plan)
+            )));
+        }
+    }
+    Ok(!plan.is_noop())
+}
+
+/// Step 3: merge chatmail.ini into .env, when there is a chatmail.ini.
+fn write_env(ctx: &Context, args: &Options) -> Result<bool> {
+    let ini = ctx.deployment.ini();
+    if !ini.exists() {
+        ctx.shell
+            .verbose(format!("{} not found; using .env as it is", ini.display()));
+        return Ok(false);
+    }
+    let report = ini2env::sync_env(
+        ctx,
+        &ini,
+        &ctx.deployment.env_file(),
+        &ini2env::Options {
+            all: false,
+            force: args.force,
+        },
+    )?;
+    Ok(report.changed)
+}
+
+/// Step 5: build the image when it is missing or a rebuild is asked for.
+/// Returns `None` when nothing is built, otherwise (name, image ID) of the
+/// images the build replaces.
+fn build(
+    ctx: &Context,
+    args: &Options,
+    vars: &Env,
+    env_written: bool,
+) -> Result<Option<Vec<(String, String)>>> {
+    // Compose needs .env (`env_file`) to list the images, which a dry run
+    // on a fresh directory has only planned: the build is then shown as
+    // conditional.
+    let listed = if ctx.dry_run && !env_written {
+        None
+    } else {
+        Some(images(ctx)?)
+    };
+    let mut previous = Vec::new();
+    let mut relay = None;
+    let note = match &listed {
+        None => " (when the image is missing)".to_string(),
+        Some(images) => {
+            let mut missing = Vec::new();
+            for (name, id) in images {
+                match id {
+                    Some(id) => previous.push((name.clone(), id.clone())),
+                    None => missing.push(name.as_str()),
+                }
+            }
+            if args.rebuild.is_none() && missing.is_empty() {
+                return Ok(None);
+            }
+            relay = Some(relay_src_check(ctx, vars)?);
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(" (image {} is missing)", missing.join(", "))
+            }
+        }
+    };
+    let mut bargs = vec!["build"];
+    if args.rebuild == Some(Rebuild::Full) {
+        bargs.push("--no-cache");
+    }
+    bargs.push(SERVICE);
+    let mut cmd = Project::new(ctx).cmd(ctx, bargs);
+    // Kept until the build is over: the CA bundle is a temporary file.
+    let inputs = match &relay {
+        Some(relay) => Some(crate::build::prepare(ctx, relay, &args.build)?),
+        None => None,
+    };
+    for (k, v) in inputs.iter().flat_map(|i| &i.env) {
+        cmd = cmd.env(k, v);
+    }
+    let built = ctx.run_or_show(&cmd, &note, |cmd| {
+        let names: Vec<&str> = listed.iter().flatten().map(|(n, _)| n.as_str()).collect();
+        ctx.shell.status(
+            "Building",
+            format!("the appliance image ({})", names.join(", ")),
+        );
+        compose::run_checked(ctx, cmd)
+    })?;
+    if built.is_none() && !previous.is_empty() {
+        ctx.shell.out(
+            "would remove the image the rebuild replaces (if it changed) once the appliance is healthy",
+        );
+    }
+    Ok(Some(previous))
+}
+
+/// Step 6: `docker compose up -d` with this run's one-shot switches.
+fn start(ctx: &Context, one_shot: &OneShot) -> Result<()> {
+    let cmd = compose::up_cmd(ctx, &one_shot.env(), one_shot.needs_recreate());
+    ctx.run_or_show(&cmd, "", |cmd| {
+        ctx.shell
+            .status("Starting", "the appliance (docker compose up -d)");
+        compose::run_checked(ctx, cmd)?;
+        if !one_shot.is_empty() {
+            ctx.shell.note(
+                "the one-shot settings applied to this start only; the next `setup` or `up` recreates the container with the defaults",
+            );
+        }
+        Ok(())
+    })?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use anstyle::{AnsiColor, Style};
 use std::io::{IsTerminal, Write};
 
 /// `--color` choice.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ColorChoice {
     #[default]
     Auto,

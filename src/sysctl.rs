@@ -18,7 +18,6 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use crate::cli::preflight::SysctlArgs;
 use crate::host::{self, Host};
 use crate::Context;
 
@@ -55,12 +54,6 @@ impl Default for Limits {
 }
 
 impl Limits {
-    pub fn from_args(a: &SysctlArgs) -> Limits {
-        Limits {
-            max_user_instances: a.max_user_instances,
-            max_user_watches: a.max_user_watches,
-        }
-    }
     fn get(&self, i: usize) -> u64 {
         [self.max_user_instances, self.max_user_watches][i]
     }
@@ -306,10 +299,10 @@ pub fn ensure(ctx: &Context, min: &Limits) -> Result<Plan> {
 }
 
 /// `chatmail-docker sysctl`.
-pub fn run(ctx: &Context, args: &SysctlArgs) -> Result<()> {
-    let plan = ensure(ctx, &Limits::from_args(args))?;
+pub fn run(ctx: &Context, limits: &Limits) -> Result<()> {
+    let plan = ensure(ctx, limits)?;
     if ctx.dry_run && !plan.is_noop() {
-        ctx.shell.out("dry run: nothing was changed");
+        ctx.dry_run_done();
     }
     Ok(())
 }

@@ -11,16 +11,16 @@
 //! (`/var/lib/acme/certs/...`), which only the mount table can translate.
 
 use anyhow::{anyhow, Context as _, Result};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 
 use crate::compose;
+use crate::deployment::Env;
 use crate::Context;
 
 /// The appliance's documented mount for ACME state.
-pub const DEFAULT_ACME_HOST: &str = "data/chatmail-acme";
 pub const DEFAULT_ACME_CONTAINER: &str = "/var/lib/acme";
 
 /// One volume mount: a container path and the host directory behind it.
@@ -168,11 +168,7 @@ fn volume_mountpoint(ctx: &Context, name: &str) -> Option<PathBuf> {
 
 /// Decide which host directory to watch: `--path`, else `PATH_TO_SSL`
 /// mapped through the service's mounts.
-pub fn locate(
-    ctx: &Context,
-    path: Option<&Path>,
-    env: &BTreeMap<String, String>,
-) -> Result<Target> {
+pub fn locate(ctx: &Context, path: Option<&Path>, env: &Env) -> Result<Target> {
     if let Some(p) = path {
         let abs = if p.is_absolute() {
             p.to_path_buf()
@@ -205,7 +201,7 @@ pub fn locate(
             None => {
                 return Err(crate::error::usage(format!(
                     "neither PATH_TO_SSL nor MAIL_DOMAIN is set in {}; set MAIL_DOMAIN (run `chatmail-docker ini2env`) or pass --path DIR",
-                    ctx.path(".env").display()
+                    ctx.deployment.env_file().display()
                 )))
             }
         },
@@ -221,14 +217,14 @@ pub fn locate(
     if container_path.contains('$') {
         return Err(crate::error::usage(format!(
             "PATH_TO_SSL={container_path} in {} still contains a variable; write the path out",
-            ctx.path(".env").display()
+            ctx.deployment.env_file().display()
         )));
     }
     let cpath = Path::new(&container_path);
     if !cpath.is_absolute() {
         return Err(crate::error::usage(format!(
             "PATH_TO_SSL={container_path} in {} must be an absolute path inside the container",
-            ctx.path(".env").display()
+            ctx.deployment.env_file().display()
         )));
     }
     let (mounts, unresolved, origin) = match compose_mounts(ctx)? {
@@ -240,12 +236,12 @@ pub fn locate(
         None => {
             ctx.shell.verbose(format!(
                 "using the appliance's default mount {} <-> {DEFAULT_ACME_CONTAINER}",
-                ctx.path(DEFAULT_ACME_HOST).display()
+                ctx.deployment.acme_dir().display()
             ));
             (
                 vec![Mount {
                     container: PathBuf::from(DEFAULT_ACME_CONTAINER),
-                    host: ctx.path(DEFAULT_ACME_HOST),
+                    host: ctx.deployment.acme_dir(),
                 }],
                 Vec::new(),
                 "the default mount data/chatmail-acme (docker compose config unavailable)",

@@ -23,11 +23,10 @@ pub mod verify;
 pub mod watch;
 
 use anyhow::{Context as _, Result};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use crate::cli::certwatch::CertWatchArgs;
+use crate::deployment::Env;
 use crate::Context;
 use locate::{Target, Walk};
 use material::{CertInfo, Material};
@@ -35,9 +34,6 @@ use reload::{Action, Outcome, Reloader};
 use verify::{short, Endpoint};
 
 pub use unit::{apply_unit, unit_plan, UnitPlan, UNIT_NAME};
-
-/// Pid file of a running watcher, under the deployment directory.
-pub const PID_FILE: &str = "data/.cert-watch.pid";
 
 /// Longest poll interval accepted (a day): the fallback poll is a safety
 /// net, and a larger value only risks overflowing the timer.
@@ -64,22 +60,59 @@ pub struct Settings {
     pub debounce: Duration,
 }
 
-impl Settings {
-    pub fn resolve(ctx: &Context, args: &CertWatchArgs) -> Result<Settings> {
-        let env_path = ctx.path(".env");
-        let env: BTreeMap<String, String> = if env_path.exists() {
-            crate::dotenv::load(&env_path)?
-        } else if args.path.is_some() {
-            BTreeMap::new()
-        } else {
-            return Err(crate::error::usage(format!(
-                "{} does not exist: run `chatmail-docker ini2env` (or `setup`) first, or pass --path DIR",
-                env_path.display()
-            )));
+/// What `chatmail-docker cert-watch` is asked to do; `.env` fills in what
+/// is not given.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Host directory with the certificate and key, instead of PATH_TO_SSL.
+    pub path: Option<PathBuf>,
+    /// Check once, reload if changed, and exit.
+    pub once: bool,
+    /// Seconds between polls; CERTS_MONITORING_TIMEOUT or 60 when `None`.
+    pub poll_interval: Option<u64>,
+    /// A shell command to run instead of reloading the services.
+    pub reload_command: Option<String>,
+    /// Do not check the served certificates after a reload.
+    pub no_verify: bool,
+    /// Ports to check after a reload ([`verify::parse_ports`]).
+    pub verify_ports: String,
+    /// Address the verification connects to.
+    pub verify_host: String,
+    /// Seconds to keep checking after a reload before restarting.
+    pub verify_timeout: u64,
+    /// Quiet time after the last file event, in milliseconds.
+    pub debounce_ms: u64,
+}
+
+/// Where the certificate is, the name it must cover and how often to poll:
+/// the part of [`Settings`] that `status` needs too.
+struct Located {
+    target: Target,
+    domain: Option<String>,
+    poll: Duration,
+}
+
+impl Located {
+    /// From `path` and `poll_interval` when given, otherwise from `.env`.
+    fn resolve(
+        ctx: &Context,
+        path: Option<&std::path::Path>,
+        poll_interval: Option<u64>,
+    ) -> Result<Located> {
+        let env_path = ctx.deployment.env_file();
+        let env = match ctx.deployment.load_env()? {
+            Some(env) => env,
+            None if path.is_some() => Env::new(),
+            None => {
+                return Err(crate::error::usage(format!(
+                    "{} does not exist: run `chatmail-docker ini2env` (or `setup`) first, or pass --path DIR",
+                    env_path.display()
+                )))
+            }
         };
         let domain = env.get("MAIL_DOMAIN").filter(|d| !d.is_empty()).cloned();
-        let target = locate::locate(ctx, args.path.as_deref(), &env)?;
-        let (poll, poll_source) = match args.poll_interval {
+        let target = locate::locate(ctx, path, &env)?;
+        let (poll, poll_source) = match poll_interval {
             Some(s) => (s, format!("--poll-interval {s}")),
             None => match env.get("CERTS_MONITORING_TIMEOUT").map(|s| s.trim()) {
                 None | Some("") => (60, String::new()),
@@ -102,6 +135,21 @@ impl Settings {
                 "{poll_source}: the poll interval must be between 1 and {MAX_POLL_SECS} seconds"
             )));
         }
+        Ok(Located {
+            target,
+            domain,
+            poll: Duration::from_secs(poll),
+        })
+    }
+}
+
+impl Settings {
+    pub fn resolve(ctx: &Context, args: &Options) -> Result<Settings> {
+        let Located {
+            target,
+            domain,
+            poll,
+        } = Located::resolve(ctx, args.path.as_deref(), args.poll_interval)?;
         if args.debounce_ms > MAX_DEBOUNCE_MS {
             return Err(crate::error::usage(format!(
                 "--debounce-ms {}: the quiet time must be at most {MAX_DEBOUNCE_MS} ms",
@@ -129,7 +177,7 @@ impl Settings {
             verify,
             verify_host: args.verify_host.clone(),
             verify_window: Duration::from_secs(args.verify_timeout.max(1)),
-            poll: Duration::from_secs(poll),
+            poll,
             debounce: Duration::from_millis(args.debounce_ms),
         })
     }
@@ -146,8 +194,7 @@ pub enum Check {
 
 /// Resolve the target and read the files. The [`Walk`] lists the paths and
 /// directories involved, for the watcher.
-pub fn check(settings: &Settings) -> (Check, Walk) {
-    let t = &settings.target;
+pub fn check(t: &Target) -> (Check, Walk) {
     let mut walk = Walk {
         floor: t.floor.clone(),
         ..Walk::default()
@@ -346,12 +393,12 @@ pub fn record(ctx: &Context, m: &Material, info: &CertInfo, verified: bool) -> R
 }
 
 /// `chatmail-docker cert-watch`.
-pub fn run(ctx: &Context, args: &CertWatchArgs) -> Result<()> {
+pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     let settings = Settings::resolve(ctx, args)?;
     if settings.domain.is_none() {
         ctx.shell.note(format!(
             "MAIL_DOMAIN is not set in {}: the certificate's names are not checked",
-            ctx.path(".env").display()
+            ctx.deployment.env_file().display()
         ));
     }
     ctx.shell.verbose(format!(
@@ -372,9 +419,9 @@ fn reload_display(ctx: &Context, s: &Settings) -> String {
     match &s.reloader {
         Reloader::Command(c) => format!("sh -c {}", crate::host::shell_quote(c)),
         Reloader::Compose => {
-            let mut args = vec!["exec", "-T", crate::compose::SERVICE, "systemctl", "reload"];
+            let mut args = vec!["systemctl", "reload"];
             args.extend(reload::UNITS);
-            crate::compose::Project::new(ctx).cmd(ctx, args).display()
+            crate::compose::exec_cmd(ctx, args).display()
         }
     }
 }
@@ -385,7 +432,7 @@ fn dry_run(ctx: &Context, s: &Settings) -> Result<()> {
         s.target.dir.display(),
         s.target.origin
     ));
-    let (check, _) = check(s);
+    let (check, _) = check(&s.target);
     let last = state::load(ctx);
     match check {
         Check::Missing(why) => ctx.shell.out(format!("  now     {why}")),
@@ -448,7 +495,7 @@ fn dry_run(ctx: &Context, s: &Settings) -> Result<()> {
 
 /// `--once`: reload if the content changed since the last recorded reload.
 fn once(ctx: &Context, s: &Settings) -> Result<()> {
-    let (check, _) = check(s);
+    let (check, _) = check(&s.target);
     let m = match check {
         Check::Missing(why) => anyhow::bail!("no certificate to apply: {why}"),
         Check::Found(m) => m,
@@ -544,19 +591,15 @@ pub fn status(ctx: &Context) -> Result<CertStatus> {
         applied_at: last.as_ref().map(|l| l.applied_at.clone()),
         problem: None,
     };
-    let args = CertWatchArgs {
-        no_verify: true,
-        ..CertWatchArgs::default()
-    };
-    let settings = match Settings::resolve(ctx, &args) {
-        Ok(s) => s,
+    let located = match Located::resolve(ctx, None, None) {
+        Ok(l) => l,
         Err(e) => {
             st.problem = Some(format!("{e:#}"));
             return Ok(st);
         }
     };
-    st.path = Some(settings.target.dir.clone());
-    match check(&settings).0 {
+    st.path = Some(located.target.dir.clone());
+    match check(&located.target).0 {
         Check::Missing(why) => st.problem = Some(why),
         Check::Found(m) => {
             st.fingerprint = Some(m.fingerprint.clone());
@@ -570,7 +613,7 @@ pub fn status(ctx: &Context) -> Result<CertStatus> {
                     st.days_left = Some(secs.div_euclid(86_400));
                     st.subject = Some(info.subject.clone());
                     st.not_after = Some(info.not_after_text());
-                    if let Err(e) = m.validate(settings.domain.as_deref(), SystemTime::now()) {
+                    if let Err(e) = m.validate(located.domain.as_deref(), SystemTime::now()) {
                         st.problem = Some(format!("{e:#}"));
                     }
                 }

@@ -104,12 +104,7 @@ fn last_line(s: &str) -> String {
 }
 
 fn run_compose(ctx: &Context, action: Action) -> Outcome {
-    let project = compose::Project::new(ctx);
-    let exec = |args: Vec<&str>| {
-        let mut all = vec!["exec", "-T", compose::SERVICE];
-        all.extend(args);
-        project.cmd(ctx, all).output(&ctx.shell)
-    };
+    let exec = |args: Vec<&str>| compose::exec_output(ctx, args);
     let mut all = vec!["systemctl", action.word()];
     all.extend(UNITS);
     let first = match exec(all) {
@@ -119,7 +114,7 @@ fn run_compose(ctx: &Context, action: Action) -> Outcome {
     if first.success() {
         return Outcome::Done(format!("{}ed {}", action.word(), UNITS.join(" ")));
     }
-    if !container_running(ctx, &project) {
+    if !container_running(ctx) {
         return Outcome::NotNow(format!(
             "the {} container is not running ({})",
             compose::SERVICE,
@@ -148,15 +143,11 @@ fn run_compose(ctx: &Context, action: Action) -> Outcome {
     Outcome::Done(done.join(", "))
 }
 
-fn container_running(ctx: &Context, project: &compose::Project) -> bool {
-    project
-        .cmd(
-            ctx,
-            ["ps", "--status", "running", "--quiet", compose::SERVICE],
-        )
-        .output(&ctx.shell)
-        .map(|o| o.success() && !o.stdout.trim().is_empty())
-        .unwrap_or(false)
+fn container_running(ctx: &Context) -> bool {
+    matches!(
+        compose::container_id(ctx, compose::Containers::Running),
+        Ok(Some(_))
+    )
 }
 
 /// Pause before retry number `attempt` (1-based): 1 s, 2 s, 4 s ... 5 min.

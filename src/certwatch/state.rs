@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use crate::Context;
 
 /// File name under `data/`.
-pub const STATE_FILE: &str = "data/.cert-watch-state.json";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -36,7 +35,7 @@ pub struct State {
 }
 
 pub fn path(ctx: &Context) -> PathBuf {
-    ctx.path(STATE_FILE)
+    ctx.deployment.cert_watch_state()
 }
 
 /// The recorded state; `None` when there is none yet. A damaged file is

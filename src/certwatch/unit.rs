@@ -85,7 +85,7 @@ pub fn render(binary: &Path, dir: &Path) -> String {
 /// Plan the installation: the file, whether it changes, the systemctl calls.
 pub fn unit_plan(ctx: &Context) -> Result<UnitPlan> {
     let binary = std::env::current_exe().context("cannot find the path of this program")?;
-    let content = render(&binary, &ctx.dir);
+    let content = render(&binary, ctx.deployment.dir());
     let path = ctx.host.path(format!("/etc/systemd/system/{UNIT_NAME}"));
     let write = std::fs::read_to_string(&path)
         .map(|old| old != content)
@@ -105,7 +105,7 @@ pub fn unit_plan(ctx: &Context) -> Result<UnitPlan> {
     let manual = format!(
         "{} --dir {} cert-watch   (keep it running under your supervisor; it exits 0 on SIGTERM)",
         shell_quote(&binary.to_string_lossy()),
-        shell_quote(&ctx.dir.to_string_lossy())
+        shell_quote(&ctx.deployment.dir().to_string_lossy())
     );
     Ok(UnitPlan {
         path,
@@ -126,40 +126,39 @@ pub fn apply_unit(ctx: &Context, plan: &UnitPlan) -> Result<()> {
         ));
         return Ok(());
     }
-    if ctx.dry_run {
-        if plan.write {
-            ctx.shell
-                .out(format!("would write {}:", plan.path.display()));
-            for line in plan.content.lines() {
-                ctx.shell.out(format!("    {line}"));
-            }
-        } else {
-            ctx.shell
-                .out(format!("{} is up to date", plan.path.display()));
+    if plan.write && ctx.dry_run {
+        ctx.shell
+            .out(format!("would write {}:", plan.path.display()));
+        for line in plan.content.lines() {
+            ctx.shell.out(format!("    {line}"));
         }
-        for c in &plan.commands {
-            ctx.shell.out(format!("would run: {}", c.display()));
-        }
-        return Ok(());
-    }
-    if plan.write {
+    } else if plan.write {
         if let Some(parent) = plan.path.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         crate::host::write_atomic(&plan.path, plan.content.as_bytes(), 0o644)?;
         ctx.shell.status("Wrote", plan.path.display().to_string());
+    } else if ctx.dry_run {
+        ctx.shell
+            .out(format!("{} is up to date", plan.path.display()));
     }
     for c in &plan.commands {
-        let out = c.output(&ctx.shell)?;
-        if !out.success() {
-            anyhow::bail!(
-                "`{}` failed (exit {}): {}",
-                c.display(),
-                out.code,
-                out.stderr.trim()
-            );
-        }
+        ctx.run_or_show(c, "", |c| {
+            let out = c.output(&ctx.shell)?;
+            if !out.success() {
+                anyhow::bail!(
+                    "`{}` failed (exit {}): {}",
+                    c.display(),
+                    out.code,
+                    out.stderr.trim()
+                );
+            }
+            Ok(())
+        })?;
+    }
+    if ctx.dry_run {
+        return Ok(());
     }
     ctx.shell.status("Enabled", UNIT_NAME);
     Ok(())

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::locate::Walk;
 use super::material::Material;
 use super::verify::short;
-use super::{apply, check, record, reload, state, Applied, Check, Settings, PID_FILE};
+use super::{apply, check, record, reload, state, Applied, Check, Settings};
 use crate::Context;
 
 /// Upper bound on the debounce: a steady stream of events must not
@@ -142,7 +142,7 @@ pub fn run(ctx: &Context, settings: Settings) -> Result<()> {
     if let Some(pid) = live_pid(ctx).filter(|p| *p != std::process::id()) {
         return Err(crate::error::usage(format!(
             "cert-watch already runs for {} (pid {pid}); stop it first (`systemctl stop {}` if it is the service)",
-            ctx.dir.display(),
+            ctx.deployment.dir().display(),
             super::UNIT_NAME
         )));
     }
@@ -254,12 +254,12 @@ impl Engine {
     ) -> Step {
         // Walk, watch what the walk touched, and walk again if watches were
         // added (anything that changed before they existed is then seen).
-        let mut result = check(&self.settings);
+        let mut result = check(&self.settings.target);
         for _ in 0..3 {
             if !watches.update(&self.ctx, &result.1.dirs) {
                 break;
             }
-            result = check(&self.settings);
+            result = check(&self.settings.target);
         }
         let (found, walk) = result;
         self.walk = walk;
@@ -389,7 +389,7 @@ impl Engine {
 }
 
 fn write_pid_file(ctx: &Context) {
-    let p = ctx.path(PID_FILE);
+    let p = ctx.deployment.cert_watch_pid();
     let res = p
         .parent()
         .map(std::fs::create_dir_all)
@@ -404,7 +404,7 @@ fn write_pid_file(ctx: &Context) {
 }
 
 fn remove_pid_file(ctx: &Context) {
-    let p = ctx.path(PID_FILE);
+    let p = ctx.deployment.cert_watch_pid();
     if read_pid(&p) == Some(std::process::id()) {
         let _ = std::fs::remove_file(p);
     }
@@ -417,7 +417,7 @@ fn read_pid(p: &Path) -> Option<u32> {
 /// The pid of a running watcher for this deployment, from the pid file,
 /// checked against /proc so a stale file after a crash does not count.
 pub fn live_pid(ctx: &Context) -> Option<u32> {
-    let pid = read_pid(&ctx.path(PID_FILE))?;
+    let pid = read_pid(&ctx.deployment.cert_watch_pid())?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let is_watcher = cmdline.split(|b| *b == 0).any(|arg| arg == b"cert-watch");
     is_watcher.then_some(pid)

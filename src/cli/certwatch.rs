@@ -1,7 +1,11 @@
+//! Arguments of `cert-watch`.
+
+use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
-// Arguments of `cert-watch`.
+use crate::{certwatch, Context};
+
 #[derive(Args, Debug, Clone)]
 pub struct CertWatchArgs {
     /// Host directory holding the certificate and key (instead of PATH_TO_SSL from .env).
@@ -50,18 +54,19 @@ pub struct CertWatchArgs {
     pub debounce_ms: u64,
 }
 
-impl Default for CertWatchArgs {
-    fn default() -> Self {
-        CertWatchArgs {
-            path: None,
-            once: false,
-            poll_interval: None,
-            reload_command: None,
-            no_verify: false,
-            verify_ports: crate::certwatch::verify::DEFAULT_PORTS.to_string(),
-            verify_host: "127.0.0.1".to_string(),
-            verify_timeout: 5,
-            debounce_ms: 200,
-        }
+impl CertWatchArgs {
+    pub fn exec(self, ctx: &Context) -> Result<()> {
+        let options = certwatch::Options {
+            path: self.path,
+            once: self.once,
+            poll_interval: self.poll_interval,
+            reload_command: self.reload_command,
+            no_verify: self.no_verify,
+            verify_ports: self.verify_ports,
+            verify_host: self.verify_host,
+            verify_timeout: self.verify_timeout,
+            debounce_ms: self.debounce_ms,
+        };
+        certwatch::run(ctx, &options)
     }
 }

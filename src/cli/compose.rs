@@ -1,19 +1,35 @@
+//! Arguments of the commands that pass through to Docker Compose.
+
+use anyhow::Result;
 use clap::Args;
+
+use crate::{compose, setup, Context};
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct UpArgs {}
 
+impl UpArgs {
+    pub fn exec(self, ctx: &Context) -> Result<()> {
+        setup::up(ctx)
+    }
+}
+
 #[derive(Args, Debug, Clone, Default)]
 pub struct DownArgs {}
+
+impl DownArgs {
+    pub fn exec(self, ctx: &Context) -> Result<()> {
+        compose::down(ctx)
+    }
+}
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct RestartArgs {}
 
-#[derive(Args, Debug, Clone, Default)]
-pub struct StatusArgs {
-    /// Print a machine-readable report.
-    #[arg(long)]
-    pub json: bool,
+impl RestartArgs {
+    pub fn exec(self, ctx: &Context) -> Result<()> {
+        compose::restart(ctx)
+    }
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -27,6 +43,18 @@ pub struct LogsArgs {
     pub tail: Option<String>,
 }
 
+impl LogsArgs {
+    pub fn exec(self, ctx: &Context) -> Result<()> {
+        compose::logs(
+            ctx,
+            &compose::LogsOptions {
+                follow: self.follow,
+                tail: self.tail,
+            },
+        )
+    }
+}
+
 #[derive(Args, Debug, Clone, Default)]
 pub struct ExecArgs {
     /// The command to run in the container, after `--`.
@@ -37,4 +65,10 @@ pub struct ExecArgs {
         value_name = "CMD"
     )]
     pub command: Vec<String>,
+}
+
+impl ExecArgs {
+    pub fn exec(self, ctx: &Context) -> Result<()> {
+        compose::exec(ctx, &self.command)
+    }
 }

@@ -1,5 +1,11 @@
+//! Arguments of `ini2env`.
+
+use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
+
+use crate::ini2env::{self, Output};
+use crate::Context;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct Ini2envArgs {
@@ -30,4 +36,29 @@ pub struct Ini2envArgs {
     /// Let the ini win over values set by hand in .env.
     #[arg(long)]
     pub force: bool,
+}
+
+impl Ini2envArgs {
+    pub fn exec(self, ctx: &Context) -> Result<()> {
+        // clap keeps --stdout apart from --check, and --show-values with --check.
+        let output = if self.stdout {
+            Output::Stdout
+        } else if self.check {
+            Output::Check {
+                show_values: self.show_values,
+            }
+        } else {
+            Output::Write
+        };
+        let options = ini2env::RunOptions {
+            ini: self.ini,
+            env: self.env,
+            output,
+            merge: ini2env::Options {
+                all: self.all,
+                force: self.force,
+            },
+        };
+        ini2env::run(ctx, &options)
+    }
 }

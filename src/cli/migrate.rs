@@ -1,5 +1,10 @@
+//! Arguments of `migrate`.
+
+use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
+
+use crate::{migrate, Context};
 
 // Migrate a bare-metal chatmail relay on this host into the container
 // deployment: config, DKIM keys, ACME state and mailboxes.
@@ -32,4 +37,18 @@ pub struct MigrateArgs {
     /// Undo: re-enable and start the units a previous migration stopped.
     #[arg(long, conflicts_with_all = ["mount_vmail", "start", "presync_only"])]
     pub rollback: bool,
+}
+
+impl MigrateArgs {
+    pub fn exec(self, ctx: &Context) -> Result<()> {
+        let options = migrate::Options {
+            ini: self.ini,
+            mount_vmail: self.mount_vmail,
+            yes: self.yes,
+            start: self.start,
+            presync_only: self.presync_only,
+            rollback: self.rollback,
+        };
+        migrate::run(ctx, &options)
+    }
 }

@@ -1,9 +1,11 @@
-//! Command-line definitions (clap derive). One file per command group; the
-//! command files only describe arguments, the library does the work.
+//! Command-line definitions (clap derive). One file per command group: each
+//! describes its arguments and turns them into the typed options of one
+//! library function (cargo's `commands/*.rs` -> `ops` split). Nothing below
+//! this module sees clap.
 
+use clap::builder::PossibleValue;
 use clap::error::ErrorKind;
-use clap::parser::ValueSource;
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 use crate::shell::ColorChoice;
@@ -15,6 +17,7 @@ pub mod migrate;
 pub mod overrides;
 pub mod preflight;
 pub mod setup;
+pub mod status;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,31 +28,14 @@ pub mod setup;
                   Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error, 3 preflight failed."
 )]
 pub struct Cli {
-    /// Global options given before the command name; [`Cli::parse_args`]
-    /// merges those given after it into this.
     #[command(flatten)]
     pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
-// A command's own arguments and the global options given after its name.
-//
-// The global options are declared on every command rather than with clap's
-// `global = true`: clap copies global options into every subcommand's
-// definition before parsing, which was a fifth of the start-up time of a
-// short command. Declared here, they are only built for the command being
-// run (`defer`), and `Cli::parse_args` merges them. (Plain comments: clap
-// would show a doc comment here as every command's description.)
-#[derive(Args, Debug)]
-pub struct Sub<T: Args> {
-    #[command(flatten)]
-    pub args: T,
-    #[command(flatten)]
-    pub global: GlobalArgs,
-}
-
-// The arguments of `completions` (a plain comment, as above).
+// The arguments of `completions` (a plain comment: clap would show a doc
+// comment as the command's description).
 #[derive(Args, Debug, Clone)]
 pub struct CompletionsArgs {
     /// The shell to complete for.
@@ -61,56 +47,43 @@ impl Cli {
     /// a usage error). Global options may come before or after the command
     /// name; after it wins when both give one.
     pub fn parse_args() -> Cli {
-        let mut command = Cli::command();
-        let mut matches = command.get_matches_mut();
-        // Which valued options the command line gives after the command
-        // name (asked before the derive takes the values out).
-        let after = |id: &str| {
-            matches
-                .subcommand()
-                .is_some_and(|(_, sub)| sub.value_source(id) == Some(ValueSource::CommandLine))
-        };
-        let (dir_after, color_after, root_after) = (after("dir"), after("color"), after("root"));
-        let parsed = Cli::from_arg_matches_mut(&mut matches).and_then(|mut cli| {
-            let inner = cli.command.global_mut();
-            let g = &mut cli.global;
-            if dir_after {
-                g.dir = inner.dir.clone();
-            }
-            if color_after {
-                g.color = inner.color;
-            }
-            if root_after {
-                g.root = inner.root.clone();
-            }
-            g.dry_run |= inner.dry_run;
-            g.quiet |= inner.quiet;
-            g.verbose |= inner.verbose;
-            if g.quiet && g.verbose {
-                return Err(command.error(
+        let cli = Cli::parse();
+        // clap checks conflicts within one command level only: `-q status -v`
+        // gives the two flags at different levels.
+        if cli.global.quiet && cli.global.verbose {
+            Cli::command()
+                .error(
                     ErrorKind::ArgumentConflict,
                     "the argument '--quiet' cannot be used with '--verbose'",
-                ));
-            }
-            *inner = g.clone();
-            Ok(cli)
-        });
-        let cli = parsed.unwrap_or_else(|e| e.format(&mut command).exit());
-        // The process ends right after the command: taking clap's tree of
-        // arguments apart would only cost time on every start.
-        std::mem::forget(matches);
-        std::mem::forget(command);
+                )
+                .exit();
+        }
         cli
     }
 }
 
-// Options every command takes. (A plain comment: flattened into each
-// command, clap would show a doc comment as the command's description.)
+impl ValueEnum for ColorChoice {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[ColorChoice::Auto, ColorChoice::Always, ColorChoice::Never]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(match self {
+            ColorChoice::Auto => "auto",
+            ColorChoice::Always => "always",
+            ColorChoice::Never => "never",
+        }))
+    }
+}
+
+// Options every command takes, before or after its name. (A plain comment,
+// as above.)
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
     /// Deployment directory holding .env, chatmail.ini, custom/, data/ and docker/.
     #[arg(
         long,
+        global = true,
         help_heading = "Global options",
         value_name = "DIR",
         env = "CHATMAIL_DOCKER_DIR",
@@ -119,29 +92,38 @@ pub struct GlobalArgs {
     pub dir: PathBuf,
 
     /// Print what would be done and change nothing.
-    #[arg(long, help_heading = "Global options")]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub dry_run: bool,
 
     /// Print only errors and warnings.
     #[arg(
         short,
         long,
+        global = true,
         help_heading = "Global options",
         conflicts_with = "verbose"
     )]
     pub quiet: bool,
 
     /// Print more: the commands run, files skipped, decisions taken.
-    #[arg(short, long, help_heading = "Global options")]
+    #[arg(short, long, global = true, help_heading = "Global options")]
     pub verbose: bool,
 
     /// When to use colors (NO_COLOR is respected by `auto`).
-    #[arg(long, help_heading = "Global options", value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_enum,
+        default_value_t = ColorChoice::Auto,
+        value_name = "WHEN"
+    )]
     pub color: ColorChoice,
 
     /// Host filesystem root for /etc, /proc/sys, /sys/fs/cgroup, /home, ... (for tests and migrations from a mounted disk).
     #[arg(
         long,
+        global = true,
         help_heading = "Global options",
         value_name = "DIR",
         env = "CHATMAIL_DOCKER_ROOT",
@@ -160,96 +142,74 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  chatmail-docker preflight\n  chatmail-docker preflight --json"
     )]
-    Preflight(Sub<preflight::PreflightArgs>),
+    Preflight(preflight::PreflightArgs),
 
     /// Raise the host's inotify limits (the container cannot).
     #[command(
         after_help = "Example:\n  sudo chatmail-docker sysctl\n  chatmail-docker sysctl --dry-run"
     )]
-    Sysctl(Sub<preflight::SysctlArgs>),
+    Sysctl(preflight::SysctlArgs),
 
     /// Check the host, write .env and overrides, build and start the appliance, wait until healthy.
     #[command(
         after_help = "Examples:\n  chatmail-docker setup\n  chatmail-docker setup --reinstall\n  chatmail-docker setup --dry-run"
     )]
-    Setup(Sub<setup::SetupArgs>),
+    Setup(setup::SetupArgs),
 
     /// Start the appliance (docker compose up -d) with the generated overrides.
     #[command(after_help = "Example:\n  chatmail-docker up")]
-    Up(Sub<compose::UpArgs>),
+    Up(compose::UpArgs),
 
     /// Stop and remove the container; data/ is kept.
     #[command(after_help = "Example:\n  chatmail-docker down")]
-    Down(Sub<compose::DownArgs>),
+    Down(compose::DownArgs),
 
     /// Restart the container.
     #[command(after_help = "Example:\n  chatmail-docker restart")]
-    Restart(Sub<compose::RestartArgs>),
+    Restart(compose::RestartArgs),
 
     /// Show the container, its health and the relay's services.
     #[command(after_help = "Example:\n  chatmail-docker status\n  chatmail-docker status --json")]
-    Status(Sub<compose::StatusArgs>),
+    Status(status::StatusArgs),
 
     /// Show the container's logs.
     #[command(after_help = "Example:\n  chatmail-docker logs -f")]
-    Logs(Sub<compose::LogsArgs>),
+    Logs(compose::LogsArgs),
 
     /// Run a command inside the container.
     #[command(after_help = "Example:\n  chatmail-docker exec -- systemctl status postfix")]
-    Exec(Sub<compose::ExecArgs>),
+    Exec(compose::ExecArgs),
 
     /// Convert chatmail.ini into .env (merged, exact for Docker Compose).
     #[command(
         after_help = "Examples:\n  chatmail-docker ini2env\n  chatmail-docker ini2env --ini /usr/local/lib/chatmaild/chatmail.ini --stdout\n  chatmail-docker ini2env --check"
     )]
-    Ini2env(Sub<ini2env::Ini2envArgs>),
+    Ini2env(ini2env::Ini2envArgs),
 
     /// Print the merged compose configuration as Docker Compose sees it.
     #[command(
         after_help = "Examples:\n  chatmail-docker config\n  chatmail-docker config --override-only"
     )]
-    Config(Sub<overrides::ConfigArgs>),
+    Config(overrides::ConfigArgs),
 
     /// Move a bare-metal chatmail install into this deployment directory.
     #[command(
         after_help = "Examples:\n  chatmail-docker migrate --dry-run        # the plan, nothing changes\n  chatmail-docker migrate --presync-only   # copy while the relay keeps running\n  chatmail-docker migrate --yes --start\n  chatmail-docker migrate --rollback"
     )]
-    Migrate(Sub<migrate::MigrateArgs>),
+    Migrate(migrate::MigrateArgs),
 
     /// Watch the TLS certificates and reload the services when they change.
     #[command(
         name = "cert-watch",
         after_help = "Examples:\n  chatmail-docker cert-watch                  # in the foreground, for a supervisor\n  chatmail-docker cert-watch --once           # from cron or an ACME client's deploy hook\n  chatmail-docker cert-watch --path /etc/letsencrypt/live/chat.example.org --once"
     )]
-    CertWatch(Sub<certwatch::CertWatchArgs>),
+    CertWatch(certwatch::CertWatchArgs),
 
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  chatmail-docker completions bash > /etc/bash_completion.d/chatmail-docker"
     )]
-    Completions(Sub<CompletionsArgs>),
-}
-
-impl Command {
-    /// The global options given after the command name.
-    pub fn global_mut(&mut self) -> &mut GlobalArgs {
-        match self {
-            Command::Preflight(s) => &mut s.global,
-            Command::Sysctl(s) => &mut s.global,
-            Command::Setup(s) => &mut s.global,
-            Command::Up(s) => &mut s.global,
-            Command::Down(s) => &mut s.global,
-            Command::Restart(s) => &mut s.global,
-            Command::Status(s) => &mut s.global,
-            Command::Logs(s) => &mut s.global,
-            Command::Exec(s) => &mut s.global,
-            Command::Ini2env(s) => &mut s.global,
-            Command::Config(s) => &mut s.global,
-            Command::Migrate(s) => &mut s.global,
-            Command::CertWatch(s) => &mut s.global,
-            Command::Completions(s) => &mut s.global,
-        }
-    }
+    Completions(CompletionsArgs),
 }
 
 #[cfg(test)]

@@ -1,5 +1,9 @@
 //! Arguments of `chatmail-docker config`.
+
+use anyhow::Result;
 use clap::Args;
+
+use crate::{overrides, Context};
 
 // `config` regenerates docker/compose.generated.yaml from custom/ (not with
 // --dry-run) and prints what `docker compose config` makes of all compose
@@ -13,4 +17,16 @@ pub struct ConfigArgs {
     /// Print JSON (`docker compose config --format json`; with --override-only, the override as JSON).
     #[arg(long)]
     pub json: bool,
+}
+
+impl ConfigArgs {
+    pub fn exec(self, ctx: &Context) -> Result<()> {
+        overrides::config(
+            ctx,
+            &overrides::ConfigOptions {
+                override_only: self.override_only,
+                json: self.json,
+            },
+        )
+    }
 }

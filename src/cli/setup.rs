@@ -1,6 +1,14 @@
-use clap::Args;
+//! Arguments of `setup`.
+
+use anyhow::Result;
+use clap::builder::PossibleValue;
+use clap::{Args, ValueEnum};
+use std::time::Duration;
 
 use super::preflight::{CheckArgs, SysctlArgs};
+use crate::overrides::{self, OneShot, Stage};
+use crate::setup::{self, Rebuild};
+use crate::Context;
 
 #[derive(Args, Debug, Clone)]
 pub struct SetupArgs {
@@ -15,12 +23,12 @@ pub struct SetupArgs {
     pub reinstall: bool,
 
     /// Stages to run this once, a subset of install,configure,activate in that order.
-    #[arg(long, value_name = "LIST")]
-    pub stages: Option<String>,
+    #[arg(long, value_name = "LIST", value_parser = stage_list)]
+    pub stages: Option<StageList>,
 
     /// Rebuild the image before starting; `--rebuild=full` rebuilds without cache.
-    #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "cache", value_parser = ["cache", "full"])]
-    pub rebuild: Option<String>,
+    #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "cache")]
+    pub rebuild: Option<Rebuild>,
 
     /// Recreate the relay's Python venv this once (RECREATE_VENV=true).
     #[arg(long)]
@@ -49,4 +57,51 @@ pub struct SetupArgs {
     /// Seconds to wait for the container to become healthy.
     #[arg(long, default_value_t = 900, value_name = "SECS")]
     pub wait_timeout: u64,
+}
+
+/// A `--stages` list, checked when the command line is parsed.
+#[derive(Clone, Debug)]
+pub struct StageList(Vec<Stage>);
+
+fn stage_list(list: &str) -> Result<StageList, String> {
+    overrides::parse_stages(list)
+        .map(StageList)
+        .map_err(|e| e.to_string())
+}
+
+impl ValueEnum for Rebuild {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Rebuild::Cache, Rebuild::Full]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(match self {
+            Rebuild::Cache => "cache",
+            Rebuild::Full => "full",
+        }))
+    }
+}
+
+impl SetupArgs {
+    pub fn exec(self, ctx: &Context) -> Result<()> {
+        let options = setup::Options {
+            skip: self.checks.skip_check,
+            limits: self.sysctl.limits(),
+            one_shot: OneShot::from_flags(
+                self.reinstall,
+                self.stages.map(|l| l.0),
+                self.recreate_venv,
+                self.force_reinit_ini,
+                self.debug_commands,
+            )?,
+            rebuild: self.rebuild,
+            force: self.force,
+            wait_timeout: Duration::from_secs(self.wait_timeout),
+            build: crate::build::BuildOptions {
+                ca: self.build_ca,
+                keep_ca: self.keep_build_ca,
+            },
+        };
+        setup::run(ctx, &options)
+    }
 }

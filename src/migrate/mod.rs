@@ -42,7 +42,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::cli::migrate::MigrateArgs;
 use crate::{error, ini2env, Context};
 use copy::{Totals, Tree};
 use plan::{human, Source};
@@ -68,11 +67,28 @@ struct Found {
     owner: SourceOwner,
 }
 
-pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
+/// What `chatmail-docker migrate` does (see the command's help).
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The bare-metal chatmail.ini; the relay's default path under the root when `None`.
+    pub ini: Option<PathBuf>,
+    /// Mount /home/vmail into the container instead of copying the mail.
+    pub mount_vmail: bool,
+    /// Confirmed: stop the relay's services without asking.
+    pub yes: bool,
+    /// Start the container when the migration is done.
+    pub start: bool,
+    /// Copy while the relay keeps running; stop nothing.
+    pub presync_only: bool,
+    /// Undo: re-enable and start the units a previous migration stopped.
+    pub rollback: bool,
+}
+
+pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     if args.rollback {
         return rollback::run(ctx, args.yes);
     }
-    let state_file = state::path(&ctx.dir);
+    let state_file = state::path(ctx.deployment.dir());
     let mut st = State::load(&state_file)?;
     if args.start {
         // Found out now, not after the relay has been stopped.
@@ -310,7 +326,7 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
         secs(down.elapsed())
     ));
     if args.start {
-        crate::compose::up(ctx, &Default::default())?;
+        crate::setup::up(ctx)?;
     } else {
         ctx.shell
             .note("start the container with `chatmail-docker up`");
@@ -385,7 +401,7 @@ fn check_destination(dest: &Path, rel: &str, st: &State) -> Result<()> {
 
 fn print_plan(
     ctx: &Context,
-    args: &MigrateArgs,
+    args: &Options,
     ini: &Path,
     found: &[Found],
     unit_states: &[UnitState],
@@ -487,7 +503,7 @@ fn print_plan(
 }
 
 /// Ask before changing anything: a terminal prompt, or `--yes`.
-fn confirm(ctx: &Context, args: &MigrateArgs) -> Result<()> {
+fn confirm(ctx: &Context, args: &Options) -> Result<()> {
     ask(
         ctx,
         args.yes,
@@ -669,7 +685,7 @@ fn verify_all(ctx: &Context, found: &[Found]) -> Result<()> {
 /// A finished migration run again: compare without writing. Identical ->
 /// say so (and start if asked); different -> refuse, because the container
 /// may have received mail since, which a new mirror would delete.
-fn already_done(ctx: &Context, args: &MigrateArgs, found: &[Found]) -> Result<()> {
+fn already_done(ctx: &Context, args: &Options, found: &[Found]) -> Result<()> {
     let mut changed = Vec::new();
     for f in found {
         let tree = copy::walk(&f.host, false)?;
@@ -694,7 +710,7 @@ fn already_done(ctx: &Context, args: &MigrateArgs, found: &[Found]) -> Result<()
     ctx.shell
         .out("Already migrated: the copies match the host; nothing to copy.");
     if args.start {
-        crate::compose::up(ctx, &Default::default())?;
+        crate::setup::up(ctx)?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use super::units;
 use crate::Context;
 
 pub fn run(ctx: &Context, yes: bool) -> Result<()> {
-    let file = state::path(&ctx.dir);
+    let file = state::path(ctx.deployment.dir());
     let mut st = State::load(&file)?;
     if st.stopped.is_empty() {
         ctx.shell.out(format!(

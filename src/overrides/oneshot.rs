@@ -114,7 +114,7 @@ impl OneShot {
     /// other (clap enforces it too; checked again for library callers).
     pub fn from_flags(
         reinstall: bool,
-        stages: Option<&str>,
+        stages: Option<Vec<Stage>>,
         recreate_venv: bool,
         force_reinit_ini: bool,
         debug_commands: bool,
@@ -126,7 +126,7 @@ impl OneShot {
                 ))
             }
             (true, None) => Some(Stage::ALL.to_vec()),
-            (false, Some(list)) => Some(parse_stages(list)?),
+            (false, Some(list)) => Some(list),
             (false, None) => None,
         };
         Ok(OneShot {
@@ -214,7 +214,8 @@ mod tests {
                 (RECREATE_VENV_VAR, "true".to_string())
             ]
         );
-        let s = OneShot::from_flags(false, Some("configure"), false, true, true).unwrap();
+        let s =
+            OneShot::from_flags(false, Some(vec![Stage::Configure]), false, true, true).unwrap();
         assert_eq!(
             s.env(),
             vec![
@@ -224,6 +225,8 @@ mod tests {
             ]
         );
         assert!(OneShot::default().is_empty());
-        assert!(OneShot::from_flags(true, Some("install"), false, false, false).is_err());
+        assert!(
+            OneShot::from_flags(true, Some(vec![Stage::Install]), false, false, false).is_err()
+        );
     }
 }

@@ -266,32 +266,25 @@ pub fn shown(rel: &Path) -> String {
 /// Walk `custom` (an absolute path) and decide every entry. All problems
 /// are collected and returned together as one error.
 pub fn scan(custom: &Path) -> Result<Scan> {
-    let mut out = Scan::default();
-    let meta = match fs::metadata(custom) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", custom.display())),
+    // 1. custom/ itself: absent is nothing to mount.
+    let Some(real_custom) = open_custom(custom)? else {
+        return Ok(Scan::default());
     };
-    if !meta.is_dir() {
-        return Err(crate::error::usage(format!(
-            "{} is not a directory; custom/ holds the files to mount into the container",
-            custom.display()
-        )));
-    }
-    let real_custom =
-        fs::canonicalize(custom).with_context(|| format!("cannot resolve {}", custom.display()))?;
-    let mut problems: Vec<String> = Vec::new();
-    let mut problem = |rel: &Path, why: &str| problems.push(format!("{}: {why}", shown(rel)));
-
+    let mut scanner = Scanner {
+        custom,
+        real_custom,
+        out: Scan::default(),
+        problems: Vec::new(),
+        in_dir_mount: None,
+    };
     if fs::symlink_metadata(custom.join(MOUNT_DIR_MARKER)).is_ok() {
-        problem(
+        scanner.problem(
             Path::new(MOUNT_DIR_MARKER),
             "custom/ itself cannot be mounted whole (it would replace /opt/chatmail); put .mount-dir into a subdirectory",
         );
     }
 
-    // Index into `out.mounts` of the directory mount being walked, if any.
-    let mut in_dir_mount: Option<usize> = None;
+    // 2. Every entry, in name order.
     let mut walk = walkdir::WalkDir::new(custom)
         .min_depth(1)
         .follow_links(false)
@@ -308,136 +301,190 @@ pub fn scan(custom: &Path) -> Result<Scan> {
                 return Err(anyhow::Error::new(e)).with_context(|| format!("cannot read {p}"));
             }
         };
-        let path = entry.path();
-        let rel = relative(path, custom);
-        let ft = entry.file_type();
-
-        // Inside a whole-directory mount: validate and record, mount nothing.
-        if let Some(i) = in_dir_mount {
-            let dir_rel = out.mounts[i].rel.clone();
-            if rel.starts_with(&dir_rel) {
-                let inner = rel.strip_prefix(&dir_rel).unwrap_or(&rel).to_path_buf();
-                if ft.is_dir() {
-                    continue;
-                } else if ft.is_file() {
-                    out.mounts[i].contents.push(inner);
-                } else if ft.is_symlink() {
-                    match check_symlink(path, &real_custom) {
-                        Ok(_) => out.mounts[i].contents.push(inner),
-                        Err(why) => problem(&rel, &why),
-                    }
-                } else {
-                    problem(&rel, &special_file(path));
-                }
-                continue;
-            }
-            in_dir_mount = None;
+        if scanner.visit(&entry) == Descend::No {
+            walk.skip_current_dir();
         }
+    }
 
+    // 3. Mounts that get in each other's way.
+    let Scanner {
+        mut out,
+        mut problems,
+        ..
+    } = scanner;
+    out.mounts.sort_by(|a, b| a.target.cmp(&b.target));
+    problems.extend(conflicts(&out.mounts));
+
+    // 4. Every problem at once, or the mounts.
+    if !problems.is_empty() {
+        return Err(refusal(problems));
+    }
+    Ok(out)
+}
+
+/// `custom/`'s real path, or `None` when it does not exist.
+fn open_custom(custom: &Path) -> Result<Option<PathBuf>> {
+    let meta = match fs::metadata(custom) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", custom.display())),
+    };
+    if !meta.is_dir() {
+        return Err(crate::error::usage(format!(
+            "{} is not a directory; custom/ holds the files to mount into the container",
+            custom.display()
+        )));
+    }
+    fs::canonicalize(custom)
+        .map(Some)
+        .with_context(|| format!("cannot resolve {}", custom.display()))
+}
+
+/// Whether the walk goes into a directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Descend {
+    Yes,
+    No,
+}
+
+/// The walk's state: what is decided so far.
+struct Scanner<'a> {
+    custom: &'a Path,
+    /// `custom` with symlinks resolved: where symlinks must stay inside.
+    real_custom: PathBuf,
+    out: Scan,
+    problems: Vec<String>,
+    /// Index into `out.mounts` of the directory mount being walked, if any.
+    in_dir_mount: Option<usize>,
+}
+
+impl Scanner<'_> {
+    fn problem(&mut self, rel: &Path, why: &str) {
+        self.problems.push(format!("{}: {why}", shown(rel)));
+    }
+
+    /// Decide one entry.
+    fn visit(&mut self, entry: &walkdir::DirEntry) -> Descend {
+        let path = entry.path();
+        let rel = relative(path, self.custom);
+        let ft = entry.file_type();
+        if self.inside_dir_mount(path, &rel, ft) {
+            return Descend::Yes;
+        }
         let name = entry.file_name().to_string_lossy();
         if ft.is_dir() {
-            if matches!(name.as_ref(), ".git" | ".hg" | ".svn") {
-                // custom/ kept in version control: its metadata is not a
-                // customisation of the relay.
-                out.skipped.push(Skipped {
-                    rel,
-                    reason: "version control metadata",
-                });
-                walk.skip_current_dir();
-                continue;
-            }
-            if fs::symlink_metadata(path.join(MOUNT_DIR_MARKER)).is_ok_and(|m| m.is_file()) {
-                match target_of(&rel) {
-                    Err(why) => {
-                        problem(&rel, &why);
-                        walk.skip_current_dir();
-                    }
-                    Ok(target) => {
-                        if let Some(why) = refuse_target(&target) {
-                            // Walk on file by file, so problems inside are
-                            // reported too.
-                            problem(&rel, &format!("cannot be mounted at {target}: {why}"));
-                            continue;
-                        }
-                        out.mounts.push(Mount {
-                            rel: rel.clone(),
-                            source: path.to_path_buf(),
-                            target,
-                            kind: MountKind::Dir,
-                            read_only: true,
-                            contents: Vec::new(),
-                        });
-                        in_dir_mount = Some(out.mounts.len() - 1);
-                    }
-                }
-            }
-            continue;
+            return self.directory(path, rel, &name);
         }
-        if let Some(reason) = dropping(&name) {
-            out.skipped.push(Skipped { rel, reason });
-            continue;
+        self.file(entry.depth(), path, rel, &name, ft);
+        Descend::Yes
+    }
+
+    /// Inside a whole-directory mount: validate and record, mount nothing.
+    /// Returns whether the entry was inside one.
+    fn inside_dir_mount(&mut self, path: &Path, rel: &Path, ft: fs::FileType) -> bool {
+        let Some(i) = self.in_dir_mount else {
+            return false;
+        };
+        let dir_rel = self.out.mounts[i].rel.clone();
+        if !rel.starts_with(&dir_rel) {
+            self.in_dir_mount = None;
+            return false;
         }
-        if entry.depth() == 1 && name == "README.md" {
-            out.skipped.push(Skipped {
+        let inner = rel.strip_prefix(&dir_rel).unwrap_or(rel).to_path_buf();
+        if ft.is_dir() {
+            return true;
+        } else if ft.is_file() {
+            self.out.mounts[i].contents.push(inner);
+        } else if ft.is_symlink() {
+            match check_symlink(path, &self.real_custom) {
+                Ok(_) => self.out.mounts[i].contents.push(inner),
+                Err(why) => self.problem(rel, &why),
+            }
+        } else {
+            self.problem(rel, &special_file(path));
+        }
+        true
+    }
+
+    /// A directory: skipped (version control), mounted whole (`.mount-dir`)
+    /// or walked into.
+    fn directory(&mut self, path: &Path, rel: PathBuf, name: &str) -> Descend {
+        if matches!(name, ".git" | ".hg" | ".svn") {
+            // custom/ kept in version control: its metadata is not a
+            // customisation of the relay.
+            self.out.skipped.push(Skipped {
+                rel,
+                reason: "version control metadata",
+            });
+            return Descend::No;
+        }
+        if !fs::symlink_metadata(path.join(MOUNT_DIR_MARKER)).is_ok_and(|m| m.is_file()) {
+            return Descend::Yes;
+        }
+        let target = match target_of(&rel) {
+            Ok(t) => t,
+            Err(why) => {
+                self.problem(&rel, &why);
+                return Descend::No;
+            }
+        };
+        if let Some(why) = refuse_target(&target) {
+            // Walk on file by file, so problems inside are reported too.
+            self.problem(&rel, &format!("cannot be mounted at {target}: {why}"));
+            return Descend::Yes;
+        }
+        self.out.mounts.push(Mount {
+            rel,
+            source: path.to_path_buf(),
+            target,
+            kind: MountKind::Dir,
+            read_only: true,
+            contents: Vec::new(),
+        });
+        self.in_dir_mount = Some(self.out.mounts.len() - 1);
+        Descend::Yes
+    }
+
+    /// Anything but a directory: skipped, refused, or mounted as a file.
+    fn file(&mut self, depth: usize, path: &Path, rel: PathBuf, name: &str, ft: fs::FileType) {
+        if let Some(reason) = dropping(name) {
+            self.out.skipped.push(Skipped { rel, reason });
+            return;
+        }
+        if depth == 1 && name == "README.md" {
+            self.out.skipped.push(Skipped {
                 rel,
                 reason: "the README of custom/ itself",
             });
-            continue;
+            return;
         }
-        if entry.depth() == 1 && name == ROOT_DIR {
-            problem(
+        if depth == 1 && name == ROOT_DIR {
+            self.problem(
                 &rel,
                 "_root_ must be a directory: custom/_root_/etc/x is mounted at /etc/x",
             );
-            continue;
+            return;
         }
         if name == MOUNT_DIR_MARKER {
             // A marker that is not a regular file, or in custom/ itself
             // (reported above); a regular one was handled with its directory.
             if !ft.is_file() {
-                problem(&rel, "the .mount-dir marker must be a regular file");
+                self.problem(&rel, "the .mount-dir marker must be a regular file");
             }
-            continue;
+            return;
         }
-        let source = if ft.is_file() {
-            path.to_path_buf()
-        } else if ft.is_symlink() {
-            match check_symlink(path, &real_custom) {
-                Ok(real) if real.is_file() => real,
-                Ok(real) if !real.is_dir() => {
-                    let msg = format!(
-                        "is a symlink to {}, {}; {ONLY_REGULAR}",
-                        real.display(),
-                        special_kind(&real)
-                    );
-                    problem(&rel, &msg);
-                    continue;
-                }
-                Ok(_) => {
-                    problem(&rel, "is a symlink to a directory; only symlinks to files are mounted (to mount a directory whole, put a .mount-dir file into it)");
-                    continue;
-                }
-                Err(why) => {
-                    problem(&rel, &why);
-                    continue;
-                }
-            }
-        } else {
-            problem(&rel, &special_file(path));
-            continue;
+        let source = match self.file_source(path, ft) {
+            Ok(s) => s,
+            Err(why) => return self.problem(&rel, &why),
         };
         let target = match target_of(&rel) {
             Ok(t) => t,
-            Err(why) => {
-                problem(&rel, &why);
-                continue;
-            }
+            Err(why) => return self.problem(&rel, &why),
         };
         if let Some(why) = refuse_target(&target) {
-            problem(&rel, &format!("cannot be mounted at {target}: {why}"));
-            continue;
+            return self.problem(&rel, &format!("cannot be mounted at {target}: {why}"));
         }
-        out.mounts.push(Mount {
+        self.out.mounts.push(Mount {
             rel,
             source,
             target,
@@ -447,8 +494,36 @@ pub fn scan(custom: &Path) -> Result<Scan> {
         });
     }
 
-    out.mounts.sort_by(|a, b| a.target.cmp(&b.target));
-    for pair in out.mounts.windows(2) {
+    /// What a file mount's source is: the file, or the regular file a
+    /// symlink inside `custom/` leads to.
+    fn file_source(&self, path: &Path, ft: fs::FileType) -> Result<PathBuf, String> {
+        if ft.is_file() {
+            return Ok(path.to_path_buf());
+        }
+        if !ft.is_symlink() {
+            return Err(special_file(path));
+        }
+        let real = check_symlink(path, &self.real_custom)?;
+        if real.is_file() {
+            Ok(real)
+        } else if !real.is_dir() {
+            Err(format!(
+                "is a symlink to {}, {}; {ONLY_REGULAR}",
+                real.display(),
+                special_kind(&real)
+            ))
+        } else {
+            Err("is a symlink to a directory; only symlinks to files are mounted (to mount a directory whole, put a .mount-dir file into it)".into())
+        }
+    }
+}
+
+/// Mounts (sorted by target) that cannot go together: two at one target,
+/// or one inside a whole-directory mount, which would need a mount point
+/// in a read-only directory the container cannot create it in.
+fn conflicts(mounts: &[Mount]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for pair in mounts.windows(2) {
         if pair[0].target == pair[1].target {
             problems.push(format!(
                 "{} and {} would both be mounted at {}; remove one of them",
@@ -458,14 +533,8 @@ pub fn scan(custom: &Path) -> Result<Scan> {
             ));
         }
     }
-    // A mount inside a whole-directory mount would need a mount point in a
-    // read-only directory the container cannot create it in.
-    let dirs: Vec<&Mount> = out
-        .mounts
-        .iter()
-        .filter(|m| m.kind == MountKind::Dir)
-        .collect();
-    for m in &out.mounts {
+    let dirs: Vec<&Mount> = mounts.iter().filter(|m| m.kind == MountKind::Dir).collect();
+    for m in mounts {
         for d in &dirs {
             let inside = m
                 .target
@@ -482,19 +551,21 @@ pub fn scan(custom: &Path) -> Result<Scan> {
             }
         }
     }
-    if !problems.is_empty() {
-        let n = problems.len();
-        let mut msg = format!(
-            "custom/ cannot be mounted: {n} problem{} (nothing was written)",
-            if n == 1 { "" } else { "s" }
-        );
-        for p in problems {
-            msg.push_str("\n  - ");
-            msg.push_str(&p);
-        }
-        return Err(crate::error::usage(msg));
+    problems
+}
+
+/// One usage error listing every problem.
+fn refusal(problems: Vec<String>) -> anyhow::Error {
+    let n = problems.len();
+    let mut msg = format!(
+        "custom/ cannot be mounted: {n} problem{} (nothing was written)",
+        if n == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        msg.push_str("\n  - ");
+        msg.push_str(&p);
     }
-    Ok(out)
+    crate::error::usage(msg)
 }
 
 /// `path` relative to `base`, which walkdir built it from. Slicing the

@@ -1,9 +1,7 @@
 //! inotify tuning against a fake /proc/sys and /etc/sysctl.d.
 
-mod common;
-
+use crate::support::*;
 use assert_cmd::Command;
-use common::*;
 use std::fs;
 
 fn sysctl(root: &std::path::Path, extra: &[&str]) -> std::process::Output {
@@ -24,11 +22,7 @@ fn idempotent_and_never_lowers() {
     let t = tempfile::tempdir().unwrap();
     let root = fake_root(t.path(), MOUNTINFO_V2, 128, 524288);
     let out = sysctl(&root, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let first = fs::read_to_string(root.join(FILE)).unwrap();
     assert!(first.contains("fs.inotify.max_user_instances = 65536"));
     assert!(

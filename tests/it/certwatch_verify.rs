@@ -3,8 +3,8 @@
 //! certificate, then new), and small rustls servers speaking SMTP and IMAP
 //! STARTTLS.
 
-mod certwatch_common;
-use certwatch_common::*;
+use crate::support::certs::*;
+use crate::support::have;
 
 use chatmail_docker::certwatch::verify::{served_leaf, Endpoint, Proto, Served};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};

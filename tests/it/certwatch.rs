@@ -4,8 +4,8 @@
 //! tests wait on that file (or on the log) with a generous bound and assert
 //! only what was recorded.
 
-mod certwatch_common;
-use certwatch_common::*;
+use crate::support::certs::*;
+use crate::support::{assert_ok, have};
 
 use std::fs;
 
@@ -270,11 +270,7 @@ fn once_reloads_only_when_the_content_changed() {
             .unwrap()
     };
     let out = once();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(d.reloaded_leaves(), vec![a.leaf.clone()]);
     let out = once();
     assert!(out.status.success());
@@ -390,11 +386,7 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
         .current_dir(dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 }
 
 #[test]
@@ -470,17 +462,9 @@ fn pkcs1_rsa_and_sec1_ec_keys_wildcards_and_separate_chain_files() {
             .unwrap()
     };
     let out = run(&rsa, DOMAIN);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let out = run(&ec, "mail.example.org");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(d.reloads().len(), 2);
     // The wildcard covers one label only.
     let out = run(&ec, DOMAIN);
@@ -644,11 +628,7 @@ fn path_to_ssl_is_mapped_through_the_compose_volumes() {
         .arg(d.record_cmd())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(d.reloaded_leaves(), vec![a.leaf]);
 
     // Under no mount: exit 2 naming the mounts.

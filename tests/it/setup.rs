@@ -1,10 +1,8 @@
 //! `setup` before it reaches the engine: the dry-run plan, and refusals
 //! that must happen before Docker is touched.
 
-mod common;
-
+use crate::support::*;
 use assert_cmd::Command;
-use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

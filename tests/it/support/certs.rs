@@ -1,7 +1,6 @@
 //! Helpers shared by the cert-watch tests: real certificates from rcgen,
 //! the ACME clients' directory layouts, and a watcher process whose reloads
 //! are recorded in a file.
-#![allow(dead_code)]
 
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -295,23 +294,4 @@ pub fn rewrite(path: &Path, content: &str) {
         .unwrap();
     f.write_all(content.as_bytes()).unwrap();
     f.sync_all().unwrap();
-}
-
-/// Whether a tool exists; when it does not, the test is skipped with a
-/// reason unless CI is set (then it fails).
-pub fn have(tool: &str, args: &[&str]) -> bool {
-    let ok = Command::new(tool)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("{tool} is required in CI");
-        }
-        eprintln!("skipped: {tool} is not available");
-    }
-    ok
 }

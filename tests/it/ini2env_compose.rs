@@ -6,26 +6,12 @@
 //! `docker compose config` needs no daemon. Without Compose v2 the tests are
 //! skipped with a reason, except under CI=true.
 
+use crate::support::{have_compose_v2, require};
 use assert_cmd::Command as BinCommand;
 use chatmail_docker::{dotenv, ini};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-
-fn compose_available() -> bool {
-    let ok = Command::new("docker")
-        .args(["compose", "version"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var_os("CI").is_some_and(|v| v == "true") {
-            panic!("CI=true but `docker compose` (v2) is missing");
-        }
-        eprintln!("skipped: `docker compose` (v2) not available");
-    }
-    ok
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Mode {
@@ -200,7 +186,7 @@ fn round_trip(values: &[String]) {
 
 #[test]
 fn every_corpus_value_reads_back_verbatim() {
-    if !compose_available() {
+    if !require(have_compose_v2(), "`docker compose` (v2)") {
         return;
     }
     round_trip(&tricky_values());
@@ -208,7 +194,7 @@ fn every_corpus_value_reads_back_verbatim() {
 
 #[test]
 fn random_values_read_back_verbatim() {
-    if !compose_available() {
+    if !require(have_compose_v2(), "`docker compose` (v2)") {
         return;
     }
     const ALPHABET: &[char] = &[
@@ -236,7 +222,7 @@ fn random_values_read_back_verbatim() {
 /// Hand-written `.env` lines: [`dotenv::load`] must read what Compose reads.
 #[test]
 fn load_reads_like_compose() {
-    if !compose_available() {
+    if !require(have_compose_v2(), "`docker compose` (v2)") {
         return;
     }
     let text = "# comment\n\nB=bee\nexport C = 'x y' # c\nD=\"a\\tb\\n\\$B $B\"\nE=${B:-x}${Y:-y}$B.z\n\
@@ -255,7 +241,7 @@ fn load_reads_like_compose() {
 /// Files Compose rejects, we reject too (and name the line).
 #[test]
 fn load_rejects_what_compose_rejects() {
-    if !compose_available() {
+    if !require(have_compose_v2(), "`docker compose` (v2)") {
         return;
     }
     for text in [
@@ -286,7 +272,7 @@ fn load_rejects_what_compose_rejects() {
 /// Compose reproduces every [params] value exactly.
 #[test]
 fn ini2env_output_reproduces_the_ini_through_compose() {
-    if !compose_available() {
+    if !require(have_compose_v2(), "`docker compose` (v2)") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

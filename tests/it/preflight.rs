@@ -2,10 +2,8 @@
 //! Compose present in various versions or missing (stand-in scripts on a
 //! temp PATH), and the real `docker compose` when it is installed.
 
-mod common;
-
+use crate::support::*;
 use assert_cmd::Command;
-use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

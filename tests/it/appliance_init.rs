@@ -6,17 +6,9 @@
 //! Needs `python3`; without it the tests are skipped with a reason, except
 //! under CI.
 
-mod common;
-
+use crate::support::have;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn have_python3() -> bool {
-    Command::new("python3")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/files/chatmail-init")
@@ -85,7 +77,7 @@ sys.exit(ci.main(["chatmail-init", "prepare"]))
 
 #[test]
 fn hand_set_values_with_other_line_breaks_keep_the_ini_readable() {
-    if !common::require(have_python3(), "python3 (runs the init script)") {
+    if !have("python3", &["--version"]) {
         return;
     }
     // Only chatmail-docker's own .env lines are known to hold `\n` alone;
@@ -105,7 +97,7 @@ fn hand_set_values_with_other_line_breaks_keep_the_ini_readable() {
 
 #[test]
 fn a_mail_domain_that_is_a_path_is_refused_before_touching_anything() {
-    if !common::require(have_python3(), "python3 (runs the init script)") {
+    if !have("python3", &["--version"]) {
         return;
     }
     for bad in ["/etc", "../../etc", "..", "chat example.org"] {
@@ -126,7 +118,7 @@ fn a_mail_domain_that_is_a_path_is_refused_before_touching_anything() {
 
 #[test]
 fn an_unexpected_failure_is_recorded_for_the_health_check() {
-    if !common::require(have_python3(), "python3 (runs the init script)") {
+    if !have("python3", &["--version"]) {
         return;
     }
     let d = tempfile::tempdir().unwrap();

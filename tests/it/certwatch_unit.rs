@@ -2,8 +2,8 @@
 //! unit (`setup` with ENABLE_CERTS_MONITORING=true) and `status`. systemctl
 //! is a stand-in script first on PATH that records its arguments.
 
-mod certwatch_common;
-use certwatch_common::*;
+use crate::support::certs::*;
+use crate::support::{path_with, script};
 
 use chatmail_docker::certwatch;
 use chatmail_docker::host::Host;
@@ -12,10 +12,11 @@ use chatmail_docker::Context;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-fn ctx(d: &Deploy, root: &std::path::Path, dry_run: bool) -> Context {
+/// A context whose commands find the stand-ins in `path` first.
+fn ctx(d: &Deploy, root: &std::path::Path, path: &str, dry_run: bool) -> Context {
     Context::new(
         &d.dir,
-        Host::new(root),
+        Host::new(root).with_search_path(path),
         Shell::new(Verbosity::Normal, ColorChoice::Never),
         dry_run,
     )
@@ -31,7 +32,6 @@ fn tree(root: &std::path::Path) -> Vec<String> {
     v
 }
 
-// One test function: it changes PATH for the whole process.
 #[test]
 fn unit_install_and_status() {
     let d = Deploy::new("");
@@ -40,26 +40,19 @@ fn unit_install_and_status() {
     let bin = d.path("bin");
     fs::create_dir_all(&bin).unwrap();
     let calls = d.path("systemctl.calls");
-    let stub = bin.join("systemctl");
-    fs::write(
-        &stub,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\ncase \"$*\" in is-active*) exit 3;; esac\nexit 0\n",
+    script(
+        &bin,
+        "systemctl",
+        &format!(
+            "echo \"$*\" >> '{}'\ncase \"$*\" in is-active*) exit 3;; esac\nexit 0",
             calls.display()
         ),
-    )
-    .unwrap();
-    fs::set_permissions(&stub, fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
     );
-    std::env::set_var("PATH", path);
+    let path = path_with(&bin);
 
     // Dry run: a plan, and nothing touched.
     let before = tree(&root);
-    let c = ctx(&d, &root, true);
+    let c = ctx(&d, &root, &path, true);
     let plan = certwatch::unit_plan(&c).unwrap();
     assert!(plan.systemd && plan.write);
     assert_eq!(
@@ -74,7 +67,7 @@ fn unit_install_and_status() {
     assert!(!calls.exists());
 
     // For real.
-    let c = ctx(&d, &root, false);
+    let c = ctx(&d, &root, &path, false);
     let plan = certwatch::unit_plan(&c).unwrap();
     certwatch::apply_unit(&c, &plan).unwrap();
     let unit = fs::read_to_string(&plan.path).unwrap();
@@ -101,7 +94,7 @@ fn unit_install_and_status() {
     // A host without systemd: nothing installed.
     let bare = d.path("bare");
     fs::create_dir_all(&bare).unwrap();
-    let c2 = ctx(&d, &bare, false);
+    let c2 = ctx(&d, &bare, &path, false);
     let plan = certwatch::unit_plan(&c2).unwrap();
     assert!(!plan.systemd && plan.commands.is_empty());
     certwatch::apply_unit(&c2, &plan).unwrap();

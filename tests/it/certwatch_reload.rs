@@ -3,11 +3,10 @@
 //! or whose dovecot refuses to reload), and retrying with backoff while the
 //! container is down or a custom command asks to try later.
 
-mod certwatch_common;
-use certwatch_common::*;
+use crate::support::certs::*;
+use crate::support::{assert_ok, path_with, script};
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 /// A stand-in `docker`: `compose config` fails (so the default mount is
@@ -20,9 +19,8 @@ fn fake_docker(d: &Deploy) -> (PathBuf, PathBuf) {
     let calls = d.path("docker.calls");
     let state = d.path("fake");
     fs::create_dir_all(&state).unwrap();
-    let script = format!(
-        r#"#!/bin/sh
-echo "$*" >> '{calls}'
+    let body = format!(
+        r#"echo "$*" >> '{calls}'
 S='{state}'
 case "$*" in
   *" config --format json"*) echo "no compose file" >&2; exit 1 ;;
@@ -39,17 +37,8 @@ exit 0
         calls = calls.display(),
         state = state.display()
     );
-    fs::write(bin.join("docker"), script).unwrap();
-    fs::set_permissions(bin.join("docker"), fs::Permissions::from_mode(0o755)).unwrap();
+    script(&bin, "docker", &body);
     (bin, state)
-}
-
-fn path_with(bin: &std::path::Path) -> String {
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
 }
 
 /// The systemctl parts of the recorded `docker compose ... exec` calls.
@@ -71,14 +60,18 @@ fn compose_reload_restarts_a_unit_whose_reload_fails() {
     fs::write(state.join("up"), "").unwrap();
     let a = pair();
     let mut acme = Acmetool::new(d.path("data/chatmail-acme"), &a);
-    let out = d
-        .cmd()
-        .env("PATH", path_with(&bin))
-        .args(["cert-watch", "--once", "--no-verify"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    // `cert-watch --once` with the stand-in docker; what it wrote to stderr.
+    let once = || {
+        let out = d
+            .cmd()
+            .env("PATH", path_with(&bin))
+            .args(["cert-watch", "--once", "--no-verify"])
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    once();
     assert_eq!(
         exec_calls(&d),
         vec!["systemctl reload nginx dovecot postfix"]
@@ -91,14 +84,7 @@ fn compose_reload_restarts_a_unit_whose_reload_fails() {
     fs::write(state.join("fail-dovecot"), "").unwrap();
     fs::remove_file(d.path("docker.calls")).unwrap();
     acme.rotate(&pair());
-    let out = d
-        .cmd()
-        .env("PATH", path_with(&bin))
-        .args(["cert-watch", "--once", "--no-verify"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = once();
     assert_eq!(
         exec_calls(&d),
         vec![

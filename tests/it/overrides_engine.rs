@@ -4,32 +4,13 @@
 //! created, never started, from an empty image built `FROM scratch`, so no
 //! registry is needed.
 
+use crate::support::{assert_ok, require, runs};
 use serde_json::Value;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
 const IMAGE: &str = "chatmail-docker-overrides-test:scratch";
-
-/// Whether a Docker daemon and `docker compose` can be used. In CI they
-/// must; locally their absence skips the test with a reason.
-fn have_engine() -> bool {
-    let ok = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-        && Command::new("docker")
-            .args(["compose", "version"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("a Docker engine and `docker compose` are required in CI");
-        }
-        eprintln!("skipped: no Docker engine or no `docker compose`");
-    }
-    ok
-}
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
@@ -82,11 +63,7 @@ impl Engine {
             .args(["config", "--override-only"])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out);
         // --override-only writes nothing; write it as `setup` would.
         let ctx = chatmail_docker::Context::new(
             self.dir(),
@@ -142,7 +119,11 @@ impl Drop for Engine {
 
 #[test]
 fn engine_mounts_awkward_names_read_only_and_recreates_after_an_edit() {
-    if !have_engine() {
+    if !require(
+        runs("docker", &["info", "--format", "{{.ServerVersion}}"])
+            && runs("docker", &["compose", "version"]),
+        "a Docker engine and `docker compose`",
+    ) {
         return;
     }
     let e = Engine::new("mounts");

@@ -1,11 +1,7 @@
 //! The command line as users meet it: help, versions, usage errors.
 
-use assert_cmd::Command;
+use crate::support::{bin, have};
 use predicates::prelude::*;
-
-fn bin() -> Command {
-    Command::cargo_bin("chatmail-docker").unwrap()
-}
 
 const COMMANDS: &[&str] = &[
     "preflight",
@@ -172,17 +168,13 @@ fn global_options_go_before_or_after_the_command_name() {
 /// without the dynamic loader, which the ini2env benchmark depends on.
 #[test]
 fn the_executable_is_static() {
-    let readelf = std::process::Command::new("readelf")
-        .args(["-lW", env!("CARGO_BIN_EXE_chatmail-docker")])
-        .output();
-    let Ok(out) = readelf else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "readelf (binutils) is required in CI"
-        );
-        eprintln!("skipping: readelf is not available");
+    if !have("readelf", &["--version"]) {
         return;
-    };
+    }
+    let out = std::process::Command::new("readelf")
+        .args(["-lW", env!("CARGO_BIN_EXE_chatmail-docker")])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("LOAD"), "{text}");

@@ -4,29 +4,13 @@
 //! Needs `python3` with `iniconfig` (`pip install iniconfig`). Without them
 //! the differential tests are skipped with a reason, except under CI=true.
 
+use crate::support::{require, runs};
 use chatmail_docker::ini;
 use proptest::prelude::*;
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-fn oracle_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import iniconfig"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var_os("CI").is_some_and(|v| v == "true") {
-            panic!("CI=true but python3 with iniconfig is missing (pip install iniconfig)");
-        }
-        eprintln!("skipped: python3 with iniconfig not available (pip install iniconfig)");
-    }
-    ok
-}
 
 /// iniconfig's verdict on each file, in order.
 fn oracle(paths: &[PathBuf]) -> Vec<Value> {
@@ -182,7 +166,10 @@ fn corpus() -> Vec<Vec<u8>> {
 
 #[test]
 fn corpus_matches_iniconfig() {
-    if !oracle_available() {
+    if !require(
+        runs("python3", &["-c", "import iniconfig"]),
+        "python3 with iniconfig (pip install iniconfig)",
+    ) {
         return;
     }
     compare(&corpus());
@@ -192,7 +179,10 @@ fn corpus_matches_iniconfig() {
 /// compared in one batch (a seeded generator, so failures reproduce).
 #[test]
 fn generated_inputs_match_iniconfig() {
-    if !oracle_available() {
+    if !require(
+        runs("python3", &["-c", "import iniconfig"]),
+        "python3 with iniconfig (pip install iniconfig)",
+    ) {
         return;
     }
     const PIECES: &[&str] = &[

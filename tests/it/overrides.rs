@@ -9,6 +9,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
+use crate::support::{assert_ok, have_compose_v2, require};
 use chatmail_docker::overrides::{self, OneShot, OverrideOptions};
 use chatmail_docker::{host::Host, shell, Context};
 
@@ -143,22 +144,6 @@ fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Whether `docker compose` v2 can be run. In CI it must be; locally its
-/// absence skips the test with a reason.
-fn have_compose() -> bool {
-    let ok = std::process::Command::new("docker")
-        .args(["compose", "version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("`docker compose` (v2) is required in CI");
-        }
-        eprintln!("skipped: `docker compose` (v2) is not installed");
-    }
-    ok
-}
-
 /// A bind volume as `docker compose config --json` shows it, with Compose's
 /// `$$` output escaping undone.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -233,7 +218,7 @@ fn awkward_tree(d: &Deploy) -> Vec<(String, String)> {
 
 #[test]
 fn awkward_names_are_all_mounted_read_only_and_nothing_else_changes() {
-    if !have_compose() {
+    if !require(have_compose_v2(), "`docker compose` (v2)") {
         return;
     }
     let d = Deploy::new();
@@ -588,7 +573,7 @@ fn editor_droppings_are_skipped_and_named_with_verbose() {
 
 #[test]
 fn directory_marker_mounts_the_directory_whole() {
-    if !have_compose() {
+    if !require(have_compose_v2(), "`docker compose` (v2)") {
         return;
     }
     let d = Deploy::new();
@@ -621,7 +606,7 @@ fn directory_marker_mounts_the_directory_whole() {
 
 #[test]
 fn user_override_is_untouched_and_wins() {
-    if !have_compose() {
+    if !require(have_compose_v2(), "`docker compose` (v2)") {
         return;
     }
     let d = Deploy::new();
@@ -653,7 +638,7 @@ fn user_override_is_untouched_and_wins() {
 
 #[test]
 fn reinstall_applies_to_one_run_only() {
-    if !have_compose() {
+    if !require(have_compose_v2(), "`docker compose` (v2)") {
         return;
     }
     let d = Deploy::new();
@@ -672,7 +657,14 @@ fn reinstall_applies_to_one_run_only() {
     assert_eq!(stages(&cfg), "configure,activate");
     assert_eq!(service(&cfg)["environment"]["RECREATE_VENV"], "false");
 
-    let some = OneShot::from_flags(false, Some("install,activate"), false, true, true).unwrap();
+    let some = OneShot::from_flags(
+        false,
+        Some(overrides::parse_stages("install,activate").unwrap()),
+        false,
+        true,
+        true,
+    )
+    .unwrap();
     let cfg = d.config_json(&some.env());
     assert_eq!(stages(&cfg), "install,activate");
     assert_eq!(
@@ -687,7 +679,7 @@ fn reinstall_applies_to_one_run_only() {
 
 #[test]
 fn dry_run_shows_the_result_and_writes_nothing() {
-    if !have_compose() {
+    if !require(have_compose_v2(), "`docker compose` (v2)") {
         return;
     }
     let d = Deploy::new();
@@ -698,11 +690,7 @@ fn dry_run_shows_the_result_and_writes_nothing() {
         .args(["--dry-run", "config", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let cfg: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(volumes(&cfg)
         .iter()
@@ -742,7 +730,7 @@ fn mount_vmail_marker_mounts_home_vmail_read_write() {
     let m = g.mounts.iter().find(|m| m.target == "/home/vmail").unwrap();
     assert_eq!(m.source, root.path().join("home/vmail"));
     assert!(!m.read_only);
-    if !have_compose() {
+    if !require(have_compose_v2(), "`docker compose` (v2)") {
         return;
     }
     let out = d
@@ -752,11 +740,7 @@ fn mount_vmail_marker_mounts_home_vmail_read_write() {
         .args(["config", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let cfg: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(volumes(&cfg).contains(&Vol {
         source: root.path().join("home/vmail").to_str().unwrap().into(),
@@ -814,11 +798,7 @@ fn override_only_json_is_the_generated_override() {
         .args(["config", "--override-only", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let vols = v["services"]["chatmail"]["volumes"].as_array().unwrap();
     assert_eq!(vols.len(), 1);

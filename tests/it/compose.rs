@@ -1,10 +1,8 @@
 //! The compose runner: the command line it builds, signal forwarding, exit
 //! codes, `-v` showing commands. A stand-in `docker` records what it gets.
 
-mod common;
-
+use crate::support::*;
 use assert_cmd::Command;
-use common::*;
 use std::fs;
 use std::time::{Duration, Instant};
 
@@ -29,11 +27,7 @@ fn runs_compose_with_the_project_files_and_shows_it_with_v() {
         .args(["-v", "restart"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let args: Vec<String> = fs::read_to_string(&log)
         .unwrap()
         .lines()

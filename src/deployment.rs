@@ -1,0 +1,143 @@
+//! The deployment directory: where each of its files is, and its `.env`.
+//!
+//! The repository checkout is also the deployment directory (`--dir`
+//! points elsewhere): `.env` and `chatmail.ini` at the top, the
+//! administrator's `custom/`, the persistent `data/` with the tool's own
+//! state files, and `docker/` with the appliance's compose file and the
+//! override the tool generates. Every module asks this one type for those
+//! paths instead of joining names itself.
+//!
+//! `.env` is read in one way everywhere: a missing file is no variables,
+//! a file that cannot be read or parsed is an error naming the file and
+//! line. A command loads it once and passes the variables on; `setup`
+//! loads it after writing it.
+
+use anyhow::Result;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The variables of `.env`, by name.
+pub type Env = BTreeMap<String, String>;
+
+/// Written by `ini2env` and the administrator, mode 0600.
+pub const ENV_FILE: &str = ".env";
+/// The relay's own configuration, the source of `[params]`.
+pub const INI_FILE: &str = "chatmail.ini";
+/// The administrator's files, mounted into the container.
+pub const CUSTOM_DIR: &str = "custom";
+/// Persistent state, mounted into the container.
+pub const DATA_DIR: &str = "data";
+/// The appliance's compose file.
+pub const COMPOSE_FILE: &str = "docker/docker-compose.yaml";
+/// The override the tool generates from `custom/` and owns.
+pub const GENERATED_FILE: &str = "docker/compose.generated.yaml";
+/// The administrator's own overrides, included last so they win. Never written.
+pub const USER_OVERRIDES: &[&str] = &["docker-compose.override.yaml", "compose.override.yaml"];
+/// Created by `migrate --mount-vmail`: mount the host's /home/vmail.
+pub const VMAIL_MARKER: &str = "data/.mount-vmail";
+/// The ACME client's state in the container's default layout.
+pub const ACME_DIR: &str = "data/chatmail-acme";
+/// The certificate last reloaded into the services.
+pub const CERT_WATCH_STATE: &str = "data/.cert-watch-state.json";
+/// Pid file of a running certificate watcher.
+pub const CERT_WATCH_PID: &str = "data/.cert-watch.pid";
+
+/// One deployment directory.
+#[derive(Clone, Debug)]
+pub struct Deployment {
+    dir: PathBuf,
+}
+
+impl Deployment {
+    /// `dir` must be absolute (the context makes it so).
+    pub fn new(dir: PathBuf) -> Deployment {
+        Deployment { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A path inside the directory.
+    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    pub fn env_file(&self) -> PathBuf {
+        self.path(ENV_FILE)
+    }
+
+    pub fn ini(&self) -> PathBuf {
+        self.path(INI_FILE)
+    }
+
+    pub fn custom(&self) -> PathBuf {
+        self.path(CUSTOM_DIR)
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.path(DATA_DIR)
+    }
+
+    pub fn compose_file(&self) -> PathBuf {
+        self.path(COMPOSE_FILE)
+    }
+
+    pub fn generated_file(&self) -> PathBuf {
+        self.path(GENERATED_FILE)
+    }
+
+    /// The administrator's override files that exist, in the order Compose reads them.
+    pub fn user_overrides(&self) -> Vec<PathBuf> {
+        USER_OVERRIDES
+            .iter()
+            .map(|name| self.path(name))
+            .filter(|p| p.exists())
+            .collect()
+    }
+
+    pub fn vmail_marker(&self) -> PathBuf {
+        self.path(VMAIL_MARKER)
+    }
+
+    pub fn acme_dir(&self) -> PathBuf {
+        self.path(ACME_DIR)
+    }
+
+    pub fn cert_watch_state(&self) -> PathBuf {
+        self.path(CERT_WATCH_STATE)
+    }
+
+    pub fn cert_watch_pid(&self) -> PathBuf {
+        self.path(CERT_WATCH_PID)
+    }
+
+    /// The variables of `.env`; `None` when there is no `.env`. A file
+    /// that cannot be read or parsed is an error (exit 2 for a parse
+    /// error) naming the file and line.
+    pub fn load_env(&self) -> Result<Option<Env>> {
+        let path = self.env_file();
+        if !path.exists() {
+            return Ok(None);
+        }
+        crate::dotenv::load(&path).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_is_none_when_missing_and_an_error_when_broken() {
+        let d = tempfile::tempdir().unwrap();
+        let dep = Deployment::new(d.path().to_path_buf());
+        assert!(dep.load_env().unwrap().is_none());
+        std::fs::write(dep.env_file(), "A=1\nB='open\n").unwrap();
+        let err = dep.load_env().unwrap_err();
+        assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_USAGE);
+        assert!(err.to_string().contains(".env:2:"), "{err}");
+        std::fs::write(dep.env_file(), "A=1\n").unwrap();
+        assert_eq!(dep.load_env().unwrap().unwrap()["A"], "1");
+    }
+}

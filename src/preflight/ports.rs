@@ -1,0 +1,230 @@
+//! The ports check: nothing else listens on the ports the relay binds on
+//! the host network, read from `/proc/net` and `/proc/*/fd` under the root.
+
+use std::collections::BTreeMap;
+use std::fs;
+
+use super::{Check, CheckId};
+use crate::compose::{self, Containers};
+use crate::deployment::Env;
+use crate::Context;
+
+/// A port the appliance binds on the host network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Port {
+    pub port: u16,
+    pub udp: bool,
+    pub what: String,
+}
+
+/// The ports the relay binds, with the internal ones taken from the
+/// configuration (`filtermail_smtp_port`, ...) when set.
+pub fn appliance_ports(env: &Env) -> Vec<Port> {
+    let mut ports: Vec<Port> = [
+        (25, "SMTP"),
+        (80, "HTTP (ACME, redirects)"),
+        (143, "IMAP"),
+        (443, "HTTPS"),
+        (465, "SMTPS"),
+        (587, "submission"),
+        (993, "IMAPS"),
+        (995, "POP3S"),
+    ]
+    .iter()
+    .map(|(p, w)| Port {
+        port: *p,
+        udp: false,
+        what: w.to_string(),
+    })
+    .collect();
+    ports.push(Port {
+        port: 3478,
+        udp: true,
+        what: "TURN (chatmail-turn)".into(),
+    });
+    for (key, default) in [
+        ("FILTERMAIL_SMTP_PORT", 10080),
+        ("FILTERMAIL_SMTP_PORT_INCOMING", 10081),
+        ("FILTERMAIL_HTTP_PORT_INCOMING", 10082),
+        ("FILTERMAIL_LMTP_PORT_TRANSPORT", 10083),
+        ("POSTFIX_REINJECT_PORT", 10025),
+        ("POSTFIX_REINJECT_PORT_INCOMING", 10026),
+    ] {
+        let port = env
+            .get(key)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(default);
+        ports.push(Port {
+            port,
+            udp: false,
+            what: format!("{} (localhost)", key.to_ascii_lowercase()),
+        });
+    }
+    ports
+}
+
+/// A listening socket from /proc/net/{tcp,tcp6,udp,udp6}.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub port: u16,
+    pub udp: bool,
+    pub inode: u64,
+}
+
+/// Parse one /proc/net/{tcp,udp}[6] table: sockets in LISTEN state (tcp,
+/// `0A`) or bound (udp, `07` unconnected).
+pub fn parse_proc_net(text: &str, udp: bool) -> Vec<Listener> {
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 {
+            continue;
+        }
+        let state = f[3];
+        if (!udp && state != "0A") || (udp && state != "07") {
+            continue;
+        }
+        let Some(port_hex) = f[1].rsplit(':').next() else {
+            continue;
+        };
+        let (Ok(port), Ok(inode)) = (u16::from_str_radix(port_hex, 16), f[9].parse::<u64>()) else {
+            continue;
+        };
+        out.push(Listener { port, udp, inode });
+    }
+    out
+}
+
+/// Map socket inodes to "name (pid N)" by scanning /proc/*/fd.
+fn socket_owners(ctx: &Context, inodes: &[u64]) -> BTreeMap<u64, (u32, String)> {
+    let mut owners = BTreeMap::new();
+    let Ok(procs) = fs::read_dir(ctx.host.path("/proc")) else {
+        return owners;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let t = target.to_string_lossy();
+            let Some(inode) = t
+                .strip_prefix("socket:[")
+                .and_then(|s| s.strip_suffix(']'))
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if inodes.contains(&inode) {
+                let name = fs::read_to_string(p.path().join("comm"))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                owners.insert(inode, (pid, name));
+            }
+        }
+    }
+    owners
+}
+
+/// Whether a process belongs to a Docker container named like ours.
+fn in_appliance(ctx: &Context, pid: u32, container_id: Option<&str>) -> bool {
+    let Some(id) = container_id else {
+        return false;
+    };
+    fs::read_to_string(ctx.host.path(format!("/proc/{pid}/cgroup")))
+        .map(|c| c.contains(id))
+        .unwrap_or(false)
+}
+
+fn running_container_id(ctx: &Context) -> Option<String> {
+    if !ctx.deployment.compose_file().exists() || ctx.host.which("docker").is_none() {
+        return None;
+    }
+    compose::container_id(ctx, Containers::Running)
+        .ok()
+        .flatten()
+}
+
+pub(super) fn check_ports(ctx: &Context, env: &Env) -> Check {
+    const ID: &str = CheckId::Ports.id();
+    let mut listeners = Vec::new();
+    for (file, udp) in [
+        ("tcp", false),
+        ("tcp6", false),
+        ("udp", true),
+        ("udp6", true),
+    ] {
+        if let Ok(text) = fs::read_to_string(ctx.host.path(format!("/proc/net/{file}"))) {
+            listeners.extend(parse_proc_net(&text, udp));
+        }
+    }
+    let wanted = appliance_ports(env);
+    let busy: Vec<(&Port, &Listener)> = wanted
+        .iter()
+        .filter_map(|p| {
+            listeners
+                .iter()
+                .find(|l| l.port == p.port && l.udp == p.udp)
+                .map(|l| (p, l))
+        })
+        .collect();
+    if busy.is_empty() {
+        return Check::ok(ID, format!("{} ports free", wanted.len()));
+    }
+    let inodes: Vec<u64> = busy.iter().map(|(_, l)| l.inode).collect();
+    let owners = socket_owners(ctx, &inodes);
+    let container = running_container_id(ctx);
+    let mut taken = Vec::new();
+    let mut ours = 0;
+    for (p, l) in &busy {
+        let proto = if p.udp { "udp" } else { "tcp" };
+        match owners.get(&l.inode) {
+            Some((pid, _)) if in_appliance(ctx, *pid, container.as_deref()) => ours += 1,
+            Some((pid, name)) => taken.push(format!(
+                "{}/{proto} ({}) by {name} (pid {pid})",
+                p.port, p.what
+            )),
+            None if container.is_some() => ours += 1,
+            None => taken.push(format!(
+                "{}/{proto} ({}) by an unknown process",
+                p.port, p.what
+            )),
+        }
+    }
+    if taken.is_empty() {
+        return Check::ok(
+            ID,
+            format!("{ours} ports in use by the running appliance, the rest free"),
+        );
+    }
+    Check::warn(
+        ID,
+        format!("in use: {}", taken.join(", ")),
+        "stop the service holding the port (e.g. `systemctl disable --now postfix nginx`), or run `chatmail-docker migrate` for a bare-metal chatmail",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_tcp() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 00000000:0019 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0\n\
+   1: 0100007F:1F90 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 999 1 0000000000000000 100 0 0 10 0\n";
+        assert_eq!(
+            parse_proc_net(text, false),
+            vec![Listener {
+                port: 25,
+                udp: false,
+                inode: 12345
+            }]
+        );
+    }
+}

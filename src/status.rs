@@ -1,0 +1,282 @@
+//! `chatmail-docker status`: what the administrator sees about a running
+//! deployment, as text or `--json`.
+//!
+//! A report, not a capability: it asks Compose for the container, systemd
+//! in the container for the relay's units, [`crate::certwatch`] for the
+//! certificate and its watcher, and [`crate::overrides`] for files under
+//! `custom/` the container does not see yet. Each part that cannot be read
+//! becomes a warning, so `status` still shows the rest.
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+use std::time::Duration;
+
+use crate::compose::{self, Inspect};
+use crate::shell::Shell;
+use crate::{error, overrides, Context};
+
+/// How to show the report.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Machine-readable JSON instead of text.
+    pub json: bool,
+}
+
+/// A relay unit's state inside the container, as `status` reports it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct UnitState {
+    pub unit: String,
+    pub active: String,
+    pub enabled: String,
+}
+
+/// The states of the relay's units inside the running container.
+pub fn unit_states(ctx: &Context) -> Result<Vec<UnitState>> {
+    use crate::migrate::units;
+    let names: Vec<String> = units::UNITS.iter().map(|u| units::unit_name(u)).collect();
+    let mut args: Vec<String> = [
+        "systemctl",
+        "show",
+        "-p",
+        "Id,LoadState,ActiveState,UnitFileState",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(names.iter().cloned());
+    let out = compose::exec_output(ctx, args)?;
+    if !out.success() {
+        bail!(
+            "cannot query systemd in the container: {}",
+            out.stderr.trim()
+        );
+    }
+    Ok(units::parse_show(&out.stdout, &names)?
+        .into_iter()
+        .filter(|u| u.exists())
+        .map(|u| UnitState {
+            unit: u.unit.trim_end_matches(".service").to_string(),
+            active: u.active,
+            enabled: u.file,
+        })
+        .collect())
+}
+
+/// What `status` reports.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct StatusReport {
+    pub container: Option<String>,
+    pub state: String,
+    pub health: Option<String>,
+    pub healthy: bool,
+    pub image: Option<String>,
+    pub started_at: Option<String>,
+    pub uptime_seconds: Option<u64>,
+    pub units: Vec<UnitState>,
+    /// The TLS certificate and the cert-watch service.
+    pub certificate: Option<crate::certwatch::CertStatus>,
+    pub warnings: Vec<String>,
+}
+
+/// Gather the report. Problems of one part (units, custom/, certificate)
+/// become warnings; only a missing compose file or a failing Compose is an
+/// error.
+pub fn report(ctx: &Context) -> Result<StatusReport> {
+    compose::require_compose_file(ctx)?;
+    let mut r = StatusReport {
+        state: "absent".into(),
+        ..Default::default()
+    };
+    let Some(c) = compose::current(ctx)? else {
+        return Ok(r);
+    };
+    r.container = Some(c.name.trim_start_matches('/').to_string());
+    r.state = c.state.status.clone();
+    r.health = c.health_status().map(str::to_string);
+    r.healthy = c.state.running && matches!(r.health.as_deref(), Some("healthy") | None);
+    r.image = Some(c.config.image.clone());
+    r.started_at = Some(c.state.started_at.clone());
+    if c.state.running {
+        r.uptime_seconds = compose::parse_time(&c.state.started_at)
+            .and_then(|t| t.elapsed().ok())
+            .map(|d| d.as_secs());
+        match unit_states(ctx) {
+            Ok(u) => r.units = u,
+            Err(e) => r.warnings.push(format!("{e:#}")),
+        }
+        for u in &r.units {
+            if u.enabled == "enabled" && u.active != "active" {
+                r.warnings.push(format!("unit {} is {}", u.unit, u.active));
+            }
+        }
+    }
+    r.warnings.extend(custom_warnings(ctx, &c));
+    match crate::certwatch::status(ctx) {
+        Ok(cert) => {
+            r.warnings.extend(certificate_warnings(&cert));
+            r.certificate = Some(cert);
+        }
+        Err(e) => r.warnings.push(format!("certificate: {e:#}")),
+    }
+    Ok(r)
+}
+
+/// `chatmail-docker status`: print the report; exit 1 unless the container
+/// exists and is healthy.
+pub fn run(ctx: &Context, opts: &Options) -> Result<()> {
+    let r = report(ctx)?;
+    if opts.json {
+        ctx.shell.data(serde_json::to_string_pretty(&r)?);
+    } else {
+        print_text(&ctx.shell, &r);
+    }
+    if r.container.is_some() && r.healthy {
+        Ok(())
+    } else {
+        Err(error::silent(error::EXIT_RUNTIME))
+    }
+}
+
+/// The report for people: one `name: value` line per part, then the warnings.
+fn print_text(sh: &Shell, r: &StatusReport) {
+    let Some(name) = &r.container else {
+        sh.out("container: not created (run `chatmail-docker setup`)");
+        return print_warnings(sh, r);
+    };
+    sh.out(format!("container: {name}"));
+    sh.out(format!(
+        "state:     {}{}",
+        r.state,
+        r.uptime_seconds
+            .map(|s| format!(
+                ", up {}",
+                humantime::format_duration(Duration::from_secs(s))
+            ))
+            .unwrap_or_default()
+    ));
+    let h = r.health.clone().unwrap_or_else(|| "no health check".into());
+    let h = if r.healthy {
+        sh.ok_word(&h)
+    } else {
+        sh.fail_word(&h)
+    };
+    sh.out(format!("health:    {h}"));
+    if let Some(i) = &r.image {
+        sh.out(format!("image:     {i}"));
+    }
+    if let Some(cert) = &r.certificate {
+        if let Some(na) = &cert.not_after {
+            sh.out(format!(
+                "cert:      {} expires {na}{}",
+                cert.subject.clone().unwrap_or_default(),
+                cert.days_left
+                    .map(|d| format!(" ({d} days)"))
+                    .unwrap_or_default()
+            ));
+        }
+        sh.out(format!(
+            "watcher:   {}",
+            if cert.watcher_running {
+                format!("running ({})", cert.watcher)
+            } else {
+                "not running (chatmail-docker cert-watch)".to_string()
+            }
+        ));
+    }
+    if !r.units.is_empty() {
+        sh.out("units:");
+        for u in &r.units {
+            let a = if u.active == "active" {
+                sh.ok_word(&u.active)
+            } else {
+                sh.warn_word(&u.active)
+            };
+            sh.out(format!("  {:<22} {a} ({})", u.unit, u.enabled));
+        }
+    }
+    print_warnings(sh, r);
+}
+
+fn print_warnings(sh: &Shell, r: &StatusReport) {
+    for w in &r.warnings {
+        sh.warn(w);
+    }
+}
+
+/// What `status` warns about the certificate.
+fn certificate_warnings(cert: &crate::certwatch::CertStatus) -> Vec<String> {
+    let mut w = Vec::new();
+    if let Some(p) = &cert.problem {
+        w.push(format!("certificate: {p}"));
+    }
+    match cert.days_left {
+        Some(d) if d < 0 => w.push("the certificate has expired: clients refuse it".to_string()),
+        Some(d) if d < 14 => w.push(format!("the certificate expires in {d} days")),
+        _ => {}
+    }
+    w
+}
+
+/// Custom files edited since the container started, or added/removed since
+/// it was created.
+fn custom_warnings(ctx: &Context, c: &Inspect) -> Vec<String> {
+    let generated = match overrides::generate(ctx, &overrides::OverrideOptions::default()) {
+        Ok(g) => g,
+        Err(e) => return vec![format!("cannot check custom/: {e:#}")],
+    };
+    let mut out = Vec::new();
+    if let Some(started) = compose::parse_time(&c.state.started_at) {
+        let files = overrides::changed_since_start(&generated, started);
+        if !files.is_empty() {
+            out.push(format!(
+                "changed since the container started (it still sees the old content; run `chatmail-docker up`): {}",
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    let running = c
+        .config
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(overrides::HASH_LABEL));
+    if running.is_some_and(|h| *h != generated.hash) {
+        out.push(
+            "files under custom/ were added, removed or changed since the container was created; run `chatmail-docker up`".into(),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_warnings_for_expiry_soon_and_past() {
+        let cert = |days_left: Option<i64>| crate::certwatch::CertStatus {
+            watcher_running: true,
+            watcher: "systemd".into(),
+            path: None,
+            subject: None,
+            not_after: None,
+            days_left,
+            fingerprint: None,
+            applied_fingerprint: None,
+            applied_at: None,
+            problem: None,
+        };
+        assert!(certificate_warnings(&cert(Some(90))).is_empty());
+        assert!(certificate_warnings(&cert(None)).is_empty());
+        assert_eq!(
+            certificate_warnings(&cert(Some(3))),
+            ["the certificate expires in 3 days"]
+        );
+        assert_eq!(
+            certificate_warnings(&cert(Some(-1))),
+            ["the certificate has expired: clients refuse it"]
+        );
+    }
+}

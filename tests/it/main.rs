@@ -1,0 +1,26 @@
+//! The integration tests, one binary: the real `chatmail-docker` run
+//! against temp deployment directories and temp host roots, with stand-in
+//! programs on a per-command `PATH` and the real `docker compose` where the
+//! behaviour depends on Compose. The library is called in-process only for
+//! the entry points other commands use.
+//!
+//! A test that needs a tool that is missing is skipped with a reason, and
+//! fails instead under CI (see [`support::require`]).
+
+mod support;
+
+mod appliance_init;
+mod certwatch;
+mod certwatch_reload;
+mod certwatch_unit;
+mod certwatch_verify;
+mod cli;
+mod compose;
+mod ini2env_cli;
+mod ini2env_compose;
+mod ini2env_parse;
+mod overrides;
+mod overrides_engine;
+mod preflight;
+mod setup;
+mod sysctl;

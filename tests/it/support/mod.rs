@@ -1,0 +1,169 @@
+//! The integration tests' support kit: the one rule for a missing tool,
+//! fake host roots, stand-in programs on a temp PATH, tree snapshots, and
+//! (in [`certs`]) certificates and ACME layouts for the cert-watch tests.
+#![allow(dead_code)]
+
+pub mod certs;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub const MOUNTINFO_V2: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+
+pub const MOUNTINFO_HYBRID: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+31 23 0:28 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+32 31 0:29 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
+33 31 0:30 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,xattr,name=systemd
+34 31 0:31 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:12 - cgroup cgroup rw,memory
+";
+
+pub const MOUNTINFO_V1: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+34 31 0:33 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+";
+
+/// A fake host root with the given mountinfo and inotify values.
+pub fn fake_root(dir: &Path, mountinfo: &str, instances: u64, watches: u64) -> PathBuf {
+    let root = dir.join("root");
+    fs::create_dir_all(root.join("proc/self")).unwrap();
+    fs::write(root.join("proc/self/mountinfo"), mountinfo).unwrap();
+    let ino = root.join("proc/sys/fs/inotify");
+    fs::create_dir_all(&ino).unwrap();
+    fs::write(ino.join("max_user_instances"), format!("{instances}\n")).unwrap();
+    fs::write(ino.join("max_user_watches"), format!("{watches}\n")).unwrap();
+    fs::create_dir_all(root.join("etc/sysctl.d")).unwrap();
+    root
+}
+
+/// Write an executable stand-in script.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    let p = dir.join(name);
+    fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// A PATH holding only `bin`: the stand-ins are `#!/bin/sh` scripts using
+/// builtins, and nothing else (the real docker) can be found.
+pub fn isolated_path(bin: &Path) -> String {
+    bin.display().to_string()
+}
+
+/// A PATH with `bin` first, then the test process's own PATH: for
+/// stand-ins of some programs while the rest stay real. Pass it to one
+/// command; the test process's environment is never changed.
+pub fn path_with(bin: &Path) -> String {
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// Snapshot a tree: relative path -> (mode, size, content) for comparing
+/// before and after a command that must change nothing.
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u32, u64, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let e = e.unwrap();
+        let m = fs::symlink_metadata(e.path()).unwrap();
+        let content = if m.is_file() {
+            fs::read(e.path()).unwrap()
+        } else if m.file_type().is_symlink() {
+            fs::read_link(e.path())
+                .unwrap()
+                .into_os_string()
+                .into_encoded_bytes()
+        } else {
+            Vec::new()
+        };
+        let rel = e.path().strip_prefix(root).unwrap().to_path_buf();
+        out.insert(rel, (m.mode(), m.size(), content));
+    }
+    out
+}
+
+/// Whether CI wants every tool: `CI` set to anything but empty, `false` or
+/// `0` (`CI=true` in .ci/run and on hosted runners).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "false" | "0"))
+}
+
+/// Whether `program args` starts and succeeds (output discarded).
+pub fn runs(program: &str, args: &[&str]) -> bool {
+    std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The real `docker compose` v2, if available.
+pub fn have_compose_v2() -> bool {
+    std::process::Command::new("docker")
+        .args(["compose", "version", "--short"])
+        .output()
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout)
+                    .trim_start_matches('v')
+                    .starts_with('2')
+        })
+        .unwrap_or(false)
+}
+
+/// The one rule for a test that needs a tool: `true` when it is
+/// `available`; otherwise a failure under CI ([`in_ci`]), elsewhere `false`
+/// with the reason printed, and the test returns early (skipped).
+pub fn require(available: bool, what: &str) -> bool {
+    if available {
+        return true;
+    }
+    if in_ci() {
+        panic!("{what} is required in CI but missing");
+    }
+    eprintln!("skipping: {what} is not available");
+    false
+}
+
+/// [`require`] for a tool that answers `tool args`.
+pub fn have(tool: &str, args: &[&str]) -> bool {
+    require(runs(tool, args), tool)
+}
+
+/// Fail with what the command wrote to stderr unless it succeeded.
+pub fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The binary under test.
+pub fn bin() -> assert_cmd::Command {
+    assert_cmd::Command::cargo_bin("chatmail-docker").unwrap()
+}
+
+/// A minimal deployment directory: a compose file of the appliance's shape.
+pub fn minimal_deployment(dir: &Path) -> PathBuf {
+    let d = dir.join("deploy");
+    fs::create_dir_all(d.join("docker")).unwrap();
+    fs::write(
+        d.join("docker/docker-compose.yaml"),
+        "services:\n  chatmail:\n    image: chatmail-docker-test-absent:never\n    build:\n      context: ${RELAY_SRC:-./relay}\n    env_file: .env\n    environment:\n      CMDEPLOY_STAGES: ${CMDEPLOY_STAGES:-configure,activate}\n",
+    )
+    .unwrap();
+    d
+}
