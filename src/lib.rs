@@ -10,6 +10,7 @@ pub mod certwatch;
 pub mod cli;
 pub mod compose;
 pub mod deployment;
+pub mod dns;
 pub mod dotenv;
 pub mod error;
 pub mod host;
@@ -133,6 +134,7 @@ pub fn run(ctx: &Context, command: Command) -> Result<()> {
         Command::Config(a) => a.exec(ctx),
         Command::Migrate(a) => a.exec(ctx),
         Command::CertWatch(a) => a.exec(ctx),
+        Command::Dns(a) => a.exec(ctx),
         Command::Completions(a) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -361,6 +361,45 @@ fn real_relay_end_to_end() {
     );
     inbox_has(&mailcheck(&["--read", &b]), &sent);
 
+    // The DNS records to publish, as the relay computes them, carry the
+    // public half of the DKIM key it signs with.
+    let zone_file = tmp.path().join("chatmail.zone");
+    let (stdout, _) = run_tool(
+        tool(&dir)
+            .args(["dns", "--no-check", "--zonefile"])
+            .arg(&zone_file),
+        0,
+        "dns --no-check --zonefile",
+    );
+    let zone = fs::read_to_string(&zone_file).unwrap();
+    let pubkey = StdCommand::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(dir.join("data/chatmail-dkimkeys/opendkim.private"))
+        .output()
+        .unwrap();
+    let pubkey: String = String::from_utf8_lossy(&pubkey.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(pubkey.len() > 200, "the DKIM public key: {pubkey}");
+    let joined = zone.replace("\" \"", "");
+    assert!(
+        joined.contains(&format!("opendkim._domainkey.{DOMAIN}."))
+            && joined.contains(&format!("p={pubkey};")),
+        "the zone's DKIM record is the relay's key:\n{zone}"
+    );
+    for record in [
+        format!("IN  MX     10 {DOMAIN}."),
+        format!("IN  SRV    0 1 587 {DOMAIN}."),
+        format!("IN  SRV    0 1 993 {DOMAIN}."),
+    ] {
+        assert!(zone.contains(&record), "{record} in the zone:\n{zone}");
+    }
+    assert!(
+        stdout.contains(&format!("IN  MX     10 {DOMAIN}.")),
+        "dns prints the zone: {stdout}"
+    );
+
     // 8. A configuration the relay rejects: setup stops as soon as the
     // init has failed (the test's own timeout bounds it, far below the
     // default 900 s wait) and says why.

@@ -12,6 +12,7 @@ use crate::shell::ColorChoice;
 
 pub mod certwatch;
 pub mod compose;
+pub mod dns;
 pub mod ini2env;
 pub mod migrate;
 pub mod overrides;
@@ -204,6 +205,12 @@ pub enum Command {
         after_help = "Examples:\n  chatmail-docker cert-watch                  # in the foreground, for a supervisor\n  chatmail-docker cert-watch --once           # from cron or an ACME client's deploy hook\n  chatmail-docker cert-watch --path /etc/letsencrypt/live/chat.example.org --once"
     )]
     CertWatch(certwatch::CertWatchArgs),
+
+    /// Show the DNS records the relay needs and which are missing or wrong in DNS.
+    #[command(
+        after_help = "Examples:\n  chatmail-docker dns                      # the records, checked against DNS (exit 1 when a required one is missing)\n  chatmail-docker dns --no-check --zonefile chatmail.zone"
+    )]
+    Dns(dns::DnsArgs),
 
     /// Print a shell completion script.
     #[command(
