@@ -188,7 +188,7 @@ pub fn run(ctx: &Context, opts: &DnsOptions) -> Result<()> {
             "; DNS records for {} (publish them at your DNS provider)",
             r.domain
         ));
-        ctx.shell.data(r.zone.trim_end().to_string());
+        ctx.shell.data(r.zone.trim_end());
         if r.checked {
             ctx.shell.data(String::new());
             if r.required_missing.is_empty() {
