@@ -37,6 +37,10 @@ pub const USER_OVERRIDES: &[&str] = &["docker-compose.override.yaml", "compose.o
 pub const VMAIL_MARKER: &str = "data/.mount-vmail";
 /// The ACME client's state in the container's default layout.
 pub const ACME_DIR: &str = "data/chatmail-acme";
+/// The appliance's own state (`/var/lib/chatmail-docker` in the container).
+pub const STATE_DIR: &str = "data/chatmail-state";
+/// The self-signed certificate and key, inside it.
+pub const SELF_SIGNED_DIR: &str = "data/chatmail-state/tls";
 /// The certificate last reloaded into the services.
 pub const CERT_WATCH_STATE: &str = "data/.cert-watch-state.json";
 /// Pid file of a running certificate watcher.
@@ -98,6 +102,10 @@ impl Deployment {
 
     pub fn vmail_marker(&self) -> PathBuf {
         self.path(VMAIL_MARKER)
+    }
+
+    pub fn self_signed_dir(&self) -> PathBuf {
+        self.path(SELF_SIGNED_DIR)
     }
 
     pub fn acme_dir(&self) -> PathBuf {

@@ -18,6 +18,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::compose;
 use crate::deployment::Env;
+use crate::relay::TlsMode;
 use crate::Context;
 
 /// The appliance's documented mount for ACME state.
@@ -40,7 +41,18 @@ pub struct Target {
     pub origin: String,
     /// Ancestors above this are not watched (see [`Walk::floor`]).
     pub floor: Option<PathBuf>,
+    /// The certificate and key files when the relay's TLS mode names them
+    /// (self-signed, `tls_external_cert_and_key`); otherwise the usual
+    /// names are looked for in `dir`.
+    pub files: Option<(PathBuf, PathBuf)>,
 }
+
+/// Where the appliance keeps the self-signed certificate (`_` domains, IP
+/// addresses): the relay's `/etc/ssl/certs/mailserver.pem` and
+/// `/etc/ssl/private/mailserver.key` link here (docker/Dockerfile).
+pub const SELF_SIGNED_CONTAINER: &str = "/var/lib/chatmail-docker/tls";
+pub const SELF_SIGNED_CERT: &str = "mailserver.pem";
+pub const SELF_SIGNED_KEY: &str = "mailserver.key";
 
 /// Lexically normalise an absolute path (`a/./b/../c` -> `a/c`).
 pub fn normalize(p: &Path) -> PathBuf {
@@ -191,11 +203,38 @@ pub fn locate(ctx: &Context, path: Option<&Path>, env: &Env) -> Result<Target> {
             mounts: Vec::new(),
             origin: "--path".into(),
             floor,
+            files: None,
         });
     }
     let domain = env.get("MAIL_DOMAIN").filter(|d| !d.is_empty());
-    let container_path = match env.get("PATH_TO_SSL").filter(|p| !p.is_empty()) {
+    let explicit_path = env.get("PATH_TO_SSL").filter(|p| !p.is_empty());
+    // Without PATH_TO_SSL, follow the relay's TLS mode.
+    let mode = TlsMode::from_env(env);
+    if explicit_path.is_none() {
+        if let Some(TlsMode::External { cert, key }) = &mode {
+            // Host paths: the appliance mounts them at the same place.
+            let (cert, key) = (PathBuf::from(cert), PathBuf::from(key));
+            if !cert.is_absolute() || !key.is_absolute() {
+                return Err(crate::error::usage(format!(
+                    "tls_external_cert_and_key (TLS_EXTERNAL_CERT_AND_KEY in {}) must name two absolute paths: CERT KEY",
+                    ctx.deployment.env_file().display()
+                )));
+            }
+            let dir = normalize(cert.parent().unwrap_or(Path::new("/")));
+            let floor = dir.parent().and_then(Path::parent).map(Path::to_path_buf);
+            return Ok(Target {
+                dir,
+                mounts: Vec::new(),
+                origin: "tls_external_cert_and_key".into(),
+                floor,
+                files: Some((normalize(&cert), normalize(&key))),
+            });
+        }
+    }
+    let self_signed = explicit_path.is_none() && mode == Some(TlsMode::SelfSigned);
+    let container_path = match explicit_path {
         Some(p) => p.clone(),
+        None if self_signed => SELF_SIGNED_CONTAINER.to_string(),
         None => match domain {
             Some(d) => format!("{DEFAULT_ACME_CONTAINER}/live/{d}"),
             None => {
@@ -235,16 +274,23 @@ pub fn locate(ctx: &Context, path: Option<&Path>, env: &Env) -> Result<Target> {
         ),
         None => {
             ctx.shell.verbose(format!(
-                "using the appliance's default mount {} <-> {DEFAULT_ACME_CONTAINER}",
-                ctx.deployment.acme_dir().display()
+                "using the appliance's default mounts {} <-> {DEFAULT_ACME_CONTAINER}, {} <-> {SELF_SIGNED_CONTAINER}",
+                ctx.deployment.acme_dir().display(),
+                ctx.deployment.self_signed_dir().display()
             ));
             (
-                vec![Mount {
-                    container: PathBuf::from(DEFAULT_ACME_CONTAINER),
-                    host: ctx.deployment.acme_dir(),
-                }],
+                vec![
+                    Mount {
+                        container: PathBuf::from(DEFAULT_ACME_CONTAINER),
+                        host: ctx.deployment.acme_dir(),
+                    },
+                    Mount {
+                        container: PathBuf::from(SELF_SIGNED_CONTAINER),
+                        host: ctx.deployment.self_signed_dir(),
+                    },
+                ],
                 Vec::new(),
-                "the default mount data/chatmail-acme (docker compose config unavailable)",
+                "the default mounts under data/ (docker compose config unavailable)",
             )
         }
     };
@@ -277,11 +323,17 @@ pub fn locate(ctx: &Context, path: Option<&Path>, env: &Env) -> Result<Target> {
         .filter(|m| dir.starts_with(&m.host))
         .max_by_key(|m| m.host.components().count())
         .and_then(|m| m.host.parent().map(Path::to_path_buf));
+    let files = self_signed.then(|| (dir.join(SELF_SIGNED_CERT), dir.join(SELF_SIGNED_KEY)));
     Ok(Target {
+        origin: if self_signed {
+            format!("the self-signed certificate ({container_path}) via {origin}")
+        } else {
+            format!("PATH_TO_SSL={container_path} via {origin}")
+        },
         dir,
         mounts,
-        origin: format!("PATH_TO_SSL={container_path} via {origin}"),
         floor,
+        files,
     })
 }
 

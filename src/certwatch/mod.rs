@@ -221,7 +221,14 @@ pub fn check(t: &Target) -> (Check, Walk) {
         Ok(Some(real)) if real.is_file() => Some(real),
         _ => None,
     };
-    let found = material::find_files(&t.dir, &mut exists);
+    let found = match &t.files {
+        Some((cert, key)) => match (exists(cert), exists(key)) {
+            (Some(c), Some(k)) => Ok((vec![c], k)),
+            (None, _) => Err(format!("no certificate at {}", cert.display())),
+            (_, None) => Err(format!("no private key at {}", key.display())),
+        },
+        None => material::find_files(&t.dir, &mut exists),
+    };
     let (certs, key) = match found {
         Ok(f) => f,
         Err(why) => return (Check::Missing(why), walk),

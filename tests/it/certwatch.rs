@@ -660,3 +660,83 @@ fn path_to_ssl_is_mapped_through_the_compose_volumes() {
         "{err}"
     );
 }
+
+/// `cert-watch --once` with recorded reloads in `d`, no --path: where the
+/// certificate is comes from `.env` alone.
+fn once_from_env(d: &Deploy) -> std::process::Output {
+    d.cmd()
+        .args(["cert-watch", "--once", "--no-verify", "--reload-command"])
+        .arg(d.record_cmd())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn self_signed_mode_watches_the_appliance_s_own_certificate() {
+    // `_` domains (and IP addresses) run the relay with a self-signed
+    // certificate, which the appliance keeps in data/chatmail-state/tls.
+    let d = Deploy::new("");
+    let domain = "_chat.example.org";
+    fs::write(d.path(".env"), format!("MAIL_DOMAIN={domain}\n")).unwrap();
+    let p = pair_for(&[domain, &format!("www.{domain}")]);
+    let tls = d.path("data/chatmail-state/tls");
+    fs::create_dir_all(&tls).unwrap();
+    put(&tls.join("mailserver.key"), &p.key);
+    let out = once_from_env(&d);
+    assert_eq!(out.status.code(), Some(1), "no certificate yet");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("mailserver.pem"),
+        "names the missing file: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    put(&tls.join("mailserver.pem"), &p.cert);
+    assert_ok(&once_from_env(&d));
+    assert_eq!(d.reloaded_leaves(), vec![p.leaf.clone()]);
+}
+
+#[test]
+fn tls_external_cert_and_key_are_watched_where_they_are() {
+    let d = Deploy::new("");
+    let outside = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        outside.path().join("certs/fullchain.pem"),
+        outside.path().join("keys/relay.key"),
+    );
+    fs::create_dir_all(cert.parent().unwrap()).unwrap();
+    fs::create_dir_all(key.parent().unwrap()).unwrap();
+    let p = pair();
+    put(&cert, &p.cert);
+    put(&key, &p.key);
+    fs::write(
+        d.path(".env"),
+        format!(
+            "MAIL_DOMAIN={DOMAIN}\nTLS_EXTERNAL_CERT_AND_KEY='{} {}'\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    assert_ok(&once_from_env(&d));
+    assert_eq!(d.reloaded_leaves(), vec![p.leaf.clone()]);
+    // A renewal of the files is applied.
+    let q = pair();
+    put(&cert, &q.cert);
+    put(&key, &q.key);
+    assert_ok(&once_from_env(&d));
+    assert_eq!(d.reloaded_leaves(), vec![p.leaf.clone(), q.leaf.clone()]);
+
+    fs::write(
+        d.path(".env"),
+        format!(
+            "MAIL_DOMAIN={DOMAIN}\nTLS_EXTERNAL_CERT_AND_KEY=certs/fullchain.pem keys/relay.key\n"
+        ),
+    )
+    .unwrap();
+    let out = once_from_env(&d);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("absolute paths"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
