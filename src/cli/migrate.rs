@@ -33,3 +33,16 @@ pub struct MigrateArgs {
     #[arg(long, conflicts_with_all = ["mount_vmail", "start", "presync_only"])]
     pub rollback: bool,
 }
+
+impl From<&MigrateArgs> for crate::migrate::Options {
+    fn from(a: &MigrateArgs) -> Self {
+        crate::migrate::Options {
+            ini: a.ini.clone(),
+            mount_vmail: a.mount_vmail,
+            yes: a.yes,
+            start: a.start,
+            presync_only: a.presync_only,
+            rollback: a.rollback,
+        }
+    }
+}

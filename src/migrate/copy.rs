@@ -553,14 +553,61 @@ pub fn sync(src: &Tree, dst_root: &Path, dry: bool) -> Result<Stats> {
 pub fn sync_trees(src: &Tree, dst: &Tree, dry: bool, progress: &ProgressBar) -> Result<Stats> {
     let dst_root = dst.root.as_path();
     let mut stats = Stats::default();
+    let (pairs, removed) = pair(src, dst);
+    let job = Job {
+        src,
+        dst_root,
+        dry,
+        c: Counters::default(),
+    };
 
-    // Pair every source entry with the destination entry at the same path:
-    // both walks are in tree order, so a merge join does it without hashing.
-    // Destination entries without a partner of the same kind are deleted;
-    // tree order puts a directory right before its contents, so only the
-    // top of a removed subtree is listed.
+    // 1. Deletions.
+    stats.deleted = removed.len() as u64;
+    job.delete(&removed)?;
+    // 2. Directories, parents first.
+    stats.dirs_created = job.create_dirs(&pairs)?;
+    // 3. Files (first of each hard-link group) and symlinks, in parallel.
+    let (singles, links) = group(&pairs, &mut stats.special, src);
+    job.copy_files(&singles, progress)?;
+    let c = &job.c;
+    let files_changed = c.files_copied.load(Ordering::Relaxed)
+        + c.symlinks.load(Ordering::Relaxed)
+        + c.vanished.load(Ordering::Relaxed)
+        > 0;
+    // 4. Hard links to the copied first paths.
+    job.link(&links, files_changed)?;
+    let anything_changed = files_changed
+        || stats.deleted + stats.dirs_created + c.hardlinks.load(Ordering::Relaxed) > 0;
+    // 5. Directory metadata, after all their contents changed.
+    job.set_dir_metas(&pairs, anything_changed)?;
+
+    let c = job.c;
+    stats.files_copied = c.files_copied.into_inner();
+    stats.bytes_copied = c.bytes_copied.into_inner();
+    stats.hardlinks = c.hardlinks.into_inner();
+    stats.symlinks = c.symlinks.into_inner();
+    stats.dirs_updated = c.dirs_updated.into_inner();
+    stats.unchanged = c.unchanged.into_inner();
+    stats.vanished = c.vanished.into_inner();
+    Ok(stats)
+}
+
+/// A source entry and the metadata of the destination entry of the same
+/// kind at its path, if there is one.
+type Pair<'a> = (&'a Entry, Option<&'a Metadata>);
+/// The first path of a hard-link group and its destination metadata.
+type First<'a> = (&'a Path, Option<&'a Metadata>);
+/// A further path of a hard-link group, with the group's first path.
+type Link<'a> = (&'a Entry, Option<&'a Metadata>, First<'a>);
+
+/// Pair every source entry with the destination entry at the same path:
+/// both walks are in tree order, so a merge join does it without hashing.
+/// Destination entries without a partner of the same kind are to be
+/// deleted (the second list); tree order puts a directory right before its
+/// contents, so only the top of a removed subtree is listed.
+fn pair<'a>(src: &'a Tree, dst: &'a Tree) -> (Vec<Pair<'a>>, Vec<&'a Entry>) {
     let (s, d) = (&src.entries, &dst.entries);
-    let mut pairs: Vec<(&Entry, Option<&Metadata>)> = Vec::with_capacity(s.len());
+    let mut pairs: Vec<Pair> = Vec::with_capacity(s.len());
     let mut removed: Vec<&Entry> = Vec::new();
     fn remove<'a>(e: &'a Entry, removed: &mut Vec<&'a Entry>) {
         if !e.rel.as_os_str().is_empty()
@@ -599,42 +646,22 @@ pub fn sync_trees(src: &Tree, dst: &Tree, dry: bool, progress: &ProgressBar) -> 
             }
         }
     }
+    (pairs, removed)
+}
 
-    // 1. Deletions.
-    stats.deleted = removed.len() as u64;
-    if !dry {
-        let errors = Errors::default();
-        removed.par_iter().for_each(|e| {
-            if let Err(err) = remove_any(&dst_root.join(&e.rel), &e.meta) {
-                errors.push(err);
-            }
-        });
-        errors.finish()?;
-    }
-
-    // 2. Directories, parents first.
-    for (e, dm) in &pairs {
-        if kind(&e.meta) == Kind::Dir && dm.is_none() {
-            stats.dirs_created += 1;
-            if !dry {
-                let p = dst_root.join(&e.rel);
-                match fs::create_dir(&p) {
-                    Ok(()) => {}
-                    Err(err) if err.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => {}
-                    Err(err) => {
-                        return Err(err).with_context(|| format!("cannot create {}", p.display()))
-                    }
-                }
-            }
-        }
-    }
-
-    // 3. Files (first of each hard-link group) and symlinks, in parallel.
-    type First<'a> = (&'a Path, Option<&'a Metadata>);
+/// Split the files and symlinks to copy into those copied on their own
+/// (the first path of each hard-link group included) and the further paths
+/// of hard-link groups, each with its group's first path. Sockets, fifos
+/// and devices are listed in `special`.
+fn group<'a>(
+    pairs: &[Pair<'a>],
+    special: &mut Vec<PathBuf>,
+    src: &Tree,
+) -> (Vec<Pair<'a>>, Vec<Link<'a>>) {
     let mut primaries: HashMap<(u64, u64), First> = HashMap::new();
-    let mut singles: Vec<(&Entry, Option<&Metadata>)> = Vec::new();
-    let mut links: Vec<(&Entry, Option<&Metadata>, First)> = Vec::new();
-    for &(e, dm) in &pairs {
+    let mut singles: Vec<Pair> = Vec::new();
+    let mut links = Vec::new();
+    for &(e, dm) in pairs {
         match kind(&e.meta) {
             Kind::File if e.meta.nlink() > 1 => {
                 let key = (e.meta.dev(), e.meta.ino());
@@ -647,159 +674,204 @@ pub fn sync_trees(src: &Tree, dst: &Tree, dry: bool, progress: &ProgressBar) -> 
                 }
             }
             Kind::File | Kind::Symlink => singles.push((e, dm)),
-            Kind::Special => stats.special.push(src.root.join(&e.rel)),
+            Kind::Special => special.push(src.root.join(&e.rel)),
             Kind::Dir => {}
         }
     }
-    let c = Counters::default();
-    let errors = Errors::default();
-    singles.par_iter().for_each(|&(e, dm)| {
-        // Paths are joined only when needed: most files of a re-run are
-        // unchanged, and the metadata comparison needs none.
-        let paths = || (src.root.join(&e.rel), dst_root.join(&e.rel));
-        let unchanged = match (kind(&e.meta), dm) {
-            (Kind::File, Some(dm)) => same_file(&e.meta, dm),
-            (Kind::Symlink, Some(dm)) => {
-                let (s, d) = paths();
-                same_symlink(&s, &e.meta, &d, dm)
-            }
-            _ => false,
-        };
-        if unchanged {
-            c.unchanged.fetch_add(1, Ordering::Relaxed);
-            return;
+    (singles, links)
+}
+
+/// One sync's inputs and counters, shared by its passes.
+struct Job<'a> {
+    src: &'a Tree,
+    dst_root: &'a Path,
+    dry: bool,
+    c: Counters,
+}
+
+impl Job<'_> {
+    /// Pass 1: delete what the source no longer has.
+    fn delete(&self, removed: &[&Entry]) -> Result<()> {
+        if self.dry {
+            return Ok(());
         }
-        if dry {
-            if kind(&e.meta) == Kind::File {
-                c.files_copied.fetch_add(1, Ordering::Relaxed);
-                c.bytes_copied.fetch_add(e.meta.len(), Ordering::Relaxed);
-            } else {
-                c.symlinks.fetch_add(1, Ordering::Relaxed);
+        let errors = Errors::default();
+        removed.par_iter().for_each(|e| {
+            if let Err(err) = remove_any(&self.dst_root.join(&e.rel), &e.meta) {
+                errors.push(err);
             }
-            return;
+        });
+        errors.finish()
+    }
+
+    /// Pass 2: create the missing directories, parents first; returns how
+    /// many.
+    fn create_dirs(&self, pairs: &[Pair]) -> Result<u64> {
+        let mut created = 0;
+        for (e, dm) in pairs {
+            if kind(&e.meta) == Kind::Dir && dm.is_none() {
+                created += 1;
+                if !self.dry {
+                    let p = self.dst_root.join(&e.rel);
+                    match fs::create_dir(&p) {
+                        Ok(()) => {}
+                        Err(err) if err.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => {}
+                        Err(err) => {
+                            return Err(err)
+                                .with_context(|| format!("cannot create {}", p.display()))
+                        }
+                    }
+                }
+            }
         }
-        let (s, d) = paths();
-        let r = if kind(&e.meta) == Kind::File {
-            copy_file(&s, &d, &e.meta)
-        } else {
-            copy_symlink(&s, &d, &e.meta)
-        };
-        match r {
-            Ok(Copied::Vanished) => {
-                c.vanished.fetch_add(1, Ordering::Relaxed);
+        Ok(created)
+    }
+
+    /// Pass 3: copy the files and symlinks that differ, in parallel.
+    fn copy_files(&self, singles: &[Pair], progress: &ProgressBar) -> Result<()> {
+        let (src, dst_root, c) = (self.src, self.dst_root, &self.c);
+        let errors = Errors::default();
+        singles.par_iter().for_each(|&(e, dm)| {
+            // Paths are joined only when needed: most files of a re-run are
+            // unchanged, and the metadata comparison needs none.
+            let paths = || (src.root.join(&e.rel), dst_root.join(&e.rel));
+            let unchanged = match (kind(&e.meta), dm) {
+                (Kind::File, Some(dm)) => same_file(&e.meta, dm),
+                (Kind::Symlink, Some(dm)) => {
+                    let (s, d) = paths();
+                    same_symlink(&s, &e.meta, &d, dm)
+                }
+                _ => false,
+            };
+            if unchanged {
+                c.unchanged.fetch_add(1, Ordering::Relaxed);
+                return;
             }
-            Ok(Copied::Bytes(n)) => {
+            if self.dry {
                 if kind(&e.meta) == Kind::File {
                     c.files_copied.fetch_add(1, Ordering::Relaxed);
-                    c.bytes_copied.fetch_add(n, Ordering::Relaxed);
-                    progress.inc(n);
+                    c.bytes_copied.fetch_add(e.meta.len(), Ordering::Relaxed);
                 } else {
                     c.symlinks.fetch_add(1, Ordering::Relaxed);
                 }
-            }
-            Err(err) => errors.push(err),
-        }
-    });
-    errors.finish()?;
-    let files_changed = c.files_copied.load(Ordering::Relaxed)
-        + c.symlinks.load(Ordering::Relaxed)
-        + c.vanished.load(Ordering::Relaxed)
-        > 0;
-
-    // 4. Hard links to the copied first paths. When no file was rewritten,
-    //    the walked inode numbers are still current and nothing is stat'ed.
-    let errors = Errors::default();
-    links.par_iter().for_each(|&(e, dm, (first, first_dm))| {
-        let d = dst_root.join(&e.rel);
-        let target = dst_root.join(first);
-        let fresh = !dry && files_changed;
-        let target_meta = if fresh {
-            fs::symlink_metadata(&target).ok()
-        } else {
-            first_dm.cloned()
-        };
-        let linked = match (dm, &target_meta) {
-            (Some(_), Some(tm)) if fresh => {
-                fs::symlink_metadata(&d).is_ok_and(|m| m.ino() == tm.ino() && m.dev() == tm.dev())
-            }
-            (Some(dm), Some(tm)) => {
-                dm.ino() == tm.ino() && dm.dev() == tm.dev() && (dry || same_file(&e.meta, tm))
-            }
-            _ => false,
-        };
-        if linked {
-            c.unchanged.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        c.hardlinks.fetch_add(1, Ordering::Relaxed);
-        if dry {
-            return;
-        }
-        let target_meta = match target_meta {
-            Some(m) => Some(m),
-            None => fs::symlink_metadata(&target).ok(),
-        };
-        if target_meta.is_none() {
-            // The first path vanished at the source during a live pre-sync.
-            c.vanished.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let tmp = tmp_name(&d);
-        let r = fs::hard_link(&target, &tmp)
-            .with_context(|| format!("cannot link {} to {}", tmp.display(), target.display()))
-            .and_then(|_| {
-                fs::rename(&tmp, &d)
-                    .with_context(|| format!("cannot rename {} to {}", tmp.display(), d.display()))
-            });
-        if let Err(err) = r {
-            let _ = fs::remove_file(&tmp);
-            errors.push(err);
-        }
-    });
-    errors.finish()?;
-    let anything_changed = files_changed
-        || stats.deleted + stats.dirs_created + c.hardlinks.load(Ordering::Relaxed) > 0;
-
-    // 5. Directory metadata, after all their contents changed. When nothing
-    //    changed inside, the walked metadata is still current.
-    let errors = Errors::default();
-    pairs
-        .par_iter()
-        .filter(|(e, _)| kind(&e.meta) == Kind::Dir)
-        .for_each(|&(e, dm)| {
-            let d = || dst_root.join(&e.rel);
-            let current = if !dry && anything_changed {
-                fs::symlink_metadata(d()).ok()
-            } else {
-                dm.cloned()
-            };
-            let ok = current.as_ref().is_some_and(|m| {
-                same_owner_mode(&e.meta, m)
-                    && m.mtime() == e.meta.mtime()
-                    && m.mtime_nsec() == e.meta.mtime_nsec()
-            });
-            if ok {
                 return;
             }
-            if dm.is_some() {
-                c.dirs_updated.fetch_add(1, Ordering::Relaxed);
-            }
-            if !dry {
-                if let Err(err) = set_dir_meta(&src.root.join(&e.rel), &d(), &e.meta) {
-                    errors.push(err);
+            let (s, d) = paths();
+            let r = if kind(&e.meta) == Kind::File {
+                copy_file(&s, &d, &e.meta)
+            } else {
+                copy_symlink(&s, &d, &e.meta)
+            };
+            match r {
+                Ok(Copied::Vanished) => {
+                    c.vanished.fetch_add(1, Ordering::Relaxed);
                 }
+                Ok(Copied::Bytes(n)) => {
+                    if kind(&e.meta) == Kind::File {
+                        c.files_copied.fetch_add(1, Ordering::Relaxed);
+                        c.bytes_copied.fetch_add(n, Ordering::Relaxed);
+                        progress.inc(n);
+                    } else {
+                        c.symlinks.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(err) => errors.push(err),
             }
         });
-    errors.finish()?;
+        errors.finish()
+    }
 
-    stats.files_copied = c.files_copied.into_inner();
-    stats.bytes_copied = c.bytes_copied.into_inner();
-    stats.hardlinks = c.hardlinks.into_inner();
-    stats.symlinks = c.symlinks.into_inner();
-    stats.dirs_updated = c.dirs_updated.into_inner();
-    stats.unchanged = c.unchanged.into_inner();
-    stats.vanished = c.vanished.into_inner();
-    Ok(stats)
+    /// Pass 4: hard links to the copied first paths. When no file was
+    /// rewritten (`files_changed`), the walked inode numbers are still
+    /// current and nothing is stat'ed.
+    fn link(&self, links: &[Link], files_changed: bool) -> Result<()> {
+        let (dst_root, c, dry) = (self.dst_root, &self.c, self.dry);
+        let errors = Errors::default();
+        links.par_iter().for_each(|&(e, dm, (first, first_dm))| {
+            let d = dst_root.join(&e.rel);
+            let target = dst_root.join(first);
+            let fresh = !dry && files_changed;
+            let target_meta = if fresh {
+                fs::symlink_metadata(&target).ok()
+            } else {
+                first_dm.cloned()
+            };
+            let linked = match (dm, &target_meta) {
+                (Some(_), Some(tm)) if fresh => fs::symlink_metadata(&d)
+                    .is_ok_and(|m| m.ino() == tm.ino() && m.dev() == tm.dev()),
+                (Some(dm), Some(tm)) => {
+                    dm.ino() == tm.ino() && dm.dev() == tm.dev() && (dry || same_file(&e.meta, tm))
+                }
+                _ => false,
+            };
+            if linked {
+                c.unchanged.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            c.hardlinks.fetch_add(1, Ordering::Relaxed);
+            if dry {
+                return;
+            }
+            let target_meta = match target_meta {
+                Some(m) => Some(m),
+                None => fs::symlink_metadata(&target).ok(),
+            };
+            if target_meta.is_none() {
+                // The first path vanished at the source during a live pre-sync.
+                c.vanished.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let tmp = tmp_name(&d);
+            let r = fs::hard_link(&target, &tmp)
+                .with_context(|| format!("cannot link {} to {}", tmp.display(), target.display()))
+                .and_then(|_| {
+                    fs::rename(&tmp, &d).with_context(|| {
+                        format!("cannot rename {} to {}", tmp.display(), d.display())
+                    })
+                });
+            if let Err(err) = r {
+                let _ = fs::remove_file(&tmp);
+                errors.push(err);
+            }
+        });
+        errors.finish()
+    }
+
+    /// Pass 5: directory metadata, after all their contents changed. When
+    /// nothing changed inside (`anything_changed`), the walked metadata is
+    /// still current.
+    fn set_dir_metas(&self, pairs: &[Pair], anything_changed: bool) -> Result<()> {
+        let (src, dst_root, c, dry) = (self.src, self.dst_root, &self.c, self.dry);
+        let errors = Errors::default();
+        pairs
+            .par_iter()
+            .filter(|(e, _)| kind(&e.meta) == Kind::Dir)
+            .for_each(|&(e, dm)| {
+                let d = || dst_root.join(&e.rel);
+                let current = if !dry && anything_changed {
+                    fs::symlink_metadata(d()).ok()
+                } else {
+                    dm.cloned()
+                };
+                let ok = current.as_ref().is_some_and(|m| {
+                    same_owner_mode(&e.meta, m)
+                        && m.mtime() == e.meta.mtime()
+                        && m.mtime_nsec() == e.meta.mtime_nsec()
+                });
+                if ok {
+                    return;
+                }
+                if dm.is_some() {
+                    c.dirs_updated.fetch_add(1, Ordering::Relaxed);
+                }
+                if !dry {
+                    if let Err(err) = set_dir_meta(&src.root.join(&e.rel), &d(), &e.meta) {
+                        errors.push(err);
+                    }
+                }
+            });
+        errors.finish()
+    }
 }
 
 /// Flush everything written to the filesystem holding `path` (one `syncfs`

@@ -42,7 +42,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::cli::migrate::MigrateArgs;
 use crate::{error, ini2env, Context};
 use copy::{Totals, Tree};
 use plan::{human, Source};
@@ -68,18 +67,100 @@ struct Found {
     owner: SourceOwner,
 }
 
-pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
-    if args.rollback {
-        return rollback::run(ctx, args.yes);
+/// What `migrate` was asked to do, built by the command line
+/// (`crate::cli::migrate`); nothing here knows how it was parsed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// The bare-metal `chatmail.ini`, when not at [`DEFAULT_INI`].
+    pub ini: Option<PathBuf>,
+    /// Bind-mount `/home/vmail` instead of copying the mail.
+    pub mount_vmail: bool,
+    /// Confirmed in advance (`--yes`).
+    pub yes: bool,
+    /// Start the container once migrated.
+    pub start: bool,
+    /// Copy while the relay runs, stop nothing.
+    pub presync_only: bool,
+    /// Undo: bring the bare-metal relay back.
+    pub rollback: bool,
+}
+
+pub fn run(ctx: &Context, opts: impl Into<Options>) -> Result<()> {
+    let opts = &opts.into();
+    if opts.rollback {
+        return rollback::run(ctx, opts.yes);
     }
     let state_file = state::path(&ctx.dir);
     let mut st = State::load(&state_file)?;
-    if args.start {
+    if opts.start {
         // Found out now, not after the relay has been stopped.
         crate::compose::require_compose_file(ctx)?;
     }
+    let ini = find_ini(ctx, opts)?;
 
-    let ini = match &args.ini {
+    // 1. The plan.
+    let found = scan(ctx, opts, &st)?;
+    let unit_states = units::query(ctx)?;
+    let free = plan::free_at(&ctx.path("data"))?;
+    let need = sum(found.iter().map(|f| f.totals));
+    let already = sum(found.iter().map(|f| f.already));
+    let space = plan::check_space(&need, &already, free);
+    print_plan(ctx, opts, &ini, &found, &unit_states, free, &st);
+    if let Err(msg) = space {
+        return Err(error::preflight(msg));
+    }
+    if ctx.dry_run {
+        ctx.shell.note("dry run: nothing was changed");
+        return Ok(());
+    }
+    if st.phase == Phase::Done {
+        return already_done(ctx, opts, &found);
+    }
+    if opts.presync_only && st.phase == Phase::Stopped {
+        return Err(error::usage(
+            "an earlier run already stopped the relay's units: run `migrate` without \
+             --presync-only to finish, or `migrate --rollback` to restart the old relay",
+        ));
+    }
+
+    // 2. Confirmation.
+    confirm(ctx, opts)?;
+
+    // 3. The config.
+    convert_config(ctx, &ini)?;
+
+    // 4. Pre-sync while the relay runs.
+    claim(ctx, opts, &mut st, &state_file, &found)?;
+    if st.phase != Phase::Stopped {
+        presync(ctx, &mut st, &state_file, &found)?;
+        if opts.presync_only {
+            ctx.shell.out(
+                "Pre-sync done; the relay keeps running. Run `migrate` again (without \
+                 --presync-only) to stop it and switch over.",
+            );
+            return Ok(());
+        }
+    } else {
+        ctx.shell
+            .note("resuming: the units are already stopped, continuing with the final sync");
+    }
+
+    // 5.-7. Stop, final sync, verify.
+    switch_over(ctx, &mut st, &state_file, &found, &unit_states)?;
+
+    // 8. Start.
+    if opts.start {
+        crate::compose::up(ctx, &Default::default())?;
+    } else {
+        ctx.shell
+            .note("start the container with `chatmail-docker up`");
+    }
+    Ok(())
+}
+
+/// The bare-metal `chatmail.ini`: `--ini`, or the relay's default path.
+fn find_ini(ctx: &Context, opts: &Options) -> Result<PathBuf> {
+    let ini = match &opts.ini {
         Some(p) => p.clone(),
         None => ctx.host.path(DEFAULT_INI),
     };
@@ -90,10 +171,14 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
             ini.display()
         )));
     }
+    Ok(ini)
+}
 
-    // Scan the sources and check the destinations.
+/// Walk every source tree (and the destination, when an earlier run made
+/// it) and check that the destinations may be written.
+fn scan(ctx: &Context, opts: &Options, st: &State) -> Result<Vec<Found>> {
     let mut found = Vec::new();
-    for source in plan::sources(args.mount_vmail) {
+    for source in plan::sources(opts.mount_vmail) {
         let host = ctx.host.path(source.host_path);
         if !host.is_dir() {
             if source.required {
@@ -111,7 +196,7 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
             continue;
         }
         let dest = ctx.path(source.dest);
-        check_destination(&dest, source.dest, &st)?;
+        check_destination(&dest, source.dest, st)?;
         // Both walks at once: each is parallel, but small directories leave
         // cores idle that the other walk can use.
         let owned = st.owns(source.dest);
@@ -158,7 +243,7 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
             owner,
         });
     }
-    if args.mount_vmail {
+    if opts.mount_vmail {
         let vmail = ctx.host.path("/home/vmail");
         if !vmail.is_dir() {
             return Err(error::preflight(format!(
@@ -168,36 +253,12 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
             )));
         }
     }
+    Ok(found)
+}
 
-    let unit_states = units::query(ctx)?;
-    let free = plan::free_at(&ctx.path("data"))?;
-    let need = sum(found.iter().map(|f| f.totals));
-    let already = sum(found.iter().map(|f| f.already));
-    let space = plan::check_space(&need, &already, free);
-
-    print_plan(ctx, args, &ini, &found, &unit_states, free, &st);
-    if let Err(msg) = space {
-        return Err(error::preflight(msg));
-    }
-    if ctx.dry_run {
-        ctx.shell.note("dry run: nothing was changed");
-        return Ok(());
-    }
-
-    if st.phase == Phase::Done {
-        return already_done(ctx, args, &found);
-    }
-
-    if args.presync_only && st.phase == Phase::Stopped {
-        return Err(error::usage(
-            "an earlier run already stopped the relay's units: run `migrate` without \
-             --presync-only to finish, or `migrate --rollback` to restart the old relay",
-        ));
-    }
-    confirm(ctx, args)?;
-
-    // Config.
-    let report = ini2env::sync_env(ctx, &ini, &ctx.path(".env"), &ini2env::Options::default())
+/// `chatmail.ini` -> `.env`.
+fn convert_config(ctx: &Context, ini: &Path) -> Result<()> {
+    let report = ini2env::sync_env(ctx, ini, &ctx.path(".env"), &ini2env::Options::default())
         .with_context(|| format!("cannot convert {} into .env", ini.display()))?;
     for line in &report.lines {
         ctx.shell.verbose(line);
@@ -210,18 +271,28 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
             ".env already up to date".to_string()
         },
     );
+    Ok(())
+}
 
-    // Claim the destinations before writing into them.
+/// Claim the destinations (and record the source owners) before writing
+/// into them.
+fn claim(
+    ctx: &Context,
+    opts: &Options,
+    st: &mut State,
+    state_file: &Path,
+    found: &[Found],
+) -> Result<()> {
     std::fs::create_dir_all(ctx.path("data"))
         .with_context(|| format!("cannot create {}", ctx.path("data").display()))?;
-    for f in &found {
+    for f in found {
         if !st.owns(f.source.dest) {
             st.created.push(f.source.dest.to_string());
         }
         st.source_owners.retain(|o| o.source != f.owner.source);
         st.source_owners.push(f.owner.clone());
     }
-    if args.mount_vmail {
+    if opts.mount_vmail {
         crate::host::write_atomic(
             &ctx.path(MOUNT_VMAIL_MARKER),
             b"# /home/vmail is bind-mounted from the host (chatmail-docker migrate --mount-vmail)\n",
@@ -238,48 +309,47 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
             });
         }
     }
-    st.save(&state_file)?;
+    st.save(state_file)
+}
 
-    // Pre-sync while the relay runs.
-    if st.phase != Phase::Stopped {
-        st.phase = Phase::Presync;
-        st.save(&state_file)?;
-        for f in &found {
-            let t = Instant::now();
-            let bar = progress(ctx, f.totals.bytes.saturating_sub(f.already.bytes));
-            let stats = copy::sync_trees(&f.tree, &f.dest_tree, false, &bar)
-                .with_context(|| format!("pre-sync of {} failed", f.source.host_path))?;
-            bar.finish_and_clear();
-            // On disk before the relay stops, so the downtime does not pay
-            // for flushing the bulk of the data.
-            if stats.changed() {
-                copy::flush(&f.dest)?;
-            }
-            report_sync(ctx, "Pre-synced", f, &stats, t.elapsed());
-            if !st.presynced.iter().any(|p| p == f.source.dest) {
-                st.presynced.push(f.source.dest.to_string());
-            }
+/// The bulk of the copying, while the relay still runs.
+fn presync(ctx: &Context, st: &mut State, state_file: &Path, found: &[Found]) -> Result<()> {
+    st.phase = Phase::Presync;
+    st.save(state_file)?;
+    for f in found {
+        let t = Instant::now();
+        let bar = progress(ctx, f.totals.bytes.saturating_sub(f.already.bytes));
+        let stats = copy::sync_trees(&f.tree, &f.dest_tree, false, &bar)
+            .with_context(|| format!("pre-sync of {} failed", f.source.host_path))?;
+        bar.finish_and_clear();
+        // On disk before the relay stops, so the downtime does not pay
+        // for flushing the bulk of the data.
+        if stats.changed() {
+            copy::flush(&f.dest)?;
         }
-        st.save(&state_file)?;
-        if args.presync_only {
-            ctx.shell.out(
-                "Pre-sync done; the relay keeps running. Run `migrate` again (without \
-                 --presync-only) to stop it and switch over.",
-            );
-            return Ok(());
+        report_sync(ctx, "Pre-synced", f, &stats, t.elapsed());
+        if !st.presynced.iter().any(|p| p == f.source.dest) {
+            st.presynced.push(f.source.dest.to_string());
         }
-    } else {
-        ctx.shell
-            .note("resuming: the units are already stopped, continuing with the final sync");
     }
+    st.save(state_file)
+}
 
-    // Downtime starts here.
+/// The downtime: stop and disable the units, copy what changed since the
+/// pre-sync, verify everything.
+fn switch_over(
+    ctx: &Context,
+    st: &mut State,
+    state_file: &Path,
+    found: &[Found],
+    unit_states: &[UnitState],
+) -> Result<()> {
     let down = Instant::now();
-    stop_units(ctx, &mut st, &state_file, &unit_states)?;
+    stop_units(ctx, st, state_file, unit_states)?;
     let stopped_in = down.elapsed();
 
     let mut total = copy::Stats::default();
-    for f in &found {
+    for f in found {
         let t = Instant::now();
         let tree = copy::walk(&f.host, false)?;
         let stats = copy::sync(&tree, &f.dest, false)
@@ -292,7 +362,7 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
     }
     let downtime = down.elapsed();
     st.downtime_secs = Some(downtime.as_secs_f64());
-    st.save(&state_file)?;
+    st.save(state_file)?;
     ctx.shell.out(format!(
         "Downtime so far: {} (stopping units {}, final sync {}); {} files copied in the final sync.",
         secs(downtime),
@@ -301,20 +371,14 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<()> {
         total.files_copied + total.hardlinks + total.symlinks
     ));
 
-    verify_all(ctx, &found)?;
+    verify_all(ctx, found)?;
     st.phase = Phase::Done;
-    st.save(&state_file)?;
+    st.save(state_file)?;
     ctx.shell.out(format!(
         "Migration complete; the relay has been down for {} (incl. verification). The old \
          units stay disabled; `chatmail-docker migrate --rollback` re-enables them.",
         secs(down.elapsed())
     ));
-    if args.start {
-        crate::compose::up(ctx, &Default::default())?;
-    } else {
-        ctx.shell
-            .note("start the container with `chatmail-docker up`");
-    }
     Ok(())
 }
 
@@ -385,7 +449,7 @@ fn check_destination(dest: &Path, rel: &str, st: &State) -> Result<()> {
 
 fn print_plan(
     ctx: &Context,
-    args: &MigrateArgs,
+    opts: &Options,
     ini: &Path,
     found: &[Found],
     unit_states: &[UnitState],
@@ -434,7 +498,7 @@ fn print_plan(
         "  owners: kept as numeric uid/gid and recorded in data/.migrate-state.json, so the \
          container can re-own the data if its users have other ids",
     );
-    if args.mount_vmail {
+    if opts.mount_vmail {
         sh.out(format!(
             "  mail: not copied; /home/vmail is bind-mounted (marker {MOUNT_VMAIL_MARKER})"
         ));
@@ -477,9 +541,9 @@ fn print_plan(
         ));
     }
     let mut steps = vec!["convert the config", "pre-sync while the relay runs"];
-    if !args.presync_only {
+    if !opts.presync_only {
         steps.extend(["stop + disable the units", "final sync", "verify"]);
-        if args.start {
+        if opts.start {
             steps.push("start the container");
         }
     }
@@ -487,12 +551,12 @@ fn print_plan(
 }
 
 /// Ask before changing anything: a terminal prompt, or `--yes`.
-fn confirm(ctx: &Context, args: &MigrateArgs) -> Result<()> {
+fn confirm(ctx: &Context, opts: &Options) -> Result<()> {
     ask(
         ctx,
-        args.yes,
+        opts.yes,
         "the migration",
-        if args.presync_only {
+        if opts.presync_only {
             "this copies the data now (the relay keeps running). Continue? [y/N]"
         } else {
             "this stops and disables the relay's units for the final sync. Continue? [y/N]"
@@ -669,7 +733,7 @@ fn verify_all(ctx: &Context, found: &[Found]) -> Result<()> {
 /// A finished migration run again: compare without writing. Identical ->
 /// say so (and start if asked); different -> refuse, because the container
 /// may have received mail since, which a new mirror would delete.
-fn already_done(ctx: &Context, args: &MigrateArgs, found: &[Found]) -> Result<()> {
+fn already_done(ctx: &Context, opts: &Options, found: &[Found]) -> Result<()> {
     let mut changed = Vec::new();
     for f in found {
         let tree = copy::walk(&f.host, false)?;
@@ -693,7 +757,7 @@ fn already_done(ctx: &Context, args: &MigrateArgs, found: &[Found]) -> Result<()
     }
     ctx.shell
         .out("Already migrated: the copies match the host; nothing to copy.");
-    if args.start {
+    if opts.start {
         crate::compose::up(ctx, &Default::default())?;
     }
     Ok(())
