@@ -531,3 +531,59 @@ fn start_outside_a_deployment_dir_fails_before_anything_changes() {
     assert!(f.log().is_empty(), "{}", f.log());
     assert!(!f.dest("data").exists());
 }
+
+fn small() -> Mail {
+    Mail {
+        users: 2,
+        files_per_user: 5,
+        big: vec![],
+    }
+}
+
+#[test]
+fn every_unit_the_relay_installs_is_stopped_by_its_real_name() {
+    let f = Fake::new(&small());
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let log = f.log();
+    for unit in ["turnserver.service", "filtermail-transport.service"] {
+        assert!(
+            log.lines()
+                .any(|l| l.starts_with("stop ") && l.contains(unit)),
+            "{unit} not stopped: {log}"
+        );
+    }
+    assert!(!log.contains("chatmail-turn"), "{log}");
+}
+
+#[test]
+fn rollback_passes_only_the_relays_units_to_systemctl() {
+    let f = Fake::new(&small());
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // A state file naming other units (edited, or written by something
+    // else) makes the rollback refuse, before systemctl runs.
+    let file = f.dest("data/.migrate-state.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+    for bad in ["sshd.service", "--no-block", "-H"] {
+        state["stopped"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "unit": bad, "was_active": true, "was_enabled": true
+            }));
+    }
+    fs::write(&file, serde_json::to_vec(&state).unwrap()).unwrap();
+    let before = f.log().len();
+    let (code, out, err) = migrate(&f, &["--rollback", "--yes"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        err.contains("sshd.service") && err.contains("--no-block"),
+        "{err}"
+    );
+    let after = &f.log()[before..];
+    assert!(
+        !after.contains("start") && !after.contains("enable"),
+        "{after}"
+    );
+}

@@ -32,6 +32,7 @@
 pub mod copy;
 pub mod plan;
 pub mod rollback;
+pub mod show;
 pub mod state;
 pub mod units;
 pub mod verify;
