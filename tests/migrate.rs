@@ -587,3 +587,32 @@ fn rollback_passes_only_the_relays_units_to_systemctl() {
         "{after}"
     );
 }
+
+#[test]
+fn sparse_files_stay_sparse() {
+    let f = Fake::new(&small());
+    let p = f.root.join(format!(
+        "home/vmail/mail/{DOMAIN}/user000@{DOMAIN}/dovecot.index.cache"
+    ));
+    let file = fs::File::create(&p).unwrap();
+    file.set_len(256 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"data in the middle", 100 << 20).unwrap();
+    drop(file);
+    if fs::metadata(&p).unwrap().blocks() * 512 >= 1 << 20 {
+        eprintln!("skipped: this filesystem has no sparse files");
+        return;
+    }
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let copy = f
+        .dest("data/chatmail")
+        .join(p.strip_prefix(f.root.join("home")).unwrap());
+    let m = fs::metadata(&copy).unwrap();
+    assert_eq!(m.len(), 256 << 20);
+    assert!(
+        m.blocks() * 512 < 1 << 20,
+        "the copy occupies {} bytes",
+        m.blocks() * 512
+    );
+    f.check_copy("/home", "data/chatmail");
+}

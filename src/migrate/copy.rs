@@ -25,6 +25,8 @@
 //! run deletes (they are not in the source). A re-run skips files whose size,
 //! mtime (ns), mode and numeric owner already match.
 //!
+//! Sparse files stay sparse: only the data regions (`SEEK_DATA`) are copied.
+//!
 //! Hard links: regular files with `st_nlink > 1` are grouped by (dev, ino);
 //! the first path of a group (in sorted order) is copied, the others are
 //! linked to it in a second pass, so the result does not depend on thread
@@ -436,20 +438,20 @@ enum Copied {
 
 /// Copy one regular file to `dst` via a temporary name.
 fn copy_file(src: &Path, dst: &Path, meta: &Metadata) -> Result<Copied> {
-    let mut input = match open_source(src) {
+    let input = match open_source(src) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Copied::Vanished),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", src.display())),
     };
     let tmp = tmp_name(dst);
-    let mut out = fs::OpenOptions::new()
+    let out = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("cannot create {}", tmp.display()))?;
     let result = (|| -> Result<u64> {
-        let n = io::copy(&mut input, &mut out)
+        let n = copy_content(&input, &out)
             .with_context(|| format!("cannot copy {} to {}", src.display(), tmp.display()))?;
         // Owner first: chown clears setuid/setgid, the mode restores them.
         std::os::unix::fs::fchown(&out, Some(meta.uid()), Some(meta.gid()))
@@ -472,6 +474,70 @@ fn copy_file(src: &Path, dst: &Path, meta: &Metadata) -> Result<Copied> {
             Err(e)
         }
     }
+}
+
+/// Copy the content of `input` into the empty `out`, keeping holes: only
+/// the data regions (`SEEK_DATA`/`SEEK_HOLE`) are copied, and the length is
+/// set at the end, so a sparse file stays sparse. Each region goes through
+/// `copy_file_range` (in the kernel, reflinked where the filesystem can),
+/// or plain reads and writes where that is not available. Returns the bytes
+/// of data copied.
+fn copy_content(input: &File, out: &File) -> io::Result<u64> {
+    use rustix::fs::{seek, SeekFrom};
+    use rustix::io::Errno;
+    let len = input.metadata()?.len();
+    let mut pos = 0;
+    let mut copied = 0;
+    while pos < len {
+        let (data, hole) = match seek(input, SeekFrom::Data(pos)) {
+            Ok(data) => (data, seek(input, SeekFrom::Hole(data)).unwrap_or(len)),
+            // Nothing but a hole up to the end.
+            Err(Errno::NXIO) => break,
+            // No hole detection here: all of it is data.
+            Err(_) => (pos, len),
+        };
+        let hole = hole.min(len);
+        if hole <= data {
+            break;
+        }
+        copied += copy_range(input, out, data, hole - data)?;
+        pos = hole;
+    }
+    out.set_len(len)?;
+    Ok(copied)
+}
+
+/// Copy `n` bytes at `off` from `input` to the same offset in `out`.
+fn copy_range(input: &File, out: &File, off: u64, n: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let (mut off_in, mut off_out) = (off, off);
+    let end = off + n;
+    while off_in < end {
+        let want = usize::try_from(end - off_in)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        match rustix::fs::copy_file_range(input, Some(&mut off_in), out, Some(&mut off_out), want) {
+            Ok(0) => return Ok(off_in - off), // the file shrank meanwhile
+            Ok(_) => {}
+            Err(_) => {
+                // Not between these filesystems: read and write.
+                let mut buf = vec![0u8; 256 * 1024];
+                while off_in < end {
+                    let want = buf
+                        .len()
+                        .min(usize::try_from(end - off_in).unwrap_or(buf.len()));
+                    let got = input.read_at(&mut buf[..want], off_in)?;
+                    if got == 0 {
+                        break;
+                    }
+                    out.write_all_at(&buf[..got], off_in)?;
+                    off_in += got as u64;
+                }
+                return Ok(off_in - off);
+            }
+        }
+    }
+    Ok(off_in - off)
 }
 
 /// Create `dst` as a symlink like `src` via a temporary name.
