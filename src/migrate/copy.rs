@@ -25,6 +25,10 @@
 //! run deletes (they are not in the source). A re-run skips files whose size,
 //! mtime (ns), mode and numeric owner already match.
 //!
+//! Source symlinks: a link that stays inside the tree is copied as a link;
+//! one that leads out of it is followed and its target copied in its place
+//! ([`walk_source`]), because the container sees only the copied trees.
+//!
 //! Sparse files stay sparse: only the data regions (`SEEK_DATA`) are copied.
 //!
 //! Hard links: regular files with `st_nlink > 1` are grouped by (dev, ino);
@@ -44,13 +48,30 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use super::resolve;
+use super::show::Shown as _;
 
 /// One entry of a tree, relative to its root ("" is the root itself).
 #[derive(Clone, Debug)]
 pub struct Entry {
     pub rel: PathBuf,
+    /// The entry's metadata; for a followed symlink, its target's.
     pub meta: Metadata,
+    /// Set when the entry is, or lies below, a symlink the walk followed:
+    /// its content is read from there (see [`Tree::source_path`]).
+    pub from: Option<Arc<Followed>>,
+}
+
+/// A symlink the walk followed to its content, because the link leads out
+/// of the tree (where the container would find nothing).
+#[derive(Debug)]
+pub struct Followed {
+    /// Where the link is in the tree.
+    pub rel: PathBuf,
+    /// Where its target really is (no symlink in it below the host root).
+    pub real: PathBuf,
 }
 
 /// Kind of an entry as far as copying goes.
@@ -106,20 +127,73 @@ pub struct Totals {
     pub bytes: u64,
     /// Space the files occupy (st_blocks), hard links counted once.
     pub alloc: u64,
+    /// Messages: regular files in a maildir's `cur/` or `new/`.
+    pub messages: u64,
+    /// Symlinks leading out of the tree, counted as what they lead to.
+    pub followed: u64,
+}
+
+/// Whether a file at `rel` is a message (in a maildir's `cur/` or `new/`).
+pub fn is_message(rel: &Path) -> bool {
+    rel.parent()
+        .and_then(Path::file_name)
+        .is_some_and(|d| d == "cur" || d == "new")
+}
+
+/// The inode of a file entry.
+fn inode(e: &Entry) -> (u64, u64) {
+    (e.meta.dev(), e.meta.ino())
+}
+
+/// Which files of a tree may share their inode with another entry: hard
+/// links, and files reached through a followed symlink (which may be
+/// reached by another path too: two links to one file, or a link to a
+/// directory that is also in the tree).
+struct Sharing(HashSet<(u64, u64)>);
+
+impl Sharing {
+    fn of<'a>(entries: impl Iterator<Item = &'a Entry>) -> Sharing {
+        Sharing(
+            entries
+                .filter(|e| e.from.is_some() && kind(&e.meta) == Kind::File)
+                .map(inode)
+                .collect(),
+        )
+    }
+
+    fn may_share(&self, e: &Entry) -> bool {
+        e.meta.nlink() > 1 || (!self.0.is_empty() && self.0.contains(&inode(e)))
+    }
 }
 
 impl Tree {
+    /// Where the content of `e` is read from: below the root, or below the
+    /// target of the followed link it lies in.
+    pub fn source_path(&self, e: &Entry) -> PathBuf {
+        match &e.from {
+            None => self.root.join(&e.rel),
+            Some(f) => match e.rel.strip_prefix(&f.rel) {
+                Ok(rest) if rest.as_os_str().is_empty() => f.real.clone(),
+                Ok(rest) => f.real.join(rest),
+                Err(_) => self.root.join(&e.rel),
+            },
+        }
+    }
+
     pub fn totals(&self) -> Totals {
         let mut t = Totals::default();
         let mut seen = HashSet::new();
+        let sharing = Sharing::of(self.entries.iter());
         for e in &self.entries {
+            t.followed += u64::from(e.from.as_ref().is_some_and(|f| f.rel == e.rel));
             match kind(&e.meta) {
                 Kind::Dir => t.dirs += 1,
                 Kind::Symlink => t.symlinks += 1,
                 Kind::Special => t.special += 1,
                 Kind::File => {
                     t.files += 1;
-                    if e.meta.nlink() > 1 && !seen.insert((e.meta.dev(), e.meta.ino())) {
+                    t.messages += u64::from(is_message(&e.rel));
+                    if sharing.may_share(e) && !seen.insert(inode(e)) {
                         continue;
                     }
                     t.bytes += e.meta.len();
@@ -131,12 +205,12 @@ impl Tree {
     }
 }
 
-/// Walk `root` in parallel. A missing root is an empty tree when
-/// `missing_ok`; entries vanishing during the walk (a live mail server
-/// renames files constantly) are left out.
+/// Walk the destination `root` in parallel, never following a symlink
+/// below it. A missing root is an empty tree when `missing_ok`; entries
+/// vanishing during the walk are left out.
 pub fn walk(root: &Path, missing_ok: bool) -> Result<Tree> {
-    // The root itself may be a symlink (`/home -> /srv/home`, a data dir on
-    // another disk): follow it there, and only there.
+    // The root itself may be a symlink (`data/chatmail` on a bigger disk):
+    // follow it there, and only there.
     let meta = match fs::metadata(root) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound && missing_ok => {
@@ -145,16 +219,76 @@ pub fn walk(root: &Path, missing_ok: bool) -> Result<Tree> {
                 entries: Vec::new(),
             })
         }
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", root.display())),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", root.shown())),
     };
+    walk_from(root, meta, None)
+}
+
+/// The source tree the relay sees at `host_path` (`/home`) on the host
+/// whose filesystem is at `host_root` (`/`, or `--root`).
+///
+/// Every path is resolved inside the host root. Symlinks that stay inside
+/// the tree are entries of their own (the copy is the same link); a symlink
+/// that leads out of it (`/home/vmail -> /srv/vmail` on another disk) is
+/// followed, at any depth, and its target's content takes its place, since
+/// the container would find nothing there. A followed directory that
+/// contains itself is an error, before anything was changed.
+pub fn walk_source(host_root: &Path, host_path: &Path) -> Result<Tree> {
+    let real = resolve::in_root(host_root, host_path).map_err(|e| {
+        anyhow!(
+            "{}: {e} (looked under {})",
+            host_path.shown(),
+            host_root.shown()
+        )
+    })?;
+    let meta =
+        fs::symlink_metadata(&real).with_context(|| format!("cannot read {}", real.shown()))?;
+    let follow = Follow {
+        host_root: host_root.to_path_buf(),
+        mounted_at: host_path.to_path_buf(),
+    };
+    walk_from(&real, meta, Some(&follow))
+}
+
+/// How a source walk treats symlinks (a destination walk has none).
+struct Follow {
+    host_root: PathBuf,
+    /// The tree's path on the host and in the container.
+    mounted_at: PathBuf,
+}
+
+/// Where the walk is: which real directory, and the zone it belongs to
+/// (the tree itself, or the target of a followed link).
+#[derive(Clone)]
+struct At<'a> {
+    follow: Option<&'a Follow>,
+    /// The real directory being listed.
+    dir: PathBuf,
+    /// Its path in the tree.
+    rel: PathBuf,
+    /// The followed link this part of the tree comes from (None: the tree).
+    from: Option<Arc<Followed>>,
+    /// (dev, ino) of every directory from the root down to `dir`.
+    ancestors: Vec<(u64, u64)>,
+}
+
+fn walk_from(root: &Path, meta: Metadata, follow: Option<&Follow>) -> Result<Tree> {
     if !meta.is_dir() {
-        anyhow::bail!("{} is not a directory", root.display());
+        anyhow::bail!("{} is not a directory", root.shown());
     }
+    let at = At {
+        follow,
+        dir: root.to_path_buf(),
+        rel: PathBuf::new(),
+        from: None,
+        ancestors: vec![(meta.dev(), meta.ino())],
+    };
     let mut entries = vec![Entry {
         rel: PathBuf::new(),
         meta,
+        from: None,
     }];
-    entries.extend(walk_dir(root, Path::new(""))?);
+    entries.extend(walk_dir(&at)?);
     debug_assert!(entries
         .windows(2)
         .all(|w| tree_order(&w[0].rel, &w[1].rel).is_lt()));
@@ -174,44 +308,156 @@ fn tree_order(a: &Path, b: &Path) -> std::cmp::Ordering {
     a.iter().map(key).cmp(b.iter().map(key))
 }
 
-/// The subtree below `rel`, already in [`tree_order`]: each directory's
+/// A symlink at `real` (named `rel` in the tree) met by a source walk in the
+/// zone of `at`: `None` to keep it as a link, or the entry and the zone of
+/// its target when it leads out of the tree.
+fn follow_link<'a>(
+    at: &At<'a>,
+    real: &Path,
+    rel: &Path,
+) -> Result<Option<(Entry, Option<At<'a>>)>> {
+    let Some(follow) = at.follow else {
+        return Ok(None);
+    };
+    let target = match fs::read_link(real) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read the link {}", real.shown())),
+    };
+    // The zone: the tree (mounted at its host path) or a followed target.
+    let (zone, mounted_at, parent) = match &at.from {
+        None => (
+            at_root(at),
+            Some(follow.mounted_at.as_path()),
+            at.rel.clone(),
+        ),
+        Some(f) => (
+            f.real.clone(),
+            None,
+            at.rel
+                .strip_prefix(&f.rel)
+                .unwrap_or(Path::new(""))
+                .to_path_buf(),
+        ),
+    };
+    if resolve::contained(&zone, mounted_at, &parent, &target) {
+        return Ok(None);
+    }
+    // Out of the tree: what the relay sees there, resolved in the host root.
+    let host_dir = Path::new("/").join(at.dir.strip_prefix(&follow.host_root).unwrap_or(&at.dir));
+    let real_target = match resolve::in_root(&follow.host_root, &host_dir.join(&target)) {
+        Ok(t) => t,
+        // Dangling or a loop: the relay sees nothing there, nor will the
+        // container; the link is copied as it is.
+        Err(resolve::Unresolved::Missing(_))
+        | Err(resolve::Unresolved::NotDir(_))
+        | Err(resolve::Unresolved::Loop(_)) => return Ok(None),
+        Err(e) => return Err(anyhow!("{}: {e}", real.shown())),
+    };
+    let meta = fs::symlink_metadata(&real_target)
+        .with_context(|| format!("cannot read {}", real_target.shown()))?;
+    let from = Arc::new(Followed {
+        rel: rel.to_path_buf(),
+        real: real_target.clone(),
+    });
+    let entry = Entry {
+        rel: rel.to_path_buf(),
+        meta: meta.clone(),
+        from: Some(from.clone()),
+    };
+    if !meta.is_dir() {
+        return Ok(Some((entry, None)));
+    }
+    if at.ancestors.contains(&(meta.dev(), meta.ino())) {
+        anyhow::bail!(
+            "{} is a symlink to {}, which contains the link itself: the tree would be \
+             endless. Nothing was changed; replace the link with the directory it should \
+             lead to",
+            real.shown(),
+            real_target.shown()
+        );
+    }
+    let mut ancestors = at.ancestors.clone();
+    ancestors.push((meta.dev(), meta.ino()));
+    Ok(Some((
+        entry,
+        Some(At {
+            follow: at.follow,
+            dir: real_target,
+            rel: rel.to_path_buf(),
+            from: Some(from),
+            ancestors,
+        }),
+    )))
+}
+
+/// The real root of the tree `at` is in (its zone without a followed link).
+fn at_root(at: &At) -> PathBuf {
+    let mut root = at.dir.clone();
+    for _ in at.rel.components() {
+        root.pop();
+    }
+    root
+}
+
+/// The subtree below `at`, already in [`tree_order`]: each directory's
 /// names are sorted and every subdirectory's subtree (walked in parallel)
 /// follows its entry, so no global sort is needed.
-fn walk_dir(root: &Path, rel: &Path) -> Result<Vec<Entry>> {
-    let dir = root.join(rel);
-    let rd = match fs::read_dir(&dir) {
+fn walk_dir(at: &At) -> Result<Vec<Entry>> {
+    let dir = &at.dir;
+    let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.shown())),
     };
     let mut named = Vec::new();
     for de in rd {
-        let de = de.with_context(|| format!("cannot list {}", dir.display()))?;
+        let de = de.with_context(|| format!("cannot list {}", dir.shown()))?;
         // DirEntry::metadata is an fstatat(AT_SYMLINK_NOFOLLOW) on the open
         // directory: it never follows symlinks.
         let meta = match de.metadata() {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot stat {}", de.path().display()))
-            }
+            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", de.path().shown())),
         };
         named.push((de.file_name(), meta));
     }
     named.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let children: Vec<Entry> = named
-        .into_iter()
-        .map(|(name, meta)| Entry {
-            rel: rel.join(name),
-            meta,
-        })
-        .collect();
-    let dirs: Vec<usize> = (0..children.len())
-        .filter(|&i| children[i].meta.is_dir())
-        .collect();
-    let mut subtrees: Vec<Result<Vec<Entry>>> = dirs
+    // Each child with the directory to descend into, if any.
+    let mut children: Vec<(Entry, Option<At>)> = Vec::with_capacity(named.len());
+    for (name, meta) in named {
+        let rel = at.rel.join(&name);
+        let real = dir.join(&name);
+        if meta.file_type().is_symlink() {
+            if let Some((entry, sub)) = follow_link(at, &real, &rel)? {
+                children.push((entry, sub));
+                continue;
+            }
+        }
+        let sub = meta.is_dir().then(|| {
+            let mut ancestors = at.ancestors.clone();
+            ancestors.push((meta.dev(), meta.ino()));
+            At {
+                follow: at.follow,
+                dir: real,
+                rel: rel.clone(),
+                from: at.from.clone(),
+                ancestors,
+            }
+        });
+        children.push((
+            Entry {
+                rel,
+                meta,
+                from: at.from.clone(),
+            },
+            sub,
+        ));
+    }
+    let mut subtrees: Vec<Result<Vec<Entry>>> = children
         .par_iter()
-        .map(|&i| walk_dir(root, &children[i].rel))
+        .filter_map(|(_, sub)| sub.as_ref())
+        .map(walk_dir)
         .collect();
     let total: usize = subtrees
         .iter()
@@ -219,10 +465,9 @@ fn walk_dir(root: &Path, rel: &Path) -> Result<Vec<Entry>> {
         .sum();
     let mut out = Vec::with_capacity(children.len() + total);
     let mut next = subtrees.drain(..);
-    for e in children {
-        let is_dir = e.meta.is_dir();
+    for (e, sub) in children {
         out.push(e);
-        if is_dir {
+        if sub.is_some() {
             if let Some(sub) = next.next() {
                 out.extend(sub?);
             }
@@ -366,7 +611,7 @@ fn copy_xattrs_fd(src: &File, dst: &File, what: &Path) -> Result<()> {
     use xattr::FileExt;
     copy_xattrs(
         what,
-        || format!("the copy of {}", what.display()),
+        || format!("the copy of {}", what.shown()),
         || src.list_xattr(),
         |n| src.get_xattr(n),
         |n, v| dst.set_xattr(n, v),
@@ -377,7 +622,7 @@ fn copy_xattrs_fd(src: &File, dst: &File, what: &Path) -> Result<()> {
 fn copy_xattrs_path(src: &Path, dst: &Path) -> Result<()> {
     copy_xattrs(
         src,
-        || dst.display().to_string(),
+        || dst.shown(),
         || xattr::list(src),
         |n| xattr::get(src, n),
         |n, v| xattr::set(dst, n, v),
@@ -397,16 +642,14 @@ fn copy_xattrs(
     let names = match list() {
         Ok(n) => n,
         Err(e) if is_unsupported(&e) => return Ok(()),
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot list xattrs of {}", src.display()))
-        }
+        Err(e) => return Err(e).with_context(|| format!("cannot list xattrs of {}", src.shown())),
     };
     for name in names {
         let value = get(&name).with_context(|| {
             format!(
                 "cannot read xattr {} of {}",
                 name.to_string_lossy(),
-                src.display()
+                src.shown()
             )
         })?;
         let Some(value) = value else { continue };
@@ -441,7 +684,7 @@ fn copy_file(src: &Path, dst: &Path, meta: &Metadata) -> Result<Copied> {
     let input = match open_source(src) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Copied::Vanished),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", src.display())),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", src.shown())),
     };
     let tmp = tmp_name(dst);
     let out = fs::OpenOptions::new()
@@ -449,22 +692,22 @@ fn copy_file(src: &Path, dst: &Path, meta: &Metadata) -> Result<Copied> {
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
+        .with_context(|| format!("cannot create {}", tmp.shown()))?;
     let result = (|| -> Result<u64> {
         let n = copy_content(&input, &out)
-            .with_context(|| format!("cannot copy {} to {}", src.display(), tmp.display()))?;
+            .with_context(|| format!("cannot copy {} to {}", src.shown(), tmp.shown()))?;
         // Owner first: chown clears setuid/setgid, the mode restores them.
         std::os::unix::fs::fchown(&out, Some(meta.uid()), Some(meta.gid()))
-            .with_context(|| format!("cannot set the owner of {}", tmp.display()))?;
+            .with_context(|| format!("cannot set the owner of {}", tmp.shown()))?;
         out.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
-            .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
+            .with_context(|| format!("cannot set the mode of {}", tmp.shown()))?;
         copy_xattrs_fd(&input, &out, src)?;
         let (atime, mtime) = times(meta);
         filetime::set_file_handle_times(&out, Some(atime), Some(mtime))
-            .with_context(|| format!("cannot set the times of {}", tmp.display()))?;
+            .with_context(|| format!("cannot set the times of {}", tmp.shown()))?;
         drop(out);
         fs::rename(&tmp, dst)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()))?;
+            .with_context(|| format!("cannot rename {} to {}", tmp.shown(), dst.shown()))?;
         Ok(n)
     })();
     match result {
@@ -545,19 +788,19 @@ fn copy_symlink(src: &Path, dst: &Path, meta: &Metadata) -> Result<Copied> {
     let target = match fs::read_link(src) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Copied::Vanished),
-        Err(e) => return Err(e).with_context(|| format!("cannot read the link {}", src.display())),
+        Err(e) => return Err(e).with_context(|| format!("cannot read the link {}", src.shown())),
     };
     let tmp = tmp_name(dst);
     std::os::unix::fs::symlink(&target, &tmp)
-        .with_context(|| format!("cannot create the symlink {}", tmp.display()))?;
+        .with_context(|| format!("cannot create the symlink {}", tmp.shown()))?;
     let result = (|| -> Result<()> {
         std::os::unix::fs::lchown(&tmp, Some(meta.uid()), Some(meta.gid()))
-            .with_context(|| format!("cannot set the owner of {}", tmp.display()))?;
+            .with_context(|| format!("cannot set the owner of {}", tmp.shown()))?;
         let (atime, mtime) = times(meta);
         filetime::set_symlink_file_times(&tmp, atime, mtime)
-            .with_context(|| format!("cannot set the times of {}", tmp.display()))?;
+            .with_context(|| format!("cannot set the times of {}", tmp.shown()))?;
         fs::rename(&tmp, dst)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()))
+            .with_context(|| format!("cannot rename {} to {}", tmp.shown(), dst.shown()))
     })();
     match result {
         Ok(()) => Ok(Copied::Bytes(0)),
@@ -580,13 +823,13 @@ fn same_symlink(src: &Path, src_meta: &Metadata, dst: &Path, dst_meta: &Metadata
 /// Set a directory's owner, mode, xattrs and times from the source.
 fn set_dir_meta(src: &Path, dst: &Path, meta: &Metadata) -> Result<()> {
     std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))
-        .with_context(|| format!("cannot set the owner of {}", dst.display()))?;
+        .with_context(|| format!("cannot set the owner of {}", dst.shown()))?;
     fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .with_context(|| format!("cannot set the mode of {}", dst.display()))?;
+        .with_context(|| format!("cannot set the mode of {}", dst.shown()))?;
     copy_xattrs_path(src, dst)?;
     let (atime, mtime) = times(meta);
     filetime::set_file_times(dst, atime, mtime)
-        .with_context(|| format!("cannot set the times of {}", dst.display()))
+        .with_context(|| format!("cannot set the times of {}", dst.shown()))
 }
 
 fn remove_any(path: &Path, meta: &Metadata) -> Result<()> {
@@ -602,7 +845,7 @@ fn remove_any(path: &Path, meta: &Metadata) -> Result<()> {
             Err(e)
         }
     })
-    .with_context(|| format!("cannot delete {}", path.display()))
+    .with_context(|| format!("cannot delete {}", path.shown()))
 }
 
 /// Mirror the walked source `src` into `dst_root`. With `dry`, only count
@@ -724,13 +967,14 @@ fn group<'a>(
     special: &mut Vec<PathBuf>,
     src: &Tree,
 ) -> (Vec<Pair<'a>>, Vec<Link<'a>>) {
+    let sharing = Sharing::of(pairs.iter().map(|(e, _)| *e));
     let mut primaries: HashMap<(u64, u64), First> = HashMap::new();
     let mut singles: Vec<Pair> = Vec::new();
     let mut links = Vec::new();
     for &(e, dm) in pairs {
         match kind(&e.meta) {
-            Kind::File if e.meta.nlink() > 1 => {
-                let key = (e.meta.dev(), e.meta.ino());
+            Kind::File if sharing.may_share(e) => {
+                let key = inode(e);
                 match primaries.get(&key) {
                     Some(first) => links.push((e, dm, *first)),
                     None => {
@@ -740,7 +984,7 @@ fn group<'a>(
                 }
             }
             Kind::File | Kind::Symlink => singles.push((e, dm)),
-            Kind::Special => special.push(src.root.join(&e.rel)),
+            Kind::Special => special.push(src.source_path(e)),
             Kind::Dir => {}
         }
     }
@@ -783,8 +1027,7 @@ impl Job<'_> {
                         Ok(()) => {}
                         Err(err) if err.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => {}
                         Err(err) => {
-                            return Err(err)
-                                .with_context(|| format!("cannot create {}", p.display()))
+                            return Err(err).with_context(|| format!("cannot create {}", p.shown()))
                         }
                     }
                 }
@@ -800,7 +1043,7 @@ impl Job<'_> {
         singles.par_iter().for_each(|&(e, dm)| {
             // Paths are joined only when needed: most files of a re-run are
             // unchanged, and the metadata comparison needs none.
-            let paths = || (src.root.join(&e.rel), dst_root.join(&e.rel));
+            let paths = || (src.source_path(e), dst_root.join(&e.rel));
             let unchanged = match (kind(&e.meta), dm) {
                 (Kind::File, Some(dm)) => same_file(&e.meta, dm),
                 (Kind::Symlink, Some(dm)) => {
@@ -889,11 +1132,10 @@ impl Job<'_> {
             }
             let tmp = tmp_name(&d);
             let r = fs::hard_link(&target, &tmp)
-                .with_context(|| format!("cannot link {} to {}", tmp.display(), target.display()))
+                .with_context(|| format!("cannot link {} to {}", tmp.shown(), target.shown()))
                 .and_then(|_| {
-                    fs::rename(&tmp, &d).with_context(|| {
-                        format!("cannot rename {} to {}", tmp.display(), d.display())
-                    })
+                    fs::rename(&tmp, &d)
+                        .with_context(|| format!("cannot rename {} to {}", tmp.shown(), d.shown()))
                 });
             if let Err(err) = r {
                 let _ = fs::remove_file(&tmp);
@@ -931,7 +1173,7 @@ impl Job<'_> {
                     c.dirs_updated.fetch_add(1, Ordering::Relaxed);
                 }
                 if !dry {
-                    if let Err(err) = set_dir_meta(&src.root.join(&e.rel), &d(), &e.meta) {
+                    if let Err(err) = set_dir_meta(&src.source_path(e), &d(), &e.meta) {
                         errors.push(err);
                     }
                 }
@@ -944,9 +1186,9 @@ impl Job<'_> {
 /// instead of an fsync per file): a crash after a phase is recorded as done
 /// must not lose its data.
 pub fn flush(path: &Path) -> Result<()> {
-    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.shown()))?;
     rustix::fs::syncfs(&f)
-        .with_context(|| format!("cannot sync the filesystem of {}", path.display()))
+        .with_context(|| format!("cannot sync the filesystem of {}", path.shown()))
 }
 
 #[cfg(test)]
@@ -1043,7 +1285,7 @@ mod tests {
                 }
             }
             let st = sync(&walk(&s, false).unwrap(), &d, false).unwrap();
-            let r = super::super::verify::verify(&s, &d).unwrap();
+            let r = super::super::verify::verify(Path::new("/"), &s, &d).unwrap();
             assert!(r.ok(), "round {round}: {:?}\n{st:?}", r.differences);
             let again = sync(&walk(&s, false).unwrap(), &d, false).unwrap();
             assert!(!again.changed(), "round {round}: {again:?}");

@@ -12,6 +12,10 @@
 //! 6. final sync: only what changed since the pre-sync, deletions included;
 //! 7. verify every entry, content hashed; 8. optionally start the container.
 //!
+//! The sources are what the relay sees: every host path is resolved inside
+//! the host root ([`resolve`]), and a symlink leading out of a tree is copied
+//! as its target ([`copy::walk_source`]).
+//!
 //! Everything needed to resume or undo lives in `data/.migrate-state.json`
 //! ([`state`]). The copy engine ([`copy`]) never writes a partial file under
 //! its final name, so the whole command can be re-run after any interruption.
@@ -31,6 +35,7 @@
 
 pub mod copy;
 pub mod plan;
+pub mod resolve;
 pub mod rollback;
 pub mod show;
 pub mod state;
@@ -46,6 +51,7 @@ use std::time::{Duration, Instant};
 use crate::{error, ini2env, Context};
 use copy::{Totals, Tree};
 use plan::{human, Source};
+use show::Shown as _;
 use state::{Phase, SourceOwner, State, StoppedUnit};
 use units::UnitState;
 
@@ -58,7 +64,6 @@ pub const MOUNT_VMAIL_MARKER: &str = crate::overrides::VMAIL_MARKER;
 /// A source tree found on the host, with its walk (used for the pre-sync).
 struct Found {
     source: Source,
-    host: PathBuf,
     dest: PathBuf,
     tree: Tree,
     /// The destination as walked for the plan (empty when not ours yet).
@@ -163,16 +168,41 @@ pub fn run(ctx: &Context, opts: impl Into<Options>) -> Result<()> {
 fn find_ini(ctx: &Context, opts: &Options) -> Result<PathBuf> {
     let ini = match &opts.ini {
         Some(p) => p.clone(),
-        None => ctx.host.path(DEFAULT_INI),
+        None => match in_host(ctx, DEFAULT_INI) {
+            Ok(p) => p,
+            Err(resolve::Unresolved::Missing(_)) => ctx.host.path(DEFAULT_INI),
+            Err(e) => {
+                return Err(error::usage(format!(
+                    "{DEFAULT_INI}: {e}; fix the link, or pass --ini PATH"
+                )))
+            }
+        },
     };
     if !ini.is_file() {
         return Err(error::usage(format!(
             "no chatmail.ini at {}: this does not look like a bare-metal chatmail host \
              (check --root), or pass --ini PATH if the file was moved",
-            ini.display()
+            ini.shown()
         )));
     }
     Ok(ini)
+}
+
+/// Where the host path `p` really is, every symlink resolved inside the
+/// host root (see [`resolve::in_root`]).
+fn in_host(ctx: &Context, p: &str) -> Result<PathBuf, resolve::Unresolved> {
+    resolve::in_root(ctx.host.root(), Path::new(p))
+}
+
+/// Metadata of the host path `p` as the relay sees it (links followed
+/// inside the host root).
+fn host_meta(ctx: &Context, p: &str) -> Option<std::fs::Metadata> {
+    in_host(ctx, p).ok().and_then(|r| std::fs::metadata(r).ok())
+}
+
+/// The host's user name for `uid` (its `/etc/passwd`, inside the root).
+fn host_user(ctx: &Context, uid: u32) -> Option<String> {
+    plan::user_name(&in_host(ctx, "/etc/passwd").ok()?, uid)
 }
 
 /// Walk every source tree (and the destination, when an earlier run made
@@ -180,21 +210,46 @@ fn find_ini(ctx: &Context, opts: &Options) -> Result<PathBuf> {
 fn scan(ctx: &Context, opts: &Options, st: &State) -> Result<Vec<Found>> {
     let mut found = Vec::new();
     for source in plan::sources(opts.mount_vmail) {
-        let host = ctx.host.path(source.host_path);
-        if !host.is_dir() {
-            if source.required {
+        match in_host(ctx, source.host_path) {
+            Ok(real) if real.is_dir() => {}
+            Ok(real) => {
+                return Err(error::preflight(format!(
+                    "{} is not a directory (looked at {}); nothing was changed",
+                    source.host_path,
+                    real.shown()
+                )))
+            }
+            Err(resolve::Unresolved::Missing(_)) if !source.required => {
+                ctx.shell.note(format!(
+                    "{} does not exist; nothing to copy from it",
+                    source.host_path
+                ));
+                continue;
+            }
+            Err(resolve::Unresolved::Missing(at)) if at != Path::new(source.host_path) => {
+                return Err(error::preflight(format!(
+                    "{} is a symlink that leads nowhere: {} does not exist (host root {}); \
+                     nothing was changed. Fix the link and run again",
+                    source.host_path,
+                    at.shown(),
+                    ctx.host.root().shown()
+                )));
+            }
+            Err(resolve::Unresolved::Missing(_)) => {
                 return Err(error::preflight(format!(
                     "{} not found (looked at {}): nothing to migrate from; run this on the \
                      relay's host, or point --root at its filesystem",
                     source.host_path,
-                    host.display()
+                    ctx.host.path(source.host_path).shown()
                 )));
             }
-            ctx.shell.note(format!(
-                "{} does not exist; nothing to copy from it",
-                source.host_path
-            ));
-            continue;
+            Err(e) => {
+                return Err(error::preflight(format!(
+                    "{}: {e} (host root {}); nothing was changed. Fix the link and run again",
+                    source.host_path,
+                    ctx.host.root().shown()
+                )))
+            }
         }
         let dest = ctx.path(source.dest);
         check_destination(&dest, source.dest, st)?;
@@ -202,7 +257,7 @@ fn scan(ctx: &Context, opts: &Options, st: &State) -> Result<Vec<Found>> {
         // cores idle that the other walk can use.
         let owned = st.owns(source.dest);
         let (tree, dest_tree) = rayon::join(
-            || copy::walk(&host, false),
+            || copy::walk_source(ctx.host.root(), Path::new(source.host_path)),
             || {
                 if owned {
                     copy::walk(&dest, true)
@@ -219,23 +274,21 @@ fn scan(ctx: &Context, opts: &Options, st: &State) -> Result<Vec<Found>> {
         let already = dest_tree.totals();
         // `/home/vmail` may be missing on a half-installed host: then the
         // tree's root (walked above, always the first entry) stands in.
-        let owner_meta = match std::fs::metadata(ctx.host.path(source.owner_of)) {
-            Ok(m) => m,
-            Err(_) => match tree.entries.first() {
+        let owner_meta = match host_meta(ctx, source.owner_of) {
+            Some(m) => m,
+            None => match tree.entries.first() {
                 Some(root) => root.meta.clone(),
-                None => std::fs::metadata(&host)
-                    .with_context(|| format!("cannot read {}", host.display()))?,
+                None => anyhow::bail!("{} is empty", tree.root.shown()),
             },
         };
         let owner = SourceOwner {
             source: source.owner_of.to_string(),
             uid: owner_meta.uid(),
             gid: owner_meta.gid(),
-            user: plan::user_name(&ctx.host.path("/etc/passwd"), owner_meta.uid()),
+            user: host_user(ctx, owner_meta.uid()),
         };
         found.push(Found {
             source,
-            host,
             dest,
             tree,
             dest_tree,
@@ -244,15 +297,12 @@ fn scan(ctx: &Context, opts: &Options, st: &State) -> Result<Vec<Found>> {
             owner,
         });
     }
-    if opts.mount_vmail {
-        let vmail = ctx.host.path("/home/vmail");
-        if !vmail.is_dir() {
-            return Err(error::preflight(format!(
-                "--mount-vmail: {} does not exist, so there is no mail to mount; check --root, \
+    if opts.mount_vmail && !host_meta(ctx, "/home/vmail").is_some_and(|m| m.is_dir()) {
+        return Err(error::preflight(format!(
+            "--mount-vmail: {} does not exist, so there is no mail to mount; check --root, \
                  or leave out --mount-vmail to copy /home",
-                vmail.display()
-            )));
-        }
+            ctx.host.path("/home/vmail").shown()
+        )));
     }
     Ok(found)
 }
@@ -300,13 +350,13 @@ fn claim(
             0o644,
         )?;
         // The container uses the host's files directly: their owner matters.
-        if let Ok(m) = std::fs::metadata(ctx.host.path(plan::MAIL.owner_of)) {
+        if let Some(m) = host_meta(ctx, plan::MAIL.owner_of) {
             st.source_owners.retain(|o| o.source != plan::MAIL.owner_of);
             st.source_owners.push(SourceOwner {
                 source: plan::MAIL.owner_of.to_string(),
                 uid: m.uid(),
                 gid: m.gid(),
-                user: plan::user_name(&ctx.host.path("/etc/passwd"), m.uid()),
+                user: host_user(ctx, m.uid()),
             });
         }
     }
@@ -352,7 +402,7 @@ fn switch_over(
     let mut total = copy::Stats::default();
     for f in found {
         let t = Instant::now();
-        let tree = copy::walk(&f.host, false)?;
+        let tree = copy::walk_source(ctx.host.root(), Path::new(f.source.host_path))?;
         let stats = copy::sync(&tree, &f.dest, false)
             .with_context(|| format!("final sync of {} failed", f.source.host_path))?;
         // Always: an interrupted earlier run may have left unflushed copies
@@ -391,6 +441,8 @@ fn sum(it: impl Iterator<Item = Totals>) -> Totals {
         special: a.special + b.special,
         bytes: a.bytes + b.bytes,
         alloc: a.alloc + b.alloc,
+        messages: a.messages + b.messages,
+        followed: a.followed + b.followed,
     })
 }
 
@@ -488,6 +540,12 @@ fn print_plan(
                 String::new()
             }
         ));
+        if t.followed > 0 {
+            sh.out(format!(
+                "        {} symlink(s) in {} lead out of it: copied as what they lead to",
+                t.followed, f.source.host_path
+            ));
+        }
         if t.special > 0 {
             sh.warn(format!(
                 "{}: {} sockets/fifos/devices are not copied",
@@ -692,7 +750,7 @@ fn verify_all(ctx: &Context, found: &[Found]) -> Result<()> {
     let mut bad = Vec::new();
     for f in found {
         let t = Instant::now();
-        let r = verify::verify(&f.host, &f.dest)?;
+        let r = verify::verify(ctx.host.root(), Path::new(f.source.host_path), &f.dest)?;
         if r.ok() {
             ctx.shell.status(
                 "Verified",
@@ -737,7 +795,7 @@ fn verify_all(ctx: &Context, found: &[Found]) -> Result<()> {
 fn already_done(ctx: &Context, opts: &Options, found: &[Found]) -> Result<()> {
     let mut changed = Vec::new();
     for f in found {
-        let tree = copy::walk(&f.host, false)?;
+        let tree = copy::walk_source(ctx.host.root(), Path::new(f.source.host_path))?;
         let s = copy::sync(&tree, &f.dest, true)?;
         if s.changed() {
             changed.push(format!(
