@@ -742,6 +742,73 @@ fn a_symlink_loop_is_named_as_such_before_anything_changes() {
     assert!(!f.dest("data").exists());
 }
 
+/// The on-stop hook rewrites one message with the same size and mtime: the
+/// quick check of the final sync cannot see it; verification does.
+fn rewrite_in_place_on_stop(f: &Fake, extra: &str) -> std::path::PathBuf {
+    let user = f
+        .root
+        .join(format!("home/vmail/mail/{DOMAIN}/user001@{DOMAIN}/cur"));
+    let msg = fs::read_dir(&user).unwrap().next().unwrap().unwrap().path();
+    // Its scratch files live outside the host root: the directory's
+    // mtime does not change either.
+    let hook = format!(
+        "#!/bin/sh\nset -e\nm='{m}'\nt='{t}'\n[ -e \"$t.done\" ] && exit 0\n\
+         touch -r \"$m\" \"$t.ref\"\ntr 'a-zA-Z0-9' 'b-zA-Z0-9a' < \"$m\" > \"$t.new\"\n\
+         cat \"$t.new\" > \"$m\"\ntouch -r \"$t.ref\" \"$m\"\n: > \"$t.done\"\n{extra}\n",
+        m = msg.display(),
+        t = f.tmp.path().join("rewrite").display(),
+    );
+    let hook_path = f.units.join("on-stop");
+    fs::write(&hook_path, hook).unwrap();
+    fs::set_permissions(&hook_path, fs::Permissions::from_mode(0o755)).unwrap();
+    msg
+}
+
+#[test]
+fn content_changed_without_size_or_mtime_is_copied_again_and_verified() {
+    let f = Fake::new(&small());
+    let msg = rewrite_in_place_on_stop(&f, "");
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let rel = msg.strip_prefix(f.root.join("home")).unwrap();
+    assert_eq!(
+        fs::read(&msg).unwrap(),
+        fs::read(f.dest("data/chatmail").join(rel)).unwrap()
+    );
+    f.check_copy("/home", "data/chatmail");
+    assert!(err.contains("again"), "{err}");
+}
+
+#[test]
+fn a_copy_that_stays_different_restarts_the_old_relay() {
+    let f = Fake::new(&small());
+    let dest_cur = f
+        .dest("data/chatmail")
+        .join(format!("vmail/mail/{DOMAIN}/user001@{DOMAIN}/cur"));
+    // Copying again cannot fix it: the copy's directory became immutable.
+    let msg = rewrite_in_place_on_stop(&f, &format!("chattr +i '{}'", dest_cur.display()));
+    if Command::new("chattr").arg("-V").output().is_err() {
+        eprintln!("skipped: chattr not found");
+        return;
+    }
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    let _ = Command::new("chattr").arg("-i").arg(&dest_cur).status();
+    if err.contains("chattr") && err.contains("Operation not supported") {
+        eprintln!("skipped: no immutable files on this filesystem");
+        return;
+    }
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("content differs"), "{err}");
+    assert!(err.contains("started again"), "{err}");
+    assert!(!out.contains("Migration complete"), "{out}");
+    assert_eq!(f.unit_state("postfix.service"), "active enabled");
+    assert_eq!(f.unit_state("lastlogin.service"), "inactive enabled");
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.dest("data/.migrate-state.json")).unwrap()).unwrap();
+    assert_eq!(state["phase"], "rolled-back", "{state}");
+    assert!(msg.exists());
+}
+
 /// What a process sees below `start` when `root` is its `/` (every path
 /// resolved by the kernel with `RESOLVE_IN_ROOT`): directories, and files
 /// with their content, `depth` levels deep (links to ancestors repeat).

@@ -10,7 +10,12 @@
 //!    still runs (the bulk of the copying, no downtime);
 //! 5. stop and disable the relay's units (recorded first, for `--rollback`);
 //! 6. final sync: only what changed since the pre-sync, deletions included;
-//! 7. verify every entry, content hashed; 8. optionally start the container.
+//! 7. verify every entry, content hashed; what differs is copied again by
+//!    content and verified once more; 8. optionally start the container.
+//!
+//! If stopping, the final sync or the verification fails, the recorded
+//! units are started again before the error is returned: the relay serves
+//! either from the host or, verified, from `data/`, never from neither.
 //!
 //! The sources are what the relay sees: every host path is resolved inside
 //! the host root ([`resolve`]), and a symlink leading out of a tree is copied
@@ -387,7 +392,9 @@ fn presync(ctx: &Context, st: &mut State, state_file: &Path, found: &[Found]) ->
 }
 
 /// The downtime: stop and disable the units, copy what changed since the
-/// pre-sync, verify everything.
+/// pre-sync, verify everything. When any of it fails, the old units are
+/// started again: the relay serves either from the host or, verified, from
+/// `data/`, never from neither.
 fn switch_over(
     ctx: &Context,
     st: &mut State,
@@ -396,9 +403,31 @@ fn switch_over(
     unit_states: &[UnitState],
 ) -> Result<()> {
     let down = Instant::now();
-    stop_units(ctx, st, state_file, unit_states)?;
-    let stopped_in = down.elapsed();
+    let result = stop_units(ctx, st, state_file, unit_states)
+        .and_then(|()| final_sync(ctx, st, state_file, found, down))
+        .and_then(|()| verify_all(ctx, found));
+    if let Err(e) = result {
+        return Err(restore(ctx, st, state_file, e));
+    }
+    st.phase = Phase::Done;
+    st.save(state_file)?;
+    ctx.shell.out(format!(
+        "Migration complete; the relay has been down for {} (incl. verification). The old \
+         units stay disabled; `chatmail-docker migrate --rollback` re-enables them.",
+        secs(down.elapsed())
+    ));
+    Ok(())
+}
 
+/// Copy what changed since the pre-sync (the units are stopped).
+fn final_sync(
+    ctx: &Context,
+    st: &mut State,
+    state_file: &Path,
+    found: &[Found],
+    down: Instant,
+) -> Result<()> {
+    let stopped_in = down.elapsed();
     let mut total = copy::Stats::default();
     for f in found {
         let t = Instant::now();
@@ -415,22 +444,38 @@ fn switch_over(
     st.downtime_secs = Some(downtime.as_secs_f64());
     st.save(state_file)?;
     ctx.shell.out(format!(
-        "Downtime so far: {} (stopping units {}, final sync {}); {} files copied in the final sync.",
+        "Downtime so far: {} (stopping units {}, final sync {}); {} copied in the final sync.",
         secs(downtime),
         secs(stopped_in),
         secs(downtime - stopped_in),
-        total.files_copied + total.hardlinks + total.symlinks
-    ));
-
-    verify_all(ctx, found)?;
-    st.phase = Phase::Done;
-    st.save(state_file)?;
-    ctx.shell.out(format!(
-        "Migration complete; the relay has been down for {} (incl. verification). The old \
-         units stay disabled; `chatmail-docker migrate --rollback` re-enables them.",
-        secs(down.elapsed())
+        plural(
+            total.files_copied + total.hardlinks + total.symlinks,
+            "file"
+        )
     ));
     Ok(())
+}
+
+/// After a failure with the relay's units stopped: start them again (what
+/// `--rollback` does) and return the error, saying so.
+fn restore(ctx: &Context, st: &mut State, state_file: &Path, e: anyhow::Error) -> anyhow::Error {
+    if st.stopped.is_empty() {
+        return e;
+    }
+    ctx.shell.print_error(&e);
+    ctx.shell
+        .warn("the migration cannot finish: starting the old relay's units again");
+    match rollback::restart(ctx, st, state_file) {
+        Ok(()) => anyhow::anyhow!(
+            "the migration did not finish (see above), so the old relay was started again \
+             and serves mail as before; the copy in data/ is kept, and the next `migrate` \
+             continues from it"
+        ),
+        Err(re) => anyhow::anyhow!(
+            "the migration did not finish (see above), and starting the old units again \
+             failed too: {re:#}. Fix that, then run `chatmail-docker migrate --rollback`"
+        ),
+    }
 }
 
 fn sum(it: impl Iterator<Item = Totals>) -> Totals {
@@ -745,21 +790,44 @@ fn report_sync(ctx: &Context, verb: &str, f: &Found, s: &copy::Stats, took: Dura
     }
 }
 
-/// Verify every destination and fail with the differences, if any.
+/// Verify every destination. A file that differs (content changed without
+/// its size or mtime changing, which the quick check of a sync cannot see)
+/// is copied again by content and verified once more; what still differs
+/// is an error.
 fn verify_all(ctx: &Context, found: &[Found]) -> Result<()> {
     let mut bad = Vec::new();
     for f in found {
         let t = Instant::now();
-        let r = verify::verify(ctx.host.root(), Path::new(f.source.host_path), &f.dest)?;
+        let host_path = Path::new(f.source.host_path);
+        let mut r = verify::verify(ctx.host.root(), host_path, &f.dest)?;
+        let mut again = 0;
+        if !r.ok() {
+            for d in r.differences.iter().take(20) {
+                ctx.shell.warn(format!("{}: {d}", f.source.dest));
+            }
+            again = r.differing.len();
+            ctx.shell.note(format!(
+                "{}: copying {} again by content",
+                f.source.dest,
+                plural(again as u64, "differing entry")
+            ));
+            recopy(ctx, f, &r.differing)?;
+            r = verify::verify(ctx.host.root(), host_path, &f.dest)?;
+        }
         if r.ok() {
             ctx.shell.status(
                 "Verified",
                 format!(
-                    "{}: {} entries identical ({} files, {} hashed) in {}",
+                    "{}: {} identical ({}, {} hashed){} in {}",
                     f.source.dest,
-                    r.entries,
-                    r.files,
+                    plural(r.entries, "entry"),
+                    plural(r.files, "file"),
                     human(r.bytes_hashed),
+                    if again > 0 {
+                        format!(", after copying {again} again")
+                    } else {
+                        String::new()
+                    },
                     secs(t.elapsed())
                 ),
             );
@@ -772,9 +840,9 @@ fn verify_all(ctx: &Context, found: &[Found]) -> Result<()> {
                     .error(format!("... and {} more", r.differences.len() - 20));
             }
             bad.push(format!(
-                "{} ({} differences)",
+                "{} ({})",
                 f.source.dest,
-                r.differences.len()
+                plural(r.differences.len() as u64, "difference")
             ));
         }
     }
@@ -782,10 +850,42 @@ fn verify_all(ctx: &Context, found: &[Found]) -> Result<()> {
         Ok(())
     } else {
         anyhow::bail!(
-            "verification failed for {}; the relay's units stay stopped: run `migrate` again \
-             to re-sync, or `migrate --rollback` to restart the old relay",
+            "verification failed for {}, also after copying the differing files again: \
+             something still changes the source (a process outside the relay's units?)",
             bad.join(", ")
         )
+    }
+}
+
+/// Copy the entries at `differing` (relative to the tree) again, whatever
+/// their metadata says: remove them from the copy (directories stay; their
+/// metadata is set again anyway) and sync.
+fn recopy(ctx: &Context, f: &Found, differing: &[PathBuf]) -> Result<()> {
+    for rel in differing {
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let p = f.dest.join(rel);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if !m.is_dir() => std::fs::remove_file(&p)
+                .with_context(|| format!("cannot remove {} to copy it again", p.shown()))?,
+            _ => {}
+        }
+    }
+    let tree = copy::walk_source(ctx.host.root(), Path::new(f.source.host_path))?;
+    copy::sync(&tree, &f.dest, false)
+        .with_context(|| format!("copying {} again failed", f.source.host_path))?;
+    copy::flush(&f.dest)
+}
+
+/// `n thing` / `n things` (`entry` -> `entries`).
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else if let Some(stem) = what.strip_suffix('y') {
+        format!("{n} {stem}ies")
+    } else {
+        format!("{n} {what}s")
     }
 }
 
