@@ -673,6 +673,7 @@ fn mail_behind_symlinks_to_other_disks_is_copied_as_the_relay_sees_it() {
     f.move_behind_link("srv/disk1/vmail/mail", "srv/disk2/mail", "../../disk2/mail");
     let (code, out, err) = migrate(&f, &["--yes"]);
     assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains(&format!("{SMALL_MESSAGES} messages")), "{out}");
     let vmail = f.dest("data/chatmail/vmail");
     assert!(
         !is_symlink(&vmail) && vmail.is_dir(),
@@ -807,6 +808,60 @@ fn a_copy_that_stays_different_restarts_the_old_relay() {
         serde_json::from_slice(&fs::read(f.dest("data/.migrate-state.json")).unwrap()).unwrap();
     assert_eq!(state["phase"], "rolled-back", "{state}");
     assert!(msg.exists());
+}
+
+#[test]
+fn control_characters_from_the_host_never_reach_the_terminal() {
+    let f = Fake::new(&small());
+    // A user-provided value...
+    let (code, _, err) = migrate(&f, &["--yes", "--ini", "/nowhere/\x1b[2Jchatmail.ini"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains('\x1b'), "{err:?}");
+    assert!(err.contains("\\u{1b}[2J"), "{err:?}");
+    // ...and a file name that the verification reports (its content
+    // changes at the stop, keeping size and mtime).
+    let msg = f.root.join(format!(
+        "home/vmail/mail/{DOMAIN}/user001@{DOMAIN}/cur/\x1b]0;owned\x07evil:2,S"
+    ));
+    fs::write(&msg, "x").unwrap();
+    let t = filetime::FileTime::from_unix_time(1_700_000_000, 0);
+    filetime::set_file_mtime(&msg, t).unwrap();
+    let hook = format!(
+        "#!/bin/sh\nif [ ! -e '{done}' ]; then printf y > \"$MSG\"; touch -d @1700000000 \"$MSG\"; : > '{done}'; fi\n",
+        done = f.tmp.path().join("done").display()
+    );
+    fs::write(f.units.join("on-stop"), hook).unwrap();
+    fs::set_permissions(f.units.join("on-stop"), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = f.cmd();
+    c.env("MSG", &msg).args(["migrate", "--yes"]);
+    let (code, out, err) = run(&mut c);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("evil"), "{err:?}");
+    assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
+    assert!(err.contains("\\u{1b}]0;owned\\u{7}evil"), "{err:?}");
+}
+
+#[test]
+fn the_plan_counts_only_what_is_left_to_copy() {
+    let f = Fake::new(&small());
+    let (code, out, err) = migrate(&f, &["--yes", "--presync-only"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = migrate(&f, &["--dry-run"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("nothing left to copy"), "{out}");
+    assert!(!out.contains("KiB to copy"), "{out}");
+}
+
+#[test]
+fn the_stop_report_counts_the_units_once() {
+    let f = Fake::new(&small());
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let stopped = err.lines().find(|l| l.contains("Stopped")).unwrap_or("");
+    assert!(
+        !stopped.contains("unit(s)") && stopped.contains("units, disabled"),
+        "{err}"
+    );
 }
 
 /// What a process sees below `start` when `root` is its `/` (every path

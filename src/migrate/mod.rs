@@ -75,6 +75,8 @@ struct Found {
     dest_tree: Tree,
     totals: Totals,
     already: Totals,
+    /// What a sync would copy now (a dry run against the destination walk).
+    pending: copy::Stats,
     owner: SourceOwner,
 }
 
@@ -277,6 +279,7 @@ fn scan(ctx: &Context, opts: &Options, st: &State) -> Result<Vec<Found>> {
         let (tree, dest_tree) = (tree?, dest_tree?);
         let totals = tree.totals();
         let already = dest_tree.totals();
+        let pending = copy::sync_trees(&tree, &dest_tree, true, &indicatif::ProgressBar::hidden())?;
         // `/home/vmail` may be missing on a half-installed host: then the
         // tree's root (walked above, always the first entry) stands in.
         let owner_meta = match host_meta(ctx, source.owner_of) {
@@ -299,6 +302,7 @@ fn scan(ctx: &Context, opts: &Options, st: &State) -> Result<Vec<Found>> {
             dest_tree,
             totals,
             already,
+            pending,
             owner,
         });
     }
@@ -561,8 +565,8 @@ fn print_plan(
     ));
     sh.out(format!(
         "  config: {} -> {}",
-        ini.display(),
-        ctx.path(".env").display()
+        ini.shown(),
+        ctx.path(".env").shown()
     ));
     for f in found {
         let t = &f.totals;
@@ -570,8 +574,13 @@ fn print_plan(
             Some(u) => format!("{u} ({}:{})", f.owner.uid, f.owner.gid),
             None => format!("{}:{}", f.owner.uid, f.owner.gid),
         };
+        let messages = if f.source.dest == plan::MAIL.dest || t.messages > 0 {
+            format!("{}, ", plural(t.messages, "message"))
+        } else {
+            String::new()
+        };
         sh.out(format!(
-            "  copy: {} -> {}  ({} files, {} dirs, {} symlinks, {}; {} owned by {owner}){}",
+            "  copy: {} -> {}  ({messages}{} files, {} dirs, {} symlinks, {}; {} owned by {owner}){}",
             f.source.host_path,
             f.source.dest,
             t.files,
@@ -580,15 +589,20 @@ fn print_plan(
             human(t.bytes),
             f.owner.source,
             if f.already.files > 0 {
-                format!(" [{} files already copied]", f.already.files)
+                format!(
+                    " [{} files already copied, {} to copy]",
+                    f.already.files,
+                    f.pending.files_copied + f.pending.hardlinks
+                )
             } else {
                 String::new()
             }
         ));
         if t.followed > 0 {
             sh.out(format!(
-                "        {} symlink(s) in {} lead out of it: copied as what they lead to",
-                t.followed, f.source.host_path
+                "        {} in {} lead out of it: copied as what they lead to",
+                plural(t.followed, "symlink"),
+                f.source.host_path
             ));
         }
         if t.special > 0 {
@@ -607,12 +621,16 @@ fn print_plan(
             "  mail: not copied; /home/vmail is bind-mounted (marker {MOUNT_VMAIL_MARKER})"
         ));
     }
-    let need = sum(found.iter().map(|f| f.totals));
+    let to_copy: u64 = found.iter().map(|f| f.pending.bytes_copied).sum();
     sh.out(format!(
-        "  free space at {}: {} ({} of data to copy)",
-        ctx.path("data").display(),
+        "  free space at {}: {} ({})",
+        ctx.path("data").shown(),
         human(free.bytes),
-        human(need.alloc.max(need.bytes))
+        if to_copy == 0 && found.iter().all(|f| !f.pending.changed()) {
+            "nothing left to copy".to_string()
+        } else {
+            format!("{} to copy", human(to_copy))
+        }
     ));
     sh.out("  units:");
     for u in unit_states {
@@ -748,8 +766,8 @@ fn stop_units(
         ctx.shell.status(
             "Stopped",
             format!(
-                "{} unit(s) stopped, {} disabled",
-                active.len(),
+                "{}, disabled {}",
+                plural(active.len() as u64, "unit"),
                 enabled.len()
             ),
         );
