@@ -217,46 +217,8 @@ fn host_user(ctx: &Context, uid: u32) -> Option<String> {
 fn scan(ctx: &Context, opts: &Options, st: &State) -> Result<Vec<Found>> {
     let mut found = Vec::new();
     for source in plan::sources(opts.mount_vmail) {
-        match in_host(ctx, source.host_path) {
-            Ok(real) if real.is_dir() => {}
-            Ok(real) => {
-                return Err(error::preflight(format!(
-                    "{} is not a directory (looked at {}); nothing was changed",
-                    source.host_path,
-                    real.shown()
-                )))
-            }
-            Err(resolve::Unresolved::Missing(_)) if !source.required => {
-                ctx.shell.note(format!(
-                    "{} does not exist; nothing to copy from it",
-                    source.host_path
-                ));
-                continue;
-            }
-            Err(resolve::Unresolved::Missing(at)) if at != Path::new(source.host_path) => {
-                return Err(error::preflight(format!(
-                    "{} is a symlink that leads nowhere: {} does not exist (host root {}); \
-                     nothing was changed. Fix the link and run again",
-                    source.host_path,
-                    at.shown(),
-                    ctx.host.root().shown()
-                )));
-            }
-            Err(resolve::Unresolved::Missing(_)) => {
-                return Err(error::preflight(format!(
-                    "{} not found (looked at {}): nothing to migrate from; run this on the \
-                     relay's host, or point --root at its filesystem",
-                    source.host_path,
-                    ctx.host.path(source.host_path).shown()
-                )));
-            }
-            Err(e) => {
-                return Err(error::preflight(format!(
-                    "{}: {e} (host root {}); nothing was changed. Fix the link and run again",
-                    source.host_path,
-                    ctx.host.root().shown()
-                )))
-            }
+        if !source_present(ctx, &source)? {
+            continue;
         }
         let dest = ctx.path(source.dest);
         check_destination(&dest, source.dest, st)?;
@@ -314,6 +276,47 @@ fn scan(ctx: &Context, opts: &Options, st: &State) -> Result<Vec<Found>> {
         )));
     }
     Ok(found)
+}
+
+/// Whether the tree `source` exists on the host (its path resolved inside
+/// the root); an error when it is required, or when a symlink on the way
+/// leads nowhere or in a loop.
+fn source_present(ctx: &Context, source: &Source) -> Result<bool> {
+    match in_host(ctx, source.host_path) {
+        Ok(real) if real.is_dir() => Ok(true),
+        Ok(real) => Err(error::preflight(format!(
+            "{} is not a directory (looked at {}); nothing was changed",
+            source.host_path,
+            real.shown()
+        ))),
+        Err(resolve::Unresolved::Missing(_)) if !source.required => {
+            ctx.shell.note(format!(
+                "{} does not exist; nothing to copy from it",
+                source.host_path
+            ));
+            Ok(false)
+        }
+        Err(resolve::Unresolved::Missing(at)) if at != Path::new(source.host_path) => {
+            Err(error::preflight(format!(
+                "{} is a symlink that leads nowhere: {} does not exist (host root {}); \
+                 nothing was changed. Fix the link and run again",
+                source.host_path,
+                at.shown(),
+                ctx.host.root().shown()
+            )))
+        }
+        Err(resolve::Unresolved::Missing(_)) => Err(error::preflight(format!(
+            "{} not found (looked at {}): nothing to migrate from; run this on the \
+                 relay's host, or point --root at its filesystem",
+            source.host_path,
+            ctx.host.path(source.host_path).shown()
+        ))),
+        Err(e) => Err(error::preflight(format!(
+            "{}: {e} (host root {}); nothing was changed. Fix the link and run again",
+            source.host_path,
+            ctx.host.root().shown()
+        ))),
+    }
 }
 
 /// `chatmail.ini` -> `.env`.
