@@ -381,10 +381,20 @@ fn presync(ctx: &Context, st: &mut State, state_file: &Path, found: &[Found]) ->
     st.save(state_file)?;
     for f in found {
         let t = Instant::now();
-        let bar = progress(ctx, f.totals.bytes.saturating_sub(f.already.bytes));
-        let stats = copy::sync_trees(&f.tree, &f.dest_tree, false, &bar)
-            .with_context(|| format!("pre-sync of {} failed", f.source.host_path))?;
-        bar.finish_and_clear();
+        // The plan's dry run compared the same two walks: when it found
+        // nothing to do, neither would the sync.
+        let stats = if f.pending.changed() {
+            let bar = progress(ctx, f.pending.bytes_copied);
+            let stats = copy::sync_trees(&f.tree, &f.dest_tree, false, &bar)
+                .with_context(|| format!("pre-sync of {} failed", f.source.host_path))?;
+            bar.finish_and_clear();
+            stats
+        } else {
+            copy::Stats {
+                unchanged: f.pending.unchanged,
+                ..copy::Stats::default()
+            }
+        };
         // On disk before the relay stops, so the downtime does not pay
         // for flushing the bulk of the data.
         if stats.changed() {
