@@ -45,6 +45,11 @@ pub const MAIL: Source = Source {
 };
 
 /// The sources for a run: all three, or without the mail with `--mount-vmail`.
+///
+/// Another tree (the Postfix queue, say) is one more [`Source`] here: the
+/// walk, the copy, the verification and the state file treat every source
+/// alike, and the owner of its `owner_of` path is recorded by number and
+/// by the host's user name, so the container can map it by name.
 pub fn sources(mount_vmail: bool) -> Vec<Source> {
     if mount_vmail {
         vec![DKIM, ACME]
