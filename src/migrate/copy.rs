@@ -369,13 +369,13 @@ fn follow_link<'a>(
         return Ok(Some((entry, None)));
     }
     if at.ancestors.contains(&(meta.dev(), meta.ino())) {
-        anyhow::bail!(
+        return Err(crate::error::preflight(format!(
             "{} is a symlink to {}, which contains the link itself: the tree would be \
              endless. Nothing was changed; replace the link with the directory it should \
              lead to",
             real.shown(),
             real_target.shown()
-        );
+        )));
     }
     let mut ancestors = at.ancestors.clone();
     ancestors.push((meta.dev(), meta.ino()));
