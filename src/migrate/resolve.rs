@@ -228,6 +228,95 @@ mod tests {
         ));
     }
 
+    /// The kernel's answer: `openat2(RESOLVE_IN_ROOT)`, as (dev, ino), or
+    /// None when it finds nothing; Err when openat2 is unavailable here.
+    fn kernel(root: &Path, path: &Path) -> Result<Option<(u64, u64)>, ()> {
+        use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+        use std::os::unix::fs::MetadataExt;
+        let dir = fs::File::open(root).unwrap();
+        // EAGAIN: a rename anywhere on the system (other tests) raced a
+        // `..`; the kernel asks to try again.
+        let open = || {
+            openat2(
+                &dir,
+                path,
+                OFlags::PATH | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::IN_ROOT,
+            )
+        };
+        let mut r = open();
+        while r.as_ref().err() == Some(&rustix::io::Errno::AGAIN) {
+            r = open();
+        }
+        match r {
+            Ok(fd) => {
+                let m = fs::File::from(fd).metadata().unwrap();
+                Ok(Some((m.dev(), m.ino())))
+            }
+            Err(rustix::io::Errno::NOSYS) | Err(rustix::io::Errno::PERM) => Err(()),
+            Err(_) => Ok(None),
+        }
+    }
+
+    const NAMES: [&str; 4] = ["a", "b", "c", ".."];
+
+    /// A path of 1-4 components from [`NAMES`], absolute or relative.
+    fn path_of(parts: &[u8], absolute: bool) -> PathBuf {
+        let mut p = PathBuf::from(if absolute { "/" } else { "" });
+        for &i in parts {
+            p.push(NAMES[i as usize % NAMES.len()]);
+        }
+        p
+    }
+
+    proptest::proptest! {
+        /// Random layouts of directories, files and symlinks (absolute,
+        /// relative, escaping, dangling, looping): in_root finds what the
+        /// kernel finds with the same root, or, where the kernel finds
+        /// nothing, an error.
+        #[test]
+        fn in_root_agrees_with_the_kernel(
+            layout in proptest::collection::vec(
+                (proptest::collection::vec(0u8..3, 1..3), 0u8..3,
+                 proptest::collection::vec(0u8..4, 1..5), proptest::bool::ANY),
+                1..12,
+            ),
+            queries in proptest::collection::vec(
+                (proptest::collection::vec(0u8..4, 1..5), proptest::bool::ANY),
+                1..12,
+            ),
+        ) {
+            use std::os::unix::fs::MetadataExt;
+            let t = tempfile::tempdir().unwrap();
+            let r = t.path();
+            for (at, kind, target, absolute) in &layout {
+                let p = r.join(path_of(at, false));
+                // Never through a symlink: it could lead off the root.
+                let parent_ok = p.parent().unwrap().ancestors()
+                    .take_while(|a| a.starts_with(r) && *a != r)
+                    .all(|a| fs::symlink_metadata(a).is_ok_and(|m| m.is_dir()));
+                if !parent_ok || fs::symlink_metadata(&p).is_ok() {
+                    continue;
+                }
+                match kind {
+                    0 => fs::create_dir(&p).unwrap(),
+                    1 => fs::write(&p, b"x").unwrap(),
+                    _ => symlink(path_of(target, *absolute), &p).unwrap(),
+                }
+            }
+            for (q, absolute) in &queries {
+                let q = path_of(q, *absolute);
+                let Ok(k) = kernel(r, &q) else { return Ok(()) };
+                let ours = in_root(r, &q)
+                    .ok()
+                    .and_then(|p| fs::metadata(p).ok())
+                    .map(|m| (m.dev(), m.ino()));
+                proptest::prop_assert_eq!(ours, k, "{}", q.display());
+            }
+        }
+    }
+
     #[test]
     fn containment_follows_links_inside_the_tree() {
         let t = tempfile::tempdir().unwrap();
