@@ -879,13 +879,21 @@ fn view(
         depth: usize,
         out: &mut std::collections::BTreeMap<String, Option<Vec<u8>>>,
     ) {
-        let Ok(fd) = openat2(
-            root,
-            path.as_str(),
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT,
-        ) else {
+        let open = || {
+            openat2(
+                root,
+                path.as_str(),
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::IN_ROOT,
+            )
+        };
+        // EAGAIN: a rename anywhere on the system raced a `..`; try again.
+        let mut r = open();
+        while r.as_ref().err() == Some(&rustix::io::Errno::AGAIN) {
+            r = open();
+        }
+        let Ok(fd) = r else {
             return; // missing, a loop, not a directory: nothing to see
         };
         let file = fs::File::from(fd);
