@@ -613,9 +613,19 @@ fn print_plan(
         ));
         if t.followed > 0 {
             sh.out(format!(
-                "        {} in {} lead out of it: copied as what they lead to",
+                "        {} in {} {}: copied as what {} to",
                 plural(t.followed, "symlink"),
-                f.source.host_path
+                f.source.host_path,
+                if t.followed == 1 {
+                    "leads out of it"
+                } else {
+                    "lead out of it"
+                },
+                if t.followed == 1 {
+                    "it leads"
+                } else {
+                    "they lead"
+                }
             ));
         }
         if t.special > 0 {
