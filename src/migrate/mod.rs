@@ -322,14 +322,14 @@ fn source_present(ctx: &Context, source: &Source) -> Result<bool> {
 /// `chatmail.ini` -> `.env`.
 fn convert_config(ctx: &Context, ini: &Path) -> Result<()> {
     let report = ini2env::sync_env(ctx, ini, &ctx.path(".env"), &ini2env::Options::default())
-        .with_context(|| format!("cannot convert {} into .env", ini.display()))?;
+        .with_context(|| format!("cannot convert {} into .env", ini.shown()))?;
     for line in &report.lines {
         ctx.shell.verbose(line);
     }
     ctx.shell.status(
         "Config",
         if report.changed {
-            format!("{} -> .env updated", ini.display())
+            format!("{} -> .env updated", ini.shown())
         } else {
             ".env already up to date".to_string()
         },
@@ -347,7 +347,7 @@ fn claim(
     found: &[Found],
 ) -> Result<()> {
     std::fs::create_dir_all(ctx.path("data"))
-        .with_context(|| format!("cannot create {}", ctx.path("data").display()))?;
+        .with_context(|| format!("cannot create {}", ctx.path("data").shown()))?;
     for f in found {
         if !st.owns(f.source.dest) {
             st.created.push(f.source.dest.to_string());
@@ -540,14 +540,14 @@ fn check_destination(dest: &Path, rel: &str, st: &State) -> Result<()> {
     // Followed: data/chatmail may be a symlink to a bigger disk.
     match std::fs::metadata(dest) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", dest.display())),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", dest.shown())),
         Ok(m) if !m.is_dir() => Err(error::usage(format!(
             "{} exists and is not a directory; move it away first",
-            dest.display()
+            dest.shown()
         ))),
         Ok(_) => {
-            let mut rd = std::fs::read_dir(dest)
-                .with_context(|| format!("cannot list {}", dest.display()))?;
+            let mut rd =
+                std::fs::read_dir(dest).with_context(|| format!("cannot list {}", dest.shown()))?;
             if rd.next().is_none() {
                 Ok(())
             } else {
@@ -555,7 +555,7 @@ fn check_destination(dest: &Path, rel: &str, st: &State) -> Result<()> {
                     "{} is not empty and was not created by `migrate` (it may hold data from \
                      another host or a container that already ran); nothing was changed. Move it \
                      away (or empty it) and run again",
-                    dest.display()
+                    dest.shown()
                 )))
             }
         }
@@ -574,7 +574,7 @@ fn print_plan(
     let sh = &ctx.shell;
     sh.out(format!(
         "Migration plan (host root {}):",
-        ctx.host.root().display()
+        ctx.host.root().shown()
     ));
     sh.out(format!(
         "  config: {} -> {}",

@@ -10,6 +10,7 @@ use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 use super::copy::Totals;
+use super::show::Shown as _;
 
 /// One tree to copy.
 #[derive(Clone, Debug)]
@@ -106,7 +107,7 @@ pub fn free_at(path: &Path) -> Result<Free> {
         }
     }
     let st = rustix::fs::statvfs(&p)
-        .map_err(|e| anyhow::anyhow!("cannot read the free space of {}: {e}", p.display()))?;
+        .map_err(|e| anyhow::anyhow!("cannot read the free space of {}: {e}", p.shown()))?;
     let files_limited = st.f_files != 0;
     Ok(Free {
         bytes: st.f_bavail.saturating_mul(st.f_frsize),
