@@ -531,3 +531,507 @@ fn start_outside_a_deployment_dir_fails_before_anything_changes() {
     assert!(f.log().is_empty(), "{}", f.log());
     assert!(!f.dest("data").exists());
 }
+
+fn small() -> Mail {
+    Mail {
+        users: 2,
+        files_per_user: 5,
+        big: vec![],
+    }
+}
+
+#[test]
+fn every_unit_the_relay_installs_is_stopped_by_its_real_name() {
+    let f = Fake::new(&small());
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let log = f.log();
+    for unit in ["turnserver.service", "filtermail-transport.service"] {
+        assert!(
+            log.lines()
+                .any(|l| l.starts_with("stop ") && l.contains(unit)),
+            "{unit} not stopped: {log}"
+        );
+    }
+    assert!(!log.contains("chatmail-turn"), "{log}");
+}
+
+#[test]
+fn rollback_passes_only_the_relays_units_to_systemctl() {
+    let f = Fake::new(&small());
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // A state file naming other units (edited, or written by something
+    // else) makes the rollback refuse, before systemctl runs.
+    let file = f.dest("data/.migrate-state.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+    for bad in ["sshd.service", "--no-block", "-H"] {
+        state["stopped"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "unit": bad, "was_active": true, "was_enabled": true
+            }));
+    }
+    fs::write(&file, serde_json::to_vec(&state).unwrap()).unwrap();
+    let before = f.log().len();
+    let (code, out, err) = migrate(&f, &["--rollback", "--yes"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        err.contains("sshd.service") && err.contains("--no-block"),
+        "{err}"
+    );
+    let after = &f.log()[before..];
+    assert!(
+        !after.contains("start") && !after.contains("enable"),
+        "{after}"
+    );
+}
+
+#[test]
+fn sparse_files_stay_sparse() {
+    let f = Fake::new(&small());
+    let p = f.root.join(format!(
+        "home/vmail/mail/{DOMAIN}/user000@{DOMAIN}/dovecot.index.cache"
+    ));
+    let file = fs::File::create(&p).unwrap();
+    file.set_len(256 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"data in the middle", 100 << 20).unwrap();
+    drop(file);
+    if fs::metadata(&p).unwrap().blocks() * 512 >= 1 << 20 {
+        eprintln!("skipped: this filesystem has no sparse files");
+        return;
+    }
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let copy = f
+        .dest("data/chatmail")
+        .join(p.strip_prefix(f.root.join("home")).unwrap());
+    let m = fs::metadata(&copy).unwrap();
+    assert_eq!(m.len(), 256 << 20);
+    assert!(
+        m.blocks() * 512 < 1 << 20,
+        "the copy occupies {} bytes",
+        m.blocks() * 512
+    );
+    f.check_copy("/home", "data/chatmail");
+}
+
+/// Run `c` like [`run`], but kill it and fail when it has not finished in
+/// `limit`: a bound on hangs (an endless walk), not a timing assertion.
+fn run_bounded(c: &mut Command, limit: Duration) -> (i32, String, String) {
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut so, mut se) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut so, &mut s).unwrap();
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut se, &mut s).unwrap();
+        s
+    });
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("migrate did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.code().unwrap_or(-1),
+        out.join().unwrap(),
+        err.join().unwrap(),
+    )
+}
+
+fn is_symlink(p: &std::path::Path) -> bool {
+    fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+/// Messages in a fake of [`small`] size: 5 per user, and one shared by
+/// hard link with the previous user.
+const SMALL_MESSAGES: usize = 2 * 5 + 1;
+
+#[test]
+fn mail_behind_symlinks_to_other_disks_is_copied_as_the_relay_sees_it() {
+    let f = Fake::new(&small());
+    // /home/vmail on another disk (absolute link, so also resolved inside
+    // --root), and its mail/ on a third one (relative link).
+    f.move_behind_link("home/vmail", "srv/disk1/vmail", "/srv/disk1/vmail");
+    f.move_behind_link("srv/disk1/vmail/mail", "srv/disk2/mail", "../../disk2/mail");
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains(&format!("{SMALL_MESSAGES} messages")), "{out}");
+    let vmail = f.dest("data/chatmail/vmail");
+    assert!(
+        !is_symlink(&vmail) && vmail.is_dir(),
+        "vmail was copied as a link"
+    );
+    assert!(
+        !is_symlink(&vmail.join("mail")),
+        "mail was copied as a link"
+    );
+    let messages = files(&vmail.join("mail"))
+        .into_iter()
+        .filter(|p| {
+            p.parent()
+                .and_then(|d| d.file_name())
+                .is_some_and(|d| d == "cur" || d == "new")
+        })
+        .count();
+    assert_eq!(messages, SMALL_MESSAGES);
+    f.check_copy("/srv/disk2/mail", "data/chatmail/vmail/mail");
+    // Links that stay inside the tree are still links.
+    assert!(is_symlink(
+        &vmail.join(format!("mail/{DOMAIN}/user000@{DOMAIN}/dovecot.sieve"))
+    ));
+    // A rerun sees the same tree: nothing to do.
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("Already migrated"), "{out}\n{err}");
+}
+
+#[test]
+fn absolute_links_resolve_inside_the_root_not_on_the_live_host() {
+    let f = Fake::new(&small());
+    // The same absolute path exists on the live host (a decoy key) and
+    // under --root (the relay's real key): only the latter may be copied.
+    let elsewhere = f.tmp.path().join("keys");
+    fs::create_dir_all(&elsewhere).unwrap();
+    fs::write(elsewhere.join("opendkim.private"), "live host's key").unwrap();
+    let in_root = f.root.join(elsewhere.strip_prefix("/").unwrap());
+    let link = elsewhere.to_str().unwrap().to_string();
+    f.move_behind_link(
+        "etc/dkimkeys",
+        in_root.strip_prefix(&f.root).unwrap().to_str().unwrap(),
+        &link,
+    );
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        fs::read(f.dest("data/chatmail-dkimkeys/opendkim.private")).unwrap(),
+        fs::read(in_root.join("opendkim.private")).unwrap()
+    );
+    f.check_copy(
+        in_root.strip_prefix(&f.root).unwrap().to_str().unwrap(),
+        "data/chatmail-dkimkeys",
+    );
+}
+
+#[test]
+fn a_symlink_loop_is_named_as_such_before_anything_changes() {
+    let f = Fake::new(&small());
+    fs::remove_dir_all(f.root.join("etc/dkimkeys")).unwrap();
+    std::os::unix::fs::symlink("dkimkeys", f.root.join("etc/dkimkeys")).unwrap();
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(err.contains("symlink loop"), "{err}");
+    assert!(!err.contains("not found"), "{err}");
+    assert!(!f.log().contains("stop"), "{}", f.log());
+    assert!(!f.dest("data").exists());
+}
+
+/// The on-stop hook rewrites one message with the same size and mtime: the
+/// quick check of the final sync cannot see it; verification does.
+fn rewrite_in_place_on_stop(f: &Fake, extra: &str) -> std::path::PathBuf {
+    let user = f
+        .root
+        .join(format!("home/vmail/mail/{DOMAIN}/user001@{DOMAIN}/cur"));
+    let msg = fs::read_dir(&user).unwrap().next().unwrap().unwrap().path();
+    // Its scratch files live outside the host root: the directory's
+    // mtime does not change either.
+    let hook = format!(
+        "#!/bin/sh\nset -e\nm='{m}'\nt='{t}'\n[ -e \"$t.done\" ] && exit 0\n\
+         touch -r \"$m\" \"$t.ref\"\ntr 'a-zA-Z0-9' 'b-zA-Z0-9a' < \"$m\" > \"$t.new\"\n\
+         cat \"$t.new\" > \"$m\"\ntouch -r \"$t.ref\" \"$m\"\n: > \"$t.done\"\n{extra}\n",
+        m = msg.display(),
+        t = f.tmp.path().join("rewrite").display(),
+    );
+    let hook_path = f.units.join("on-stop");
+    fs::write(&hook_path, hook).unwrap();
+    fs::set_permissions(&hook_path, fs::Permissions::from_mode(0o755)).unwrap();
+    msg
+}
+
+#[test]
+fn content_changed_without_size_or_mtime_is_copied_again_and_verified() {
+    let f = Fake::new(&small());
+    let msg = rewrite_in_place_on_stop(&f, "");
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let rel = msg.strip_prefix(f.root.join("home")).unwrap();
+    assert_eq!(
+        fs::read(&msg).unwrap(),
+        fs::read(f.dest("data/chatmail").join(rel)).unwrap()
+    );
+    f.check_copy("/home", "data/chatmail");
+    assert!(err.contains("again"), "{err}");
+}
+
+#[test]
+fn a_copy_that_stays_different_restarts_the_old_relay() {
+    let f = Fake::new(&small());
+    let dest_cur = f
+        .dest("data/chatmail")
+        .join(format!("vmail/mail/{DOMAIN}/user001@{DOMAIN}/cur"));
+    // Copying again cannot fix it: the copy's directory became immutable.
+    let msg = rewrite_in_place_on_stop(&f, &format!("chattr +i '{}'", dest_cur.display()));
+    if Command::new("chattr").arg("-V").output().is_err() {
+        eprintln!("skipped: chattr not found");
+        return;
+    }
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    let _ = Command::new("chattr").arg("-i").arg(&dest_cur).status();
+    if err.contains("chattr") && err.contains("Operation not supported") {
+        eprintln!("skipped: no immutable files on this filesystem");
+        return;
+    }
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("content differs"), "{err}");
+    assert!(err.contains("started again"), "{err}");
+    assert!(!out.contains("Migration complete"), "{out}");
+    assert_eq!(f.unit_state("postfix.service"), "active enabled");
+    assert_eq!(f.unit_state("lastlogin.service"), "inactive enabled");
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.dest("data/.migrate-state.json")).unwrap()).unwrap();
+    assert_eq!(state["phase"], "rolled-back", "{state}");
+    assert!(msg.exists());
+}
+
+#[test]
+fn control_characters_from_the_host_never_reach_the_terminal() {
+    let f = Fake::new(&small());
+    // A user-provided value...
+    let (code, _, err) = migrate(&f, &["--yes", "--ini", "/nowhere/\x1b[2Jchatmail.ini"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains('\x1b'), "{err:?}");
+    assert!(err.contains("\\u{1b}[2J"), "{err:?}");
+    // ...and a file name that the verification reports (its content
+    // changes at the stop, keeping size and mtime).
+    let msg = f.root.join(format!(
+        "home/vmail/mail/{DOMAIN}/user001@{DOMAIN}/cur/\x1b]0;owned\x07evil:2,S"
+    ));
+    fs::write(&msg, "x").unwrap();
+    let t = filetime::FileTime::from_unix_time(1_700_000_000, 0);
+    filetime::set_file_mtime(&msg, t).unwrap();
+    let hook = format!(
+        "#!/bin/sh\nif [ ! -e '{done}' ]; then printf y > \"$MSG\"; touch -d @1700000000 \"$MSG\"; : > '{done}'; fi\n",
+        done = f.tmp.path().join("done").display()
+    );
+    fs::write(f.units.join("on-stop"), hook).unwrap();
+    fs::set_permissions(f.units.join("on-stop"), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = f.cmd();
+    c.env("MSG", &msg).args(["migrate", "--yes"]);
+    let (code, out, err) = run(&mut c);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("evil"), "{err:?}");
+    assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
+    assert!(err.contains("\\u{1b}]0;owned\\u{7}evil"), "{err:?}");
+}
+
+#[test]
+fn the_plan_counts_only_what_is_left_to_copy() {
+    let f = Fake::new(&small());
+    let (code, out, err) = migrate(&f, &["--yes", "--presync-only"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = migrate(&f, &["--dry-run"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("nothing left to copy"), "{out}");
+    assert!(!out.contains("KiB to copy"), "{out}");
+}
+
+#[test]
+fn the_stop_report_counts_the_units_once() {
+    let f = Fake::new(&small());
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let stopped = err.lines().find(|l| l.contains("Stopped")).unwrap_or("");
+    assert!(
+        !stopped.contains("unit(s)") && stopped.contains("units, disabled"),
+        "{err}"
+    );
+}
+
+/// What a process sees below `start` when `root` is its `/` (every path
+/// resolved by the kernel with `RESOLVE_IN_ROOT`): directories, and files
+/// with their content, `depth` levels deep (links to ancestors repeat).
+fn view(
+    root: &std::path::Path,
+    start: &str,
+    depth: usize,
+) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    fn walk(
+        root: &fs::File,
+        path: String,
+        depth: usize,
+        out: &mut std::collections::BTreeMap<String, Option<Vec<u8>>>,
+    ) {
+        let open = || {
+            openat2(
+                root,
+                path.as_str(),
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::IN_ROOT,
+            )
+        };
+        // EAGAIN: a rename anywhere on the system raced a `..`; try again.
+        let mut r = open();
+        while r.as_ref().err() == Some(&rustix::io::Errno::AGAIN) {
+            r = open();
+        }
+        let Ok(fd) = r else {
+            return; // missing, a loop, not a directory: nothing to see
+        };
+        let file = fs::File::from(fd);
+        let meta = file.metadata().unwrap();
+        if meta.is_file() {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut &file, &mut v).unwrap();
+            out.insert(path, Some(v));
+        } else if meta.is_dir() {
+            out.insert(path.clone(), None);
+            if depth == 0 {
+                return;
+            }
+            let mut names: Vec<String> = rustix::fs::Dir::read_from(&file)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "." && n != "..")
+                .collect();
+            names.sort();
+            for n in names {
+                walk(root, format!("{path}/{n}"), depth - 1, out);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(
+        &fs::File::open(root).unwrap(),
+        start.to_string(),
+        depth,
+        &mut out,
+    );
+    out
+}
+
+/// Places in and around the trees that random layouts put things at.
+const NODES: [&str; 11] = [
+    "etc/dkimkeys",
+    "etc/dkimkeys/k",
+    "home/a",
+    "home/a/b",
+    "home/vmail",
+    "home/vmail/mail",
+    "home/vmail/mail/m",
+    "srv",
+    "srv/d",
+    "srv/d/e",
+    "srv/d/e/f",
+];
+
+/// A relative path from the directory `from` to `to` (both root-relative).
+fn relative(from: &str, to: &str) -> String {
+    let up = from.split('/').filter(|c| !c.is_empty()).count();
+    format!("{}{to}", "../".repeat(up))
+}
+
+/// Apply one random operation to `NODES[i]`: keep, a directory, a file, or
+/// a symlink (moving a directory that is there behind the link).
+fn apply(f: &Fake, decoy: &std::path::Path, i: usize, op: u8, seed: u8, target: u8, to: usize) {
+    let node = NODES[i];
+    let p = f.root.join(node);
+    let parent = node.rsplit_once('/').map_or("", |(d, _)| d);
+    // Never create through a symlink: it could lead to the live host.
+    let mut at = f.root.clone();
+    for c in parent.split('/').filter(|c| !c.is_empty()) {
+        at.push(c);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return,
+            Err(_) => fs::create_dir(&at).unwrap(),
+        }
+    }
+    let exists = fs::symlink_metadata(&p).is_ok();
+    match op % 4 {
+        0 => {}
+        1 if !exists => fs::create_dir(&p).unwrap(),
+        2 if !exists => fs::write(&p, bytes(seed as u64, 10 + seed as usize)).unwrap(),
+        3 => {
+            let text = match target % 7 {
+                0 => format!("/{}", NODES[to]),
+                1 => relative(parent, NODES[to]),
+                2 => format!("{}{}", "../".repeat(6), NODES[to]),
+                3 => decoy.display().to_string(),
+                4 => node.rsplit('/').next().unwrap().to_string(),
+                5 => "nope".to_string(),
+                _ => format!("/{}/../{}", NODES[to], NODES[(to + 3) % NODES.len()]),
+            };
+            if exists {
+                let moved = format!("disk/moved{i}");
+                f.move_behind_link(node, &moved, &text);
+            } else {
+                std::os::unix::fs::symlink(&text, &p).unwrap();
+            }
+        }
+        _ => {}
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 40,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// Random symlink layouts (links in and out of the trees, absolute and
+    /// relative, escaping the root, dangling, loops, pointing at the live
+    /// host): either the migration refuses before any unit is stopped, or
+    /// the container sees exactly what the relay saw.
+    #[test]
+    fn the_container_sees_what_the_relay_saw(
+        ops in proptest::collection::vec(
+            (0u8..4, proptest::prelude::any::<u8>(), 0u8..7, 0usize..NODES.len()),
+            NODES.len(),
+        )
+    ) {
+        let f = Fake::new(&Mail { users: 1, files_per_user: 2, big: vec![] });
+        let decoy = f.tmp.path().join("decoy");
+        fs::create_dir_all(&decoy).unwrap();
+        fs::write(decoy.join("k"), "live host").unwrap();
+        for (i, (op, seed, target, to)) in ops.into_iter().enumerate() {
+            apply(&f, &decoy, i, op, seed, target, to);
+        }
+        let relay = (view(&f.root, "/home", 7), view(&f.root, "/etc/dkimkeys", 7));
+        let mut c = f.cmd();
+        c.args(["migrate", "--yes"]);
+        let (code, out, err) = run_bounded(&mut c, Duration::from_secs(120));
+        if code != 0 {
+            proptest::prop_assert!(!f.log().contains("stop "), "{out}\n{err}\n{}", f.log());
+            proptest::prop_assert!(err.contains("error:"), "{err}");
+            return Ok(());
+        }
+        // The container's / : the copies where the container mounts them.
+        let c = f.tmp.path().join("container");
+        fs::create_dir_all(c.join("etc")).unwrap();
+        fs::rename(f.dest("data/chatmail"), c.join("home")).unwrap();
+        fs::rename(f.dest("data/chatmail-dkimkeys"), c.join("etc/dkimkeys")).unwrap();
+        let container = (view(&c, "/home", 7), view(&c, "/etc/dkimkeys", 7));
+        proptest::prop_assert!(relay.0 == container.0, "/home differs:\n{:?}\n{:?}\n{out}\n{err}", relay.0.keys().collect::<Vec<_>>(), container.0.keys().collect::<Vec<_>>());
+        proptest::prop_assert!(relay.1 == container.1, "/etc/dkimkeys differs:\n{:?}\n{:?}", relay.1, container.1);
+    }
+}

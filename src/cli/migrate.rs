@@ -49,6 +49,6 @@ impl MigrateArgs {
             presync_only: self.presync_only,
             rollback: self.rollback,
         };
-        migrate::run(ctx, &options)
+        migrate::run(ctx, options)
     }
 }

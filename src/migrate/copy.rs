@@ -25,6 +25,12 @@
 //! run deletes (they are not in the source). A re-run skips files whose size,
 //! mtime (ns), mode and numeric owner already match.
 //!
+//! Source symlinks: a link that stays inside the tree is copied as a link;
+//! one that leads out of it is followed and its target copied in its place
+//! ([`walk_source`]), because the container sees only the copied trees.
+//!
+//! Sparse files stay sparse: only the data regions (`SEEK_DATA`) are copied.
+//!
 //! Hard links: regular files with `st_nlink > 1` are grouped by (dev, ino);
 //! the first path of a group (in sorted order) is copied, the others are
 //! linked to it in a second pass, so the result does not depend on thread
@@ -42,13 +48,30 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use super::resolve;
+use super::show::Shown as _;
 
 /// One entry of a tree, relative to its root ("" is the root itself).
 #[derive(Clone, Debug)]
 pub struct Entry {
     pub rel: PathBuf,
+    /// The entry's metadata; for a followed symlink, its target's.
     pub meta: Metadata,
+    /// Set when the entry is, or lies below, a symlink the walk followed:
+    /// its content is read from there (see [`Tree::source_path`]).
+    pub from: Option<Arc<Followed>>,
+}
+
+/// A symlink the walk followed to its content, because the link leads out
+/// of the tree (where the container would find nothing).
+#[derive(Debug)]
+pub struct Followed {
+    /// Where the link is in the tree.
+    pub rel: PathBuf,
+    /// Where its target really is (no symlink in it below the host root).
+    pub real: PathBuf,
 }
 
 /// Kind of an entry as far as copying goes.
@@ -104,20 +127,73 @@ pub struct Totals {
     pub bytes: u64,
     /// Space the files occupy (st_blocks), hard links counted once.
     pub alloc: u64,
+    /// Messages: regular files in a maildir's `cur/` or `new/`.
+    pub messages: u64,
+    /// Symlinks leading out of the tree, counted as what they lead to.
+    pub followed: u64,
+}
+
+/// Whether a file at `rel` is a message (in a maildir's `cur/` or `new/`).
+pub fn is_message(rel: &Path) -> bool {
+    rel.parent()
+        .and_then(Path::file_name)
+        .is_some_and(|d| d == "cur" || d == "new")
+}
+
+/// The inode of a file entry.
+fn inode(e: &Entry) -> (u64, u64) {
+    (e.meta.dev(), e.meta.ino())
+}
+
+/// Which files of a tree may share their inode with another entry: hard
+/// links, and files reached through a followed symlink (which may be
+/// reached by another path too: two links to one file, or a link to a
+/// directory that is also in the tree).
+struct Sharing(HashSet<(u64, u64)>);
+
+impl Sharing {
+    fn of<'a>(entries: impl Iterator<Item = &'a Entry>) -> Sharing {
+        Sharing(
+            entries
+                .filter(|e| e.from.is_some() && kind(&e.meta) == Kind::File)
+                .map(inode)
+                .collect(),
+        )
+    }
+
+    fn may_share(&self, e: &Entry) -> bool {
+        e.meta.nlink() > 1 || (!self.0.is_empty() && self.0.contains(&inode(e)))
+    }
 }
 
 impl Tree {
+    /// Where the content of `e` is read from: below the root, or below the
+    /// target of the followed link it lies in.
+    pub fn source_path(&self, e: &Entry) -> PathBuf {
+        match &e.from {
+            None => self.root.join(&e.rel),
+            Some(f) => match e.rel.strip_prefix(&f.rel) {
+                Ok(rest) if rest.as_os_str().is_empty() => f.real.clone(),
+                Ok(rest) => f.real.join(rest),
+                Err(_) => self.root.join(&e.rel),
+            },
+        }
+    }
+
     pub fn totals(&self) -> Totals {
         let mut t = Totals::default();
         let mut seen = HashSet::new();
+        let sharing = Sharing::of(self.entries.iter());
         for e in &self.entries {
+            t.followed += u64::from(e.from.as_ref().is_some_and(|f| f.rel == e.rel));
             match kind(&e.meta) {
                 Kind::Dir => t.dirs += 1,
                 Kind::Symlink => t.symlinks += 1,
                 Kind::Special => t.special += 1,
                 Kind::File => {
                     t.files += 1;
-                    if e.meta.nlink() > 1 && !seen.insert((e.meta.dev(), e.meta.ino())) {
+                    t.messages += u64::from(is_message(&e.rel));
+                    if sharing.may_share(e) && !seen.insert(inode(e)) {
                         continue;
                     }
                     t.bytes += e.meta.len();
@@ -129,12 +205,12 @@ impl Tree {
     }
 }
 
-/// Walk `root` in parallel. A missing root is an empty tree when
-/// `missing_ok`; entries vanishing during the walk (a live mail server
-/// renames files constantly) are left out.
+/// Walk the destination `root` in parallel, never following a symlink
+/// below it. A missing root is an empty tree when `missing_ok`; entries
+/// vanishing during the walk are left out.
 pub fn walk(root: &Path, missing_ok: bool) -> Result<Tree> {
-    // The root itself may be a symlink (`/home -> /srv/home`, a data dir on
-    // another disk): follow it there, and only there.
+    // The root itself may be a symlink (`data/chatmail` on a bigger disk):
+    // follow it there, and only there.
     let meta = match fs::metadata(root) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound && missing_ok => {
@@ -143,16 +219,76 @@ pub fn walk(root: &Path, missing_ok: bool) -> Result<Tree> {
                 entries: Vec::new(),
             })
         }
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", root.display())),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", root.shown())),
     };
+    walk_from(root, meta, None)
+}
+
+/// The source tree the relay sees at `host_path` (`/home`) on the host
+/// whose filesystem is at `host_root` (`/`, or `--root`).
+///
+/// Every path is resolved inside the host root. Symlinks that stay inside
+/// the tree are entries of their own (the copy is the same link); a symlink
+/// that leads out of it (`/home/vmail -> /srv/vmail` on another disk) is
+/// followed, at any depth, and its target's content takes its place, since
+/// the container would find nothing there. A followed directory that
+/// contains itself is an error, before anything was changed.
+pub fn walk_source(host_root: &Path, host_path: &Path) -> Result<Tree> {
+    let real = resolve::in_root(host_root, host_path).map_err(|e| {
+        anyhow!(
+            "{}: {e} (looked under {})",
+            host_path.shown(),
+            host_root.shown()
+        )
+    })?;
+    let meta =
+        fs::symlink_metadata(&real).with_context(|| format!("cannot read {}", real.shown()))?;
+    let follow = Follow {
+        host_root: host_root.to_path_buf(),
+        mounted_at: host_path.to_path_buf(),
+    };
+    walk_from(&real, meta, Some(&follow))
+}
+
+/// How a source walk treats symlinks (a destination walk has none).
+struct Follow {
+    host_root: PathBuf,
+    /// The tree's path on the host and in the container.
+    mounted_at: PathBuf,
+}
+
+/// Where the walk is: which real directory, and the zone it belongs to
+/// (the tree itself, or the target of a followed link).
+#[derive(Clone)]
+struct At<'a> {
+    follow: Option<&'a Follow>,
+    /// The real directory being listed.
+    dir: PathBuf,
+    /// Its path in the tree.
+    rel: PathBuf,
+    /// The followed link this part of the tree comes from (None: the tree).
+    from: Option<Arc<Followed>>,
+    /// (dev, ino) of every directory from the root down to `dir`.
+    ancestors: Vec<(u64, u64)>,
+}
+
+fn walk_from(root: &Path, meta: Metadata, follow: Option<&Follow>) -> Result<Tree> {
     if !meta.is_dir() {
-        anyhow::bail!("{} is not a directory", root.display());
+        anyhow::bail!("{} is not a directory", root.shown());
     }
+    let at = At {
+        follow,
+        dir: root.to_path_buf(),
+        rel: PathBuf::new(),
+        from: None,
+        ancestors: vec![(meta.dev(), meta.ino())],
+    };
     let mut entries = vec![Entry {
         rel: PathBuf::new(),
         meta,
+        from: None,
     }];
-    entries.extend(walk_dir(root, Path::new(""))?);
+    entries.extend(walk_dir(&at)?);
     debug_assert!(entries
         .windows(2)
         .all(|w| tree_order(&w[0].rel, &w[1].rel).is_lt()));
@@ -172,44 +308,156 @@ fn tree_order(a: &Path, b: &Path) -> std::cmp::Ordering {
     a.iter().map(key).cmp(b.iter().map(key))
 }
 
-/// The subtree below `rel`, already in [`tree_order`]: each directory's
+/// A symlink at `real` (named `rel` in the tree) met by a source walk in the
+/// zone of `at`: `None` to keep it as a link, or the entry and the zone of
+/// its target when it leads out of the tree.
+fn follow_link<'a>(
+    at: &At<'a>,
+    real: &Path,
+    rel: &Path,
+) -> Result<Option<(Entry, Option<At<'a>>)>> {
+    let Some(follow) = at.follow else {
+        return Ok(None);
+    };
+    let target = match fs::read_link(real) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read the link {}", real.shown())),
+    };
+    // The zone: the tree (mounted at its host path) or a followed target.
+    let (zone, mounted_at, parent) = match &at.from {
+        None => (
+            at_root(at),
+            Some(follow.mounted_at.as_path()),
+            at.rel.clone(),
+        ),
+        Some(f) => (
+            f.real.clone(),
+            None,
+            at.rel
+                .strip_prefix(&f.rel)
+                .unwrap_or(Path::new(""))
+                .to_path_buf(),
+        ),
+    };
+    if resolve::contained(&zone, mounted_at, &parent, &target) {
+        return Ok(None);
+    }
+    // Out of the tree: what the relay sees there, resolved in the host root.
+    let host_dir = Path::new("/").join(at.dir.strip_prefix(&follow.host_root).unwrap_or(&at.dir));
+    let real_target = match resolve::in_root(&follow.host_root, &host_dir.join(&target)) {
+        Ok(t) => t,
+        // Dangling or a loop: the relay sees nothing there, nor will the
+        // container; the link is copied as it is.
+        Err(resolve::Unresolved::Missing(_))
+        | Err(resolve::Unresolved::NotDir(_))
+        | Err(resolve::Unresolved::Loop(_)) => return Ok(None),
+        Err(e) => return Err(anyhow!("{}: {e}", real.shown())),
+    };
+    let meta = fs::symlink_metadata(&real_target)
+        .with_context(|| format!("cannot read {}", real_target.shown()))?;
+    let from = Arc::new(Followed {
+        rel: rel.to_path_buf(),
+        real: real_target.clone(),
+    });
+    let entry = Entry {
+        rel: rel.to_path_buf(),
+        meta: meta.clone(),
+        from: Some(from.clone()),
+    };
+    if !meta.is_dir() {
+        return Ok(Some((entry, None)));
+    }
+    if at.ancestors.contains(&(meta.dev(), meta.ino())) {
+        return Err(crate::error::preflight(format!(
+            "{} is a symlink to {}, which contains the link itself: the tree would be \
+             endless. Nothing was changed; replace the link with the directory it should \
+             lead to",
+            real.shown(),
+            real_target.shown()
+        )));
+    }
+    let mut ancestors = at.ancestors.clone();
+    ancestors.push((meta.dev(), meta.ino()));
+    Ok(Some((
+        entry,
+        Some(At {
+            follow: at.follow,
+            dir: real_target,
+            rel: rel.to_path_buf(),
+            from: Some(from),
+            ancestors,
+        }),
+    )))
+}
+
+/// The real root of the tree `at` is in (its zone without a followed link).
+fn at_root(at: &At) -> PathBuf {
+    let mut root = at.dir.clone();
+    for _ in at.rel.components() {
+        root.pop();
+    }
+    root
+}
+
+/// The subtree below `at`, already in [`tree_order`]: each directory's
 /// names are sorted and every subdirectory's subtree (walked in parallel)
 /// follows its entry, so no global sort is needed.
-fn walk_dir(root: &Path, rel: &Path) -> Result<Vec<Entry>> {
-    let dir = root.join(rel);
-    let rd = match fs::read_dir(&dir) {
+fn walk_dir(at: &At) -> Result<Vec<Entry>> {
+    let dir = &at.dir;
+    let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.shown())),
     };
     let mut named = Vec::new();
     for de in rd {
-        let de = de.with_context(|| format!("cannot list {}", dir.display()))?;
+        let de = de.with_context(|| format!("cannot list {}", dir.shown()))?;
         // DirEntry::metadata is an fstatat(AT_SYMLINK_NOFOLLOW) on the open
         // directory: it never follows symlinks.
         let meta = match de.metadata() {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot stat {}", de.path().display()))
-            }
+            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", de.path().shown())),
         };
         named.push((de.file_name(), meta));
     }
     named.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let children: Vec<Entry> = named
-        .into_iter()
-        .map(|(name, meta)| Entry {
-            rel: rel.join(name),
-            meta,
-        })
-        .collect();
-    let dirs: Vec<usize> = (0..children.len())
-        .filter(|&i| children[i].meta.is_dir())
-        .collect();
-    let mut subtrees: Vec<Result<Vec<Entry>>> = dirs
+    // Each child with the directory to descend into, if any.
+    let mut children: Vec<(Entry, Option<At>)> = Vec::with_capacity(named.len());
+    for (name, meta) in named {
+        let rel = at.rel.join(&name);
+        let real = dir.join(&name);
+        if meta.file_type().is_symlink() {
+            if let Some((entry, sub)) = follow_link(at, &real, &rel)? {
+                children.push((entry, sub));
+                continue;
+            }
+        }
+        let sub = meta.is_dir().then(|| {
+            let mut ancestors = at.ancestors.clone();
+            ancestors.push((meta.dev(), meta.ino()));
+            At {
+                follow: at.follow,
+                dir: real,
+                rel: rel.clone(),
+                from: at.from.clone(),
+                ancestors,
+            }
+        });
+        children.push((
+            Entry {
+                rel,
+                meta,
+                from: at.from.clone(),
+            },
+            sub,
+        ));
+    }
+    let mut subtrees: Vec<Result<Vec<Entry>>> = children
         .par_iter()
-        .map(|&i| walk_dir(root, &children[i].rel))
+        .filter_map(|(_, sub)| sub.as_ref())
+        .map(walk_dir)
         .collect();
     let total: usize = subtrees
         .iter()
@@ -217,10 +465,9 @@ fn walk_dir(root: &Path, rel: &Path) -> Result<Vec<Entry>> {
         .sum();
     let mut out = Vec::with_capacity(children.len() + total);
     let mut next = subtrees.drain(..);
-    for e in children {
-        let is_dir = e.meta.is_dir();
+    for (e, sub) in children {
         out.push(e);
-        if is_dir {
+        if sub.is_some() {
             if let Some(sub) = next.next() {
                 out.extend(sub?);
             }
@@ -364,7 +611,7 @@ fn copy_xattrs_fd(src: &File, dst: &File, what: &Path) -> Result<()> {
     use xattr::FileExt;
     copy_xattrs(
         what,
-        || format!("the copy of {}", what.display()),
+        || format!("the copy of {}", what.shown()),
         || src.list_xattr(),
         |n| src.get_xattr(n),
         |n, v| dst.set_xattr(n, v),
@@ -375,7 +622,7 @@ fn copy_xattrs_fd(src: &File, dst: &File, what: &Path) -> Result<()> {
 fn copy_xattrs_path(src: &Path, dst: &Path) -> Result<()> {
     copy_xattrs(
         src,
-        || dst.display().to_string(),
+        || dst.shown(),
         || xattr::list(src),
         |n| xattr::get(src, n),
         |n, v| xattr::set(dst, n, v),
@@ -395,16 +642,14 @@ fn copy_xattrs(
     let names = match list() {
         Ok(n) => n,
         Err(e) if is_unsupported(&e) => return Ok(()),
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot list xattrs of {}", src.display()))
-        }
+        Err(e) => return Err(e).with_context(|| format!("cannot list xattrs of {}", src.shown())),
     };
     for name in names {
         let value = get(&name).with_context(|| {
             format!(
                 "cannot read xattr {} of {}",
                 name.to_string_lossy(),
-                src.display()
+                src.shown()
             )
         })?;
         let Some(value) = value else { continue };
@@ -436,33 +681,33 @@ enum Copied {
 
 /// Copy one regular file to `dst` via a temporary name.
 fn copy_file(src: &Path, dst: &Path, meta: &Metadata) -> Result<Copied> {
-    let mut input = match open_source(src) {
+    let input = match open_source(src) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Copied::Vanished),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", src.display())),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", src.shown())),
     };
     let tmp = tmp_name(dst);
-    let mut out = fs::OpenOptions::new()
+    let out = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
+        .with_context(|| format!("cannot create {}", tmp.shown()))?;
     let result = (|| -> Result<u64> {
-        let n = io::copy(&mut input, &mut out)
-            .with_context(|| format!("cannot copy {} to {}", src.display(), tmp.display()))?;
+        let n = copy_content(&input, &out)
+            .with_context(|| format!("cannot copy {} to {}", src.shown(), tmp.shown()))?;
         // Owner first: chown clears setuid/setgid, the mode restores them.
         std::os::unix::fs::fchown(&out, Some(meta.uid()), Some(meta.gid()))
-            .with_context(|| format!("cannot set the owner of {}", tmp.display()))?;
+            .with_context(|| format!("cannot set the owner of {}", tmp.shown()))?;
         out.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
-            .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
+            .with_context(|| format!("cannot set the mode of {}", tmp.shown()))?;
         copy_xattrs_fd(&input, &out, src)?;
         let (atime, mtime) = times(meta);
         filetime::set_file_handle_times(&out, Some(atime), Some(mtime))
-            .with_context(|| format!("cannot set the times of {}", tmp.display()))?;
+            .with_context(|| format!("cannot set the times of {}", tmp.shown()))?;
         drop(out);
         fs::rename(&tmp, dst)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()))?;
+            .with_context(|| format!("cannot rename {} to {}", tmp.shown(), dst.shown()))?;
         Ok(n)
     })();
     match result {
@@ -474,24 +719,88 @@ fn copy_file(src: &Path, dst: &Path, meta: &Metadata) -> Result<Copied> {
     }
 }
 
+/// Copy the content of `input` into the empty `out`, keeping holes: only
+/// the data regions (`SEEK_DATA`/`SEEK_HOLE`) are copied, and the length is
+/// set at the end, so a sparse file stays sparse. Each region goes through
+/// `copy_file_range` (in the kernel, reflinked where the filesystem can),
+/// or plain reads and writes where that is not available. Returns the bytes
+/// of data copied.
+fn copy_content(input: &File, out: &File) -> io::Result<u64> {
+    use rustix::fs::{seek, SeekFrom};
+    use rustix::io::Errno;
+    let len = input.metadata()?.len();
+    let mut pos = 0;
+    let mut copied = 0;
+    while pos < len {
+        let (data, hole) = match seek(input, SeekFrom::Data(pos)) {
+            Ok(data) => (data, seek(input, SeekFrom::Hole(data)).unwrap_or(len)),
+            // Nothing but a hole up to the end.
+            Err(Errno::NXIO) => break,
+            // No hole detection here: all of it is data.
+            Err(_) => (pos, len),
+        };
+        let hole = hole.min(len);
+        if hole <= data {
+            break;
+        }
+        copied += copy_range(input, out, data, hole - data)?;
+        pos = hole;
+    }
+    out.set_len(len)?;
+    Ok(copied)
+}
+
+/// Copy `n` bytes at `off` from `input` to the same offset in `out`.
+fn copy_range(input: &File, out: &File, off: u64, n: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let (mut off_in, mut off_out) = (off, off);
+    let end = off + n;
+    while off_in < end {
+        let want = usize::try_from(end - off_in)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        match rustix::fs::copy_file_range(input, Some(&mut off_in), out, Some(&mut off_out), want) {
+            Ok(0) => return Ok(off_in - off), // the file shrank meanwhile
+            Ok(_) => {}
+            Err(_) => {
+                // Not between these filesystems: read and write.
+                let mut buf = vec![0u8; 256 * 1024];
+                while off_in < end {
+                    let want = buf
+                        .len()
+                        .min(usize::try_from(end - off_in).unwrap_or(buf.len()));
+                    let got = input.read_at(&mut buf[..want], off_in)?;
+                    if got == 0 {
+                        break;
+                    }
+                    out.write_all_at(&buf[..got], off_in)?;
+                    off_in += got as u64;
+                }
+                return Ok(off_in - off);
+            }
+        }
+    }
+    Ok(off_in - off)
+}
+
 /// Create `dst` as a symlink like `src` via a temporary name.
 fn copy_symlink(src: &Path, dst: &Path, meta: &Metadata) -> Result<Copied> {
     let target = match fs::read_link(src) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Copied::Vanished),
-        Err(e) => return Err(e).with_context(|| format!("cannot read the link {}", src.display())),
+        Err(e) => return Err(e).with_context(|| format!("cannot read the link {}", src.shown())),
     };
     let tmp = tmp_name(dst);
     std::os::unix::fs::symlink(&target, &tmp)
-        .with_context(|| format!("cannot create the symlink {}", tmp.display()))?;
+        .with_context(|| format!("cannot create the symlink {}", tmp.shown()))?;
     let result = (|| -> Result<()> {
         std::os::unix::fs::lchown(&tmp, Some(meta.uid()), Some(meta.gid()))
-            .with_context(|| format!("cannot set the owner of {}", tmp.display()))?;
+            .with_context(|| format!("cannot set the owner of {}", tmp.shown()))?;
         let (atime, mtime) = times(meta);
         filetime::set_symlink_file_times(&tmp, atime, mtime)
-            .with_context(|| format!("cannot set the times of {}", tmp.display()))?;
+            .with_context(|| format!("cannot set the times of {}", tmp.shown()))?;
         fs::rename(&tmp, dst)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()))
+            .with_context(|| format!("cannot rename {} to {}", tmp.shown(), dst.shown()))
     })();
     match result {
         Ok(()) => Ok(Copied::Bytes(0)),
@@ -514,13 +823,13 @@ fn same_symlink(src: &Path, src_meta: &Metadata, dst: &Path, dst_meta: &Metadata
 /// Set a directory's owner, mode, xattrs and times from the source.
 fn set_dir_meta(src: &Path, dst: &Path, meta: &Metadata) -> Result<()> {
     std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))
-        .with_context(|| format!("cannot set the owner of {}", dst.display()))?;
+        .with_context(|| format!("cannot set the owner of {}", dst.shown()))?;
     fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .with_context(|| format!("cannot set the mode of {}", dst.display()))?;
+        .with_context(|| format!("cannot set the mode of {}", dst.shown()))?;
     copy_xattrs_path(src, dst)?;
     let (atime, mtime) = times(meta);
     filetime::set_file_times(dst, atime, mtime)
-        .with_context(|| format!("cannot set the times of {}", dst.display()))
+        .with_context(|| format!("cannot set the times of {}", dst.shown()))
 }
 
 fn remove_any(path: &Path, meta: &Metadata) -> Result<()> {
@@ -536,7 +845,7 @@ fn remove_any(path: &Path, meta: &Metadata) -> Result<()> {
             Err(e)
         }
     })
-    .with_context(|| format!("cannot delete {}", path.display()))
+    .with_context(|| format!("cannot delete {}", path.shown()))
 }
 
 /// Mirror the walked source `src` into `dst_root`. With `dry`, only count
@@ -553,14 +862,61 @@ pub fn sync(src: &Tree, dst_root: &Path, dry: bool) -> Result<Stats> {
 pub fn sync_trees(src: &Tree, dst: &Tree, dry: bool, progress: &ProgressBar) -> Result<Stats> {
     let dst_root = dst.root.as_path();
     let mut stats = Stats::default();
+    let (pairs, removed) = pair(src, dst);
+    let job = Job {
+        src,
+        dst_root,
+        dry,
+        c: Counters::default(),
+    };
 
-    // Pair every source entry with the destination entry at the same path:
-    // both walks are in tree order, so a merge join does it without hashing.
-    // Destination entries without a partner of the same kind are deleted;
-    // tree order puts a directory right before its contents, so only the
-    // top of a removed subtree is listed.
+    // 1. Deletions.
+    stats.deleted = removed.len() as u64;
+    job.delete(&removed)?;
+    // 2. Directories, parents first.
+    stats.dirs_created = job.create_dirs(&pairs)?;
+    // 3. Files (first of each hard-link group) and symlinks, in parallel.
+    let (singles, links) = group(&pairs, &mut stats.special, src);
+    job.copy_files(&singles, progress)?;
+    let c = &job.c;
+    let files_changed = c.files_copied.load(Ordering::Relaxed)
+        + c.symlinks.load(Ordering::Relaxed)
+        + c.vanished.load(Ordering::Relaxed)
+        > 0;
+    // 4. Hard links to the copied first paths.
+    job.link(&links, files_changed)?;
+    let anything_changed = files_changed
+        || stats.deleted + stats.dirs_created + c.hardlinks.load(Ordering::Relaxed) > 0;
+    // 5. Directory metadata, after all their contents changed.
+    job.set_dir_metas(&pairs, anything_changed)?;
+
+    let c = job.c;
+    stats.files_copied = c.files_copied.into_inner();
+    stats.bytes_copied = c.bytes_copied.into_inner();
+    stats.hardlinks = c.hardlinks.into_inner();
+    stats.symlinks = c.symlinks.into_inner();
+    stats.dirs_updated = c.dirs_updated.into_inner();
+    stats.unchanged = c.unchanged.into_inner();
+    stats.vanished = c.vanished.into_inner();
+    Ok(stats)
+}
+
+/// A source entry and the metadata of the destination entry of the same
+/// kind at its path, if there is one.
+type Pair<'a> = (&'a Entry, Option<&'a Metadata>);
+/// The first path of a hard-link group and its destination metadata.
+type First<'a> = (&'a Path, Option<&'a Metadata>);
+/// A further path of a hard-link group, with the group's first path.
+type Link<'a> = (&'a Entry, Option<&'a Metadata>, First<'a>);
+
+/// Pair every source entry with the destination entry at the same path:
+/// both walks are in tree order, so a merge join does it without hashing.
+/// Destination entries without a partner of the same kind are to be
+/// deleted (the second list); tree order puts a directory right before its
+/// contents, so only the top of a removed subtree is listed.
+fn pair<'a>(src: &'a Tree, dst: &'a Tree) -> (Vec<Pair<'a>>, Vec<&'a Entry>) {
     let (s, d) = (&src.entries, &dst.entries);
-    let mut pairs: Vec<(&Entry, Option<&Metadata>)> = Vec::with_capacity(s.len());
+    let mut pairs: Vec<Pair> = Vec::with_capacity(s.len());
     let mut removed: Vec<&Entry> = Vec::new();
     fn remove<'a>(e: &'a Entry, removed: &mut Vec<&'a Entry>) {
         if !e.rel.as_os_str().is_empty()
@@ -599,45 +955,26 @@ pub fn sync_trees(src: &Tree, dst: &Tree, dry: bool, progress: &ProgressBar) -> 
             }
         }
     }
+    (pairs, removed)
+}
 
-    // 1. Deletions.
-    stats.deleted = removed.len() as u64;
-    if !dry {
-        let errors = Errors::default();
-        removed.par_iter().for_each(|e| {
-            if let Err(err) = remove_any(&dst_root.join(&e.rel), &e.meta) {
-                errors.push(err);
-            }
-        });
-        errors.finish()?;
-    }
-
-    // 2. Directories, parents first.
-    for (e, dm) in &pairs {
-        if kind(&e.meta) == Kind::Dir && dm.is_none() {
-            stats.dirs_created += 1;
-            if !dry {
-                let p = dst_root.join(&e.rel);
-                match fs::create_dir(&p) {
-                    Ok(()) => {}
-                    Err(err) if err.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => {}
-                    Err(err) => {
-                        return Err(err).with_context(|| format!("cannot create {}", p.display()))
-                    }
-                }
-            }
-        }
-    }
-
-    // 3. Files (first of each hard-link group) and symlinks, in parallel.
-    type First<'a> = (&'a Path, Option<&'a Metadata>);
+/// Split the files and symlinks to copy into those copied on their own
+/// (the first path of each hard-link group included) and the further paths
+/// of hard-link groups, each with its group's first path. Sockets, fifos
+/// and devices are listed in `special`.
+fn group<'a>(
+    pairs: &[Pair<'a>],
+    special: &mut Vec<PathBuf>,
+    src: &Tree,
+) -> (Vec<Pair<'a>>, Vec<Link<'a>>) {
+    let sharing = Sharing::of(pairs.iter().map(|(e, _)| *e));
     let mut primaries: HashMap<(u64, u64), First> = HashMap::new();
-    let mut singles: Vec<(&Entry, Option<&Metadata>)> = Vec::new();
-    let mut links: Vec<(&Entry, Option<&Metadata>, First)> = Vec::new();
-    for &(e, dm) in &pairs {
+    let mut singles: Vec<Pair> = Vec::new();
+    let mut links = Vec::new();
+    for &(e, dm) in pairs {
         match kind(&e.meta) {
-            Kind::File if e.meta.nlink() > 1 => {
-                let key = (e.meta.dev(), e.meta.ino());
+            Kind::File if sharing.may_share(e) => {
+                let key = inode(e);
                 match primaries.get(&key) {
                     Some(first) => links.push((e, dm, *first)),
                     None => {
@@ -647,168 +984,211 @@ pub fn sync_trees(src: &Tree, dst: &Tree, dry: bool, progress: &ProgressBar) -> 
                 }
             }
             Kind::File | Kind::Symlink => singles.push((e, dm)),
-            Kind::Special => stats.special.push(src.root.join(&e.rel)),
+            Kind::Special => special.push(src.source_path(e)),
             Kind::Dir => {}
         }
     }
-    let c = Counters::default();
-    let errors = Errors::default();
-    singles.par_iter().for_each(|&(e, dm)| {
-        // Paths are joined only when needed: most files of a re-run are
-        // unchanged, and the metadata comparison needs none.
-        let paths = || (src.root.join(&e.rel), dst_root.join(&e.rel));
-        let unchanged = match (kind(&e.meta), dm) {
-            (Kind::File, Some(dm)) => same_file(&e.meta, dm),
-            (Kind::Symlink, Some(dm)) => {
-                let (s, d) = paths();
-                same_symlink(&s, &e.meta, &d, dm)
-            }
-            _ => false,
-        };
-        if unchanged {
-            c.unchanged.fetch_add(1, Ordering::Relaxed);
-            return;
+    (singles, links)
+}
+
+/// One sync's inputs and counters, shared by its passes.
+struct Job<'a> {
+    src: &'a Tree,
+    dst_root: &'a Path,
+    dry: bool,
+    c: Counters,
+}
+
+impl Job<'_> {
+    /// Pass 1: delete what the source no longer has.
+    fn delete(&self, removed: &[&Entry]) -> Result<()> {
+        if self.dry {
+            return Ok(());
         }
-        if dry {
-            if kind(&e.meta) == Kind::File {
-                c.files_copied.fetch_add(1, Ordering::Relaxed);
-                c.bytes_copied.fetch_add(e.meta.len(), Ordering::Relaxed);
-            } else {
-                c.symlinks.fetch_add(1, Ordering::Relaxed);
+        let errors = Errors::default();
+        removed.par_iter().for_each(|e| {
+            if let Err(err) = remove_any(&self.dst_root.join(&e.rel), &e.meta) {
+                errors.push(err);
             }
-            return;
+        });
+        errors.finish()
+    }
+
+    /// Pass 2: create the missing directories, parents first; returns how
+    /// many.
+    fn create_dirs(&self, pairs: &[Pair]) -> Result<u64> {
+        let mut created = 0;
+        for (e, dm) in pairs {
+            if kind(&e.meta) == Kind::Dir && dm.is_none() {
+                created += 1;
+                if !self.dry {
+                    let p = self.dst_root.join(&e.rel);
+                    match fs::create_dir(&p) {
+                        Ok(()) => {}
+                        Err(err) if err.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => {}
+                        Err(err) => {
+                            return Err(err).with_context(|| format!("cannot create {}", p.shown()))
+                        }
+                    }
+                }
+            }
         }
-        let (s, d) = paths();
-        let r = if kind(&e.meta) == Kind::File {
-            copy_file(&s, &d, &e.meta)
-        } else {
-            copy_symlink(&s, &d, &e.meta)
-        };
-        match r {
-            Ok(Copied::Vanished) => {
-                c.vanished.fetch_add(1, Ordering::Relaxed);
+        Ok(created)
+    }
+
+    /// Pass 3: copy the files and symlinks that differ, in parallel.
+    fn copy_files(&self, singles: &[Pair], progress: &ProgressBar) -> Result<()> {
+        let (src, dst_root, c) = (self.src, self.dst_root, &self.c);
+        let errors = Errors::default();
+        singles.par_iter().for_each(|&(e, dm)| {
+            // Paths are joined only when needed: most files of a re-run are
+            // unchanged, and the metadata comparison needs none.
+            let paths = || (src.source_path(e), dst_root.join(&e.rel));
+            let unchanged = match (kind(&e.meta), dm) {
+                (Kind::File, Some(dm)) => same_file(&e.meta, dm),
+                (Kind::Symlink, Some(dm)) => {
+                    let (s, d) = paths();
+                    same_symlink(&s, &e.meta, &d, dm)
+                }
+                _ => false,
+            };
+            if unchanged {
+                c.unchanged.fetch_add(1, Ordering::Relaxed);
+                return;
             }
-            Ok(Copied::Bytes(n)) => {
+            if self.dry {
                 if kind(&e.meta) == Kind::File {
                     c.files_copied.fetch_add(1, Ordering::Relaxed);
-                    c.bytes_copied.fetch_add(n, Ordering::Relaxed);
-                    progress.inc(n);
+                    c.bytes_copied.fetch_add(e.meta.len(), Ordering::Relaxed);
                 } else {
                     c.symlinks.fetch_add(1, Ordering::Relaxed);
                 }
-            }
-            Err(err) => errors.push(err),
-        }
-    });
-    errors.finish()?;
-    let files_changed = c.files_copied.load(Ordering::Relaxed)
-        + c.symlinks.load(Ordering::Relaxed)
-        + c.vanished.load(Ordering::Relaxed)
-        > 0;
-
-    // 4. Hard links to the copied first paths. When no file was rewritten,
-    //    the walked inode numbers are still current and nothing is stat'ed.
-    let errors = Errors::default();
-    links.par_iter().for_each(|&(e, dm, (first, first_dm))| {
-        let d = dst_root.join(&e.rel);
-        let target = dst_root.join(first);
-        let fresh = !dry && files_changed;
-        let target_meta = if fresh {
-            fs::symlink_metadata(&target).ok()
-        } else {
-            first_dm.cloned()
-        };
-        let linked = match (dm, &target_meta) {
-            (Some(_), Some(tm)) if fresh => {
-                fs::symlink_metadata(&d).is_ok_and(|m| m.ino() == tm.ino() && m.dev() == tm.dev())
-            }
-            (Some(dm), Some(tm)) => {
-                dm.ino() == tm.ino() && dm.dev() == tm.dev() && (dry || same_file(&e.meta, tm))
-            }
-            _ => false,
-        };
-        if linked {
-            c.unchanged.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        c.hardlinks.fetch_add(1, Ordering::Relaxed);
-        if dry {
-            return;
-        }
-        let target_meta = match target_meta {
-            Some(m) => Some(m),
-            None => fs::symlink_metadata(&target).ok(),
-        };
-        if target_meta.is_none() {
-            // The first path vanished at the source during a live pre-sync.
-            c.vanished.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let tmp = tmp_name(&d);
-        let r = fs::hard_link(&target, &tmp)
-            .with_context(|| format!("cannot link {} to {}", tmp.display(), target.display()))
-            .and_then(|_| {
-                fs::rename(&tmp, &d)
-                    .with_context(|| format!("cannot rename {} to {}", tmp.display(), d.display()))
-            });
-        if let Err(err) = r {
-            let _ = fs::remove_file(&tmp);
-            errors.push(err);
-        }
-    });
-    errors.finish()?;
-    let anything_changed = files_changed
-        || stats.deleted + stats.dirs_created + c.hardlinks.load(Ordering::Relaxed) > 0;
-
-    // 5. Directory metadata, after all their contents changed. When nothing
-    //    changed inside, the walked metadata is still current.
-    let errors = Errors::default();
-    pairs
-        .par_iter()
-        .filter(|(e, _)| kind(&e.meta) == Kind::Dir)
-        .for_each(|&(e, dm)| {
-            let d = || dst_root.join(&e.rel);
-            let current = if !dry && anything_changed {
-                fs::symlink_metadata(d()).ok()
-            } else {
-                dm.cloned()
-            };
-            let ok = current.as_ref().is_some_and(|m| {
-                same_owner_mode(&e.meta, m)
-                    && m.mtime() == e.meta.mtime()
-                    && m.mtime_nsec() == e.meta.mtime_nsec()
-            });
-            if ok {
                 return;
             }
-            if dm.is_some() {
-                c.dirs_updated.fetch_add(1, Ordering::Relaxed);
-            }
-            if !dry {
-                if let Err(err) = set_dir_meta(&src.root.join(&e.rel), &d(), &e.meta) {
-                    errors.push(err);
+            let (s, d) = paths();
+            let r = if kind(&e.meta) == Kind::File {
+                copy_file(&s, &d, &e.meta)
+            } else {
+                copy_symlink(&s, &d, &e.meta)
+            };
+            match r {
+                Ok(Copied::Vanished) => {
+                    c.vanished.fetch_add(1, Ordering::Relaxed);
                 }
+                Ok(Copied::Bytes(n)) => {
+                    if kind(&e.meta) == Kind::File {
+                        c.files_copied.fetch_add(1, Ordering::Relaxed);
+                        c.bytes_copied.fetch_add(n, Ordering::Relaxed);
+                        progress.inc(n);
+                    } else {
+                        c.symlinks.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(err) => errors.push(err),
             }
         });
-    errors.finish()?;
+        errors.finish()
+    }
 
-    stats.files_copied = c.files_copied.into_inner();
-    stats.bytes_copied = c.bytes_copied.into_inner();
-    stats.hardlinks = c.hardlinks.into_inner();
-    stats.symlinks = c.symlinks.into_inner();
-    stats.dirs_updated = c.dirs_updated.into_inner();
-    stats.unchanged = c.unchanged.into_inner();
-    stats.vanished = c.vanished.into_inner();
-    Ok(stats)
+    /// Pass 4: hard links to the copied first paths. When no file was
+    /// rewritten (`files_changed`), the walked inode numbers are still
+    /// current and nothing is stat'ed.
+    fn link(&self, links: &[Link], files_changed: bool) -> Result<()> {
+        let (dst_root, c, dry) = (self.dst_root, &self.c, self.dry);
+        let errors = Errors::default();
+        links.par_iter().for_each(|&(e, dm, (first, first_dm))| {
+            let d = dst_root.join(&e.rel);
+            let target = dst_root.join(first);
+            let fresh = !dry && files_changed;
+            let target_meta = if fresh {
+                fs::symlink_metadata(&target).ok()
+            } else {
+                first_dm.cloned()
+            };
+            let linked = match (dm, &target_meta) {
+                (Some(_), Some(tm)) if fresh => fs::symlink_metadata(&d)
+                    .is_ok_and(|m| m.ino() == tm.ino() && m.dev() == tm.dev()),
+                (Some(dm), Some(tm)) => {
+                    dm.ino() == tm.ino() && dm.dev() == tm.dev() && (dry || same_file(&e.meta, tm))
+                }
+                _ => false,
+            };
+            if linked {
+                c.unchanged.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            c.hardlinks.fetch_add(1, Ordering::Relaxed);
+            if dry {
+                return;
+            }
+            let target_meta = match target_meta {
+                Some(m) => Some(m),
+                None => fs::symlink_metadata(&target).ok(),
+            };
+            if target_meta.is_none() {
+                // The first path vanished at the source during a live pre-sync.
+                c.vanished.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let tmp = tmp_name(&d);
+            let r = fs::hard_link(&target, &tmp)
+                .with_context(|| format!("cannot link {} to {}", tmp.shown(), target.shown()))
+                .and_then(|_| {
+                    fs::rename(&tmp, &d)
+                        .with_context(|| format!("cannot rename {} to {}", tmp.shown(), d.shown()))
+                });
+            if let Err(err) = r {
+                let _ = fs::remove_file(&tmp);
+                errors.push(err);
+            }
+        });
+        errors.finish()
+    }
+
+    /// Pass 5: directory metadata, after all their contents changed. When
+    /// nothing changed inside (`anything_changed`), the walked metadata is
+    /// still current.
+    fn set_dir_metas(&self, pairs: &[Pair], anything_changed: bool) -> Result<()> {
+        let (src, dst_root, c, dry) = (self.src, self.dst_root, &self.c, self.dry);
+        let errors = Errors::default();
+        pairs
+            .par_iter()
+            .filter(|(e, _)| kind(&e.meta) == Kind::Dir)
+            .for_each(|&(e, dm)| {
+                let d = || dst_root.join(&e.rel);
+                let current = if !dry && anything_changed {
+                    fs::symlink_metadata(d()).ok()
+                } else {
+                    dm.cloned()
+                };
+                let ok = current.as_ref().is_some_and(|m| {
+                    same_owner_mode(&e.meta, m)
+                        && m.mtime() == e.meta.mtime()
+                        && m.mtime_nsec() == e.meta.mtime_nsec()
+                });
+                if ok {
+                    return;
+                }
+                if dm.is_some() {
+                    c.dirs_updated.fetch_add(1, Ordering::Relaxed);
+                }
+                if !dry {
+                    if let Err(err) = set_dir_meta(&src.source_path(e), &d(), &e.meta) {
+                        errors.push(err);
+                    }
+                }
+            });
+        errors.finish()
+    }
 }
 
 /// Flush everything written to the filesystem holding `path` (one `syncfs`
 /// instead of an fsync per file): a crash after a phase is recorded as done
 /// must not lose its data.
 pub fn flush(path: &Path) -> Result<()> {
-    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.shown()))?;
     rustix::fs::syncfs(&f)
-        .with_context(|| format!("cannot sync the filesystem of {}", path.display()))
+        .with_context(|| format!("cannot sync the filesystem of {}", path.shown()))
 }
 
 #[cfg(test)]
@@ -905,7 +1285,7 @@ mod tests {
                 }
             }
             let st = sync(&walk(&s, false).unwrap(), &d, false).unwrap();
-            let r = super::super::verify::verify(&s, &d).unwrap();
+            let r = super::super::verify::verify(Path::new("/"), &s, &d).unwrap();
             assert!(r.ok(), "round {round}: {:?}\n{st:?}", r.differences);
             let again = sync(&walk(&s, false).unwrap(), &d, false).unwrap();
             assert!(!again.changed(), "round {round}: {again:?}");

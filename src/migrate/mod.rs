@@ -10,7 +10,16 @@
 //!    still runs (the bulk of the copying, no downtime);
 //! 5. stop and disable the relay's units (recorded first, for `--rollback`);
 //! 6. final sync: only what changed since the pre-sync, deletions included;
-//! 7. verify every entry, content hashed; 8. optionally start the container.
+//! 7. verify every entry, content hashed; what differs is copied again by
+//!    content and verified once more; 8. optionally start the container.
+//!
+//! If stopping, the final sync or the verification fails, the recorded
+//! units are started again before the error is returned: the relay serves
+//! either from the host or, verified, from `data/`, never from neither.
+//!
+//! The sources are what the relay sees: every host path is resolved inside
+//! the host root ([`resolve`]), and a symlink leading out of a tree is copied
+//! as its target ([`copy::walk_source`]).
 //!
 //! Everything needed to resume or undo lives in `data/.migrate-state.json`
 //! ([`state`]). The copy engine ([`copy`]) never writes a partial file under
@@ -31,7 +40,9 @@
 
 pub mod copy;
 pub mod plan;
+pub mod resolve;
 pub mod rollback;
+pub mod show;
 pub mod state;
 pub mod units;
 pub mod verify;
@@ -45,6 +56,7 @@ use std::time::{Duration, Instant};
 use crate::{error, ini2env, Context};
 use copy::{Totals, Tree};
 use plan::{human, Source};
+use show::Shown as _;
 use state::{Phase, SourceOwner, State, StoppedUnit};
 use units::UnitState;
 
@@ -57,82 +69,164 @@ pub const MOUNT_VMAIL_MARKER: &str = crate::overrides::VMAIL_MARKER;
 /// A source tree found on the host, with its walk (used for the pre-sync).
 struct Found {
     source: Source,
-    host: PathBuf,
     dest: PathBuf,
     tree: Tree,
     /// The destination as walked for the plan (empty when not ours yet).
     dest_tree: Tree,
     totals: Totals,
     already: Totals,
+    /// What a sync would copy now (a dry run against the destination walk).
+    pending: copy::Stats,
     owner: SourceOwner,
 }
 
-/// What `chatmail-docker migrate` does (see the command's help).
-#[derive(Clone, Debug, Default)]
+/// What `migrate` was asked to do, built by the command line
+/// (`crate::cli::migrate`); nothing here knows how it was parsed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Options {
-    /// The bare-metal chatmail.ini; the relay's default path under the root when `None`.
+    /// The bare-metal `chatmail.ini`, when not at [`DEFAULT_INI`].
     pub ini: Option<PathBuf>,
-    /// Mount /home/vmail into the container instead of copying the mail.
+    /// Bind-mount `/home/vmail` instead of copying the mail.
     pub mount_vmail: bool,
-    /// Confirmed: stop the relay's services without asking.
+    /// Confirmed in advance (`--yes`).
     pub yes: bool,
-    /// Start the container when the migration is done.
+    /// Start the container once migrated.
     pub start: bool,
-    /// Copy while the relay keeps running; stop nothing.
+    /// Copy while the relay runs, stop nothing.
     pub presync_only: bool,
-    /// Undo: re-enable and start the units a previous migration stopped.
+    /// Undo: bring the bare-metal relay back.
     pub rollback: bool,
 }
 
-pub fn run(ctx: &Context, args: &Options) -> Result<()> {
-    if args.rollback {
-        return rollback::run(ctx, args.yes);
+pub fn run(ctx: &Context, opts: impl Into<Options>) -> Result<()> {
+    let opts = &opts.into();
+    if opts.rollback {
+        return rollback::run(ctx, opts.yes);
     }
     let state_file = state::path(ctx.deployment.dir());
     let mut st = State::load(&state_file)?;
-    if args.start {
+    if opts.start {
         // Found out now, not after the relay has been stopped.
         crate::compose::require_compose_file(ctx)?;
     }
+    let ini = find_ini(ctx, opts)?;
 
-    let ini = match &args.ini {
+    // 1. The plan.
+    let found = scan(ctx, opts, &st)?;
+    let unit_states = units::query(ctx)?;
+    let free = plan::free_at(&ctx.deployment.data())?;
+    let need = sum(found.iter().map(|f| f.totals));
+    let already = sum(found.iter().map(|f| f.already));
+    let space = plan::check_space(&need, &already, free);
+    print_plan(ctx, opts, &ini, &found, &unit_states, free, &st);
+    if let Err(msg) = space {
+        return Err(error::preflight(msg));
+    }
+    if ctx.dry_run {
+        ctx.shell.note("dry run: nothing was changed");
+        return Ok(());
+    }
+    if st.phase == Phase::Done {
+        return already_done(ctx, opts, &found);
+    }
+    if opts.presync_only && st.phase == Phase::Stopped {
+        return Err(error::usage(
+            "an earlier run already stopped the relay's units: run `migrate` without \
+             --presync-only to finish, or `migrate --rollback` to restart the old relay",
+        ));
+    }
+
+    // 2. Confirmation.
+    confirm(ctx, opts)?;
+
+    // 3. The config.
+    convert_config(ctx, &ini)?;
+
+    // 4. Pre-sync while the relay runs.
+    claim(ctx, opts, &mut st, &state_file, &found)?;
+    if st.phase != Phase::Stopped {
+        presync(ctx, &mut st, &state_file, &found)?;
+        if opts.presync_only {
+            ctx.shell.out(
+                "Pre-sync done; the relay keeps running. Run `migrate` again (without \
+                 --presync-only) to stop it and switch over.",
+            );
+            return Ok(());
+        }
+    } else {
+        ctx.shell
+            .note("resuming: the units are already stopped, continuing with the final sync");
+    }
+
+    // 5.-7. Stop, final sync, verify.
+    switch_over(ctx, &mut st, &state_file, &found, &unit_states)?;
+
+    // 8. Start.
+    if opts.start {
+        crate::setup::up(ctx)?;
+    } else {
+        ctx.shell
+            .note("start the container with `chatmail-docker up`");
+    }
+    Ok(())
+}
+
+/// The bare-metal `chatmail.ini`: `--ini`, or the relay's default path.
+fn find_ini(ctx: &Context, opts: &Options) -> Result<PathBuf> {
+    let ini = match &opts.ini {
         Some(p) => p.clone(),
-        None => ctx.host.path(DEFAULT_INI),
+        None => match in_host(ctx, DEFAULT_INI) {
+            Ok(p) => p,
+            Err(resolve::Unresolved::Missing(_)) => ctx.host.path(DEFAULT_INI),
+            Err(e) => {
+                return Err(error::usage(format!(
+                    "{DEFAULT_INI}: {e}; fix the link, or pass --ini PATH"
+                )))
+            }
+        },
     };
     if !ini.is_file() {
         return Err(error::usage(format!(
             "no chatmail.ini at {}: this does not look like a bare-metal chatmail host \
              (check --root), or pass --ini PATH if the file was moved",
-            ini.display()
+            ini.shown()
         )));
     }
+    Ok(ini)
+}
 
-    // Scan the sources and check the destinations.
+/// Where the host path `p` really is, every symlink resolved inside the
+/// host root (see [`resolve::in_root`]).
+fn in_host(ctx: &Context, p: &str) -> Result<PathBuf, resolve::Unresolved> {
+    resolve::in_root(ctx.host.root(), Path::new(p))
+}
+
+/// Metadata of the host path `p` as the relay sees it (links followed
+/// inside the host root).
+fn host_meta(ctx: &Context, p: &str) -> Option<std::fs::Metadata> {
+    in_host(ctx, p).ok().and_then(|r| std::fs::metadata(r).ok())
+}
+
+/// The host's user name for `uid` (its `/etc/passwd`, inside the root).
+fn host_user(ctx: &Context, uid: u32) -> Option<String> {
+    plan::user_name(&in_host(ctx, "/etc/passwd").ok()?, uid)
+}
+
+/// Walk every source tree (and the destination, when an earlier run made
+/// it) and check that the destinations may be written.
+fn scan(ctx: &Context, opts: &Options, st: &State) -> Result<Vec<Found>> {
     let mut found = Vec::new();
-    for source in plan::sources(args.mount_vmail) {
-        let host = ctx.host.path(source.host_path);
-        if !host.is_dir() {
-            if source.required {
-                return Err(error::preflight(format!(
-                    "{} not found (looked at {}): nothing to migrate from; run this on the \
-                     relay's host, or point --root at its filesystem",
-                    source.host_path,
-                    host.display()
-                )));
-            }
-            ctx.shell.note(format!(
-                "{} does not exist; nothing to copy from it",
-                source.host_path
-            ));
+    for source in plan::sources(opts.mount_vmail) {
+        if !source_present(ctx, &source)? {
             continue;
         }
         let dest = ctx.path(source.dest);
-        check_destination(&dest, source.dest, &st)?;
+        check_destination(&dest, source.dest, st)?;
         // Both walks at once: each is parallel, but small directories leave
         // cores idle that the other walk can use.
         let owned = st.owns(source.dest);
         let (tree, dest_tree) = rayon::join(
-            || copy::walk(&host, false),
+            || copy::walk_source(ctx.host.root(), Path::new(source.host_path)),
             || {
                 if owned {
                     copy::walk(&dest, true)
@@ -147,157 +241,214 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
         let (tree, dest_tree) = (tree?, dest_tree?);
         let totals = tree.totals();
         let already = dest_tree.totals();
+        let pending = copy::sync_trees(&tree, &dest_tree, true, &indicatif::ProgressBar::hidden())?;
         // `/home/vmail` may be missing on a half-installed host: then the
         // tree's root (walked above, always the first entry) stands in.
-        let owner_meta = match std::fs::metadata(ctx.host.path(source.owner_of)) {
-            Ok(m) => m,
-            Err(_) => match tree.entries.first() {
+        let owner_meta = match host_meta(ctx, source.owner_of) {
+            Some(m) => m,
+            None => match tree.entries.first() {
                 Some(root) => root.meta.clone(),
-                None => std::fs::metadata(&host)
-                    .with_context(|| format!("cannot read {}", host.display()))?,
+                None => anyhow::bail!("{} is empty", tree.root.shown()),
             },
         };
         let owner = SourceOwner {
             source: source.owner_of.to_string(),
             uid: owner_meta.uid(),
             gid: owner_meta.gid(),
-            user: plan::user_name(&ctx.host.path("/etc/passwd"), owner_meta.uid()),
+            user: host_user(ctx, owner_meta.uid()),
         };
         found.push(Found {
             source,
-            host,
             dest,
             tree,
             dest_tree,
             totals,
             already,
+            pending,
             owner,
         });
     }
-    if args.mount_vmail {
-        let vmail = ctx.host.path("/home/vmail");
-        if !vmail.is_dir() {
-            return Err(error::preflight(format!(
-                "--mount-vmail: {} does not exist, so there is no mail to mount; check --root, \
+    if opts.mount_vmail && !host_meta(ctx, "/home/vmail").is_some_and(|m| m.is_dir()) {
+        return Err(error::preflight(format!(
+            "--mount-vmail: {} does not exist, so there is no mail to mount; check --root, \
                  or leave out --mount-vmail to copy /home",
-                vmail.display()
-            )));
+            ctx.host.path("/home/vmail").shown()
+        )));
+    }
+    Ok(found)
+}
+
+/// Whether the tree `source` exists on the host (its path resolved inside
+/// the root); an error when it is required, or when a symlink on the way
+/// leads nowhere or in a loop.
+fn source_present(ctx: &Context, source: &Source) -> Result<bool> {
+    match in_host(ctx, source.host_path) {
+        Ok(real) if real.is_dir() => Ok(true),
+        Ok(real) => Err(error::preflight(format!(
+            "{} is not a directory (looked at {}); nothing was changed",
+            source.host_path,
+            real.shown()
+        ))),
+        Err(resolve::Unresolved::Missing(_)) if !source.required => {
+            ctx.shell.note(format!(
+                "{} does not exist; nothing to copy from it",
+                source.host_path
+            ));
+            Ok(false)
         }
+        Err(resolve::Unresolved::Missing(at)) if at != Path::new(source.host_path) => {
+            Err(error::preflight(format!(
+                "{} is a symlink that leads nowhere: {} does not exist (host root {}); \
+                 nothing was changed. Fix the link and run again",
+                source.host_path,
+                at.shown(),
+                ctx.host.root().shown()
+            )))
+        }
+        Err(resolve::Unresolved::Missing(_)) => Err(error::preflight(format!(
+            "{} not found (looked at {}): nothing to migrate from; run this on the \
+                 relay's host, or point --root at its filesystem",
+            source.host_path,
+            ctx.host.path(source.host_path).shown()
+        ))),
+        Err(e) => Err(error::preflight(format!(
+            "{}: {e} (host root {}); nothing was changed. Fix the link and run again",
+            source.host_path,
+            ctx.host.root().shown()
+        ))),
     }
+}
 
-    let unit_states = units::query(ctx)?;
-    let free = plan::free_at(&ctx.path("data"))?;
-    let need = sum(found.iter().map(|f| f.totals));
-    let already = sum(found.iter().map(|f| f.already));
-    let space = plan::check_space(&need, &already, free);
-
-    print_plan(ctx, args, &ini, &found, &unit_states, free, &st);
-    if let Err(msg) = space {
-        return Err(error::preflight(msg));
-    }
-    if ctx.dry_run {
-        ctx.shell.note("dry run: nothing was changed");
-        return Ok(());
-    }
-
-    if st.phase == Phase::Done {
-        return already_done(ctx, args, &found);
-    }
-
-    if args.presync_only && st.phase == Phase::Stopped {
-        return Err(error::usage(
-            "an earlier run already stopped the relay's units: run `migrate` without \
-             --presync-only to finish, or `migrate --rollback` to restart the old relay",
-        ));
-    }
-    confirm(ctx, args)?;
-
-    // Config.
-    let report = ini2env::sync_env(ctx, &ini, &ctx.path(".env"), &ini2env::Options::default())
-        .with_context(|| format!("cannot convert {} into .env", ini.display()))?;
+/// `chatmail.ini` -> `.env`.
+fn convert_config(ctx: &Context, ini: &Path) -> Result<()> {
+    let report = ini2env::sync_env(ctx, ini, &ctx.deployment.env_file(), &ini2env::Options::default())
+        .with_context(|| format!("cannot convert {} into .env", ini.shown()))?;
     for line in &report.lines {
         ctx.shell.verbose(line);
     }
     ctx.shell.status(
         "Config",
         if report.changed {
-            format!("{} -> .env updated", ini.display())
+            format!("{} -> .env updated", ini.shown())
         } else {
             ".env already up to date".to_string()
         },
     );
+    Ok(())
+}
 
-    // Claim the destinations before writing into them.
-    std::fs::create_dir_all(ctx.path("data"))
-        .with_context(|| format!("cannot create {}", ctx.path("data").display()))?;
-    for f in &found {
+/// Claim the destinations (and record the source owners) before writing
+/// into them.
+fn claim(
+    ctx: &Context,
+    opts: &Options,
+    st: &mut State,
+    state_file: &Path,
+    found: &[Found],
+) -> Result<()> {
+    std::fs::create_dir_all(ctx.deployment.data())
+        .with_context(|| format!("cannot create {}", ctx.deployment.data().shown()))?;
+    for f in found {
         if !st.owns(f.source.dest) {
             st.created.push(f.source.dest.to_string());
         }
         st.source_owners.retain(|o| o.source != f.owner.source);
         st.source_owners.push(f.owner.clone());
     }
-    if args.mount_vmail {
+    if opts.mount_vmail {
         crate::host::write_atomic(
-            &ctx.path(MOUNT_VMAIL_MARKER),
+            &ctx.deployment.vmail_marker(),
             b"# /home/vmail is bind-mounted from the host (chatmail-docker migrate --mount-vmail)\n",
             0o644,
         )?;
         // The container uses the host's files directly: their owner matters.
-        if let Ok(m) = std::fs::metadata(ctx.host.path(plan::MAIL.owner_of)) {
+        if let Some(m) = host_meta(ctx, plan::MAIL.owner_of) {
             st.source_owners.retain(|o| o.source != plan::MAIL.owner_of);
             st.source_owners.push(SourceOwner {
                 source: plan::MAIL.owner_of.to_string(),
                 uid: m.uid(),
                 gid: m.gid(),
-                user: plan::user_name(&ctx.host.path("/etc/passwd"), m.uid()),
+                user: host_user(ctx, m.uid()),
             });
         }
     }
-    st.save(&state_file)?;
+    st.save(state_file)
+}
 
-    // Pre-sync while the relay runs.
-    if st.phase != Phase::Stopped {
-        st.phase = Phase::Presync;
-        st.save(&state_file)?;
-        for f in &found {
-            let t = Instant::now();
-            let bar = progress(ctx, f.totals.bytes.saturating_sub(f.already.bytes));
+/// The bulk of the copying, while the relay still runs.
+fn presync(ctx: &Context, st: &mut State, state_file: &Path, found: &[Found]) -> Result<()> {
+    st.phase = Phase::Presync;
+    st.save(state_file)?;
+    for f in found {
+        let t = Instant::now();
+        // The plan's dry run compared the same two walks: when it found
+        // nothing to do, neither would the sync.
+        let stats = if f.pending.changed() {
+            let bar = progress(ctx, f.pending.bytes_copied);
             let stats = copy::sync_trees(&f.tree, &f.dest_tree, false, &bar)
                 .with_context(|| format!("pre-sync of {} failed", f.source.host_path))?;
             bar.finish_and_clear();
-            // On disk before the relay stops, so the downtime does not pay
-            // for flushing the bulk of the data.
-            if stats.changed() {
-                copy::flush(&f.dest)?;
+            stats
+        } else {
+            copy::Stats {
+                unchanged: f.pending.unchanged,
+                ..copy::Stats::default()
             }
-            report_sync(ctx, "Pre-synced", f, &stats, t.elapsed());
-            if !st.presynced.iter().any(|p| p == f.source.dest) {
-                st.presynced.push(f.source.dest.to_string());
-            }
+        };
+        // On disk before the relay stops, so the downtime does not pay
+        // for flushing the bulk of the data.
+        if stats.changed() {
+            copy::flush(&f.dest)?;
         }
-        st.save(&state_file)?;
-        if args.presync_only {
-            ctx.shell.out(
-                "Pre-sync done; the relay keeps running. Run `migrate` again (without \
-                 --presync-only) to stop it and switch over.",
-            );
-            return Ok(());
+        report_sync(ctx, "Pre-synced", f, &stats, t.elapsed());
+        if !st.presynced.iter().any(|p| p == f.source.dest) {
+            st.presynced.push(f.source.dest.to_string());
         }
-    } else {
-        ctx.shell
-            .note("resuming: the units are already stopped, continuing with the final sync");
     }
+    st.save(state_file)
+}
 
-    // Downtime starts here.
+/// The downtime: stop and disable the units, copy what changed since the
+/// pre-sync, verify everything. When any of it fails, the old units are
+/// started again: the relay serves either from the host or, verified, from
+/// `data/`, never from neither.
+fn switch_over(
+    ctx: &Context,
+    st: &mut State,
+    state_file: &Path,
+    found: &[Found],
+    unit_states: &[UnitState],
+) -> Result<()> {
     let down = Instant::now();
-    stop_units(ctx, &mut st, &state_file, &unit_states)?;
-    let stopped_in = down.elapsed();
+    let result = stop_units(ctx, st, state_file, unit_states)
+        .and_then(|()| final_sync(ctx, st, state_file, found, down))
+        .and_then(|()| verify_all(ctx, found));
+    if let Err(e) = result {
+        return Err(restore(ctx, st, state_file, e));
+    }
+    st.phase = Phase::Done;
+    st.save(state_file)?;
+    ctx.shell.out(format!(
+        "Migration complete; the relay has been down for {} (incl. verification). The old \
+         units stay disabled; `chatmail-docker migrate --rollback` re-enables them.",
+        secs(down.elapsed())
+    ));
+    Ok(())
+}
 
+/// Copy what changed since the pre-sync (the units are stopped).
+fn final_sync(
+    ctx: &Context,
+    st: &mut State,
+    state_file: &Path,
+    found: &[Found],
+    down: Instant,
+) -> Result<()> {
+    let stopped_in = down.elapsed();
     let mut total = copy::Stats::default();
-    for f in &found {
+    for f in found {
         let t = Instant::now();
-        let tree = copy::walk(&f.host, false)?;
+        let tree = copy::walk_source(ctx.host.root(), Path::new(f.source.host_path))?;
         let stats = copy::sync(&tree, &f.dest, false)
             .with_context(|| format!("final sync of {} failed", f.source.host_path))?;
         // Always: an interrupted earlier run may have left unflushed copies
@@ -308,30 +459,40 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     }
     let downtime = down.elapsed();
     st.downtime_secs = Some(downtime.as_secs_f64());
-    st.save(&state_file)?;
+    st.save(state_file)?;
     ctx.shell.out(format!(
-        "Downtime so far: {} (stopping units {}, final sync {}); {} files copied in the final sync.",
+        "Downtime so far: {} (stopping units {}, final sync {}); {} copied in the final sync.",
         secs(downtime),
         secs(stopped_in),
         secs(downtime - stopped_in),
-        total.files_copied + total.hardlinks + total.symlinks
+        plural(
+            total.files_copied + total.hardlinks + total.symlinks,
+            "file"
+        )
     ));
-
-    verify_all(ctx, &found)?;
-    st.phase = Phase::Done;
-    st.save(&state_file)?;
-    ctx.shell.out(format!(
-        "Migration complete; the relay has been down for {} (incl. verification). The old \
-         units stay disabled; `chatmail-docker migrate --rollback` re-enables them.",
-        secs(down.elapsed())
-    ));
-    if args.start {
-        crate::setup::up(ctx)?;
-    } else {
-        ctx.shell
-            .note("start the container with `chatmail-docker up`");
-    }
     Ok(())
+}
+
+/// After a failure with the relay's units stopped: start them again (what
+/// `--rollback` does) and return the error, saying so.
+fn restore(ctx: &Context, st: &mut State, state_file: &Path, e: anyhow::Error) -> anyhow::Error {
+    if st.stopped.is_empty() {
+        return e;
+    }
+    ctx.shell.print_error(&e);
+    ctx.shell
+        .warn("the migration cannot finish: starting the old relay's units again");
+    match rollback::restart(ctx, st, state_file) {
+        Ok(()) => anyhow::anyhow!(
+            "the migration did not finish (see above), so the old relay was started again \
+             and serves mail as before; the copy in data/ is kept, and the next `migrate` \
+             continues from it"
+        ),
+        Err(re) => anyhow::anyhow!(
+            "the migration did not finish (see above), and starting the old units again \
+             failed too: {re:#}. Fix that, then run `chatmail-docker migrate --rollback`"
+        ),
+    }
 }
 
 fn sum(it: impl Iterator<Item = Totals>) -> Totals {
@@ -342,6 +503,8 @@ fn sum(it: impl Iterator<Item = Totals>) -> Totals {
         special: a.special + b.special,
         bytes: a.bytes + b.bytes,
         alloc: a.alloc + b.alloc,
+        messages: a.messages + b.messages,
+        followed: a.followed + b.followed,
     })
 }
 
@@ -377,14 +540,14 @@ fn check_destination(dest: &Path, rel: &str, st: &State) -> Result<()> {
     // Followed: data/chatmail may be a symlink to a bigger disk.
     match std::fs::metadata(dest) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", dest.display())),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", dest.shown())),
         Ok(m) if !m.is_dir() => Err(error::usage(format!(
             "{} exists and is not a directory; move it away first",
-            dest.display()
+            dest.shown()
         ))),
         Ok(_) => {
-            let mut rd = std::fs::read_dir(dest)
-                .with_context(|| format!("cannot list {}", dest.display()))?;
+            let mut rd =
+                std::fs::read_dir(dest).with_context(|| format!("cannot list {}", dest.shown()))?;
             if rd.next().is_none() {
                 Ok(())
             } else {
@@ -392,7 +555,7 @@ fn check_destination(dest: &Path, rel: &str, st: &State) -> Result<()> {
                     "{} is not empty and was not created by `migrate` (it may hold data from \
                      another host or a container that already ran); nothing was changed. Move it \
                      away (or empty it) and run again",
-                    dest.display()
+                    dest.shown()
                 )))
             }
         }
@@ -401,7 +564,7 @@ fn check_destination(dest: &Path, rel: &str, st: &State) -> Result<()> {
 
 fn print_plan(
     ctx: &Context,
-    args: &Options,
+    opts: &Options,
     ini: &Path,
     found: &[Found],
     unit_states: &[UnitState],
@@ -411,12 +574,12 @@ fn print_plan(
     let sh = &ctx.shell;
     sh.out(format!(
         "Migration plan (host root {}):",
-        ctx.host.root().display()
+        ctx.host.root().shown()
     ));
     sh.out(format!(
         "  config: {} -> {}",
-        ini.display(),
-        ctx.path(".env").display()
+        ini.shown(),
+        ctx.deployment.env_file().shown()
     ));
     for f in found {
         let t = &f.totals;
@@ -424,8 +587,13 @@ fn print_plan(
             Some(u) => format!("{u} ({}:{})", f.owner.uid, f.owner.gid),
             None => format!("{}:{}", f.owner.uid, f.owner.gid),
         };
+        let messages = if f.source.dest == plan::MAIL.dest || t.messages > 0 {
+            format!("{}, ", plural(t.messages, "message"))
+        } else {
+            String::new()
+        };
         sh.out(format!(
-            "  copy: {} -> {}  ({} files, {} dirs, {} symlinks, {}; {} owned by {owner}){}",
+            "  copy: {} -> {}  ({messages}{} files, {} dirs, {} symlinks, {}; {} owned by {owner}){}",
             f.source.host_path,
             f.source.dest,
             t.files,
@@ -434,11 +602,32 @@ fn print_plan(
             human(t.bytes),
             f.owner.source,
             if f.already.files > 0 {
-                format!(" [{} files already copied]", f.already.files)
+                format!(
+                    " [{} files already copied, {} to copy]",
+                    f.already.files,
+                    f.pending.files_copied + f.pending.hardlinks
+                )
             } else {
                 String::new()
             }
         ));
+        if t.followed > 0 {
+            sh.out(format!(
+                "        {} in {} {}: copied as what {} to",
+                plural(t.followed, "symlink"),
+                f.source.host_path,
+                if t.followed == 1 {
+                    "leads out of it"
+                } else {
+                    "lead out of it"
+                },
+                if t.followed == 1 {
+                    "it leads"
+                } else {
+                    "they lead"
+                }
+            ));
+        }
         if t.special > 0 {
             sh.warn(format!(
                 "{}: {} sockets/fifos/devices are not copied",
@@ -450,17 +639,21 @@ fn print_plan(
         "  owners: kept as numeric uid/gid and recorded in data/.migrate-state.json, so the \
          container can re-own the data if its users have other ids",
     );
-    if args.mount_vmail {
+    if opts.mount_vmail {
         sh.out(format!(
             "  mail: not copied; /home/vmail is bind-mounted (marker {MOUNT_VMAIL_MARKER})"
         ));
     }
-    let need = sum(found.iter().map(|f| f.totals));
+    let to_copy: u64 = found.iter().map(|f| f.pending.bytes_copied).sum();
     sh.out(format!(
-        "  free space at {}: {} ({} of data to copy)",
-        ctx.path("data").display(),
+        "  free space at {}: {} ({})",
+        ctx.deployment.data().shown(),
         human(free.bytes),
-        human(need.alloc.max(need.bytes))
+        if to_copy == 0 && found.iter().all(|f| !f.pending.changed()) {
+            "nothing left to copy".to_string()
+        } else {
+            format!("{} to copy", human(to_copy))
+        }
     ));
     sh.out("  units:");
     for u in unit_states {
@@ -493,9 +686,9 @@ fn print_plan(
         ));
     }
     let mut steps = vec!["convert the config", "pre-sync while the relay runs"];
-    if !args.presync_only {
+    if !opts.presync_only {
         steps.extend(["stop + disable the units", "final sync", "verify"]);
-        if args.start {
+        if opts.start {
             steps.push("start the container");
         }
     }
@@ -503,12 +696,12 @@ fn print_plan(
 }
 
 /// Ask before changing anything: a terminal prompt, or `--yes`.
-fn confirm(ctx: &Context, args: &Options) -> Result<()> {
+fn confirm(ctx: &Context, opts: &Options) -> Result<()> {
     ask(
         ctx,
-        args.yes,
+        opts.yes,
         "the migration",
-        if args.presync_only {
+        if opts.presync_only {
             "this copies the data now (the relay keeps running). Continue? [y/N]"
         } else {
             "this stops and disables the relay's units for the final sync. Continue? [y/N]"
@@ -596,8 +789,8 @@ fn stop_units(
         ctx.shell.status(
             "Stopped",
             format!(
-                "{} unit(s) stopped, {} disabled",
-                active.len(),
+                "{}, disabled {}",
+                plural(active.len() as u64, "unit"),
                 enabled.len()
             ),
         );
@@ -638,21 +831,44 @@ fn report_sync(ctx: &Context, verb: &str, f: &Found, s: &copy::Stats, took: Dura
     }
 }
 
-/// Verify every destination and fail with the differences, if any.
+/// Verify every destination. A file that differs (content changed without
+/// its size or mtime changing, which the quick check of a sync cannot see)
+/// is copied again by content and verified once more; what still differs
+/// is an error.
 fn verify_all(ctx: &Context, found: &[Found]) -> Result<()> {
     let mut bad = Vec::new();
     for f in found {
         let t = Instant::now();
-        let r = verify::verify(&f.host, &f.dest)?;
+        let host_path = Path::new(f.source.host_path);
+        let mut r = verify::verify(ctx.host.root(), host_path, &f.dest)?;
+        let mut again = 0;
+        if !r.ok() {
+            for d in r.differences.iter().take(20) {
+                ctx.shell.warn(format!("{}: {d}", f.source.dest));
+            }
+            again = r.differing.len();
+            ctx.shell.note(format!(
+                "{}: copying {} again by content",
+                f.source.dest,
+                plural(again as u64, "differing entry")
+            ));
+            recopy(ctx, f, &r.differing)?;
+            r = verify::verify(ctx.host.root(), host_path, &f.dest)?;
+        }
         if r.ok() {
             ctx.shell.status(
                 "Verified",
                 format!(
-                    "{}: {} entries identical ({} files, {} hashed) in {}",
+                    "{}: {} identical ({}, {} hashed){} in {}",
                     f.source.dest,
-                    r.entries,
-                    r.files,
+                    plural(r.entries, "entry"),
+                    plural(r.files, "file"),
                     human(r.bytes_hashed),
+                    if again > 0 {
+                        format!(", after copying {again} again")
+                    } else {
+                        String::new()
+                    },
                     secs(t.elapsed())
                 ),
             );
@@ -665,9 +881,9 @@ fn verify_all(ctx: &Context, found: &[Found]) -> Result<()> {
                     .error(format!("... and {} more", r.differences.len() - 20));
             }
             bad.push(format!(
-                "{} ({} differences)",
+                "{} ({})",
                 f.source.dest,
-                r.differences.len()
+                plural(r.differences.len() as u64, "difference")
             ));
         }
     }
@@ -675,20 +891,52 @@ fn verify_all(ctx: &Context, found: &[Found]) -> Result<()> {
         Ok(())
     } else {
         anyhow::bail!(
-            "verification failed for {}; the relay's units stay stopped: run `migrate` again \
-             to re-sync, or `migrate --rollback` to restart the old relay",
+            "verification failed for {}, also after copying the differing files again: \
+             something still changes the source (a process outside the relay's units?)",
             bad.join(", ")
         )
+    }
+}
+
+/// Copy the entries at `differing` (relative to the tree) again, whatever
+/// their metadata says: remove them from the copy (directories stay; their
+/// metadata is set again anyway) and sync.
+fn recopy(ctx: &Context, f: &Found, differing: &[PathBuf]) -> Result<()> {
+    for rel in differing {
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let p = f.dest.join(rel);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if !m.is_dir() => std::fs::remove_file(&p)
+                .with_context(|| format!("cannot remove {} to copy it again", p.shown()))?,
+            _ => {}
+        }
+    }
+    let tree = copy::walk_source(ctx.host.root(), Path::new(f.source.host_path))?;
+    copy::sync(&tree, &f.dest, false)
+        .with_context(|| format!("copying {} again failed", f.source.host_path))?;
+    copy::flush(&f.dest)
+}
+
+/// `n thing` / `n things` (`entry` -> `entries`).
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else if let Some(stem) = what.strip_suffix('y') {
+        format!("{n} {stem}ies")
+    } else {
+        format!("{n} {what}s")
     }
 }
 
 /// A finished migration run again: compare without writing. Identical ->
 /// say so (and start if asked); different -> refuse, because the container
 /// may have received mail since, which a new mirror would delete.
-fn already_done(ctx: &Context, args: &Options, found: &[Found]) -> Result<()> {
+fn already_done(ctx: &Context, opts: &Options, found: &[Found]) -> Result<()> {
     let mut changed = Vec::new();
     for f in found {
-        let tree = copy::walk(&f.host, false)?;
+        let tree = copy::walk_source(ctx.host.root(), Path::new(f.source.host_path))?;
         let s = copy::sync(&tree, &f.dest, true)?;
         if s.changed() {
             changed.push(format!(
@@ -709,7 +957,7 @@ fn already_done(ctx: &Context, args: &Options, found: &[Found]) -> Result<()> {
     }
     ctx.shell
         .out("Already migrated: the copies match the host; nothing to copy.");
-    if args.start {
+    if opts.start {
         crate::setup::up(ctx)?;
     }
     Ok(())

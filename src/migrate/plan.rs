@@ -10,6 +10,7 @@ use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 use super::copy::Totals;
+use super::show::Shown as _;
 
 /// One tree to copy.
 #[derive(Clone, Debug)]
@@ -45,6 +46,11 @@ pub const MAIL: Source = Source {
 };
 
 /// The sources for a run: all three, or without the mail with `--mount-vmail`.
+///
+/// Another tree (the Postfix queue, say) is one more [`Source`] here: the
+/// walk, the copy, the verification and the state file treat every source
+/// alike, and the owner of its `owner_of` path is recorded by number and
+/// by the host's user name, so the container can map it by name.
 pub fn sources(mount_vmail: bool) -> Vec<Source> {
     if mount_vmail {
         vec![DKIM, ACME]
@@ -101,7 +107,7 @@ pub fn free_at(path: &Path) -> Result<Free> {
         }
     }
     let st = rustix::fs::statvfs(&p)
-        .map_err(|e| anyhow::anyhow!("cannot read the free space of {}: {e}", p.display()))?;
+        .map_err(|e| anyhow::anyhow!("cannot read the free space of {}: {e}", p.shown()))?;
     let files_limited = st.f_files != 0;
     Ok(Free {
         bytes: st.f_bavail.saturating_mul(st.f_frsize),

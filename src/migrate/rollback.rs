@@ -3,12 +3,20 @@
 //! It re-enables and starts exactly the units a migration recorded as
 //! stopped or disabled (never others), and leaves the copied data in
 //! `data/` alone: a later `migrate` updates it with a new pre-sync.
+//!
+//! The state file is data, not a command list: only the relay's own unit
+//! names (the ones `migrate` stops, [`units::UNITS`]) are accepted from it;
+//! anything else (another unit, a word starting with `-` that `systemctl`
+//! would take as an option) refuses the whole rollback before `systemctl`
+//! runs.
 
 use anyhow::Result;
+use std::path::Path;
 
+use super::show::Shown as _;
 use super::state::{self, Phase, State};
 use super::units;
-use crate::Context;
+use crate::{error, Context};
 
 pub fn run(ctx: &Context, yes: bool) -> Result<()> {
     let file = state::path(ctx.deployment.dir());
@@ -16,22 +24,12 @@ pub fn run(ctx: &Context, yes: bool) -> Result<()> {
     if st.stopped.is_empty() {
         ctx.shell.out(format!(
             "Nothing to roll back: no migration stopped any unit (state: {}).",
-            file.display()
+            file.shown()
         ));
         return Ok(());
     }
-    let enable: Vec<String> = st
-        .stopped
-        .iter()
-        .filter(|u| u.was_enabled)
-        .map(|u| u.unit.clone())
-        .collect();
-    let start: Vec<String> = st
-        .stopped
-        .iter()
-        .filter(|u| u.was_active)
-        .map(|u| u.unit.clone())
-        .collect();
+    check(&st, &file)?;
+    let (enable, start) = lists(&st);
     ctx.shell.out("Rollback plan:");
     ctx.shell.out(format!("  enable: {}", list(&enable)));
     ctx.shell.out(format!("  start:  {}", list(&start)));
@@ -50,17 +48,58 @@ pub fn run(ctx: &Context, yes: bool) -> Result<()> {
         );
         super::ask(ctx, yes, "the rollback", "restart the old relay? [y/N]")?;
     }
+    restart(ctx, &mut st, &file)
+}
+
+/// Enable and start the recorded units again, then record that nothing is
+/// stopped any more (also used when a migration fails with the units
+/// stopped).
+pub(crate) fn restart(ctx: &Context, st: &mut State, file: &Path) -> Result<()> {
+    check(st, file)?;
+    let (enable, start) = lists(st);
     units::systemctl(ctx, "enable", &enable)?;
     units::systemctl(ctx, "start", &start)?;
     st.stopped.clear();
     st.phase = Phase::RolledBack;
     st.downtime_secs = None;
-    st.save(&file)?;
+    st.save(file)?;
     ctx.shell.status(
         "Rolled back",
         format!("{} enabled, {} started", enable.len(), start.len()),
     );
     Ok(())
+}
+
+/// Every recorded unit must be one `migrate` stops.
+fn check(st: &State, file: &Path) -> Result<()> {
+    let bad: Vec<String> = st
+        .stopped
+        .iter()
+        .filter(|u| !units::is_relay_unit(&u.unit))
+        .map(|u| format!("'{}'", u.unit.shown()))
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(error::usage(format!(
+        "{} lists {} as stopped, but `migrate` only ever stops the relay's units ({}); \
+         nothing was started. The file was changed by hand or by something else: check it, \
+         or remove those entries",
+        file.shown(),
+        bad.join(", "),
+        units::UNITS.join(" ")
+    )))
+}
+
+fn lists(st: &State) -> (Vec<String>, Vec<String>) {
+    let names = |f: fn(&state::StoppedUnit) -> bool| -> Vec<String> {
+        st.stopped
+            .iter()
+            .filter(|u| f(u))
+            .map(|u| u.unit.clone())
+            .collect()
+    };
+    (names(|u| u.was_enabled), names(|u| u.was_active))
 }
 
 fn list(v: &[String]) -> String {

@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+use super::show::Shown as _;
 use crate::host;
 
 /// Where the migration stands (in the order a migration passes them;
@@ -85,11 +86,11 @@ impl State {
             Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
                 format!(
                     "{} is not a valid migration state file; move it away to start over",
-                    file.display()
+                    file.shown()
                 )
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", file.display())),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", file.shown())),
         }
     }
 
@@ -100,7 +101,7 @@ impl State {
     pub fn save(&self, file: &Path) -> Result<()> {
         if let Some(parent) = file.parent() {
             std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
+                .with_context(|| format!("cannot create {}", parent.shown()))?;
         }
         let mut bytes = serde_json::to_vec_pretty(self)?;
         bytes.push(b'\n');

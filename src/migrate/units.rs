@@ -11,24 +11,41 @@ use std::collections::BTreeMap;
 
 use crate::Context;
 
-/// The units a chatmail relay installs, in the order they are stopped
-/// (mail intake first, so no message arrives after the final sync starts).
-pub const UNITS: [&str; 14] = [
+/// The units a chatmail relay installs (cmdeploy's deployers), in the order
+/// they are stopped: mail intake first, so no message arrives after the
+/// final sync starts; then what writes the copied trees (ACME renewal,
+/// expiry); then the rest. A name without a suffix is a `.service`.
+pub const UNITS: [&str; 23] = [
     "postfix",
     "dovecot",
     "doveauth",
-    "nginx",
-    "opendkim",
-    "unbound",
-    "acmetool-redirector",
     "filtermail",
     "filtermail-incoming",
-    "chatmail-turn",
-    "iroh-relay",
+    "filtermail-transport",
+    "nginx",
+    "fcgiwrap",
+    "opendkim",
+    "acmetool-redirector",
+    "acmetool-reconcile.timer",
+    "acmetool-reconcile",
+    "tls-cert-reload.path",
+    "chatmail-expire.timer",
+    "chatmail-expire",
+    "chatmail-fsreport.timer",
+    "chatmail-fsreport",
     "chatmail-metadata",
     "lastlogin",
+    "turnserver",
+    "iroh-relay",
     "mtail",
+    "unbound",
 ];
+
+/// Whether `unit` (a full name) is one of [`UNITS`]: the only names that
+/// `migrate` records and `--rollback` passes to `systemctl`.
+pub fn is_relay_unit(unit: &str) -> bool {
+    UNITS.iter().any(|u| unit_name(u) == unit)
+}
 
 /// What systemd says about one unit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,9 +74,13 @@ impl UnitState {
     }
 }
 
-/// Full unit name for a short one.
+/// Full unit name for a short one (`postfix` -> `postfix.service`).
 pub fn unit_name(short: &str) -> String {
-    format!("{short}.service")
+    if short.contains('.') {
+        short.to_string()
+    } else {
+        format!("{short}.service")
+    }
 }
 
 /// Parse `systemctl show -p Id,LoadState,ActiveState,UnitFileState` output:
@@ -118,9 +139,16 @@ pub fn query(ctx: &Context) -> Result<Vec<UnitState>> {
 }
 
 /// Run `systemctl <verb> <units...>`; a failure is an error naming the units.
+/// Only the relay's units are ever passed ([`is_relay_unit`]).
 pub fn systemctl(ctx: &Context, verb: &str, units: &[String]) -> Result<()> {
     if units.is_empty() {
         return Ok(());
+    }
+    if let Some(u) = units.iter().find(|u| !is_relay_unit(u)) {
+        bail!(
+            "refusing `systemctl {verb}` for '{}': not one of the relay's units",
+            crate::migrate::show::clean(u)
+        );
     }
     run(ctx, &ctx.host.cmd("systemctl", [verb]).args(units)).map(drop)
 }
@@ -132,9 +160,9 @@ fn run(ctx: &Context, cmd: &crate::host::Cmd) -> Result<String> {
     if !out.success() {
         bail!(
             "`{}` failed (exit {}): {}",
-            cmd.display(),
+            crate::migrate::show::clean(&cmd.display()),
             out.code,
-            out.stderr.trim()
+            crate::migrate::show::clean(out.stderr.trim())
         );
     }
     Ok(out.stdout)
@@ -153,5 +181,24 @@ mod tests {
         assert!(s[0].exists() && s[0].is_active() && s[0].is_enabled());
         assert!(!s[1].exists() && !s[1].is_active());
         assert!(parse_show("", &units).is_err());
+    }
+
+    #[test]
+    fn only_the_relays_units_are_accepted() {
+        assert!(is_relay_unit("postfix.service"));
+        assert!(is_relay_unit("turnserver.service"));
+        assert!(is_relay_unit("filtermail-transport.service"));
+        assert!(is_relay_unit("chatmail-expire.timer"));
+        for bad in [
+            "sshd.service",
+            "postfix",
+            "--now",
+            "-H",
+            "chatmail-turn.service",
+            "postfix.service ",
+            "",
+        ] {
+            assert!(!is_relay_unit(bad), "{bad}");
+        }
     }
 }

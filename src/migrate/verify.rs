@@ -17,6 +17,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::copy::{self, Kind};
+use super::show::Shown as _;
 
 /// The outcome of comparing one source tree with its copy.
 #[derive(Debug, Default)]
@@ -28,6 +29,8 @@ pub struct Report {
     pub special: u64,
     /// One line per difference, `path: what`.
     pub differences: Vec<String>,
+    /// The paths (relative to the tree) that differ.
+    pub differing: Vec<PathBuf>,
 }
 
 impl Report {
@@ -39,14 +42,13 @@ impl Report {
 /// SHA-256 of a file's content. Opened like the copy opens sources: without
 /// moving the access time and without following a symlink swapped in.
 fn hash(path: &Path) -> Result<[u8; 32]> {
-    let mut f =
-        copy::open_source(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut f = copy::open_source(path).with_context(|| format!("cannot read {}", path.shown()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = f
             .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+            .with_context(|| format!("cannot read {}", path.shown()))?;
         if n == 0 {
             break;
         }
@@ -109,7 +111,7 @@ fn compare_meta(src: &Path, s: &Metadata, dst: &Path, d: &Metadata) -> Vec<Strin
             let (a, b) = (fs::read_link(src).ok(), fs::read_link(dst).ok());
             if a != b {
                 let show = |t: &Option<PathBuf>| match t {
-                    Some(t) => t.display().to_string(),
+                    Some(t) => t.shown(),
                     None => "(unreadable)".to_string(),
                 };
                 out.push(format!("symlink target {} != {}", show(&a), show(&b)));
@@ -123,10 +125,12 @@ fn compare_meta(src: &Path, s: &Metadata, dst: &Path, d: &Metadata) -> Vec<Strin
     out
 }
 
-/// Compare `src_root` with `dst_root` completely.
-pub fn verify(src_root: &Path, dst_root: &Path) -> Result<Report> {
+/// Compare the tree the relay sees at `host_path` on the host at
+/// `host_root` (see [`copy::walk_source`]: links out of the tree compare as
+/// their targets) with its copy at `dst_root`, completely.
+pub fn verify(host_root: &Path, host_path: &Path, dst_root: &Path) -> Result<Report> {
     let (src, dst) = rayon::join(
-        || copy::walk(src_root, false),
+        || copy::walk_source(host_root, host_path),
         || copy::walk(dst_root, true),
     );
     let (src, dst) = (src?, dst?);
@@ -140,7 +144,7 @@ pub fn verify(src_root: &Path, dst_root: &Path) -> Result<Report> {
         if rel.as_os_str().is_empty() {
             ".".to_string()
         } else {
-            rel.display().to_string()
+            rel.shown()
         }
     };
 
@@ -157,6 +161,7 @@ pub fn verify(src_root: &Path, dst_root: &Path) -> Result<Report> {
             report
                 .differences
                 .push(format!("{}: missing at the copy", show(&e.rel)));
+            report.differing.push(e.rel.clone());
         }
     }
     for e in &dst.entries {
@@ -164,17 +169,18 @@ pub fn verify(src_root: &Path, dst_root: &Path) -> Result<Report> {
             report
                 .differences
                 .push(format!("{}: not in the source", show(&e.rel)));
+            report.differing.push(e.rel.clone());
         }
     }
 
     // Metadata and content, in parallel.
-    let results: Vec<(Vec<String>, u64, bool)> = src
+    let results: Vec<(&Path, Vec<String>, u64, bool)> = src
         .entries
         .par_iter()
         .filter(|e| copy::kind(&e.meta) != Kind::Special)
         .filter_map(|e| dst_map.get(e.rel.as_path()).map(|d| (e, *d)))
         .map(|(e, d)| {
-            let sp = src_root.join(&e.rel);
+            let sp = src.source_path(e);
             let dp = dst_root.join(&e.rel);
             let mut diffs: Vec<String> = compare_meta(&sp, &e.meta, &dp, d)
                 .into_iter()
@@ -191,10 +197,13 @@ pub fn verify(src_root: &Path, dst_root: &Path) -> Result<Report> {
                     }
                 }
             }
-            (diffs, bytes, is_file)
+            (e.rel.as_path(), diffs, bytes, is_file)
         })
         .collect();
-    for (diffs, bytes, is_file) in results {
+    for (rel, diffs, bytes, is_file) in results {
+        if !diffs.is_empty() {
+            report.differing.push(rel.to_path_buf());
+        }
         report.differences.extend(diffs);
         report.bytes_hashed += bytes;
         report.files += u64::from(is_file);
@@ -227,6 +236,7 @@ pub fn verify(src_root: &Path, dst_root: &Path) -> Result<Report> {
         report
             .differences
             .push(format!("{}: hard links differ from the source", show(&rel)));
+        report.differing.push(rel);
     }
     Ok(report)
 }
@@ -244,7 +254,7 @@ mod tests {
         fs::write(s.join("a"), b"one").unwrap();
         fs::hard_link(s.join("a"), s.join("b")).unwrap();
         copy::sync(&copy::walk(&s, false).unwrap(), &d, false).unwrap();
-        assert!(verify(&s, &d).unwrap().ok());
+        assert!(verify(Path::new("/"), &s, &d).unwrap().ok());
 
         // Same size and mtime, different content: only the hash sees it.
         let m = fs::metadata(d.join("a")).unwrap();
@@ -254,13 +264,13 @@ mod tests {
             filetime::FileTime::from_last_modification_time(&m),
         )
         .unwrap();
-        let r = verify(&s, &d).unwrap();
+        let r = verify(Path::new("/"), &s, &d).unwrap();
         assert!(r.differences.iter().any(|x| x.contains("content")), "{r:?}");
 
         // Break the hard link.
         fs::remove_file(d.join("b")).unwrap();
         fs::copy(d.join("a"), d.join("b")).unwrap();
-        let r = verify(&s, &d).unwrap();
+        let r = verify(Path::new("/"), &s, &d).unwrap();
         assert!(!r.ok());
     }
 
@@ -277,7 +287,7 @@ mod tests {
         fs::create_dir(d.join("f")).unwrap();
         fs::remove_file(d.join("l")).unwrap();
         std::os::unix::fs::symlink("target-b", d.join("l")).unwrap();
-        let r = verify(&s, &d).unwrap();
+        let r = verify(Path::new("/"), &s, &d).unwrap();
         let all = r.differences.join("\n");
         assert!(
             all.contains("f: regular file at the source, directory at the copy"),
@@ -302,7 +312,7 @@ mod tests {
         let old = filetime::FileTime::from_unix_time(1_000_000_000, 0);
         filetime::set_file_atime(s.join("f"), old).unwrap();
         copy::sync(&copy::walk(&s, false).unwrap(), &d, false).unwrap();
-        assert!(verify(&s, &d).unwrap().ok());
+        assert!(verify(Path::new("/"), &s, &d).unwrap().ok());
         let after = fs::metadata(s.join("f")).unwrap();
         assert_eq!(filetime::FileTime::from_last_access_time(&after), old);
     }

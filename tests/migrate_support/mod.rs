@@ -147,7 +147,8 @@ esac
             "acmetool-redirector",
             "filtermail",
             "filtermail-incoming",
-            "chatmail-turn",
+            "filtermail-transport",
+            "turnserver",
             "chatmail-metadata",
             "lastlogin",
         ] {
@@ -399,6 +400,16 @@ esac
             .arg(&self.root)
             .arg("--dir")
             .arg(&self.dir);
+    }
+
+    /// Move the host directory `from` (relative to the root) to `to` and
+    /// leave a symlink with the text `link` in its place: the layout of a
+    /// relay whose data lives on another disk.
+    pub fn move_behind_link(&self, from: &str, to: &str, link: &str) {
+        let (from, to) = (self.root.join(from), self.root.join(to));
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::rename(&from, &to).unwrap();
+        symlink(link, &from).unwrap();
     }
 
     pub fn log(&self) -> String {
