@@ -32,14 +32,31 @@ pub struct Unit {
     /// Full unit name (`postfix.service`, `chatmail-expire.timer`).
     pub name: &'static str,
     pub when: When,
+    /// Started by a timer or path unit, not enabled itself (the relay's
+    /// deploy leaves it disabled); stopping it still matters.
+    pub triggered: bool,
 }
 
 const fn unit(name: &'static str, when: When) -> Unit {
-    Unit { name, when }
+    Unit {
+        name,
+        when,
+        triggered: false,
+    }
 }
 
-/// Every unit the relay enables, in the order to stop them: mail intake
-/// first (no message arrives after a final sync starts), then the rest.
+const fn triggered(name: &'static str, when: When) -> Unit {
+    Unit {
+        name,
+        when,
+        triggered: true,
+    }
+}
+
+/// Every unit the relay deploys, in the order to stop them: mail intake
+/// first (no message arrives after a final sync starts), then what writes
+/// the relay's data (ACME renewal, expiry), then the rest, the resolver
+/// last.
 pub const UNITS: &[Unit] = &[
     unit("postfix.service", When::Always),
     unit("dovecot.service", When::Always),
@@ -52,18 +69,27 @@ pub const UNITS: &[Unit] = &[
     // Enabled with the service (Also=), and starts it on a request.
     unit("fcgiwrap.socket", When::Always),
     unit("opendkim.service", When::Always),
-    unit("unbound.service", When::Always),
     unit("acmetool-redirector.service", When::Acme),
     unit("acmetool-reconcile.timer", When::Acme),
+    triggered("acmetool-reconcile.service", When::Acme),
     unit("tls-cert-reload.path", When::ExternalTls),
-    unit("turnserver.service", When::Always),
-    unit("iroh-relay.service", When::OwnIrohRelay),
+    triggered("tls-cert-reload.service", When::ExternalTls),
+    unit("chatmail-expire.timer", When::Always),
+    triggered("chatmail-expire.service", When::Always),
+    unit("chatmail-fsreport.timer", When::Always),
+    triggered("chatmail-fsreport.service", When::Always),
     unit("chatmail-metadata.service", When::Always),
     unit("lastlogin.service", When::Always),
-    unit("chatmail-expire.timer", When::Always),
-    unit("chatmail-fsreport.timer", When::Always),
+    unit("turnserver.service", When::Always),
+    unit("iroh-relay.service", When::OwnIrohRelay),
     unit("mtail.service", When::Mtail),
+    unit("unbound.service", When::Always),
 ];
+
+/// The full names of [`UNITS`], in stop order.
+pub fn unit_names() -> Vec<String> {
+    UNITS.iter().map(|u| u.name.to_string()).collect()
+}
 
 /// Whether `name` (with or without `.service`) is one of the relay's units.
 pub fn is_relay_unit(name: &str) -> bool {
@@ -176,7 +202,7 @@ const PORTS: &[PortSpec] = &[
         When::OwnIrohRelay,
     ),
     spec(3903, Loopback, "mtail", "mtail metrics", When::Mtail),
-    spec(3904, Loopback, "dovecot", "Dovecot metrics", When::Always),
+    spec(3904, Loopback, "dovecot", "Dovecot metrics", When::Mtail),
     spec(
         8443,
         Loopback,

@@ -33,7 +33,13 @@ pub struct UnitState {
 /// The states of the relay's units inside the running container.
 pub fn unit_states(ctx: &Context) -> Result<Vec<UnitState>> {
     use crate::migrate::units;
-    let names: Vec<String> = units::UNITS.iter().map(|u| units::unit_name(u)).collect();
+    // The units the relay enables (those a timer or path unit starts are
+    // idle between runs, not a problem to show).
+    let names: Vec<String> = crate::relay::UNITS
+        .iter()
+        .filter(|u| !u.triggered)
+        .map(|u| u.name.to_string())
+        .collect();
     let mut args: Vec<String> = [
         "systemctl",
         "show",

@@ -321,8 +321,13 @@ fn source_present(ctx: &Context, source: &Source) -> Result<bool> {
 
 /// `chatmail.ini` -> `.env`.
 fn convert_config(ctx: &Context, ini: &Path) -> Result<()> {
-    let report = ini2env::sync_env(ctx, ini, &ctx.deployment.env_file(), &ini2env::Options::default())
-        .with_context(|| format!("cannot convert {} into .env", ini.shown()))?;
+    let report = ini2env::sync_env(
+        ctx,
+        ini,
+        &ctx.deployment.env_file(),
+        &ini2env::Options::default(),
+    )
+    .with_context(|| format!("cannot convert {} into .env", ini.shown()))?;
     for line in &report.lines {
         ctx.shell.verbose(line);
     }

@@ -11,40 +11,11 @@ use std::collections::BTreeMap;
 
 use crate::Context;
 
-/// The units a chatmail relay installs (cmdeploy's deployers), in the order
-/// they are stopped: mail intake first, so no message arrives after the
-/// final sync starts; then what writes the copied trees (ACME renewal,
-/// expiry); then the rest. A name without a suffix is a `.service`.
-pub const UNITS: [&str; 23] = [
-    "postfix",
-    "dovecot",
-    "doveauth",
-    "filtermail",
-    "filtermail-incoming",
-    "filtermail-transport",
-    "nginx",
-    "fcgiwrap",
-    "opendkim",
-    "acmetool-redirector",
-    "acmetool-reconcile.timer",
-    "acmetool-reconcile",
-    "tls-cert-reload.path",
-    "chatmail-expire.timer",
-    "chatmail-expire",
-    "chatmail-fsreport.timer",
-    "chatmail-fsreport",
-    "chatmail-metadata",
-    "lastlogin",
-    "turnserver",
-    "iroh-relay",
-    "mtail",
-    "unbound",
-];
-
-/// Whether `unit` (a full name) is one of [`UNITS`]: the only names that
-/// `migrate` records and `--rollback` passes to `systemctl`.
+/// Whether `unit` (a full name) is one of the relay's units
+/// ([`crate::relay::UNITS`]): the only names that `migrate` records and
+/// `--rollback` passes to `systemctl`.
 pub fn is_relay_unit(unit: &str) -> bool {
-    UNITS.iter().any(|u| unit_name(u) == unit)
+    !unit.starts_with('-') && crate::relay::UNITS.iter().any(|u| u.name == unit)
 }
 
 /// What systemd says about one unit.
@@ -126,7 +97,7 @@ pub fn parse_show(out: &str, units: &[String]) -> Result<Vec<UnitState>> {
 
 /// Ask systemd about every chatmail unit (one `systemctl` call).
 pub fn query(ctx: &Context) -> Result<Vec<UnitState>> {
-    let units: Vec<String> = UNITS.iter().map(|u| unit_name(u)).collect();
+    let units = crate::relay::unit_names();
     let cmd = ctx
         .host
         .cmd(

@@ -17,50 +17,23 @@ pub struct Port {
     pub what: String,
 }
 
-/// The ports the relay binds, with the internal ones taken from the
-/// configuration (`filtermail_smtp_port`, ...) when set.
+/// The ports the relay binds with this configuration ([`crate::relay`]:
+/// the manifest checked against the relay's source), the internal ones
+/// moved by `filtermail_smtp_port` and friends when set.
 pub fn appliance_ports(env: &Env) -> Vec<Port> {
-    let mut ports: Vec<Port> = [
-        (25, "SMTP"),
-        (80, "HTTP (ACME, redirects)"),
-        (143, "IMAP"),
-        (443, "HTTPS"),
-        (465, "SMTPS"),
-        (587, "submission"),
-        (993, "IMAPS"),
-        (995, "POP3S"),
-    ]
-    .iter()
-    .map(|(p, w)| Port {
-        port: *p,
-        udp: false,
-        what: w.to_string(),
-    })
-    .collect();
-    ports.push(Port {
-        port: 3478,
-        udp: true,
-        what: "TURN (chatmail-turn)".into(),
-    });
-    for (key, default) in [
-        ("FILTERMAIL_SMTP_PORT", 10080),
-        ("FILTERMAIL_SMTP_PORT_INCOMING", 10081),
-        ("FILTERMAIL_HTTP_PORT_INCOMING", 10082),
-        ("FILTERMAIL_LMTP_PORT_TRANSPORT", 10083),
-        ("POSTFIX_REINJECT_PORT", 10025),
-        ("POSTFIX_REINJECT_PORT_INCOMING", 10026),
-    ] {
-        let port = env
-            .get(key)
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(default);
-        ports.push(Port {
-            port,
-            udp: false,
-            what: format!("{} (localhost)", key.to_ascii_lowercase()),
-        });
-    }
-    ports
+    crate::relay::ports(env)
+        .into_iter()
+        .map(|p| Port {
+            port: p.port,
+            udp: p.udp,
+            what: match p.scope {
+                crate::relay::Scope::Public => format!("{}, {}", p.what, p.service),
+                crate::relay::Scope::Loopback => {
+                    format!("{}, {}, localhost", p.what, p.service)
+                }
+            },
+        })
+        .collect()
 }
 
 /// A listening socket from /proc/net/{tcp,tcp6,udp,udp6}.
@@ -189,9 +162,9 @@ pub(super) fn check_ports(ctx: &Context, env: &Env) -> Check {
                 "{}/{proto} ({}) by {name} (pid {pid})",
                 p.port, p.what
             )),
-            None if container.is_some() => ours += 1,
+            // Not knowing who holds a port is not knowing it is ours.
             None => taken.push(format!(
-                "{}/{proto} ({}) by an unknown process",
+                "{}/{proto} ({}) by a process this user cannot see (run as root to name it)",
                 p.port, p.what
             )),
         }
