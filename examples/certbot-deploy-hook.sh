@@ -8,8 +8,9 @@
 #
 # Install:
 #   install -m 0755 certbot-deploy-hook.sh /etc/letsencrypt/renewal-hooks/deploy/chatmail-docker
-# and mount /etc/letsencrypt into the container at the PATH_TO_SSL you set in
-# .env (see docker-compose.override.yaml). Adjust the two paths below.
+# with tls_external_cert_and_key in chatmail.ini naming the certificate and
+# key under /etc/letsencrypt/live/<domain>/ (the appliance mounts them).
+# Adjust the two paths below.
 #
 # With the cert-watch service running (ENABLE_CERTS_MONITORING=true) the
 # reload already happens on its own; this hook is then a harmless no-op,

@@ -292,6 +292,22 @@ pub fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<bool> {
     }
 }
 
+/// Lexically normalise an absolute path (`a/./b/../c` -> `a/c`), without
+/// looking at the filesystem.
+pub fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,20 +54,7 @@ pub const SELF_SIGNED_CONTAINER: &str = "/var/lib/chatmail-docker/tls";
 pub const SELF_SIGNED_CERT: &str = "mailserver.pem";
 pub const SELF_SIGNED_KEY: &str = "mailserver.key";
 
-/// Lexically normalise an absolute path (`a/./b/../c` -> `a/c`).
-pub fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
-}
+pub use crate::host::normalize;
 
 /// Map a container path to the host through the mount with the longest
 /// matching target.

@@ -183,6 +183,23 @@ pub fn generate(ctx: &Context, opts: &OverrideOptions) -> Result<Generated> {
         mounts.sort_by(|a, b| a.target.cmp(&b.target));
     }
 
+    let env = ctx.deployment.load_env()?.unwrap_or_default();
+    if let Some(crate::relay::TlsMode::External { cert, key }) =
+        crate::relay::TlsMode::from_env(&env)
+    {
+        for dir in tls_external_dirs(ctx, &[&cert, &key])? {
+            mounts.push(Mount {
+                rel: PathBuf::new(),
+                target: utf8(&dir)?.to_string(),
+                source: ctx.host.path(&dir),
+                kind: MountKind::Dir,
+                read_only: true,
+                contents: Vec::new(),
+            });
+        }
+        mounts.sort_by(|a, b| a.target.cmp(&b.target));
+    }
+
     let mut volumes = Vec::with_capacity(mounts.len());
     for m in &mounts {
         if ctx.shell.is_verbose() {
@@ -224,6 +241,70 @@ pub fn generate(ctx: &Context, opts: &OverrideOptions) -> Result<Generated> {
         skipped,
         vmail,
     })
+}
+
+/// Container directories `tls_external_cert_and_key` may not be mounted
+/// over, besides [`scan::refuse_target`]'s: the container's own trust
+/// store and TLS directories.
+const TLS_REFUSED: &[&str] = &["/etc/ssl", "/etc/ssl/certs", "/usr/share/ca-certificates"];
+
+/// The host directories that `tls_external_cert_and_key` (host paths, used
+/// as they are inside the container) needs mounted at the same place: the
+/// directory of each file and of every symlink hop on the way to its content
+/// (certbot's `live/<domain>/*.pem` point into `archive/<domain>/`), so a
+/// renewal that writes new files or swaps links is seen in the container.
+/// Read-only: the certificates belong to the client that renews them.
+fn tls_external_dirs(ctx: &Context, files: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for f in files {
+        let mut path = PathBuf::from(f);
+        if !path.is_absolute() {
+            return Err(error::usage(format!(
+                "tls_external_cert_and_key: {f} is not an absolute path; name the certificate and key as the host has them (CERT KEY)"
+            )));
+        }
+        for _ in 0..40 {
+            let dir = host::normalize(path.parent().unwrap_or(Path::new("/")));
+            if !dirs.contains(&dir) {
+                dirs.push(dir.clone());
+            }
+            match fs::read_link(ctx.host.path(&path)) {
+                Ok(target) => path = dir.join(target),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(error::usage(format!(
+                        "tls_external_cert_and_key: {} does not exist on this host; the relay needs the certificate and key before it starts",
+                        path.display()
+                    )))
+                }
+                Err(e) => {
+                    return Err(error::usage(format!(
+                        "tls_external_cert_and_key: cannot read {}: {e}",
+                        path.display()
+                    )))
+                }
+            }
+        }
+    }
+    // A directory inside another one is already there.
+    let all = dirs.clone();
+    dirs.retain(|d| !all.iter().any(|o| o != d && d.starts_with(o)));
+    for d in &dirs {
+        let t = d.to_string_lossy();
+        let why = scan::refuse_target(&t).or_else(|| {
+            TLS_REFUSED
+                .iter()
+                .any(|r| Path::new(r) == d.as_path() || Path::new(r).starts_with(d))
+                .then(|| "it would hide the container's own TLS trust store".to_string())
+        });
+        if let Some(why) = why {
+            return Err(error::usage(format!(
+                "tls_external_cert_and_key: the directory {t} cannot be mounted into the container ({why}); keep the certificate and key in a directory of their own, e.g. /etc/chatmail-tls/"
+            )));
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
 }
 
 /// SHA-256 over every mount target and the content of every file mounted

@@ -808,3 +808,88 @@ fn override_only_json_is_the_generated_override() {
     assert!(label(&v).is_some());
     assert!(!d.generated().exists(), "--override-only writes nothing");
 }
+
+#[test]
+fn tls_external_cert_and_key_are_mounted_where_the_host_has_them() {
+    // certbot's layout: live/<domain>/*.pem are links into archive/<domain>/.
+    let d = Deploy::new();
+    let root = tempfile::tempdir().unwrap();
+    let le = "/etc/letsencrypt";
+    let host = |p: &str| root.path().join(p.trim_start_matches('/'));
+    fs::create_dir_all(host(&format!("{le}/archive/chat.example.org"))).unwrap();
+    fs::create_dir_all(host(&format!("{le}/live/chat.example.org"))).unwrap();
+    for (name, n) in [("fullchain", 3), ("privkey", 3)] {
+        fs::write(
+            host(&format!("{le}/archive/chat.example.org/{name}{n}.pem")),
+            "pem",
+        )
+        .unwrap();
+        symlink(
+            format!("../../archive/chat.example.org/{name}{n}.pem"),
+            host(&format!("{le}/live/chat.example.org/{name}.pem")),
+        )
+        .unwrap();
+    }
+    fs::write(
+        d.dir().join(".env"),
+        format!(
+            "MAIL_DOMAIN=chat.example.org\nTLS_EXTERNAL_CERT_AND_KEY='{le}/live/chat.example.org/fullchain.pem {le}/live/chat.example.org/privkey.pem'\n"
+        ),
+    )
+    .unwrap();
+    let g = overrides::generate(&d.ctx(root.path()), &OverrideOptions::default()).unwrap();
+    let tls: Vec<(&str, &Path, bool)> = g
+        .mounts
+        .iter()
+        .map(|m| (m.target.as_str(), m.source.as_path(), m.read_only))
+        .collect();
+    let live = host(&format!("{le}/live/chat.example.org"));
+    let archive = host(&format!("{le}/archive/chat.example.org"));
+    assert_eq!(
+        tls,
+        vec![
+            (
+                "/etc/letsencrypt/archive/chat.example.org",
+                archive.as_path(),
+                true
+            ),
+            (
+                "/etc/letsencrypt/live/chat.example.org",
+                live.as_path(),
+                true
+            ),
+        ],
+        "the files' directory and the one their links lead to, read-only, at the same paths"
+    );
+
+    // Files in the container's own trust store cannot be mounted over it.
+    fs::create_dir_all(host("/etc/ssl/certs")).unwrap();
+    fs::write(host("/etc/ssl/certs/relay.pem"), "pem").unwrap();
+    fs::write(host("/etc/ssl/certs/relay.key"), "pem").unwrap();
+    fs::write(
+        d.dir().join(".env"),
+        "MAIL_DOMAIN=chat.example.org\nTLS_EXTERNAL_CERT_AND_KEY='/etc/ssl/certs/relay.pem /etc/ssl/certs/relay.key'\n",
+    )
+    .unwrap();
+    let err = overrides::generate(&d.ctx(root.path()), &OverrideOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/etc/ssl/certs") && err.contains("trust store"),
+        "{err}"
+    );
+
+    // A file that is not there yet: the relay would fail to start.
+    fs::write(
+        d.dir().join(".env"),
+        "MAIL_DOMAIN=chat.example.org\nTLS_EXTERNAL_CERT_AND_KEY='/srv/tls/cert.pem /srv/tls/key.pem'\n",
+    )
+    .unwrap();
+    let err = overrides::generate(&d.ctx(root.path()), &OverrideOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/srv/tls/cert.pem") && err.contains("does not exist"),
+        "{err}"
+    );
+}
