@@ -4,6 +4,14 @@
 //! real: Docker engine, Compose v2, systemd as PID 1 in the container,
 //! Debian's nginx, Postfix and Dovecot, the tool's own binary.
 //!
+//! The real relay is the judge (`tests/e2e_relay.rs`); the stand-in stays
+//! here only for what the real relay cannot do on a machine without
+//! internet: serve an acmetool certificate (the real relay's activate stage
+//! runs `acmetool reconcile` against Let's Encrypt for a real domain, so
+//! the acmetool-layout rotation that cert-watch must follow is served by the
+//! stand-in), and run its install stage at container start
+//! (`--reinstall`: the real one reaches PyPI from inside the container).
+//!
 //! The scenarios that need the engine run in order inside one test, since
 //! they share the host's mail ports (network_mode: host) and the fixed
 //! compose project name. Without a Docker daemon they are skipped with a

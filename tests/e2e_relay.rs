@@ -138,6 +138,75 @@ fn inbox_has(v: &serde_json::Value, ids: &[String]) {
     }
 }
 
+/// Leave two messages for `to` in Postfix's queue, as a relay has them when
+/// its container is replaced: one deferred (Dovecot is stopped, delivery
+/// fails and waits for a retry) and one in maildrop (Postfix itself is
+/// stopped, `sendmail` leaves it there). Returns their Message-IDs.
+fn queue_two_messages(container: &str, to: &str, tag: &str) -> Vec<String> {
+    let deferred = format!("{tag}-deferred@test");
+    let dropped = format!("{tag}-maildrop@test");
+    exec(container, &["systemctl", "stop", "dovecot"]);
+    // The queue lists senders, not Message-IDs: one sender per message.
+    let sender = format!("{tag}.deferred@{DOMAIN}");
+    inject(container, &sender, to, &deferred);
+    let waiting = |queue: &str| {
+        queue
+            .lines()
+            .any(|l| l.contains("\"deferred\"") && l.contains(&format!("\"{sender}\"")))
+    };
+    let mut queue = String::new();
+    for _ in 0..240 {
+        queue = exec(container, &["postqueue", "-j"]);
+        if waiting(&queue) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(waiting(&queue), "{deferred} waits in the deferred queue: {queue}");
+    exec(container, &["systemctl", "stop", "postfix"]);
+    // `postfix stop` returns while its daemons wind down; a pickup still
+    // running would take the message at once.
+    for _ in 0..240 {
+        if !exec_ok(container, &["pgrep", "-x", "master|pickup|qmgr"]) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    inject(container, &format!("{tag}.maildrop@{DOMAIN}"), to, &dropped);
+    let maildrop = exec(container, &["ls", "-A", "/var/spool/postfix/maildrop"]);
+    assert!(!maildrop.trim().is_empty(), "{dropped} waits in maildrop");
+    vec![deferred, dropped]
+}
+
+/// `sendmail` in the container: a local submission, as cron or a script
+/// on the relay makes one.
+fn inject(container: &str, from: &str, to: &str, msgid: &str) {
+    use std::io::Write;
+    let mut child = StdCommand::new("docker")
+        .args(["exec", "-i", container, "/usr/sbin/sendmail", "-i"])
+        .arg(format!("-f{from}"))
+        .arg(to)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    write!(
+        child.stdin.take().unwrap(),
+        "From: {from}\r\nTo: {to}\r\nSubject: queued\r\nMessage-ID: <{msgid}>\r\n\r\nwaited in the queue\r\n"
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success(), "sendmail {msgid}");
+}
+
+fn image_id(name: &str) -> Option<String> {
+    let out = StdCommand::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", name])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 fn served_cert_sha(port: u16) -> String {
     let pem = served_cert_pem(port).unwrap_or_else(|| panic!("no certificate served on {port}"));
     sha256_hex(pem.as_bytes())
@@ -334,9 +403,12 @@ fn real_relay_end_to_end() {
     );
 
     // 7. down + setup: a new container with the same certificate, DKIM key
-    // and mailboxes (passwords included).
+    // and mailboxes (passwords included), and the mail that waited in
+    // Postfix's queue (deferred, and in maildrop) delivered.
     let cert = served_cert_sha(443);
     let dkim = fs::read(dir.join("data/chatmail-dkimkeys/opendkim.private")).unwrap();
+    let b_email = v["b"]["email"].as_str().unwrap().to_string();
+    let queued = queue_two_messages(&container, &b_email, "down");
     run_tool(tool(&dir).arg("down"), 0, "down");
     let started = Instant::now();
     run_tool(
@@ -360,6 +432,44 @@ fn real_relay_end_to_end() {
         "the DKIM key survives"
     );
     inbox_has(&mailcheck(&["--read", &b]), &sent);
+    inbox_has(&mailcheck(&["--read", &b, "--wait-ids", &queued.join(",")]), &queued);
+
+    // A custom/ edit recreates the container: the queue survives that too,
+    // and the relay builds its page from the custom file.
+    let queued = queue_two_messages(&container, &b_email, "custom");
+    let page = dir.join("custom/www/src/index.md");
+    fs::create_dir_all(page.parent().unwrap()).unwrap();
+    fs::write(&page, "# A page of our own\n\nserved by the relay, edited in custom/\n").unwrap();
+    run_tool(
+        tool(&dir).args(["setup", "--skip-check", "cgroup-v2"]),
+        0,
+        "setup after a custom/ edit",
+    );
+    let container = healthy_container_of(&mut tool(&dir));
+    inbox_has(&mailcheck(&["--read", &b, "--wait-ids", &queued.join(",")]), &queued);
+    let v = mailcheck(&["--page"]);
+    assert!(
+        v["body"].as_str().unwrap_or_default().contains("edited in custom/"),
+        "the relay's page from custom/www/src/index.md: {v}"
+    );
+
+    // A new image (the relay source changed) with `setup --rebuild`.
+    let queued = queue_two_messages(&container, &b_email, "rebuild");
+    let image_before = image_id(IMAGE);
+    let readme = dir.join("relay/README.md");
+    let mut text = fs::read_to_string(&readme).unwrap();
+    text.push_str("\nA local note, so the image is built anew.\n");
+    fs::write(&readme, text).unwrap();
+    run_tool(
+        tool(&dir)
+            .env("CHATMAIL_BASE_IMAGE", &base)
+            .args(["setup", "--rebuild", "--skip-check", "cgroup-v2"]),
+        0,
+        "setup --rebuild after a relay change",
+    );
+    assert_ne!(image_id(IMAGE), image_before, "a new image");
+    let container = healthy_container_of(&mut tool(&dir));
+    inbox_has(&mailcheck(&["--read", &b, "--wait-ids", &queued.join(",")]), &queued);
 
     // The DNS records to publish, as the relay computes them, carry the
     // public half of the DKIM key it signs with.

@@ -1035,3 +1035,45 @@ proptest::proptest! {
         proptest::prop_assert!(relay.1 == container.1, "/etc/dkimkeys differs:\n{:?}\n{:?}", relay.1, container.1);
     }
 }
+
+#[test]
+fn the_postfix_queue_is_carried_with_mail_that_arrived_during_the_stop() {
+    // The relay's own migration guide copies /var/spool/postfix with the
+    // keys and the mail: a message the relay accepted and has not
+    // delivered yet belongs to it.
+    let f = Fake::new(&small());
+    let spool = f.root.join("var/spool/postfix");
+    for d in ["active", "deferred/A", "maildrop", "public", "incoming"] {
+        fs::create_dir_all(spool.join(d)).unwrap();
+    }
+    fs::write(spool.join("deferred/A/A1B2C3D4E5"), "deferred message").unwrap();
+    fs::write(spool.join("maildrop/F6A7B8C9D0"), "dropped while postfix was down").unwrap();
+    // Postfix's own sockets are not data; they are made again at start.
+    let sock = std::os::unix::net::UnixListener::bind(spool.join("public/pickup")).unwrap();
+    // The last message Postfix accepts before it stops.
+    let hook = format!(
+        "#!/bin/sh\nprintf 'last one in' > '{}'\n",
+        spool.join("incoming/1234567890").display()
+    );
+    let hook_path = f.units.join("on-stop");
+    fs::write(&hook_path, hook).unwrap();
+    fs::set_permissions(&hook_path, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    drop(sock);
+    assert!(out.contains("/var/spool/postfix"), "the plan names the queue: {out}");
+    let dest = f.dest("data/chatmail-postfix");
+    for (rel, content) in [
+        ("deferred/A/A1B2C3D4E5", "deferred message"),
+        ("maildrop/F6A7B8C9D0", "dropped while postfix was down"),
+        ("incoming/1234567890", "last one in"),
+    ] {
+        assert_eq!(
+            fs::read_to_string(dest.join(rel)).unwrap_or_default(),
+            content,
+            "{rel} in data/chatmail-postfix"
+        );
+    }
+    assert!(!dest.join("public/pickup").exists(), "sockets are not copied");
+}

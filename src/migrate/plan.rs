@@ -45,17 +45,30 @@ pub const MAIL: Source = Source {
     owner_of: "/home/vmail",
 };
 
-/// The sources for a run: all three, or without the mail with `--mount-vmail`.
+/// The Postfix queue: mail the relay accepted and has not delivered yet
+/// (the relay's own migration guide copies it too). Sockets and the chroot's
+/// device nodes are not copied; Postfix makes them again. In the container
+/// the queue is given to Postfix's users by name before Postfix starts
+/// (docker/files/postfix-spool), whatever their numbers were here.
+pub const QUEUE: Source = Source {
+    host_path: "/var/spool/postfix",
+    dest: "data/chatmail-postfix",
+    required: false,
+    owner_of: "/var/spool/postfix/deferred",
+};
+
+/// The sources for a run: all four, or without the mail with
+/// `--mount-vmail`.
 ///
-/// Another tree (the Postfix queue, say) is one more [`Source`] here: the
-/// walk, the copy, the verification and the state file treat every source
-/// alike, and the owner of its `owner_of` path is recorded by number and
-/// by the host's user name, so the container can map it by name.
+/// Another tree is one more [`Source`] here: the walk, the copy, the
+/// verification and the state file treat every source alike, and the owner
+/// of its `owner_of` path is recorded by number and by the host's user
+/// name, so the container can map it by name.
 pub fn sources(mount_vmail: bool) -> Vec<Source> {
     if mount_vmail {
-        vec![DKIM, ACME]
+        vec![DKIM, ACME, QUEUE]
     } else {
-        vec![DKIM, ACME, MAIL]
+        vec![DKIM, ACME, QUEUE, MAIL]
     }
 }
 

@@ -83,6 +83,11 @@ const PROTECTED: &[Protected] = &[
         why: "the TLS certificates, persistent data",
     },
     Protected {
+        path: "/var/spool/postfix",
+        below: true,
+        why: "the Postfix queue, persistent data",
+    },
+    Protected {
         path: "/var/lib/chatmail-docker",
         below: true,
         why: "the appliance's own state (self-signed certificate), persistent data",

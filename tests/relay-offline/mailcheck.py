@@ -10,6 +10,7 @@ refused, and the Message-IDs found in B's INBOX over IMAP 993.
 
 Usage: mailcheck.py HOST
        mailcheck.py HOST --read ADDR:PASSWORD [--wait-ids ID1,ID2,...]
+       mailcheck.py HOST --page
 The relay's certificate is self-signed in these tests: not verified.
 """
 import argparse
@@ -119,7 +120,12 @@ def main():
     p.add_argument("host")
     p.add_argument("--read", metavar="ADDR:PASSWORD", help="only list the Message-IDs in this account's INBOX")
     p.add_argument("--wait-ids", default="", help="with --read: wait until these Message-IDs arrive")
+    p.add_argument("--page", action="store_true", help="only fetch the relay's web page")
     args = p.parse_args()
+    if args.page:
+        with urllib.request.urlopen(f"https://{args.host}/", context=CTX, timeout=30) as r:
+            print(json.dumps({"body": r.read().decode("utf-8", "replace")}))
+        return 0
     if args.read:
         email, _, password = args.read.partition(":")
         acct = {"email": email, "password": password}
