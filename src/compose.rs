@@ -3,11 +3,28 @@
 //! with captured output, the health wait, and the commands that pass
 //! straight through (`down`, `restart`, `logs`, `exec`). It knows Compose
 //! and the deployment's files, nothing of the capabilities above it.
+//!
+//! # One deployment, one container
+//!
+//! The project name is fixed ([`PROJECT_NAME`], also `name:` in the
+//! appliance's compose file): only one relay per host can bind the mail
+//! ports anyway, and an administrator's `docker compose -p chatmail ...`
+//! keeps finding the container whatever the directory is called. A fixed
+//! name also means that Compose, asked from any directory, answers with
+//! the one `chatmail` container on the engine, which may belong to
+//! another deployment directory. So every command that acts on the
+//! container first checks whose it is: Compose records the project
+//! directory on the container as the label [`WORKING_DIR_LABEL`] (the
+//! absolute `--project-directory`, lexically cleaned, symlinks kept), and
+//! a container whose label names another directory (compared with
+//! symlinks resolved) is never touched: [`container`] and
+//! [`ensure_ours`] fail with an error naming it, its directory and
+//! `--dir`. [`find`] reports it without failing, for the ports check.
 
 use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -15,8 +32,12 @@ use std::time::{Duration, Instant};
 use crate::host::{Captured, Cmd};
 use crate::{error, Context};
 
-/// Compose project name: fixed, so the directory's name does not matter.
+/// Compose project name: fixed, so the directory's name does not matter
+/// (see the module documentation for why, and how other deployments'
+/// containers are kept apart).
 pub const PROJECT_NAME: &str = "chatmail";
+/// The label on which Compose records the project directory of a container.
+pub const WORKING_DIR_LABEL: &str = "com.docker.compose.project.working_dir";
 /// The one service of the appliance.
 pub const SERVICE: &str = "chatmail";
 
@@ -227,6 +248,21 @@ pub struct Config {
 }
 
 impl Inspect {
+    /// The container's name without Docker's leading `/`.
+    pub fn display_name(&self) -> &str {
+        self.name.trim_start_matches('/')
+    }
+
+    /// The project directory Compose recorded on the container.
+    pub fn working_dir(&self) -> Option<&str> {
+        self.config
+            .labels
+            .as_ref()?
+            .get(WORKING_DIR_LABEL)
+            .map(String::as_str)
+            .filter(|d| !d.is_empty())
+    }
+
     pub fn health_status(&self) -> Option<&str> {
         self.state.health.as_ref().map(|h| h.status.as_str())
     }
@@ -256,8 +292,9 @@ pub enum Containers {
     Running,
 }
 
-/// The id of the service's container, if there is one (`docker compose ps`).
-pub fn container_id(ctx: &Context, which: Containers) -> Result<Option<String>> {
+/// The id of the project's service container, whoever it belongs to
+/// (`docker compose ps`).
+fn project_container_id(ctx: &Context, which: Containers) -> Result<Option<String>> {
     let args = match which {
         Containers::Any => ["ps", "--all", "--quiet", SERVICE].as_slice(),
         Containers::Running => &["ps", "--status", "running", "--quiet", SERVICE],
@@ -272,6 +309,114 @@ pub fn container_id(ctx: &Context, which: Containers) -> Result<Option<String>> 
         .next()
         .map(|l| l.trim().to_string())
         .filter(|s| !s.is_empty()))
+}
+
+/// Whose a container of the project is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// This deployment directory's.
+    This,
+    /// Another deployment directory's (as Compose recorded it), or, when
+    /// the label is missing, no directory's.
+    Other(Option<PathBuf>),
+}
+
+/// The project's container and whose it is.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub container: Inspect,
+    pub owner: Owner,
+}
+
+impl Found {
+    pub fn is_ours(&self) -> bool {
+        self.owner == Owner::This
+    }
+
+    /// The error for acting on another deployment's container: what it is,
+    /// whose it is, and how to act on it instead.
+    pub fn foreign_error(&self, ctx: &Context) -> anyhow::Error {
+        let name = self.container.display_name();
+        let here = ctx.deployment.dir().display();
+        let msg = match &self.owner {
+            Owner::This => format!("the container {name} belongs to {here}"),
+            Owner::Other(Some(dir)) => format!(
+                "the container {name} (Compose project `{PROJECT_NAME}`) belongs to the deployment in {dir}, not to {here}; nothing was done to it.\n\
+                 To act on it: `chatmail-docker --dir {dir} COMMAND`. One relay per host (it binds the mail ports): \
+                 to run this one instead, first `chatmail-docker --dir {dir} down`",
+                dir = dir.display()
+            ),
+            Owner::Other(None) => format!(
+                "the container {name} (Compose project `{PROJECT_NAME}`) has no {WORKING_DIR_LABEL} label, so it belongs to no known deployment directory (not to {here}); nothing was done to it.\n\
+                 Look at it with `docker inspect {name}` and remove it by hand if it is yours (`docker rm -f {name}`)"
+            ),
+        };
+        error::usage(msg)
+    }
+}
+
+/// Whether two directories are the same: equal as written, or with
+/// symlinks resolved (Compose records the path as it was given).
+pub fn same_dir(a: &Path, b: &Path) -> bool {
+    if a == b {
+        return true;
+    }
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Whose `c` is, from the label Compose records the project directory in.
+pub fn owner_of(c: &Inspect, dir: &Path) -> Owner {
+    match c.working_dir() {
+        Some(wd) if same_dir(Path::new(wd), dir) => Owner::This,
+        Some(wd) => Owner::Other(Some(PathBuf::from(wd))),
+        None => Owner::Other(None),
+    }
+}
+
+/// The project's service container, whoever it belongs to; `None` when
+/// there is none. Never fails because of whose it is (see [`container`]).
+pub fn find(ctx: &Context, which: Containers) -> Result<Option<Found>> {
+    let Some(id) = project_container_id(ctx, which)? else {
+        return Ok(None);
+    };
+    let container = inspect(ctx, &id)?;
+    let owner = owner_of(&container, ctx.deployment.dir());
+    Ok(Some(Found { container, owner }))
+}
+
+/// This deployment's container, if it exists; another deployment's is an
+/// error naming it (see the module documentation).
+pub fn container(ctx: &Context, which: Containers) -> Result<Option<Inspect>> {
+    match find(ctx, which)? {
+        None => Ok(None),
+        Some(f) if f.is_ours() => Ok(Some(f.container)),
+        Some(f) => Err(f.foreign_error(ctx)),
+    }
+}
+
+/// The id of this deployment's container, if there is one; another
+/// deployment's is an error naming it.
+pub fn container_id(ctx: &Context, which: Containers) -> Result<Option<String>> {
+    Ok(container(ctx, which)?.map(|c| c.id))
+}
+
+/// Before a command that acts on the project (`up`, `down`, `restart`,
+/// `logs`, `exec`, `setup`): fail when the project's container belongs to
+/// another deployment. When Compose cannot be asked, the command itself
+/// will say why, so that is left to it.
+pub fn ensure_ours(ctx: &Context) -> Result<()> {
+    match find(ctx, Containers::Any) {
+        Ok(Some(f)) if !f.is_ours() => Err(f.foreign_error(ctx)),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            ctx.shell
+                .verbose(format!("cannot check whose the container is: {e:#}"));
+            Ok(())
+        }
+    }
 }
 
 /// `docker compose exec -T chatmail ARGS`: a command in the container, no
@@ -306,12 +451,10 @@ pub fn inspect(ctx: &Context, id: &str) -> Result<Inspect> {
     list.pop().context("`docker inspect` returned nothing")
 }
 
-/// The service's container, if it exists.
+/// This deployment's container, if it exists (another deployment's is an
+/// error naming it).
 pub fn current(ctx: &Context) -> Result<Option<Inspect>> {
-    match container_id(ctx, Containers::Any)? {
-        Some(id) => Ok(Some(inspect(ctx, &id)?)),
-        None => Ok(None),
-    }
+    container(ctx, Containers::Any)
 }
 
 /// The last `n` log lines of the service.
@@ -434,6 +577,7 @@ pub fn up_cmd(ctx: &Context, env: &[(&str, String)], force_recreate: bool) -> Cm
 
 pub fn down(ctx: &Context) -> Result<()> {
     require_compose_file(ctx)?;
+    ensure_ours(ctx)?;
     let cmd = Project::new(ctx).cmd(ctx, ["down"]);
     if ctx
         .run_or_show(&cmd, " (data/ is kept)", |cmd| run_checked(ctx, cmd))?
@@ -446,6 +590,7 @@ pub fn down(ctx: &Context) -> Result<()> {
 
 pub fn restart(ctx: &Context) -> Result<()> {
     require_compose_file(ctx)?;
+    ensure_ours(ctx)?;
     let cmd = Project::new(ctx).cmd(ctx, ["restart", SERVICE]);
     ctx.run_or_show(&cmd, "", |cmd| run_checked(ctx, cmd))?;
     Ok(())
@@ -462,6 +607,7 @@ pub struct LogsOptions {
 
 pub fn logs(ctx: &Context, a: &LogsOptions) -> Result<()> {
     require_compose_file(ctx)?;
+    ensure_ours(ctx)?;
     let mut args: Vec<String> = vec!["logs".into()];
     if a.follow {
         args.push("--follow".into());
@@ -481,6 +627,7 @@ pub fn logs(ctx: &Context, a: &LogsOptions) -> Result<()> {
 /// Run `command` in the container with the terminal attached.
 pub fn exec(ctx: &Context, command: &[String]) -> Result<()> {
     require_compose_file(ctx)?;
+    ensure_ours(ctx)?;
     use std::io::IsTerminal;
     let mut args: Vec<String> = vec!["exec".into()];
     if !std::io::stdin().is_terminal() {
@@ -499,6 +646,31 @@ pub fn exec(ctx: &Context, command: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owner_follows_the_working_dir_label() {
+        let d = tempfile::tempdir().unwrap();
+        let here = d.path().join("here");
+        std::fs::create_dir_all(&here).unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&here, &link).unwrap();
+        let with = |wd: Option<&Path>| Inspect {
+            config: Config {
+                labels: wd
+                    .map(|wd| [(WORKING_DIR_LABEL.to_string(), wd.display().to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(owner_of(&with(Some(&here)), &here), Owner::This);
+        assert_eq!(owner_of(&with(Some(&link)), &here), Owner::This);
+        let other = d.path().join("other");
+        assert_eq!(
+            owner_of(&with(Some(&other)), &here),
+            Owner::Other(Some(other.clone()))
+        );
+        assert_eq!(owner_of(&with(None), &here), Owner::Other(None));
+    }
 
     #[test]
     fn docker_times() {

@@ -104,23 +104,21 @@ fn socket_owners(ctx: &Context, inodes: &[u64]) -> BTreeMap<u64, (u32, String)> 
     owners
 }
 
-/// Whether a process belongs to a Docker container named like ours.
-fn in_appliance(ctx: &Context, pid: u32, container_id: Option<&str>) -> bool {
-    let Some(id) = container_id else {
-        return false;
-    };
-    fs::read_to_string(ctx.host.path(format!("/proc/{pid}/cgroup")))
-        .map(|c| c.contains(id))
-        .unwrap_or(false)
+/// Whether a process runs in the container with this id (its cgroup path
+/// names the container).
+fn in_container(ctx: &Context, pid: u32, container_id: &str) -> bool {
+    !container_id.is_empty()
+        && fs::read_to_string(ctx.host.path(format!("/proc/{pid}/cgroup")))
+            .map(|c| c.contains(container_id))
+            .unwrap_or(false)
 }
 
-fn running_container_id(ctx: &Context) -> Option<String> {
+/// The project's running container, whichever deployment it belongs to.
+fn running_container(ctx: &Context) -> Option<compose::Found> {
     if !ctx.deployment.compose_file().exists() || ctx.host.which("docker").is_none() {
         return None;
     }
-    compose::container_id(ctx, Containers::Running)
-        .ok()
-        .flatten()
+    compose::find(ctx, Containers::Running).ok().flatten()
 }
 
 pub(super) fn check_ports(ctx: &Context, env: &Env) -> Check {
@@ -151,13 +149,35 @@ pub(super) fn check_ports(ctx: &Context, env: &Env) -> Check {
     }
     let inodes: Vec<u64> = busy.iter().map(|(_, l)| l.inode).collect();
     let owners = socket_owners(ctx, &inodes);
-    let container = running_container_id(ctx);
+    let container = running_container(ctx);
     let mut taken = Vec::new();
     let mut ours = 0;
     for (p, l) in &busy {
         let proto = if p.udp { "udp" } else { "tcp" };
+        let held_by = |pid: u32| {
+            container
+                .as_ref()
+                .filter(|c| in_container(ctx, pid, &c.container.id))
+        };
         match owners.get(&l.inode) {
-            Some((pid, _)) if in_appliance(ctx, *pid, container.as_deref()) => ours += 1,
+            Some((pid, _)) if held_by(*pid).is_some_and(|c| c.is_ours()) => ours += 1,
+            Some((pid, name)) if held_by(*pid).is_some() => {
+                let c = held_by(*pid).expect("checked");
+                let whose = match &c.owner {
+                    compose::Owner::Other(Some(dir)) => format!(
+                        "the deployment in {} (`chatmail-docker --dir {} down` stops it)",
+                        dir.display(),
+                        dir.display()
+                    ),
+                    _ => "no known deployment directory".to_string(),
+                };
+                taken.push(format!(
+                    "{}/{proto} ({}) by {name} (pid {pid}) in the container {} of {whose}",
+                    p.port,
+                    p.what,
+                    c.container.display_name()
+                ))
+            }
             Some((pid, name)) => taken.push(format!(
                 "{}/{proto} ({}) by {name} (pid {pid})",
                 p.port, p.what
