@@ -221,3 +221,21 @@ fn skipped_checks_are_reported_loudly() {
     assert!(stdout.contains("skip"), "{stdout}");
     assert!(stderr.contains("SKIPPED"), "{stderr}");
 }
+
+#[test]
+fn env_syntax_error_is_reported_with_its_line() {
+    let t = tempfile::tempdir().unwrap();
+    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
+    let d = deployment(t.path());
+    fs::write(
+        d.join(".env"),
+        "MAIL_DOMAIN=chat.example.org\n# fine\nBROKEN='never closed\nOTHER=1\n",
+    )
+    .unwrap();
+    let (code, v) = report(&root, &d, None);
+    assert_eq!(code, 3, "{v}");
+    let c = check(&v, "env-file");
+    assert_eq!(c["status"], "fail", "{c}");
+    let msg = c["message"].as_str().unwrap();
+    assert!(msg.contains(".env:3"), "the line is not named: {msg}");
+}
