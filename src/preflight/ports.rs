@@ -121,19 +121,39 @@ fn running_container(ctx: &Context) -> Option<compose::Found> {
     compose::find(ctx, Containers::Running).ok().flatten()
 }
 
-pub(super) fn check_ports(ctx: &Context, env: &Env) -> Check {
-    const ID: &str = CheckId::Ports.id();
+/// The listening sockets of `/proc/net/{tcp,tcp6,udp,udp6}`. The IPv6
+/// tables are absent on a host without IPv6; any other file that cannot be
+/// read is an error naming it: the ports are then unknown, not free.
+fn read_listeners(ctx: &Context) -> Result<Vec<Listener>, String> {
     let mut listeners = Vec::new();
-    for (file, udp) in [
-        ("tcp", false),
-        ("tcp6", false),
-        ("udp", true),
-        ("udp6", true),
+    for (file, udp, v6) in [
+        ("tcp", false, false),
+        ("tcp6", false, true),
+        ("udp", true, false),
+        ("udp6", true, true),
     ] {
-        if let Ok(text) = fs::read_to_string(ctx.host.path(format!("/proc/net/{file}"))) {
-            listeners.extend(parse_proc_net(&text, udp));
+        let path = ctx.host.path(format!("/proc/net/{file}"));
+        match fs::read_to_string(&path) {
+            Ok(text) => listeners.extend(parse_proc_net(&text, udp)),
+            Err(e) if v6 && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         }
     }
+    Ok(listeners)
+}
+
+pub(super) fn check_ports(ctx: &Context, env: &Env) -> Check {
+    const ID: &str = CheckId::Ports.id();
+    let listeners = match read_listeners(ctx) {
+        Ok(l) => l,
+        Err(why) => {
+            return Check::warn(
+                ID,
+                format!("unknown: {why}; whether the relay's ports are taken cannot be told"),
+                "run preflight where /proc is mounted and readable (as root on the host, not in a restricted container)",
+            )
+        }
+    };
     let wanted = appliance_ports(env);
     let busy: Vec<(&Port, &Listener)> = wanted
         .iter()
