@@ -500,12 +500,14 @@ fn targets_the_compose_files_mount_are_refused() {
     }
     d.put("www/src/index.md", "hi");
     let snap = d.snapshot();
+    let bin = tempfile::tempdir().unwrap();
+    let path = crate::support::path_with_no_containers(bin.path());
     for args in [
         &["config", "--override-only"][..],
         &["config"],
         &["up", "--dry-run"],
     ] {
-        let out = d.cmd().args(args).output().unwrap();
+        let out = d.cmd().env("PATH", &path).args(args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         for (rel, needle) in [
