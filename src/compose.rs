@@ -453,6 +453,13 @@ impl Found {
         let here = ctx.deployment.dir().display();
         let msg = match &self.owner {
             Owner::This => format!("the container {name} belongs to {here}"),
+            Owner::Other(Some(dir)) if !dir.join(crate::deployment::COMPOSE_FILE).exists() => format!(
+                "the container {name} (Compose project `{PROJECT_NAME}`) belongs to the deployment in {dir}, not to {here}; nothing was done to it.\n\
+                 {dir} holds no deployment any more ({} is missing): look at the container with `docker inspect {name}`, \
+                 and remove it by hand if it is no longer wanted (`docker rm -f {name}`; its data stays where it is)",
+                crate::deployment::COMPOSE_FILE,
+                dir = dir.display()
+            ),
             Owner::Other(Some(dir)) => format!(
                 "the container {name} (Compose project `{PROJECT_NAME}`) belongs to the deployment in {dir}, not to {here}; nothing was done to it.\n\
                  To act on it: `chatmail-docker --dir {dir} COMMAND`. One relay per host (it binds the mail ports): \

@@ -50,7 +50,8 @@ fn case() -> Case {
     fs::write(dir.join(".env"), "MAIL_DOMAIN=chat.example.org\n").unwrap();
     fs::set_permissions(dir.join(".env"), fs::Permissions::from_mode(0o600)).unwrap();
     let other = t.path().join("other-deployment");
-    fs::create_dir_all(&other).unwrap();
+    fs::create_dir_all(other.join("docker")).unwrap();
+    fs::write(other.join("docker/docker-compose.yaml"), "services: {}\n").unwrap();
     let bin = t.path().join("bin");
     let log = t.path().join("docker.log");
     docker_with_container_of(&bin, &log, &other);
@@ -130,6 +131,23 @@ fn no_command_acts_on_another_deployments_container() {
             "{args:?} wrote the override"
         );
     }
+}
+
+#[test]
+fn a_container_of_a_vanished_deployment_is_named_with_how_to_remove_it() {
+    let c = case();
+    fs::remove_dir_all(&c.other).unwrap();
+    let out = c.run(&["down"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} holds no deployment any more",
+            c.other.display()
+        )) && stderr.contains("docker rm -f chatmail-chatmail-1"),
+        "{stderr}"
+    );
+    assert_eq!(c.actions(), Vec::<String>::new());
 }
 
 #[test]
