@@ -180,28 +180,29 @@ pub(super) fn check_ports(ctx: &Context, env: &Env) -> Check {
                 .filter(|c| in_container(ctx, pid, &c.container.id))
         };
         match owners.get(&l.inode) {
-            Some((pid, _)) if held_by(*pid).is_some_and(|c| c.is_ours()) => ours += 1,
-            Some((pid, name)) if held_by(*pid).is_some() => {
-                let c = held_by(*pid).expect("checked");
-                let whose = match &c.owner {
-                    compose::Owner::Other(Some(dir)) => format!(
-                        "the deployment in {} (`chatmail-docker --dir {} down` stops it)",
-                        dir.display(),
-                        dir.display()
-                    ),
-                    _ => "no known deployment directory".to_string(),
-                };
-                taken.push(format!(
-                    "{}/{proto} ({}) by {name} (pid {pid}) in the container {} of {whose}",
-                    p.port,
-                    p.what,
-                    c.container.display_name()
-                ))
-            }
-            Some((pid, name)) => taken.push(format!(
-                "{}/{proto} ({}) by {name} (pid {pid})",
-                p.port, p.what
-            )),
+            Some((pid, name)) => match held_by(*pid) {
+                Some(c) if c.is_ours() => ours += 1,
+                Some(c) => {
+                    let whose = match &c.owner {
+                        compose::Owner::Other(Some(dir)) => format!(
+                            "the deployment in {} (`chatmail-docker --dir {} down` stops it)",
+                            dir.display(),
+                            dir.display()
+                        ),
+                        _ => "no known deployment directory".to_string(),
+                    };
+                    taken.push(format!(
+                        "{}/{proto} ({}) by {name} (pid {pid}) in the container {} of {whose}",
+                        p.port,
+                        p.what,
+                        c.container.display_name()
+                    ))
+                }
+                None => taken.push(format!(
+                    "{}/{proto} ({}) by {name} (pid {pid})",
+                    p.port, p.what
+                )),
+            },
             // Not knowing who holds a port is not knowing it is ours.
             None => taken.push(format!(
                 "{}/{proto} ({}) by a process this user cannot see (run as root to name it)",
