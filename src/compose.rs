@@ -145,6 +145,10 @@ pub fn claimed_mounts(files: &[PathBuf]) -> Result<Vec<ClaimedMount>> {
             };
             for entry in entries {
                 if let Some((target, what)) = mount_entry(key, entry) {
+                    // `/var/lib/./acme/` is `/var/lib/acme`.
+                    let target = crate::host::normalize(Path::new(&target))
+                        .to_string_lossy()
+                        .into_owned();
                     let target = match target.trim_end_matches('/') {
                         "" => "/".to_string(),
                         t => t.to_string(),
@@ -774,7 +778,7 @@ mod tests {
         let over = d.path().join("override.yaml");
         std::fs::write(
             &base,
-            "services:\n  chatmail:\n    tmpfs:\n      - /tmp\n      - /run:size=64m\n    volumes:\n      - ./data/a:/home\n      - type: bind\n        source: ./data/b\n        target: /var/lib/acme/\n      - acme:/srv/vol:ro\n      - /anon\n      - type: tmpfs\n        target: /var/cache/x\n  other:\n    volumes: [./x:/other]\n",
+            "services:\n  chatmail:\n    tmpfs:\n      - /tmp\n      - /run:size=64m\n    volumes:\n      - ./data/a:/home\n      - type: bind\n        source: ./data/b\n        target: /var/lib/./acme/\n      - acme:/srv/vol:ro\n      - /anon\n      - type: tmpfs\n        target: /var/cache/x\n  other:\n    volumes: [./x:/other]\n",
         )
         .unwrap();
         std::fs::write(

@@ -55,9 +55,9 @@ pub struct Skipped {
     pub reason: &'static str,
 }
 
-/// A path the compose files mount something at (the persistent data, the
-/// tmpfs, the cgroup tree, an administrator's own mounts): no custom mount
-/// may be at it, below it, or above it. Derived from the compose files
+/// A path the appliance's compose file mounts something at (the
+/// persistent data, the tmpfs, the cgroup tree): no custom mount may be at
+/// it, below it, or above it. Derived from the compose file
 /// ([`crate::compose::claimed_mounts`]), so a mount added there is
 /// protected without a change here.
 #[derive(Clone, Debug, PartialEq, Eq)]
