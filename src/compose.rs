@@ -528,19 +528,59 @@ pub fn container_id(ctx: &Context, which: Containers) -> Result<Option<String>> 
 }
 
 /// Before a command that acts on the project (`up`, `down`, `restart`,
-/// `logs`, `exec`, `setup`): fail when the project's container belongs to
-/// another deployment. When Compose cannot be asked, the command itself
-/// will say why, so that is left to it.
+/// `logs`, `exec`, `setup`): fail when a container of the project belongs
+/// to another deployment. Every container of the project counts, not only
+/// the service's: `down` and `up --remove-orphans` remove the others too
+/// (a service another directory's override adds). When Compose cannot be
+/// asked, the command itself will say why, so that is left to it.
 pub fn ensure_ours(ctx: &Context) -> Result<()> {
-    match find(ctx, Containers::Any) {
-        Ok(Some(f)) if !f.is_ours() => Err(f.foreign_error(ctx)),
-        Ok(_) => Ok(()),
+    match project_containers(ctx) {
+        Ok(all) => match all.into_iter().find(|f| !f.is_ours()) {
+            Some(f) => Err(f.foreign_error(ctx)),
+            None => Ok(()),
+        },
         Err(e) => {
             ctx.shell
-                .verbose(format!("cannot check whose the container is: {e:#}"));
+                .verbose(format!("cannot check whose the containers are: {e:#}"));
             Ok(())
         }
     }
+}
+
+/// Every container of the project, orphans (services the files do not
+/// declare) included, and whose each is.
+fn project_containers(ctx: &Context) -> Result<Vec<Found>> {
+    let out = Project::new(ctx)
+        .cmd(ctx, ["ps", "--all", "--quiet"])
+        .output(&ctx.shell)?;
+    if !out.success() {
+        bail!("`docker compose ps` failed: {}", out.stderr.trim());
+    }
+    let ids: Vec<&str> = out
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let out = ctx
+        .host
+        .cmd("docker", ["inspect"].into_iter().chain(ids.iter().copied()))
+        .output(&ctx.shell)?;
+    if !out.success() {
+        bail!("`docker inspect` failed: {}", out.stderr.trim());
+    }
+    let list: Vec<Inspect> =
+        serde_json::from_str(&out.stdout).context("cannot parse `docker inspect` output")?;
+    Ok(list
+        .into_iter()
+        .map(|container| {
+            let owner = owner_of(&container, ctx.deployment.dir());
+            Found { container, owner }
+        })
+        .collect())
 }
 
 /// `docker compose exec -T chatmail ARGS`: a command in the container, no

@@ -554,7 +554,7 @@ fn start_with_another_deployments_container_fails_before_anything_changes() {
         format!(
             r#"#!/bin/sh
 case "$*" in
-  *" ps --all --quiet chatmail") echo f0f0; exit 0;;
+  *" ps --all --quiet"|*" ps --all --quiet chatmail") echo f0f0; exit 0;;
   "inspect f0f0") printf '[{{"Id":"f0f0","Name":"/chatmail-chatmail-1","Image":"sha256:0","State":{{"Status":"running","Running":true,"StartedAt":"2026-01-01T00:00:00Z","ExitCode":0}},"Config":{{"Image":"x","Labels":{{"com.docker.compose.project.working_dir":"/srv/other-relay"}}}}}}]'; exit 0;;
 esac
 echo "$*" >> '{}'

@@ -24,7 +24,7 @@ case "$*" in
   --version) echo "Docker version 28.2.2, build e6534b4";;
   info*) echo "28.2.2";;
   "compose version"*) echo "v2.40.3";;
-  *" ps --all --quiet chatmail"|*" ps --status running --quiet chatmail") echo {ID};;
+  *" ps --all --quiet"|*" ps --all --quiet chatmail"|*" ps --status running --quiet chatmail") echo {ID};;
   "inspect {ID}") printf '[{{"Id":"{ID}","Name":"/chatmail-chatmail-1","Image":"sha256:0","State":{{"Status":"running","Running":true,"StartedAt":"2026-01-01T00:00:00Z","ExitCode":0}},"Config":{{"Image":"chatmail-relay:local","Labels":{{"com.docker.compose.project":"chatmail","com.docker.compose.project.working_dir":"{owner}"}}}}}}]';;
 esac
 exit 0"#,
@@ -130,6 +130,38 @@ fn no_command_acts_on_another_deployments_container() {
             !c.dir.join("docker/compose.generated.yaml").exists(),
             "{args:?} wrote the override"
         );
+    }
+}
+
+/// `down` and `up --remove-orphans` remove every container of the
+/// project: one of a service only another directory's override declares
+/// counts too, though the service's own container does not exist.
+#[test]
+fn another_deployments_orphan_is_not_removed() {
+    let c = case();
+    script(
+        &c.bin,
+        "docker",
+        &format!(
+            r#"echo "$*" >> '{log}'
+case "$*" in
+  *" ps --all --quiet") echo b0b0;;
+  "inspect b0b0") printf '[{{"Id":"b0b0","Name":"/chatmail-backup-1","Image":"sha256:0","State":{{"Status":"running","Running":true,"StartedAt":"2026-01-01T00:00:00Z","ExitCode":0}},"Config":{{"Image":"backup","Labels":{{"com.docker.compose.project.working_dir":"{owner}"}}}}}}]';;
+esac
+exit 0"#,
+            log = c.log.display(),
+            owner = c.other.display()
+        ),
+    );
+    for args in [&["down"][..], &["up"]] {
+        let out = c.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("chatmail-backup-1") && stderr.contains(&c.other.display().to_string()),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(c.actions(), Vec::<String>::new(), "{args:?}");
     }
 }
 
