@@ -17,9 +17,14 @@
 //! directory on the container as the label [`WORKING_DIR_LABEL`] (the
 //! absolute `--project-directory`, lexically cleaned, symlinks kept), and
 //! a container whose label names another directory (compared with
-//! symlinks resolved) is never touched: [`container`] and
-//! [`ensure_ours`] fail with an error naming it, its directory and
-//! `--dir`. [`find`] reports it without failing, for the ports check.
+//! symlinks resolved) is never touched: [`container`] (the service's) and
+//! [`ensure_ours`] (every container of the project, before `up`, `down`,
+//! `restart`, `logs`, `exec`) fail with an error naming it, its directory
+//! and `--dir`. [`find`] reports it without failing, for the ports check.
+//!
+//! Deriving the project name from the directory instead would let two
+//! deployments' containers coexist, but both would bind the same ports,
+//! and `docker compose -p chatmail` would no longer find the appliance.
 
 use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
