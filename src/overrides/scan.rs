@@ -170,7 +170,7 @@ fn is_within(path: &str, dir: &str) -> bool {
 }
 
 /// Why a container path may not be a mount target, if it may not: the
-/// compose files' own mounts (`claims`), then [`PROTECTED`].
+/// compose files' own mounts (`claims`), then the fixed list `PROTECTED`.
 pub fn refuse_target(target: &str, claims: &[Claim]) -> Option<String> {
     let t = match target.trim_end_matches('/') {
         "" => "/",
