@@ -3,11 +3,33 @@
 //! with captured output, the health wait, and the commands that pass
 //! straight through (`down`, `restart`, `logs`, `exec`). It knows Compose
 //! and the deployment's files, nothing of the capabilities above it.
+//!
+//! # One deployment, one container
+//!
+//! The project name is fixed ([`PROJECT_NAME`], also `name:` in the
+//! appliance's compose file): only one relay per host can bind the mail
+//! ports anyway, and an administrator's `docker compose -p chatmail ...`
+//! keeps finding the container whatever the directory is called. A fixed
+//! name also means that Compose, asked from any directory, answers with
+//! the one `chatmail` container on the engine, which may belong to
+//! another deployment directory. So every command that acts on the
+//! container first checks whose it is: Compose records the project
+//! directory on the container as the label [`WORKING_DIR_LABEL`] (the
+//! absolute `--project-directory`, lexically cleaned, symlinks kept), and
+//! a container whose label names another directory (compared with
+//! symlinks resolved) is never touched: [`container`] (the service's) and
+//! [`ensure_ours`] (every container of the project, before `up`, `down`,
+//! `restart`, `logs`, `exec`) fail with an error naming it, its directory
+//! and `--dir`. [`find`] reports it without failing, for the ports check.
+//!
+//! Deriving the project name from the directory instead would let two
+//! deployments' containers coexist, but both would bind the same ports,
+//! and `docker compose -p chatmail` would no longer find the appliance.
 
 use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -15,8 +37,12 @@ use std::time::{Duration, Instant};
 use crate::host::{Captured, Cmd};
 use crate::{error, Context};
 
-/// Compose project name: fixed, so the directory's name does not matter.
+/// Compose project name: fixed, so the directory's name does not matter
+/// (see the module documentation for why, and how other deployments'
+/// containers are kept apart).
 pub const PROJECT_NAME: &str = "chatmail";
+/// The label on which Compose records the project directory of a container.
+pub const WORKING_DIR_LABEL: &str = "com.docker.compose.project.working_dir";
 /// The one service of the appliance.
 pub const SERVICE: &str = "chatmail";
 
@@ -62,6 +88,123 @@ impl Project {
             cmd = cmd.arg("--env-file").arg(&self.env_file);
         }
         cmd.args(args).dir(&self.dir)
+    }
+}
+
+// ---------------------------------------------------------------- mounts
+
+/// A path in the container that a compose file mounts something at: a
+/// bind mount, a volume or a tmpfs of the service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedMount {
+    /// Absolute path in the container, without a trailing `/`.
+    pub target: String,
+    /// What is mounted there, for messages: `the tmpfs`, `the bind mount of
+    /// ./data/chatmail`, `the volume acme`.
+    pub what: String,
+    /// The compose file that mounts it.
+    pub file: PathBuf,
+}
+
+/// The service's mounts and tmpfs in the compose files the administrator
+/// and the appliance wrote (the generated override is left out: it is
+/// made from these). Read from the files, in order, as Compose merges
+/// them: `!reset` and `!override` on `volumes` or `tmpfs` drop what the
+/// files before said. Variables in paths are not interpolated. A missing
+/// file is skipped; one that is not YAML is an error naming it.
+pub fn claimed_mounts(files: &[PathBuf]) -> Result<Vec<ClaimedMount>> {
+    let mut out: Vec<(&'static str, ClaimedMount)> = Vec::new();
+    for file in files {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(error::usage(format!("cannot read {}: {e}", file.display()))),
+        };
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| {
+            error::usage(format!(
+                "{} is not a valid compose file: {e}",
+                file.display()
+            ))
+        })?;
+        let Some(service) = doc.get("services").and_then(|s| s.get(SERVICE)) else {
+            continue;
+        };
+        for key in ["volumes", "tmpfs"] {
+            let Some(value) = service.get(key) else {
+                continue;
+            };
+            let value = match value {
+                serde_yaml::Value::Tagged(t) => {
+                    let tag = t.tag.to_string();
+                    if tag == "!reset" || tag == "!override" {
+                        out.retain(|(k, _)| *k != key);
+                    }
+                    &t.value
+                }
+                v => v,
+            };
+            let entries: Vec<&serde_yaml::Value> = match value {
+                serde_yaml::Value::Sequence(seq) => seq.iter().collect(),
+                serde_yaml::Value::Null => Vec::new(),
+                one => vec![one],
+            };
+            for entry in entries {
+                if let Some((target, what)) = mount_entry(key, entry) {
+                    // `/var/lib/./acme/` is `/var/lib/acme`.
+                    let target = crate::host::normalize(Path::new(&target))
+                        .to_string_lossy()
+                        .into_owned();
+                    let target = match target.trim_end_matches('/') {
+                        "" => "/".to_string(),
+                        t => t.to_string(),
+                    };
+                    out.push((
+                        key,
+                        ClaimedMount {
+                            target,
+                            what,
+                            file: file.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out.into_iter().map(|(_, m)| m).collect())
+}
+
+/// The target and description of one `volumes` or `tmpfs` entry, short or
+/// long syntax.
+fn mount_entry(key: &str, entry: &serde_yaml::Value) -> Option<(String, String)> {
+    if let Some(s) = entry.as_str() {
+        if key == "tmpfs" {
+            // `/run` or `/run:size=64m`
+            let target = s.split(':').next().unwrap_or(s);
+            return Some((target.to_string(), "the tmpfs".into()));
+        }
+        // `SOURCE:TARGET[:MODE]` or `TARGET` (an anonymous volume).
+        let parts: Vec<&str> = s.split(':').collect();
+        return match parts.as_slice() {
+            [target] => Some((target.to_string(), "an anonymous volume".into())),
+            [source, target, ..] => Some((target.to_string(), describe(None, source))),
+            [] => None,
+        };
+    }
+    let target = entry.get("target")?.as_str()?;
+    let kind = entry.get("type").and_then(|t| t.as_str());
+    let source = entry.get("source").and_then(|t| t.as_str()).unwrap_or("");
+    Some((target.to_string(), describe(kind, source)))
+}
+
+fn describe(kind: Option<&str>, source: &str) -> String {
+    let bind = source.starts_with('/') || source.starts_with('.') || source.starts_with('~');
+    match kind {
+        Some("tmpfs") => "the tmpfs".into(),
+        Some("bind") => format!("the bind mount of {source}"),
+        Some("volume") | None if !source.is_empty() && !bind => format!("the volume {source}"),
+        None if bind => format!("the bind mount of {source}"),
+        Some(k) => format!("a {k} mount"),
+        None => "an anonymous volume".into(),
     }
 }
 
@@ -227,6 +370,21 @@ pub struct Config {
 }
 
 impl Inspect {
+    /// The container's name without Docker's leading `/`.
+    pub fn display_name(&self) -> &str {
+        self.name.trim_start_matches('/')
+    }
+
+    /// The project directory Compose recorded on the container.
+    pub fn working_dir(&self) -> Option<&str> {
+        self.config
+            .labels
+            .as_ref()?
+            .get(WORKING_DIR_LABEL)
+            .map(String::as_str)
+            .filter(|d| !d.is_empty())
+    }
+
     pub fn health_status(&self) -> Option<&str> {
         self.state.health.as_ref().map(|h| h.status.as_str())
     }
@@ -256,8 +414,9 @@ pub enum Containers {
     Running,
 }
 
-/// The id of the service's container, if there is one (`docker compose ps`).
-pub fn container_id(ctx: &Context, which: Containers) -> Result<Option<String>> {
+/// The id of the project's service container, whoever it belongs to
+/// (`docker compose ps`).
+fn project_container_id(ctx: &Context, which: Containers) -> Result<Option<String>> {
     let args = match which {
         Containers::Any => ["ps", "--all", "--quiet", SERVICE].as_slice(),
         Containers::Running => &["ps", "--status", "running", "--quiet", SERVICE],
@@ -272,6 +431,161 @@ pub fn container_id(ctx: &Context, which: Containers) -> Result<Option<String>> 
         .next()
         .map(|l| l.trim().to_string())
         .filter(|s| !s.is_empty()))
+}
+
+/// Whose a container of the project is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// This deployment directory's.
+    This,
+    /// Another deployment directory's (as Compose recorded it), or, when
+    /// the label is missing, no directory's.
+    Other(Option<PathBuf>),
+}
+
+/// The project's container and whose it is.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub container: Inspect,
+    pub owner: Owner,
+}
+
+impl Found {
+    pub fn is_ours(&self) -> bool {
+        self.owner == Owner::This
+    }
+
+    /// The error for acting on another deployment's container: what it is,
+    /// whose it is, and how to act on it instead.
+    pub fn foreign_error(&self, ctx: &Context) -> anyhow::Error {
+        let name = self.container.display_name();
+        let here = ctx.deployment.dir().display();
+        let msg = match &self.owner {
+            Owner::This => format!("the container {name} belongs to {here}"),
+            Owner::Other(Some(dir)) if !dir.join(crate::deployment::COMPOSE_FILE).exists() => format!(
+                "the container {name} (Compose project `{PROJECT_NAME}`) belongs to the deployment in {dir}, not to {here}; nothing was done to it.\n\
+                 {dir} holds no deployment any more ({} is missing): look at the container with `docker inspect {name}`, \
+                 and remove it by hand if it is no longer wanted (`docker rm -f {name}`; its data stays where it is)",
+                crate::deployment::COMPOSE_FILE,
+                dir = dir.display()
+            ),
+            Owner::Other(Some(dir)) => format!(
+                "the container {name} (Compose project `{PROJECT_NAME}`) belongs to the deployment in {dir}, not to {here}; nothing was done to it.\n\
+                 To act on it: `chatmail-docker --dir {dir} COMMAND`. One relay per host (it binds the mail ports): \
+                 to run this one instead, first `chatmail-docker --dir {dir} down`",
+                dir = dir.display()
+            ),
+            Owner::Other(None) => format!(
+                "the container {name} (Compose project `{PROJECT_NAME}`) has no {WORKING_DIR_LABEL} label, so it belongs to no known deployment directory (not to {here}); nothing was done to it.\n\
+                 Look at it with `docker inspect {name}` and remove it by hand if it is yours (`docker rm -f {name}`)"
+            ),
+        };
+        error::usage(msg)
+    }
+}
+
+/// Whether two directories are the same: equal as written, or with
+/// symlinks resolved (Compose records the path as it was given).
+pub fn same_dir(a: &Path, b: &Path) -> bool {
+    if a == b {
+        return true;
+    }
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Whose `c` is, from the label Compose records the project directory in.
+pub fn owner_of(c: &Inspect, dir: &Path) -> Owner {
+    match c.working_dir() {
+        Some(wd) if same_dir(Path::new(wd), dir) => Owner::This,
+        Some(wd) => Owner::Other(Some(PathBuf::from(wd))),
+        None => Owner::Other(None),
+    }
+}
+
+/// The project's service container, whoever it belongs to; `None` when
+/// there is none. Never fails because of whose it is (see [`container`]).
+pub fn find(ctx: &Context, which: Containers) -> Result<Option<Found>> {
+    let Some(id) = project_container_id(ctx, which)? else {
+        return Ok(None);
+    };
+    let container = inspect(ctx, &id)?;
+    let owner = owner_of(&container, ctx.deployment.dir());
+    Ok(Some(Found { container, owner }))
+}
+
+/// This deployment's container, if it exists; another deployment's is an
+/// error naming it (see the module documentation).
+pub fn container(ctx: &Context, which: Containers) -> Result<Option<Inspect>> {
+    match find(ctx, which)? {
+        None => Ok(None),
+        Some(f) if f.is_ours() => Ok(Some(f.container)),
+        Some(f) => Err(f.foreign_error(ctx)),
+    }
+}
+
+/// The id of this deployment's container, if there is one; another
+/// deployment's is an error naming it.
+pub fn container_id(ctx: &Context, which: Containers) -> Result<Option<String>> {
+    Ok(container(ctx, which)?.map(|c| c.id))
+}
+
+/// Before a command that acts on the project (`up`, `down`, `restart`,
+/// `logs`, `exec`, `setup`): fail when a container of the project belongs
+/// to another deployment. Every container of the project counts, not only
+/// the service's: `down` and `up --remove-orphans` remove the others too
+/// (a service another directory's override adds). When Compose cannot be
+/// asked, the command itself will say why, so that is left to it.
+pub fn ensure_ours(ctx: &Context) -> Result<()> {
+    match project_containers(ctx) {
+        Ok(all) => match all.into_iter().find(|f| !f.is_ours()) {
+            Some(f) => Err(f.foreign_error(ctx)),
+            None => Ok(()),
+        },
+        Err(e) => {
+            ctx.shell
+                .verbose(format!("cannot check whose the containers are: {e:#}"));
+            Ok(())
+        }
+    }
+}
+
+/// Every container of the project, orphans (services the files do not
+/// declare) included, and whose each is.
+fn project_containers(ctx: &Context) -> Result<Vec<Found>> {
+    let out = Project::new(ctx)
+        .cmd(ctx, ["ps", "--all", "--quiet"])
+        .output(&ctx.shell)?;
+    if !out.success() {
+        bail!("`docker compose ps` failed: {}", out.stderr.trim());
+    }
+    let ids: Vec<&str> = out
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let out = ctx
+        .host
+        .cmd("docker", ["inspect"].into_iter().chain(ids.iter().copied()))
+        .output(&ctx.shell)?;
+    if !out.success() {
+        bail!("`docker inspect` failed: {}", out.stderr.trim());
+    }
+    let list: Vec<Inspect> =
+        serde_json::from_str(&out.stdout).context("cannot parse `docker inspect` output")?;
+    Ok(list
+        .into_iter()
+        .map(|container| {
+            let owner = owner_of(&container, ctx.deployment.dir());
+            Found { container, owner }
+        })
+        .collect())
 }
 
 /// `docker compose exec -T chatmail ARGS`: a command in the container, no
@@ -306,12 +620,10 @@ pub fn inspect(ctx: &Context, id: &str) -> Result<Inspect> {
     list.pop().context("`docker inspect` returned nothing")
 }
 
-/// The service's container, if it exists.
+/// This deployment's container, if it exists (another deployment's is an
+/// error naming it).
 pub fn current(ctx: &Context) -> Result<Option<Inspect>> {
-    match container_id(ctx, Containers::Any)? {
-        Some(id) => Ok(Some(inspect(ctx, &id)?)),
-        None => Ok(None),
-    }
+    container(ctx, Containers::Any)
 }
 
 /// The last `n` log lines of the service.
@@ -434,6 +746,7 @@ pub fn up_cmd(ctx: &Context, env: &[(&str, String)], force_recreate: bool) -> Cm
 
 pub fn down(ctx: &Context) -> Result<()> {
     require_compose_file(ctx)?;
+    ensure_ours(ctx)?;
     let cmd = Project::new(ctx).cmd(ctx, ["down"]);
     if ctx
         .run_or_show(&cmd, " (data/ is kept)", |cmd| run_checked(ctx, cmd))?
@@ -446,6 +759,7 @@ pub fn down(ctx: &Context) -> Result<()> {
 
 pub fn restart(ctx: &Context) -> Result<()> {
     require_compose_file(ctx)?;
+    ensure_ours(ctx)?;
     let cmd = Project::new(ctx).cmd(ctx, ["restart", SERVICE]);
     ctx.run_or_show(&cmd, "", |cmd| run_checked(ctx, cmd))?;
     Ok(())
@@ -462,6 +776,7 @@ pub struct LogsOptions {
 
 pub fn logs(ctx: &Context, a: &LogsOptions) -> Result<()> {
     require_compose_file(ctx)?;
+    ensure_ours(ctx)?;
     let mut args: Vec<String> = vec!["logs".into()];
     if a.follow {
         args.push("--follow".into());
@@ -481,6 +796,7 @@ pub fn logs(ctx: &Context, a: &LogsOptions) -> Result<()> {
 /// Run `command` in the container with the terminal attached.
 pub fn exec(ctx: &Context, command: &[String]) -> Result<()> {
     require_compose_file(ctx)?;
+    ensure_ours(ctx)?;
     use std::io::IsTerminal;
     let mut args: Vec<String> = vec!["exec".into()];
     if !std::io::stdin().is_terminal() {
@@ -499,6 +815,72 @@ pub fn exec(ctx: &Context, command: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claimed_mounts_of_the_appliance_and_an_override() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("base.yaml");
+        let over = d.path().join("override.yaml");
+        std::fs::write(
+            &base,
+            "services:\n  chatmail:\n    tmpfs:\n      - /tmp\n      - /run:size=64m\n    volumes:\n      - ./data/a:/home\n      - type: bind\n        source: ./data/b\n        target: /var/lib/./acme/\n      - acme:/srv/vol:ro\n      - /anon\n      - type: tmpfs\n        target: /var/cache/x\n  other:\n    volumes: [./x:/other]\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &over,
+            "services:\n  chatmail:\n    tmpfs: !reset []\n    volumes:\n      - /srv/host:/opt/extra\n",
+        )
+        .unwrap();
+        let got: Vec<(String, String)> =
+            claimed_mounts(&[base.clone(), d.path().join("missing.yaml"), over.clone()])
+                .unwrap()
+                .into_iter()
+                .map(|m| (m.target, m.what))
+                .collect();
+        let want: Vec<(String, String)> = [
+            ("/home", "the bind mount of ./data/a"),
+            ("/var/lib/acme", "the bind mount of ./data/b"),
+            ("/srv/vol", "the volume acme"),
+            ("/anon", "an anonymous volume"),
+            ("/var/cache/x", "the tmpfs"),
+            ("/opt/extra", "the bind mount of /srv/host"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(got, want);
+        std::fs::write(&over, "services: [\n").unwrap();
+        let err = claimed_mounts(&[over]).unwrap_err().to_string();
+        assert!(
+            err.contains("override.yaml is not a valid compose file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn owner_follows_the_working_dir_label() {
+        let d = tempfile::tempdir().unwrap();
+        let here = d.path().join("here");
+        std::fs::create_dir_all(&here).unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&here, &link).unwrap();
+        let with = |wd: Option<&Path>| Inspect {
+            config: Config {
+                labels: wd
+                    .map(|wd| [(WORKING_DIR_LABEL.to_string(), wd.display().to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(owner_of(&with(Some(&here)), &here), Owner::This);
+        assert_eq!(owner_of(&with(Some(&link)), &here), Owner::This);
+        let other = d.path().join("other");
+        assert_eq!(
+            owner_of(&with(Some(&other)), &here),
+            Owner::Other(Some(other.clone()))
+        );
+        assert_eq!(owner_of(&with(None), &here), Owner::Other(None));
+    }
 
     #[test]
     fn docker_times() {

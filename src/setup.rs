@@ -58,6 +58,9 @@ pub struct Options {
 /// `docker compose up -d`.
 pub fn up(ctx: &Context) -> Result<()> {
     compose::require_compose_file(ctx)?;
+    // `up` recreates a container whose configuration differs: never
+    // another deployment's.
+    compose::ensure_ours(ctx)?;
     overrides::refresh_generated(ctx)?;
     let cmd = compose::up_cmd(ctx, &[], false);
     ctx.run_or_show(&cmd, "", |cmd| compose::run_checked(ctx, cmd))?;
@@ -205,6 +208,9 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
 
     // 1. Preflight, before touching anything.
     run_preflight(ctx, args, true)?;
+    // Starting would recreate the project's container: refuse before
+    // writing anything when it is another deployment's.
+    compose::ensure_ours(ctx)?;
 
     // 2. Host tuning, then the inotify check on the result.
     let mut changed = tune_host(ctx, args)?;

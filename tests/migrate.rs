@@ -532,6 +532,49 @@ fn start_outside_a_deployment_dir_fails_before_anything_changes() {
     assert!(!f.dest("data").exists());
 }
 
+#[test]
+fn start_with_another_deployments_container_fails_before_anything_changes() {
+    let f = Fake::new(&Mail {
+        users: 1,
+        files_per_user: 2,
+        big: vec![],
+    });
+    fs::create_dir_all(f.dir.join("docker")).unwrap();
+    fs::write(
+        f.dir.join("docker/docker-compose.yaml"),
+        "services:\n  chatmail:\n    image: chatmail-docker-test-absent:never\n",
+    )
+    .unwrap();
+    // A stand-in docker: the project's container was created from another
+    // directory; any other call is recorded.
+    let calls = f.tmp.path().join("docker.calls");
+    let docker = f.bin.join("docker");
+    fs::write(
+        &docker,
+        format!(
+            r#"#!/bin/sh
+case "$*" in
+  *" ps --all --quiet"|*" ps --all --quiet chatmail") echo f0f0; exit 0;;
+  "inspect f0f0") printf '[{{"Id":"f0f0","Name":"/chatmail-chatmail-1","Image":"sha256:0","State":{{"Status":"running","Running":true,"StartedAt":"2026-01-01T00:00:00Z","ExitCode":0}},"Config":{{"Image":"x","Labels":{{"com.docker.compose.project.working_dir":"/srv/other-relay"}}}}}}]'; exit 0;;
+esac
+echo "$*" >> '{}'
+exit 0"#,
+            calls.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&docker, fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, _, err) = migrate(&f, &["--yes", "--start"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("/srv/other-relay") && err.contains("nothing was done to it"),
+        "{err}"
+    );
+    assert!(f.log().is_empty(), "units touched: {}", f.log());
+    assert!(!calls.exists(), "{}", fs::read_to_string(&calls).unwrap());
+    assert!(!f.dest("data").exists());
+}
+
 fn small() -> Mail {
     Mail {
         users: 2,

@@ -104,6 +104,12 @@ fn last_line(s: &str) -> String {
 }
 
 fn run_compose(ctx: &Context, action: Action) -> Outcome {
+    // Another deployment's container is never reloaded (nor restarted).
+    if let Ok(Some(f)) = compose::find(ctx, compose::Containers::Any) {
+        if !f.is_ours() {
+            return Outcome::Failed(format!("{:#}", f.foreign_error(ctx)));
+        }
+    }
     let exec = |args: Vec<&str>| compose::exec_output(ctx, args);
     let mut all = vec!["systemctl", action.word()];
     all.extend(UNITS);

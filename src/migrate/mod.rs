@@ -106,8 +106,11 @@ pub fn run(ctx: &Context, opts: impl Into<Options>) -> Result<()> {
     let state_file = state::path(ctx.deployment.dir());
     let mut st = State::load(&state_file)?;
     if opts.start {
-        // Found out now, not after the relay has been stopped.
+        // Found out now, not after the relay has been stopped: no compose
+        // file, or a container of another deployment that `up` would
+        // refuse to touch.
         crate::compose::require_compose_file(ctx)?;
+        crate::compose::ensure_ours(ctx)?;
     }
     let ini = find_ini(ctx, opts)?;
 

@@ -18,10 +18,14 @@
 //!   the host's `/home/vmail` is bind-mounted read-write at `/home/vmail`,
 //!   so a migrated relay keeps its mailboxes where they were.
 //!
-//! Refused, with every problem listed: symlinks leading out of `custom/`,
-//! fifos, sockets and devices, names that are not UTF-8, two files for one
-//! target, and targets that would hide the persistent data (`/home`,
-//! `/etc/dkimkeys`, `/var/lib/acme`), systemd (`/sbin/init`, `systemctl`,
+//! Refused, with every problem listed and nothing written: symlinks
+//! leading out of `custom/`, fifos, sockets and devices, names that are not
+//! UTF-8, two files for one target, and targets at, below or above what the
+//! appliance's compose file mounts itself (read from the file by
+//! [`compose::claimed_mounts`], so a mount added there is protected at
+//! once: today the persistent data `/home`, `/etc/dkimkeys`,
+//! `/var/lib/acme`, `/var/lib/chatmail-docker`, the cgroup tree and the
+//! tmpfs `/tmp`, `/run`, `/run/lock`), systemd (`/sbin/init`, `systemctl`,
 //! `/lib/systemd`, `/usr/lib/systemd`, `/etc/systemd` except unit files and
 //! drop-ins below `/etc/systemd/system/`), `/proc`, `/sys`, `/dev`, `/run`,
 //! the container's `/etc/chatmail/chatmail.ini` (written from `.env`), or
@@ -149,10 +153,11 @@ pub fn generate(ctx: &Context, opts: &OverrideOptions) -> Result<Generated> {
         .custom_dir
         .clone()
         .unwrap_or_else(|| ctx.deployment.custom());
+    let claims = claims(ctx)?;
     let scan::Scan {
         mut mounts,
         skipped,
-    } = scan::scan(&custom)?;
+    } = scan::scan(&custom, &claims)?;
     for s in &skipped {
         ctx.shell.verbose(format!(
             "not mounting {} ({})",
@@ -187,7 +192,7 @@ pub fn generate(ctx: &Context, opts: &OverrideOptions) -> Result<Generated> {
     if let Some(crate::relay::TlsMode::External { cert, key }) =
         crate::relay::TlsMode::from_env(&env)
     {
-        for dir in tls_external_dirs(ctx, &[&cert, &key])? {
+        for dir in tls_external_dirs(ctx, &[&cert, &key], &claims)? {
             mounts.push(Mount {
                 rel: PathBuf::new(),
                 target: utf8(&dir)?.to_string(),
@@ -243,6 +248,25 @@ pub fn generate(ctx: &Context, opts: &OverrideOptions) -> Result<Generated> {
     })
 }
 
+/// What the appliance's compose file mounts in the container (its data
+/// mounts, the cgroup tree, the tmpfs): custom mounts may not be at, below
+/// or above any of it. The administrator's own override is not read: it
+/// is loaded after the generated file, and a mount of it at a custom
+/// target replaces that one, as documented (its settings win).
+fn claims(ctx: &Context) -> Result<Vec<scan::Claim>> {
+    let d = &ctx.deployment;
+    Ok(compose::claimed_mounts(&[d.compose_file()])?
+        .into_iter()
+        .map(|m| {
+            let file = m.file.strip_prefix(d.dir()).unwrap_or(&m.file);
+            scan::Claim {
+                why: format!("{} in {}", m.what, file.display()),
+                target: m.target,
+            }
+        })
+        .collect())
+}
+
 /// Container directories `tls_external_cert_and_key` may not be mounted
 /// over, besides [`scan::refuse_target`]'s: the container's own trust
 /// store and TLS directories.
@@ -254,7 +278,11 @@ const TLS_REFUSED: &[&str] = &["/etc/ssl", "/etc/ssl/certs", "/usr/share/ca-cert
 /// (certbot's `live/<domain>/*.pem` point into `archive/<domain>/`), so a
 /// renewal that writes new files or swaps links is seen in the container.
 /// Read-only: the certificates belong to the client that renews them.
-fn tls_external_dirs(ctx: &Context, files: &[&str]) -> Result<Vec<PathBuf>> {
+fn tls_external_dirs(
+    ctx: &Context,
+    files: &[&str],
+    claims: &[scan::Claim],
+) -> Result<Vec<PathBuf>> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     for f in files {
         let mut path = PathBuf::from(f);
@@ -291,7 +319,7 @@ fn tls_external_dirs(ctx: &Context, files: &[&str]) -> Result<Vec<PathBuf>> {
     dirs.retain(|d| !all.iter().any(|o| o != d && d.starts_with(o)));
     for d in &dirs {
         let t = d.to_string_lossy();
-        let why = scan::refuse_target(&t).or_else(|| {
+        let why = scan::refuse_target(&t, claims).or_else(|| {
             TLS_REFUSED
                 .iter()
                 .any(|r| Path::new(r) == d.as_path() || Path::new(r).starts_with(d))

@@ -55,9 +55,24 @@ pub struct Skipped {
     pub reason: &'static str,
 }
 
-/// Paths no custom mount may hide. `below: true` also refuses everything
-/// under the path; `below: false` refuses the path itself and its ancestors
-/// only (files inside stay allowed).
+/// A path the appliance's compose file mounts something at (the
+/// persistent data, the tmpfs, the cgroup tree): no custom mount may be at
+/// it, below it, or above it. Derived from the compose file
+/// ([`crate::compose::claimed_mounts`]), so a mount added there is
+/// protected without a change here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// Absolute container path, normalised, no trailing `/`.
+    pub target: String,
+    /// What claims it, for messages (`the tmpfs in docker/docker-compose.yaml`).
+    pub why: String,
+}
+
+/// Paths no custom mount may hide besides the compose files' own mounts
+/// ([`Claim`]): what the container needs whatever the compose files say.
+/// `below: true` also refuses everything under the path; `below: false`
+/// refuses the path itself and its ancestors only (files inside stay
+/// allowed).
 struct Protected {
     path: &'static str,
     below: bool,
@@ -65,33 +80,6 @@ struct Protected {
 }
 
 const PROTECTED: &[Protected] = &[
-    // Persistent data mounted by the appliance: a mount on or under them
-    // would hide mail, DKIM keys or certificates.
-    Protected {
-        path: "/home",
-        below: true,
-        why: "the mailboxes, persistent data",
-    },
-    Protected {
-        path: "/etc/dkimkeys",
-        below: true,
-        why: "the DKIM keys, persistent data",
-    },
-    Protected {
-        path: "/var/lib/acme",
-        below: true,
-        why: "the TLS certificates, persistent data",
-    },
-    Protected {
-        path: "/var/spool/postfix",
-        below: true,
-        why: "the Postfix queue, persistent data",
-    },
-    Protected {
-        path: "/var/lib/chatmail-docker",
-        below: true,
-        why: "the appliance's own state (self-signed certificate), persistent data",
-    },
     // systemd runs the container: its binaries, its own unit directories
     // and the manager configuration.
     Protected {
@@ -181,14 +169,23 @@ fn is_within(path: &str, dir: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || dir == "/")
 }
 
-/// Why a container path may not be a mount target, if it may not.
-pub fn refuse_target(target: &str) -> Option<String> {
+/// Why a container path may not be a mount target, if it may not: the
+/// compose files' own mounts (`claims`), then the fixed list `PROTECTED`.
+pub fn refuse_target(target: &str, claims: &[Claim]) -> Option<String> {
     let t = match target.trim_end_matches('/') {
         "" => "/",
         t => t,
     };
     if t == "/" {
         return Some("it would replace the container's whole filesystem".into());
+    }
+    for c in claims {
+        if is_within(t, &c.target) {
+            return Some(format!("it would shadow {} ({})", c.target, c.why));
+        }
+        if is_within(&c.target, t) {
+            return Some(format!("it would hide {} ({}) beneath it", c.target, c.why));
+        }
     }
     for allowed in ALLOWED_BELOW {
         if is_within(t, allowed) && t != *allowed {
@@ -270,13 +267,14 @@ pub fn shown(rel: &Path) -> String {
 
 /// Walk `custom` (an absolute path) and decide every entry. All problems
 /// are collected and returned together as one error.
-pub fn scan(custom: &Path) -> Result<Scan> {
+pub fn scan(custom: &Path, claims: &[Claim]) -> Result<Scan> {
     // 1. custom/ itself: absent is nothing to mount.
     let Some(real_custom) = open_custom(custom)? else {
         return Ok(Scan::default());
     };
     let mut scanner = Scanner {
         custom,
+        claims,
         real_custom,
         out: Scan::default(),
         problems: Vec::new(),
@@ -355,6 +353,8 @@ enum Descend {
 /// The walk's state: what is decided so far.
 struct Scanner<'a> {
     custom: &'a Path,
+    /// The compose files' own mounts.
+    claims: &'a [Claim],
     /// `custom` with symlinks resolved: where symlinks must stay inside.
     real_custom: PathBuf,
     out: Scan,
@@ -433,7 +433,7 @@ impl Scanner<'_> {
                 return Descend::No;
             }
         };
-        if let Some(why) = refuse_target(&target) {
+        if let Some(why) = refuse_target(&target, self.claims) {
             // Walk on file by file, so problems inside are reported too.
             self.problem(&rel, &format!("cannot be mounted at {target}: {why}"));
             return Descend::Yes;
@@ -486,7 +486,7 @@ impl Scanner<'_> {
             Ok(t) => t,
             Err(why) => return self.problem(&rel, &why),
         };
-        if let Some(why) = refuse_target(&target) {
+        if let Some(why) = refuse_target(&target, self.claims) {
             return self.problem(&rel, &format!("cannot be mounted at {target}: {why}"));
         }
         self.out.mounts.push(Mount {
@@ -639,9 +639,27 @@ mod tests {
         );
     }
 
+    /// The appliance's own compose file's mounts.
+    fn appliance_claims() -> Vec<Claim> {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(crate::deployment::COMPOSE_FILE);
+        crate::compose::claimed_mounts(&[file])
+            .unwrap()
+            .into_iter()
+            .map(|m| Claim {
+                target: m.target,
+                why: m.what,
+            })
+            .collect()
+    }
+
     #[test]
     fn protected_targets() {
+        let claims = appliance_claims();
         for bad in [
+            "/tmp",
+            "/tmp/x",
+            "/var/lib/chatmail-docker/tls",
+            "/sys/fs/cgroup",
             "/home/vmail/x",
             "/home",
             "/etc/dkimkeys/k.private",
@@ -661,7 +679,10 @@ mod tests {
             "/etc/chatmail",
             "/",
         ] {
-            assert!(refuse_target(bad).is_some(), "{bad} should be refused");
+            assert!(
+                refuse_target(bad, &claims).is_some(),
+                "{bad} should be refused"
+            );
         }
         for good in [
             "/etc/postfix/master.cf",
@@ -672,7 +693,11 @@ mod tests {
             "/homepage",
             "/etc/chatmail/other.conf",
         ] {
-            assert_eq!(refuse_target(good), None, "{good} should be allowed");
+            assert_eq!(
+                refuse_target(good, &claims),
+                None,
+                "{good} should be allowed"
+            );
         }
     }
 
@@ -682,8 +707,8 @@ mod tests {
         assert!(is_within("/home", "/home"));
         assert!(!is_within("/homepage", "/home"));
         assert!(is_within("/etc", "/"));
-        assert_eq!(refuse_target("/etc/"), refuse_target("/etc"));
-        assert!(refuse_target("").is_some());
+        assert_eq!(refuse_target("/etc/", &[]), refuse_target("/etc", &[]));
+        assert!(refuse_target("", &[]).is_some());
         assert_eq!(
             relative(Path::new("/a/custom/x/y"), Path::new("/a/custom")),
             PathBuf::from("x/y")
@@ -719,7 +744,7 @@ mod tests {
         fs::create_dir_all(custom.join("www/src")).unwrap();
         fs::write(custom.join("www/src/index.md"), "# hi\n").unwrap();
         fs::write(custom.join("www/src/.gitkeep"), "").unwrap();
-        let scan = scan(&custom).unwrap();
+        let scan = scan(&custom, &[]).unwrap();
         let targets: Vec<&str> = scan.mounts.iter().map(|m| m.target.as_str()).collect();
         assert_eq!(targets, vec!["/opt/chatmail/www/src/index.md"]);
         let skipped: Vec<String> = scan
@@ -743,7 +768,7 @@ mod tests {
         fs::write(custom.join("_root_/opt/chatmail/www/src/extra.md"), "x").unwrap();
         fs::create_dir_all(custom.join("www-theme")).unwrap();
         fs::write(custom.join("www-theme/a.css"), "x").unwrap();
-        let err = format!("{:#}", scan(&custom).unwrap_err());
+        let err = format!("{:#}", scan(&custom, &[]).unwrap_err());
         assert!(
             err.contains("inside the directory mount of custom/www"),
             "{err}"

@@ -104,38 +104,56 @@ fn socket_owners(ctx: &Context, inodes: &[u64]) -> BTreeMap<u64, (u32, String)> 
     owners
 }
 
-/// Whether a process belongs to a Docker container named like ours.
-fn in_appliance(ctx: &Context, pid: u32, container_id: Option<&str>) -> bool {
-    let Some(id) = container_id else {
-        return false;
-    };
-    fs::read_to_string(ctx.host.path(format!("/proc/{pid}/cgroup")))
-        .map(|c| c.contains(id))
-        .unwrap_or(false)
+/// Whether a process runs in the container with this id (its cgroup path
+/// names the container).
+fn in_container(ctx: &Context, pid: u32, container_id: &str) -> bool {
+    !container_id.is_empty()
+        && fs::read_to_string(ctx.host.path(format!("/proc/{pid}/cgroup")))
+            .map(|c| c.contains(container_id))
+            .unwrap_or(false)
 }
 
-fn running_container_id(ctx: &Context) -> Option<String> {
+/// The project's running container, whichever deployment it belongs to.
+fn running_container(ctx: &Context) -> Option<compose::Found> {
     if !ctx.deployment.compose_file().exists() || ctx.host.which("docker").is_none() {
         return None;
     }
-    compose::container_id(ctx, Containers::Running)
-        .ok()
-        .flatten()
+    compose::find(ctx, Containers::Running).ok().flatten()
+}
+
+/// The listening sockets of `/proc/net/{tcp,tcp6,udp,udp6}`. The IPv6
+/// tables are absent on a host without IPv6; any other file that cannot be
+/// read is an error naming it: the ports are then unknown, not free.
+fn read_listeners(ctx: &Context) -> Result<Vec<Listener>, String> {
+    let mut listeners = Vec::new();
+    for (file, udp, v6) in [
+        ("tcp", false, false),
+        ("tcp6", false, true),
+        ("udp", true, false),
+        ("udp6", true, true),
+    ] {
+        let path = ctx.host.path(format!("/proc/net/{file}"));
+        match fs::read_to_string(&path) {
+            Ok(text) => listeners.extend(parse_proc_net(&text, udp)),
+            Err(e) if v6 && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+    Ok(listeners)
 }
 
 pub(super) fn check_ports(ctx: &Context, env: &Env) -> Check {
     const ID: &str = CheckId::Ports.id();
-    let mut listeners = Vec::new();
-    for (file, udp) in [
-        ("tcp", false),
-        ("tcp6", false),
-        ("udp", true),
-        ("udp6", true),
-    ] {
-        if let Ok(text) = fs::read_to_string(ctx.host.path(format!("/proc/net/{file}"))) {
-            listeners.extend(parse_proc_net(&text, udp));
+    let listeners = match read_listeners(ctx) {
+        Ok(l) => l,
+        Err(why) => {
+            return Check::warn(
+                ID,
+                format!("unknown: {why}; whether the relay's ports are taken cannot be told"),
+                "run preflight where /proc is mounted and readable (as root on the host, not in a restricted container)",
+            )
         }
-    }
+    };
     let wanted = appliance_ports(env);
     let busy: Vec<(&Port, &Listener)> = wanted
         .iter()
@@ -151,17 +169,40 @@ pub(super) fn check_ports(ctx: &Context, env: &Env) -> Check {
     }
     let inodes: Vec<u64> = busy.iter().map(|(_, l)| l.inode).collect();
     let owners = socket_owners(ctx, &inodes);
-    let container = running_container_id(ctx);
+    let container = running_container(ctx);
     let mut taken = Vec::new();
     let mut ours = 0;
     for (p, l) in &busy {
         let proto = if p.udp { "udp" } else { "tcp" };
+        let held_by = |pid: u32| {
+            container
+                .as_ref()
+                .filter(|c| in_container(ctx, pid, &c.container.id))
+        };
         match owners.get(&l.inode) {
-            Some((pid, _)) if in_appliance(ctx, *pid, container.as_deref()) => ours += 1,
-            Some((pid, name)) => taken.push(format!(
-                "{}/{proto} ({}) by {name} (pid {pid})",
-                p.port, p.what
-            )),
+            Some((pid, name)) => match held_by(*pid) {
+                Some(c) if c.is_ours() => ours += 1,
+                Some(c) => {
+                    let whose = match &c.owner {
+                        compose::Owner::Other(Some(dir)) => format!(
+                            "the deployment in {} (`chatmail-docker --dir {} down` stops it)",
+                            dir.display(),
+                            dir.display()
+                        ),
+                        _ => "no known deployment directory".to_string(),
+                    };
+                    taken.push(format!(
+                        "{}/{proto} ({}) by {name} (pid {pid}) in the container {} of {whose}",
+                        p.port,
+                        p.what,
+                        c.container.display_name()
+                    ))
+                }
+                None => taken.push(format!(
+                    "{}/{proto} ({}) by {name} (pid {pid})",
+                    p.port, p.what
+                )),
+            },
             // Not knowing who holds a port is not knowing it is ours.
             None => taken.push(format!(
                 "{}/{proto} ({}) by a process this user cannot see (run as root to name it)",

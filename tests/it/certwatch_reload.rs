@@ -10,9 +10,9 @@ use std::fs;
 use std::path::PathBuf;
 
 /// A stand-in `docker`: `compose config` fails (so the default mount is
-/// used), `ps` reports the container running when `up` exists, `exec`
-/// fails when it is down, and dovecot's reload fails when `fail-dovecot`
-/// exists.
+/// used), `ps` reports the container running when `up` exists (another
+/// deployment's, by its label, when `foreign` exists too), `exec` fails
+/// when it is down, and dovecot's reload fails when `fail-dovecot` exists.
 fn fake_docker(d: &Deploy) -> (PathBuf, PathBuf) {
     let bin = d.path("bin");
     fs::create_dir_all(&bin).unwrap();
@@ -24,7 +24,9 @@ fn fake_docker(d: &Deploy) -> (PathBuf, PathBuf) {
 S='{state}'
 case "$*" in
   *" config --format json"*) echo "no compose file" >&2; exit 1 ;;
-  *" ps --status running --quiet chatmail"*) [ -f "$S/up" ] && echo 0123abcd; exit 0 ;;
+  *" ps --status running --quiet chatmail"*|*" ps --all --quiet chatmail"*) [ -f "$S/up" ] && echo 0123abcd; exit 0 ;;
+  "inspect 0123abcd") D='{dir}'; [ -f "$S/foreign" ] && D=/srv/other-deployment
+    printf '[{{"Id":"0123abcd","Name":"/chatmail-chatmail-1","Image":"sha256:0","State":{{"Status":"running","Running":true,"StartedAt":"2026-01-01T00:00:00Z","ExitCode":0}},"Config":{{"Image":"chatmail-relay:local","Labels":{{"com.docker.compose.project.working_dir":"%s"}}}}}}]' "$D"; exit 0 ;;
   *" exec -T chatmail "*)
     [ -f "$S/up" ] || {{ echo 'service "chatmail" is not running' >&2; exit 1; }}
     case "$*" in
@@ -35,7 +37,8 @@ esac
 exit 0
 "#,
         calls = calls.display(),
-        state = state.display()
+        state = state.display(),
+        dir = d.dir.display()
     );
     script(&bin, "docker", &body);
     (bin, state)
@@ -99,6 +102,30 @@ fn compose_reload_restarts_a_unit_whose_reload_fails() {
         err.contains("restarted dovecot (its reload failed)"),
         "{err}"
     );
+}
+
+#[test]
+fn another_deployments_container_is_never_reloaded() {
+    let d = Deploy::new("");
+    let (bin, state) = fake_docker(&d);
+    fs::write(state.join("up"), "").unwrap();
+    fs::write(state.join("foreign"), "").unwrap();
+    let a = pair();
+    Acmetool::new(d.path("data/chatmail-acme"), &a);
+    let out = d
+        .cmd()
+        .env("PATH", path_with(&bin))
+        .args(["cert-watch", "--once", "--no-verify"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("/srv/other-deployment") && err.contains("nothing was done to it"),
+        "{err}"
+    );
+    assert_eq!(exec_calls(&d), Vec::<String>::new(), "{err}");
+    assert!(!d.path("data/.cert-watch-state.json").exists());
 }
 
 #[test]

@@ -91,12 +91,13 @@ fn sigterm_is_forwarded_to_compose() {
     let bin = t.path().join("bin");
     let got = t.path().join("got-term");
     let ready = t.path().join("ready");
-    // The stand-in waits until it is terminated and records the signal.
+    // The stand-in answers the container query (no container), then waits
+    // until it is terminated and records the signal.
     script(
         &bin,
         "docker",
         &format!(
-            "trap 'echo TERM > {got}; exit 143' TERM\n: > {ready}\nwhile :; do read -t 1 _ </dev/null 2>/dev/null; done",
+            "case \"$*\" in *' ps '*) exit 0;; esac\ntrap 'echo TERM > {got}; exit 143' TERM\n: > {ready}\nwhile :; do read -t 1 _ </dev/null 2>/dev/null; done",
             got = got.display(),
             ready = ready.display()
         ),

@@ -21,6 +21,7 @@ mod ini2env_compose;
 mod ini2env_parse;
 mod overrides;
 mod overrides_engine;
+mod ownership;
 mod preflight;
 mod setup;
 mod sysctl;

@@ -469,6 +469,75 @@ fn shadowing_targets_are_refused_with_every_problem_named() {
     assert_eq!(d.snapshot(), snap, "nothing written");
 }
 
+/// Every target the appliance's compose file mounts is refused before
+/// anything is written, naming the custom/ path and the mount: its tmpfs
+/// and data mounts, and a mount and tmpfs added to it. (A mount of the
+/// administrator's override at a custom target wins instead: see
+/// `user_override_is_untouched_and_wins`.)
+#[test]
+fn targets_the_compose_files_mount_are_refused() {
+    let d = Deploy::new();
+    let appliance = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/docker-compose.yaml");
+    let mut compose = fs::read_to_string(appliance).unwrap();
+    // A mount and a tmpfs the hand-kept lists never heard of.
+    compose = compose.replace(
+        "    tmpfs:\n",
+        "    tmpfs:\n      - /var/cache/relay:size=16m\n",
+    );
+    compose = compose.replace(
+        "    volumes:\n",
+        "    volumes:\n      - ./data/extra:/srv/extra\n",
+    );
+    fs::write(d.dir().join("docker/docker-compose.yaml"), compose).unwrap();
+    for rel in [
+        "_root_/tmp/.mount-dir",
+        "_root_/tmp/notes.txt",
+        "_root_/var/cache/relay/x",
+        "_root_/srv/extra/file",
+        "_root_/var/lib/chatmail-docker/tls/mailserver.pem",
+    ] {
+        d.put(rel, "x");
+    }
+    d.put("www/src/index.md", "hi");
+    let snap = d.snapshot();
+    let bin = tempfile::tempdir().unwrap();
+    let path = crate::support::path_with_no_containers(bin.path());
+    for args in [
+        &["config", "--override-only"][..],
+        &["config"],
+        &["up", "--dry-run"],
+    ] {
+        let out = d.cmd().env("PATH", &path).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        for (rel, needle) in [
+            (
+                "custom/_root_/tmp:",
+                "it would shadow /tmp (the tmpfs in docker/docker-compose.yaml)",
+            ),
+            (
+                "custom/_root_/var/cache/relay/x:",
+                "it would shadow /var/cache/relay (the tmpfs in docker/docker-compose.yaml)",
+            ),
+            (
+                "custom/_root_/srv/extra/file:",
+                "it would shadow /srv/extra (the bind mount of ./data/extra in docker/docker-compose.yaml)",
+            ),
+            (
+                "custom/_root_/var/lib/chatmail-docker/tls/mailserver.pem:",
+                "it would shadow /var/lib/chatmail-docker (the bind mount of ./data/chatmail-state",
+            ),
+        ] {
+            assert!(
+                err.lines().any(|l| l.contains(rel) && l.contains(needle)),
+                "{args:?}: expected {rel:?} with {needle:?} in:\n{err}"
+            );
+        }
+        assert!(!err.contains("index.md"), "{err}");
+        assert_eq!(d.snapshot(), snap, "{args:?}: nothing written");
+    }
+}
+
 #[test]
 fn fifos_and_sockets_are_refused() {
     let d = Deploy::new();

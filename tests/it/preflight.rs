@@ -221,3 +221,57 @@ fn skipped_checks_are_reported_loudly() {
     assert!(stdout.contains("skip"), "{stdout}");
     assert!(stderr.contains("SKIPPED"), "{stderr}");
 }
+
+#[test]
+fn env_syntax_error_is_reported_with_its_line() {
+    let t = tempfile::tempdir().unwrap();
+    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
+    let d = deployment(t.path());
+    fs::write(
+        d.join(".env"),
+        "MAIL_DOMAIN=chat.example.org\n# fine\nBROKEN='never closed\nOTHER=1\n",
+    )
+    .unwrap();
+    let (code, v) = report(&root, &d, None);
+    assert_eq!(code, 3, "{v}");
+    let c = check(&v, "env-file");
+    assert_eq!(c["status"], "fail", "{c}");
+    let msg = c["message"].as_str().unwrap();
+    assert!(msg.contains(".env:3"), "the line is not named: {msg}");
+}
+
+#[test]
+fn unreadable_proc_net_makes_the_ports_unknown() {
+    let t = tempfile::tempdir().unwrap();
+    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
+    let d = deployment(t.path());
+    // No /proc/net at all under the root: nothing can be told.
+    let (_, v) = report(&root, &d, None);
+    let c = check(&v, "ports");
+    let msg = c["message"].as_str().unwrap();
+    assert_eq!(c["status"], "warn", "{c}");
+    assert!(
+        msg.contains("unknown") && msg.contains("proc/net/tcp") && !msg.contains("free"),
+        "{msg}"
+    );
+    // Readable tables without IPv6 (tcp6 and udp6 absent): the ports are free.
+    let net = root.join("proc/net");
+    fs::create_dir_all(&net).unwrap();
+    let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+    fs::write(net.join("tcp"), header).unwrap();
+    fs::write(net.join("udp"), header).unwrap();
+    let (_, v) = report(&root, &d, None);
+    let c = check(&v, "ports");
+    assert_eq!(c["status"], "ok", "{c}");
+    assert!(c["message"].as_str().unwrap().contains("ports free"), "{c}");
+    // One table that exists but cannot be read: unknown again, naming it.
+    fs::remove_file(net.join("udp")).unwrap();
+    fs::create_dir(net.join("udp")).unwrap();
+    let (_, v) = report(&root, &d, None);
+    let c = check(&v, "ports");
+    assert_eq!(c["status"], "warn", "{c}");
+    assert!(
+        c["message"].as_str().unwrap().contains("proc/net/udp"),
+        "{c}"
+    );
+}

@@ -58,7 +58,8 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     fs::write(d.join("custom/www/src/index.md"), "# hello\n").unwrap();
     fs::create_dir_all(d.join("relay")).unwrap();
     let before = (snapshot(&d), snapshot(&root));
-    let out = setup(&root, &d, None, &["--dry-run", "--reinstall"]);
+    let path = path_with_no_containers(&t.path().join("bin"));
+    let out = setup(&root, &d, Some(&path), &["--dry-run", "--reinstall"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");

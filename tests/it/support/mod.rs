@@ -93,6 +93,27 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u32, u64, Vec<u8>)> {
     out
 }
 
+/// A PATH whose `docker` is the real one, except that `docker compose ...
+/// ps` finds no container: for tests that need the real Compose while a
+/// container of the project `chatmail` from another directory (an
+/// end-to-end run) may exist on the engine, which the tool would rightly
+/// refuse to act on. The stand-in is written to `bin`.
+pub fn path_with_no_containers(bin: &Path) -> String {
+    let real = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("docker"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/docker"));
+    script(
+        bin,
+        "docker",
+        &format!(
+            "[ \"$1\" = compose ] && case \" $* \" in *\" ps \"*) exit 0;; esac\nexec '{}' \"$@\"",
+            real.display()
+        ),
+    );
+    path_with(bin)
+}
+
 /// Whether CI wants every tool: `CI` set to anything but empty, `false` or
 /// `0` (`CI=true` in .ci/run and on hosted runners).
 pub fn in_ci() -> bool {
