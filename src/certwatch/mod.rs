@@ -217,9 +217,28 @@ pub fn check(t: &Target) -> (Check, Walk) {
     }
     // Resolve each candidate through the unresolved directory path, so every
     // symlink hop on the way is recorded.
+    // Why a candidate could not be resolved (a symlink loop), when not
+    // because it is missing.
+    let mut unresolved: Option<String> = None;
     let mut exists = |p: &std::path::Path| match walk.resolve(p, &t.mounts) {
         Ok(Some(real)) if real.is_file() => Some(real),
-        _ => None,
+        Ok(Some(real)) => {
+            // There, but not a file to read: say what it is.
+            if let Ok(m) = std::fs::metadata(&real) {
+                let kind = crate::host::kind_name(rustix::fs::FileType::from_raw_mode(
+                    std::os::unix::fs::MetadataExt::mode(&m),
+                ));
+                unresolved.get_or_insert_with(|| {
+                    format!("{} is a {kind}, not a regular file", real.display())
+                });
+            }
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            unresolved.get_or_insert_with(|| format!("{e:#}"));
+            None
+        }
     };
     let found = match &t.files {
         Some((cert, key)) => match (exists(cert), exists(key)) {
@@ -229,6 +248,10 @@ pub fn check(t: &Target) -> (Check, Walk) {
         },
         None => material::find_files(&t.dir, &mut exists),
     };
+    let found = found.map_err(|why| match unresolved {
+        Some(how) => format!("{why}: {how}"),
+        None => why,
+    });
     let (certs, key) = match found {
         Ok(f) => f,
         Err(why) => return (Check::Missing(why), walk),

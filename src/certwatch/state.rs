@@ -45,7 +45,15 @@ pub fn load(ctx: &Context) -> Option<State> {
 }
 
 fn load_from(p: &Path, ctx: &Context) -> Option<State> {
-    let bytes = std::fs::read(p).ok()?;
+    let bytes = match crate::host::read_input_opt(p, crate::host::MAX_CONFIG_BYTES) {
+        Ok(b) => b?,
+        Err(e) => {
+            ctx.shell.warn(format!(
+                "ignoring {e} (it is rewritten after the next reload)"
+            ));
+            return None;
+        }
+    };
     match serde_json::from_slice(&bytes) {
         Ok(s) => Some(s),
         Err(e) => {

@@ -411,7 +411,8 @@ fn remove_pid_file(ctx: &Context) {
 }
 
 fn read_pid(p: &Path) -> Option<u32> {
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    let bytes = crate::host::read_input(p, 64).ok()?;
+    std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
 }
 
 /// The pid of a running watcher for this deployment, from the pid file,
