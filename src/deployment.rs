@@ -43,6 +43,8 @@ pub const STATE_DIR: &str = "data/chatmail-state";
 pub const SELF_SIGNED_DIR: &str = "data/chatmail-state/tls";
 /// The certificate last reloaded into the services.
 pub const CERT_WATCH_STATE: &str = "data/.cert-watch-state.json";
+/// Held (`flock`) by the cert-watch run that is reloading.
+pub const CERT_WATCH_LOCK: &str = "data/.cert-watch.lock";
 /// Pid file of a running certificate watcher.
 pub const CERT_WATCH_PID: &str = "data/.cert-watch.pid";
 
@@ -114,6 +116,10 @@ impl Deployment {
 
     pub fn cert_watch_state(&self) -> PathBuf {
         self.path(CERT_WATCH_STATE)
+    }
+
+    pub fn cert_watch_lock(&self) -> PathBuf {
+        self.path(CERT_WATCH_LOCK)
     }
 
     pub fn cert_watch_pid(&self) -> PathBuf {

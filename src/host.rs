@@ -13,6 +13,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use crate::shell::Shell;
 
@@ -188,6 +189,59 @@ impl Cmd {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
+    }
+}
+
+impl Cmd {
+    /// Start in a process group of its own, so a timeout stops everything
+    /// it started (`sh -c` and its children), not only the first process.
+    fn start_grouped(&self, e: duct::Expression) -> Result<duct::Handle> {
+        e.unchecked()
+            .before_spawn(|c| {
+                std::os::unix::process::CommandExt::process_group(c, 0);
+                Ok(())
+            })
+            .start()
+            .with_context(|| format!("could not start `{}`", self.program.to_string_lossy()))
+    }
+
+    /// Wait at most `limit`; then kill the command's process group and
+    /// return `None`.
+    fn wait_within(handle: &duct::Handle, limit: Duration) -> Result<Option<std::process::Output>> {
+        if let Some(out) = handle.wait_timeout(limit)? {
+            return Ok(Some(out.clone()));
+        }
+        for pid in handle.pids() {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+        }
+        // Reaps the killed process.
+        let _ = handle.kill();
+        Ok(None)
+    }
+
+    /// [`Cmd::status`], killed (with everything it started) after `limit`:
+    /// `None` then.
+    pub fn status_within(&self, shell: &Shell, limit: Duration) -> Result<Option<i32>> {
+        let handle = self.start_grouped(self.expr(shell))?;
+        Ok(Self::wait_within(&handle, limit)?.map(|o| exit_code_of(&o.status)))
+    }
+
+    /// [`Cmd::output`], killed (with everything it started) after `limit`:
+    /// `None` then.
+    pub fn output_within(&self, shell: &Shell, limit: Duration) -> Result<Option<Captured>> {
+        let e = self
+            .expr(shell)
+            .stdout_capture()
+            .stderr_capture()
+            .stdin_null();
+        let handle = self.start_grouped(e)?;
+        Ok(Self::wait_within(&handle, limit)?.map(|out| Captured {
+            code: exit_code_of(&out.status),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }))
     }
 }
 

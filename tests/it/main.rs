@@ -16,6 +16,7 @@ mod certwatch_unit;
 mod certwatch_verify;
 mod cli;
 mod compose;
+mod hardening_certwatch;
 mod hardening_input;
 mod ini2env_cli;
 mod ini2env_compose;
