@@ -18,6 +18,7 @@ mod cli;
 mod compose;
 mod hardening_certwatch;
 mod hardening_input;
+mod hardening_sysctl;
 mod ini2env_cli;
 mod ini2env_compose;
 mod ini2env_parse;
