@@ -754,6 +754,38 @@ mod tests {
         assert_eq!(fs::read(&q).unwrap(), b"x");
     }
 
+    proptest::proptest! {
+        /// Whatever was read, edited meanwhile and is to be written: an
+        /// edit is never overwritten, an unedited file is replaced, and no
+        /// temp file is left either way.
+        #[test]
+        fn an_edit_is_never_lost(
+            old in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            edit in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..64)),
+            new in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join(".env");
+            fs::write(&p, &old).unwrap();
+            if let Some(e) = &edit {
+                fs::write(&p, e).unwrap();
+            }
+            let opts = WriteOpts { follow: true, expect: Some(Some(&old)) };
+            let r = write_atomic_with(&p, &new, 0o600, opts);
+            match &edit {
+                Some(e) if *e != old => {
+                    proptest::prop_assert!(r.unwrap_err().is::<ChangedMeanwhile>());
+                    proptest::prop_assert_eq!(&fs::read(&p).unwrap(), e);
+                }
+                _ => {
+                    proptest::prop_assert!(r.is_ok());
+                    proptest::prop_assert_eq!(fs::read(&p).unwrap(), new);
+                }
+            }
+            proptest::prop_assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+        }
+    }
+
     #[test]
     fn display_hides_env_values() {
         let c = Host::new("/")
