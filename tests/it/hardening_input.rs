@@ -272,3 +272,32 @@ fn control_characters_in_values_and_names_are_escaped_on_the_terminal() {
     assert!(!err.contains('\u{1b}') && !out.contains('\u{1b}'), "{err}");
     assert!(err.contains("\\u{1b}]0;title\\u{7}"), "{err}");
 }
+
+#[test]
+fn a_symlink_loop_is_named_as_one_not_as_missing() {
+    // In custom/.
+    let t = tempfile::tempdir().unwrap();
+    let d = deploy(t.path());
+    fs::create_dir_all(d.join("custom/www")).unwrap();
+    symlink("loop.html", d.join("custom/www/loop.html")).unwrap();
+    let (code, _, err) = run(&d, &["config", "--override-only"]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("symlink loop"), "{err}");
+    assert!(!err.contains("does not exist"), "{err}");
+
+    // As cert-watch's directory.
+    let c = Deploy::new("");
+    let dir = c.path("certs");
+    symlink(&dir, &dir).unwrap();
+    let out = assert_cmd::Command::from_std(c.cmd())
+        .args(["cert-watch", "--once", "--no-verify", "--path"])
+        .arg(&dir)
+        .args(["--reload-command", "true"])
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("symlink loop"), "{err}");
+    assert!(!err.contains("does not exist"), "{err}");
+}
