@@ -240,11 +240,11 @@ pub fn check(t: &Target) -> (Check, Walk) {
         }
         Err(e) => return (Check::Missing(format!("{e:#}")), walk),
     }
+    // Why a candidate could not be used when it is not simply missing (a
+    // symlink loop, a FIFO): added to the message.
+    let mut unresolved: Option<String> = None;
     // Resolve each candidate through the unresolved directory path, so every
     // symlink hop on the way is recorded.
-    // Why a candidate could not be resolved (a symlink loop), when not
-    // because it is missing.
-    let mut unresolved: Option<String> = None;
     let mut exists = |p: &std::path::Path| match walk.resolve(p, &t.mounts) {
         Ok(Some(real)) if real.is_file() => Some(real),
         Ok(Some(real)) => {
