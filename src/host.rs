@@ -543,10 +543,19 @@ pub fn write_atomic_with(path: &Path, bytes: &[u8], mode: u32, opts: WriteOpts) 
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
         .with_context(|| format!("cannot write {}", tmp.path().display()))?;
+    // The file being replaced, kept open: what reaches it between the
+    // comparison and the rename is seen afterwards.
+    let mut replaced: Option<fs::File> = None;
     if let Some(expected) = opts.expect {
         let limit = expected.map_or(0, |e| e.len() as u64).max(MAX_CONFIG_BYTES);
-        let same = match read_input_opt(path, limit) {
-            Ok(now) => now.as_deref() == expected,
+        let same = match open_input(path, limit) {
+            Ok((mut f, _, _)) => {
+                let same = content_is(&mut f, expected.unwrap_or_default(), limit, path)?
+                    && expected.is_some();
+                replaced = Some(f);
+                same
+            }
+            Err(e) if e.is_missing() => expected.is_none(),
             // Larger than what was read: changed.
             Err(InputError::TooLarge(..)) => false,
             Err(e) => return Err(e.into()),
@@ -555,13 +564,51 @@ pub fn write_atomic_with(path: &Path, bytes: &[u8], mode: u32, opts: WriteOpts) 
             return Err(ChangedMeanwhile(path.to_path_buf()).into());
         }
     }
+    #[cfg(test)]
+    tests::BEFORE_RENAME.with(|h| h.take().map(|f| f()));
     tmp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("cannot replace {}", path.display()))?;
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
+    if let (Some(mut old), Some(Some(expected))) = (replaced, opts.expect) {
+        // Written to in the moment between comparing and renaming (an
+        // append): put the edited file back and let the caller merge again.
+        if !content_is(
+            &mut old,
+            expected,
+            MAX_CONFIG_BYTES.max(expected.len() as u64),
+            path,
+        )? {
+            let mut edited = Vec::new();
+            std::io::Seek::rewind(&mut old)
+                .and_then(|_| std::io::Read::read_to_end(&mut old, &mut edited))
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let back = WriteOpts {
+                follow: false,
+                expect: Some(Some(bytes)),
+            };
+            write_atomic_with(path, &edited, mode, back).with_context(|| {
+                format!(
+                    "{} was edited while it was being replaced, and again since; check what it holds",
+                    path.display()
+                )
+            })?;
+            return Err(ChangedMeanwhile(path.to_path_buf()).into());
+        }
+    }
     Ok(())
+}
+
+/// Whether the open file `f` holds exactly `expected` (read from its start).
+fn content_is(f: &mut fs::File, expected: &[u8], limit: u64, path: &Path) -> Result<bool> {
+    use std::io::{Read, Seek};
+    let mut now = Vec::with_capacity(expected.len());
+    f.rewind()
+        .and_then(|_| Read::by_ref(f).take(limit + 1).read_to_end(&mut now))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(now == expected)
 }
 
 /// Remove `PREFIX*.tmp` files in `dir` that no process holds locked: what a
@@ -631,6 +678,38 @@ pub fn normalize(p: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Run once between the comparison and the rename.
+        pub(super) static BEFORE_RENAME: std::cell::Cell<Option<Box<dyn FnOnce()>>> =
+            const { std::cell::Cell::new(None) };
+    }
+
+    #[test]
+    fn an_append_between_comparing_and_renaming_is_put_back() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(".env");
+        fs::write(&p, "A=1\n").unwrap();
+        let appended = p.clone();
+        BEFORE_RENAME.with(|h| {
+            h.set(Some(Box::new(move || {
+                let mut f = fs::OpenOptions::new().append(true).open(&appended).unwrap();
+                f.write_all(b"LATE=1\n").unwrap();
+            })))
+        });
+        let opts = WriteOpts {
+            follow: true,
+            expect: Some(Some(b"A=1\n")),
+        };
+        let err = write_atomic_with(&p, b"A=2\n", 0o600, opts).unwrap_err();
+        assert!(err.is::<ChangedMeanwhile>(), "{err}");
+        assert_eq!(fs::read(&p).unwrap(), b"A=1\nLATE=1\n");
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+    }
 
     #[test]
     fn paths_land_under_the_root() {
