@@ -120,21 +120,8 @@ pub fn collect_certificates(path: &Path) -> Result<String> {
     };
     let mut out = String::new();
     for f in &files {
-        let meta = fs::metadata(f).with_context(|| format!("reading {}", f.display()))?;
-        if !meta.is_file() {
-            return Err(error::usage(format!(
-                "--build-ca {}: not a regular file",
-                f.display()
-            )));
-        }
-        if meta.len() > MAX_CA_FILE {
-            return Err(error::usage(format!(
-                "--build-ca {}: {} bytes is not a CA certificate file (at most {MAX_CA_FILE})",
-                f.display(),
-                meta.len()
-            )));
-        }
-        let bytes = fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        let bytes = crate::host::read_input(f, MAX_CA_FILE)
+            .map_err(|e| error::usage(format!("--build-ca: {e}")))?;
         let certs: Vec<_> = rustls_pemfile::certs(&mut bytes.as_slice())
             .collect::<Result<_, _>>()
             .map_err(|e| {

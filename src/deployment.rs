@@ -43,6 +43,8 @@ pub const STATE_DIR: &str = "data/chatmail-state";
 pub const SELF_SIGNED_DIR: &str = "data/chatmail-state/tls";
 /// The certificate last reloaded into the services.
 pub const CERT_WATCH_STATE: &str = "data/.cert-watch-state.json";
+/// Held (`flock`) by the cert-watch run that is reloading.
+pub const CERT_WATCH_LOCK: &str = "data/.cert-watch.lock";
 /// Pid file of a running certificate watcher.
 pub const CERT_WATCH_PID: &str = "data/.cert-watch.pid";
 
@@ -116,6 +118,10 @@ impl Deployment {
         self.path(CERT_WATCH_STATE)
     }
 
+    pub fn cert_watch_lock(&self) -> PathBuf {
+        self.path(CERT_WATCH_LOCK)
+    }
+
     pub fn cert_watch_pid(&self) -> PathBuf {
         self.path(CERT_WATCH_PID)
     }
@@ -124,12 +130,28 @@ impl Deployment {
     /// that cannot be read or parsed is an error (exit 2 for a parse
     /// error) naming the file and line.
     pub fn load_env(&self) -> Result<Option<Env>> {
-        let path = self.env_file();
-        if !path.exists() {
-            return Ok(None);
-        }
-        crate::dotenv::load(&path).map(Some)
+        load_env_file(&self.env_file())
     }
+}
+
+/// Read a `.env` file (any path: `ini2env --env`) with the limits of
+/// [`crate::host::read_input`]; `None` when it does not exist.
+pub fn load_env_file(path: &Path) -> Result<Option<Env>> {
+    match crate::host::read_input_opt(path, crate::host::MAX_CONFIG_BYTES)
+        .map_err(crate::host::InputError::into_error)?
+    {
+        None => Ok(None),
+        Some(bytes) => crate::dotenv::load(&bytes, path).map(Some),
+    }
+}
+
+/// Read a chatmail.ini as text (any path: `--ini`) with the limits of
+/// [`crate::host::read_input`]: a FIFO, a device or a huge file is refused,
+/// naming the file. Parse it with [`crate::ini::parse_file`].
+pub fn read_ini(path: &Path) -> Result<String> {
+    let bytes = crate::host::read_input(path, crate::host::MAX_CONFIG_BYTES)
+        .map_err(crate::host::InputError::into_error)?;
+    crate::ini::text(bytes, path)
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@
 //! environment variable can).
 
 use crate::ini::{quoted, FastMap};
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
@@ -554,9 +554,10 @@ fn braced(
 /// Compose v2 reads it (no interpolation of the process environment; a
 /// repeated key keeps its last value). A syntax error Compose would reject
 /// is a configuration error (exit 2) naming `path:line`.
-pub fn load(path: &Path) -> Result<BTreeMap<String, String>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
+///
+/// `bytes` is the content of `path` (read by `deployment::load_env_file`).
+pub fn load(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, String>> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
         crate::error::usage(format!(
             "{}: not valid UTF-8 at byte offset {}; save the file as UTF-8",
             path.display(),

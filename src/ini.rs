@@ -32,7 +32,7 @@
 //! of Python's whitespace and line-break set, so it cannot be configured to
 //! read a chatmail.ini the way the relay does.
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use hashbrown::HashTable;
 use std::borrow::Cow;
 use std::hash::BuildHasher;
@@ -422,18 +422,18 @@ fn at(path: &Path, e: ParseError) -> anyhow::Error {
     crate::error::usage(format!("{}:{}: {}", path.display(), e.line, e.message))
 }
 
-/// Read a chatmail.ini file as text; bytes that are not UTF-8 are a
-/// configuration error naming `path:line` and the offset. Parse the text
-/// with [`parse_file`].
-pub fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+/// The text of the chatmail.ini at `path` from its bytes (read by
+/// `deployment::read_ini`); bytes that are not UTF-8 are a configuration
+/// error naming `path:line` and the offset. Parse the text with
+/// [`parse_file`].
+pub fn text(bytes: Vec<u8>, path: &Path) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| {
         let offset = e.utf8_error().valid_up_to();
         at(path, not_utf8(e.as_bytes(), offset))
     })
 }
 
-/// Parse the text of the chatmail.ini at `path` (read with [`read_text`]).
+/// Parse the text of the chatmail.ini at `path` (see [`text`]).
 /// A syntax error is a configuration error (exit 2) naming `path:line`.
 pub fn parse_file<'a>(text: &'a str, path: &Path) -> Result<Ini<'a>> {
     parse_str(text).map_err(|e| at(path, e))

@@ -50,6 +50,7 @@ use std::sync::OnceLock;
 
 use crate::dotenv;
 use crate::error;
+use crate::host;
 use crate::ini::{self, FastMap, Ini};
 use crate::Context;
 
@@ -614,13 +615,8 @@ struct Planned {
 }
 
 fn plan(ctx: &Context, ini_path: &Path, env: &Path, opts: &Options) -> Result<Planned> {
-    if !ini_path.exists() {
-        return Err(error::usage(format!(
-            "no chatmail.ini at {}; pass --ini PATH or --dir to the deployment directory",
-            ini_path.display()
-        )));
-    }
-    let text = ini::read_text(ini_path)?;
+    let (ini_bytes, ini_id) = read_ini_input(ini_path)?;
+    let text = ini::text(ini_bytes, ini_path)?;
     let ini = ini::parse_file(&text, ini_path)?;
     for s in ini.sections.iter().filter(|s| s.name != "params") {
         ctx.shell.note(format!(
@@ -631,8 +627,15 @@ fn plan(ctx: &Context, ini_path: &Path, env: &Path, opts: &Options) -> Result<Pl
         ));
     }
     let vars = vars(ini, ini_path, opts.all)?;
-    let (old, mode_wrong) = match fs::read(env) {
-        Ok(bytes) => {
+    let (old, mode_wrong) = match host::read_input_with_id(env, host::MAX_CONFIG_BYTES) {
+        Ok((bytes, env_id)) => {
+            if env_id == ini_id {
+                return Err(error::usage(format!(
+                    "{} is {} itself: the output can never be the input; pass --env the .env to write",
+                    env.display(),
+                    ini_path.display()
+                )));
+            }
             let text = String::from_utf8(bytes).map_err(|e| {
                 error::usage(format!(
                     "{}: not valid UTF-8 at byte offset {}; save the file as UTF-8",
@@ -647,8 +650,8 @@ fn plan(ctx: &Context, ini_path: &Path, env: &Path, opts: &Options) -> Result<Pl
                 & 0o7777;
             (Some(text), mode != 0o600)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, false),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", env.display())),
+        Err(e) if e.is_missing() => (None, false),
+        Err(e) => return Err(e.into_error()),
     };
     let merge = merge(
         old.as_deref().unwrap_or(""),
@@ -663,9 +666,45 @@ fn plan(ctx: &Context, ini_path: &Path, env: &Path, opts: &Options) -> Result<Pl
     })
 }
 
-/// Convert `ini` into `env` (merging), honouring `ctx.dry_run`.
+/// Read the ini through the host's input rules; a missing one says how to
+/// name it.
+fn read_ini_input(ini_path: &Path) -> Result<(Vec<u8>, host::FileId)> {
+    match host::read_input_with_id(ini_path, host::MAX_CONFIG_BYTES) {
+        Ok(read) => Ok(read),
+        Err(e) if e.is_missing() => Err(error::usage(format!(
+            "no chatmail.ini at {}; pass --ini PATH or --dir to the deployment directory",
+            ini_path.display()
+        ))),
+        Err(e) => Err(e.into_error()),
+    }
+}
+
+/// How often a `.env` edited while it is merged is read again before the
+/// run stops.
+const ATTEMPTS: usize = 3;
+
+/// Convert `ini` into `env` (merging), honouring `ctx.dry_run`. A `.env`
+/// that changes between reading and replacing it is read again (a hand
+/// edit is never overwritten); the run stops if it keeps changing.
 pub fn sync_env(ctx: &Context, ini: &Path, env: &Path, opts: &Options) -> Result<Report> {
-    let p = plan(ctx, ini, env, opts)?;
+    let mut attempt = 1;
+    loop {
+        let p = plan(ctx, ini, env, opts)?;
+        match apply(ctx, env, p) {
+            Err(e) if e.is::<host::ChangedMeanwhile>() && attempt < ATTEMPTS => {
+                ctx.shell.verbose(format!(
+                    "{} changed while it was merged; reading it again",
+                    env.display()
+                ));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Write what [`plan`] computed, unless `env` changed since it was read.
+fn apply(ctx: &Context, env: &Path, p: Planned) -> Result<Report> {
     for n in &p.merge.notes {
         ctx.shell.verbose(n);
     }
@@ -682,9 +721,17 @@ pub fn sync_env(ctx: &Context, ini: &Path, env: &Path, opts: &Options) -> Result
     if changed && !ctx.dry_run {
         if content_changed {
             if let (Some(old), Some(backup)) = (&p.old, &backup) {
-                crate::host::write_atomic(backup, old.as_bytes(), 0o600)?;
+                host::write_atomic_nofollow(backup, old.as_bytes(), 0o600)?;
             }
-            crate::host::write_atomic(env, p.merge.text.as_bytes(), 0o600)?;
+            host::write_atomic_with(
+                env,
+                p.merge.text.as_bytes(),
+                0o600,
+                host::WriteOpts {
+                    follow: true,
+                    expect: Some(p.old.as_deref().map(str::as_bytes)),
+                },
+            )?;
         } else {
             fs::set_permissions(env, fs::Permissions::from_mode(0o600))
                 .with_context(|| format!("cannot set the mode of {}", env.display()))?;
@@ -784,13 +831,7 @@ pub fn run(ctx: &Context, args: &RunOptions) -> Result<()> {
         .unwrap_or_else(|| ctx.deployment.env_file());
     let opts = &args.merge;
     if args.output == Output::Stdout {
-        if !ini_path.exists() {
-            return Err(error::usage(format!(
-                "no chatmail.ini at {}; pass --ini PATH",
-                ini_path.display()
-            )));
-        }
-        let text = ini::read_text(&ini_path)?;
+        let text = ini::text(read_ini_input(&ini_path)?.0, &ini_path)?;
         let ini = ini::parse_file(&text, &ini_path)?;
         let vars = vars(ini, &ini_path, opts.all)?;
         let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
@@ -1020,6 +1061,40 @@ mod tests {
         );
         // A second run changes nothing.
         assert_eq!(merge(&m.text, ".env", &v, false).unwrap().text, m.text);
+    }
+
+    #[test]
+    fn an_env_edited_while_it_is_merged_is_read_again_not_overwritten() {
+        let d = tempfile::tempdir().unwrap();
+        let ini = d.path().join("chatmail.ini");
+        let env = d.path().join(".env");
+        fs::write(&ini, "[params]\nmail_domain = chat.example.org\n").unwrap();
+        fs::write(&env, "OWN=1\n").unwrap();
+        let ctx = crate::Context::new(
+            d.path(),
+            crate::host::Host::new(d.path()),
+            crate::shell::Shell::new(
+                crate::shell::Verbosity::Quiet,
+                crate::shell::ColorChoice::Never,
+            ),
+            false,
+        )
+        .unwrap();
+        let opts = Options::default();
+        let p = plan(&ctx, &ini, &env, &opts).unwrap();
+        // A hand edit between reading and writing.
+        let mut f = fs::OpenOptions::new().append(true).open(&env).unwrap();
+        f.write_all(b"HAND=1\n").unwrap();
+        let err = apply(&ctx, &env, p).unwrap_err();
+        assert!(err.is::<host::ChangedMeanwhile>(), "{err}");
+        assert_eq!(fs::read_to_string(&env).unwrap(), "OWN=1\nHAND=1\n");
+        // The whole run reads it again and keeps the edit.
+        sync_env(&ctx, &ini, &env, &opts).unwrap();
+        let now = fs::read_to_string(&env).unwrap();
+        assert!(
+            now.contains("HAND=1\n") && now.contains("MAIL_DOMAIN="),
+            "{now}"
+        );
     }
 
     #[test]

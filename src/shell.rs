@@ -3,9 +3,112 @@
 //!
 //! Normal output (plans, reports, `--json`) goes to stdout; status lines,
 //! warnings and errors to stderr.
+//!
+//! Messages carry values from users and the host (file names, `.env`
+//! values, command output). Every line printed here has its control
+//! characters escaped ([`clean`]), except the line breaks of multi-line
+//! output and the shell's own colours, so a value cannot move the cursor,
+//! recolour or clear the administrator's terminal. Single-line messages
+//! (status, `-v` lines, commands) escape line breaks too. Values put into
+//! a multi-line message are escaped where they are formatted, with
+//! [`Shown::shown`]. Only [`Shell::data`] (`--json`, `--stdout`: output
+//! for programs) is printed as it is.
 
 use anstyle::{AnsiColor, Style};
 use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+/// `text` with every control character (C0 including newline, DEL, C1)
+/// as a visible escape (`\u{1b}`, `\n`).
+pub fn clean(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Display for values from users and the host, escaped with [`clean`].
+pub trait Shown {
+    fn shown(&self) -> String;
+}
+
+impl Shown for Path {
+    fn shown(&self) -> String {
+        clean(&self.to_string_lossy())
+    }
+}
+
+impl Shown for std::path::PathBuf {
+    fn shown(&self) -> String {
+        self.as_path().shown()
+    }
+}
+
+impl Shown for str {
+    fn shown(&self) -> String {
+        clean(self)
+    }
+}
+
+impl Shown for String {
+    fn shown(&self) -> String {
+        clean(self)
+    }
+}
+
+/// The escape sequences the shell itself writes: the styles below, on and off.
+fn own_sequences() -> &'static [String] {
+    static SEQ: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    SEQ.get_or_init(|| {
+        let mut v: Vec<String> = [GREEN, YELLOW, RED, CYAN, DIM]
+            .iter()
+            .flat_map(|s| [format!("{s}"), format!("{s:#}")])
+            .filter(|s| !s.is_empty())
+            .collect();
+        // Longest first, so a longer sequence is not cut by a prefix.
+        v.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        v.dedup();
+        v
+    })
+}
+
+/// `text` for the terminal: control characters escaped as by [`clean`],
+/// except line breaks when `lines` and the shell's own colour sequences.
+fn terminal_safe(text: &str, lines: bool) -> std::borrow::Cow<'_, str> {
+    let keep = |c: char| lines && c == '\n';
+    if !text.chars().any(|c| c.is_control() && !keep(c)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if c == '\u{1b}' {
+            if let Some(seq) = own_sequences()
+                .iter()
+                .find(|s| rest.starts_with(s.as_str()))
+            {
+                out.push_str(seq);
+                rest = &rest[seq.len()..];
+                continue;
+            }
+        }
+        if c.is_control() && !keep(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    std::borrow::Cow::Owned(out)
+}
 
 /// `--color` choice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -83,7 +186,7 @@ impl Shell {
         if self.is_quiet() {
             return;
         }
-        self.data(text);
+        self.data(terminal_safe(text.as_ref(), true));
     }
 
     /// Data that is the command's result (`--json`, `--stdout`): always printed.
@@ -99,13 +202,13 @@ impl Shell {
             return;
         }
         let verb = self.paint(self.color_err, GREEN, &format!("{verb:>12}"));
-        eprintln!("{verb} {}", message.as_ref());
+        eprintln!("{verb} {}", terminal_safe(message.as_ref(), false));
     }
 
     /// A line shown only with `-v`.
     pub fn verbose(&self, message: impl AsRef<str>) {
         if self.is_verbose() {
-            let text = self.paint(self.color_err, DIM, message.as_ref());
+            let text = self.paint(self.color_err, DIM, &terminal_safe(message.as_ref(), false));
             eprintln!("{text}");
         }
     }
@@ -114,7 +217,7 @@ impl Shell {
     pub fn command(&self, shown: impl AsRef<str>) {
         if self.is_verbose() {
             let dollar = self.paint(self.color_err, CYAN, "$");
-            eprintln!("{dollar} {}", shown.as_ref());
+            eprintln!("{dollar} {}", terminal_safe(shown.as_ref(), false));
         }
     }
 
@@ -123,17 +226,17 @@ impl Shell {
             return;
         }
         let label = self.paint(self.color_err, CYAN, "note:");
-        eprintln!("{label} {}", message.as_ref());
+        eprintln!("{label} {}", terminal_safe(message.as_ref(), true));
     }
 
     pub fn warn(&self, message: impl AsRef<str>) {
         let label = self.paint(self.color_err, YELLOW, "warning:");
-        eprintln!("{label} {}", message.as_ref());
+        eprintln!("{label} {}", terminal_safe(message.as_ref(), true));
     }
 
     pub fn error(&self, message: impl AsRef<str>) {
         let label = self.paint(self.color_err, RED, "error:");
-        eprintln!("{label} {}", message.as_ref());
+        eprintln!("{label} {}", terminal_safe(message.as_ref(), true));
     }
 
     /// Colored words for reports on stdout (`ok`, `warn`, `fail`).
@@ -154,7 +257,53 @@ impl Shell {
             self.error(first.to_string());
         }
         for cause in chain {
-            eprintln!("  caused by: {cause}");
+            eprintln!("  caused by: {}", terminal_safe(&cause.to_string(), true));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(clean("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");
+        assert_eq!(clean("\u{9b}x"), "\\u{9b}x");
+        assert_eq!(clean("ümlaut/ok"), "ümlaut/ok");
+        assert_eq!(Path::new("/x\ty").shown(), "/x\\ty");
+    }
+
+    #[test]
+    fn terminal_output_keeps_own_colours_and_lines_only() {
+        let green = format!("{GREEN}ok{GREEN:#}");
+        assert_eq!(terminal_safe(&green, false), green);
+        assert_eq!(terminal_safe("a\nb", true), "a\nb");
+        assert_eq!(terminal_safe("a\nb", false), "a\\nb");
+        assert_eq!(
+            terminal_safe("x\u{1b}[2J\r\u{7}y", true),
+            "x\\u{1b}[2J\\r\\u{7}y"
+        );
+        // A user's colour is not the shell's: escaped too.
+        assert_eq!(terminal_safe("\u{1b}[5m", true), "\\u{1b}[5m");
+    }
+
+    proptest::proptest! {
+        /// Whatever a message holds, no control character but a line break
+        /// reaches the terminal outside the shell's own colour sequences.
+        #[test]
+        fn no_raw_control_character_reaches_the_terminal(s in "\\PC*|[\\x00-\\x1f\\x7f\\u{80}-\\u{9f}a\\[m0-9;]*") {
+            let mut safe = terminal_safe(&s, true).into_owned();
+            for seq in own_sequences() {
+                safe = safe.replace(seq.as_str(), "");
+            }
+            proptest::prop_assert!(!safe.chars().any(|c| c.is_control() && c != '\n'), "{:?}", safe);
+            let one = terminal_safe(&s, false).into_owned();
+            let mut one_stripped = one.clone();
+            for seq in own_sequences() {
+                one_stripped = one_stripped.replace(seq.as_str(), "");
+            }
+            proptest::prop_assert!(!one_stripped.chars().any(char::is_control));
         }
     }
 }

@@ -12,6 +12,14 @@
 //! Values are read and written through `/proc/sys` under the host root, so
 //! the same code runs against a test root; this is also all the `sysctl`
 //! command does on Linux.
+//!
+//! The live values are raised first, both or neither, and only then is the
+//! file written: a value the kernel refuses never reaches the file. Which
+//! file sets a value at boot follows systemd-sysctl: every `*.conf` in the
+//! sysctl.d directories, a name in an earlier directory masking the same
+//! name in a later one, read in the order of their names (the last setting
+//! wins), and `/etc/sysctl.conf` (which `sysctl --system` reads last). A
+//! file read after the managed one that sets a lower value is named.
 
 use anyhow::{Context as _, Result};
 use std::fs;
@@ -63,10 +71,15 @@ fn proc_path(key: &str) -> PathBuf {
     PathBuf::from("/proc/sys").join(key.replace('.', "/"))
 }
 
+/// The largest value the kernel keeps for these keys (`long`); a larger
+/// number cannot be a limit.
+pub const KERNEL_MAX: u64 = i64::MAX as u64;
+
 fn read_value(host: &Host, key: &str) -> Result<u64> {
     let path = host.path(proc_path(key));
-    let text = fs::read_to_string(&path)
+    let bytes = host::read_input(&path, 4096)
         .with_context(|| format!("cannot read {key} from {}", path.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
     text.trim()
         .parse()
         .with_context(|| format!("{} holds `{}`, not a number", path.display(), text.trim()))
@@ -93,6 +106,31 @@ pub struct Plan {
     pub content: String,
     /// Whether the managed file must be (re)written.
     pub write_file: bool,
+    /// Keys whose value at boot will be lower than the target because a
+    /// file read after the managed one sets it.
+    pub overridden: Vec<Overridden>,
+}
+
+/// A sysctl file that sets a key lower than wanted and wins at boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Overridden {
+    pub key: &'static str,
+    /// The file as the host names it (`/etc/sysctl.d/99-x.conf`).
+    pub file: PathBuf,
+    pub value: u64,
+    pub wanted: u64,
+}
+
+impl Overridden {
+    pub fn message(&self) -> String {
+        format!(
+            "{} sets {} = {}, lower than {}; it is read after {MANAGED_FILE} and wins at boot: raise or remove that line",
+            self.file.display(),
+            self.key,
+            self.value,
+            self.wanted
+        )
+    }
 }
 
 impl Plan {
@@ -111,9 +149,11 @@ pub fn file_content(target: &Limits) -> String {
     )
 }
 
-/// The last value any sysctl configuration file (other than ours) sets for
-/// `key`, in the order `sysctl --system` applies them.
-fn persisted_elsewhere(host: &Host, key: &str) -> Option<u64> {
+/// The sysctl configuration files in the order systemd-sysctl applies
+/// them, as host paths (`/etc/sysctl.d/x.conf`): by file name, a name in an
+/// earlier directory masking it in later ones, then `/etc/sysctl.conf`.
+/// The managed file takes its place by name whether it exists or not.
+fn boot_order(host: &Host) -> Vec<PathBuf> {
     let mut files: std::collections::BTreeMap<String, PathBuf> = Default::default();
     // Same file name in an earlier dir masks later ones.
     for dir in SYSCTL_DIRS.iter().rev() {
@@ -121,26 +161,45 @@ fn persisted_elsewhere(host: &Host, key: &str) -> Option<u64> {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.ends_with(".conf") {
-                    files.insert(name, e.path());
+                    files.insert(name.clone(), Path::new(dir).join(name));
                 }
             }
         }
     }
-    let managed_name = Path::new(MANAGED_FILE)
-        .file_name()?
-        .to_string_lossy()
-        .into_owned();
-    let mut paths: Vec<PathBuf> = files
-        .into_iter()
-        .filter(|(n, _)| *n != managed_name)
-        .map(|(_, p)| p)
-        .collect();
-    paths.push(host.path("/etc/sysctl.conf"));
+    let managed = Path::new(MANAGED_FILE);
+    if let Some(name) = managed.file_name() {
+        files.insert(name.to_string_lossy().into_owned(), managed.to_path_buf());
+    }
+    let mut paths: Vec<PathBuf> = files.into_values().collect();
+    paths.push(PathBuf::from("/etc/sysctl.conf"));
     paths
-        .iter()
-        .filter_map(|p| fs::read_to_string(p).ok())
-        .filter_map(|text| last_value(&text, key))
+}
+
+/// Who sets `key` at boot and to what: the last file in [`boot_order`]
+/// setting it. The managed file is read as `managed` (its content after
+/// this run) when given.
+fn boot_value(host: &Host, key: &str, managed: Option<&str>) -> Option<(PathBuf, u64)> {
+    boot_order(host)
+        .into_iter()
+        .filter_map(|p| {
+            let text = match managed {
+                Some(text) if p == Path::new(MANAGED_FILE) => text.to_string(),
+                _ => {
+                    let bytes = host::read_input(&host.path(&p), host::MAX_CONFIG_BYTES).ok()?;
+                    String::from_utf8_lossy(&bytes).into_owned()
+                }
+            };
+            last_value(&text, key).map(|v| (p, v))
+        })
         .next_back()
+}
+
+/// The value each key gets at boot from the files as they are, and from
+/// which file; `None` when no file sets it.
+pub fn boot_values(host: &Host) -> Vec<(&'static str, Option<(PathBuf, u64)>)> {
+    KEYS.iter()
+        .map(|k| (*k, boot_value(host, k, None)))
+        .collect()
 }
 
 /// The last numeric value a sysctl.d file sets for `key` (later lines win).
@@ -156,6 +215,16 @@ fn last_value(text: &str, key: &str) -> Option<u64> {
 
 /// Compute the plan against the host.
 pub fn plan(host: &Host, min: &Limits) -> Result<Plan> {
+    for (k, v) in KEYS
+        .iter()
+        .zip([min.max_user_instances, min.max_user_watches])
+    {
+        if v > KERNEL_MAX {
+            return Err(crate::error::usage(format!(
+                "{k}: {v} is more than the kernel's maximum ({KERNEL_MAX}); ask for a smaller minimum"
+            )));
+        }
+    }
     let live = read_live(host)?;
     let target = Limits {
         max_user_instances: live.max_user_instances.max(min.max_user_instances),
@@ -169,7 +238,9 @@ pub fn plan(host: &Host, min: &Limits) -> Result<Plan> {
         .collect();
     let file = host.path(MANAGED_FILE);
     let content = file_content(&target);
-    let existing = fs::read_to_string(&file).ok();
+    let existing = host::read_input(&file, host::MAX_CONFIG_BYTES)
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
     let write_file = match &existing {
         Some(old) => {
             // Keep an existing managed file whose values are all at least the
@@ -185,9 +256,28 @@ pub fn plan(host: &Host, min: &Limits) -> Result<Plan> {
             !KEYS
                 .iter()
                 .enumerate()
-                .all(|(i, k)| persisted_elsewhere(host, k).is_some_and(|v| v >= target.get(i)))
+                .all(|(i, k)| boot_value(host, k, None).is_some_and(|(_, v)| v >= target.get(i)))
         }
     };
+    // What boot will make of it, with the managed file as it will be.
+    let managed = if write_file {
+        Some(content.as_str())
+    } else {
+        existing.as_deref()
+    };
+    let overridden = KEYS
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| {
+            let (file, value) = boot_value(host, k, Some(managed.unwrap_or("")))?;
+            (file != Path::new(MANAGED_FILE) && value < target.get(i)).then(|| Overridden {
+                key: k,
+                file,
+                value,
+                wanted: target.get(i),
+            })
+        })
+        .collect();
     Ok(Plan {
         live,
         target,
@@ -195,6 +285,7 @@ pub fn plan(host: &Host, min: &Limits) -> Result<Plan> {
         file,
         content,
         write_file,
+        overridden,
     })
 }
 
@@ -241,40 +332,100 @@ fn permission_error(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Apply the plan: raise live values, write the managed file.
+/// Write one live value.
+fn write_live(host: &Host, key: &str, value: u64) -> Result<()> {
+    let path = host.path(proc_path(key));
+    fs::write(&path, format!("{value}\n"))
+        .with_context(|| format!("cannot set {key} to {value} in {}", path.display()))
+}
+
+/// Raise the live values, both or neither: when one cannot be set, the
+/// ones already raised are set back to what they were.
+fn raise_live(
+    raise: &[(&'static str, u64, u64)],
+    mut write: impl FnMut(&str, u64) -> Result<()>,
+) -> Result<()> {
+    for (n, (k, _, to)) in raise.iter().enumerate() {
+        if let Err(e) = write(k, *to) {
+            for (k, from, _) in raise[..n].iter().rev() {
+                if let Err(back) = write(k, *from) {
+                    return Err(e.context(format!(
+                        "and {k} could not be set back to {from} ({back:#}); set it by hand"
+                    )));
+                }
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Apply the plan through `write_live` and `write_file`: the live values
+/// first (the kernel checks them), the file only when they were taken.
+fn apply_via(
+    plan: &Plan,
+    write_live: impl FnMut(&str, u64) -> Result<()>,
+    write_file: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    raise_live(&plan.raise, write_live)?;
+    if plan.write_file {
+        write_file()?;
+    }
+    Ok(())
+}
+
+/// What a failed apply says: "needs root" only to a user who is not root;
+/// root sees the real error (an immutable directory, a read-only /proc).
+fn failure(e: anyhow::Error, plan: &Plan, is_root: bool) -> anyhow::Error {
+    if !permission_error(&e) {
+        return e;
+    }
+    let message = if is_root {
+        format!(
+            "{e:#}\nthis happens to root when a file or directory is immutable (`lsattr -d {}`) \
+             or the filesystem is read-only; fix that and run `chatmail-docker sysctl` again",
+            Path::new(MANAGED_FILE)
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .display()
+        )
+    } else {
+        format!(
+            "{e:#}\nraising the inotify limits needs root; run:\n  {}",
+            manual_commands(plan)
+        )
+    };
+    crate::error::Failure {
+        code: crate::error::EXIT_RUNTIME,
+        message: Some(message),
+    }
+    .into()
+}
+
+/// Apply the plan: raise live values (both or neither), then write the
+/// managed file.
 pub fn apply(host: &Host, plan: &Plan) -> Result<()> {
-    let result = (|| -> Result<()> {
-        if plan.write_file {
+    apply_via(
+        plan,
+        |k, v| write_live(host, k, v),
+        || {
             if let Some(dir) = plan.file.parent() {
                 fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
-            host::write_atomic(&plan.file, plan.content.as_bytes(), 0o644)?;
-        }
-        for (k, _, to) in &plan.raise {
-            let path = host.path(proc_path(k));
-            fs::write(&path, format!("{to}\n"))
-                .with_context(|| format!("cannot set {k} in {}", path.display()))?;
-        }
-        Ok(())
-    })();
-    match result {
-        Err(e) if permission_error(&e) => Err(crate::error::Failure {
-            code: crate::error::EXIT_RUNTIME,
-            message: Some(format!(
-                "{e:#}\nraising the inotify limits needs root; run:\n  {}",
-                manual_commands(plan)
-            )),
-        }
-        .into()),
-        other => other,
-    }
+            host::write_atomic(&plan.file, plan.content.as_bytes(), 0o644)
+        },
+    )
+    .map_err(|e| failure(e, plan, rustix::process::geteuid().is_root()))
 }
 
 /// Plan and (unless dry-run) apply; report through the shell. Used by
 /// `sysctl` and `setup`.
 pub fn ensure(ctx: &Context, min: &Limits) -> Result<Plan> {
     let plan = plan(&ctx.host, min)?;
+    for o in &plan.overridden {
+        ctx.shell.warn(o.message());
+    }
     if plan.is_noop() {
         ctx.shell.status(
             "Fresh",
@@ -333,6 +484,152 @@ mod tests {
         assert!(p2.is_noop(), "{p2:?}");
         assert_eq!(read_live(&h).unwrap().max_user_instances, 65536);
         assert_eq!(fs::read(&p.file).unwrap(), first);
+    }
+
+    #[test]
+    fn live_values_are_raised_both_or_neither() {
+        let raise = [(KEYS[0], 128, 65536), (KEYS[1], 8192, 65536)];
+        let mut writes = Vec::new();
+        let err = raise_live(&raise, |k, v| {
+            writes.push((k.to_string(), v));
+            if k == KEYS[1] {
+                anyhow::bail!("EINVAL")
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("EINVAL"));
+        assert_eq!(
+            writes,
+            vec![
+                (KEYS[0].to_string(), 65536),
+                (KEYS[1].to_string(), 65536),
+                (KEYS[0].to_string(), 128),
+            ],
+            "the first is set back"
+        );
+    }
+
+    #[test]
+    fn a_value_the_kernel_refuses_never_reaches_the_file() {
+        let (_d, h) = fake_host(128, 128);
+        let p = plan(&h, &Limits::default()).unwrap();
+        assert!(p.write_file);
+        let mut file_written = false;
+        let r = apply_via(
+            &p,
+            |_, v| {
+                if v > 1000 {
+                    anyhow::bail!("Invalid argument")
+                }
+                Ok(())
+            },
+            || {
+                file_written = true;
+                Ok(())
+            },
+        );
+        assert!(r.is_err());
+        assert!(!file_written);
+        let limits = Limits {
+            max_user_instances: KERNEL_MAX + 1,
+            max_user_watches: 1,
+        };
+        let err = plan(&h, &limits).unwrap_err();
+        assert!(err.to_string().contains("kernel's maximum"), "{err}");
+    }
+
+    #[test]
+    fn root_is_not_told_it_needs_root() {
+        let (_d, h) = fake_host(128, 128);
+        let p = plan(&h, &Limits::default()).unwrap();
+        let eperm = || {
+            anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EPERM))
+                .context("cannot create /etc/sysctl.d/x")
+        };
+        let as_root = failure(eperm(), &p, true).to_string();
+        assert!(!as_root.contains("needs root"), "{as_root}");
+        assert!(as_root.contains("Operation not permitted"), "{as_root}");
+        assert!(as_root.contains("immutable"), "{as_root}");
+        let as_user = failure(eperm(), &p, false).to_string();
+        assert!(as_user.contains("needs root"), "{as_user}");
+    }
+
+    #[test]
+    fn a_later_file_with_a_lower_value_is_named() {
+        let (d, h) = fake_host(128, 128);
+        let etc = d.path().join("etc/sysctl.d");
+        fs::create_dir_all(&etc).unwrap();
+        // Read before the managed file (10-) does not matter; 99- wins.
+        fs::write(
+            etc.join("10-early.conf"),
+            "fs.inotify.max_user_watches = 1\n",
+        )
+        .unwrap();
+        fs::write(
+            etc.join("99-late.conf"),
+            "fs.inotify.max_user_watches = 8192\n",
+        )
+        .unwrap();
+        let p = plan(&h, &Limits::default()).unwrap();
+        assert_eq!(
+            p.overridden,
+            vec![Overridden {
+                key: KEYS[1],
+                file: PathBuf::from("/etc/sysctl.d/99-late.conf"),
+                value: 8192,
+                wanted: 65536,
+            }]
+        );
+        // A same-named file in /usr/lib is masked by /etc's; /etc/sysctl.conf comes last.
+        fs::remove_file(etc.join("99-late.conf")).unwrap();
+        let lib = d.path().join("usr/lib/sysctl.d");
+        fs::create_dir_all(&lib).unwrap();
+        fs::write(
+            lib.join("99-late.conf"),
+            "fs.inotify.max_user_instances = 5\n",
+        )
+        .unwrap();
+        fs::write(etc.join("99-late.conf"), "# masked\n").unwrap();
+        fs::write(
+            d.path().join("etc/sysctl.conf"),
+            "fs.inotify.max_user_instances=7\n",
+        )
+        .unwrap();
+        let p = plan(&h, &Limits::default()).unwrap();
+        assert_eq!(p.overridden.len(), 1, "{:?}", p.overridden);
+        assert_eq!(p.overridden[0].file, PathBuf::from("/etc/sysctl.conf"));
+        assert_eq!(p.overridden[0].value, 7);
+    }
+
+    proptest::proptest! {
+        /// Whatever files set the keys, the one named as winning at boot
+        /// is the last setting in systemd-sysctl's order.
+        #[test]
+        fn the_winner_is_the_last_setting_in_boot_order(
+            files in proptest::collection::vec(("[0-9]{2}-[a-c]", 0usize..3, proptest::option::of(1u64..100_000)), 0..6),
+            conf in proptest::option::of(1u64..100_000),
+        ) {
+            let (d, h) = fake_host(1, 1);
+            let mut by_name: std::collections::BTreeMap<String, (usize, Option<u64>)> = Default::default();
+            for (name, dir, value) in &files {
+                let dir_path = d.path().join(SYSCTL_DIRS[*dir].trim_start_matches('/'));
+                fs::create_dir_all(&dir_path).unwrap();
+                let text = value.map(|v| format!("{} = {v}\n", KEYS[0])).unwrap_or_default();
+                fs::write(dir_path.join(format!("{name}.conf")), text).unwrap();
+                let e = by_name.entry(name.clone()).or_insert((*dir, *value));
+                if *dir <= e.0 {
+                    *e = (*dir, *value);
+                }
+            }
+            if let Some(v) = conf {
+                fs::create_dir_all(d.path().join("etc")).unwrap();
+                fs::write(d.path().join("etc/sysctl.conf"), format!("{} = {v}\n", KEYS[0])).unwrap();
+            }
+            let expected = conf.or_else(|| by_name.values().filter_map(|(_, v)| *v).next_back());
+            let got = boot_value(&h, KEYS[0], None).map(|(_, v)| v);
+            proptest::prop_assert_eq!(got, expected);
+        }
     }
 
     #[test]

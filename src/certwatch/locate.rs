@@ -384,7 +384,7 @@ impl Walk {
                     links += 1;
                     if links > 40 {
                         return Err(anyhow!(
-                            "too many symlinks while resolving {}",
+                            "{} is a symlink loop (more than 40 links to follow); point the link at a file",
                             path.display()
                         ));
                     }

@@ -70,15 +70,15 @@ impl Material {
     pub fn read(cert_files: Vec<PathBuf>, key_file: PathBuf) -> Result<Material> {
         let mut cert_bytes = Vec::new();
         for f in &cert_files {
-            let b = std::fs::read(f)
-                .with_context(|| format!("cannot read certificate file {}", f.display()))?;
+            let b = crate::host::read_input(f, crate::host::MAX_CERT_BYTES)
+                .context("cannot read the certificate file")?;
             cert_bytes.extend_from_slice(&b);
             if !b.ends_with(b"\n") {
                 cert_bytes.push(b'\n');
             }
         }
-        let key_bytes = std::fs::read(&key_file)
-            .with_context(|| format!("cannot read key file {}", key_file.display()))?;
+        let key_bytes = crate::host::read_input(&key_file, crate::host::MAX_CERT_BYTES)
+            .context("cannot read the key file")?;
         let mut h = Sha256::new();
         h.update(b"chatmail-cert-watch v1\0cert\0");
         h.update((cert_bytes.len() as u64).to_be_bytes());

@@ -43,6 +43,15 @@ pub const MAX_POLL_SECS: u64 = 86_400;
 /// after the first event of a burst anyway.
 pub const MAX_DEBOUNCE_MS: u64 = 60_000;
 
+/// Longest `--verify-timeout`: checking what is served is a matter of
+/// seconds; an hour only delays the restart that follows a failed check.
+pub const MAX_VERIFY_SECS: u64 = 3_600;
+
+/// Default and longest `--reload-timeout`: reloading three services takes
+/// seconds, a restart at most a minute or two.
+pub const DEFAULT_RELOAD_SECS: u64 = 120;
+pub const MAX_RELOAD_SECS: u64 = 3_600;
+
 /// Everything the watcher needs, resolved once from the arguments and `.env`.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -55,6 +64,8 @@ pub struct Settings {
     pub verify_host: String,
     /// How long to keep checking the served certificate after a reload.
     pub verify_window: Duration,
+    /// How long a reload (or restart) command may take before it is stopped.
+    pub reload_timeout: Duration,
     pub poll: Duration,
     /// Quiet time after the last event before acting.
     pub debounce: Duration,
@@ -78,8 +89,11 @@ pub struct Options {
     pub verify_ports: String,
     /// Address the verification connects to.
     pub verify_host: String,
-    /// Seconds to keep checking after a reload before restarting.
+    /// Seconds to keep checking after a reload before restarting (1 to
+    /// [`MAX_VERIFY_SECS`]).
     pub verify_timeout: u64,
+    /// Seconds a reload command may take (1 to [`MAX_RELOAD_SECS`]).
+    pub reload_timeout: u64,
     /// Quiet time after the last file event, in milliseconds.
     pub debounce_ms: u64,
 }
@@ -156,6 +170,16 @@ impl Settings {
                 args.debounce_ms
             )));
         }
+        for (flag, value, max) in [
+            ("--verify-timeout", args.verify_timeout, MAX_VERIFY_SECS),
+            ("--reload-timeout", args.reload_timeout, MAX_RELOAD_SECS),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(crate::error::usage(format!(
+                    "{flag} {value}: must be between 1 and {max} seconds"
+                )));
+            }
+        }
         let verify = if args.no_verify {
             None
         } else {
@@ -176,7 +200,8 @@ impl Settings {
             },
             verify,
             verify_host: args.verify_host.clone(),
-            verify_window: Duration::from_secs(args.verify_timeout.max(1)),
+            verify_window: Duration::from_secs(args.verify_timeout),
+            reload_timeout: Duration::from_secs(args.reload_timeout),
             poll,
             debounce: Duration::from_millis(args.debounce_ms),
         })
@@ -215,11 +240,30 @@ pub fn check(t: &Target) -> (Check, Walk) {
         }
         Err(e) => return (Check::Missing(format!("{e:#}")), walk),
     }
+    // Why a candidate could not be used when it is not simply missing (a
+    // symlink loop, a FIFO): added to the message.
+    let mut unresolved: Option<String> = None;
     // Resolve each candidate through the unresolved directory path, so every
     // symlink hop on the way is recorded.
     let mut exists = |p: &std::path::Path| match walk.resolve(p, &t.mounts) {
         Ok(Some(real)) if real.is_file() => Some(real),
-        _ => None,
+        Ok(Some(real)) => {
+            // There, but not a file to read: say what it is.
+            if let Ok(m) = std::fs::metadata(&real) {
+                let kind = crate::host::kind_name(rustix::fs::FileType::from_raw_mode(
+                    std::os::unix::fs::MetadataExt::mode(&m),
+                ));
+                unresolved.get_or_insert_with(|| {
+                    format!("{} is a {kind}, not a regular file", real.display())
+                });
+            }
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            unresolved.get_or_insert_with(|| format!("{e:#}"));
+            None
+        }
     };
     let found = match &t.files {
         Some((cert, key)) => match (exists(cert), exists(key)) {
@@ -229,6 +273,10 @@ pub fn check(t: &Target) -> (Check, Walk) {
         },
         None => material::find_files(&t.dir, &mut exists),
     };
+    let found = found.map_err(|why| match unresolved {
+        Some(how) => format!("{why}: {how}"),
+        None => why,
+    });
     let (certs, key) = match found {
         Ok(f) => f,
         Err(why) => return (Check::Missing(why), walk),
@@ -267,7 +315,7 @@ pub fn apply(ctx: &Context, s: &Settings, m: &Material, info: &CertInfo) -> Appl
         domain: s.domain.clone().unwrap_or_default(),
     };
     let started = std::time::Instant::now();
-    match reload::run(ctx, &s.reloader, Action::Reload, &env) {
+    match reload::run(ctx, &s.reloader, Action::Reload, &env, s.reload_timeout) {
         Outcome::Done(what) => ctx.shell.status(
             "Reloaded",
             format!("{what} in {:.1} s", started.elapsed().as_secs_f64()),
@@ -288,7 +336,7 @@ pub fn apply(ctx: &Context, s: &Settings, m: &Material, info: &CertInfo) -> Appl
         "still serving the old certificate after the reload: {}; restarting",
         report.summary(expected)
     ));
-    match reload::run(ctx, &s.reloader, Action::Restart, &env) {
+    match reload::run(ctx, &s.reloader, Action::Restart, &env, s.reload_timeout) {
         Outcome::Done(what) => ctx.shell.status("Restarted", what),
         Outcome::NotNow(why) => return Applied::Later(why),
         Outcome::Failed(why) => return Applied::Failed(format!("restart failed: {why}")),
@@ -380,6 +428,36 @@ pub fn expiry_warning(info: &CertInfo) -> Option<String> {
 /// whether it warned.
 pub fn warn_if_expiring(ctx: &Context, info: &CertInfo) -> bool {
     expiry_warning(info).map(|w| ctx.shell.warn(w)).is_some()
+}
+
+/// [`apply`] and [`record`] under the lock in `data/`, so that concurrent
+/// runs (deploy hooks calling `--once`, the watcher) reload a certificate
+/// once: after taking the lock the recorded state is read again, and a
+/// certificate another run applied meanwhile is not reloaded again.
+pub fn apply_exclusive(ctx: &Context, s: &Settings, m: &Material, info: &CertInfo) -> Applied {
+    let _lock = match state::lock(ctx) {
+        Ok(l) => l,
+        Err(e) => return Applied::Failed(format!("{e:#}")),
+    };
+    if let Some(last) = state::load(ctx).filter(|l| l.fingerprint == m.fingerprint) {
+        ctx.shell.status(
+            "Unchanged",
+            format!(
+                "certificate {} was applied meanwhile by another run",
+                short(&m.fingerprint)
+            ),
+        );
+        return Applied::Ok {
+            verified: last.verified,
+        };
+    }
+    let applied = apply(ctx, s, m, info);
+    if let Applied::Ok { verified } = applied {
+        if let Err(e) = record(ctx, m, info, verified) {
+            return Applied::Failed(format!("{e:#}"));
+        }
+    }
+    applied
 }
 
 /// Record `m` as applied.
@@ -541,8 +619,8 @@ fn once(ctx: &Context, s: &Settings) -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     let mut attempt = 0;
     loop {
-        match apply(ctx, s, &m, &info) {
-            Applied::Ok { verified } => return record(ctx, &m, &info, verified),
+        match apply_exclusive(ctx, s, &m, &info) {
+            Applied::Ok { .. } => return Ok(()),
             Applied::Failed(why) => anyhow::bail!(why),
             Applied::Later(why) => {
                 attempt += 1;

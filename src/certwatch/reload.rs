@@ -66,14 +66,36 @@ pub struct CertEnv {
     pub domain: String,
 }
 
-pub fn run(ctx: &Context, how: &Reloader, action: Action, cert: &CertEnv) -> Outcome {
+/// Reload (or restart); every command run is stopped, with what it
+/// started, after `limit`: a hanging reload fails instead of blocking the
+/// watcher forever.
+pub fn run(
+    ctx: &Context,
+    how: &Reloader,
+    action: Action,
+    cert: &CertEnv,
+    limit: Duration,
+) -> Outcome {
     match how {
-        Reloader::Command(cmd) => run_command(ctx, cmd, action, cert),
-        Reloader::Compose => run_compose(ctx, action),
+        Reloader::Command(cmd) => run_command(ctx, cmd, action, cert, limit),
+        Reloader::Compose => run_compose(ctx, action, limit),
     }
 }
 
-fn run_command(ctx: &Context, cmd: &str, action: Action, cert: &CertEnv) -> Outcome {
+fn timed_out(what: &str, limit: Duration) -> Outcome {
+    Outcome::Failed(format!(
+        "{what} did not finish within {} s and was stopped; raise --reload-timeout if it needs longer",
+        limit.as_secs()
+    ))
+}
+
+fn run_command(
+    ctx: &Context,
+    cmd: &str,
+    action: Action,
+    cert: &CertEnv,
+    limit: Duration,
+) -> Outcome {
     let c = ctx
         .host
         .cmd("sh", ["-c", cmd])
@@ -84,12 +106,13 @@ fn run_command(ctx: &Context, cmd: &str, action: Action, cert: &CertEnv) -> Outc
         .env("KEY_FILE", &cert.key_file)
         .env("CERT_NOT_AFTER", &cert.not_after)
         .env("MAIL_DOMAIN", &cert.domain);
-    match c.status(&ctx.shell) {
-        Ok(0) => Outcome::Done(format!("ran the reload command ({})", action.word())),
-        Ok(EXIT_TEMPFAIL) => Outcome::NotNow(format!(
+    match c.status_within(&ctx.shell, limit) {
+        Ok(None) => timed_out("the reload command", limit),
+        Ok(Some(0)) => Outcome::Done(format!("ran the reload command ({})", action.word())),
+        Ok(Some(EXIT_TEMPFAIL)) => Outcome::NotNow(format!(
             "the reload command exited with {EXIT_TEMPFAIL} (try again later)"
         )),
-        Ok(code) => Outcome::Failed(format!("the reload command exited with status {code}")),
+        Ok(Some(code)) => Outcome::Failed(format!("the reload command exited with status {code}")),
         Err(e) => Outcome::Failed(format!("{e:#}")),
     }
 }
@@ -103,14 +126,23 @@ fn last_line(s: &str) -> String {
         .to_string()
 }
 
-fn run_compose(ctx: &Context, action: Action) -> Outcome {
+fn run_compose(ctx: &Context, action: Action, limit: Duration) -> Outcome {
     // Another deployment's container is never reloaded (nor restarted).
     if let Ok(Some(f)) = compose::find(ctx, compose::Containers::Any) {
         if !f.is_ours() {
             return Outcome::Failed(format!("{:#}", f.foreign_error(ctx)));
         }
     }
-    let exec = |args: Vec<&str>| compose::exec_output(ctx, args);
+    let exec = |args: Vec<&str>| -> anyhow::Result<crate::host::Captured> {
+        let c = compose::exec_cmd(ctx, args);
+        c.output_within(&ctx.shell, limit)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "`{}` did not finish within {} s and was stopped; raise --reload-timeout if it needs longer",
+                c.display(),
+                limit.as_secs()
+            )
+        })
+    };
     let mut all = vec!["systemctl", action.word()];
     all.extend(UNITS);
     let first = match exec(all) {

@@ -45,7 +45,15 @@ pub fn load(ctx: &Context) -> Option<State> {
 }
 
 fn load_from(p: &Path, ctx: &Context) -> Option<State> {
-    let bytes = std::fs::read(p).ok()?;
+    let bytes = match crate::host::read_input_opt(p, crate::host::MAX_CONFIG_BYTES) {
+        Ok(b) => b?,
+        Err(e) => {
+            ctx.shell.warn(format!(
+                "ignoring {e} (it is rewritten after the next reload)"
+            ));
+            return None;
+        }
+    };
     match serde_json::from_slice(&bytes) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -56,6 +64,30 @@ fn load_from(p: &Path, ctx: &Context) -> Option<State> {
             None
         }
     }
+}
+
+/// Wait for and take the lock of the runs that reload (`flock` on
+/// `data/.cert-watch.lock`); released when the file is dropped, or when
+/// the process dies.
+pub fn lock(ctx: &Context) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = ctx.deployment.cert_watch_lock();
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&p)
+        .with_context(|| format!("cannot open the lock file {}", p.display()))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .with_context(|| format!("cannot lock {}", p.display()))?;
+    Ok(f)
 }
 
 /// Record `state` atomically (0600; it names key files).

@@ -87,8 +87,8 @@ pub fn unit_plan(ctx: &Context) -> Result<UnitPlan> {
     let binary = std::env::current_exe().context("cannot find the path of this program")?;
     let content = render(&binary, ctx.deployment.dir());
     let path = ctx.host.path(format!("/etc/systemd/system/{UNIT_NAME}"));
-    let write = std::fs::read_to_string(&path)
-        .map(|old| old != content)
+    let write = crate::host::read_input(&path, crate::host::MAX_CONFIG_BYTES)
+        .map(|old| old != content.as_bytes())
         .unwrap_or(true);
     let systemd = ctx.host.path("/run/systemd/system").is_dir();
     let mut commands = Vec::new();

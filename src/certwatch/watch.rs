@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::locate::Walk;
 use super::material::Material;
 use super::verify::short;
-use super::{apply, check, record, reload, state, Applied, Check, Settings};
+use super::{apply_exclusive, check, reload, state, Applied, Check, Settings};
 use crate::Context;
 
 /// Upper bound on the debounce: a steady stream of events must not
@@ -324,7 +324,8 @@ impl Engine {
         let ctx = self.ctx.clone();
         let settings = self.settings.clone();
         let (m2, info2) = (m.clone(), info.clone());
-        let mut job = tokio::task::spawn_blocking(move || apply(&ctx, &settings, &m2, &info2));
+        let mut job =
+            tokio::task::spawn_blocking(move || apply_exclusive(&ctx, &settings, &m2, &info2));
         let mut step = Step::Continue;
         let outcome = tokio::select! {
             biased;
@@ -345,12 +346,10 @@ impl Engine {
             }
         };
         match outcome {
-            Ok(Applied::Ok { verified }) => {
+            // Recorded by apply_exclusive.
+            Ok(Applied::Ok { .. }) => {
                 self.applied = Some(fp);
                 self.retry = None;
-                if let Err(e) = record(&self.ctx, &m, &info, verified) {
-                    self.ctx.shell.warn(format!("{e:#}"));
-                }
             }
             Ok(Applied::Later(why)) | Ok(Applied::Failed(why)) => self.schedule_retry(&m, why),
             Err(e) => self.schedule_retry(&m, format!("the reload task failed: {e}")),
@@ -411,7 +410,8 @@ fn remove_pid_file(ctx: &Context) {
 }
 
 fn read_pid(p: &Path) -> Option<u32> {
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    let bytes = crate::host::read_input(p, 64).ok()?;
+    std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
 }
 
 /// The pid of a running watcher for this deployment, from the pid file,

@@ -44,9 +44,13 @@ pub struct CertWatchArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
     pub verify_host: String,
 
-    /// Seconds to keep checking the served certificate after a reload before restarting.
+    /// Seconds (1-3600) to keep checking the served certificate after a reload before restarting.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub verify_timeout: u64,
+
+    /// Seconds (1-3600) a reload or restart may take before it is stopped and counted as failed.
+    #[arg(long, value_name = "SECS", default_value_t = crate::certwatch::DEFAULT_RELOAD_SECS)]
+    pub reload_timeout: u64,
 
     /// Quiet time after the last file event before acting, in milliseconds (at most 60000)
     /// (ACME clients write several files in a row).
@@ -65,6 +69,7 @@ impl CertWatchArgs {
             verify_ports: self.verify_ports,
             verify_host: self.verify_host,
             verify_timeout: self.verify_timeout,
+            reload_timeout: self.reload_timeout,
             debounce_ms: self.debounce_ms,
         };
         certwatch::run(ctx, &options)

@@ -135,7 +135,8 @@ pub fn human(bytes: u64) -> String {
 
 /// The user name of `uid` in the host's `/etc/passwd` (under `--root`).
 pub fn user_name(passwd: &Path, uid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(passwd).ok()?;
+    let bytes = crate::host::read_input(passwd, crate::host::MAX_CONFIG_BYTES).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
     text.lines().find_map(|l| {
         let mut f = l.split(':');
         let name = f.next()?;

@@ -82,15 +82,15 @@ pub fn path(dir: &Path) -> PathBuf {
 impl State {
     /// Load the state; a missing file is a fresh migration.
     pub fn load(file: &Path) -> Result<State> {
-        match std::fs::read(file) {
+        match crate::host::read_input(file, crate::host::MAX_CONFIG_BYTES) {
             Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
                 format!(
                     "{} is not a valid migration state file; move it away to start over",
                     file.shown()
                 )
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", file.shown())),
+            Err(e) if e.is_missing() => Ok(State::default()),
+            Err(e) => Err(e.into_error()),
         }
     }
 

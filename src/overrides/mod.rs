@@ -291,7 +291,14 @@ fn tls_external_dirs(
                 "tls_external_cert_and_key: {f} is not an absolute path; name the certificate and key as the host has them (CERT KEY)"
             )));
         }
-        for _ in 0..40 {
+        let mut hops = 0;
+        loop {
+            hops += 1;
+            if hops > 40 {
+                return Err(error::usage(format!(
+                    "tls_external_cert_and_key: {f} is a symlink loop (more than 40 links to follow); point it at the certificate or key"
+                )));
+            }
             let dir = host::normalize(path.parent().unwrap_or(Path::new("/")));
             if !dirs.contains(&dir) {
                 dirs.push(dir.clone());
@@ -364,14 +371,22 @@ fn content_hash(custom: &Path, mounts: &[Mount]) -> Result<String> {
                     .map(scan::shown)
                     .unwrap_or_else(|_| path.display().to_string())
             };
-            let bytes = if *link {
-                fs::read_link(path)
+            if *link {
+                let bytes = fs::read_link(path)
                     .map(|l| l.into_os_string().into_encoded_bytes())
-                    .with_context(|| format!("cannot read the symlink {}", shown()))?
-            } else {
-                fs::read(path).with_context(|| format!("cannot read {}", shown()))?
-            };
-            Ok(Sha256::digest(&bytes).into())
+                    .with_context(|| format!("cannot read the symlink {}", shown()))?;
+                return Ok(Sha256::digest(&bytes).into());
+            }
+            // Streamed: custom/ may hold large files, never a FIFO or device.
+            let (file, _, _) = host::open_input(path, host::MAX_CUSTOM_BYTES)
+                .map_err(|e| error::usage(format!("custom/{}: {e}", shown())))?;
+            let mut h = Sha256::new();
+            std::io::copy(
+                &mut std::io::Read::take(file, host::MAX_CUSTOM_BYTES),
+                &mut h,
+            )
+            .with_context(|| format!("cannot read {}", shown()))?;
+            Ok(h.finalize().into())
         })
         .collect::<Result<_>>()?;
     let mut h = Sha256::new();
@@ -389,10 +404,11 @@ fn content_hash(custom: &Path, mounts: &[Mount]) -> Result<String> {
 /// written. Refuses to replace a file of that name the tool did not write.
 pub fn write(ctx: &Context, generated: &Generated) -> Result<bool> {
     let path = ctx.deployment.generated_file();
-    let old = match fs::read(&path) {
-        Ok(b) => Some(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    // Not larger than what the tool writes: a larger one is not its own.
+    let old = match host::read_input_opt(&path, host::MAX_CONFIG_BYTES) {
+        Ok(b) => b,
+        Err(host::InputError::TooLarge(..)) => Some(Vec::new()),
+        Err(e) => return Err(e.into()),
     };
     if let Some(old) = &old {
         if !old.starts_with(HEADER_PREFIX.as_bytes()) {

@@ -593,6 +593,9 @@ fn check_symlink(path: &Path, real_custom: &Path) -> Result<PathBuf, String> {
         .map(|l| l.display().to_string())
         .unwrap_or_else(|_| "?".into());
     match fs::canonicalize(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(format!(
+            "is a symlink to {link}, which is a symlink loop; point it at a file in custom/"
+        )),
         Err(_) => Err(format!(
             "is a symlink to {link}, which does not exist; remove it or fix its target"
         )),

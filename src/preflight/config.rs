@@ -69,7 +69,7 @@ pub fn mail_domain(ctx: &Context, env: &Env) -> Option<(String, String)> {
 
 fn ini_mail_domain(path: &Path) -> Option<String> {
     // Read as the relay reads it; a broken file is reported by ini2env.
-    let text = crate::ini::read_text(path).ok()?;
+    let text = crate::deployment::read_ini(path).ok()?;
     let ini = crate::ini::parse_file(&text, path).ok()?;
     ini.section("params")?
         .get("mail_domain")
@@ -126,12 +126,18 @@ pub(super) fn check_env_file(ctx: &Context, unparsable: Option<&anyhow::Error>) 
             )
         }
     };
-    if let Err(e) = fs::File::open(&path) {
-        return Check::fail(
-            ID,
-            format!("cannot read {}: {e}", path.display()),
-            "run as the owner of .env or as root",
-        );
+    match crate::host::open_input(&path, crate::host::MAX_CONFIG_BYTES) {
+        Err(e @ crate::host::InputError::Io(..)) => {
+            return Check::fail(ID, e.to_string(), "run as the owner of .env or as root");
+        }
+        Err(e) => {
+            return Check::fail(
+                ID,
+                e.to_string(),
+                "make .env a regular file (docker/example.env shows the syntax)",
+            );
+        }
+        Ok(_) => {}
     }
     if let Some(e) = unparsable {
         return Check::fail(

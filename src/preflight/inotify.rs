@@ -18,6 +18,25 @@ pub(super) fn check_inotify(ctx: &Context, min: &sysctl::Limits, must_pass: bool
         .map(|((k, have), want)| format!("{k}={have} (< {want})"))
         .collect();
     if low.is_empty() {
+        // Live values are fine; a file read late at boot may lower them.
+        let lowered: Vec<String> = sysctl::boot_values(&ctx.host)
+            .into_iter()
+            .zip([min.max_user_instances, min.max_user_watches])
+            .filter_map(|((k, at_boot), want)| match at_boot {
+                Some((file, v)) if v < want => Some(format!(
+                    "{} sets {k} = {v} (< {want}) and wins at boot",
+                    file.display()
+                )),
+                _ => None,
+            })
+            .collect();
+        if !lowered.is_empty() {
+            return Check::warn(
+                ID,
+                format!("live values are enough, but {}", lowered.join("; ")),
+                "raise or remove that line, then run `sudo chatmail-docker sysctl`",
+            );
+        }
         return Check::ok(
             ID,
             format!(

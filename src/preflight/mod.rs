@@ -12,6 +12,7 @@
 //! `/sys/fs/cgroup` (statfs), is read only on the real root and kept in one
 //! small function at the edge.
 
+use crate::shell::Shown as _;
 use anyhow::Result;
 use serde::Serialize;
 
@@ -202,9 +203,10 @@ pub fn print_report(ctx: &Context, report: &Report) {
             Status::Fail => sh.fail_word(" FAIL "),
             Status::Skipped => sh.warn_word(" skip "),
         };
-        sh.out(format!("[{word}] {:<14} {}", c.id, c.message));
+        // One line each: a value in the message cannot start another.
+        sh.out(format!("[{word}] {:<14} {}", c.id, c.message.shown()));
         if let Some(fix) = &c.fix {
-            sh.out(format!("{:>23} fix: {fix}", ""));
+            sh.out(format!("{:>23} fix: {}", "", fix.shown()));
         }
     }
     for c in &report.checks {

@@ -232,7 +232,7 @@ fn load_reads_like_compose() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("user.env");
     std::fs::write(&path, text).unwrap();
-    let ours = dotenv::load(&path).unwrap();
+    let ours = dotenv::load(&std::fs::read(&path).unwrap(), &path).unwrap();
     let keys: Vec<String> = ours.keys().cloned().collect();
     let theirs = compose_env(text, &keys, Mode::EnvFile).unwrap();
     assert_eq!(ours, theirs);
@@ -263,7 +263,7 @@ fn load_rejects_what_compose_rejects() {
             compose_env(text, &[], Mode::EnvFile).is_err(),
             "compose accepts {text:?}"
         );
-        let err = dotenv::load(&path).unwrap_err();
+        let err = dotenv::load(&std::fs::read(&path).unwrap(), &path).unwrap_err();
         assert!(format!("{err:#}").contains("user.env:"), "{err:#}");
     }
 }
@@ -292,7 +292,7 @@ fn ini2env_output_reproduces_the_ini_through_compose() {
         .assert()
         .success();
     let env_text = std::fs::read_to_string(dir.path().join(".env")).unwrap();
-    let ini_text = ini::read_text(&ini_path).unwrap();
+    let ini_text = chatmail_docker::deployment::read_ini(&ini_path).unwrap();
     let params = ini::parse_file(&ini_text, &ini_path)
         .unwrap()
         .section("params")
