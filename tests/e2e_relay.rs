@@ -162,7 +162,10 @@ fn queue_two_messages(container: &str, to: &str, tag: &str) -> Vec<String> {
         }
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
-    assert!(waiting(&queue), "{deferred} waits in the deferred queue: {queue}");
+    assert!(
+        waiting(&queue),
+        "{deferred} waits in the deferred queue: {queue}"
+    );
     exec(container, &["systemctl", "stop", "postfix"]);
     // `postfix stop` returns while its daemons wind down; a pickup still
     // running would take the message at once.
@@ -432,24 +435,37 @@ fn real_relay_end_to_end() {
         "the DKIM key survives"
     );
     inbox_has(&mailcheck(&["--read", &b]), &sent);
-    inbox_has(&mailcheck(&["--read", &b, "--wait-ids", &queued.join(",")]), &queued);
+    inbox_has(
+        &mailcheck(&["--read", &b, "--wait-ids", &queued.join(",")]),
+        &queued,
+    );
 
     // A custom/ edit recreates the container: the queue survives that too,
     // and the relay builds its page from the custom file.
     let queued = queue_two_messages(&container, &b_email, "custom");
     let page = dir.join("custom/www/src/index.md");
     fs::create_dir_all(page.parent().unwrap()).unwrap();
-    fs::write(&page, "# A page of our own\n\nserved by the relay, edited in custom/\n").unwrap();
+    fs::write(
+        &page,
+        "# A page of our own\n\nserved by the relay, edited in custom/\n",
+    )
+    .unwrap();
     run_tool(
         tool(&dir).args(["setup", "--skip-check", "cgroup-v2"]),
         0,
         "setup after a custom/ edit",
     );
     let container = healthy_container_of(&mut tool(&dir));
-    inbox_has(&mailcheck(&["--read", &b, "--wait-ids", &queued.join(",")]), &queued);
+    inbox_has(
+        &mailcheck(&["--read", &b, "--wait-ids", &queued.join(",")]),
+        &queued,
+    );
     let v = mailcheck(&["--page"]);
     assert!(
-        v["body"].as_str().unwrap_or_default().contains("edited in custom/"),
+        v["body"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("edited in custom/"),
         "the relay's page from custom/www/src/index.md: {v}"
     );
 
@@ -461,15 +477,21 @@ fn real_relay_end_to_end() {
     text.push_str("\nA local note, so the image is built anew.\n");
     fs::write(&readme, text).unwrap();
     run_tool(
-        tool(&dir)
-            .env("CHATMAIL_BASE_IMAGE", &base)
-            .args(["setup", "--rebuild", "--skip-check", "cgroup-v2"]),
+        tool(&dir).env("CHATMAIL_BASE_IMAGE", &base).args([
+            "setup",
+            "--rebuild",
+            "--skip-check",
+            "cgroup-v2",
+        ]),
         0,
         "setup --rebuild after a relay change",
     );
     assert_ne!(image_id(IMAGE), image_before, "a new image");
     let container = healthy_container_of(&mut tool(&dir));
-    inbox_has(&mailcheck(&["--read", &b, "--wait-ids", &queued.join(",")]), &queued);
+    inbox_has(
+        &mailcheck(&["--read", &b, "--wait-ids", &queued.join(",")]),
+        &queued,
+    );
 
     // The DNS records to publish, as the relay computes them, carry the
     // public half of the DKIM key it signs with.

@@ -1090,7 +1090,11 @@ fn the_postfix_queue_is_carried_with_mail_that_arrived_during_the_stop() {
         fs::create_dir_all(spool.join(d)).unwrap();
     }
     fs::write(spool.join("deferred/A/A1B2C3D4E5"), "deferred message").unwrap();
-    fs::write(spool.join("maildrop/F6A7B8C9D0"), "dropped while postfix was down").unwrap();
+    fs::write(
+        spool.join("maildrop/F6A7B8C9D0"),
+        "dropped while postfix was down",
+    )
+    .unwrap();
     // Postfix's own sockets are not data; they are made again at start.
     let sock = std::os::unix::net::UnixListener::bind(spool.join("public/pickup")).unwrap();
     // The last message Postfix accepts before it stops.
@@ -1105,7 +1109,10 @@ fn the_postfix_queue_is_carried_with_mail_that_arrived_during_the_stop() {
     let (code, out, err) = migrate(&f, &["--yes"]);
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     drop(sock);
-    assert!(out.contains("/var/spool/postfix"), "the plan names the queue: {out}");
+    assert!(
+        out.contains("/var/spool/postfix"),
+        "the plan names the queue: {out}"
+    );
     let dest = f.dest("data/chatmail-postfix");
     for (rel, content) in [
         ("deferred/A/A1B2C3D4E5", "deferred message"),
@@ -1118,5 +1125,8 @@ fn the_postfix_queue_is_carried_with_mail_that_arrived_during_the_stop() {
             "{rel} in data/chatmail-postfix"
         );
     }
-    assert!(!dest.join("public/pickup").exists(), "sockets are not copied");
+    assert!(
+        !dest.join("public/pickup").exists(),
+        "sockets are not copied"
+    );
 }
