@@ -30,7 +30,7 @@ RUNS=${2:-3}
 here=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-}
 if [ -z "$BIN" ]; then
-    BIN=$(ls -t "$here"/target/*/release/chatmail-docker "$here"/target/*/debug/chatmail-docker 2>/dev/null | head -1)
+    BIN=$(ls -t "$here"/target/*/release/chatmail-docker "$here"/target/*/debug/chatmail-docker 2>/dev/null | head -1 || true)
 fi
 [ -x "$BIN" ] || { echo "build the tool first (cargo build --release)" >&2; exit 2; }
 BASE=${CHATMAIL_BASE_IMAGE:-debian:bookworm-slim}

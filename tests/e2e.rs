@@ -21,7 +21,9 @@
 //! `tests/images/build-base.sh` (cached by content hash), because no image
 //! registry is assumed to be reachable.
 
-mod common;
+mod e2e_support;
+
+use e2e_support::*;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -39,89 +41,11 @@ const DOMAIN: &str = "chat.e2e-test.example";
 const IMAGE: &str = "chatmail-relay:e2e";
 const PORTS_TLS: &[(u16, Option<&str>)] = &[(443, None), (25, Some("smtp")), (143, Some("imap"))];
 
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// Whether a Docker daemon answers; skip (or fail in CI) otherwise.
-fn engine_or_skip() -> bool {
-    let ok = StdCommand::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok && common::have_compose_v2() {
-        return true;
-    }
-    if in_ci() {
-        panic!("the end-to-end suite needs a Docker daemon and Compose v2, and CI=true forbids skipping");
-    }
-    eprintln!(
-        "skipping the end-to-end suite: no Docker daemon answers (or no `docker compose` v2)"
-    );
-    false
-}
-
-/// The base image tag, built when missing (cached by content hash).
-fn base_image() -> String {
-    let script = manifest_dir().join("tests/images/build-base.sh");
-    let out = StdCommand::new(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(out.status.success(), "{} failed", script.display());
-    let tag = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    assert!(
-        tag.starts_with("chatmail-docker-test-base:"),
-        "unexpected tag {tag:?}"
-    );
-    tag
-}
-
 /// `chatmail-docker --dir DIR ...` with the suite's image settings.
 fn tool(dir: &Path, base: &str) -> Command {
-    let mut cmd = Command::cargo_bin("chatmail-docker").unwrap();
-    cmd.env("CHATMAIL_BASE_IMAGE", base)
-        .env("CHATMAIL_IMAGE", IMAGE)
-        .env("NO_COLOR", "1")
-        .env_remove("CMDEPLOY_STAGES")
-        .env_remove("RECREATE_VENV")
-        .env_remove("FORCE_REINIT_INI_FILE")
-        .env_remove("DEBUG_COMMANDS_ENABLED")
-        .arg("--dir")
-        .arg(dir)
-        .timeout(Duration::from_secs(1800));
+    let mut cmd = tool_with_image(dir, IMAGE);
+    cmd.env("CHATMAIL_BASE_IMAGE", base);
     cmd
-}
-
-/// Run the tool, print its output (the test log is the user's view), and
-/// panic with it when the exit code is not the expected one.
-fn run_tool(cmd: &mut Command, expect: i32, what: &str) -> (String, String) {
-    let started = Instant::now();
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    eprintln!(
-        "--- {what}: exit {:?} after {:.1?}\n{stdout}{stderr}",
-        out.status.code(),
-        started.elapsed()
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(expect),
-        "{what}: unexpected exit code"
-    );
-    (stdout, stderr)
 }
 
 /// A deployment directory as an administrator has it: the appliance files,
@@ -151,92 +75,10 @@ fn deployment(parent: &Path, name: &str, ini: Option<&str>) -> PathBuf {
     dir
 }
 
-fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) {
-    for e in walkdir::WalkDir::new(from)
-        .into_iter()
-        .filter_entry(|e| !skip(e.path()))
-    {
-        let e = e.unwrap();
-        let rel = e.path().strip_prefix(from).unwrap();
-        let dest = to.join(rel);
-        if e.file_type().is_dir() {
-            fs::create_dir_all(&dest).unwrap();
-        } else {
-            fs::copy(e.path(), &dest).unwrap();
-        }
-    }
-}
-
-/// Takes the appliance down (compose directly, so it works even when the
-/// tool does not) when a scenario ends, failed or not.
-struct Down(PathBuf);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = StdCommand::new("docker")
-            .args([
-                "compose",
-                "--project-name",
-                "chatmail",
-                "--project-directory",
-            ])
-            .arg(&self.0)
-            .arg("--file")
-            .arg(self.0.join("docker/docker-compose.yaml"))
-            .args(["down", "--remove-orphans", "--timeout", "30"])
-            .env("CHATMAIL_IMAGE", IMAGE)
-            .status();
-    }
-}
-
 /// The running container's name, from `status --json`, checking that it is
 /// healthy.
 fn healthy_container(dir: &Path, base: &str) -> String {
-    let (stdout, _) = run_tool(
-        tool(dir, base).args(["status", "--json"]),
-        0,
-        "status --json",
-    );
-    let v: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {stdout}"));
-    assert_eq!(
-        v["healthy"],
-        serde_json::Value::Bool(true),
-        "status --json: {v}"
-    );
-    assert_eq!(v["health"], "healthy", "status --json: {v}");
-    assert_eq!(v["state"], "running", "status --json: {v}");
-    v["container"]
-        .as_str()
-        .unwrap_or_else(|| panic!("status --json names no container: {v}"))
-        .to_string()
-}
-
-/// The id of a local image, if present.
-fn image_id(name: &str) -> Option<String> {
-    let out = StdCommand::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", name])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Run a command in the container, returning stdout; panics on failure.
-fn exec(container: &str, args: &[&str]) -> String {
-    let out = StdCommand::new("docker")
-        .arg("exec")
-        .arg(container)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "docker exec {container} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
+    healthy_container_of(&mut tool(dir, base))
 }
 
 /// [params] of an ini text with iniconfig's rules: `#`/`;` comments, blank
@@ -337,11 +179,6 @@ fn served_cert(port: u16, starttls: Option<&str>) -> Option<Vec<u8>> {
     first
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(data))
-}
-
 /// The host's chatmail.ini: only values that differ from the relay's
 /// defaults, so that `.env` carries every key and the round trip can be
 /// compared exactly.
@@ -372,7 +209,7 @@ fn appliance_end_to_end() {
         .tempdir()
         .unwrap();
     let dir = deployment(tmp.path(), "deploy", Some(&host_ini()));
-    let guard = Down(dir.clone());
+    let guard = Down::new(&dir, IMAGE);
 
     // A custom landing page, mounted over the relay source's.
     let page = dir.join("custom/www/src/index.md");
@@ -741,7 +578,7 @@ fn migrate_then_setup(parent: &Path, base: &str) {
     let calls = parent.join("systemctl.calls");
     let state = parent.join("bare-metal-units");
     fs::create_dir_all(&state).unwrap();
-    common::script(&bin, "systemctl", &fake_systemctl(&state, &calls));
+    script(&bin, "systemctl", &fake_systemctl(&state, &calls));
     let path = format!(
         "{}:{}",
         bin.display(),
@@ -749,7 +586,7 @@ fn migrate_then_setup(parent: &Path, base: &str) {
     );
 
     let dir = deployment(parent, "migrated", None);
-    let _guard = Down(dir.clone());
+    let _guard = Down::new(&dir, IMAGE);
     run_tool(
         tool(&dir, base)
             .env("PATH", &path)
@@ -863,7 +700,7 @@ fn recording_docker(dir: &Path) -> (String, PathBuf) {
         Some(real) => format!("echo \"$*\" >> '{}'\nexec '{real}' \"$@\"", log.display()),
         None => format!("echo \"$*\" >> '{}'\nexit 1", log.display()),
     };
-    common::script(&bin, "docker", &body);
+    script(&bin, "docker", &body);
     let path = format!(
         "{}:{}",
         bin.display(),
@@ -931,7 +768,7 @@ fn setup_refuses_without_mail_domain() {
 fn setup_refuses_on_cgroup_v1_host() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = deployment(tmp.path(), "deploy", Some(&host_ini()));
-    let root = common::fake_root(tmp.path(), common::MOUNTINFO_V1, 65536, 65536);
+    let root = fake_root(tmp.path(), MOUNTINFO_V1, 65536, 65536);
     let (path, log) = recording_docker(tmp.path());
     let out = Command::cargo_bin("chatmail-docker")
         .unwrap()
@@ -967,11 +804,11 @@ fn setup_refuses_on_cgroup_v1_host() {
 fn setup_refuses_with_compose_v1_only() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = deployment(tmp.path(), "deploy", Some(&host_ini()));
-    let root = common::fake_root(tmp.path(), common::MOUNTINFO_V2, 65536, 65536);
+    let root = fake_root(tmp.path(), MOUNTINFO_V2, 65536, 65536);
     let bin = tmp.path().join("bin");
     let calls = tmp.path().join("calls");
     // A Docker CLI without the compose plugin, and the old standalone tool.
-    common::script(
+    script(
         &bin,
         "docker",
         &format!(
@@ -985,7 +822,7 @@ fn setup_refuses_with_compose_v1_only() {
             c = calls.display()
         ),
     );
-    common::script(
+    script(
         &bin,
         "docker-compose",
         &format!(
@@ -1080,7 +917,7 @@ fn ini_value() -> impl proptest::strategy::Strategy<Value = String> {
 #[test]
 fn init_writes_env_params_back_exactly() {
     use proptest::prelude::*;
-    if !common::require(
+    if !require(
         have_python3(),
         "python3 (runs the in-container init script)",
     ) {

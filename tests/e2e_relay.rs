@@ -200,16 +200,6 @@ fn inject(container: &str, from: &str, to: &str, msgid: &str) {
     assert!(child.wait().unwrap().success(), "sendmail {msgid}");
 }
 
-fn image_id(name: &str) -> Option<String> {
-    let out = StdCommand::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", name])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 fn served_cert_sha(port: u16) -> String {
     let pem = served_cert_pem(port).unwrap_or_else(|| panic!("no certificate served on {port}"));
     sha256_hex(pem.as_bytes())

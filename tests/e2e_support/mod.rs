@@ -2,7 +2,12 @@
 //! machine's Docker engine: the engine rule (skip with a reason, fail under
 //! CI=true), the base image, the tool with a suite's image name, the
 //! container's health, `docker exec`.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
+
+#[path = "../it/support/mod.rs"]
+mod kit;
+
+pub use kit::*;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,41 +18,13 @@ pub fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-fn have_compose_v2() -> bool {
-    StdCommand::new("docker")
-        .args(["compose", "version", "--short"])
-        .output()
-        .is_ok_and(|o| {
-            o.status.success()
-                && String::from_utf8_lossy(&o.stdout)
-                    .trim_start()
-                    .starts_with('2')
-        })
-}
-
-/// Whether a Docker daemon and Compose v2 answer; skip (or fail in CI)
-/// otherwise.
+/// Whether a Docker daemon and Compose v2 answer; skip (or fail in CI,
+/// the kit's one rule) otherwise.
 pub fn engine_or_skip() -> bool {
-    let ok = StdCommand::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok && have_compose_v2() {
-        return true;
-    }
-    if in_ci() {
-        panic!("the end-to-end suite needs a Docker daemon and Compose v2, and CI=true forbids skipping");
-    }
-    eprintln!(
-        "skipping the end-to-end suite: no Docker daemon answers (or no `docker compose` v2)"
-    );
-    false
+    require(
+        runs("docker", &["version", "--format", "{{.Server.Version}}"]) && have_compose_v2(),
+        "a Docker daemon and `docker compose` v2 (the end-to-end suite)",
+    )
 }
 
 /// The base image tag, built when missing (cached by content hash).
@@ -260,4 +237,15 @@ impl Drop for Down {
             .env("CHATMAIL_IMAGE", &self.image)
             .status();
     }
+}
+
+/// The id of a local image, if present.
+pub fn image_id(name: &str) -> Option<String> {
+    let out = StdCommand::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", name])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
