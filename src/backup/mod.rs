@@ -709,11 +709,7 @@ impl Run<'_> {
 type QueueFiles = BTreeMap<String, (Scanned, Option<Vec<u8>>)>;
 
 /// The queue's files with their content, read now.
-fn read_queue(
-    ctx: &Context,
-    queue: &Path,
-    before: Option<&QueueFiles>,
-) -> Result<QueueFiles> {
+fn read_queue(ctx: &Context, queue: &Path, before: Option<&QueueFiles>) -> Result<QueueFiles> {
     let mut list = Vec::new();
     let mut skipped = scan::Skipped::default();
     scan::scan_tree(ctx.deployment.dir(), queue, &[], &mut list, &mut skipped)?;
