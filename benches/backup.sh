@@ -68,10 +68,11 @@ pair() {
 
 find "$D" -type f -exec cat {} + > /dev/null
 
-clean_out() { rm -rf "$W/out" "$W/tar.zst"; mkdir -p "$W/out"; }
+clean_ours() { rm -rf "$W/out"; mkdir -p "$W/out"; sync; }
+clean_theirs() { rm -f "$W/tar.zst"; sync; }
 ours_full() { "$BIN" -q --dir "$D" backup --full "$W/out/full.tar.zst"; }
 theirs_full() { tar -C "$D/data" -cf - . | zstd -q -T0 -3 > "$W/tar.zst"; }
-read -r full_ours full_theirs full_ratio < <(pair clean_out ours_full clean_out theirs_full)
+read -r full_ours full_theirs full_ratio < <(pair clean_ours ours_full clean_theirs theirs_full)
 echo "full backup:   ours ${full_ours}s, tar|zstd ${full_theirs}s -> throughput ratio $(printf %.2f "$full_ratio") (goal >= 0.9)"
 size_ours=$(stat -c %s "$W/out/full.tar.zst"); size_theirs=$(stat -c %s "$W/tar.zst")
 echo "               archive ${size_ours} bytes, tar|zstd ${size_theirs} bytes"

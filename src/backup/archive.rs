@@ -28,11 +28,13 @@ impl<W: Write> Write for Counting<W> {
 }
 
 pub struct Writer<W: Write> {
-    tar: tar::Builder<zstd::stream::Encoder<'static, Counting<W>>>,
+    // zstd's multi-threaded stream takes locks on every call: give it
+    // large pieces, not one tar header at a time.
+    tar: tar::Builder<io::BufWriter<zstd::stream::Encoder<'static, Counting<W>>>>,
 }
 
 /// Files up to this size are read in one go; larger ones are streamed.
-const WHOLE_FILE: u64 = 8 << 20;
+const WHOLE_FILE: u64 = 4 << 20;
 
 /// A file's content as it was read: its hash, and whether it changed size
 /// while being read (the stored bytes then still match the hash).
@@ -107,7 +109,7 @@ impl<W: Write> Writer<W> {
             enc.multithread(threads)
                 .context("cannot start zstd's worker threads")?;
         }
-        let mut tar = tar::Builder::new(enc);
+        let mut tar = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, enc));
         tar.mode(tar::HeaderMode::Complete);
         tar.follow_symlinks(false);
         Ok(Writer { tar })
@@ -160,18 +162,27 @@ impl<W: Write> Writer<W> {
             .context("cannot write the archive")
     }
 
+    /// Store a file read by [`read_small`] under `e` (whose size and
+    /// mtime become what was read).
+    pub fn add_small(&mut self, e: &mut Entry, r: Small) -> Result<FileRead> {
+        e.mtime = r.mtime;
+        e.mtime_nsec = r.mtime_nsec;
+        e.size = r.bytes.len() as u64;
+        self.add_bytes(e, &r.bytes)?;
+        Ok(FileRead {
+            sha256: r.sha256,
+            size: e.size,
+            changed: e.size != r.size_at_open,
+        })
+    }
+
     /// Read `abs`, hash it, and store it under `e` (whose size, mtime are
     /// updated to what was read). `None` when the file vanished.
-    pub fn add_file(
-        &mut self,
-        e: &mut Entry,
-        abs: &Path,
-        buf: &mut Vec<u8>,
-    ) -> Result<Option<FileRead>> {
-        let mut f = match File::open(abs) {
-            Ok(f) => f,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(err).with_context(|| format!("cannot read {}", abs.display())),
+    pub fn add_file(&mut self, e: &mut Entry, abs: &Path) -> Result<Option<FileRead>> {
+        let f = match read_small(abs)? {
+            None => return Ok(None),
+            Some(Opened::Small(r)) => return self.add_small(e, r).map(Some),
+            Some(Opened::Large(f)) => f,
         };
         let m = f
             .metadata()
@@ -180,20 +191,6 @@ impl<W: Write> Writer<W> {
         e.mtime = m.mtime();
         e.mtime_nsec = m.mtime_nsec() as u32;
         let size = m.len();
-        if size <= WHOLE_FILE {
-            buf.clear();
-            buf.reserve(size as usize + 1);
-            f.read_to_end(buf)
-                .with_context(|| format!("cannot read {}", abs.display()))?;
-            let sha = hex::encode(Sha256::digest(&buf[..]));
-            e.size = buf.len() as u64;
-            self.add_bytes(e, buf)?;
-            return Ok(Some(FileRead {
-                sha256: sha,
-                size: e.size,
-                changed: e.size != size,
-            }));
-        }
         e.size = size;
         let mut h = tar_header(e, tar::EntryType::Regular, size);
         let mut r = Hashing {
@@ -216,12 +213,60 @@ impl<W: Write> Writer<W> {
     /// End the tar stream and the zstd frame; returns the destination and
     /// the number of bytes written to it.
     pub fn finish(self) -> Result<(W, u64)> {
-        let enc = self.tar.into_inner().context("cannot finish the archive")?;
+        let enc = self
+            .tar
+            .into_inner()
+            .context("cannot finish the archive")?
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .context("cannot finish the archive")?;
         let counting = enc
             .finish()
             .context("cannot finish the compressed stream")?;
         Ok((counting.inner, counting.bytes))
     }
+}
+
+/// A file read whole, with its hash and its metadata at open.
+pub struct Small {
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub size_at_open: u64,
+}
+
+pub enum Opened {
+    Small(Small),
+    /// Too large to hold in memory: streamed from this handle.
+    Large(File),
+}
+
+/// Open a file; read and hash it whole when it is small. `None` when it
+/// vanished (a maildir message moved or expunged).
+pub fn read_small(abs: &Path) -> Result<Option<Opened>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut f = match File::open(abs) {
+        Ok(f) => f,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", abs.display())),
+    };
+    let m = f
+        .metadata()
+        .with_context(|| format!("cannot read {}", abs.display()))?;
+    if m.len() > WHOLE_FILE {
+        return Ok(Some(Opened::Large(f)));
+    }
+    let mut bytes = Vec::with_capacity(m.len() as usize + 1);
+    f.read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", abs.display()))?;
+    Ok(Some(Opened::Small(Small {
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        bytes,
+        mtime: m.mtime(),
+        mtime_nsec: m.mtime_nsec() as u32,
+        size_at_open: m.len(),
+    })))
 }
 
 /// SHA-256 of a byte slice, hex.

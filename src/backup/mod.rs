@@ -12,6 +12,7 @@
 //! no paused service.
 
 pub mod archive;
+pub mod crypt;
 pub mod manifest;
 pub mod owners;
 pub mod pause;
@@ -22,7 +23,7 @@ use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
@@ -75,6 +76,10 @@ pub struct BackupOptions {
     pub threads: u32,
     /// Freeze Postfix while the queue is copied (when the container runs).
     pub pause: bool,
+    /// Encrypt the archive (and its manifest beside it).
+    pub encrypt: crypt::Encrypt,
+    /// To read an encrypted base archive's manifest.
+    pub keys: crypt::Keys,
 }
 
 impl Default for BackupOptions {
@@ -88,6 +93,8 @@ impl Default for BackupOptions {
             level: 3,
             threads: 0,
             pause: true,
+            encrypt: crypt::Encrypt::None,
+            keys: crypt::Keys::default(),
         }
     }
 }
@@ -195,14 +202,42 @@ pub fn archives_in(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// An archive's manifest: from its sidecar when there is one, else read
-/// from the archive itself (its last entry).
-pub fn load_manifest(archive: &Path) -> Result<Manifest> {
+/// In the deployment directory (not backed up): the manifest of the last
+/// archive written, so that an incremental against an encrypted archive
+/// needs no key to decrypt it. The host holds the same data in clear.
+pub const LAST_MANIFEST: &str = ".chatmail-backup-last.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LastManifest {
+    /// The archive's absolute path and size: the copy is used only for it.
+    archive: PathBuf,
+    size: u64,
+    manifest: Manifest,
+}
+
+/// An archive's manifest: from the local copy of the last one, from its
+/// sidecar (decrypted if need be), else read from the archive itself.
+pub fn load_manifest(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<Manifest> {
+    if let (Ok(bytes), Ok(abs), Ok(meta)) = (
+        fs::read(ctx.path(LAST_MANIFEST)),
+        fs::canonicalize(archive),
+        fs::metadata(archive),
+    ) {
+        if let Ok(last) = serde_json::from_slice::<LastManifest>(&bytes) {
+            if last.archive == abs && last.size == meta.len() {
+                return Ok(last.manifest);
+            }
+        }
+    }
     let side = Manifest::sidecar_of(archive);
-    if let Ok(bytes) = fs::read(&side) {
+    if let Ok(f) = fs::File::open(&side) {
+        let mut bytes = Vec::new();
+        crypt::open_reader(Box::new(f), keys, &side)?
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read {}", side.display()))?;
         return Manifest::from_json(&bytes, &side);
     }
-    restore::read_manifest(archive)
+    restore::read_manifest(archive, keys)
 }
 
 /// Chains (a full archive and the incrementals after it) of a directory.
@@ -239,7 +274,7 @@ fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
     };
     let base = match base_archive {
         Some(p) => {
-            let m = load_manifest(&p).with_context(|| {
+            let m = load_manifest(ctx, &p, &opts.keys).with_context(|| {
                 format!(
                     "cannot use {} as the base of an incremental backup (use --full for a full one)",
                     p.display()
@@ -588,9 +623,9 @@ struct Run<'a> {
     written: HashSet<String>,
     entries: Vec<Entry>,
     consistency: Consistency,
-    buf: Vec<u8>,
     stored_files: usize,
     stored_bytes: u64,
+    total_files: u64,
     signals: usize,
 }
 
@@ -632,9 +667,9 @@ impl Run<'_> {
         w: &mut archive::Writer<W>,
         s: &Scanned,
         content: Option<&[u8]>,
+        pre: Option<archive::Small>,
         info: &RelayInfo,
         progress: &Progress,
-        total_files: u64,
     ) -> Result<()> {
         self.check_interrupt()?;
         if !self.written.insert(s.entry.path.clone()) {
@@ -674,12 +709,10 @@ impl Run<'_> {
                     changed: false,
                 })
             }
-            None => {
-                let mut buf = std::mem::take(&mut self.buf);
-                let r = w.add_file(&mut e, &s.abs, &mut buf);
-                self.buf = buf;
-                r?
-            }
+            None => match pre {
+                Some(small) => Some(w.add_small(&mut e, small)?),
+                None => w.add_file(&mut e, &s.abs)?,
+            },
         };
         let Some(read) = read else {
             // Gone since the scan: a maildir message may have moved.
@@ -688,7 +721,7 @@ impl Run<'_> {
                 if let Ok(m) = fs::symlink_metadata(&new) {
                     let rel = scan::rel_name(self.ctx.deployment.dir(), &new)?;
                     let s2 = scan::entry_of(&new, &rel, &m)?;
-                    return self.add(w, &s2, None, info, progress, total_files);
+                    return self.add(w, &s2, None, None, info, progress);
                 }
             }
             return Ok(());
@@ -699,10 +732,33 @@ impl Run<'_> {
         e.sha256 = Some(read.sha256);
         self.stored_files += 1;
         self.stored_bytes += read.size;
-        progress.tick(read.size, self.stored_files as u64, total_files);
+        progress.tick(read.size, self.stored_files as u64, self.total_files);
         self.entries.push(e);
         Ok(())
     }
+}
+
+/// Indices of the entries whose content a backup reads: files that are
+/// new or changed since `prev`, first names of hard-linked files only
+/// (the same decisions as [`Run::add`], in the same order).
+fn files_to_read(entries: &[Scanned], prev: &BTreeMap<String, Entry>) -> Vec<usize> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, s) in entries.iter().enumerate() {
+        if s.entry.kind != EntryKind::File {
+            continue;
+        }
+        if s.nlink > 1 && !seen.insert((s.dev, s.ino)) {
+            continue;
+        }
+        let unchanged = prev
+            .get(&s.entry.path)
+            .is_some_and(|p| s.entry.unchanged_since(p) && p.sha256.is_some());
+        if !unchanged {
+            out.push(i);
+        }
+    }
+    out
 }
 
 /// The queue's paths by name, files with their content.
@@ -792,7 +848,8 @@ fn write(
     };
 
     let (dest, out) = open_dest(plan.final_path.as_deref())?;
-    let mut w = archive::Writer::new(out, opts.level, threads)?;
+    let sink = crypt::Sink::new(out, &opts.encrypt)?;
+    let mut w = archive::Writer::new(sink, opts.level, threads)?;
     w.add_meta(manifest::HEADER_ENTRY, &serde_json::to_vec_pretty(&header)?)?;
     let mut run = Run {
         ctx,
@@ -801,9 +858,9 @@ fn write(
         written: HashSet::new(),
         entries: Vec::with_capacity(plan.entries.len()),
         consistency: Consistency::default(),
-        buf: Vec::new(),
         stored_files: 0,
         stored_bytes: 0,
+        total_files,
         signals,
     };
     run.consistency.notes.push(
@@ -811,9 +868,38 @@ fn write(
     );
     {
         let progress = Progress::new(ctx, total_bytes, total_files, opts.json);
-        for s in &plan.entries {
-            run.add(&mut w, s, None, &info, &progress, total_files)?;
-        }
+        // One thread reads and hashes the files to store, in archive
+        // order, while this one feeds zstd's workers: reading overlaps
+        // with compression, as in `tar | zstd`.
+        let need = files_to_read(&plan.entries, &run.prev);
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Option<archive::Small>>>(32);
+            let entries = &plan.entries;
+            let need_ref = &need;
+            scope.spawn(move || {
+                for &i in need_ref {
+                    let msg = match archive::read_small(&entries[i].abs) {
+                        Ok(Some(archive::Opened::Small(r))) => Ok(Some(r)),
+                        Ok(_) => Ok(None),
+                        Err(e) => Err(e),
+                    };
+                    if tx.send(msg).is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut next = need.iter().peekable();
+            for (i, s) in plan.entries.iter().enumerate() {
+                let pre = if next.peek() == Some(&&i) {
+                    next.next();
+                    rx.recv().context("the reading thread stopped")??
+                } else {
+                    None
+                };
+                run.add(&mut w, s, None, pre, &info, &progress)?;
+            }
+            Ok(())
+        })?;
 
         if let Some(queue) = &plan.queue {
             // Read the queue once while Postfix runs, then again under the
@@ -860,7 +946,7 @@ fn write(
                 early
             };
             for (s, content) in queue_files.values() {
-                run.add(&mut w, s, content.as_deref(), &info, &progress, total_files)?;
+                run.add(&mut w, s, content.as_deref(), None, &info, &progress)?;
             }
         } else {
             run.consistency
@@ -897,7 +983,10 @@ fn write(
     run.check_interrupt()?;
     let json = manifest.to_json();
     w.add_meta(manifest::MANIFEST_ENTRY, &json)?;
-    let (mut out, archive_bytes) = w.finish()?;
+    let (sink, archive_bytes) = w.finish()?;
+    let mut out = sink
+        .finish()
+        .context("cannot finish the encrypted stream")?;
     out.flush().context("cannot write the archive")?;
     drop(out);
     let archive = match dest {
@@ -910,8 +999,19 @@ fn write(
                 .map_err(|e| e.error)
                 .with_context(|| format!("cannot create {}", final_path.display()))?;
             if matches!(opts.output, Output::Dir(_)) {
-                crate::host::write_atomic(&Manifest::sidecar_of(&final_path), &json, 0o600)?;
+                let side = crypt::seal(&json, &opts.encrypt)?;
+                crate::host::write_atomic(&Manifest::sidecar_of(&final_path), &side, 0o600)?;
             }
+            let last = LastManifest {
+                archive: fs::canonicalize(&final_path)?,
+                size: fs::metadata(&final_path)?.len(),
+                manifest: manifest.clone(),
+            };
+            crate::host::write_atomic(
+                &ctx.path(LAST_MANIFEST),
+                &serde_json::to_vec(&last)?,
+                0o600,
+            )?;
             if let Some(dir) = final_path.parent() {
                 if let Ok(d) = fs::File::open(if dir.as_os_str().is_empty() {
                     Path::new(".")

@@ -19,6 +19,7 @@ use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
+use super::crypt::{self, Keys};
 use super::manifest::{self, check_format, Entry, EntryKind, Header, Kind, Manifest};
 use super::{owners, scan};
 use crate::{error, Context};
@@ -32,6 +33,8 @@ pub struct RestoreOptions {
     /// Restore into a deployment that has state: move it aside first.
     pub force: bool,
     pub json: bool,
+    /// To decrypt encrypted archives.
+    pub keys: Keys,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -53,13 +56,16 @@ fn corrupt(archive: &Path) -> String {
     )
 }
 
-fn open(archive: &Path) -> Result<Box<dyn Read>> {
-    if archive == Path::new("-") {
-        return Ok(Box::new(io::stdin().lock()));
-    }
-    let f =
-        fs::File::open(archive).with_context(|| format!("cannot open {}", archive.display()))?;
-    Ok(Box::new(io::BufReader::with_capacity(1 << 20, f)))
+fn open(archive: &Path, keys: &Keys) -> Result<Box<dyn Read>> {
+    let raw: Box<dyn Read> = if archive == Path::new("-") {
+        Box::new(io::stdin().lock())
+    } else {
+        Box::new(
+            fs::File::open(archive)
+                .with_context(|| format!("cannot open {}", archive.display()))?,
+        )
+    };
+    crypt::open_reader(raw, keys, archive)
 }
 
 type Entries<'a> = tar::Archive<zstd::stream::Decoder<'static, io::BufReader<Box<dyn Read + 'a>>>>;
@@ -87,8 +93,8 @@ fn read_header_from<R: Read>(e: &mut tar::Entry<R>, archive: &Path) -> Result<He
 }
 
 /// The first entry of an archive.
-pub fn read_header(archive: &Path) -> Result<Header> {
-    let mut ar = tar_of(open(archive)?, archive)?;
+pub fn read_header(archive: &Path, keys: &Keys) -> Result<Header> {
+    let mut ar = tar_of(open(archive, keys)?, archive)?;
     let mut entries = ar.entries().with_context(|| corrupt(archive))?;
     let mut first = entries
         .next()
@@ -98,17 +104,17 @@ pub fn read_header(archive: &Path) -> Result<Header> {
 }
 
 /// The manifest of an archive, read through it (and checked).
-pub fn read_manifest(archive: &Path) -> Result<Manifest> {
-    extract(open(archive)?, archive, None, None)
+pub fn read_manifest(archive: &Path, keys: &Keys) -> Result<Manifest> {
+    extract(open(archive, keys)?, archive, None, None)
 }
 
 /// The chain ending in `archive`, oldest first: its base is looked for
 /// next to it, by the file name its header records.
-pub fn chain(archive: &Path) -> Result<Vec<(PathBuf, Header)>> {
+pub fn chain(archive: &Path, keys: &Keys) -> Result<Vec<(PathBuf, Header)>> {
     let mut out = Vec::new();
     let mut cur = archive.to_path_buf();
     loop {
-        let h = read_header(&cur)?;
+        let h = read_header(&cur, keys)?;
         let base = h.base.clone();
         out.push((cur.clone(), h));
         let Some(base) = base else { break };
@@ -348,6 +354,7 @@ fn finish_tree(
     ctx: &Context,
     staging: &Path,
     m: &Manifest,
+    chown: bool,
     names: Option<(&owners::Names, &owners::Names)>,
     unknown: &mut Vec<String>,
 ) -> Result<()> {
@@ -376,9 +383,14 @@ fn finish_tree(
     // first so that a directory's time is set after its children.
     for e in m.entries.iter().rev() {
         let p = staging.join(&e.path);
-        if let Some((users, groups)) = names {
-            let (uid, u_unknown) = owners::map(users, e.user.as_deref(), e.uid);
-            let (gid, g_unknown) = owners::map(groups, e.group.as_deref(), e.gid);
+        if chown {
+            let ((uid, u_unknown), (gid, g_unknown)) = match names {
+                Some((users, groups)) => (
+                    owners::map(users, e.user.as_deref(), e.uid),
+                    owners::map(groups, e.group.as_deref(), e.gid),
+                ),
+                None => ((e.uid, false), (e.gid, false)),
+            };
             if u_unknown {
                 unknown_set.insert(format!(
                     "user {} (kept {})",
@@ -453,7 +465,10 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
     let chain: Vec<PathBuf> = if stdin {
         vec![last.clone()]
     } else {
-        chain(&last)?.into_iter().map(|(p, _)| p).collect()
+        chain(&last, &opts.keys)?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
     };
     let tops = scan::top_level();
     let conflicts: Vec<PathBuf> = tops
@@ -478,7 +493,7 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
         let mut prev: Option<String> = None;
         let mut m = None;
         for a in &chain {
-            let mm = extract(open(a)?, a, None, prev.as_deref())?;
+            let mm = extract(open(a, &opts.keys)?, a, None, prev.as_deref())?;
             ctx.shell.out(format!("verified {}", a.display()));
             prev = Some(mm.header.id.clone());
             m = Some(mm);
@@ -512,7 +527,12 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
     let mut prev: Option<String> = None;
     let mut last_manifest: Option<Manifest> = None;
     for (i, a) in chain.iter().enumerate() {
-        let m = extract(open(a)?, a, Some(staging.path()), prev.as_deref())?;
+        let m = extract(
+            open(a, &opts.keys)?,
+            a,
+            Some(staging.path()),
+            prev.as_deref(),
+        )?;
         if i == 0 && m.header.kind != Kind::Full {
             bail!(
                 "{} is an incremental backup; restore needs its full backup first (restore from the files, not from standard input)",
@@ -533,8 +553,9 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
         Default::default()
     };
     let mut unknown = Vec::new();
-    let names = (is_root).then_some((&info.users, &info.groups));
-    finish_tree(ctx, staging.path(), &m, names, &mut unknown)?;
+    // Without a container there are no names to map: numeric ids stay.
+    let names = (!info.users.is_empty()).then_some((&info.users, &info.groups));
+    finish_tree(ctx, staging.path(), &m, is_root, names, &mut unknown)?;
     if !is_root {
         ctx.shell.note("not running as root: files belong to the restoring user; run restore as root to keep owners");
     } else if info.users.is_empty() {

@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
+use crate::backup::crypt::{self, Encrypt, Keys};
 use crate::backup::restore::{self, RestoreOptions};
 use crate::backup::{self, BackupOptions, Output};
 use crate::Context;
@@ -41,10 +42,70 @@ pub struct BackupArgs {
     /// Do not freeze Postfix while the mail queue is copied.
     #[arg(long)]
     pub no_pause: bool,
+
+    /// Encrypt with age to this public key (age1..., from age-keygen); repeatable.
+    #[arg(long, value_name = "AGE1...", conflicts_with = "passphrase_file")]
+    pub recipient: Vec<String>,
+
+    /// Encrypt with age to the public keys in FILE, one a line (# comments allowed).
+    #[arg(long, value_name = "FILE", conflicts_with = "passphrase_file")]
+    pub recipients_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+// Passphrase and identities, for reading encrypted archives (and, with
+// `backup`, the passphrase to encrypt with).
+#[derive(Args, Debug, Clone)]
+pub struct KeyArgs {
+    /// Encrypt (backup) or decrypt (restore) with the passphrase on FILE's first line (age, scrypt).
+    #[arg(long, value_name = "FILE", env = "CHATMAIL_BACKUP_PASSPHRASE_FILE")]
+    pub passphrase_file: Option<PathBuf>,
+
+    /// An age identity file (age-keygen's output) to decrypt with; repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Vec<PathBuf>,
+}
+
+impl KeyArgs {
+    fn keys(&self) -> Result<Keys> {
+        Ok(Keys {
+            passphrase: self
+                .passphrase_file
+                .as_deref()
+                .map(crypt::passphrase_from_file)
+                .transpose()?,
+            identity_files: self.identity.clone(),
+        })
+    }
 }
 
 impl BackupArgs {
     pub fn exec(self, ctx: &Context) -> Result<()> {
+        let keys = self.keys.keys()?;
+        let mut list = self.recipient.clone();
+        if let Some(f) = &self.recipients_file {
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                crate::error::usage(format!(
+                    "cannot read the recipients file {}: {e}",
+                    f.display()
+                ))
+            })?;
+            list.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+        }
+        let encrypt = if !list.is_empty() {
+            Encrypt::Recipients(crypt::recipients(&list)?)
+        } else if let Some(p) = &keys.passphrase {
+            Encrypt::Passphrase(p.clone())
+        } else {
+            Encrypt::None
+        };
         backup::run(
             ctx,
             &BackupOptions {
@@ -56,6 +117,8 @@ impl BackupArgs {
                 level: self.level,
                 threads: self.threads,
                 pause: !self.no_pause,
+                encrypt,
+                keys,
             },
         )
         .map(|_| ())
@@ -75,6 +138,9 @@ pub struct RestoreArgs {
     /// Print a machine-readable summary.
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub keys: KeyArgs,
 }
 
 impl RestoreArgs {
@@ -85,6 +151,7 @@ impl RestoreArgs {
                 archive: self.archive,
                 force: self.force,
                 json: self.json,
+                keys: self.keys.keys()?,
             },
         )
         .map(|_| ())

@@ -71,7 +71,24 @@ fn deployment(root: &Path) -> PathBuf {
         "services: {chatmail: {image: x}}\n",
     )
     .unwrap();
+    if rustix::process::geteuid().is_root() {
+        // The container's users: ids the host does not know.
+        for p in ["data/chatmail", "data/chatmail-dkimkeys/opendkim.private"] {
+            std::os::unix::fs::lchown(d.join(p), Some(5998), Some(5998)).unwrap();
+        }
+    }
     d
+}
+
+/// (uid, gid) of the mail directory and the DKIM key.
+fn owners_of(d: &Path) -> Vec<(u32, u32)> {
+    ["data/chatmail", "data/chatmail-dkimkeys/opendkim.private"]
+        .iter()
+        .map(|p| {
+            let m = fs::symlink_metadata(d.join(p)).unwrap();
+            (m.uid(), m.gid())
+        })
+        .collect()
 }
 
 /// A stand-in `docker` that logs its arguments to `log`. `running`: the
@@ -206,6 +223,7 @@ fn full_then_incremental_then_restore_of_the_chain() {
     let r = run(&target, &bin_dir, &["restore", &out_s]);
     assert_ok(&r);
     assert_eq!(state(&d), state(&target));
+    assert_eq!(owners_of(&d), owners_of(&target));
     // The checkout's placeholder stays; no temporary directory is left.
     assert!(target.join("data/README.md").exists());
     assert!(!fs::read_dir(&target).unwrap().any(|e| e
@@ -243,7 +261,7 @@ fn the_queue_is_copied_while_postfix_is_frozen() {
     assert!(pos("systemd-run") < pos("systemctl freeze postfix@-.service"));
     assert!(pos("systemctl freeze") < pos("chatmail systemctl thaw postfix@-.service"));
     assert!(pos("chatmail systemctl thaw") < pos("systemctl stop chatmail-backup-thaw.timer"));
-    let m = backup::load_manifest(&archive).unwrap();
+    let m = backup::load_manifest(&ctx(&d), &archive, &Default::default()).unwrap();
     assert_eq!(m.image_version.as_deref(), Some("img-1"));
     assert_eq!(m.relay_commit.as_deref(), Some("relaycommit"));
     assert!(m.consistency.queue_pause_ms.is_some());
@@ -291,7 +309,8 @@ fn postfix_is_thawed_when_the_backup_fails_during_the_pause() {
     );
     let calls = fs::read_to_string(&log).unwrap();
     assert!(
-        calls.find("systemctl freeze").unwrap() < calls.find("chatmail systemctl thaw").expect("thawed")
+        calls.find("systemctl freeze").unwrap()
+            < calls.find("chatmail systemctl thaw").expect("thawed")
     );
     // No archive, not even a partial one.
     assert_eq!(fs::read_dir(&out).unwrap().count(), 0);
@@ -600,9 +619,66 @@ proptest! {
         backup::run(&ctx(&src), &opts).unwrap();
         let dst = t.path().join("dst");
         backup::restore::run(&ctx(&dst), &backup::restore::RestoreOptions {
-            archive: out.clone(), force: false, json: false,
+            archive: out.clone(), force: false, json: false, keys: Default::default(),
         }).unwrap();
         prop_assert_eq!(state(&src), state(&dst));
         prop_assert_eq!(inodes(&src), inodes(&dst));
     }
+}
+
+#[test]
+fn encrypted_chains_restore_with_the_identity_and_refuse_without() {
+    use age::secrecy::ExposeSecret;
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let bin_dir = t.path().join("bin");
+    docker(&bin_dir, &t.path().join("log"), false, ":");
+    let id = age::x25519::Identity::generate();
+    let key = t.path().join("key.txt");
+    fs::write(&key, format!("{}\n", id.to_string().expose_secret())).unwrap();
+    let public = id.to_public().to_string();
+    let out = t.path().join("backups");
+    let out_s = format!("{}/", out.display());
+    assert_ok(&run(
+        &d,
+        &bin_dir,
+        &["backup", "--recipient", &public, &out_s],
+    ));
+    fs::write(d.join("data/chatmail/new-file"), "new").unwrap();
+    // The incremental needs no key: the last manifest is kept locally.
+    assert_ok(&run(
+        &d,
+        &bin_dir,
+        &["backup", "--recipient", &public, &out_s],
+    ));
+    let list = archives(&out);
+    assert_eq!(list.len(), 2);
+    for a in &list {
+        let bytes = fs::read(a).unwrap();
+        assert!(bytes.starts_with(b"age-encryption.org/v1"));
+        // Neither the archive nor its manifest beside it shows a name.
+        let side = fs::read(format!("{}.manifest.json", a.display())).unwrap();
+        assert!(!String::from_utf8_lossy(&side).contains("opendkim"));
+    }
+    let target = t.path().join("fresh");
+    let r = run(&target, &bin_dir, &["restore", &out_s]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("is encrypted"));
+    let wrong = age::x25519::Identity::generate();
+    let wrong_key = t.path().join("wrong.txt");
+    fs::write(&wrong_key, wrong.to_string().expose_secret()).unwrap();
+    let r = run(
+        &target,
+        &bin_dir,
+        &["restore", "--identity", wrong_key.to_str().unwrap(), &out_s],
+    );
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("wrong passphrase or identity"));
+    assert!(!target.exists() || fs::read_dir(&target).unwrap().count() == 0);
+    assert_ok(&run(
+        &target,
+        &bin_dir,
+        &["restore", "--identity", key.to_str().unwrap(), &out_s],
+    ));
+    assert_eq!(state(&d), state(&target));
 }
