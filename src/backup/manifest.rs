@@ -149,7 +149,7 @@ impl Manifest {
     }
 
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(self).expect("a manifest serialises")
+        serde_json::to_vec(self).expect("a manifest serialises")
     }
 
     pub fn from_json(bytes: &[u8], what: &Path) -> Result<Manifest> {

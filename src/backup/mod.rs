@@ -20,8 +20,9 @@ pub mod restore;
 pub mod scan;
 
 use anyhow::{bail, Context as _, Result};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -742,7 +743,7 @@ impl Run<'_> {
 /// new or changed since `prev`, first names of hard-linked files only
 /// (the same decisions as [`Run::add`], in the same order).
 fn files_to_read(entries: &[Scanned], prev: &BTreeMap<String, Entry>) -> Vec<usize> {
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::default();
     let mut out = Vec::new();
     for (i, s) in entries.iter().enumerate() {
         if s.entry.kind != EntryKind::File {
@@ -854,8 +855,8 @@ fn write(
     let mut run = Run {
         ctx,
         prev,
-        links: HashMap::new(),
-        written: HashSet::new(),
+        links: HashMap::default(),
+        written: HashSet::default(),
         entries: Vec::with_capacity(plan.entries.len()),
         consistency: Consistency::default(),
         stored_files: 0,
@@ -1002,16 +1003,23 @@ fn write(
                 let side = crypt::seal(&json, &opts.encrypt)?;
                 crate::host::write_atomic(&Manifest::sidecar_of(&final_path), &side, 0o600)?;
             }
-            let last = LastManifest {
-                archive: fs::canonicalize(&final_path)?,
-                size: fs::metadata(&final_path)?.len(),
-                manifest: manifest.clone(),
-            };
-            crate::host::write_atomic(
-                &ctx.path(LAST_MANIFEST),
-                &serde_json::to_vec(&last)?,
-                0o600,
-            )?;
+            // Encrypted archives: keep the manifest here, in clear, for
+            // the next incremental (a sidecar in clear would tell the
+            // backup's host every mailbox name).
+            let last_path = ctx.path(LAST_MANIFEST);
+            if matches!(opts.encrypt, crypt::Encrypt::None) {
+                let _ = fs::remove_file(&last_path);
+            } else {
+                let mut text = format!(
+                    "{{\"archive\":{},\"size\":{},\"manifest\":",
+                    serde_json::to_string(&fs::canonicalize(&final_path)?)?,
+                    fs::metadata(&final_path)?.len()
+                )
+                .into_bytes();
+                text.extend_from_slice(&json);
+                text.push(b'}');
+                crate::host::write_atomic(&last_path, &text, 0o600)?;
+            }
             if let Some(dir) = final_path.parent() {
                 if let Ok(d) = fs::File::open(if dir.as_os_str().is_empty() {
                     Path::new(".")

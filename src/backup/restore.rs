@@ -166,11 +166,50 @@ fn clear(p: &Path) -> io::Result<()> {
     }
 }
 
-fn parent_dirs(p: &Path) -> io::Result<()> {
-    match p.parent() {
-        Some(d) => fs::create_dir_all(d),
-        None => Ok(()),
+/// Make room for a new entry at `p`: remove what is there (unless the
+/// staging directory started empty) and make its parent directories once.
+/// A symlink on the way is refused: an entry never lands outside the
+/// staging directory by following a link an archive made.
+fn prepare(
+    root: &Path,
+    p: &Path,
+    fresh: bool,
+    dirs: &mut rustc_hash::FxHashSet<PathBuf>,
+) -> io::Result<()> {
+    if !fresh {
+        clear(p)?;
     }
+    let Some(parent) = p.parent() else {
+        return Ok(());
+    };
+    if dirs.contains(parent) {
+        return Ok(());
+    }
+    let rel = parent.strip_prefix(root).unwrap_or(parent);
+    let mut cur = root.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        if dirs.contains(&cur) {
+            continue;
+        }
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(io::Error::other(format!(
+                    "{} is a symlink; an entry below it would leave the restore",
+                    cur.strip_prefix(root).unwrap_or(&cur).display()
+                )))
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(&cur)?;
+                fs::create_dir(&cur)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&cur)?,
+            Err(e) => return Err(e),
+        }
+        dirs.insert(cur.clone());
+    }
+    Ok(())
 }
 
 /// Read one archive; with `staging`, write its entries there. Returns its
@@ -186,6 +225,17 @@ fn extract(
     let mut manifest: Option<Manifest> = None;
     let mut header: Option<Header> = None;
     let mut buf = vec![0u8; 1 << 20];
+    // Directories made by this archive; in a fresh staging directory no
+    // path exists before its entry (saves two system calls a file).
+    let fresh = staging.is_some_and(|s| fs::read_dir(s).is_ok_and(|mut d| d.next().is_none()));
+    let mut dirs: rustc_hash::FxHashSet<PathBuf> = Default::default();
+    let root = staging.unwrap_or(Path::new(""));
+    if let Some(s) = staging {
+        dirs.insert(s.to_path_buf());
+    }
+    // Every path once per archive: a second entry could rewrite a file
+    // through a hard link after its hash was taken.
+    let mut seen: rustc_hash::FxHashSet<String> = Default::default();
     {
         let entries = ar.entries().with_context(|| corrupt(archive))?;
         for item in entries {
@@ -218,6 +268,13 @@ fn extract(
                 continue;
             }
             let rel = checked_path(&raw, archive)?;
+            if !seen.insert(rel.clone()) {
+                bail!(
+                    "{}: {rel} appears twice; {}",
+                    archive.display(),
+                    corrupt(archive)
+                );
+            }
             let ty = e.header().entry_type();
             let dst = staging.map(|s| s.join(&rel));
             let io_ctx = || format!("cannot write {rel} into the temporary directory");
@@ -227,7 +284,7 @@ fn extract(
                     let mut size = 0u64;
                     let mut f = match &dst {
                         Some(d) => {
-                            clear(d).and_then(|_| parent_dirs(d)).with_context(io_ctx)?;
+                            prepare(root, d, fresh, &mut dirs).with_context(io_ctx)?;
                             Some(fs::File::create(d).with_context(io_ctx)?)
                         }
                         None => None,
@@ -247,10 +304,12 @@ fn extract(
                 }
                 tar::EntryType::Directory => {
                     if let Some(d) = &dst {
-                        if fs::symlink_metadata(d).is_ok_and(|m| !m.is_dir()) {
+                        if !fresh && fs::symlink_metadata(d).is_ok_and(|m| !m.is_dir()) {
                             clear(d).with_context(io_ctx)?;
                         }
-                        fs::create_dir_all(d).with_context(io_ctx)?;
+                        if !dirs.contains(d.as_path()) {
+                            prepare(root, &d.join("x"), true, &mut dirs).with_context(io_ctx)?;
+                        }
                     }
                 }
                 tar::EntryType::Symlink | tar::EntryType::Link => {
@@ -260,13 +319,26 @@ fn extract(
                         .with_context(|| corrupt(archive))?
                         .into_owned();
                     if let Some(d) = &dst {
-                        clear(d).and_then(|_| parent_dirs(d)).with_context(io_ctx)?;
+                        prepare(root, d, fresh, &mut dirs).with_context(io_ctx)?;
                         if ty == tar::EntryType::Symlink {
                             std::os::unix::fs::symlink(&target, d).with_context(io_ctx)?;
                         } else {
-                            let t = checked_path(&target, archive)?;
-                            fs::hard_link(staging.unwrap_or(Path::new("")).join(t), d)
-                                .with_context(io_ctx)?;
+                            let t = root.join(checked_path(&target, archive)?);
+                            // The target must be a file of this restore,
+                            // reached without a symlink.
+                            let inside = fs::canonicalize(&t)
+                                .ok()
+                                .zip(fs::canonicalize(root).ok())
+                                .is_some_and(|(t, r)| t.starts_with(r))
+                                && fs::symlink_metadata(&t).is_ok_and(|m| m.is_file());
+                            if !inside {
+                                bail!(
+                                    "{}: the hard link {rel} does not lead to a file of the backup; {}",
+                                    archive.display(),
+                                    corrupt(archive)
+                                );
+                            }
+                            fs::hard_link(&t, d).with_context(io_ctx)?;
                         }
                     }
                 }

@@ -95,8 +95,18 @@ pub fn entry_of(abs: &Path, rel: &str, m: &fs::Metadata) -> Result<Scanned> {
 /// The relative name of `abs` under `dir`, `/`-separated, or an error for
 /// a name the manifest cannot hold.
 pub fn rel_name(dir: &Path, abs: &Path) -> Result<String> {
-    let rel = abs.strip_prefix(dir).unwrap_or(abs);
-    match rel.to_str() {
+    // Bytes, not `Path::strip_prefix`: component parsing was a tenth of
+    // an incremental backup's time.
+    let (d, a) = (
+        dir.as_os_str().as_encoded_bytes(),
+        abs.as_os_str().as_encoded_bytes(),
+    );
+    let rel = match a.strip_prefix(d) {
+        Some(r) if r.first() == Some(&b'/') => &r[1..],
+        Some(r) if d.ends_with(b"/") => r,
+        _ => a,
+    };
+    match std::str::from_utf8(rel).ok() {
         Some(s) => Ok(s.to_string()),
         None => bail!(
             "{}: the name is not UTF-8, which the backup manifest cannot record; rename it",
@@ -119,7 +129,8 @@ pub fn scan_tree(
         .follow_root_links(true)
         .sort_by_file_name()
         .into_iter()
-        .filter_entry(|e| !skip.iter().any(|s| s == e.path()));
+        .filter_entry(|e| !skip.iter().any(|s| s.as_os_str() == e.path().as_os_str()));
+    let mut listed = Vec::new();
     for item in walker {
         let item = match item {
             Ok(i) => i,
@@ -139,29 +150,43 @@ pub fn scan_tree(
                 return Err(anyhow::Error::new(e).context(format!("cannot read {path}")));
             }
         };
-        let abs = item.path();
-        let rel = rel_name(dir, abs)?;
+        let rel = rel_name(dir, item.path())?;
         if PLACEHOLDERS.contains(&rel.as_str()) {
             continue;
         }
-        // The root of a tree may be a link the administrator set up
-        // (`data` on another disk): it is followed, as Compose does.
-        let m = if item.depth() == 0 {
-            fs::metadata(abs)
-        } else {
-            fs::symlink_metadata(abs)
-        };
-        let m = match m {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", abs.display())),
-        };
-        let ft = m.file_type();
-        if !(ft.is_dir() || ft.is_file() || ft.is_symlink()) {
-            skipped.special.push(rel);
-            continue;
+        listed.push((item.depth() == 0, item.into_path(), rel));
+    }
+    // The metadata of a mailstore's files, in parallel: an incremental
+    // backup spends most of its time here.
+    use rayon::prelude::*;
+    let found: Vec<Result<Option<std::result::Result<Scanned, String>>>> = listed
+        .into_par_iter()
+        .map(|(root, abs, rel)| {
+            // The root of a tree may be a link the administrator set up
+            // (`data` on another disk): it is followed, as Compose does.
+            let m = if root {
+                fs::metadata(&abs)
+            } else {
+                fs::symlink_metadata(&abs)
+            };
+            let m = match m {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", abs.display())),
+            };
+            let ft = m.file_type();
+            if !(ft.is_dir() || ft.is_file() || ft.is_symlink()) {
+                return Ok(Some(Err(rel)));
+            }
+            entry_of(&abs, &rel, &m).map(|s| Some(Ok(s)))
+        })
+        .collect();
+    for f in found {
+        match f? {
+            Some(Ok(s)) => out.push(s),
+            Some(Err(special)) => skipped.special.push(special),
+            None => {}
         }
-        out.push(entry_of(abs, &rel, &m)?);
     }
     Ok(())
 }

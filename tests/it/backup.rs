@@ -682,3 +682,47 @@ fn encrypted_chains_restore_with_the_identity_and_refuse_without() {
     ));
     assert_eq!(state(&d), state(&target));
 }
+
+#[test]
+fn an_archive_cannot_write_outside_the_restore_through_a_symlink() {
+    let t = tempfile::tempdir().unwrap();
+    let outside = t.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let evil = t.path().join("evil.tar.zst");
+    {
+        let f = fs::File::create(&evil).unwrap();
+        let enc = zstd::stream::Encoder::new(f, 3).unwrap().auto_finish();
+        let mut b = tar::Builder::new(enc);
+        let h = br#"{"format":1,"tool_version":"0.1.0","kind":"full","id":"x","created":"now"}"#;
+        let mut hd = tar::Header::new_gnu();
+        hd.set_size(h.len() as u64);
+        hd.set_mode(0o600);
+        b.append_data(&mut hd, ".chatmail-backup/header.json", &h[..])
+            .unwrap();
+        let mut l = tar::Header::new_gnu();
+        l.set_entry_type(tar::EntryType::Symlink);
+        l.set_size(0);
+        b.append_link(&mut l, "data/x", &outside).unwrap();
+        let mut f = tar::Header::new_gnu();
+        f.set_size(4);
+        f.set_mode(0o644);
+        b.append_data(&mut f, "data/x/planted", &b"evil"[..])
+            .unwrap();
+        b.finish().unwrap();
+    }
+    let target = t.path().join("fresh");
+    let r = bin()
+        .arg("--dir")
+        .arg(&target)
+        .args(["restore", evil.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("symlink"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+}
