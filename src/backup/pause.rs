@@ -14,8 +14,11 @@
 //! refused. Where the freezer is unavailable, SIGSTOP/SIGCONT to the unit's
 //! processes does the same less atomically.
 //!
-//! A timer in the container thaws the unit after [`WATCHDOG_SECS`] even if
-//! this process is killed with SIGKILL; [`Pause`]'s drop thaws it on every
+//! The thaw is a shell started in the container before the freeze and
+//! waiting on a pipe: it thaws as soon as it reads a line, so the pause
+//! does not include the start of a `docker compose exec`, and also when
+//! the pipe closes because this process died. A timer in the container
+//! thaws the unit after [`WATCHDOG_SECS`] in any case; [`Pause`]'s drop thaws it on every
 //! other exit (errors, panics, Ctrl-C/SIGTERM, which the tool counts
 //! instead of dying, see `compose::signal_count`).
 
@@ -46,6 +49,53 @@ pub struct Pause<'a> {
     started: Instant,
     resumed: Option<Duration>,
     watchdog: bool,
+    thawer: Option<Thawer>,
+}
+
+/// A shell in the container, started before the freeze, that thaws
+/// Postfix as soon as it reads a line, or its input closes (this process
+/// died): the thaw then costs a pipe write, not the start of another
+/// `docker compose exec`.
+struct Thawer {
+    input: std::io::PipeWriter,
+    output: std::io::BufReader<duct::ReaderHandle>,
+}
+
+const THAWER: &str = "echo ready; read _; systemctl thaw postfix@-.service; \
+                      systemctl kill --signal=SIGCONT postfix@-.service; echo thawed";
+
+impl Thawer {
+    fn start(ctx: &Context) -> Result<Thawer> {
+        use std::io::BufRead;
+        let (reader, input) = std::io::pipe()?;
+        let handle = compose::exec_cmd(ctx, ["sh", "-c", THAWER])
+            .expr(&ctx.shell)
+            .stdin_file(reader)
+            .stderr_null()
+            .unchecked()
+            .reader()?;
+        let mut output = std::io::BufReader::new(handle);
+        let mut line = String::new();
+        output.read_line(&mut line)?;
+        if line.trim() != "ready" {
+            anyhow::bail!("the thawing shell did not start");
+        }
+        Ok(Thawer { input, output })
+    }
+
+    fn thaw(mut self) -> Result<()> {
+        use std::io::{BufRead, Write};
+        self.input.write_all(b"go\n")?;
+        drop(self.input);
+        let mut line = String::new();
+        while self.output.read_line(&mut line)? > 0 {
+            if line.trim() == "thawed" {
+                return Ok(());
+            }
+            line.clear();
+        }
+        anyhow::bail!("the thawing shell ended early")
+    }
 }
 
 fn exec_ok(ctx: &Context, args: &[&str]) -> Result<Result<(), String>> {
@@ -86,12 +136,22 @@ impl<'a> Pause<'a> {
                 false
             }
         };
+        let thawer = match Thawer::start(ctx) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                ctx.shell.verbose(format!(
+                    "no waiting thaw shell ({e}); thawing with a new exec"
+                ));
+                None
+            }
+        };
         let mut pause = Pause {
             ctx,
             method: Method::Freezer,
             started: Instant::now(),
             resumed: None,
             watchdog,
+            thawer,
         };
         match exec_ok(ctx, &["systemctl", "freeze", POSTFIX_UNIT])? {
             Ok(()) => {}
@@ -117,11 +177,31 @@ impl<'a> Pause<'a> {
         self.method
     }
 
+    fn stop_watchdog(&self) {
+        if self.watchdog {
+            let timer = format!("{WATCHDOG_UNIT}.timer");
+            let _ = exec_ok(self.ctx, &["systemctl", "stop", &timer]);
+        }
+    }
+
     /// Thaw now; the pause's length (freeze returned .. thaw returned).
     /// Tried three times: a Ctrl-C can kill one `docker compose exec`.
     pub fn resume(&mut self) -> Result<Duration> {
         if let Some(d) = self.resumed {
             return Ok(d);
+        }
+        if let Some(t) = self.thawer.take() {
+            match t.thaw() {
+                Ok(()) => {
+                    let d = self.started.elapsed();
+                    self.resumed = Some(d);
+                    self.stop_watchdog();
+                    return Ok(d);
+                }
+                Err(e) => self.ctx.shell.warn(format!(
+                    "the waiting thaw shell failed ({e}); thawing with a new exec"
+                )),
+            }
         }
         let args: &[&str] = match self.method {
             Method::Freezer => &["systemctl", "thaw", POSTFIX_UNIT],
@@ -133,10 +213,7 @@ impl<'a> Pause<'a> {
                 Ok(Ok(())) => {
                     let d = self.started.elapsed();
                     self.resumed = Some(d);
-                    if self.watchdog {
-                        let timer = format!("{WATCHDOG_UNIT}.timer");
-                        let _ = exec_ok(self.ctx, &["systemctl", "stop", &timer]);
-                    }
+                    self.stop_watchdog();
                     return Ok(d);
                 }
                 Ok(Err(e)) => last = e,

@@ -95,13 +95,28 @@ fn owners_of(d: &Path) -> Vec<(u32, u32)> {
 /// container runs (answers `ps` and the relay's facts); `extra` runs for
 /// any call whose arguments contain `systemctl freeze`.
 fn docker(bin_dir: &Path, log: &Path, running: bool, on_freeze: &str) {
+    docker_with(bin_dir, log, running, on_freeze, true)
+}
+
+/// [`docker`]; `thawer`: whether the waiting thaw shell works (else the
+/// tool falls back to a second exec).
+fn docker_with(bin_dir: &Path, log: &Path, running: bool, on_freeze: &str, thawer: bool) {
     let ps = if running { "echo c0ffee" } else { ":" };
+    let thaw_shell = if thawer {
+        format!(
+            r#"*"echo ready; read _"*) echo ready; read _; echo "thawed-by-shell" >> '{}'; echo thawed; exit 0;;"#,
+            log.display()
+        )
+    } else {
+        String::new()
+    };
     script(
         bin_dir,
         "docker",
         &format!(
             r#"echo "$*" >> '{log}'
 case "$*" in
+  {thaw_shell}
   *" ps "*) {ps}; exit 0;;
   *"sh -c"*) printf 'img-1\n@@\nrelaycommit\n@@\nroot:x:0:0::/:/bin/sh\nvmail:x:{uid}:{uid}::/home/vmail:/bin/false\n@@\nroot:x:0:\nvmail:x:{uid}:\n'; exit 0;;
   *"systemctl freeze"*) {on_freeze}; exit 0;;
@@ -259,8 +274,9 @@ fn the_queue_is_copied_while_postfix_is_frozen() {
             .unwrap_or_else(|| panic!("no `{s}` in {calls}"))
     };
     assert!(pos("systemd-run") < pos("systemctl freeze postfix@-.service"));
-    assert!(pos("systemctl freeze") < pos("chatmail systemctl thaw postfix@-.service"));
-    assert!(pos("chatmail systemctl thaw") < pos("systemctl stop chatmail-backup-thaw.timer"));
+    assert!(pos("echo ready; read _") < pos("systemctl freeze postfix@-.service"));
+    assert!(pos("systemctl freeze") < pos("thawed-by-shell"));
+    assert!(pos("thawed-by-shell") < pos("systemctl stop chatmail-backup-thaw.timer"));
     let m = backup::load_manifest(&ctx(&d), &archive, &Default::default()).unwrap();
     assert_eq!(m.image_version.as_deref(), Some("img-1"));
     assert_eq!(m.relay_commit.as_deref(), Some("relaycommit"));
@@ -309,8 +325,7 @@ fn postfix_is_thawed_when_the_backup_fails_during_the_pause() {
     );
     let calls = fs::read_to_string(&log).unwrap();
     assert!(
-        calls.find("systemctl freeze").unwrap()
-            < calls.find("chatmail systemctl thaw").expect("thawed")
+        calls.find("systemctl freeze").unwrap() < calls.find("thawed-by-shell").expect("thawed")
     );
     // No archive, not even a partial one.
     assert_eq!(fs::read_dir(&out).unwrap().count(), 0);
@@ -334,10 +349,7 @@ fn postfix_is_thawed_and_nothing_kept_on_sigterm() {
     );
     assert!(String::from_utf8_lossy(&r.stderr).contains("interrupted"));
     let calls = fs::read_to_string(&log).unwrap();
-    assert!(
-        calls.contains("systemctl thaw postfix@-.service"),
-        "{calls}"
-    );
+    assert!(calls.contains("thawed-by-shell"), "{calls}");
     assert_eq!(fs::read_dir(&out).unwrap().count(), 0);
 }
 
@@ -725,4 +737,21 @@ fn an_archive_cannot_write_outside_the_restore_through_a_symlink() {
     );
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+}
+
+#[test]
+fn without_the_waiting_shell_postfix_is_thawed_by_a_second_exec() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let bin_dir = t.path().join("bin");
+    let log = t.path().join("docker.log");
+    docker_with(&bin_dir, &log, true, ":", false);
+    let archive = t.path().join("b.tar.zst");
+    assert_ok(&run(&d, &bin_dir, &["backup", archive.to_str().unwrap()]));
+    let calls = fs::read_to_string(&log).unwrap();
+    let freeze = calls.find("chatmail systemctl freeze").unwrap();
+    let thaw = calls
+        .find("chatmail systemctl thaw postfix@-.service")
+        .expect("thawed");
+    assert!(freeze < thaw, "{calls}");
 }
