@@ -105,7 +105,13 @@ pub fn read_header(archive: &Path, keys: &Keys) -> Result<Header> {
 
 /// The manifest of an archive, read through it (and checked).
 pub fn read_manifest(archive: &Path, keys: &Keys) -> Result<Manifest> {
-    extract(open(archive, keys)?, archive, None, None)
+    extract(
+        open(archive, keys)?,
+        archive,
+        None,
+        None,
+        crate::compose::signal_count(),
+    )
 }
 
 /// The chain ending in `archive`, oldest first: its base is looked for
@@ -219,6 +225,7 @@ fn extract(
     archive: &Path,
     staging: Option<&Path>,
     expect_base: Option<&str>,
+    signals: usize,
 ) -> Result<Manifest> {
     let mut ar = tar_of(r, archive)?;
     let mut hashes: BTreeMap<String, (String, u64)> = BTreeMap::new();
@@ -266,6 +273,13 @@ fn extract(
                 e.read_to_end(&mut b).with_context(|| corrupt(archive))?;
                 manifest = Some(Manifest::from_json(&b, archive)?);
                 continue;
+            }
+            if crate::compose::interrupted_since(signals) {
+                return Err(error::Failure {
+                    code: 130,
+                    message: Some("interrupted: nothing was restored".into()),
+                }
+                .into());
             }
             let rel = checked_path(&raw, archive)?;
             if !seen.insert(rel.clone()) {
@@ -517,6 +531,9 @@ fn has_state(p: &Path) -> Result<bool> {
 /// Run `restore`.
 pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
     let start = Instant::now();
+    // Ctrl-C and SIGTERM are counted, not fatal, until everything is
+    // checked: the temporary directory is removed on the way out.
+    let signals = crate::compose::signal_count();
     let dir = ctx.deployment.dir().to_path_buf();
     let stdin = opts.archive == Path::new("-");
     let last = if !stdin && opts.archive.is_dir() {
@@ -565,7 +582,7 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
         let mut prev: Option<String> = None;
         let mut m = None;
         for a in &chain {
-            let mm = extract(open(a, &opts.keys)?, a, None, prev.as_deref())?;
+            let mm = extract(open(a, &opts.keys)?, a, None, prev.as_deref(), signals)?;
             ctx.shell.out(format!("verified {}", a.display()));
             prev = Some(mm.header.id.clone());
             m = Some(mm);
@@ -604,6 +621,7 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
             a,
             Some(staging.path()),
             prev.as_deref(),
+            signals,
         )?;
         if i == 0 && m.header.kind != Kind::Full {
             bail!(

@@ -755,3 +755,45 @@ fn without_the_waiting_shell_postfix_is_thawed_by_a_second_exec() {
         .expect("thawed");
     assert!(freeze < thaw, "{calls}");
 }
+
+#[test]
+fn an_interrupted_restore_leaves_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let bin_dir = t.path().join("bin");
+    docker(&bin_dir, &t.path().join("log"), false, ":");
+    let archive = t.path().join("b.tar.zst");
+    assert_ok(&run(&d, &bin_dir, &["backup", archive.to_str().unwrap()]));
+    // A slow reader: SIGTERM arrives while the archive is being read.
+    let target = t.path().join("fresh");
+    fs::create_dir_all(&target).unwrap();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("chatmail-docker"))
+        .arg("--dir")
+        .arg(&target)
+        .args(["restore", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = fs::read(&archive).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write;
+    stdin.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    stdin.write_all(&bytes[bytes.len() / 2..]).ok();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+}
