@@ -5,6 +5,7 @@
 //! through the [`host`] seam. `main.rs` only parses arguments and calls
 //! [`main_with`].
 
+pub mod backup;
 pub mod build;
 pub mod certwatch;
 pub mod cli;
@@ -135,6 +136,8 @@ pub fn run(ctx: &Context, command: Command) -> Result<()> {
         Command::Migrate(a) => a.exec(ctx),
         Command::CertWatch(a) => a.exec(ctx),
         Command::Dns(a) => a.exec(ctx),
+        Command::Backup(a) => a.exec(ctx),
+        Command::Restore(a) => a.exec(ctx),
         Command::Completions(a) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use crate::shell::ColorChoice;
 
+pub mod backup;
 pub mod certwatch;
 pub mod compose;
 pub mod dns;
@@ -211,6 +212,18 @@ pub enum Command {
         after_help = "Examples:\n  chatmail-docker dns                      # the records, checked against DNS (exit 1 when a required one is missing)\n  chatmail-docker dns --no-check --zonefile chatmail.zone"
     )]
     Dns(dns::DnsArgs),
+
+    /// Back up the relay's state (mailboxes, keys, certificates, queue, configuration) while it runs.
+    #[command(
+        after_help = "Examples:\n  chatmail-docker backup /var/backups/chatmail/ --keep 4     # nightly: incremental, a new chain with --full\n  chatmail-docker backup --full /var/backups/chatmail/\n  chatmail-docker backup - | ssh backup-host 'cat > chatmail.tar.zst'\n  chatmail-docker backup --json -q /var/backups/chatmail/   # for cron"
+    )]
+    Backup(backup::BackupArgs),
+
+    /// Restore the relay's state from a backup into this deployment directory.
+    #[command(
+        after_help = "Examples:\n  chatmail-docker restore /var/backups/chatmail/            # the newest chain there\n  chatmail-docker restore chatmail-backup-20261201T030000.000Z-incr.tar.zst\n  ssh backup-host 'cat chatmail.tar.zst' | chatmail-docker restore -\n  chatmail-docker restore --dry-run ARCHIVE                 # verify every checksum, write nothing"
+    )]
+    Restore(backup::RestoreArgs),
 
     /// Print a shell completion script.
     #[command(

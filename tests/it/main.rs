@@ -10,6 +10,7 @@
 mod support;
 
 mod appliance_init;
+mod backup;
 mod certwatch;
 mod certwatch_reload;
 mod certwatch_unit;

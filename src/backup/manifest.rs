@@ -1,0 +1,229 @@
+//! What an archive says about itself: the header (first entry: format,
+//! kind, the archive it builds on) and the manifest (last entry: every file
+//! of the deployment with size, mtime, mode, owner and SHA-256, what was
+//! stored in this archive, how the data was kept consistent).
+//!
+//! A manifest always describes the whole deployment, also for an
+//! incremental archive: restore applies a chain in order and ends with
+//! exactly the files the last manifest lists.
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The archive format this tool writes; it reads this one and older ones.
+pub const FORMAT: u32 = 1;
+/// The directory of the archive's own entries (never a deployment file).
+pub const META_DIR: &str = ".chatmail-backup";
+/// The first entry of every archive.
+pub const HEADER_ENTRY: &str = ".chatmail-backup/header.json";
+/// The last entry of every archive.
+pub const MANIFEST_ENTRY: &str = ".chatmail-backup/manifest.json";
+/// Next to an archive in a backup directory: its manifest, so the next
+/// incremental backup need not read the archive.
+pub const SIDECAR_SUFFIX: &str = ".manifest.json";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Every file's content is in the archive.
+    Full,
+    /// Only what changed since `base`; restore needs the chain.
+    Incremental,
+}
+
+/// The first entry: enough to refuse an archive before reading it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: u32,
+    pub tool_version: String,
+    pub kind: Kind,
+    /// Unique per archive; an incremental names its base by this id.
+    pub id: String,
+    /// For an incremental: the archive it builds on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseRef>,
+    /// RFC 3339, UTC.
+    pub created: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRef {
+    pub id: String,
+    /// The base archive's file name (looked for next to this one).
+    pub file: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    /// Another name of a file listed earlier (`target`).
+    Hardlink,
+}
+
+/// One path of the deployment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative to the deployment directory, `/`-separated.
+    pub path: String,
+    pub kind: EntryKind,
+    #[serde(default)]
+    pub size: u64,
+    /// Seconds and nanoseconds since the epoch.
+    pub mtime: i64,
+    #[serde(default)]
+    pub mtime_nsec: u32,
+    /// Permission bits including setuid, setgid and sticky.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Owner names as the relay's container knows them (restore maps by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Regular files: the content's SHA-256, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Symlinks: the link's text; hard links: the path of the first name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Whether this archive holds the entry (always, in a full archive).
+    pub stored: bool,
+}
+
+impl Entry {
+    /// Whether `self` (scanned now) is the same as `prev` (from the last
+    /// manifest) as far as metadata tells: then its content is not read.
+    pub fn unchanged_since(&self, prev: &Entry) -> bool {
+        self.kind == prev.kind
+            && self.size == prev.size
+            && self.mtime == prev.mtime
+            && self.mtime_nsec == prev.mtime_nsec
+            && self.mode == prev.mode
+            && self.uid == prev.uid
+            && self.gid == prev.gid
+            && self.target == prev.target
+    }
+}
+
+/// How the data was kept consistent while the relay ran.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consistency {
+    /// One line per measure taken or not taken.
+    pub notes: Vec<String>,
+    /// How long the mail queue's service was paused, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_pause_ms: Option<u64>,
+    /// Files whose content changed while they were read (their next
+    /// backup stores them again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_while_read: Vec<String>,
+}
+
+/// The last entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub header: Header,
+    /// `/etc/chatmail-image-version` in the container, when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_version: Option<String>,
+    /// The relay commit the image was built from, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_commit: Option<String>,
+    pub consistency: Consistency,
+    /// Every path, in archive order.
+    pub entries: Vec<Entry>,
+    /// Paths of the base manifest that no longer exist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleted: Vec<String>,
+}
+
+impl Manifest {
+    pub fn by_path(&self) -> BTreeMap<&str, &Entry> {
+        self.entries.iter().map(|e| (e.path.as_str(), e)).collect()
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a manifest serialises")
+    }
+
+    pub fn from_json(bytes: &[u8], what: &Path) -> Result<Manifest> {
+        serde_json::from_slice(bytes)
+            .with_context(|| format!("{}: the backup manifest cannot be read", what.display()))
+    }
+
+    /// The sidecar file of an archive (`X.tar.zst` -> `X.tar.zst.manifest.json`).
+    pub fn sidecar_of(archive: &Path) -> std::path::PathBuf {
+        let mut s = archive.as_os_str().to_os_string();
+        s.push(SIDECAR_SUFFIX);
+        s.into()
+    }
+}
+
+/// Refuse an archive this tool cannot read, saying what to do.
+pub fn check_format(header: &Header, archive: &Path) -> Result<()> {
+    if header.format > FORMAT {
+        return Err(crate::error::usage(format!(
+            "{} was written by chatmail-docker {} (archive format {}); this chatmail-docker {} reads format {FORMAT} and older: install a newer chatmail-docker to restore it",
+            archive.display(),
+            header.tool_version,
+            header.format,
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryKind::File,
+            size: 3,
+            mtime: 10,
+            mtime_nsec: 5,
+            mode: 0o600,
+            uid: 1,
+            gid: 2,
+            user: Some("vmail".into()),
+            group: None,
+            sha256: Some("ab".into()),
+            target: None,
+            stored: true,
+        }
+    }
+
+    #[test]
+    fn unchanged_compares_metadata_not_names() {
+        let a = entry("x");
+        let mut b = a.clone();
+        b.user = None;
+        b.stored = false;
+        assert!(b.unchanged_since(&a));
+        b.mtime_nsec = 6;
+        assert!(!b.unchanged_since(&a));
+    }
+
+    #[test]
+    fn newer_format_is_refused_with_advice() {
+        let h = Header {
+            format: FORMAT + 1,
+            tool_version: "9.9.9".into(),
+            kind: Kind::Full,
+            id: "i".into(),
+            base: None,
+            created: "now".into(),
+        };
+        let err = check_format(&h, Path::new("/b/x.tar.zst")).unwrap_err();
+        assert!(err.to_string().contains("install a newer"), "{err}");
+        assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_USAGE);
+    }
+}

@@ -1,0 +1,1116 @@
+//! `backup`: the whole deployment state in one streamable archive (tar +
+//! multi-threaded zstd), online, verified by SHA-256, full or incremental.
+//!
+//! Plan, then apply: the deployment is scanned (metadata only), compared
+//! with the previous manifest (an incremental stores only files whose size,
+//! mtime, mode or owner changed), and written in one pass. Mailboxes are
+//! copied while the relay serves (maildir is made for that: a message that
+//! moves between `new/` and `cur/` while it is read is followed to its new
+//! name); the mail queue is copied while Postfix is frozen ([`pause`]).
+//! The archive is written under a temporary name with mode 0600 and
+//! renamed when complete; a failure or an interrupt leaves no archive and
+//! no paused service.
+
+pub mod archive;
+pub mod crypt;
+pub mod manifest;
+pub mod owners;
+pub mod pause;
+pub mod restore;
+pub mod scan;
+
+use anyhow::{bail, Context as _, Result};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use crate::{compose, error, Context};
+use manifest::{BaseRef, Consistency, Entry, EntryKind, Header, Kind, Manifest};
+use owners::Names;
+use scan::Scanned;
+
+/// Where the archive goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Standard output (`-`): for `| ssh host ...`.
+    Stdout,
+    /// This file.
+    File(PathBuf),
+    /// A new file in this directory, named by time; incremental against the
+    /// newest archive there unless `full`; retention with `keep`.
+    Dir(PathBuf),
+}
+
+impl Output {
+    /// `-`, an existing directory or a path ending in `/`, else a file.
+    pub fn parse(arg: &Path) -> Output {
+        if arg == Path::new("-") {
+            Output::Stdout
+        } else if arg.is_dir() || arg.as_os_str().to_string_lossy().ends_with('/') {
+            Output::Dir(arg.to_path_buf())
+        } else {
+            Output::File(arg.to_path_buf())
+        }
+    }
+}
+
+/// Typed options of `backup`.
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    pub output: Output,
+    /// Keep the newest N chains (a full backup and its incrementals) in a
+    /// backup directory.
+    pub keep: Option<usize>,
+    /// A full backup even when a previous one exists.
+    pub full: bool,
+    /// Incremental against this archive's manifest.
+    pub since: Option<PathBuf>,
+    pub json: bool,
+    /// zstd level (1..=19).
+    pub level: i32,
+    /// zstd worker threads; 0: one per core.
+    pub threads: u32,
+    /// Freeze Postfix while the queue is copied (when the container runs).
+    pub pause: bool,
+    /// Encrypt the archive (and its manifest beside it).
+    pub encrypt: crypt::Encrypt,
+    /// To read an encrypted base archive's manifest.
+    pub keys: crypt::Keys,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            output: Output::Stdout,
+            keep: None,
+            full: false,
+            since: None,
+            json: false,
+            level: 3,
+            threads: 0,
+            pause: true,
+            encrypt: crypt::Encrypt::None,
+            keys: crypt::Keys::default(),
+        }
+    }
+}
+
+/// What `--json` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub archive: Option<PathBuf>,
+    pub kind: Kind,
+    pub base: Option<String>,
+    pub files: usize,
+    pub bytes: u64,
+    pub stored_files: usize,
+    pub stored_bytes: u64,
+    pub deleted: usize,
+    pub archive_bytes: u64,
+    pub seconds: f64,
+    pub queue_pause_ms: Option<u64>,
+    pub consistency: Vec<String>,
+    pub removed_by_retention: Vec<PathBuf>,
+}
+
+/// Archive names in a backup directory: `chatmail-backup-<time>-full.tar.zst`.
+pub const PREFIX: &str = "chatmail-backup-";
+pub const SUFFIX: &str = ".tar.zst";
+
+/// The relay's facts, from the running container.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RelayInfo {
+    pub running: bool,
+    image_version: Option<String>,
+    relay_commit: Option<String>,
+    pub users: Names,
+    pub groups: Names,
+}
+
+pub(crate) fn relay_info(ctx: &Context) -> RelayInfo {
+    let mut info = RelayInfo::default();
+    if !ctx.deployment.compose_file().exists() {
+        return info;
+    }
+    match compose::container_id(ctx, compose::Containers::Running) {
+        Ok(Some(_)) => info.running = true,
+        Ok(None) => return info,
+        Err(e) => {
+            ctx.shell.verbose(format!("no container: {e}"));
+            return info;
+        }
+    }
+    let script = "cat /etc/chatmail-image-version 2>/dev/null; echo; echo @@; \
+                  head -n1 /etc/chatmail-version 2>/dev/null; echo; echo @@; \
+                  getent passwd; echo @@; getent group";
+    match compose::exec_output(ctx, ["sh", "-c", script]) {
+        Ok(out) if out.success() => {
+            let parts: Vec<&str> = out.stdout.split("@@\n").collect();
+            let field = |i: usize| {
+                parts
+                    .get(i)
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+            };
+            info.image_version = field(0);
+            info.relay_commit = field(1);
+            info.users = Names::parse(parts.get(2).copied().unwrap_or_default());
+            info.groups = Names::parse(parts.get(3).copied().unwrap_or_default());
+        }
+        Ok(out) => ctx.shell.warn(format!(
+            "cannot read the relay's version and users from the container: {}",
+            out.stderr.trim()
+        )),
+        Err(e) => ctx.shell.warn(format!("cannot ask the container: {e}")),
+    }
+    info
+}
+
+/// `2026-12-01T15:47:00.123Z` -> `20261201T154700.123Z`.
+fn stamp(t: SystemTime) -> (String, String) {
+    let rfc = humantime::format_rfc3339_millis(t).to_string();
+    let compact = rfc.replace(['-', ':'], "");
+    (rfc, compact)
+}
+
+fn new_id(created: &str, dir: &Path) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seed = format!("{created}|{nanos}|{}|{}", std::process::id(), dir.display());
+    archive::sha256_hex(seed.as_bytes())[..32].to_string()
+}
+
+/// The archives of a backup directory, oldest first.
+pub fn archives_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(PREFIX) && n.ends_with(SUFFIX))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// In the deployment directory (not backed up): the manifest of the last
+/// archive written, so that an incremental against an encrypted archive
+/// needs no key to decrypt it. The host holds the same data in clear.
+pub const LAST_MANIFEST: &str = ".chatmail-backup-last.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LastManifest {
+    /// The archive's absolute path and size: the copy is used only for it.
+    archive: PathBuf,
+    size: u64,
+    manifest: Manifest,
+}
+
+/// An archive's manifest: from the local copy of the last one, from its
+/// sidecar (decrypted if need be), else read from the archive itself.
+pub fn load_manifest(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<Manifest> {
+    if let (Ok(bytes), Ok(abs), Ok(meta)) = (
+        fs::read(ctx.path(LAST_MANIFEST)),
+        fs::canonicalize(archive),
+        fs::metadata(archive),
+    ) {
+        if let Ok(last) = serde_json::from_slice::<LastManifest>(&bytes) {
+            if last.archive == abs && last.size == meta.len() {
+                return Ok(last.manifest);
+            }
+        }
+    }
+    let side = Manifest::sidecar_of(archive);
+    if let Ok(f) = fs::File::open(&side) {
+        let mut bytes = Vec::new();
+        crypt::open_reader(Box::new(f), keys, &side)?
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read {}", side.display()))?;
+        return Manifest::from_json(&bytes, &side);
+    }
+    restore::read_manifest(archive, keys)
+}
+
+/// Chains (a full archive and the incrementals after it) of a directory.
+fn chains(list: &[PathBuf]) -> Vec<Vec<PathBuf>> {
+    let mut out: Vec<Vec<PathBuf>> = Vec::new();
+    for p in list {
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        if name.ends_with(&format!("-full{SUFFIX}")) || out.is_empty() {
+            out.push(vec![p.clone()]);
+        } else if let Some(last) = out.last_mut() {
+            last.push(p.clone());
+        }
+    }
+    out
+}
+
+/// What a backup will do.
+struct Plan {
+    kind: Kind,
+    base: Option<(BaseRef, Manifest)>,
+    final_path: Option<PathBuf>,
+    entries: Vec<Scanned>,
+    skipped: scan::Skipped,
+    queue: Option<PathBuf>,
+}
+
+fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
+    let dep = &ctx.deployment;
+    let (_, compact) = stamp(SystemTime::now());
+    let base_archive: Option<PathBuf> = match (&opts.since, &opts.output, opts.full) {
+        (Some(p), _, _) => Some(p.clone()),
+        (None, Output::Dir(d), false) if d.is_dir() => archives_in(d)?.pop(),
+        _ => None,
+    };
+    let base = match base_archive {
+        Some(p) => {
+            let m = load_manifest(ctx, &p, &opts.keys).with_context(|| {
+                format!(
+                    "cannot use {} as the base of an incremental backup (use --full for a full one)",
+                    p.display()
+                )
+            })?;
+            let file = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Some((
+                BaseRef {
+                    id: m.header.id.clone(),
+                    file,
+                },
+                m,
+            ))
+        }
+        None => None,
+    };
+    let kind = if base.is_some() {
+        Kind::Incremental
+    } else {
+        Kind::Full
+    };
+    let final_path = match &opts.output {
+        Output::Stdout => None,
+        Output::File(p) => Some(p.clone()),
+        Output::Dir(d) => Some(d.join(format!(
+            "{PREFIX}{compact}-{}{SUFFIX}",
+            if kind == Kind::Full { "full" } else { "incr" }
+        ))),
+    };
+    let queue = dep.path(scan::QUEUE_DIR);
+    let mut skip = vec![queue.clone()];
+    if let Some(p) = &final_path {
+        // The destination may lie inside data/ (not recommended): never
+        // back up the backups.
+        if let Some(parent) = p.parent() {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            if let Ok(c) = fs::canonicalize(parent) {
+                skip.push(c);
+            }
+            skip.push(parent.to_path_buf());
+        }
+    }
+    let (entries, skipped) = scan::scan(dep, &skip)?;
+    let queue = fs::symlink_metadata(&queue)
+        .is_ok_and(|m| m.is_dir())
+        .then_some(queue);
+    Ok(Plan {
+        kind,
+        base,
+        final_path,
+        entries,
+        skipped,
+        queue,
+    })
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+/// Run `backup`.
+pub fn run(ctx: &Context, opts: &BackupOptions) -> Result<Summary> {
+    if opts.output == Output::Stdout {
+        use std::io::IsTerminal;
+        if std::io::stdout().is_terminal() && !ctx.dry_run {
+            return Err(error::usage(
+                "refusing to write an archive to a terminal: redirect it (`backup - > FILE`, `backup - | ssh HOST 'cat > FILE'`) or name a file or directory",
+            ));
+        }
+    }
+    if opts.keep.is_some() && !matches!(opts.output, Output::Dir(_)) {
+        return Err(error::usage(
+            "--keep needs a backup directory as the destination (an existing directory, or a path ending in /)",
+        ));
+    }
+    if opts.keep == Some(0) {
+        return Err(error::usage(
+            "--keep 0 would remove every backup; give 1 or more",
+        ));
+    }
+    if !(1..=19).contains(&opts.level) {
+        return Err(error::usage(format!(
+            "--level {} is out of range: use 1 to 19",
+            opts.level
+        )));
+    }
+    let start = Instant::now();
+    let signals = compose::signal_count();
+    let plan = plan(ctx, opts)?;
+    let info = relay_info(ctx);
+    if ctx.dry_run {
+        show_plan(ctx, opts, &plan, &info);
+        ctx.dry_run_done();
+        return Ok(Summary {
+            archive: plan.final_path,
+            kind: plan.kind,
+            base: plan.base.map(|b| b.0.file),
+            files: 0,
+            bytes: 0,
+            stored_files: 0,
+            stored_bytes: 0,
+            deleted: 0,
+            archive_bytes: 0,
+            seconds: 0.0,
+            queue_pause_ms: None,
+            consistency: vec![],
+            removed_by_retention: vec![],
+        });
+    }
+    let summary = write(ctx, opts, plan, info, signals, start)?;
+    if opts.json {
+        let text = serde_json::to_string_pretty(&summary)?;
+        if opts.output == Output::Stdout {
+            eprintln!("{text}");
+        } else {
+            ctx.shell.data(text);
+        }
+    } else {
+        let what = summary
+            .archive
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "standard output".into());
+        ctx.shell.status(
+            "Backed up",
+            format!(
+                "{} files ({}) to {what}: {} {} stored ({} files, {}), {} compressed, in {:.1} s{}",
+                summary.files,
+                mib(summary.bytes),
+                match summary.kind {
+                    Kind::Full => "full,",
+                    Kind::Incremental => "incremental,",
+                },
+                mib(summary.stored_bytes),
+                summary.stored_files,
+                if summary.deleted > 0 {
+                    format!("{} deleted", summary.deleted)
+                } else {
+                    "none deleted".into()
+                },
+                mib(summary.archive_bytes),
+                summary.seconds,
+                summary
+                    .queue_pause_ms
+                    .map(|ms| format!("; Postfix paused {ms} ms"))
+                    .unwrap_or_default()
+            ),
+        );
+        for p in &summary.removed_by_retention {
+            ctx.shell
+                .status("Removed", format!("{} (--keep)", p.display()));
+        }
+    }
+    Ok(summary)
+}
+
+fn show_plan(ctx: &Context, opts: &BackupOptions, plan: &Plan, info: &RelayInfo) {
+    let files: Vec<&Scanned> = plan
+        .entries
+        .iter()
+        .filter(|s| s.entry.kind == EntryKind::File)
+        .collect();
+    let bytes: u64 = files.iter().map(|s| s.entry.size).sum();
+    ctx.shell.out(format!(
+        "would back up {} files ({}) of {}",
+        files.len(),
+        mib(bytes),
+        ctx.deployment.dir().display()
+    ));
+    match &plan.base {
+        Some((b, m)) => {
+            let prev = m.by_path();
+            let changed: Vec<&&Scanned> = files
+                .iter()
+                .filter(|s| {
+                    !prev
+                        .get(s.entry.path.as_str())
+                        .is_some_and(|p| s.entry.unchanged_since(p))
+                })
+                .collect();
+            ctx.shell.out(format!(
+                "incremental against {}: {} new or changed files ({})",
+                b.file,
+                changed.len(),
+                mib(changed.iter().map(|s| s.entry.size).sum())
+            ));
+        }
+        None => ctx.shell.out("full backup"),
+    }
+    match &plan.final_path {
+        Some(p) => ctx
+            .shell
+            .out(format!("would write {} (mode 0600)", p.display())),
+        None => ctx.shell.out("would write to standard output"),
+    }
+    if plan.queue.is_some() {
+        if info.running && opts.pause {
+            let cmd = compose::exec_cmd(ctx, ["systemctl", "freeze", pause::POSTFIX_UNIT]);
+            ctx.shell.out(format!(
+                "would run: {} (while the mail queue is copied, then thaw)",
+                cmd.display()
+            ));
+        } else {
+            ctx.shell.out(
+                "the mail queue is copied without pausing Postfix (the container is not running)",
+            );
+        }
+    }
+    if let (Some(n), Output::Dir(d)) = (opts.keep, &opts.output) {
+        if let Ok(list) = archives_in(d) {
+            let ch = chains(&list);
+            // The new archive starts a chain when it is a full one.
+            let keep_old = if plan.kind == Kind::Full { n - 1 } else { n };
+            for c in ch.iter().take(ch.len().saturating_sub(keep_old)) {
+                for p in c {
+                    ctx.shell
+                        .out(format!("would remove {} (--keep {n})", p.display()));
+                }
+            }
+        }
+    }
+}
+
+/// Follow a maildir message renamed while the backup ran (`new/X` ->
+/// `cur/X:2,S`, or a flag change in `cur/`): its new path, if any.
+fn renamed_message(abs: &Path) -> Option<PathBuf> {
+    let name = abs.file_name()?.to_str()?;
+    let base = name.split(':').next()?;
+    let dir = abs.parent()?;
+    let mut dirs = vec![dir.to_path_buf()];
+    if dir.file_name().is_some_and(|n| n == "new") {
+        dirs.push(dir.parent()?.join("cur"));
+    }
+    for d in dirs {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let n = e.file_name();
+            let Some(n) = n.to_str() else { continue };
+            if n != name && n.split(':').next() == Some(base) {
+                return Some(e.path());
+            }
+        }
+    }
+    None
+}
+
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(ctx: &Context, total: u64, files: u64, json: bool) -> Progress {
+        let bar = (ctx.shell.progress_allowed() && !json).then(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec} {msg} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.set_message(format!("0/{files} files"));
+            b
+        });
+        Progress { bar }
+    }
+    fn tick(&self, bytes: u64, done: u64, files: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(bytes);
+            if done.is_multiple_of(64) || done == files {
+                b.set_message(format!("{done}/{files} files"));
+            }
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// The open destination: a temp file renamed at the end, or stdout.
+enum Dest {
+    Temp(tempfile::NamedTempFile, PathBuf),
+    Stdout,
+}
+
+fn open_dest(final_path: Option<&Path>) -> Result<(Dest, Box<dyn Write + Send>)> {
+    match final_path {
+        None => Ok((
+            Dest::Stdout,
+            Box::new(std::io::BufWriter::with_capacity(
+                1 << 20,
+                std::io::stdout(),
+            )),
+        )),
+        Some(p) => {
+            let dir = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create the backup directory {}", dir.display()))?;
+            if p.exists() {
+                bail!(
+                    "{} exists already; name another file (archives are never overwritten)",
+                    p.display()
+                );
+            }
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            let tmp = tempfile::Builder::new()
+                .prefix(&format!(".{name}."))
+                .suffix(".partial")
+                .permissions(fs::Permissions::from_mode(0o600))
+                .tempfile_in(&dir)
+                .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+            fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o600))?;
+            let f = tmp.reopen()?;
+            Ok((
+                Dest::Temp(tmp, p.to_path_buf()),
+                Box::new(std::io::BufWriter::with_capacity(1 << 20, f)),
+            ))
+        }
+    }
+}
+
+/// Names for an entry's owner, from the container's databases.
+fn name_owner(e: &mut Entry, info: &RelayInfo) {
+    e.user = info.users.name(e.uid).map(str::to_string);
+    e.group = info.groups.name(e.gid).map(str::to_string);
+}
+
+struct Run<'a> {
+    ctx: &'a Context,
+    prev: BTreeMap<String, Entry>,
+    links: HashMap<(u64, u64), String>,
+    written: HashSet<String>,
+    entries: Vec<Entry>,
+    consistency: Consistency,
+    stored_files: usize,
+    stored_bytes: u64,
+    total_files: u64,
+    signals: usize,
+}
+
+impl Run<'_> {
+    fn check_interrupt(&self) -> Result<()> {
+        if compose::interrupted_since(self.signals) {
+            return Err(error::Failure {
+                code: 130,
+                message: Some("interrupted: no archive was written".into()),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Turn a second name of a file into a hard link entry.
+    fn link_of(&mut self, s: &Scanned) -> Option<Entry> {
+        if s.entry.kind != EntryKind::File || s.nlink < 2 {
+            return None;
+        }
+        match self.links.get(&(s.dev, s.ino)) {
+            Some(first) => {
+                let mut e = s.entry.clone();
+                e.kind = EntryKind::Hardlink;
+                e.size = 0;
+                e.target = Some(first.clone());
+                Some(e)
+            }
+            None => {
+                self.links.insert((s.dev, s.ino), s.entry.path.clone());
+                None
+            }
+        }
+    }
+
+    /// Store one scanned path; `content` when it was read already (queue).
+    fn add<W: Write>(
+        &mut self,
+        w: &mut archive::Writer<W>,
+        s: &Scanned,
+        content: Option<&[u8]>,
+        pre: Option<archive::Small>,
+        info: &RelayInfo,
+        progress: &Progress,
+    ) -> Result<()> {
+        self.check_interrupt()?;
+        if !self.written.insert(s.entry.path.clone()) {
+            return Ok(());
+        }
+        if let Some(mut e) = self.link_of(s) {
+            name_owner(&mut e, info);
+            e.stored = true;
+            w.add_entry(&e)?;
+            self.entries.push(e);
+            return Ok(());
+        }
+        let mut e = s.entry.clone();
+        name_owner(&mut e, info);
+        if e.kind != EntryKind::File {
+            e.stored = true;
+            w.add_entry(&e)?;
+            self.entries.push(e);
+            return Ok(());
+        }
+        if let Some(p) = self.prev.get(&e.path) {
+            if e.unchanged_since(p) && p.sha256.is_some() {
+                e.sha256 = p.sha256.clone();
+                e.stored = false;
+                self.entries.push(e);
+                return Ok(());
+            }
+        }
+        e.stored = true;
+        let read = match content {
+            Some(bytes) => {
+                e.size = bytes.len() as u64;
+                w.add_bytes(&e, bytes)?;
+                Some(archive::FileRead {
+                    sha256: archive::sha256_hex(bytes),
+                    size: e.size,
+                    changed: false,
+                })
+            }
+            None => match pre {
+                Some(small) => Some(w.add_small(&mut e, small)?),
+                None => w.add_file(&mut e, &s.abs)?,
+            },
+        };
+        let Some(read) = read else {
+            // Gone since the scan: a maildir message may have moved.
+            self.written.remove(&e.path);
+            if let Some(new) = renamed_message(&s.abs) {
+                if let Ok(m) = fs::symlink_metadata(&new) {
+                    let rel = scan::rel_name(self.ctx.deployment.dir(), &new)?;
+                    let s2 = scan::entry_of(&new, &rel, &m)?;
+                    return self.add(w, &s2, None, None, info, progress);
+                }
+            }
+            return Ok(());
+        };
+        if read.changed {
+            self.consistency.changed_while_read.push(e.path.clone());
+        }
+        e.sha256 = Some(read.sha256);
+        self.stored_files += 1;
+        self.stored_bytes += read.size;
+        progress.tick(read.size, self.stored_files as u64, self.total_files);
+        self.entries.push(e);
+        Ok(())
+    }
+}
+
+/// Indices of the entries whose content a backup reads: files that are
+/// new or changed since `prev`, first names of hard-linked files only
+/// (the same decisions as [`Run::add`], in the same order).
+fn files_to_read(entries: &[Scanned], prev: &BTreeMap<String, Entry>) -> Vec<usize> {
+    let mut seen = HashSet::default();
+    let mut out = Vec::new();
+    for (i, s) in entries.iter().enumerate() {
+        if s.entry.kind != EntryKind::File {
+            continue;
+        }
+        if s.nlink > 1 && !seen.insert((s.dev, s.ino)) {
+            continue;
+        }
+        let unchanged = prev
+            .get(&s.entry.path)
+            .is_some_and(|p| s.entry.unchanged_since(p) && p.sha256.is_some());
+        if !unchanged {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// The queue's paths by name, files with their content.
+type QueueFiles = BTreeMap<String, (Scanned, Option<Vec<u8>>)>;
+
+/// The queue's files with their content, read now.
+fn read_queue(ctx: &Context, queue: &Path, before: Option<&QueueFiles>) -> Result<QueueFiles> {
+    let mut list = Vec::new();
+    let mut skipped = scan::Skipped::default();
+    scan::scan_tree(ctx.deployment.dir(), queue, &[], &mut list, &mut skipped)?;
+    let mut out = BTreeMap::new();
+    for s in list {
+        let content = if s.entry.kind == EntryKind::File {
+            let same = before
+                .and_then(|b| b.get(&s.entry.path))
+                .filter(|(p, c)| {
+                    c.is_some()
+                        && p.ino == s.ino
+                        && p.entry.size == s.entry.size
+                        && p.entry.mtime == s.entry.mtime
+                        && p.entry.mtime_nsec == s.entry.mtime_nsec
+                })
+                .and_then(|(_, c)| c.clone());
+            match same {
+                Some(c) => Some(c),
+                None => match fs::read(&s.abs) {
+                    Ok(c) => Some(c),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot read {}", s.abs.display()))
+                    }
+                },
+            }
+        } else {
+            None
+        };
+        out.insert(s.entry.path.clone(), (s, content));
+    }
+    Ok(out)
+}
+
+fn write(
+    ctx: &Context,
+    opts: &BackupOptions,
+    plan: Plan,
+    info: RelayInfo,
+    signals: usize,
+    start: Instant,
+) -> Result<Summary> {
+    let (created, _) = stamp(SystemTime::now());
+    let header = Header {
+        format: manifest::FORMAT,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        kind: plan.kind,
+        id: new_id(&created, ctx.deployment.dir()),
+        base: plan.base.as_ref().map(|b| b.0.clone()),
+        created,
+    };
+    let prev: BTreeMap<String, Entry> = plan
+        .base
+        .as_ref()
+        .map(|(_, m)| {
+            m.entries
+                .iter()
+                .map(|e| (e.path.clone(), e.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let to_read: Vec<&Scanned> = plan
+        .entries
+        .iter()
+        .filter(|s| {
+            s.entry.kind == EntryKind::File
+                && !prev
+                    .get(&s.entry.path)
+                    .is_some_and(|p| s.entry.unchanged_since(p))
+        })
+        .collect();
+    let total_bytes: u64 = to_read.iter().map(|s| s.entry.size).sum();
+    let total_files = to_read.len() as u64;
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
+    } else {
+        opts.threads
+    };
+
+    let (dest, out) = open_dest(plan.final_path.as_deref())?;
+    let sink = crypt::Sink::new(out, &opts.encrypt)?;
+    let mut w = archive::Writer::new(sink, opts.level, threads)?;
+    w.add_meta(manifest::HEADER_ENTRY, &serde_json::to_vec_pretty(&header)?)?;
+    let mut run = Run {
+        ctx,
+        prev,
+        links: HashMap::default(),
+        written: HashSet::default(),
+        entries: Vec::with_capacity(plan.entries.len()),
+        consistency: Consistency::default(),
+        stored_files: 0,
+        stored_bytes: 0,
+        total_files,
+        signals,
+    };
+    run.consistency.notes.push(
+        "mailboxes, keys and certificates copied while the relay served (maildir files are written once and renamed; a message renamed during the copy is followed to its new name)".into(),
+    );
+    {
+        let progress = Progress::new(ctx, total_bytes, total_files, opts.json);
+        // One thread reads and hashes the files to store, in archive
+        // order, while this one feeds zstd's workers: reading overlaps
+        // with compression, as in `tar | zstd`.
+        let need = files_to_read(&plan.entries, &run.prev);
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Option<archive::Small>>>(32);
+            let entries = &plan.entries;
+            let need_ref = &need;
+            scope.spawn(move || {
+                for &i in need_ref {
+                    let msg = match archive::read_small(&entries[i].abs) {
+                        Ok(Some(archive::Opened::Small(r))) => Ok(Some(r)),
+                        Ok(_) => Ok(None),
+                        Err(e) => Err(e),
+                    };
+                    if tx.send(msg).is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut next = need.iter().peekable();
+            for (i, s) in plan.entries.iter().enumerate() {
+                let pre = if next.peek() == Some(&&i) {
+                    next.next();
+                    rx.recv().context("the reading thread stopped")??
+                } else {
+                    None
+                };
+                run.add(&mut w, s, None, pre, &info, &progress)?;
+            }
+            Ok(())
+        })?;
+
+        if let Some(queue) = &plan.queue {
+            // Read the queue once while Postfix runs, then again under the
+            // pause, reusing what did not change: the pause lasts as long
+            // as the queue takes to stat, plus the files that changed.
+            let early = read_queue(ctx, queue, None)?;
+            let queue_files = if info.running && opts.pause {
+                match pause::Pause::start(ctx) {
+                    Ok(mut p) => {
+                        let method = p.method();
+                        let res = read_queue(ctx, queue, Some(&early));
+                        let d = p.resume()?;
+                        let files = res?;
+                        let ms = d.as_millis() as u64;
+                        run.consistency.queue_pause_ms = Some(ms);
+                        run.consistency.notes.push(format!(
+                            "mail queue ({}) copied while Postfix ({}) was {} for {ms} ms",
+                            scan::QUEUE_DIR,
+                            pause::POSTFIX_UNIT,
+                            match method {
+                                pause::Method::Freezer =>
+                                    "frozen (systemctl freeze, cgroup freezer)",
+                                pause::Method::Sigstop => "stopped (SIGSTOP/SIGCONT)",
+                            }
+                        ));
+                        files
+                    }
+                    Err(e) => {
+                        ctx.shell
+                            .warn(format!("{e:#}; the queue is copied while Postfix runs"));
+                        run.consistency.notes.push(format!(
+                            "mail queue copied while Postfix ran (pausing failed: {e})"
+                        ));
+                        early
+                    }
+                }
+            } else {
+                run.consistency.notes.push(if info.running {
+                    "mail queue copied while Postfix ran (--no-pause)".to_string()
+                } else {
+                    "mail queue copied with the relay stopped (the container was not running)"
+                        .to_string()
+                });
+                early
+            };
+            for (s, content) in queue_files.values() {
+                run.add(&mut w, s, content.as_deref(), None, &info, &progress)?;
+            }
+        } else {
+            run.consistency
+                .notes
+                .push(format!("no mail queue directory ({})", scan::QUEUE_DIR));
+        }
+    }
+    if !plan.skipped.special.is_empty() {
+        run.consistency.notes.push(format!(
+            "{} sockets or fifos not stored (the services create them at start)",
+            plan.skipped.special.len()
+        ));
+    }
+    if info.users.is_empty() {
+        run.consistency.notes.push(
+            "owners recorded by number only (the container was not running to name them)".into(),
+        );
+    }
+    let current: HashSet<&str> = run.entries.iter().map(|e| e.path.as_str()).collect();
+    let deleted: Vec<String> = run
+        .prev
+        .keys()
+        .filter(|p| !current.contains(p.as_str()))
+        .cloned()
+        .collect();
+    let manifest = Manifest {
+        header: header.clone(),
+        image_version: info.image_version.clone(),
+        relay_commit: info.relay_commit.clone(),
+        consistency: run.consistency.clone(),
+        entries: std::mem::take(&mut run.entries),
+        deleted,
+    };
+    run.check_interrupt()?;
+    let json = manifest.to_json();
+    w.add_meta(manifest::MANIFEST_ENTRY, &json)?;
+    let (sink, archive_bytes) = w.finish()?;
+    let mut out = sink
+        .finish()
+        .context("cannot finish the encrypted stream")?;
+    out.flush().context("cannot write the archive")?;
+    drop(out);
+    let archive = match dest {
+        Dest::Stdout => None,
+        Dest::Temp(tmp, final_path) => {
+            tmp.as_file()
+                .sync_all()
+                .with_context(|| format!("cannot write {}", tmp.path().display()))?;
+            tmp.persist_noclobber(&final_path)
+                .map_err(|e| e.error)
+                .with_context(|| format!("cannot create {}", final_path.display()))?;
+            if matches!(opts.output, Output::Dir(_)) {
+                let side = crypt::seal(&json, &opts.encrypt)?;
+                crate::host::write_atomic(&Manifest::sidecar_of(&final_path), &side, 0o600)?;
+            }
+            // Encrypted archives: keep the manifest here, in clear, for
+            // the next incremental (a sidecar in clear would tell the
+            // backup's host every mailbox name).
+            let last_path = ctx.path(LAST_MANIFEST);
+            if matches!(opts.encrypt, crypt::Encrypt::None) {
+                let _ = fs::remove_file(&last_path);
+            } else {
+                let mut text = format!(
+                    "{{\"archive\":{},\"size\":{},\"manifest\":",
+                    serde_json::to_string(&fs::canonicalize(&final_path)?)?,
+                    fs::metadata(&final_path)?.len()
+                )
+                .into_bytes();
+                text.extend_from_slice(&json);
+                text.push(b'}');
+                crate::host::write_atomic(&last_path, &text, 0o600)?;
+            }
+            if let Some(dir) = final_path.parent() {
+                if let Ok(d) = fs::File::open(if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                }) {
+                    let _ = d.sync_all();
+                }
+            }
+            Some(final_path)
+        }
+    };
+    let removed = match (&opts.output, opts.keep) {
+        (Output::Dir(d), Some(n)) => retention(d, n)?,
+        _ => vec![],
+    };
+    let files: Vec<&Entry> = manifest
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .collect();
+    Ok(Summary {
+        archive,
+        kind: plan.kind,
+        base: plan.base.map(|b| b.0.file),
+        files: files.len(),
+        bytes: files.iter().map(|e| e.size).sum(),
+        stored_files: run.stored_files,
+        stored_bytes: run.stored_bytes,
+        deleted: manifest.deleted.len(),
+        archive_bytes,
+        seconds: start.elapsed().as_secs_f64(),
+        queue_pause_ms: manifest.consistency.queue_pause_ms,
+        consistency: manifest.consistency.notes.clone(),
+        removed_by_retention: removed,
+    })
+}
+
+/// Keep the newest `n` chains of a backup directory; never remove an
+/// archive that a kept one builds on.
+fn retention(dir: &Path, n: usize) -> Result<Vec<PathBuf>> {
+    let ch = chains(&archives_in(dir)?);
+    let mut removed = Vec::new();
+    for c in ch.iter().take(ch.len().saturating_sub(n)) {
+        for p in c {
+            fs::remove_file(p).with_context(|| format!("cannot remove {}", p.display()))?;
+            let _ = fs::remove_file(Manifest::sidecar_of(p));
+            removed.push(p.clone());
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_and_chains() {
+        assert_eq!(Output::parse(Path::new("-")), Output::Stdout);
+        assert_eq!(
+            Output::parse(Path::new("/nonexistent/b/")),
+            Output::Dir("/nonexistent/b/".into())
+        );
+        assert_eq!(
+            Output::parse(Path::new("/nonexistent/b.tar.zst")),
+            Output::File("/nonexistent/b.tar.zst".into())
+        );
+        let p = |s: &str| PathBuf::from(format!("{PREFIX}{s}{SUFFIX}"));
+        let list = [
+            p("1-full"),
+            p("2-incr"),
+            p("3-full"),
+            p("4-incr"),
+            p("5-incr"),
+        ];
+        let c = chains(&list);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[1].len(), 3);
+    }
+
+    #[test]
+    fn follows_a_renamed_maildir_message() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("new")).unwrap();
+        fs::create_dir_all(d.path().join("cur")).unwrap();
+        fs::write(d.path().join("cur/123.host:2,S"), "m").unwrap();
+        assert_eq!(
+            renamed_message(&d.path().join("new/123.host")),
+            Some(d.path().join("cur/123.host:2,S"))
+        );
+        assert_eq!(renamed_message(&d.path().join("new/999.host")), None);
+    }
+}

@@ -1,0 +1,159 @@
+//! Arguments of `backup` and `restore`.
+
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+
+use crate::backup::crypt::{self, Encrypt, Keys};
+use crate::backup::restore::{self, RestoreOptions};
+use crate::backup::{self, BackupOptions, Output};
+use crate::Context;
+
+#[derive(Args, Debug, Clone)]
+pub struct BackupArgs {
+    /// Where to: a file, a directory (a new archive named by time; incremental against the newest one there), or - for standard output.
+    #[arg(value_name = "DEST")]
+    pub dest: PathBuf,
+
+    /// In a backup directory: keep the newest N chains (a full backup and its incrementals).
+    #[arg(long, value_name = "N")]
+    pub keep: Option<usize>,
+
+    /// A full backup even when the directory holds a previous one.
+    #[arg(long, conflicts_with = "since")]
+    pub full: bool,
+
+    /// Incremental: store only what changed since ARCHIVE (keep both in one directory to restore).
+    #[arg(long, value_name = "ARCHIVE")]
+    pub since: Option<PathBuf>,
+
+    /// Print a machine-readable summary (no progress).
+    #[arg(long)]
+    pub json: bool,
+
+    /// zstd compression level, 1 to 19.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub level: i32,
+
+    /// zstd worker threads (0: one per core).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub threads: u32,
+
+    /// Do not freeze Postfix while the mail queue is copied.
+    #[arg(long)]
+    pub no_pause: bool,
+
+    /// Encrypt with age to this public key (age1..., from age-keygen); repeatable.
+    #[arg(long, value_name = "AGE1...", conflicts_with = "passphrase_file")]
+    pub recipient: Vec<String>,
+
+    /// Encrypt with age to the public keys in FILE, one a line (# comments allowed).
+    #[arg(long, value_name = "FILE", conflicts_with = "passphrase_file")]
+    pub recipients_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+// Passphrase and identities, for reading encrypted archives (and, with
+// `backup`, the passphrase to encrypt with).
+#[derive(Args, Debug, Clone)]
+pub struct KeyArgs {
+    /// Encrypt (backup) or decrypt (restore) with the passphrase on FILE's first line (age, scrypt).
+    #[arg(long, value_name = "FILE", env = "CHATMAIL_BACKUP_PASSPHRASE_FILE")]
+    pub passphrase_file: Option<PathBuf>,
+
+    /// An age identity file (age-keygen's output) to decrypt with; repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Vec<PathBuf>,
+}
+
+impl KeyArgs {
+    fn keys(&self) -> Result<Keys> {
+        Ok(Keys {
+            passphrase: self
+                .passphrase_file
+                .as_deref()
+                .map(crypt::passphrase_from_file)
+                .transpose()?,
+            identity_files: self.identity.clone(),
+        })
+    }
+}
+
+impl BackupArgs {
+    pub fn exec(self, ctx: &Context) -> Result<()> {
+        let keys = self.keys.keys()?;
+        let mut list = self.recipient.clone();
+        if let Some(f) = &self.recipients_file {
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                crate::error::usage(format!(
+                    "cannot read the recipients file {}: {e}",
+                    f.display()
+                ))
+            })?;
+            list.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+        }
+        let encrypt = if !list.is_empty() {
+            Encrypt::Recipients(crypt::recipients(&list)?)
+        } else if let Some(p) = &keys.passphrase {
+            Encrypt::Passphrase(p.clone())
+        } else {
+            Encrypt::None
+        };
+        backup::run(
+            ctx,
+            &BackupOptions {
+                output: Output::parse(&self.dest),
+                keep: self.keep,
+                full: self.full,
+                since: self.since,
+                json: self.json,
+                level: self.level,
+                threads: self.threads,
+                pause: !self.no_pause,
+                encrypt,
+                keys,
+            },
+        )
+        .map(|_| ())
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// An archive (an incremental brings its chain from the same directory), a backup directory (its newest), or - for standard input (a full archive).
+    #[arg(value_name = "ARCHIVE")]
+    pub archive: PathBuf,
+
+    /// Restore over an existing deployment: its data/, .env, ... are moved aside (NAME.before-restore-TIME), never deleted.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Print a machine-readable summary.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+impl RestoreArgs {
+    pub fn exec(self, ctx: &Context) -> Result<()> {
+        restore::run(
+            ctx,
+            &RestoreOptions {
+                archive: self.archive,
+                force: self.force,
+                json: self.json,
+                keys: self.keys.keys()?,
+            },
+        )
+        .map(|_| ())
+    }
+}

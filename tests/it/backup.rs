@@ -1,0 +1,799 @@
+//! `backup` and `restore`: round trips through the real binary and the
+//! library, incremental chains, retention, the queue pause with a stand-in
+//! `docker` that records its calls (thawed on errors and on SIGTERM), and
+//! every way a restore must refuse with nothing written.
+
+use crate::support::{assert_ok, bin, path_with, script};
+
+use chatmail_docker::backup::{self, BackupOptions, Output};
+use chatmail_docker::host::Host;
+use chatmail_docker::shell::{ColorChoice, Shell, Verbosity};
+use chatmail_docker::Context;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// A deployment directory with mail, keys, a queue and configuration.
+fn deployment(root: &Path) -> PathBuf {
+    let d = root.join("deploy");
+    let mail = d.join("data/chatmail/vmail/mail/example.org/u@example.org");
+    for sub in ["cur", "new", "tmp"] {
+        fs::create_dir_all(mail.join(sub)).unwrap();
+    }
+    for i in 0..40 {
+        let body: Vec<u8> = (0..(i * 997 % 20000)).map(|b| (b * 31 + i) as u8).collect();
+        fs::write(
+            mail.join(format!("cur/{}.M{i}.relay:2,S", 1700000000 + i)),
+            body,
+        )
+        .unwrap();
+    }
+    fs::write(mail.join("password"), "$6$x$y\n").unwrap();
+    fs::hard_link(
+        mail.join("cur/1700000001.M1.relay:2,S"),
+        mail.join("new/1700000099.L1.relay"),
+    )
+    .unwrap();
+    fs::create_dir_all(d.join("data/chatmail-dkimkeys")).unwrap();
+    fs::write(d.join("data/chatmail-dkimkeys/opendkim.private"), "KEY").unwrap();
+    fs::set_permissions(
+        d.join("data/chatmail-dkimkeys/opendkim.private"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    fs::create_dir_all(d.join("data/chatmail-acme/certs/c")).unwrap();
+    fs::write(d.join("data/chatmail-acme/certs/c/fullchain"), "CERT").unwrap();
+    fs::create_dir_all(d.join("data/chatmail-acme/live")).unwrap();
+    std::os::unix::fs::symlink("../certs/c", d.join("data/chatmail-acme/live/example.org"))
+        .unwrap();
+    fs::create_dir_all(d.join("data/chatmail-postfix/deferred/A")).unwrap();
+    fs::write(
+        d.join("data/chatmail-postfix/deferred/A/A1B2C3"),
+        "queued mail",
+    )
+    .unwrap();
+    fs::write(d.join("data/README.md"), "placeholder").unwrap();
+    fs::write(
+        d.join("chatmail.ini"),
+        "[params]\nmail_domain = example.org\n",
+    )
+    .unwrap();
+    fs::write(d.join(".env"), "MAIL_DOMAIN=example.org\n").unwrap();
+    fs::set_permissions(d.join(".env"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::create_dir_all(d.join("custom/www/src")).unwrap();
+    fs::write(d.join("custom/www/src/index.md"), "# hello").unwrap();
+    fs::write(d.join("docker-compose.override.yaml"), "services: {}\n").unwrap();
+    fs::create_dir_all(d.join("docker")).unwrap();
+    fs::write(
+        d.join("docker/docker-compose.yaml"),
+        "services: {chatmail: {image: x}}\n",
+    )
+    .unwrap();
+    if rustix::process::geteuid().is_root() {
+        // The container's users: ids the host does not know.
+        for p in ["data/chatmail", "data/chatmail-dkimkeys/opendkim.private"] {
+            std::os::unix::fs::lchown(d.join(p), Some(5998), Some(5998)).unwrap();
+        }
+    }
+    d
+}
+
+/// (uid, gid) of the mail directory and the DKIM key.
+fn owners_of(d: &Path) -> Vec<(u32, u32)> {
+    ["data/chatmail", "data/chatmail-dkimkeys/opendkim.private"]
+        .iter()
+        .map(|p| {
+            let m = fs::symlink_metadata(d.join(p)).unwrap();
+            (m.uid(), m.gid())
+        })
+        .collect()
+}
+
+/// A stand-in `docker` that logs its arguments to `log`. `running`: the
+/// container runs (answers `ps` and the relay's facts); `extra` runs for
+/// any call whose arguments contain `systemctl freeze`.
+fn docker(bin_dir: &Path, log: &Path, running: bool, on_freeze: &str) {
+    docker_with(bin_dir, log, running, on_freeze, true)
+}
+
+/// [`docker`]; `thawer`: whether the waiting thaw shell works (else the
+/// tool falls back to a second exec).
+fn docker_with(bin_dir: &Path, log: &Path, running: bool, on_freeze: &str, thawer: bool) {
+    let ps = if running { "echo c0ffee" } else { ":" };
+    let thaw_shell = if thawer {
+        format!(
+            r#"*"echo ready; read _"*) echo ready; read _; echo "thawed-by-shell" >> '{}'; echo thawed; exit 0;;"#,
+            log.display()
+        )
+    } else {
+        String::new()
+    };
+    script(
+        bin_dir,
+        "docker",
+        &format!(
+            r#"echo "$*" >> '{log}'
+case "$*" in
+  {thaw_shell}
+  *" ps "*) {ps}; exit 0;;
+  *"sh -c"*) printf 'img-1\n@@\nrelaycommit\n@@\nroot:x:0:0::/:/bin/sh\nvmail:x:{uid}:{uid}::/home/vmail:/bin/false\n@@\nroot:x:0:\nvmail:x:{uid}:\n'; exit 0;;
+  *"systemctl freeze"*) {on_freeze}; exit 0;;
+esac
+exit 0"#,
+            log = log.display(),
+            uid = rustix::process::geteuid().as_raw() + 5000,
+        ),
+    );
+}
+
+/// path -> (kind, mode, size, content or link, mtime) for everything a
+/// backup holds.
+fn state(d: &Path) -> BTreeMap<String, (String, u32, u64, Vec<u8>, i64)> {
+    let mut out = BTreeMap::new();
+    for top in [
+        "data",
+        "chatmail.ini",
+        ".env",
+        "custom",
+        "docker-compose.override.yaml",
+    ] {
+        if fs::symlink_metadata(d.join(top)).is_err() {
+            continue;
+        }
+        for e in walkdir::WalkDir::new(d.join(top)).sort_by_file_name() {
+            let e = e.unwrap();
+            let rel = e
+                .path()
+                .strip_prefix(d)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if rel == "data/README.md" {
+                continue;
+            }
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            let (kind, content) = if m.file_type().is_symlink() {
+                (
+                    "link",
+                    fs::read_link(e.path())
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                )
+            } else if m.is_dir() {
+                ("dir", vec![])
+            } else {
+                ("file", fs::read(e.path()).unwrap())
+            };
+            let mtime = if m.is_dir() { 0 } else { m.mtime() };
+            out.insert(
+                rel,
+                (
+                    kind.to_string(),
+                    m.mode(),
+                    if m.is_dir() { 0 } else { m.len() },
+                    content,
+                    mtime,
+                ),
+            );
+        }
+    }
+    out
+}
+
+fn run(dir: &Path, bin_dir: &Path, args: &[&str]) -> std::process::Output {
+    bin()
+        .env("PATH", path_with(bin_dir))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn archives(dir: &Path) -> Vec<PathBuf> {
+    backup::archives_in(dir).unwrap()
+}
+
+#[test]
+fn full_then_incremental_then_restore_of_the_chain() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let bin_dir = t.path().join("bin");
+    let log = t.path().join("docker.log");
+    docker(&bin_dir, &log, false, ":");
+    let out = t.path().join("backups");
+    let out_s = format!("{}/", out.display());
+    assert_ok(&run(&d, &bin_dir, &["backup", &out_s]));
+    let first = archives(&out);
+    assert_eq!(first.len(), 1);
+    assert!(first[0].to_string_lossy().ends_with("-full.tar.zst"));
+    assert_eq!(fs::metadata(&first[0]).unwrap().mode() & 0o777, 0o600);
+
+    // Mail arrives, a message is read (renamed), one is expunged.
+    let mail = d.join("data/chatmail/vmail/mail/example.org/u@example.org");
+    fs::write(mail.join("new/1800000000.N1.relay"), "new mail").unwrap();
+    fs::rename(
+        mail.join("cur/1700000003.M3.relay:2,S"),
+        mail.join("cur/1700000003.M3.relay:2,RS"),
+    )
+    .unwrap();
+    fs::remove_file(mail.join("cur/1700000004.M4.relay:2,S")).unwrap();
+    fs::remove_dir_all(d.join("custom/www")).unwrap();
+    let out2 = run(&d, &bin_dir, &["backup", "--json", &out_s]);
+    assert_ok(&out2);
+    let summary: serde_json::Value = serde_json::from_slice(&out2.stdout).unwrap();
+    assert_eq!(summary["kind"], "incremental");
+    // The new message and the renamed one; nothing else is read again.
+    assert_eq!(summary["stored_files"], 2, "{summary}");
+    // The old name of the renamed message, the expunged one, custom/www/...
+    assert_eq!(summary["deleted"], 5, "{summary}");
+    assert_eq!(archives(&out).len(), 2);
+
+    let target = t.path().join("fresh");
+    fs::create_dir_all(target.join("data")).unwrap();
+    fs::write(target.join("data/README.md"), "placeholder").unwrap();
+    let r = run(&target, &bin_dir, &["restore", &out_s]);
+    assert_ok(&r);
+    assert_eq!(state(&d), state(&target));
+    assert_eq!(owners_of(&d), owners_of(&target));
+    // The checkout's placeholder stays; no temporary directory is left.
+    assert!(target.join("data/README.md").exists());
+    assert!(!fs::read_dir(&target).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".chatmail-restore")));
+    // Hard links stay hard links.
+    let tm = target.join("data/chatmail/vmail/mail/example.org/u@example.org");
+    assert_eq!(
+        fs::metadata(tm.join("cur/1700000001.M1.relay:2,S"))
+            .unwrap()
+            .ino(),
+        fs::metadata(tm.join("new/1700000099.L1.relay"))
+            .unwrap()
+            .ino()
+    );
+}
+
+#[test]
+fn the_queue_is_copied_while_postfix_is_frozen() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let bin_dir = t.path().join("bin");
+    let log = t.path().join("docker.log");
+    docker(&bin_dir, &log, true, ":");
+    let archive = t.path().join("b.tar.zst");
+    assert_ok(&run(&d, &bin_dir, &["backup", archive.to_str().unwrap()]));
+    let calls = fs::read_to_string(&log).unwrap();
+    let pos = |s: &str| {
+        calls
+            .find(s)
+            .unwrap_or_else(|| panic!("no `{s}` in {calls}"))
+    };
+    assert!(pos("systemd-run") < pos("systemctl freeze postfix@-.service"));
+    assert!(pos("echo ready; read _") < pos("systemctl freeze postfix@-.service"));
+    assert!(pos("systemctl freeze") < pos("thawed-by-shell"));
+    assert!(pos("thawed-by-shell") < pos("systemctl stop chatmail-backup-thaw.timer"));
+    let m = backup::load_manifest(&ctx(&d), &archive, &Default::default()).unwrap();
+    assert_eq!(m.image_version.as_deref(), Some("img-1"));
+    assert_eq!(m.relay_commit.as_deref(), Some("relaycommit"));
+    assert!(m.consistency.queue_pause_ms.is_some());
+    assert!(
+        m.consistency.notes.iter().any(|n| n.contains("frozen")),
+        "{:?}",
+        m.consistency.notes
+    );
+    let q = m
+        .entries
+        .iter()
+        .find(|e| e.path == "data/chatmail-postfix/deferred/A/A1B2C3")
+        .unwrap();
+    assert!(q.stored && q.sha256.is_some());
+    // Owners are named as the container names them.
+    let uid = rustix::process::geteuid().as_raw();
+    let root_named = m.entries.iter().find(|e| e.uid == uid).unwrap();
+    assert_eq!(
+        root_named.user.as_deref(),
+        if uid == 0 { Some("root") } else { None }
+    );
+}
+
+#[test]
+fn postfix_is_thawed_when_the_backup_fails_during_the_pause() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let bin_dir = t.path().join("bin");
+    let log = t.path().join("docker.log");
+    // While frozen, a queue file appears that a manifest cannot name.
+    let q = d.join("data/chatmail-postfix/deferred/A");
+    docker(
+        &bin_dir,
+        &log,
+        true,
+        &format!("touch \"{}/$(printf 'Q\\377')\"", q.display()),
+    );
+    let out = t.path().join("backups");
+    let r = run(&d, &bin_dir, &["backup", &format!("{}/", out.display())]);
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("not UTF-8"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let calls = fs::read_to_string(&log).unwrap();
+    assert!(
+        calls.find("systemctl freeze").unwrap() < calls.find("thawed-by-shell").expect("thawed")
+    );
+    // No archive, not even a partial one.
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 0);
+}
+
+#[test]
+fn postfix_is_thawed_and_nothing_kept_on_sigterm() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let bin_dir = t.path().join("bin");
+    let log = t.path().join("docker.log");
+    // SIGTERM to the tool while Postfix is frozen.
+    docker(&bin_dir, &log, true, "kill -TERM $PPID");
+    let out = t.path().join("backups");
+    let r = run(&d, &bin_dir, &["backup", &format!("{}/", out.display())]);
+    assert_eq!(
+        r.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(String::from_utf8_lossy(&r.stderr).contains("interrupted"));
+    let calls = fs::read_to_string(&log).unwrap();
+    assert!(calls.contains("thawed-by-shell"), "{calls}");
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 0);
+}
+
+#[test]
+fn restore_refuses_what_it_cannot_trust_and_writes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let bin_dir = t.path().join("bin");
+    docker(&bin_dir, &t.path().join("log"), false, ":");
+    let archive = t.path().join("b.tar.zst");
+    assert_ok(&run(&d, &bin_dir, &["backup", archive.to_str().unwrap()]));
+    let bytes = fs::read(&archive).unwrap();
+    let target = t.path().join("fresh");
+    fs::create_dir_all(&target).unwrap();
+
+    let truncated = t.path().join("truncated.tar.zst");
+    fs::write(&truncated, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x55;
+    let corrupt = t.path().join("corrupt.tar.zst");
+    fs::write(&corrupt, &flipped).unwrap();
+    for (bad, says) in [(&truncated, "truncated or corrupt"), (&corrupt, "corrupt")] {
+        let r = run(&target, &bin_dir, &["restore", bad.to_str().unwrap()]);
+        assert!(!r.status.success());
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            err.contains(says) && err.contains(bad.to_str().unwrap()),
+            "{err}"
+        );
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 0, "{err}");
+    }
+
+    // An archive from a newer tool: refused before anything is read.
+    let newer = t.path().join("newer.tar.zst");
+    {
+        let f = fs::File::create(&newer).unwrap();
+        let enc = zstd::stream::Encoder::new(f, 3).unwrap().auto_finish();
+        let mut b = tar::Builder::new(enc);
+        let h = br#"{"format":99,"tool_version":"9.0.0","kind":"full","id":"x","created":"now"}"#;
+        let mut hd = tar::Header::new_gnu();
+        hd.set_size(h.len() as u64);
+        hd.set_mode(0o600);
+        b.append_data(&mut hd, ".chatmail-backup/header.json", &h[..])
+            .unwrap();
+        b.finish().unwrap();
+    }
+    let r = run(&target, &bin_dir, &["restore", newer.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("install a newer chatmail-docker"));
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+
+    // A deployment with state: refused, then moved aside with --force.
+    let r = run(&d, &bin_dir, &["restore", archive.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--force"));
+    fs::write(d.join(".env"), "MAIL_DOMAIN=changed.org\n").unwrap();
+    let before = state(&d);
+    assert_ok(&run(
+        &d,
+        &bin_dir,
+        &["restore", "--force", archive.to_str().unwrap()],
+    ));
+    let aside: Vec<String> = fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".before-restore-"))
+        .collect();
+    assert_eq!(aside.len(), 5, "{aside:?}");
+    let env_aside = aside.iter().find(|n| n.starts_with(".env.")).unwrap();
+    assert_eq!(
+        fs::read_to_string(d.join(env_aside)).unwrap(),
+        "MAIL_DOMAIN=changed.org\n"
+    );
+    assert_eq!(
+        fs::read_to_string(d.join(".env")).unwrap(),
+        "MAIL_DOMAIN=example.org\n"
+    );
+    assert_ne!(before, state(&d));
+}
+
+#[test]
+fn dry_runs_change_nothing_and_retention_keeps_chains() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let bin_dir = t.path().join("bin");
+    let log = t.path().join("log");
+    docker(&bin_dir, &log, true, ":");
+    let out = t.path().join("backups");
+    let out_s = format!("{}/", out.display());
+    let r = run(&d, &bin_dir, &["--dry-run", "backup", &out_s]);
+    assert_ok(&r);
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        text.contains("would run: docker compose") && text.contains("systemctl freeze"),
+        "{text}"
+    );
+    assert!(!out.exists());
+    assert!(!fs::read_to_string(&log).unwrap().contains("freeze"));
+
+    assert_ok(&run(&d, &bin_dir, &["backup", &out_s]));
+    fs::write(
+        d.join("chatmail.ini"),
+        "[params]\nmail_domain = example.org\n# edited\n",
+    )
+    .unwrap();
+    assert_ok(&run(&d, &bin_dir, &["backup", &out_s]));
+    assert_ok(&run(
+        &d,
+        &bin_dir,
+        &["backup", "--full", "--keep", "1", &out_s],
+    ));
+    let left = archives(&out);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].to_string_lossy().ends_with("-full.tar.zst"));
+    // Sidecars go with their archives.
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 2);
+
+    let target = t.path().join("fresh");
+    let r = run(&target, &bin_dir, &["--dry-run", "restore", &out_s]);
+    assert_ok(&r);
+    assert!(String::from_utf8_lossy(&r.stdout).contains("verified"));
+    assert!(!target.exists() || fs::read_dir(&target).unwrap().count() == 0);
+}
+
+#[test]
+fn stdout_streams_a_full_archive_that_restores_from_stdin() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let bin_dir = t.path().join("bin");
+    docker(&bin_dir, &t.path().join("log"), false, ":");
+    let r = run(&d, &bin_dir, &["-q", "backup", "-"]);
+    assert_ok(&r);
+    assert!(
+        r.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let target = t.path().join("fresh");
+    let out = bin()
+        .env("PATH", path_with(&bin_dir))
+        .arg("--dir")
+        .arg(&target)
+        .args(["restore", "-"])
+        .write_stdin(r.stdout)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(state(&d), state(&target));
+}
+
+// ------------------------------------------------------------ round trip
+
+#[derive(Clone, Debug)]
+enum Node {
+    File(Vec<u8>, u32),
+    Dir(u32),
+    Link(String),
+    Hard(usize),
+}
+
+fn names() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z]{1,8}",
+        Just("ünï código".to_string()),
+        Just("日本語".to_string()),
+        Just("msg:2,S".to_string()),
+        Just(".hidden".to_string()),
+        Just("x".repeat(120)),
+    ]
+}
+
+fn nodes() -> impl Strategy<Value = Vec<(Vec<String>, Node)>> {
+    let node = prop_oneof![
+        (
+            proptest::collection::vec(any::<u8>(), 0..3000),
+            prop_oneof![Just(0o600u32), Just(0o644), Just(0o755), Just(0o4750)]
+        )
+            .prop_map(|(b, m)| Node::File(b, m)),
+        prop_oneof![Just(0o700u32), Just(0o755), Just(0o1777)].prop_map(Node::Dir),
+        names().prop_map(Node::Link),
+        (0usize..50).prop_map(Node::Hard),
+    ];
+    proptest::collection::vec((proptest::collection::vec(names(), 1..4), node), 1..25)
+}
+
+fn build(root: &Path, spec: &[(Vec<String>, Node)]) {
+    let data = root.join("data");
+    fs::create_dir_all(&data).unwrap();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (parts, node) in spec {
+        let p: PathBuf = parts.iter().fold(data.clone(), |p, n| p.join(n));
+        if fs::symlink_metadata(&p).is_ok() {
+            continue;
+        }
+        // Parents that exist as something else: skip this node.
+        let mut ok = true;
+        let mut a = data.clone();
+        for n in &parts[..parts.len() - 1] {
+            a = a.join(n);
+            match fs::symlink_metadata(&a) {
+                Ok(m) if !m.is_dir() => ok = false,
+                _ => {}
+            }
+        }
+        if !ok {
+            continue;
+        }
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        match node {
+            Node::File(b, m) => {
+                fs::write(&p, b).unwrap();
+                fs::set_permissions(&p, fs::Permissions::from_mode(*m)).unwrap();
+                files.push(p);
+            }
+            Node::Dir(m) => {
+                fs::create_dir(&p).unwrap();
+                fs::set_permissions(&p, fs::Permissions::from_mode(*m)).unwrap();
+            }
+            Node::Link(t) => std::os::unix::fs::symlink(t, &p).unwrap(),
+            Node::Hard(i) => {
+                if let Some(f) = files.get(i % files.len().max(1)) {
+                    fs::hard_link(f, &p).unwrap();
+                }
+            }
+        }
+    }
+    fs::write(root.join(".env"), "A=1\n").unwrap();
+}
+
+fn inodes(root: &Path) -> Vec<Vec<String>> {
+    let mut groups: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root.join("data")) {
+        let e = e.unwrap();
+        let m = fs::symlink_metadata(e.path()).unwrap();
+        if m.is_file() && m.nlink() > 1 {
+            groups
+                .entry(m.ino())
+                .or_default()
+                .push(e.path().strip_prefix(root).unwrap().display().to_string());
+        }
+    }
+    let mut v: Vec<Vec<String>> = groups
+        .into_values()
+        .map(|mut g| {
+            g.sort();
+            g
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn ctx(dir: &Path) -> Context {
+    Context::new(
+        dir,
+        Host::new("/"),
+        Shell::new(Verbosity::Quiet, ColorChoice::Never),
+        false,
+    )
+    .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    /// Any tree of files, directories, symlinks and hard links, with any
+    /// modes and names, comes back identical, also through an incremental.
+    #[test]
+    fn round_trip(first in nodes(), second in nodes()) {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        build(&src, &first);
+        let out = t.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let opts = BackupOptions { output: Output::Dir(out.clone()), ..Default::default() };
+        backup::run(&ctx(&src), &opts).unwrap();
+        build(&src, &second);
+        // A changed file keeps its size and mtime second: a new mtime.
+        backup::run(&ctx(&src), &opts).unwrap();
+        let dst = t.path().join("dst");
+        backup::restore::run(&ctx(&dst), &backup::restore::RestoreOptions {
+            archive: out.clone(), force: false, json: false, keys: Default::default(),
+        }).unwrap();
+        prop_assert_eq!(state(&src), state(&dst));
+        prop_assert_eq!(inodes(&src), inodes(&dst));
+    }
+}
+
+#[test]
+fn encrypted_chains_restore_with_the_identity_and_refuse_without() {
+    use age::secrecy::ExposeSecret;
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let bin_dir = t.path().join("bin");
+    docker(&bin_dir, &t.path().join("log"), false, ":");
+    let id = age::x25519::Identity::generate();
+    let key = t.path().join("key.txt");
+    fs::write(&key, format!("{}\n", id.to_string().expose_secret())).unwrap();
+    let public = id.to_public().to_string();
+    let out = t.path().join("backups");
+    let out_s = format!("{}/", out.display());
+    assert_ok(&run(
+        &d,
+        &bin_dir,
+        &["backup", "--recipient", &public, &out_s],
+    ));
+    fs::write(d.join("data/chatmail/new-file"), "new").unwrap();
+    // The incremental needs no key: the last manifest is kept locally.
+    assert_ok(&run(
+        &d,
+        &bin_dir,
+        &["backup", "--recipient", &public, &out_s],
+    ));
+    let list = archives(&out);
+    assert_eq!(list.len(), 2);
+    for a in &list {
+        let bytes = fs::read(a).unwrap();
+        assert!(bytes.starts_with(b"age-encryption.org/v1"));
+        // Neither the archive nor its manifest beside it shows a name.
+        let side = fs::read(format!("{}.manifest.json", a.display())).unwrap();
+        assert!(!String::from_utf8_lossy(&side).contains("opendkim"));
+    }
+    let target = t.path().join("fresh");
+    let r = run(&target, &bin_dir, &["restore", &out_s]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("is encrypted"));
+    let wrong = age::x25519::Identity::generate();
+    let wrong_key = t.path().join("wrong.txt");
+    fs::write(&wrong_key, wrong.to_string().expose_secret()).unwrap();
+    let r = run(
+        &target,
+        &bin_dir,
+        &["restore", "--identity", wrong_key.to_str().unwrap(), &out_s],
+    );
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("wrong passphrase or identity"));
+    assert!(!target.exists() || fs::read_dir(&target).unwrap().count() == 0);
+    assert_ok(&run(
+        &target,
+        &bin_dir,
+        &["restore", "--identity", key.to_str().unwrap(), &out_s],
+    ));
+    assert_eq!(state(&d), state(&target));
+}
+
+#[test]
+fn an_archive_cannot_write_outside_the_restore_through_a_symlink() {
+    let t = tempfile::tempdir().unwrap();
+    let outside = t.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let evil = t.path().join("evil.tar.zst");
+    {
+        let f = fs::File::create(&evil).unwrap();
+        let enc = zstd::stream::Encoder::new(f, 3).unwrap().auto_finish();
+        let mut b = tar::Builder::new(enc);
+        let h = br#"{"format":1,"tool_version":"0.1.0","kind":"full","id":"x","created":"now"}"#;
+        let mut hd = tar::Header::new_gnu();
+        hd.set_size(h.len() as u64);
+        hd.set_mode(0o600);
+        b.append_data(&mut hd, ".chatmail-backup/header.json", &h[..])
+            .unwrap();
+        let mut l = tar::Header::new_gnu();
+        l.set_entry_type(tar::EntryType::Symlink);
+        l.set_size(0);
+        b.append_link(&mut l, "data/x", &outside).unwrap();
+        let mut f = tar::Header::new_gnu();
+        f.set_size(4);
+        f.set_mode(0o644);
+        b.append_data(&mut f, "data/x/planted", &b"evil"[..])
+            .unwrap();
+        b.finish().unwrap();
+    }
+    let target = t.path().join("fresh");
+    let r = bin()
+        .arg("--dir")
+        .arg(&target)
+        .args(["restore", evil.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("symlink"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+}
+
+#[test]
+fn without_the_waiting_shell_postfix_is_thawed_by_a_second_exec() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let bin_dir = t.path().join("bin");
+    let log = t.path().join("docker.log");
+    docker_with(&bin_dir, &log, true, ":", false);
+    let archive = t.path().join("b.tar.zst");
+    assert_ok(&run(&d, &bin_dir, &["backup", archive.to_str().unwrap()]));
+    let calls = fs::read_to_string(&log).unwrap();
+    let freeze = calls.find("chatmail systemctl freeze").unwrap();
+    let thaw = calls
+        .find("chatmail systemctl thaw postfix@-.service")
+        .expect("thawed");
+    assert!(freeze < thaw, "{calls}");
+}
+
+#[test]
+fn an_interrupted_restore_leaves_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let bin_dir = t.path().join("bin");
+    docker(&bin_dir, &t.path().join("log"), false, ":");
+    let archive = t.path().join("b.tar.zst");
+    assert_ok(&run(&d, &bin_dir, &["backup", archive.to_str().unwrap()]));
+    // A slow reader: SIGTERM arrives while the archive is being read.
+    let target = t.path().join("fresh");
+    fs::create_dir_all(&target).unwrap();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("chatmail-docker"))
+        .arg("--dir")
+        .arg(&target)
+        .args(["restore", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = fs::read(&archive).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write;
+    stdin.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    stdin.write_all(&bytes[bytes.len() / 2..]).ok();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+}
