@@ -117,7 +117,11 @@ fn docker_with(bin_dir: &Path, log: &Path, running: bool, on_freeze: &str, thawe
             r#"echo "$*" >> '{log}'
 case "$*" in
   {thaw_shell}
-  *" ps "*) {ps}; exit 0;;
+  *" ps "*)
+    # The container belongs to the deployment Compose was asked about.
+    prev=; for a in "$@"; do [ "$prev" = --project-directory ] && printf '%s' "$a" > '{log}.dir'; prev=$a; done
+    {ps}; exit 0;;
+  "inspect c0ffee") printf '[{{"Id":"c0ffee","Name":"/chatmail-chatmail-1","Image":"sha256:0","State":{{"Status":"running","Running":true,"StartedAt":"2026-01-01T00:00:00Z","ExitCode":0}},"Config":{{"Image":"chatmail-relay:local","Labels":{{"com.docker.compose.project.working_dir":"%s"}}}}}}]' "$(cat '{log}.dir')"; exit 0;;
   *"sh -c"*) printf 'img-1\n@@\nrelaycommit\n@@\nroot:x:0:0::/:/bin/sh\nvmail:x:{uid}:{uid}::/home/vmail:/bin/false\n@@\nroot:x:0:\nvmail:x:{uid}:\n'; exit 0;;
   *"systemctl freeze"*) {on_freeze}; exit 0;;
 esac
