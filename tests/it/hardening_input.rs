@@ -130,14 +130,7 @@ fn cert_watch_refuses_a_fifo_as_certificate_and_names_a_symlink_loop() {
     let p = pair();
     put(&dir.join("privkey.pem"), &p.key);
     mkfifo(&dir.join("fullchain.pem"));
-    let mut c = assert_cmd::Command::from_std(d.cmd());
-    let out = c
-        .args(["cert-watch", "--once", "--no-verify", "--path"])
-        .arg(&dir)
-        .args(["--reload-command", "true"])
-        .timeout(BOUND)
-        .output()
-        .unwrap();
+    let out = d.once(&["--path", dir.to_str().unwrap()], "true");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("FIFO"), "{err}");
@@ -154,13 +147,7 @@ fn cert_watch_refuses_a_fifo_as_certificate_and_names_a_symlink_loop() {
         ),
     )
     .unwrap();
-    let mut c = assert_cmd::Command::from_std(d.cmd());
-    let out = c
-        .args(["cert-watch", "--once", "--no-verify"])
-        .args(["--reload-command", "true"])
-        .timeout(BOUND)
-        .output()
-        .unwrap();
+    let out = d.once(&[], "true");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("symlink loop"), "{err}");
@@ -289,13 +276,7 @@ fn a_symlink_loop_is_named_as_one_not_as_missing() {
     let c = Deploy::new("");
     let dir = c.path("certs");
     symlink(&dir, &dir).unwrap();
-    let out = assert_cmd::Command::from_std(c.cmd())
-        .args(["cert-watch", "--once", "--no-verify", "--path"])
-        .arg(&dir)
-        .args(["--reload-command", "true"])
-        .timeout(BOUND)
-        .output()
-        .unwrap();
+    let out = c.once(&["--path", dir.to_str().unwrap()], "true");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("symlink loop"), "{err}");
