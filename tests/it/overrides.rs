@@ -39,6 +39,17 @@ const ONE_SHOT_VARS: [&str; 4] = [
     "DEBUG_COMMANDS_ENABLED",
 ];
 
+/// Each `(path, reason)` of `expected` stands together on one line of
+/// `err`; a failure names `what` first.
+fn assert_each_on_a_line(err: &str, what: &str, expected: &[(&str, &str)]) {
+    for (rel, needle) in expected {
+        assert!(
+            err.lines().any(|l| l.contains(rel) && l.contains(needle)),
+            "{what}expected {rel:?} with {needle:?} in:\n{err}"
+        );
+    }
+}
+
 /// A temporary deployment directory.
 struct Deploy {
     tmp: tempfile::TempDir,
@@ -55,6 +66,12 @@ impl Deploy {
         fs::write(d.join(".env"), "MAIL_DOMAIN=chat.example.org\n").unwrap();
         fs::write(d.join("custom/README.md"), "# custom/\n").unwrap();
         Deploy { tmp }
+    }
+
+    /// [`Deploy::new`] where `docker compose` (v2) runs; `None` (the test
+    /// is skipped, see [`require`]) where it does not.
+    fn with_compose() -> Option<Deploy> {
+        require(have_compose_v2(), "`docker compose` (v2)").then(Deploy::new)
     }
 
     fn dir(&self) -> &Path {
@@ -75,6 +92,14 @@ impl Deploy {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(&p, content).unwrap();
         p
+    }
+
+    /// Run the binary with `args`: it must exit 2. Its stderr.
+    fn refused(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        err
     }
 
     /// The binary, pointed at this deployment, with no one-shot variable
@@ -218,10 +243,9 @@ fn awkward_tree(d: &Deploy) -> Vec<(String, String)> {
 
 #[test]
 fn awkward_names_are_all_mounted_read_only_and_nothing_else_changes() {
-    if !require(have_compose_v2(), "`docker compose` (v2)") {
+    let Some(d) = Deploy::with_compose() else {
         return;
-    }
-    let d = Deploy::new();
+    };
     let before = d.config_json(&[]);
     let base_vols = volumes(&before);
     assert_eq!(
@@ -370,21 +394,14 @@ fn symlinks_inside_are_mounted_resolved_and_escapes_are_refused() {
     symlink(outside.path().join("secret"), d.custom().join("www/evil")).unwrap();
     symlink("/etc/passwd", d.custom().join("passwd")).unwrap();
     let snap = d.snapshot();
-    let out = d
-        .cmd()
-        .args(["config", "--override-only"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = d.refused(&["config", "--override-only"]);
     assert!(err.contains("custom/www/evil: is a symlink to"), "{err}");
     assert!(
         err.contains("custom/passwd: is a symlink to /etc/passwd, which is outside custom/"),
         "{err}"
     );
     assert!(err.contains("2 problems"), "{err}");
-    let out = d.cmd().arg("config").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    d.refused(&["config"]);
     assert_eq!(d.snapshot(), snap, "nothing written");
     assert!(!d.generated().exists());
 }
@@ -423,10 +440,8 @@ fn shadowing_targets_are_refused_with_every_problem_named() {
     )
     .unwrap();
     let snap = d.snapshot();
-    let out = d.cmd().arg("config").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    for (rel, needle) in [
+    let err = d.refused(&["config"]);
+    let expected = [
         ("_root_/home/vmail", "it would shadow /home"),
         (
             "_root_/etc/dkimkeys/opendkim.private",
@@ -458,12 +473,8 @@ fn shadowing_targets_are_refused_with_every_problem_named() {
             "custom/.mount-dir:",
             "custom/ itself cannot be mounted whole",
         ),
-    ] {
-        assert!(
-            err.lines().any(|l| l.contains(rel) && l.contains(needle)),
-            "expected {rel:?} with {needle:?} in:\n{err}"
-        );
-    }
+    ];
+    assert_each_on_a_line(&err, "", &expected);
     assert!(!err.contains("postfix.service.d"), "{err}");
     assert!(!err.contains("index.md"), "{err}");
     assert_eq!(d.snapshot(), snap, "nothing written");
@@ -510,7 +521,7 @@ fn targets_the_compose_files_mount_are_refused() {
         let out = d.cmd().env("PATH", &path).args(args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        for (rel, needle) in [
+        let expected = [
             (
                 "custom/_root_/tmp:",
                 "it would shadow /tmp (the tmpfs in docker/docker-compose.yaml)",
@@ -527,12 +538,8 @@ fn targets_the_compose_files_mount_are_refused() {
                 "custom/_root_/var/lib/chatmail-docker/tls/mailserver.pem:",
                 "it would shadow /var/lib/chatmail-docker (the bind mount of ./data/chatmail-state",
             ),
-        ] {
-            assert!(
-                err.lines().any(|l| l.contains(rel) && l.contains(needle)),
-                "{args:?}: expected {rel:?} with {needle:?} in:\n{err}"
-            );
-        }
+        ];
+        assert_each_on_a_line(&err, &format!("{args:?}: "), &expected);
         assert!(!err.contains("index.md"), "{err}");
         assert_eq!(d.snapshot(), snap, "{args:?}: nothing written");
     }
@@ -551,9 +558,7 @@ fn fifos_and_sockets_are_refused() {
     let _sock = std::os::unix::net::UnixListener::bind(d.custom().join("sock")).unwrap();
     symlink("www/src/pipe", d.custom().join("pipe-link")).unwrap();
     let snap = d.snapshot();
-    let out = d.cmd().arg("config").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = d.refused(&["config"]);
     assert!(
         err.contains("custom/www/src/pipe: is a fifo (named pipe)"),
         "{err}"
@@ -572,13 +577,7 @@ fn same_target_twice_is_refused() {
     let d = Deploy::new();
     d.put("www/src/index.md", "a");
     d.put("_root_/opt/chatmail/www/src/index.md", "b");
-    let out = d
-        .cmd()
-        .args(["config", "--override-only"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = d.refused(&["config", "--override-only"]);
     assert!(
         err.contains("would both be mounted at /opt/chatmail/www/src/index.md"),
         "{err}"
@@ -591,13 +590,7 @@ fn non_utf8_names_are_refused_by_name() {
     let d = Deploy::new();
     let name = std::ffi::OsStr::from_bytes(b"bad\xffname");
     fs::write(d.custom().join(name), "x").unwrap();
-    let out = d
-        .cmd()
-        .args(["config", "--override-only"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = d.refused(&["config", "--override-only"]);
     assert!(
         err.contains("custom/bad") && err.contains("not valid UTF-8"),
         "{err}"
@@ -642,10 +635,9 @@ fn editor_droppings_are_skipped_and_named_with_verbose() {
 
 #[test]
 fn directory_marker_mounts_the_directory_whole() {
-    if !require(have_compose_v2(), "`docker compose` (v2)") {
+    let Some(d) = Deploy::with_compose() else {
         return;
-    }
-    let d = Deploy::new();
+    };
     d.put("www/src/.mount-dir", "");
     d.put("www/src/index.md", "hi");
     d.put("www/src/sub/page.md", "page");
@@ -675,10 +667,9 @@ fn directory_marker_mounts_the_directory_whole() {
 
 #[test]
 fn user_override_is_untouched_and_wins() {
-    if !require(have_compose_v2(), "`docker compose` (v2)") {
+    let Some(d) = Deploy::with_compose() else {
         return;
-    }
-    let d = Deploy::new();
+    };
     d.put("www/src/index.md", "ours");
     let user = d.dir().join("docker-compose.override.yaml");
     let user_text = "# my own settings\nservices:\n  chatmail:\n    environment:\n      CMDEPLOY_STAGES: configure\n    labels:\n      org.chatmail-docker.custom-hash: mine\n    volumes:\n      - type: bind\n        source: /srv/landing/index.md\n        target: /opt/chatmail/www/src/index.md\n        read_only: true\n";
@@ -707,10 +698,9 @@ fn user_override_is_untouched_and_wins() {
 
 #[test]
 fn reinstall_applies_to_one_run_only() {
-    if !require(have_compose_v2(), "`docker compose` (v2)") {
+    let Some(d) = Deploy::with_compose() else {
         return;
-    }
-    let d = Deploy::new();
+    };
     let stages = |cfg: &Value| service(cfg)["environment"]["CMDEPLOY_STAGES"].clone();
     let reinstall = OneShot::from_flags(true, None, true, false, false).unwrap();
     let env: Vec<(&str, String)> = reinstall.env();
@@ -748,10 +738,9 @@ fn reinstall_applies_to_one_run_only() {
 
 #[test]
 fn dry_run_shows_the_result_and_writes_nothing() {
-    if !require(have_compose_v2(), "`docker compose` (v2)") {
+    let Some(d) = Deploy::with_compose() else {
         return;
-    }
-    let d = Deploy::new();
+    };
     d.put("www/src/index.md", "hi");
     let snap = d.snapshot();
     let out = d
@@ -778,15 +767,7 @@ fn mount_vmail_marker_mounts_home_vmail_read_write() {
     let root = tempfile::tempdir().unwrap();
     fs::write(d.dir().join("data/.mount-vmail"), "").unwrap();
     // Without the host directory: a clear error, nothing written.
-    let out = d
-        .cmd()
-        .arg("--root")
-        .arg(root.path())
-        .arg("config")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = d.refused(&["--root", root.path().to_str().unwrap(), "config"]);
     assert!(
         err.contains("data/.mount-vmail") && err.contains("/home/vmail"),
         "{err}"
@@ -824,9 +805,7 @@ fn a_foreign_generated_file_is_not_replaced() {
     let d = Deploy::new();
     d.put("www/src/index.md", "hi");
     fs::write(d.generated(), "services: {}\n").unwrap();
-    let out = d.cmd().arg("config").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = d.refused(&["config"]);
     assert!(
         err.contains("was not generated by chatmail-docker"),
         "{err}"
@@ -838,9 +817,7 @@ fn a_foreign_generated_file_is_not_replaced() {
 fn missing_compose_file_is_a_clear_error() {
     let d = Deploy::new();
     fs::remove_file(d.dir().join("docker/docker-compose.yaml")).unwrap();
-    let out = d.cmd().arg("config").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = d.refused(&["config"]);
     assert!(
         err.contains("docker/docker-compose.yaml not found"),
         "{err}"
@@ -885,6 +862,15 @@ fn tls_external_cert_and_key_are_mounted_where_the_host_has_them() {
     let root = tempfile::tempdir().unwrap();
     let le = "/etc/letsencrypt";
     let host = |p: &str| root.path().join(p.trim_start_matches('/'));
+    // The override for TLS_EXTERNAL_CERT_AND_KEY='<cert> <key>'.
+    let generate_for = |cert_and_key: &str| {
+        fs::write(
+            d.dir().join(".env"),
+            format!("MAIL_DOMAIN=chat.example.org\nTLS_EXTERNAL_CERT_AND_KEY='{cert_and_key}'\n"),
+        )
+        .unwrap();
+        overrides::generate(&d.ctx(root.path()), &OverrideOptions::default())
+    };
     fs::create_dir_all(host(&format!("{le}/archive/chat.example.org"))).unwrap();
     fs::create_dir_all(host(&format!("{le}/live/chat.example.org"))).unwrap();
     for (name, n) in [("fullchain", 3), ("privkey", 3)] {
@@ -899,14 +885,10 @@ fn tls_external_cert_and_key_are_mounted_where_the_host_has_them() {
         )
         .unwrap();
     }
-    fs::write(
-        d.dir().join(".env"),
-        format!(
-            "MAIL_DOMAIN=chat.example.org\nTLS_EXTERNAL_CERT_AND_KEY='{le}/live/chat.example.org/fullchain.pem {le}/live/chat.example.org/privkey.pem'\n"
-        ),
-    )
+    let g = generate_for(&format!(
+        "{le}/live/chat.example.org/fullchain.pem {le}/live/chat.example.org/privkey.pem"
+    ))
     .unwrap();
-    let g = overrides::generate(&d.ctx(root.path()), &OverrideOptions::default()).unwrap();
     let tls: Vec<(&str, &Path, bool)> = g
         .mounts
         .iter()
@@ -935,12 +917,7 @@ fn tls_external_cert_and_key_are_mounted_where_the_host_has_them() {
     fs::create_dir_all(host("/etc/ssl/certs")).unwrap();
     fs::write(host("/etc/ssl/certs/relay.pem"), "pem").unwrap();
     fs::write(host("/etc/ssl/certs/relay.key"), "pem").unwrap();
-    fs::write(
-        d.dir().join(".env"),
-        "MAIL_DOMAIN=chat.example.org\nTLS_EXTERNAL_CERT_AND_KEY='/etc/ssl/certs/relay.pem /etc/ssl/certs/relay.key'\n",
-    )
-    .unwrap();
-    let err = overrides::generate(&d.ctx(root.path()), &OverrideOptions::default())
+    let err = generate_for("/etc/ssl/certs/relay.pem /etc/ssl/certs/relay.key")
         .unwrap_err()
         .to_string();
     assert!(
@@ -949,12 +926,7 @@ fn tls_external_cert_and_key_are_mounted_where_the_host_has_them() {
     );
 
     // A file that is not there yet: the relay would fail to start.
-    fs::write(
-        d.dir().join(".env"),
-        "MAIL_DOMAIN=chat.example.org\nTLS_EXTERNAL_CERT_AND_KEY='/srv/tls/cert.pem /srv/tls/key.pem'\n",
-    )
-    .unwrap();
-    let err = overrides::generate(&d.ctx(root.path()), &OverrideOptions::default())
+    let err = generate_for("/srv/tls/cert.pem /srv/tls/key.pem")
         .unwrap_err()
         .to_string();
     assert!(
