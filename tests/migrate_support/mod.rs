@@ -48,6 +48,11 @@ fn write(path: &Path, bytes: &[u8], mode: u32, uid: u32, gid: u32) {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
 }
 
+/// A file only the vmail user may read, as the relay keeps its mail.
+fn vmail_file(path: &Path, bytes: &[u8]) {
+    write(path, bytes, 0o600, VMAIL, VMAIL);
+}
+
 fn mkdir(path: &Path, mode: u32, uid: u32, gid: u32) {
     fs::create_dir_all(path).unwrap();
     std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
@@ -299,40 +304,22 @@ esac
             for sub in ["", "cur", "new", "tmp"] {
                 mkdir(&user.join(sub), 0o700, VMAIL, VMAIL);
             }
-            write(
+            vmail_file(
                 &user.join("password"),
                 format!("$6$salt${u}hash\n").as_bytes(),
-                0o600,
-                VMAIL,
-                VMAIL,
             );
-            write(
-                &user.join("dovecot.index"),
-                &bytes(10_000 + u as u64, 4096),
-                0o600,
-                VMAIL,
-                VMAIL,
-            );
-            write(
+            vmail_file(&user.join("dovecot.index"), &bytes(10_000 + u as u64, 4096));
+            vmail_file(
                 &user.join("dovecot.index.log"),
                 &bytes(20_000 + u as u64, 3000),
-                0o600,
-                VMAIL,
-                VMAIL,
             );
-            write(
-                &user.join("dovecot-uidlist"),
-                b"3 V1700000000 N2\n",
-                0o600,
-                VMAIL,
-                VMAIL,
-            );
+            vmail_file(&user.join("dovecot-uidlist"), b"3 V1700000000 N2\n");
             for i in 0..mail.files_per_user {
                 n += 1;
                 let size = 200 + (n * 37) % 3000;
                 let sub = if i % 5 == 0 { "new" } else { "cur" };
                 let p = user.join(sub).join(maildir_name(n, size));
-                write(&p, &bytes(n as u64, size), 0o600, VMAIL, VMAIL);
+                vmail_file(&p, &bytes(n as u64, size));
                 set_mtime(
                     &p,
                     1_700_000_000 + n as i64,
@@ -359,13 +346,7 @@ esac
             for (k, size) in mail.big.iter().enumerate() {
                 let block = bytes(900 + k as u64, 1 << 20);
                 let content: Vec<u8> = block.iter().copied().cycle().take(*size).collect();
-                write(
-                    &u0.join(format!("cur/big{k}:2,S")),
-                    &content,
-                    0o600,
-                    VMAIL,
-                    VMAIL,
-                );
+                vmail_file(&u0.join(format!("cur/big{k}:2,S")), &content);
             }
         }
         // Directory mtimes last (their contents are done).
@@ -441,12 +422,7 @@ esac
     /// difference in content (checksums), metadata, hard links and xattrs;
     /// an exact copy itemizes nothing.
     pub fn check_with_rsync(&self, src: &str, dst: &str) {
-        if which("rsync").is_none() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "rsync is needed by the migrate tests in CI"
-            );
-            eprintln!("rsync not found: second check skipped");
+        if !found_or_skipped("rsync", "the second check") {
             return;
         }
         let out = Command::new("rsync")
@@ -499,6 +475,20 @@ pub fn which(p: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(p))
         .find(|p| p.is_file())
+}
+
+/// Whether the program `tool` is on PATH. Where it is not, `what` is
+/// skipped with a note, and under CI that fails instead.
+pub fn found_or_skipped(tool: &str, what: &str) -> bool {
+    if which(tool).is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{tool} is needed by the migrate tests in CI"
+    );
+    eprintln!("{tool} not found: {what} skipped");
+    false
 }
 
 pub fn checker() -> PathBuf {
