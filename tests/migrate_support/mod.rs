@@ -48,6 +48,11 @@ fn write(path: &Path, bytes: &[u8], mode: u32, uid: u32, gid: u32) {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
 }
 
+/// A file of root's with `mode`.
+fn root_file(path: &Path, bytes: &[u8], mode: u32) {
+    write(path, bytes, mode, 0, 0);
+}
+
 /// A file only the vmail user may read, as the relay keeps its mail.
 fn vmail_file(path: &Path, bytes: &[u8]) {
     write(path, bytes, 0o600, VMAIL, VMAIL);
@@ -165,17 +170,15 @@ esac
 
     fn host(&self, mail: &Mail) {
         let r = &self.root;
-        write(
+        root_file(
             &r.join("etc/passwd"),
             b"root:x:0:0:root:/root:/bin/bash\nopendkim:x:105:108::/run/opendkim:/usr/sbin/nologin\nvmail:x:998:998::/home/vmail:/usr/sbin/nologin\n",
-            0o644, 0, 0,
+            0o644,
         );
-        write(
+        root_file(
             &r.join("usr/local/lib/chatmaild/chatmail.ini"),
             format!("[params]\nmail_domain = {DOMAIN}\n").as_bytes(),
             0o644,
-            0,
-            0,
         );
 
         // DKIM keys: secret, owned by opendkim.
@@ -207,44 +210,34 @@ esac
         let key = "hwqpfi3p3vg4dobmxgm3w2pxlnkvgkmhcajtxzwqgh7z7dthvqaa";
         let account = "acme-v02.api.letsencrypt.org%2fdirectory/ub4owpkqgykbi6wk6y7ptffe6mmfzkvrzb5cwg6e7oc6qfiv2kpq";
         mkdir(&acme.join("accounts"), 0o700, 0, 0);
-        write(
+        root_file(
             &acme.join(format!("accounts/{account}/privkey")),
             &bytes(2, 1675),
             0o600,
-            0,
-            0,
         );
-        write(
+        root_file(
             &acme.join(format!("accounts/{account}/info")),
             b"{}\n",
             0o644,
-            0,
-            0,
         );
         mkdir(&acme.join("keys"), 0o700, 0, 0);
-        write(
+        root_file(
             &acme.join(format!("keys/{key}/privkey")),
             &bytes(3, 1675),
             0o600,
-            0,
-            0,
         );
         mkdir(&acme.join(format!("certs/{cert}")), 0o755, 0, 0);
         for f in ["cert", "chain", "fullchain"] {
-            write(
+            root_file(
                 &acme.join(format!("certs/{cert}/{f}")),
                 &bytes(4, 2000),
                 0o644,
-                0,
-                0,
             );
         }
-        write(
+        root_file(
             &acme.join(format!("certs/{cert}/url")),
             b"https://acme.example/cert/1\n",
             0o644,
-            0,
-            0,
         );
         symlink(
             format!("../../keys/{key}/privkey"),
@@ -263,19 +256,15 @@ esac
         )
         .unwrap();
         set_mtime(&acme.join(format!("live/{DOMAIN}")), 1_691_000_000, 5);
-        write(
+        root_file(
             &acme.join(format!("desired/{DOMAIN}")),
             format!("satisfy:\n  names:\n  - {DOMAIN}\n").as_bytes(),
             0o644,
-            0,
-            0,
         );
-        write(
+        root_file(
             &acme.join("conf/target"),
             b"request:\n  provider: https://acme-v02.api.letsencrypt.org/directory\n",
             0o644,
-            0,
-            0,
         );
 
         // Mail: /home/vmail/mail/<domain>/<user>/{cur,new,tmp}.
