@@ -5,7 +5,7 @@
 //! only what was recorded.
 
 use crate::support::certs::*;
-use crate::support::{assert_ok, have};
+use crate::support::{assert_ok, have, ok_stdout};
 
 use std::fs;
 use std::path::PathBuf;
@@ -34,8 +34,7 @@ fn assert_reloaded(d: &Deploy, w: &Watcher, pairs: &[&Pair]) {
 /// Plain files holding `first` in `rel` under the deployment, and a watcher
 /// on them (with `extra` arguments) that has made its initial reload.
 fn watch_plain(d: &Deploy, rel: &str, first: &Pair, extra: &[&str]) -> (PathBuf, Watcher) {
-    let dir = d.path(rel);
-    plain(&dir, first);
+    let dir = d.plain_at(rel, first);
     let mut args = vec!["--path", dir.to_str().unwrap()];
     args.extend_from_slice(extra);
     let w = d.watch(&args);
@@ -453,9 +452,7 @@ fn pkcs1_rsa_and_sec1_ec_keys_wildcards_and_separate_chain_files() {
 #[test]
 fn once_with_a_failing_reload_command_keeps_the_old_state() {
     let d = Deploy::new("");
-    let a = pair();
-    let dir = d.path("ssl");
-    plain(&dir, &a);
+    let dir = d.plain_at("ssl", &pair());
     let out = d.once(&["--path", dir.to_str().unwrap()], "exit 3");
     assert_fails(&out, 1, "exited with status 3");
     assert!(!d.path("data/.cert-watch-state.json").exists());
@@ -472,24 +469,21 @@ fn dry_run_reports_and_touches_nothing() {
         .arg(d.record_cmd())
         .output()
         .unwrap();
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = ok_stdout(&out);
     assert!(stdout.contains("would reload"), "{stdout}");
     assert!(stdout.contains(&a.leaf[..16]), "{stdout}");
     assert!(d.reloads().is_empty());
     assert!(!d.path("data/.cert-watch-state.json").exists());
 
     // A pair the watcher would refuse is not announced as a reload.
-    let dir = d.path("ssl");
-    plain(&dir, &a);
+    let dir = d.plain_at("ssl", &a);
     put(&dir.join("privkey.pem"), &pair().key);
     let out = d
         .cmd()
         .args(["--dry-run", "cert-watch", "--path", dir.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = ok_stdout(&out);
     assert!(
         stdout.contains("does not belong to the certificate"),
         "{stdout}"

@@ -162,8 +162,7 @@ fn container_down_is_retried_until_it_is_back() {
 fn custom_command_exit_75_means_try_again_later() {
     let d = Deploy::new("");
     let a = pair();
-    let dir = d.path("ssl");
-    plain(&dir, &a);
+    let dir = d.plain_at("ssl", &a);
     let count = d.path("attempts");
     let cmd = format!(
         "echo x >> '{c}'; [ $(wc -l < '{c}') -ge 2 ] || exit 75; {rec}",

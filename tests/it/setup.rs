@@ -92,9 +92,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     let before = (snapshot(&d), snapshot(&root));
     let path = path_with_no_containers(&t.path().join("bin"));
     let out = setup(&root, &d, Some(&path), &["--dry-run", "--reinstall"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let stdout = ok_stdout(&out);
     for needle in [
         "would raise fs.inotify.max_user_instances from 128 to 65536",
         "would write",
@@ -191,12 +189,7 @@ fn dry_run_on_a_fresh_directory_with_only_chatmail_ini() {
     let (path, _) = recording_docker_path(t.path());
     let before = snapshot(&d);
     let out = setup(&root, &d, Some(&path), &["--dry-run"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ok_stdout(&out);
     assert!(stdout.contains("dry run: nothing was changed"), "{stdout}");
     assert_eq!(snapshot(&d), before);
 }

@@ -126,6 +126,13 @@ impl Deploy {
         c
     }
 
+    /// The directory `rel` in the deployment, holding `p` as plain files.
+    pub fn plain_at(&self, rel: &str, p: &Pair) -> PathBuf {
+        let dir = self.path(rel);
+        plain(&dir, p);
+        dir
+    }
+
     /// `cert-watch --once --no-verify <extra> --reload-command <reload>`,
     /// bounded by [`ONCE_BOUND`]: a hang fails the test instead of blocking it.
     pub fn once(&self, extra: &[&str], reload: &str) -> std::process::Output {

@@ -172,6 +172,17 @@ pub fn assert_ok(out: &std::process::Output) {
     );
 }
 
+/// Fail with what the command wrote unless it succeeded; its stdout.
+pub fn ok_stdout(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// The binary under test.
 pub fn bin() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("chatmail-docker").unwrap()
