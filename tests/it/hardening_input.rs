@@ -103,14 +103,9 @@ fn preflight_and_cert_watch_do_not_hang_on_a_fifo_env() {
     mkfifo(&d.join(".env"));
     let (_, out, _) = run(&d, &["preflight", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let env = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == "env-file")
-        .unwrap();
+    let env = check(&v, "env-file");
     assert_eq!(env["status"], "fail", "{env}");
-    assert!(env["message"].as_str().unwrap().contains("FIFO"), "{env}");
+    assert!(message(env).contains("FIFO"), "{env}");
     let (code, _, err) = run(&d, &["cert-watch", "--once", "--no-verify"]);
     assert_ne!(code, Some(0));
     assert!(err.contains("FIFO"), "{err}");

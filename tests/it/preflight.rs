@@ -24,15 +24,6 @@ fn report(root: &Path, dir: &Path, path: Option<&str>) -> (i32, serde_json::Valu
     (out.status.code().unwrap(), v)
 }
 
-fn check<'a>(v: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == id)
-        .unwrap_or_else(|| panic!("no check {id}"))
-}
-
 fn deployment(t: &Path) -> PathBuf {
     let d = t.join("deploy");
     fs::create_dir_all(&d).unwrap();
@@ -62,11 +53,6 @@ esac"#,
             short = version.split('+').next().unwrap()
         ),
     );
-}
-
-/// The message of a check.
-fn message(c: &serde_json::Value) -> &str {
-    c["message"].as_str().unwrap()
 }
 
 #[test]

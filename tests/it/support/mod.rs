@@ -183,6 +183,21 @@ pub fn ok_stdout(out: &std::process::Output) -> String {
     stdout
 }
 
+/// The check `id` in a `preflight --json` report.
+pub fn check<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no check {id}"))
+}
+
+/// The message of a check in a `preflight --json` report.
+pub fn message(check: &serde_json::Value) -> &str {
+    check["message"].as_str().unwrap()
+}
+
 /// The binary under test.
 pub fn bin() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("chatmail-docker").unwrap()
