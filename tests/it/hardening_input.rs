@@ -52,6 +52,25 @@ fn run(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// `config --override-only` with `custom/www/<name>` as `make` leaves it:
+/// it must fail. Its stderr.
+fn custom_refused(d: &Path, name: &str, make: impl FnOnce(&Path)) -> String {
+    fs::create_dir_all(d.join("custom/www")).unwrap();
+    make(&d.join("custom/www").join(name));
+    let (code, _, err) = run(d, &["config", "--override-only"]);
+    assert_ne!(code, Some(0), "{err}");
+    err
+}
+
+/// `cert-watch --once <extra>` (reload command `true`) in `d`: it must
+/// fail. Its stderr.
+fn once_fails(d: &Deploy, extra: &[&str]) -> String {
+    let out = d.once(extra, "true");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    err
+}
+
 /// What the input can be instead of a regular file, and the word the
 /// message must use for it.
 fn impostors(t: &Path) -> Vec<(PathBuf, &'static str)> {
@@ -142,9 +161,7 @@ fn cert_watch_refuses_a_fifo_as_certificate_and_names_a_symlink_loop() {
         ),
     )
     .unwrap();
-    let out = d.once(&[], "true");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "{err}");
+    let err = once_fails(&d, &[]);
     assert!(err.contains("symlink loop"), "{err}");
 }
 
@@ -152,10 +169,7 @@ fn cert_watch_refuses_a_fifo_as_certificate_and_names_a_symlink_loop() {
 fn a_custom_file_that_is_a_fifo_is_refused_not_read() {
     let t = tempfile::tempdir().unwrap();
     let d = deploy(t.path());
-    fs::create_dir_all(d.join("custom/www")).unwrap();
-    mkfifo(&d.join("custom/www/index.html"));
-    let (code, _, err) = run(&d, &["config", "--override-only"]);
-    assert_ne!(code, Some(0), "{err}");
+    let err = custom_refused(&d, "index.html", mkfifo);
     assert!(err.contains("index.html"), "{err}");
 }
 
@@ -260,10 +274,7 @@ fn a_symlink_loop_is_named_as_one_not_as_missing() {
     // In custom/.
     let t = tempfile::tempdir().unwrap();
     let d = deploy(t.path());
-    fs::create_dir_all(d.join("custom/www")).unwrap();
-    symlink("loop.html", d.join("custom/www/loop.html")).unwrap();
-    let (code, _, err) = run(&d, &["config", "--override-only"]);
-    assert_ne!(code, Some(0), "{err}");
+    let err = custom_refused(&d, "loop.html", |p| symlink("loop.html", p).unwrap());
     assert!(err.contains("symlink loop"), "{err}");
     assert!(!err.contains("does not exist"), "{err}");
 
@@ -271,9 +282,7 @@ fn a_symlink_loop_is_named_as_one_not_as_missing() {
     let c = Deploy::new("");
     let dir = c.path("certs");
     symlink(&dir, &dir).unwrap();
-    let out = c.once(&["--path", dir.to_str().unwrap()], "true");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "{err}");
+    let err = once_fails(&c, &["--path", dir.to_str().unwrap()]);
     assert!(err.contains("symlink loop"), "{err}");
     assert!(!err.contains("does not exist"), "{err}");
 }
