@@ -38,6 +38,13 @@ fn small() -> Mail {
     mail(2, 5)
 }
 
+/// `migrate` with `extra` must refuse (exit 2): its stderr.
+fn refused(f: &Fake, extra: &[&str]) -> String {
+    let (code, _, err) = migrate(f, extra);
+    assert_eq!(code, 2, "{err}");
+    err
+}
+
 const TREES: [(&str, &str); 3] = [
     ("/etc/dkimkeys", "data/chatmail-dkimkeys"),
     ("/var/lib/acme", "data/chatmail-acme"),
@@ -163,14 +170,12 @@ fn migrates_everything_and_a_rerun_copies_nothing() {
     // The container's data changed afterwards (new mail): a rerun refuses
     // instead of mirroring the old host over it.
     fs::write(f.dest("data/chatmail/vmail/new-in-container"), "x").unwrap();
-    let (code, _, err) = migrate(&f, &["--yes"]);
-    assert_eq!(code, 2, "{err}");
+    let err = refused(&f, &["--yes"]);
     assert!(err.contains("already migrated"), "{err}");
     assert!(f.dest("data/chatmail/vmail/new-in-container").exists());
 
     // Rollback after completion needs a confirmation...
-    let (code, _, err) = migrate(&f, &["--rollback"]);
-    assert_eq!(code, 2, "{err}");
+    refused(&f, &["--rollback"]);
     assert_eq!(f.unit_state("postfix.service"), "inactive disabled");
     // ...and with it restores exactly what was there before.
     let (code, out, err) = migrate(&f, &["--rollback", "--yes"]);
@@ -206,8 +211,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
 #[test]
 fn without_a_terminal_and_without_yes_it_refuses() {
     let f = Fake::new(&small());
-    let (code, _, err) = migrate(&f, &[]);
-    assert_eq!(code, 2, "{err}");
+    let err = refused(&f, &[]);
     assert!(err.contains("--yes"), "{err}");
     assert!(!f.dest("data").exists() && !f.dest(".env").exists());
     assert!(!f.log().contains("stop"));
@@ -218,8 +222,7 @@ fn a_foreign_destination_is_refused_and_kept() {
     let f = Fake::new(&small());
     fs::create_dir_all(f.dest("data/chatmail/vmail")).unwrap();
     fs::write(f.dest("data/chatmail/vmail/from-another-host"), "mail").unwrap();
-    let (code, _, err) = migrate(&f, &["--yes"]);
-    assert_eq!(code, 2, "{err}");
+    let err = refused(&f, &["--yes"]);
     assert!(err.contains("data/chatmail is not empty"), "{err}");
     assert_eq!(
         fs::read_to_string(f.dest("data/chatmail/vmail/from-another-host")).unwrap(),
@@ -233,8 +236,7 @@ fn a_foreign_destination_is_refused_and_kept() {
 fn a_missing_ini_is_a_usage_error() {
     let f = Fake::new(&mail(1, 1));
     fs::remove_file(f.root.join("usr/local/lib/chatmaild/chatmail.ini")).unwrap();
-    let (code, _, err) = migrate(&f, &["--yes"]);
-    assert_eq!(code, 2, "{err}");
+    let err = refused(&f, &["--yes"]);
     assert!(
         err.contains("chatmail.ini") && err.contains("--ini"),
         "{err}"
@@ -495,8 +497,7 @@ fn insufficient_space_is_refused_with_numbers() {
 #[test]
 fn start_outside_a_deployment_dir_fails_before_anything_changes() {
     let f = Fake::new(&mail(1, 2));
-    let (code, _, err) = migrate(&f, &["--yes", "--start"]);
-    assert_eq!(code, 2, "{err}");
+    let err = refused(&f, &["--yes", "--start"]);
     assert!(err.contains("docker-compose.yaml"), "{err}");
     assert!(f.log().is_empty(), "{}", f.log());
     assert!(!f.dest("data").exists());
@@ -530,8 +531,7 @@ exit 0"#,
     )
     .unwrap();
     fs::set_permissions(&docker, fs::Permissions::from_mode(0o755)).unwrap();
-    let (code, _, err) = migrate(&f, &["--yes", "--start"]);
-    assert_eq!(code, 2, "{err}");
+    let err = refused(&f, &["--yes", "--start"]);
     assert!(
         err.contains("/srv/other-relay") && err.contains("nothing was done to it"),
         "{err}"
@@ -815,8 +815,7 @@ fn a_copy_that_stays_different_restarts_the_old_relay() {
 fn control_characters_from_the_host_never_reach_the_terminal() {
     let f = Fake::new(&small());
     // A user-provided value...
-    let (code, _, err) = migrate(&f, &["--yes", "--ini", "/nowhere/\x1b[2Jchatmail.ini"]);
-    assert_eq!(code, 2, "{err}");
+    let err = refused(&f, &["--yes", "--ini", "/nowhere/\x1b[2Jchatmail.ini"]);
     assert!(!err.contains('\x1b'), "{err:?}");
     assert!(err.contains("\\u{1b}[2J"), "{err:?}");
     // ...and a file name that the verification reports (its content
