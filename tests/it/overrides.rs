@@ -94,6 +94,15 @@ impl Deploy {
         p
     }
 
+    /// Run the binary with `args`: it must succeed. Its stdout, parsed as
+    /// JSON, and its stderr.
+    fn json(&self, args: &[&str]) -> (Value, String) {
+        let out = self.cmd().args(args).output().unwrap();
+        assert_ok(&out);
+        let v = serde_json::from_slice(&out.stdout).unwrap();
+        (v, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
     /// Run the binary with `args`: it must exit 2. Its stderr.
     fn refused(&self, args: &[&str]) -> String {
         let out = self.cmd().args(args).output().unwrap();
@@ -743,17 +752,10 @@ fn dry_run_shows_the_result_and_writes_nothing() {
     };
     d.put("www/src/index.md", "hi");
     let snap = d.snapshot();
-    let out = d
-        .cmd()
-        .args(["--dry-run", "config", "--json"])
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    let cfg: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (cfg, err) = d.json(&["--dry-run", "config", "--json"]);
     assert!(volumes(&cfg)
         .iter()
         .any(|v| v.target == "/opt/chatmail/www/src/index.md"));
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("Would write docker/compose.generated.yaml"),
         "{err}"
@@ -783,15 +785,7 @@ fn mount_vmail_marker_mounts_home_vmail_read_write() {
     if !require(have_compose_v2(), "`docker compose` (v2)") {
         return;
     }
-    let out = d
-        .cmd()
-        .arg("--root")
-        .arg(root.path())
-        .args(["config", "--json"])
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    let cfg: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (cfg, _) = d.json(&["--root", root.path().to_str().unwrap(), "config", "--json"]);
     assert!(volumes(&cfg).contains(&Vol {
         source: root.path().join("home/vmail").to_str().unwrap().into(),
         target: "/home/vmail".into(),
@@ -839,13 +833,7 @@ fn stages_are_validated_with_clear_errors() {
 fn override_only_json_is_the_generated_override() {
     let d = Deploy::new();
     d.put("www/src/index.md", "hi");
-    let out = d
-        .cmd()
-        .args(["config", "--override-only", "--json"])
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (v, _) = d.json(&["config", "--override-only", "--json"]);
     let vols = v["services"]["chatmail"]["volumes"].as_array().unwrap();
     assert_eq!(vols.len(), 1);
     assert_eq!(vols[0]["target"], "/opt/chatmail/www/src/index.md");
