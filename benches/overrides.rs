@@ -80,6 +80,12 @@ struct Series {
 }
 
 impl Series {
+    fn new(name: &'static str) -> Series {
+        Series {
+            name,
+            samples: vec![],
+        }
+    }
     fn median(&self) -> Duration {
         let mut s = self.samples.clone();
         s.sort();
@@ -117,26 +123,11 @@ fn main() {
     assert_eq!(find(&custom), FILES);
     walk_read(&custom);
 
-    let mut gen = Series {
-        name: "generate (ours)",
-        samples: vec![],
-    };
-    let mut gen_write = Series {
-        name: "generate+write (ours, file rewritten)",
-        samples: vec![],
-    };
-    let mut list = Series {
-        name: "walkdir list (baseline)",
-        samples: vec![],
-    };
-    let mut read = Series {
-        name: "walkdir+read (baseline)",
-        samples: vec![],
-    };
-    let mut findb = Series {
-        name: "find -type f (baseline)",
-        samples: vec![],
-    };
+    let mut gen = Series::new("generate (ours)");
+    let mut gen_write = Series::new("generate+write (ours, file rewritten)");
+    let mut list = Series::new("walkdir list (baseline)");
+    let mut read = Series::new("walkdir+read (baseline)");
+    let mut findb = Series::new("find -type f (baseline)");
     let generated = dir.join("docker/compose.generated.yaml");
     for _ in 0..ROUNDS {
         // Interleaved, so all series see the same machine load.
