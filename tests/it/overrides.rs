@@ -859,6 +859,7 @@ fn tls_external_cert_and_key_are_mounted_where_the_host_has_them() {
         .unwrap();
         overrides::generate(&d.ctx(root.path()), &OverrideOptions::default())
     };
+    let refusal = |cert_and_key: &str| generate_for(cert_and_key).unwrap_err().to_string();
     fs::create_dir_all(host(&format!("{le}/archive/chat.example.org"))).unwrap();
     fs::create_dir_all(host(&format!("{le}/live/chat.example.org"))).unwrap();
     for (name, n) in [("fullchain", 3), ("privkey", 3)] {
@@ -905,18 +906,14 @@ fn tls_external_cert_and_key_are_mounted_where_the_host_has_them() {
     fs::create_dir_all(host("/etc/ssl/certs")).unwrap();
     fs::write(host("/etc/ssl/certs/relay.pem"), "pem").unwrap();
     fs::write(host("/etc/ssl/certs/relay.key"), "pem").unwrap();
-    let err = generate_for("/etc/ssl/certs/relay.pem /etc/ssl/certs/relay.key")
-        .unwrap_err()
-        .to_string();
+    let err = refusal("/etc/ssl/certs/relay.pem /etc/ssl/certs/relay.key");
     assert!(
         err.contains("/etc/ssl/certs") && err.contains("trust store"),
         "{err}"
     );
 
     // A file that is not there yet: the relay would fail to start.
-    let err = generate_for("/srv/tls/cert.pem /srv/tls/key.pem")
-        .unwrap_err()
-        .to_string();
+    let err = refusal("/srv/tls/cert.pem /srv/tls/key.pem");
     assert!(
         err.contains("/srv/tls/cert.pem") && err.contains("does not exist"),
         "{err}"
