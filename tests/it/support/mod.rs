@@ -198,6 +198,18 @@ pub fn message(check: &serde_json::Value) -> &str {
     check["message"].as_str().unwrap()
 }
 
+/// A xorshift generator started at `seed`: random enough for generated
+/// test inputs, and the same every run, so failures reproduce.
+pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 /// The binary under test.
 pub fn bin() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("chatmail-docker").unwrap()
