@@ -40,21 +40,21 @@ fn build_tree(custom: &Path) {
     }
 }
 
-fn walk_list(custom: &Path) -> usize {
+/// The regular files under `custom`, by name.
+fn walk_files(custom: &Path) -> impl Iterator<Item = walkdir::DirEntry> {
     walkdir::WalkDir::new(custom)
         .sort_by_file_name()
         .into_iter()
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_file())
-        .count()
+}
+
+fn walk_list(custom: &Path) -> usize {
+    walk_files(custom).count()
 }
 
 fn walk_read(custom: &Path) -> usize {
-    walkdir::WalkDir::new(custom)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
+    walk_files(custom)
         .map(|e| fs::read(e.path()).map(|b| b.len()).unwrap_or(0))
         .sum()
 }
@@ -74,18 +74,10 @@ fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
     (t.elapsed(), r)
 }
 
-struct Series {
-    name: &'static str,
-    samples: Vec<Duration>,
-}
+mod series;
+use series::Series;
 
 impl Series {
-    fn new(name: &'static str) -> Series {
-        Series {
-            name,
-            samples: vec![],
-        }
-    }
     fn median(&self) -> Duration {
         let mut s = self.samples.clone();
         s.sort();
