@@ -31,18 +31,10 @@ use std::time::{Duration, Instant};
 
 const CHUNK: usize = 10;
 
-struct Series {
-    name: &'static str,
-    samples: Vec<Duration>,
-}
+mod series;
+use series::Series;
 
 impl Series {
-    fn new(name: &'static str) -> Series {
-        Series {
-            name,
-            samples: Vec::new(),
-        }
-    }
     fn mean(&self) -> f64 {
         let total: Duration = self.samples.iter().sum();
         total.as_secs_f64() * 1e3 / self.samples.len() as f64

@@ -40,21 +40,21 @@ fn build_tree(custom: &Path) {
     }
 }
 
-fn walk_list(custom: &Path) -> usize {
+/// The regular files under `custom`, by name.
+fn walk_files(custom: &Path) -> impl Iterator<Item = walkdir::DirEntry> {
     walkdir::WalkDir::new(custom)
         .sort_by_file_name()
         .into_iter()
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_file())
-        .count()
+}
+
+fn walk_list(custom: &Path) -> usize {
+    walk_files(custom).count()
 }
 
 fn walk_read(custom: &Path) -> usize {
-    walkdir::WalkDir::new(custom)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
+    walk_files(custom)
         .map(|e| fs::read(e.path()).map(|b| b.len()).unwrap_or(0))
         .sum()
 }
@@ -74,10 +74,8 @@ fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
     (t.elapsed(), r)
 }
 
-struct Series {
-    name: &'static str,
-    samples: Vec<Duration>,
-}
+mod series;
+use series::Series;
 
 impl Series {
     fn median(&self) -> Duration {
@@ -117,26 +115,11 @@ fn main() {
     assert_eq!(find(&custom), FILES);
     walk_read(&custom);
 
-    let mut gen = Series {
-        name: "generate (ours)",
-        samples: vec![],
-    };
-    let mut gen_write = Series {
-        name: "generate+write (ours, file rewritten)",
-        samples: vec![],
-    };
-    let mut list = Series {
-        name: "walkdir list (baseline)",
-        samples: vec![],
-    };
-    let mut read = Series {
-        name: "walkdir+read (baseline)",
-        samples: vec![],
-    };
-    let mut findb = Series {
-        name: "find -type f (baseline)",
-        samples: vec![],
-    };
+    let mut gen = Series::new("generate (ours)");
+    let mut gen_write = Series::new("generate+write (ours, file rewritten)");
+    let mut list = Series::new("walkdir list (baseline)");
+    let mut read = Series::new("walkdir+read (baseline)");
+    let mut findb = Series::new("find -type f (baseline)");
     let generated = dir.join("docker/compose.generated.yaml");
     for _ in 0..ROUNDS {
         // Interleaved, so all series see the same machine load.

@@ -155,15 +155,11 @@ const fn spec(
     }
 }
 
+/// A loopback port the `[params]` key `key` moves; the key names it.
 const fn keyed(port: u16, service: &'static str, key: &'static str) -> PortSpec {
     PortSpec {
-        port,
-        udp: false,
-        scope: Scope::Loopback,
-        service,
-        what: key,
-        when: When::Always,
         key: Some(key),
+        ..spec(port, Scope::Loopback, service, key, When::Always)
     }
 }
 
@@ -184,13 +180,8 @@ const PORTS: &[PortSpec] = &[
     spec(587, Public, "postfix", "submission", When::Always),
     spec(993, Public, "dovecot", "IMAPS", When::Always),
     PortSpec {
-        port: 3478,
         udp: true,
-        scope: Public,
-        service: "chatmail-turn",
-        what: "TURN",
-        when: When::Always,
-        key: None,
+        ..spec(3478, Public, "chatmail-turn", "TURN", When::Always)
     },
     spec(53, Loopback, "unbound", "DNS resolver", When::Always),
     spec(402, Loopback, "acmetool", "ACME redirector", When::Acme),

@@ -25,6 +25,26 @@ fn migrate(f: &Fake, extra: &[&str]) -> (i32, String, String) {
     run(&mut c)
 }
 
+/// Mail of `users` users with `files_per_user` messages each, no big files.
+fn mail(users: usize, files_per_user: usize) -> Mail {
+    Mail {
+        users,
+        files_per_user,
+        big: vec![],
+    }
+}
+
+fn small() -> Mail {
+    mail(2, 5)
+}
+
+/// `migrate` with `extra` must refuse (exit 2): its stderr.
+fn refused(f: &Fake, extra: &[&str]) -> String {
+    let (code, _, err) = migrate(f, extra);
+    assert_eq!(code, 2, "{err}");
+    err
+}
+
 const TREES: [(&str, &str); 3] = [
     ("/etc/dkimkeys", "data/chatmail-dkimkeys"),
     ("/var/lib/acme", "data/chatmail-acme"),
@@ -150,14 +170,12 @@ fn migrates_everything_and_a_rerun_copies_nothing() {
     // The container's data changed afterwards (new mail): a rerun refuses
     // instead of mirroring the old host over it.
     fs::write(f.dest("data/chatmail/vmail/new-in-container"), "x").unwrap();
-    let (code, _, err) = migrate(&f, &["--yes"]);
-    assert_eq!(code, 2, "{err}");
+    let err = refused(&f, &["--yes"]);
     assert!(err.contains("already migrated"), "{err}");
     assert!(f.dest("data/chatmail/vmail/new-in-container").exists());
 
     // Rollback after completion needs a confirmation...
-    let (code, _, err) = migrate(&f, &["--rollback"]);
-    assert_eq!(code, 2, "{err}");
+    refused(&f, &["--rollback"]);
     assert_eq!(f.unit_state("postfix.service"), "inactive disabled");
     // ...and with it restores exactly what was there before.
     let (code, out, err) = migrate(&f, &["--rollback", "--yes"]);
@@ -168,11 +186,7 @@ fn migrates_everything_and_a_rerun_copies_nothing() {
 
 #[test]
 fn dry_run_prints_the_plan_and_changes_nothing() {
-    let f = Fake::new(&Mail {
-        users: 3,
-        files_per_user: 10,
-        big: vec![],
-    });
+    let f = Fake::new(&mail(3, 10));
     let src = f.source_digest();
     let (code, out, err) = migrate(&f, &["--dry-run"]);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -196,13 +210,8 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
 
 #[test]
 fn without_a_terminal_and_without_yes_it_refuses() {
-    let f = Fake::new(&Mail {
-        users: 2,
-        files_per_user: 5,
-        big: vec![],
-    });
-    let (code, _, err) = migrate(&f, &[]);
-    assert_eq!(code, 2, "{err}");
+    let f = Fake::new(&small());
+    let err = refused(&f, &[]);
     assert!(err.contains("--yes"), "{err}");
     assert!(!f.dest("data").exists() && !f.dest(".env").exists());
     assert!(!f.log().contains("stop"));
@@ -210,15 +219,10 @@ fn without_a_terminal_and_without_yes_it_refuses() {
 
 #[test]
 fn a_foreign_destination_is_refused_and_kept() {
-    let f = Fake::new(&Mail {
-        users: 2,
-        files_per_user: 5,
-        big: vec![],
-    });
+    let f = Fake::new(&small());
     fs::create_dir_all(f.dest("data/chatmail/vmail")).unwrap();
     fs::write(f.dest("data/chatmail/vmail/from-another-host"), "mail").unwrap();
-    let (code, _, err) = migrate(&f, &["--yes"]);
-    assert_eq!(code, 2, "{err}");
+    let err = refused(&f, &["--yes"]);
     assert!(err.contains("data/chatmail is not empty"), "{err}");
     assert_eq!(
         fs::read_to_string(f.dest("data/chatmail/vmail/from-another-host")).unwrap(),
@@ -230,14 +234,9 @@ fn a_foreign_destination_is_refused_and_kept() {
 
 #[test]
 fn a_missing_ini_is_a_usage_error() {
-    let f = Fake::new(&Mail {
-        users: 1,
-        files_per_user: 1,
-        big: vec![],
-    });
+    let f = Fake::new(&mail(1, 1));
     fs::remove_file(f.root.join("usr/local/lib/chatmaild/chatmail.ini")).unwrap();
-    let (code, _, err) = migrate(&f, &["--yes"]);
-    assert_eq!(code, 2, "{err}");
+    let err = refused(&f, &["--yes"]);
     assert!(
         err.contains("chatmail.ini") && err.contains("--ini"),
         "{err}"
@@ -249,19 +248,10 @@ fn a_missing_ini_is_a_usage_error() {
 fn an_unreadable_source_file_stops_before_any_unit_is_touched() {
     // Root reads everything; drop the capabilities that allow it, so the
     // permission check is real.
-    if which("setpriv").is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "setpriv (util-linux) is needed in CI"
-        );
-        eprintln!("skipped: setpriv not found");
+    if !found_or_skipped("setpriv", "the test") {
         return;
     }
-    let f = Fake::new(&Mail {
-        users: 0,
-        files_per_user: 0,
-        big: vec![],
-    });
+    let f = Fake::new(&mail(0, 0));
     // Without DAC override every directory must be traversable by "others".
     for e in walkdir::WalkDir::new(&f.root) {
         let e = e.unwrap();
@@ -309,11 +299,7 @@ fn an_unreadable_source_file_stops_before_any_unit_is_touched() {
 
 #[test]
 fn a_failing_stop_is_an_error_and_rollback_restarts_what_was_stopped() {
-    let f = Fake::new(&Mail {
-        users: 2,
-        files_per_user: 5,
-        big: vec![],
-    });
+    let f = Fake::new(&small());
     fs::write(f.units.join("dovecot.service.fail"), "").unwrap();
     let (code, _, err) = migrate(&f, &["--yes"]);
     assert_eq!(code, 1, "{err}");
@@ -356,11 +342,7 @@ fn a_failing_stop_is_an_error_and_rollback_restarts_what_was_stopped() {
 
 #[test]
 fn mount_vmail_copies_no_mail_and_leaves_a_marker() {
-    let f = Fake::new(&Mail {
-        users: 2,
-        files_per_user: 5,
-        big: vec![],
-    });
+    let f = Fake::new(&small());
     let (code, out, err) = migrate(&f, &["--yes", "--mount-vmail"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(f.dest("data/.mount-vmail").is_file());
@@ -381,11 +363,7 @@ fn mount_vmail_copies_no_mail_and_leaves_a_marker() {
 
 #[test]
 fn presync_only_keeps_the_relay_running() {
-    let f = Fake::new(&Mail {
-        users: 2,
-        files_per_user: 5,
-        big: vec![],
-    });
+    let f = Fake::new(&small());
     let (code, out, err) = migrate(&f, &["--yes", "--presync-only"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(!f.log().contains("stop"));
@@ -401,9 +379,8 @@ fn presync_only_keeps_the_relay_running() {
 #[test]
 fn killed_at_random_points_it_resumes_to_an_identical_copy() {
     let f = Fake::new(&Mail {
-        users: 20,
-        files_per_user: 150,
         big: vec![24 << 20, 8 << 20],
+        ..mail(20, 150)
     });
     let src = f.source_digest();
     let mut seed: u64 = 0x5eed_1234;
@@ -470,9 +447,8 @@ fn killed_at_random_points_it_resumes_to_an_identical_copy() {
 #[test]
 fn insufficient_space_is_refused_with_numbers() {
     let f = Fake::new(&Mail {
-        users: 2,
-        files_per_user: 5,
         big: vec![30 << 20],
+        ..mail(2, 5)
     });
     let probe = Command::new("unshare")
         .args([
@@ -520,13 +496,8 @@ fn insufficient_space_is_refused_with_numbers() {
 
 #[test]
 fn start_outside_a_deployment_dir_fails_before_anything_changes() {
-    let f = Fake::new(&Mail {
-        users: 1,
-        files_per_user: 2,
-        big: vec![],
-    });
-    let (code, _, err) = migrate(&f, &["--yes", "--start"]);
-    assert_eq!(code, 2, "{err}");
+    let f = Fake::new(&mail(1, 2));
+    let err = refused(&f, &["--yes", "--start"]);
     assert!(err.contains("docker-compose.yaml"), "{err}");
     assert!(f.log().is_empty(), "{}", f.log());
     assert!(!f.dest("data").exists());
@@ -534,11 +505,7 @@ fn start_outside_a_deployment_dir_fails_before_anything_changes() {
 
 #[test]
 fn start_with_another_deployments_container_fails_before_anything_changes() {
-    let f = Fake::new(&Mail {
-        users: 1,
-        files_per_user: 2,
-        big: vec![],
-    });
+    let f = Fake::new(&mail(1, 2));
     fs::create_dir_all(f.dir.join("docker")).unwrap();
     fs::write(
         f.dir.join("docker/docker-compose.yaml"),
@@ -564,8 +531,7 @@ exit 0"#,
     )
     .unwrap();
     fs::set_permissions(&docker, fs::Permissions::from_mode(0o755)).unwrap();
-    let (code, _, err) = migrate(&f, &["--yes", "--start"]);
-    assert_eq!(code, 2, "{err}");
+    let err = refused(&f, &["--yes", "--start"]);
     assert!(
         err.contains("/srv/other-relay") && err.contains("nothing was done to it"),
         "{err}"
@@ -573,14 +539,6 @@ exit 0"#,
     assert!(f.log().is_empty(), "units touched: {}", f.log());
     assert!(!calls.exists(), "{}", fs::read_to_string(&calls).unwrap());
     assert!(!f.dest("data").exists());
-}
-
-fn small() -> Mail {
-    Mail {
-        users: 2,
-        files_per_user: 5,
-        big: vec![],
-    }
 }
 
 #[test]
@@ -857,8 +815,7 @@ fn a_copy_that_stays_different_restarts_the_old_relay() {
 fn control_characters_from_the_host_never_reach_the_terminal() {
     let f = Fake::new(&small());
     // A user-provided value...
-    let (code, _, err) = migrate(&f, &["--yes", "--ini", "/nowhere/\x1b[2Jchatmail.ini"]);
-    assert_eq!(code, 2, "{err}");
+    let err = refused(&f, &["--yes", "--ini", "/nowhere/\x1b[2Jchatmail.ini"]);
     assert!(!err.contains('\x1b'), "{err:?}");
     assert!(err.contains("\\u{1b}[2J"), "{err:?}");
     // ...and a file name that the verification reports (its content
@@ -1052,7 +1009,7 @@ proptest::proptest! {
             NODES.len(),
         )
     ) {
-        let f = Fake::new(&Mail { users: 1, files_per_user: 2, big: vec![] });
+        let f = Fake::new(&mail(1, 2));
         let decoy = f.tmp.path().join("decoy");
         fs::create_dir_all(&decoy).unwrap();
         fs::write(decoy.join("k"), "live host").unwrap();

@@ -245,15 +245,26 @@ pub fn verify(host_root: &Path, host_path: &Path, dst_root: &Path) -> Result<Rep
 mod tests {
     use super::*;
 
+    /// In `t`: a source directory `s` holding the file `name` with
+    /// `content`, and the path of its copy `d` (not made yet).
+    fn source_with(t: &Path, name: &str, content: &[u8]) -> (PathBuf, PathBuf) {
+        let s = t.join("s");
+        fs::create_dir_all(&s).unwrap();
+        fs::write(s.join(name), content).unwrap();
+        (s, t.join("d"))
+    }
+
+    /// Copy `s` to `d` the way migrate does.
+    fn mirror(s: &Path, d: &Path) {
+        copy::sync(&copy::walk(s, false).unwrap(), d, false).unwrap();
+    }
+
     #[test]
     fn finds_content_mode_and_link_differences() {
         let t = tempfile::tempdir().unwrap();
-        let s = t.path().join("s");
-        let d = t.path().join("d");
-        fs::create_dir_all(&s).unwrap();
-        fs::write(s.join("a"), b"one").unwrap();
+        let (s, d) = source_with(t.path(), "a", b"one");
         fs::hard_link(s.join("a"), s.join("b")).unwrap();
-        copy::sync(&copy::walk(&s, false).unwrap(), &d, false).unwrap();
+        mirror(&s, &d);
         assert!(verify(Path::new("/"), &s, &d).unwrap().ok());
 
         // Same size and mtime, different content: only the hash sees it.
@@ -277,12 +288,9 @@ mod tests {
     #[test]
     fn differences_are_worded_for_people() {
         let t = tempfile::tempdir().unwrap();
-        let s = t.path().join("s");
-        let d = t.path().join("d");
-        fs::create_dir_all(&s).unwrap();
-        fs::write(s.join("f"), b"x").unwrap();
+        let (s, d) = source_with(t.path(), "f", b"x");
         std::os::unix::fs::symlink("target-a", s.join("l")).unwrap();
-        copy::sync(&copy::walk(&s, false).unwrap(), &d, false).unwrap();
+        mirror(&s, &d);
         fs::remove_file(d.join("f")).unwrap();
         fs::create_dir(d.join("f")).unwrap();
         fs::remove_file(d.join("l")).unwrap();
@@ -303,15 +311,12 @@ mod tests {
     #[test]
     fn hashing_leaves_the_source_access_time_alone() {
         let t = tempfile::tempdir().unwrap();
-        let s = t.path().join("s");
-        let d = t.path().join("d");
-        fs::create_dir_all(&s).unwrap();
-        fs::write(s.join("f"), b"mail").unwrap();
+        let (s, d) = source_with(t.path(), "f", b"mail");
         // An access time older than the mtime: relatime would update it on
         // any ordinary read.
         let old = filetime::FileTime::from_unix_time(1_000_000_000, 0);
         filetime::set_file_atime(s.join("f"), old).unwrap();
-        copy::sync(&copy::walk(&s, false).unwrap(), &d, false).unwrap();
+        mirror(&s, &d);
         assert!(verify(Path::new("/"), &s, &d).unwrap().ok());
         let after = fs::metadata(s.join("f")).unwrap();
         assert_eq!(filetime::FileTime::from_last_access_time(&after), old);

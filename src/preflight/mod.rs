@@ -105,19 +105,18 @@ impl Check {
         }
     }
     fn warn(id: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Check {
-        Check {
-            id,
-            status: Status::Warn,
-            message: message.into(),
-            fix: Some(fix.into()),
-        }
+        Check::not_ok(id, Status::Warn, message.into(), fix.into())
     }
     fn fail(id: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check::not_ok(id, Status::Fail, message.into(), fix.into())
+    }
+    /// A warning or failure: it says how to fix it.
+    fn not_ok(id: &'static str, status: Status, message: String, fix: String) -> Check {
         Check {
             id,
-            status: Status::Fail,
-            message: message.into(),
-            fix: Some(fix.into()),
+            status,
+            message,
+            fix: Some(fix),
         }
     }
 }

@@ -5,9 +5,10 @@
 //! only what was recorded.
 
 use crate::support::certs::*;
-use crate::support::{assert_ok, have};
+use crate::support::{assert_ok, have, ok_stdout};
 
 use std::fs;
+use std::path::PathBuf;
 
 /// The watcher reloads once at start (no state yet): wait for it, so the
 /// watches are in place before the test changes anything.
@@ -22,6 +23,43 @@ fn wait_reloads(d: &Deploy, w: &Watcher, n: usize) {
     wait_for(&format!("{n} reloads"), w, || d.reloads().len() >= n);
 }
 
+/// Wait for as many reloads as `pairs`, then check they were into those
+/// pairs, in order.
+fn assert_reloaded(d: &Deploy, w: &Watcher, pairs: &[&Pair]) {
+    wait_reloads(d, w, pairs.len());
+    let leaves: Vec<String> = pairs.iter().map(|p| p.leaf.clone()).collect();
+    assert_eq!(d.reloaded_leaves(), leaves);
+}
+
+/// Plain files holding `first` in `rel` under the deployment, and a watcher
+/// on them (with `extra` arguments) that has made its initial reload.
+fn watch_plain(d: &Deploy, rel: &str, first: &Pair, extra: &[&str]) -> (PathBuf, Watcher) {
+    let dir = d.plain_at(rel, first);
+    let mut args = vec!["--path", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let w = d.watch(&args);
+    started(d, &w, first);
+    (dir, w)
+}
+
+/// `cert-watch --once` with recorded reloads in `d`, no --path: where the
+/// certificate is comes from `.env` alone.
+fn once_from_env(d: &Deploy) -> std::process::Output {
+    d.once(&[], &d.record_cmd())
+}
+
+/// `cert-watch --once --path dir` with recorded reloads.
+fn once_on(d: &Deploy, dir: &std::path::Path) -> std::process::Output {
+    d.once(&["--path", dir.to_str().unwrap()], &d.record_cmd())
+}
+
+/// The failed run `out` exited with `code` and said `needle` on stderr.
+fn assert_fails(out: &std::process::Output, code: i32, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    assert!(err.contains(needle), "{err}");
+}
+
 #[test]
 fn acmetool_symlink_swap_via_path_to_ssl_default_mount() {
     // No compose file: PATH_TO_SSL's default maps through data/chatmail-acme.
@@ -33,8 +71,7 @@ fn acmetool_symlink_swap_via_path_to_ssl_default_mount() {
     acme.rotate(&b);
     wait_reloads(&d, &w, 2);
     acme.rotate(&c);
-    wait_reloads(&d, &w, 3);
-    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf, c.leaf.clone()]);
+    assert_reloaded(&d, &w, &[&a, &b, &c]);
     assert!(w.terminate().success());
     let state = fs::read_to_string(d.path("data/.cert-watch-state.json")).unwrap();
     assert!(state.contains(&c.leaf), "{state}");
@@ -51,47 +88,35 @@ fn certbot_archive_live_layout() {
     cb.rotate(&b);
     wait_reloads(&d, &w, 2);
     cb.rotate(&c);
-    wait_reloads(&d, &w, 3);
     // certbot moves the links one by one; the half-moved states never
     // reach the reload command.
-    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf, c.leaf]);
+    assert_reloaded(&d, &w, &[&a, &b, &c]);
 }
 
 #[test]
 fn plain_files_replaced_by_rename() {
     let d = Deploy::new("");
     let (a, b) = (pair(), pair());
-    let dir = d.path("ssl");
-    plain(&dir, &a);
-    let w = d.watch(&["--path", dir.to_str().unwrap()]);
-    started(&d, &w, &a);
+    let (dir, w) = watch_plain(&d, "ssl", &a, &[]);
     plain(&dir, &b);
-    wait_reloads(&d, &w, 2);
-    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf]);
+    assert_reloaded(&d, &w, &[&a, &b]);
 }
 
 #[test]
 fn files_rewritten_in_place() {
     let d = Deploy::new("");
     let (a, b) = (pair(), pair());
-    let dir = d.path("ssl");
-    plain(&dir, &a);
-    let w = d.watch(&["--path", dir.to_str().unwrap()]);
-    started(&d, &w, &a);
+    let (dir, w) = watch_plain(&d, "ssl", &a, &[]);
     rewrite(&dir.join("privkey.pem"), &b.key);
     rewrite(&dir.join("fullchain.pem"), &b.cert);
-    wait_reloads(&d, &w, 2);
-    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf]);
+    assert_reloaded(&d, &w, &[&a, &b]);
 }
 
 #[test]
 fn directory_deleted_and_recreated() {
     let d = Deploy::new("");
     let (a, b, c) = (pair(), pair(), pair());
-    let dir = d.path("ssl/live");
-    plain(&dir, &a);
-    let w = d.watch(&["--path", dir.to_str().unwrap()]);
-    started(&d, &w, &a);
+    let (dir, w) = watch_plain(&d, "ssl/live", &a, &[]);
     fs::remove_dir_all(&dir).unwrap();
     wait_log(&w, "does not exist", 1);
     plain(&dir, &b);
@@ -100,24 +125,19 @@ fn directory_deleted_and_recreated() {
     fs::remove_dir_all(d.path("ssl")).unwrap();
     wait_log(&w, "does not exist", 2);
     plain(&dir, &c);
-    wait_reloads(&d, &w, 3);
-    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf, c.leaf]);
+    assert_reloaded(&d, &w, &[&a, &b, &c]);
 }
 
 #[test]
 fn key_written_before_cert_is_not_reloaded_until_the_cert_follows() {
     let d = Deploy::new("");
     let (a, b) = (pair(), pair());
-    let dir = d.path("ssl");
-    plain(&dir, &a);
-    let w = d.watch(&["--path", dir.to_str().unwrap()]);
-    started(&d, &w, &a);
+    let (dir, w) = watch_plain(&d, "ssl", &a, &[]);
     put(&dir.join("privkey.pem"), &b.key);
     wait_log(&w, "does not belong to the certificate", 1);
     assert_eq!(d.reloads().len(), 1, "no reload into a half-updated pair");
     put(&dir.join("fullchain.pem"), &b.cert);
-    wait_reloads(&d, &w, 2);
-    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf]);
+    assert_reloaded(&d, &w, &[&a, &b]);
 }
 
 #[test]
@@ -126,10 +146,7 @@ fn mismatched_pair_and_expired_cert_are_never_reloaded() {
     let (a, other, c) = (pair(), pair(), pair());
     let expired = expired_pair();
     let wrong_name = pair_for(&["other.example.net"]);
-    let dir = d.path("ssl");
-    plain(&dir, &a);
-    let w = d.watch(&["--path", dir.to_str().unwrap()]);
-    started(&d, &w, &a);
+    let (dir, w) = watch_plain(&d, "ssl", &a, &[]);
 
     put(&dir.join("privkey.pem"), &other.key);
     wait_log(&w, "does not belong to the certificate", 1);
@@ -139,18 +156,14 @@ fn mismatched_pair_and_expired_cert_are_never_reloaded() {
     wait_log(&w, "but MAIL_DOMAIN is example.org", 1);
     // Each invalid state was looked at and refused; a valid one follows.
     plain(&dir, &c);
-    wait_reloads(&d, &w, 2);
-    assert_eq!(d.reloaded_leaves(), vec![a.leaf, c.leaf]);
+    assert_reloaded(&d, &w, &[&a, &c]);
 }
 
 #[test]
 fn burst_of_twenty_writes_reloads_exactly_once() {
     let d = Deploy::new("");
     let (a, b, c) = (pair(), pair(), pair());
-    let dir = d.path("ssl");
-    plain(&dir, &a);
-    let w = d.watch(&["--path", dir.to_str().unwrap()]);
-    started(&d, &w, &a);
+    let (dir, w) = watch_plain(&d, "ssl", &a, &[]);
     // An ACME client rewriting its files several times in a row: truncated,
     // mixed and complete states follow each other within milliseconds.
     for i in 0..20 {
@@ -163,11 +176,7 @@ fn burst_of_twenty_writes_reloads_exactly_once() {
     wait_reloads(&d, &w, 2);
     // A later, separate change proves nothing else was queued in between.
     plain(&dir, &c);
-    wait_reloads(&d, &w, 3);
-    assert_eq!(
-        d.reloaded_leaves(),
-        vec![a.leaf.clone(), b.leaf.clone(), c.leaf.clone()]
-    );
+    assert_reloaded(&d, &w, &[&a, &b, &c]);
     // And touching files without changing content reloads nothing. The
     // pause outlasts the debounce, so a wrong reload would happen before
     // the next real change instead of merging with it; it cannot make the
@@ -178,11 +187,7 @@ fn burst_of_twenty_writes_reloads_exactly_once() {
     std::thread::sleep(std::time::Duration::from_secs(1));
     let d_leaf = pair();
     plain(&dir, &d_leaf);
-    wait_reloads(&d, &w, 4);
-    assert_eq!(
-        d.reloaded_leaves(),
-        vec![a.leaf, b.leaf, c.leaf, d_leaf.leaf]
-    );
+    assert_reloaded(&d, &w, &[&a, &b, &c, &d_leaf]);
 }
 
 #[test]
@@ -192,41 +197,30 @@ fn poll_timer_catches_a_change_no_watch_sees() {
     // by the poll timer instead.
     let d = Deploy::new("");
     let (a, b) = (pair(), pair());
-    let dir = d.path("srv/tls/example/live");
-    plain(&dir, &a);
-    let w = d.watch(&["--path", dir.to_str().unwrap(), "--poll-interval", "1"]);
-    started(&d, &w, &a);
+    let (_, w) = watch_plain(&d, "srv/tls/example/live", &a, &["--poll-interval", "1"]);
     plain(&d.path("srv-new/tls/example/live"), &b);
     fs::rename(d.path("srv"), d.path("srv-old")).unwrap();
     fs::rename(d.path("srv-new"), d.path("srv")).unwrap();
-    wait_reloads(&d, &w, 2);
-    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf]);
+    assert_reloaded(&d, &w, &[&a, &b]);
 }
 
 #[test]
 fn restart_does_not_reload_an_applied_certificate() {
     let d = Deploy::new("");
     let (a, b) = (pair(), pair());
-    let dir = d.path("ssl");
-    plain(&dir, &a);
-    let mut w = d.watch(&["--path", dir.to_str().unwrap()]);
-    started(&d, &w, &a);
+    let (dir, mut w) = watch_plain(&d, "ssl", &a, &[]);
     assert!(w.terminate().success());
     let w = d.watch(&["--path", dir.to_str().unwrap()]);
     wait_log(&w, "Watching", 1);
     plain(&dir, &b);
-    wait_reloads(&d, &w, 2);
-    assert_eq!(d.reloaded_leaves(), vec![a.leaf, b.leaf]);
+    assert_reloaded(&d, &w, &[&a, &b]);
 }
 
 #[test]
 fn sigterm_and_sigint_exit_zero() {
     let d = Deploy::new("");
     let a = pair();
-    let dir = d.path("ssl");
-    plain(&dir, &a);
-    let mut w = d.watch(&["--path", dir.to_str().unwrap()]);
-    started(&d, &w, &a);
+    let (dir, mut w) = watch_plain(&d, "ssl", &a, &[]);
     assert!(d.path("data/.cert-watch.pid").exists());
     // A second watcher for the same deployment refuses to start.
     let out = d
@@ -235,8 +229,7 @@ fn sigterm_and_sigint_exit_zero() {
         .arg(&dir)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cert-watch already runs"));
+    assert_fails(&out, 2, "cert-watch already runs");
     let st = w.terminate();
     assert_eq!(st.code(), Some(0), "{}", w.log());
     assert!(!d.path("data/.cert-watch.pid").exists(), "pid file removed");
@@ -262,13 +255,7 @@ fn once_reloads_only_when_the_content_changed() {
     let d = Deploy::new("");
     let (a, b) = (pair(), pair());
     let mut acme = Acmetool::new(d.path("data/chatmail-acme"), &a);
-    let once = || {
-        d.cmd()
-            .args(["cert-watch", "--once", "--no-verify", "--reload-command"])
-            .arg(d.record_cmd())
-            .output()
-            .unwrap()
-    };
+    let once = || once_from_env(&d);
     let out = once();
     assert_ok(&out);
     assert_eq!(d.reloaded_leaves(), vec![a.leaf.clone()]);
@@ -291,8 +278,7 @@ fn once_reloads_only_when_the_content_changed() {
         ..pair()
     });
     let out = once();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not belong"));
+    assert_fails(&out, 1, "does not belong");
     assert_eq!(d.reloads().len(), 2);
 }
 
@@ -326,14 +312,7 @@ fn short_lived(dir: &std::path::Path, days: u32) {
 
 /// `cert-watch --once --path dir` with recorded reloads: its stderr.
 fn once_at(d: &Deploy, dir: &std::path::Path) -> String {
-    let out = d
-        .cmd()
-        .args(["cert-watch", "--once", "--no-verify", "--path"])
-        .arg(dir)
-        .arg("--reload-command")
-        .arg(d.record_cmd())
-        .output()
-        .unwrap();
+    let out = once_on(d, dir);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{err}");
     err
@@ -453,13 +432,7 @@ fn pkcs1_rsa_and_sec1_ec_keys_wildcards_and_separate_chain_files() {
     let run = |dir: &std::path::Path, domain: &str| {
         fs::write(d.path(".env"), format!("MAIL_DOMAIN={domain}\n")).unwrap();
         let _ = fs::remove_file(d.path("data/.cert-watch-state.json"));
-        d.cmd()
-            .args(["cert-watch", "--once", "--no-verify", "--path"])
-            .arg(dir)
-            .arg("--reload-command")
-            .arg(d.record_cmd())
-            .output()
-            .unwrap()
+        once_on(&d, dir)
     };
     let out = run(&rsa, DOMAIN);
     assert_ok(&out);
@@ -468,31 +441,20 @@ fn pkcs1_rsa_and_sec1_ec_keys_wildcards_and_separate_chain_files() {
     assert_eq!(d.reloads().len(), 2);
     // The wildcard covers one label only.
     let out = run(&ec, DOMAIN);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is for *.example.org"));
+    assert_fails(&out, 1, "is for *.example.org");
     // A key that is no key at all.
     fs::write(ec.join("key.pem"), "not a key\n").unwrap();
     let out = run(&ec, "mail.example.org");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no private key"));
+    assert_fails(&out, 1, "holds no private key");
     assert_eq!(d.reloads().len(), 2);
 }
 
 #[test]
 fn once_with_a_failing_reload_command_keeps_the_old_state() {
     let d = Deploy::new("");
-    let a = pair();
-    let dir = d.path("ssl");
-    plain(&dir, &a);
-    let out = d
-        .cmd()
-        .args(["cert-watch", "--once", "--no-verify", "--path"])
-        .arg(&dir)
-        .args(["--reload-command", "exit 3"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("exited with status 3"));
+    let dir = d.plain_at("ssl", &pair());
+    let out = d.once(&["--path", dir.to_str().unwrap()], "exit 3");
+    assert_fails(&out, 1, "exited with status 3");
     assert!(!d.path("data/.cert-watch-state.json").exists());
 }
 
@@ -507,24 +469,21 @@ fn dry_run_reports_and_touches_nothing() {
         .arg(d.record_cmd())
         .output()
         .unwrap();
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = ok_stdout(&out);
     assert!(stdout.contains("would reload"), "{stdout}");
     assert!(stdout.contains(&a.leaf[..16]), "{stdout}");
     assert!(d.reloads().is_empty());
     assert!(!d.path("data/.cert-watch-state.json").exists());
 
     // A pair the watcher would refuse is not announced as a reload.
-    let dir = d.path("ssl");
-    plain(&dir, &a);
+    let dir = d.plain_at("ssl", &a);
     put(&dir.join("privkey.pem"), &pair().key);
     let out = d
         .cmd()
         .args(["--dry-run", "cert-watch", "--path", dir.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = ok_stdout(&out);
     assert!(
         stdout.contains("does not belong to the certificate"),
         "{stdout}"
@@ -543,23 +502,16 @@ fn configuration_errors_exit_2() {
         .args(["cert-watch", "--once"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(".env does not exist"));
+    assert_fails(&out, 2, ".env does not exist");
 
     // PATH_TO_SSL outside every mount (default mount used without compose).
     let d = Deploy::new("PATH_TO_SSL=/etc/ssl/private\n");
     let out = d.cmd().args(["cert-watch", "--once"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("PATH_TO_SSL=/etc/ssl/private is under none"),
-        "{err}"
-    );
+    assert_fails(&out, 2, "PATH_TO_SSL=/etc/ssl/private is under none");
 
     let d = Deploy::new("CERTS_MONITORING_TIMEOUT=soon\n");
     let out = d.cmd().args(["cert-watch", "--once"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("CERTS_MONITORING_TIMEOUT=soon"));
+    assert_fails(&out, 2, "CERTS_MONITORING_TIMEOUT=soon");
 
     let d = Deploy::new("");
     let out = d
@@ -622,13 +574,7 @@ fn path_to_ssl_is_mapped_through_the_compose_volumes() {
     .unwrap();
     let a = pair();
     plain(&host_certs.join("current"), &a);
-    let out = d
-        .cmd()
-        .args(["cert-watch", "--once", "--no-verify", "--reload-command"])
-        .arg(d.record_cmd())
-        .output()
-        .unwrap();
-    assert_ok(&out);
+    assert_ok(&once_from_env(&d));
     assert_eq!(d.reloaded_leaves(), vec![a.leaf]);
 
     // Under no mount: exit 2 naming the mounts.
@@ -637,38 +583,17 @@ fn path_to_ssl_is_mapped_through_the_compose_volumes() {
         "MAIL_DOMAIN=example.org\nPATH_TO_SSL=/srv/certs\n",
     )
     .unwrap();
-    let out = d
-        .cmd()
-        .args(["cert-watch", "--once", "--no-verify"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/etc/tls <- "), "{err}");
+    let once = || {
+        d.cmd()
+            .args(["cert-watch", "--once", "--no-verify"])
+            .output()
+            .unwrap()
+    };
+    assert_fails(&once(), 2, "/etc/tls <- ");
 
     // On a named volume Docker has not created: say so.
     fs::write(d.path(".env"), "MAIL_DOMAIN=example.org\n").unwrap();
-    let out = d
-        .cmd()
-        .args(["cert-watch", "--once", "--no-verify"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!("is on the named volume {volume}")),
-        "{err}"
-    );
-}
-
-/// `cert-watch --once` with recorded reloads in `d`, no --path: where the
-/// certificate is comes from `.env` alone.
-fn once_from_env(d: &Deploy) -> std::process::Output {
-    d.cmd()
-        .args(["cert-watch", "--once", "--no-verify", "--reload-command"])
-        .arg(d.record_cmd())
-        .output()
-        .unwrap()
+    assert_fails(&once(), 2, &format!("is on the named volume {volume}"));
 }
 
 #[test]
@@ -732,11 +657,5 @@ fn tls_external_cert_and_key_are_watched_where_they_are() {
         ),
     )
     .unwrap();
-    let out = once_from_env(&d);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("absolute paths"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_fails(&once_from_env(&d), 2, "absolute paths");
 }

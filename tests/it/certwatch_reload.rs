@@ -7,7 +7,7 @@ use crate::support::certs::*;
 use crate::support::{assert_ok, path_with, script};
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A stand-in `docker`: `compose config` fails (so the default mount is
 /// used), `ps` reports the container running when `up` exists (another
@@ -56,6 +56,15 @@ fn exec_calls(d: &Deploy) -> Vec<String> {
         .collect()
 }
 
+/// `cert-watch --once` with the stand-in docker in `bin` first on PATH.
+fn once_with(d: &Deploy, bin: &Path) -> std::process::Output {
+    d.cmd()
+        .env("PATH", path_with(bin))
+        .args(["cert-watch", "--once", "--no-verify"])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn compose_reload_restarts_a_unit_whose_reload_fails() {
     let d = Deploy::new("");
@@ -65,12 +74,7 @@ fn compose_reload_restarts_a_unit_whose_reload_fails() {
     let mut acme = Acmetool::new(d.path("data/chatmail-acme"), &a);
     // `cert-watch --once` with the stand-in docker; what it wrote to stderr.
     let once = || {
-        let out = d
-            .cmd()
-            .env("PATH", path_with(&bin))
-            .args(["cert-watch", "--once", "--no-verify"])
-            .output()
-            .unwrap();
+        let out = once_with(&d, &bin);
         assert_ok(&out);
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
@@ -112,12 +116,7 @@ fn another_deployments_container_is_never_reloaded() {
     fs::write(state.join("foreign"), "").unwrap();
     let a = pair();
     Acmetool::new(d.path("data/chatmail-acme"), &a);
-    let out = d
-        .cmd()
-        .env("PATH", path_with(&bin))
-        .args(["cert-watch", "--once", "--no-verify"])
-        .output()
-        .unwrap();
+    let out = once_with(&d, &bin);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
@@ -163,8 +162,7 @@ fn container_down_is_retried_until_it_is_back() {
 fn custom_command_exit_75_means_try_again_later() {
     let d = Deploy::new("");
     let a = pair();
-    let dir = d.path("ssl");
-    plain(&dir, &a);
+    let dir = d.plain_at("ssl", &a);
     let count = d.path("attempts");
     let cmd = format!(
         "echo x >> '{c}'; [ $(wc -l < '{c}') -ge 2 ] || exit 75; {rec}",

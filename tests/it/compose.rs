@@ -4,26 +4,37 @@
 use crate::support::*;
 use assert_cmd::Command;
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// A temp dir with a minimal deployment, and the directory for stand-ins
+/// in it (made by the first [`script`]).
+fn deployment_and_bin() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let d = minimal_deployment(t.path());
+    let bin = t.path().join("bin");
+    (t, d, bin)
+}
+
+/// The binary for the deployment `d`, finding only the stand-ins in `bin`.
+fn with_stand_in(d: &Path, bin: &Path) -> Command {
+    let mut c = Command::cargo_bin("chatmail-docker").unwrap();
+    c.env("PATH", isolated_path(bin)).arg("--dir").arg(d);
+    c
+}
 
 #[test]
 fn runs_compose_with_the_project_files_and_shows_it_with_v() {
-    let t = tempfile::tempdir().unwrap();
-    let d = minimal_deployment(t.path());
+    let (t, d, bin) = deployment_and_bin();
     fs::write(d.join(".env"), "MAIL_DOMAIN=chat.example.org\n").unwrap();
     fs::write(d.join("docker-compose.override.yaml"), "services: {}\n").unwrap();
-    let bin = t.path().join("bin");
     let log = t.path().join("calls");
     script(
         &bin,
         "docker",
         &format!("printf '%s\\n' \"$@\" > {}; exit 0", log.display()),
     );
-    let out = Command::cargo_bin("chatmail-docker")
-        .unwrap()
-        .env("PATH", isolated_path(&bin))
-        .arg("--dir")
-        .arg(&d)
+    let out = with_stand_in(&d, &bin)
         .args(["-v", "restart"])
         .output()
         .unwrap();
@@ -61,23 +72,13 @@ fn runs_compose_with_the_project_files_and_shows_it_with_v() {
 
 #[test]
 fn exit_codes_pass_through() {
-    let t = tempfile::tempdir().unwrap();
-    let d = minimal_deployment(t.path());
-    let bin = t.path().join("bin");
+    let (_t, d, bin) = deployment_and_bin();
     script(&bin, "docker", "echo boom >&2; exit 7");
-    Command::cargo_bin("chatmail-docker")
-        .unwrap()
-        .env("PATH", isolated_path(&bin))
-        .arg("--dir")
-        .arg(&d)
+    with_stand_in(&d, &bin)
         .args(["exec", "--", "false"])
         .assert()
         .code(7);
-    Command::cargo_bin("chatmail-docker")
-        .unwrap()
-        .env("PATH", isolated_path(&bin))
-        .arg("--dir")
-        .arg(&d)
+    with_stand_in(&d, &bin)
         .arg("down")
         .assert()
         .code(1)
@@ -86,9 +87,7 @@ fn exit_codes_pass_through() {
 
 #[test]
 fn sigterm_is_forwarded_to_compose() {
-    let t = tempfile::tempdir().unwrap();
-    let d = minimal_deployment(t.path());
-    let bin = t.path().join("bin");
+    let (t, d, bin) = deployment_and_bin();
     let got = t.path().join("got-term");
     let ready = t.path().join("ready");
     // The stand-in answers the container query (no container), then waits

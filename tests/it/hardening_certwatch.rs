@@ -1,22 +1,8 @@
 //! cert-watch under hostile conditions: a reload command that never ends,
 //! durations out of range, and many `--once` runs at the same moment.
 
-use crate::support::certs::{pair, Acmetool, Deploy};
+use crate::support::certs::{pair, Acmetool, Deploy, ONCE_BOUND};
 use std::fs;
-use std::time::Duration;
-
-/// Bound on any command here: a hang fails the test instead of blocking it.
-const BOUND: Duration = Duration::from_secs(60);
-
-fn once(d: &Deploy, extra: &[&str], reload: &str) -> std::process::Output {
-    assert_cmd::Command::from_std(d.cmd())
-        .args(["cert-watch", "--once", "--no-verify"])
-        .args(extra)
-        .args(["--reload-command", reload])
-        .timeout(BOUND)
-        .output()
-        .unwrap()
-}
 
 #[test]
 fn a_hanging_reload_command_is_stopped_with_everything_it_started() {
@@ -24,7 +10,7 @@ fn a_hanging_reload_command_is_stopped_with_everything_it_started() {
     let _acme = Acmetool::new(d.path("data/chatmail-acme"), &pair());
     // `; true`: the shell waits for a child of its own, which must be
     // stopped too (it holds the output pipes open).
-    let out = once(&d, &["--reload-timeout", "1"], "sleep 1000; true");
+    let out = d.once(&["--reload-timeout", "1"], "sleep 1000; true");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("did not finish within 1 s"), "{err}");
@@ -50,7 +36,7 @@ fn durations_are_bounded() {
             .args(["cert-watch", "--once"])
             .args(args)
             .args(["--reload-command", "true"])
-            .timeout(BOUND)
+            .timeout(ONCE_BOUND)
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -71,7 +57,7 @@ fn concurrent_once_runs_reload_once() {
             let mut c = assert_cmd::Command::from_std(d.cmd());
             c.args(["cert-watch", "--once", "--no-verify", "--reload-command"])
                 .arg(&reload)
-                .timeout(BOUND);
+                .timeout(ONCE_BOUND);
             std::thread::spawn(move || c.output().unwrap())
         })
         .collect();

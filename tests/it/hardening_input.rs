@@ -52,6 +52,25 @@ fn run(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// `config --override-only` with `custom/www/<name>` as `make` leaves it:
+/// it must fail. Its stderr.
+fn custom_refused(d: &Path, name: &str, make: impl FnOnce(&Path)) -> String {
+    fs::create_dir_all(d.join("custom/www")).unwrap();
+    make(&d.join("custom/www").join(name));
+    let (code, _, err) = run(d, &["config", "--override-only"]);
+    assert_ne!(code, Some(0), "{err}");
+    err
+}
+
+/// `cert-watch --once <extra>` (reload command `true`) in `d`: it must
+/// fail. Its stderr.
+fn once_fails(d: &Deploy, extra: &[&str]) -> String {
+    let out = d.once(extra, "true");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    err
+}
+
 /// What the input can be instead of a regular file, and the word the
 /// message must use for it.
 fn impostors(t: &Path) -> Vec<(PathBuf, &'static str)> {
@@ -103,14 +122,9 @@ fn preflight_and_cert_watch_do_not_hang_on_a_fifo_env() {
     mkfifo(&d.join(".env"));
     let (_, out, _) = run(&d, &["preflight", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let env = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == "env-file")
-        .unwrap();
+    let env = check(&v, "env-file");
     assert_eq!(env["status"], "fail", "{env}");
-    assert!(env["message"].as_str().unwrap().contains("FIFO"), "{env}");
+    assert!(message(env).contains("FIFO"), "{env}");
     let (code, _, err) = run(&d, &["cert-watch", "--once", "--no-verify"]);
     assert_ne!(code, Some(0));
     assert!(err.contains("FIFO"), "{err}");
@@ -130,14 +144,7 @@ fn cert_watch_refuses_a_fifo_as_certificate_and_names_a_symlink_loop() {
     let p = pair();
     put(&dir.join("privkey.pem"), &p.key);
     mkfifo(&dir.join("fullchain.pem"));
-    let mut c = assert_cmd::Command::from_std(d.cmd());
-    let out = c
-        .args(["cert-watch", "--once", "--no-verify", "--path"])
-        .arg(&dir)
-        .args(["--reload-command", "true"])
-        .timeout(BOUND)
-        .output()
-        .unwrap();
+    let out = d.once(&["--path", dir.to_str().unwrap()], "true");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("FIFO"), "{err}");
@@ -154,15 +161,7 @@ fn cert_watch_refuses_a_fifo_as_certificate_and_names_a_symlink_loop() {
         ),
     )
     .unwrap();
-    let mut c = assert_cmd::Command::from_std(d.cmd());
-    let out = c
-        .args(["cert-watch", "--once", "--no-verify"])
-        .args(["--reload-command", "true"])
-        .timeout(BOUND)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "{err}");
+    let err = once_fails(&d, &[]);
     assert!(err.contains("symlink loop"), "{err}");
 }
 
@@ -170,10 +169,7 @@ fn cert_watch_refuses_a_fifo_as_certificate_and_names_a_symlink_loop() {
 fn a_custom_file_that_is_a_fifo_is_refused_not_read() {
     let t = tempfile::tempdir().unwrap();
     let d = deploy(t.path());
-    fs::create_dir_all(d.join("custom/www")).unwrap();
-    mkfifo(&d.join("custom/www/index.html"));
-    let (code, _, err) = run(&d, &["config", "--override-only"]);
-    assert_ne!(code, Some(0), "{err}");
+    let err = custom_refused(&d, "index.html", mkfifo);
     assert!(err.contains("index.html"), "{err}");
 }
 
@@ -278,10 +274,7 @@ fn a_symlink_loop_is_named_as_one_not_as_missing() {
     // In custom/.
     let t = tempfile::tempdir().unwrap();
     let d = deploy(t.path());
-    fs::create_dir_all(d.join("custom/www")).unwrap();
-    symlink("loop.html", d.join("custom/www/loop.html")).unwrap();
-    let (code, _, err) = run(&d, &["config", "--override-only"]);
-    assert_ne!(code, Some(0), "{err}");
+    let err = custom_refused(&d, "loop.html", |p| symlink("loop.html", p).unwrap());
     assert!(err.contains("symlink loop"), "{err}");
     assert!(!err.contains("does not exist"), "{err}");
 
@@ -289,15 +282,7 @@ fn a_symlink_loop_is_named_as_one_not_as_missing() {
     let c = Deploy::new("");
     let dir = c.path("certs");
     symlink(&dir, &dir).unwrap();
-    let out = assert_cmd::Command::from_std(c.cmd())
-        .args(["cert-watch", "--once", "--no-verify", "--path"])
-        .arg(&dir)
-        .args(["--reload-command", "true"])
-        .timeout(BOUND)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "{err}");
+    let err = once_fails(&c, &["--path", dir.to_str().unwrap()]);
     assert!(err.contains("symlink loop"), "{err}");
     assert!(!err.contains("does not exist"), "{err}");
 }

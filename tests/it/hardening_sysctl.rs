@@ -66,18 +66,7 @@ fn a_later_file_that_lowers_a_limit_at_boot_is_named() {
     fs::create_dir_all(&d).unwrap();
     let out = run(&root, &d, &["preflight", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let c = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == "inotify")
-        .unwrap();
+    let c = check(&v, "inotify");
     assert_eq!(c["status"], "warn", "{c}");
-    assert!(
-        c["message"]
-            .as_str()
-            .unwrap()
-            .contains("/etc/sysctl.d/99-tuning.conf"),
-        "{c}"
-    );
+    assert!(message(c).contains("/etc/sysctl.d/99-tuning.conf"), "{c}");
 }

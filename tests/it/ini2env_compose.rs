@@ -6,7 +6,7 @@
 //! `docker compose config` needs no daemon. Without Compose v2 the tests are
 //! skipped with a reason, except under CI=true.
 
-use crate::support::{have_compose_v2, require};
+use crate::support::{have_compose_v2, require, xorshift};
 use assert_cmd::Command as BinCommand;
 use chatmail_docker::{dotenv, ini};
 use std::collections::BTreeMap;
@@ -202,13 +202,7 @@ fn random_values_read_back_verbatim() {
         '`', 'é', '✓', '\u{a0}', '\u{85}', '\u{2028}', '\x0b', '\x01', '-', '_', '.', '/', '\x0c',
         '\x1b', '\x1f', '\x7f', '\u{feff}', '\u{2029}', '\u{3000}', '😀', '0', '8',
     ];
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
     let values: Vec<String> = (0..1000)
         .map(|_| {
             (0..next() % 12)

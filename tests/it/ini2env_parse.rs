@@ -4,7 +4,7 @@
 //! Needs `python3` with `iniconfig` (`pip install iniconfig`). Without them
 //! the differential tests are skipped with a reason, except under CI=true.
 
-use crate::support::{require, runs};
+use crate::support::{require, runs, xorshift};
 use chatmail_docker::ini;
 use proptest::prelude::*;
 use serde_json::Value;
@@ -164,12 +164,17 @@ fn corpus() -> Vec<Vec<u8>> {
     cases
 }
 
-#[test]
-fn corpus_matches_iniconfig() {
-    if !require(
+/// [`require`] for the reference parser.
+fn have_iniconfig() -> bool {
+    require(
         runs("python3", &["-c", "import iniconfig"]),
         "python3 with iniconfig (pip install iniconfig)",
-    ) {
+    )
+}
+
+#[test]
+fn corpus_matches_iniconfig() {
+    if !have_iniconfig() {
         return;
     }
     compare(&corpus());
@@ -179,10 +184,7 @@ fn corpus_matches_iniconfig() {
 /// compared in one batch (a seeded generator, so failures reproduce).
 #[test]
 fn generated_inputs_match_iniconfig() {
-    if !require(
-        runs("python3", &["-c", "import iniconfig"]),
-        "python3 with iniconfig (pip install iniconfig)",
-    ) {
+    if !have_iniconfig() {
         return;
     }
     const PIECES: &[&str] = &[
@@ -190,17 +192,11 @@ fn generated_inputs_match_iniconfig() {
         "\r\n", "\r", "#", ";", "é", "\u{a0}", "\x1f", "\x0c", "\u{2028}", "\u{feff}", "$", "\"",
         "'", "\\", "%",
     ];
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     let cases: Vec<Vec<u8>> = (0..3000)
         .map(|_| {
             let mut s = String::new();
-            if next() % 2 == 0 {
+            if next().is_multiple_of(2) {
                 s.push_str("[params]\n");
             }
             for _ in 0..(next() % 40) {

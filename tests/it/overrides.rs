@@ -39,6 +39,17 @@ const ONE_SHOT_VARS: [&str; 4] = [
     "DEBUG_COMMANDS_ENABLED",
 ];
 
+/// Each `(path, reason)` of `expected` stands together on one line of
+/// `err`; a failure names `what` first.
+fn assert_each_on_a_line(err: &str, what: &str, expected: &[(&str, &str)]) {
+    for (rel, needle) in expected {
+        assert!(
+            err.lines().any(|l| l.contains(rel) && l.contains(needle)),
+            "{what}expected {rel:?} with {needle:?} in:\n{err}"
+        );
+    }
+}
+
 /// A temporary deployment directory.
 struct Deploy {
     tmp: tempfile::TempDir,
@@ -55,6 +66,12 @@ impl Deploy {
         fs::write(d.join(".env"), "MAIL_DOMAIN=chat.example.org\n").unwrap();
         fs::write(d.join("custom/README.md"), "# custom/\n").unwrap();
         Deploy { tmp }
+    }
+
+    /// [`Deploy::new`] where `docker compose` (v2) runs; `None` (the test
+    /// is skipped, see [`require`]) where it does not.
+    fn with_compose() -> Option<Deploy> {
+        require(have_compose_v2(), "`docker compose` (v2)").then(Deploy::new)
     }
 
     fn dir(&self) -> &Path {
@@ -75,6 +92,23 @@ impl Deploy {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(&p, content).unwrap();
         p
+    }
+
+    /// Run the binary with `args`: it must succeed. Its stdout, parsed as
+    /// JSON, and its stderr.
+    fn json(&self, args: &[&str]) -> (Value, String) {
+        let out = self.cmd().args(args).output().unwrap();
+        assert_ok(&out);
+        let v = serde_json::from_slice(&out.stdout).unwrap();
+        (v, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Run the binary with `args`: it must exit 2. Its stderr.
+    fn refused(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        err
     }
 
     /// The binary, pointed at this deployment, with no one-shot variable
@@ -218,10 +252,9 @@ fn awkward_tree(d: &Deploy) -> Vec<(String, String)> {
 
 #[test]
 fn awkward_names_are_all_mounted_read_only_and_nothing_else_changes() {
-    if !require(have_compose_v2(), "`docker compose` (v2)") {
+    let Some(d) = Deploy::with_compose() else {
         return;
-    }
-    let d = Deploy::new();
+    };
     let before = d.config_json(&[]);
     let base_vols = volumes(&before);
     assert_eq!(
@@ -370,21 +403,14 @@ fn symlinks_inside_are_mounted_resolved_and_escapes_are_refused() {
     symlink(outside.path().join("secret"), d.custom().join("www/evil")).unwrap();
     symlink("/etc/passwd", d.custom().join("passwd")).unwrap();
     let snap = d.snapshot();
-    let out = d
-        .cmd()
-        .args(["config", "--override-only"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = d.refused(&["config", "--override-only"]);
     assert!(err.contains("custom/www/evil: is a symlink to"), "{err}");
     assert!(
         err.contains("custom/passwd: is a symlink to /etc/passwd, which is outside custom/"),
         "{err}"
     );
     assert!(err.contains("2 problems"), "{err}");
-    let out = d.cmd().arg("config").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    d.refused(&["config"]);
     assert_eq!(d.snapshot(), snap, "nothing written");
     assert!(!d.generated().exists());
 }
@@ -423,10 +449,8 @@ fn shadowing_targets_are_refused_with_every_problem_named() {
     )
     .unwrap();
     let snap = d.snapshot();
-    let out = d.cmd().arg("config").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    for (rel, needle) in [
+    let err = d.refused(&["config"]);
+    let expected = [
         ("_root_/home/vmail", "it would shadow /home"),
         (
             "_root_/etc/dkimkeys/opendkim.private",
@@ -458,12 +482,8 @@ fn shadowing_targets_are_refused_with_every_problem_named() {
             "custom/.mount-dir:",
             "custom/ itself cannot be mounted whole",
         ),
-    ] {
-        assert!(
-            err.lines().any(|l| l.contains(rel) && l.contains(needle)),
-            "expected {rel:?} with {needle:?} in:\n{err}"
-        );
-    }
+    ];
+    assert_each_on_a_line(&err, "", &expected);
     assert!(!err.contains("postfix.service.d"), "{err}");
     assert!(!err.contains("index.md"), "{err}");
     assert_eq!(d.snapshot(), snap, "nothing written");
@@ -510,7 +530,7 @@ fn targets_the_compose_files_mount_are_refused() {
         let out = d.cmd().env("PATH", &path).args(args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        for (rel, needle) in [
+        let expected = [
             (
                 "custom/_root_/tmp:",
                 "it would shadow /tmp (the tmpfs in docker/docker-compose.yaml)",
@@ -527,12 +547,8 @@ fn targets_the_compose_files_mount_are_refused() {
                 "custom/_root_/var/lib/chatmail-docker/tls/mailserver.pem:",
                 "it would shadow /var/lib/chatmail-docker (the bind mount of ./data/chatmail-state",
             ),
-        ] {
-            assert!(
-                err.lines().any(|l| l.contains(rel) && l.contains(needle)),
-                "{args:?}: expected {rel:?} with {needle:?} in:\n{err}"
-            );
-        }
+        ];
+        assert_each_on_a_line(&err, &format!("{args:?}: "), &expected);
         assert!(!err.contains("index.md"), "{err}");
         assert_eq!(d.snapshot(), snap, "{args:?}: nothing written");
     }
@@ -551,9 +567,7 @@ fn fifos_and_sockets_are_refused() {
     let _sock = std::os::unix::net::UnixListener::bind(d.custom().join("sock")).unwrap();
     symlink("www/src/pipe", d.custom().join("pipe-link")).unwrap();
     let snap = d.snapshot();
-    let out = d.cmd().arg("config").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = d.refused(&["config"]);
     assert!(
         err.contains("custom/www/src/pipe: is a fifo (named pipe)"),
         "{err}"
@@ -572,13 +586,7 @@ fn same_target_twice_is_refused() {
     let d = Deploy::new();
     d.put("www/src/index.md", "a");
     d.put("_root_/opt/chatmail/www/src/index.md", "b");
-    let out = d
-        .cmd()
-        .args(["config", "--override-only"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = d.refused(&["config", "--override-only"]);
     assert!(
         err.contains("would both be mounted at /opt/chatmail/www/src/index.md"),
         "{err}"
@@ -591,13 +599,7 @@ fn non_utf8_names_are_refused_by_name() {
     let d = Deploy::new();
     let name = std::ffi::OsStr::from_bytes(b"bad\xffname");
     fs::write(d.custom().join(name), "x").unwrap();
-    let out = d
-        .cmd()
-        .args(["config", "--override-only"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = d.refused(&["config", "--override-only"]);
     assert!(
         err.contains("custom/bad") && err.contains("not valid UTF-8"),
         "{err}"
@@ -642,10 +644,9 @@ fn editor_droppings_are_skipped_and_named_with_verbose() {
 
 #[test]
 fn directory_marker_mounts_the_directory_whole() {
-    if !require(have_compose_v2(), "`docker compose` (v2)") {
+    let Some(d) = Deploy::with_compose() else {
         return;
-    }
-    let d = Deploy::new();
+    };
     d.put("www/src/.mount-dir", "");
     d.put("www/src/index.md", "hi");
     d.put("www/src/sub/page.md", "page");
@@ -675,10 +676,9 @@ fn directory_marker_mounts_the_directory_whole() {
 
 #[test]
 fn user_override_is_untouched_and_wins() {
-    if !require(have_compose_v2(), "`docker compose` (v2)") {
+    let Some(d) = Deploy::with_compose() else {
         return;
-    }
-    let d = Deploy::new();
+    };
     d.put("www/src/index.md", "ours");
     let user = d.dir().join("docker-compose.override.yaml");
     let user_text = "# my own settings\nservices:\n  chatmail:\n    environment:\n      CMDEPLOY_STAGES: configure\n    labels:\n      org.chatmail-docker.custom-hash: mine\n    volumes:\n      - type: bind\n        source: /srv/landing/index.md\n        target: /opt/chatmail/www/src/index.md\n        read_only: true\n";
@@ -707,10 +707,9 @@ fn user_override_is_untouched_and_wins() {
 
 #[test]
 fn reinstall_applies_to_one_run_only() {
-    if !require(have_compose_v2(), "`docker compose` (v2)") {
+    let Some(d) = Deploy::with_compose() else {
         return;
-    }
-    let d = Deploy::new();
+    };
     let stages = |cfg: &Value| service(cfg)["environment"]["CMDEPLOY_STAGES"].clone();
     let reinstall = OneShot::from_flags(true, None, true, false, false).unwrap();
     let env: Vec<(&str, String)> = reinstall.env();
@@ -748,23 +747,15 @@ fn reinstall_applies_to_one_run_only() {
 
 #[test]
 fn dry_run_shows_the_result_and_writes_nothing() {
-    if !require(have_compose_v2(), "`docker compose` (v2)") {
+    let Some(d) = Deploy::with_compose() else {
         return;
-    }
-    let d = Deploy::new();
+    };
     d.put("www/src/index.md", "hi");
     let snap = d.snapshot();
-    let out = d
-        .cmd()
-        .args(["--dry-run", "config", "--json"])
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    let cfg: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (cfg, err) = d.json(&["--dry-run", "config", "--json"]);
     assert!(volumes(&cfg)
         .iter()
         .any(|v| v.target == "/opt/chatmail/www/src/index.md"));
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("Would write docker/compose.generated.yaml"),
         "{err}"
@@ -778,15 +769,7 @@ fn mount_vmail_marker_mounts_home_vmail_read_write() {
     let root = tempfile::tempdir().unwrap();
     fs::write(d.dir().join("data/.mount-vmail"), "").unwrap();
     // Without the host directory: a clear error, nothing written.
-    let out = d
-        .cmd()
-        .arg("--root")
-        .arg(root.path())
-        .arg("config")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = d.refused(&["--root", root.path().to_str().unwrap(), "config"]);
     assert!(
         err.contains("data/.mount-vmail") && err.contains("/home/vmail"),
         "{err}"
@@ -802,15 +785,7 @@ fn mount_vmail_marker_mounts_home_vmail_read_write() {
     if !require(have_compose_v2(), "`docker compose` (v2)") {
         return;
     }
-    let out = d
-        .cmd()
-        .arg("--root")
-        .arg(root.path())
-        .args(["config", "--json"])
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    let cfg: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (cfg, _) = d.json(&["--root", root.path().to_str().unwrap(), "config", "--json"]);
     assert!(volumes(&cfg).contains(&Vol {
         source: root.path().join("home/vmail").to_str().unwrap().into(),
         target: "/home/vmail".into(),
@@ -824,9 +799,7 @@ fn a_foreign_generated_file_is_not_replaced() {
     let d = Deploy::new();
     d.put("www/src/index.md", "hi");
     fs::write(d.generated(), "services: {}\n").unwrap();
-    let out = d.cmd().arg("config").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = d.refused(&["config"]);
     assert!(
         err.contains("was not generated by chatmail-docker"),
         "{err}"
@@ -838,9 +811,7 @@ fn a_foreign_generated_file_is_not_replaced() {
 fn missing_compose_file_is_a_clear_error() {
     let d = Deploy::new();
     fs::remove_file(d.dir().join("docker/docker-compose.yaml")).unwrap();
-    let out = d.cmd().arg("config").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = d.refused(&["config"]);
     assert!(
         err.contains("docker/docker-compose.yaml not found"),
         "{err}"
@@ -862,13 +833,7 @@ fn stages_are_validated_with_clear_errors() {
 fn override_only_json_is_the_generated_override() {
     let d = Deploy::new();
     d.put("www/src/index.md", "hi");
-    let out = d
-        .cmd()
-        .args(["config", "--override-only", "--json"])
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (v, _) = d.json(&["config", "--override-only", "--json"]);
     let vols = v["services"]["chatmail"]["volumes"].as_array().unwrap();
     assert_eq!(vols.len(), 1);
     assert_eq!(vols[0]["target"], "/opt/chatmail/www/src/index.md");
@@ -885,6 +850,16 @@ fn tls_external_cert_and_key_are_mounted_where_the_host_has_them() {
     let root = tempfile::tempdir().unwrap();
     let le = "/etc/letsencrypt";
     let host = |p: &str| root.path().join(p.trim_start_matches('/'));
+    // The override for TLS_EXTERNAL_CERT_AND_KEY='<cert> <key>'.
+    let generate_for = |cert_and_key: &str| {
+        fs::write(
+            d.dir().join(".env"),
+            format!("MAIL_DOMAIN=chat.example.org\nTLS_EXTERNAL_CERT_AND_KEY='{cert_and_key}'\n"),
+        )
+        .unwrap();
+        overrides::generate(&d.ctx(root.path()), &OverrideOptions::default())
+    };
+    let refusal = |cert_and_key: &str| generate_for(cert_and_key).unwrap_err().to_string();
     fs::create_dir_all(host(&format!("{le}/archive/chat.example.org"))).unwrap();
     fs::create_dir_all(host(&format!("{le}/live/chat.example.org"))).unwrap();
     for (name, n) in [("fullchain", 3), ("privkey", 3)] {
@@ -899,14 +874,10 @@ fn tls_external_cert_and_key_are_mounted_where_the_host_has_them() {
         )
         .unwrap();
     }
-    fs::write(
-        d.dir().join(".env"),
-        format!(
-            "MAIL_DOMAIN=chat.example.org\nTLS_EXTERNAL_CERT_AND_KEY='{le}/live/chat.example.org/fullchain.pem {le}/live/chat.example.org/privkey.pem'\n"
-        ),
-    )
+    let g = generate_for(&format!(
+        "{le}/live/chat.example.org/fullchain.pem {le}/live/chat.example.org/privkey.pem"
+    ))
     .unwrap();
-    let g = overrides::generate(&d.ctx(root.path()), &OverrideOptions::default()).unwrap();
     let tls: Vec<(&str, &Path, bool)> = g
         .mounts
         .iter()
@@ -935,28 +906,14 @@ fn tls_external_cert_and_key_are_mounted_where_the_host_has_them() {
     fs::create_dir_all(host("/etc/ssl/certs")).unwrap();
     fs::write(host("/etc/ssl/certs/relay.pem"), "pem").unwrap();
     fs::write(host("/etc/ssl/certs/relay.key"), "pem").unwrap();
-    fs::write(
-        d.dir().join(".env"),
-        "MAIL_DOMAIN=chat.example.org\nTLS_EXTERNAL_CERT_AND_KEY='/etc/ssl/certs/relay.pem /etc/ssl/certs/relay.key'\n",
-    )
-    .unwrap();
-    let err = overrides::generate(&d.ctx(root.path()), &OverrideOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = refusal("/etc/ssl/certs/relay.pem /etc/ssl/certs/relay.key");
     assert!(
         err.contains("/etc/ssl/certs") && err.contains("trust store"),
         "{err}"
     );
 
     // A file that is not there yet: the relay would fail to start.
-    fs::write(
-        d.dir().join(".env"),
-        "MAIL_DOMAIN=chat.example.org\nTLS_EXTERNAL_CERT_AND_KEY='/srv/tls/cert.pem /srv/tls/key.pem'\n",
-    )
-    .unwrap();
-    let err = overrides::generate(&d.ctx(root.path()), &OverrideOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = refusal("/srv/tls/cert.pem /srv/tls/key.pem");
     assert!(
         err.contains("/srv/tls/cert.pem") && err.contains("does not exist"),
         "{err}"

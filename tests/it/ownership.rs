@@ -232,13 +232,7 @@ fn ports_check(c: &Case) -> serde_json::Value {
             String::from_utf8_lossy(&out.stderr)
         )
     });
-    v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == "ports")
-        .cloned()
-        .unwrap()
+    check(&v, "ports").clone()
 }
 
 #[test]
@@ -246,7 +240,7 @@ fn preflight_does_not_count_another_deployments_ports_as_ours() {
     let c = case();
     listener_in_container(&c.root, 4242, ID);
     let check = ports_check(&c);
-    let msg = check["message"].as_str().unwrap();
+    let msg = message(&check);
     assert_eq!(check["status"], "warn", "{check}");
     assert!(!msg.contains("running appliance"), "{msg}");
     assert!(
@@ -259,10 +253,7 @@ fn preflight_does_not_count_another_deployments_ports_as_ours() {
     let check = ports_check(&c);
     assert_eq!(check["status"], "ok", "{check}");
     assert!(
-        check["message"]
-            .as_str()
-            .unwrap()
-            .contains("in use by the running appliance"),
+        message(&check).contains("in use by the running appliance"),
         "{check}"
     );
 }

@@ -6,7 +6,7 @@ use crate::support::*;
 use assert_cmd::Command;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn report(root: &Path, dir: &Path, path: Option<&str>) -> (i32, serde_json::Value) {
     let mut cmd = Command::cargo_bin("chatmail-docker").unwrap();
@@ -24,21 +24,35 @@ fn report(root: &Path, dir: &Path, path: Option<&str>) -> (i32, serde_json::Valu
     (out.status.code().unwrap(), v)
 }
 
-fn check<'a>(v: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == id)
-        .unwrap_or_else(|| panic!("no check {id}"))
-}
-
-fn deployment(t: &Path) -> std::path::PathBuf {
+fn deployment(t: &Path) -> PathBuf {
     let d = t.join("deploy");
     fs::create_dir_all(&d).unwrap();
     fs::write(d.join(".env"), "MAIL_DOMAIN=chat.example.org\n").unwrap();
     fs::set_permissions(d.join(".env"), fs::Permissions::from_mode(0o600)).unwrap();
     d
+}
+
+/// A deployment and a host root in `t` that pass every check that reads
+/// the root (cgroups v2, enough inotify instances and watches).
+fn healthy_host(t: &Path) -> (PathBuf, PathBuf) {
+    (deployment(t), fake_root(t, MOUNTINFO_V2, 65536, 65536))
+}
+
+/// A stand-in `docker` in `bin` that reports `version` (and `build`) and
+/// answers `docker compose` with `compose`, a shell command.
+fn docker_stand_in(bin: &Path, version: &str, build: &str, compose: &str) {
+    script(
+        bin,
+        "docker",
+        &format!(
+            r#"case "$1" in
+  --version) echo "Docker version {version}, build {build}";;
+  info) echo "{short}";;
+  compose) {compose};;
+esac"#,
+            short = version.split('+').next().unwrap()
+        ),
+    );
 }
 
 #[test]
@@ -55,7 +69,7 @@ fn cgroup_layouts() {
         let (code, v) = report(&root, &d, None);
         let c = check(&v, "cgroup-v2");
         assert_eq!(c["status"], status, "{c}");
-        assert!(c["message"].as_str().unwrap().contains(needle), "{c}");
+        assert!(message(c).contains(needle), "{c}");
         if status == "fail" {
             assert_eq!(code, 3);
             assert!(c["fix"]
@@ -69,18 +83,14 @@ fn cgroup_layouts() {
 #[test]
 fn compose_v1_only_fails_with_the_reason() {
     let t = tempfile::tempdir().unwrap();
-    let d = deployment(t.path());
-    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
+    let (d, root) = healthy_host(t.path());
     let bin = t.path().join("bin");
     // A docker without the compose plugin, and Compose v1 standalone.
-    script(
+    docker_stand_in(
         &bin,
-        "docker",
-        r#"case "$1" in
-  --version) echo "Docker version 20.10.24+dfsg1, build 297e128";;
-  info) echo "20.10.24";;
-  compose) echo "docker: 'compose' is not a docker command." >&2; exit 1;;
-esac"#,
+        "20.10.24+dfsg1",
+        "297e128",
+        r#"echo "docker: 'compose' is not a docker command." >&2; exit 1"#,
     );
     script(
         &bin,
@@ -91,7 +101,7 @@ esac"#,
     assert_eq!(code, 3);
     let c = check(&v, "compose-v2");
     assert_eq!(c["status"], "fail");
-    let msg = c["message"].as_str().unwrap();
+    let msg = message(c);
     assert!(
         msg.contains("1.29.2") && msg.contains("cgroup: host"),
         "{msg}"
@@ -103,8 +113,7 @@ esac"#,
 #[test]
 fn docker_missing_and_podman() {
     let t = tempfile::tempdir().unwrap();
-    let d = deployment(t.path());
-    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
+    let (d, root) = healthy_host(t.path());
     let empty = t.path().join("empty");
     fs::create_dir_all(&empty).unwrap();
     let (code, v) = report(&root, &d, Some(&isolated_path(&empty)));
@@ -121,31 +130,19 @@ fn docker_missing_and_podman() {
     let (_, v) = report(&root, &d, Some(&isolated_path(&bin)));
     let e = check(&v, "docker-engine");
     assert_eq!(e["status"], "warn");
-    assert!(e["message"].as_str().unwrap().contains("Podman"));
+    assert!(message(e).contains("Podman"));
     assert_eq!(check(&v, "compose-v2")["status"], "warn");
 }
 
 #[test]
 fn compose_v2_stand_in_and_real() {
     let t = tempfile::tempdir().unwrap();
-    let d = deployment(t.path());
-    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
+    let (d, root) = healthy_host(t.path());
     let bin = t.path().join("bin");
-    script(
-        &bin,
-        "docker",
-        r#"case "$1" in
-  --version) echo "Docker version 28.2.2, build e6534b4";;
-  info) echo "28.2.2";;
-  compose) echo "v2.29.1";;
-esac"#,
-    );
+    docker_stand_in(&bin, "28.2.2", "e6534b4", r#"echo "v2.29.1""#);
     let (_, v) = report(&root, &d, Some(&isolated_path(&bin)));
     assert_eq!(check(&v, "compose-v2")["status"], "ok");
-    assert!(check(&v, "compose-v2")["message"]
-        .as_str()
-        .unwrap()
-        .contains("2.29.1"));
+    assert!(message(check(&v, "compose-v2")).contains("2.29.1"));
 
     if require(have_compose_v2(), "docker compose v2") {
         let (_, v) = report(&root, &d, None);
@@ -182,10 +179,7 @@ fn mail_domain_forms_and_env_mode() {
     let (code, v) = report(&root, &d, None);
     assert_eq!(code, 3);
     let c = check(&v, "mail-domain");
-    assert!(c["message"]
-        .as_str()
-        .unwrap()
-        .contains("MAIL_DOMAIN is not set"));
+    assert!(message(c).contains("MAIL_DOMAIN is not set"));
 }
 
 #[test]
@@ -225,8 +219,7 @@ fn skipped_checks_are_reported_loudly() {
 #[test]
 fn env_syntax_error_is_reported_with_its_line() {
     let t = tempfile::tempdir().unwrap();
-    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
-    let d = deployment(t.path());
+    let (d, root) = healthy_host(t.path());
     fs::write(
         d.join(".env"),
         "MAIL_DOMAIN=chat.example.org\n# fine\nBROKEN='never closed\nOTHER=1\n",
@@ -236,19 +229,18 @@ fn env_syntax_error_is_reported_with_its_line() {
     assert_eq!(code, 3, "{v}");
     let c = check(&v, "env-file");
     assert_eq!(c["status"], "fail", "{c}");
-    let msg = c["message"].as_str().unwrap();
+    let msg = message(c);
     assert!(msg.contains(".env:3"), "the line is not named: {msg}");
 }
 
 #[test]
 fn unreadable_proc_net_makes_the_ports_unknown() {
     let t = tempfile::tempdir().unwrap();
-    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
-    let d = deployment(t.path());
+    let (d, root) = healthy_host(t.path());
     // No /proc/net at all under the root: nothing can be told.
     let (_, v) = report(&root, &d, None);
     let c = check(&v, "ports");
-    let msg = c["message"].as_str().unwrap();
+    let msg = message(c);
     assert_eq!(c["status"], "warn", "{c}");
     assert!(
         msg.contains("unknown") && msg.contains("proc/net/tcp") && !msg.contains("free"),
@@ -263,15 +255,12 @@ fn unreadable_proc_net_makes_the_ports_unknown() {
     let (_, v) = report(&root, &d, None);
     let c = check(&v, "ports");
     assert_eq!(c["status"], "ok", "{c}");
-    assert!(c["message"].as_str().unwrap().contains("ports free"), "{c}");
+    assert!(message(c).contains("ports free"), "{c}");
     // One table that exists but cannot be read: unknown again, naming it.
     fs::remove_file(net.join("udp")).unwrap();
     fs::create_dir(net.join("udp")).unwrap();
     let (_, v) = report(&root, &d, None);
     let c = check(&v, "ports");
     assert_eq!(c["status"], "warn", "{c}");
-    assert!(
-        c["message"].as_str().unwrap().contains("proc/net/udp"),
-        "{c}"
-    );
+    assert!(message(c).contains("proc/net/udp"), "{c}");
 }

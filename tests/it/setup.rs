@@ -5,7 +5,10 @@ use crate::support::*;
 use assert_cmd::Command;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A `.env` for a relay with a domain name.
+const ENV: &str = "MAIL_DOMAIN=chat.example.org\n";
 
 fn setup(root: &Path, dir: &Path, path: Option<&str>, extra: &[&str]) -> std::process::Output {
     let mut cmd = Command::cargo_bin("chatmail-docker").unwrap();
@@ -40,6 +43,35 @@ exit 0"#,
     );
 }
 
+/// In `t`: a fake host root with `mountinfo` and ample inotify limits, and
+/// a minimal deployment holding `file` with `content`.
+fn host_with(t: &Path, mountinfo: &str, file: &str, content: &str) -> (PathBuf, PathBuf) {
+    let root = fake_root(t, mountinfo, 65536, 65536);
+    let d = minimal_deployment(t);
+    fs::write(d.join(file), content).unwrap();
+    (root, d)
+}
+
+/// [`recording_docker`] in `t`: a PATH that holds only it, and its log.
+fn recording_docker_path(t: &Path) -> (String, PathBuf) {
+    let bin = t.join("bin");
+    let log = t.join("docker.log");
+    recording_docker(&bin, &log);
+    (isolated_path(&bin), log)
+}
+
+/// `setup` refused before touching Docker (exit 3): its stdout.
+fn refused(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn dry_run_prints_the_plan_and_changes_nothing() {
     if !require(have_compose_v2(), "docker compose v2") {
@@ -48,7 +80,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     let t = tempfile::tempdir().unwrap();
     let root = fake_root(t.path(), MOUNTINFO_V2, 128, 8192);
     let d = minimal_deployment(t.path());
-    fs::write(d.join(".env"), "MAIL_DOMAIN=chat.example.org\n").unwrap();
+    fs::write(d.join(".env"), ENV).unwrap();
     fs::write(
         d.join("chatmail.ini"),
         "[params]\nmail_domain = chat.example.org\nmax_message_size = 1000\n",
@@ -60,9 +92,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     let before = (snapshot(&d), snapshot(&root));
     let path = path_with_no_containers(&t.path().join("bin"));
     let out = setup(&root, &d, Some(&path), &["--dry-run", "--reinstall"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let stdout = ok_stdout(&out);
     for needle in [
         "would raise fs.inotify.max_user_instances from 128 to 65536",
         "would write",
@@ -84,18 +114,13 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
 #[test]
 fn cgroup_v1_host_refuses_before_touching_docker() {
     let t = tempfile::tempdir().unwrap();
-    let root = fake_root(t.path(), MOUNTINFO_HYBRID, 65536, 65536);
-    let d = minimal_deployment(t.path());
-    fs::write(d.join(".env"), "MAIL_DOMAIN=chat.example.org\n").unwrap();
+    let (root, d) = host_with(t.path(), MOUNTINFO_HYBRID, ".env", ENV);
     fs::set_permissions(d.join(".env"), fs::Permissions::from_mode(0o600)).unwrap();
-    let bin = t.path().join("bin");
-    let log = t.path().join("docker.log");
-    recording_docker(&bin, &log);
+    let (path, log) = recording_docker_path(t.path());
     let before = snapshot(&d);
-    let out = setup(&root, &d, Some(&isolated_path(&bin)), &[]);
-    assert_eq!(out.status.code(), Some(3));
+    let out = setup(&root, &d, Some(&path), &[]);
+    let stdout = refused(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("systemd.unified_cgroup_hierarchy=1"),
         "{stdout}"
@@ -120,15 +145,9 @@ fn cgroup_v1_host_refuses_before_touching_docker() {
 #[test]
 fn missing_mail_domain_refuses_with_the_fix() {
     let t = tempfile::tempdir().unwrap();
-    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
-    let d = minimal_deployment(t.path());
-    fs::write(d.join(".env"), "# nothing here\n").unwrap();
-    let bin = t.path().join("bin");
-    let log = t.path().join("docker.log");
-    recording_docker(&bin, &log);
-    let out = setup(&root, &d, Some(&isolated_path(&bin)), &[]);
-    assert_eq!(out.status.code(), Some(3));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (root, d) = host_with(t.path(), MOUNTINFO_V2, ".env", "# nothing here\n");
+    let (path, _) = recording_docker_path(t.path());
+    let stdout = refused(&setup(&root, &d, Some(&path), &[]));
     assert!(stdout.contains("MAIL_DOMAIN is not set"), "{stdout}");
     assert!(
         stdout.contains("mail_domain = chat.example.org"),
@@ -139,9 +158,7 @@ fn missing_mail_domain_refuses_with_the_fix() {
 #[test]
 fn compose_v1_only_refuses() {
     let t = tempfile::tempdir().unwrap();
-    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
-    let d = minimal_deployment(t.path());
-    fs::write(d.join(".env"), "MAIL_DOMAIN=chat.example.org\n").unwrap();
+    let (root, d) = host_with(t.path(), MOUNTINFO_V2, ".env", ENV);
     let bin = t.path().join("bin");
     script(
         &bin,
@@ -153,9 +170,7 @@ fn compose_v1_only_refuses() {
         "docker-compose",
         r#"echo "docker-compose version 1.29.2, build unknown""#,
     );
-    let out = setup(&root, &d, Some(&isolated_path(&bin)), &[]);
-    assert_eq!(out.status.code(), Some(3));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = refused(&setup(&root, &d, Some(&isolated_path(&bin)), &[]));
     assert!(
         stdout.contains("Compose v1") && stdout.contains("docker-compose-plugin"),
         "{stdout}"
@@ -165,20 +180,16 @@ fn compose_v1_only_refuses() {
 #[test]
 fn dry_run_on_a_fresh_directory_with_only_chatmail_ini() {
     let t = tempfile::tempdir().unwrap();
-    let root = fake_root(t.path(), MOUNTINFO_V2, 65536, 65536);
-    let d = minimal_deployment(t.path());
-    fs::write(d.join("chatmail.ini"), "[params]\nmail_domain = _test\n").unwrap();
-    let bin = t.path().join("bin");
-    let log = t.path().join("docker.log");
-    recording_docker(&bin, &log);
-    let before = snapshot(&d);
-    let out = setup(&root, &d, Some(&isolated_path(&bin)), &["--dry-run"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (root, d) = host_with(
+        t.path(),
+        MOUNTINFO_V2,
+        "chatmail.ini",
+        "[params]\nmail_domain = _test\n",
     );
+    let (path, _) = recording_docker_path(t.path());
+    let before = snapshot(&d);
+    let out = setup(&root, &d, Some(&path), &["--dry-run"]);
+    let stdout = ok_stdout(&out);
     assert!(stdout.contains("dry run: nothing was changed"), "{stdout}");
     assert_eq!(snapshot(&d), before);
 }

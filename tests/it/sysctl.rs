@@ -66,8 +66,7 @@ fn dry_run_touches_nothing() {
     let root = fake_root(t.path(), MOUNTINFO_V2, 128, 8192);
     let before = snapshot(&root);
     let out = sysctl(&root, &["--dry-run"]);
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = ok_stdout(&out);
     assert!(
         stdout.contains("would raise fs.inotify.max_user_instances from 128 to 65536"),
         "{stdout}"

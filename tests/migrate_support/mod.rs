@@ -48,6 +48,16 @@ fn write(path: &Path, bytes: &[u8], mode: u32, uid: u32, gid: u32) {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
 }
 
+/// A file of root's with `mode`.
+fn root_file(path: &Path, bytes: &[u8], mode: u32) {
+    write(path, bytes, mode, 0, 0);
+}
+
+/// A file only the vmail user may read, as the relay keeps its mail.
+fn vmail_file(path: &Path, bytes: &[u8]) {
+    write(path, bytes, 0o600, VMAIL, VMAIL);
+}
+
 fn mkdir(path: &Path, mode: u32, uid: u32, gid: u32) {
     fs::create_dir_all(path).unwrap();
     std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
@@ -160,17 +170,15 @@ esac
 
     fn host(&self, mail: &Mail) {
         let r = &self.root;
-        write(
+        root_file(
             &r.join("etc/passwd"),
             b"root:x:0:0:root:/root:/bin/bash\nopendkim:x:105:108::/run/opendkim:/usr/sbin/nologin\nvmail:x:998:998::/home/vmail:/usr/sbin/nologin\n",
-            0o644, 0, 0,
+            0o644,
         );
-        write(
+        root_file(
             &r.join("usr/local/lib/chatmaild/chatmail.ini"),
             format!("[params]\nmail_domain = {DOMAIN}\n").as_bytes(),
             0o644,
-            0,
-            0,
         );
 
         // DKIM keys: secret, owned by opendkim.
@@ -202,44 +210,34 @@ esac
         let key = "hwqpfi3p3vg4dobmxgm3w2pxlnkvgkmhcajtxzwqgh7z7dthvqaa";
         let account = "acme-v02.api.letsencrypt.org%2fdirectory/ub4owpkqgykbi6wk6y7ptffe6mmfzkvrzb5cwg6e7oc6qfiv2kpq";
         mkdir(&acme.join("accounts"), 0o700, 0, 0);
-        write(
+        root_file(
             &acme.join(format!("accounts/{account}/privkey")),
             &bytes(2, 1675),
             0o600,
-            0,
-            0,
         );
-        write(
+        root_file(
             &acme.join(format!("accounts/{account}/info")),
             b"{}\n",
             0o644,
-            0,
-            0,
         );
         mkdir(&acme.join("keys"), 0o700, 0, 0);
-        write(
+        root_file(
             &acme.join(format!("keys/{key}/privkey")),
             &bytes(3, 1675),
             0o600,
-            0,
-            0,
         );
         mkdir(&acme.join(format!("certs/{cert}")), 0o755, 0, 0);
         for f in ["cert", "chain", "fullchain"] {
-            write(
+            root_file(
                 &acme.join(format!("certs/{cert}/{f}")),
                 &bytes(4, 2000),
                 0o644,
-                0,
-                0,
             );
         }
-        write(
+        root_file(
             &acme.join(format!("certs/{cert}/url")),
             b"https://acme.example/cert/1\n",
             0o644,
-            0,
-            0,
         );
         symlink(
             format!("../../keys/{key}/privkey"),
@@ -258,19 +256,15 @@ esac
         )
         .unwrap();
         set_mtime(&acme.join(format!("live/{DOMAIN}")), 1_691_000_000, 5);
-        write(
+        root_file(
             &acme.join(format!("desired/{DOMAIN}")),
             format!("satisfy:\n  names:\n  - {DOMAIN}\n").as_bytes(),
             0o644,
-            0,
-            0,
         );
-        write(
+        root_file(
             &acme.join("conf/target"),
             b"request:\n  provider: https://acme-v02.api.letsencrypt.org/directory\n",
             0o644,
-            0,
-            0,
         );
 
         // Mail: /home/vmail/mail/<domain>/<user>/{cur,new,tmp}.
@@ -299,40 +293,22 @@ esac
             for sub in ["", "cur", "new", "tmp"] {
                 mkdir(&user.join(sub), 0o700, VMAIL, VMAIL);
             }
-            write(
+            vmail_file(
                 &user.join("password"),
                 format!("$6$salt${u}hash\n").as_bytes(),
-                0o600,
-                VMAIL,
-                VMAIL,
             );
-            write(
-                &user.join("dovecot.index"),
-                &bytes(10_000 + u as u64, 4096),
-                0o600,
-                VMAIL,
-                VMAIL,
-            );
-            write(
+            vmail_file(&user.join("dovecot.index"), &bytes(10_000 + u as u64, 4096));
+            vmail_file(
                 &user.join("dovecot.index.log"),
                 &bytes(20_000 + u as u64, 3000),
-                0o600,
-                VMAIL,
-                VMAIL,
             );
-            write(
-                &user.join("dovecot-uidlist"),
-                b"3 V1700000000 N2\n",
-                0o600,
-                VMAIL,
-                VMAIL,
-            );
+            vmail_file(&user.join("dovecot-uidlist"), b"3 V1700000000 N2\n");
             for i in 0..mail.files_per_user {
                 n += 1;
                 let size = 200 + (n * 37) % 3000;
                 let sub = if i % 5 == 0 { "new" } else { "cur" };
                 let p = user.join(sub).join(maildir_name(n, size));
-                write(&p, &bytes(n as u64, size), 0o600, VMAIL, VMAIL);
+                vmail_file(&p, &bytes(n as u64, size));
                 set_mtime(
                     &p,
                     1_700_000_000 + n as i64,
@@ -359,13 +335,7 @@ esac
             for (k, size) in mail.big.iter().enumerate() {
                 let block = bytes(900 + k as u64, 1 << 20);
                 let content: Vec<u8> = block.iter().copied().cycle().take(*size).collect();
-                write(
-                    &u0.join(format!("cur/big{k}:2,S")),
-                    &content,
-                    0o600,
-                    VMAIL,
-                    VMAIL,
-                );
+                vmail_file(&u0.join(format!("cur/big{k}:2,S")), &content);
             }
         }
         // Directory mtimes last (their contents are done).
@@ -441,12 +411,7 @@ esac
     /// difference in content (checksums), metadata, hard links and xattrs;
     /// an exact copy itemizes nothing.
     pub fn check_with_rsync(&self, src: &str, dst: &str) {
-        if which("rsync").is_none() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "rsync is needed by the migrate tests in CI"
-            );
-            eprintln!("rsync not found: second check skipped");
+        if !found_or_skipped("rsync", "the second check") {
             return;
         }
         let out = Command::new("rsync")
@@ -499,6 +464,20 @@ pub fn which(p: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(p))
         .find(|p| p.is_file())
+}
+
+/// Whether the program `tool` is on PATH. Where it is not, `what` is
+/// skipped with a note, and under CI that fails instead.
+pub fn found_or_skipped(tool: &str, what: &str) -> bool {
+    if which(tool).is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{tool} is needed by the migrate tests in CI"
+    );
+    eprintln!("{tool} not found: {what} skipped");
+    false
 }
 
 pub fn checker() -> PathBuf {

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub const DOMAIN: &str = "example.org";
 /// Generous bound for things that normally take milliseconds.
 pub const PATIENCE: Duration = Duration::from_secs(30);
+/// Bound on one [`Deploy::once`] run.
+pub const ONCE_BOUND: Duration = Duration::from_secs(60);
 
 /// A certificate and its key, PEM.
 #[derive(Clone, Debug)]
@@ -122,6 +124,25 @@ impl Deploy {
         c.arg("--dir").arg(&self.dir).arg("--color").arg("never");
         c.env_remove("CERT_WATCH_VERIFY_PORTS");
         c
+    }
+
+    /// The directory `rel` in the deployment, holding `p` as plain files.
+    pub fn plain_at(&self, rel: &str, p: &Pair) -> PathBuf {
+        let dir = self.path(rel);
+        plain(&dir, p);
+        dir
+    }
+
+    /// `cert-watch --once --no-verify <extra> --reload-command <reload>`,
+    /// bounded by [`ONCE_BOUND`]: a hang fails the test instead of blocking it.
+    pub fn once(&self, extra: &[&str], reload: &str) -> std::process::Output {
+        assert_cmd::Command::from_std(self.cmd())
+            .args(["cert-watch", "--once", "--no-verify"])
+            .args(extra)
+            .args(["--reload-command", reload])
+            .timeout(ONCE_BOUND)
+            .output()
+            .unwrap()
     }
 
     /// Start `cert-watch` with recorded reloads and no verification.

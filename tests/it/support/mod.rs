@@ -172,6 +172,44 @@ pub fn assert_ok(out: &std::process::Output) {
     );
 }
 
+/// Fail with what the command wrote unless it succeeded; its stdout.
+pub fn ok_stdout(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The check `id` in a `preflight --json` report.
+pub fn check<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no check {id}"))
+}
+
+/// The message of a check in a `preflight --json` report.
+pub fn message(check: &serde_json::Value) -> &str {
+    check["message"].as_str().unwrap()
+}
+
+/// A xorshift generator started at `seed`: random enough for generated
+/// test inputs, and the same every run, so failures reproduce.
+pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 /// The binary under test.
 pub fn bin() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("chatmail-docker").unwrap()
