@@ -724,6 +724,31 @@ fn changing_calls(log: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `setup` in `dir` with `path` as PATH (and `--root` when given), as a
+/// refusal test runs it: (exit code, what the user sees in either stream).
+fn refused_setup(
+    dir: &Path,
+    path: &str,
+    root: Option<&Path>,
+    extra: &[&str],
+) -> (Option<i32>, String) {
+    let mut cmd = Command::cargo_bin("chatmail-docker").unwrap();
+    cmd.env("PATH", path)
+        .env("NO_COLOR", "1")
+        .arg("--dir")
+        .arg(dir);
+    if let Some(root) = root {
+        cmd.arg("--root").arg(root);
+    }
+    let out = cmd.arg("setup").args(extra).output().unwrap();
+    let seen = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), seen)
+}
+
 #[test]
 fn setup_refuses_without_mail_domain() {
     let tmp = tempfile::tempdir().unwrap();
@@ -731,22 +756,8 @@ fn setup_refuses_without_mail_domain() {
     fs::copy(dir.join("docker/example.env"), dir.join(".env")).unwrap();
     fs::set_permissions(dir.join(".env"), fs::Permissions::from_mode(0o600)).unwrap();
     let (path, log) = recording_docker(tmp.path());
-    let out = Command::cargo_bin("chatmail-docker")
-        .unwrap()
-        .env("PATH", path)
-        .env("NO_COLOR", "1")
-        .arg("--dir")
-        .arg(&dir)
-        .args(["setup", "--skip-check", "cgroup-v2"])
-        .output()
-        .unwrap();
     // What the user sees: the check report and the error, in either stream.
-    let stderr = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let code = out.status.code();
+    let (code, stderr) = refused_setup(&dir, &path, None, &["--skip-check", "cgroup-v2"]);
     assert!(matches!(code, Some(2) | Some(3)), "exit {code:?}: {stderr}");
     assert!(
         stderr.contains("MAIL_DOMAIN"),
@@ -770,24 +781,9 @@ fn setup_refuses_on_cgroup_v1_host() {
     let dir = deployment(tmp.path(), "deploy", Some(&host_ini()));
     let root = fake_root(tmp.path(), MOUNTINFO_V1, 65536, 65536);
     let (path, log) = recording_docker(tmp.path());
-    let out = Command::cargo_bin("chatmail-docker")
-        .unwrap()
-        .env("PATH", path)
-        .env("NO_COLOR", "1")
-        .arg("--dir")
-        .arg(&dir)
-        .arg("--root")
-        .arg(&root)
-        .arg("setup")
-        .output()
-        .unwrap();
     // What the user sees: the check report and the error, in either stream.
-    let stderr = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(3), "preflight failure: {stderr}");
+    let (code, stderr) = refused_setup(&dir, &path, Some(&root), &[]);
+    assert_eq!(code, Some(3), "preflight failure: {stderr}");
     assert!(stderr.contains("cgroup"), "names the problem: {stderr}");
     assert!(
         stderr.contains("systemd.unified_cgroup_hierarchy=1"),
@@ -832,24 +828,9 @@ fn setup_refuses_with_compose_v1_only() {
         ),
     );
     let path = format!("{}:/usr/bin:/bin", bin.display());
-    let out = Command::cargo_bin("chatmail-docker")
-        .unwrap()
-        .env("PATH", path)
-        .env("NO_COLOR", "1")
-        .arg("--dir")
-        .arg(&dir)
-        .arg("--root")
-        .arg(&root)
-        .arg("setup")
-        .output()
-        .unwrap();
     // What the user sees: the check report and the error, in either stream.
-    let stderr = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(3), "preflight failure: {stderr}");
+    let (code, stderr) = refused_setup(&dir, &path, Some(&root), &[]);
+    assert_eq!(code, Some(3), "preflight failure: {stderr}");
     assert!(
         stderr.contains("Compose v2") || stderr.contains("docker compose"),
         "explains v2 is needed: {stderr}"

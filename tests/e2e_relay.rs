@@ -110,6 +110,20 @@ fn tool(dir: &Path) -> assert_cmd::Command {
     cmd
 }
 
+/// `setup --rebuild` on the suite's base image.
+fn rebuild(dir: &Path, base: &str, what: &str) {
+    run_tool(
+        tool(dir).env("CHATMAIL_BASE_IMAGE", base).args([
+            "setup",
+            "--rebuild",
+            "--skip-check",
+            "cgroup-v2",
+        ]),
+        0,
+        what,
+    );
+}
+
 fn mailcheck(args: &[&str]) -> serde_json::Value {
     let out = StdCommand::new("python3")
         .arg(manifest_dir().join("tests/relay-offline/mailcheck.py"))
@@ -221,16 +235,7 @@ fn real_relay_end_to_end() {
 
     // 1. setup in a fresh deployment directory: build, start, healthy.
     let started = Instant::now();
-    run_tool(
-        tool(&dir).env("CHATMAIL_BASE_IMAGE", &base).args([
-            "setup",
-            "--rebuild",
-            "--skip-check",
-            "cgroup-v2",
-        ]),
-        0,
-        "setup (build + first start)",
-    );
+    rebuild(&dir, &base, "setup (build + first start)");
     eprintln!(
         "e2e-relay: setup with image build to healthy: {:.1?}",
         started.elapsed()
@@ -466,16 +471,7 @@ fn real_relay_end_to_end() {
     let mut text = fs::read_to_string(&readme).unwrap();
     text.push_str("\nA local note, so the image is built anew.\n");
     fs::write(&readme, text).unwrap();
-    run_tool(
-        tool(&dir).env("CHATMAIL_BASE_IMAGE", &base).args([
-            "setup",
-            "--rebuild",
-            "--skip-check",
-            "cgroup-v2",
-        ]),
-        0,
-        "setup --rebuild after a relay change",
-    );
+    rebuild(&dir, &base, "setup --rebuild after a relay change");
     assert_ne!(image_id(IMAGE), image_before, "a new image");
     let container = healthy_container_of(&mut tool(&dir));
     inbox_has(

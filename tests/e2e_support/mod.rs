@@ -127,14 +127,18 @@ pub fn wait_healthy(container: &str) {
     panic!("{container} did not become healthy (last: {last})");
 }
 
-/// Run a command in the container: (success, stdout + stderr).
-pub fn exec_status(container: &str, args: &[&str]) -> (bool, String) {
-    let out = StdCommand::new("docker")
+fn docker_exec(container: &str, args: &[&str]) -> std::process::Output {
+    StdCommand::new("docker")
         .arg("exec")
         .arg(container)
         .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Run a command in the container: (success, stdout + stderr).
+pub fn exec_status(container: &str, args: &[&str]) -> (bool, String) {
+    let out = docker_exec(container, args);
     (
         out.status.success(),
         format!(
@@ -151,12 +155,7 @@ pub fn exec_ok(container: &str, args: &[&str]) -> bool {
 
 /// Run a command in the container, returning stdout; panics on failure.
 pub fn exec(container: &str, args: &[&str]) -> String {
-    let out = StdCommand::new("docker")
-        .arg("exec")
-        .arg(container)
-        .args(args)
-        .output()
-        .unwrap();
+    let out = docker_exec(container, args);
     assert!(
         out.status.success(),
         "docker exec {container} {args:?} failed: {}",

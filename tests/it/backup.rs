@@ -389,18 +389,11 @@ fn restore_refuses_what_it_cannot_trust_and_writes_nothing() {
 
     // An archive from a newer tool: refused before anything is read.
     let newer = t.path().join("newer.tar.zst");
-    {
-        let f = fs::File::create(&newer).unwrap();
-        let enc = zstd::stream::Encoder::new(f, 3).unwrap().auto_finish();
-        let mut b = tar::Builder::new(enc);
-        let h = br#"{"format":99,"tool_version":"9.0.0","kind":"full","id":"x","created":"now"}"#;
-        let mut hd = tar::Header::new_gnu();
-        hd.set_size(h.len() as u64);
-        hd.set_mode(0o600);
-        b.append_data(&mut hd, ".chatmail-backup/header.json", &h[..])
-            .unwrap();
-        b.finish().unwrap();
-    }
+    hand_made_archive(
+        &newer,
+        br#"{"format":99,"tool_version":"9.0.0","kind":"full","id":"x","created":"now"}"#,
+        |_| {},
+    );
     let r = run(&target, &bin_dir, &["restore", newer.to_str().unwrap()]);
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("install a newer chatmail-docker"));
@@ -705,27 +698,21 @@ fn an_archive_cannot_write_outside_the_restore_through_a_symlink() {
     let outside = t.path().join("outside");
     fs::create_dir_all(&outside).unwrap();
     let evil = t.path().join("evil.tar.zst");
-    {
-        let f = fs::File::create(&evil).unwrap();
-        let enc = zstd::stream::Encoder::new(f, 3).unwrap().auto_finish();
-        let mut b = tar::Builder::new(enc);
-        let h = br#"{"format":1,"tool_version":"0.1.0","kind":"full","id":"x","created":"now"}"#;
-        let mut hd = tar::Header::new_gnu();
-        hd.set_size(h.len() as u64);
-        hd.set_mode(0o600);
-        b.append_data(&mut hd, ".chatmail-backup/header.json", &h[..])
-            .unwrap();
-        let mut l = tar::Header::new_gnu();
-        l.set_entry_type(tar::EntryType::Symlink);
-        l.set_size(0);
-        b.append_link(&mut l, "data/x", &outside).unwrap();
-        let mut f = tar::Header::new_gnu();
-        f.set_size(4);
-        f.set_mode(0o644);
-        b.append_data(&mut f, "data/x/planted", &b"evil"[..])
-            .unwrap();
-        b.finish().unwrap();
-    }
+    hand_made_archive(
+        &evil,
+        br#"{"format":1,"tool_version":"0.1.0","kind":"full","id":"x","created":"now"}"#,
+        |b| {
+            let mut l = tar::Header::new_gnu();
+            l.set_entry_type(tar::EntryType::Symlink);
+            l.set_size(0);
+            b.append_link(&mut l, "data/x", &outside).unwrap();
+            let mut f = tar::Header::new_gnu();
+            f.set_size(4);
+            f.set_mode(0o644);
+            b.append_data(&mut f, "data/x/planted", &b"evil"[..])
+                .unwrap();
+        },
+    );
     let target = t.path().join("fresh");
     let r = bin()
         .arg("--dir")
@@ -800,4 +787,23 @@ fn an_interrupted_restore_leaves_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+}
+
+/// An archive written by hand (not by `backup`): the header entry, then
+/// whatever `add` appends, zstd-compressed.
+fn hand_made_archive(
+    path: &Path,
+    header: &[u8],
+    add: impl FnOnce(&mut tar::Builder<zstd::stream::AutoFinishEncoder<'static, fs::File>>),
+) {
+    let f = fs::File::create(path).unwrap();
+    let enc = zstd::stream::Encoder::new(f, 3).unwrap().auto_finish();
+    let mut b = tar::Builder::new(enc);
+    let mut hd = tar::Header::new_gnu();
+    hd.set_size(header.len() as u64);
+    hd.set_mode(0o600);
+    b.append_data(&mut hd, ".chatmail-backup/header.json", header)
+        .unwrap();
+    add(&mut b);
+    b.finish().unwrap();
 }
