@@ -110,7 +110,14 @@ pub fn report(ctx: &Context) -> Result<StatusReport> {
             Err(e) => r.warnings.push(format!("{e:#}")),
         }
         for u in &r.units {
-            if u.enabled == "enabled" && u.active != "active" {
+            // A socket-activated service idles until a request: fine while
+            // its socket listens (as the health check has it).
+            let socket = format!("{}.socket", u.unit);
+            let listening = u.active == "inactive"
+                && r.units
+                    .iter()
+                    .any(|s| s.unit == socket && s.active == "active");
+            if u.enabled == "enabled" && u.active != "active" && !listening {
                 r.warnings.push(format!("unit {} is {}", u.unit, u.active));
             }
         }

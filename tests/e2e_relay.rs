@@ -241,6 +241,21 @@ fn real_relay_end_to_end() {
         started.elapsed()
     );
     let container = healthy_container_of(&mut tool(&dir));
+    // A healthy relay gives `status` nothing to warn about: its TLS mode's
+    // certificate is found, socket-activated services idle.
+    let (stdout, _) = run_tool(tool(&dir).args(["status", "--json"]), 0, "status --json");
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        status["warnings"],
+        serde_json::json!([]),
+        "status: {status}"
+    );
+    assert!(
+        status["certificate"]["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("data/chatmail-state/tls")),
+        "status finds the self-signed certificate: {status}"
+    );
 
     // 2. The image: built from the relay as cloned, without its .git, the
     // compilers its install stage needed, or unbound-anchor (the relay
