@@ -582,5 +582,77 @@ fn real_relay_end_to_end() {
     );
     fs::remove_file(dir.join("docker-compose.override.yaml")).unwrap();
 
+    // 10. A full backup while the relay serves, more mail, an incremental
+    // one; then the first deployment goes down and the chain is restored
+    // into a fresh deployment directory (another host): the same DKIM key
+    // and certificate, every message readable with the old passwords.
+    run_tool(
+        tool(&dir).args(["setup", "--skip-check", "cgroup-v2"]),
+        0,
+        "setup on the host network again",
+    );
+    // A directory: incremental chains (a path that does not exist yet
+    // would be an archive file).
+    let backups = tmp.path().join("backups");
+    fs::create_dir_all(&backups).unwrap();
+    run_tool(tool(&dir).arg("backup").arg(&backups), 0, "backup (full)");
+    let v2 = mailcheck(&[]);
+    let later: Vec<String> = ["587", "465", "25"]
+        .iter()
+        .map(|p| v2["sent"][p].as_str().unwrap().to_string())
+        .collect();
+    let b2 = format!(
+        "{}:{}",
+        v2["b"]["email"].as_str().unwrap(),
+        v2["b"]["password"].as_str().unwrap()
+    );
+    run_tool(
+        tool(&dir).arg("backup").arg(&backups),
+        0,
+        "backup (incremental)",
+    );
+    let archives = fs::read_dir(&backups)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tar.zst"))
+        .count();
+    assert_eq!(
+        archives,
+        2,
+        "a full and an incremental archive in {}",
+        backups.display()
+    );
+    let cert = served_cert_sha(443);
+    run_tool(tool(&dir).arg("down"), 0, "down (the old host)");
+
+    let dir2 = tmp.path().join("restored");
+    copy_tree(&manifest_dir().join("docker"), &dir2.join("docker"), &|p| {
+        p.file_name().is_some_and(|n| n == "compose.generated.yaml")
+    });
+    let _down2 = Down::new(&dir2, IMAGE);
+    run_tool(
+        tool(&dir2).arg("restore").arg(&backups),
+        0,
+        "restore the chain",
+    );
+    assert_eq!(
+        fs::read(dir2.join("data/chatmail-dkimkeys/opendkim.private")).unwrap(),
+        dkim,
+        "the restored DKIM key is the relay's"
+    );
+    run_tool(
+        tool(&dir2).args(["setup", "--skip-check", "cgroup-v2"]),
+        0,
+        "setup of the restored relay",
+    );
+    healthy_container_of(&mut tool(&dir2));
+    assert_eq!(
+        served_cert_sha(443),
+        cert,
+        "the restored relay serves the same certificate"
+    );
+    inbox_has(&mailcheck(&["--read", &b]), &sent);
+    inbox_has(&mailcheck(&["--read", &b2]), &later);
+
     eprintln!("e2e-relay: total {:.1?}", total.elapsed());
 }
