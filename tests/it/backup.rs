@@ -197,6 +197,14 @@ fn run(dir: &Path, bin_dir: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The stand-in `docker` ([`docker`], no hook on freeze) in `t/bin`,
+/// logging to `t/docker.log`: (its directory, the log).
+fn stand_in(t: &Path, running: bool) -> (PathBuf, PathBuf) {
+    let (bin_dir, log) = (t.join("bin"), t.join("docker.log"));
+    docker(&bin_dir, &log, running, ":");
+    (bin_dir, log)
+}
+
 fn archives(dir: &Path) -> Vec<PathBuf> {
     backup::archives_in(dir).unwrap()
 }
@@ -205,9 +213,7 @@ fn archives(dir: &Path) -> Vec<PathBuf> {
 fn full_then_incremental_then_restore_of_the_chain() {
     let t = tempfile::tempdir().unwrap();
     let d = deployment(t.path());
-    let bin_dir = t.path().join("bin");
-    let log = t.path().join("docker.log");
-    docker(&bin_dir, &log, false, ":");
+    let (bin_dir, _) = stand_in(t.path(), false);
     let out = t.path().join("backups");
     let out_s = format!("{}/", out.display());
     assert_ok(&run(&d, &bin_dir, &["backup", &out_s]));
@@ -266,9 +272,7 @@ fn full_then_incremental_then_restore_of_the_chain() {
 fn the_queue_is_copied_while_postfix_is_frozen() {
     let t = tempfile::tempdir().unwrap();
     let d = deployment(t.path());
-    let bin_dir = t.path().join("bin");
-    let log = t.path().join("docker.log");
-    docker(&bin_dir, &log, true, ":");
+    let (bin_dir, log) = stand_in(t.path(), true);
     let archive = t.path().join("b.tar.zst");
     assert_ok(&run(&d, &bin_dir, &["backup", archive.to_str().unwrap()]));
     let calls = fs::read_to_string(&log).unwrap();
@@ -361,8 +365,7 @@ fn postfix_is_thawed_and_nothing_kept_on_sigterm() {
 fn restore_refuses_what_it_cannot_trust_and_writes_nothing() {
     let t = tempfile::tempdir().unwrap();
     let d = deployment(t.path());
-    let bin_dir = t.path().join("bin");
-    docker(&bin_dir, &t.path().join("log"), false, ":");
+    let (bin_dir, _) = stand_in(t.path(), false);
     let archive = t.path().join("b.tar.zst");
     assert_ok(&run(&d, &bin_dir, &["backup", archive.to_str().unwrap()]));
     let bytes = fs::read(&archive).unwrap();
@@ -432,9 +435,7 @@ fn restore_refuses_what_it_cannot_trust_and_writes_nothing() {
 fn dry_runs_change_nothing_and_retention_keeps_chains() {
     let t = tempfile::tempdir().unwrap();
     let d = deployment(t.path());
-    let bin_dir = t.path().join("bin");
-    let log = t.path().join("log");
-    docker(&bin_dir, &log, true, ":");
+    let (bin_dir, log) = stand_in(t.path(), true);
     let out = t.path().join("backups");
     let out_s = format!("{}/", out.display());
     let r = run(&d, &bin_dir, &["--dry-run", "backup", &out_s]);
@@ -476,8 +477,7 @@ fn dry_runs_change_nothing_and_retention_keeps_chains() {
 fn stdout_streams_a_full_archive_that_restores_from_stdin() {
     let t = tempfile::tempdir().unwrap();
     let d = deployment(t.path());
-    let bin_dir = t.path().join("bin");
-    docker(&bin_dir, &t.path().join("log"), false, ":");
+    let (bin_dir, _) = stand_in(t.path(), false);
     let r = run(&d, &bin_dir, &["-q", "backup", "-"]);
     assert_ok(&r);
     assert!(
@@ -640,8 +640,7 @@ fn encrypted_chains_restore_with_the_identity_and_refuse_without() {
     use age::secrecy::ExposeSecret;
     let t = tempfile::tempdir().unwrap();
     let d = deployment(t.path());
-    let bin_dir = t.path().join("bin");
-    docker(&bin_dir, &t.path().join("log"), false, ":");
+    let (bin_dir, _) = stand_in(t.path(), false);
     let id = age::x25519::Identity::generate();
     let key = t.path().join("key.txt");
     fs::write(&key, format!("{}\n", id.to_string().expose_secret())).unwrap();
@@ -751,8 +750,7 @@ fn without_the_waiting_shell_postfix_is_thawed_by_a_second_exec() {
 fn an_interrupted_restore_leaves_nothing() {
     let t = tempfile::tempdir().unwrap();
     let d = deployment(t.path());
-    let bin_dir = t.path().join("bin");
-    docker(&bin_dir, &t.path().join("log"), false, ":");
+    let (bin_dir, _) = stand_in(t.path(), false);
     let archive = t.path().join("b.tar.zst");
     assert_ok(&run(&d, &bin_dir, &["backup", archive.to_str().unwrap()]));
     // A slow reader: SIGTERM arrives while the archive is being read.
