@@ -6,7 +6,8 @@
 //! Needs `python3`; without it the tests are skipped with a reason, except
 //! under CI.
 
-use crate::support::have;
+use crate::support::{have, ini_params};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -146,4 +147,70 @@ fn an_unexpected_failure_is_recorded_for_the_health_check() {
         out.contains("Traceback"),
         "the traceback goes to the log: {out}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The in-container init's half of the round trip, without the engine:
+// environment -> chatmail.ini, parsed back with iniconfig's rules.
+
+/// A value as iniconfig can hold it: lines without surrounding whitespace,
+/// continuation lines neither empty nor starting a comment.
+fn ini_value() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    // No control characters or line/paragraph separators anywhere (Python
+    // splits lines at some of them), no whitespace at either end.
+    let first = "[^\\s\\p{Cc}\\p{Z}]([^\\p{Cc}\\p{Zl}\\p{Zp}]{0,30}[^\\s\\p{Cc}\\p{Z}])?";
+    let cont = "[^\\s#;\\p{Cc}\\p{Z}]([^\\p{Cc}\\p{Zl}\\p{Zp}]{0,30}[^\\s\\p{Cc}\\p{Z}])?";
+    prop_oneof![
+        Just(String::new()),
+        (first, proptest::collection::vec(cont, 0..4)).prop_map(|(f, rest)| {
+            std::iter::once(f)
+                .chain(rest)
+                .collect::<Vec<_>>()
+                .join("\n")
+        }),
+    ]
+}
+
+#[test]
+fn init_writes_env_params_back_exactly() {
+    use proptest::prelude::*;
+    if !have("python3", &["--version"]) {
+        return;
+    }
+    let keys = [
+        "privacy_postal",
+        "privacy_mail",
+        "max_message_size",
+        "disable_ipv6",
+        "acme_email",
+        "tls_external_cert_and_key",
+    ];
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let strategy = proptest::collection::vec(proptest::option::of(ini_value()), keys.len());
+    runner
+        .run(&strategy, |values| {
+            let mut vars = vec![("MAIL_DOMAIN".to_string(), "chat.example.org".to_string())];
+            let mut want =
+                BTreeMap::from([("mail_domain".to_string(), "chat.example.org".to_string())]);
+            for (k, v) in keys.iter().zip(values) {
+                if let Some(v) = v {
+                    vars.push((k.to_uppercase(), v.clone()));
+                    want.insert(k.to_string(), v);
+                }
+            }
+            // Variables that are not [params] keys stay out of the ini.
+            vars.push(("PATH".into(), "/usr/bin:/bin".into()));
+            vars.push(("CMDEPLOY_STAGES".into(), "configure,activate".into()));
+            let vars: Vec<(&str, &str)> =
+                vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let text = render_ini(&vars);
+            prop_assert_eq!(ini_params(&text), want, "rendered:\n{}", text);
+            Ok(())
+        })
+        .unwrap();
 }

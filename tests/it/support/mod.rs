@@ -226,3 +226,42 @@ pub fn minimal_deployment(dir: &Path) -> PathBuf {
     .unwrap();
     d
 }
+
+/// [params] of an ini text with iniconfig's rules: `#`/`;` comments, blank
+/// lines ignored, indented lines continue the previous value (joined with
+/// "\n"), surrounding whitespace stripped.
+pub fn ini_params(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut section = String::new();
+    let mut last: Option<String> = None;
+    for raw in text.lines() {
+        let t = raw.trim();
+        if t.is_empty() || t.starts_with('#') || t.starts_with(';') {
+            continue;
+        }
+        if raw.starts_with([' ', '\t']) {
+            if let Some(k) = &last {
+                let v: &mut String = out.get_mut(k).unwrap();
+                if !v.is_empty() {
+                    v.push('\n');
+                }
+                v.push_str(t);
+            }
+            continue;
+        }
+        if let Some(s) = t.strip_prefix('[') {
+            section = s.split(']').next().unwrap_or_default().to_string();
+            last = None;
+            continue;
+        }
+        if section != "params" {
+            continue;
+        }
+        if let Some((k, v)) = t.split_once('=').or_else(|| t.split_once(':')) {
+            let k = k.trim().to_string();
+            out.insert(k.clone(), v.trim().to_string());
+            last = Some(k);
+        }
+    }
+    out
+}
