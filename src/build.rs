@@ -13,7 +13,9 @@
 //!
 //! The relay commit (`git rev-parse HEAD` in the relay checkout) is recorded
 //! in the image, where the relay itself would record it on a host
-//! (`/etc/chatmail-version`); the image has no `.git`.
+//! (`/etc/chatmail-version`); the image has no `.git`. Commit and version
+//! (`git describe`) are also the image's labels ([`COMMIT_LABEL`],
+//! [`VERSION_LABEL`]): `status` and `upgrade` read them.
 
 use anyhow::{Context as _, Result};
 use std::fs;
@@ -30,6 +32,11 @@ pub const CA_BUNDLE_VAR: &str = "CHATMAIL_BUILD_CA_BUNDLE";
 pub const KEEP_CA_VAR: &str = "CHATMAIL_KEEP_BUILD_CA";
 /// Build argument: the relay commit.
 pub const RELAY_COMMIT_VAR: &str = "CHATMAIL_RELAY_COMMIT";
+/// Build argument: the relay version (`git describe --tags --always`).
+pub const RELAY_VERSION_VAR: &str = "CHATMAIL_RELAY_VERSION";
+/// Image labels with the relay commit and version the image is built from.
+pub const COMMIT_LABEL: &str = "org.chatmail-docker.relay-commit";
+pub const VERSION_LABEL: &str = "org.chatmail-docker.relay-version";
 
 /// The largest CA file read (a system bundle is about 200 KiB).
 const MAX_CA_FILE: u64 = 8 << 20;
@@ -73,6 +80,9 @@ pub fn prepare(ctx: &Context, relay: &Path, opts: &BuildOptions) -> Result<Build
     }
     if let Some(commit) = relay_commit(ctx, relay) {
         env.push((RELAY_COMMIT_VAR.to_string(), commit));
+        if let Some(version) = relay_version(ctx, relay) {
+            env.push((RELAY_VERSION_VAR.to_string(), version));
+        }
     }
     Ok(BuildEnv {
         env,
@@ -95,6 +105,20 @@ pub fn relay_commit(ctx: &Context, relay: &Path) -> Option<String> {
     let commit = out.stdout.trim().to_string();
     (out.code == 0 && commit.len() >= 7 && commit.bytes().all(|b| b.is_ascii_hexdigit()))
         .then_some(commit)
+}
+
+/// `git describe --tags --always` in the relay checkout: the release tag,
+/// `TAG-N-gCOMMIT` after it, or the short commit.
+pub fn relay_version(ctx: &Context, relay: &Path) -> Option<String> {
+    let out = ctx
+        .host
+        .cmd("git", ["describe", "--tags", "--always"])
+        .dir(relay)
+        .output(&ctx.shell)
+        .ok()?;
+    let v = out.stdout.trim().to_string();
+    (out.code == 0 && !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .then_some(v)
 }
 
 /// The PEM certificates of a file, or of the `.crt`/`.pem` files of a

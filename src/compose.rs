@@ -286,6 +286,24 @@ pub fn run_forwarding(ctx: &Context, cmd: &Cmd) -> Result<i32> {
     }
 }
 
+/// Run a command with inherited output in a process group of its own: a
+/// Ctrl-C at the terminal does not reach it, and no signal is forwarded.
+/// For steps that must finish once begun. A non-zero exit is an error.
+pub fn run_shielded(ctx: &Context, cmd: &Cmd) -> Result<()> {
+    let code = cmd.status_shielded(&ctx.shell)?;
+    if code != 0 {
+        return Err(error::Failure {
+            code: error::EXIT_RUNTIME,
+            message: Some(format!(
+                "`{}` failed with exit status {code}",
+                cmd.display()
+            )),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Run a command streaming its output (see [`run_forwarding`]); a non-zero
 /// exit is an error.
 pub fn run_checked(ctx: &Context, cmd: &Cmd) -> Result<()> {
@@ -641,7 +659,18 @@ pub fn last_logs(ctx: &Context, n: usize) -> String {
 /// Wait until the container is healthy, with a spinner; on failure print the
 /// last 50 log lines and the failing health check output.
 pub fn wait_healthy(ctx: &Context, timeout: Duration) -> Result<Inspect> {
-    let since = signal_count();
+    wait_for_health(ctx, timeout, true)
+}
+
+/// [`wait_healthy`]; with `interruptible` false a signal does not stop the
+/// wait and no log lines are printed on failure (the caller decides what
+/// to show: an upgrade rolls back first).
+pub fn wait_for_health(ctx: &Context, timeout: Duration, interruptible: bool) -> Result<Inspect> {
+    let since = if interruptible {
+        signal_count()
+    } else {
+        usize::MAX
+    };
     let start = Instant::now();
     let bar = ctx.shell.progress_allowed().then(|| {
         let b = indicatif::ProgressBar::new_spinner();
@@ -696,7 +725,7 @@ pub fn wait_healthy(ctx: &Context, timeout: Duration) -> Result<Inspect> {
                         .unwrap_or_default()
                 );
             }
-            if interrupted_since(since) {
+            if interruptible && interrupted_since(since) {
                 return Err(error::Failure {
                     code: 130,
                     message: Some("interrupted while waiting; the container keeps starting (see `chatmail-docker status`)".into()),
@@ -710,7 +739,7 @@ pub fn wait_healthy(ctx: &Context, timeout: Duration) -> Result<Inspect> {
         b.finish_and_clear();
     }
     if let Err(e) = &result {
-        if error::exit_code(e) != 130 {
+        if interruptible && error::exit_code(e) != 130 {
             let logs = last_logs(ctx, 50);
             if !logs.trim().is_empty() {
                 ctx.shell.error("last 50 log lines of the appliance:");

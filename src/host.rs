@@ -221,6 +221,15 @@ impl Cmd {
         Ok(None)
     }
 
+    /// [`Cmd::status`] in a process group of its own with no input: a
+    /// Ctrl-C at the terminal does not reach it (for steps that must not
+    /// be cut short, such as replacing the running container).
+    pub fn status_shielded(&self, shell: &Shell) -> Result<i32> {
+        let handle = self.start_grouped(self.expr(shell).stdin_null())?;
+        let out = handle.wait()?;
+        Ok(exit_code_of(&out.status))
+    }
+
     /// [`Cmd::status`], killed (with everything it started) after `limit`:
     /// `None` then.
     pub fn status_within(&self, shell: &Shell, limit: Duration) -> Result<Option<i32>> {

@@ -25,6 +25,7 @@ pub mod setup;
 pub mod shell;
 pub mod status;
 pub mod sysctl;
+pub mod upgrade;
 
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -138,6 +139,7 @@ pub fn run(ctx: &Context, command: Command) -> Result<()> {
         Command::Dns(a) => a.exec(ctx),
         Command::Backup(a) => a.exec(ctx),
         Command::Restore(a) => a.exec(ctx),
+        Command::Upgrade(a) => a.exec(ctx),
         Command::Completions(a) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

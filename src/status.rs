@@ -75,6 +75,9 @@ pub struct StatusReport {
     pub health: Option<String>,
     pub healthy: bool,
     pub image: Option<String>,
+    /// The relay release the container runs, and a newer release tag
+    /// known in relay/ (no fetch).
+    pub relay: Option<crate::upgrade::ReleaseStatus>,
     pub started_at: Option<String>,
     pub uptime_seconds: Option<u64>,
     pub units: Vec<UnitState>,
@@ -100,6 +103,7 @@ pub fn report(ctx: &Context) -> Result<StatusReport> {
     r.health = c.health_status().map(str::to_string);
     r.healthy = c.state.running && matches!(r.health.as_deref(), Some("healthy") | None);
     r.image = Some(c.config.image.clone());
+    r.relay = Some(crate::upgrade::release_status(ctx, &c.image));
     r.started_at = Some(c.state.started_at.clone());
     if c.state.running {
         r.uptime_seconds = compose::parse_time(&c.state.started_at)
@@ -175,6 +179,22 @@ fn print_text(sh: &Shell, r: &StatusReport) {
     sh.out(format!("health:    {h}"));
     if let Some(i) = &r.image {
         sh.out(format!("image:     {i}"));
+    }
+    if let Some(rel) = &r.relay {
+        match &rel.running {
+            Some(run) => sh.out(format!(
+                "relay:     {} ({}){}",
+                run.version,
+                crate::upgrade::git::short(&run.commit),
+                rel.newer
+                    .as_ref()
+                    .map(|t| format!(", release {t} is newer (`chatmail-docker upgrade`)"))
+                    .unwrap_or_default()
+            )),
+            None => sh.out(
+                "relay:     unknown (an image built before labels; `setup --rebuild` adds them)",
+            ),
+        }
     }
     if let Some(cert) = &r.certificate {
         if let Some(na) = &cert.not_after {

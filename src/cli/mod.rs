@@ -20,6 +20,7 @@ pub mod overrides;
 pub mod preflight;
 pub mod setup;
 pub mod status;
+pub mod upgrade;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -224,6 +225,12 @@ pub enum Command {
         after_help = "Examples:\n  chatmail-docker restore /var/backups/chatmail/            # the newest chain there\n  chatmail-docker restore chatmail-backup-20261201T030000.000Z-incr.tar.zst\n  ssh backup-host 'cat chatmail.tar.zst' | chatmail-docker restore -\n  chatmail-docker restore --dry-run ARCHIVE                 # verify every checksum, write nothing"
     )]
     Restore(backup::RestoreArgs),
+
+    /// Move the relay to a new release: build beside the running relay, swap, roll back by itself on failure.
+    #[command(
+        after_help = "Examples:\n  chatmail-docker upgrade --check            # exit 0: an upgrade is available, 1: up to date (for cron)\n  chatmail-docker upgrade --dry-run          # what would change, nothing changes\n  chatmail-docker upgrade                    # to the relay's newest release\n  chatmail-docker upgrade --ref main         # to the relay's main branch\n  chatmail-docker upgrade --rollback         # back to the release before the last upgrade"
+    )]
+    Upgrade(upgrade::UpgradeArgs),
 
     /// Print a shell completion script.
     #[command(

@@ -29,3 +29,4 @@ mod ownership;
 mod preflight;
 mod setup;
 mod sysctl;
+mod upgrade;

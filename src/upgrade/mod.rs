@@ -1,0 +1,1012 @@
+//! `upgrade`: move the relay to a new release with a restore point, a
+//! measured swap and an automatic rollback.
+//!
+//! 1. Plan: fetch the relay's remote, pick the target (`--ref`, default
+//!    the newest release tag), show old and new commit and version, the
+//!    number of commits and how the `[params]` keys change. `--dry-run`
+//!    and `--check` stop here.
+//! 2. Restore point: the running image gets a second name,
+//!    `<image>-relay-<commit>`; `data/.upgrade-state.json` records it with
+//!    the checkout's old position.
+//! 3. Build: `relay/` moves to the target and the image is built while the
+//!    old container keeps serving. A failed or interrupted build puts the
+//!    checkout and the image name back; the relay never noticed.
+//! 4. Backup (unless `--no-backup`): `backup` into `backups/`, incremental
+//!    against the previous upgrade's, two chains kept.
+//! 5. Swap: the container is recreated on the new image, then the health
+//!    check must pass and SMTP (25), IMAP (993) and HTTPS (443) must
+//!    answer. Otherwise: rollback to the restore point (image, checkout,
+//!    container), and the new container's last log lines are shown. From
+//!    here on a Ctrl-C or SIGTERM does not stop anything half way: the
+//!    swap (or the rollback) finishes, then the command exits 130.
+//! 6. Prune: images of earlier upgrades go; the running one and the one
+//!    before it stay.
+//!
+//! `upgrade --rollback` goes back to the restore point by hand later.
+
+pub mod git;
+pub mod params;
+pub mod probe;
+pub mod state;
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::build::{BuildOptions, COMMIT_LABEL, VERSION_LABEL};
+use crate::compose::{self, Project, SERVICE};
+use crate::{backup, error, overrides, Context};
+use git::{short, Checkout};
+use state::{Phase, RestorePoint, UpgradeState};
+
+/// Default relay source directory, relative to the deployment directory.
+const DEFAULT_RELAY_SRC: &str = "relay";
+/// Where upgrades keep their backups, relative to the deployment directory.
+pub const BACKUP_DIR: &str = "backups";
+/// Backup chains an upgrade keeps in its backup directory.
+const BACKUP_KEEP: usize = 2;
+/// How long the services may take to answer after the health check passed.
+const ANSWER_LIMIT: Duration = Duration::from_secs(30);
+/// Disk space the build needs beyond the size of the running image.
+const BUILD_HEADROOM: u64 = 1 << 30;
+
+/// What `upgrade` is asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The tag, branch or commit to move to; `None`: the newest release.
+    pub reference: Option<String>,
+    /// Fetch from the relay's remote first.
+    pub fetch: bool,
+    /// Go ahead although `relay/` has local edits.
+    pub allow_dirty: bool,
+    /// Take a backup just before the swap.
+    pub backup: bool,
+    /// Where that backup goes (default: `backups/` in the deployment).
+    pub backup_dir: Option<PathBuf>,
+    /// How long the new container may take to become healthy.
+    pub wait_timeout: Duration,
+    /// How to build the image.
+    pub build: BuildOptions,
+    /// Print a JSON summary at the end.
+    pub json: bool,
+}
+
+/// The relay a checkout position or an image stands for.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Release {
+    pub commit: String,
+    pub version: String,
+}
+
+/// What an upgrade would do.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub from: Release,
+    pub to: Release,
+    /// Commits in the target that the current checkout lacks.
+    pub commits: Option<u64>,
+    /// The target is older than (contained in) what runs.
+    pub downgrade: bool,
+    pub params: params::Diff,
+    /// `relay/` is already at the target.
+    pub up_to_date: bool,
+}
+
+/// What a finished upgrade (or rollback) reports.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Summary {
+    pub from: Option<Release>,
+    pub to: Option<Release>,
+    pub outcome: String,
+    pub build_seconds: Option<f64>,
+    pub image_size_change_bytes: Option<i64>,
+    pub backup: Option<PathBuf>,
+    /// Seconds during which port 25 or 993 did not accept.
+    pub downtime_seconds: Option<f64>,
+    /// From the failed verdict to the old release serving again.
+    pub rollback_seconds: Option<f64>,
+    pub reason: Option<String>,
+}
+
+// ---------------------------------------------------------------- facts
+
+/// The deployment's relay checkout directory (RELAY_SRC in .env).
+fn relay_dir(ctx: &Context) -> Result<PathBuf> {
+    let env = ctx.deployment.load_env()?.unwrap_or_default();
+    let src = env
+        .get("RELAY_SRC")
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_RELAY_SRC.to_string());
+    Ok(ctx.deployment.path(src))
+}
+
+/// The image name the compose file gives the service.
+pub fn image_name(ctx: &Context) -> Result<String> {
+    let out = Project::new(ctx)
+        .cmd(ctx, ["config", "--images"])
+        .output(&ctx.shell)?;
+    if !out.success() {
+        return Err(error::usage(format!(
+            "docker compose cannot read the configuration: {}",
+            out.stderr.trim()
+        )));
+    }
+    out.stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+        .context("docker compose names no image for the appliance")
+}
+
+/// An image's ID, when it exists.
+fn image_id(ctx: &Context, name: &str) -> Result<Option<String>> {
+    let out = ctx
+        .host
+        .cmd("docker", ["image", "inspect", "--format", "{{.Id}}", name])
+        .output(&ctx.shell)?;
+    Ok(out.success().then(|| out.stdout.trim().to_string()))
+}
+
+/// The relay commit and version an image was built from (its labels).
+pub fn image_release(ctx: &Context, image: &str) -> Option<Release> {
+    let out = ctx
+        .host
+        .cmd(
+            "docker",
+            [
+                "image",
+                "inspect",
+                "--format",
+                "{{json .Config.Labels}}",
+                image,
+            ],
+        )
+        .output(&ctx.shell)
+        .ok()?;
+    if !out.success() {
+        return None;
+    }
+    let labels: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(out.stdout.trim()).ok()?;
+    let commit = labels
+        .get(COMMIT_LABEL)
+        .filter(|c| c.as_str() != "unknown")?;
+    Some(Release {
+        commit: commit.clone(),
+        version: labels
+            .get(VERSION_LABEL)
+            .filter(|v| v.as_str() != "unknown")
+            .cloned()
+            .unwrap_or_else(|| short(commit).to_string()),
+    })
+}
+
+fn image_size(ctx: &Context, image: &str) -> Option<i64> {
+    let out = ctx
+        .host
+        .cmd(
+            "docker",
+            ["image", "inspect", "--format", "{{.Size}}", image],
+        )
+        .output(&ctx.shell)
+        .ok()?;
+    out.success()
+        .then(|| out.stdout.trim().parse().ok())
+        .flatten()
+}
+
+/// `repo:tag` -> `repo:tag-relay-COMMIT`: the restore point's name.
+pub fn restore_tag(image: &str, commit: &str) -> String {
+    let (repo, tag) = split_image(image);
+    format!("{repo}:{tag}-relay-{}", short(commit))
+}
+
+/// `repo:tag` (a `:` after the last `/`), `repo` alone meaning `latest`.
+fn split_image(image: &str) -> (&str, &str) {
+    let slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[slash..].rfind(':') {
+        Some(i) => (&image[..slash + i], &image[slash + i + 1..]),
+        None => (image, "latest"),
+    }
+}
+
+fn tag_image(ctx: &Context, from: &str, to: &str) -> Result<()> {
+    let out = ctx
+        .host
+        .cmd("docker", ["image", "tag", from, to])
+        .output(&ctx.shell)?;
+    if !out.success() {
+        anyhow::bail!(
+            "`docker image tag {from} {to}` failed: {}",
+            out.stderr.trim()
+        );
+    }
+    Ok(())
+}
+
+/// The keys chatmail.ini sets in `[params]` (empty without one).
+fn ini_keys(ctx: &Context) -> Vec<String> {
+    let path = ctx.deployment.ini();
+    let Ok(text) = crate::deployment::read_ini(&path) else {
+        return Vec::new();
+    };
+    crate::ini::parse_str(&text)
+        .ok()
+        .and_then(|ini| {
+            ini.section("params")
+                .map(|s| s.entries.iter().map(|e| e.key.to_string()).collect())
+        })
+        .unwrap_or_default()
+}
+
+/// The mail domain, for the TLS probes' server name.
+fn mail_domain(ctx: &Context) -> String {
+    ctx.deployment
+        .load_env()
+        .ok()
+        .flatten()
+        .and_then(|e| e.get("MAIL_DOMAIN").cloned())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+// ---------------------------------------------------------------- plan
+
+/// Fetch (when asked) and work out the plan. The checkout does not move.
+pub fn plan(
+    ctx: &Context,
+    checkout: &Checkout,
+    reference: Option<&str>,
+    fetch: bool,
+) -> Result<Plan> {
+    let here = checkout.position()?;
+    let remote = checkout.remote().ok();
+    if fetch {
+        let remote = checkout.remote()?;
+        ctx.shell.status(
+            "Fetching",
+            format!("the relay's releases from {}", checkout.remote_url(&remote)),
+        );
+        checkout.fetch(&remote)?;
+    }
+    let target = match reference {
+        Some(r) => checkout.resolve(r, remote.as_deref())?,
+        None => {
+            let tags = checkout.tags()?;
+            let newest = git::newest_release(tags.iter().map(String::as_str)).ok_or_else(|| {
+                error::usage(format!(
+                    "{} has no release tags (such as 1.12.0){}; name what to move to with --ref (a tag, `main` or a commit)",
+                    checkout.dir.display(),
+                    if fetch { "" } else { " and --no-fetch did not look for new ones" }
+                ))
+            })?;
+            checkout.resolve(&newest.tag, None)?
+        }
+    };
+    let contained = target != here.commit && checkout.is_ancestor(&target, &here.commit)?;
+    // Without --ref: the newest release is no upgrade when the checkout
+    // already contains it (a clone of main past the last release).
+    let up_to_date = target == here.commit || (reference.is_none() && contained);
+    let old_keys = checkout
+        .show(&here.commit, params::CONFIG_PY)
+        .map(|s| params::keys_of_config_py(&s))
+        .unwrap_or_default();
+    let new_keys = checkout
+        .show(&target, params::CONFIG_PY)
+        .map(|s| params::keys_of_config_py(&s))
+        .unwrap_or_default();
+    Ok(Plan {
+        from: Release {
+            version: checkout.describe(&here.commit),
+            commit: here.commit.clone(),
+        },
+        to: Release {
+            version: checkout.describe(&target),
+            commit: target.clone(),
+        },
+        commits: checkout.count_between(&here.commit, &target),
+        downgrade: contained,
+        params: params::diff(&old_keys, &new_keys, &ini_keys(ctx)),
+        up_to_date,
+    })
+}
+
+fn print_plan(ctx: &Context, p: &Plan) {
+    let sh = &ctx.shell;
+    sh.out(format!(
+        "relay: {} ({}) -> {} ({})",
+        p.from.version,
+        short(&p.from.commit),
+        p.to.version,
+        short(&p.to.commit)
+    ));
+    if let Some(n) = p.commits {
+        sh.out(format!(
+            "  {n} new commit{}{}",
+            if n == 1 { "" } else { "s" },
+            if p.downgrade {
+                " (the target is older than the checkout: a downgrade)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if p.params.is_empty() {
+        sh.out("  [params]: the same keys");
+    }
+    for (k, d) in &p.params.added {
+        sh.out(format!(
+            "  [params] new key {k} (default {})",
+            d.as_deref().unwrap_or("none: required")
+        ));
+    }
+    for k in &p.params.dropped_but_set {
+        sh.warn(format!(
+            "the new release no longer reads `{k}`, which chatmail.ini sets: it will be ignored"
+        ));
+    }
+    for k in &p.params.dropped {
+        sh.out(format!(
+            "  [params] key {k} is gone (chatmail.ini does not set it)"
+        ));
+    }
+}
+
+// ---------------------------------------------------------------- check
+
+/// `upgrade --check`: `Ok(true)` when an upgrade is available.
+pub fn check(ctx: &Context, reference: Option<&str>, fetch: bool, json: bool) -> Result<bool> {
+    compose::require_compose_file(ctx)?;
+    let checkout = Checkout::open(ctx, &relay_dir(ctx)?)?;
+    let p = plan(ctx, &checkout, reference, fetch)?;
+    if json {
+        ctx.shell.data(serde_json::to_string_pretty(&p)?);
+    } else if p.up_to_date {
+        ctx.shell.out(format!(
+            "up to date: the relay is at {} ({}){}",
+            p.from.version,
+            short(&p.from.commit),
+            if p.to.commit != p.from.commit {
+                format!(", which contains {}", p.to.version)
+            } else {
+                String::new()
+            }
+        ));
+    } else {
+        ctx.shell.out("an upgrade is available:");
+        print_plan(ctx, &p);
+        ctx.shell.out("run `chatmail-docker upgrade` to apply it");
+    }
+    Ok(!p.up_to_date)
+}
+
+// ---------------------------------------------------------------- upgrade
+
+/// Put things back after the build or the backup failed: the checkout,
+/// the image name. The container was never touched.
+fn undo_before_swap(ctx: &Context, checkout: &Checkout, point: &RestorePoint, image: &str) {
+    if let Err(e) = checkout.restore(&point.position) {
+        ctx.shell.error(format!(
+            "could not move {} back to {}: {e:#}",
+            checkout.dir.display(),
+            short(&point.position.commit)
+        ));
+    }
+    if let Some(tag) = &point.image_tag {
+        if let Err(e) = tag_image(ctx, tag, image) {
+            ctx.shell.error(format!("{e:#}"));
+        }
+    }
+    state::clear(ctx);
+}
+
+/// Disk space for the build: the running image's size plus a margin.
+fn check_disk(ctx: &Context, image: &str) -> Result<()> {
+    let out = ctx
+        .host
+        .cmd("docker", ["info", "--format", "{{.DockerRootDir}}"])
+        .output(&ctx.shell)?;
+    let root = out.stdout.trim();
+    if !out.success() || root.is_empty() {
+        return Ok(());
+    }
+    let Ok(st) = rustix::fs::statvfs(ctx.host.path(root)) else {
+        return Ok(());
+    };
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    let need = image_size(ctx, image).unwrap_or(0).max(0) as u64 + BUILD_HEADROOM;
+    disk_verdict(root, free, need)
+}
+
+/// The disk check's verdict (separate for tests).
+pub fn disk_verdict(root: &str, free: u64, need: u64) -> Result<()> {
+    if free < need {
+        return Err(error::Failure {
+            code: error::EXIT_RUNTIME,
+            message: Some(format!(
+                "not enough disk space to build the new image beside the running one: {root} has {} free, the build needs about {}; free some (`docker image prune`, `docker builder prune`) and try again; nothing was changed",
+                human(free),
+                human(need)
+            )),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn human(b: u64) -> String {
+    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+/// `chatmail-docker upgrade`.
+pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
+    compose::require_compose_file(ctx)?;
+    compose::ensure_ours(ctx)?;
+    // From here on a signal is counted, not fatal: each step decides.
+    let signals_at_start = compose::signal_count();
+    if let Some(s) = state::load(ctx)? {
+        if s.phase != Phase::Done && s.phase != Phase::RolledBack {
+            ctx.shell.warn(format!(
+                "an earlier upgrade stopped while {} (to {}); the relay is checked below",
+                s.phase.doing(),
+                s.target.as_ref().map_or("?", |t| t.version.as_str())
+            ));
+        }
+    }
+    let relay = relay_dir(ctx)?;
+    let checkout = Checkout::open(ctx, &relay)?;
+    let edits = checkout.local_edits()?;
+    if !edits.is_empty() && !opts.allow_dirty {
+        let shown: Vec<&str> = edits.iter().take(10).map(String::as_str).collect();
+        return Err(error::usage(format!(
+            "{} has local changes, which an upgrade would build into the new image or lose:\n  {}{}\ncommit or stash them (`git -C {} stash`), or pass --allow-dirty to keep them",
+            relay.display(),
+            shown.join("\n  "),
+            if edits.len() > 10 { format!("\n  ... and {} more", edits.len() - 10) } else { String::new() },
+            relay.display()
+        )));
+    }
+    let p = plan(ctx, &checkout, opts.reference.as_deref(), opts.fetch)?;
+    let mut summary = Summary {
+        from: Some(p.from.clone()),
+        to: Some(p.to.clone()),
+        ..Default::default()
+    };
+    if p.up_to_date {
+        ctx.shell.status(
+            "Fresh",
+            format!(
+                "the relay is at {} ({}), nothing to upgrade",
+                p.from.version,
+                short(&p.from.commit)
+            ),
+        );
+        summary.outcome = "up-to-date".into();
+        return Ok(summary);
+    }
+    print_plan(ctx, &p);
+    let image = image_name(ctx)?;
+    let running = compose::current(ctx)?;
+    let backup_dir = opts
+        .backup_dir
+        .clone()
+        .unwrap_or_else(|| ctx.deployment.path(BACKUP_DIR));
+    if ctx.dry_run {
+        ctx.shell.out(format!(
+            "would tag the running image as {} (the restore point)",
+            restore_tag(&image, &p.from.commit)
+        ));
+        ctx.shell.out(format!(
+            "would move {} to {} and build {image} while the relay keeps serving",
+            relay.display(),
+            short(&p.to.commit)
+        ));
+        if opts.backup {
+            ctx.shell
+                .out(format!("would back up into {}/", backup_dir.display()));
+        }
+        ctx.shell.out(format!(
+            "would recreate the container on the new image and wait up to {}s for health and for SMTP, IMAP and HTTPS to answer; otherwise roll back",
+            opts.wait_timeout.as_secs()
+        ));
+        ctx.dry_run_done();
+        summary.outcome = "planned".into();
+        return Ok(summary);
+    }
+    check_disk(ctx, &image)?;
+
+    // 2. Restore point.
+    let old_position = checkout.position()?;
+    let old_image_id = match &running {
+        Some(c) => Some(c.image.clone()),
+        None => image_id(ctx, &image)?,
+    };
+    let old_release = old_image_id
+        .as_deref()
+        .and_then(|id| image_release(ctx, id))
+        .unwrap_or_else(|| p.from.clone());
+    let point = RestorePoint {
+        position: old_position.clone(),
+        release: old_release.clone(),
+        image_tag: match &old_image_id {
+            Some(id) => {
+                let tag = restore_tag(&image, &old_release.commit);
+                tag_image(ctx, id, &tag)?;
+                ctx.shell.status(
+                    "Tagged",
+                    format!("the running image as {tag} (restore point)"),
+                );
+                Some(tag)
+            }
+            None => None,
+        },
+    };
+    let mut st = UpgradeState {
+        phase: Phase::Building,
+        image: image.clone(),
+        previous: Some(point.clone()),
+        target: Some(p.to.clone()),
+        started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    state::save(ctx, &st)?;
+
+    // 3. Build beside the running relay.
+    if let Err(e) = checkout.checkout(&p.to.commit) {
+        undo_before_swap(ctx, &checkout, &point, &image);
+        return Err(e.context(format!(
+            "could not move {} to {}; nothing was changed",
+            relay.display(),
+            short(&p.to.commit)
+        )));
+    }
+    let built = Instant::now();
+    let result = build_image(ctx, &relay, &opts.build);
+    let interrupted = compose::interrupted_since(signals_at_start);
+    if result.is_err() || interrupted {
+        undo_before_swap(ctx, &checkout, &point, &image);
+        if interrupted {
+            return Err(error::Failure {
+                code: 130,
+                message: Some(format!(
+                    "interrupted during the build; {} is back at {} and the relay was never touched",
+                    relay.display(),
+                    p.from.version
+                )),
+            }
+            .into());
+        }
+        let e = result.unwrap_err();
+        return Err(e.context(format!(
+            "the new image did not build; {} is back at {} and the relay kept serving on the old image",
+            relay.display(),
+            p.from.version
+        )));
+    }
+    summary.build_seconds = Some(built.elapsed().as_secs_f64());
+    let new_id = image_id(ctx, &image)?.context("the build left no image")?;
+    if let (Some(old), Some(new)) = (
+        old_image_id.as_deref().and_then(|i| image_size(ctx, i)),
+        image_size(ctx, &new_id),
+    ) {
+        summary.image_size_change_bytes = Some(new - old);
+        ctx.shell.status(
+            "Built",
+            format!(
+                "{image} for {} in {:.0}s ({:+.1} MB against the running image)",
+                p.to.version,
+                built.elapsed().as_secs_f64(),
+                (new - old) as f64 / 1e6
+            ),
+        );
+    }
+
+    // 4. Backup.
+    if opts.backup {
+        match take_backup(ctx, &backup_dir) {
+            Ok(path) => summary.backup = path,
+            Err(e) => {
+                undo_before_swap(ctx, &checkout, &point, &image);
+                return Err(e.context(
+                    "the backup before the swap failed; the relay kept serving on the old image (--no-backup skips the backup)",
+                ));
+            }
+        }
+        if compose::interrupted_since(signals_at_start) {
+            undo_before_swap(ctx, &checkout, &point, &image);
+            return Err(error::Failure {
+                code: 130,
+                message: Some("interrupted before the swap; the relay was never touched".into()),
+            }
+            .into());
+        }
+    }
+
+    // 5. Swap: nothing interrupts it any more.
+    st.phase = Phase::Swapping;
+    state::save(ctx, &st)?;
+    let sni = mail_domain(ctx);
+    ctx.shell.status(
+        "Swapping",
+        format!(
+            "the container to {} (a Ctrl-C now waits for the swap or the rollback to finish)",
+            p.to.version
+        ),
+    );
+    let watch = probe::Downtime::watch();
+    let verdict = swap(ctx, opts.wait_timeout, &sni);
+    match verdict {
+        Ok(()) => {
+            let window = watch.finish();
+            summary.downtime_seconds = window.seconds;
+            st.phase = Phase::Done;
+            state::save(ctx, &st)?;
+            prune(ctx, &image, &new_id, point.image_tag.as_deref());
+            ctx.shell.status(
+                "Upgraded",
+                format!(
+                    "the relay runs {} ({}); mail service was interrupted for {}",
+                    p.to.version,
+                    short(&p.to.commit),
+                    window
+                        .seconds
+                        .map_or("no measurable time".into(), |s| format!("{s:.1}s"))
+                ),
+            );
+            if let Some(tag) = &point.image_tag {
+                ctx.shell.note(format!(
+                    "the previous release stays as {tag}: `chatmail-docker upgrade --rollback` goes back to it"
+                ));
+            }
+            summary.outcome = "upgraded".into();
+            if compose::interrupted_since(signals_at_start) {
+                return Err(error::Failure {
+                    code: 130,
+                    message: Some(format!(
+                        "interrupted: the swap was finished first; the relay runs {}",
+                        p.to.version
+                    )),
+                }
+                .into());
+            }
+            Ok(summary)
+        }
+        Err(reason) => {
+            let logs = compose::last_logs(ctx, 30);
+            let failed_at = Instant::now();
+            ctx.shell.error(format!(
+                "the new release failed: {reason:#}; rolling back to {}",
+                old_release.version
+            ));
+            let back = roll_back(ctx, &checkout, &point, &image, opts.wait_timeout, &sni);
+            let window = watch.finish();
+            summary.downtime_seconds = window.seconds;
+            summary.reason = Some(format!("{reason:#}"));
+            if !logs.trim().is_empty() {
+                ctx.shell
+                    .error("last log lines of the new release's container:");
+                for l in logs.lines() {
+                    ctx.shell.data(format!("  | {l}"));
+                }
+            }
+            match back {
+                Ok(()) => {
+                    summary.rollback_seconds = Some(failed_at.elapsed().as_secs_f64());
+                    summary.outcome = "rolled-back".into();
+                    st.phase = Phase::RolledBack;
+                    state::save(ctx, &st)?;
+                    // The failed release's image is of no further use.
+                    let _ = ctx
+                        .host
+                        .cmd("docker", ["image", "rm", &new_id])
+                        .output(&ctx.shell);
+                    if opts.json {
+                        ctx.shell.data(serde_json::to_string_pretty(&summary)?);
+                    }
+                    Err(error::Failure {
+                        code: if compose::interrupted_since(signals_at_start) {
+                            130
+                        } else {
+                            error::EXIT_RUNTIME
+                        },
+                        message: Some(format!(
+                            "upgrade to {} failed ({reason:#}); rolled back by itself in {:.1}s: the relay runs {} again",
+                            p.to.version,
+                            failed_at.elapsed().as_secs_f64(),
+                            old_release.version
+                        )),
+                    }
+                    .into())
+                }
+                Err(e) => Err(error::Failure {
+                    code: error::EXIT_RUNTIME,
+                    message: Some(format!(
+                        "upgrade to {} failed ({reason:#}) and so did the rollback: {e:#}\nthe relay may be down: see `chatmail-docker status` and `chatmail-docker logs`; the previous image is {}",
+                        p.to.version,
+                        point.image_tag.as_deref().unwrap_or("gone")
+                    )),
+                }
+                .into()),
+            }
+        }
+    }
+}
+
+/// `docker compose build` of the service with this checkout's inputs.
+fn build_image(ctx: &Context, relay: &Path, build: &BuildOptions) -> Result<()> {
+    let inputs = crate::build::prepare(ctx, relay, build)?;
+    let mut cmd = Project::new(ctx).cmd(ctx, ["build", SERVICE]);
+    for (k, v) in &inputs.env {
+        cmd = cmd.env(k, v);
+    }
+    ctx.shell.status(
+        "Building",
+        "the new image while the relay keeps serving (a Ctrl-C now stops the build and changes nothing)",
+    );
+    compose::run_checked(ctx, &cmd)
+}
+
+/// The backup before the swap: incremental against the last one in `dir`.
+fn take_backup(ctx: &Context, dir: &Path) -> Result<Option<PathBuf>> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the backup directory {}", dir.display()))?;
+    ctx.shell
+        .status("Backing up", format!("the relay into {}/", dir.display()));
+    let s = backup::run(
+        ctx,
+        &backup::BackupOptions {
+            output: backup::Output::Dir(dir.to_path_buf()),
+            keep: Some(BACKUP_KEEP),
+            ..Default::default()
+        },
+    )?;
+    Ok(s.archive)
+}
+
+/// Recreate the container on the image the service names now, then wait
+/// for health and for the services to answer.
+fn swap(ctx: &Context, timeout: Duration, sni: &str) -> Result<()> {
+    overrides::refresh_generated(ctx)?;
+    let cmd = compose::up_cmd(ctx, &[], false);
+    compose::run_shielded(ctx, &cmd)?;
+    compose::wait_for_health(ctx, timeout, false)?;
+    probe::wait_answering(sni, ANSWER_LIMIT)
+        .map_err(|bad| anyhow::anyhow!("healthy, but not answering: {}", bad.join("; ")))
+}
+
+/// Back to the restore point: image name, checkout, container.
+fn roll_back(
+    ctx: &Context,
+    checkout: &Checkout,
+    point: &RestorePoint,
+    image: &str,
+    timeout: Duration,
+    sni: &str,
+) -> Result<()> {
+    let tag = point
+        .image_tag
+        .as_deref()
+        .context("there was no previous image to go back to")?;
+    tag_image(ctx, tag, image)?;
+    checkout.restore(&point.position)?;
+    swap(ctx, timeout, sni)
+}
+
+/// Remove the restore points of earlier upgrades: keep the image that runs
+/// and the one before it.
+fn prune(ctx: &Context, image: &str, running_id: &str, keep_tag: Option<&str>) {
+    let (repo, tag) = split_image(image);
+    let prefix = format!("{tag}-relay-");
+    let Ok(out) = ctx
+        .host
+        .cmd(
+            "docker",
+            [
+                "image",
+                "ls",
+                "--no-trunc",
+                "--format",
+                "{{.Tag}} {{.ID}}",
+                repo,
+            ],
+        )
+        .output(&ctx.shell)
+    else {
+        return;
+    };
+    for line in out.stdout.lines() {
+        let Some((t, id)) = line.trim().split_once(' ') else {
+            continue;
+        };
+        let name = format!("{repo}:{t}");
+        if !t.starts_with(&prefix) || Some(name.as_str()) == keep_tag || id == running_id {
+            continue;
+        }
+        match ctx
+            .host
+            .cmd("docker", ["image", "rm", &name])
+            .output(&ctx.shell)
+        {
+            Ok(o) if o.success() => ctx
+                .shell
+                .status("Removed", format!("the older restore point {name}")),
+            Ok(o) => ctx
+                .shell
+                .verbose(format!("kept {name}: {}", o.stderr.trim())),
+            Err(e) => ctx.shell.verbose(format!("kept {name}: {e:#}")),
+        }
+    }
+}
+
+/// `upgrade --rollback`: back to the release before the last upgrade.
+pub fn rollback(ctx: &Context, wait_timeout: Duration) -> Result<Summary> {
+    compose::require_compose_file(ctx)?;
+    compose::ensure_ours(ctx)?;
+    let signals_at_start = compose::signal_count();
+    let st = state::load(ctx)?.ok_or_else(|| {
+        error::usage("there is no upgrade to roll back (data/.upgrade-state.json is missing)")
+    })?;
+    let point = st
+        .previous
+        .clone()
+        .context("the last upgrade recorded no previous release")?;
+    let tag = point.image_tag.clone().ok_or_else(|| {
+        error::usage("the last upgrade started without a previous image; nothing to go back to")
+    })?;
+    if image_id(ctx, &tag)?.is_none() {
+        return Err(error::usage(format!(
+            "the previous release's image {tag} is gone (removed by hand?); `chatmail-docker setup --rebuild` after checking out the release you want in relay/ builds it again"
+        )));
+    }
+    let relay = relay_dir(ctx)?;
+    let checkout = Checkout::open(ctx, &relay)?;
+    let image = st.image.clone();
+    let running = compose::current(ctx)?;
+    let current_id = match &running {
+        Some(c) => Some(c.image.clone()),
+        None => image_id(ctx, &image)?,
+    };
+    let here = checkout.position()?;
+    let current = current_id
+        .as_deref()
+        .and_then(|id| image_release(ctx, id))
+        .unwrap_or(Release {
+            version: checkout.describe(&here.commit),
+            commit: here.commit.clone(),
+        });
+    ctx.shell.out(format!(
+        "roll back: {} ({}) -> {} ({})",
+        current.version,
+        short(&current.commit),
+        point.release.version,
+        short(&point.release.commit)
+    ));
+    if ctx.dry_run {
+        ctx.shell.out(format!(
+            "would tag {tag} as {image}, move {} to {}, recreate the container and wait for health",
+            relay.display(),
+            short(&point.position.commit)
+        ));
+        ctx.dry_run_done();
+        return Ok(Summary {
+            outcome: "planned".into(),
+            ..Default::default()
+        });
+    }
+    // The release rolled back from becomes the restore point: a second
+    // --rollback goes forward again.
+    let forward = RestorePoint {
+        position: here,
+        release: current.clone(),
+        image_tag: match &current_id {
+            Some(id) => {
+                let t = restore_tag(&image, &current.commit);
+                tag_image(ctx, id, &t)?;
+                Some(t)
+            }
+            None => None,
+        },
+    };
+    let mut next = UpgradeState {
+        phase: Phase::Swapping,
+        image: image.clone(),
+        previous: Some(forward),
+        target: Some(point.release.clone()),
+        started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    state::save(ctx, &next)?;
+    ctx.shell.status(
+        "Swapping",
+        format!(
+            "the container back to {} (a Ctrl-C now waits for the swap to finish)",
+            point.release.version
+        ),
+    );
+    let watch = probe::Downtime::watch();
+    let started = Instant::now();
+    let sni = mail_domain(ctx);
+    let result = roll_back(ctx, &checkout, &point, &image, wait_timeout, &sni);
+    let window = watch.finish();
+    result.context("the rollback did not come up healthy; see `chatmail-docker logs`")?;
+    next.phase = Phase::Done;
+    state::save(ctx, &next)?;
+    ctx.shell.status(
+        "Rolled back",
+        format!(
+            "the relay runs {} again after {:.1}s; mail service was interrupted for {}",
+            point.release.version,
+            started.elapsed().as_secs_f64(),
+            window
+                .seconds
+                .map_or("no measurable time".into(), |s| format!("{s:.1}s"))
+        ),
+    );
+    let summary = Summary {
+        from: Some(current),
+        to: Some(point.release),
+        outcome: "rolled-back".into(),
+        downtime_seconds: window.seconds,
+        rollback_seconds: Some(started.elapsed().as_secs_f64()),
+        ..Default::default()
+    };
+    if compose::interrupted_since(signals_at_start) {
+        return Err(error::Failure {
+            code: 130,
+            message: Some("interrupted: the rollback was finished first".into()),
+        }
+        .into());
+    }
+    Ok(summary)
+}
+
+/// What `status` shows about the relay release: what runs, and a newer
+/// release tag known locally (no fetch).
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct ReleaseStatus {
+    pub running: Option<Release>,
+    pub newer: Option<String>,
+}
+
+pub fn release_status(ctx: &Context, image_id: &str) -> ReleaseStatus {
+    let running = image_release(ctx, image_id);
+    let newer = running.as_ref().and_then(|r| {
+        let dir = relay_dir(ctx).ok()?;
+        let checkout = Checkout::open(ctx, &dir).ok()?;
+        let tags = checkout.tags().ok()?;
+        let newest = git::newest_release(tags.iter().map(String::as_str))?;
+        let commit = checkout.resolve(&newest.tag, None).ok()?;
+        (!checkout.is_ancestor(&commit, &r.commit).unwrap_or(true)).then_some(newest.tag)
+    });
+    ReleaseStatus { running, newer }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_points_are_named_after_the_image_and_commit() {
+        let c = "48ad92bf24426ef737deded1c0d87438a4b18dab";
+        assert_eq!(
+            restore_tag("chatmail-relay:local", c),
+            "chatmail-relay:local-relay-48ad92bf2442"
+        );
+        assert_eq!(
+            restore_tag("registry:5000/team/relay", c),
+            "registry:5000/team/relay:latest-relay-48ad92bf2442"
+        );
+    }
+
+    #[test]
+    fn a_full_disk_is_refused_before_anything_changes() {
+        let e = disk_verdict("/var/lib/docker", 200 << 20, 3 << 30).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("/var/lib/docker")
+                && m.contains("0.2 GiB")
+                && m.contains("nothing was changed"),
+            "{m}"
+        );
+        assert!(disk_verdict("/var/lib/docker", 4 << 30, 3 << 30).is_ok());
+    }
+}

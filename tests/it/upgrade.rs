@@ -1,0 +1,437 @@
+//! `upgrade` without an engine: a real git origin with release tags and a
+//! clone as `relay/`, a stand-in `docker` that records its calls. What
+//! must hold before any container is touched: `--check` exit codes, the
+//! plan (commits, `[params]` keys), refusals (local edits, a ref that does
+//! not exist, an unreachable origin) that change nothing, and a failed or
+//! interrupted build that puts the checkout and the image name back. The
+//! swap, the rollback and the probes run against the real relay in
+//! tests/e2e_relay.rs.
+
+use crate::support::{bin, minimal_deployment, path_with, script};
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "advice.detachedHead=false",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A relay "release": config.py reading these keys.
+fn commit_release(origin: &Path, keys: &[(&str, &str)], tag: Option<&str>) -> String {
+    let py = origin.join("chatmaild/src/chatmaild");
+    fs::create_dir_all(&py).unwrap();
+    let mut text = String::from("class Config:\n    def __init__(self, params):\n");
+    for (k, d) in keys {
+        if d.is_empty() {
+            text.push_str(&format!("        self.{k} = params.pop(\"{k}\")\n"));
+        } else {
+            text.push_str(&format!("        self.{k} = params.pop(\"{k}\", {d})\n"));
+        }
+    }
+    fs::write(py.join("config.py"), text).unwrap();
+    git(origin, &["add", "-A"]);
+    git(
+        origin,
+        &["commit", "-q", "--allow-empty", "-m", tag.unwrap_or("work")],
+    );
+    if let Some(t) = tag {
+        git(origin, &["tag", t]);
+    }
+    git(origin, &["rev-parse", "HEAD"])
+}
+
+struct Fixture {
+    _t: tempfile::TempDir,
+    origin: PathBuf,
+    dir: PathBuf,
+    bin: PathBuf,
+    log: PathBuf,
+    first: String,
+}
+
+/// An origin with release 1.0.0, a deployment whose relay/ is a clone of
+/// it, and a stand-in docker. `build` is the shell run for `compose build`.
+fn fixture(build: &str) -> Fixture {
+    let t = tempfile::tempdir().unwrap();
+    let origin = t.path().join("origin");
+    fs::create_dir_all(&origin).unwrap();
+    git(&origin, &["init", "-q"]);
+    let first = commit_release(
+        &origin,
+        &[("mail_domain", ""), ("max_user_send_per_minute", "60")],
+        Some("1.0.0"),
+    );
+    let dir = minimal_deployment(t.path());
+    git(
+        t.path(),
+        &[
+            "clone",
+            "-q",
+            origin.to_str().unwrap(),
+            dir.join("relay").to_str().unwrap(),
+        ],
+    );
+    fs::write(
+        dir.join("chatmail.ini"),
+        "[params]\nmail_domain = chat.example.org\nold_knob = 1\n",
+    )
+    .unwrap();
+    let (bin, log) = (t.path().join("bin"), t.path().join("docker.log"));
+    script(
+        &bin,
+        "docker",
+        &format!(
+            r#"echo "$*" >> '{log}'
+case "$*" in
+  *" config --images"*) echo chatmail-relay:local;;
+  *" ps "*) :;;
+  "image inspect --format {{{{.Id}}}} chatmail-relay:local") echo sha256:old;;
+  "image inspect --format {{{{.Id}}}} "*) exit 1;;
+  "image inspect --format {{{{.Size}}}} "*) echo 1000;;
+  "image inspect --format {{{{json .Config.Labels}}}} "*) echo null;;
+  "info --format "*) echo /;;
+  *" build "*) {build};;
+esac
+exit 0"#,
+            log = log.display()
+        ),
+    );
+    Fixture {
+        _t: t,
+        origin,
+        dir,
+        bin,
+        log,
+        first,
+    }
+}
+
+impl Fixture {
+    fn cmd(&self, args: &[&str]) -> assert_cmd::Command {
+        let mut c = bin();
+        c.env("PATH", path_with(&self.bin))
+            .env_remove("CHATMAIL_BUILD_CA")
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("upgrade")
+            .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn head(&self) -> String {
+        git(&self.dir.join("relay"), &["rev-parse", "HEAD"])
+    }
+
+    fn docker_calls(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn check_says_whether_a_release_is_available() {
+    let f = fixture("exit 0");
+    let o = f.run(&["--check"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("up to date"), "{}", text(&o));
+
+    commit_release(
+        &f.origin,
+        &[("mail_domain", ""), ("max_user_send_per_minute", "60")],
+        None,
+    );
+    let release = commit_release(
+        &f.origin,
+        &[
+            ("mail_domain", ""),
+            ("max_user_send_per_minute", "60"),
+            ("max_load_1m", "\"20\""),
+        ],
+        Some("1.1.0"),
+    );
+    let o = f.run(&["--check"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("1.0.0") && out.contains("-> 1.1.0"), "{out}");
+    assert!(out.contains("2 new commits"), "{out}");
+    assert!(
+        out.contains("new key max_load_1m (default \"20\")"),
+        "{out}"
+    );
+    // Nothing moved, nothing was built or tagged.
+    assert_eq!(f.head(), f.first);
+    assert_eq!(f.docker_calls(), "");
+
+    // JSON for monitoring.
+    let o = f.run(&["--check", "--json", "--no-fetch"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["to"]["commit"], release.as_str());
+    assert_eq!(v["to"]["version"], "1.1.0");
+    assert_eq!(v["up_to_date"], false);
+}
+
+#[test]
+fn a_dry_run_shows_the_plan_and_changes_nothing() {
+    let f = fixture("exit 0");
+    commit_release(
+        &f.origin,
+        &[("mail_domain", ""), ("new_knob", "5")],
+        Some("1.1.0"),
+    );
+    let o = f.run(&["--dry-run"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("-> 1.1.0") && out.contains("1 new commit"),
+        "{out}"
+    );
+    assert!(out.contains("new key new_knob (default 5)"), "{out}");
+    assert!(
+        out.contains("would tag the running image as chatmail-relay:local-relay-"),
+        "{out}"
+    );
+    assert!(out.contains("would recreate the container"), "{out}");
+    assert!(out.contains("nothing was changed"), "{out}");
+    // A key chatmail.ini still sets that the release no longer reads.
+    assert!(out.contains("max_user_send_per_minute is gone"), "{out}");
+    assert_eq!(f.head(), f.first);
+    assert!(!f.dir.join("data/.upgrade-state.json").exists());
+    let calls = f.docker_calls();
+    assert!(
+        !calls.contains(" build") && !calls.contains("image tag"),
+        "{calls}"
+    );
+}
+
+#[test]
+fn a_key_the_ini_still_sets_is_warned_about() {
+    let f = fixture("exit 0");
+    // The running release reads old_knob (chatmail.ini sets it); the next does not.
+    commit_release(&f.origin, &[("mail_domain", ""), ("old_knob", "0")], None);
+    git(&f.dir.join("relay"), &["pull", "-q"]);
+    commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
+    let o = f.run(&["--dry-run"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("no longer reads `old_knob`, which chatmail.ini sets"),
+        "{out}"
+    );
+}
+
+#[test]
+fn local_edits_are_refused_unless_allowed() {
+    let f = fixture("exit 0");
+    commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
+    fs::write(
+        f.dir.join("relay/chatmaild/src/chatmaild/config.py"),
+        "# mine\n",
+    )
+    .unwrap();
+    let o = f.run(&[]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("local changes") && out.contains("config.py"),
+        "{out}"
+    );
+    assert!(out.contains("--allow-dirty"), "{out}");
+    assert_eq!(f.head(), f.first);
+    assert_eq!(f.docker_calls().matches("image tag").count(), 0);
+}
+
+#[test]
+fn a_ref_that_does_not_exist_is_named() {
+    let f = fixture("exit 0");
+    let o = f.run(&["--ref", "9.9.9"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("--ref 9.9.9: no such tag, branch or commit"),
+        "{out}"
+    );
+    assert!(out.contains("newest releases: 1.0.0"), "{out}");
+    assert_eq!(f.head(), f.first);
+}
+
+#[test]
+fn an_unreachable_origin_changes_nothing() {
+    let f = fixture("exit 0");
+    let relay = f.dir.join("relay");
+    // Nothing listens on the discard port: no network to the origin.
+    git(
+        &relay,
+        &[
+            "remote",
+            "set-url",
+            "origin",
+            "http://127.0.0.1:9/relay.git",
+        ],
+    );
+    for args in [&["--check"][..], &[]] {
+        let o = f.run(args);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{out}");
+        assert!(
+            out.contains("cannot fetch the relay's releases from origin"),
+            "{out}"
+        );
+        assert!(
+            out.contains("127.0.0.1:9") && out.contains("nothing was changed"),
+            "{out}"
+        );
+    }
+    assert_eq!(f.head(), f.first);
+    let calls = f.docker_calls();
+    assert!(
+        !calls.contains("image tag") && !calls.contains(" build ") && !calls.contains(" up "),
+        "{calls}"
+    );
+}
+
+#[test]
+fn the_newest_release_is_no_upgrade_for_a_checkout_past_it() {
+    let f = fixture("exit 0");
+    let past = commit_release(&f.origin, &[("mail_domain", "")], None);
+    git(&f.dir.join("relay"), &["pull", "-q"]);
+    let o = f.run(&[]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("nothing to upgrade"), "{out}");
+    assert_eq!(f.head(), past);
+    // Asked for explicitly, the older release is a downgrade, and says so.
+    let o = f.run(&["--ref", "1.0.0", "--dry-run"]);
+    assert!(text(&o).contains("a downgrade"), "{}", text(&o));
+}
+
+#[test]
+fn a_failed_build_puts_everything_back() {
+    let f = fixture("echo 'no space left on device' >&2; exit 1");
+    let target = commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
+    let o = f.run(&["--no-backup"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("did not build") && out.contains("kept serving"),
+        "{out}"
+    );
+    assert_eq!(f.head(), f.first, "relay/ is back where it was");
+    let calls = f.docker_calls();
+    let restore = format!("chatmail-relay:local-relay-{}", &f.first[..12]);
+    // Restore point first, the build, then the name back on the old image.
+    let tag = calls
+        .find(&format!("image tag sha256:old {restore}"))
+        .expect(&calls);
+    let build = calls.find(" build ").expect(&calls);
+    let back = calls
+        .find(&format!("image tag {restore} chatmail-relay:local"))
+        .expect(&calls);
+    assert!(tag < build && build < back, "{calls}");
+    assert!(
+        !calls.contains(" up "),
+        "the container was never touched: {calls}"
+    );
+    assert!(!f.dir.join("data/.upgrade-state.json").exists());
+    assert_ne!(f.head(), target);
+}
+
+#[test]
+fn an_interrupted_build_puts_everything_back() {
+    let f = fixture("exec sleep 30");
+    commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("chatmail-docker"))
+        .env("PATH", path_with(&f.bin))
+        .env_remove("CHATMAIL_BUILD_CA")
+        .arg("--dir")
+        .arg(&f.dir)
+        .args(["upgrade", "--no-backup"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !f.docker_calls().contains(" build ") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no build started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // While the build runs, relay/ is at the new release.
+    assert_ne!(f.head(), f.first);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted during the build"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(25),
+        "the build was not stopped"
+    );
+    assert_eq!(f.head(), f.first);
+    let calls = f.docker_calls();
+    let restore = format!("chatmail-relay:local-relay-{}", &f.first[..12]);
+    assert!(
+        calls.contains(&format!("image tag {restore} chatmail-relay:local")),
+        "{calls}"
+    );
+    assert!(!calls.contains(" up "), "{calls}");
+}
+
+#[test]
+fn rollback_without_an_upgrade_is_refused() {
+    let f = fixture("exit 0");
+    let o = f.run(&["--rollback"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(out.contains("no upgrade to roll back"), "{out}");
+}
+
+#[test]
+fn a_relay_that_is_no_git_checkout_is_explained() {
+    let f = fixture("exit 0");
+    fs::remove_dir_all(f.dir.join("relay/.git")).unwrap();
+    let o = f.run(&["--check"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("is not a git checkout") && out.contains("git clone"),
+        "{out}"
+    );
+}
