@@ -94,6 +94,7 @@ impl Host {
             env: Vec::new(),
             dir: None,
             search_path: self.search_path.clone(),
+            output_to_stderr: false,
         }
     }
 }
@@ -108,6 +109,9 @@ pub struct Cmd {
     pub dir: Option<PathBuf>,
     /// The host's `PATH` override, if any (not shown: not part of the plan).
     search_path: Option<OsString>,
+    /// Send what the command prints to stdout to stderr instead (when the
+    /// tool's own stdout is a JSON result).
+    output_to_stderr: bool,
 }
 
 impl Cmd {
@@ -132,6 +136,13 @@ impl Cmd {
 
     pub fn dir(mut self, d: impl Into<PathBuf>) -> Cmd {
         self.dir = Some(d.into());
+        self
+    }
+
+    /// What the command prints on stdout goes to stderr (inherited-output
+    /// runs only; captured runs keep both apart).
+    pub fn output_to_stderr(mut self, yes: bool) -> Cmd {
+        self.output_to_stderr = yes;
         self
     }
 
@@ -160,6 +171,9 @@ impl Cmd {
         }
         if let Some(d) = &self.dir {
             e = e.dir(d);
+        }
+        if self.output_to_stderr {
+            e = e.stdout_to_stderr();
         }
         e
     }

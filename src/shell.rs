@@ -205,6 +205,15 @@ impl Shell {
         eprintln!("{verb} {}", terminal_safe(message.as_ref(), false));
     }
 
+    /// Program output that must stay off stdout (which holds a JSON
+    /// result): stderr, printed unless `-q`.
+    pub fn info(&self, text: impl AsRef<str>) {
+        if self.is_quiet() {
+            return;
+        }
+        eprintln!("{}", terminal_safe(text.as_ref(), true));
+    }
+
     /// A line shown only with `-v`.
     pub fn verbose(&self, message: impl AsRef<str>) {
         if self.is_verbose() {

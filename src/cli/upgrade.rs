@@ -15,11 +15,11 @@ pub struct UpgradeArgs {
     pub reference: Option<String>,
 
     /// Only say whether an upgrade is available: exit 0 when one is, 1 when up to date. Changes nothing but the fetched refs in relay/.git.
-    #[arg(long, conflicts_with_all = ["rollback", "allow_dirty", "no_backup", "backup_dir"])]
+    #[arg(long, conflicts_with_all = ["rollback", "allow_dirty", "no_backup", "no_stage", "backup_dir"])]
     pub check: bool,
 
     /// Go back to the release before the last upgrade (its image is kept).
-    #[arg(long, conflicts_with_all = ["reference", "no_fetch", "allow_dirty", "no_backup", "backup_dir"])]
+    #[arg(long, conflicts_with_all = ["reference", "no_fetch", "allow_dirty", "no_backup", "no_stage", "backup_dir"])]
     pub rollback: bool,
 
     /// Do not fetch from the relay's remote: use the tags and commits already in relay/.
@@ -33,6 +33,10 @@ pub struct UpgradeArgs {
     /// Skip the backup taken just before the swap.
     #[arg(long)]
     pub no_backup: bool,
+
+    /// Swap without deploying the new release in a side container first: the new container deploys itself (a longer interruption, and a failing release is found only by the swap, then rolled back).
+    #[arg(long)]
+    pub no_stage: bool,
 
     /// Where the backup before the swap goes (default: backups/ in the deployment directory; two chains are kept).
     #[arg(long, value_name = "DIR")]
@@ -68,7 +72,7 @@ impl UpgradeArgs {
             };
         }
         let summary = if self.rollback {
-            upgrade::rollback(ctx, timeout)?
+            upgrade::rollback(ctx, timeout, self.json)?
         } else {
             upgrade::run(
                 ctx,
@@ -77,6 +81,7 @@ impl UpgradeArgs {
                     fetch: !self.no_fetch,
                     allow_dirty: self.allow_dirty,
                     backup: !self.no_backup,
+                    stage: !self.no_stage,
                     backup_dir: self.backup_dir,
                     wait_timeout: timeout,
                     build: crate::build::BuildOptions {

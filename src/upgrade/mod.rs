@@ -27,6 +27,7 @@
 pub mod git;
 pub mod params;
 pub mod probe;
+pub mod stage;
 pub mod state;
 
 use anyhow::{Context as _, Result};
@@ -62,6 +63,9 @@ pub struct Options {
     pub allow_dirty: bool,
     /// Take a backup just before the swap.
     pub backup: bool,
+    /// Deploy the new release (and the running one, when it is not yet)
+    /// in a side container first, so the swap is a restart.
+    pub stage: bool,
     /// Where that backup goes (default: `backups/` in the deployment).
     pub backup_dir: Option<PathBuf>,
     /// How long the new container may take to become healthy.
@@ -100,6 +104,8 @@ pub struct Summary {
     pub to: Option<Release>,
     pub outcome: String,
     pub build_seconds: Option<f64>,
+    /// The new release's deploy in a side container, while the relay served.
+    pub deploy_aside_seconds: Option<f64>,
     pub image_size_change_bytes: Option<i64>,
     pub backup: Option<PathBuf>,
     /// Seconds during which port 25 or 993 did not accept.
@@ -312,9 +318,20 @@ pub fn plan(
     })
 }
 
-fn print_plan(ctx: &Context, p: &Plan) {
+/// A line of the command's report: stdout, or stderr when stdout holds
+/// the JSON result.
+fn say(ctx: &Context, json: bool, text: impl AsRef<str>) {
+    if json {
+        ctx.shell.info(text);
+    } else {
+        ctx.shell.out(text);
+    }
+}
+
+fn print_plan(ctx: &Context, p: &Plan, json: bool) {
     let sh = &ctx.shell;
-    sh.out(format!(
+    let out = |t: String| say(ctx, json, t);
+    out(format!(
         "relay: {} ({}) -> {} ({})",
         p.from.version,
         short(&p.from.commit),
@@ -322,7 +339,7 @@ fn print_plan(ctx: &Context, p: &Plan) {
         short(&p.to.commit)
     ));
     if let Some(n) = p.commits {
-        sh.out(format!(
+        out(format!(
             "  {n} new commit{}{}",
             if n == 1 { "" } else { "s" },
             if p.downgrade {
@@ -333,10 +350,10 @@ fn print_plan(ctx: &Context, p: &Plan) {
         ));
     }
     if p.params.is_empty() {
-        sh.out("  [params]: the same keys");
+        out("  [params]: the same keys".to_string());
     }
     for (k, d) in &p.params.added {
-        sh.out(format!(
+        out(format!(
             "  [params] new key {k} (default {})",
             d.as_deref().unwrap_or("none: required")
         ));
@@ -347,7 +364,7 @@ fn print_plan(ctx: &Context, p: &Plan) {
         ));
     }
     for k in &p.params.dropped {
-        sh.out(format!(
+        out(format!(
             "  [params] key {k} is gone (chatmail.ini does not set it)"
         ));
     }
@@ -375,7 +392,7 @@ pub fn check(ctx: &Context, reference: Option<&str>, fetch: bool, json: bool) ->
         ));
     } else {
         ctx.shell.out("an upgrade is available:");
-        print_plan(ctx, &p);
+        print_plan(ctx, &p, false);
         ctx.shell.out("run `chatmail-docker upgrade` to apply it");
     }
     Ok(!p.up_to_date)
@@ -383,9 +400,16 @@ pub fn check(ctx: &Context, reference: Option<&str>, fetch: bool, json: bool) ->
 
 // ---------------------------------------------------------------- upgrade
 
-/// Put things back after the build or the backup failed: the checkout,
-/// the image name. The container was never touched.
-fn undo_before_swap(ctx: &Context, checkout: &Checkout, point: &RestorePoint, image: &str) {
+/// Put things back after a step before the swap failed: the checkout,
+/// the image name (on the image the relay runs), the state file. The
+/// container was never touched.
+fn undo_before_swap(
+    ctx: &Context,
+    checkout: &Checkout,
+    point: &RestorePoint,
+    image: &str,
+    prior: Option<&UpgradeState>,
+) {
     if let Err(e) = checkout.restore(&point.position) {
         ctx.shell.error(format!(
             "could not move {} back to {}: {e:#}",
@@ -393,12 +417,20 @@ fn undo_before_swap(ctx: &Context, checkout: &Checkout, point: &RestorePoint, im
             short(&point.position.commit)
         ));
     }
-    if let Some(tag) = &point.image_tag {
-        if let Err(e) = tag_image(ctx, tag, image) {
+    if let Some(id) = point.image_id.as_deref().or(point.image_tag.as_deref()) {
+        if let Err(e) = tag_image(ctx, id, image) {
             ctx.shell.error(format!("{e:#}"));
         }
     }
-    state::clear(ctx);
+    state::put_back(ctx, prior);
+}
+
+fn interrupted_error(message: String) -> anyhow::Error {
+    error::Failure {
+        code: 130,
+        message: Some(message),
+    }
+    .into()
 }
 
 /// Disk space for the build: the running image's size plus a margin.
@@ -445,7 +477,9 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
     compose::ensure_ours(ctx)?;
     // From here on a signal is counted, not fatal: each step decides.
     let signals_at_start = compose::signal_count();
-    if let Some(s) = state::load(ctx)? {
+    let interrupted = || compose::interrupted_since(signals_at_start);
+    let prior = state::load(ctx)?;
+    if let Some(s) = &prior {
         if s.phase != Phase::Done && s.phase != Phase::RolledBack {
             ctx.shell.warn(format!(
                 "an earlier upgrade stopped while {} (to {}); the relay is checked below",
@@ -463,7 +497,11 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
             "{} has local changes, which an upgrade would build into the new image or lose:\n  {}{}\ncommit or stash them (`git -C {} stash`), or pass --allow-dirty to keep them",
             relay.display(),
             shown.join("\n  "),
-            if edits.len() > 10 { format!("\n  ... and {} more", edits.len() - 10) } else { String::new() },
+            if edits.len() > 10 {
+                format!("\n  ... and {} more", edits.len() - 10)
+            } else {
+                String::new()
+            },
             relay.display()
         )));
     }
@@ -485,7 +523,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
         summary.outcome = "up-to-date".into();
         return Ok(summary);
     }
-    print_plan(ctx, &p);
+    print_plan(ctx, &p, opts.json);
     let image = image_name(ctx)?;
     let running = compose::current(ctx)?;
     let backup_dir = opts
@@ -493,20 +531,23 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
         .clone()
         .unwrap_or_else(|| ctx.deployment.path(BACKUP_DIR));
     if ctx.dry_run {
-        ctx.shell.out(format!(
+        let say = |t: String| say(ctx, opts.json, t);
+        say(format!(
             "would tag the running image as {} (the restore point)",
             restore_tag(&image, &p.from.commit)
         ));
-        ctx.shell.out(format!(
+        say(format!(
             "would move {} to {} and build {image} while the relay keeps serving",
             relay.display(),
             short(&p.to.commit)
         ));
-        if opts.backup {
-            ctx.shell
-                .out(format!("would back up into {}/", backup_dir.display()));
+        if opts.stage {
+            say("would deploy the new release in a side container without network (copies of the keys, no mail) and keep the result as the image".into());
         }
-        ctx.shell.out(format!(
+        if opts.backup {
+            say(format!("would back up into {}/", backup_dir.display()));
+        }
+        say(format!(
             "would recreate the container on the new image and wait up to {}s for health and for SMTP, IMAP and HTTPS to answer; otherwise roll back",
             opts.wait_timeout.as_secs()
         ));
@@ -515,8 +556,14 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
         return Ok(summary);
     }
     check_disk(ctx, &image)?;
+    let env = ctx.deployment.load_env()?.unwrap_or_default();
+    let acme = matches!(
+        crate::relay::TlsMode::from_env(&env),
+        Some(crate::relay::TlsMode::Acme)
+    );
 
-    // 2. Restore point.
+    // 2. Restore point: the running image, deployed beside the relay when
+    // it is not yet, so a rollback is a restart.
     let old_position = checkout.position()?;
     let old_image_id = match &running {
         Some(c) => Some(c.image.clone()),
@@ -526,21 +573,45 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
         .as_deref()
         .and_then(|id| image_release(ctx, id))
         .unwrap_or_else(|| p.from.clone());
+    let mut restore_id = old_image_id.clone();
+    if let Some(id) = old_image_id.as_deref().filter(|_| opts.stage) {
+        if !stage::is_deployed(ctx, id) {
+            ctx.shell.status(
+                "Deploying",
+                format!(
+                    "the running release {} beside the relay, so that a rollback is quick",
+                    old_release.version
+                ),
+            );
+            match stage::deploy_aside(ctx, id, opts.wait_timeout, &interrupted) {
+                Ok(d) => restore_id = Some(d),
+                Err(e) if error::exit_code(&e) == 130 => {
+                    return Err(interrupted_error(
+                        "interrupted before the build; nothing was changed".into(),
+                    ))
+                }
+                Err(e) => ctx.shell.warn(format!(
+                    "could not deploy the running release beside the relay ({e:#}); a rollback would deploy it again"
+                )),
+            }
+        }
+    }
     let point = RestorePoint {
         position: old_position.clone(),
         release: old_release.clone(),
-        image_tag: match &old_image_id {
+        image_tag: match &restore_id {
             Some(id) => {
                 let tag = restore_tag(&image, &old_release.commit);
                 tag_image(ctx, id, &tag)?;
                 ctx.shell.status(
                     "Tagged",
-                    format!("the running image as {tag} (restore point)"),
+                    format!("the running release as {tag} (restore point)"),
                 );
                 Some(tag)
             }
             None => None,
         },
+        image_id: old_image_id.clone(),
     };
     let mut st = UpgradeState {
         phase: Phase::Building,
@@ -550,10 +621,11 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
         started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
     state::save(ctx, &st)?;
+    let undo = || undo_before_swap(ctx, &checkout, &point, &image, prior.as_ref());
 
     // 3. Build beside the running relay.
     if let Err(e) = checkout.checkout(&p.to.commit) {
-        undo_before_swap(ctx, &checkout, &point, &image);
+        undo();
         return Err(e.context(format!(
             "could not move {} to {}; nothing was changed",
             relay.display(),
@@ -561,20 +633,15 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
         )));
     }
     let built = Instant::now();
-    let result = build_image(ctx, &relay, &opts.build);
-    let interrupted = compose::interrupted_since(signals_at_start);
-    if result.is_err() || interrupted {
-        undo_before_swap(ctx, &checkout, &point, &image);
-        if interrupted {
-            return Err(error::Failure {
-                code: 130,
-                message: Some(format!(
-                    "interrupted during the build; {} is back at {} and the relay was never touched",
-                    relay.display(),
-                    p.from.version
-                )),
-            }
-            .into());
+    let result = build_image(ctx, &relay, &opts.build, opts.json);
+    if result.is_err() || interrupted() {
+        undo();
+        if interrupted() {
+            return Err(interrupted_error(format!(
+                "interrupted during the build; {} is back at {} and the relay was never touched",
+                relay.display(),
+                p.from.version
+            )));
         }
         let e = result.unwrap_err();
         return Err(e.context(format!(
@@ -584,10 +651,10 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
         )));
     }
     summary.build_seconds = Some(built.elapsed().as_secs_f64());
-    let new_id = image_id(ctx, &image)?.context("the build left no image")?;
+    let built_id = image_id(ctx, &image)?.context("the build left no image")?;
     if let (Some(old), Some(new)) = (
         old_image_id.as_deref().and_then(|i| image_size(ctx, i)),
-        image_size(ctx, &new_id),
+        image_size(ctx, &built_id),
     ) {
         summary.image_size_change_bytes = Some(new - old);
         ctx.shell.status(
@@ -601,28 +668,72 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
         );
     }
 
-    // 4. Backup.
+    // 4. The new release deployed beside the relay.
+    let mut new_id = built_id.clone();
+    if opts.stage {
+        ctx.shell.status(
+            "Deploying",
+            format!(
+                "{} beside the relay (no network, copies of the keys, no mail)",
+                p.to.version
+            ),
+        );
+        let aside = Instant::now();
+        match stage::deploy_aside(ctx, &built_id, opts.wait_timeout, &interrupted) {
+            Ok(d) => {
+                tag_image(ctx, &d, &image)?;
+                new_id = d;
+                summary.deploy_aside_seconds = Some(aside.elapsed().as_secs_f64());
+            }
+            Err(e) if error::exit_code(&e) == 130 || interrupted() => {
+                undo();
+                return Err(interrupted_error(format!(
+                    "interrupted while deploying {} beside the relay; {} is back at {} and the relay was never touched",
+                    p.to.version,
+                    relay.display(),
+                    p.from.version
+                )));
+            }
+            Err(e) if acme => ctx.shell.warn(format!(
+                "{} did not deploy beside the relay ({e:#}); with ACME certificates that can be the missing network, so the swap deploys it in the new container (a longer interruption; a failure there rolls back)",
+                p.to.version
+            )),
+            Err(e) => {
+                undo();
+                let _ = ctx
+                    .host
+                    .cmd("docker", ["image", "rm", &built_id])
+                    .output(&ctx.shell);
+                return Err(e.context(format!(
+                    "{} failed to deploy beside the relay; nothing was swapped: the relay kept serving {} and {} is back at it (--no-stage swaps without this check)",
+                    p.to.version,
+                    p.from.version,
+                    relay.display()
+                )));
+            }
+        }
+    }
+
+    // 5. Backup.
     if opts.backup {
         match take_backup(ctx, &backup_dir) {
             Ok(path) => summary.backup = path,
             Err(e) => {
-                undo_before_swap(ctx, &checkout, &point, &image);
+                undo();
                 return Err(e.context(
                     "the backup before the swap failed; the relay kept serving on the old image (--no-backup skips the backup)",
                 ));
             }
         }
-        if compose::interrupted_since(signals_at_start) {
-            undo_before_swap(ctx, &checkout, &point, &image);
-            return Err(error::Failure {
-                code: 130,
-                message: Some("interrupted before the swap; the relay was never touched".into()),
-            }
-            .into());
+        if interrupted() {
+            undo();
+            return Err(interrupted_error(
+                "interrupted before the swap; the relay was never touched".into(),
+            ));
         }
     }
 
-    // 5. Swap: nothing interrupts it any more.
+    // 6. Swap: nothing interrupts it any more.
     st.phase = Phase::Swapping;
     state::save(ctx, &st)?;
     let sni = mail_domain(ctx);
@@ -634,8 +745,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
         ),
     );
     let watch = probe::Downtime::watch();
-    let verdict = swap(ctx, opts.wait_timeout, &sni);
-    match verdict {
+    match swap(ctx, opts.wait_timeout, &sni, opts.json) {
         Ok(()) => {
             let window = watch.finish();
             summary.downtime_seconds = window.seconds;
@@ -659,26 +769,30 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
                 ));
             }
             summary.outcome = "upgraded".into();
-            if compose::interrupted_since(signals_at_start) {
-                return Err(error::Failure {
-                    code: 130,
-                    message: Some(format!(
-                        "interrupted: the swap was finished first; the relay runs {}",
-                        p.to.version
-                    )),
-                }
-                .into());
+            if interrupted() {
+                return Err(interrupted_error(format!(
+                    "interrupted: the swap was finished first; the relay runs {}",
+                    p.to.version
+                )));
             }
             Ok(summary)
         }
         Err(reason) => {
-            let logs = compose::last_logs(ctx, 30);
+            let logs = compose::last_logs(ctx, 40);
             let failed_at = Instant::now();
             ctx.shell.error(format!(
                 "the new release failed: {reason:#}; rolling back to {}",
                 old_release.version
             ));
-            let back = roll_back(ctx, &checkout, &point, &image, opts.wait_timeout, &sni);
+            let back = roll_back(
+                ctx,
+                &checkout,
+                &point,
+                &image,
+                opts.wait_timeout,
+                &sni,
+                opts.json,
+            );
             let window = watch.finish();
             summary.downtime_seconds = window.seconds;
             summary.reason = Some(format!("{reason:#}"));
@@ -686,25 +800,28 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
                 ctx.shell
                     .error("last log lines of the new release's container:");
                 for l in logs.lines() {
-                    ctx.shell.data(format!("  | {l}"));
+                    say(ctx, opts.json, format!("  | {l}"));
                 }
             }
             match back {
                 Ok(()) => {
                     summary.rollback_seconds = Some(failed_at.elapsed().as_secs_f64());
                     summary.outcome = "rolled-back".into();
-                    st.phase = Phase::RolledBack;
-                    state::save(ctx, &st)?;
+                    // The restore point of the last good upgrade stays
+                    // what `--rollback` goes back to.
+                    state::put_back(ctx, prior.as_ref());
                     // The failed release's image is of no further use.
-                    let _ = ctx
-                        .host
-                        .cmd("docker", ["image", "rm", &new_id])
-                        .output(&ctx.shell);
+                    for id in [&new_id, &built_id] {
+                        let _ = ctx
+                            .host
+                            .cmd("docker", ["image", "rm", id.as_str()])
+                            .output(&ctx.shell);
+                    }
                     if opts.json {
                         ctx.shell.data(serde_json::to_string_pretty(&summary)?);
                     }
                     Err(error::Failure {
-                        code: if compose::interrupted_since(signals_at_start) {
+                        code: if interrupted() {
                             130
                         } else {
                             error::EXIT_RUNTIME
@@ -733,9 +850,11 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
 }
 
 /// `docker compose build` of the service with this checkout's inputs.
-fn build_image(ctx: &Context, relay: &Path, build: &BuildOptions) -> Result<()> {
+fn build_image(ctx: &Context, relay: &Path, build: &BuildOptions, json: bool) -> Result<()> {
     let inputs = crate::build::prepare(ctx, relay, build)?;
-    let mut cmd = Project::new(ctx).cmd(ctx, ["build", SERVICE]);
+    let mut cmd = Project::new(ctx)
+        .cmd(ctx, ["build", SERVICE])
+        .output_to_stderr(json);
     for (k, v) in &inputs.env {
         cmd = cmd.env(k, v);
     }
@@ -765,9 +884,9 @@ fn take_backup(ctx: &Context, dir: &Path) -> Result<Option<PathBuf>> {
 
 /// Recreate the container on the image the service names now, then wait
 /// for health and for the services to answer.
-fn swap(ctx: &Context, timeout: Duration, sni: &str) -> Result<()> {
+fn swap(ctx: &Context, timeout: Duration, sni: &str, json: bool) -> Result<()> {
     overrides::refresh_generated(ctx)?;
-    let cmd = compose::up_cmd(ctx, &[], false);
+    let cmd = compose::up_cmd(ctx, &[], false).output_to_stderr(json);
     compose::run_shielded(ctx, &cmd)?;
     compose::wait_for_health(ctx, timeout, false)?;
     probe::wait_answering(sni, ANSWER_LIMIT)
@@ -782,6 +901,7 @@ fn roll_back(
     image: &str,
     timeout: Duration,
     sni: &str,
+    json: bool,
 ) -> Result<()> {
     let tag = point
         .image_tag
@@ -789,7 +909,7 @@ fn roll_back(
         .context("there was no previous image to go back to")?;
     tag_image(ctx, tag, image)?;
     checkout.restore(&point.position)?;
-    swap(ctx, timeout, sni)
+    swap(ctx, timeout, sni, json)
 }
 
 /// Remove the restore points of earlier upgrades: keep the image that runs
@@ -839,7 +959,7 @@ fn prune(ctx: &Context, image: &str, running_id: &str, keep_tag: Option<&str>) {
 }
 
 /// `upgrade --rollback`: back to the release before the last upgrade.
-pub fn rollback(ctx: &Context, wait_timeout: Duration) -> Result<Summary> {
+pub fn rollback(ctx: &Context, wait_timeout: Duration, json: bool) -> Result<Summary> {
     compose::require_compose_file(ctx)?;
     compose::ensure_ours(ctx)?;
     let signals_at_start = compose::signal_count();
@@ -853,11 +973,11 @@ pub fn rollback(ctx: &Context, wait_timeout: Duration) -> Result<Summary> {
     let tag = point.image_tag.clone().ok_or_else(|| {
         error::usage("the last upgrade started without a previous image; nothing to go back to")
     })?;
-    if image_id(ctx, &tag)?.is_none() {
+    let Some(back_id) = image_id(ctx, &tag)? else {
         return Err(error::usage(format!(
             "the previous release's image {tag} is gone (removed by hand?); `chatmail-docker setup --rebuild` after checking out the release you want in relay/ builds it again"
         )));
-    }
+    };
     let relay = relay_dir(ctx)?;
     let checkout = Checkout::open(ctx, &relay)?;
     let image = st.image.clone();
@@ -866,6 +986,12 @@ pub fn rollback(ctx: &Context, wait_timeout: Duration) -> Result<Summary> {
         Some(c) => Some(c.image.clone()),
         None => image_id(ctx, &image)?,
     };
+    if current_id.as_deref() == Some(back_id.as_str()) {
+        return Err(error::usage(format!(
+            "the relay already runs the release before the last upgrade ({}); nothing to roll back",
+            point.release.version
+        )));
+    }
     let here = checkout.position()?;
     let current = current_id
         .as_deref()
@@ -874,19 +1000,27 @@ pub fn rollback(ctx: &Context, wait_timeout: Duration) -> Result<Summary> {
             version: checkout.describe(&here.commit),
             commit: here.commit.clone(),
         });
-    ctx.shell.out(format!(
-        "roll back: {} ({}) -> {} ({})",
-        current.version,
-        short(&current.commit),
-        point.release.version,
-        short(&point.release.commit)
-    ));
+    say(
+        ctx,
+        json,
+        format!(
+            "roll back: {} ({}) -> {} ({})",
+            current.version,
+            short(&current.commit),
+            point.release.version,
+            short(&point.release.commit)
+        ),
+    );
     if ctx.dry_run {
-        ctx.shell.out(format!(
+        say(
+            ctx,
+            json,
+            format!(
             "would tag {tag} as {image}, move {} to {}, recreate the container and wait for health",
             relay.display(),
             short(&point.position.commit)
-        ));
+        ),
+        );
         ctx.dry_run_done();
         return Ok(Summary {
             outcome: "planned".into(),
@@ -898,6 +1032,7 @@ pub fn rollback(ctx: &Context, wait_timeout: Duration) -> Result<Summary> {
     let forward = RestorePoint {
         position: here,
         release: current.clone(),
+        image_id: current_id.clone(),
         image_tag: match &current_id {
             Some(id) => {
                 let t = restore_tag(&image, &current.commit);
@@ -925,7 +1060,7 @@ pub fn rollback(ctx: &Context, wait_timeout: Duration) -> Result<Summary> {
     let watch = probe::Downtime::watch();
     let started = Instant::now();
     let sni = mail_domain(ctx);
-    let result = roll_back(ctx, &checkout, &point, &image, wait_timeout, &sni);
+    let result = roll_back(ctx, &checkout, &point, &image, wait_timeout, &sni, json);
     let window = watch.finish();
     result.context("the rollback did not come up healthy; see `chatmail-docker logs`")?;
     next.phase = Phase::Done;

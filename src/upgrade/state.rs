@@ -42,6 +42,10 @@ pub struct RestorePoint {
     pub release: Release,
     /// The previous image's restore-point name; `None` when there was none.
     pub image_tag: Option<String>,
+    /// The image the relay ran (the restore point may be that image after
+    /// its deploy); `None` when there was none.
+    #[serde(default)]
+    pub image_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,7 +86,15 @@ pub fn save(ctx: &Context, st: &UpgradeState) -> Result<()> {
     crate::host::write_atomic(&p, &text, 0o600)
 }
 
-/// Forget an upgrade that changed nothing.
-pub fn clear(ctx: &Context) {
-    let _ = std::fs::remove_file(path(ctx));
+/// Put back what an earlier upgrade recorded (after one that changed
+/// nothing), or nothing when there was none.
+pub fn put_back(ctx: &Context, prior: Option<&UpgradeState>) {
+    match prior {
+        Some(p) => {
+            let _ = save(ctx, p);
+        }
+        None => {
+            let _ = std::fs::remove_file(path(ctx));
+        }
+    }
 }

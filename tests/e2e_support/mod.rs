@@ -9,6 +9,8 @@ mod kit;
 
 pub use kit::*;
 
+pub mod relay;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Stdio};

@@ -35,6 +35,16 @@ fn render_ini(vars: &[(&str, &str)]) -> String {
 /// Runs `chatmail-init prepare` with `env` as the container's environment
 /// and every path it touches under `dir`; returns (exit code, output).
 fn prepare(dir: &Path, env: &[(&str, &str)]) -> (i32, String) {
+    in_init(
+        dir,
+        env,
+        r#"sys.exit(ci.main(["chatmail-init", "prepare"]))"#,
+    )
+}
+
+/// Runs python `body` with the init loaded as `ci`, every path it touches
+/// under `dir` (as `d`) and `env` as the container's environment.
+fn in_init(dir: &Path, env: &[(&str, &str)], body: &str) -> (i32, String) {
     let harness = r#"
 import importlib.machinery, importlib.util, json, os, pathlib, sys
 loader = importlib.machinery.SourceFileLoader("chatmail_init", sys.argv[1])
@@ -50,6 +60,9 @@ ci.VMAIL_HOME = d / "home/vmail"
 ci.STATE = d / "var/lib/chatmail-docker"
 ci.TLS_DIR = ci.STATE / "tls"
 ci.RESOLV_SAVED = ci.STATE / "resolv.conf"
+ci.RESOLV_DEPLOYED = d / "etc/chatmail/resolv.conf"
+ci.STAGE_ENV = ci.STATE / "stage-env.json"
+ci.INI_SOURCE = d / "etc/chatmail/.ini-source"
 ci.RESOLV = d / "etc/resolv.conf"
 ci.SPOOL = d / "var/spool/postfix"
 ci.SPOOL_DIRS = d / "postfix-spool-dirs"
@@ -58,8 +71,9 @@ env = json.loads(sys.argv[3])
 ci.container_env = lambda: env
 # No opendkim-genkey: generating the DKIM key fails like a broken tool.
 os.environ["PATH"] = str(d / "no-such-bin")
-sys.exit(ci.main(["chatmail-init", "prepare"]))
-"#;
+"#
+    .to_string()
+        + body;
     let env_json = serde_json::to_string(
         &env.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -68,7 +82,7 @@ sys.exit(ci.main(["chatmail-init", "prepare"]))
     .unwrap();
     let out = Command::new("python3")
         .arg("-c")
-        .arg(harness)
+        .arg(&harness)
         .arg(script())
         .arg(dir)
         .arg(env_json)
@@ -147,6 +161,125 @@ fn an_unexpected_failure_is_recorded_for_the_health_check() {
         out.contains("Traceback"),
         "the traceback goes to the log: {out}"
     );
+}
+
+fn ini_text(d: &Path) -> String {
+    std::fs::read_to_string(d.join("etc/chatmail/chatmail.ini")).unwrap()
+}
+
+#[test]
+fn the_ini_follows_the_settings_of_each_new_container() {
+    if !have("python3", &["--version"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let base = [
+        ("MAIL_DOMAIN", "chat.example.org"),
+        ("CHATMAIL_HOST_IPV6", "true"),
+    ];
+    prepare(
+        d.path(),
+        &[base[0], base[1], ("MAX_USER_SEND_PER_MINUTE", "60")],
+    );
+    assert!(ini_text(d.path()).contains("max_user_send_per_minute = 60"));
+    // A container from an image made after a deploy has that ini; other
+    // settings rewrite it.
+    let (_, out) = prepare(
+        d.path(),
+        &[base[0], base[1], ("MAX_USER_SEND_PER_MINUTE", "7")],
+    );
+    let text = ini_text(d.path());
+    assert!(text.contains("max_user_send_per_minute = 7"), "{text}");
+    assert!(out.contains("(the settings changed)"), "{out}");
+    // The same settings keep it, edits by hand included.
+    std::fs::write(
+        d.path().join("etc/chatmail/chatmail.ini"),
+        format!("{text}# by hand\n"),
+    )
+    .unwrap();
+    prepare(
+        d.path(),
+        &[base[0], base[1], ("MAX_USER_SEND_PER_MINUTE", "7")],
+    );
+    assert!(ini_text(d.path()).ends_with("# by hand\n"));
+    // An ini from before the source was recorded is kept, as it always was.
+    std::fs::remove_file(d.path().join("etc/chatmail/.ini-source")).unwrap();
+    prepare(
+        d.path(),
+        &[base[0], base[1], ("MAX_USER_SEND_PER_MINUTE", "9")],
+    );
+    assert!(ini_text(d.path()).contains("max_user_send_per_minute = 7"));
+}
+
+#[test]
+fn an_upgrade_side_container_takes_its_settings_from_the_stage_file() {
+    if !have("python3", &["--version"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("var/lib/chatmail-docker");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("stage-env.json"),
+        r#"{"MAIL_DOMAIN": "chat.example.org", "MAX_USER_SEND_PER_MINUTE": "42", "CHATMAIL_HOST_IPV6": "false", "UNSET": null}"#,
+    )
+    .unwrap();
+    // The container's own environment has none of them.
+    prepare(d.path(), &[]);
+    let text = ini_text(d.path());
+    assert!(text.contains("mail_domain = chat.example.org"), "{text}");
+    assert!(text.contains("max_user_send_per_minute = 42"), "{text}");
+    assert!(
+        text.contains("disable_ipv6 = True"),
+        "the host has no IPv6, as told: {text}"
+    );
+}
+
+#[test]
+fn the_fingerprint_covers_mounted_files_but_not_state() {
+    if !have("python3", &["--version"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let custom = d.path().join("custom");
+    std::fs::create_dir_all(custom.join("www")).unwrap();
+    std::fs::write(custom.join("www/index.md"), "one").unwrap();
+    std::fs::write(custom.join("extra.cf"), "x = 1").unwrap();
+    let mail = d.path().join("home");
+    std::fs::create_dir_all(&mail).unwrap();
+    std::fs::write(mail.join("message"), "mail").unwrap();
+    let info = format!(
+        "1 0 0:1 / / rw - overlay overlay rw\n\
+         2 1 8:1 /a {www} ro - ext4 /dev/sda1 rw\n\
+         3 1 8:1 /b {extra} ro - ext4 /dev/sda1 rw\n\
+         4 1 8:1 /c /home rw - ext4 /dev/sda1 rw\n\
+         5 1 0:5 / /proc rw - proc proc rw\n\
+         6 1 8:1 /d /etc/resolv.conf rw - ext4 /dev/sda1 rw\n",
+        www = custom.join("www").display(),
+        extra = custom.join("extra.cf").display(),
+    );
+    std::fs::write(d.path().join("mountinfo"), &info).unwrap();
+    let digest = |d: &Path| {
+        let (code, out) = in_init(
+            d,
+            &[],
+            // The test's files are below /tmp, which the init leaves out.
+            "ci.SYSTEM_TREES = ('/proc', '/sys')\nprint(ci.mounted_files_digest((d / 'mountinfo').read_text()))",
+        );
+        assert_eq!(code, 0, "{out}");
+        out.trim().to_string()
+    };
+    let first = digest(d.path());
+    assert_eq!(first.len(), 16, "{first}");
+    // Mail and Docker's own mounts do not count ...
+    std::fs::write(mail.join("message"), "more mail").unwrap();
+    assert_eq!(digest(d.path()), first);
+    // ... a mounted file's content does, in a directory too.
+    std::fs::write(custom.join("www/index.md"), "two").unwrap();
+    let second = digest(d.path());
+    assert_ne!(second, first);
+    std::fs::write(custom.join("extra.cf"), "x = 2").unwrap();
+    assert_ne!(digest(d.path()), second);
 }
 
 // ---------------------------------------------------------------------------
