@@ -15,11 +15,13 @@
 # Figures (RUNS, default 3, repetitions of the swap; medians):
 #  - build while serving (the first upgrade; minutes, reported)
 #  - swap downtime, image already built: upgrade to the good release and
-#    --rollback, alternately | baseline: `docker compose up
-#    --force-recreate` of the running image, the same container replaced
-#    by itself (what any recreate costs)
+#    --rollback, alternately | baselines: `docker compose up
+#    --force-recreate` of the image `setup` built (the container replaced
+#    by itself, deploy included: what a recreate costs without the deploy
+#    beside the relay), and `docker restart` (no deploy: the floor)
 #  - rollback, from the failed verdict to the old release serving again
-#    (upgrade to the broken release) | baseline: the same recreate
+#    (upgrade --no-stage to the broken release, which fails in the new
+#    container; with the deploy beside the relay it is never swapped in)
 # Downtime is measured from outside as well as by the tool: a watcher polls
 # 127.0.0.1:25 (SMTP greeting) and :993 every 100 ms and reports the time
 # during which either did not answer.
@@ -37,9 +39,12 @@ tool() { "$BIN" --dir "$DIR" -q "$@"; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 json_field() { python3 -c 'import json,sys; v=json.load(sys.stdin).get(sys.argv[1]); print("" if v is None else v)' "$1"; }
 
-# The watcher: prints the seconds 25 or 993 did not answer, on SIGTERM.
+# The watcher: writes the seconds 25 or 993 did not answer to $WATCH_OUT
+# on SIGTERM.
+WATCH_OUT=$(mktemp)
+trap 'rm -f "$WATCH_OUT"' EXIT
 watch_ports() {
-    python3 - <<'PY' &
+    python3 - > "$WATCH_OUT" <<'PY' &
 import signal, socket, sys, time
 down, total, stop = None, 0.0, False
 def up():
@@ -71,7 +76,7 @@ while True:
 PY
     WATCHER=$!
 }
-stop_watch() { kill -TERM "$WATCHER"; wait "$WATCHER"; }
+stop_watch() { kill -TERM "$WATCHER"; wait "$WATCHER"; cat "$WATCH_OUT"; }
 
 relay="$DIR/relay"
 start_commit=$(git -C "$relay" rev-parse HEAD)
@@ -95,10 +100,18 @@ recreate() {
     until [ "$(docker inspect -f '{{.State.Health.Status}}' "$c")" = healthy ]; do sleep 0.2; done
 }
 
-echo "== baseline: recreate of the running image ($RUNS runs)"
-base=()
+restart() {
+    local c
+    c=$(docker compose --project-directory "$DIR" -p chatmail -f "$DIR/docker/docker-compose.yaml" --env-file "$DIR/.env" ps -q chatmail)
+    docker restart "$c" >/dev/null
+    until [ "$(docker inspect -f '{{.State.Health.Status}}' "$c")" = healthy ]; do sleep 0.2; done
+}
+
+echo "== baselines: recreate of the running image, restart ($RUNS runs each)"
+base=(); floor=()
 for _ in $(seq "$RUNS"); do
     watch_ports; recreate; sleep 1; base+=("$(stop_watch)")
+    watch_ports; restart; sleep 1; floor+=("$(stop_watch)")
 done
 
 echo "== first upgrade (builds the good release while the relay serves)"
@@ -120,19 +133,21 @@ echo "== automatic rollback (the broken release)"
 rb=()
 for _ in $(seq "$RUNS"); do
     watch_ports
-    r=$(tool upgrade --ref "bench-broken-$n" --no-fetch --no-backup --json || true)
+    r=$(tool upgrade --ref "bench-broken-$n" --no-fetch --no-backup --no-stage --json || true)
     stop_watch >/dev/null
     rb+=("$(json_field rollback_seconds <<<"$r")")
 done
 
 tool upgrade --rollback >/dev/null   # back to where the relay was
 b=$(printf '%s\n' "${base[@]}" | median)
+f=$(printf '%s\n' "${floor[@]}" | median)
 s=$(printf '%s\n' "${swap[@]}" | median)
 so=$(printf '%s\n' "${swap_out[@]}" | median)
 r=$(printf '%s\n' "${rb[@]}" | median)
 echo
 printf 'build while serving          %6.0f s (the relay kept answering)\n' "$build"
 printf 'recreate, same image (base)  %6.1f s mail downtime\n' "$b"
+printf 'docker restart (floor)       %6.1f s mail downtime\n' "$f"
 printf 'upgrade swap (tool)          %6.1f s   ratio %.2f   goal <= 10 s\n' "$s" "$(echo "$s / $b" | bc -l)"
 printf 'upgrade swap (watcher)       %6.1f s   ratio %.2f\n' "$so" "$(echo "$so / $b" | bc -l)"
 printf 'automatic rollback           %6.1f s   ratio %.2f   goal <= 15 s\n' "$r" "$(echo "$r / $b" | bc -l)"

@@ -23,6 +23,7 @@ pub mod preflight;
 pub mod relay;
 pub mod setup;
 pub mod shell;
+pub mod stage;
 pub mod status;
 pub mod sysctl;
 pub mod upgrade;

@@ -5,6 +5,10 @@
 //! 3. chatmail.ini -> .env (merged, 0600),
 //! 4. custom/ -> docker/compose.generated.yaml,
 //! 5. `docker compose build` when the image is missing or `--rebuild`,
+//!    then, when the container will be created anew, the configuration
+//!    deployed in a side container ([`crate::stage`]): the relay keeps
+//!    serving meanwhile, a configuration that fails to deploy never
+//!    replaces it, and the new container only starts its services,
 //! 6. `docker compose up -d` with this run's one-shot switches,
 //! 7. wait for the container's health check, then remove the image a
 //!    rebuild replaced,
@@ -50,6 +54,8 @@ pub struct Options {
     pub force: bool,
     /// How long to wait for the container to become healthy.
     pub wait_timeout: Duration,
+    /// Deploy the configuration in a side container before starting.
+    pub stage: bool,
     /// How to build the image (extra CA certificates).
     pub build: crate::build::BuildOptions,
 }
@@ -79,6 +85,85 @@ fn ensure_cert_watch_unit(ctx: &Context, env: &Env) -> Result<bool> {
     let plan = crate::certwatch::unit_plan(ctx)?;
     crate::certwatch::apply_unit(ctx, &plan)?;
     Ok(plan.write)
+}
+
+/// Step 5b: make the service's image one deployed for this configuration
+/// (in a side container), unless it is already. Returns whether a new one
+/// was made. A failure with a relay running leaves it alone (an error);
+/// without one, or with ACME certificates (whose client needs the network
+/// the side container lacks), the new container deploys by itself.
+fn deploy_aside(
+    ctx: &Context,
+    args: &Options,
+    vars: &Env,
+    running: Option<&compose::Inspect>,
+    replaced: &mut Vec<(String, String)>,
+) -> Result<bool> {
+    let Some(name) = image_names(ctx)?.into_iter().next() else {
+        return Ok(false);
+    };
+    let Some(old) = image_id(ctx, &name)? else {
+        return Ok(false);
+    };
+    let acme = matches!(
+        crate::relay::TlsMode::from_env(vars),
+        Some(crate::relay::TlsMode::Acme)
+    );
+    if acme {
+        // The first certificates come from the network: nothing to deploy
+        // aside before there are some.
+        let domain = vars.get("MAIL_DOMAIN").map(|d| d.trim()).unwrap_or("");
+        if !ctx.deployment.acme_dir().join("live").join(domain).exists() {
+            return Ok(false);
+        }
+    }
+    if crate::stage::is_current(ctx, &old)? {
+        return Ok(false);
+    }
+    let serving = running.is_some_and(|c| c.state.running);
+    ctx.shell.status(
+        "Deploying",
+        if serving {
+            "the configuration in a side container first (no network, copies of the keys, no mail); the relay keeps serving"
+        } else {
+            "the configuration in a side container (no network, copies of the keys, no mail)"
+        },
+    );
+    let since = compose::signal_count();
+    let interrupted = || compose::interrupted_since(since);
+    let started = Instant::now();
+    match crate::stage::deployed(ctx, &old, args.wait_timeout, &interrupted) {
+        Ok(d) => {
+            if d.fresh {
+                crate::stage::tag(ctx, &d.id, &name)?;
+                replaced.push((name, old));
+                ctx.shell.status(
+                    "Deployed",
+                    format!(
+                        "in {:.0?}; the container starts its services without deploying again",
+                        started.elapsed()
+                    ),
+                );
+            }
+            Ok(d.fresh)
+        }
+        Err(e) if error::exit_code(&e) == 130 || interrupted() => Err(error::Failure {
+            code: 130,
+            message: Some(
+                "interrupted while deploying the configuration in a side container; the container was not touched".into(),
+            ),
+        }
+        .into()),
+        Err(e) if serving && !acme => Err(e.context(
+            "the configuration failed to deploy in a side container; the running relay was left as it is: fix the configuration, or apply it anyway with `setup --no-stage`",
+        )),
+        Err(e) => {
+            ctx.shell.warn(format!(
+                "the configuration did not deploy in a side container ({e:#}); the new container deploys it itself"
+            ));
+            Ok(false)
+        }
+    }
 }
 
 /// The service's images with the ID of each, `None` when it is missing.
@@ -125,6 +210,24 @@ fn image_id(ctx: &Context, name: &str) -> Result<Option<String>> {
 /// fail the setup.
 fn remove_replaced_images(ctx: &Context, previous: &[(String, String)]) {
     for (name, old) in previous {
+        // One that still has a name (an upgrade's restore point) stays.
+        let named = ctx
+            .host
+            .cmd(
+                "docker",
+                [
+                    "image",
+                    "inspect",
+                    "--format",
+                    "{{len .RepoTags}}",
+                    old.as_str(),
+                ],
+            )
+            .output(&ctx.shell)
+            .is_ok_and(|o| o.success() && o.stdout.trim() != "0");
+        if named {
+            continue;
+        }
         match image_id(ctx, name) {
             Ok(Some(now)) if now == *old => continue,
             Ok(_) => {}
@@ -229,13 +332,25 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     // 5. Build when needed.
     let previous = build(ctx, args, &vars, env_written)?;
     changed |= previous.is_some();
-
-    // 6. Up.
+    let mut replaced = previous.clone().unwrap_or_default();
     let before = if ctx.dry_run {
         None
     } else {
         compose::current(ctx)?
     };
+    // 5b. The configuration deployed beside the relay, when the container
+    // is made anew.
+    if args.stage && args.one_shot.is_empty() {
+        if ctx.dry_run {
+            ctx.shell.out(
+                "would deploy the configuration in a side container first (when the image is not deployed for it yet)",
+            );
+        } else if changed || before.as_ref().is_none_or(|c| !c.state.running) {
+            changed |= deploy_aside(ctx, args, &vars, before.as_ref(), &mut replaced)?;
+        }
+    }
+
+    // 6. Up.
     start(ctx, &args.one_shot)?;
     if ctx.dry_run {
         ctx.shell.out(format!(
@@ -251,7 +366,7 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     let c = compose::wait_healthy(ctx, args.wait_timeout)
         .context("the appliance did not become healthy")?;
     // Only now: while the new image is not proven, the old one stays.
-    remove_replaced_images(ctx, &previous.unwrap_or_default());
+    remove_replaced_images(ctx, &replaced);
     let recreated = before
         .as_ref()
         .is_none_or(|b| b.id != c.id || b.state.started_at != c.state.started_at);

@@ -405,8 +405,10 @@ fn real_relay_end_to_end() {
     );
 
     // 8. A configuration the relay rejects: setup stops as soon as the
-    // init has failed (the test's own timeout bounds it, far below the
-    // default 900 s wait) and says why.
+    // deploy has failed (in the side container it deploys in first; the
+    // test's own timeout bounds it, far below the default 900 s wait),
+    // says why, and leaves the running relay alone.
+    let serving_since = started_at(&container);
     fs::write(
         dir.join("chatmail.ini"),
         ini("max_message_size = not-a-number\n"),
@@ -423,6 +425,15 @@ fn real_relay_end_to_end() {
     assert!(
         said.contains("init failed") && said.contains("cmdeploy run failed"),
         "setup names the failed deploy: {said}"
+    );
+    assert!(
+        said.contains("the running relay was left as it is"),
+        "{said}"
+    );
+    assert_eq!(
+        started_at(&healthy_container_of(&mut tool(&dir))),
+        serving_since,
+        "the relay kept serving, never restarted"
     );
     drop(container);
 

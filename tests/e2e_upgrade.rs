@@ -315,9 +315,9 @@ fn real_relay_upgrade() {
     );
     upgrade(&dir, &["--check"], 1, "upgrade --check (up to date)");
 
-    // 4. A container from the deployed image follows new settings and
-    // custom/ files (the deploy runs again), and the same ones as the
-    // image's skip it.
+    // 4. New settings and custom/ files on the upgraded relay: setup
+    // deploys them beside the relay first, and the new container only
+    // starts its services.
     let custom = dir.join("custom/www/src/index.md");
     fs::create_dir_all(custom.parent().unwrap()).unwrap();
     fs::write(&custom, "# Our own page\n\nCUSTOM-AFTER-UPGRADE\n").unwrap();
@@ -335,7 +335,7 @@ fn real_relay_upgrade() {
     let started = Instant::now();
     let container = setup(&dir, "setup back to the deployed image's settings");
     eprintln!(
-        "e2e-upgrade: recreate on the deployed image with its settings: {:.1?}",
+        "e2e-upgrade: setup with changed settings (deploy aside + swap): {:.1?}",
         started.elapsed()
     );
     let log = StdCommand::new("docker")

@@ -54,6 +54,10 @@ pub struct SetupArgs {
     #[arg(long, requires = "build_ca")]
     pub keep_build_ca: bool,
 
+    /// Start without deploying the configuration in a side container first: the new container deploys it itself (a longer interruption, and a configuration that fails replaces the running relay anyway).
+    #[arg(long)]
+    pub no_stage: bool,
+
     /// Seconds to wait for the container to become healthy.
     #[arg(long, default_value_t = 900, value_name = "SECS")]
     pub wait_timeout: u64,
@@ -97,6 +101,7 @@ impl SetupArgs {
             rebuild: self.rebuild,
             force: self.force,
             wait_timeout: Duration::from_secs(self.wait_timeout),
+            stage: !self.no_stage,
             build: crate::build::BuildOptions {
                 ca: self.build_ca,
                 keep_ca: self.keep_build_ca,

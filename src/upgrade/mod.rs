@@ -27,7 +27,7 @@
 pub mod git;
 pub mod params;
 pub mod probe;
-pub mod stage;
+
 pub mod state;
 
 use anyhow::{Context as _, Result};
@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use crate::build::{BuildOptions, COMMIT_LABEL, VERSION_LABEL};
 use crate::compose::{self, Project, SERVICE};
-use crate::{backup, error, overrides, Context};
+use crate::{backup, error, overrides, stage, Context};
 use git::{short, Checkout};
 use state::{Phase, RestorePoint, UpgradeState};
 
@@ -575,25 +575,23 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
         .unwrap_or_else(|| p.from.clone());
     let mut restore_id = old_image_id.clone();
     if let Some(id) = old_image_id.as_deref().filter(|_| opts.stage) {
-        if !stage::is_deployed(ctx, id) {
-            ctx.shell.status(
-                "Deploying",
-                format!(
-                    "the running release {} beside the relay, so that a rollback is quick",
-                    old_release.version
-                ),
-            );
-            match stage::deploy_aside(ctx, id, opts.wait_timeout, &interrupted) {
-                Ok(d) => restore_id = Some(d),
-                Err(e) if error::exit_code(&e) == 130 => {
-                    return Err(interrupted_error(
-                        "interrupted before the build; nothing was changed".into(),
-                    ))
-                }
-                Err(e) => ctx.shell.warn(format!(
-                    "could not deploy the running release beside the relay ({e:#}); a rollback would deploy it again"
-                )),
+        ctx.shell.status(
+            "Checking",
+            format!(
+                "that the running release {} is deployed for these settings, so that a rollback is quick",
+                old_release.version
+            ),
+        );
+        match stage::deployed(ctx, id, opts.wait_timeout, &interrupted) {
+            Ok(d) => restore_id = Some(d.id),
+            Err(e) if error::exit_code(&e) == 130 => {
+                return Err(interrupted_error(
+                    "interrupted before the build; nothing was changed".into(),
+                ))
             }
+            Err(e) => ctx.shell.warn(format!(
+                "could not deploy the running release beside the relay ({e:#}); a rollback would deploy it again"
+            )),
         }
     }
     let point = RestorePoint {
@@ -679,10 +677,10 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
             ),
         );
         let aside = Instant::now();
-        match stage::deploy_aside(ctx, &built_id, opts.wait_timeout, &interrupted) {
+        match stage::deployed(ctx, &built_id, opts.wait_timeout, &interrupted) {
             Ok(d) => {
-                tag_image(ctx, &d, &image)?;
-                new_id = d;
+                tag_image(ctx, &d.id, &image)?;
+                new_id = d.id;
                 summary.deploy_aside_seconds = Some(aside.elapsed().as_secs_f64());
             }
             Err(e) if error::exit_code(&e) == 130 || interrupted() => {

@@ -250,3 +250,18 @@ pub fn image_id(name: &str) -> Option<String> {
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+
+/// The container's id and start time: the same only for the same
+/// container, never restarted.
+pub fn started_at(container: &str) -> String {
+    let out = StdCommand::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{.Id}} {{.State.StartedAt}}",
+            container,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -104,6 +104,16 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     ] {
         assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");
     }
+    // A one-shot start deploys in the container; otherwise the
+    // configuration is deployed in a side container first.
+    assert!(!stdout.contains("side container"), "{stdout}");
+    let staged = ok_stdout(&setup(&root, &d, Some(&path), &["--dry-run"]));
+    assert!(
+        staged.contains("would deploy the configuration in a side container first"),
+        "{staged}"
+    );
+    let plain = ok_stdout(&setup(&root, &d, Some(&path), &["--dry-run", "--no-stage"]));
+    assert!(!plain.contains("side container"), "{plain}");
     assert_eq!(
         (snapshot(&d), snapshot(&root)),
         before,

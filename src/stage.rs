@@ -18,6 +18,14 @@
 //!   are configured.
 //!
 //! The copies are removed with the side container, whatever happens.
+//!
+//! A deployed image is labelled with what it was deployed for
+//! ([`DEPLOYED_LABEL`]: a digest of the settings, the host's IPv6 and the
+//! content of the mounted files, computed here the way the init's
+//! fingerprint is in the container) and with the image it was deployed from
+//! ([`FROM_LABEL`]), so the next deploy starts again from that one instead
+//! of stacking layers. The digest only decides whether to deploy aside; the
+//! init's own fingerprint still guards every start.
 
 use anyhow::{bail, Context as _, Result};
 use std::collections::BTreeMap;
@@ -27,8 +35,10 @@ use std::time::{Duration, Instant};
 use crate::compose::{self, Project};
 use crate::{error, Context};
 
-/// The label a deployed image carries (the time of its deploy).
+/// The label a deployed image carries: what it was deployed for.
 pub const DEPLOYED_LABEL: &str = "org.chatmail-docker.deployed";
+/// The label naming the image it was deployed from.
+pub const FROM_LABEL: &str = "org.chatmail-docker.deployed-from";
 /// The side container's name.
 const NAME: &str = "chatmail-upgrade-stage";
 /// Where the copies live while it runs, relative to the deployment.
@@ -49,23 +59,116 @@ enum Seed {
     Empty,
 }
 
-/// Whether an image is one this module made.
-pub fn is_deployed(ctx: &Context, image: &str) -> bool {
-    ctx.host
-        .cmd(
-            "docker",
-            [
-                "image",
-                "inspect",
-                "--format",
-                &format!("{{{{index .Config.Labels \"{DEPLOYED_LABEL}\"}}}}"),
-                image,
-            ],
-        )
+/// An image label's value, when the image exists and has it.
+fn label(ctx: &Context, image: &str, key: &str) -> Option<String> {
+    let format = format!("{{{{index .Config.Labels \"{key}\"}}}}");
+    let out = ctx
+        .host
+        .cmd("docker", ["image", "inspect", "--format", &format, image])
         .output(&ctx.shell)
-        .is_ok_and(|o| {
-            o.success() && !o.stdout.trim().is_empty() && o.stdout.trim() != "<no value>"
-        })
+        .ok()?;
+    let v = out.stdout.trim();
+    (out.success() && !v.is_empty() && v != "<no value>").then(|| v.to_string())
+}
+
+/// An image's ID, when it exists.
+fn image_id(ctx: &Context, image: &str) -> Option<String> {
+    let out = ctx
+        .host
+        .cmd("docker", ["image", "inspect", "--format", "{{.Id}}", image])
+        .output(&ctx.shell)
+        .ok()?;
+    out.success().then(|| out.stdout.trim().to_string())
+}
+
+/// Give image `from` the name `to` as well.
+pub fn tag(ctx: &Context, from: &str, to: &str) -> Result<()> {
+    docker(ctx, &["image", "tag", from, to]).map(|_| ())
+}
+
+/// Whether `image` is deployed for the current settings already.
+pub fn is_current(ctx: &Context, image: &str) -> Result<bool> {
+    let svc = service_config(ctx)?;
+    let digest = settings_digest(&svc, host_has_ipv6(ctx));
+    Ok(label(ctx, image, DEPLOYED_LABEL).as_deref() == Some(digest.as_str()))
+}
+
+/// An image deployed for this deployment's current settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployed {
+    /// Its ID (`sha256:...`).
+    pub id: String,
+    /// Whether it was made now (else `image` already was one).
+    pub fresh: bool,
+}
+
+/// `image` deployed for the current settings: itself when it already is,
+/// else a new image deployed in a side container from the image it was
+/// deployed from (or from itself).
+pub fn deployed(
+    ctx: &Context,
+    image: &str,
+    timeout: Duration,
+    interrupted: &dyn Fn() -> bool,
+) -> Result<Deployed> {
+    let svc = service_config(ctx)?;
+    let ipv6 = host_has_ipv6(ctx);
+    let digest = settings_digest(&svc, ipv6);
+    let id = image_id(ctx, image).with_context(|| format!("the image {image} is missing"))?;
+    if label(ctx, &id, DEPLOYED_LABEL).as_deref() == Some(digest.as_str()) {
+        return Ok(Deployed { id, fresh: false });
+    }
+    let source = label(ctx, &id, FROM_LABEL)
+        .and_then(|from| image_id(ctx, &from))
+        .unwrap_or(id);
+    let id = deploy_aside(ctx, &svc, ipv6, &digest, &source, timeout, interrupted)?;
+    Ok(Deployed { id, fresh: true })
+}
+
+/// What a deploy depends on besides the image, as the tool sees it: the
+/// settings Compose passes (with the host's IPv6), and the paths and
+/// content of everything bind-mounted into the image's tree.
+pub fn settings_digest(svc: &serde_json::Value, ipv6: bool) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(&stage_env(svc, ipv6)).unwrap_or_default());
+    let mut mounts: Vec<(&str, &str)> = svc["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["type"].as_str() == Some("bind"))
+        .filter_map(|v| Some((v["target"].as_str()?, v["source"].as_str()?)))
+        .filter(|(t, _)| !DATA.iter().any(|(d, _)| d == t) && !t.starts_with("/sys"))
+        .collect();
+    mounts.sort();
+    for (target, source) in mounts {
+        h.update(target.as_bytes());
+        h.update(b"\0");
+        for e in walkdir::WalkDir::new(source)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_map(|e| e.ok())
+        {
+            if !e.file_type().is_file() {
+                continue;
+            }
+            // The path as the container sees it: below the target.
+            let rel = e.path().strip_prefix(source).unwrap_or(e.path());
+            h.update(rel.as_os_str().as_encoded_bytes());
+            h.update(b"\0");
+            match e.metadata() {
+                Ok(m) if m.len() <= 1 << 20 => {
+                    h.update(std::fs::read(e.path()).unwrap_or_default());
+                }
+                Ok(m) => {
+                    use std::os::unix::fs::MetadataExt;
+                    h.update(format!("{}:{}", m.len(), m.mtime_nsec()).as_bytes());
+                }
+                Err(_) => h.update(b"unreadable"),
+            }
+        }
+    }
+    hex::encode(h.finalize())[..16].to_string()
 }
 
 /// The service as `docker compose config` resolves it.
@@ -154,13 +257,15 @@ fn stage_env(svc: &serde_json::Value, ipv6: bool) -> BTreeMap<String, String> {
 
 /// Deploy `image` in a side container; returns the deployed image's ID.
 /// `interrupted` is asked while waiting: a true answer stops it.
-pub fn deploy_aside(
+fn deploy_aside(
     ctx: &Context,
+    svc: &serde_json::Value,
+    ipv6: bool,
+    digest: &str,
     image: &str,
     timeout: Duration,
     interrupted: &dyn Fn() -> bool,
 ) -> Result<String> {
-    let svc = service_config(ctx)?;
     let dir = ctx.deployment.path(STAGE_DIR);
     remove_container(ctx);
     let _ = std::fs::remove_dir_all(&dir);
@@ -189,7 +294,6 @@ pub fn deploy_aside(
     ]
     .map(String::from)
     .to_vec();
-    let ipv6 = host_has_ipv6(ctx);
     if ipv6 {
         // Docker gives a container without network no IPv6, not even ::1,
         // where the relay's resolver listens when the host has IPv6.
@@ -243,7 +347,7 @@ pub fn deploy_aside(
         .find(|(t, _)| *t == "/var/lib/chatmail-docker")
         .map(|(_, p)| p.clone())
         .context("the compose file mounts no state directory at /var/lib/chatmail-docker")?;
-    let env = stage_env(&svc, ipv6);
+    let env = stage_env(svc, ipv6);
     crate::host::write_atomic(
         &state.join("stage-env.json"),
         &serde_json::to_vec(&env)?,
@@ -305,13 +409,12 @@ pub fn deploy_aside(
         std::thread::sleep(Duration::from_millis(500));
     }
     docker(ctx, &["stop", "--time", "60", NAME])?;
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let id = docker(
         ctx,
         &[
             "commit",
             "--change",
-            &format!("LABEL {DEPLOYED_LABEL}={stamp}"),
+            &format!("LABEL {DEPLOYED_LABEL}={digest} {FROM_LABEL}={image}"),
             NAME,
         ],
     )?;
@@ -321,6 +424,34 @@ pub fn deploy_aside(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_digest_follows_settings_and_mounted_files_not_state() {
+        let d = tempfile::tempdir().unwrap();
+        let custom = d.path().join("custom");
+        std::fs::create_dir_all(&custom).unwrap();
+        std::fs::write(custom.join("index.md"), "one").unwrap();
+        let svc = |domain: &str| {
+            serde_json::json!({
+                "environment": {"MAIL_DOMAIN": domain},
+                "volumes": [
+                    {"type": "bind", "source": custom.to_str().unwrap(), "target": "/opt/chatmail/www/src"},
+                    {"type": "bind", "source": d.path().to_str().unwrap(), "target": "/home"},
+                    {"type": "bind", "source": "/sys/fs/cgroup", "target": "/sys/fs/cgroup"}
+                ]
+            })
+        };
+        let first = settings_digest(&svc("a.example"), true);
+        assert_eq!(first.len(), 16);
+        assert_eq!(settings_digest(&svc("a.example"), true), first);
+        assert_ne!(settings_digest(&svc("b.example"), true), first);
+        assert_ne!(settings_digest(&svc("a.example"), false), first);
+        // Mail under /home is state, not settings.
+        std::fs::write(d.path().join("mail"), "x").unwrap();
+        assert_eq!(settings_digest(&svc("a.example"), true), first);
+        std::fs::write(custom.join("index.md"), "two").unwrap();
+        assert_ne!(settings_digest(&svc("a.example"), true), first);
+    }
 
     #[test]
     fn the_settings_are_composes_with_the_hosts_ipv6_and_no_dns_check() {
