@@ -42,7 +42,7 @@ pub const FROM_LABEL: &str = "org.chatmail-docker.deployed-from";
 /// The side container's name.
 const NAME: &str = "chatmail-upgrade-stage";
 /// Where the copies live while it runs, relative to the deployment.
-const STAGE_DIR: &str = "data/.upgrade-stage";
+pub const STAGE_DIR: &str = "data/.upgrade-stage";
 
 /// The persistent mounts: (target, what the side container gets).
 const DATA: &[(&str, Seed)] = &[

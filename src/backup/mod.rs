@@ -309,7 +309,9 @@ fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
         ))),
     };
     let queue = dep.path(scan::QUEUE_DIR);
-    let mut skip = vec![queue.clone()];
+    // The queue is read separately (under a pause); a side container's
+    // copies of the keys (`setup`/`upgrade` deploying aside) are no state.
+    let mut skip = vec![queue.clone(), dep.path(crate::stage::STAGE_DIR)];
     if let Some(p) = &final_path {
         // The destination may lie inside data/ (not recommended): never
         // back up the backups.

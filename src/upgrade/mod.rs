@@ -698,10 +698,13 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
             )),
             Err(e) => {
                 undo();
-                let _ = ctx
-                    .host
-                    .cmd("docker", ["image", "rm", &built_id])
-                    .output(&ctx.shell);
+                if Some(&built_id) != old_image_id.as_ref() && Some(&built_id) != restore_id.as_ref()
+                {
+                    let _ = ctx
+                        .host
+                        .cmd("docker", ["image", "rm", &built_id])
+                        .output(&ctx.shell);
+                }
                 return Err(e.context(format!(
                     "{} failed to deploy beside the relay; nothing was swapped: the relay kept serving {} and {} is back at it (--no-stage swaps without this check)",
                     p.to.version,
@@ -809,7 +812,9 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
                     // what `--rollback` goes back to.
                     state::put_back(ctx, prior.as_ref());
                     // The failed release's image is of no further use.
-                    for id in [&new_id, &built_id] {
+                    for id in [&new_id, &built_id].into_iter().filter(|id| {
+                        Some(*id) != old_image_id.as_ref() && Some(*id) != restore_id.as_ref()
+                    }) {
                         let _ = ctx
                             .host
                             .cmd("docker", ["image", "rm", id.as_str()])
@@ -932,14 +937,7 @@ fn prune(ctx: &Context, image: &str, running_id: &str, keep_tag: Option<&str>) {
     else {
         return;
     };
-    for line in out.stdout.lines() {
-        let Some((t, id)) = line.trim().split_once(' ') else {
-            continue;
-        };
-        let name = format!("{repo}:{t}");
-        if !t.starts_with(&prefix) || Some(name.as_str()) == keep_tag || id == running_id {
-            continue;
-        }
+    for name in to_prune(&out.stdout, repo, &prefix, running_id, keep_tag) {
         match ctx
             .host
             .cmd("docker", ["image", "rm", &name])
@@ -954,6 +952,27 @@ fn prune(ctx: &Context, image: &str, running_id: &str, keep_tag: Option<&str>) {
             Err(e) => ctx.shell.verbose(format!("kept {name}: {e:#}")),
         }
     }
+}
+
+/// The restore points (`repo:PREFIX...` in `docker image ls` lines of
+/// `TAG ID`) that are neither the running image nor the one kept.
+fn to_prune(
+    listing: &str,
+    repo: &str,
+    prefix: &str,
+    running_id: &str,
+    keep_tag: Option<&str>,
+) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|line| line.trim().split_once(' '))
+        .filter(|(t, id)| {
+            t.starts_with(prefix)
+                && *id != running_id
+                && Some(format!("{repo}:{t}").as_str()) != keep_tag
+        })
+        .map(|(t, _)| format!("{repo}:{t}"))
+        .collect()
 }
 
 /// `upgrade --rollback`: back to the release before the last upgrade.
@@ -1128,6 +1147,23 @@ mod tests {
             restore_tag("registry:5000/team/relay", c),
             "registry:5000/team/relay:latest-relay-48ad92bf2442"
         );
+    }
+
+    #[test]
+    fn pruning_keeps_the_running_image_and_the_one_before() {
+        let listing = "local sha256:new\n\
+                       local-relay-aaaaaaaaaaaa sha256:a\n\
+                       local-relay-bbbbbbbbbbbb sha256:b\n\
+                       local-relay-cccccccccccc sha256:new\n\
+                       e2e-relay-dddddddddddd sha256:d\n";
+        let gone = to_prune(
+            listing,
+            "chatmail-relay",
+            "local-relay-",
+            "sha256:new",
+            Some("chatmail-relay:local-relay-bbbbbbbbbbbb"),
+        );
+        assert_eq!(gone, vec!["chatmail-relay:local-relay-aaaaaaaaaaaa"]);
     }
 
     #[test]

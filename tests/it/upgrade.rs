@@ -71,6 +71,11 @@ struct Fixture {
 /// An origin with release 1.0.0, a deployment whose relay/ is a clone of
 /// it, and a stand-in docker. `build` is the shell run for `compose build`.
 fn fixture(build: &str) -> Fixture {
+    fixture_with(build, "")
+}
+
+/// [`fixture`] with more `case` arms for the stand-in docker, first.
+fn fixture_with(build: &str, arms: &str) -> Fixture {
     let t = tempfile::tempdir().unwrap();
     let origin = t.path().join("origin");
     fs::create_dir_all(&origin).unwrap();
@@ -102,6 +107,7 @@ fn fixture(build: &str) -> Fixture {
         &format!(
             r#"echo "$*" >> '{log}'
 case "$*" in
+  {arms}
   *" config --images"*) echo chatmail-relay:local;;
   *" ps "*) :;;
   "image inspect --format {{{{.Id}}}} chatmail-relay:local") echo sha256:old;;
@@ -112,7 +118,7 @@ case "$*" in
   *" build "*) {build};;
 esac
 exit 0"#,
-            log = log.display()
+            log = log.display(),
         ),
     );
     Fixture {
@@ -433,4 +439,69 @@ fn a_relay_that_is_no_git_checkout_is_explained() {
         out.contains("is not a git checkout") && out.contains("git clone"),
         "{out}"
     );
+}
+
+#[test]
+fn an_interrupted_deploy_beside_the_relay_leaves_nothing_behind() {
+    // The side container never becomes healthy; the tool is stopped while
+    // it waits.
+    let arms = r#"*" config --format json"*) printf '{"services":{"chatmail":{"environment":{"MAIL_DOMAIN":"chat.example.org"},"tmpfs":["/tmp"],"volumes":[{"type":"bind","source":"'"$DEPLOY"'/data/chatmail-dkimkeys","target":"/etc/dkimkeys"},{"type":"bind","source":"'"$DEPLOY"'/data/chatmail-state","target":"/var/lib/chatmail-docker"},{"type":"bind","source":"'"$DEPLOY"'/data/chatmail","target":"/home"}]}}}'; exit 0;;
+  "image inspect --format {{.Id}} sha256:old") echo sha256:old; exit 0;;
+  "run --detach"*) echo stage-id; exit 0;;
+  "inspect chatmail-upgrade-stage") printf '[{"Id":"stage-id","Name":"/chatmail-upgrade-stage","Image":"sha256:old","State":{"Status":"running","Running":true,"StartedAt":"2026-01-01T00:00:00Z","ExitCode":0,"Health":{"Status":"starting","Log":[]}},"Config":{"Image":"sha256:old","Labels":{}}}]'; exit 0;;"#;
+    let f = fixture_with("exit 0", arms);
+    commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
+    let keys = f.dir.join("data/chatmail-dkimkeys");
+    fs::create_dir_all(&keys).unwrap();
+    fs::write(keys.join("opendkim.private"), "secret").unwrap();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("chatmail-docker"))
+        .env("PATH", path_with(&f.bin))
+        .env("DEPLOY", &f.dir)
+        .env_remove("CHATMAIL_BUILD_CA")
+        .arg("--dir")
+        .arg(&f.dir)
+        .args(["upgrade", "--no-backup"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !f.docker_calls().contains("run --detach") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no side container started: {}",
+            f.docker_calls()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The copies of the keys are there while it runs ...
+    let copies = f.dir.join("data/.upgrade-stage");
+    assert!(copies.join("etc-dkimkeys/opendkim.private").exists());
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted before the build; nothing was changed"),
+        "{err}"
+    );
+    // ... and gone with the side container afterwards.
+    assert!(!copies.exists(), "the copies of the keys are removed");
+    let calls = f.docker_calls();
+    let run = calls.find("run --detach").unwrap();
+    let rm = calls
+        .rfind("rm --force --volumes chatmail-upgrade-stage")
+        .expect(&calls);
+    assert!(rm > run, "the side container is removed: {calls}");
+    assert!(
+        !calls.contains("image tag") && !calls.contains(" build "),
+        "{calls}"
+    );
+    assert_eq!(f.head(), f.first);
+    assert!(!f.dir.join("data/.upgrade-state.json").exists());
 }
