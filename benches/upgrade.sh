@@ -15,10 +15,10 @@
 # Figures (RUNS, default 3, repetitions of the swap; medians):
 #  - build while serving (the first upgrade; minutes, reported)
 #  - swap downtime, image already built: upgrade to the good release and
-#    --rollback, alternately | baselines: `docker compose up
-#    --force-recreate` of the image `setup` built (the container replaced
-#    by itself, deploy included: what a recreate costs without the deploy
-#    beside the relay), and `docker restart` (no deploy: the floor)
+#    --rollback, alternately; and upgrade --no-stage (the new container
+#    deploys itself) | baselines, ratios against the second: `docker
+#    compose up --force-recreate` of the running image, and `docker
+#    restart` (no deploy: the floor any swap has)
 #  - rollback, from the failed verdict to the old release serving again
 #    (upgrade --no-stage to the broken release, which fails in the new
 #    container; with the deploy beside the relay it is never swapped in)
@@ -76,7 +76,8 @@ while True:
 PY
     WATCHER=$!
 }
-stop_watch() { kill -TERM "$WATCHER"; wait "$WATCHER"; cat "$WATCH_OUT"; }
+# Not in a subshell: `wait` only knows this shell's children. Sets WATCHED.
+stop_watch() { kill -TERM "$WATCHER"; wait "$WATCHER"; WATCHED=$(cat "$WATCH_OUT"); }
 
 relay="$DIR/relay"
 start_commit=$(git -C "$relay" rev-parse HEAD)
@@ -110,23 +111,31 @@ restart() {
 echo "== baselines: recreate of the running image, restart ($RUNS runs each)"
 base=(); floor=()
 for _ in $(seq "$RUNS"); do
-    watch_ports; recreate; sleep 1; base+=("$(stop_watch)")
-    watch_ports; restart; sleep 1; floor+=("$(stop_watch)")
+    watch_ports; recreate; sleep 1; stop_watch; base+=("$WATCHED")
+    watch_ports; restart; sleep 1; stop_watch; floor+=("$WATCHED")
 done
 
 echo "== first upgrade (builds the good release while the relay serves)"
 watch_ports
 first=$(tool upgrade --ref "bench-good-$n" --no-fetch --no-backup --json)
-outside=$(stop_watch)
+stop_watch; outside=$WATCHED
 build=$(json_field build_seconds <<<"$first")
 swap=("$(json_field downtime_seconds <<<"$first")"); swap_out=("$outside")
 
 echo "== swaps with the image built ($RUNS runs: --rollback, upgrade)"
 for _ in $(seq "$RUNS"); do
-    watch_ports; r=$(tool upgrade --rollback --json); swap_out+=("$(stop_watch)")
+    watch_ports; r=$(tool upgrade --rollback --json); stop_watch; swap_out+=("$WATCHED")
     swap+=("$(json_field downtime_seconds <<<"$r")")
-    watch_ports; r=$(tool upgrade --ref "bench-good-$n" --no-fetch --no-backup --json); swap_out+=("$(stop_watch)")
+    watch_ports; r=$(tool upgrade --ref "bench-good-$n" --no-fetch --no-backup --json); stop_watch; swap_out+=("$WATCHED")
     swap+=("$(json_field downtime_seconds <<<"$r")")
+done
+
+echo "== swaps without the deploy beside the relay ($RUNS runs: --rollback, upgrade --no-stage)"
+plain=()
+for _ in $(seq "$RUNS"); do
+    tool upgrade --rollback >/dev/null
+    r=$(tool upgrade --ref "bench-good-$n" --no-fetch --no-backup --no-stage --json)
+    plain+=("$(json_field downtime_seconds <<<"$r")")
 done
 
 echo "== automatic rollback (the broken release)"
@@ -134,7 +143,7 @@ rb=()
 for _ in $(seq "$RUNS"); do
     watch_ports
     r=$(tool upgrade --ref "bench-broken-$n" --no-fetch --no-backup --no-stage --json || true)
-    stop_watch >/dev/null
+    stop_watch
     rb+=("$(json_field rollback_seconds <<<"$r")")
 done
 
@@ -144,10 +153,12 @@ f=$(printf '%s\n' "${floor[@]}" | median)
 s=$(printf '%s\n' "${swap[@]}" | median)
 so=$(printf '%s\n' "${swap_out[@]}" | median)
 r=$(printf '%s\n' "${rb[@]}" | median)
+pl=$(printf '%s\n' "${plain[@]}" | median)
 echo
 printf 'build while serving          %6.0f s (the relay kept answering)\n' "$build"
 printf 'recreate, same image (base)  %6.1f s mail downtime\n' "$b"
 printf 'docker restart (floor)       %6.1f s mail downtime\n' "$f"
-printf 'upgrade swap (tool)          %6.1f s   ratio %.2f   goal <= 10 s\n' "$s" "$(echo "$s / $b" | bc -l)"
-printf 'upgrade swap (watcher)       %6.1f s   ratio %.2f\n' "$so" "$(echo "$so / $b" | bc -l)"
-printf 'automatic rollback           %6.1f s   ratio %.2f   goal <= 15 s\n' "$r" "$(echo "$r / $b" | bc -l)"
+printf 'upgrade swap (tool)          %6.1f s   ratio %.2f   goal <= 10 s\n' "$s" "$(echo "$s / $f" | bc -l)"
+printf 'upgrade swap (watcher)       %6.1f s   ratio %.2f\n' "$so" "$(echo "$so / $f" | bc -l)"
+printf 'swap, deploy in the container %6.1f s   ratio %.2f   (upgrade --no-stage)\n' "$pl" "$(echo "$pl / $f" | bc -l)"
+printf 'automatic rollback           %6.1f s   ratio %.2f   goal <= 15 s\n' "$r" "$(echo "$r / $f" | bc -l)"
