@@ -13,9 +13,12 @@
 #
 # Figures, each beside a baseline measured in the same run on the same
 # engine, so the ratio holds when the machine's speed drifts:
-#  - cold build (`setup --rebuild=full`) | baseline: none (minutes, reported)
+#  - cold build (`setup --rebuild=full`: build, deploy in a side
+#    container, start)                  | baseline: none (minutes, reported)
 #  - image size                         | baseline: the base image
-#  - setup with the image present, from no container to healthy
+#  - setup with the image present, from no container to healthy (the
+#    image is the one the first setup deployed beside the relay for these
+#    settings: the container only starts the services)
 #                                       | baseline: the base image's systemd
 #                                         booting to multi-user.target with
 #                                         the same container settings

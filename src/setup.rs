@@ -154,6 +154,12 @@ fn deploy_aside(
             ),
         }
         .into()),
+        Err(e) if crate::stage::is_not_stageable(&e) => {
+            ctx.shell.note(format!(
+                "{e:#}; the container deploys the configuration by itself"
+            ));
+            Ok(false)
+        }
         Err(e) if serving && !acme => Err(e.context(
             "the configuration failed to deploy in a side container; the running relay was left as it is: fix the configuration, or apply it anyway with `setup --no-stage`",
         )),

@@ -255,6 +255,80 @@ fn stage_env(svc: &serde_json::Value, ipv6: bool) -> BTreeMap<String, String> {
     env
 }
 
+/// Why a configuration cannot be deployed in a side container (not a
+/// failure of the deploy: the container then deploys by itself).
+#[derive(Debug)]
+pub struct NotStageable(pub String);
+
+impl std::fmt::Display for NotStageable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotStageable {}
+
+/// Whether `err` says the configuration cannot be deployed aside.
+pub fn is_not_stageable(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|c| c.downcast_ref::<NotStageable>().is_some())
+}
+
+/// What a side container could not reproduce faithfully or safely:
+/// mounts other than binds, read-write binds outside the persistent state
+/// (the side container would write where the relay does), and container
+/// settings from an override the side container does not get.
+fn check_stageable(svc: &serde_json::Value) -> std::result::Result<(), NotStageable> {
+    for key in [
+        "cap_add",
+        "devices",
+        "sysctls",
+        "security_opt",
+        "privileged",
+    ] {
+        let v = &svc[key];
+        let set = match v {
+            serde_json::Value::Null => false,
+            serde_json::Value::Bool(b) => *b,
+            serde_json::Value::Array(a) => !a.is_empty(),
+            serde_json::Value::Object(o) => !o.is_empty(),
+            _ => true,
+        };
+        if set {
+            return Err(NotStageable(format!(
+                "the service sets `{key}` (an override): a side container would not have it"
+            )));
+        }
+    }
+    for v in svc["volumes"].as_array().into_iter().flatten() {
+        let kind = v["type"].as_str().unwrap_or("");
+        let target = v["target"].as_str().unwrap_or("");
+        let source = v["source"].as_str().unwrap_or("");
+        let in_data = DATA.iter().any(|(t, _)| {
+            target == *t || target.strip_prefix(t).is_some_and(|r| r.starts_with('/'))
+        });
+        if in_data || target.starts_with("/sys/") || target == "/sys" {
+            continue;
+        }
+        if kind != "bind" {
+            return Err(NotStageable(format!(
+                "the {kind} mount at {target} (an override) cannot be given to a side container"
+            )));
+        }
+        if !v["read_only"].as_bool().unwrap_or(false) {
+            return Err(NotStageable(format!(
+                "{source} is mounted read-write at {target} (an override): a side container would write there too"
+            )));
+        }
+        if source.contains(',') || target.contains(',') {
+            return Err(NotStageable(format!(
+                "the mount {source} -> {target} has a comma in a path"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Deploy `image` in a side container; returns the deployed image's ID.
 /// `interrupted` is asked while waiting: a true answer stops it.
 fn deploy_aside(
@@ -266,6 +340,7 @@ fn deploy_aside(
     timeout: Duration,
     interrupted: &dyn Fn() -> bool,
 ) -> Result<String> {
+    check_stageable(svc)?;
     let dir = ctx.deployment.path(STAGE_DIR);
     remove_container(ctx);
     let _ = std::fs::remove_dir_all(&dir);
@@ -310,11 +385,16 @@ fn deploy_aside(
     }
     let mut seeded = Vec::new();
     for v in svc["volumes"].as_array().into_iter().flatten() {
-        let kind = v["type"].as_str().unwrap_or("");
         let target = v["target"].as_str().unwrap_or("");
         let source = v["source"].as_str().unwrap_or("");
         let read_only = v["read_only"].as_bool().unwrap_or(false);
-        if let Some((_, seed)) = DATA.iter().find(|(t, _)| *t == target) {
+        // A data mount, or one inside a data mount (the host's own
+        // /home/vmail after a migration in place): never the real thing.
+        let data = DATA.iter().find(|(t, _)| {
+            target == *t || target.strip_prefix(t).is_some_and(|r| r.starts_with('/'))
+        });
+        if let Some((t, seed)) = data {
+            let seed = if target == *t { *seed } else { Seed::Empty };
             let copy = dir.join(target.trim_start_matches('/').replace('/', "-"));
             match seed {
                 Seed::Copy => copy_tree(ctx, Path::new(source), &copy)?,
@@ -327,14 +407,6 @@ fn deploy_aside(
             ));
             seeded.push((target, copy));
             continue;
-        }
-        if kind != "bind" {
-            bail!(
-                "the {kind} mount at {target} (from a compose override) cannot be given to a side container"
-            );
-        }
-        if source.contains(',') || target.contains(',') {
-            bail!("the mount {source} -> {target} has a comma in a path");
         }
         args.push("--mount".into());
         args.push(format!(
@@ -451,6 +523,44 @@ mod tests {
         assert_eq!(settings_digest(&svc("a.example"), true), first);
         std::fs::write(custom.join("index.md"), "two").unwrap();
         assert_ne!(settings_digest(&svc("a.example"), true), first);
+    }
+
+    #[test]
+    fn what_a_side_container_cannot_reproduce_is_said() {
+        let with = |volumes: serde_json::Value, extra: serde_json::Value| {
+            let mut svc = serde_json::json!({"volumes": volumes});
+            if let (Some(o), Some(e)) = (svc.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            check_stageable(&svc).map_err(|e| e.0)
+        };
+        let data = serde_json::json!([
+            {"type": "bind", "source": "/d/data/chatmail", "target": "/home"},
+            {"type": "bind", "source": "/home/vmail", "target": "/home/vmail"},
+            {"type": "bind", "source": "/sys/fs/cgroup", "target": "/sys/fs/cgroup"},
+            {"type": "bind", "source": "/d/custom/x", "target": "/etc/x", "read_only": true}
+        ]);
+        assert!(with(data, serde_json::json!({})).is_ok());
+        let rw = with(
+            serde_json::json!([{"type": "bind", "source": "/srv/logs", "target": "/var/log/mail"}]),
+            serde_json::json!({}),
+        );
+        assert!(rw.unwrap_err().contains("/srv/logs is mounted read-write"));
+        let vol = with(
+            serde_json::json!([{"type": "volume", "source": "v", "target": "/x"}]),
+            serde_json::json!({}),
+        );
+        assert!(vol.unwrap_err().contains("the volume mount at /x"));
+        let caps = with(
+            serde_json::json!([]),
+            serde_json::json!({"cap_add": ["NET_ADMIN"]}),
+        );
+        assert!(caps.unwrap_err().contains("`cap_add`"));
+        assert!(with(
+            serde_json::json!([]),
+            serde_json::json!({"privileged": false})
+        )
+        .is_ok());
     }
 
     #[test]

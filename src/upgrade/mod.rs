@@ -692,6 +692,10 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
                     p.from.version
                 )));
             }
+            Err(e) if stage::is_not_stageable(&e) => ctx.shell.note(format!(
+                "{e:#}; the swap deploys {} in the new container (a longer interruption; a failure there rolls back)",
+                p.to.version
+            )),
             Err(e) if acme => ctx.shell.warn(format!(
                 "{} did not deploy beside the relay ({e:#}); with ACME certificates that can be the missing network, so the swap deploys it in the new container (a longer interruption; a failure there rolls back)",
                 p.to.version
