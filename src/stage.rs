@@ -384,6 +384,9 @@ fn deploy_aside(
         }
     }
     let mut seeded = Vec::new();
+    // State the deploy creates when it is missing (the self-signed
+    // certificate, the DKIM key of a new relay): copied back afterwards.
+    let mut give_back: Vec<(PathBuf, PathBuf)> = Vec::new();
     for v in svc["volumes"].as_array().into_iter().flatten() {
         let target = v["target"].as_str().unwrap_or("");
         let source = v["source"].as_str().unwrap_or("");
@@ -405,7 +408,10 @@ fn deploy_aside(
                 "type=bind,source={},target={target}",
                 copy.display()
             ));
-            seeded.push((target, copy));
+            seeded.push((target, copy.clone()));
+            if seed == Seed::Copy {
+                give_back.push((copy, PathBuf::from(source)));
+            }
             continue;
         }
         args.push("--mount".into());
@@ -481,6 +487,29 @@ fn deploy_aside(
         std::thread::sleep(Duration::from_millis(500));
     }
     docker(ctx, &["stop", "--time", "60", NAME])?;
+    // What the deploy made that the relay does not have yet: the image
+    // just deployed relies on it (its deploy is done). Existing files are
+    // never replaced.
+    let _ = std::fs::remove_file(state.join("stage-env.json"));
+    for (copy, source) in &give_back {
+        std::fs::create_dir_all(source)
+            .with_context(|| format!("creating {}", source.display()))?;
+        let mut from = copy.as_os_str().to_owned();
+        from.push("/.");
+        let cmd = ctx
+            .host
+            .cmd("cp", ["-a", "--no-clobber"])
+            .arg(from)
+            .arg(source);
+        let out = cmd.output(&ctx.shell)?;
+        if !out.success() {
+            bail!(
+                "keeping what the deploy made in {} failed: {}",
+                source.display(),
+                out.stderr.trim()
+            );
+        }
+    }
     let id = docker(
         ctx,
         &[
