@@ -255,6 +255,37 @@ fn stage_env(svc: &serde_json::Value, ipv6: bool) -> BTreeMap<String, String> {
     env
 }
 
+/// Make the directories of `copy` that `live` lacks, with their modes and
+/// owners; files are left out (a queue's pid files and sockets belong to
+/// the side container).
+fn give_back_dirs(copy: &Path, live: &Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for e in walkdir::WalkDir::new(copy)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+    {
+        if !e.file_type().is_dir() {
+            continue;
+        }
+        let Ok(rel) = e.path().strip_prefix(copy) else {
+            continue;
+        };
+        let target = live.join(rel);
+        if std::fs::symlink_metadata(&target).is_ok() {
+            continue;
+        }
+        let m = e.metadata()?;
+        std::fs::create_dir(&target).with_context(|| format!("creating {}", target.display()))?;
+        std::os::unix::fs::chown(&target, Some(m.uid()), Some(m.gid()))
+            .with_context(|| format!("setting the owner of {}", target.display()))?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(m.mode() & 0o7777))
+            .with_context(|| format!("setting the mode of {}", target.display()))?;
+    }
+    Ok(())
+}
+
 /// Why a configuration cannot be deployed in a side container (not a
 /// failure of the deploy: the container then deploys by itself).
 #[derive(Debug)]
@@ -386,7 +417,9 @@ fn deploy_aside(
     let mut seeded = Vec::new();
     // State the deploy creates when it is missing (the self-signed
     // certificate, the DKIM key of a new relay): copied back afterwards.
-    let mut give_back: Vec<(PathBuf, PathBuf)> = Vec::new();
+    // The directories it makes in the mail queue and below /home (Postfix
+    // and OpenDKIM's socket directories) too, without their content.
+    let mut give_back: Vec<(PathBuf, PathBuf, Seed)> = Vec::new();
     for v in svc["volumes"].as_array().into_iter().flatten() {
         let target = v["target"].as_str().unwrap_or("");
         let source = v["source"].as_str().unwrap_or("");
@@ -409,9 +442,7 @@ fn deploy_aside(
                 copy.display()
             ));
             seeded.push((target, copy.clone()));
-            if seed == Seed::Copy {
-                give_back.push((copy, PathBuf::from(source)));
-            }
+            give_back.push((copy, PathBuf::from(source), seed));
             continue;
         }
         args.push("--mount".into());
@@ -491,9 +522,13 @@ fn deploy_aside(
     // just deployed relies on it (its deploy is done). Existing files are
     // never replaced.
     let _ = std::fs::remove_file(state.join("stage-env.json"));
-    for (copy, source) in &give_back {
+    for (copy, source, seed) in &give_back {
         std::fs::create_dir_all(source)
             .with_context(|| format!("creating {}", source.display()))?;
+        if *seed == Seed::Empty {
+            give_back_dirs(copy, source)?;
+            continue;
+        }
         let mut from = copy.as_os_str().to_owned();
         from.push("/.");
         let cmd = ctx
@@ -590,6 +625,34 @@ mod tests {
             serde_json::json!({"privileged": false})
         )
         .is_ok());
+    }
+
+    #[test]
+    fn directories_are_given_back_without_content_and_never_over_existing_ones() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let (copy, live) = (d.path().join("copy"), d.path().join("live"));
+        std::fs::create_dir_all(copy.join("opendkim")).unwrap();
+        std::fs::set_permissions(
+            copy.join("opendkim"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
+        std::fs::create_dir_all(copy.join("pid")).unwrap();
+        std::fs::write(copy.join("pid/master.pid"), "42").unwrap();
+        std::fs::create_dir_all(live.join("pid")).unwrap();
+        std::fs::set_permissions(live.join("pid"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        give_back_dirs(&copy, &live).unwrap();
+        let m = std::fs::metadata(live.join("opendkim")).unwrap();
+        assert!(m.is_dir());
+        assert_eq!(m.permissions().mode() & 0o7777, 0o750);
+        assert!(!live.join("pid/master.pid").exists(), "no files");
+        let p = std::fs::metadata(live.join("pid")).unwrap();
+        assert_eq!(
+            p.permissions().mode() & 0o7777,
+            0o700,
+            "existing ones untouched"
+        );
     }
 
     #[test]
