@@ -147,13 +147,31 @@ fn real_relay_end_to_end() {
             "{absent} is in the image"
         );
     }
+    // The image setup runs was deployed beside the relay (its services
+    // enabled by the relay's deploy); the image it was deployed from, the
+    // one built, enables none.
+    let label = |key: &str| {
+        let out = StdCommand::new("docker")
+            .args(["image", "inspect", "--format"])
+            .arg(format!("{{{{index .Config.Labels \"{key}\"}}}}"))
+            .arg(IMAGE)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert!(
+        label("org.chatmail-docker.deployed").len() == 16,
+        "setup deployed the configuration beside the relay"
+    );
+    let built = label("org.chatmail-docker.deployed-from");
+    assert!(built.starts_with("sha256:"), "deployed from {built:?}");
     let enabled = StdCommand::new("docker")
         .args([
             "run",
             "--rm",
             "--entrypoint",
             "systemctl",
-            IMAGE,
+            &built,
             "is-enabled",
         ])
         .args(["postfix", "dovecot", "nginx", "opendkim", "unbound"])
