@@ -252,6 +252,7 @@ fn stage_env(svc: &serde_json::Value, ipv6: bool) -> BTreeMap<String, String> {
         if ipv6 { "true" } else { "false" }.into(),
     );
     env.insert("CHATMAIL_SKIP_DNS_CHECK".into(), "true".into());
+    env.insert("CHATMAIL_FORCE_DEPLOY".into(), "true".into());
     env
 }
 
@@ -467,6 +468,7 @@ fn deploy_aside(
 
     // Until its health check passes, or the init failed.
     let start = Instant::now();
+    let mut failed_since: Option<Instant> = None;
     loop {
         let c = compose::inspect(ctx, NAME)?;
         if !c.state.running {
@@ -493,6 +495,17 @@ fn deploy_aside(
                 )),
             }
             .into());
+        }
+        // A unit still failed 45 s after the deploy finished does not
+        // recover by waiting (the start period would hide it for minutes).
+        match c.last_health_output().filter(|o| o.contains("(failed)")) {
+            Some(out) => {
+                let since = *failed_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(45) {
+                    bail!("in the side container, after the deploy: {}", out.trim());
+                }
+            }
+            None => failed_since = None,
         }
         match c.health_status() {
             Some("healthy") => break,
@@ -666,6 +679,7 @@ mod tests {
         assert!(!env.contains_key("UNSET"));
         assert_eq!(env["CHATMAIL_HOST_IPV6"], "false");
         assert_eq!(env["CHATMAIL_SKIP_DNS_CHECK"], "true");
+        assert_eq!(env["CHATMAIL_FORCE_DEPLOY"], "true");
         assert_eq!(stage_env(&svc, true)["CHATMAIL_HOST_IPV6"], "true");
     }
 }
