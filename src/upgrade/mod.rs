@@ -63,8 +63,9 @@ pub struct Options {
     pub allow_dirty: bool,
     /// Take a backup just before the swap.
     pub backup: bool,
-    /// Deploy the new release (and the running one, when it is not yet)
-    /// in a side container first, so the swap is a restart.
+    /// Deploy the new release in a side container first, so the swap is
+    /// a restart (the running release is deployed so in any case, for a
+    /// quick rollback).
     pub stage: bool,
     /// Where that backup goes (default: `backups/` in the deployment).
     pub backup_dir: Option<PathBuf>,
@@ -563,7 +564,8 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
     );
 
     // 2. Restore point: the running image, deployed beside the relay when
-    // it is not yet, so a rollback is a restart.
+    // it is not yet (with --no-stage too: that is about the new release),
+    // so a rollback is a restart.
     let old_position = checkout.position()?;
     let old_image_id = match &running {
         Some(c) => Some(c.image.clone()),
@@ -574,7 +576,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
         .and_then(|id| image_release(ctx, id))
         .unwrap_or_else(|| p.from.clone());
     let mut restore_id = old_image_id.clone();
-    if let Some(id) = old_image_id.as_deref().filter(|_| opts.stage) {
+    if let Some(id) = old_image_id.as_deref() {
         ctx.shell.status(
             "Checking",
             format!(
