@@ -759,6 +759,35 @@ pub fn parse_time(ts: &str) -> Option<std::time::SystemTime> {
 
 // ---------------------------------------------------------------- commands
 
+/// The image names the compose files give the services (`config --images`).
+pub fn image_names(ctx: &Context) -> Result<Vec<String>> {
+    let out = Project::new(ctx)
+        .cmd(ctx, ["config", "--images"])
+        .output(&ctx.shell)?;
+    if !out.success() {
+        return Err(error::usage(format!(
+            "docker compose cannot read the configuration: {}",
+            out.stderr.trim()
+        )));
+    }
+    Ok(out
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// The ID of the image `name` (`sha256:...`), or None when there is none.
+pub fn image_id(ctx: &Context, name: &str) -> Result<Option<String>> {
+    let out = ctx
+        .host
+        .cmd("docker", ["image", "inspect", "--format", "{{.Id}}", name])
+        .output(&ctx.shell)?;
+    Ok(out.success().then(|| out.stdout.trim().to_string()))
+}
+
 /// `docker compose up -d` with extra environment for this run only.
 pub fn up_cmd(ctx: &Context, env: &[(&str, String)], force_recreate: bool) -> Cmd {
     let mut args = vec!["up", "--detach", "--remove-orphans"];

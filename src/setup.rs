@@ -22,7 +22,7 @@
 use anyhow::{Context as _, Result};
 use std::time::{Duration, Instant};
 
-use crate::compose::{self, Project, SERVICE};
+use crate::compose::{self, image_id, image_names, Project, SERVICE};
 use crate::deployment::Env;
 use crate::overrides::{self, OneShot};
 use crate::{error, ini2env, preflight, sysctl, Context};
@@ -178,34 +178,6 @@ fn images(ctx: &Context) -> Result<Vec<(String, Option<String>)>> {
         .into_iter()
         .map(|name| Ok((name.clone(), image_id(ctx, &name)?)))
         .collect()
-}
-
-fn image_names(ctx: &Context) -> Result<Vec<String>> {
-    let out = Project::new(ctx)
-        .cmd(ctx, ["config", "--images"])
-        .output(&ctx.shell)?;
-    if !out.success() {
-        return Err(error::usage(format!(
-            "docker compose cannot read the configuration: {}",
-            out.stderr.trim()
-        )));
-    }
-    Ok(out
-        .stdout
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect())
-}
-
-/// The ID of the image `name` (`sha256:...`), or None when there is none.
-fn image_id(ctx: &Context, name: &str) -> Result<Option<String>> {
-    let out = ctx
-        .host
-        .cmd("docker", ["image", "inspect", "--format", "{{.Id}}", name])
-        .output(&ctx.shell)?;
-    Ok(out.success().then(|| out.stdout.trim().to_string()))
 }
 
 /// After a healthy start on rebuilt images: remove each image a rebuild

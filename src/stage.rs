@@ -71,16 +71,6 @@ fn label(ctx: &Context, image: &str, key: &str) -> Option<String> {
     (out.success() && !v.is_empty() && v != "<no value>").then(|| v.to_string())
 }
 
-/// An image's ID, when it exists.
-fn image_id(ctx: &Context, image: &str) -> Option<String> {
-    let out = ctx
-        .host
-        .cmd("docker", ["image", "inspect", "--format", "{{.Id}}", image])
-        .output(&ctx.shell)
-        .ok()?;
-    out.success().then(|| out.stdout.trim().to_string())
-}
-
 /// Give image `from` the name `to` as well.
 pub fn tag(ctx: &Context, from: &str, to: &str) -> Result<()> {
     docker(ctx, &["image", "tag", from, to]).map(|_| ())
@@ -114,12 +104,13 @@ pub fn deployed(
     let svc = service_config(ctx)?;
     let ipv6 = host_has_ipv6(ctx);
     let digest = settings_digest(&svc, ipv6);
-    let id = image_id(ctx, image).with_context(|| format!("the image {image} is missing"))?;
+    let id =
+        compose::image_id(ctx, image)?.with_context(|| format!("the image {image} is missing"))?;
     if label(ctx, &id, DEPLOYED_LABEL).as_deref() == Some(digest.as_str()) {
         return Ok(Deployed { id, fresh: false });
     }
     let source = label(ctx, &id, FROM_LABEL)
-        .and_then(|from| image_id(ctx, &from))
+        .and_then(|from| compose::image_id(ctx, &from).ok().flatten())
         .unwrap_or(id);
     let id = deploy_aside(ctx, &svc, ipv6, &digest, &source, timeout, interrupted)?;
     Ok(Deployed { id, fresh: true })

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::build::{BuildOptions, COMMIT_LABEL, VERSION_LABEL};
-use crate::compose::{self, Project, SERVICE};
+use crate::compose::{self, image_id, Project, SERVICE};
 use crate::{backup, error, overrides, stage, Context};
 use git::{short, Checkout};
 use state::{Phase, RestorePoint, UpgradeState};
@@ -130,30 +130,10 @@ fn relay_dir(ctx: &Context) -> Result<PathBuf> {
 
 /// The image name the compose file gives the service.
 pub fn image_name(ctx: &Context) -> Result<String> {
-    let out = Project::new(ctx)
-        .cmd(ctx, ["config", "--images"])
-        .output(&ctx.shell)?;
-    if !out.success() {
-        return Err(error::usage(format!(
-            "docker compose cannot read the configuration: {}",
-            out.stderr.trim()
-        )));
-    }
-    out.stdout
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .map(str::to_string)
+    compose::image_names(ctx)?
+        .into_iter()
+        .next()
         .context("docker compose names no image for the appliance")
-}
-
-/// An image's ID, when it exists.
-fn image_id(ctx: &Context, name: &str) -> Result<Option<String>> {
-    let out = ctx
-        .host
-        .cmd("docker", ["image", "inspect", "--format", "{{.Id}}", name])
-        .output(&ctx.shell)?;
-    Ok(out.success().then(|| out.stdout.trim().to_string()))
 }
 
 /// The relay commit and version an image was built from (its labels).
