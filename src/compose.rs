@@ -779,13 +779,19 @@ pub fn image_names(ctx: &Context) -> Result<Vec<String>> {
         .collect())
 }
 
-/// The ID of the image `name` (`sha256:...`), or None when there is none.
-pub fn image_id(ctx: &Context, name: &str) -> Result<Option<String>> {
+/// `docker image inspect --format FORMAT image`, trimmed; None when the
+/// image does not exist.
+pub fn image_inspect(ctx: &Context, image: &str, format: &str) -> Result<Option<String>> {
     let out = ctx
         .host
-        .cmd("docker", ["image", "inspect", "--format", "{{.Id}}", name])
+        .cmd("docker", ["image", "inspect", "--format", format, image])
         .output(&ctx.shell)?;
     Ok(out.success().then(|| out.stdout.trim().to_string()))
+}
+
+/// The ID of the image `name` (`sha256:...`), or None when there is none.
+pub fn image_id(ctx: &Context, name: &str) -> Result<Option<String>> {
+    image_inspect(ctx, name, "{{.Id}}")
 }
 
 /// `docker compose up -d` with extra environment for this run only.

@@ -189,20 +189,10 @@ fn images(ctx: &Context) -> Result<Vec<(String, Option<String>)>> {
 fn remove_replaced_images(ctx: &Context, previous: &[(String, String)]) {
     for (name, old) in previous {
         // One that still has a name (an upgrade's restore point) stays.
-        let named = ctx
-            .host
-            .cmd(
-                "docker",
-                [
-                    "image",
-                    "inspect",
-                    "--format",
-                    "{{len .RepoTags}}",
-                    old.as_str(),
-                ],
-            )
-            .output(&ctx.shell)
-            .is_ok_and(|o| o.success() && o.stdout.trim() != "0");
+        let named = compose::image_inspect(ctx, old, "{{len .RepoTags}}")
+            .ok()
+            .flatten()
+            .is_some_and(|n| n != "0");
         if named {
             continue;
         }

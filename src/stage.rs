@@ -62,13 +62,10 @@ enum Seed {
 /// An image label's value, when the image exists and has it.
 fn label(ctx: &Context, image: &str, key: &str) -> Option<String> {
     let format = format!("{{{{index .Config.Labels \"{key}\"}}}}");
-    let out = ctx
-        .host
-        .cmd("docker", ["image", "inspect", "--format", &format, image])
-        .output(&ctx.shell)
-        .ok()?;
-    let v = out.stdout.trim();
-    (out.success() && !v.is_empty() && v != "<no value>").then(|| v.to_string())
+    compose::image_inspect(ctx, image, &format)
+        .ok()
+        .flatten()
+        .filter(|v| !v.is_empty() && v != "<no value>")
 }
 
 /// Give image `from` the name `to` as well.

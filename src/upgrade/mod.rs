@@ -138,25 +138,8 @@ pub fn image_name(ctx: &Context) -> Result<String> {
 
 /// The relay commit and version an image was built from (its labels).
 pub fn image_release(ctx: &Context, image: &str) -> Option<Release> {
-    let out = ctx
-        .host
-        .cmd(
-            "docker",
-            [
-                "image",
-                "inspect",
-                "--format",
-                "{{json .Config.Labels}}",
-                image,
-            ],
-        )
-        .output(&ctx.shell)
-        .ok()?;
-    if !out.success() {
-        return None;
-    }
-    let labels: std::collections::BTreeMap<String, String> =
-        serde_json::from_str(out.stdout.trim()).ok()?;
+    let out = compose::image_inspect(ctx, image, "{{json .Config.Labels}}").ok()??;
+    let labels: std::collections::BTreeMap<String, String> = serde_json::from_str(&out).ok()?;
     let commit = labels
         .get(COMMIT_LABEL)
         .filter(|c| c.as_str() != "unknown")?;
@@ -171,17 +154,10 @@ pub fn image_release(ctx: &Context, image: &str) -> Option<Release> {
 }
 
 fn image_size(ctx: &Context, image: &str) -> Option<i64> {
-    let out = ctx
-        .host
-        .cmd(
-            "docker",
-            ["image", "inspect", "--format", "{{.Size}}", image],
-        )
-        .output(&ctx.shell)
-        .ok()?;
-    out.success()
-        .then(|| out.stdout.trim().parse().ok())
-        .flatten()
+    compose::image_inspect(ctx, image, "{{.Size}}")
+        .ok()??
+        .parse()
+        .ok()
 }
 
 /// `repo:tag` -> `repo:tag-relay-COMMIT`: the restore point's name.

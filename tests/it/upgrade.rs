@@ -156,6 +156,19 @@ impl Fixture {
     }
 }
 
+/// SIGTERM to the tool; its exit status and what it wrote to stderr.
+fn terminate(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -376,7 +389,7 @@ fn a_failed_build_puts_everything_back() {
 fn an_interrupted_build_puts_everything_back() {
     let f = fixture("exec sleep 30");
     commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("chatmail-docker"))
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("chatmail-docker"))
         .env("PATH", path_with(&f.bin))
         .env_remove("CHATMAIL_BUILD_CA")
         .arg("--dir")
@@ -396,14 +409,7 @@ fn an_interrupted_build_puts_everything_back() {
     }
     // While the build runs, relay/ is at the new release.
     assert_ne!(f.head(), f.first);
-    rustix::process::kill_process(
-        rustix::process::Pid::from_child(&child),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let (status, err) = terminate(child);
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted during the build"), "{err}");
     assert!(
@@ -454,7 +460,7 @@ fn an_interrupted_deploy_beside_the_relay_leaves_nothing_behind() {
     let keys = f.dir.join("data/chatmail-dkimkeys");
     fs::create_dir_all(&keys).unwrap();
     fs::write(keys.join("opendkim.private"), "secret").unwrap();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("chatmail-docker"))
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("chatmail-docker"))
         .env("PATH", path_with(&f.bin))
         .env("DEPLOY", &f.dir)
         .env_remove("CHATMAIL_BUILD_CA")
@@ -477,14 +483,7 @@ fn an_interrupted_deploy_beside_the_relay_leaves_nothing_behind() {
     // The copies of the keys are there while it runs ...
     let copies = f.dir.join("data/.upgrade-stage");
     assert!(copies.join("etc-dkimkeys/opendkim.private").exists());
-    rustix::process::kill_process(
-        rustix::process::Pid::from_child(&child),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let (status, err) = terminate(child);
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(
         err.contains("interrupted before the build; nothing was changed"),
