@@ -1,47 +1,87 @@
-//! The archive stream: tar entries, compressed with multi-threaded zstd
-//! (frame checksums on), counted as they leave. Content is hashed while it
-//! is read, so every file is read once.
+//! The archive stream: tar entries cut into pieces of about 4 MiB, each
+//! compressed by a pool of threads into its own zstd frame (checksum on)
+//! and written in order. Concatenated frames are one zstd stream, so the
+//! archive still reads with `zstd -d | tar -x`.
+//!
+//! The thread that walks the deployment reads every file straight into the
+//! piece being filled (no copy in between); the pool hashes the files of a
+//! piece (SHA-256, for the manifest) while it compresses it. Hashing and
+//! compression thus share every core, as `tar | zstd -T0` shares them
+//! between tar and zstd's workers.
 
 use anyhow::{Context as _, Result};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::path::Path;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use super::manifest::{Entry, EntryKind};
 
-/// Counts the bytes that reach the destination.
-pub struct Counting<W: Write> {
-    inner: W,
-    pub bytes: u64,
-}
+/// A piece is sent to the pool before it would hold more than this. (On
+/// incompressible data, which encrypted mail is, zstd 1.5.7 at level 3
+/// compresses 2 MiB frames a third faster than 4 MiB ones.)
+const PIECE: usize = 2 << 20;
+/// The archive's own files are compressed at this level.
+const META_LEVEL: i32 = 1;
+/// Files up to this size are read into a piece whole (and hashed by the
+/// pool); larger ones are streamed across pieces and hashed on the way.
+const WHOLE_FILE: u64 = 1 << 20;
 
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-pub struct Writer<W: Write> {
-    // zstd's multi-threaded stream takes locks on every call: give it
-    // large pieces, not one tar header at a time.
-    tar: tar::Builder<io::BufWriter<zstd::stream::Encoder<'static, Counting<W>>>>,
-}
-
-/// Files up to this size are read in one go; larger ones are streamed.
-const WHOLE_FILE: u64 = 4 << 20;
-
-/// A file's content as it was read: its hash, and whether it changed size
-/// while being read (the stored bytes then still match the hash).
+/// A file's content as it was read: its size, and whether it changed size
+/// while being read (the stored bytes then still match the hash). The hash
+/// arrives later, from [`Writer::hashes`].
 pub struct FileRead {
-    pub sha256: String,
     pub size: u64,
     pub changed: bool,
+}
+
+/// One stored file of a piece, to hash: the caller's id and its bytes.
+struct ToHash {
+    id: usize,
+    start: usize,
+    len: usize,
+}
+
+struct Job {
+    seq: u64,
+    level: i32,
+    data: Vec<u8>,
+    hash: Vec<ToHash>,
+}
+
+struct Compressed {
+    seq: u64,
+    frame: io::Result<Vec<u8>>,
+    data: Vec<u8>,
+    hashes: Vec<(usize, [u8; 32])>,
+}
+
+/// What the writing thread hands back for each piece, in order: the
+/// piece's buffer to fill again, and the hashes of its files.
+type Returned = io::Result<(Vec<u8>, Vec<(usize, [u8; 32])>)>;
+
+pub struct Writer<W: Write + Send + 'static> {
+    tar: tar::Builder<Vec<u8>>,
+    hash: Vec<ToHash>,
+    seq: u64,
+    /// The zstd level of the piece being filled.
+    level: i32,
+    /// The level asked for, for the deployment's files.
+    data_level: i32,
+    /// At most this many pieces are on their way to the destination.
+    in_flight: u64,
+    /// Pieces returned so far (every piece sent comes back once).
+    returned: u64,
+    jobs: Option<SyncSender<Job>>,
+    back: Receiver<Returned>,
+    free: Vec<Vec<u8>>,
+    hashes: Vec<(usize, [u8; 32])>,
+    pool: Vec<JoinHandle<()>>,
+    writer: Option<JoinHandle<io::Result<(W, u64)>>>,
 }
 
 fn tar_header(e: &Entry, ty: tar::EntryType, size: u64) -> tar::Header {
@@ -62,61 +102,216 @@ fn tar_header(e: &Entry, ty: tar::EntryType, size: u64) -> tar::Header {
     h
 }
 
-struct Hashing<R> {
-    inner: R,
-    hasher: Sha256,
-    /// Bytes still owed to the tar entry.
-    left: u64,
-    short: bool,
+fn new_piece() -> Vec<u8> {
+    Vec::with_capacity(PIECE + (64 << 10))
 }
 
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            return Ok(0);
-        }
-        let want = buf.len().min(self.left as usize);
-        let mut n = if self.short {
-            0
-        } else {
-            self.inner.read(&mut buf[..want])?
+/// Pad a tar entry's data to the next 512-byte block.
+fn pad(v: &mut Vec<u8>, len: u64) {
+    let rest = (512 - len % 512) % 512;
+    v.resize(v.len() + rest as usize, 0);
+}
+
+/// One piece as one zstd frame, its size declared up front.
+fn compress_piece(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+    // The streaming encoder with the size pledged, not the one-shot API:
+    // on incompressible input zstd 1.5.7's one-shot path is about half as
+    // fast at level 3.
+    let mut z = zstd::stream::write::Encoder::new(&mut out, level)?;
+    z.include_checksum(true)?;
+    z.set_pledged_src_size(Some(data.len() as u64))?;
+    z.write_all(data)?;
+    z.finish()?;
+    Ok(out)
+}
+
+fn compress_worker(jobs: Arc<Mutex<Receiver<Job>>>, done: Sender<Compressed>) {
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            },
+            Err(_) => return,
         };
-        if n == 0 {
-            // The file shrank while it was read: pad, so the archive
-            // stays well-formed, and hash what is stored.
-            self.short = true;
-            buf[..want].fill(0);
-            n = want;
+        let hashes = job
+            .hash
+            .iter()
+            .map(|h| {
+                (
+                    h.id,
+                    Sha256::digest(&job.data[h.start..h.start + h.len]).into(),
+                )
+            })
+            .collect();
+        let frame = compress_piece(&job.data, job.level);
+        if done
+            .send(Compressed {
+                seq: job.seq,
+                frame,
+                data: job.data,
+                hashes,
+            })
+            .is_err()
+        {
+            return;
         }
-        self.hasher.update(&buf[..n]);
-        self.left -= n as u64;
-        Ok(n)
     }
 }
 
-impl<W: Write> Writer<W> {
-    pub fn new(out: W, level: i32, threads: u32) -> Result<Writer<W>> {
-        let mut enc = zstd::stream::Encoder::new(
-            Counting {
-                inner: out,
-                bytes: 0,
-            },
-            level,
-        )
-        .context("cannot start the zstd compressor")?;
-        enc.include_checksum(true)?;
-        if threads > 0 {
-            enc.multithread(threads)
-                .context("cannot start zstd's worker threads")?;
+/// Writes the frames in order, hands each piece's buffer and hashes back.
+fn write_in_order<W: Write>(
+    mut out: W,
+    done: Receiver<Compressed>,
+    back: Sender<Returned>,
+) -> io::Result<(W, u64)> {
+    let mut next = 0u64;
+    let mut waiting: BTreeMap<u64, Compressed> = BTreeMap::new();
+    let mut bytes = 0u64;
+    let mut failed: Option<io::ErrorKind> = None;
+    for c in done {
+        waiting.insert(c.seq, c);
+        while let Some(c) = waiting.remove(&next) {
+            next += 1;
+            if failed.is_some() {
+                continue;
+            }
+            let res = c.frame.and_then(|f| {
+                out.write_all(&f)?;
+                bytes += f.len() as u64;
+                Ok(())
+            });
+            match res {
+                Ok(()) => {
+                    let _ = back.send(Ok((c.data, c.hashes)));
+                }
+                Err(e) => {
+                    failed = Some(e.kind());
+                    let _ = back.send(Err(io::Error::new(e.kind(), e.to_string())));
+                }
+            }
         }
-        let mut tar = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, enc));
+    }
+    if let Some(kind) = failed {
+        return Err(io::Error::new(kind, "the archive could not be written"));
+    }
+    out.flush()?;
+    Ok((out, bytes))
+}
+
+impl<W: Write + Send + 'static> Writer<W> {
+    /// `threads` compressing (and hashing) threads, at least one.
+    pub fn new(out: W, level: i32, threads: u32) -> Result<Writer<W>> {
+        let threads = threads.max(1) as usize;
+        let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(threads);
+        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let (done_tx, done_rx) = mpsc::channel::<Compressed>();
+        let (back_tx, back_rx) = mpsc::channel::<Returned>();
+        let mut pool = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let (rx, tx) = (jobs_rx.clone(), done_tx.clone());
+            pool.push(
+                std::thread::Builder::new()
+                    .name(format!("zstd-{i}"))
+                    .spawn(move || compress_worker(rx, tx))
+                    .context("cannot start the compressing threads")?,
+            );
+        }
+        drop(done_tx);
+        let writer = std::thread::Builder::new()
+            .name("archive-out".into())
+            .spawn(move || write_in_order(out, done_rx, back_tx))
+            .context("cannot start the archive's writing thread")?;
+        let mut tar = tar::Builder::new(new_piece());
         tar.mode(tar::HeaderMode::Complete);
         tar.follow_symlinks(false);
-        Ok(Writer { tar })
+        Ok(Writer {
+            tar,
+            hash: Vec::new(),
+            seq: 0,
+            level,
+            data_level: level,
+            in_flight: 2 * threads as u64 + 2,
+            returned: 0,
+            jobs: Some(jobs_tx),
+            back: back_rx,
+            free: Vec::new(),
+            hashes: Vec::new(),
+            pool,
+            writer: Some(writer),
+        })
     }
 
-    /// One of the archive's own files (header, manifest).
+    fn take_back(&mut self, r: Returned) -> Result<()> {
+        self.returned += 1;
+        let (mut buf, hashes) = r.context("cannot write the archive")?;
+        self.hashes.extend(hashes);
+        buf.clear();
+        self.free.push(buf);
+        Ok(())
+    }
+
+    /// Send the piece being filled to the pool.
+    fn send_piece(&mut self) -> Result<()> {
+        if self.tar.get_mut().is_empty() {
+            return Ok(());
+        }
+        while let Ok(r) = self.back.try_recv() {
+            self.take_back(r)?;
+        }
+        // Bounded memory: wait for the destination when it is slower
+        // than reading and compressing (a slow disk, `| ssh`).
+        while self.seq - self.returned >= self.in_flight {
+            match self.back.recv() {
+                Ok(r) => self.take_back(r)?,
+                Err(_) => break,
+            }
+        }
+        let fresh = self.free.pop().unwrap_or_else(new_piece);
+        let data = std::mem::replace(self.tar.get_mut(), fresh);
+        let job = Job {
+            seq: self.seq,
+            level: self.level,
+            data,
+            hash: std::mem::take(&mut self.hash),
+        };
+        self.seq += 1;
+        let sent = self.jobs.as_ref().map(|j| j.send(job).is_ok());
+        if sent != Some(true) {
+            // The pool is gone: the writing thread has the reason.
+            while self.returned < self.seq {
+                match self.back.recv() {
+                    Ok(r) => self.take_back(r)?,
+                    Err(_) => break,
+                }
+            }
+            anyhow::bail!("cannot write the archive: the compressing threads stopped");
+        }
+        Ok(())
+    }
+
+    fn piece_full(&mut self) -> Result<()> {
+        if self.tar.get_mut().len() >= PIECE {
+            self.send_piece()?;
+        }
+        Ok(())
+    }
+
+    /// Make room for `len` more bytes in the piece.
+    fn room_for(&mut self, len: usize) -> Result<()> {
+        if self.tar.get_mut().len() + len > PIECE {
+            self.send_piece()?;
+        }
+        Ok(())
+    }
+
+    /// One of the archive's own files (header, manifest), in frames of its
+    /// own at zstd's fastest level: the manifest is JSON, which level 1
+    /// compresses twice as fast as level 3, and as small.
     pub fn add_meta(&mut self, path: &str, bytes: &[u8]) -> Result<()> {
+        self.send_piece()?;
+        self.level = META_LEVEL;
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Regular);
         h.set_size(bytes.len() as u64);
@@ -128,8 +323,18 @@ impl<W: Write> Writer<W> {
                 .unwrap_or(0),
         );
         self.tar
-            .append_data(&mut h, path, bytes)
-            .context("cannot write the archive")
+            .append_data(&mut h, path, io::empty())
+            .context("cannot write the archive")?;
+        // In pieces, so that the pool compresses a large manifest in
+        // parallel.
+        for part in bytes.chunks(PIECE) {
+            self.room_for(part.len())?;
+            self.tar.get_mut().extend_from_slice(part);
+        }
+        pad(self.tar.get_mut(), bytes.len() as u64);
+        self.send_piece()?;
+        self.level = self.data_level;
+        Ok(())
     }
 
     /// A directory, symlink or hard link (no content).
@@ -151,122 +356,178 @@ impl<W: Write> Writer<W> {
             }
             EntryKind::File => unreachable!("files go through add_file"),
         };
-        res.context("cannot write the archive")
+        res.context("cannot write the archive")?;
+        self.piece_full()
     }
 
-    /// A regular file already in memory.
-    pub fn add_bytes(&mut self, e: &Entry, bytes: &[u8]) -> Result<()> {
-        let mut h = tar_header(e, tar::EntryType::Regular, bytes.len() as u64);
-        self.tar
-            .append_data(&mut h, &e.path, bytes)
-            .context("cannot write the archive")
+    /// The tar header of a regular file of `size` bytes; its data follows.
+    fn file_header(&mut self, e: &Entry, size: u64) -> io::Result<()> {
+        let mut h = tar_header(e, tar::EntryType::Regular, size);
+        // The header (and a long name's extra entry) only: the data is
+        // appended by the caller, then padded.
+        self.tar.append_data(&mut h, &e.path, io::empty())
     }
 
-    /// Store a file read by [`read_small`] under `e` (whose size and
-    /// mtime become what was read).
-    pub fn add_small(&mut self, e: &mut Entry, r: Small) -> Result<FileRead> {
-        e.mtime = r.mtime;
-        e.mtime_nsec = r.mtime_nsec;
-        e.size = r.bytes.len() as u64;
-        self.add_bytes(e, &r.bytes)?;
-        Ok(FileRead {
-            sha256: r.sha256,
-            size: e.size,
-            changed: e.size != r.size_at_open,
-        })
+    /// A regular file already in memory, stored under `e`; its hash is
+    /// reported under `id`.
+    pub fn add_bytes(&mut self, e: &Entry, bytes: &[u8], id: usize) -> Result<()> {
+        self.room_for(bytes.len() + 2048)?;
+        self.file_header(e, bytes.len() as u64)
+            .context("cannot write the archive")?;
+        let v = self.tar.get_mut();
+        let start = v.len();
+        v.extend_from_slice(bytes);
+        pad(v, bytes.len() as u64);
+        self.hash.push(ToHash {
+            id,
+            start,
+            len: bytes.len(),
+        });
+        self.piece_full()
     }
 
-    /// Read `abs`, hash it, and store it under `e` (whose size, mtime are
-    /// updated to what was read). `None` when the file vanished.
-    pub fn add_file(&mut self, e: &mut Entry, abs: &Path) -> Result<Option<FileRead>> {
-        let f = match read_small(abs)? {
-            None => return Ok(None),
-            Some(Opened::Small(r)) => return self.add_small(e, r).map(Some),
-            Some(Opened::Large(f)) => f,
+    /// Read `abs` and store it under `e` (whose size and mtime become those
+    /// read); its hash is reported under `id`. `None` when the file
+    /// vanished.
+    pub fn add_file(&mut self, e: &mut Entry, abs: &Path, id: usize) -> Result<Option<FileRead>> {
+        use std::os::unix::fs::MetadataExt;
+        let f = match File::open(abs) {
+            Ok(f) => f,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err).with_context(|| format!("cannot read {}", abs.display())),
         };
         let m = f
             .metadata()
             .with_context(|| format!("cannot read {}", abs.display()))?;
-        use std::os::unix::fs::MetadataExt;
         e.mtime = m.mtime();
         e.mtime_nsec = m.mtime_nsec() as u32;
         let size = m.len();
         e.size = size;
-        let mut h = tar_header(e, tar::EntryType::Regular, size);
-        let mut r = Hashing {
-            inner: f,
-            hasher: Sha256::new(),
-            left: size,
-            short: false,
-        };
-        self.tar
-            .append_data(&mut h, &e.path, BufReader::with_capacity(1 << 20, &mut r))
-            .with_context(|| format!("cannot archive {}", abs.display()))?;
-        let grew = r.inner.metadata().map(|m| m.len() != size).unwrap_or(true);
-        Ok(Some(FileRead {
-            sha256: hex::encode(r.hasher.finalize()),
+        let read_err = || format!("cannot archive {}", abs.display());
+        if size > WHOLE_FILE {
+            return self
+                .stream_file(e, &f, size, id)
+                .with_context(read_err)
+                .map(Some);
+        }
+        self.room_for(size as usize + 2048)?;
+        self.file_header(e, size)
+            .context("cannot write the archive")?;
+        let v = self.tar.get_mut();
+        let start = v.len();
+        let want = start + size as usize;
+        let mut changed = false;
+        // Straight into the piece's spare room: one read for a small file.
+        while v.len() < want {
+            let n = rustix::io::read(&f, rustix::buffer::spare_capacity(v))
+                .map_err(io::Error::from)
+                .with_context(read_err)?;
+            if n == 0 {
+                // The file shrank while it was read: pad, so the archive
+                // stays well-formed, and hash what is stored.
+                v.resize(want, 0);
+                changed = true;
+            }
+        }
+        if v.len() > want {
+            // It grew since it was opened: the size at open is stored.
+            v.truncate(want);
+            changed = true;
+        }
+        pad(v, size);
+        self.hash.push(ToHash {
+            id,
+            start,
+            len: size as usize,
+        });
+        self.piece_full()?;
+        Ok(Some(FileRead { size, changed }))
+    }
+
+    /// A large file, across pieces, hashed here.
+    fn stream_file(&mut self, e: &Entry, f: &File, size: u64, id: usize) -> Result<FileRead> {
+        use std::io::Read;
+        self.file_header(e, size)
+            .context("cannot write the archive")?;
+        let mut hasher = Sha256::new();
+        let mut left = size;
+        let mut short = false;
+        let mut r = f;
+        while left > 0 {
+            self.room_for(1 << 16)?;
+            let v = self.tar.get_mut();
+            let start = v.len();
+            let want = (PIECE - start).min(left as usize);
+            v.resize(start + want, 0);
+            let n = if short { 0 } else { r.read(&mut v[start..])? };
+            let n = if n == 0 {
+                // Shrank while read: zeros keep the archive well-formed.
+                short = true;
+                want
+            } else {
+                n
+            };
+            v.truncate(start + n);
+            hasher.update(&v[start..]);
+            left -= n as u64;
+            self.piece_full()?;
+        }
+        pad(self.tar.get_mut(), size);
+        let grew = f.metadata().map(|m| m.len() != size).unwrap_or(true);
+        self.hashes.push((id, hasher.finalize().into()));
+        self.piece_full()?;
+        Ok(FileRead {
             size,
-            changed: r.short || grew,
-        }))
+            changed: short || grew,
+        })
     }
 
-    /// End the tar stream and the zstd frame; returns the destination and
-    /// the number of bytes written to it.
-    pub fn finish(self) -> Result<(W, u64)> {
-        let enc = self
-            .tar
-            .into_inner()
-            .context("cannot finish the archive")?
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .context("cannot finish the archive")?;
-        let counting = enc
-            .finish()
-            .context("cannot finish the compressed stream")?;
-        Ok((counting.inner, counting.bytes))
+    /// Every hash of the files stored so far, by id, hex (waits for the
+    /// pool to get through them).
+    pub fn hashes(&mut self) -> Result<Vec<(usize, String)>> {
+        self.send_piece()?;
+        while self.returned < self.seq {
+            let r = self
+                .back
+                .recv()
+                .context("cannot write the archive: the writing thread stopped")?;
+            self.take_back(r)?;
+        }
+        Ok(std::mem::take(&mut self.hashes)
+            .into_iter()
+            .map(|(id, h)| (id, hex::encode(h)))
+            .collect())
+    }
+
+    /// End the tar stream; returns the destination and the number of bytes
+    /// written to it.
+    pub fn finish(mut self) -> Result<(W, u64)> {
+        self.tar.finish().context("cannot finish the archive")?;
+        self.send_piece()?;
+        self.jobs = None;
+        for t in self.pool.drain(..) {
+            let _ = t.join();
+        }
+        let writer = self.writer.take().expect("the writing thread runs");
+        match writer.join() {
+            Ok(r) => r.context("cannot write the archive"),
+            Err(_) => anyhow::bail!("cannot write the archive: the writing thread failed"),
+        }
     }
 }
 
-/// A file read whole, with its hash and its metadata at open.
-pub struct Small {
-    pub bytes: Vec<u8>,
-    pub sha256: String,
-    pub mtime: i64,
-    pub mtime_nsec: u32,
-    pub size_at_open: u64,
-}
-
-pub enum Opened {
-    Small(Small),
-    /// Too large to hold in memory: streamed from this handle.
-    Large(File),
-}
-
-/// Open a file; read and hash it whole when it is small. `None` when it
-/// vanished (a maildir message moved or expunged).
-pub fn read_small(abs: &Path) -> Result<Option<Opened>> {
-    use std::os::unix::fs::MetadataExt;
-    let mut f = match File::open(abs) {
-        Ok(f) => f,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(err).with_context(|| format!("cannot read {}", abs.display())),
-    };
-    let m = f
-        .metadata()
-        .with_context(|| format!("cannot read {}", abs.display()))?;
-    if m.len() > WHOLE_FILE {
-        return Ok(Some(Opened::Large(f)));
+impl<W: Write + Send + 'static> Drop for Writer<W> {
+    fn drop(&mut self) {
+        // Stop the pool; what it still holds is written (into an archive
+        // that is being discarded) and the threads end.
+        self.jobs = None;
+        for t in self.pool.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
     }
-    let mut bytes = Vec::with_capacity(m.len() as usize + 1);
-    f.read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read {}", abs.display()))?;
-    Ok(Some(Opened::Small(Small {
-        sha256: hex::encode(Sha256::digest(&bytes)),
-        bytes,
-        mtime: m.mtime(),
-        mtime_nsec: m.mtime_nsec() as u32,
-        size_at_open: m.len(),
-    })))
 }
 
 /// SHA-256 of a byte slice, hex.

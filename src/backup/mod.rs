@@ -263,6 +263,7 @@ struct Plan {
     entries: Vec<Scanned>,
     skipped: scan::Skipped,
     queue: Option<PathBuf>,
+    info: RelayInfo,
 }
 
 fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
@@ -273,29 +274,7 @@ fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
         (None, Output::Dir(d), false) if d.is_dir() => archives_in(d)?.pop(),
         _ => None,
     };
-    let base = match base_archive {
-        Some(p) => {
-            let m = load_manifest(ctx, &p, &opts.keys).with_context(|| {
-                format!(
-                    "cannot use {} as the base of an incremental backup (use --full for a full one)",
-                    p.display()
-                )
-            })?;
-            let file = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            Some((
-                BaseRef {
-                    id: m.header.id.clone(),
-                    file,
-                },
-                m,
-            ))
-        }
-        None => None,
-    };
-    let kind = if base.is_some() {
+    let kind = if base_archive.is_some() {
         Kind::Incremental
     } else {
         Kind::Full
@@ -327,7 +306,41 @@ fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
             skip.push(parent.to_path_buf());
         }
     }
-    let (entries, skipped) = scan::scan(dep, &skip)?;
+    // The base's manifest and the relay's facts are read while the
+    // deployment is scanned.
+    let (base, info, scanned) = std::thread::scope(|scope| {
+        let base = scope.spawn(|| -> Result<Option<(BaseRef, Manifest)>> {
+            let Some(p) = &base_archive else {
+                return Ok(None);
+            };
+            let m = load_manifest(ctx, p, &opts.keys).with_context(|| {
+                format!(
+                    "cannot use {} as the base of an incremental backup (use --full for a full one)",
+                    p.display()
+                )
+            })?;
+            let file = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(Some((
+                BaseRef {
+                    id: m.header.id.clone(),
+                    file,
+                },
+                m,
+            )))
+        });
+        let info = scope.spawn(|| relay_info(ctx));
+        let scanned = scan::scan(dep, &skip);
+        let base = base
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("reading the base manifest failed")));
+        let info = info.join().unwrap_or_default();
+        (base, info, scanned)
+    });
+    let base = base?;
+    let (entries, skipped) = scanned?;
     let queue = fs::symlink_metadata(&queue)
         .is_ok_and(|m| m.is_dir())
         .then_some(queue);
@@ -338,6 +351,7 @@ fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
         entries,
         skipped,
         queue,
+        info,
     })
 }
 
@@ -373,8 +387,8 @@ pub fn run(ctx: &Context, opts: &BackupOptions) -> Result<Summary> {
     }
     let start = Instant::now();
     let signals = compose::signal_count();
-    let plan = plan(ctx, opts)?;
-    let info = relay_info(ctx);
+    let mut plan = plan(ctx, opts)?;
+    let info = std::mem::take(&mut plan.info);
     if ctx.dry_run {
         show_plan(ctx, opts, &plan, &info);
         ctx.dry_run_done();
@@ -568,6 +582,49 @@ impl Drop for Progress {
     }
 }
 
+/// A file whose written data goes to disk while more is written: the
+/// flush before the rename then waits for the last few MiB only, not for
+/// the whole archive (and the backup does not fill the page cache with
+/// dirty pages that the relay's own writes would queue behind).
+struct WriteBehind {
+    file: fs::File,
+    written: u64,
+    started: u64,
+}
+
+impl WriteBehind {
+    /// Start writeback every this many bytes.
+    const STEP: u64 = 8 << 20;
+}
+
+impl Write for WriteBehind {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.started >= Self::STEP {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain system call on a file descriptor this struct
+            // owns; no memory is passed. SYNC_FILE_RANGE_WRITE starts the
+            // writeback of the range and does not wait for it.
+            let r = unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.started as libc::off64_t,
+                    (self.written - self.started) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            // Only a hint: a file system without it still gets the fsync.
+            let _ = r;
+            self.started = self.written;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// The open destination: a temp file renamed at the end, or stdout.
 enum Dest {
     Temp(tempfile::NamedTempFile, PathBuf),
@@ -607,7 +664,14 @@ fn open_dest(final_path: Option<&Path>) -> Result<(Dest, Box<dyn Write + Send>)>
             let f = tmp.reopen()?;
             Ok((
                 Dest::Temp(tmp, p.to_path_buf()),
-                Box::new(std::io::BufWriter::with_capacity(1 << 20, f)),
+                Box::new(std::io::BufWriter::with_capacity(
+                    1 << 20,
+                    WriteBehind {
+                        file: f,
+                        written: 0,
+                        started: 0,
+                    },
+                )),
             ))
         }
     }
@@ -621,9 +685,13 @@ fn name_owner(e: &mut Entry, info: &RelayInfo) {
 
 struct Run<'a> {
     ctx: &'a Context,
-    prev: BTreeMap<String, Entry>,
+    prev: HashMap<&'a str, &'a Entry>,
     links: HashMap<(u64, u64), String>,
-    written: HashSet<String>,
+    /// What the scan found (a renamed message is not stored twice).
+    scanned: &'a [Scanned],
+    scanned_paths: Option<HashSet<&'a str>>,
+    /// Names a renamed message was followed to, stored already.
+    followed: HashSet<String>,
     entries: Vec<Entry>,
     consistency: Consistency,
     stored_files: usize,
@@ -665,17 +733,18 @@ impl Run<'_> {
     }
 
     /// Store one scanned path; `content` when it was read already (queue).
-    fn add<W: Write>(
+    /// A stored file's hash arrives from the writer later ([`Run::hashed`]).
+    fn add<W: Write + Send + 'static>(
         &mut self,
         w: &mut archive::Writer<W>,
         s: &Scanned,
         content: Option<&[u8]>,
-        pre: Option<archive::Small>,
         info: &RelayInfo,
         progress: &Progress,
     ) -> Result<()> {
         self.check_interrupt()?;
-        if !self.written.insert(s.entry.path.clone()) {
+        if !self.followed.is_empty() && self.followed.contains(&s.entry.path) {
+            // Stored already, under the name it was renamed to.
             return Ok(());
         }
         if let Some(mut e) = self.link_of(s) {
@@ -693,7 +762,7 @@ impl Run<'_> {
             self.entries.push(e);
             return Ok(());
         }
-        if let Some(p) = self.prev.get(&e.path) {
+        if let Some(p) = self.prev.get(e.path.as_str()) {
             if e.unchanged_since(p) && p.sha256.is_some() {
                 e.sha256 = p.sha256.clone();
                 e.stored = false;
@@ -702,29 +771,35 @@ impl Run<'_> {
             }
         }
         e.stored = true;
+        let id = self.entries.len();
         let read = match content {
             Some(bytes) => {
                 e.size = bytes.len() as u64;
-                w.add_bytes(&e, bytes)?;
+                w.add_bytes(&e, bytes, id)?;
                 Some(archive::FileRead {
-                    sha256: archive::sha256_hex(bytes),
                     size: e.size,
                     changed: false,
                 })
             }
-            None => match pre {
-                Some(small) => Some(w.add_small(&mut e, small)?),
-                None => w.add_file(&mut e, &s.abs)?,
-            },
+            None => w.add_file(&mut e, &s.abs, id)?,
         };
         let Some(read) = read else {
             // Gone since the scan: a maildir message may have moved.
-            self.written.remove(&e.path);
             if let Some(new) = renamed_message(&s.abs) {
                 if let Ok(m) = fs::symlink_metadata(&new) {
                     let rel = scan::rel_name(self.ctx.deployment.dir(), &new)?;
+                    // A name the scan found is stored in its turn (or was).
+                    let scanned = self
+                        .scanned_paths
+                        .get_or_insert_with(|| {
+                            self.scanned.iter().map(|s| s.entry.path.as_str()).collect()
+                        })
+                        .contains(rel.as_str());
+                    if scanned || !self.followed.insert(rel.clone()) {
+                        return Ok(());
+                    }
                     let s2 = scan::entry_of(&new, &rel, &m)?;
-                    return self.add(w, &s2, None, None, info, progress);
+                    return self.add(w, &s2, None, info, progress);
                 }
             }
             return Ok(());
@@ -732,36 +807,29 @@ impl Run<'_> {
         if read.changed {
             self.consistency.changed_while_read.push(e.path.clone());
         }
-        e.sha256 = Some(read.sha256);
         self.stored_files += 1;
         self.stored_bytes += read.size;
         progress.tick(read.size, self.stored_files as u64, self.total_files);
         self.entries.push(e);
         Ok(())
     }
-}
 
-/// Indices of the entries whose content a backup reads: files that are
-/// new or changed since `prev`, first names of hard-linked files only
-/// (the same decisions as [`Run::add`], in the same order).
-fn files_to_read(entries: &[Scanned], prev: &BTreeMap<String, Entry>) -> Vec<usize> {
-    let mut seen = HashSet::default();
-    let mut out = Vec::new();
-    for (i, s) in entries.iter().enumerate() {
-        if s.entry.kind != EntryKind::File {
-            continue;
+    /// Put the hashes the writer computed into the stored entries.
+    fn hashed(&mut self, hashes: Vec<(usize, String)>) -> Result<()> {
+        for (id, sha) in hashes {
+            if let Some(e) = self.entries.get_mut(id) {
+                e.sha256 = Some(sha);
+            }
         }
-        if s.nlink > 1 && !seen.insert((s.dev, s.ino)) {
-            continue;
+        if let Some(e) = self
+            .entries
+            .iter()
+            .find(|e| e.kind == EntryKind::File && e.sha256.is_none())
+        {
+            bail!("internal error: no checksum for {}", e.path);
         }
-        let unchanged = prev
-            .get(&s.entry.path)
-            .is_some_and(|p| s.entry.unchanged_since(p) && p.sha256.is_some());
-        if !unchanged {
-            out.push(i);
-        }
+        Ok(())
     }
-    out
 }
 
 /// The queue's paths by name, files with their content.
@@ -820,23 +888,19 @@ fn write(
         base: plan.base.as_ref().map(|b| b.0.clone()),
         created,
     };
-    let prev: BTreeMap<String, Entry> = plan
+    let base_entries: &[Entry] = plan
         .base
         .as_ref()
-        .map(|(_, m)| {
-            m.entries
-                .iter()
-                .map(|e| (e.path.clone(), e.clone()))
-                .collect()
-        })
+        .map(|(_, m)| m.entries.as_slice())
         .unwrap_or_default();
+    let prev: HashMap<&str, &Entry> = base_entries.iter().map(|e| (e.path.as_str(), e)).collect();
     let to_read: Vec<&Scanned> = plan
         .entries
         .iter()
         .filter(|s| {
             s.entry.kind == EntryKind::File
                 && !prev
-                    .get(&s.entry.path)
+                    .get(s.entry.path.as_str())
                     .is_some_and(|p| s.entry.unchanged_since(p))
         })
         .collect();
@@ -858,7 +922,9 @@ fn write(
         ctx,
         prev,
         links: HashMap::default(),
-        written: HashSet::default(),
+        scanned: &plan.entries,
+        scanned_paths: None,
+        followed: HashSet::default(),
         entries: Vec::with_capacity(plan.entries.len()),
         consistency: Consistency::default(),
         stored_files: 0,
@@ -871,38 +937,12 @@ fn write(
     );
     {
         let progress = Progress::new(ctx, total_bytes, total_files, opts.json);
-        // One thread reads and hashes the files to store, in archive
-        // order, while this one feeds zstd's workers: reading overlaps
-        // with compression, as in `tar | zstd`.
-        let need = files_to_read(&plan.entries, &run.prev);
-        std::thread::scope(|scope| -> Result<()> {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Option<archive::Small>>>(32);
-            let entries = &plan.entries;
-            let need_ref = &need;
-            scope.spawn(move || {
-                for &i in need_ref {
-                    let msg = match archive::read_small(&entries[i].abs) {
-                        Ok(Some(archive::Opened::Small(r))) => Ok(Some(r)),
-                        Ok(_) => Ok(None),
-                        Err(e) => Err(e),
-                    };
-                    if tx.send(msg).is_err() {
-                        return;
-                    }
-                }
-            });
-            let mut next = need.iter().peekable();
-            for (i, s) in plan.entries.iter().enumerate() {
-                let pre = if next.peek() == Some(&&i) {
-                    next.next();
-                    rx.recv().context("the reading thread stopped")??
-                } else {
-                    None
-                };
-                run.add(&mut w, s, None, pre, &info, &progress)?;
-            }
-            Ok(())
-        })?;
+        // This thread reads the files into the archive's pieces; the
+        // writer's pool hashes and compresses them, as `tar | zstd -T0`
+        // overlaps reading and compression.
+        for s in &plan.entries {
+            run.add(&mut w, s, None, &info, &progress)?;
+        }
 
         if let Some(queue) = &plan.queue {
             // Read the queue once while Postfix runs, then again under the
@@ -949,7 +989,7 @@ fn write(
                 early
             };
             for (s, content) in queue_files.values() {
-                run.add(&mut w, s, content.as_deref(), None, &info, &progress)?;
+                run.add(&mut w, s, content.as_deref(), &info, &progress)?;
             }
         } else {
             run.consistency
@@ -968,12 +1008,13 @@ fn write(
             "owners recorded by number only (the container was not running to name them)".into(),
         );
     }
+    let hashes = w.hashes()?;
+    run.hashed(hashes)?;
     let current: HashSet<&str> = run.entries.iter().map(|e| e.path.as_str()).collect();
-    let deleted: Vec<String> = run
-        .prev
-        .keys()
-        .filter(|p| !current.contains(p.as_str()))
-        .cloned()
+    let deleted: Vec<String> = base_entries
+        .iter()
+        .filter(|e| !current.contains(e.path.as_str()))
+        .map(|e| e.path.clone())
         .collect();
     let manifest = Manifest {
         header: header.clone(),
@@ -985,13 +1026,51 @@ fn write(
     };
     run.check_interrupt()?;
     let json = manifest.to_json();
-    w.add_meta(manifest::MANIFEST_ENTRY, &json)?;
-    let (sink, archive_bytes) = w.finish()?;
-    let mut out = sink
-        .finish()
-        .context("cannot finish the encrypted stream")?;
-    out.flush().context("cannot write the archive")?;
-    drop(out);
+    // The sidecar is written (and flushed) while the archive is finished;
+    // it takes its name once the archive has its own.
+    let sidecar_dir = match (&opts.output, &dest) {
+        (Output::Dir(_), Dest::Temp(_, final_path)) => final_path.parent().map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        }),
+        _ => None,
+    };
+    let (finished, sidecar) = std::thread::scope(|scope| {
+        let sidecar = sidecar_dir.map(|dir| {
+            let json = &json;
+            scope.spawn(move || -> Result<tempfile::NamedTempFile> {
+                let side = crypt::seal(json, &opts.encrypt)?;
+                let mut tmp = tempfile::Builder::new()
+                    .prefix(".manifest.")
+                    .suffix(".partial")
+                    .permissions(fs::Permissions::from_mode(0o600))
+                    .tempfile_in(dir)
+                    .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+                tmp.write_all(&side)?;
+                tmp.as_file().sync_all()?;
+                Ok(tmp)
+            })
+        });
+        let finished = (|| -> Result<u64> {
+            w.add_meta(manifest::MANIFEST_ENTRY, &json)?;
+            let (sink, archive_bytes) = w.finish()?;
+            let mut out = sink
+                .finish()
+                .context("cannot finish the encrypted stream")?;
+            out.flush().context("cannot write the archive")?;
+            Ok(archive_bytes)
+        })();
+        let sidecar = sidecar.map(|t| {
+            t.join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("writing the manifest failed")))
+        });
+        (finished, sidecar)
+    });
+    let archive_bytes = finished?;
+    let sidecar = sidecar.transpose()?;
     let archive = match dest {
         Dest::Stdout => None,
         Dest::Temp(tmp, final_path) => {
@@ -1001,9 +1080,11 @@ fn write(
             tmp.persist_noclobber(&final_path)
                 .map_err(|e| e.error)
                 .with_context(|| format!("cannot create {}", final_path.display()))?;
-            if matches!(opts.output, Output::Dir(_)) {
-                let side = crypt::seal(&json, &opts.encrypt)?;
-                crate::host::write_atomic(&Manifest::sidecar_of(&final_path), &side, 0o600)?;
+            if let Some(side) = sidecar {
+                let side_path = Manifest::sidecar_of(&final_path);
+                side.persist(&side_path)
+                    .map_err(|e| e.error)
+                    .with_context(|| format!("cannot create {}", side_path.display()))?;
             }
             // Encrypted archives: keep the manifest here, in clear, for
             // the next incremental (a sidecar in clear would tell the
@@ -1046,7 +1127,7 @@ fn write(
     Ok(Summary {
         archive,
         kind: plan.kind,
-        base: plan.base.map(|b| b.0.file),
+        base: plan.base.as_ref().map(|b| b.0.file.clone()),
         files: files.len(),
         bytes: files.iter().map(|e| e.size).sum(),
         stored_files: run.stored_files,

@@ -658,6 +658,15 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
     }
     // One flush for the whole tree before it goes into place.
     let _ = rustix::fs::syncfs(fs::File::open(staging.path())?);
+    // An interrupt at any point before the move leaves the target as it
+    // was.
+    if crate::compose::interrupted_since(signals) {
+        return Err(error::Failure {
+            code: 130,
+            message: Some("interrupted: nothing was restored".into()),
+        }
+        .into());
+    }
 
     // Move into place: what was there aside, then the restored paths in.
     let stamp = humantime::format_rfc3339_seconds(SystemTime::now())

@@ -8,7 +8,9 @@
 //! Sockets and fifos are skipped: the services create them at start.
 
 use anyhow::{bail, Context as _, Result};
+use rustix::fd::AsFd;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -115,6 +117,179 @@ pub fn rel_name(dir: &Path, abs: &Path) -> Result<String> {
     }
 }
 
+/// The entry for a path from `lstat` data taken relative to its directory.
+fn entry_of_stat(
+    dir: &rustix::fd::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    abs: PathBuf,
+    rel: String,
+    st: &rustix::fs::Stat,
+) -> Result<Scanned> {
+    use rustix::fs::FileType;
+    let ft = FileType::from_raw_mode(st.st_mode);
+    let kind = match ft {
+        FileType::Directory => EntryKind::Dir,
+        FileType::Symlink => EntryKind::Symlink,
+        _ => EntryKind::File,
+    };
+    let target = if kind == EntryKind::Symlink {
+        let t = rustix::fs::readlinkat(dir, name, Vec::new())
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("cannot read the link {}", abs.display()))?;
+        match t.into_string() {
+            Ok(t) => Some(t),
+            Err(_) => bail!(
+                "{}: the link's target is not UTF-8, which the backup manifest cannot record; point it at a UTF-8 name",
+                abs.display()
+            ),
+        }
+    } else {
+        None
+    };
+    Ok(Scanned {
+        entry: Entry {
+            path: rel,
+            kind,
+            size: if kind == EntryKind::File {
+                st.st_size as u64
+            } else {
+                0
+            },
+            mtime: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec as u32,
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            user: None,
+            group: None,
+            sha256: None,
+            target,
+            stored: false,
+        },
+        abs,
+        dev: st.st_dev,
+        ino: st.st_ino,
+        // `nlink_t` is 32 bits wide on some targets.
+        #[allow(clippy::unnecessary_cast)]
+        nlink: st.st_nlink as u64,
+    })
+}
+
+/// What one directory holds: its entries in name order, and for each the
+/// listing below it (directories only).
+#[derive(Default)]
+struct Listing {
+    found: Vec<Scanned>,
+    below: Vec<Option<Listing>>,
+    special: Vec<String>,
+}
+
+impl Listing {
+    /// Each directory followed by what it holds; every entry moved once.
+    fn flatten(self, out: &mut Vec<Scanned>, special: &mut Vec<String>) {
+        special.extend(self.special);
+        for (s, b) in self.found.into_iter().zip(self.below) {
+            out.push(s);
+            if let Some(b) = b {
+                b.flatten(out, special);
+            }
+        }
+    }
+}
+
+/// The entries below the directory `abs` (already listed itself);
+/// directories are read in parallel and every entry is examined relative
+/// to its directory (no path walk per file).
+fn scan_dir(abs: &Path, rel: &str, skip: &[PathBuf], follow: bool) -> Result<Listing> {
+    use rayon::prelude::*;
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let io_err = |e: rustix::io::Errno| std::io::Error::from(e);
+    let fd = match rustix::fs::open(
+        abs,
+        // Below the root, a directory replaced by a link since it was
+        // listed is not followed.
+        if follow {
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC
+        } else {
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW
+        },
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        // Removed (or replaced) since it was listed: a maildir folder
+        // deleted while the backup runs.
+        Err(rustix::io::Errno::NOENT)
+        | Err(rustix::io::Errno::NOTDIR)
+        | Err(rustix::io::Errno::LOOP) => return Ok(Listing::default()),
+        Err(e) => return Err(io_err(e)).with_context(|| format!("cannot read {}", abs.display())),
+    };
+    let mut names = Vec::new();
+    let mut dir = rustix::fs::Dir::read_from(&fd)
+        .map_err(io_err)
+        .with_context(|| format!("cannot read {}", abs.display()))?;
+    for item in dir.by_ref() {
+        let item = item
+            .map_err(io_err)
+            .with_context(|| format!("cannot read {}", abs.display()))?;
+        let name = item.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let name = std::ffi::OsStr::from_bytes(name).to_os_string();
+        let child = abs.join(&name);
+        let Some(n) = name.to_str() else {
+            bail!(
+                "{}: the name is not UTF-8, which the backup manifest cannot record; rename it",
+                child.display()
+            );
+        };
+        let child_rel = format!("{rel}/{n}");
+        if PLACEHOLDERS.contains(&child_rel.as_str())
+            || skip.iter().any(|s| s.as_os_str() == child.as_os_str())
+        {
+            continue;
+        }
+        names.push((name, child, child_rel));
+    }
+    names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut found = Vec::with_capacity(names.len());
+    let mut special = Vec::new();
+    for (name, child, child_rel) in names {
+        let st = match rustix::fs::statat(&fd, &name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            // A maildir message renamed or expunged since the listing.
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => {
+                return Err(io_err(e)).with_context(|| format!("cannot read {}", child.display()))
+            }
+        };
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory | FileType::RegularFile | FileType::Symlink => {
+                found.push(entry_of_stat(&fd.as_fd(), &name, child, child_rel, &st)?)
+            }
+            _ => special.push(child_rel),
+        }
+    }
+    drop(dir);
+    drop(fd);
+    // What each subdirectory holds, read in parallel.
+    let below = found
+        .par_iter()
+        .map(|s| {
+            if s.entry.kind == EntryKind::Dir {
+                scan_dir(&s.abs, &s.entry.path, skip, false).map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Listing {
+        found,
+        below,
+        special,
+    })
+}
+
 /// Walk one tree (or a single file) of the deployment. `skip` are absolute
 /// paths left out with what lies below them (the queue, the output).
 pub fn scan_tree(
@@ -124,69 +299,30 @@ pub fn scan_tree(
     out: &mut Vec<Scanned>,
     skipped: &mut Skipped,
 ) -> Result<()> {
-    let walker = walkdir::WalkDir::new(top)
-        .follow_links(false)
-        .follow_root_links(true)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| !skip.iter().any(|s| s.as_os_str() == e.path().as_os_str()));
-    let mut listed = Vec::new();
-    for item in walker {
-        let item = match item {
-            Ok(i) => i,
-            // A file of a maildir removed between listing and stat
-            // (expunged, or renamed by a flag change): not an error.
-            Err(e)
-                if e.io_error()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) =>
-            {
-                continue
-            }
-            Err(e) => {
-                let path = e
-                    .path()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default();
-                return Err(anyhow::Error::new(e).context(format!("cannot read {path}")));
-            }
-        };
-        let rel = rel_name(dir, item.path())?;
-        if PLACEHOLDERS.contains(&rel.as_str()) {
-            continue;
-        }
-        listed.push((item.depth() == 0, item.into_path(), rel));
+    if skip.iter().any(|s| s.as_os_str() == top.as_os_str()) {
+        return Ok(());
     }
-    // The metadata of a mailstore's files, in parallel: an incremental
-    // backup spends most of its time here.
-    use rayon::prelude::*;
-    let found: Vec<Result<Option<std::result::Result<Scanned, String>>>> = listed
-        .into_par_iter()
-        .map(|(root, abs, rel)| {
-            // The root of a tree may be a link the administrator set up
-            // (`data` on another disk): it is followed, as Compose does.
-            let m = if root {
-                fs::metadata(&abs)
-            } else {
-                fs::symlink_metadata(&abs)
-            };
-            let m = match m {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e).with_context(|| format!("cannot read {}", abs.display())),
-            };
-            let ft = m.file_type();
-            if !(ft.is_dir() || ft.is_file() || ft.is_symlink()) {
-                return Ok(Some(Err(rel)));
-            }
-            entry_of(&abs, &rel, &m).map(|s| Some(Ok(s)))
-        })
-        .collect();
-    for f in found {
-        match f? {
-            Some(Ok(s)) => out.push(s),
-            Some(Err(special)) => skipped.special.push(special),
-            None => {}
-        }
+    let rel = rel_name(dir, top)?;
+    if PLACEHOLDERS.contains(&rel.as_str()) {
+        return Ok(());
+    }
+    // The root of a tree may be a link the administrator set up (`data`
+    // on another disk): it is followed, as Compose does.
+    let m = match fs::metadata(top) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", top.display())),
+    };
+    let ft = m.file_type();
+    if !(ft.is_dir() || ft.is_file()) {
+        skipped.special.push(rel);
+        return Ok(());
+    }
+    let root = entry_of(top, &rel, &m)?;
+    let is_dir = root.entry.kind == EntryKind::Dir;
+    out.push(root);
+    if is_dir {
+        scan_dir(top, &rel, skip, true)?.flatten(out, &mut skipped.special);
     }
     Ok(())
 }
