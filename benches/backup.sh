@@ -12,7 +12,9 @@
 #                      the full backup of the same tree (goal <= 0.1)
 #   3. restore         restore FILE         vs  zstd -d | tar -x  (goal >= 0.9);
 #                      restore flushes the restored tree before moving it
-#                      into place, so it is also compared with tar + sync -f
+#                      into place, so it is also compared with tar + sync -f;
+#                      each run restores into a new directory (needs about
+#                      4 x REPEAT x the mailstore's size of free space)
 #   4. queue pause     the pause reported in the manifest, with a stand-in
 #                      `docker` (the tool's own share of the window; the
 #                      engine's `docker compose exec` adds its start-up)
@@ -52,7 +54,7 @@ chmod +x "$W/bin/docker"
 export PATH="$W/bin:$PATH"
 
 now() { date +%s%N; }
-time_ns() { local s e; s=$(now); "$@" >/dev/null 2>&1; e=$(now); echo $(( e - s )); }
+time_ns() { local s e; s=$(now); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(now); echo $(( e - s )); }
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 secs() { awk -v n="$1" 'BEGIN { printf "%.3f", n / 1e9 }'; }
 pair() {
@@ -98,11 +100,14 @@ pause=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["queue_p
 echo "queue pause:   ${pause} ms (stand-in docker: the tool's share of the window)"
 
 # Restore: ours into a fresh deployment directory, theirs with tar -x.
-fresh_ours() { rm -rf "$W/r1"; mkdir -p "$W/r1"; sync; }
-fresh_theirs() { rm -rf "$W/r2"; mkdir -p "$W/r2"; sync; }
-ours_restore() { "$BIN" -q --dir "$W/r1" restore "$W/out/full.tar.zst"; }
-theirs_restore() { zstd -q -d -c "$W/tar.zst" | tar -C "$W/r2" -xf -; }
-theirs_restore_sync() { theirs_restore && sync -f "$W/r2"; }
+# Every run gets a new directory and nothing is removed until the end:
+# ext4 passes over recently freed inodes when it allocates new ones, which
+# made a tar -x after the previous run's tree was removed up to 5x slower.
+fresh_ours() { R1=$(mktemp -d "$W/r1.XXXXXX"); sync; }
+fresh_theirs() { R2=$(mktemp -d "$W/r2.XXXXXX"); sync; }
+ours_restore() { "$BIN" -q --dir "$R1" restore "$W/out/full.tar.zst"; }
+theirs_restore() { zstd -q -d -c "$W/tar.zst" | tar -C "$R2" -xf -; }
+theirs_restore_sync() { theirs_restore && sync -f "$R2"; }
 read -r r_ours r_theirs r_ratio < <(pair fresh_ours ours_restore fresh_theirs theirs_restore)
 echo "restore:       ours ${r_ours}s, zstd -d|tar -x ${r_theirs}s -> throughput ratio $(printf %.2f "$r_ratio") (goal >= 0.9)"
 read -r r_ours2 r_theirs2 r_ratio2 < <(pair fresh_ours ours_restore fresh_theirs theirs_restore_sync)

@@ -534,3 +534,147 @@ impl<W: Write + Send + 'static> Drop for Writer<W> {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::io::Read;
+
+    fn entry(path: &str) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryKind::File,
+            size: 0,
+            mtime: 1,
+            mtime_nsec: 0,
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            user: None,
+            group: None,
+            sha256: None,
+            target: None,
+            stored: true,
+        }
+    }
+
+    /// Bytes that do not compress (as encrypted mail).
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn files_across_pieces_come_back_whole_with_their_hashes() {
+        let d = tempfile::tempdir().unwrap();
+        // Small files filling several pieces, one streamed across pieces,
+        // one whose name needs tar's long-name entry, an empty one.
+        let mut files: Vec<(String, Vec<u8>)> = (0..120)
+            .map(|i| (format!("data/m{i}"), noise(30_000 + i * 7, i as u64)))
+            .collect();
+        files.push(("data/big".into(), noise(5 * PIECE + 123, 99)));
+        files.push((format!("data/{}", "n".repeat(150)), noise(700, 7)));
+        files.push(("data/empty".into(), Vec::new()));
+        for (p, c) in &files {
+            fs::create_dir_all(d.path().join(p).parent().unwrap()).unwrap();
+            fs::write(d.path().join(p), c).unwrap();
+        }
+        let mut w = Writer::new(Vec::new(), 3, 2).unwrap();
+        w.add_meta("meta/header.json", b"{}").unwrap();
+        let mut expected = Vec::new();
+        for (id, (p, c)) in files.iter().enumerate() {
+            let mut e = entry(p);
+            let read = w.add_file(&mut e, &d.path().join(p), id).unwrap().unwrap();
+            assert_eq!(read.size, c.len() as u64);
+            assert!(!read.changed);
+            expected.push((id, sha256_hex(c)));
+        }
+        let queued = b"a queue file already read".to_vec();
+        w.add_bytes(&entry("data/q"), &queued, files.len()).unwrap();
+        expected.push((files.len(), sha256_hex(&queued)));
+        let mut hashes = w.hashes().unwrap();
+        hashes.sort();
+        assert_eq!(hashes, expected);
+        w.add_meta("meta/manifest.json", &noise(3 * PIECE, 5))
+            .unwrap();
+        let (out, bytes) = w.finish().unwrap();
+        assert_eq!(bytes, out.len() as u64);
+
+        // Many frames, each with its content size and checksum ...
+        let mut rest = &out[..];
+        let mut frames = 0;
+        while !rest.is_empty() {
+            let n = zstd::zstd_safe::find_frame_compressed_size(rest).unwrap();
+            rest = &rest[n..];
+            frames += 1;
+        }
+        assert!(frames > 8, "{frames} frames");
+        // ... that read back as one tar stream.
+        let mut ar = tar::Archive::new(zstd::stream::read::Decoder::new(&out[..]).unwrap());
+        let mut got = Vec::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let mut c = Vec::new();
+            e.read_to_end(&mut c).unwrap();
+            got.push((path, c));
+        }
+        assert_eq!(got.len(), files.len() + 3);
+        assert_eq!(got[0].0, "meta/header.json");
+        for ((p, c), (gp, gc)) in files.iter().zip(&got[1..]) {
+            assert_eq!(p, gp);
+            assert!(c == gc, "{p} differs");
+        }
+        assert_eq!(got[files.len() + 1].1, queued);
+        assert_eq!(got[files.len() + 2].0, "meta/manifest.json");
+    }
+
+    #[test]
+    fn a_file_that_vanished_is_not_stored() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Writer::new(Vec::new(), 1, 1).unwrap();
+        let mut e = entry("gone");
+        assert!(w
+            .add_file(&mut e, &d.path().join("gone"), 0)
+            .unwrap()
+            .is_none());
+        let (out, _) = w.finish().unwrap();
+        let mut ar = tar::Archive::new(zstd::stream::read::Decoder::new(&out[..]).unwrap());
+        assert_eq!(ar.entries().unwrap().count(), 0);
+    }
+
+    /// A destination slower than compression: the writer waits for it
+    /// instead of holding the whole archive in memory.
+    #[test]
+    fn a_slow_destination_holds_back_reading() {
+        struct Slow(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+        impl Write for Slow {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut w = Writer::new(Slow(written.clone()), 1, 2).unwrap();
+        let piece = noise(PIECE, 3);
+        for i in 0..40 {
+            w.add_bytes(&entry(&format!("f{i}")), &piece, i).unwrap();
+            // Never more pieces on their way than the bound allows.
+            let out = written.load(std::sync::atomic::Ordering::SeqCst) as u64;
+            assert!(w.seq - out <= w.in_flight + 2, "{} sent, {out} out", w.seq);
+        }
+        w.finish().unwrap();
+    }
+}

@@ -218,6 +218,157 @@ fn prepare(
     Ok(())
 }
 
+/// Files up to this size are written by the pool; larger ones by the
+/// reading thread itself (memory stays bounded either way).
+const POOL_FILE: u64 = 8 << 20;
+
+/// A file to write into the staging directory, with its content.
+struct WriteJob {
+    dst: PathBuf,
+    rel: String,
+    data: Vec<u8>,
+}
+
+/// What writing one file gave: its path, hash and size, or the error.
+type Written = Result<(String, String, u64)>;
+
+/// Threads that create, write and hash the files the reading thread
+/// decompresses: on a restore most time is the kernel's, creating files
+/// and copying data into them, which this spreads over every core while
+/// one thread decompresses (as `zstd -d | tar -x` runs in two processes).
+struct Pool {
+    jobs: Option<std::sync::mpsc::SyncSender<WriteJob>>,
+    done: std::sync::mpsc::Receiver<Written>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    sent: usize,
+    received: usize,
+}
+
+fn write_one(job: &WriteJob) -> Written {
+    let io_ctx = || format!("cannot write {} into the temporary directory", job.rel);
+    let mut f = fs::File::create(&job.dst).with_context(io_ctx)?;
+    f.write_all(&job.data).with_context(io_ctx)?;
+    Ok((
+        job.rel.clone(),
+        hex::encode(Sha256::digest(&job.data)),
+        job.data.len() as u64,
+    ))
+}
+
+impl Pool {
+    fn new() -> Result<Pool> {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<WriteJob>(2 * n);
+        let jobs_rx = std::sync::Arc::new(std::sync::Mutex::new(jobs_rx));
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<Written>();
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let (rx, tx) = (jobs_rx.clone(), done_tx.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("restore-{i}"))
+                    .spawn(move || loop {
+                        let job = match rx.lock() {
+                            Ok(rx) => match rx.recv() {
+                                Ok(j) => j,
+                                Err(_) => return,
+                            },
+                            Err(_) => return,
+                        };
+                        if tx.send(write_one(&job)).is_err() {
+                            return;
+                        }
+                    })
+                    .context("cannot start the writing threads")?,
+            );
+        }
+        Ok(Pool {
+            jobs: Some(jobs_tx),
+            done: done_rx,
+            threads,
+            sent: 0,
+            received: 0,
+        })
+    }
+
+    fn take(&mut self, w: Written, hashes: &mut BTreeMap<String, (String, u64)>) -> Result<()> {
+        self.received += 1;
+        let (rel, sha, size) = w?;
+        hashes.insert(rel, (sha, size));
+        Ok(())
+    }
+
+    fn send(&mut self, job: WriteJob, hashes: &mut BTreeMap<String, (String, u64)>) -> Result<()> {
+        while let Ok(w) = self.done.try_recv() {
+            self.take(w, hashes)?;
+        }
+        let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
+        if !sent {
+            self.wait(hashes)?;
+            bail!("the writing threads stopped");
+        }
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// Wait until every file sent so far is written.
+    fn wait(&mut self, hashes: &mut BTreeMap<String, (String, u64)>) -> Result<()> {
+        while self.received < self.sent {
+            let w = self.done.recv().context("the writing threads stopped")?;
+            self.take(w, hashes)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Flushes the file system of the staging directory every 200 ms, in a
+/// thread of its own, until dropped.
+struct Flusher {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn start(dir: &Path) -> Result<Flusher> {
+        let d = fs::File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("restore-flush".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(std::time::Duration::from_millis(200))
+                {
+                    let _ = rustix::fs::syncfs(&d);
+                }
+            })
+            .context("cannot start the flushing thread")?;
+        Ok(Flusher {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.stop = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Read one archive; with `staging`, write its entries there. Returns its
 /// manifest after checking every stored file's hash against it.
 fn extract(
@@ -243,6 +394,10 @@ fn extract(
     // Every path once per archive: a second entry could rewrite a file
     // through a hard link after its hash was taken.
     let mut seen: rustc_hash::FxHashSet<String> = Default::default();
+    let mut pool = match staging {
+        Some(_) => Some(Pool::new()?),
+        None => None,
+    };
     {
         let entries = ar.entries().with_context(|| corrupt(archive))?;
         for item in entries {
@@ -294,6 +449,23 @@ fn extract(
             let io_ctx = || format!("cannot write {rel} into the temporary directory");
             match ty {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    if let (Some(d), Some(pool)) = (&dst, &mut pool) {
+                        let size = e.header().entry_size().with_context(|| corrupt(archive))?;
+                        if size <= POOL_FILE {
+                            prepare(root, d, fresh, &mut dirs).with_context(io_ctx)?;
+                            let mut data = Vec::with_capacity(size as usize);
+                            e.read_to_end(&mut data).with_context(|| corrupt(archive))?;
+                            pool.send(
+                                WriteJob {
+                                    dst: d.clone(),
+                                    rel,
+                                    data,
+                                },
+                                &mut hashes,
+                            )?;
+                            continue;
+                        }
+                    }
                     let mut hasher = Sha256::new();
                     let mut size = 0u64;
                     let mut f = match &dst {
@@ -334,6 +506,12 @@ fn extract(
                         .into_owned();
                     if let Some(d) = &dst {
                         prepare(root, d, fresh, &mut dirs).with_context(io_ctx)?;
+                        if ty == tar::EntryType::Link {
+                            // The file it names must be written first.
+                            if let Some(pool) = &mut pool {
+                                pool.wait(&mut hashes)?;
+                            }
+                        }
                         if ty == tar::EntryType::Symlink {
                             std::os::unix::fs::symlink(&target, d).with_context(io_ctx)?;
                         } else {
@@ -364,6 +542,10 @@ fn extract(
             }
         }
     }
+    if let Some(pool) = &mut pool {
+        pool.wait(&mut hashes)?;
+    }
+    drop(pool);
     // Read to the end of the stream so that zstd checks its checksum.
     io::copy(&mut ar.into_inner(), &mut io::sink()).with_context(|| corrupt(archive))?;
     let header = header.with_context(|| corrupt(archive))?;
@@ -436,16 +618,18 @@ fn prune(staging: &Path, m: &Manifest) -> Result<()> {
 }
 
 /// Check that staging holds what `m` lists and apply owners, modes, times.
+/// Every entry is independent here (all paths exist; changing an entry's
+/// owner, mode or time leaves its directory's time alone), so the work is
+/// spread over every core.
 fn finish_tree(
-    ctx: &Context,
     staging: &Path,
     m: &Manifest,
     chown: bool,
     names: Option<(&owners::Names, &owners::Names)>,
     unknown: &mut Vec<String>,
 ) -> Result<()> {
-    let mut unknown_set = std::collections::BTreeSet::new();
-    for e in &m.entries {
+    use rayon::prelude::*;
+    m.entries.par_iter().try_for_each(|e| -> Result<()> {
         let p = staging.join(&e.path);
         let meta = fs::symlink_metadata(&p).with_context(|| {
             format!(
@@ -464,47 +648,55 @@ fn finish_tree(
                 e.path
             );
         }
-    }
-    // Owners, then modes (chown clears setuid bits), then times, deepest
-    // first so that a directory's time is set after its children.
-    for e in m.entries.iter().rev() {
-        let p = staging.join(&e.path);
-        if chown {
-            let ((uid, u_unknown), (gid, g_unknown)) = match names {
-                Some((users, groups)) => (
-                    owners::map(users, e.user.as_deref(), e.uid),
-                    owners::map(groups, e.group.as_deref(), e.gid),
-                ),
-                None => ((e.uid, false), (e.gid, false)),
-            };
-            if u_unknown {
-                unknown_set.insert(format!(
-                    "user {} (kept {})",
-                    e.user.as_deref().unwrap_or(""),
-                    e.uid
-                ));
+        Ok(())
+    })?;
+    // Owners, then modes (chown clears setuid bits), then times.
+    let unknown_set = m
+        .entries
+        .par_iter()
+        .map(|e| -> Result<Vec<String>> {
+            let p = staging.join(&e.path);
+            let mut unknown = Vec::new();
+            if chown {
+                let ((uid, u_unknown), (gid, g_unknown)) = match names {
+                    Some((users, groups)) => (
+                        owners::map(users, e.user.as_deref(), e.uid),
+                        owners::map(groups, e.group.as_deref(), e.gid),
+                    ),
+                    None => ((e.uid, false), (e.gid, false)),
+                };
+                if u_unknown {
+                    unknown.push(format!(
+                        "user {} (kept {})",
+                        e.user.as_deref().unwrap_or(""),
+                        e.uid
+                    ));
+                }
+                if g_unknown {
+                    unknown.push(format!(
+                        "group {} (kept {})",
+                        e.group.as_deref().unwrap_or(""),
+                        e.gid
+                    ));
+                }
+                std::os::unix::fs::lchown(&p, Some(uid), Some(gid))
+                    .with_context(|| format!("cannot set the owner of {}", e.path))?;
             }
-            if g_unknown {
-                unknown_set.insert(format!(
-                    "group {} (kept {})",
-                    e.group.as_deref().unwrap_or(""),
-                    e.gid
-                ));
+            if e.kind != EntryKind::Symlink {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&p, fs::Permissions::from_mode(e.mode))
+                    .with_context(|| format!("cannot set the mode of {}", e.path))?;
             }
-            std::os::unix::fs::lchown(&p, Some(uid), Some(gid))
-                .with_context(|| format!("cannot set the owner of {}", e.path))?;
-        }
-        if e.kind != EntryKind::Symlink {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&p, fs::Permissions::from_mode(e.mode))
-                .with_context(|| format!("cannot set the mode of {}", e.path))?;
-        }
-        let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
-        filetime::set_symlink_file_times(&p, t, t)
-            .with_context(|| format!("cannot set the time of {}", e.path))?;
-    }
+            let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
+            filetime::set_symlink_file_times(&p, t, t)
+                .with_context(|| format!("cannot set the time of {}", e.path))?;
+            Ok(unknown)
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect::<std::collections::BTreeSet<_>>();
     unknown.extend(unknown_set);
-    let _ = ctx;
     Ok(())
 }
 
@@ -615,6 +807,9 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
         .with_context(|| format!("cannot create a temporary directory in {}", dir.display()))?;
     let mut prev: Option<String> = None;
     let mut last_manifest: Option<Manifest> = None;
+    // What is written goes to disk while more is written: the flush before
+    // the move then has little left to wait for.
+    let flusher = Flusher::start(staging.path())?;
     for (i, a) in chain.iter().enumerate() {
         let m = extract(
             open(a, &opts.keys)?,
@@ -634,6 +829,7 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
         last_manifest = Some(m);
     }
     let m = last_manifest.expect("a chain has an archive");
+    drop(flusher);
 
     // Owners by name, from the container that will run the relay.
     let is_root = rustix::process::geteuid().is_root();
@@ -645,7 +841,7 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
     let mut unknown = Vec::new();
     // Without a container there are no names to map: numeric ids stay.
     let names = (!info.users.is_empty()).then_some((&info.users, &info.groups));
-    finish_tree(ctx, staging.path(), &m, is_root, names, &mut unknown)?;
+    finish_tree(staging.path(), &m, is_root, names, &mut unknown)?;
     if !is_root {
         ctx.shell.note("not running as root: files belong to the restoring user; run restore as root to keep owners");
     } else if info.users.is_empty() {

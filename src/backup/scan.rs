@@ -371,4 +371,36 @@ mod tests {
         );
         assert_eq!(skipped.special, ["data/s"]);
     }
+
+    #[test]
+    fn a_linked_data_directory_is_followed_links_below_it_are_not() {
+        let d = tempfile::tempdir().unwrap();
+        let elsewhere = d.path().join("disk2");
+        fs::create_dir_all(elsewhere.join("chatmail/cur")).unwrap();
+        fs::write(elsewhere.join("chatmail/cur/b"), "2").unwrap();
+        fs::write(elsewhere.join("chatmail/cur/a"), "1").unwrap();
+        std::os::unix::fs::symlink("/etc", elsewhere.join("chatmail/etc-link")).unwrap();
+        let dep_dir = d.path().join("dep");
+        fs::create_dir_all(&dep_dir).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dep_dir.join("data")).unwrap();
+        let dep = Deployment::new(dep_dir);
+        let (list, _) = scan(&dep, &[]).unwrap();
+        let got: Vec<(&str, EntryKind)> = list
+            .iter()
+            .map(|s| (s.entry.path.as_str(), s.entry.kind))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("data", EntryKind::Dir),
+                ("data/chatmail", EntryKind::Dir),
+                ("data/chatmail/cur", EntryKind::Dir),
+                ("data/chatmail/cur/a", EntryKind::File),
+                ("data/chatmail/cur/b", EntryKind::File),
+                ("data/chatmail/etc-link", EntryKind::Symlink),
+            ]
+        );
+        assert_eq!(list[5].entry.target.as_deref(), Some("/etc"));
+        assert_eq!(list[3].entry.size, 1);
+    }
 }
