@@ -73,7 +73,7 @@ pub struct BackupOptions {
     pub json: bool,
     /// zstd level (1..=19).
     pub level: i32,
-    /// zstd worker threads; 0: one per core.
+    /// Threads that compress and hash; 0: one per core.
     pub threads: u32,
     /// Freeze Postfix while the queue is copied (when the container runs).
     pub pause: bool,

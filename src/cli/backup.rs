@@ -31,11 +31,11 @@ pub struct BackupArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// zstd compression level, 1 to 19.
+    /// zstd compression level of the files, 1 to 19 (the manifest is compressed at 1).
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub level: i32,
 
-    /// zstd worker threads (0: one per core).
+    /// Threads that compress and hash (0: one per core).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub threads: u32,
 
