@@ -15,8 +15,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
 use super::manifest::{Entry, EntryKind};
@@ -76,11 +75,10 @@ pub struct Writer<W: Write + Send + 'static> {
     in_flight: u64,
     /// Pieces returned so far (every piece sent comes back once).
     returned: u64,
-    jobs: Option<SyncSender<Job>>,
+    pool: super::pool::Pool<Job>,
     back: Receiver<Returned>,
     free: Vec<Vec<u8>>,
     hashes: Vec<(usize, [u8; 32])>,
-    pool: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<io::Result<(W, u64)>>>,
 }
 
@@ -126,37 +124,24 @@ fn compress_piece(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-fn compress_worker(jobs: Arc<Mutex<Receiver<Job>>>, done: Sender<Compressed>) {
-    loop {
-        let job = match jobs.lock() {
-            Ok(rx) => match rx.recv() {
-                Ok(j) => j,
-                Err(_) => return,
-            },
-            Err(_) => return,
-        };
-        let hashes = job
-            .hash
-            .iter()
-            .map(|h| {
-                (
-                    h.id,
-                    Sha256::digest(&job.data[h.start..h.start + h.len]).into(),
-                )
-            })
-            .collect();
-        let frame = compress_piece(&job.data, job.level);
-        if done
-            .send(Compressed {
-                seq: job.seq,
-                frame,
-                data: job.data,
-                hashes,
-            })
-            .is_err()
-        {
-            return;
-        }
+/// A piece's work in the pool: hash its files, compress it.
+fn compress_job(job: Job) -> Compressed {
+    let hashes = job
+        .hash
+        .iter()
+        .map(|h| {
+            (
+                h.id,
+                Sha256::digest(&job.data[h.start..h.start + h.len]).into(),
+            )
+        })
+        .collect();
+    let frame = compress_piece(&job.data, job.level);
+    Compressed {
+        seq: job.seq,
+        frame,
+        data: job.data,
+        hashes,
     }
 }
 
@@ -204,21 +189,9 @@ impl<W: Write + Send + 'static> Writer<W> {
     /// `threads` compressing (and hashing) threads, at least one.
     pub fn new(out: W, level: i32, threads: u32) -> Result<Writer<W>> {
         let threads = threads.max(1) as usize;
-        let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(threads);
-        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
         let (done_tx, done_rx) = mpsc::channel::<Compressed>();
         let (back_tx, back_rx) = mpsc::channel::<Returned>();
-        let mut pool = Vec::with_capacity(threads);
-        for i in 0..threads {
-            let (rx, tx) = (jobs_rx.clone(), done_tx.clone());
-            pool.push(
-                std::thread::Builder::new()
-                    .name(format!("zstd-{i}"))
-                    .spawn(move || compress_worker(rx, tx))
-                    .context("cannot start the compressing threads")?,
-            );
-        }
-        drop(done_tx);
+        let pool = super::pool::start("zstd", threads, threads, done_tx, compress_job)?;
         let writer = std::thread::Builder::new()
             .name("archive-out".into())
             .spawn(move || write_in_order(out, done_rx, back_tx))
@@ -234,11 +207,10 @@ impl<W: Write + Send + 'static> Writer<W> {
             data_level: level,
             in_flight: 2 * threads as u64 + 2,
             returned: 0,
-            jobs: Some(jobs_tx),
+            pool,
             back: back_rx,
             free: Vec::new(),
             hashes: Vec::new(),
-            pool,
             writer: Some(writer),
         })
     }
@@ -277,8 +249,7 @@ impl<W: Write + Send + 'static> Writer<W> {
             hash: std::mem::take(&mut self.hash),
         };
         self.seq += 1;
-        let sent = self.jobs.as_ref().map(|j| j.send(job).is_ok());
-        if sent != Some(true) {
+        if !self.pool.send(job) {
             // The pool is gone: the writing thread has the reason.
             while self.returned < self.seq {
                 match self.back.recv() {
@@ -504,10 +475,7 @@ impl<W: Write + Send + 'static> Writer<W> {
     pub fn finish(mut self) -> Result<(W, u64)> {
         self.tar.finish().context("cannot finish the archive")?;
         self.send_piece()?;
-        self.jobs = None;
-        for t in self.pool.drain(..) {
-            let _ = t.join();
-        }
+        self.pool.close();
         let writer = self.writer.take().expect("the writing thread runs");
         match writer.join() {
             Ok(r) => r.context("cannot write the archive"),
@@ -520,10 +488,7 @@ impl<W: Write + Send + 'static> Drop for Writer<W> {
     fn drop(&mut self) {
         // Stop the pool; what it still holds is written (into an archive
         // that is being discarded) and the threads end.
-        self.jobs = None;
-        for t in self.pool.drain(..) {
-            let _ = t.join();
-        }
+        self.pool.close();
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }

@@ -16,6 +16,7 @@ pub mod crypt;
 pub mod manifest;
 pub mod owners;
 pub mod pause;
+pub mod pool;
 pub mod restore;
 pub mod scan;
 

@@ -237,22 +237,18 @@ type Written = Result<(String, String, u64)>;
 /// and copying data into them, which this spreads over every core while
 /// one thread decompresses (as `zstd -d | tar -x` runs in two processes).
 struct Pool {
-    jobs: Option<std::sync::mpsc::SyncSender<WriteJob>>,
+    workers: super::pool::Pool<WriteJob>,
     done: std::sync::mpsc::Receiver<Written>,
-    threads: Vec<std::thread::JoinHandle<()>>,
     sent: usize,
     received: usize,
 }
 
-fn write_one(job: &WriteJob) -> Written {
+fn write_one(job: WriteJob) -> Written {
     let io_ctx = || format!("cannot write {} into the temporary directory", job.rel);
     let mut f = fs::File::create(&job.dst).with_context(io_ctx)?;
     f.write_all(&job.data).with_context(io_ctx)?;
-    Ok((
-        job.rel.clone(),
-        hex::encode(Sha256::digest(&job.data)),
-        job.data.len() as u64,
-    ))
+    let sha = hex::encode(Sha256::digest(&job.data));
+    Ok((job.rel, sha, job.data.len() as u64))
 }
 
 impl Pool {
@@ -260,34 +256,10 @@ impl Pool {
         let n = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<WriteJob>(2 * n);
-        let jobs_rx = std::sync::Arc::new(std::sync::Mutex::new(jobs_rx));
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<Written>();
-        let mut threads = Vec::with_capacity(n);
-        for i in 0..n {
-            let (rx, tx) = (jobs_rx.clone(), done_tx.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("restore-{i}"))
-                    .spawn(move || loop {
-                        let job = match rx.lock() {
-                            Ok(rx) => match rx.recv() {
-                                Ok(j) => j,
-                                Err(_) => return,
-                            },
-                            Err(_) => return,
-                        };
-                        if tx.send(write_one(&job)).is_err() {
-                            return;
-                        }
-                    })
-                    .context("cannot start the writing threads")?,
-            );
-        }
+        let (done_tx, done) = std::sync::mpsc::channel::<Written>();
         Ok(Pool {
-            jobs: Some(jobs_tx),
-            done: done_rx,
-            threads,
+            workers: super::pool::start("restore", n, 2 * n, done_tx, write_one)?,
+            done,
             sent: 0,
             received: 0,
         })
@@ -304,8 +276,7 @@ impl Pool {
         while let Ok(w) = self.done.try_recv() {
             self.take(w, hashes)?;
         }
-        let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
-        if !sent {
+        if !self.workers.send(job) {
             self.wait(hashes)?;
             bail!("the writing threads stopped");
         }
@@ -320,15 +291,6 @@ impl Pool {
             self.take(w, hashes)?;
         }
         Ok(())
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        self.jobs = None;
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
     }
 }
 
