@@ -7,7 +7,7 @@
 //! swap, the rollback and the probes run against the real relay in
 //! tests/e2e_relay.rs.
 
-use crate::support::{bin, minimal_deployment, path_with, script};
+use crate::support::{minimal_deployment, path_with, script};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -132,15 +132,44 @@ exit 0"#,
 }
 
 impl Fixture {
-    fn cmd(&self, args: &[&str]) -> assert_cmd::Command {
-        let mut c = bin();
+    /// `upgrade ARGS` against the stand-in docker (which sees the
+    /// deployment directory as `$DEPLOY`).
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("chatmail-docker"));
         c.env("PATH", path_with(&self.bin))
+            .env("DEPLOY", &self.dir)
             .env_remove("CHATMAIL_BUILD_CA")
             .arg("--dir")
             .arg(&self.dir)
             .arg("upgrade")
             .args(args);
         c
+    }
+
+    fn cmd(&self, args: &[&str]) -> assert_cmd::Command {
+        assert_cmd::Command::from_std(self.command(args))
+    }
+
+    /// The tool running in the background, its output piped.
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Wait (up to 30 s) until the tool has called docker with `call`.
+    fn wait_for_call(&self, call: &str) {
+        let start = Instant::now();
+        while !self.docker_calls().contains(call) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no `{call}` yet: {}",
+                self.docker_calls()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -389,24 +418,9 @@ fn a_failed_build_puts_everything_back() {
 fn an_interrupted_build_puts_everything_back() {
     let f = fixture("exec sleep 30");
     commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
-    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("chatmail-docker"))
-        .env("PATH", path_with(&f.bin))
-        .env_remove("CHATMAIL_BUILD_CA")
-        .arg("--dir")
-        .arg(&f.dir)
-        .args(["upgrade", "--no-backup", "--no-stage"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = f.spawn(&["--no-backup", "--no-stage"]);
     let start = Instant::now();
-    while !f.docker_calls().contains(" build ") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no build started"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    f.wait_for_call(" build ");
     // While the build runs, relay/ is at the new release.
     assert_ne!(f.head(), f.first);
     let (status, err) = terminate(child);
@@ -460,26 +474,8 @@ fn an_interrupted_deploy_beside_the_relay_leaves_nothing_behind() {
     let keys = f.dir.join("data/chatmail-dkimkeys");
     fs::create_dir_all(&keys).unwrap();
     fs::write(keys.join("opendkim.private"), "secret").unwrap();
-    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("chatmail-docker"))
-        .env("PATH", path_with(&f.bin))
-        .env("DEPLOY", &f.dir)
-        .env_remove("CHATMAIL_BUILD_CA")
-        .arg("--dir")
-        .arg(&f.dir)
-        .args(["upgrade", "--no-backup"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !f.docker_calls().contains("run --detach") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no side container started: {}",
-            f.docker_calls()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = f.spawn(&["--no-backup"]);
+    f.wait_for_call("run --detach");
     // The copies of the keys are there while it runs ...
     let copies = f.dir.join("data/.upgrade-stage");
     assert!(copies.join("etc-dkimkeys/opendkim.private").exists());
