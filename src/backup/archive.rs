@@ -503,26 +503,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backup::manifest::sample_entry as entry;
     use std::fs;
     use std::io::Read;
-
-    fn entry(path: &str) -> Entry {
-        Entry {
-            path: path.into(),
-            kind: EntryKind::File,
-            size: 0,
-            mtime: 1,
-            mtime_nsec: 0,
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-            user: None,
-            group: None,
-            sha256: None,
-            target: None,
-            stored: true,
-        }
-    }
 
     /// Bytes that do not compress (as encrypted mail).
     fn noise(len: usize, seed: u64) -> Vec<u8> {

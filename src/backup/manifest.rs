@@ -179,31 +179,33 @@ pub fn check_format(header: &Header, archive: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A stored regular file, for tests.
+#[cfg(test)]
+pub(crate) fn sample_entry(path: &str) -> Entry {
+    Entry {
+        path: path.into(),
+        kind: EntryKind::File,
+        size: 3,
+        mtime: 10,
+        mtime_nsec: 5,
+        mode: 0o600,
+        uid: 1,
+        gid: 2,
+        user: Some("vmail".into()),
+        group: None,
+        sha256: Some("ab".into()),
+        target: None,
+        stored: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry(path: &str) -> Entry {
-        Entry {
-            path: path.into(),
-            kind: EntryKind::File,
-            size: 3,
-            mtime: 10,
-            mtime_nsec: 5,
-            mode: 0o600,
-            uid: 1,
-            gid: 2,
-            user: Some("vmail".into()),
-            group: None,
-            sha256: Some("ab".into()),
-            target: None,
-            stored: true,
-        }
-    }
-
     #[test]
     fn unchanged_compares_metadata_not_names() {
-        let a = entry("x");
+        let a = sample_entry("x");
         let mut b = a.clone();
         b.user = None;
         b.stored = false;
