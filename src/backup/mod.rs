@@ -13,6 +13,7 @@
 
 pub mod archive;
 pub mod crypt;
+pub mod flush;
 pub mod manifest;
 pub mod owners;
 pub mod pause;
@@ -583,43 +584,19 @@ impl Drop for Progress {
     }
 }
 
-/// A file whose written data goes to disk while more is written: the
-/// flush before the rename then waits for the last few MiB only, not for
-/// the whole archive (and the backup does not fill the page cache with
-/// dirty pages that the relay's own writes would queue behind).
-struct WriteBehind {
+/// The archive file, flushed by a thread of its own while it is written
+/// (the flusher stops when this is dropped, once the archive is complete).
+struct Flushed {
     file: fs::File,
-    written: u64,
-    started: u64,
+    _flusher: flush::Flusher,
 }
 
-impl WriteBehind {
-    /// Start writeback every this many bytes.
-    const STEP: u64 = 8 << 20;
-}
+/// How often the archive is flushed while it is written.
+const FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
 
-impl Write for WriteBehind {
+impl Write for Flushed {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.written += n as u64;
-        if self.written - self.started >= Self::STEP {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a plain system call on a file descriptor this struct
-            // owns; no memory is passed. SYNC_FILE_RANGE_WRITE starts the
-            // writeback of the range and does not wait for it.
-            let r = unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    self.started as libc::off64_t,
-                    (self.written - self.started) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-            // Only a hint: a file system without it still gets the fsync.
-            let _ = r;
-            self.started = self.written;
-        }
-        Ok(n)
+        self.file.write(buf)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
@@ -667,10 +644,13 @@ fn open_dest(final_path: Option<&Path>) -> Result<(Dest, Box<dyn Write + Send>)>
                 Dest::Temp(tmp, p.to_path_buf()),
                 Box::new(std::io::BufWriter::with_capacity(
                     1 << 20,
-                    WriteBehind {
+                    Flushed {
+                        _flusher: flush::Flusher::start(
+                            "archive-flush",
+                            flush::Target::Data(f.try_clone()?),
+                            FLUSH_PERIOD,
+                        )?,
                         file: f,
-                        written: 0,
-                        started: 0,
                     },
                 )),
             ))

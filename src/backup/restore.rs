@@ -20,9 +20,13 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use super::crypt::{self, Keys};
+use super::flush::{Flusher, Target};
 use super::manifest::{self, check_format, Entry, EntryKind, Header, Kind, Manifest};
 use super::{owners, scan};
 use crate::{error, Context};
+
+/// How often the restored tree's file system is flushed while it is written.
+const FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Typed options of `restore`.
 #[derive(Clone, Debug)]
@@ -291,43 +295,6 @@ impl Pool {
             self.take(w, hashes)?;
         }
         Ok(())
-    }
-}
-
-/// Flushes the file system of the staging directory every 200 ms, in a
-/// thread of its own, until dropped.
-struct Flusher {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Flusher {
-    fn start(dir: &Path) -> Result<Flusher> {
-        let d = fs::File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
-        let (stop, rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("restore-flush".into())
-            .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    rx.recv_timeout(std::time::Duration::from_millis(200))
-                {
-                    let _ = rustix::fs::syncfs(&d);
-                }
-            })
-            .context("cannot start the flushing thread")?;
-        Ok(Flusher {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        self.stop = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -771,7 +738,11 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
     let mut last_manifest: Option<Manifest> = None;
     // What is written goes to disk while more is written: the flush before
     // the move then has little left to wait for.
-    let flusher = Flusher::start(staging.path())?;
+    let flusher = {
+        let d = fs::File::open(staging.path())
+            .with_context(|| format!("cannot open {}", staging.path().display()))?;
+        Flusher::start("restore-flush", Target::FileSystem(d), FLUSH_PERIOD)?
+    };
     for (i, a) in chain.iter().enumerate() {
         let m = extract(
             open(a, &opts.keys)?,
