@@ -121,13 +121,6 @@ impl<W: Write> Write for Sink<W> {
     }
 }
 
-/// Encrypt a small file's bytes (the sidecar manifest) like the archive.
-pub fn seal(bytes: &[u8], how: &Encrypt) -> Result<Vec<u8>> {
-    let mut s = Sink::new(Vec::new(), how)?;
-    s.write_all(bytes)?;
-    Ok(s.finish()?)
-}
-
 /// A reader of an archive's plaintext: decrypted when it is an age file.
 pub fn open_reader<'a>(
     input: Box<dyn Read + 'a>,
@@ -184,7 +177,9 @@ mod tests {
     #[test]
     fn passphrase_round_trip_and_wrong_passphrase() {
         let how = Encrypt::Passphrase(SecretString::from("right".to_string()));
-        let sealed = seal(b"secret manifest", &how).unwrap();
+        let mut s = Sink::new(Vec::new(), &how).unwrap();
+        s.write_all(b"secret manifest").unwrap();
+        let sealed = s.finish().unwrap();
         assert!(sealed.starts_with(MAGIC));
         let keys = Keys {
             passphrase: Some(SecretString::from("right".to_string())),

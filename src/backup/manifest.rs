@@ -9,7 +9,6 @@
 
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The archive format this tool writes; it reads this one and older ones.
@@ -144,12 +143,18 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    pub fn by_path(&self) -> BTreeMap<&str, &Entry> {
-        self.entries.iter().map(|e| (e.path.as_str(), e)).collect()
-    }
-
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a manifest serialises")
+        // Room for the whole text up front: grown step by step, the
+        // megabytes of a large deployment's list are copied over and over.
+        let room = self
+            .entries
+            .iter()
+            .map(|e| e.path.len() + 256)
+            .sum::<usize>()
+            + 4096;
+        let mut out = Vec::with_capacity(room);
+        serde_json::to_writer(&mut out, self).expect("a manifest serialises");
+        out
     }
 
     pub fn from_json(bytes: &[u8], what: &Path) -> Result<Manifest> {

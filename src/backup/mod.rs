@@ -12,6 +12,7 @@
 //! no paused service.
 
 pub mod archive;
+mod base;
 pub mod crypt;
 pub mod flush;
 pub mod manifest;
@@ -234,7 +235,8 @@ pub fn load_manifest(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Resul
     }
     let side = Manifest::sidecar_of(archive);
     if let Ok(f) = fs::File::open(&side) {
-        let mut bytes = Vec::new();
+        // The manifest is as large as the file (smaller when encrypted).
+        let mut bytes = Vec::with_capacity(f.metadata().map_or(0, |m| m.len() as usize));
         crypt::open_reader(Box::new(f), keys, &side)?
             .read_to_end(&mut bytes)
             .with_context(|| format!("cannot read {}", side.display()))?;
@@ -260,7 +262,7 @@ fn chains(list: &[PathBuf]) -> Vec<Vec<PathBuf>> {
 /// What a backup will do.
 struct Plan {
     kind: Kind,
-    base: Option<(BaseRef, Manifest)>,
+    base: Option<base::Base>,
     final_path: Option<PathBuf>,
     entries: Vec<Scanned>,
     skipped: scan::Skipped,
@@ -311,7 +313,7 @@ fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
     // The base's manifest and the relay's facts are read while the
     // deployment is scanned.
     let (base, info, scanned) = std::thread::scope(|scope| {
-        let base = scope.spawn(|| -> Result<Option<(BaseRef, Manifest)>> {
+        let base = scope.spawn(|| -> Result<Option<base::Base>> {
             let Some(p) = &base_archive else {
                 return Ok(None);
             };
@@ -325,7 +327,7 @@ fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            Ok(Some((
+            Ok(Some(base::Base::new(
                 BaseRef {
                     id: m.header.id.clone(),
                     file,
@@ -397,7 +399,7 @@ pub fn run(ctx: &Context, opts: &BackupOptions) -> Result<Summary> {
         return Ok(Summary {
             archive: plan.final_path,
             kind: plan.kind,
-            base: plan.base.map(|b| b.0.file),
+            base: plan.base.map(|b| b.reference.file),
             files: 0,
             bytes: 0,
             stored_files: 0,
@@ -471,19 +473,17 @@ fn show_plan(ctx: &Context, opts: &BackupOptions, plan: &Plan, info: &RelayInfo)
         ctx.deployment.dir().display()
     ));
     match &plan.base {
-        Some((b, m)) => {
-            let prev = m.by_path();
+        Some(b) => {
             let changed: Vec<&&Scanned> = files
                 .iter()
                 .filter(|s| {
-                    !prev
-                        .get(s.entry.path.as_str())
+                    !b.get(&s.entry.path)
                         .is_some_and(|p| s.entry.unchanged_since(p))
                 })
                 .collect();
             ctx.shell.out(format!(
                 "incremental against {}: {} new or changed files ({})",
-                b.file,
+                b.reference.file,
                 changed.len(),
                 mib(changed.iter().map(|s| s.entry.size).sum())
             ));
@@ -549,11 +549,21 @@ fn renamed_message(abs: &Path) -> Option<PathBuf> {
 
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    files: u64,
 }
 
 impl Progress {
-    fn new(ctx: &Context, total: u64, files: u64, json: bool) -> Progress {
-        let bar = (ctx.shell.progress_allowed() && !json).then(|| {
+    /// A bar when one is shown; `totals` (bytes and files to read) is
+    /// worked out only then.
+    fn new(ctx: &Context, json: bool, totals: impl FnOnce() -> (u64, u64)) -> Progress {
+        if !ctx.shell.progress_allowed() || json {
+            return Progress {
+                bar: None,
+                files: 0,
+            };
+        }
+        let (total, files) = totals();
+        let bar = {
             let b = indicatif::ProgressBar::new(total);
             b.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -563,14 +573,17 @@ impl Progress {
             );
             b.set_message(format!("0/{files} files"));
             b
-        });
-        Progress { bar }
+        };
+        Progress {
+            bar: Some(bar),
+            files,
+        }
     }
-    fn tick(&self, bytes: u64, done: u64, files: u64) {
+    fn tick(&self, bytes: u64, done: u64) {
         if let Some(b) = &self.bar {
             b.inc(bytes);
-            if done.is_multiple_of(64) || done == files {
-                b.set_message(format!("{done}/{files} files"));
+            if done.is_multiple_of(64) || done == self.files {
+                b.set_message(format!("{done}/{} files", self.files));
             }
         }
     }
@@ -666,7 +679,8 @@ fn name_owner(e: &mut Entry, info: &RelayInfo) {
 
 struct Run<'a> {
     ctx: &'a Context,
-    prev: HashMap<&'a str, &'a Entry>,
+    /// The base of an incremental backup.
+    base: Option<base::Walk<'a>>,
     links: HashMap<(u64, u64), String>,
     /// What the scan found (a renamed message is not stored twice).
     scanned: &'a [Scanned],
@@ -677,7 +691,6 @@ struct Run<'a> {
     consistency: Consistency,
     stored_files: usize,
     stored_bytes: u64,
-    total_files: u64,
     signals: usize,
 }
 
@@ -713,6 +726,14 @@ impl Run<'_> {
         }
     }
 
+    /// An entry of this backup, at `at` in the base's list when it has one.
+    fn keep(&mut self, e: Entry, at: Option<usize>) {
+        if let (Some(b), Some(at)) = (&mut self.base, at) {
+            b.keep(at);
+        }
+        self.entries.push(e);
+    }
+
     /// Store one scanned path; `content` when it was read already (queue).
     /// A stored file's hash arrives from the writer later ([`Run::hashed`]).
     fn add<W: Write + Send + 'static>(
@@ -728,11 +749,15 @@ impl Run<'_> {
             // Stored already, under the name it was renamed to.
             return Ok(());
         }
+        let (at, prev) = match self.base.as_mut().and_then(|b| b.find(&s.entry.path)) {
+            Some((at, p)) => (Some(at), Some(p)),
+            None => (None, None),
+        };
         if let Some(mut e) = self.link_of(s) {
             name_owner(&mut e, info);
             e.stored = true;
             w.add_entry(&e)?;
-            self.entries.push(e);
+            self.keep(e, at);
             return Ok(());
         }
         let mut e = s.entry.clone();
@@ -740,14 +765,14 @@ impl Run<'_> {
         if e.kind != EntryKind::File {
             e.stored = true;
             w.add_entry(&e)?;
-            self.entries.push(e);
+            self.keep(e, at);
             return Ok(());
         }
-        if let Some(p) = self.prev.get(e.path.as_str()) {
+        if let Some(p) = prev {
             if e.unchanged_since(p) && p.sha256.is_some() {
                 e.sha256 = p.sha256.clone();
                 e.stored = false;
-                self.entries.push(e);
+                self.keep(e, at);
                 return Ok(());
             }
         }
@@ -762,11 +787,11 @@ impl Run<'_> {
                     changed: false,
                 })
             }
-            None => w.add_file(&mut e, &s.abs, id)?,
+            None => w.add_file(&mut e, &s.abs(self.ctx.deployment.dir()), id)?,
         };
         let Some(read) = read else {
             // Gone since the scan: a maildir message may have moved.
-            if let Some(new) = renamed_message(&s.abs) {
+            if let Some(new) = renamed_message(&s.abs(self.ctx.deployment.dir())) {
                 if let Ok(m) = fs::symlink_metadata(&new) {
                     let rel = scan::rel_name(self.ctx.deployment.dir(), &new)?;
                     // A name the scan found is stored in its turn (or was).
@@ -790,8 +815,8 @@ impl Run<'_> {
         }
         self.stored_files += 1;
         self.stored_bytes += read.size;
-        progress.tick(read.size, self.stored_files as u64, self.total_files);
-        self.entries.push(e);
+        progress.tick(read.size, self.stored_files as u64);
+        self.keep(e, at);
         Ok(())
     }
 
@@ -836,13 +861,16 @@ fn read_queue(ctx: &Context, queue: &Path, before: Option<&QueueFiles>) -> Resul
                 .and_then(|(_, c)| c.clone());
             match same {
                 Some(c) => Some(c),
-                None => match fs::read(&s.abs) {
-                    Ok(c) => Some(c),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("cannot read {}", s.abs.display()))
+                None => {
+                    let abs = s.abs(ctx.deployment.dir());
+                    match fs::read(&abs) {
+                        Ok(c) => Some(c),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => {
+                            return Err(e).with_context(|| format!("cannot read {}", abs.display()))
+                        }
                     }
-                },
+                }
             }
         } else {
             None
@@ -866,27 +894,9 @@ fn write(
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         kind: plan.kind,
         id: new_id(&created, ctx.deployment.dir()),
-        base: plan.base.as_ref().map(|b| b.0.clone()),
+        base: plan.base.as_ref().map(|b| b.reference.clone()),
         created,
     };
-    let base_entries: &[Entry] = plan
-        .base
-        .as_ref()
-        .map(|(_, m)| m.entries.as_slice())
-        .unwrap_or_default();
-    let prev: HashMap<&str, &Entry> = base_entries.iter().map(|e| (e.path.as_str(), e)).collect();
-    let to_read: Vec<&Scanned> = plan
-        .entries
-        .iter()
-        .filter(|s| {
-            s.entry.kind == EntryKind::File
-                && !prev
-                    .get(s.entry.path.as_str())
-                    .is_some_and(|p| s.entry.unchanged_since(p))
-        })
-        .collect();
-    let total_bytes: u64 = to_read.iter().map(|s| s.entry.size).sum();
-    let total_files = to_read.len() as u64;
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get() as u32)
@@ -901,7 +911,7 @@ fn write(
     w.add_meta(manifest::HEADER_ENTRY, &serde_json::to_vec_pretty(&header)?)?;
     let mut run = Run {
         ctx,
-        prev,
+        base: plan.base.as_ref().map(base::Base::walk),
         links: HashMap::default(),
         scanned: &plan.entries,
         scanned_paths: None,
@@ -910,14 +920,24 @@ fn write(
         consistency: Consistency::default(),
         stored_files: 0,
         stored_bytes: 0,
-        total_files,
         signals,
     };
     run.consistency.notes.push(
         "mailboxes, keys and certificates copied while the relay served (maildir files are written once and renamed; a message renamed during the copy is followed to its new name)".into(),
     );
     {
-        let progress = Progress::new(ctx, total_bytes, total_files, opts.json);
+        let progress = Progress::new(ctx, opts.json, || {
+            // What will be read: the files new or changed since the base.
+            let to_read = plan.entries.iter().filter(|s| {
+                s.entry.kind == EntryKind::File
+                    && !plan
+                        .base
+                        .as_ref()
+                        .and_then(|b| b.get(&s.entry.path))
+                        .is_some_and(|p| s.entry.unchanged_since(p))
+            });
+            to_read.fold((0, 0), |(b, f), s| (b + s.entry.size, f + 1))
+        });
         // This thread reads the files into the archive's pieces; the
         // writer's pool hashes and compresses them, as `tar | zstd -T0`
         // overlaps reading and compression.
@@ -991,12 +1011,11 @@ fn write(
     }
     let hashes = w.hashes()?;
     run.hashed(hashes)?;
-    let current: HashSet<&str> = run.entries.iter().map(|e| e.path.as_str()).collect();
-    let deleted: Vec<String> = base_entries
-        .iter()
-        .filter(|e| !current.contains(e.path.as_str()))
-        .map(|e| e.path.clone())
-        .collect();
+    let deleted = run
+        .base
+        .as_ref()
+        .map(base::Walk::deleted)
+        .unwrap_or_default();
     let manifest = Manifest {
         header: header.clone(),
         image_version: info.image_version.clone(),
@@ -1023,14 +1042,15 @@ fn write(
         let sidecar = sidecar_dir.map(|dir| {
             let json = &json;
             scope.spawn(move || -> Result<tempfile::NamedTempFile> {
-                let side = crypt::seal(json, &opts.encrypt)?;
                 let mut tmp = tempfile::Builder::new()
                     .prefix(".manifest.")
                     .suffix(".partial")
                     .permissions(fs::Permissions::from_mode(0o600))
                     .tempfile_in(dir)
                     .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-                tmp.write_all(&side)?;
+                let mut sealed = crypt::Sink::new(tmp.as_file_mut(), &opts.encrypt)?;
+                sealed.write_all(json)?;
+                sealed.finish()?;
                 tmp.as_file().sync_all()?;
                 Ok(tmp)
             })
@@ -1105,10 +1125,10 @@ fn write(
         .iter()
         .filter(|e| e.kind == EntryKind::File)
         .collect();
-    Ok(Summary {
+    let summary = Summary {
         archive,
         kind: plan.kind,
-        base: plan.base.as_ref().map(|b| b.0.file.clone()),
+        base: plan.base.as_ref().map(|b| b.reference.file.clone()),
         files: files.len(),
         bytes: files.iter().map(|e| e.size).sum(),
         stored_files: run.stored_files,
@@ -1119,7 +1139,16 @@ fn write(
         queue_pause_ms: manifest.consistency.queue_pause_ms,
         consistency: manifest.consistency.notes.clone(),
         removed_by_retention: removed,
-    })
+    };
+    drop(files);
+    drop(run);
+    // Freeing every entry of a large deployment (the scan's, the base's and
+    // the new manifest's) takes longer than the last steps of an
+    // incremental backup; nothing waits for it.
+    let _ = std::thread::Builder::new()
+        .name("backup-free".into())
+        .spawn(move || drop((plan, manifest, json)));
+    Ok(summary)
 }
 
 /// Keep the newest `n` chains of a backup directory; never remove an

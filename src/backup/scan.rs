@@ -41,10 +41,17 @@ pub fn top_level() -> Vec<&'static str> {
 #[derive(Clone, Debug)]
 pub struct Scanned {
     pub entry: Entry,
-    pub abs: PathBuf,
     pub dev: u64,
     pub ino: u64,
     pub nlink: u64,
+}
+
+impl Scanned {
+    /// Where it is, under the deployment directory `dir` (made when needed:
+    /// a backup reads only the files that changed).
+    pub fn abs(&self, dir: &Path) -> PathBuf {
+        dir.join(&self.entry.path)
+    }
 }
 
 /// What a scan found besides entries.
@@ -87,7 +94,6 @@ pub fn entry_of(abs: &Path, rel: &str, m: &fs::Metadata) -> Result<Scanned> {
             target,
             stored: false,
         },
-        abs: abs.to_path_buf(),
         dev: m.dev(),
         ino: m.ino(),
         nlink: m.nlink(),
@@ -117,15 +123,18 @@ pub fn rel_name(dir: &Path, abs: &Path) -> Result<String> {
     }
 }
 
-/// The entry for a path from `lstat` data taken relative to its directory.
+/// The entry for a path from `lstat` data taken relative to its directory
+/// (`dir_abs`, for messages); its name in the directory starts at
+/// `name_at` in `rel`.
 fn entry_of_stat(
     dir: &rustix::fd::BorrowedFd<'_>,
-    name: &std::ffi::OsStr,
-    abs: PathBuf,
+    dir_abs: &Path,
     rel: String,
+    name_at: usize,
     st: &rustix::fs::Stat,
 ) -> Result<Scanned> {
     use rustix::fs::FileType;
+    let name: &std::ffi::OsStr = rel[name_at..].as_ref();
     let ft = FileType::from_raw_mode(st.st_mode);
     let kind = match ft {
         FileType::Directory => EntryKind::Dir,
@@ -135,12 +144,12 @@ fn entry_of_stat(
     let target = if kind == EntryKind::Symlink {
         let t = rustix::fs::readlinkat(dir, name, Vec::new())
             .map_err(std::io::Error::from)
-            .with_context(|| format!("cannot read the link {}", abs.display()))?;
+            .with_context(|| format!("cannot read the link {}", dir_abs.join(name).display()))?;
         match t.into_string() {
             Ok(t) => Some(t),
             Err(_) => bail!(
                 "{}: the link's target is not UTF-8, which the backup manifest cannot record; point it at a UTF-8 name",
-                abs.display()
+                dir_abs.join(name).display()
             ),
         }
     } else {
@@ -166,7 +175,6 @@ fn entry_of_stat(
             target,
             stored: false,
         },
-        abs,
         dev: st.st_dev,
         ino: st.st_ino,
         // `nlink_t` is 32 bits wide on some targets.
@@ -182,6 +190,8 @@ struct Listing {
     found: Vec<Scanned>,
     below: Vec<Option<Listing>>,
     special: Vec<String>,
+    /// Entries here and below.
+    total: usize,
 }
 
 impl Listing {
@@ -223,6 +233,12 @@ fn scan_dir(abs: &Path, rel: &str, skip: &[PathBuf], follow: bool) -> Result<Lis
         | Err(rustix::io::Errno::LOOP) => return Ok(Listing::default()),
         Err(e) => return Err(io_err(e)).with_context(|| format!("cannot read {}", abs.display())),
     };
+    // The skipped paths that are entries of this directory.
+    let skip_here: Vec<&std::ffi::OsStr> = skip
+        .iter()
+        .filter(|s| s.parent() == Some(abs))
+        .filter_map(|s| s.file_name())
+        .collect();
     let mut names = Vec::new();
     let mut dir = rustix::fs::Dir::read_from(&fd)
         .map_err(io_err)
@@ -235,37 +251,41 @@ fn scan_dir(abs: &Path, rel: &str, skip: &[PathBuf], follow: bool) -> Result<Lis
         if name == b"." || name == b".." {
             continue;
         }
-        let name = std::ffi::OsStr::from_bytes(name).to_os_string();
-        let child = abs.join(&name);
+        let name = std::ffi::OsStr::from_bytes(name);
         let Some(n) = name.to_str() else {
             bail!(
                 "{}: the name is not UTF-8, which the backup manifest cannot record; rename it",
-                child.display()
+                abs.join(name).display()
             );
         };
         let child_rel = format!("{rel}/{n}");
-        if PLACEHOLDERS.contains(&child_rel.as_str())
-            || skip.iter().any(|s| s.as_os_str() == child.as_os_str())
-        {
+        if PLACEHOLDERS.contains(&child_rel.as_str()) || skip_here.contains(&name) {
             continue;
         }
-        names.push((name, child, child_rel));
+        names.push(child_rel);
     }
-    names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    // By name: the part after this directory's own path and the `/`.
+    let name_at = rel.len() + 1;
+    fn name_of(child_rel: &str, at: usize) -> &std::ffi::OsStr {
+        child_rel[at..].as_ref()
+    }
+    names.sort_unstable_by(|a, b| name_of(a, name_at).cmp(name_of(b, name_at)));
     let mut found = Vec::with_capacity(names.len());
     let mut special = Vec::new();
-    for (name, child, child_rel) in names {
-        let st = match rustix::fs::statat(&fd, &name, AtFlags::SYMLINK_NOFOLLOW) {
+    for child_rel in names {
+        let name = name_of(&child_rel, name_at);
+        let st = match rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             // A maildir message renamed or expunged since the listing.
             Err(rustix::io::Errno::NOENT) => continue,
             Err(e) => {
-                return Err(io_err(e)).with_context(|| format!("cannot read {}", child.display()))
+                return Err(io_err(e))
+                    .with_context(|| format!("cannot read {}", abs.join(name).display()))
             }
         };
         match FileType::from_raw_mode(st.st_mode) {
             FileType::Directory | FileType::RegularFile | FileType::Symlink => {
-                found.push(entry_of_stat(&fd.as_fd(), &name, child, child_rel, &st)?)
+                found.push(entry_of_stat(&fd.as_fd(), abs, child_rel, name_at, &st)?)
             }
             _ => special.push(child_rel),
         }
@@ -277,16 +297,19 @@ fn scan_dir(abs: &Path, rel: &str, skip: &[PathBuf], follow: bool) -> Result<Lis
         .par_iter()
         .map(|s| {
             if s.entry.kind == EntryKind::Dir {
-                scan_dir(&s.abs, &s.entry.path, skip, false).map(Some)
+                let child = abs.join(name_of(&s.entry.path, name_at));
+                scan_dir(&child, &s.entry.path, skip, false).map(Some)
             } else {
                 Ok(None)
             }
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<Option<Listing>>>>()?;
+    let total = found.len() + below.iter().flatten().map(|l| l.total).sum::<usize>();
     Ok(Listing {
         found,
         below,
         special,
+        total,
     })
 }
 
@@ -322,7 +345,9 @@ pub fn scan_tree(
     let is_dir = root.entry.kind == EntryKind::Dir;
     out.push(root);
     if is_dir {
-        scan_dir(top, &rel, skip, true)?.flatten(out, &mut skipped.special);
+        let listing = scan_dir(top, &rel, skip, true)?;
+        out.reserve(listing.total);
+        listing.flatten(out, &mut skipped.special);
     }
     Ok(())
 }
