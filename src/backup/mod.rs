@@ -605,7 +605,7 @@ struct Flushed {
 }
 
 /// How often the archive is flushed while it is written.
-const FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
+const FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Write for Flushed {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
