@@ -95,18 +95,32 @@ pub struct Entry {
     pub stored: bool,
 }
 
+/// What tells, without reading it, whether a path changed since a manifest
+/// listed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta<'a> {
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub target: Option<&'a str>,
+}
+
 impl Entry {
-    /// Whether `self` (scanned now) is the same as `prev` (from the last
-    /// manifest) as far as metadata tells: then its content is not read.
-    pub fn unchanged_since(&self, prev: &Entry) -> bool {
-        self.kind == prev.kind
-            && self.size == prev.size
-            && self.mtime == prev.mtime
-            && self.mtime_nsec == prev.mtime_nsec
-            && self.mode == prev.mode
-            && self.uid == prev.uid
-            && self.gid == prev.gid
-            && self.target == prev.target
+    pub fn meta(&self) -> Meta<'_> {
+        Meta {
+            kind: self.kind,
+            size: self.size,
+            mtime: self.mtime,
+            mtime_nsec: self.mtime_nsec,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            target: self.target.as_deref(),
+        }
     }
 }
 
@@ -251,9 +265,9 @@ mod tests {
         let mut b = a.clone();
         b.user = None;
         b.stored = false;
-        assert!(b.unchanged_since(&a));
+        assert_eq!(b.meta(), a.meta());
         b.mtime_nsec = 6;
-        assert!(!b.unchanged_since(&a));
+        assert_ne!(b.meta(), a.meta());
     }
 
     #[test]

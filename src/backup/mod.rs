@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use crate::{compose, error, Context};
-use manifest::{BaseRef, Consistency, Entry, EntryKind, Header, Kind, Manifest};
+use manifest::{Consistency, Entry, EntryKind, Header, Kind, Manifest};
 use owners::Names;
 use scan::Scanned;
 
@@ -219,17 +219,34 @@ struct LastManifest {
     manifest: Manifest,
 }
 
-/// An archive's manifest: from the local copy of the last one, from its
-/// sidecar (decrypted if need be), else read from the archive itself.
-pub fn load_manifest(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<Manifest> {
+/// Where an archive's manifest is: the local copy of the last one, its
+/// sidecar (decrypted if need be), else the archive itself (read now).
+enum ManifestAt {
+    Text(base::Source),
+    Archive(Box<Manifest>),
+}
+
+fn find_manifest(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<ManifestAt> {
+    let last_path = ctx.path(LAST_MANIFEST);
     if let (Ok(bytes), Ok(abs), Ok(meta)) = (
-        fs::read(ctx.path(LAST_MANIFEST)),
+        fs::read(&last_path),
         fs::canonicalize(archive),
         fs::metadata(archive),
     ) {
-        if let Ok(last) = serde_json::from_slice::<LastManifest>(&bytes) {
-            if last.archive == abs && last.size == meta.len() {
-                return Ok(last.manifest);
+        /// The copy's first keys (the manifest is skipped here).
+        #[derive(serde::Deserialize)]
+        struct For {
+            archive: PathBuf,
+            size: u64,
+        }
+        if let Ok(f) = serde_json::from_slice::<For>(&bytes) {
+            if f.archive == abs && f.size == meta.len() {
+                if let Ok(text) = String::from_utf8(bytes) {
+                    return Ok(ManifestAt::Text(base::Source::Last {
+                        text,
+                        what: last_path,
+                    }));
+                }
             }
         }
     }
@@ -240,9 +257,48 @@ pub fn load_manifest(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Resul
         crypt::open_reader(Box::new(f), keys, &side)?
             .read_to_end(&mut bytes)
             .with_context(|| format!("cannot read {}", side.display()))?;
-        return Manifest::from_json(&bytes, &side);
+        let text = String::from_utf8(bytes)
+            .with_context(|| format!("{}: the backup manifest cannot be read", side.display()))?;
+        return Ok(ManifestAt::Text(base::Source::Manifest {
+            text,
+            what: side,
+        }));
     }
-    restore::read_manifest(archive, keys)
+    restore::read_manifest(archive, keys).map(|m| ManifestAt::Archive(Box::new(m)))
+}
+
+/// An archive's manifest: from the local copy of the last one, from its
+/// sidecar (decrypted if need be), else read from the archive itself.
+pub fn load_manifest(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<Manifest> {
+    match find_manifest(ctx, archive, keys)? {
+        ManifestAt::Text(base::Source::Manifest { text, what }) => {
+            Manifest::from_json(text.as_bytes(), &what)
+        }
+        ManifestAt::Text(base::Source::Last { text, what }) => {
+            serde_json::from_str::<LastManifest>(&text)
+                .map(|l| l.manifest)
+                .with_context(|| format!("{}: the backup manifest cannot be read", what.display()))
+        }
+        ManifestAt::Archive(m) => Ok(*m),
+    }
+}
+
+/// An archive as the base of an incremental backup.
+fn load_base(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<base::Base> {
+    let source = match find_manifest(ctx, archive, keys)? {
+        ManifestAt::Text(s) => s,
+        // No sidecar (an archive written to a file of its own): rare
+        // enough to go through the text once more.
+        ManifestAt::Archive(m) => base::Source::Manifest {
+            text: String::from_utf8(m.to_json()).context("a manifest is UTF-8")?,
+            what: archive.to_path_buf(),
+        },
+    };
+    let file = archive
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    base::Base::parse(file, source)
 }
 
 /// Chains (a full archive and the incrementals after it) of a directory.
@@ -317,23 +373,12 @@ fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
             let Some(p) = &base_archive else {
                 return Ok(None);
             };
-            let m = load_manifest(ctx, p, &opts.keys).with_context(|| {
+            load_base(ctx, p, &opts.keys).map(Some).with_context(|| {
                 format!(
                     "cannot use {} as the base of an incremental backup (use --full for a full one)",
                     p.display()
                 )
-            })?;
-            let file = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            Ok(Some(base::Base::new(
-                BaseRef {
-                    id: m.header.id.clone(),
-                    file,
-                },
-                m,
-            )))
+            })
         });
         let info = scope.spawn(|| relay_info(ctx));
         let scanned = scan::scan(dep, &skip);
@@ -476,10 +521,7 @@ fn show_plan(ctx: &Context, opts: &BackupOptions, plan: &Plan, info: &RelayInfo)
         Some(b) => {
             let changed: Vec<&&Scanned> = files
                 .iter()
-                .filter(|s| {
-                    !b.get(&s.entry.path)
-                        .is_some_and(|p| s.entry.unchanged_since(p))
-                })
+                .filter(|s| !b.get(&s.entry.path).is_some_and(|p| p.unchanged(&s.entry)))
                 .collect();
             ctx.shell.out(format!(
                 "incremental against {}: {} new or changed files ({})",
@@ -768,9 +810,9 @@ impl Run<'_> {
             self.keep(e, at);
             return Ok(());
         }
-        if let Some(p) = prev {
-            if e.unchanged_since(p) && p.sha256.is_some() {
-                e.sha256 = p.sha256.clone();
+        if let Some(p) = prev.filter(|p| p.unchanged(&e)) {
+            if let Some(sha) = p.sha256() {
+                e.sha256 = Some(sha.to_string());
                 e.stored = false;
                 self.keep(e, at);
                 return Ok(());
@@ -934,7 +976,7 @@ fn write(
                         .base
                         .as_ref()
                         .and_then(|b| b.get(&s.entry.path))
-                        .is_some_and(|p| s.entry.unchanged_since(p))
+                        .is_some_and(|p| p.unchanged(&s.entry))
             });
             to_read.fold((0, 0), |(b, f), s| (b + s.entry.size, f + 1))
         });

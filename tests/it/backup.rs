@@ -805,3 +805,39 @@ fn hand_made_archive(
     add(&mut b);
     b.finish().unwrap();
 }
+
+#[test]
+fn an_incremental_against_an_archive_with_no_manifest_beside_it() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let (bin_dir, _) = stand_in(t.path(), false);
+    let full = t.path().join("b/full.tar.zst");
+    let full_s = full.to_str().unwrap();
+    assert_ok(&run(&d, &bin_dir, &["backup", full_s]));
+    // A single file: no sidecar, the base's manifest is read from it.
+    assert!(!t.path().join("b/full.tar.zst.manifest.json").exists());
+    fs::write(d.join("data/chatmail/new-file"), "new").unwrap();
+    let incr = t.path().join("b/incr.tar.zst");
+    let out = run(
+        &d,
+        &bin_dir,
+        &[
+            "backup",
+            "--json",
+            "--since",
+            full_s,
+            incr.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["kind"], "incremental", "{summary}");
+    assert_eq!(summary["stored_files"], 1, "{summary}");
+    let target = t.path().join("fresh");
+    assert_ok(&run(
+        &target,
+        &bin_dir,
+        &["restore", incr.to_str().unwrap()],
+    ));
+    assert_eq!(state(&d), state(&target));
+}
