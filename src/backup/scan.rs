@@ -313,6 +313,62 @@ fn scan_dir(abs: &Path, rel: &str, skip: &[PathBuf], follow: bool) -> Result<Lis
     })
 }
 
+/// A tree's root and, for a directory, what it holds.
+type Tree = (Scanned, Option<Listing>);
+
+/// List one tree (or a single file) of the deployment; `None` when it is
+/// skipped or absent.
+fn list_tree(
+    dir: &Path,
+    top: &Path,
+    skip: &[PathBuf],
+    skipped: &mut Skipped,
+) -> Result<Option<Tree>> {
+    if skip.iter().any(|s| s.as_os_str() == top.as_os_str()) {
+        return Ok(None);
+    }
+    let rel = rel_name(dir, top)?;
+    if PLACEHOLDERS.contains(&rel.as_str()) {
+        return Ok(None);
+    }
+    // The root of a tree may be a link the administrator set up (`data`
+    // on another disk): it is followed, as Compose does.
+    let m = match fs::metadata(top) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", top.display())),
+    };
+    let ft = m.file_type();
+    if !(ft.is_dir() || ft.is_file()) {
+        skipped.special.push(rel);
+        return Ok(None);
+    }
+    let root = entry_of(top, &rel, &m)?;
+    let listing = if root.entry.kind == EntryKind::Dir {
+        Some(scan_dir(top, &rel, skip, true)?)
+    } else {
+        None
+    };
+    Ok(Some((root, listing)))
+}
+
+/// Put listed trees into `out` in archive order, growing it once (a list
+/// grown step by step is copied into fresh memory each time).
+fn flatten_trees(trees: Vec<Tree>, out: &mut Vec<Scanned>, skipped: &mut Skipped) {
+    out.reserve(
+        trees
+            .iter()
+            .map(|(_, l)| 1 + l.as_ref().map_or(0, |l| l.total))
+            .sum(),
+    );
+    for (root, listing) in trees {
+        out.push(root);
+        if let Some(l) = listing {
+            l.flatten(out, &mut skipped.special);
+        }
+    }
+}
+
 /// Walk one tree (or a single file) of the deployment. `skip` are absolute
 /// paths left out with what lies below them (the queue, the output).
 pub fn scan_tree(
@@ -322,47 +378,24 @@ pub fn scan_tree(
     out: &mut Vec<Scanned>,
     skipped: &mut Skipped,
 ) -> Result<()> {
-    if skip.iter().any(|s| s.as_os_str() == top.as_os_str()) {
-        return Ok(());
-    }
-    let rel = rel_name(dir, top)?;
-    if PLACEHOLDERS.contains(&rel.as_str()) {
-        return Ok(());
-    }
-    // The root of a tree may be a link the administrator set up (`data`
-    // on another disk): it is followed, as Compose does.
-    let m = match fs::metadata(top) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", top.display())),
-    };
-    let ft = m.file_type();
-    if !(ft.is_dir() || ft.is_file()) {
-        skipped.special.push(rel);
-        return Ok(());
-    }
-    let root = entry_of(top, &rel, &m)?;
-    let is_dir = root.entry.kind == EntryKind::Dir;
-    out.push(root);
-    if is_dir {
-        let listing = scan_dir(top, &rel, skip, true)?;
-        out.reserve(listing.total);
-        listing.flatten(out, &mut skipped.special);
-    }
+    let trees = list_tree(dir, top, skip, skipped)?.into_iter().collect();
+    flatten_trees(trees, out, skipped);
     Ok(())
 }
 
 /// Everything a backup holds except the queue's content, in archive order.
 pub fn scan(dep: &Deployment, skip: &[PathBuf]) -> Result<(Vec<Scanned>, Skipped)> {
-    let mut out = Vec::new();
+    let mut trees = Vec::new();
     let mut skipped = Skipped::default();
     for top in top_level() {
         let abs = dep.path(top);
         if fs::symlink_metadata(&abs).is_err() {
             continue;
         }
-        scan_tree(dep.dir(), &abs, skip, &mut out, &mut skipped)?;
+        trees.extend(list_tree(dep.dir(), &abs, skip, &mut skipped)?);
     }
+    let mut out = Vec::new();
+    flatten_trees(trees, &mut out, &mut skipped);
     Ok((out, skipped))
 }
 
