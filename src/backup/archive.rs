@@ -76,6 +76,9 @@ pub struct Writer<W: Write + Send + 'static> {
     /// Pieces returned so far (every piece sent comes back once).
     returned: u64,
     pool: super::pool::Pool<Job>,
+    /// Frames compressed outside the pool go straight to the writing
+    /// thread (dropped before it is joined).
+    direct: Option<Sender<Compressed>>,
     back: Receiver<Returned>,
     free: Vec<Vec<u8>>,
     hashes: Vec<(usize, [u8; 32])>,
@@ -191,6 +194,7 @@ impl<W: Write + Send + 'static> Writer<W> {
         let threads = threads.max(1) as usize;
         let (done_tx, done_rx) = mpsc::channel::<Compressed>();
         let (back_tx, back_rx) = mpsc::channel::<Returned>();
+        let direct = Some(done_tx.clone());
         let pool = super::pool::start("zstd", threads, threads, done_tx, compress_job)?;
         let writer = std::thread::Builder::new()
             .name("archive-out".into())
@@ -208,6 +212,7 @@ impl<W: Write + Send + 'static> Writer<W> {
             in_flight: 2 * threads as u64 + 2,
             returned: 0,
             pool,
+            direct,
             back: back_rx,
             free: Vec::new(),
             hashes: Vec::new(),
@@ -219,8 +224,10 @@ impl<W: Write + Send + 'static> Writer<W> {
         self.returned += 1;
         let (mut buf, hashes) = r.context("cannot write the archive")?;
         self.hashes.extend(hashes);
-        buf.clear();
-        self.free.push(buf);
+        if buf.capacity() >= PIECE {
+            buf.clear();
+            self.free.push(buf);
+        }
         Ok(())
     }
 
@@ -281,11 +288,21 @@ impl<W: Write + Send + 'static> Writer<W> {
     /// own at zstd's fastest level: the manifest is JSON, which level 1
     /// compresses twice as fast as level 3, and as small.
     pub fn add_meta(&mut self, path: &str, bytes: &[u8]) -> Result<()> {
+        let parts: Vec<&[u8]> = bytes.chunks(PIECE).collect();
+        self.add_meta_parts(path, &parts)
+    }
+
+    /// [`Writer::add_meta`] for a file given in parts (their concatenation
+    /// is its content): each part is compressed where it lies, in parallel,
+    /// into a frame of its own; nothing is copied into pieces.
+    pub fn add_meta_parts(&mut self, path: &str, parts: &[&[u8]]) -> Result<()> {
+        use rayon::prelude::*;
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         self.send_piece()?;
         self.level = META_LEVEL;
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Regular);
-        h.set_size(bytes.len() as u64);
+        h.set_size(len as u64);
         h.set_mode(0o600);
         h.set_mtime(
             std::time::SystemTime::now()
@@ -296,13 +313,29 @@ impl<W: Write + Send + 'static> Writer<W> {
         self.tar
             .append_data(&mut h, path, io::empty())
             .context("cannot write the archive")?;
-        // In pieces, so that the pool compresses a large manifest in
-        // parallel.
-        for part in bytes.chunks(PIECE) {
-            self.room_for(part.len())?;
-            self.tar.get_mut().extend_from_slice(part);
+        self.send_piece()?;
+        let frames: Vec<io::Result<Vec<u8>>> = parts
+            .par_iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| compress_piece(p, META_LEVEL))
+            .collect();
+        let direct = self
+            .direct
+            .as_ref()
+            .context("cannot write the archive: it is finished")?;
+        for frame in frames {
+            let sent = direct.send(Compressed {
+                seq: self.seq,
+                frame,
+                data: Vec::new(),
+                hashes: Vec::new(),
+            });
+            if sent.is_err() {
+                anyhow::bail!("cannot write the archive: the writing thread stopped");
+            }
+            self.seq += 1;
         }
-        pad(self.tar.get_mut(), bytes.len() as u64);
+        pad(self.tar.get_mut(), len as u64);
         self.send_piece()?;
         self.level = self.data_level;
         Ok(())
@@ -476,6 +509,7 @@ impl<W: Write + Send + 'static> Writer<W> {
         self.tar.finish().context("cannot finish the archive")?;
         self.send_piece()?;
         self.pool.close();
+        self.direct = None;
         let writer = self.writer.take().expect("the writing thread runs");
         match writer.join() {
             Ok(r) => r.context("cannot write the archive"),
@@ -489,6 +523,7 @@ impl<W: Write + Send + 'static> Drop for Writer<W> {
         // Stop the pool; what it still holds is written (into an archive
         // that is being discarded) and the threads end.
         self.pool.close();
+        self.direct = None;
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
@@ -583,6 +618,28 @@ mod tests {
         }
         assert_eq!(got[files.len() + 1].1, queued);
         assert_eq!(got[files.len() + 2].0, "meta/manifest.json");
+    }
+
+    #[test]
+    fn a_file_given_in_parts_reads_back_as_their_concatenation() {
+        let mut w = Writer::new(Vec::new(), 3, 2).unwrap();
+        w.add_bytes(&entry("data/a"), b"first", 0).unwrap();
+        let big = noise(PIECE + 999, 4);
+        let parts: Vec<&[u8]> = vec![b"{\"entries\":[", b"", &big, b"1,2", b"]}"];
+        w.add_meta_parts("meta/manifest.json", &parts).unwrap();
+        let (out, _) = w.finish().unwrap();
+        let mut ar = tar::Archive::new(zstd::stream::read::Decoder::new(&out[..]).unwrap());
+        let mut got = Vec::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut c = Vec::new();
+            e.read_to_end(&mut c).unwrap();
+            got.push((e.path().unwrap().to_string_lossy().into_owned(), c));
+        }
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], ("data/a".to_string(), b"first".to_vec()));
+        assert_eq!(got[1].0, "meta/manifest.json");
+        assert!(got[1].1 == parts.concat(), "the parts differ");
     }
 
     #[test]

@@ -159,27 +159,30 @@ pub struct Manifest {
 impl Manifest {
     /// The manifest as compact JSON (what `serde_json::to_vec` gives).
     pub fn to_json(&self) -> Vec<u8> {
+        self.to_json_parts().concat()
+    }
+
+    /// [`Manifest::to_json`] in parts, in order: the text of a large
+    /// deployment is written and compressed where it lies, not copied into
+    /// one buffer first.
+    pub fn to_json_parts(&self) -> Vec<Vec<u8>> {
         use rayon::prelude::*;
         // The entries are nearly all of the text: they are serialised in
         // parallel, in chunks, and put in place of an empty list in the
         // rest. Inside a JSON string every `"` is escaped, so the empty
         // list's key appears once, as the key.
         const EMPTY: &[u8] = b"\"entries\":[]";
-        let chunks: Vec<Vec<u8>> = self
-            .entries
-            .par_chunks(1024)
-            .map(|chunk| {
-                let room = chunk.iter().map(|e| e.path.len() + 256).sum();
-                let mut v = Vec::with_capacity(room);
-                for (i, e) in chunk.iter().enumerate() {
-                    if i > 0 {
-                        v.push(b',');
-                    }
-                    serde_json::to_writer(&mut v, e).expect("an entry serialises");
+        let chunks = self.entries.par_chunks(1024).enumerate().map(|(n, chunk)| {
+            let room = chunk.iter().map(|e| e.path.len() + 256).sum();
+            let mut v = Vec::with_capacity(room);
+            for (i, e) in chunk.iter().enumerate() {
+                if n > 0 || i > 0 {
+                    v.push(b',');
                 }
-                v
-            })
-            .collect();
+                serde_json::to_writer(&mut v, e).expect("an entry serialises");
+            }
+            v
+        });
         let rest = Manifest {
             header: self.header.clone(),
             image_version: self.image_version.clone(),
@@ -188,24 +191,18 @@ impl Manifest {
             entries: Vec::new(),
             deleted: self.deleted.clone(),
         };
-        let rest = serde_json::to_vec(&rest).expect("a manifest serialises");
+        let mut rest = serde_json::to_vec(&rest).expect("a manifest serialises");
         let at = rest
             .windows(EMPTY.len())
             .position(|w| w == EMPTY)
             .expect("a manifest has its entries")
             + EMPTY.len()
             - 1;
-        let mut out =
-            Vec::with_capacity(rest.len() + chunks.iter().map(|c| c.len() + 1).sum::<usize>());
-        out.extend_from_slice(&rest[..at]);
-        for (i, c) in chunks.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(c);
-        }
-        out.extend_from_slice(&rest[at..]);
-        out
+        let tail = rest.split_off(at);
+        let mut parts = vec![rest];
+        parts.par_extend(chunks);
+        parts.push(tail);
+        parts
     }
 
     pub fn from_json(bytes: &[u8], what: &Path) -> Result<Manifest> {

@@ -922,6 +922,10 @@ fn read_queue(ctx: &Context, queue: &Path, before: Option<&QueueFiles>) -> Resul
     Ok(out)
 }
 
+/// Entries of the mail queue planned for without growing the list (a
+/// larger queue still fits, at the cost of one copy).
+const QUEUE_ROOM: usize = 4096;
+
 fn write(
     ctx: &Context,
     opts: &BackupOptions,
@@ -958,7 +962,9 @@ fn write(
         scanned: &plan.entries,
         scanned_paths: None,
         followed: HashSet::default(),
-        entries: Vec::with_capacity(plan.entries.len()),
+        // Room for the queue's entries too (read later): growing a list
+        // this long copies it into fresh memory.
+        entries: Vec::with_capacity(plan.entries.len() + QUEUE_ROOM),
         consistency: Consistency::default(),
         stored_files: 0,
         stored_bytes: 0,
@@ -1067,7 +1073,8 @@ fn write(
         deleted,
     };
     run.check_interrupt()?;
-    let json = manifest.to_json();
+    let json = manifest.to_json_parts();
+    let json_parts: Vec<&[u8]> = json.iter().map(Vec::as_slice).collect();
     // The sidecar is written (and flushed) while the archive is finished;
     // it takes its name once the archive has its own.
     let sidecar_dir = match (&opts.output, &dest) {
@@ -1082,7 +1089,7 @@ fn write(
     };
     let (finished, sidecar) = std::thread::scope(|scope| {
         let sidecar = sidecar_dir.map(|dir| {
-            let json = &json;
+            let json = &json_parts;
             scope.spawn(move || -> Result<tempfile::NamedTempFile> {
                 let mut tmp = tempfile::Builder::new()
                     .prefix(".manifest.")
@@ -1091,14 +1098,16 @@ fn write(
                     .tempfile_in(dir)
                     .with_context(|| format!("cannot create a file in {}", dir.display()))?;
                 let mut sealed = crypt::Sink::new(tmp.as_file_mut(), &opts.encrypt)?;
-                sealed.write_all(json)?;
+                for part in json {
+                    sealed.write_all(part)?;
+                }
                 sealed.finish()?;
                 tmp.as_file().sync_all()?;
                 Ok(tmp)
             })
         });
         let finished = (|| -> Result<u64> {
-            w.add_meta(manifest::MANIFEST_ENTRY, &json)?;
+            w.add_meta_parts(manifest::MANIFEST_ENTRY, &json_parts)?;
             let (sink, archive_bytes) = w.finish()?;
             let mut out = sink
                 .finish()
@@ -1142,7 +1151,9 @@ fn write(
                     fs::metadata(&final_path)?.len()
                 )
                 .into_bytes();
-                text.extend_from_slice(&json);
+                for part in &json_parts {
+                    text.extend_from_slice(part);
+                }
                 text.push(b'}');
                 crate::host::write_atomic(&last_path, &text, 0o600)?;
             }
