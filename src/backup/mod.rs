@@ -834,8 +834,8 @@ impl Run<'_> {
         let Some(read) = read else {
             // Gone since the scan: a maildir message may have moved.
             if let Some(new) = renamed_message(&s.abs(self.ctx.deployment.dir())) {
-                if let Ok(m) = fs::symlink_metadata(&new) {
-                    let rel = scan::rel_name(self.ctx.deployment.dir(), &new)?;
+                let rel = scan::rel_name(self.ctx.deployment.dir(), &new)?;
+                if let Some(s2) = scan::entry_at(&new, &rel, false)? {
                     // A name the scan found is stored in its turn (or was).
                     let scanned = self
                         .scanned_paths
@@ -846,7 +846,6 @@ impl Run<'_> {
                     if scanned || !self.followed.insert(rel.clone()) {
                         return Ok(());
                     }
-                    let s2 = scan::entry_of(&new, &rel, &m)?;
                     return self.add(w, &s2, None, info, progress);
                 }
             }

@@ -11,7 +11,6 @@ use anyhow::{bail, Context as _, Result};
 use rustix::fd::AsFd;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::manifest::{Entry, EntryKind};
@@ -60,44 +59,38 @@ pub struct Skipped {
     pub special: Vec<String>,
 }
 
-/// The entry for one path from its metadata (`rel` is `/`-separated).
-pub fn entry_of(abs: &Path, rel: &str, m: &fs::Metadata) -> Result<Scanned> {
-    let ft = m.file_type();
-    let (kind, target) = if ft.is_dir() {
-        (EntryKind::Dir, None)
-    } else if ft.is_symlink() {
-        let t = fs::read_link(abs)
-            .with_context(|| format!("cannot read the link {}", abs.display()))?;
-        let Some(t) = t.to_str() else {
-            bail!(
-                "{}: the link's target is not UTF-8, which the backup manifest cannot record; point it at a UTF-8 name",
-                abs.display()
-            );
-        };
-        (EntryKind::Symlink, Some(t.to_string()))
+/// `stat` (`follow`) or `lstat` of `abs`; `None` when nothing is there.
+fn stat_at(abs: &Path, follow: bool) -> Result<Option<rustix::fs::Stat>> {
+    let st = if follow {
+        rustix::fs::stat(abs)
     } else {
-        (EntryKind::File, None)
+        rustix::fs::lstat(abs)
     };
-    Ok(Scanned {
-        entry: Entry {
-            path: rel.to_string(),
-            kind,
-            size: if kind == EntryKind::File { m.len() } else { 0 },
-            mtime: m.mtime(),
-            mtime_nsec: m.mtime_nsec() as u32,
-            mode: m.mode() & 0o7777,
-            uid: m.uid(),
-            gid: m.gid(),
-            user: None,
-            group: None,
-            sha256: None,
-            target,
-            stored: false,
-        },
-        dev: m.dev(),
-        ino: m.ino(),
-        nlink: m.nlink(),
-    })
+    match st {
+        Ok(st) => Ok(Some(st)),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => {
+            Err(std::io::Error::from(e)).with_context(|| format!("cannot read {}", abs.display()))
+        }
+    }
+}
+
+/// The entry for the path `abs`, named `rel` (`/`-separated) in the
+/// manifest; `follow` follows a link at `abs` itself. `None` when nothing
+/// is there.
+pub fn entry_at(abs: &Path, rel: &str, follow: bool) -> Result<Option<Scanned>> {
+    let Some(st) = stat_at(abs, follow)? else {
+        return Ok(None);
+    };
+    let target = match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+        rustix::fs::FileType::Symlink => {
+            Some(link_target(&rustix::fs::CWD, abs.as_os_str(), || {
+                abs.to_path_buf()
+            })?)
+        }
+        _ => None,
+    };
+    Ok(Some(entry_of_stat(rel.to_string(), &st, target)))
 }
 
 /// The relative name of `abs` under `dir`, `/`-separated, or an error for
@@ -123,39 +116,33 @@ pub fn rel_name(dir: &Path, abs: &Path) -> Result<String> {
     }
 }
 
-/// The entry for a path from `lstat` data taken relative to its directory
-/// (`dir_abs`, for messages); its name in the directory starts at
-/// `name_at` in `rel`.
-fn entry_of_stat(
-    dir: &rustix::fd::BorrowedFd<'_>,
-    dir_abs: &Path,
-    rel: String,
-    name_at: usize,
-    st: &rustix::fs::Stat,
-) -> Result<Scanned> {
+/// The target of the link `name` in `dir` (`shown` names it in errors).
+fn link_target(
+    dir: &impl AsFd,
+    name: &std::ffi::OsStr,
+    shown: impl Fn() -> PathBuf,
+) -> Result<String> {
+    let t = rustix::fs::readlinkat(dir, name, Vec::new())
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("cannot read the link {}", shown().display()))?;
+    match t.into_string() {
+        Ok(t) => Ok(t),
+        Err(_) => bail!(
+            "{}: the link's target is not UTF-8, which the backup manifest cannot record; point it at a UTF-8 name",
+            shown().display()
+        ),
+    }
+}
+
+/// The entry for the path `rel` from its `stat` data (and a link's target).
+fn entry_of_stat(rel: String, st: &rustix::fs::Stat, target: Option<String>) -> Scanned {
     use rustix::fs::FileType;
-    let name: &std::ffi::OsStr = rel[name_at..].as_ref();
-    let ft = FileType::from_raw_mode(st.st_mode);
-    let kind = match ft {
+    let kind = match FileType::from_raw_mode(st.st_mode) {
         FileType::Directory => EntryKind::Dir,
         FileType::Symlink => EntryKind::Symlink,
         _ => EntryKind::File,
     };
-    let target = if kind == EntryKind::Symlink {
-        let t = rustix::fs::readlinkat(dir, name, Vec::new())
-            .map_err(std::io::Error::from)
-            .with_context(|| format!("cannot read the link {}", dir_abs.join(name).display()))?;
-        match t.into_string() {
-            Ok(t) => Some(t),
-            Err(_) => bail!(
-                "{}: the link's target is not UTF-8, which the backup manifest cannot record; point it at a UTF-8 name",
-                dir_abs.join(name).display()
-            ),
-        }
-    } else {
-        None
-    };
-    Ok(Scanned {
+    Scanned {
         entry: Entry {
             path: rel,
             kind,
@@ -172,7 +159,11 @@ fn entry_of_stat(
             user: None,
             group: None,
             sha256: None,
-            target,
+            target: if kind == EntryKind::Symlink {
+                target
+            } else {
+                None
+            },
             stored: false,
         },
         dev: st.st_dev,
@@ -180,7 +171,7 @@ fn entry_of_stat(
         // `nlink_t` is 32 bits wide on some targets.
         #[allow(clippy::unnecessary_cast)]
         nlink: st.st_nlink as u64,
-    })
+    }
 }
 
 /// What one directory holds: its entries in name order, and for each the
@@ -284,8 +275,12 @@ fn scan_dir(abs: &Path, rel: &str, skip: &[PathBuf], follow: bool) -> Result<Lis
             }
         };
         match FileType::from_raw_mode(st.st_mode) {
-            FileType::Directory | FileType::RegularFile | FileType::Symlink => {
-                found.push(entry_of_stat(&fd.as_fd(), abs, child_rel, name_at, &st)?)
+            FileType::Directory | FileType::RegularFile => {
+                found.push(entry_of_stat(child_rel, &st, None))
+            }
+            FileType::Symlink => {
+                let target = link_target(&fd, name, || abs.join(name))?;
+                found.push(entry_of_stat(child_rel, &st, Some(target)))
             }
             _ => special.push(child_rel),
         }
@@ -333,17 +328,18 @@ fn list_tree(
     }
     // The root of a tree may be a link the administrator set up (`data`
     // on another disk): it is followed, as Compose does.
-    let m = match fs::metadata(top) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", top.display())),
+    let Some(st) = stat_at(top, true)? else {
+        return Ok(None);
     };
-    let ft = m.file_type();
-    if !(ft.is_dir() || ft.is_file()) {
+    use rustix::fs::FileType;
+    if !matches!(
+        FileType::from_raw_mode(st.st_mode),
+        FileType::Directory | FileType::RegularFile
+    ) {
         skipped.special.push(rel);
         return Ok(None);
     }
-    let root = entry_of(top, &rel, &m)?;
+    let root = entry_of_stat(rel.clone(), &st, None);
     let listing = if root.entry.kind == EntryKind::Dir {
         Some(scan_dir(top, &rel, skip, true)?)
     } else {
@@ -428,6 +424,27 @@ mod tests {
             ]
         );
         assert_eq!(skipped.special, ["data/s"]);
+    }
+
+    #[test]
+    fn one_path_is_read_as_the_scan_reads_it() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("m"), "mail").unwrap();
+        std::os::unix::fs::symlink("m", d.path().join("l")).unwrap();
+        let link = entry_at(&d.path().join("l"), "data/l", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(link.entry.path, "data/l");
+        assert_eq!(link.entry.kind, EntryKind::Symlink);
+        assert_eq!(link.entry.target.as_deref(), Some("m"));
+        let file = entry_at(&d.path().join("l"), "data/l", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!((file.entry.kind, file.entry.size), (EntryKind::File, 4));
+        assert!(file.entry.target.is_none());
+        assert!(entry_at(&d.path().join("gone"), "data/gone", false)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
