@@ -9,7 +9,10 @@
 #                      (throughput ratio: theirs / ours in time; goal >= 0.9);
 #                      backup fsyncs the archive, so also against tar|zstd + sync -f
 #   2. incremental     backup --since FULL after 1% of the messages changed,
-#                      against the full backup of the same tree (goal <= 0.1)
+#                      against the full backup of the same tree (goal <= 0.1);
+#                      IDLE=S waits S seconds before each run, as a cron job
+#                      starts on an idle server (on a VM, memory idle for a
+#                      few seconds may have gone back to the host)
 #   3. restore         restore FILE         vs  zstd -d | tar -x  (goal >= 0.9);
 #                      restore flushes the restored tree before moving it
 #                      into place, so it is also compared with tar + sync -f;
@@ -25,6 +28,7 @@ FILES=${1:-20000}
 MIB=${2:-500}
 BIN=${BIN:-$PWD/target/$(rustc -vV | sed -n 's/^host: //p')/release/chatmail-docker}
 REPEAT=${REPEAT:-3}
+IDLE=${IDLE:-0}
 command -v zstd >/dev/null || { echo "zstd is needed (apt-get install zstd)" >&2; exit 1; }
 [ -x "$BIN" ] || cargo build --release
 
@@ -97,12 +101,13 @@ python3 benches/gen_maildir.py change "$W" 1
 sleep 1
 : > "$W/ti"
 for i in $(seq "$REPEAT"); do
-    cp -al "$W/dir" "$W/dir$i"; sync
+    cp -al "$W/dir" "$W/dir$i"; sync; sleep "$IDLE"
     s=$(now); "$BIN" -q --dir "$D" backup --json "$W/dir$i/" > "$W/incr.json"; e=$(now)
     echo $(( e - s )) >> "$W/ti"
 done
 incr=$(median < "$W/ti")
 full_ns=$(awk -v s="$full_ours" 'BEGIN { print s * 1e9 }')
+[ "$IDLE" = 0 ] || echo "               (each run after ${IDLE} s idle)"
 echo "incremental:   $(secs "$incr")s after 1% change, full ${full_ours}s -> ratio $(awk -v a="$incr" -v b="$full_ns" 'BEGIN { printf "%.3f", a / b }') (goal <= 0.1)"
 pause=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["queue_pause_ms"])' "$W/incr.json")
 echo "queue pause:   ${pause} ms (stand-in docker: the tool's share of the window)"
