@@ -134,7 +134,8 @@ fn link_target(
     }
 }
 
-/// The entry for the path `rel` from its `stat` data (and a link's target).
+/// The entry for the path `rel` from its `stat` data; `target` is a
+/// link's target (callers read it for links only).
 fn entry_of_stat(rel: String, st: &rustix::fs::Stat, target: Option<String>) -> Scanned {
     use rustix::fs::FileType;
     let kind = match FileType::from_raw_mode(st.st_mode) {
@@ -159,11 +160,7 @@ fn entry_of_stat(rel: String, st: &rustix::fs::Stat, target: Option<String>) -> 
             user: None,
             group: None,
             sha256: None,
-            target: if kind == EntryKind::Symlink {
-                target
-            } else {
-                None
-            },
+            target,
             stored: false,
         },
         dev: st.st_dev,
