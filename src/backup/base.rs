@@ -3,7 +3,8 @@
 //! its paths, metadata and hashes only, and a large deployment lists tens
 //! of thousands of them), indexed by path while the deployment is scanned;
 //! and the walk of a backup against it (which files are unchanged, which
-//! base paths are gone).
+//! base paths are gone). An incremental base lists only what changed: it is
+//! applied to the state of the archive it builds on ([`Base::apply`]).
 
 use anyhow::{Context as _, Result};
 use hashbrown::HashTable;
@@ -12,7 +13,7 @@ use std::borrow::Cow;
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 
-use super::manifest::{BaseRef, Entry, EntryKind, Header, Meta};
+use super::manifest::{BaseRef, Entry, EntryKind, Header, Listing, Meta};
 
 /// A string of the base: a range of its text, or (when it had escapes
 /// there) one kept aside, decoded.
@@ -34,6 +35,8 @@ struct Item {
     gid: u32,
     target: Option<Str>,
     sha256: Option<Str>,
+    /// Deleted by a later archive of the chain.
+    gone: bool,
 }
 
 /// A string borrowed from the text when it can be (no escapes in it).
@@ -84,8 +87,12 @@ struct RawEntry<'a> {
 #[derive(Deserialize)]
 struct RawManifest<'a> {
     header: Header,
+    #[serde(default)]
+    listing: Listing,
     #[serde(borrow)]
     entries: Vec<RawEntry<'a>>,
+    #[serde(default, borrow)]
+    deleted: Vec<Text<'a>>,
 }
 
 /// The local copy of the last manifest (`LAST_MANIFEST`) holds it under
@@ -106,11 +113,26 @@ pub enum Source {
 
 pub struct Base {
     pub reference: BaseRef,
+    /// What the manifest's entries list.
+    pub listing: Listing,
+    /// The archive this one builds on (incrementals).
+    pub based_on: Option<BaseRef>,
+    /// The file names of the archives folded into this state, oldest first.
+    pub chain: Vec<String>,
+    /// The base's paths an incremental manifest lists as gone.
+    deleted: Vec<String>,
     text: String,
     aside: Vec<String>,
     items: Vec<Item>,
     /// Positions in `items`, by the hash of their path.
     index: HashTable<u32>,
+}
+
+fn resolve<'a>(s: Str, text: &'a str, aside: &'a [String]) -> &'a str {
+    match s {
+        Str::Text(a, b) => &text[a as usize..b as usize],
+        Str::Aside(i) => &aside[i as usize],
+    }
 }
 
 fn hash(path: &str) -> u64 {
@@ -194,13 +216,18 @@ impl Base {
                 gid: e.gid,
                 target: e.target.map(&mut keep),
                 sha256: e.sha256.map(&mut keep),
+                gone: false,
             })
             .collect();
         let mut base = Base {
             reference: BaseRef {
                 id: raw.header.id,
-                file,
+                file: file.clone(),
             },
+            listing: raw.listing,
+            based_on: raw.header.base,
+            chain: vec![file],
+            deleted: raw.deleted.into_iter().map(|t| t.0.into_owned()).collect(),
             text,
             aside,
             items,
@@ -210,11 +237,55 @@ impl Base {
         Ok(base)
     }
 
-    fn str(&self, s: Str) -> &str {
-        match s {
-            Str::Text(a, b) => &self.text[a as usize..b as usize],
-            Str::Aside(i) => &self.aside[i as usize],
+    /// Fold `next`, an incremental manifest built on this state, into it:
+    /// its deleted paths go, its entries replace or join this state's.
+    pub fn apply(&mut self, next: Base) {
+        for p in &next.deleted {
+            if let Ok(found) = self.index.find_entry(hash(p), |&j| {
+                resolve(self.items[j as usize].path, &self.text, &self.aside) == p
+            }) {
+                let (j, _) = found.remove();
+                self.items[j as usize].gone = true;
+            }
         }
+        for item in &next.items {
+            let mut own = |s: Str| {
+                self.aside.push(next.str(s).to_string());
+                Str::Aside(self.aside.len() as u32 - 1)
+            };
+            let new = Item {
+                path: own(item.path),
+                kind: item.kind,
+                size: item.size,
+                mtime: item.mtime,
+                mtime_nsec: item.mtime_nsec,
+                mode: item.mode,
+                uid: item.uid,
+                gid: item.gid,
+                target: item.target.map(&mut own),
+                sha256: item.sha256.map(&mut own),
+                gone: false,
+            };
+            let p = next.str(item.path);
+            match self.position(p) {
+                Some(i) => self.items[i] = new,
+                None => {
+                    let i = self.items.len() as u32;
+                    self.items.push(new);
+                    let (items, text, aside) = (&self.items, &self.text, &self.aside);
+                    self.index.insert_unique(hash(p), i, |&j| {
+                        hash(resolve(items[j as usize].path, text, aside))
+                    });
+                }
+            }
+        }
+        self.reference = next.reference;
+        self.based_on = next.based_on;
+        self.chain.extend(next.chain);
+    }
+
+    fn str(&self, s: Str) -> &str {
+        resolve(s, &self.text, &self.aside)
     }
 
     fn path(&self, i: usize) -> &str {
@@ -279,7 +350,7 @@ impl<'a> Walk<'a> {
     pub fn find(&mut self, path: &str) -> Option<(usize, Found<'a>)> {
         let base = self.base;
         let i = match base.items.get(self.next) {
-            Some(_) if base.path(self.next) == path => self.next,
+            Some(item) if !item.gone && base.path(self.next) == path => self.next,
             _ => base.position(path)?,
         };
         self.next = i + 1;
@@ -294,7 +365,7 @@ impl<'a> Walk<'a> {
     /// The base's paths this backup did not keep, in the base's order.
     pub fn deleted(&self) -> Vec<String> {
         (0..self.base.items.len())
-            .filter(|&i| !self.seen[i])
+            .filter(|&i| !self.seen[i] && !self.base.items[i].gone)
             .map(|i| self.base.path(i).to_string())
             .collect()
     }
@@ -318,6 +389,7 @@ mod tests {
             image_version: None,
             relay_commit: None,
             consistency: Consistency::default(),
+            listing: Listing::All,
             entries: paths.iter().map(|p| sample_entry(p)).collect(),
             deleted: vec![],
         }
@@ -357,6 +429,46 @@ mod tests {
         assert_eq!(w.deleted(), ["b/1", "d"]);
         assert!(b.get("b/1").is_some());
         assert!(b.get("b/2").is_none());
+    }
+
+    #[test]
+    fn a_folded_chain_is_what_folding_the_manifests_gives() {
+        let full = manifest(&["a", "a/1", "a/2", "b", "b/1", "c"]);
+        let mut delta = manifest(&["a/1", "a/new", "d"]);
+        delta.header.id = "i1".into();
+        delta.header.kind = Kind::Incremental;
+        delta.header.base = Some(BaseRef {
+            id: "b".into(),
+            file: "f".into(),
+        });
+        delta.listing = Listing::Changes;
+        delta.entries[0].mtime = 99;
+        delta.entries[0].sha256 = Some("cd".into());
+        delta.entries[1].target = Some("esc\"aped".into());
+        delta.deleted = vec!["b".into(), "b/1".into()];
+        let mut b = base(&full);
+        let d = base(&delta);
+        assert_eq!(d.listing, Listing::Changes);
+        assert_eq!(d.based_on.as_ref().map(|r| r.id.as_str()), Some("b"));
+        b.apply(d);
+        let mut folded = full.clone();
+        folded.fold(delta.clone());
+        assert_eq!(b.reference.id, "i1");
+        assert_eq!(b.chain, ["f", "f"]);
+        for e in &folded.entries {
+            let f = b.get(&e.path).expect("every folded path is found");
+            assert!(f.unchanged(e), "{}", e.path);
+            assert_eq!(f.sha256(), e.sha256.as_deref(), "{}", e.path);
+        }
+        assert!(b.get("b").is_none() && b.get("b/1").is_none());
+        // A walk in the old order passes over what was deleted.
+        let mut w = b.walk();
+        for p in ["a", "a/1", "a/2", "c"] {
+            let (at, _) = w.find(p).unwrap();
+            w.keep(at);
+        }
+        assert!(w.find("b").is_none());
+        assert_eq!(w.deleted(), ["a/new", "d"]);
     }
 
     #[test]

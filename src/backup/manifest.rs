@@ -3,16 +3,18 @@
 //! of the deployment with size, mtime, mode, owner and SHA-256, what was
 //! stored in this archive, how the data was kept consistent).
 //!
-//! A manifest always describes the whole deployment, also for an
-//! incremental archive: restore applies a chain in order and ends with
-//! exactly the files the last manifest lists.
+//! A full archive's manifest lists the whole deployment. An incremental
+//! one (format 2) lists what changed since its base: the paths that are new
+//! or differ, and the base's paths that are gone. The deployment at any
+//! archive is its chain folded in order ([`Manifest::fold`]); restore ends
+//! with exactly those paths. Format 1 incrementals listed everything.
 
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// The archive format this tool writes; it reads this one and older ones.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 /// The directory of the archive's own entries (never a deployment file).
 pub const META_DIR: &str = ".chatmail-backup";
 /// The first entry of every archive.
@@ -62,6 +64,19 @@ pub enum EntryKind {
     Symlink,
     /// Another name of a file listed earlier (`target`).
     Hardlink,
+}
+
+/// What a manifest's `entries` hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Listing {
+    /// Every path of the deployment (full archives; every archive of
+    /// format 1).
+    #[default]
+    All,
+    /// The paths new or changed since the base; `deleted` names the base's
+    /// paths that are gone.
+    Changes,
 }
 
 /// One path of the deployment.
@@ -149,9 +164,12 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_commit: Option<String>,
     pub consistency: Consistency,
-    /// Every path, in archive order.
+    /// Whether `entries` lists the whole deployment or what changed.
+    #[serde(default)]
+    pub listing: Listing,
+    /// Every path (or every changed one), in archive order.
     pub entries: Vec<Entry>,
-    /// Paths of the base manifest that no longer exist.
+    /// Paths of the base that no longer exist.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deleted: Vec<String>,
 }
@@ -188,6 +206,7 @@ impl Manifest {
             image_version: self.image_version.clone(),
             relay_commit: self.relay_commit.clone(),
             consistency: self.consistency.clone(),
+            listing: self.listing,
             entries: Vec::new(),
             deleted: self.deleted.clone(),
         };
@@ -203,6 +222,54 @@ impl Manifest {
         parts.par_extend(chunks);
         parts.push(tail);
         parts
+    }
+
+    /// The deployment after `next`, an archive built on this state:
+    /// `next` itself when it lists everything, else this state with its
+    /// deleted paths removed, its changed paths replaced in place and its
+    /// new ones added at the end. The result lists everything.
+    pub fn fold(&mut self, next: Manifest) {
+        if next.listing == Listing::All {
+            *self = next;
+            return;
+        }
+        let Manifest {
+            header,
+            image_version,
+            relay_commit,
+            consistency,
+            listing: _,
+            entries,
+            deleted,
+        } = next;
+        let index: std::collections::HashMap<String, usize> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.path.clone(), i))
+            .collect();
+        let mut new: Vec<Option<Entry>> = entries.into_iter().map(Some).collect();
+        let gone: std::collections::HashSet<String> = deleted.into_iter().collect();
+        let mut kept = Vec::with_capacity(self.entries.len() + new.len());
+        for e in std::mem::take(&mut self.entries) {
+            if gone.contains(&e.path) {
+                continue;
+            }
+            match index.get(&e.path).and_then(|&i| new[i].take()) {
+                Some(changed) => kept.push(changed),
+                None => kept.push(e),
+            }
+        }
+        // What is left is new: added in the archive's order.
+        kept.extend(new.into_iter().flatten());
+        *self = Manifest {
+            header,
+            image_version,
+            relay_commit,
+            consistency,
+            listing: Listing::All,
+            entries: kept,
+            deleted: Vec::new(),
+        };
     }
 
     pub fn from_json(bytes: &[u8], what: &Path) -> Result<Manifest> {
@@ -303,11 +370,55 @@ mod tests {
                     queue_pause_ms: Some(3),
                     changed_while_read: vec!["\"entries\":[]".into()],
                 },
+                listing: Listing::Changes,
                 entries,
                 deleted: names.iter().map(|s| s.to_string()).collect(),
             };
             assert_eq!(m.to_json(), serde_json::to_vec(&m).unwrap(), "{n} entries");
         }
+    }
+
+    #[test]
+    fn folding_replaces_in_place_removes_the_deleted_and_adds_the_new() {
+        let header = |id: &str, kind| Header {
+            format: FORMAT,
+            tool_version: "1".into(),
+            kind,
+            id: id.into(),
+            base: None,
+            created: "now".into(),
+        };
+        let m = |id, kind, listing, paths: &[&str], deleted: &[&str]| Manifest {
+            header: header(id, kind),
+            image_version: None,
+            relay_commit: None,
+            consistency: Consistency::default(),
+            listing,
+            entries: paths.iter().map(|p| sample_entry(p)).collect(),
+            deleted: deleted.iter().map(|p| p.to_string()).collect(),
+        };
+        let mut state = m("f", Kind::Full, Listing::All, &["a", "b", "c"], &[]);
+        let mut delta = m(
+            "i",
+            Kind::Incremental,
+            Listing::Changes,
+            &["z", "b"],
+            &["a"],
+        );
+        delta.entries[1].size = 7;
+        delta.image_version = Some("v2".into());
+        state.fold(delta);
+        let paths: Vec<&str> = state.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["b", "c", "z"]);
+        assert_eq!(state.entries[0].size, 7);
+        assert_eq!(state.header.id, "i");
+        assert_eq!(state.image_version.as_deref(), Some("v2"));
+        assert_eq!(state.listing, Listing::All);
+        assert!(state.deleted.is_empty());
+        // A format 1 incremental lists everything: it is the state.
+        let all = m("j", Kind::Incremental, Listing::All, &["q"], &["b"]);
+        state.fold(all.clone());
+        assert_eq!(state.entries, all.entries);
     }
 
     #[test]

@@ -206,9 +206,12 @@ pub fn archives_in(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// In the deployment directory (not backed up): the manifest of the last
-/// archive written, so that an incremental against an encrypted archive
-/// needs no key to decrypt it. The host holds the same data in clear.
+/// In the deployment directory (not backed up): a copy of the manifest of
+/// each archive of the current chain, `NAME.json` for the archive `NAME`,
+/// so that an incremental against encrypted archives needs no key to
+/// decrypt them. The host holds the same data in clear.
+pub const LOCAL_MANIFESTS: &str = ".chatmail-backup-manifests";
+/// The single local copy earlier versions kept (read, then removed).
 pub const LAST_MANIFEST: &str = ".chatmail-backup-last.json";
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -219,20 +222,16 @@ struct LastManifest {
     manifest: Manifest,
 }
 
-/// Where an archive's manifest is: the local copy of the last one, its
-/// sidecar (decrypted if need be), else the archive itself (read now).
-enum ManifestAt {
-    Text(base::Source),
-    Archive(Box<Manifest>),
-}
-
-fn find_manifest(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<ManifestAt> {
-    let last_path = ctx.path(LAST_MANIFEST);
-    if let (Ok(bytes), Ok(abs), Ok(meta)) = (
-        fs::read(&last_path),
-        fs::canonicalize(archive),
-        fs::metadata(archive),
-    ) {
+/// The local copy of `archive`'s manifest, when there is one for it.
+fn local_copy(ctx: &Context, archive: &Path) -> Option<base::Source> {
+    let (abs, meta) = (fs::canonicalize(archive).ok()?, fs::metadata(archive).ok()?);
+    let name = archive.file_name()?;
+    let mut own = std::ffi::OsString::from(name);
+    own.push(".json");
+    for path in [ctx.path(LOCAL_MANIFESTS).join(own), ctx.path(LAST_MANIFEST)] {
+        let Ok(bytes) = fs::read(&path) else {
+            continue;
+        };
         /// The copy's first keys (the manifest is skipped here).
         #[derive(serde::Deserialize)]
         struct For {
@@ -242,13 +241,110 @@ fn find_manifest(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<Ma
         if let Ok(f) = serde_json::from_slice::<For>(&bytes) {
             if f.archive == abs && f.size == meta.len() {
                 if let Ok(text) = String::from_utf8(bytes) {
-                    return Ok(ManifestAt::Text(base::Source::Last {
-                        text,
-                        what: last_path,
-                    }));
+                    return Some(base::Source::Last { text, what: path });
                 }
             }
         }
+    }
+    None
+}
+
+/// Keep local copies of the manifests of the chain `keep` (file names of
+/// the archives the new one builds on) and none other; `new` adds the copy
+/// of an encrypted archive just written. An unencrypted archive needs
+/// none: its sidecar is in clear.
+fn keep_local_copies(ctx: &Context, new: Option<(&Path, &[&[u8]])>, keep: &[String]) -> Result<()> {
+    let dir = ctx.path(LOCAL_MANIFESTS);
+    let new_name = match new {
+        Some((archive, _)) => Some(
+            archive
+                .file_name()
+                .context("an archive has a file name")?
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        None => None,
+    };
+    let wanted = |name: &str| new_name.as_deref() == Some(name) || keep.iter().any(|k| k == name);
+    let create_dir = || -> Result<()> {
+        let mut b = fs::DirBuilder::new();
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        match b.create(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                Err(e).with_context(|| format!("cannot create {}", dir.display()))
+            }
+            _ => Ok(()),
+        }
+    };
+    // The single copy of earlier versions joins the others while its
+    // archive is part of the chain.
+    let legacy = ctx.path(LAST_MANIFEST);
+    if let Ok(bytes) = fs::read(&legacy) {
+        #[derive(serde::Deserialize)]
+        struct For {
+            archive: PathBuf,
+        }
+        let of = serde_json::from_slice::<For>(&bytes).ok().and_then(|f| {
+            f.archive
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        });
+        match of {
+            Some(name) if wanted(&name) => {
+                create_dir()?;
+                fs::rename(&legacy, dir.join(format!("{name}.json")))
+                    .with_context(|| format!("cannot move {}", legacy.display()))?;
+            }
+            _ => {
+                let _ = fs::remove_file(&legacy);
+            }
+        }
+    }
+    if let (Some((archive, json)), Some(name)) = (new, &new_name) {
+        create_dir()?;
+        let mut text = format!(
+            "{{\"archive\":{},\"size\":{},\"manifest\":",
+            serde_json::to_string(&fs::canonicalize(archive)?)?,
+            fs::metadata(archive)?.len()
+        )
+        .into_bytes();
+        for part in json {
+            text.extend_from_slice(part);
+        }
+        text.push(b'}');
+        crate::host::write_atomic(&dir.join(format!("{name}.json")), &text, 0o600)?;
+    }
+    let list = match fs::read_dir(&dir) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    let mut left = 0;
+    for item in list {
+        let item = item?;
+        let file = item.file_name().to_string_lossy().into_owned();
+        if wanted(file.strip_suffix(".json").unwrap_or(&file)) {
+            left += 1;
+        } else {
+            let _ = fs::remove_file(item.path());
+        }
+    }
+    if left == 0 {
+        let _ = fs::remove_dir(&dir);
+    }
+    Ok(())
+}
+
+/// Where an archive's manifest is: the local copy, its sidecar (decrypted
+/// if need be), else the archive itself (read now).
+enum ManifestAt {
+    Text(base::Source),
+    Archive(Box<Manifest>),
+}
+
+fn find_manifest(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<ManifestAt> {
+    if let Some(copy) = local_copy(ctx, archive) {
+        return Ok(ManifestAt::Text(copy));
     }
     let side = Manifest::sidecar_of(archive);
     if let Ok(f) = fs::File::open(&side) {
@@ -267,8 +363,9 @@ fn find_manifest(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<Ma
     restore::read_manifest(archive, keys).map(|m| ManifestAt::Archive(Box::new(m)))
 }
 
-/// An archive's manifest: from the local copy of the last one, from its
-/// sidecar (decrypted if need be), else read from the archive itself.
+/// An archive's manifest as written: from the local copy, from its
+/// sidecar (decrypted if need be), else read from the archive itself. An
+/// incremental's lists what changed.
 pub fn load_manifest(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<Manifest> {
     match find_manifest(ctx, archive, keys)? {
         ManifestAt::Text(base::Source::Manifest { text, what }) => {
@@ -283,8 +380,8 @@ pub fn load_manifest(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Resul
     }
 }
 
-/// An archive as the base of an incremental backup.
-fn load_base(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<base::Base> {
+/// One archive's manifest, read as a base.
+fn load_one(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<base::Base> {
     let source = match find_manifest(ctx, archive, keys)? {
         ManifestAt::Text(s) => s,
         // No sidecar (an archive written to a file of its own): rare
@@ -299,6 +396,53 @@ fn load_base(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<base::
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     base::Base::parse(file, source)
+}
+
+/// An archive as the base of an incremental backup: the deployment as it
+/// was then, folded from its chain (the archives it builds on are looked
+/// for next to it).
+fn load_base(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<base::Base> {
+    let mut newer = Vec::new();
+    let mut cur = archive.to_path_buf();
+    let mut state = loop {
+        let b = load_one(ctx, &cur, keys)?;
+        if b.listing == manifest::Listing::All {
+            break b;
+        }
+        let Some(r) = b.based_on.clone() else {
+            bail!(
+                "{}: an incremental manifest that names no base; the archive is corrupt",
+                cur.display()
+            );
+        };
+        let next = cur.with_file_name(&r.file);
+        if !next.exists() {
+            bail!(
+                "{} builds on {}, which is not next to it",
+                cur.display(),
+                r.file
+            );
+        }
+        if newer.len() > 10_000 {
+            bail!(
+                "{}: the chain of incremental backups loops",
+                archive.display()
+            );
+        }
+        newer.push((cur, b));
+        cur = next;
+    };
+    while let Some((path, b)) = newer.pop() {
+        if b.based_on.as_ref().map(|r| r.id.as_str()) != Some(state.reference.id.as_str()) {
+            bail!(
+                "{} does not build on the {} next to it (another archive of that name?)",
+                path.display(),
+                state.reference.file
+            );
+        }
+        state.apply(b);
+    }
+    Ok(state)
 }
 
 /// Chains (a full archive and the incrementals after it) of a directory.
@@ -724,13 +868,22 @@ struct Run<'a> {
     /// The base of an incremental backup.
     base: Option<base::Walk<'a>>,
     links: HashMap<(u64, u64), String>,
+    /// Files with more than one name stored by this archive: their other
+    /// names are listed again (restore replaces a stored file, which
+    /// separates it from its old links).
+    stored_links: HashSet<(u64, u64)>,
     /// What the scan found (a renamed message is not stored twice).
     scanned: &'a [Scanned],
     scanned_paths: Option<HashSet<&'a str>>,
     /// Names a renamed message was followed to, stored already.
     followed: HashSet<String>,
+    /// What this archive's manifest lists: every path, or (incremental)
+    /// the paths new or changed since the base.
     entries: Vec<Entry>,
     consistency: Consistency,
+    /// The deployment's files and their bytes (listed or not).
+    files: usize,
+    bytes: u64,
     stored_files: usize,
     stored_bytes: u64,
     signals: usize,
@@ -768,12 +921,20 @@ impl Run<'_> {
         }
     }
 
-    /// An entry of this backup, at `at` in the base's list when it has one.
-    fn keep(&mut self, e: Entry, at: Option<usize>) {
+    /// An entry of this backup, at `at` in the base's list when it has
+    /// one; an incremental lists it only when it is `listed` (new, changed
+    /// or stored).
+    fn keep(&mut self, e: Entry, at: Option<usize>, listed: bool) {
+        if e.kind == EntryKind::File {
+            self.files += 1;
+            self.bytes += e.size;
+        }
         if let (Some(b), Some(at)) = (&mut self.base, at) {
             b.keep(at);
         }
-        self.entries.push(e);
+        if listed || self.base.is_none() {
+            self.entries.push(e);
+        }
     }
 
     /// Store one scanned path; `content` when it was read already (queue).
@@ -797,28 +958,39 @@ impl Run<'_> {
         };
         if let Some(mut e) = self.link_of(s) {
             name_owner(&mut e, info);
-            e.stored = true;
-            w.add_entry(&e)?;
-            self.keep(e, at);
+            let same = prev.is_some_and(|p| p.unchanged(&e))
+                && !self.stored_links.contains(&(s.dev, s.ino));
+            e.stored = !same;
+            if !same {
+                w.add_entry(&e)?;
+            }
+            self.keep(e, at, !same);
             return Ok(());
         }
         let mut e = s.entry.clone();
         name_owner(&mut e, info);
         if e.kind != EntryKind::File {
-            e.stored = true;
-            w.add_entry(&e)?;
-            self.keep(e, at);
+            // Directories and links: their header is all there is to store.
+            let same = prev.is_some_and(|p| p.unchanged(&e));
+            e.stored = !same;
+            if !same {
+                w.add_entry(&e)?;
+            }
+            self.keep(e, at, !same);
             return Ok(());
         }
         if let Some(p) = prev.filter(|p| p.unchanged(&e)) {
             if let Some(sha) = p.sha256() {
                 e.sha256 = Some(sha.to_string());
                 e.stored = false;
-                self.keep(e, at);
+                self.keep(e, at, false);
                 return Ok(());
             }
         }
         e.stored = true;
+        if s.nlink > 1 {
+            self.stored_links.insert((s.dev, s.ino));
+        }
         let id = self.entries.len();
         let read = match content {
             Some(bytes) => {
@@ -857,7 +1029,7 @@ impl Run<'_> {
         self.stored_files += 1;
         self.stored_bytes += read.size;
         progress.tick(read.size, self.stored_files as u64);
-        self.keep(e, at);
+        self.keep(e, at, true);
         Ok(())
     }
 
@@ -958,13 +1130,21 @@ fn write(
         ctx,
         base: plan.base.as_ref().map(base::Base::walk),
         links: HashMap::default(),
+        stored_links: HashSet::default(),
         scanned: &plan.entries,
         scanned_paths: None,
         followed: HashSet::default(),
         // Room for the queue's entries too (read later): growing a list
-        // this long copies it into fresh memory.
-        entries: Vec::with_capacity(plan.entries.len() + QUEUE_ROOM),
+        // this long copies it into fresh memory. An incremental lists what
+        // changed.
+        entries: Vec::with_capacity(if plan.base.is_some() {
+            QUEUE_ROOM
+        } else {
+            plan.entries.len() + QUEUE_ROOM
+        }),
         consistency: Consistency::default(),
+        files: 0,
+        bytes: 0,
         stored_files: 0,
         stored_bytes: 0,
         signals,
@@ -1068,6 +1248,11 @@ fn write(
         image_version: info.image_version.clone(),
         relay_commit: info.relay_commit.clone(),
         consistency: run.consistency.clone(),
+        listing: if plan.base.is_some() {
+            manifest::Listing::Changes
+        } else {
+            manifest::Listing::All
+        },
         entries: std::mem::take(&mut run.entries),
         deleted,
     };
@@ -1137,25 +1322,16 @@ fn write(
                     .map_err(|e| e.error)
                     .with_context(|| format!("cannot create {}", side_path.display()))?;
             }
-            // Encrypted archives: keep the manifest here, in clear, for
-            // the next incremental (a sidecar in clear would tell the
-            // backup's host every mailbox name).
-            let last_path = ctx.path(LAST_MANIFEST);
-            if matches!(opts.encrypt, crypt::Encrypt::None) {
-                let _ = fs::remove_file(&last_path);
-            } else {
-                let mut text = format!(
-                    "{{\"archive\":{},\"size\":{},\"manifest\":",
-                    serde_json::to_string(&fs::canonicalize(&final_path)?)?,
-                    fs::metadata(&final_path)?.len()
-                )
-                .into_bytes();
-                for part in &json_parts {
-                    text.extend_from_slice(part);
-                }
-                text.push(b'}');
-                crate::host::write_atomic(&last_path, &text, 0o600)?;
-            }
+            // Encrypted archives: keep the manifests of the chain here, in
+            // clear, for the next incremental (a sidecar in clear would
+            // tell the backup's host every mailbox name).
+            let chain = plan.base.as_ref().map_or(&[][..], |b| &b.chain[..]);
+            keep_local_copies(
+                ctx,
+                (!matches!(opts.encrypt, crypt::Encrypt::None))
+                    .then_some((final_path.as_path(), &json_parts[..])),
+                chain,
+            )?;
             if let Some(dir) = final_path.parent() {
                 if let Ok(d) = fs::File::open(if dir.as_os_str().is_empty() {
                     Path::new(".")
@@ -1172,17 +1348,12 @@ fn write(
         (Output::Dir(d), Some(n)) => retention(d, n)?,
         _ => vec![],
     };
-    let files: Vec<&Entry> = manifest
-        .entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::File)
-        .collect();
     let summary = Summary {
         archive,
         kind: plan.kind,
         base: plan.base.as_ref().map(|b| b.reference.file.clone()),
-        files: files.len(),
-        bytes: files.iter().map(|e| e.size).sum(),
+        files: run.files,
+        bytes: run.bytes,
         stored_files: run.stored_files,
         stored_bytes: run.stored_bytes,
         deleted: manifest.deleted.len(),
@@ -1192,7 +1363,6 @@ fn write(
         consistency: manifest.consistency.notes.clone(),
         removed_by_retention: removed,
     };
-    drop(files);
     drop(run);
     // Freeing every entry of a large deployment (the scan's, the base's and
     // the new manifest's) takes longer than the last steps of an

@@ -524,6 +524,20 @@ fn extract(
     Ok(m)
 }
 
+/// The deployment after the chain up to `m` (the archive `archive`): a
+/// chain starts with a full backup.
+fn fold(state: &mut Option<Manifest>, m: Manifest, archive: &Path) -> Result<()> {
+    match state {
+        None if m.header.kind != Kind::Full || m.listing != manifest::Listing::All => bail!(
+            "{} is an incremental backup; restore needs its full backup first (restore from the files, not from standard input)",
+            archive.display()
+        ),
+        None => *state = Some(m),
+        Some(s) => s.fold(m),
+    }
+    Ok(())
+}
+
 /// Make `staging` hold exactly the paths `m` lists (after an incremental).
 fn prune(staging: &Path, m: &Manifest) -> Result<()> {
     let keep: HashSet<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
@@ -701,12 +715,12 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
     if ctx.dry_run {
         // Verify every archive (hashes only), write nothing.
         let mut prev: Option<String> = None;
-        let mut m = None;
+        let mut m: Option<Manifest> = None;
         for a in &chain {
             let mm = extract(open(a, &opts.keys)?, a, None, prev.as_deref(), signals)?;
             ctx.shell.out(format!("verified {}", a.display()));
             prev = Some(mm.header.id.clone());
-            m = Some(mm);
+            fold(&mut m, mm, a)?;
         }
         let m = m.expect("a chain has an archive");
         for c in &conflicts {
@@ -735,7 +749,8 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
         .tempdir_in(&dir)
         .with_context(|| format!("cannot create a temporary directory in {}", dir.display()))?;
     let mut prev: Option<String> = None;
-    let mut last_manifest: Option<Manifest> = None;
+    // The deployment as of the archive restored last.
+    let mut state: Option<Manifest> = None;
     // What is written goes to disk while more is written: the flush before
     // the move then has little left to wait for.
     let flusher = {
@@ -743,7 +758,7 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
             .with_context(|| format!("cannot open {}", staging.path().display()))?;
         Flusher::start("restore-flush", Target::FileSystem(d), FLUSH_PERIOD)?
     };
-    for (i, a) in chain.iter().enumerate() {
+    for a in &chain {
         let m = extract(
             open(a, &opts.keys)?,
             a,
@@ -751,17 +766,11 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
             prev.as_deref(),
             signals,
         )?;
-        if i == 0 && m.header.kind != Kind::Full {
-            bail!(
-                "{} is an incremental backup; restore needs its full backup first (restore from the files, not from standard input)",
-                a.display()
-            );
-        }
-        prune(staging.path(), &m)?;
         prev = Some(m.header.id.clone());
-        last_manifest = Some(m);
+        fold(&mut state, m, a)?;
+        prune(staging.path(), state.as_ref().expect("folded"))?;
     }
-    let m = last_manifest.expect("a chain has an archive");
+    let m = state.expect("a chain has an archive");
     drop(flusher);
 
     // Owners by name, from the container that will run the relay.

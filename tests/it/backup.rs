@@ -577,6 +577,60 @@ fn build(root: &Path, spec: &[(Vec<String>, Node)]) {
     fs::write(root.join(".env"), "A=1\n").unwrap();
 }
 
+/// Change what is there: the `k`-th path of `data/` (by name, modulo their
+/// number) is removed, grown (files; directories and links get a new mode
+/// or target), given another name (a hard link, files) or replaced by
+/// something of another kind.
+fn mutate(root: &Path, changes: &[(usize, u8)]) {
+    for &(k, op) in changes {
+        let all: Vec<PathBuf> = walkdir::WalkDir::new(root.join("data"))
+            .min_depth(1)
+            .sort_by_file_name()
+            .into_iter()
+            .map(|e| e.unwrap().into_path())
+            .collect();
+        if all.is_empty() {
+            return;
+        }
+        let p = &all[k % all.len()];
+        let m = fs::symlink_metadata(p).unwrap();
+        let is_file = m.is_file();
+        match op % 4 {
+            0 if m.is_dir() => fs::remove_dir_all(p).unwrap(),
+            0 => fs::remove_file(p).unwrap(),
+            1 if is_file => {
+                let mut b = fs::read(p).unwrap();
+                b.extend_from_slice(b"grown");
+                fs::write(p, b).unwrap();
+            }
+            1 if m.is_dir() => fs::set_permissions(p, fs::Permissions::from_mode(0o750)).unwrap(),
+            1 => {
+                fs::remove_file(p).unwrap();
+                std::os::unix::fs::symlink("elsewhere", p).unwrap();
+            }
+            2 if is_file => {
+                let other = p.with_file_name(format!("0-link-{k}"));
+                let _ = fs::hard_link(p, other);
+            }
+            2 => {}
+            _ if m.is_dir() => {
+                fs::remove_dir_all(p).unwrap();
+                fs::write(p, b"was a directory").unwrap();
+            }
+            _ => {
+                fs::remove_file(p).unwrap();
+                fs::create_dir(p).unwrap();
+                fs::write(p.join("inside"), b"was a file").unwrap();
+            }
+        }
+    }
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
 fn inodes(root: &Path) -> Vec<Vec<String>> {
     let mut groups: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for e in walkdir::WalkDir::new(root.join("data")) {
@@ -613,9 +667,17 @@ fn ctx(dir: &Path) -> Context {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
     /// Any tree of files, directories, symlinks and hard links, with any
-    /// modes and names, comes back identical, also through an incremental.
+    /// modes and names, comes back identical, also through a chain of
+    /// incrementals after paths were added, removed, changed, linked or
+    /// replaced by another kind.
     #[test]
-    fn round_trip(first in nodes(), second in nodes()) {
+    fn round_trip(
+        first in nodes(),
+        steps in proptest::collection::vec(
+            (nodes(), proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8)),
+            2,
+        ),
+    ) {
         let t = tempfile::tempdir().unwrap();
         let src = t.path().join("src");
         build(&src, &first);
@@ -623,15 +685,44 @@ proptest! {
         fs::create_dir_all(&out).unwrap();
         let opts = BackupOptions { output: Output::Dir(out.clone()), ..Default::default() };
         backup::run(&ctx(&src), &opts).unwrap();
-        build(&src, &second);
-        // A changed file keeps its size and mtime second: a new mtime.
-        backup::run(&ctx(&src), &opts).unwrap();
-        let dst = t.path().join("dst");
-        backup::restore::run(&ctx(&dst), &backup::restore::RestoreOptions {
-            archive: out.clone(), force: false, json: false, keys: Default::default(),
-        }).unwrap();
-        prop_assert_eq!(state(&src), state(&dst));
-        prop_assert_eq!(inodes(&src), inodes(&dst));
+        // Two incrementals: the second builds on the first's changes.
+        let mut states = vec![];
+        for (next, changes) in &steps {
+            mutate(&src, changes);
+            build(&src, next);
+            // A changed file keeps its size and mtime second: a new mtime.
+            backup::run(&ctx(&src), &opts).unwrap();
+            states.push((state(&src), inodes(&src)));
+            // The chain's manifests, folded, give every file's hash.
+            let mut folded: Option<backup::manifest::Manifest> = None;
+            for a in backup::archives_in(&out).unwrap() {
+                let m = backup::load_manifest(&ctx(&src), &a, &Default::default()).unwrap();
+                match &mut folded {
+                    None => folded = Some(m),
+                    Some(f) => f.fold(m),
+                }
+            }
+            let folded = folded.unwrap();
+            let now = state(&src);
+            let mut listed: Vec<&String> = folded.entries.iter().map(|e| &e.path).collect();
+            listed.sort();
+            prop_assert_eq!(listed, now.keys().collect::<Vec<_>>());
+            for e in folded.entries.iter().filter(|e| e.kind == backup::manifest::EntryKind::File) {
+                let content = &now[&e.path].3;
+                prop_assert_eq!(e.sha256.clone(), Some(sha256_hex(content)), "{}", e.path);
+            }
+        }
+        prop_assert_eq!(backup::archives_in(&out).unwrap().len(), 3);
+        // Every archive of the chain restores the deployment as it was.
+        for (n, (st, ino)) in states.iter().enumerate() {
+            let dst = t.path().join(format!("dst{n}"));
+            let last = &backup::archives_in(&out).unwrap()[n + 1];
+            backup::restore::run(&ctx(&dst), &backup::restore::RestoreOptions {
+                archive: last.clone(), force: false, json: false, keys: Default::default(),
+            }).unwrap();
+            prop_assert_eq!(st, &state(&dst));
+            prop_assert_eq!(ino, &inodes(&dst));
+        }
     }
 }
 
@@ -652,15 +743,28 @@ fn encrypted_chains_restore_with_the_identity_and_refuse_without() {
         &bin_dir,
         &["backup", "--recipient", &public, &out_s],
     ));
-    fs::write(d.join("data/chatmail/new-file"), "new").unwrap();
-    // The incremental needs no key: the last manifest is kept locally.
-    assert_ok(&run(
-        &d,
-        &bin_dir,
-        &["backup", "--recipient", &public, &out_s],
-    ));
+    // The incrementals need no key: the chain's manifests are kept
+    // locally, one per archive, readable by root only.
+    for (n, name) in ["new-file", "newer-file"].iter().enumerate() {
+        fs::write(d.join("data/chatmail").join(name), "new").unwrap();
+        assert_ok(&run(
+            &d,
+            &bin_dir,
+            &["backup", "--recipient", &public, &out_s],
+        ));
+        let local = d.join(".chatmail-backup-manifests");
+        assert_eq!(fs::metadata(&local).unwrap().mode() & 0o777, 0o700);
+        let copies: Vec<_> = fs::read_dir(&local)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(copies.len(), n + 2, "{copies:?}");
+        for c in &copies {
+            assert_eq!(fs::metadata(c).unwrap().mode() & 0o777, 0o600);
+        }
+    }
     let list = archives(&out);
-    assert_eq!(list.len(), 2);
+    assert_eq!(list.len(), 3);
     for a in &list {
         let bytes = fs::read(a).unwrap();
         assert!(bytes.starts_with(b"age-encryption.org/v1"));
@@ -689,6 +793,38 @@ fn encrypted_chains_restore_with_the_identity_and_refuse_without() {
         &["restore", "--identity", key.to_str().unwrap(), &out_s],
     ));
     assert_eq!(state(&d), state(&target));
+    // A new chain keeps only its own copy; without encryption, none.
+    assert_ok(&run(
+        &d,
+        &bin_dir,
+        &["backup", "--full", "--recipient", &public, &out_s],
+    ));
+    let local = d.join(".chatmail-backup-manifests");
+    let copies: Vec<_> = fs::read_dir(&local)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(copies.len(), 1);
+    // The single copy earlier versions kept is read, and joins the others.
+    let legacy = d.join(".chatmail-backup-last.json");
+    fs::rename(&copies[0], &legacy).unwrap();
+    fs::remove_dir(&local).unwrap();
+    fs::write(d.join("data/chatmail/legacy-file"), "new").unwrap();
+    assert_ok(&run(
+        &d,
+        &bin_dir,
+        &["backup", "--recipient", &public, &out_s],
+    ));
+    assert!(!legacy.exists());
+    assert_eq!(fs::read_dir(&local).unwrap().count(), 2);
+    // Unencrypted incrementals on them still find the encrypted ones'.
+    for _ in 0..2 {
+        fs::write(d.join("data/chatmail/new-file"), "changed").unwrap();
+        assert_ok(&run(&d, &bin_dir, &["backup", &out_s]));
+        assert_eq!(fs::read_dir(&local).unwrap().count(), 2);
+    }
+    assert_ok(&run(&d, &bin_dir, &["backup", "--full", &out_s]));
+    assert!(!local.exists());
 }
 
 #[test]
