@@ -495,7 +495,19 @@ fn real_relay_end_to_end() {
     // would be an archive file).
     let backups = tmp.path().join("backups");
     fs::create_dir_all(&backups).unwrap();
-    run_tool(tool(&dir).arg("backup").arg(&backups), 0, "backup (full)");
+    let pause_of = |out: &str, what: &str| {
+        let summary: serde_json::Value = serde_json::from_str(out).unwrap();
+        let ms = summary["queue_pause_ms"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{what}: Postfix was not paused: {summary}"));
+        eprintln!("e2e-relay: {what}: Postfix frozen for {ms} ms");
+    };
+    let (out, _) = run_tool(
+        tool(&dir).args(["backup", "--json"]).arg(&backups),
+        0,
+        "backup (full)",
+    );
+    pause_of(&out, "full backup");
     let v2 = mailcheck(&[]);
     let later: Vec<String> = ["587", "465", "25"]
         .iter()
@@ -506,11 +518,12 @@ fn real_relay_end_to_end() {
         v2["b"]["email"].as_str().unwrap(),
         v2["b"]["password"].as_str().unwrap()
     );
-    run_tool(
-        tool(&dir).arg("backup").arg(&backups),
+    let (out, _) = run_tool(
+        tool(&dir).args(["backup", "--json"]).arg(&backups),
         0,
         "backup (incremental)",
     );
+    pause_of(&out, "incremental backup");
     let archives = fs::read_dir(&backups)
         .unwrap()
         .filter_map(|e| e.ok())
