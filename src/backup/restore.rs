@@ -15,7 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
@@ -250,7 +250,7 @@ struct Pool {
 fn write_one(job: WriteJob) -> Written {
     let io_ctx = || format!("cannot write {} into the temporary directory", job.rel);
     let mut f = fs::File::create(&job.dst).with_context(io_ctx)?;
-    f.write_all(&job.data).with_context(io_ctx)?;
+    super::write_chunked(&mut f, &job.data).with_context(io_ctx)?;
     let sha = hex::encode(Sha256::digest(&job.data));
     Ok((job.rel, sha, job.data.len() as u64))
 }
@@ -412,7 +412,7 @@ fn extract(
                         hasher.update(&buf[..n]);
                         size += n as u64;
                         if let Some(f) = &mut f {
-                            f.write_all(&buf[..n]).with_context(io_ctx)?;
+                            super::write_chunked(f, &buf[..n]).with_context(io_ctx)?;
                         }
                     }
                     hashes.insert(rel, (hex::encode(hasher.finalize()), size));
