@@ -24,6 +24,7 @@ enum Str {
 }
 
 /// One path of the base.
+#[derive(Clone, Copy)]
 struct Item {
     path: Str,
     kind: EntryKind,
@@ -253,18 +254,13 @@ impl Base {
                 self.aside.push(next.str(s).to_string());
                 Str::Aside(self.aside.len() as u32 - 1)
             };
+            // The same entry, its strings kept in this state.
             let new = Item {
                 path: own(item.path),
-                kind: item.kind,
-                size: item.size,
-                mtime: item.mtime,
-                mtime_nsec: item.mtime_nsec,
-                mode: item.mode,
-                uid: item.uid,
-                gid: item.gid,
                 target: item.target.map(&mut own),
                 sha256: item.sha256.map(&mut own),
                 gone: false,
+                ..*item
             };
             let p = next.str(item.path);
             match self.position(p) {

@@ -222,6 +222,13 @@ struct LastManifest {
     manifest: Manifest,
 }
 
+/// A local copy's first keys (its manifest is skipped).
+#[derive(serde::Deserialize)]
+struct CopyOf {
+    archive: PathBuf,
+    size: u64,
+}
+
 /// The local copy of `archive`'s manifest, when there is one for it.
 fn local_copy(ctx: &Context, archive: &Path) -> Option<base::Source> {
     let (abs, meta) = (fs::canonicalize(archive).ok()?, fs::metadata(archive).ok()?);
@@ -232,13 +239,7 @@ fn local_copy(ctx: &Context, archive: &Path) -> Option<base::Source> {
         let Ok(bytes) = fs::read(&path) else {
             continue;
         };
-        /// The copy's first keys (the manifest is skipped here).
-        #[derive(serde::Deserialize)]
-        struct For {
-            archive: PathBuf,
-            size: u64,
-        }
-        if let Ok(f) = serde_json::from_slice::<For>(&bytes) {
+        if let Ok(f) = serde_json::from_slice::<CopyOf>(&bytes) {
             if f.archive == abs && f.size == meta.len() {
                 if let Ok(text) = String::from_utf8(bytes) {
                     return Some(base::Source::Last { text, what: path });
@@ -280,11 +281,7 @@ fn keep_local_copies(ctx: &Context, new: Option<(&Path, &[&[u8]])>, keep: &[Stri
     // archive is part of the chain.
     let legacy = ctx.path(LAST_MANIFEST);
     if let Ok(bytes) = fs::read(&legacy) {
-        #[derive(serde::Deserialize)]
-        struct For {
-            archive: PathBuf,
-        }
-        let of = serde_json::from_slice::<For>(&bytes).ok().and_then(|f| {
+        let of = serde_json::from_slice::<CopyOf>(&bytes).ok().and_then(|f| {
             f.archive
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -415,20 +412,7 @@ fn load_base(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<base::
                 cur.display()
             );
         };
-        let next = cur.with_file_name(&r.file);
-        if !next.exists() {
-            bail!(
-                "{} builds on {}, which is not next to it",
-                cur.display(),
-                r.file
-            );
-        }
-        if newer.len() > 10_000 {
-            bail!(
-                "{}: the chain of incremental backups loops",
-                archive.display()
-            );
-        }
+        let next = restore::base_next_to(&cur, &r.file, newer.len(), archive)?;
         newer.push((cur, b));
         cur = next;
     };
@@ -969,22 +953,14 @@ impl Run<'_> {
             Some((at, p)) => (Some(at), Some(p)),
             None => (None, None),
         };
-        if let Some(mut e) = self.link_of(s) {
-            name_owner(&mut e, info);
-            let same = prev.is_some_and(|p| p.unchanged(&e))
-                && !self.stored_links.contains(&(s.dev, s.ino));
-            e.stored = !same;
-            if !same {
-                w.add_entry(&e)?;
-            }
-            self.keep(e, at, !same);
-            return Ok(());
-        }
-        let mut e = s.entry.clone();
+        // A second name of a file becomes a hard link entry.
+        let mut e = self.link_of(s).unwrap_or_else(|| s.entry.clone());
         name_owner(&mut e, info);
         if e.kind != EntryKind::File {
-            // Directories and links: their header is all there is to store.
-            let same = prev.is_some_and(|p| p.unchanged(&e));
+            // Directories, links and hard links: their header is all there
+            // is to store. A hard link goes again with the file it names.
+            let same = prev.is_some_and(|p| p.unchanged(&e))
+                && !(e.kind == EntryKind::Hardlink && self.stored_links.contains(&(s.dev, s.ino)));
             e.stored = !same;
             if !same {
                 w.add_entry(&e)?;

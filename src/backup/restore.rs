@@ -128,24 +128,26 @@ pub fn chain(archive: &Path, keys: &Keys) -> Result<Vec<(PathBuf, Header)>> {
         let base = h.base.clone();
         out.push((cur.clone(), h));
         let Some(base) = base else { break };
-        let next = cur.with_file_name(&base.file);
-        if !next.exists() {
-            bail!(
-                "{} is an incremental backup based on {}, which is not next to it; put the whole chain (the full backup and every incremental after it) in one directory",
-                cur.display(),
-                base.file
-            );
-        }
-        if out.len() > 10_000 {
-            bail!(
-                "{}: the chain of incremental backups loops",
-                archive.display()
-            );
-        }
-        cur = next;
+        cur = base_next_to(&cur, &base.file, out.len(), archive)?;
     }
     out.reverse();
     Ok(out)
+}
+
+/// The archive `file` that the incremental `cur` builds on, looked for next
+/// to it; `steps` archives of the chain ending in `last` were read so far.
+pub(crate) fn base_next_to(cur: &Path, file: &str, steps: usize, last: &Path) -> Result<PathBuf> {
+    let next = cur.with_file_name(file);
+    if !next.exists() {
+        bail!(
+            "{} is an incremental backup based on {file}, which is not next to it; put the whole chain (the full backup and every incremental after it) in one directory",
+            cur.display(),
+        );
+    }
+    if steps > 10_000 {
+        bail!("{}: the chain of incremental backups loops", last.display());
+    }
+    Ok(next)
 }
 
 /// A path from an archive, checked: relative, no `..`, under one of the
