@@ -163,6 +163,7 @@ fn appliance_end_to_end() {
     if !engine_or_skip() {
         return;
     }
+    let _engine = engine_lock();
     let total = Instant::now();
     let base = base_image();
     let tmp = tempfile::Builder::new()

@@ -95,6 +95,7 @@ fn real_relay_end_to_end() {
     if !engine_or_skip() {
         return;
     }
+    let _engine = engine_lock();
     let total = Instant::now();
     let base = base_image();
     let tmp = tempfile::Builder::new()

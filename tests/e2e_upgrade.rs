@@ -204,6 +204,7 @@ fn real_relay_upgrade() {
     if !engine_or_skip() {
         return;
     }
+    let _engine = engine_lock();
     let total = Instant::now();
     let base_image = base_image();
     let tmp = tempfile::Builder::new()

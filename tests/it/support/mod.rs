@@ -114,6 +114,28 @@ pub fn path_with_no_containers(bin: &Path) -> String {
     path_with(bin)
 }
 
+/// Held while a test drives the appliance on the machine's Docker engine:
+/// the appliance uses the host's network (ports 25, 443, ...) and the
+/// Compose project `chatmail`, so two such tests, from this run or from
+/// another checkout's, would take each other's ports and container. An
+/// exclusive lock on a file every checkout shares; released when the guard
+/// is dropped (or the process dies).
+pub fn engine_lock() -> fs::File {
+    let path = std::env::temp_dir().join("chatmail-docker-engine.lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    if f.try_lock().is_err() {
+        eprintln!("waiting for the Docker engine ({} is held)", path.display());
+        f.lock()
+            .unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
+    }
+    f
+}
+
 /// Whether CI wants every tool: `CI` set to anything but empty, `false` or
 /// `0` (`CI=true` in .ci/run and on hosted runners).
 pub fn in_ci() -> bool {
