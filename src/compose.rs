@@ -30,8 +30,6 @@ use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::host::{Captured, Cmd};
@@ -89,6 +87,19 @@ impl Project {
         }
         cmd.args(args).dir(&self.dir)
     }
+}
+
+/// The project's configuration as Compose merges it
+/// (`docker compose config --format json`): variables interpolated, paths
+/// absolute, the override files applied.
+pub fn config_json(ctx: &Context) -> Result<serde_json::Value> {
+    let out = Project::new(ctx)
+        .cmd(ctx, ["config", "--format", "json"])
+        .output(&ctx.shell)?;
+    if !out.success() {
+        bail!("`docker compose config` failed: {}", out.stderr.trim());
+    }
+    serde_json::from_str(&out.stdout).context("cannot parse `docker compose config --format json`")
 }
 
 // ---------------------------------------------------------------- mounts
@@ -210,42 +221,15 @@ fn describe(kind: Option<&str>, source: &str) -> String {
 
 // ---------------------------------------------------------------- signals
 
-/// Signals received since the tool started: (count, last signal number).
-/// Installed lazily by the first command that runs a child or waits, so
-/// that Ctrl-C and SIGTERM are forwarded to `docker compose` and loops can
-/// stop cleanly instead of the tool dying mid-way.
-struct SignalState {
-    count: AtomicUsize,
-    last: AtomicUsize,
-}
-
-fn signals() -> &'static SignalState {
-    static STATE: OnceLock<&'static SignalState> = OnceLock::new();
-    STATE.get_or_init(|| {
-        let state: &'static SignalState = Box::leak(Box::new(SignalState {
-            count: AtomicUsize::new(0),
-            last: AtomicUsize::new(0),
-        }));
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        if let Ok(mut sigs) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
-            std::thread::spawn(move || {
-                for sig in sigs.forever() {
-                    state.last.store(sig as usize, Ordering::SeqCst);
-                    state.count.fetch_add(1, Ordering::SeqCst);
-                }
-            });
-        }
-        state
-    })
-}
-
-/// Whether SIGINT/SIGTERM/SIGHUP arrived since `since` (a count from [`signal_count`]).
+/// Whether SIGINT/SIGTERM/SIGHUP arrived since `since` (a count from
+/// [`signal_count`]); see [`crate::host::interrupt`].
 pub fn interrupted_since(since: usize) -> bool {
-    signals().count.load(Ordering::SeqCst) > since
+    crate::host::interrupt::since(since)
 }
 
+/// Signals so far (the first call starts counting them).
 pub fn signal_count() -> usize {
-    signals().count.load(Ordering::SeqCst)
+    crate::host::interrupt::count()
 }
 
 /// Run a command with inherited stdio, forwarding SIGTERM/SIGHUP (and SIGINT
@@ -253,8 +237,7 @@ pub fn signal_count() -> usize {
 /// itself) to the child. Returns the child's exit code.
 pub fn run_forwarding(ctx: &Context, cmd: &Cmd) -> Result<i32> {
     use std::io::IsTerminal;
-    let state = signals();
-    let seen = state.count.load(Ordering::SeqCst);
+    let seen = signal_count();
     let handle = cmd
         .expr(&ctx.shell)
         .unchecked()
@@ -269,10 +252,10 @@ pub fn run_forwarding(ctx: &Context, cmd: &Cmd) -> Result<i32> {
             let st = out.status;
             return Ok(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)));
         }
-        let now = state.count.load(Ordering::SeqCst);
+        let now = signal_count();
         if now > forwarded {
             forwarded = now;
-            let sig = state.last.load(Ordering::SeqCst) as i32;
+            let sig = crate::host::interrupt::last_signal();
             if !(sig == libc::SIGINT && tty) {
                 for pid in &pids {
                     // SAFETY: kill(2) with a pid we started; no memory involved.
@@ -349,6 +332,9 @@ pub struct Inspect {
     pub state: State,
     pub config: Config,
     pub image: String,
+    /// What the container mounts (`Type`, `Source`, `Destination`, ...).
+    #[serde(default)]
+    pub mounts: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]

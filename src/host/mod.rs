@@ -17,6 +17,9 @@ use std::time::Duration;
 
 use crate::shell::Shell;
 
+pub mod interrupt;
+pub mod tree;
+
 /// The host as the tool sees it.
 #[derive(Clone, Debug)]
 pub struct Host {
