@@ -33,6 +33,18 @@ pub const COMPOSE_FILE: &str = "docker/docker-compose.yaml";
 pub const GENERATED_FILE: &str = "docker/compose.generated.yaml";
 /// The administrator's own overrides, included last so they win. Never written.
 pub const USER_OVERRIDES: &[&str] = &["docker-compose.override.yaml", "compose.override.yaml"];
+/// The container's persistent state: each directory of `data/` and where
+/// docker/docker-compose.yaml mounts it in the container (the table is
+/// checked against that file by a test). A backup archives what the
+/// container sees at these paths under these names; a restore puts it
+/// back in this layout.
+pub const STATE_MOUNTS: &[(&str, &str)] = &[
+    ("data/chatmail", "/home"),
+    ("data/chatmail-acme", "/var/lib/acme"),
+    ("data/chatmail-dkimkeys", "/etc/dkimkeys"),
+    ("data/chatmail-postfix", "/var/spool/postfix"),
+    ("data/chatmail-state", "/var/lib/chatmail-docker"),
+];
 /// Created by `migrate --mount-vmail`: mount the host's /home/vmail.
 pub const VMAIL_MARKER: &str = "data/.mount-vmail";
 /// The ACME client's state in the container's default layout.
@@ -157,6 +169,32 @@ pub fn read_ini(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_mounts_are_the_compose_files() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(COMPOSE_FILE);
+        let text = std::fs::read_to_string(&file).unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let vols = doc["services"]["chatmail"]["volumes"]
+            .as_sequence()
+            .unwrap();
+        let mut binds: Vec<(String, String)> = vols
+            .iter()
+            .filter_map(|v| {
+                let src = v.get("source")?.as_str()?;
+                let src = src.strip_prefix("./")?;
+                let target = v.get("target")?.as_str()?.to_string();
+                src.starts_with("data/").then(|| (src.to_string(), target))
+            })
+            .collect();
+        binds.sort();
+        let mut table: Vec<(String, String)> = STATE_MOUNTS
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        table.sort();
+        assert_eq!(binds, table);
+    }
 
     #[test]
     fn env_is_none_when_missing_and_an_error_when_broken() {

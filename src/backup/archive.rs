@@ -14,7 +14,6 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
@@ -390,29 +389,24 @@ impl<W: Write + Send + 'static> Writer<W> {
         self.piece_full()
     }
 
-    /// Read `abs` and store it under `e` (whose size and mtime become those
-    /// read); its hash is reported under `id`. `None` when the file
-    /// vanished.
-    pub fn add_file(&mut self, e: &mut Entry, abs: &Path, id: usize) -> Result<Option<FileRead>> {
-        use std::os::unix::fs::MetadataExt;
-        let f = match File::open(abs) {
-            Ok(f) => f,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(err).with_context(|| format!("cannot read {}", abs.display())),
-        };
-        let m = f
-            .metadata()
-            .with_context(|| format!("cannot read {}", abs.display()))?;
-        e.mtime = m.mtime();
-        e.mtime_nsec = m.mtime_nsec() as u32;
-        let size = m.len();
+    /// Read the open regular file `f` (`st`: its `fstat`) and store it
+    /// under `e` (whose size and mtime become those read); its hash is
+    /// reported under `id`.
+    pub fn add_file(
+        &mut self,
+        e: &mut Entry,
+        f: &File,
+        st: &rustix::fs::Stat,
+        id: usize,
+    ) -> Result<FileRead> {
+        e.mtime = st.st_mtime;
+        e.mtime_nsec = st.st_mtime_nsec as u32;
+        let size = st.st_size as u64;
         e.size = size;
-        let read_err = || format!("cannot archive {}", abs.display());
+        let path = e.path.clone();
+        let read_err = || format!("cannot archive {path}");
         if size > WHOLE_FILE {
-            return self
-                .stream_file(e, &f, size, id)
-                .with_context(read_err)
-                .map(Some);
+            return self.stream_file(e, f, size, id).with_context(read_err);
         }
         self.room_for(size as usize + 2048)?;
         self.file_header(e, size)
@@ -423,7 +417,7 @@ impl<W: Write + Send + 'static> Writer<W> {
         let mut changed = false;
         // Straight into the piece's spare room: one read for a small file.
         while v.len() < want {
-            let n = rustix::io::read(&f, rustix::buffer::spare_capacity(v))
+            let n = rustix::io::read(f, rustix::buffer::spare_capacity(v))
                 .map_err(io::Error::from)
                 .with_context(read_err)?;
             if n == 0 {
@@ -445,7 +439,7 @@ impl<W: Write + Send + 'static> Writer<W> {
             len: size as usize,
         });
         self.piece_full()?;
-        Ok(Some(FileRead { size, changed }))
+        Ok(FileRead { size, changed })
     }
 
     /// A large file, across pieces, hashed here.
@@ -575,7 +569,9 @@ mod tests {
         let mut expected = Vec::new();
         for (id, (p, c)) in files.iter().enumerate() {
             let mut e = entry(p);
-            let read = w.add_file(&mut e, &d.path().join(p), id).unwrap().unwrap();
+            let f = File::open(d.path().join(p)).unwrap();
+            let st = rustix::fs::fstat(&f).unwrap();
+            let read = w.add_file(&mut e, &f, &st, id).unwrap();
             assert_eq!(read.size, c.len() as u64);
             assert!(!read.changed);
             expected.push((id, sha256_hex(c)));
@@ -640,20 +636,6 @@ mod tests {
         assert_eq!(got[0], ("data/a".to_string(), b"first".to_vec()));
         assert_eq!(got[1].0, "meta/manifest.json");
         assert!(got[1].1 == parts.concat(), "the parts differ");
-    }
-
-    #[test]
-    fn a_file_that_vanished_is_not_stored() {
-        let d = tempfile::tempdir().unwrap();
-        let mut w = Writer::new(Vec::new(), 1, 1).unwrap();
-        let mut e = entry("gone");
-        assert!(w
-            .add_file(&mut e, &d.path().join("gone"), 0)
-            .unwrap()
-            .is_none());
-        let (out, _) = w.finish().unwrap();
-        let mut ar = tar::Archive::new(zstd::stream::read::Decoder::new(&out[..]).unwrap());
-        assert_eq!(ar.entries().unwrap().count(), 0);
     }
 
     /// A destination slower than compression: the writer waits for it

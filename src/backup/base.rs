@@ -114,6 +114,9 @@ pub enum Source {
 
 pub struct Base {
     pub reference: BaseRef,
+    /// The deployment its header names (archives of earlier versions name
+    /// none).
+    pub deployment: Option<String>,
     /// What the manifest's entries list.
     pub listing: Listing,
     /// The archive this one builds on (incrementals).
@@ -225,6 +228,7 @@ impl Base {
                 id: raw.header.id,
                 file: file.clone(),
             },
+            deployment: raw.header.deployment,
             listing: raw.listing,
             based_on: raw.header.base,
             chain: vec![file],
@@ -277,6 +281,9 @@ impl Base {
         }
         self.reference = next.reference;
         self.based_on = next.based_on;
+        if next.deployment.is_some() {
+            self.deployment = next.deployment;
+        }
         self.chain.extend(next.chain);
     }
 
@@ -381,6 +388,8 @@ mod tests {
                 id: "b".into(),
                 base: None,
                 created: "now".into(),
+                deployment: None,
+                origin: None,
             },
             image_version: None,
             relay_commit: None,

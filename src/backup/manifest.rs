@@ -47,6 +47,13 @@ pub struct Header {
     pub base: Option<BaseRef>,
     /// RFC 3339, UTC.
     pub created: String,
+    /// The deployment it was made for (its backup id, kept in `data/`):
+    /// retention removes only this deployment's archives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    /// What made it (`backup` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<super::catalog::Origin>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -362,6 +369,8 @@ mod tests {
                         file: "\"entries\":[] f".into(),
                     }),
                     created: "now".into(),
+                    deployment: Some("\"entries\":[]".into()),
+                    origin: Some(crate::backup::catalog::Origin::Upgrade),
                 },
                 image_version: Some("v".into()),
                 relay_commit: None,
@@ -387,6 +396,8 @@ mod tests {
             id: id.into(),
             base: None,
             created: "now".into(),
+            deployment: None,
+            origin: None,
         };
         let m = |id, kind, listing, paths: &[&str], deleted: &[&str]| Manifest {
             header: header(id, kind),
@@ -430,6 +441,8 @@ mod tests {
             id: "i".into(),
             base: None,
             created: "now".into(),
+            deployment: None,
+            origin: None,
         };
         let err = check_format(&h, Path::new("/b/x.tar.zst")).unwrap_err();
         assert!(err.to_string().contains("install a newer"), "{err}");

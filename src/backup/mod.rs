@@ -13,6 +13,7 @@
 
 pub mod archive;
 mod base;
+pub mod catalog;
 pub mod crypt;
 pub mod flush;
 pub mod manifest;
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use crate::{compose, error, Context};
+pub use catalog::Origin;
 use manifest::{Consistency, Entry, EntryKind, Header, Kind, Manifest};
 use owners::Names;
 use scan::Scanned;
@@ -84,7 +86,16 @@ pub struct BackupOptions {
     pub encrypt: crypt::Encrypt,
     /// To read an encrypted base archive's manifest.
     pub keys: crypt::Keys,
+    /// What makes the backup: retention and the choice of a base only
+    /// look at archives of the same origin.
+    pub origin: Origin,
 }
+
+/// The most threads `--threads` may ask for.
+pub const MAX_THREADS: u32 = 256;
+/// The largest manifest read into memory (a sidecar, a local copy, the
+/// archive's last entry): about a million files.
+pub const MAX_MANIFEST: u64 = 512 << 20;
 
 impl Default for BackupOptions {
     fn default() -> Self {
@@ -99,6 +110,7 @@ impl Default for BackupOptions {
             pause: true,
             encrypt: crypt::Encrypt::None,
             keys: crypt::Keys::default(),
+            origin: Origin::Backup,
         }
     }
 }
@@ -135,19 +147,28 @@ pub(crate) struct RelayInfo {
     pub groups: Names,
 }
 
-pub(crate) fn relay_info(ctx: &Context) -> RelayInfo {
-    let mut info = RelayInfo::default();
+/// This deployment's running container, if there is one (a failure to
+/// ask Docker counts as none, said with `-v`).
+pub(crate) fn running_container(ctx: &Context) -> Option<compose::Inspect> {
     if !ctx.deployment.compose_file().exists() {
-        return info;
+        return None;
     }
-    match compose::container_id(ctx, compose::Containers::Running) {
-        Ok(Some(_)) => info.running = true,
-        Ok(None) => return info,
+    match compose::container(ctx, compose::Containers::Running) {
+        Ok(c) => c,
         Err(e) => {
             ctx.shell.verbose(format!("no container: {e}"));
-            return info;
+            None
         }
     }
+}
+
+/// Versions and the container's users and groups (when it runs).
+pub(crate) fn relay_facts(ctx: &Context, running: bool) -> RelayInfo {
+    let mut info = RelayInfo::default();
+    if !running {
+        return info;
+    }
+    info.running = true;
     let script = "cat /etc/chatmail-image-version 2>/dev/null; echo; echo @@; \
                   head -n1 /etc/chatmail-version 2>/dev/null; echo; echo @@; \
                   getent passwd; echo @@; getent group";
@@ -172,6 +193,72 @@ pub(crate) fn relay_info(ctx: &Context) -> RelayInfo {
         Err(e) => ctx.shell.warn(format!("cannot ask the container: {e}")),
     }
     info
+}
+
+/// What the relay's container sees: the running container's mounts, else
+/// those Compose would give it. When Compose cannot be asked, the
+/// appliance's own layout, unless the administrator's override changes
+/// the mounts of the state (then nothing can be known, and the backup
+/// stops).
+pub(crate) fn container_layout(
+    ctx: &Context,
+    running: Option<&compose::Inspect>,
+) -> Result<scan::Layout> {
+    if let Some(m) = running.and_then(|c| c.mounts.as_ref()) {
+        return scan::Layout::from_inspect(m);
+    }
+    if !ctx.deployment.compose_file().exists() {
+        return Ok(scan::default_layout(&ctx.deployment, &ctx.host));
+    }
+    let asked = compose::config_json(ctx).and_then(|config| {
+        scan::Layout::from_compose(&config, compose::SERVICE, |name| {
+            let out = ctx
+                .host
+                .cmd(
+                    "docker",
+                    ["volume", "inspect", "--format", "{{.Mountpoint}}", name],
+                )
+                .output(&ctx.shell)?;
+            if !out.success() {
+                bail!(
+                    "`docker volume inspect {name}` failed: {}",
+                    out.stderr.trim()
+                );
+            }
+            Ok(PathBuf::from(out.stdout.trim()))
+        })
+    });
+    match asked {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            let overrides = ctx.deployment.user_overrides();
+            let claimed = compose::claimed_mounts(&overrides)?;
+            let state: Vec<&str> = crate::deployment::STATE_MOUNTS
+                .iter()
+                .map(|(_, t)| *t)
+                .collect();
+            let touches = |t: &str| {
+                state.iter().any(|s| {
+                    t == *s
+                        || t.strip_prefix(s).is_some_and(|r| r.starts_with('/'))
+                        || s.strip_prefix(t).is_some_and(|r| r.starts_with('/'))
+                        || t == "/"
+                })
+            };
+            if let Some(m) = claimed.iter().find(|m| touches(&m.target)) {
+                bail!(
+                    "cannot ask Compose where the container's state is ({e:#}), and {} mounts {} at {}: fix Compose (`chatmail-docker config` shows the error) and back up again",
+                    m.file.display(),
+                    m.what,
+                    m.target
+                );
+            }
+            ctx.shell.warn(format!(
+                "cannot ask Compose for the container's mounts ({e:#}); backing up the appliance's own layout (docker/docker-compose.yaml)"
+            ));
+            Ok(scan::default_layout(&ctx.deployment, &ctx.host))
+        }
+    }
 }
 
 /// `2026-12-01T15:47:00.123Z` -> `20261201T154700.123Z`.
@@ -236,7 +323,7 @@ fn local_copy(ctx: &Context, archive: &Path) -> Option<base::Source> {
     let mut own = std::ffi::OsString::from(name);
     own.push(".json");
     for path in [ctx.path(LOCAL_MANIFESTS).join(own), ctx.path(LAST_MANIFEST)] {
-        let Ok(bytes) = fs::read(&path) else {
+        let Ok(Some(bytes)) = crate::host::read_input_opt(&path, MAX_MANIFEST) else {
             continue;
         };
         if let Ok(f) = serde_json::from_slice::<CopyOf>(&bytes) {
@@ -280,7 +367,7 @@ fn keep_local_copies(ctx: &Context, new: Option<(&Path, &[&[u8]])>, keep: &[Stri
     // The single copy of earlier versions joins the others while its
     // archive is part of the chain.
     let legacy = ctx.path(LAST_MANIFEST);
-    if let Ok(bytes) = fs::read(&legacy) {
+    if let Ok(Some(bytes)) = crate::host::read_input_opt(&legacy, MAX_MANIFEST) {
         let of = serde_json::from_slice::<CopyOf>(&bytes).ok().and_then(|f| {
             f.archive
                 .file_name()
@@ -344,10 +431,20 @@ fn find_manifest(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<Ma
         return Ok(ManifestAt::Text(copy));
     }
     let side = Manifest::sidecar_of(archive);
-    if let Ok(f) = fs::File::open(&side) {
+    if fs::symlink_metadata(&side).is_ok() {
+        // A regular file of a bounded size: a FIFO or a huge file named
+        // like a manifest is refused, never read.
+        let (f, len) = catalog::open_archive(&side)?;
+        if len > MAX_MANIFEST {
+            bail!(
+                "{} is {len} bytes, more than a backup manifest can be ({MAX_MANIFEST}); remove it (the archive holds its manifest too)",
+                side.display()
+            );
+        }
         // The manifest is as large as the file (smaller when encrypted).
-        let mut bytes = Vec::with_capacity(f.metadata().map_or(0, |m| m.len() as usize));
+        let mut bytes = Vec::with_capacity(len as usize);
         crypt::open_reader(Box::new(f), keys, &side)?
+            .take(MAX_MANIFEST + 1)
             .read_to_end(&mut bytes)
             .with_context(|| format!("cannot read {}", side.display()))?;
         let text = String::from_utf8(bytes)
@@ -398,7 +495,12 @@ fn load_one(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<base::B
 /// An archive as the base of an incremental backup: the deployment as it
 /// was then, folded from its chain (the archives it builds on are looked
 /// for next to it).
-fn load_base(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<base::Base> {
+fn load_base(
+    ctx: &Context,
+    archive: &Path,
+    keys: &crypt::Keys,
+    ours: Option<&str>,
+) -> Result<base::Base> {
     let mut newer = Vec::new();
     let mut cur = archive.to_path_buf();
     let mut state = loop {
@@ -426,21 +528,15 @@ fn load_base(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<base::
         }
         state.apply(b);
     }
-    Ok(state)
-}
-
-/// Chains (a full archive and the incrementals after it) of a directory.
-fn chains(list: &[PathBuf]) -> Vec<Vec<PathBuf>> {
-    let mut out: Vec<Vec<PathBuf>> = Vec::new();
-    for p in list {
-        let name = p.file_name().unwrap_or_default().to_string_lossy();
-        if name.ends_with(&format!("-full{SUFFIX}")) || out.is_empty() {
-            out.push(vec![p.clone()]);
-        } else if let Some(last) = out.last_mut() {
-            last.push(p.clone());
+    if let (Some(theirs), Some(ours)) = (state.deployment.as_deref(), ours) {
+        if theirs != ours {
+            return Err(error::usage(format!(
+                "{} was made for another deployment (backup id {theirs}, this one is {ours}); an incremental builds only on this deployment's archives (use --full)",
+                archive.display()
+            )));
         }
     }
-    out
+    Ok(state)
 }
 
 /// What a backup will do.
@@ -448,21 +544,88 @@ struct Plan {
     kind: Kind,
     base: Option<base::Base>,
     final_path: Option<PathBuf>,
-    entries: Vec<Scanned>,
-    skipped: scan::Skipped,
-    queue: Option<PathBuf>,
+    scan: scan::Scan,
     info: RelayInfo,
+    /// This deployment's backup id (`None` only in a dry run before the
+    /// first backup).
+    id: Option<String>,
+}
+
+/// The directory the destination is written in, when there is one.
+fn dest_dir(output: &Output) -> Option<PathBuf> {
+    match output {
+        Output::Stdout => None,
+        Output::Dir(d) => Some(d.clone()),
+        Output::File(p) => Some(parent_dir(p).to_path_buf()),
+    }
+}
+
+/// The directory holding `p` (`.` for a bare name).
+fn parent_dir(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }
 
 fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
     let dep = &ctx.deployment;
     let (_, compact) = stamp(SystemTime::now());
-    let base_archive: Option<PathBuf> = match (&opts.since, &opts.output, opts.full) {
-        (Some(p), _, _) => Some(p.clone()),
-        (None, Output::Dir(d), false) if d.is_dir() => archives_in(d)?.pop(),
-        _ => None,
+    let id = catalog::deployment_id(ctx, !ctx.dry_run)?;
+    // Only the destination's own files are left out of what is archived
+    // (when it lies inside it), never a directory.
+    let exclude = scan::Exclude {
+        dir: dest_dir(&opts.output).and_then(|d| {
+            let st = rustix::fs::stat(&d).ok()?;
+            Some((st.st_dev, st.st_ino))
+        }),
+        file: match &opts.output {
+            Output::File(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()),
+            _ => None,
+        },
     };
-    let kind = if base_archive.is_some() {
+    if let Some(p) = &opts.since {
+        catalog::open_archive(p).map_err(|e| error::usage(format!("--since: {e:#}")))?;
+    }
+    let running = running_container(ctx);
+    let layout = container_layout(ctx, running.as_ref())?;
+    // The queue is read separately (under a pause); a side container's
+    // copies of the keys (`setup`/`upgrade` deploying aside) are no state.
+    let skip = vec![crate::stage::STAGE_DIR.to_string()];
+    // The base's manifest and the relay's facts are read while the
+    // deployment is scanned.
+    let (base, info, scanned) = std::thread::scope(|scope| {
+        let base = scope.spawn(|| -> Result<Option<base::Base>> {
+            let base_archive = match (&opts.since, &opts.output, opts.full, &id) {
+                (Some(p), _, _, _) => Some(p.clone()),
+                (None, Output::Dir(d), false, Some(id)) if d.is_dir() => {
+                    catalog::newest(&catalog::list(ctx, d, &opts.keys)?, id, opts.origin)
+                }
+                _ => None,
+            };
+            let Some(p) = &base_archive else {
+                return Ok(None);
+            };
+            load_base(ctx, p, &opts.keys, id.as_deref())
+                .map(Some)
+                .with_context(|| {
+                    format!(
+                        "cannot use {} as the base of an incremental backup (use --full for a full one)",
+                        p.display()
+                    )
+                })
+        });
+        let info = scope.spawn(|| relay_facts(ctx, running.is_some()));
+        let scanned = scan::scan(dep, layout, &skip, exclude);
+        let base = base
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("reading the base manifest failed")));
+        let info = info.join().unwrap_or_default();
+        (base, info, scanned)
+    });
+    let base = base?;
+    let scan = scanned?;
+    let kind = if base.is_some() {
         Kind::Incremental
     } else {
         Kind::Full
@@ -475,60 +638,13 @@ fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
             if kind == Kind::Full { "full" } else { "incr" }
         ))),
     };
-    let queue = dep.path(scan::QUEUE_DIR);
-    // The queue is read separately (under a pause); a side container's
-    // copies of the keys (`setup`/`upgrade` deploying aside) are no state.
-    let mut skip = vec![queue.clone(), dep.path(crate::stage::STAGE_DIR)];
-    if let Some(p) = &final_path {
-        // The destination may lie inside data/ (not recommended): never
-        // back up the backups.
-        if let Some(parent) = p.parent() {
-            let parent = if parent.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                parent
-            };
-            if let Ok(c) = fs::canonicalize(parent) {
-                skip.push(c);
-            }
-            skip.push(parent.to_path_buf());
-        }
-    }
-    // The base's manifest and the relay's facts are read while the
-    // deployment is scanned.
-    let (base, info, scanned) = std::thread::scope(|scope| {
-        let base = scope.spawn(|| -> Result<Option<base::Base>> {
-            let Some(p) = &base_archive else {
-                return Ok(None);
-            };
-            load_base(ctx, p, &opts.keys).map(Some).with_context(|| {
-                format!(
-                    "cannot use {} as the base of an incremental backup (use --full for a full one)",
-                    p.display()
-                )
-            })
-        });
-        let info = scope.spawn(|| relay_info(ctx));
-        let scanned = scan::scan(dep, &skip);
-        let base = base
-            .join()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("reading the base manifest failed")));
-        let info = info.join().unwrap_or_default();
-        (base, info, scanned)
-    });
-    let base = base?;
-    let (entries, skipped) = scanned?;
-    let queue = fs::symlink_metadata(&queue)
-        .is_ok_and(|m| m.is_dir())
-        .then_some(queue);
     Ok(Plan {
         kind,
         base,
         final_path,
-        entries,
-        skipped,
-        queue,
+        scan,
         info,
+        id,
     })
 }
 
@@ -560,6 +676,12 @@ pub fn run(ctx: &Context, opts: &BackupOptions) -> Result<Summary> {
         return Err(error::usage(format!(
             "--level {} is out of range: use 1 to 19",
             opts.level
+        )));
+    }
+    if opts.threads > MAX_THREADS {
+        return Err(error::usage(format!(
+            "--threads {} is out of range: use 0 (one per core) to {MAX_THREADS}",
+            opts.threads
         )));
     }
     let start = Instant::now();
@@ -634,6 +756,7 @@ pub fn run(ctx: &Context, opts: &BackupOptions) -> Result<Summary> {
 
 fn show_plan(ctx: &Context, opts: &BackupOptions, plan: &Plan, info: &RelayInfo) {
     let files: Vec<&Scanned> = plan
+        .scan
         .entries
         .iter()
         .filter(|s| s.entry.kind == EntryKind::File)
@@ -645,6 +768,9 @@ fn show_plan(ctx: &Context, opts: &BackupOptions, plan: &Plan, info: &RelayInfo)
         mib(bytes),
         ctx.deployment.dir().display()
     ));
+    for n in &plan.scan.skipped.notes {
+        ctx.shell.out(format!("note: {n}"));
+    }
     match &plan.base {
         Some(b) => {
             let changed: Vec<&&Scanned> = files
@@ -666,7 +792,7 @@ fn show_plan(ctx: &Context, opts: &BackupOptions, plan: &Plan, info: &RelayInfo)
             .out(format!("would write {} (mode 0600)", p.display())),
         None => ctx.shell.out("would write to standard output"),
     }
-    if plan.queue.is_some() {
+    if plan.scan.has_queue() {
         if info.running && opts.pause {
             let cmd = compose::exec_cmd(ctx, ["systemctl", "freeze", pause::POSTFIX_UNIT]);
             ctx.shell.out(format!(
@@ -679,42 +805,21 @@ fn show_plan(ctx: &Context, opts: &BackupOptions, plan: &Plan, info: &RelayInfo)
             );
         }
     }
-    if let (Some(n), Output::Dir(d)) = (opts.keep, &opts.output) {
-        if let Ok(list) = archives_in(d) {
-            let ch = chains(&list);
-            // The new archive starts a chain when it is a full one.
-            let keep_old = if plan.kind == Kind::Full { n - 1 } else { n };
-            for c in ch.iter().take(ch.len().saturating_sub(keep_old)) {
-                for p in c {
-                    ctx.shell
-                        .out(format!("would remove {} (--keep {n})", p.display()));
-                }
+    if let (Some(n), Output::Dir(d), Some(id)) = (opts.keep, &opts.output, &plan.id) {
+        if let Ok(list) = catalog::list(ctx, d, &opts.keys) {
+            let ch = catalog::chains(&list, id, opts.origin);
+            // An incremental joins its base's chain; a full one starts a
+            // chain of its own.
+            let (written, keep) = match &plan.base {
+                Some(b) => (d.join(&b.reference.file), n),
+                None => (PathBuf::new(), n - 1),
+            };
+            for p in catalog::to_remove(&ch, keep, &written) {
+                ctx.shell
+                    .out(format!("would remove {} (--keep {n})", p.display()));
             }
         }
     }
-}
-
-/// Follow a maildir message renamed while the backup ran (`new/X` ->
-/// `cur/X:2,S`, or a flag change in `cur/`): its new path, if any.
-fn renamed_message(abs: &Path) -> Option<PathBuf> {
-    let name = abs.file_name()?.to_str()?;
-    let base = name.split(':').next()?;
-    let dir = abs.parent()?;
-    let mut dirs = vec![dir.to_path_buf()];
-    if dir.file_name().is_some_and(|n| n == "new") {
-        dirs.push(dir.parent()?.join("cur"));
-    }
-    for d in dirs {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let n = e.file_name();
-            let Some(n) = n.to_str() else { continue };
-            if n != name && n.split(':').next() == Some(base) {
-                return Some(e.path());
-            }
-        }
-    }
-    None
 }
 
 struct Progress {
@@ -801,11 +906,94 @@ impl Write for Flushed {
 
 /// The open destination: a temp file renamed at the end, or stdout.
 enum Dest {
-    Temp(tempfile::NamedTempFile, PathBuf),
+    Temp {
+        tmp: tempfile::NamedTempFile,
+        final_path: PathBuf,
+        /// Removed if the process is ended by force.
+        _registered: crate::host::interrupt::Registered,
+    },
     Stdout,
 }
 
-fn open_dest(final_path: Option<&Path>) -> Result<(Dest, Box<dyn Write + Send>)> {
+/// Whether `name` in a backup directory is a temporary file of a backup
+/// (`.ARCHIVE.XXXXXX.partial`, `.manifest.XXXXXX.partial`); `file`: the
+/// name a backup to a file writes.
+fn is_partial(name: &str, file: Option<&str>) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    if !rest.ends_with(".partial") {
+        return false;
+    }
+    match file {
+        Some(f) => rest.starts_with(&format!("{f}.")),
+        None => rest.starts_with(PREFIX) || rest.starts_with("manifest."),
+    }
+}
+
+/// Remove the temporary files of backups that were killed (no process
+/// holds them locked) from `dir`; returns how many.
+fn remove_stale_partials(dir: &Path, file: Option<&str>) -> usize {
+    use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
+    let Ok(list) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in list.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !is_partial(name, file) {
+            continue;
+        }
+        let Ok(fd) = rustix::fs::openat(
+            rustix::fs::CWD,
+            e.path(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            continue;
+        };
+        let regular = rustix::fs::fstat(&fd)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
+        if regular
+            && rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok()
+            && fs::remove_file(e.path()).is_ok()
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// A temporary file in `dir` for the archive (or its manifest), mode
+/// 0600, locked while this process lives (so that another backup sees it
+/// is in use), removed if the process is ended by force.
+fn partial_in(
+    dir: &Path,
+    prefix: &str,
+) -> Result<(tempfile::NamedTempFile, crate::host::interrupt::Registered)> {
+    let tmp = tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(".partial")
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let registered = crate::host::interrupt::remove_on_forced_end(tmp.path().to_path_buf());
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o600))?;
+    rustix::fs::flock(
+        tmp.as_file(),
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    )
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("cannot lock {}", tmp.path().display()))?;
+    Ok((tmp, registered))
+}
+
+fn open_dest(
+    ctx: &Context,
+    output: &Output,
+    final_path: Option<&Path>,
+) -> Result<(Dest, Box<dyn Write + Send>)> {
     match final_path {
         None => Ok((
             Dest::Stdout,
@@ -815,29 +1003,36 @@ fn open_dest(final_path: Option<&Path>) -> Result<(Dest, Box<dyn Write + Send>)>
             )),
         )),
         Some(p) => {
-            let dir = match p.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
+            let dir = parent_dir(p).to_path_buf();
             fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create the backup directory {}", dir.display()))?;
-            if p.exists() {
+            if fs::symlink_metadata(p).is_ok() {
                 bail!(
                     "{} exists already; name another file (archives are never overwritten)",
                     p.display()
                 );
             }
             let name = p.file_name().unwrap_or_default().to_string_lossy();
-            let tmp = tempfile::Builder::new()
-                .prefix(&format!(".{name}."))
-                .suffix(".partial")
-                .permissions(fs::Permissions::from_mode(0o600))
-                .tempfile_in(&dir)
-                .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-            fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o600))?;
+            let file = match output {
+                Output::File(_) => Some(name.as_ref()),
+                _ => None,
+            };
+            let stale = remove_stale_partials(&dir, file);
+            if stale > 0 {
+                ctx.shell.note(format!(
+                    "removed {stale} temporary file{} of an earlier backup that was killed from {}",
+                    if stale == 1 { "" } else { "s" },
+                    dir.display()
+                ));
+            }
+            let (tmp, registered) = partial_in(&dir, &format!(".{name}."))?;
             let f = tmp.reopen()?;
             Ok((
-                Dest::Temp(tmp, p.to_path_buf()),
+                Dest::Temp {
+                    tmp,
+                    final_path: p.to_path_buf(),
+                    _registered: registered,
+                },
                 Box::new(std::io::BufWriter::with_capacity(
                     1 << 20,
                     Flushed {
@@ -861,7 +1056,8 @@ fn name_owner(e: &mut Entry, info: &RelayInfo) {
 }
 
 struct Run<'a> {
-    ctx: &'a Context,
+    /// What was scanned, and the way back to it.
+    scan: &'a scan::Scan,
     /// The base of an incremental backup.
     base: Option<base::Walk<'a>>,
     links: HashMap<(u64, u64), String>,
@@ -870,7 +1066,6 @@ struct Run<'a> {
     /// separates it from its old links).
     stored_links: HashSet<(u64, u64)>,
     /// What the scan found (a renamed message is not stored twice).
-    scanned: &'a [Scanned],
     scanned_paths: Option<HashSet<&'a str>>,
     /// Names a renamed message was followed to, stored already.
     followed: HashSet<String>,
@@ -889,11 +1084,9 @@ struct Run<'a> {
 impl Run<'_> {
     fn check_interrupt(&self) -> Result<()> {
         if compose::interrupted_since(self.signals) {
-            return Err(error::Failure {
-                code: 130,
-                message: Some("interrupted: no archive was written".into()),
-            }
-            .into());
+            return Err(crate::host::interrupt::interrupted(
+                "interrupted: no archive was written",
+            ));
         }
         Ok(())
     }
@@ -990,25 +1183,39 @@ impl Run<'_> {
                     changed: false,
                 })
             }
-            None => w.add_file(&mut e, &s.abs(self.ctx.deployment.dir()), id)?,
+            None => match self.scan.roots.open(s) {
+                Ok((f, st)) => {
+                    if (st.st_dev, st.st_ino) != (s.dev, s.ino) {
+                        // Another file under the same name now (a
+                        // rename over it): what is there is stored.
+                        self.consistency.changed_while_read.push(e.path.clone());
+                    }
+                    Some(w.add_file(&mut e, &f, &st, id)?)
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+                Err(err) if err.kind() == std::io::ErrorKind::InvalidData => {
+                    return Err(changed_kind(&e.path, &err));
+                }
+                Err(err) => {
+                    return Err(err).with_context(|| format!("cannot read {}", e.path));
+                }
+            },
         };
         let Some(read) = read else {
             // Gone since the scan: a maildir message may have moved.
-            if let Some(new) = renamed_message(&s.abs(self.ctx.deployment.dir())) {
-                let rel = scan::rel_name(self.ctx.deployment.dir(), &new)?;
-                if let Some(s2) = scan::entry_at(&new, &rel, false)? {
-                    // A name the scan found is stored in its turn (or was).
-                    let scanned = self
-                        .scanned_paths
-                        .get_or_insert_with(|| {
-                            self.scanned.iter().map(|s| s.entry.path.as_str()).collect()
-                        })
-                        .contains(rel.as_str());
-                    if scanned || !self.followed.insert(rel.clone()) {
-                        return Ok(());
-                    }
-                    return self.add(w, &s2, None, info, progress);
+            if let Some(s2) = self.scan.renamed(s)? {
+                // A name the scan found is stored in its turn (or was).
+                let scan = self.scan;
+                let scanned = self
+                    .scanned_paths
+                    .get_or_insert_with(|| {
+                        scan.entries.iter().map(|s| s.entry.path.as_str()).collect()
+                    })
+                    .contains(s2.entry.path.as_str());
+                if scanned || !self.followed.insert(s2.entry.path.clone()) {
+                    return Ok(());
                 }
+                return self.add(w, &s2, None, info, progress);
             }
             return Ok(());
         };
@@ -1040,14 +1247,22 @@ impl Run<'_> {
     }
 }
 
+/// The error for a path that is no longer the kind the scan found.
+fn changed_kind(path: &str, why: &std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{path} was a file when the backup began and {why}: it was not followed and nothing was written; run the backup again (if it persists, look at what replaces files there)"
+    )
+}
+
 /// The queue's paths by name, files with their content.
 type QueueFiles = BTreeMap<String, (Scanned, Option<Vec<u8>>)>;
 
-/// The queue's files with their content, read now.
-fn read_queue(ctx: &Context, queue: &Path, before: Option<&QueueFiles>) -> Result<QueueFiles> {
-    let mut list = Vec::new();
-    let mut skipped = scan::Skipped::default();
-    scan::scan_tree(ctx.deployment.dir(), queue, &[], &mut list, &mut skipped)?;
+/// The queue's files with their content, read now; what did not change
+/// since `before` (same inode, size and time) is not read again.
+fn read_queue(scan: &scan::Scan, before: Option<&QueueFiles>) -> Result<QueueFiles> {
+    let Some((list, _)) = scan.queue()? else {
+        return Ok(QueueFiles::new());
+    };
     let mut out = BTreeMap::new();
     for s in list {
         let content = if s.entry.kind == EntryKind::File {
@@ -1063,16 +1278,21 @@ fn read_queue(ctx: &Context, queue: &Path, before: Option<&QueueFiles>) -> Resul
                 .and_then(|(_, c)| c.clone());
             match same {
                 Some(c) => Some(c),
-                None => {
-                    let abs = s.abs(ctx.deployment.dir());
-                    match fs::read(&abs) {
-                        Ok(c) => Some(c),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                        Err(e) => {
-                            return Err(e).with_context(|| format!("cannot read {}", abs.display()))
-                        }
+                None => match scan.roots.open(&s) {
+                    Ok((mut f, st)) => {
+                        let mut c = Vec::with_capacity(st.st_size as usize);
+                        f.read_to_end(&mut c)
+                            .with_context(|| format!("cannot read {}", s.entry.path))?;
+                        Some(c)
                     }
-                }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        return Err(changed_kind(&s.entry.path, &e))
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot read {}", s.entry.path))
+                    }
+                },
             }
         } else {
             None
@@ -1102,6 +1322,8 @@ fn write(
         id: new_id(&created, ctx.deployment.dir()),
         base: plan.base.as_ref().map(|b| b.reference.clone()),
         created,
+        deployment: plan.id.clone(),
+        origin: (opts.origin != Origin::Backup).then_some(opts.origin),
     };
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism()
@@ -1111,16 +1333,15 @@ fn write(
         opts.threads
     };
 
-    let (dest, out) = open_dest(plan.final_path.as_deref())?;
+    let (dest, out) = open_dest(ctx, &opts.output, plan.final_path.as_deref())?;
     let sink = crypt::Sink::new(out, &opts.encrypt)?;
     let mut w = archive::Writer::new(sink, opts.level, threads)?;
     w.add_meta(manifest::HEADER_ENTRY, &serde_json::to_vec_pretty(&header)?)?;
     let mut run = Run {
-        ctx,
+        scan: &plan.scan,
         base: plan.base.as_ref().map(base::Base::walk),
         links: HashMap::default(),
         stored_links: HashSet::default(),
-        scanned: &plan.entries,
         scanned_paths: None,
         followed: HashSet::default(),
         // Room for the queue's entries too (read later): growing a list
@@ -1129,7 +1350,7 @@ fn write(
         entries: Vec::with_capacity(if plan.base.is_some() {
             QUEUE_ROOM
         } else {
-            plan.entries.len() + QUEUE_ROOM
+            plan.scan.entries.len() + QUEUE_ROOM
         }),
         consistency: Consistency::default(),
         files: 0,
@@ -1141,10 +1362,27 @@ fn write(
     run.consistency.notes.push(
         "mailboxes, keys and certificates copied while the relay served (maildir files are written once and renamed; a message renamed during the copy is followed to its new name)".into(),
     );
+    run.consistency.notes.push(format!(
+        "the state as the container sees it, from its mounts ({})",
+        match plan.scan.layout_from() {
+            scan::LayoutFrom::Container => "the running container's",
+            scan::LayoutFrom::Compose => "Compose's configuration",
+        }
+    ));
+    if !plan.scan.skipped.followed.is_empty() {
+        run.consistency.notes.push(format!(
+            "{} links that lead outside the state trees stored as what they lead to (as the container sees it)",
+            plan.scan.skipped.followed.len()
+        ));
+    }
+    for n in &plan.scan.skipped.notes {
+        ctx.shell.note(n);
+        run.consistency.notes.push(n.clone());
+    }
     {
         let progress = Progress::new(ctx, opts.json, || {
             // What will be read: the files new or changed since the base.
-            let to_read = plan.entries.iter().filter(|s| {
+            let to_read = plan.scan.entries.iter().filter(|s| {
                 s.entry.kind == EntryKind::File
                     && !plan
                         .base
@@ -1157,20 +1395,20 @@ fn write(
         // This thread reads the files into the archive's pieces; the
         // writer's pool hashes and compresses them, as `tar | zstd -T0`
         // overlaps reading and compression.
-        for s in &plan.entries {
+        for s in &plan.scan.entries {
             run.add(&mut w, s, None, &info, &progress)?;
         }
 
-        if let Some(queue) = &plan.queue {
+        if plan.scan.has_queue() {
             // Read the queue once while Postfix runs, then again under the
             // pause, reusing what did not change: the pause lasts as long
             // as the queue takes to stat, plus the files that changed.
-            let early = read_queue(ctx, queue, None)?;
+            let early = read_queue(&plan.scan, None)?;
             let queue_files = if info.running && opts.pause {
                 match pause::Pause::start(ctx) {
                     Ok(mut p) => {
                         let method = p.method();
-                        let res = read_queue(ctx, queue, Some(&early));
+                        let res = read_queue(&plan.scan, Some(&early));
                         let d = p.resume()?;
                         let files = res?;
                         let ms = d.as_millis() as u64;
@@ -1214,10 +1452,10 @@ fn write(
                 .push(format!("no mail queue directory ({})", scan::QUEUE_DIR));
         }
     }
-    if !plan.skipped.special.is_empty() {
+    if !plan.scan.skipped.special.is_empty() {
         run.consistency.notes.push(format!(
             "{} sockets or fifos not stored (the services create them at start)",
-            plan.skipped.special.len()
+            plan.scan.skipped.special.len()
         ));
     }
     if info.users.is_empty() {
@@ -1251,33 +1489,24 @@ fn write(
     // The sidecar is written (and flushed) while the archive is finished;
     // it takes its name once the archive has its own.
     let sidecar_dir = match (&opts.output, &dest) {
-        (Output::Dir(_), Dest::Temp(_, final_path)) => final_path.parent().map(|d| {
-            if d.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                d
-            }
-        }),
+        (Output::Dir(_), Dest::Temp { final_path, .. }) => Some(parent_dir(final_path)),
         _ => None,
     };
     let (finished, sidecar) = std::thread::scope(|scope| {
         let sidecar = sidecar_dir.map(|dir| {
             let json = &json_parts;
-            scope.spawn(move || -> Result<tempfile::NamedTempFile> {
-                let mut tmp = tempfile::Builder::new()
-                    .prefix(".manifest.")
-                    .suffix(".partial")
-                    .permissions(fs::Permissions::from_mode(0o600))
-                    .tempfile_in(dir)
-                    .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-                let mut sealed = crypt::Sink::new(tmp.as_file_mut(), &opts.encrypt)?;
-                for part in json {
-                    sealed.write_all(part)?;
-                }
-                sealed.finish()?;
-                tmp.as_file().sync_all()?;
-                Ok(tmp)
-            })
+            scope.spawn(
+                move || -> Result<(tempfile::NamedTempFile, crate::host::interrupt::Registered)> {
+                    let (mut tmp, registered) = partial_in(dir, ".manifest.")?;
+                    let mut sealed = crypt::Sink::new(tmp.as_file_mut(), &opts.encrypt)?;
+                    for part in json {
+                        sealed.write_all(part)?;
+                    }
+                    sealed.finish()?;
+                    tmp.as_file().sync_all()?;
+                    Ok((tmp, registered))
+                },
+            )
         });
         let finished = (|| -> Result<u64> {
             w.add_meta_parts(manifest::MANIFEST_ENTRY, &json_parts)?;
@@ -1298,19 +1527,30 @@ fn write(
     let sidecar = sidecar.transpose()?;
     let archive = match dest {
         Dest::Stdout => None,
-        Dest::Temp(tmp, final_path) => {
+        Dest::Temp {
+            tmp,
+            final_path,
+            _registered,
+        } => {
             tmp.as_file()
                 .sync_all()
                 .with_context(|| format!("cannot write {}", tmp.path().display()))?;
-            tmp.persist_noclobber(&final_path)
-                .map_err(|e| e.error)
-                .with_context(|| format!("cannot create {}", final_path.display()))?;
-            if let Some(side) = sidecar {
-                let side_path = Manifest::sidecar_of(&final_path);
-                side.persist(&side_path)
+            {
+                // Named, or left to be removed: a forced end waits.
+                let _critical = crate::host::interrupt::critical();
+                tmp.persist_noclobber(&final_path)
                     .map_err(|e| e.error)
-                    .with_context(|| format!("cannot create {}", side_path.display()))?;
+                    .with_context(|| format!("cannot create {}", final_path.display()))?;
+                drop(_registered);
+                if let Some((side, registered)) = sidecar {
+                    let side_path = Manifest::sidecar_of(&final_path);
+                    side.persist(&side_path)
+                        .map_err(|e| e.error)
+                        .with_context(|| format!("cannot create {}", side_path.display()))?;
+                    drop(registered);
+                }
             }
+            catalog::record(ctx, &final_path, &header)?;
             // Encrypted archives: keep the manifests of the chain here, in
             // clear, for the next incremental (a sidecar in clear would
             // tell the backup's host every mailbox name).
@@ -1321,20 +1561,16 @@ fn write(
                     .then_some((final_path.as_path(), &json_parts[..])),
                 chain,
             )?;
-            if let Some(dir) = final_path.parent() {
-                if let Ok(d) = fs::File::open(if dir.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    dir
-                }) {
-                    let _ = d.sync_all();
-                }
+            if let Ok(d) = fs::File::open(parent_dir(&final_path)) {
+                let _ = d.sync_all();
             }
             Some(final_path)
         }
     };
-    let removed = match (&opts.output, opts.keep) {
-        (Output::Dir(d), Some(n)) => retention(d, n)?,
+    let removed = match (&opts.output, opts.keep, &archive, &plan.id) {
+        (Output::Dir(d), Some(n), Some(written), Some(id)) => {
+            retention(ctx, d, n, written, id, opts)?
+        }
         _ => vec![],
     };
     let summary = Summary {
@@ -1362,17 +1598,34 @@ fn write(
     Ok(summary)
 }
 
-/// Keep the newest `n` chains of a backup directory; never remove an
-/// archive that a kept one builds on.
-fn retention(dir: &Path, n: usize) -> Result<Vec<PathBuf>> {
-    let ch = chains(&archives_in(dir)?);
+/// Keep the newest `n` chains of this deployment's archives of this
+/// origin in a backup directory, the chain just `written` always; nothing
+/// else there is touched (see [`catalog`]).
+fn retention(
+    ctx: &Context,
+    dir: &Path,
+    n: usize,
+    written: &Path,
+    id: &str,
+    opts: &BackupOptions,
+) -> Result<Vec<PathBuf>> {
+    let list = catalog::list(ctx, dir, &opts.keys)?;
+    let unknown = list.iter().filter(|k| k.header.is_none()).count();
+    if unknown > 0 {
+        ctx.shell.note(format!(
+            "{unknown} file{} named like an archive in {} {} not identified as this deployment's and {} kept (another relay's, an older version's, or encrypted without a record here)",
+            if unknown == 1 { "" } else { "s" },
+            dir.display(),
+            if unknown == 1 { "is" } else { "are" },
+            if unknown == 1 { "is" } else { "are" },
+        ));
+    }
+    let chains = catalog::chains(&list, id, opts.origin);
     let mut removed = Vec::new();
-    for c in ch.iter().take(ch.len().saturating_sub(n)) {
-        for p in c {
-            fs::remove_file(p).with_context(|| format!("cannot remove {}", p.display()))?;
-            let _ = fs::remove_file(Manifest::sidecar_of(p));
-            removed.push(p.clone());
-        }
+    for p in catalog::to_remove(&chains, n, written) {
+        fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+        let _ = fs::remove_file(Manifest::sidecar_of(&p));
+        removed.push(p);
     }
     Ok(removed)
 }
@@ -1431,29 +1684,71 @@ mod tests {
             Output::parse(Path::new("/nonexistent/b.tar.zst")),
             Output::File("/nonexistent/b.tar.zst".into())
         );
-        let p = |s: &str| PathBuf::from(format!("{PREFIX}{s}{SUFFIX}"));
-        let list = [
-            p("1-full"),
-            p("2-incr"),
-            p("3-full"),
-            p("4-incr"),
-            p("5-incr"),
-        ];
-        let c = chains(&list);
-        assert_eq!(c.len(), 2);
-        assert_eq!(c[1].len(), 3);
+        assert!(is_partial(
+            ".chatmail-backup-x-full.tar.zst.AbC123.partial",
+            None
+        ));
+        assert!(is_partial(".manifest.AbC123.partial", None));
+        assert!(!is_partial(".manifest.AbC123", None));
+        assert!(!is_partial("chatmail-backup-x.partial", None));
+        assert!(is_partial(".b.tar.zst.x1.partial", Some("b.tar.zst")));
+        assert!(!is_partial(".other.x1.partial", Some("b.tar.zst")));
     }
 
+    /// A file swapped for a link to a host file, or for a FIFO, between the
+    /// scan and the read: refused (never followed, never blocking), and no
+    /// archive or temporary file is left.
     #[test]
-    fn follows_a_renamed_maildir_message() {
+    fn a_file_that_changes_kind_while_the_backup_runs_leaves_nothing() {
         let d = tempfile::tempdir().unwrap();
-        fs::create_dir_all(d.path().join("new")).unwrap();
-        fs::create_dir_all(d.path().join("cur")).unwrap();
-        fs::write(d.path().join("cur/123.host:2,S"), "m").unwrap();
-        assert_eq!(
-            renamed_message(&d.path().join("new/123.host")),
-            Some(d.path().join("cur/123.host:2,S"))
+        let dep = d.path().join("dep");
+        let cur = dep.join("data/chatmail/vmail/cur");
+        fs::create_dir_all(&cur).unwrap();
+        let secret = d.path().join("secret");
+        fs::write(&secret, "host file").unwrap();
+        let shell = crate::shell::Shell::new(
+            crate::shell::Verbosity::Quiet,
+            crate::shell::ColorChoice::Never,
         );
-        assert_eq!(renamed_message(&d.path().join("new/999.host")), None);
+        let ctx = Context::new(&dep, crate::host::Host::new("/"), shell, false).unwrap();
+        let out = d.path().join("out");
+        for swap in ["link", "fifo"] {
+            fs::write(cur.join("m"), "mail").unwrap();
+            let opts = BackupOptions {
+                output: Output::File(out.join(format!("{swap}.tar.zst"))),
+                ..Default::default()
+            };
+            let mut p = plan(&ctx, &opts).unwrap();
+            fs::remove_file(cur.join("m")).unwrap();
+            if swap == "link" {
+                std::os::unix::fs::symlink(&secret, cur.join("m")).unwrap();
+            } else {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    cur.join("m").as_path(),
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .unwrap();
+            }
+            let info = std::mem::take(&mut p.info);
+            let err = write(
+                &ctx,
+                &opts,
+                p,
+                info,
+                compose::signal_count(),
+                Instant::now(),
+            )
+            .err()
+            .unwrap();
+            assert!(
+                err.to_string().contains("was a file when the backup began"),
+                "{swap}: {err:#}"
+            );
+            assert_eq!(fs::read_dir(&out).unwrap().count(), 0, "{swap}");
+            fs::remove_file(cur.join("m")).unwrap();
+        }
     }
 }

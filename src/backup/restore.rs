@@ -1,14 +1,28 @@
 //! `restore ARCHIVE`: bring a deployment's state back from an archive or a
 //! chain (a full archive and the incrementals after it).
 //!
+//! An archive is untrusted input. Every path of the tar stream and of the
+//! manifest is checked before it is used: relative, no `..`, under one of
+//! the top-level paths a backup holds, each top-level path of the kind it
+//! must be (`data/` and `custom/` directories; `.env`, `chatmail.ini` and
+//! the override regular files), no setuid file, no entry below a symlink
+//! the archive made, a hard link only to a file of the restore. These
+//! checks run on a model of the tree ([`Model`]) in a dry run exactly as in
+//! a real one. The real run writes into a temporary directory inside the
+//! deployment directory through [`Tree`], which resolves every path below
+//! that directory without following any symlink: nothing outside it is
+//! ever opened, created, changed, owned or removed. Sizes are bounded
+//! before anything is read into memory; a chain's base must be a regular
+//! file next to the archive that names it.
+//!
 //! Every archive of the chain is checked before anything is moved: each
-//! file is hashed while it is written into a temporary directory inside the
-//! deployment directory and compared with the archive's manifest; a
-//! truncated or corrupt archive, a broken chain or an archive from a newer
-//! tool is an error and the temporary directory is removed. Only then are
-//! owners (mapped by name), modes and times applied and the top-level
-//! paths renamed into place; what was there is moved aside (`--force`),
-//! never deleted.
+//! file is hashed while it is written and compared with the archive's
+//! manifest; a truncated or corrupt archive, a broken chain or an archive
+//! from a newer tool is an error and the temporary directory is removed.
+//! Only then are owners, modes and times applied and the top-level paths
+//! renamed into place; what was there is moved aside (`--force`) under a
+//! name no other file has, never deleted. A deployment whose container is
+//! running is refused: its services hold the files being replaced.
 
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
@@ -17,16 +31,21 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use super::crypt::{self, Keys};
 use super::flush::{Flusher, Target};
 use super::manifest::{self, check_format, Entry, EntryKind, Header, Kind, Manifest};
-use super::{owners, scan};
-use crate::{error, Context};
+use super::{catalog, scan};
+use crate::host::interrupt;
+use crate::host::tree::{self, Tree};
+use crate::{deployment, error, Context};
 
 /// How often the restored tree's file system is flushed while it is written.
 const FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_millis(200);
+/// The largest header entry read (a header is a few hundred bytes).
+const MAX_HEADER: u64 = 64 << 10;
 
 /// Typed options of `restore`.
 #[derive(Clone, Debug)]
@@ -60,13 +79,27 @@ fn corrupt(archive: &Path) -> String {
     )
 }
 
+/// An error about what an archive holds: it was not made by this tool, or
+/// was changed since.
+fn untrusted(archive: &Path, what: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}: {what}; the archive was not made by chatmail-docker backup (or was changed since), nothing was restored",
+        archive.display()
+    )
+}
+
 fn open(archive: &Path, keys: &Keys) -> Result<Box<dyn Read>> {
     let raw: Box<dyn Read> = if archive == Path::new("-") {
         Box::new(io::stdin().lock())
     } else {
         Box::new(
-            fs::File::open(archive)
-                .with_context(|| format!("cannot open {}", archive.display()))?,
+            catalog::open_archive(archive)
+                .map_err(|e| {
+                    error::usage(format!(
+                        "{e:#} (restore reads archives from regular files; give - to read a stream from standard input)"
+                    ))
+                })?
+                .0,
         )
     };
     crypt::open_reader(raw, keys, archive)
@@ -79,6 +112,28 @@ fn tar_of<'a>(r: Box<dyn Read + 'a>, archive: &Path) -> Result<Entries<'a>> {
     Ok(tar::Archive::new(dec))
 }
 
+/// Read an entry of the archive's own (header, manifest) whole, refusing
+/// one larger than `limit` before reading it.
+fn read_meta<R: Read>(
+    e: &mut tar::Entry<R>,
+    archive: &Path,
+    limit: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let size = e.header().entry_size().with_context(|| corrupt(archive))?;
+    if size > limit {
+        return Err(untrusted(
+            archive,
+            format!("its {what} is {size} bytes, more than {limit}"),
+        ));
+    }
+    let mut buf = Vec::with_capacity(size as usize);
+    e.take(limit + 1)
+        .read_to_end(&mut buf)
+        .with_context(|| corrupt(archive))?;
+    Ok(buf)
+}
+
 fn read_header_from<R: Read>(e: &mut tar::Entry<R>, archive: &Path) -> Result<Header> {
     let path = e.path().with_context(|| corrupt(archive))?.into_owned();
     if path != Path::new(manifest::HEADER_ENTRY) {
@@ -88,8 +143,7 @@ fn read_header_from<R: Read>(e: &mut tar::Entry<R>, archive: &Path) -> Result<He
             manifest::HEADER_ENTRY
         );
     }
-    let mut buf = Vec::new();
-    e.read_to_end(&mut buf).with_context(|| corrupt(archive))?;
+    let buf = read_meta(e, archive, MAX_HEADER, "header")?;
     let h: Header = serde_json::from_slice(&buf)
         .with_context(|| format!("{}: the backup header cannot be read", archive.display()))?;
     check_format(&h, archive)?;
@@ -109,10 +163,15 @@ pub fn read_header(archive: &Path, keys: &Keys) -> Result<Header> {
 
 /// The manifest of an archive, read through it (and checked).
 pub fn read_manifest(archive: &Path, keys: &Keys) -> Result<Manifest> {
+    let mut model = Model {
+        alone: true,
+        ..Model::default()
+    };
     extract(
         open(archive, keys)?,
         archive,
         None,
+        &mut model,
         None,
         crate::compose::signal_count(),
     )
@@ -136,92 +195,193 @@ pub fn chain(archive: &Path, keys: &Keys) -> Result<Vec<(PathBuf, Header)>> {
 
 /// The archive `file` that the incremental `cur` builds on, looked for next
 /// to it; `steps` archives of the chain ending in `last` were read so far.
+/// The name is a plain file name (a header naming `../x` or `/etc/x` is
+/// refused) and the file a regular one (not a link, not a FIFO).
 pub(crate) fn base_next_to(cur: &Path, file: &str, steps: usize, last: &Path) -> Result<PathBuf> {
-    let next = cur.with_file_name(file);
-    if !next.exists() {
-        bail!(
-            "{} is an incremental backup based on {file}, which is not next to it; put the whole chain (the full backup and every incremental after it) in one directory",
-            cur.display(),
-        );
+    if file.is_empty() || file.contains('/') || file == "." || file == ".." || file.contains('\0') {
+        return Err(untrusted(
+            cur,
+            format!("its header names the base {file:?}, which is not a file name"),
+        ));
     }
     if steps > 10_000 {
         bail!("{}: the chain of incremental backups loops", last.display());
     }
-    Ok(next)
-}
-
-/// A path from an archive, checked: relative, no `..`, under one of the
-/// top-level paths a backup holds.
-fn checked_path(p: &Path, archive: &Path) -> Result<String> {
-    let ok = p.components().all(|c| matches!(c, Component::Normal(_)))
-        && p.components()
-            .next()
-            .and_then(|c| c.as_os_str().to_str())
-            .is_some_and(|top| scan::top_level().contains(&top));
-    match (ok, p.to_str()) {
-        (true, Some(s)) => Ok(s.to_string()),
-        _ => bail!(
-            "{}: unexpected entry {:?} (not a deployment file); the archive was not made by chatmail-docker backup",
-            archive.display(),
-            p
+    let next = cur.with_file_name(file);
+    match fs::symlink_metadata(&next) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
+            "{} is an incremental backup based on {file}, which is not next to it; put the whole chain (the full backup and every incremental after it) in one directory",
+            cur.display(),
         ),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", next.display())),
+        Ok(m) if !m.file_type().is_file() => bail!(
+            "{} is an incremental backup based on {file}, but {} is not a regular file (a link or a FIFO is never followed); put the archive itself there",
+            cur.display(),
+            next.display()
+        ),
+        Ok(_) => Ok(next),
     }
 }
 
-/// Remove whatever is at `p` (inside the staging directory).
-fn clear(p: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
-        Ok(_) => fs::remove_file(p),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+/// A path from an archive, checked: relative, plain, under one of the
+/// top-level paths a backup holds.
+fn checked_path(p: &str, archive: &Path) -> Result<String> {
+    let ok = tree::is_plain(p)
+        && Path::new(p)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+        && scan::top_level().contains(&p.split('/').next().unwrap_or(""));
+    if ok {
+        Ok(p.to_string())
+    } else {
+        Err(untrusted(
+            archive,
+            format!("unexpected entry {p:?} (not a deployment file)"),
+        ))
     }
 }
 
-/// Make room for a new entry at `p`: remove what is there (unless the
-/// staging directory started empty) and make its parent directories once.
-/// A symlink on the way is refused: an entry never lands outside the
-/// staging directory by following a link an archive made.
-fn prepare(
-    root: &Path,
-    p: &Path,
-    fresh: bool,
-    dirs: &mut rustc_hash::FxHashSet<PathBuf>,
-) -> io::Result<()> {
-    if !fresh {
-        clear(p)?;
+/// The kind a top-level path must have.
+fn top_kind(top: &str) -> EntryKind {
+    if top == deployment::DATA_DIR || top == deployment::CUSTOM_DIR {
+        EntryKind::Dir
+    } else {
+        EntryKind::File
     }
-    let Some(parent) = p.parent() else {
-        return Ok(());
-    };
-    if dirs.contains(parent) {
-        return Ok(());
+}
+
+fn kind_word(k: EntryKind) -> &'static str {
+    match k {
+        EntryKind::File => "file",
+        EntryKind::Dir => "directory",
+        EntryKind::Symlink => "symlink",
+        EntryKind::Hardlink => "hard link",
     }
-    let rel = parent.strip_prefix(root).unwrap_or(parent);
-    let mut cur = root.to_path_buf();
-    for c in rel.components() {
-        cur.push(c);
-        if dirs.contains(&cur) {
-            continue;
-        }
-        match fs::symlink_metadata(&cur) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(io::Error::other(format!(
-                    "{} is a symlink; an entry below it would leave the restore",
-                    cur.strip_prefix(root).unwrap_or(&cur).display()
-                )))
-            }
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                fs::remove_file(&cur)?;
-                fs::create_dir(&cur)?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&cur)?,
-            Err(e) => return Err(e),
-        }
-        dirs.insert(cur.clone());
+}
+
+/// Mode bits a restored path may not have: no setuid anywhere, no setgid
+/// but on a directory (Postfix's `public/` is setgid); mail data runs
+/// nothing.
+fn check_mode(path: &str, kind: EntryKind, mode: u32, archive: &Path) -> Result<()> {
+    let setuid = mode & 0o4000 != 0;
+    let setgid = mode & 0o2000 != 0 && kind != EntryKind::Dir;
+    if setuid || setgid {
+        return Err(untrusted(
+            archive,
+            format!(
+                "{path} has the {} bit (mode {:o}); a deployment's data never does",
+                if setuid { "setuid" } else { "setgid" },
+                mode
+            ),
+        ));
     }
     Ok(())
+}
+
+/// Check an entry of a manifest: its path, its kind at the top level, its
+/// mode, a hard link's target.
+fn check_entry(e: &Entry, archive: &Path) -> Result<()> {
+    checked_path(&e.path, archive)?;
+    if !e.path.contains('/') {
+        let want = top_kind(&e.path);
+        if e.kind != want {
+            return Err(untrusted(
+                archive,
+                format!(
+                    "{} is a {} in its manifest; it must be a {}",
+                    e.path,
+                    kind_word(e.kind),
+                    kind_word(want)
+                ),
+            ));
+        }
+    }
+    if e.kind == EntryKind::Hardlink {
+        checked_path(e.target.as_deref().unwrap_or(""), archive)?;
+    }
+    check_mode(&e.path, e.kind, e.mode, archive)
+}
+
+/// What the restore has made so far, by path: the checks of every entry run
+/// on this model, in a dry run as in a real one.
+#[derive(Default)]
+pub(crate) struct Model {
+    /// Path -> kind (a hard link is a file) and size of files.
+    paths: BTreeMap<String, (EntryKind, u64)>,
+    /// One archive read on its own (for its manifest): the files of the
+    /// archives it builds on are not known, so a hard link may name one.
+    alone: bool,
+}
+
+impl Model {
+    /// Everything at and below `rel`.
+    fn below(&self, rel: &str) -> Vec<String> {
+        let lo = format!("{rel}/");
+        let hi = format!("{rel}0"); // '0' follows '/'
+        let mut v: Vec<String> = self.paths.range(lo..hi).map(|(k, _)| k.clone()).collect();
+        if self.paths.contains_key(rel) {
+            v.push(rel.to_string());
+        }
+        v
+    }
+
+    /// Where an entry `rel` may go: every directory above it is one (or is
+    /// made as one), none is a symlink or a file.
+    fn check_parents(&self, rel: &str, archive: &Path) -> Result<()> {
+        let mut at = 0;
+        while let Some(i) = rel[at..].find('/') {
+            let p = &rel[..at + i];
+            match self.paths.get(p) {
+                None | Some((EntryKind::Dir, _)) => {}
+                Some((k, _)) => {
+                    return Err(untrusted(
+                        archive,
+                        format!(
+                            "{rel} lies below {p}, which is a {} of the restore: an entry there would leave it",
+                            kind_word(*k)
+                        ),
+                    ))
+                }
+            }
+            at += i + 1;
+        }
+        Ok(())
+    }
+
+    /// `rel` is now of `kind`: what it replaces goes (a directory with what
+    /// it held), unless a directory stays a directory. Returns whether
+    /// something was there to remove.
+    fn set(&mut self, rel: &str, kind: EntryKind, size: u64) -> bool {
+        let kind = if kind == EntryKind::Hardlink {
+            EntryKind::File
+        } else {
+            kind
+        };
+        let replaced = match self.paths.get(rel) {
+            Some((EntryKind::Dir, _)) if kind == EntryKind::Dir => false,
+            Some(_) => {
+                for p in self.below(rel) {
+                    self.paths.remove(&p);
+                }
+                true
+            }
+            None => false,
+        };
+        // Directories above an entry are made as directories.
+        let mut at = 0;
+        while let Some(i) = rel[at..].find('/') {
+            self.paths
+                .entry(rel[..at + i].to_string())
+                .or_insert((EntryKind::Dir, 0));
+            at += i + 1;
+        }
+        self.paths.insert(rel.to_string(), (kind, size));
+        replaced
+    }
+
+    fn kind(&self, rel: &str) -> Option<EntryKind> {
+        self.paths.get(rel).map(|(k, _)| *k)
+    }
 }
 
 /// Files up to this size are written by the pool; larger ones by the
@@ -230,7 +390,7 @@ const POOL_FILE: u64 = 8 << 20;
 
 /// A file to write into the staging directory, with its content.
 struct WriteJob {
-    dst: PathBuf,
+    tree: Arc<Tree>,
     rel: String,
     data: Vec<u8>,
 }
@@ -251,7 +411,7 @@ struct Pool {
 
 fn write_one(job: WriteJob) -> Written {
     let io_ctx = || format!("cannot write {} into the temporary directory", job.rel);
-    let mut f = fs::File::create(&job.dst).with_context(io_ctx)?;
+    let mut f = job.tree.create_file(&job.rel, 0o600).with_context(io_ctx)?;
     super::write_chunked(&mut f, &job.data).with_context(io_ctx)?;
     let sha = hex::encode(Sha256::digest(&job.data));
     Ok((job.rel, sha, job.data.len() as u64))
@@ -300,12 +460,50 @@ impl Pool {
     }
 }
 
-/// Read one archive; with `staging`, write its entries there. Returns its
-/// manifest after checking every stored file's hash against it.
+/// The staging directory being written.
+struct Staging {
+    tree: Arc<Tree>,
+    /// Directories made so far (no `mkdir` for each file).
+    dirs: rustc_hash::FxHashSet<String>,
+}
+
+impl Staging {
+    /// Make the directories above `rel`.
+    fn parents(&mut self, rel: &str) -> io::Result<()> {
+        let Some((parent, _)) = rel.rsplit_once('/') else {
+            return Ok(());
+        };
+        if self.dirs.contains(parent) {
+            return Ok(());
+        }
+        let mut at = 0;
+        loop {
+            let end = parent[at..]
+                .find('/')
+                .map(|i| at + i)
+                .unwrap_or(parent.len());
+            let p = &parent[..end];
+            if !self.dirs.contains(p) {
+                self.tree.mkdir(p, 0o700)?;
+                self.dirs.insert(p.to_string());
+            }
+            if end == parent.len() {
+                return Ok(());
+            }
+            at = end + 1;
+        }
+    }
+}
+
+/// Read one archive; with `staging`, write its entries there. `model` is
+/// the restore so far (every check runs on it, written or not). Returns
+/// the archive's manifest after checking every stored file's hash and
+/// every entry against it.
 fn extract(
     r: Box<dyn Read + '_>,
     archive: &Path,
-    staging: Option<&Path>,
+    mut staging: Option<&mut Staging>,
+    model: &mut Model,
     expect_base: Option<&str>,
     signals: usize,
 ) -> Result<Manifest> {
@@ -314,17 +512,11 @@ fn extract(
     let mut manifest: Option<Manifest> = None;
     let mut header: Option<Header> = None;
     let mut buf = vec![0u8; 1 << 20];
-    // Directories made by this archive; in a fresh staging directory no
-    // path exists before its entry (saves two system calls a file).
-    let fresh = staging.is_some_and(|s| fs::read_dir(s).is_ok_and(|mut d| d.next().is_none()));
-    let mut dirs: rustc_hash::FxHashSet<PathBuf> = Default::default();
-    let root = staging.unwrap_or(Path::new(""));
-    if let Some(s) = staging {
-        dirs.insert(s.to_path_buf());
-    }
     // Every path once per archive: a second entry could rewrite a file
     // through a hard link after its hash was taken.
     let mut seen: rustc_hash::FxHashSet<String> = Default::default();
+    // What this archive's tar entries are, checked against its manifest.
+    let mut kinds: BTreeMap<String, EntryKind> = BTreeMap::new();
     let mut pool = match staging {
         Some(_) => Some(Pool::new()?),
         None => None,
@@ -346,7 +538,7 @@ fn extract(
                 header = Some(h);
                 continue;
             }
-            let raw = e.path().with_context(|| corrupt(archive))?.into_owned();
+            let raw = e.path_bytes().into_owned();
             if manifest.is_some() {
                 bail!(
                     "{}: entries after the manifest; {}",
@@ -354,19 +546,17 @@ fn extract(
                     corrupt(archive)
                 );
             }
-            if raw == Path::new(manifest::MANIFEST_ENTRY) {
-                let mut b = Vec::new();
-                e.read_to_end(&mut b).with_context(|| corrupt(archive))?;
+            if raw == manifest::MANIFEST_ENTRY.as_bytes() {
+                let b = read_meta(&mut e, archive, super::MAX_MANIFEST, "manifest")?;
                 manifest = Some(Manifest::from_json(&b, archive)?);
                 continue;
             }
-            if crate::compose::interrupted_since(signals) {
-                return Err(error::Failure {
-                    code: 130,
-                    message: Some("interrupted: nothing was restored".into()),
-                }
-                .into());
+            if interrupt::since(signals) {
+                return Err(interrupt::interrupted("interrupted: nothing was restored"));
             }
+            let Ok(raw) = String::from_utf8(raw) else {
+                return Err(untrusted(archive, "an entry's name is not UTF-8"));
+            };
             let rel = checked_path(&raw, archive)?;
             if !seen.insert(rel.clone()) {
                 bail!(
@@ -376,19 +566,104 @@ fn extract(
                 );
             }
             let ty = e.header().entry_type();
-            let dst = staging.map(|s| s.join(&rel));
+            let kind = match ty {
+                tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
+                tar::EntryType::Directory => EntryKind::Dir,
+                tar::EntryType::Symlink => EntryKind::Symlink,
+                tar::EntryType::Link => EntryKind::Hardlink,
+                other => {
+                    return Err(untrusted(
+                        archive,
+                        format!("entry {rel} has a type ({other:?}) a backup never holds"),
+                    ))
+                }
+            };
+            if !rel.contains('/') && kind != top_kind(&rel) {
+                return Err(untrusted(
+                    archive,
+                    format!(
+                        "{rel} is a {}; it must be a {}",
+                        kind_word(kind),
+                        kind_word(top_kind(&rel))
+                    ),
+                ));
+            }
+            // The manifest has the mode too (checked there); a header without
+            // one is taken as none.
+            let mode = e.header().mode().unwrap_or(0);
+            check_mode(&rel, kind, mode, archive)?;
+            model.check_parents(&rel, archive)?;
+            let target = match kind {
+                EntryKind::Symlink | EntryKind::Hardlink => {
+                    Some(e.link_name_bytes().map(|t| t.into_owned()).ok_or_else(|| {
+                        untrusted(archive, format!("the link {rel} has no target"))
+                    })?)
+                }
+                _ => None,
+            };
+            if kind == EntryKind::Hardlink {
+                let t = String::from_utf8(target.clone().unwrap_or_default()).map_err(|_| {
+                    untrusted(
+                        archive,
+                        format!("the hard link {rel}'s target is not UTF-8"),
+                    )
+                })?;
+                let t = checked_path(&t, archive)?;
+                let known = match model.kind(&t) {
+                    Some(k) => k == EntryKind::File,
+                    None => model.alone,
+                };
+                if !known || t == rel {
+                    return Err(untrusted(
+                        archive,
+                        format!("the hard link {rel} does not lead to a file of the backup"),
+                    ));
+                }
+            }
+            let size = e.header().entry_size().with_context(|| corrupt(archive))?;
+            let replaced = model.set(&rel, kind, if kind == EntryKind::File { size } else { 0 });
+            kinds.insert(rel.clone(), kind);
             let io_ctx = || format!("cannot write {rel} into the temporary directory");
-            match ty {
-                tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    if let (Some(d), Some(pool)) = (&dst, &mut pool) {
-                        let size = e.header().entry_size().with_context(|| corrupt(archive))?;
+            let Some(st) = staging.as_deref_mut() else {
+                // Checked, not written: the content is hashed all the same.
+                if kind == EntryKind::File {
+                    let mut hasher = Sha256::new();
+                    let mut n = 0u64;
+                    loop {
+                        let k = e.read(&mut buf).with_context(|| corrupt(archive))?;
+                        if k == 0 {
+                            break;
+                        }
+                        hasher.update(&buf[..k]);
+                        n += k as u64;
+                    }
+                    hashes.insert(rel, (hex::encode(hasher.finalize()), n));
+                }
+                continue;
+            };
+            if replaced {
+                // A later archive of the chain changed it: the old one goes
+                // first (written files must be on disk to be removed).
+                if let Some(pool) = &mut pool {
+                    pool.wait(&mut hashes)?;
+                }
+                st.tree.remove_all(&rel).with_context(io_ctx)?;
+                st.dirs
+                    .retain(|d| d != &rel && !d.starts_with(&format!("{rel}/")));
+            }
+            st.parents(&rel).with_context(io_ctx)?;
+            match kind {
+                EntryKind::File => {
+                    if let Some(pool) = &mut pool {
                         if size <= POOL_FILE {
-                            prepare(root, d, fresh, &mut dirs).with_context(io_ctx)?;
                             let mut data = Vec::with_capacity(size as usize);
-                            e.read_to_end(&mut data).with_context(|| corrupt(archive))?;
+                            (&mut e)
+                                .take(size)
+                                .read_to_end(&mut data)
+                                .with_context(|| corrupt(archive))?;
                             pool.send(
                                 WriteJob {
-                                    dst: d.clone(),
+                                    tree: st.tree.clone(),
                                     rel,
                                     data,
                                 },
@@ -398,78 +673,39 @@ fn extract(
                         }
                     }
                     let mut hasher = Sha256::new();
-                    let mut size = 0u64;
-                    let mut f = match &dst {
-                        Some(d) => {
-                            prepare(root, d, fresh, &mut dirs).with_context(io_ctx)?;
-                            Some(fs::File::create(d).with_context(io_ctx)?)
-                        }
-                        None => None,
-                    };
+                    let mut n = 0u64;
+                    let mut f = st.tree.create_file(&rel, 0o600).with_context(io_ctx)?;
                     loop {
-                        let n = e.read(&mut buf).with_context(|| corrupt(archive))?;
-                        if n == 0 {
+                        let k = e.read(&mut buf).with_context(|| corrupt(archive))?;
+                        if k == 0 {
                             break;
                         }
-                        hasher.update(&buf[..n]);
-                        size += n as u64;
-                        if let Some(f) = &mut f {
-                            super::write_chunked(f, &buf[..n]).with_context(io_ctx)?;
-                        }
+                        hasher.update(&buf[..k]);
+                        n += k as u64;
+                        super::write_chunked(&mut f, &buf[..k]).with_context(io_ctx)?;
                     }
-                    hashes.insert(rel, (hex::encode(hasher.finalize()), size));
+                    hashes.insert(rel, (hex::encode(hasher.finalize()), n));
                 }
-                tar::EntryType::Directory => {
-                    if let Some(d) = &dst {
-                        if !fresh && fs::symlink_metadata(d).is_ok_and(|m| !m.is_dir()) {
-                            clear(d).with_context(io_ctx)?;
-                        }
-                        if !dirs.contains(d.as_path()) {
-                            prepare(root, &d.join("x"), true, &mut dirs).with_context(io_ctx)?;
-                        }
+                EntryKind::Dir => {
+                    if !st.dirs.contains(&rel) {
+                        st.tree.mkdir(&rel, 0o700).with_context(io_ctx)?;
+                        st.dirs.insert(rel);
                     }
                 }
-                tar::EntryType::Symlink | tar::EntryType::Link => {
-                    let target = e
-                        .link_name()
-                        .with_context(|| corrupt(archive))?
-                        .with_context(|| corrupt(archive))?
-                        .into_owned();
-                    if let Some(d) = &dst {
-                        prepare(root, d, fresh, &mut dirs).with_context(io_ctx)?;
-                        if ty == tar::EntryType::Link {
-                            // The file it names must be written first.
-                            if let Some(pool) = &mut pool {
-                                pool.wait(&mut hashes)?;
-                            }
-                        }
-                        if ty == tar::EntryType::Symlink {
-                            std::os::unix::fs::symlink(&target, d).with_context(io_ctx)?;
-                        } else {
-                            let t = root.join(checked_path(&target, archive)?);
-                            // The target must be a file of this restore,
-                            // reached without a symlink.
-                            let inside = fs::canonicalize(&t)
-                                .ok()
-                                .zip(fs::canonicalize(root).ok())
-                                .is_some_and(|(t, r)| t.starts_with(r))
-                                && fs::symlink_metadata(&t).is_ok_and(|m| m.is_file());
-                            if !inside {
-                                bail!(
-                                    "{}: the hard link {rel} does not lead to a file of the backup; {}",
-                                    archive.display(),
-                                    corrupt(archive)
-                                );
-                            }
-                            fs::hard_link(&t, d).with_context(io_ctx)?;
-                        }
-                    }
+                EntryKind::Symlink => {
+                    let t = <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+                        target.unwrap_or_default(),
+                    );
+                    st.tree.symlink(&t, &rel).with_context(io_ctx)?;
                 }
-                other => bail!(
-                    "{}: entry {rel} has a type ({other:?}) a backup never holds; {}",
-                    archive.display(),
-                    corrupt(archive)
-                ),
+                EntryKind::Hardlink => {
+                    // The file it names must be written first.
+                    if let Some(pool) = &mut pool {
+                        pool.wait(&mut hashes)?;
+                    }
+                    let t = String::from_utf8(target.unwrap_or_default()).unwrap_or_default();
+                    st.tree.hard_link(&t, &rel).with_context(io_ctx)?;
+                }
             }
         }
     }
@@ -494,12 +730,23 @@ fn extract(
             corrupt(archive)
         );
     }
+    for e in &m.entries {
+        check_entry(e, archive)?;
+    }
+    for d in &m.deleted {
+        checked_path(d, archive)?;
+    }
     let mut expected = 0usize;
-    for e in m
-        .entries
-        .iter()
-        .filter(|e| e.stored && e.kind == EntryKind::File)
-    {
+    for e in m.entries.iter().filter(|e| e.stored) {
+        if kinds.get(&e.path) != Some(&e.kind) {
+            return Err(untrusted(
+                archive,
+                format!("{} is not in the archive as its manifest says", e.path),
+            ));
+        }
+        if e.kind != EntryKind::File {
+            continue;
+        }
         expected += 1;
         match hashes.get(&e.path) {
             Some((sha, size)) if Some(sha) == e.sha256.as_ref() && *size == e.size => {}
@@ -516,9 +763,9 @@ fn extract(
             ),
         }
     }
-    if expected != hashes.len() {
+    if expected != hashes.len() || m.entries.iter().filter(|e| e.stored).count() != kinds.len() {
         bail!(
-            "{}: files that the manifest does not list; {}",
+            "{}: entries that the manifest does not list; {}",
             archive.display(),
             corrupt(archive)
         );
@@ -540,109 +787,112 @@ fn fold(state: &mut Option<Manifest>, m: Manifest, archive: &Path) -> Result<()>
     Ok(())
 }
 
-/// Make `staging` hold exactly the paths `m` lists (after an incremental).
-fn prune(staging: &Path, m: &Manifest) -> Result<()> {
+/// Make the model (and `staging`) hold exactly the paths `m` lists (after
+/// an incremental).
+fn prune(model: &mut Model, staging: Option<&mut Staging>, m: &Manifest) -> Result<()> {
     let keep: HashSet<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
-    let mut gone = Vec::new();
-    for item in walkdir::WalkDir::new(staging).min_depth(1) {
-        let item = item?;
-        let rel = item
-            .path()
-            .strip_prefix(staging)?
-            .to_string_lossy()
-            .into_owned();
-        if !keep.contains(rel.as_str()) {
-            gone.push(item.path().to_path_buf());
+    let gone: Vec<String> = model
+        .paths
+        .keys()
+        .filter(|p| !keep.contains(p.as_str()))
+        .cloned()
+        .collect();
+    // A path goes with everything below it (on disk as in the model: a
+    // listed path below an unlisted directory is then missing, and the
+    // chain is refused as incomplete).
+    for p in gone.iter() {
+        for q in model.below(p) {
+            model.paths.remove(&q);
         }
     }
-    // Deepest first; a removed directory takes its children along.
-    for p in gone.iter().rev() {
-        clear(p).with_context(|| format!("cannot remove {}", p.display()))?;
+    if let Some(st) = staging {
+        // Shallowest first; a removed directory takes its children along.
+        for p in &gone {
+            if gone.iter().any(|q| {
+                p.len() > q.len() && p.starts_with(q.as_str()) && p.as_bytes()[q.len()] == b'/'
+            }) {
+                continue;
+            }
+            st.tree
+                .remove_all(p)
+                .with_context(|| format!("cannot remove {p} from the temporary directory"))?;
+            st.dirs.remove(p);
+        }
     }
     Ok(())
 }
 
-/// Check that staging holds what `m` lists and apply owners, modes, times.
-/// Every entry is independent here (all paths exist; changing an entry's
-/// owner, mode or time leaves its directory's time alone), so the work is
-/// spread over every core.
-fn finish_tree(
-    staging: &Path,
-    m: &Manifest,
-    chown: bool,
-    names: Option<(&owners::Names, &owners::Names)>,
-    unknown: &mut Vec<String>,
-) -> Result<()> {
-    use rayon::prelude::*;
-    m.entries.par_iter().try_for_each(|e| -> Result<()> {
-        let p = staging.join(&e.path);
-        let meta = fs::symlink_metadata(&p).with_context(|| {
-            format!(
+/// The model holds exactly what `m` lists, of the kinds and sizes it says.
+fn check_complete(model: &Model, m: &Manifest) -> Result<()> {
+    for e in &m.entries {
+        let want = match e.kind {
+            EntryKind::Hardlink => EntryKind::File,
+            k => k,
+        };
+        match model.paths.get(&e.path) {
+            None => bail!(
                 "{} is missing after the chain was applied; the chain is incomplete",
                 e.path
-            )
-        })?;
+            ),
+            Some((k, size)) => {
+                if *k != want || (e.kind == EntryKind::File && *size != e.size) {
+                    bail!(
+                        "{} differs from its manifest after the chain was applied",
+                        e.path
+                    );
+                }
+            }
+        }
+    }
+    if model.paths.len() != m.entries.len() {
+        bail!(
+            "the restored tree holds paths its manifest does not list; the chain is inconsistent"
+        );
+    }
+    Ok(())
+}
+
+/// Apply owners, modes and times (through the staging tree: nothing is
+/// followed). Every entry is independent here, so the work is spread over
+/// every core.
+fn finish_tree(tree: &Tree, m: &Manifest, chown: bool) -> Result<()> {
+    use rayon::prelude::*;
+    m.entries.par_iter().try_for_each(|e| -> Result<()> {
+        let st = tree
+            .stat(&e.path)
+            .with_context(|| format!("cannot read {}", e.path))?
+            .with_context(|| {
+                format!(
+                    "{} is missing after the chain was applied; the chain is incomplete",
+                    e.path
+                )
+            })?;
+        let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+        use rustix::fs::FileType as F;
         let ok = match e.kind {
-            EntryKind::File | EntryKind::Hardlink => meta.is_file(),
-            EntryKind::Dir => meta.is_dir(),
-            EntryKind::Symlink => meta.file_type().is_symlink(),
+            EntryKind::File | EntryKind::Hardlink => kind == F::RegularFile,
+            EntryKind::Dir => kind == F::Directory,
+            EntryKind::Symlink => kind == F::Symlink,
         };
-        if !ok || (e.kind == EntryKind::File && meta.len() != e.size) {
+        if !ok || (e.kind == EntryKind::File && st.st_size as u64 != e.size) {
             bail!(
                 "{} differs from its manifest after the chain was applied",
                 e.path
             );
         }
+        // Owners, then modes (chown clears setuid bits), then times.
+        if chown {
+            tree.chown(&e.path, e.uid, e.gid)
+                .with_context(|| format!("cannot set the owner of {}", e.path))?;
+        }
+        if e.kind != EntryKind::Symlink {
+            tree.chmod(&e.path, e.mode)
+                .with_context(|| format!("cannot set the mode of {}", e.path))?;
+        }
+        tree.set_mtime(&e.path, e.mtime, e.mtime_nsec)
+            .with_context(|| format!("cannot set the time of {}", e.path))?;
         Ok(())
-    })?;
-    // Owners, then modes (chown clears setuid bits), then times.
-    let unknown_set = m
-        .entries
-        .par_iter()
-        .map(|e| -> Result<Vec<String>> {
-            let p = staging.join(&e.path);
-            let mut unknown = Vec::new();
-            if chown {
-                let ((uid, u_unknown), (gid, g_unknown)) = match names {
-                    Some((users, groups)) => (
-                        owners::map(users, e.user.as_deref(), e.uid),
-                        owners::map(groups, e.group.as_deref(), e.gid),
-                    ),
-                    None => ((e.uid, false), (e.gid, false)),
-                };
-                if u_unknown {
-                    unknown.push(format!(
-                        "user {} (kept {})",
-                        e.user.as_deref().unwrap_or(""),
-                        e.uid
-                    ));
-                }
-                if g_unknown {
-                    unknown.push(format!(
-                        "group {} (kept {})",
-                        e.group.as_deref().unwrap_or(""),
-                        e.gid
-                    ));
-                }
-                std::os::unix::fs::lchown(&p, Some(uid), Some(gid))
-                    .with_context(|| format!("cannot set the owner of {}", e.path))?;
-            }
-            if e.kind != EntryKind::Symlink {
-                use std::os::unix::fs::PermissionsExt;
-                fs::set_permissions(&p, fs::Permissions::from_mode(e.mode))
-                    .with_context(|| format!("cannot set the mode of {}", e.path))?;
-            }
-            let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
-            filetime::set_symlink_file_times(&p, t, t)
-                .with_context(|| format!("cannot set the time of {}", e.path))?;
-            Ok(unknown)
-        })
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .flatten()
-        .collect::<std::collections::BTreeSet<_>>();
-    unknown.extend(unknown_set);
-    Ok(())
+    })
 }
 
 /// Whether a top-level path in the target holds state (more than the
@@ -665,6 +915,103 @@ fn has_state(p: &Path) -> Result<bool> {
     Ok(false)
 }
 
+/// A name for `top` moved aside that nothing has: `TOP.before-restore-TIME`,
+/// then `-2`, `-3`, ... (the rename itself never replaces anything).
+fn move_aside(dir: &Path, top: &str, stamp: &str) -> Result<PathBuf> {
+    let src = dir.join(top);
+    for n in 1..10_000 {
+        let name = if n == 1 {
+            format!("{top}.before-restore-{stamp}")
+        } else {
+            format!("{top}.before-restore-{stamp}-{n}")
+        };
+        let aside = dir.join(&name);
+        match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &src,
+            rustix::fs::CWD,
+            &aside,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => return Ok(aside),
+            Err(rustix::io::Errno::EXIST) | Err(rustix::io::Errno::NOTEMPTY) => continue,
+            Err(e) => {
+                return Err(io::Error::from(e))
+                    .with_context(|| format!("cannot move {} aside", src.display()))
+            }
+        }
+    }
+    bail!("cannot find a free name to move {} aside", src.display())
+}
+
+/// The archive a directory's newest chain ends in: the newest archive by
+/// the time its header records (not by name). Archives of more than one
+/// deployment are ambiguous.
+fn newest_in(dir: &Path, keys: &Keys) -> Result<PathBuf> {
+    let mut found: Vec<(PathBuf, Header)> = Vec::new();
+    let mut unreadable = 0;
+    for p in super::archives_in(dir)? {
+        match read_header(&p, keys) {
+            Ok(h) => found.push((p, h)),
+            Err(e)
+                if error::exit_code(&e) == error::EXIT_USAGE
+                    && found.is_empty()
+                    && unreadable == 0 =>
+            {
+                // Encrypted without the key: say so (the same for all).
+                return Err(e);
+            }
+            Err(_) => unreadable += 1,
+        }
+    }
+    let deployments: std::collections::BTreeSet<Option<&str>> =
+        found.iter().map(|(_, h)| h.deployment.as_deref()).collect();
+    if deployments.len() > 1 {
+        return Err(error::usage(format!(
+            "{} holds archives of {} deployments; name the archive to restore",
+            dir.display(),
+            deployments.len()
+        )));
+    }
+    found
+        .into_iter()
+        .max_by(|a, b| a.1.created.cmp(&b.1.created))
+        .map(|(p, _)| p)
+        .with_context(|| {
+            format!(
+                "{} holds no archives ({}*{}){}",
+                dir.display(),
+                super::PREFIX,
+                super::SUFFIX,
+                if unreadable > 0 {
+                    format!("; {unreadable} files named like archives cannot be read")
+                } else {
+                    String::new()
+                }
+            )
+        })
+}
+
+/// Warn about the restored override files that mount something over the
+/// state: the container would not see what was restored there.
+fn warn_shadowed(ctx: &Context) {
+    let Ok(claimed) = crate::compose::claimed_mounts(&ctx.deployment.user_overrides()) else {
+        return;
+    };
+    for m in claimed {
+        for (apath, target) in deployment::STATE_MOUNTS {
+            let t = m.target.as_str();
+            if t == *target || t.strip_prefix(target).is_some_and(|r| r.starts_with('/')) {
+                ctx.shell.warn(format!(
+                    "{} mounts {} at {t}: the container will see that instead of what was restored into {apath}; remove that mount to use the restored data",
+                    m.file.display(),
+                    m.what,
+                ));
+            }
+        }
+    }
+}
+
 /// Run `restore`.
 pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
     let start = Instant::now();
@@ -674,18 +1021,11 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
     let dir = ctx.deployment.dir().to_path_buf();
     let stdin = opts.archive == Path::new("-");
     let last = if !stdin && opts.archive.is_dir() {
-        super::archives_in(&opts.archive)?.pop().with_context(|| {
-            format!(
-                "{} holds no archives ({}*{})",
-                opts.archive.display(),
-                super::PREFIX,
-                super::SUFFIX
-            )
-        })?
+        newest_in(&opts.archive, &opts.keys)?
     } else {
         opts.archive.clone()
     };
-    if !stdin && !last.exists() {
+    if !stdin && fs::symlink_metadata(&last).is_err() {
         return Err(error::usage(format!("{} does not exist", last.display())));
     }
     let chain: Vec<PathBuf> = if stdin {
@@ -696,6 +1036,14 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
             .map(|(p, _)| p)
             .collect()
     };
+    if let Some(c) = super::running_container(ctx) {
+        return Err(error::usage(format!(
+            "the relay's container {} of {} is running, and its services hold the files a restore replaces; stop it first (`chatmail-docker --dir {} down`), then restore",
+            c.display_name(),
+            dir.display(),
+            dir.display()
+        )));
+    }
     let tops = scan::top_level();
     let conflicts: Vec<PathBuf> = tops
         .iter()
@@ -714,17 +1062,27 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
         )));
     }
 
+    let mut model = Model::default();
     if ctx.dry_run {
-        // Verify every archive (hashes only), write nothing.
+        // Every check of a real run, on the model; nothing is written.
         let mut prev: Option<String> = None;
-        let mut m: Option<Manifest> = None;
+        let mut state: Option<Manifest> = None;
         for a in &chain {
-            let mm = extract(open(a, &opts.keys)?, a, None, prev.as_deref(), signals)?;
+            let m = extract(
+                open(a, &opts.keys)?,
+                a,
+                None,
+                &mut model,
+                prev.as_deref(),
+                signals,
+            )?;
             ctx.shell.out(format!("verified {}", a.display()));
-            prev = Some(mm.header.id.clone());
-            fold(&mut m, mm, a)?;
+            prev = Some(m.header.id.clone());
+            fold(&mut state, m, a)?;
+            prune(&mut model, None, state.as_ref().expect("folded"))?;
         }
-        let m = m.expect("a chain has an archive");
+        let m = state.expect("a chain has an archive");
+        check_complete(&model, &m)?;
         for c in &conflicts {
             ctx.shell.out(format!("would move {} aside", c.display()));
         }
@@ -746,85 +1104,100 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
     }
 
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let staging = tempfile::Builder::new()
+    let staging_dir = tempfile::Builder::new()
         .prefix(".chatmail-restore.")
         .tempdir_in(&dir)
         .with_context(|| format!("cannot create a temporary directory in {}", dir.display()))?;
+    let _registered = interrupt::remove_on_forced_end(staging_dir.path().to_path_buf());
+    let mut staging = Staging {
+        tree: Arc::new(
+            Tree::open(staging_dir.path())
+                .with_context(|| format!("cannot open {}", staging_dir.path().display()))?,
+        ),
+        dirs: Default::default(),
+    };
     let mut prev: Option<String> = None;
     // The deployment as of the archive restored last.
     let mut state: Option<Manifest> = None;
     // What is written goes to disk while more is written: the flush before
     // the move then has little left to wait for.
     let flusher = {
-        let d = fs::File::open(staging.path())
-            .with_context(|| format!("cannot open {}", staging.path().display()))?;
+        let d = fs::File::open(staging_dir.path())
+            .with_context(|| format!("cannot open {}", staging_dir.path().display()))?;
         Flusher::start("restore-flush", Target::FileSystem(d), FLUSH_PERIOD)?
     };
     for a in &chain {
         let m = extract(
             open(a, &opts.keys)?,
             a,
-            Some(staging.path()),
+            Some(&mut staging),
+            &mut model,
             prev.as_deref(),
             signals,
         )?;
         prev = Some(m.header.id.clone());
         fold(&mut state, m, a)?;
-        prune(staging.path(), state.as_ref().expect("folded"))?;
+        prune(
+            &mut model,
+            Some(&mut staging),
+            state.as_ref().expect("folded"),
+        )?;
     }
-    let m = state.expect("a chain has an archive");
+    let mut m = state.expect("a chain has an archive");
+    check_complete(&model, &m)?;
     drop(flusher);
 
-    // Owners by name, from the container that will run the relay.
-    let is_root = rustix::process::geteuid().is_root();
-    let info = if is_root {
-        super::relay_info(ctx)
-    } else {
-        Default::default()
-    };
-    let mut unknown = Vec::new();
-    // Without a container there are no names to map: numeric ids stay.
-    let names = (!info.users.is_empty()).then_some((&info.users, &info.groups));
-    finish_tree(staging.path(), &m, is_root, names, &mut unknown)?;
-    if !is_root {
-        ctx.shell.note("not running as root: files belong to the restoring user; run restore as root to keep owners");
-    } else if info.users.is_empty() {
-        ctx.shell.note("owners restored by number: no running container to map names (the appliance's init re-owns mailboxes and DKIM keys at start when the ids differ)");
-    } else if !unknown.is_empty() {
-        ctx.shell.warn(format!(
-            "names unknown in the container, numeric ids kept: {}",
-            unknown.join(", ")
+    // The mail an earlier layout mounted from the host's /home/vmail is in
+    // the archive now: the marker that mounted it would hide it again.
+    let vmail_archived = m
+        .entries
+        .iter()
+        .any(|e| e.path.starts_with("data/chatmail/vmail/"));
+    if vmail_archived && model.kind(deployment::VMAIL_MARKER).is_some() {
+        staging
+            .tree
+            .remove_all(deployment::VMAIL_MARKER)
+            .context("cannot remove the --mount-vmail marker from the temporary directory")?;
+        m.entries.retain(|e| e.path != deployment::VMAIL_MARKER);
+        ctx.shell.note(format!(
+            "the mail the relay mounted from the host's /home/vmail is restored into data/chatmail/vmail; {} is not restored",
+            deployment::VMAIL_MARKER
         ));
     }
+
+    // Owners are kept by number: the container that will run the relay is
+    // not running (refused above), and the appliance's init gives the
+    // mailboxes, the DKIM keys and the queue to its users by name at start.
+    let is_root = rustix::process::geteuid().is_root();
+    finish_tree(&staging.tree, &m, is_root)?;
+    if !is_root {
+        ctx.shell.note("not running as root: files belong to the restoring user; run restore as root to keep owners");
+    }
     // One flush for the whole tree before it goes into place.
-    let _ = rustix::fs::syncfs(fs::File::open(staging.path())?);
+    let _ = rustix::fs::syncfs(fs::File::open(staging_dir.path())?);
     // An interrupt at any point before the move leaves the target as it
     // was.
-    if crate::compose::interrupted_since(signals) {
-        return Err(error::Failure {
-            code: 130,
-            message: Some("interrupted: nothing was restored".into()),
-        }
-        .into());
+    if interrupt::since(signals) {
+        return Err(interrupt::interrupted("interrupted: nothing was restored"));
     }
 
     // Move into place: what was there aside, then the restored paths in.
+    // Renames only; a forced end waits for them.
     let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
         .to_string()
         .replace([':', '-'], "");
     let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut placed: Vec<PathBuf> = Vec::new();
+    let critical = interrupt::critical();
     let result = (|| -> Result<()> {
         for top in &tops {
-            let src = staging.path().join(top);
+            let src = staging_dir.path().join(top);
             if fs::symlink_metadata(&src).is_err() {
                 continue;
             }
             let dst = dir.join(top);
             if has_state(&dst)? {
-                let aside = dir.join(format!("{top}.before-restore-{stamp}"));
-                fs::rename(&dst, &aside)
-                    .with_context(|| format!("cannot move {} aside", dst.display()))?;
+                let aside = move_aside(&dir, top, &stamp)?;
                 moved.push((dst.clone(), aside));
             } else if let Ok(md) = fs::symlink_metadata(&dst) {
                 if md.is_dir() {
@@ -839,8 +1212,15 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
                     let _ = fs::remove_dir(&dst);
                 }
             }
-            fs::rename(&src, &dst)
-                .with_context(|| format!("cannot move {} into place", dst.display()))?;
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &src,
+                rustix::fs::CWD,
+                &dst,
+                rustix::fs::RenameFlags::NOREPLACE,
+            )
+            .map_err(io::Error::from)
+            .with_context(|| format!("cannot move {} into place", dst.display()))?;
             placed.push(dst);
         }
         Ok(())
@@ -848,7 +1228,7 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
     if let Err(e) = result {
         for p in placed.iter().rev() {
             let rel = p.strip_prefix(&dir).unwrap_or(p);
-            let _ = fs::rename(p, staging.path().join(rel));
+            let _ = fs::rename(p, staging_dir.path().join(rel));
         }
         for (orig, aside) in moved.iter().rev() {
             let _ = fs::rename(aside, orig);
@@ -858,7 +1238,10 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
     if let Ok(d) = fs::File::open(&dir) {
         let _ = d.sync_all();
     }
+    drop(critical);
     drop(staging);
+    drop(staging_dir);
+    warn_shadowed(ctx);
 
     let files: Vec<&Entry> = m
         .entries
@@ -871,7 +1254,7 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
         bytes: files.iter().map(|e| e.size).sum(),
         seconds: start.elapsed().as_secs_f64(),
         moved_aside: moved.into_iter().map(|(_, a)| a).collect(),
-        unknown_owners: unknown,
+        unknown_owners: Vec::new(),
         owners_applied: is_root,
     };
     if opts.json {

@@ -1,20 +1,45 @@
-//! What a backup holds: the deployment's state, listed with metadata
-//! (no content is read here).
+//! What a backup holds: the deployment's state as the relay's container
+//! sees it, listed with metadata (no content is read here), and the way
+//! back to each file for reading it later without following anything.
 //!
-//! `data/` (mailboxes, DKIM keys, certificates, the mail queue, the tool's
-//! state), `chatmail.ini`, `.env`, `custom/` and the administrator's
-//! override file. The repository's placeholder files (`data/README.md`,
-//! `custom/README.md`) belong to the checkout, not to the deployment.
-//! Sockets and fifos are skipped: the services create them at start.
+//! The container sees its state through its mounts ([`Layout`]: the
+//! running container's, else Compose's configuration): `/home`,
+//! `/etc/dkimkeys`, `/var/lib/acme`, `/var/spool/postfix` and
+//! `/var/lib/chatmail-docker` ([`crate::deployment::STATE_MOUNTS`]). Each
+//! is walked from the mount's source as Docker bound it (a `data/chatmail`
+//! that is a symlink to another disk is that disk), with the mounts below
+//! it in place (`/home/vmail` from the host, as `migrate --mount-vmail`
+//! leaves it). A symlink in there is resolved the way the container
+//! resolves it: one that stays inside the state trees is archived as a
+//! link; one that leads into another of the container's mounts is
+//! archived as what it leads to (restored, the container finds the same
+//! thing); one that leads nowhere the host provides (dangling, the image's
+//! own files) stays a link. A directory that would contain itself is an
+//! error. Everything lands under the archive name of its state tree
+//! (`data/chatmail/...`), so a restore is the appliance's standard layout.
+//!
+//! The rest of `data/` (the tool's state files), `chatmail.ini`, `.env`,
+//! `custom/` and the administrator's override file are taken from the
+//! deployment directory as they are (links below the top level are
+//! archived as links). The repository's placeholder files
+//! (`data/README.md`, `custom/README.md`) belong to the checkout, not to
+//! the deployment. Sockets and fifos are skipped: the services create them
+//! at start.
+//!
+//! Every scanned path keeps the directory descriptor it was found under
+//! ([`Roots`]) and its path below it: a file is later opened relative to
+//! that descriptor with no symlink allowed anywhere on the way
+//! ([`crate::host::tree`]), so what is read is what was scanned.
 
 use anyhow::{bail, Context as _, Result};
 use rustix::fd::AsFd;
-use std::fs;
+use std::collections::VecDeque;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::manifest::{Entry, EntryKind};
-use crate::deployment::{self, Deployment};
+use crate::deployment::{self, Deployment, STATE_MOUNTS};
+use crate::host::tree::Tree;
 
 /// The mail queue, `/var/spool/postfix` in the container: the one part of
 /// `data/` that is not safe to copy while Postfix writes it.
@@ -23,6 +48,10 @@ pub const QUEUE_DIR: &str = "data/chatmail-postfix";
 /// Files of the repository checkout that live in the backed-up
 /// directories but are not deployment state.
 pub const PLACEHOLDERS: &[&str] = &["data/README.md", "custom/README.md"];
+
+/// Links followed in one resolution before it counts as a loop (Linux's
+/// limit).
+const MAX_LINKS: u32 = 40;
 
 /// The top-level paths a backup holds, when they exist.
 pub fn top_level() -> Vec<&'static str> {
@@ -36,107 +65,251 @@ pub fn top_level() -> Vec<&'static str> {
     v
 }
 
-/// One path found on disk.
+// ------------------------------------------------------------------ layout
+
+/// What kind of mount the container has at a path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MountKind {
+    /// A host directory (or file) bound in, or a named volume (its data
+    /// directory on the host): readable from the host.
+    Host,
+    /// Memory (`tmpfs`) or anything else the host cannot read.
+    Other(String),
+}
+
+/// One mount of the relay's container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// The path in the container, absolute, without a trailing `/`.
+    pub target: String,
+    /// Where it comes from on the host (absolute; [`MountKind::Host`]).
+    pub source: PathBuf,
+    pub kind: MountKind,
+}
+
+/// Where the layout was read from (for the manifest's notes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutFrom {
+    /// `docker inspect` of the running container.
+    Container,
+    /// `docker compose config` of the deployment.
+    Compose,
+}
+
+/// The container's mounts.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub mounts: Vec<Mount>,
+    pub from: LayoutFrom,
+}
+
+fn clean_target(t: &str) -> String {
+    let n = crate::host::normalize(Path::new(t))
+        .to_string_lossy()
+        .into_owned();
+    match n.trim_end_matches('/') {
+        "" => "/".to_string(),
+        t => t.to_string(),
+    }
+}
+
+impl Layout {
+    /// From `docker inspect`'s `Mounts` of the container.
+    pub fn from_inspect(mounts: &serde_json::Value) -> Result<Layout> {
+        let list = mounts
+            .as_array()
+            .context("`docker inspect` gave no list of mounts")?;
+        let mut out = Vec::new();
+        for m in list {
+            let s = |k: &str| m.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+            let target = clean_target(s("Destination"));
+            let kind = match s("Type") {
+                "bind" | "volume" => MountKind::Host,
+                other => MountKind::Other(other.to_string()),
+            };
+            out.push(Mount {
+                target,
+                source: PathBuf::from(s("Source")),
+                kind,
+            });
+        }
+        Ok(Layout {
+            mounts: out,
+            from: LayoutFrom::Container,
+        })
+    }
+
+    /// From `docker compose config --format json`: the service's volumes
+    /// and tmpfs. A named volume's data directory is asked from Docker by
+    /// `volume_dir`.
+    pub fn from_compose(
+        config: &serde_json::Value,
+        service: &str,
+        volume_dir: impl Fn(&str) -> Result<PathBuf>,
+    ) -> Result<Layout> {
+        let svc = config
+            .get("services")
+            .and_then(|s| s.get(service))
+            .with_context(|| format!("the Compose configuration has no service {service}"))?;
+        let mut out = Vec::new();
+        if let Some(vols) = svc.get("volumes").and_then(|v| v.as_array()) {
+            for v in vols {
+                let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default();
+                let target = clean_target(s("target"));
+                let (source, kind) = match s("type") {
+                    "bind" => (PathBuf::from(s("source")), MountKind::Host),
+                    "volume" if !s("source").is_empty() => {
+                        let name = config
+                            .get("volumes")
+                            .and_then(|x| x.get(s("source")))
+                            .and_then(|x| x.get("name"))
+                            .and_then(|x| x.as_str())
+                            .unwrap_or(s("source"))
+                            .to_string();
+                        (volume_dir(&name)?, MountKind::Host)
+                    }
+                    other => (PathBuf::new(), MountKind::Other(other.to_string())),
+                };
+                out.push(Mount {
+                    target,
+                    source,
+                    kind,
+                });
+            }
+        }
+        if let Some(t) = svc.get("tmpfs") {
+            let list: Vec<&str> = match t {
+                serde_json::Value::String(s) => vec![s.as_str()],
+                serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str()).collect(),
+                _ => vec![],
+            };
+            for s in list {
+                out.push(Mount {
+                    target: clean_target(s.split(':').next().unwrap_or(s)),
+                    source: PathBuf::new(),
+                    kind: MountKind::Other("tmpfs".into()),
+                });
+            }
+        }
+        Ok(Layout {
+            mounts: out,
+            from: LayoutFrom::Compose,
+        })
+    }
+}
+
+/// `p` split into its components (`/` is none).
+fn comps(p: &str) -> Vec<&str> {
+    p.split('/').filter(|c| !c.is_empty()).collect()
+}
+
+/// Whether the component list `p` is `prefix` or below it.
+fn under(p: &[impl AsRef<str>], prefix: &[impl AsRef<str>]) -> bool {
+    p.len() >= prefix.len() && prefix.iter().zip(p).all(|(a, b)| a.as_ref() == b.as_ref())
+}
+
+// ------------------------------------------------------------------- roots
+
+/// The directories a backup reads from, each opened once: the mounts'
+/// sources, `data/`, `custom/`.
+pub struct Roots {
+    trees: Vec<Option<Tree>>,
+}
+
+/// How to find a scanned path again.
+#[derive(Clone, Debug)]
+pub enum HostRel {
+    /// Below root `root`, named by the part of the archive path that starts
+    /// at byte `at`.
+    Suffix { root: u16, at: u32 },
+    /// Below root `root`, at this path (a link's target, archived in its
+    /// place).
+    Own { root: u16, rel: Box<str> },
+    /// A top-level file of the deployment directory (followed when it is a
+    /// link, as Compose does).
+    Top(PathBuf),
+}
+
+impl Roots {
+    pub fn tree(&self, root: u16) -> Option<&Tree> {
+        self.trees.get(root as usize).and_then(Option::as_ref)
+    }
+
+    /// Open a scanned regular file for reading: relative to its root, with
+    /// no symlink anywhere; never blocks. An error of kind
+    /// [`std::io::ErrorKind::InvalidData`] means it is no regular file now.
+    pub fn open(&self, s: &Scanned) -> std::io::Result<(std::fs::File, rustix::fs::Stat)> {
+        match &s.src {
+            HostRel::Top(p) => {
+                use rustix::fs::{FileType, Mode, OFlags};
+                let fd = rustix::fs::open(
+                    p,
+                    OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                let st = rustix::fs::fstat(&fd)?;
+                let kind = FileType::from_raw_mode(st.st_mode);
+                if kind != FileType::RegularFile {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("it is a {} now", crate::host::kind_name(kind)),
+                    ));
+                }
+                rustix::fs::fcntl_setfl(&fd, OFlags::empty())?;
+                Ok((std::fs::File::from(fd), st))
+            }
+            _ => {
+                let (root, rel) = self.locate(s);
+                let tree = self.tree(root).ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no such tree")
+                })?;
+                tree.open_file(rel)
+            }
+        }
+    }
+
+    /// Root and path of a scanned path (not [`HostRel::Top`]).
+    pub fn locate<'a>(&self, s: &'a Scanned) -> (u16, &'a str) {
+        match &s.src {
+            HostRel::Suffix { root, at } => (*root, &s.entry.path[*at as usize..]),
+            HostRel::Own { root, rel } => (*root, rel),
+            HostRel::Top(_) => (u16::MAX, ""),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ scanned
+
+/// One path found.
 #[derive(Clone, Debug)]
 pub struct Scanned {
     pub entry: Entry,
     pub dev: u64,
     pub ino: u64,
     pub nlink: u64,
-}
-
-impl Scanned {
-    /// Where it is, under the deployment directory `dir` (made when needed:
-    /// a backup reads only the files that changed).
-    pub fn abs(&self, dir: &Path) -> PathBuf {
-        dir.join(&self.entry.path)
-    }
+    pub src: HostRel,
 }
 
 /// What a scan found besides entries.
 #[derive(Clone, Debug, Default)]
 pub struct Skipped {
+    /// Sockets and fifos (archive names).
     pub special: Vec<String>,
+    /// Links archived as what they lead to (archive names).
+    pub followed: Vec<String>,
+    /// Worth telling the administrator (links the container cannot follow,
+    /// host directories the container does not see).
+    pub notes: Vec<String>,
 }
 
-/// `stat` (`follow`) or `lstat` of `abs`; `None` when nothing is there.
-fn stat_at(abs: &Path, follow: bool) -> Result<Option<rustix::fs::Stat>> {
-    let st = if follow {
-        rustix::fs::stat(abs)
-    } else {
-        rustix::fs::lstat(abs)
-    };
-    match st {
-        Ok(st) => Ok(Some(st)),
-        Err(rustix::io::Errno::NOENT) => Ok(None),
-        Err(e) => {
-            Err(std::io::Error::from(e)).with_context(|| format!("cannot read {}", abs.display()))
-        }
-    }
-}
-
-/// The entry for the path `abs`, named `rel` (`/`-separated) in the
-/// manifest; `follow` follows a link at `abs` itself. `None` when nothing
-/// is there.
-pub fn entry_at(abs: &Path, rel: &str, follow: bool) -> Result<Option<Scanned>> {
-    let Some(st) = stat_at(abs, follow)? else {
-        return Ok(None);
-    };
-    let target = match rustix::fs::FileType::from_raw_mode(st.st_mode) {
-        rustix::fs::FileType::Symlink => {
-            Some(link_target(&rustix::fs::CWD, abs.as_os_str(), || {
-                abs.to_path_buf()
-            })?)
-        }
-        _ => None,
-    };
-    Ok(Some(entry_of_stat(rel.to_string(), &st, target)))
-}
-
-/// The relative name of `abs` under `dir`, `/`-separated, or an error for
-/// a name the manifest cannot hold.
-pub fn rel_name(dir: &Path, abs: &Path) -> Result<String> {
-    // Bytes, not `Path::strip_prefix`: component parsing was a tenth of
-    // an incremental backup's time.
-    let (d, a) = (
-        dir.as_os_str().as_encoded_bytes(),
-        abs.as_os_str().as_encoded_bytes(),
-    );
-    let rel = match a.strip_prefix(d) {
-        Some(r) if r.first() == Some(&b'/') => &r[1..],
-        Some(r) if d.ends_with(b"/") => r,
-        _ => a,
-    };
-    match std::str::from_utf8(rel).ok() {
-        Some(s) => Ok(s.to_string()),
-        None => bail!(
-            "{}: the name is not UTF-8, which the backup manifest cannot record; rename it",
-            abs.display()
-        ),
-    }
-}
-
-/// The target of the link `name` in `dir` (`shown` names it in errors).
-fn link_target(
-    dir: &impl AsFd,
-    name: &std::ffi::OsStr,
-    shown: impl Fn() -> PathBuf,
-) -> Result<String> {
-    let t = rustix::fs::readlinkat(dir, name, Vec::new())
-        .map_err(std::io::Error::from)
-        .with_context(|| format!("cannot read the link {}", shown().display()))?;
-    match t.into_string() {
-        Ok(t) => Ok(t),
-        Err(_) => bail!(
-            "{}: the link's target is not UTF-8, which the backup manifest cannot record; point it at a UTF-8 name",
-            shown().display()
-        ),
-    }
-}
-
-/// The entry for the path `rel` from its `stat` data; `target` is a
-/// link's target (callers read it for links only).
-fn entry_of_stat(rel: String, st: &rustix::fs::Stat, target: Option<String>) -> Scanned {
+/// The entry of `st`, named `rel` in the manifest; `target` is a link's
+/// target.
+fn entry_of_stat(
+    rel: String,
+    st: &rustix::fs::Stat,
+    target: Option<String>,
+    src: HostRel,
+) -> Scanned {
     use rustix::fs::FileType;
     let kind = match FileType::from_raw_mode(st.st_mode) {
         FileType::Directory => EntryKind::Dir,
@@ -168,7 +341,271 @@ fn entry_of_stat(rel: String, st: &rustix::fs::Stat, target: Option<String>) -> 
         // `nlink_t` is 32 bits wide on some targets.
         #[allow(clippy::unnecessary_cast)]
         nlink: st.st_nlink as u64,
+        src,
     }
+}
+
+/// The target of the link `name` in `dir` (`shown` names it in errors).
+fn link_target(
+    dir: &impl AsFd,
+    name: &std::ffi::OsStr,
+    shown: impl Fn() -> PathBuf,
+) -> Result<String> {
+    let t = rustix::fs::readlinkat(dir, name, Vec::new())
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("cannot read the link {}", shown().display()))?;
+    match t.into_string() {
+        Ok(t) => Ok(t),
+        Err(_) => bail!(
+            "{}: the link's target is not UTF-8, which the backup manifest cannot record; point it at a UTF-8 name",
+            shown().display()
+        ),
+    }
+}
+
+fn not_utf8(shown: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}: the name is not UTF-8, which the backup manifest cannot record; rename it",
+        shown.display()
+    )
+}
+
+// -------------------------------------------------------------------- view
+
+/// What a symlink in a state tree leads to, in the container.
+enum Leads {
+    /// Somewhere inside the state trees, reached without leaving them: the
+    /// same link in the restored layout means the same.
+    Inside,
+    /// An object in a mount outside the state trees (or reached through
+    /// one): archived in the link's place.
+    Elsewhere {
+        root: u16,
+        rel: String,
+        cpath: Vec<String>,
+        st: rustix::fs::Stat,
+    },
+    /// Nothing the host provides: dangling, a loop, or the image's own
+    /// files. The link is archived as it is.
+    Nowhere(&'static str),
+}
+
+/// A looked-up container path.
+enum Lookup {
+    /// In the mount `root`, at `rel` below its source.
+    Found {
+        root: u16,
+        rel: String,
+        st: rustix::fs::Stat,
+    },
+    /// Not there (or not readable as a path: a file on the way).
+    Missing,
+    /// A directory of the image that holds mounts further down.
+    ImageDir,
+    /// The image's own files: unknown from the host.
+    Image,
+}
+
+/// The container's state trees as the scan sees them.
+#[derive(Clone)]
+struct View<'a> {
+    layout: &'a Layout,
+    roots: &'a Roots,
+    /// Component lists of the mounts' targets (same order).
+    targets: Vec<Vec<&'a str>>,
+    /// Component lists of the state targets.
+    state: Vec<Vec<&'static str>>,
+    /// Directories whose entries named like archives are the destination.
+    exclude: &'a Exclude,
+}
+
+/// The backup's destination, when it lies inside what is archived: only
+/// the files a backup writes there are left out, never the directory.
+#[derive(Clone, Debug, Default)]
+pub struct Exclude {
+    /// (device, inode) of the destination's directory.
+    pub dir: Option<(u64, u64)>,
+    /// A destination file's own name (a backup to a file).
+    pub file: Option<String>,
+}
+
+impl Exclude {
+    /// Whether the entry `name` of the directory `(dev, ino)` is the
+    /// destination's: an archive, its manifest, a partial file of one.
+    pub fn skips(&self, dir: (u64, u64), name: &str) -> bool {
+        if self.dir != Some(dir) {
+            return false;
+        }
+        if self.file.as_deref() == Some(name) {
+            return true;
+        }
+        let archive = |n: &str| n.starts_with(super::PREFIX) && n.ends_with(super::SUFFIX);
+        archive(name)
+            || name
+                .strip_suffix(super::manifest::SIDECAR_SUFFIX)
+                .is_some_and(archive)
+            || (name.starts_with('.') && name.ends_with(".partial"))
+    }
+}
+
+impl<'a> View<'a> {
+    fn in_state(&self, cpath: &[impl AsRef<str>]) -> bool {
+        self.state.iter().any(|s| under(cpath, s))
+    }
+
+    /// The mount holding the container path `cpath` (the longest target
+    /// above it) and the path below the mount's source.
+    fn mount_of(&self, cpath: &[impl AsRef<str>]) -> Option<(u16, String)> {
+        let (i, t) = self
+            .targets
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| under(cpath, t) && self.layout.mounts[*i].kind == MountKind::Host)
+            .max_by_key(|(_, t)| t.len())?;
+        // A tmpfs or another mount the host cannot read below it hides it.
+        let hidden = self.targets.iter().enumerate().any(|(j, u)| {
+            self.layout.mounts[j].kind != MountKind::Host && u.len() > t.len() && under(cpath, u)
+        });
+        if hidden {
+            return None;
+        }
+        let rel = cpath[t.len()..]
+            .iter()
+            .map(|c| c.as_ref())
+            .collect::<Vec<_>>()
+            .join("/");
+        Some((i as u16, rel))
+    }
+
+    fn lookup(&self, cpath: &[String]) -> Lookup {
+        match self.mount_of(cpath) {
+            Some((root, rel)) => {
+                let Some(tree) = self.roots.tree(root) else {
+                    return Lookup::Missing;
+                };
+                let st = if rel.is_empty() {
+                    rustix::fs::fstat(tree.fd()).ok()
+                } else {
+                    tree.stat(&rel).ok().flatten()
+                };
+                match st {
+                    Some(st) => Lookup::Found { root, rel, st },
+                    None => Lookup::Missing,
+                }
+            }
+            None if self
+                .targets
+                .iter()
+                .any(|t| t.len() > cpath.len() && under(t, cpath)) =>
+            {
+                Lookup::ImageDir
+            }
+            None => Lookup::Image,
+        }
+    }
+
+    /// Follow the link `target` found in the container directory `dir` as
+    /// the container would.
+    fn leads(&self, dir: &[String], target: &str) -> Leads {
+        use rustix::fs::FileType;
+        let mut cur: Vec<String> = if target.starts_with('/') {
+            Vec::new()
+        } else {
+            dir.to_vec()
+        };
+        let mut todo: VecDeque<String> = comps(target).into_iter().map(String::from).collect();
+        let mut left = false;
+        let mut links = 0;
+        let mut last: Option<(u16, String, rustix::fs::Stat)> = None;
+        while let Some(name) = todo.pop_front() {
+            if name == "." {
+                continue;
+            }
+            if name == ".." {
+                cur.pop();
+                last = None;
+                continue;
+            }
+            cur.push(name);
+            match self.lookup(&cur) {
+                Lookup::Missing => return Leads::Nowhere("it leads to nothing"),
+                Lookup::Image => return Leads::Nowhere("it leads into the image's own files"),
+                Lookup::ImageDir => {
+                    last = None;
+                }
+                Lookup::Found { root, rel, st } => {
+                    if !self.in_state(&cur) {
+                        left = true;
+                    }
+                    match FileType::from_raw_mode(st.st_mode) {
+                        FileType::Symlink => {
+                            links += 1;
+                            if links > MAX_LINKS {
+                                return Leads::Nowhere("it is a loop of links");
+                            }
+                            let Some(text) = self
+                                .roots
+                                .tree(root)
+                                .and_then(|t| t.read_link(&rel).ok())
+                                .and_then(|t| t.into_string().ok())
+                            else {
+                                return Leads::Nowhere("a link on the way cannot be read");
+                            };
+                            cur.pop();
+                            if text.starts_with('/') {
+                                cur.clear();
+                            }
+                            for c in comps(&text).into_iter().rev() {
+                                todo.push_front(c.to_string());
+                            }
+                            last = None;
+                        }
+                        FileType::Directory => last = Some((root, rel, st)),
+                        _ if !todo.is_empty() => return Leads::Nowhere("it leads through a file"),
+                        _ => last = Some((root, rel, st)),
+                    }
+                }
+            }
+        }
+        match last {
+            None => Leads::Nowhere("it leads into the image's own files"),
+            Some(_) if !left && self.in_state(&cur) => Leads::Inside,
+            Some((root, rel, st)) => Leads::Elsewhere {
+                root,
+                rel,
+                cpath: cur,
+                st,
+            },
+        }
+    }
+
+    /// Whether the container path `cpath` is exactly a mount's target (a
+    /// mount below the tree being walked).
+    fn mount_at(&self, cpath: &[String]) -> Option<u16> {
+        self.targets
+            .iter()
+            .position(|t| t.len() == cpath.len() && under(cpath, t))
+            .map(|i| i as u16)
+    }
+}
+
+/// A directory being walked.
+#[derive(Clone)]
+struct Here {
+    root: u16,
+    /// Below the root's source (`""`: the root itself).
+    rel: String,
+    /// Its path in the container, when it is part of the container's view
+    /// (links are then resolved the container's way).
+    cpath: Option<Vec<String>>,
+    /// Its name in the archive.
+    apath: String,
+    /// Directories from the tree's top down to here, (device, inode): a
+    /// followed link to one of them would make the tree contain itself.
+    stack: Vec<(u64, u64)>,
+    /// Whether every path below is named by its archive path's suffix
+    /// (nothing was archived in a link's place on the way).
+    suffix: bool,
 }
 
 /// What one directory holds: its entries in name order, and for each the
@@ -177,302 +614,1118 @@ fn entry_of_stat(rel: String, st: &rustix::fs::Stat, target: Option<String>) -> 
 struct Listing {
     found: Vec<Scanned>,
     below: Vec<Option<Listing>>,
-    special: Vec<String>,
+    skipped: Skipped,
     /// Entries here and below.
     total: usize,
 }
 
 impl Listing {
     /// Each directory followed by what it holds; every entry moved once.
-    fn flatten(self, out: &mut Vec<Scanned>, special: &mut Vec<String>) {
-        special.extend(self.special);
+    fn flatten(self, out: &mut Vec<Scanned>, skipped: &mut Skipped) {
+        skipped.special.extend(self.skipped.special);
+        skipped.followed.extend(self.skipped.followed);
+        skipped.notes.extend(self.skipped.notes);
         for (s, b) in self.found.into_iter().zip(self.below) {
             out.push(s);
             if let Some(b) = b {
-                b.flatten(out, special);
+                b.flatten(out, skipped);
             }
         }
     }
 }
 
-/// The entries below the directory `abs` (already listed itself);
-/// directories are read in parallel and every entry is examined relative
-/// to its directory (no path walk per file).
-fn scan_dir(abs: &Path, rel: &str, skip: &[PathBuf], follow: bool) -> Result<Listing> {
-    use rayon::prelude::*;
-    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-    let io_err = |e: rustix::io::Errno| std::io::Error::from(e);
-    let fd = match rustix::fs::open(
-        abs,
-        // Below the root, a directory replaced by a link since it was
-        // listed is not followed.
-        if follow {
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC
+struct Walker<'a> {
+    view: View<'a>,
+    /// Archive paths left out with what is below them (the queue, read
+    /// apart; the tool's temporary directories).
+    skip: &'a [String],
+}
+
+impl Walker<'_> {
+    fn src(&self, here: &Here, child_apath: &str, child_rel: &str) -> HostRel {
+        if here.suffix {
+            HostRel::Suffix {
+                root: here.root,
+                at: (child_apath.len() - child_rel.len()) as u32,
+            }
         } else {
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW
-        },
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        // Removed (or replaced) since it was listed: a maildir folder
-        // deleted while the backup runs.
-        Err(rustix::io::Errno::NOENT)
-        | Err(rustix::io::Errno::NOTDIR)
-        | Err(rustix::io::Errno::LOOP) => return Ok(Listing::default()),
-        Err(e) => return Err(io_err(e)).with_context(|| format!("cannot read {}", abs.display())),
-    };
-    // The skipped paths that are entries of this directory.
-    let skip_here: Vec<&std::ffi::OsStr> = skip
-        .iter()
-        .filter(|s| s.parent() == Some(abs))
-        .filter_map(|s| s.file_name())
-        .collect();
-    let mut names = Vec::new();
-    let mut dir = rustix::fs::Dir::read_from(&fd)
-        .map_err(io_err)
-        .with_context(|| format!("cannot read {}", abs.display()))?;
-    for item in dir.by_ref() {
-        let item = item
-            .map_err(io_err)
-            .with_context(|| format!("cannot read {}", abs.display()))?;
-        let name = item.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
+            HostRel::Own {
+                root: here.root,
+                rel: child_rel.into(),
+            }
         }
-        let name = std::ffi::OsStr::from_bytes(name);
-        let Some(n) = name.to_str() else {
-            bail!(
-                "{}: the name is not UTF-8, which the backup manifest cannot record; rename it",
-                abs.join(name).display()
-            );
+    }
+
+    /// The entries below the directory `here` (listed itself already).
+    /// Directories are read in parallel; every entry is examined relative
+    /// to its directory's descriptor.
+    fn scan_dir(&self, here: &Here) -> Result<Listing> {
+        use rayon::prelude::*;
+        use rustix::fs::{AtFlags, FileType};
+        let io_err = |e: rustix::io::Errno| std::io::Error::from(e);
+        let Some(tree) = self.view.roots.tree(here.root) else {
+            return Ok(Listing::default());
         };
-        let child_rel = format!("{rel}/{n}");
-        if PLACEHOLDERS.contains(&child_rel.as_str()) || skip_here.contains(&name) {
-            continue;
-        }
-        names.push(child_rel);
-    }
-    // By name: the part after this directory's own path and the `/`.
-    let name_at = rel.len() + 1;
-    fn name_of(child_rel: &str, at: usize) -> &std::ffi::OsStr {
-        child_rel[at..].as_ref()
-    }
-    names.sort_unstable_by(|a, b| name_of(a, name_at).cmp(name_of(b, name_at)));
-    let mut found = Vec::with_capacity(names.len());
-    let mut special = Vec::new();
-    for child_rel in names {
-        let name = name_of(&child_rel, name_at);
-        let st = match rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            // A maildir message renamed or expunged since the listing.
-            Err(rustix::io::Errno::NOENT) => continue,
-            Err(e) => {
-                return Err(io_err(e))
-                    .with_context(|| format!("cannot read {}", abs.join(name).display()))
-            }
-        };
-        match FileType::from_raw_mode(st.st_mode) {
-            FileType::Directory | FileType::RegularFile => {
-                found.push(entry_of_stat(child_rel, &st, None))
-            }
-            FileType::Symlink => {
-                let target = link_target(&fd, name, || abs.join(name))?;
-                found.push(entry_of_stat(child_rel, &st, Some(target)))
-            }
-            _ => special.push(child_rel),
-        }
-    }
-    drop(dir);
-    drop(fd);
-    // What each subdirectory holds, read in parallel.
-    let below = found
-        .par_iter()
-        .map(|s| {
-            if s.entry.kind == EntryKind::Dir {
-                let child = abs.join(name_of(&s.entry.path, name_at));
-                scan_dir(&child, &s.entry.path, skip, false).map(Some)
+        let shown = || tree.show(&here.rel);
+        let (found, heres, skipped) = {
+            let sub;
+            let dir = if here.rel.is_empty() {
+                tree
             } else {
-                Ok(None)
+                sub = match tree.subtree(&here.rel) {
+                    Ok(t) => t,
+                    // Removed or replaced since it was listed: a maildir folder
+                    // deleted while the backup runs. Never followed.
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
+                        ) =>
+                    {
+                        return Ok(Listing::default())
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot read {}", shown().display()))
+                    }
+                };
+                &sub
+            };
+            let dir_st = rustix::fs::fstat(dir.fd()).map_err(io_err)?;
+            let dir_id = (dir_st.st_dev, dir_st.st_ino);
+            let mut names = Vec::new();
+            {
+                let mut list = rustix::fs::Dir::read_from(dir.fd())
+                    .map_err(io_err)
+                    .with_context(|| format!("cannot read {}", shown().display()))?;
+                for item in list.by_ref() {
+                    let item = item
+                        .map_err(io_err)
+                        .with_context(|| format!("cannot read {}", shown().display()))?;
+                    let name = item.file_name().to_bytes();
+                    if name == b"." || name == b".." {
+                        continue;
+                    }
+                    let Ok(n) = std::str::from_utf8(name) else {
+                        return Err(not_utf8(&shown().join(std::ffi::OsStr::from_bytes(name))));
+                    };
+                    let child = format!("{}/{n}", here.apath);
+                    if PLACEHOLDERS.contains(&child.as_str())
+                        || self.skip.contains(&child)
+                        || self.view.exclude.skips(dir_id, n)
+                    {
+                        continue;
+                    }
+                    names.push(child);
+                }
             }
+            // A mount below whose mount point the host has not made yet: the
+            // container sees it all the same.
+            if let Some(c) = &here.cpath {
+                for t in &self.view.targets {
+                    if t.len() == c.len() + 1 && under(t, c) {
+                        let child = format!("{}/{}", here.apath, t[c.len()]);
+                        if !names.contains(&child) {
+                            names.push(child);
+                        }
+                    }
+                }
+            }
+            let name_at = here.apath.len() + 1;
+            names.sort_unstable_by(|a, b| a.as_bytes()[name_at..].cmp(&b.as_bytes()[name_at..]));
+            let mut found = Vec::with_capacity(names.len());
+            let mut heres: Vec<Option<Here>> = Vec::with_capacity(names.len());
+            let mut skipped = Skipped::default();
+            for child in names {
+                let name = &child[name_at..];
+                let child_rel = if here.rel.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{}/{name}", here.rel)
+                };
+                let child_c = here.cpath.as_ref().map(|c| {
+                    let mut c = c.clone();
+                    c.push(name.to_string());
+                    c
+                });
+                // A mount below: the container sees the mount there.
+                if let Some(m) = child_c.as_ref().and_then(|c| self.view.mount_at(c)) {
+                    let mount = &self.view.layout.mounts[m as usize];
+                    if mount.kind != MountKind::Host {
+                        bail!(
+                        "the container mounts a {} at {}: what it holds is not on the host and cannot be backed up",
+                        match &mount.kind {
+                            MountKind::Other(k) => k.as_str(),
+                            MountKind::Host => "",
+                        },
+                        mount.target
+                    );
+                    }
+                    let Some(t) = self.view.roots.tree(m) else {
+                        // Docker makes a missing source: the container sees an
+                        // empty directory there.
+                        continue;
+                    };
+                    let st = rustix::fs::fstat(t.fd()).map_err(io_err)?;
+                    let s = entry_of_stat(
+                        child.clone(),
+                        &st,
+                        None,
+                        HostRel::Own {
+                            root: m,
+                            rel: "".into(),
+                        },
+                    );
+                    let below = Here {
+                        root: m,
+                        rel: String::new(),
+                        cpath: child_c,
+                        apath: child.clone(),
+                        stack: push(&here.stack, &st),
+                        suffix: true,
+                    };
+                    found.push(s);
+                    heres.push(Some(below));
+                    continue;
+                }
+                let st = match rustix::fs::statat(dir.fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => st,
+                    // A maildir message renamed or expunged since the listing.
+                    Err(rustix::io::Errno::NOENT) => continue,
+                    Err(e) => {
+                        return Err(io_err(e)).with_context(|| {
+                            format!("cannot read {}", tree.show(&child_rel).display())
+                        })
+                    }
+                };
+                let src = self.src(here, &child, &child_rel);
+                match FileType::from_raw_mode(st.st_mode) {
+                    FileType::Directory => {
+                        let below = Here {
+                            root: here.root,
+                            rel: child_rel,
+                            cpath: child_c,
+                            apath: child.clone(),
+                            stack: push(&here.stack, &st),
+                            suffix: here.suffix,
+                        };
+                        found.push(entry_of_stat(child, &st, None, src));
+                        heres.push(Some(below));
+                    }
+                    FileType::RegularFile => {
+                        found.push(entry_of_stat(child, &st, None, src));
+                        heres.push(None);
+                    }
+                    FileType::Symlink => {
+                        let target =
+                            link_target(&dir.fd(), name.as_ref(), || tree.show(&child_rel))?;
+                        let leads = match &here.cpath {
+                            Some(c) => self.view.leads(c, &target),
+                            None => Leads::Inside,
+                        };
+                        match leads {
+                            Leads::Inside => {
+                                found.push(entry_of_stat(child, &st, Some(target), src));
+                                heres.push(None);
+                            }
+                            Leads::Nowhere(why) => {
+                                if target.starts_with('/') {
+                                    skipped.notes.push(format!(
+                                    "{child} -> {target} is archived as a link: in the container {why}"
+                                ));
+                                }
+                                found.push(entry_of_stat(child, &st, Some(target), src));
+                                heres.push(None);
+                            }
+                            Leads::Elsewhere {
+                                root,
+                                rel,
+                                cpath,
+                                st: to,
+                            } => {
+                                let to_src = HostRel::Own {
+                                    root,
+                                    rel: rel.clone().into(),
+                                };
+                                match FileType::from_raw_mode(to.st_mode) {
+                                    FileType::Directory => {
+                                        if here.stack.contains(&(to.st_dev, to.st_ino)) {
+                                            bail!(
+                                            "{} is a link to {target}, a directory that holds it: the tree would contain itself; change the link",
+                                            tree.show(&child_rel).display()
+                                        );
+                                        }
+                                        skipped.followed.push(child.clone());
+                                        let below = Here {
+                                            root,
+                                            rel,
+                                            cpath: Some(cpath),
+                                            apath: child.clone(),
+                                            stack: push(&here.stack, &to),
+                                            suffix: false,
+                                        };
+                                        found.push(entry_of_stat(child, &to, None, to_src));
+                                        heres.push(Some(below));
+                                    }
+                                    FileType::RegularFile => {
+                                        skipped.followed.push(child.clone());
+                                        found.push(entry_of_stat(child, &to, None, to_src));
+                                        heres.push(None);
+                                    }
+                                    _ => skipped.special.push(child),
+                                }
+                            }
+                        }
+                    }
+                    _ => skipped.special.push(child),
+                }
+            }
+            (found, heres, skipped)
+        };
+        // What each subdirectory holds, read in parallel (this directory's
+        // descriptor is closed by now).
+        let below = heres
+            .par_iter()
+            .map(|h| match h {
+                Some(h) => self.scan_dir(h).map(Some),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<Option<Listing>>>>()?;
+        let total = found.len() + below.iter().flatten().map(|l| l.total).sum::<usize>();
+        Ok(Listing {
+            found,
+            below,
+            skipped,
+            total,
         })
-        .collect::<Result<Vec<Option<Listing>>>>()?;
-    let total = found.len() + below.iter().flatten().map(|l| l.total).sum::<usize>();
-    Ok(Listing {
-        found,
-        below,
-        special,
-        total,
-    })
+    }
 }
 
-/// A tree's root and, for a directory, what it holds.
-type Tree = (Scanned, Option<Listing>);
-
-/// List one tree (or a single file) of the deployment; `None` when it is
-/// skipped or absent.
-fn list_tree(
-    dir: &Path,
-    top: &Path,
-    skip: &[PathBuf],
-    skipped: &mut Skipped,
-) -> Result<Option<Tree>> {
-    if skip.iter().any(|s| s.as_os_str() == top.as_os_str()) {
-        return Ok(None);
-    }
-    let rel = rel_name(dir, top)?;
-    if PLACEHOLDERS.contains(&rel.as_str()) {
-        return Ok(None);
-    }
-    // The root of a tree may be a link the administrator set up (`data`
-    // on another disk): it is followed, as Compose does.
-    let Some(st) = stat_at(top, true)? else {
-        return Ok(None);
-    };
-    use rustix::fs::FileType;
-    if !matches!(
-        FileType::from_raw_mode(st.st_mode),
-        FileType::Directory | FileType::RegularFile
-    ) {
-        skipped.special.push(rel);
-        return Ok(None);
-    }
-    let root = entry_of_stat(rel.clone(), &st, None);
-    let listing = if root.entry.kind == EntryKind::Dir {
-        Some(scan_dir(top, &rel, skip, true)?)
-    } else {
-        None
-    };
-    Ok(Some((root, listing)))
+fn push(stack: &[(u64, u64)], st: &rustix::fs::Stat) -> Vec<(u64, u64)> {
+    let mut s = stack.to_vec();
+    s.push((st.st_dev, st.st_ino));
+    s
 }
 
-/// Put listed trees into `out` in archive order, growing it once (a list
-/// grown step by step is copied into fresh memory each time).
-fn flatten_trees(trees: Vec<Tree>, out: &mut Vec<Scanned>, skipped: &mut Skipped) {
-    out.reserve(
+// -------------------------------------------------------------------- scan
+
+/// The root of one archived tree, with what it holds.
+type Listed = (Scanned, Option<Listing>);
+
+/// The scan of a deployment.
+pub struct Scan {
+    /// Every path, in archive order (the queue's content apart).
+    pub entries: Vec<Scanned>,
+    pub skipped: Skipped,
+    pub roots: Roots,
+    /// The queue's tree, walked again under the pause ([`Scan::queue`]).
+    queue: Option<Here>,
+    /// The layout, for walking the queue again.
+    layout: Layout,
+    exclude: Exclude,
+}
+
+/// Open the roots a backup reads from: each mount's source (followed, as
+/// Docker binds it), then `data/` and `custom/`.
+fn open_roots(dep: &Deployment, layout: &Layout) -> Result<(Roots, u16, u16)> {
+    let mut trees = Vec::with_capacity(layout.mounts.len() + 2);
+    for m in &layout.mounts {
+        let t = if m.kind == MountKind::Host && !m.source.as_os_str().is_empty() {
+            // Sources are the host's paths as Docker and Compose name them
+            // (the generated override already places them under --root).
+            match Tree::open(&m.source) {
+                Ok(t) => Some(t),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                    None
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "cannot read {}, which the container mounts at {}",
+                            m.source.display(),
+                            m.target
+                        )
+                    })
+                }
+            }
+        } else {
+            None
+        };
+        trees.push(t);
+    }
+    let mut open_dep = |p: PathBuf| -> Result<u16> {
+        let t = match Tree::open(&p) {
+            Ok(t) => Some(t),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => None,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
+        };
+        trees.push(t);
+        Ok((trees.len() - 1) as u16)
+    };
+    let data = open_dep(dep.data())?;
+    let custom = open_dep(dep.custom())?;
+    if trees.len() > u16::MAX as usize {
+        bail!("the container has too many mounts");
+    }
+    Ok((Roots { trees }, data, custom))
+}
+
+/// Scan the deployment as the container `layout` sees it; `skip` are
+/// archive paths left out with what lies below them (the tool's temporary
+/// directories), `exclude` the destination's files.
+pub fn scan(dep: &Deployment, layout: Layout, skip: &[String], exclude: Exclude) -> Result<Scan> {
+    let (roots, data_root, custom_root) = open_roots(dep, &layout)?;
+    let mut trees: Vec<Listed> = Vec::new();
+    let mut skipped = Skipped::default();
+    let mut queue = None;
+    {
+        let view = View {
+            layout: &layout,
+            roots: &roots,
+            targets: layout.mounts.iter().map(|m| comps(&m.target)).collect(),
+            state: STATE_MOUNTS.iter().map(|(_, t)| comps(t)).collect(),
+            exclude: &exclude,
+        };
+        let walker = Walker { view, skip };
+        // data/ itself, then its entries in name order; the state trees
+        // come from the container's view.
+        if let Some(data) = roots.tree(data_root) {
+            let st = rustix::fs::fstat(data.fd()).map_err(std::io::Error::from)?;
+            let root = entry_of_stat(
+                deployment::DATA_DIR.to_string(),
+                &st,
+                None,
+                HostRel::Suffix {
+                    root: data_root,
+                    at: deployment::DATA_DIR.len() as u32,
+                },
+            );
+            let here = Here {
+                root: data_root,
+                rel: String::new(),
+                cpath: None,
+                apath: deployment::DATA_DIR.to_string(),
+                stack: vec![(st.st_dev, st.st_ino)],
+                suffix: true,
+            };
+            // The host's data/, without the state trees.
+            let state_names: Vec<String> =
+                STATE_MOUNTS.iter().map(|(a, _)| a.to_string()).collect();
+            let mut host_skip: Vec<String> = skip.to_vec();
+            host_skip.extend(state_names.iter().cloned());
+            let host_walker = Walker {
+                view: walker.view.clone(),
+                skip: &host_skip,
+            };
+            let mut listing = host_walker.scan_dir(&here)?;
+            // The state trees, in their places by name.
+            for (apath, target) in STATE_MOUNTS {
+                let Some((top, here)) = state_root(&walker, apath, target, &mut skipped)? else {
+                    continue;
+                };
+                if *apath == QUEUE_DIR {
+                    queue = Some(here);
+                    continue;
+                }
+                let below = walker.scan_dir(&here)?;
+                insert_sorted(&mut listing, top, Some(below));
+            }
+            trees.push((root, Some(listing)));
+        } else {
+            for (apath, target) in STATE_MOUNTS {
+                let Some((top, here)) = state_root(&walker, apath, target, &mut skipped)? else {
+                    continue;
+                };
+                if *apath == QUEUE_DIR {
+                    queue = Some(here);
+                    continue;
+                }
+                let below = walker.scan_dir(&here)?;
+                trees.push((top, Some(below)));
+            }
+        }
+        // The deployment's own files.
+        for top in top_level() {
+            if top == deployment::DATA_DIR {
+                continue;
+            }
+            let abs = dep.path(top);
+            if top == deployment::CUSTOM_DIR {
+                let Some(t) = roots.tree(custom_root) else {
+                    continue;
+                };
+                let st = rustix::fs::fstat(t.fd()).map_err(std::io::Error::from)?;
+                let root = entry_of_stat(
+                    top.to_string(),
+                    &st,
+                    None,
+                    HostRel::Suffix {
+                        root: custom_root,
+                        at: top.len() as u32,
+                    },
+                );
+                let here = Here {
+                    root: custom_root,
+                    rel: String::new(),
+                    cpath: None,
+                    apath: top.to_string(),
+                    stack: vec![(st.st_dev, st.st_ino)],
+                    suffix: true,
+                };
+                let listing = walker.scan_dir(&here)?;
+                trees.push((root, Some(listing)));
+                continue;
+            }
+            // A top-level file is followed when it is a link, as Compose
+            // reads it.
+            let st = match rustix::fs::stat(&abs) {
+                Ok(st) => st,
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => {
+                    return Err(std::io::Error::from(e))
+                        .with_context(|| format!("cannot read {}", abs.display()))
+                }
+            };
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
+            {
+                bail!(
+                    "{} is a {}, not a file; make it the file the deployment reads",
+                    abs.display(),
+                    crate::host::kind_name(rustix::fs::FileType::from_raw_mode(st.st_mode))
+                );
+            }
+            trees.push((
+                entry_of_stat(top.to_string(), &st, None, HostRel::Top(abs)),
+                None,
+            ));
+        }
+    }
+    let mut entries = Vec::with_capacity(
         trees
             .iter()
             .map(|(_, l)| 1 + l.as_ref().map_or(0, |l| l.total))
             .sum(),
     );
     for (root, listing) in trees {
-        out.push(root);
+        entries.push(root);
         if let Some(l) = listing {
-            l.flatten(out, &mut skipped.special);
+            l.flatten(&mut entries, &mut skipped);
         }
     }
+    refuse_setid(&entries)?;
+    Ok(Scan {
+        entries,
+        skipped,
+        roots,
+        queue,
+        layout,
+        exclude,
+    })
 }
 
-/// Walk one tree (or a single file) of the deployment. `skip` are absolute
-/// paths left out with what lies below them (the queue, the output).
-pub fn scan_tree(
-    dir: &Path,
-    top: &Path,
-    skip: &[PathBuf],
-    out: &mut Vec<Scanned>,
-    skipped: &mut Skipped,
-) -> Result<()> {
-    let trees = list_tree(dir, top, skip, skipped)?.into_iter().collect();
-    flatten_trees(trees, out, skipped);
+/// A deployment's data runs nothing: a setuid file, or a setgid one that
+/// is not a directory (Postfix's `public/` is a setgid directory), is not
+/// archived, and the backup stops naming it (a restore refuses such an
+/// archive too).
+fn refuse_setid(entries: &[Scanned]) -> Result<()> {
+    let bad: Vec<&str> = entries
+        .iter()
+        .filter(|s| {
+            let m = s.entry.mode;
+            m & 0o4000 != 0 || (m & 0o2000 != 0 && s.entry.kind != EntryKind::Dir)
+        })
+        .map(|s| s.entry.path.as_str())
+        .collect();
+    if let Some(first) = bad.first() {
+        bail!(
+            "{first}{} has the setuid or setgid bit, which a relay's data never has; nothing was written. Remove the bit (chmod u-s,g-s) or the file, then back up again",
+            if bad.len() > 1 {
+                format!(" (and {} more)", bad.len() - 1)
+            } else {
+                String::new()
+            }
+        );
+    }
     Ok(())
 }
 
-/// Everything a backup holds except the queue's content, in archive order.
-pub fn scan(dep: &Deployment, skip: &[PathBuf]) -> Result<(Vec<Scanned>, Skipped)> {
-    let mut trees = Vec::new();
-    let mut skipped = Skipped::default();
-    for top in top_level() {
-        let abs = dep.path(top);
-        if fs::symlink_metadata(&abs).is_err() {
-            continue;
+/// Put a state tree among `data/`'s entries, by name.
+fn insert_sorted(listing: &mut Listing, top: Scanned, below: Option<Listing>) {
+    let at = listing
+        .found
+        .partition_point(|s| s.entry.path.as_bytes() < top.entry.path.as_bytes());
+    listing.total += 1 + below.as_ref().map_or(0, |l| l.total);
+    listing.found.insert(at, top);
+    listing.below.insert(at, below);
+}
+
+/// The top of the state tree archived as `apath`, which the container sees
+/// at `target`: its entry and where to walk it. `None` when there is
+/// nothing there (the container would see an empty directory).
+fn state_root(
+    w: &Walker,
+    apath: &str,
+    target: &str,
+    skipped: &mut Skipped,
+) -> Result<Option<(Scanned, Here)>> {
+    let cpath: Vec<String> = comps(target).into_iter().map(String::from).collect();
+    let view = &w.view;
+    if let Some(m) = view
+        .targets
+        .iter()
+        .position(|t| t.len() == cpath.len() && under(&cpath, t))
+    {
+        let mount = &view.layout.mounts[m];
+        if mount.kind != MountKind::Host {
+            bail!(
+                "the container mounts a {} at {target}: what the relay keeps there is not on the host and cannot be backed up; mount a host directory there (docker/docker-compose.yaml does)",
+                match &mount.kind {
+                    MountKind::Other(k) => k.as_str(),
+                    MountKind::Host => "",
+                }
+            );
         }
-        trees.extend(list_tree(dep.dir(), &abs, skip, &mut skipped)?);
     }
-    let mut out = Vec::new();
-    flatten_trees(trees, &mut out, &mut skipped);
-    Ok((out, skipped))
+    match view.mount_of(&cpath) {
+        None => bail!(
+            "the container does not mount anything from the host at {target}: what the relay keeps there lives only inside the container and cannot be backed up; restore the mount of docker/docker-compose.yaml (check docker-compose.override.yaml)"
+        ),
+        Some((root, rel)) => {
+            let Some(tree) = view.roots.tree(root) else {
+                return Ok(None);
+            };
+            let (root, rel, cpath, st) = if rel.is_empty() {
+                let st = rustix::fs::fstat(tree.fd()).map_err(std::io::Error::from)?;
+                (root, rel, cpath, st)
+            } else {
+                // Inside a larger mount: where the container finds it.
+                let parent: Vec<String> = cpath[..cpath.len() - 1].to_vec();
+                match view.leads(&parent, cpath.last().map(String::as_str).unwrap_or("")) {
+                    Leads::Inside | Leads::Nowhere(_) => match view.lookup(&cpath) {
+                        Lookup::Found { root, rel, st } => (root, rel, cpath, st),
+                        _ => return Ok(None),
+                    },
+                    Leads::Elsewhere { root, rel, cpath, st } => (root, rel, cpath, st),
+                }
+            };
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
+                bail!(
+                    "{target} in the container is not a directory ({} on the host); the relay cannot use it",
+                    view.layout.mounts[root as usize].source.display()
+                );
+            }
+            let host_dir = view.layout.mounts[root as usize].source.clone();
+            let default_dir = Path::new(apath);
+            if !host_dir.ends_with(default_dir) {
+                skipped.notes.push(format!(
+                    "{apath}: archived what the container sees at {target} ({})",
+                    host_dir.join(&rel).display()
+                ));
+            }
+            let top = entry_of_stat(
+                apath.to_string(),
+                &st,
+                None,
+                HostRel::Own {
+                    root,
+                    rel: rel.clone().into(),
+                },
+            );
+            let here = Here {
+                root,
+                suffix: rel.is_empty(),
+                rel,
+                cpath: Some(cpath),
+                apath: apath.to_string(),
+                stack: vec![(st.st_dev, st.st_ino)],
+            };
+            Ok(Some((top, here)))
+        }
+    }
+}
+
+impl Scan {
+    /// The mail queue's tree, listed now (under the pause): its top and
+    /// everything below, in archive order.
+    pub fn queue(&self) -> Result<Option<(Vec<Scanned>, Skipped)>> {
+        let Some(here) = &self.queue else {
+            return Ok(None);
+        };
+        let view = View {
+            layout: &self.layout,
+            roots: &self.roots,
+            targets: self
+                .layout
+                .mounts
+                .iter()
+                .map(|m| comps(&m.target))
+                .collect(),
+            state: STATE_MOUNTS.iter().map(|(_, t)| comps(t)).collect(),
+            exclude: &self.exclude,
+        };
+        let walker = Walker { view, skip: &[] };
+        let Some(tree) = self.roots.tree(here.root) else {
+            return Ok(None);
+        };
+        let st = if here.rel.is_empty() {
+            rustix::fs::fstat(tree.fd()).map_err(std::io::Error::from)?
+        } else {
+            match tree.stat(&here.rel)? {
+                Some(st) => st,
+                None => return Ok(None),
+            }
+        };
+        let top = entry_of_stat(
+            here.apath.clone(),
+            &st,
+            None,
+            HostRel::Own {
+                root: here.root,
+                rel: here.rel.clone().into(),
+            },
+        );
+        let listing = walker.scan_dir(here)?;
+        let mut out = Vec::with_capacity(1 + listing.total);
+        let mut skipped = Skipped::default();
+        out.push(top);
+        listing.flatten(&mut out, &mut skipped);
+        refuse_setid(&out)?;
+        Ok(Some((out, skipped)))
+    }
+
+    /// Where the container's mounts were read from.
+    pub fn layout_from(&self) -> LayoutFrom {
+        self.layout.from
+    }
+
+    /// Whether a mail queue is part of the deployment.
+    pub fn has_queue(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// A maildir message renamed while the backup ran (`new/X` ->
+    /// `cur/X:2,S`, or a flag change in `cur/`): the scanned entry of its
+    /// new name, looked up relative to the same root.
+    pub fn renamed(&self, s: &Scanned) -> Result<Option<Scanned>> {
+        let (root, rel) = self.roots.locate(s);
+        let Some(tree) = self.roots.tree(root) else {
+            return Ok(None);
+        };
+        let (dir_rel, name) = match rel.rsplit_once('/') {
+            Some((d, n)) => (d, n),
+            None => return Ok(None),
+        };
+        let (adir, _) = s.entry.path.rsplit_once('/').unwrap_or(("", ""));
+        let base = name.split(':').next().unwrap_or(name);
+        let mut dirs = vec![(dir_rel.to_string(), adir.to_string())];
+        if let (Some((up, last)), Some((aup, _))) =
+            (dir_rel.rsplit_once('/'), adir.rsplit_once('/'))
+        {
+            if last == "new" {
+                dirs.push((format!("{up}/cur"), format!("{aup}/cur")));
+            }
+        }
+        for (d, ad) in dirs {
+            let Ok(sub) = tree.subtree(&d) else { continue };
+            let Ok(mut list) = rustix::fs::Dir::read_from(sub.fd()) else {
+                continue;
+            };
+            let mut hit = None;
+            for item in list.by_ref().flatten() {
+                let n = item.file_name().to_bytes();
+                let Ok(n) = std::str::from_utf8(n) else {
+                    continue;
+                };
+                if n != name && n.split(':').next() == Some(base) {
+                    hit = Some(n.to_string());
+                    break;
+                }
+            }
+            let Some(n) = hit else { continue };
+            let new_rel = format!("{d}/{n}");
+            let Some(st) = tree.stat(&new_rel)? else {
+                continue;
+            };
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
+            {
+                continue;
+            }
+            let apath = format!("{ad}/{n}");
+            let src = match &s.src {
+                HostRel::Suffix { root, .. } if apath.ends_with(&new_rel) => HostRel::Suffix {
+                    root: *root,
+                    at: (apath.len() - new_rel.len()) as u32,
+                },
+                _ => HostRel::Own {
+                    root,
+                    rel: new_rel.into(),
+                },
+            };
+            return Ok(Some(entry_of_stat(apath, &st, None, src)));
+        }
+        Ok(None)
+    }
+}
+
+/// The layout of a deployment whose container is not running and whose
+/// Compose cannot be asked: the appliance's own mounts (docker/docker-compose.yaml),
+/// the host's `/home/vmail` when `migrate --mount-vmail` left its marker.
+pub fn default_layout(dep: &Deployment, host: &crate::host::Host) -> Layout {
+    let mut mounts: Vec<Mount> = STATE_MOUNTS
+        .iter()
+        .map(|(apath, target)| Mount {
+            target: target.to_string(),
+            source: dep.path(apath),
+            kind: MountKind::Host,
+        })
+        .collect();
+    if dep.vmail_marker().exists() {
+        mounts.push(Mount {
+            target: "/home/vmail".into(),
+            source: host.path("/home/vmail"),
+            kind: MountKind::Host,
+        });
+    }
+    Layout {
+        mounts,
+        from: LayoutFrom::Compose,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    /// A deployment in `d/dep` with the appliance's layout; `extra` more
+    /// mounts (target, host source).
+    fn layout(dep: &Deployment, extra: &[(&str, PathBuf)]) -> Layout {
+        let mut l = default_layout(dep, &crate::host::Host::new("/"));
+        for (t, s) in extra {
+            l.mounts.push(Mount {
+                target: t.to_string(),
+                source: s.clone(),
+                kind: MountKind::Host,
+            });
+        }
+        l
+    }
+
+    fn names(s: &Scan) -> Vec<(String, EntryKind)> {
+        s.entries
+            .iter()
+            .map(|e| (e.entry.path.clone(), e.entry.kind))
+            .collect()
+    }
+
+    fn run(dep: &Deployment, l: Layout) -> Scan {
+        scan(
+            dep,
+            l,
+            &[crate::stage::STAGE_DIR.to_string()],
+            Exclude::default(),
+        )
+        .unwrap()
+    }
+
+    fn content(s: &Scan, path: &str) -> String {
+        use std::io::Read;
+        let e = s.entries.iter().find(|e| e.entry.path == path).unwrap();
+        let mut out = String::new();
+        s.roots.open(e).unwrap().0.read_to_string(&mut out).unwrap();
+        out
+    }
 
     #[test]
-    fn scans_state_and_skips_placeholders_sockets_and_skipped_trees() {
+    fn the_appliance_layout_skips_placeholders_sockets_and_the_queue() {
         let d = tempfile::tempdir().unwrap();
         let dep = Deployment::new(d.path().to_path_buf());
         fs::create_dir_all(d.path().join("data/chatmail/vmail")).unwrap();
         fs::create_dir_all(d.path().join("data/chatmail-postfix/deferred")).unwrap();
+        fs::create_dir_all(d.path().join("data/.upgrade-stage/x")).unwrap();
         fs::write(d.path().join("data/README.md"), "placeholder").unwrap();
+        fs::write(d.path().join("data/.upgrade-state.json"), "{}").unwrap();
         fs::write(d.path().join("data/chatmail/vmail/m"), "mail").unwrap();
         fs::write(d.path().join("data/chatmail-postfix/deferred/Q"), "q").unwrap();
         fs::write(d.path().join(".env"), "A=1").unwrap();
         fs::create_dir_all(d.path().join("relay")).unwrap();
-        let _sock = std::os::unix::net::UnixListener::bind(d.path().join("data/s")).unwrap();
-        let (list, skipped) = scan(&dep, &[d.path().join(QUEUE_DIR)]).unwrap();
-        let names: Vec<&str> = list.iter().map(|s| s.entry.path.as_str()).collect();
+        let _sock =
+            std::os::unix::net::UnixListener::bind(d.path().join("data/chatmail/s")).unwrap();
+        let s = run(&dep, layout(&dep, &[]));
         assert_eq!(
-            names,
+            names(&s),
+            [
+                ("data".into(), EntryKind::Dir),
+                ("data/.upgrade-state.json".into(), EntryKind::File),
+                ("data/chatmail".into(), EntryKind::Dir),
+                ("data/chatmail/vmail".into(), EntryKind::Dir),
+                ("data/chatmail/vmail/m".into(), EntryKind::File),
+                (".env".into(), EntryKind::File),
+            ]
+        );
+        assert_eq!(s.skipped.special, ["data/chatmail/s"]);
+        assert_eq!(content(&s, "data/chatmail/vmail/m"), "mail");
+        let (q, _) = s.queue().unwrap().unwrap();
+        let q: Vec<&str> = q.iter().map(|e| e.entry.path.as_str()).collect();
+        assert_eq!(
+            q,
+            [
+                "data/chatmail-postfix",
+                "data/chatmail-postfix/deferred",
+                "data/chatmail-postfix/deferred/Q"
+            ]
+        );
+    }
+
+    #[test]
+    fn linked_sources_and_mounts_below_are_what_the_container_sees() {
+        let d = tempfile::tempdir().unwrap();
+        let dep_dir = d.path().join("dep");
+        let dep = Deployment::new(dep_dir.clone());
+        // data/chatmail is a link to a bigger disk; the queue too.
+        let disk = d.path().join("disk2");
+        fs::create_dir_all(disk.join("mail/cur")).unwrap();
+        fs::write(disk.join("mail/cur/a"), "1").unwrap();
+        fs::create_dir_all(disk.join("queue/active")).unwrap();
+        fs::write(disk.join("queue/active/Q1"), "queued").unwrap();
+        fs::create_dir_all(dep_dir.join("data")).unwrap();
+        symlink(disk.join("mail"), dep_dir.join("data/chatmail")).unwrap();
+        symlink(disk.join("queue"), dep_dir.join("data/chatmail-postfix")).unwrap();
+        // The host's /home/vmail, mounted below /home (migrate --mount-vmail).
+        let vmail = d.path().join("host-home-vmail");
+        fs::create_dir_all(vmail.join("mail/example.org/u")).unwrap();
+        fs::write(vmail.join("mail/example.org/u/m"), "mounted").unwrap();
+        let s = run(&dep, layout(&dep, &[("/home/vmail", vmail.clone())]));
+        assert_eq!(
+            names(&s),
+            [
+                ("data".into(), EntryKind::Dir),
+                ("data/chatmail".into(), EntryKind::Dir),
+                ("data/chatmail/cur".into(), EntryKind::Dir),
+                ("data/chatmail/cur/a".into(), EntryKind::File),
+                ("data/chatmail/vmail".into(), EntryKind::Dir),
+                ("data/chatmail/vmail/mail".into(), EntryKind::Dir),
+                (
+                    "data/chatmail/vmail/mail/example.org".into(),
+                    EntryKind::Dir
+                ),
+                (
+                    "data/chatmail/vmail/mail/example.org/u".into(),
+                    EntryKind::Dir
+                ),
+                (
+                    "data/chatmail/vmail/mail/example.org/u/m".into(),
+                    EntryKind::File
+                ),
+            ]
+        );
+        assert_eq!(content(&s, "data/chatmail/cur/a"), "1");
+        assert_eq!(
+            content(&s, "data/chatmail/vmail/mail/example.org/u/m"),
+            "mounted"
+        );
+        let (q, _) = s.queue().unwrap().unwrap();
+        assert_eq!(
+            q.last().unwrap().entry.path,
+            "data/chatmail-postfix/active/Q1"
+        );
+        assert_eq!(content_of(&s, &q[2]), "queued");
+    }
+
+    fn content_of(s: &Scan, e: &Scanned) -> String {
+        use std::io::Read;
+        let mut out = String::new();
+        s.roots.open(e).unwrap().0.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn links_are_resolved_as_the_container_resolves_them() {
+        let d = tempfile::tempdir().unwrap();
+        let dep_dir = d.path().join("dep");
+        let dep = Deployment::new(dep_dir.clone());
+        let home = dep_dir.join("data/chatmail");
+        fs::create_dir_all(home.join("vmail/mail")).unwrap();
+        fs::create_dir_all(dep_dir.join("data/chatmail-acme/certs/c")).unwrap();
+        fs::write(dep_dir.join("data/chatmail-acme/certs/c/fullchain"), "CERT").unwrap();
+        fs::create_dir_all(dep_dir.join("data/chatmail-acme/live")).unwrap();
+        // Inside the tree: kept.
+        symlink("../certs/c", dep_dir.join("data/chatmail-acme/live/x")).unwrap();
+        // Into another state tree, absolute in the container: kept.
+        symlink("/var/lib/acme/certs/c", home.join("cert")).unwrap();
+        // Into a mount of the administrator's: archived as what it is.
+        let srv = d.path().join("srv");
+        fs::create_dir_all(srv.join("archive/old")).unwrap();
+        fs::write(srv.join("archive/old/m1"), "old mail").unwrap();
+        fs::write(srv.join("note"), "a file").unwrap();
+        symlink("/srv/data/archive", home.join("vmail/mail/archive")).unwrap();
+        symlink("../../../srv/data/note", home.join("vmail/note")).unwrap();
+        // A host path the container does not have, and a dangling link:
+        // kept, with a note for the absolute one.
+        symlink(d.path().join("srv"), home.join("hostpath")).unwrap();
+        symlink("nothing", home.join("dangling")).unwrap();
+        // A link to /etc: the image's own file.
+        symlink("/etc/passwd", home.join("passwd")).unwrap();
+        let s = run(&dep, layout(&dep, &[("/srv/data", srv.clone())]));
+        let get = |p: &str| {
+            s.entries
+                .iter()
+                .find(|e| e.entry.path == p)
+                .unwrap_or_else(|| panic!("{p} missing: {:?}", names(&s)))
+        };
+        assert_eq!(
+            get("data/chatmail-acme/live/x").entry.kind,
+            EntryKind::Symlink
+        );
+        assert_eq!(get("data/chatmail/cert").entry.kind, EntryKind::Symlink);
+        assert_eq!(
+            get("data/chatmail/vmail/mail/archive").entry.kind,
+            EntryKind::Dir
+        );
+        assert_eq!(
+            content(&s, "data/chatmail/vmail/mail/archive/old/m1"),
+            "old mail"
+        );
+        assert_eq!(get("data/chatmail/vmail/note").entry.kind, EntryKind::File);
+        assert_eq!(content(&s, "data/chatmail/vmail/note"), "a file");
+        for p in [
+            "data/chatmail/hostpath",
+            "data/chatmail/dangling",
+            "data/chatmail/passwd",
+        ] {
+            assert_eq!(get(p).entry.kind, EntryKind::Symlink, "{p}");
+        }
+        let mut followed = s.skipped.followed.clone();
+        followed.sort();
+        assert_eq!(
+            followed,
+            [
+                "data/chatmail/vmail/mail/archive",
+                "data/chatmail/vmail/note"
+            ]
+        );
+        assert!(
+            s.skipped
+                .notes
+                .iter()
+                .any(|n| n.contains("data/chatmail/hostpath")),
+            "{:?}",
+            s.skipped.notes
+        );
+    }
+
+    #[test]
+    fn a_link_that_makes_a_tree_contain_itself_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dep_dir = d.path().join("dep");
+        let dep = Deployment::new(dep_dir.clone());
+        let home = dep_dir.join("data/chatmail");
+        fs::create_dir_all(home.join("a")).unwrap();
+        // /srv/loop is the host's data/chatmail again.
+        symlink("/srv/loop/a", home.join("a/again")).unwrap();
+        let err = scan(
+            &dep,
+            layout(&dep, &[("/srv/loop", home.clone())]),
+            &[],
+            Exclude::default(),
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("contain itself"), "{err}");
+    }
+
+    #[test]
+    fn state_the_container_keeps_to_itself_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let dep = Deployment::new(d.path().to_path_buf());
+        fs::create_dir_all(d.path().join("data/chatmail")).unwrap();
+        let mut l = default_layout(&dep, &crate::host::Host::new("/"));
+        l.mounts.retain(|m| m.target != "/home");
+        let err = scan(&dep, l, &[], Exclude::default()).err().unwrap();
+        assert!(err.to_string().contains("/home"), "{err}");
+        let mut l = default_layout(&dep, &crate::host::Host::new("/"));
+        l.mounts.push(Mount {
+            target: "/var/spool/postfix".into(),
+            source: PathBuf::new(),
+            kind: MountKind::Other("tmpfs".into()),
+        });
+        l.mounts.retain(|m| m.source != dep.path(QUEUE_DIR));
+        let err = scan(&dep, l, &[], Exclude::default()).err().unwrap();
+        assert!(err.to_string().contains("tmpfs"), "{err}");
+    }
+
+    #[test]
+    fn only_the_destinations_own_files_are_left_out() {
+        let d = tempfile::tempdir().unwrap();
+        let dep = Deployment::new(d.path().to_path_buf());
+        let data = d.path().join("data");
+        fs::create_dir_all(data.join("chatmail/vmail")).unwrap();
+        fs::write(data.join("chatmail/vmail/m"), "mail").unwrap();
+        for n in [
+            "chatmail-backup-1-full.tar.zst",
+            "chatmail-backup-1-full.tar.zst.manifest.json",
+            ".chatmail-backup-2-full.tar.zst.x1.partial",
+            "keep.txt",
+        ] {
+            fs::write(data.join(n), "x").unwrap();
+        }
+        let st = rustix::fs::stat(&data).unwrap();
+        let s = scan(
+            &dep,
+            default_layout(&dep, &crate::host::Host::new("/")),
+            &[],
+            Exclude {
+                dir: Some((st.st_dev, st.st_ino)),
+                file: None,
+            },
+        )
+        .unwrap();
+        let n: Vec<String> = names(&s).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            n,
             [
                 "data",
                 "data/chatmail",
                 "data/chatmail/vmail",
                 "data/chatmail/vmail/m",
-                ".env"
+                "data/keep.txt"
             ]
         );
-        assert_eq!(skipped.special, ["data/s"]);
     }
 
     #[test]
-    fn one_path_is_read_as_the_scan_reads_it() {
+    fn a_file_swapped_for_a_link_or_fifo_is_never_followed() {
         let d = tempfile::tempdir().unwrap();
-        fs::write(d.path().join("m"), "mail").unwrap();
-        std::os::unix::fs::symlink("m", d.path().join("l")).unwrap();
-        let link = entry_at(&d.path().join("l"), "data/l", false)
-            .unwrap()
-            .unwrap();
-        assert_eq!(link.entry.path, "data/l");
-        assert_eq!(link.entry.kind, EntryKind::Symlink);
-        assert_eq!(link.entry.target.as_deref(), Some("m"));
-        let file = entry_at(&d.path().join("l"), "data/l", true)
-            .unwrap()
-            .unwrap();
-        assert_eq!((file.entry.kind, file.entry.size), (EntryKind::File, 4));
-        assert!(file.entry.target.is_none());
-        assert!(entry_at(&d.path().join("gone"), "data/gone", false)
-            .unwrap()
-            .is_none());
-    }
-
-    #[test]
-    fn a_linked_data_directory_is_followed_links_below_it_are_not() {
-        let d = tempfile::tempdir().unwrap();
-        let elsewhere = d.path().join("disk2");
-        fs::create_dir_all(elsewhere.join("chatmail/cur")).unwrap();
-        fs::write(elsewhere.join("chatmail/cur/b"), "2").unwrap();
-        fs::write(elsewhere.join("chatmail/cur/a"), "1").unwrap();
-        std::os::unix::fs::symlink("/etc", elsewhere.join("chatmail/etc-link")).unwrap();
-        let dep_dir = d.path().join("dep");
-        fs::create_dir_all(&dep_dir).unwrap();
-        std::os::unix::fs::symlink(&elsewhere, dep_dir.join("data")).unwrap();
-        let dep = Deployment::new(dep_dir);
-        let (list, _) = scan(&dep, &[]).unwrap();
-        let got: Vec<(&str, EntryKind)> = list
-            .iter()
-            .map(|s| (s.entry.path.as_str(), s.entry.kind))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("data", EntryKind::Dir),
-                ("data/chatmail", EntryKind::Dir),
-                ("data/chatmail/cur", EntryKind::Dir),
-                ("data/chatmail/cur/a", EntryKind::File),
-                ("data/chatmail/cur/b", EntryKind::File),
-                ("data/chatmail/etc-link", EntryKind::Symlink),
-            ]
-        );
-        assert_eq!(list[5].entry.target.as_deref(), Some("/etc"));
-        assert_eq!(list[3].entry.size, 1);
+        let dep = Deployment::new(d.path().to_path_buf());
+        let cur = d.path().join("data/chatmail/vmail/cur");
+        fs::create_dir_all(&cur).unwrap();
+        fs::write(cur.join("a"), "mail").unwrap();
+        fs::write(cur.join("b"), "mail").unwrap();
+        fs::create_dir_all(d.path().join("data/chatmail/dir")).unwrap();
+        fs::write(d.path().join("data/chatmail/dir/c"), "mail").unwrap();
+        let s = run(&dep, default_layout(&dep, &crate::host::Host::new("/")));
+        let find = |p: &str| s.entries.iter().find(|e| e.entry.path == p).unwrap();
+        fs::remove_file(cur.join("a")).unwrap();
+        symlink("/etc/passwd", cur.join("a")).unwrap();
+        fs::remove_file(cur.join("b")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            cur.join("b").as_path(),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // A directory on the way swapped for a link to elsewhere.
+        fs::rename(d.path().join("data/chatmail/dir"), d.path().join("moved")).unwrap();
+        symlink(d.path().join("moved"), d.path().join("data/chatmail/dir")).unwrap();
+        for p in [
+            "data/chatmail/vmail/cur/a",
+            "data/chatmail/vmail/cur/b",
+            "data/chatmail/dir/c",
+        ] {
+            let err = s.roots.open(find(p)).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{p}: {err}");
+        }
     }
 }

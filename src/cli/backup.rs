@@ -81,8 +81,14 @@ impl KeyArgs {
     }
 }
 
+/// How long Ctrl-C or SIGTERM gives `backup` and `restore` to end by
+/// themselves before they are ended by force (their temporary files
+/// removed): they may be blocked on a pipe or a `docker` call.
+const END_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl BackupArgs {
     pub fn exec(self, ctx: &Context) -> Result<()> {
+        crate::host::interrupt::end_within(END_WITHIN);
         let keys = self.keys.keys()?;
         let mut list = self.recipient.clone();
         if let Some(f) = &self.recipients_file {
@@ -119,6 +125,7 @@ impl BackupArgs {
                 pause: !self.no_pause,
                 encrypt,
                 keys,
+                origin: backup::Origin::Backup,
             },
         )
         .map(|_| ())
@@ -145,6 +152,7 @@ pub struct RestoreArgs {
 
 impl RestoreArgs {
     pub fn exec(self, ctx: &Context) -> Result<()> {
+        crate::host::interrupt::end_within(END_WITHIN);
         restore::run(
             ctx,
             &RestoreOptions {

@@ -841,6 +841,7 @@ fn take_backup(ctx: &Context, dir: &Path) -> Result<Option<PathBuf>> {
         &backup::BackupOptions {
             output: backup::Output::Dir(dir.to_path_buf()),
             keep: Some(BACKUP_KEEP),
+            origin: backup::Origin::Upgrade,
             ..Default::default()
         },
     )?;

@@ -16,7 +16,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// A deployment directory with mail, keys, a queue and configuration.
-fn deployment(root: &Path) -> PathBuf {
+pub(crate) fn deployment(root: &Path) -> PathBuf {
     let d = root.join("deploy");
     let mail = d.join("data/chatmail/vmail/mail/example.org/u@example.org");
     for sub in ["cur", "new", "tmp"] {
@@ -66,9 +66,9 @@ fn deployment(root: &Path) -> PathBuf {
     fs::write(d.join("custom/www/src/index.md"), "# hello").unwrap();
     fs::write(d.join("docker-compose.override.yaml"), "services: {}\n").unwrap();
     fs::create_dir_all(d.join("docker")).unwrap();
-    fs::write(
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/docker-compose.yaml"),
         d.join("docker/docker-compose.yaml"),
-        "services: {chatmail: {image: x}}\n",
     )
     .unwrap();
     if rustix::process::geteuid().is_root() {
@@ -81,7 +81,7 @@ fn deployment(root: &Path) -> PathBuf {
 }
 
 /// (uid, gid) of the mail directory and the DKIM key.
-fn owners_of(d: &Path) -> Vec<(u32, u32)> {
+pub(crate) fn owners_of(d: &Path) -> Vec<(u32, u32)> {
     ["data/chatmail", "data/chatmail-dkimkeys/opendkim.private"]
         .iter()
         .map(|p| {
@@ -94,13 +94,19 @@ fn owners_of(d: &Path) -> Vec<(u32, u32)> {
 /// A stand-in `docker` that logs its arguments to `log`. `running`: the
 /// container runs (answers `ps` and the relay's facts); `extra` runs for
 /// any call whose arguments contain `systemctl freeze`.
-fn docker(bin_dir: &Path, log: &Path, running: bool, on_freeze: &str) {
+pub(crate) fn docker(bin_dir: &Path, log: &Path, running: bool, on_freeze: &str) {
     docker_with(bin_dir, log, running, on_freeze, true)
 }
 
 /// [`docker`]; `thawer`: whether the waiting thaw shell works (else the
 /// tool falls back to a second exec).
-fn docker_with(bin_dir: &Path, log: &Path, running: bool, on_freeze: &str, thawer: bool) {
+pub(crate) fn docker_with(
+    bin_dir: &Path,
+    log: &Path,
+    running: bool,
+    on_freeze: &str,
+    thawer: bool,
+) {
     let ps = if running { "echo c0ffee" } else { ":" };
     let thaw_shell = if thawer {
         format!(
@@ -124,17 +130,43 @@ case "$*" in
   "inspect c0ffee") printf '[{{"Id":"c0ffee","Name":"/chatmail-chatmail-1","Image":"sha256:0","State":{{"Status":"running","Running":true,"StartedAt":"2026-01-01T00:00:00Z","ExitCode":0}},"Config":{{"Image":"chatmail-relay:local","Labels":{{"com.docker.compose.project.working_dir":"%s"}}}}}}]' "$(cat '{log}.dir')"; exit 0;;
   *"sh -c"*) printf 'img-1\n@@\nrelaycommit\n@@\nroot:x:0:0::/:/bin/sh\nvmail:x:{uid}:{uid}::/home/vmail:/bin/false\n@@\nroot:x:0:\nvmail:x:{uid}:\n'; exit 0;;
   *"systemctl freeze"*) {on_freeze}; exit 0;;
+  *" config --format json"*) {config};;
 esac
 exit 0"#,
             log = log.display(),
             uid = rustix::process::geteuid().as_raw() + 5000,
+            config = compose_config_answer(),
         ),
     );
 }
 
+/// How a stand-in `docker` answers `compose config --format json`: the
+/// real Compose's answer where there is one, else the appliance's own
+/// mounts below the project directory (what the real one would say).
+pub(crate) fn compose_config_answer() -> String {
+    let real = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("docker"))
+        .find(|p| p.is_file());
+    match real {
+        Some(r) if crate::support::have_compose_v2() => format!("exec '{}' \"$@\"", r.display()),
+        _ => {
+            let binds: Vec<String> = chatmail_docker::deployment::STATE_MOUNTS
+                .iter()
+                .map(|(a, t)| format!(r#"{{"type":"bind","source":"%s/{a}","target":"{t}"}}"#))
+                .collect();
+            let n = binds.len();
+            format!(
+                r#"prev=; for a in "$@"; do [ "$prev" = --project-directory ] && dir=$a; prev=$a; done; printf '{{"services":{{"chatmail":{{"volumes":[{}]}}}}}}' {}; exit 0"#,
+                binds.join(","),
+                vec!["\"$dir\""; n].join(" ")
+            )
+        }
+    }
+}
+
 /// path -> (kind, mode, size, content or link, mtime) for everything a
 /// backup holds.
-fn state(d: &Path) -> BTreeMap<String, (String, u32, u64, Vec<u8>, i64)> {
+pub(crate) fn state(d: &Path) -> BTreeMap<String, (String, u32, u64, Vec<u8>, i64)> {
     let mut out = BTreeMap::new();
     for top in [
         "data",
@@ -187,7 +219,7 @@ fn state(d: &Path) -> BTreeMap<String, (String, u32, u64, Vec<u8>, i64)> {
     out
 }
 
-fn run(dir: &Path, bin_dir: &Path, args: &[&str]) -> std::process::Output {
+pub(crate) fn run(dir: &Path, bin_dir: &Path, args: &[&str]) -> std::process::Output {
     bin()
         .env("PATH", path_with(bin_dir))
         .arg("--dir")
@@ -199,13 +231,13 @@ fn run(dir: &Path, bin_dir: &Path, args: &[&str]) -> std::process::Output {
 
 /// The stand-in `docker` ([`docker`], no hook on freeze) in `t/bin`,
 /// logging to `t/docker.log`: (its directory, the log).
-fn stand_in(t: &Path, running: bool) -> (PathBuf, PathBuf) {
+pub(crate) fn stand_in(t: &Path, running: bool) -> (PathBuf, PathBuf) {
     let (bin_dir, log) = (t.join("bin"), t.join("docker.log"));
     docker(&bin_dir, &log, running, ":");
     (bin_dir, log)
 }
 
-fn archives(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn archives(dir: &Path) -> Vec<PathBuf> {
     backup::archives_in(dir).unwrap()
 }
 
@@ -523,7 +555,7 @@ fn nodes() -> impl Strategy<Value = Vec<(Vec<String>, Node)>> {
     let node = prop_oneof![
         (
             proptest::collection::vec(any::<u8>(), 0..3000),
-            prop_oneof![Just(0o600u32), Just(0o644), Just(0o755), Just(0o4750)]
+            prop_oneof![Just(0o600u32), Just(0o644), Just(0o755), Just(0o750)]
         )
             .prop_map(|(b, m)| Node::File(b, m)),
         prop_oneof![Just(0o700u32), Just(0o755), Just(0o1777)].prop_map(Node::Dir),
@@ -925,7 +957,7 @@ fn an_interrupted_restore_leaves_nothing() {
 
 /// An archive written by hand (not by `backup`): the header entry, then
 /// whatever `add` appends, zstd-compressed.
-fn hand_made_archive(
+pub(crate) fn hand_made_archive(
     path: &Path,
     header: &[u8],
     add: impl FnOnce(&mut tar::Builder<zstd::stream::AutoFinishEncoder<'static, fs::File>>),

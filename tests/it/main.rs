@@ -11,6 +11,7 @@ mod support;
 
 mod appliance_init;
 mod backup;
+mod backup_trust;
 mod certwatch;
 mod certwatch_reload;
 mod certwatch_unit;
