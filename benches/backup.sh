@@ -47,11 +47,26 @@ cp "$W/gen/usr/local/lib/chatmaild/chatmail.ini" "$D/chatmail.ini"
 echo "MAIL_DOMAIN=example.org" > "$D/.env"
 echo "services: {chatmail: {image: x}}" > "$D/docker/docker-compose.yaml"
 
-# A stand-in docker: the container runs, Postfix freezes and thaws at once.
+# A stand-in docker: the container runs with the appliance's mounts,
+# Postfix freezes and thaws at once.
 mkdir -p "$W/bin"
-cat > "$W/bin/docker" <<'SH'
+cat > "$W/bin/docker" <<SH
 #!/bin/sh
-for a in "$@"; do case "$a" in ps) echo c0ffee; exit 0;; esac; done
+for a in "\$@"; do case "\$a" in ps) echo c0ffee; exit 0;; esac; done
+case "\$*" in
+  "inspect c0ffee") cat <<'JSON'
+[{"Id":"c0ffee","Name":"/chatmail-chatmail-1","Image":"sha256:0",
+  "State":{"Status":"running","Running":true,"StartedAt":"2026-01-01T00:00:00Z","ExitCode":0},
+  "Config":{"Image":"chatmail-relay:local","Labels":{"com.docker.compose.project.working_dir":"$D"}},
+  "Mounts":[
+    {"Type":"bind","Source":"$D/data/chatmail","Destination":"/home","RW":true},
+    {"Type":"bind","Source":"$D/data/chatmail-acme","Destination":"/var/lib/acme","RW":true},
+    {"Type":"bind","Source":"$D/data/chatmail-dkimkeys","Destination":"/etc/dkimkeys","RW":true},
+    {"Type":"bind","Source":"$D/data/chatmail-postfix","Destination":"/var/spool/postfix","RW":true},
+    {"Type":"bind","Source":"$D/data/chatmail-state","Destination":"/var/lib/chatmail-docker","RW":true}]}]
+JSON
+  ;;
+esac
 exit 0
 SH
 chmod +x "$W/bin/docker"

@@ -918,7 +918,7 @@ enum Dest {
 /// Whether `name` in a backup directory is a temporary file of a backup
 /// (`.ARCHIVE.XXXXXX.partial`, `.manifest.XXXXXX.partial`); `file`: the
 /// name a backup to a file writes.
-fn is_partial(name: &str, file: Option<&str>) -> bool {
+pub(crate) fn is_partial(name: &str, file: Option<&str>) -> bool {
     let Some(rest) = name.strip_prefix('.') else {
         return false;
     };

@@ -436,15 +436,18 @@ impl Exclude {
         if self.dir != Some(dir) {
             return false;
         }
-        if self.file.as_deref() == Some(name) {
-            return true;
+        if let Some(file) = self.file.as_deref() {
+            // A backup to a file: that file and its temporary file.
+            return name == file || super::is_partial(name, Some(file));
         }
+        // A backup directory: its archives, their manifests, the
+        // temporary files of backups.
         let archive = |n: &str| n.starts_with(super::PREFIX) && n.ends_with(super::SUFFIX);
         archive(name)
             || name
                 .strip_suffix(super::manifest::SIDECAR_SUFFIX)
                 .is_some_and(archive)
-            || (name.starts_with('.') && name.ends_with(".partial"))
+            || super::is_partial(name, None)
     }
 }
 
@@ -579,12 +582,14 @@ impl<'a> View<'a> {
         }
     }
 
-    /// Whether the container path `cpath` is exactly a mount's target (a
-    /// mount below the tree being walked).
-    fn mount_at(&self, cpath: &[String]) -> Option<u16> {
+    /// Whether `name` in the container directory `dir` is exactly a
+    /// mount's target (a mount below the tree being walked).
+    fn mount_at(&self, dir: &[String], name: &str) -> Option<u16> {
         self.targets
             .iter()
-            .position(|t| t.len() == cpath.len() && under(cpath, t))
+            .position(|t| {
+                t.len() == dir.len() + 1 && t[dir.len()] == name && under(dir, &t[..dir.len()])
+            })
             .map(|i| i as u16)
     }
 }
@@ -606,6 +611,15 @@ struct Here {
     /// Whether every path below is named by its archive path's suffix
     /// (nothing was archived in a link's place on the way).
     suffix: bool,
+}
+
+/// The path below its root of the entry `name` of `here`.
+fn rel_below(here: &Here, name: &str) -> String {
+    if here.rel.is_empty() {
+        name.to_string()
+    } else {
+        format!("{}/{name}", here.rel)
+    }
 }
 
 /// What one directory holds: its entries in name order, and for each the
@@ -642,16 +656,23 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn src(&self, here: &Here, child_apath: &str, child_rel: &str) -> HostRel {
+    /// How to find the entry `name` of `here` (archived as `child`) again.
+    fn src(&self, here: &Here, child: &str, name: &str) -> HostRel {
         if here.suffix {
+            // Its path below the root is the end of its archive name.
+            let rel_len = if here.rel.is_empty() {
+                name.len()
+            } else {
+                here.rel.len() + 1 + name.len()
+            };
             HostRel::Suffix {
                 root: here.root,
-                at: (child_apath.len() - child_rel.len()) as u32,
+                at: (child.len() - rel_len) as u32,
             }
         } else {
             HostRel::Own {
                 root: here.root,
-                rel: child_rel.into(),
+                rel: rel_below(here, name).into(),
             }
         }
     }
@@ -737,18 +758,21 @@ impl Walker<'_> {
             let mut skipped = Skipped::default();
             for child in names {
                 let name = &child[name_at..];
-                let child_rel = if here.rel.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{}/{name}", here.rel)
+                // Made only where needed: most entries are files.
+                let child_rel = || rel_below(here, name);
+                let child_c = || {
+                    here.cpath.as_ref().map(|c| {
+                        let mut c = c.clone();
+                        c.push(name.to_string());
+                        c
+                    })
                 };
-                let child_c = here.cpath.as_ref().map(|c| {
-                    let mut c = c.clone();
-                    c.push(name.to_string());
-                    c
-                });
                 // A mount below: the container sees the mount there.
-                if let Some(m) = child_c.as_ref().and_then(|c| self.view.mount_at(c)) {
+                if let Some(m) = here
+                    .cpath
+                    .as_ref()
+                    .and_then(|c| self.view.mount_at(c, name))
+                {
                     let mount = &self.view.layout.mounts[m as usize];
                     if mount.kind != MountKind::Host {
                         bail!(
@@ -778,7 +802,7 @@ impl Walker<'_> {
                     let below = Here {
                         root: m,
                         rel: String::new(),
-                        cpath: child_c,
+                        cpath: child_c(),
                         apath: child.clone(),
                         stack: push(&here.stack, &st),
                         suffix: true,
@@ -793,17 +817,17 @@ impl Walker<'_> {
                     Err(rustix::io::Errno::NOENT) => continue,
                     Err(e) => {
                         return Err(io_err(e)).with_context(|| {
-                            format!("cannot read {}", tree.show(&child_rel).display())
+                            format!("cannot read {}", tree.show(&child_rel()).display())
                         })
                     }
                 };
-                let src = self.src(here, &child, &child_rel);
+                let src = self.src(here, &child, name);
                 match FileType::from_raw_mode(st.st_mode) {
                     FileType::Directory => {
                         let below = Here {
                             root: here.root,
-                            rel: child_rel,
-                            cpath: child_c,
+                            rel: child_rel(),
+                            cpath: child_c(),
                             apath: child.clone(),
                             stack: push(&here.stack, &st),
                             suffix: here.suffix,
@@ -817,7 +841,7 @@ impl Walker<'_> {
                     }
                     FileType::Symlink => {
                         let target =
-                            link_target(&dir.fd(), name.as_ref(), || tree.show(&child_rel))?;
+                            link_target(&dir.fd(), name.as_ref(), || tree.show(&child_rel()))?;
                         let leads = match &here.cpath {
                             Some(c) => self.view.leads(c, &target),
                             None => Leads::Inside,
@@ -851,7 +875,7 @@ impl Walker<'_> {
                                         if here.stack.contains(&(to.st_dev, to.st_ino)) {
                                             bail!(
                                             "{} is a link to {target}, a directory that holds it: the tree would contain itself; change the link",
-                                            tree.show(&child_rel).display()
+                                            tree.show(&child_rel()).display()
                                         );
                                         }
                                         skipped.followed.push(child.clone());
