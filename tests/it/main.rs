@@ -17,6 +17,7 @@ mod certwatch_unit;
 mod certwatch_verify;
 mod cli;
 mod compose;
+mod dns;
 mod hardening_certwatch;
 mod hardening_input;
 mod hardening_sysctl;
