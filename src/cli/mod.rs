@@ -6,7 +6,7 @@
 use clap::builder::PossibleValue;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::shell::ColorChoice;
 
@@ -237,6 +237,40 @@ pub enum Command {
         after_help = "Example:\n  chatmail-docker completions bash > /etc/bash_completion.d/chatmail-docker"
     )]
     Completions(CompletionsArgs),
+}
+
+/// How a message names where a path came from: the environment variable
+/// `env` when it holds this value (clap takes it from there when the
+/// option is not given), else the option `flag`.
+pub(crate) fn option_name(flag: &str, env: Option<&str>, value: &Path) -> String {
+    match env {
+        Some(var) if std::env::var_os(var).is_some_and(|v| v == value.as_os_str()) => {
+            var.to_string()
+        }
+        _ => flag.to_string(),
+    }
+}
+
+/// Check a file an option names before the command relies on it: a
+/// regular file (symlinks followed) that can be opened for reading. A
+/// missing or unreadable file, a directory, a FIFO or a device is a usage
+/// error (exit 2) naming the option, or the environment variable that
+/// gave it. The open never blocks (a FIFO without a writer).
+pub(crate) fn check_input_file(flag: &str, env: Option<&str>, path: &Path) -> anyhow::Result<()> {
+    crate::host::open_input(path, u64::MAX)
+        .map(|_| ())
+        .map_err(|e| crate::error::usage(format!("{}: {e}", option_name(flag, env, path))))
+}
+
+/// [`check_input_file`], reading the file (at most `limit` bytes).
+pub(crate) fn read_input_file(
+    flag: &str,
+    env: Option<&str>,
+    path: &Path,
+    limit: u64,
+) -> anyhow::Result<Vec<u8>> {
+    crate::host::read_input(path, limit)
+        .map_err(|e| crate::error::usage(format!("{}: {e}", option_name(flag, env, path))))
 }
 
 #[cfg(test)]
