@@ -28,7 +28,8 @@ pub mod upgrade;
     version,
     about = "Run a chatmail relay in one Docker container, and do on the host what the container cannot.",
     after_help = "Start with `chatmail-docker setup` in the deployment directory.\n\
-                  Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error, 3 preflight failed."
+                  Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error, 3 preflight failed, 130 interrupted;\n\
+                  upgrade --check: 0 an upgrade is available, 1 up to date, 4 could not check."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -228,7 +229,7 @@ pub enum Command {
 
     /// Move the relay to a new release: build beside the running relay, swap, roll back by itself on failure.
     #[command(
-        after_help = "Examples:\n  chatmail-docker upgrade --check            # exit 0: an upgrade is available, 1: up to date (for cron)\n  chatmail-docker upgrade --dry-run          # what would change, nothing changes\n  chatmail-docker upgrade                    # to the relay's newest release\n  chatmail-docker upgrade --ref main         # to the relay's main branch\n  chatmail-docker upgrade --rollback         # back to the release before the last upgrade"
+        after_help = "Examples:\n  chatmail-docker upgrade --check            # cron: exit 0 available, 1 up to date, 4 could not check\n  chatmail-docker upgrade --dry-run          # what would change, nothing changes\n  chatmail-docker upgrade                    # to the relay's newest release\n  chatmail-docker upgrade --ref main         # to the relay's main branch as just fetched\n  chatmail-docker upgrade --ref HEAD~1       # to the parent of what relay/ has checked out\n  chatmail-docker upgrade --rollback         # back to the release before the last upgrade"
     )]
     Upgrade(upgrade::UpgradeArgs),
 
