@@ -46,8 +46,18 @@ const MAX_CA_FILE: u64 = 8 << 20;
 pub struct BuildOptions {
     /// Extra CA certificates: a PEM file or a directory of them.
     pub ca: Option<PathBuf>,
+    /// How messages name where `ca` came from (`--build-ca` when `None`;
+    /// `CHATMAIL_BUILD_CA` when the environment gave it).
+    pub ca_name: Option<String>,
     /// Keep them trusted in the final image.
     pub keep_ca: bool,
+}
+
+impl BuildOptions {
+    /// The name of the CA option for messages.
+    pub fn ca_name(&self) -> &str {
+        self.ca_name.as_deref().unwrap_or("--build-ca")
+    }
 }
 
 /// The environment a `docker compose build` gets, and the bundle file that
@@ -63,7 +73,7 @@ pub fn prepare(ctx: &Context, relay: &Path, opts: &BuildOptions) -> Result<Build
     let mut env = Vec::new();
     let mut bundle = None;
     if let Some(ca) = &opts.ca {
-        let pem = collect_certificates(ca)?;
+        let pem = collect_certificates(ca, opts.ca_name())?;
         let mut f = tempfile::Builder::new()
             .prefix(".chatmail-build-ca.")
             .suffix(".pem")
@@ -122,18 +132,25 @@ pub fn relay_version(ctx: &Context, relay: &Path) -> Option<String> {
 }
 
 /// The PEM certificates of a file, or of the `.crt`/`.pem` files of a
-/// directory, concatenated; an error names the file when there are none or
-/// one is not PEM.
-pub fn collect_certificates(path: &Path) -> Result<String> {
+/// directory, concatenated; an error (usage, exit 2) names the option
+/// (`name`: `--build-ca` or the environment variable that gave it) and the
+/// file when it is missing, unreadable, no regular file or directory, or
+/// holds no PEM certificate.
+pub fn collect_certificates(path: &Path, name: &str) -> Result<String> {
     let meta = fs::metadata(path).map_err(|e| {
         error::usage(format!(
-            "--build-ca {}: {e}; give a PEM file or a directory of .crt/.pem files",
+            "{name} {}: {e}; give a PEM file or a directory of .crt/.pem files",
             path.display()
         ))
     })?;
     let files: Vec<PathBuf> = if meta.is_dir() {
         let mut v: Vec<PathBuf> = fs::read_dir(path)
-            .with_context(|| format!("reading {}", path.display()))?
+            .map_err(|e| {
+                error::usage(format!(
+                    "{name} {}: cannot read the directory: {e}",
+                    path.display()
+                ))
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "crt" || x == "pem") && p.is_file())
             .collect();
@@ -145,18 +162,18 @@ pub fn collect_certificates(path: &Path) -> Result<String> {
     let mut out = String::new();
     for f in &files {
         let bytes = crate::host::read_input(f, MAX_CA_FILE)
-            .map_err(|e| error::usage(format!("--build-ca: {e}")))?;
+            .map_err(|e| error::usage(format!("{name}: {e}")))?;
         let certs: Vec<_> = rustls_pemfile::certs(&mut bytes.as_slice())
             .collect::<Result<_, _>>()
             .map_err(|e| {
                 error::usage(format!(
-                    "--build-ca {}: not a PEM certificate file ({e})",
+                    "{name} {}: not a PEM certificate file ({e})",
                     f.display()
                 ))
             })?;
         if certs.is_empty() {
             return Err(error::usage(format!(
-                "--build-ca {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+                "{name} {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
                 f.display()
             )));
         }
@@ -166,7 +183,7 @@ pub fn collect_certificates(path: &Path) -> Result<String> {
     }
     if out.is_empty() {
         return Err(error::usage(format!(
-            "--build-ca {}: no .crt or .pem files in this directory",
+            "{name} {}: no .crt or .pem files in this directory",
             path.display()
         )));
     }
@@ -190,7 +207,7 @@ mod tests {
         fs::write(d.path().join("b.crt"), &b).unwrap();
         fs::write(d.path().join("a.pem"), &a).unwrap();
         fs::write(d.path().join("README"), "not a certificate").unwrap();
-        let bundle = collect_certificates(d.path()).unwrap();
+        let bundle = collect_certificates(d.path(), "--build-ca").unwrap();
         assert_eq!(bundle, format!("{}\n{}\n", a.trim_end(), b.trim_end()));
     }
 
@@ -199,17 +216,24 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("proxy.crt");
         fs::write(&f, "hello\n").unwrap();
-        let err = collect_certificates(&f).unwrap_err().to_string();
+        let err = collect_certificates(&f, "--build-ca")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("proxy.crt") && err.contains("no PEM certificate"),
             "{err}"
         );
         let empty = tempfile::tempdir().unwrap();
-        let err = collect_certificates(empty.path()).unwrap_err().to_string();
-        assert!(err.contains("no .crt or .pem files"), "{err}");
-        let err = collect_certificates(&d.path().join("missing.pem"))
+        let err = collect_certificates(empty.path(), "--build-ca")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("missing.pem"), "{err}");
+        assert!(err.contains("no .crt or .pem files"), "{err}");
+        let err = collect_certificates(&d.path().join("missing.pem"), "CHATMAIL_BUILD_CA")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CHATMAIL_BUILD_CA") && err.contains("missing.pem"),
+            "{err}"
+        );
     }
 }

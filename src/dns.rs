@@ -12,11 +12,12 @@
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::compose;
 use crate::error;
 use crate::host;
+use crate::shell::{clean, Shown};
 use crate::Context;
 
 /// What `dns` is asked to do.
@@ -153,22 +154,116 @@ pub fn report(ctx: &Context, check: bool) -> Result<Report> {
     serde_json::from_str(line).context("cannot read the relay's DNS report")
 }
 
+/// The first line of every zone file `dns --zonefile` writes: it replaces
+/// only a file that starts with it.
+pub const ZONE_MARK: &str = "; written by chatmail-docker dns --zonefile";
+
+/// The largest existing zone file read to check its mark.
+const MAX_ZONE_BYTES: u64 = 1 << 20;
+
+/// The zone file as written: the mark, then the relay's zone.
+pub fn zone_file_text(r: &Report) -> String {
+    format!(
+        "{ZONE_MARK} (the DNS records of {}; rewritten on each run, do not edit)\n{}\n",
+        r.domain.replace(['\n', '\r'], " "),
+        r.zone.trim_end()
+    )
+}
+
+/// Where `--zonefile` may write: nothing there yet (`None`), or a zone
+/// file this command wrote before (its content, which must still be there
+/// when it is replaced). Refused (usage error): a symlink at the path
+/// (never followed), anything but a regular file, the deployment's `.env`
+/// or `chatmail.ini` (by device and inode: hard links and links to them
+/// count), and a file without [`ZONE_MARK`] on its first line.
+pub fn zonefile_target(ctx: &Context, path: &Path) -> Result<Option<Vec<u8>>> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let bad = |what: String| error::usage(format!("--zonefile {}: {what}", path.shown()));
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(rustix::io::Errno::LOOP) => return Err(bad(
+            "is a symlink; --zonefile never writes through one: give the path of the file itself"
+                .into(),
+        )),
+        Err(e) => return Err(bad(format!("cannot open it: {e}"))),
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| bad(format!("cannot look at it: {e}")))?;
+    let ft = FileType::from_raw_mode(st.st_mode);
+    if ft != FileType::RegularFile {
+        return Err(bad(format!(
+            "is a {}, not a zone file; give the path of a new file",
+            host::kind_name(ft)
+        )));
+    }
+    let id = host::FileId {
+        dev: st.st_dev as u64,
+        ino: st.st_ino as u64,
+    };
+    for (name, own) in [
+        (".env", ctx.deployment.env_file()),
+        ("chatmail.ini", ctx.deployment.ini()),
+    ] {
+        if host::FileId::of(&own) == Some(id) {
+            return Err(bad(format!(
+                "is the deployment's {name} ({}); --zonefile writes zone files only: give the path of a new file",
+                own.shown()
+            )));
+        }
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::from(fd), MAX_ZONE_BYTES + 1),
+        &mut bytes,
+    )
+    .map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let first = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    if bytes.len() as u64 > MAX_ZONE_BYTES || !first.starts_with(ZONE_MARK.as_bytes()) {
+        return Err(bad(format!(
+            "exists and is no zone file this command wrote (its first line is not `{ZONE_MARK} ...`); it is left alone: give the path of a new file, or remove this one"
+        )));
+    }
+    Ok(Some(bytes))
+}
+
+/// Terminal text of what the relay reported: each line with its control
+/// characters escaped.
+fn shown_lines(text: &str) -> String {
+    text.lines().map(clean).collect::<Vec<_>>().join("\n")
+}
+
 /// `chatmail-docker dns`.
 pub fn run(ctx: &Context, opts: &DnsOptions) -> Result<()> {
+    let zonefile = match &opts.zonefile {
+        Some(p) if p.is_absolute() => Some(p.clone()),
+        Some(p) => Some(std::env::current_dir()?.join(p)),
+        None => None,
+    };
+    // Checked before the relay is asked, and the file must still hold
+    // this when it is replaced.
+    let existing = match &zonefile {
+        Some(p) => Some(zonefile_target(ctx, p)?),
+        None => None,
+    };
     let r = report(ctx, opts.check)?;
-    if let Some(path) = &opts.zonefile {
+    if let (Some(path), Some(existing)) = (&zonefile, &existing) {
         if r.skipped.is_none() {
-            let path = if path.is_absolute() {
-                path.clone()
-            } else {
-                std::env::current_dir()?.join(path)
-            };
             if ctx.dry_run {
                 ctx.shell
                     .out(format!("would write the zone to {}", path.display()));
             } else {
-                host::write_atomic(&path, r.zone.as_bytes(), 0o644)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                host::write_atomic_with(
+                    path,
+                    zone_file_text(&r).as_bytes(),
+                    0o644,
+                    host::WriteOpts {
+                        follow: false,
+                        expect: Some(existing.as_deref()),
+                    },
+                )
+                .with_context(|| format!("writing {}", path.display()))?;
             }
         }
     }
@@ -180,15 +275,15 @@ pub fn run(ctx: &Context, opts: &DnsOptions) -> Result<()> {
         for note in &r.notes {
             ctx.shell.warn(note.clone());
         }
-        if let (Some(path), false) = (&opts.zonefile, ctx.dry_run) {
+        if let (Some(path), false) = (&zonefile, ctx.dry_run) {
             ctx.shell
                 .status("Wrote", format!("the zone to {}", path.display()));
         }
         ctx.shell.data(format!(
             "; DNS records for {} (publish them at your DNS provider)",
-            r.domain
+            clean(&r.domain)
         ));
-        ctx.shell.data(r.zone.trim_end());
+        ctx.shell.data(shown_lines(r.zone.trim_end()));
         if r.checked {
             ctx.shell.data(String::new());
             if r.required_missing.is_empty() {
@@ -198,14 +293,14 @@ pub fn run(ctx: &Context, opts: &DnsOptions) -> Result<()> {
                 ctx.shell
                     .error("required records that are missing or wrong in DNS:");
                 for l in &r.required_missing {
-                    ctx.shell.data(format!("  {l}"));
+                    ctx.shell.data(format!("  {}", clean(l)));
                 }
             }
             if !r.recommended_missing.is_empty() {
                 ctx.shell
                     .warn("recommended records that are missing or wrong in DNS:");
                 for l in &r.recommended_missing {
-                    ctx.shell.data(format!("  {l}"));
+                    ctx.shell.data(format!("  {}", clean(l)));
                 }
             }
         }
@@ -214,4 +309,32 @@ pub fn run(ctx: &Context, opts: &DnsOptions) -> Result<()> {
         return Err(error::silent(error::EXIT_RUNTIME));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_zone_file_starts_with_its_mark() {
+        let r = Report {
+            domain: "chat.example.org".into(),
+            zone: "; Required DNS entries\nchat.example.org. 3600 IN MX 10 chat.example.org.\n"
+                .into(),
+            ..Default::default()
+        };
+        let text = zone_file_text(&r);
+        let mut lines = text.lines();
+        assert!(lines.next().unwrap().starts_with(ZONE_MARK));
+        assert_eq!(lines.next(), Some("; Required DNS entries"));
+        assert!(text.ends_with("chat.example.org.\n"));
+    }
+
+    #[test]
+    fn relay_values_reach_the_terminal_escaped() {
+        assert_eq!(
+            shown_lines("a. 3600 IN TXT \"\u{1b}]0;x\u{7}\"\nb. 3600 IN MX 10 b."),
+            "a. 3600 IN TXT \"\\u{1b}]0;x\\u{7}\"\nb. 3600 IN MX 10 b."
+        );
+    }
 }

@@ -13,6 +13,10 @@ pub const EXIT_RUNTIME: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 /// A preflight check failed.
 pub const EXIT_PREFLIGHT: i32 = 3;
+/// `upgrade --check` could not find out whether an upgrade is available
+/// (the relay's remote unreachable, no relay checkout, a `--ref` that does
+/// not resolve, ...): neither "available" (0) nor "up to date" (1).
+pub const EXIT_CANNOT_CHECK: i32 = 4;
 
 /// An error that carries its own exit code.
 #[derive(Debug)]
@@ -75,8 +79,12 @@ impl fmt::Display for LineError {
 
 impl std::error::Error for LineError {}
 
-/// The exit code an error maps to.
+/// The exit code an error maps to: the outermost [`Failure`]'s, also
+/// when it was added as context (`err.context(Failure { .. })`).
 pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if let Some(f) = err.downcast_ref::<Failure>() {
+        return f.code;
+    }
     err.chain()
         .find_map(|e| e.downcast_ref::<Failure>().map(|f| f.code))
         .unwrap_or(EXIT_RUNTIME)
@@ -102,6 +110,12 @@ mod tests {
             .unwrap_err();
         assert_eq!(exit_code(&err), EXIT_USAGE);
         assert_eq!(exit_code(&anyhow::anyhow!("boom")), EXIT_RUNTIME);
+        // A Failure given as context picks the code over the one inside.
+        let outer = usage("bad --ref").context(Failure {
+            code: EXIT_CANNOT_CHECK,
+            message: Some("could not check".into()),
+        });
+        assert_eq!(exit_code(&outer), EXIT_CANNOT_CHECK);
         assert!(is_silent(&silent(1)));
     }
 }

@@ -148,7 +148,7 @@ pub fn open_reader<'a>(
     }
     if ids.is_empty() {
         return Err(crate::error::usage(format!(
-            "{} is encrypted: give --passphrase-file FILE (or CHATMAIL_BACKUP_PASSPHRASE) or --identity FILE",
+            "{} is encrypted: give --passphrase-file FILE (or CHATMAIL_BACKUP_PASSPHRASE_FILE) or --identity FILE",
             what.display()
         )));
     }

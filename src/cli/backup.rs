@@ -68,14 +68,26 @@ pub struct KeyArgs {
     pub identity: Vec<PathBuf>,
 }
 
+/// The environment variable of `--passphrase-file`.
+const PASSPHRASE_ENV: &str = "CHATMAIL_BACKUP_PASSPHRASE_FILE";
+
 impl KeyArgs {
+    /// The passphrase and the identity files, each checked first: a file
+    /// that is missing, unreadable or no regular file is a usage error
+    /// naming its option.
     fn keys(&self) -> Result<Keys> {
+        let passphrase = match self.passphrase_file.as_deref() {
+            Some(p) => {
+                super::check_input_file("--passphrase-file", Some(PASSPHRASE_ENV), p)?;
+                Some(crypt::passphrase_from_file(p)?)
+            }
+            None => None,
+        };
+        for f in &self.identity {
+            super::check_input_file("--identity", None, f)?;
+        }
         Ok(Keys {
-            passphrase: self
-                .passphrase_file
-                .as_deref()
-                .map(crypt::passphrase_from_file)
-                .transpose()?,
+            passphrase,
             identity_files: self.identity.clone(),
         })
     }
@@ -90,11 +102,20 @@ impl BackupArgs {
     pub fn exec(self, ctx: &Context) -> Result<()> {
         crate::host::interrupt::end_within(END_WITHIN);
         let keys = self.keys.keys()?;
+        if let Some(base) = &self.since {
+            super::check_input_file("--since", None, base)?;
+        }
         let mut list = self.recipient.clone();
         if let Some(f) = &self.recipients_file {
-            let text = std::fs::read_to_string(f).map_err(|e| {
+            let bytes = super::read_input_file(
+                "--recipients-file",
+                None,
+                f,
+                crate::host::MAX_CONFIG_BYTES,
+            )?;
+            let text = String::from_utf8(bytes).map_err(|_| {
                 crate::error::usage(format!(
-                    "cannot read the recipients file {}: {e}",
+                    "--recipients-file {}: not text (UTF-8); give age public keys, one a line",
                     f.display()
                 ))
             })?;

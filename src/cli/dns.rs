@@ -13,7 +13,7 @@ pub struct DnsArgs {
     #[arg(long)]
     pub no_check: bool,
 
-    /// Also write the records to FILE (BIND zone format).
+    /// Also write the records to FILE (BIND zone format; its first line marks it as written by this command). FILE must be new or a zone file this command wrote: anything else (.env, chatmail.ini, a symlink, a file without the mark) is refused and left alone.
     #[arg(long, value_name = "FILE")]
     pub zonefile: Option<PathBuf>,
 

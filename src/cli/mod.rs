@@ -6,7 +6,7 @@
 use clap::builder::PossibleValue;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::shell::ColorChoice;
 
@@ -28,7 +28,8 @@ pub mod upgrade;
     version,
     about = "Run a chatmail relay in one Docker container, and do on the host what the container cannot.",
     after_help = "Start with `chatmail-docker setup` in the deployment directory.\n\
-                  Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error, 3 preflight failed."
+                  Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error, 3 preflight failed, 130 interrupted;\n\
+                  upgrade --check: 0 an upgrade is available, 1 up to date, 4 could not check."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -228,7 +229,7 @@ pub enum Command {
 
     /// Move the relay to a new release: build beside the running relay, swap, roll back by itself on failure.
     #[command(
-        after_help = "Examples:\n  chatmail-docker upgrade --check            # exit 0: an upgrade is available, 1: up to date (for cron)\n  chatmail-docker upgrade --dry-run          # what would change, nothing changes\n  chatmail-docker upgrade                    # to the relay's newest release\n  chatmail-docker upgrade --ref main         # to the relay's main branch\n  chatmail-docker upgrade --rollback         # back to the release before the last upgrade"
+        after_help = "Examples:\n  chatmail-docker upgrade --check            # cron: exit 0 available, 1 up to date, 4 could not check\n  chatmail-docker upgrade --dry-run          # what would change, nothing changes\n  chatmail-docker upgrade                    # to the relay's newest release\n  chatmail-docker upgrade --ref main         # to the relay's main branch as just fetched\n  chatmail-docker upgrade --ref HEAD~1       # to the parent of what relay/ has checked out\n  chatmail-docker upgrade --rollback         # back to the release before the last upgrade"
     )]
     Upgrade(upgrade::UpgradeArgs),
 
@@ -237,6 +238,40 @@ pub enum Command {
         after_help = "Example:\n  chatmail-docker completions bash > /etc/bash_completion.d/chatmail-docker"
     )]
     Completions(CompletionsArgs),
+}
+
+/// How a message names where a path came from: the environment variable
+/// `env` when it holds this value (clap takes it from there when the
+/// option is not given), else the option `flag`.
+pub(crate) fn option_name(flag: &str, env: Option<&str>, value: &Path) -> String {
+    match env {
+        Some(var) if std::env::var_os(var).is_some_and(|v| v == value.as_os_str()) => {
+            var.to_string()
+        }
+        _ => flag.to_string(),
+    }
+}
+
+/// Check a file an option names before the command relies on it: a
+/// regular file (symlinks followed) that can be opened for reading. A
+/// missing or unreadable file, a directory, a FIFO or a device is a usage
+/// error (exit 2) naming the option, or the environment variable that
+/// gave it. The open never blocks (a FIFO without a writer).
+pub(crate) fn check_input_file(flag: &str, env: Option<&str>, path: &Path) -> anyhow::Result<()> {
+    crate::host::open_input(path, u64::MAX)
+        .map(|_| ())
+        .map_err(|e| crate::error::usage(format!("{}: {e}", option_name(flag, env, path))))
+}
+
+/// [`check_input_file`], reading the file (at most `limit` bytes).
+pub(crate) fn read_input_file(
+    flag: &str,
+    env: Option<&str>,
+    path: &Path,
+    limit: u64,
+) -> anyhow::Result<Vec<u8>> {
+    crate::host::read_input(path, limit)
+        .map_err(|e| crate::error::usage(format!("{}: {e}", option_name(flag, env, path))))
 }
 
 #[cfg(test)]

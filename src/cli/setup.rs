@@ -103,6 +103,10 @@ impl SetupArgs {
             wait_timeout: Duration::from_secs(self.wait_timeout),
             stage: !self.no_stage,
             build: crate::build::BuildOptions {
+                ca_name: self
+                    .build_ca
+                    .as_deref()
+                    .map(|ca| super::option_name("--build-ca", Some("CHATMAIL_BUILD_CA"), ca)),
                 ca: self.build_ca,
                 keep_ca: self.keep_build_ca,
             },

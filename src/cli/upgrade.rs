@@ -10,15 +10,15 @@ use crate::{error, Context};
 
 #[derive(Args, Debug, Clone)]
 pub struct UpgradeArgs {
-    /// Move to this tag, branch or commit of the relay instead of its newest release tag (e.g. `main`).
+    /// Move to this tag, branch or commit of the relay instead of its newest release tag. A tag is taken first; a name that is a branch of relay/'s remote (`main`) is that branch as just fetched; anything else (a commit, `HEAD~1`, a local branch, `origin/main~2`) is resolved in relay/ as git does there. It must hold the relay's code (chatmaild/ and cmdeploy/ with their pyproject.toml).
     #[arg(long = "ref", value_name = "REF")]
     pub reference: Option<String>,
 
-    /// Only say whether an upgrade is available: exit 0 when one is, 1 when up to date. Changes nothing but the fetched refs in relay/.git.
+    /// Only say whether an upgrade is available: exit 0 when one is, 1 when up to date, 4 when it could not be checked (the remote unreachable, a bad --ref, ...). Changes nothing but the fetched refs in relay/.git.
     #[arg(long, conflicts_with_all = ["rollback", "allow_dirty", "no_backup", "no_stage", "backup_dir"])]
     pub check: bool,
 
-    /// Go back to the release before the last upgrade (its image is kept).
+    /// Go back to the release before the last upgrade (its image is kept). data/.upgrade-state.json, that image and relay/ (no local edits) are checked before anything changes.
     #[arg(long, conflicts_with_all = ["reference", "no_fetch", "allow_dirty", "no_backup", "no_stage", "backup_dir"])]
     pub rollback: bool,
 
@@ -63,13 +63,24 @@ impl UpgradeArgs {
     pub fn exec(self, ctx: &Context) -> Result<()> {
         let timeout = Duration::from_secs(self.wait_timeout);
         if self.check {
-            let available =
-                upgrade::check(ctx, self.reference.as_deref(), !self.no_fetch, self.json)?;
-            return if available {
-                Ok(())
-            } else {
-                Err(error::silent(error::EXIT_RUNTIME))
+            // Cron reads 1 as "up to date": every other outcome of a check
+            // that did not finish gets a code of its own (an interrupt
+            // stays 130).
+            return match upgrade::check(ctx, self.reference.as_deref(), !self.no_fetch, self.json) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(error::silent(error::EXIT_RUNTIME)),
+                Err(e) if error::exit_code(&e) == 130 => Err(e),
+                Err(e) => Err(e.context(error::Failure {
+                    code: error::EXIT_CANNOT_CHECK,
+                    message: Some(format!(
+                        "could not check whether an upgrade is available (exit status {})",
+                        error::EXIT_CANNOT_CHECK
+                    )),
+                })),
             };
+        }
+        if let Some(dir) = &self.backup_dir {
+            check_backup_dir(dir)?;
         }
         let summary = if self.rollback {
             upgrade::rollback(ctx, timeout, self.json)?
@@ -85,6 +96,9 @@ impl UpgradeArgs {
                     backup_dir: self.backup_dir,
                     wait_timeout: timeout,
                     build: crate::build::BuildOptions {
+                        ca_name: self.build_ca.as_deref().map(|ca| {
+                            super::option_name("--build-ca", Some("CHATMAIL_BUILD_CA"), ca)
+                        }),
                         ca: self.build_ca,
                         keep_ca: self.keep_build_ca,
                     },
@@ -97,4 +111,48 @@ impl UpgradeArgs {
         }
         Ok(())
     }
+}
+
+/// `--backup-dir DIR` before anything happens: a directory that can be
+/// written, or one that can be made (its nearest existing ancestor is a
+/// directory); otherwise a usage error naming the option.
+fn check_backup_dir(dir: &std::path::Path) -> Result<()> {
+    let bad = |what: String| error::usage(format!("--backup-dir {}: {what}", dir.display()));
+    let mut at = dir;
+    loop {
+        match std::fs::metadata(at) {
+            Ok(m) if m.is_dir() => break,
+            Ok(m) => {
+                let kind = crate::host::kind_name(rustix::fs::FileType::from_raw_mode(
+                    std::os::unix::fs::MetadataExt::mode(&m),
+                ));
+                return Err(bad(if at == dir {
+                    format!("is a {kind}, not a directory")
+                } else {
+                    format!("{} is a {kind}, not a directory", at.display())
+                }));
+            }
+            // Missing, or below a file (found on the way up).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match at.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => at = p,
+                    _ => break,
+                }
+            }
+            Err(e) => return Err(bad(format!("cannot look at {}: {e}", at.display()))),
+        }
+    }
+    if at.exists() {
+        rustix::fs::access(
+            at,
+            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        )
+        .map_err(|e| bad(format!("cannot write in {}: {e}", at.display())))?;
+    }
+    Ok(())
 }

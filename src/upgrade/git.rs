@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::host::Cmd;
+use crate::shell::Shown;
 use crate::{error, Context};
 
 /// How long a `git fetch` may take before it counts as "no network".
@@ -236,27 +237,92 @@ impl<'a> Checkout<'a> {
             .collect())
     }
 
-    /// The commit a ref names: a tag, a branch of `remote` (what a fetch
-    /// brought), a local branch, or a commit. An error names the ref and
-    /// what exists.
-    pub fn resolve(&self, reference: &str, remote: Option<&str>) -> Result<String> {
-        let mut candidates = vec![format!("refs/tags/{reference}")];
-        if let Some(r) = remote {
-            candidates.push(format!("refs/remotes/{r}/{reference}"));
+    /// The commit `full` (a whole ref name such as `refs/tags/1.12.0`)
+    /// points at, when that ref exists exactly (no `~`, `^` or other
+    /// revision syntax is applied to it) and leads to a commit.
+    fn exact_ref(&self, full: &str) -> Result<Option<String>> {
+        if !self
+            .git(["check-ref-format", full])
+            .output(&self.ctx.shell)?
+            .success()
+        {
+            return Ok(None);
         }
-        candidates.push(reference.to_string());
-        for c in candidates {
-            let out = self
-                .git([
-                    "rev-parse",
-                    "--verify",
-                    "--quiet",
-                    &format!("{c}^{{commit}}"),
-                ])
-                .output(&self.ctx.shell)?;
-            if out.success() {
-                return Ok(out.stdout.trim().to_string());
+        if !self
+            .git(["show-ref", "--verify", "--quiet", full])
+            .output(&self.ctx.shell)?
+            .success()
+        {
+            return Ok(None);
+        }
+        self.commit_of(full)
+    }
+
+    /// `git rev-parse REV^{commit}` in the checkout, never taking `rev`
+    /// for an option; `None` when it names no commit.
+    fn commit_of(&self, rev: &str) -> Result<Option<String>> {
+        let out = self
+            .git([
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "--end-of-options",
+                &format!("{rev}^{{commit}}"),
+            ])
+            .output(&self.ctx.shell)?;
+        let commit = out.stdout.trim();
+        Ok((out.success() && is_full_hex(commit)).then(|| commit.to_string()))
+    }
+
+    /// Whether `commit` (a full hex object name) is a commit in this
+    /// repository.
+    pub fn has_commit(&self, commit: &str) -> Result<bool> {
+        if !is_full_hex(commit) {
+            return Ok(false);
+        }
+        Ok(self.commit_of(commit)?.as_deref() == Some(commit))
+    }
+
+    /// Whether `name` is a valid branch name by git's rules
+    /// (`git check-ref-format --branch`), taken literally: no leading `-`,
+    /// no `@{-1}` shorthand.
+    pub fn is_branch_name(&self, name: &str) -> Result<bool> {
+        if name.is_empty() || name.starts_with('-') {
+            return Ok(false);
+        }
+        let out = self
+            .git(["check-ref-format", "--branch", name])
+            .output(&self.ctx.shell)?;
+        Ok(out.success() && out.stdout.trim() == name)
+    }
+
+    /// The commit `--ref REF` names. The rule: a tag named exactly REF;
+    /// else, when REF is exactly the name of a branch of `remote`, that
+    /// branch as the last fetch left it (`main` is the relay's main, not a
+    /// local branch that may lag behind); anything else (a commit,
+    /// `HEAD~1`, `main~2`, a local branch, `origin/main`) is resolved in
+    /// the checkout as git resolves it there. An error names the ref and
+    /// the newest releases.
+    pub fn resolve(&self, reference: &str, remote: Option<&str>) -> Result<String> {
+        let found = if reference.is_empty()
+            || reference.starts_with('-')
+            || reference.chars().any(|c| c.is_control())
+        {
+            None
+        } else if let Some(c) = self.exact_ref(&format!("refs/tags/{reference}"))? {
+            Some(c)
+        } else if let Some(c) = match remote {
+            Some(r) if reference != "HEAD" && self.is_branch_name(reference)? => {
+                self.exact_ref(&format!("refs/remotes/{r}/{reference}"))?
             }
+            _ => None,
+        } {
+            Some(c)
+        } else {
+            self.commit_of(reference)?
+        };
+        if let Some(c) = found {
+            return Ok(c);
         }
         let releases: Vec<String> = {
             let tags = self.tags().unwrap_or_default();
@@ -265,7 +331,8 @@ impl<'a> Checkout<'a> {
             r.into_iter().take(5).map(|r| r.tag).collect()
         };
         Err(error::usage(format!(
-            "--ref {reference}: no such tag, branch or commit in {}{}",
+            "--ref {}: no such tag, branch or commit in {}{}",
+            reference.shown(),
             self.dir.display(),
             if releases.is_empty() {
                 String::new()
@@ -275,58 +342,164 @@ impl<'a> Checkout<'a> {
         )))
     }
 
+    /// What of the relay's code a commit lacks: the relay's two Python
+    /// projects, which the image build installs (`pip install -e
+    /// chatmaild -e cmdeploy`) and runs (`cmdeploy run`). Empty when the
+    /// commit holds them all.
+    pub fn missing_relay_code(&self, commit: &str) -> Result<Vec<&'static str>> {
+        let mut cmd = vec![
+            "ls-tree",
+            "--full-tree",
+            "-z",
+            "--end-of-options",
+            commit,
+            "--",
+        ];
+        cmd.extend(RELAY_CODE.iter().map(|(p, _)| *p));
+        let listing = self.run(cmd)?;
+        let present: Vec<(&str, &str)> = listing
+            .split('\0')
+            .filter_map(|entry| {
+                let (meta, path) = entry.split_once('\t')?;
+                let mut m = meta.split(' ');
+                let (mode, kind) = (m.next()?, m.next()?);
+                Some((
+                    path,
+                    if kind == "tree" {
+                        "tree"
+                    } else if kind == "blob" && (mode == "100644" || mode == "100755") {
+                        "file"
+                    } else {
+                        "other"
+                    },
+                ))
+            })
+            .collect();
+        Ok(RELAY_CODE
+            .iter()
+            .filter(|(path, kind)| !present.contains(&(*path, *kind)))
+            .map(|(path, _)| *path)
+            .collect())
+    }
+
+    /// The newest release tag whose commit holds the relay's code, with
+    /// its commit; and the newer release tags passed over, each with why.
+    pub fn newest_usable_release(&self) -> Result<Newest> {
+        let tags = self.tags()?;
+        let mut releases: Vec<Release> = tags.iter().filter_map(|t| Release::parse(t)).collect();
+        releases.sort_by(|a, b| b.cmp_version(a));
+        let mut skipped = Vec::new();
+        for r in releases {
+            let Some(commit) = self.exact_ref(&format!("refs/tags/{}", r.tag))? else {
+                skipped.push((r.tag, "it does not point at a commit".to_string()));
+                continue;
+            };
+            let missing = self.missing_relay_code(&commit)?;
+            if missing.is_empty() {
+                return Ok(Newest {
+                    release: Some((r, commit)),
+                    skipped,
+                });
+            }
+            skipped.push((
+                r.tag,
+                format!(
+                    "its commit {} lacks the relay's code ({})",
+                    short(&commit),
+                    missing.join(", ")
+                ),
+            ));
+        }
+        Ok(Newest {
+            release: None,
+            skipped,
+        })
+    }
+
     /// A human name for a commit: its tag, or `TAG-N-gSHORT`, or the short
     /// commit.
     pub fn describe(&self, commit: &str) -> String {
-        self.run(["describe", "--tags", "--always", commit])
+        self.run(["describe", "--tags", "--always", "--end-of-options", commit])
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| short(commit).to_string())
     }
 
     /// Commits in `to` that `from` lacks.
     pub fn count_between(&self, from: &str, to: &str) -> Option<u64> {
-        self.run(["rev-list", "--count", &format!("{from}..{to}")])
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        self.run([
+            "rev-list",
+            "--count",
+            "--end-of-options",
+            &format!("{from}..{to}"),
+        ])
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
     }
 
     /// Whether `a` is an ancestor of (or equal to) `b`.
     pub fn is_ancestor(&self, a: &str, b: &str) -> Result<bool> {
         Ok(self
-            .git(["merge-base", "--is-ancestor", a, b])
+            .git(["merge-base", "--is-ancestor", "--end-of-options", a, b])
             .output(&self.ctx.shell)?
             .success())
     }
 
     /// A file's text at a commit, if it is there.
     pub fn show(&self, commit: &str, path: &str) -> Option<String> {
-        self.run(["show", &format!("{commit}:{path}")]).ok()
+        self.run(["show", "--end-of-options", &format!("{commit}:{path}")])
+            .ok()
     }
 
     /// Move the checkout to `commit` (detached), keeping nothing local.
     pub fn checkout(&self, commit: &str) -> Result<()> {
-        self.run(["checkout", "--quiet", "--detach", commit])?;
+        self.run([
+            "checkout",
+            "--quiet",
+            "--detach",
+            "--end-of-options",
+            commit,
+        ])?;
         Ok(())
     }
 
     /// Back to where it was: the branch when it still points at the
     /// commit, else the commit itself.
     pub fn restore(&self, to: &Position) -> Result<()> {
-        if let Some(b) = &to.branch {
-            let at = self.run([
-                "rev-parse",
-                "--verify",
-                &format!("refs/heads/{b}^{{commit}}"),
-            ]);
-            if at.is_ok_and(|c| c.trim() == to.commit) {
-                self.run(["checkout", "--quiet", b])?;
+        if let Some(b) = to.branch.as_deref().filter(|b| !b.starts_with('-')) {
+            let at = self.exact_ref(&format!("refs/heads/{b}"));
+            if at.is_ok_and(|c| c.as_deref() == Some(to.commit.as_str())) {
+                // `--`: the branch is a revision, never a file name.
+                self.run(["checkout", "--quiet", b, "--"])?;
                 return Ok(());
             }
         }
         self.checkout(&to.commit)
     }
+}
+
+/// What a release must hold to be built: the relay's two Python projects
+/// (their project files and packages), as paths with their kind.
+pub const RELAY_CODE: &[(&str, &str)] = &[
+    ("chatmaild/pyproject.toml", "file"),
+    ("chatmaild/src/chatmaild", "tree"),
+    ("cmdeploy/pyproject.toml", "file"),
+    ("cmdeploy/src/cmdeploy", "tree"),
+];
+
+/// The newest usable release tag and the newer ones passed over.
+#[derive(Clone, Debug, Default)]
+pub struct Newest {
+    /// The release and its commit.
+    pub release: Option<(Release, String)>,
+    /// Newer release tags that are no release, each with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// A full object name: 40 (SHA-1) or 64 (SHA-256) lower-case hex digits.
+pub fn is_full_hex(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The first 12 hex digits of a commit.
@@ -348,5 +521,23 @@ mod tests {
         assert_eq!(Release::parse("v1.2").unwrap().numbers, vec![1, 2]);
         assert_eq!(newest_release(["1.2", "1.2.1"]).unwrap().tag, "1.2.1");
         assert!(newest_release(["latest"]).is_none());
+    }
+
+    #[test]
+    fn only_full_lower_case_object_names_are_commits() {
+        let sha1 = "48ad92bf24426ef737deded1c0d87438a4b18dab";
+        assert!(is_full_hex(sha1));
+        assert!(is_full_hex(&"ab".repeat(32)));
+        for bad in [
+            "",
+            &sha1[..12],
+            &sha1.to_uppercase(),
+            "--force",
+            "HEAD",
+            &format!("{}~1", &sha1[..38]),
+            &format!("-{}", &sha1[1..]),
+        ] {
+            assert!(!is_full_hex(bad), "{bad}");
+        }
     }
 }

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use crate::build::{BuildOptions, COMMIT_LABEL, VERSION_LABEL};
 use crate::compose::{self, image_id, Project, SERVICE};
+use crate::shell::Shown;
 use crate::{backup, error, overrides, stage, Context};
 use git::{short, Checkout};
 use state::{Phase, RestorePoint, UpgradeState};
@@ -234,17 +235,40 @@ pub fn plan(
         checkout.fetch(&remote)?;
     }
     let target = match reference {
-        Some(r) => checkout.resolve(r, remote.as_deref())?,
+        Some(r) => {
+            let commit = checkout.resolve(r, remote.as_deref())?;
+            let missing = checkout.missing_relay_code(&commit)?;
+            if !missing.is_empty() {
+                return Err(error::usage(format!(
+                    "--ref {}: its commit {} lacks the relay's code ({}), so no image can be built from it; name a release or a commit of the relay (https://github.com/chatmail/relay)",
+                    r.shown(),
+                    short(&commit),
+                    missing.join(", ")
+                )));
+            }
+            commit
+        }
         None => {
-            let tags = checkout.tags()?;
-            let newest = git::newest_release(tags.iter().map(String::as_str)).ok_or_else(|| {
-                error::usage(format!(
-                    "{} has no release tags (such as 1.12.0){}; name what to move to with --ref (a tag, `main` or a commit)",
+            let newest = checkout.newest_usable_release()?;
+            for (tag, why) in &newest.skipped {
+                ctx.shell.note(format!(
+                    "the tag {} is no release of the relay, passed over: {why}",
+                    tag.shown()
+                ));
+            }
+            let Some((_, commit)) = newest.release else {
+                return Err(error::usage(format!(
+                    "{} has no release tags (such as 1.12.0){}{}; name what to move to with --ref (a tag, `main` or a commit)",
                     checkout.dir.display(),
+                    if newest.skipped.is_empty() {
+                        ""
+                    } else {
+                        " on a commit with the relay's code"
+                    },
                     if fetch { "" } else { " and --no-fetch did not look for new ones" }
-                ))
-            })?;
-            checkout.resolve(&newest.tag, None)?
+                )));
+            };
+            commit
         }
     };
     let contained = target != here.commit && checkout.is_ancestor(&target, &here.commit)?;
@@ -436,7 +460,25 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
     let signals_at_start = compose::signal_count();
     let interrupted = || compose::interrupted_since(signals_at_start);
     let prior = state::load(ctx)?;
+    let relay = relay_dir(ctx)?;
+    let checkout = Checkout::open(ctx, &relay)?;
+    let edits = checkout.local_edits()?;
+    if !edits.is_empty() && !opts.allow_dirty {
+        return Err(local_edits_error(
+            &relay,
+            &edits,
+            "which an upgrade would build into the new image or lose",
+            "or pass --allow-dirty to keep them",
+        ));
+    }
+    // The build's CA certificates are read again for the build; a bad
+    // path is found now, before anything changes.
+    if let Some(ca) = &opts.build.ca {
+        crate::build::collect_certificates(ca, opts.build.ca_name())?;
+    }
+    let image = image_name(ctx)?;
     if let Some(s) = &prior {
+        state::validate(ctx, s, &image, &checkout)?;
         if s.phase != Phase::Done && s.phase != Phase::RolledBack {
             ctx.shell.warn(format!(
                 "an earlier upgrade stopped while {} (to {}); the relay is checked below",
@@ -444,23 +486,6 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
                 s.target.as_ref().map_or("?", |t| t.version.as_str())
             ));
         }
-    }
-    let relay = relay_dir(ctx)?;
-    let checkout = Checkout::open(ctx, &relay)?;
-    let edits = checkout.local_edits()?;
-    if !edits.is_empty() && !opts.allow_dirty {
-        let shown: Vec<&str> = edits.iter().take(10).map(String::as_str).collect();
-        return Err(error::usage(format!(
-            "{} has local changes, which an upgrade would build into the new image or lose:\n  {}{}\ncommit or stash them (`git -C {} stash`), or pass --allow-dirty to keep them",
-            relay.display(),
-            shown.join("\n  "),
-            if edits.len() > 10 {
-                format!("\n  ... and {} more", edits.len() - 10)
-            } else {
-                String::new()
-            },
-            relay.display()
-        )));
     }
     let p = plan(ctx, &checkout, opts.reference.as_deref(), opts.fetch)?;
     let mut summary = Summary {
@@ -481,7 +506,6 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
         return Ok(summary);
     }
     print_plan(ctx, &p, opts.json);
-    let image = image_name(ctx)?;
     let running = compose::current(ctx)?;
     let backup_dir = opts
         .backup_dir
@@ -939,6 +963,13 @@ fn to_prune(
 }
 
 /// `upgrade --rollback`: back to the release before the last upgrade.
+///
+/// Everything it needs is checked before anything changes: the state file
+/// ([`state::validate`]), the restore point's image, the checkout (no
+/// local edits, the commit to go back to is in it). Then the checkout
+/// moves, the image name moves and the container is recreated; a step
+/// that fails before the container is touched puts back what the steps
+/// before it changed ([`undo_rollback`]).
 pub fn rollback(ctx: &Context, wait_timeout: Duration, json: bool) -> Result<Summary> {
     compose::require_compose_file(ctx)?;
     compose::ensure_ours(ctx)?;
@@ -946,6 +977,10 @@ pub fn rollback(ctx: &Context, wait_timeout: Duration, json: bool) -> Result<Sum
     let st = state::load(ctx)?.ok_or_else(|| {
         error::usage("there is no upgrade to roll back (data/.upgrade-state.json is missing)")
     })?;
+    let relay = relay_dir(ctx)?;
+    let checkout = Checkout::open(ctx, &relay)?;
+    let image = image_name(ctx)?;
+    state::validate(ctx, &st, &image, &checkout)?;
     let point = st
         .previous
         .clone()
@@ -958,9 +993,18 @@ pub fn rollback(ctx: &Context, wait_timeout: Duration, json: bool) -> Result<Sum
             "the previous release's image {tag} is gone (removed by hand?); `chatmail-docker setup --rebuild` after checking out the release you want in relay/ builds it again"
         )));
     };
-    let relay = relay_dir(ctx)?;
-    let checkout = Checkout::open(ctx, &relay)?;
-    let image = st.image.clone();
+    let edits = checkout.local_edits()?;
+    if !edits.is_empty() {
+        return Err(local_edits_error(
+            &relay,
+            &edits,
+            &format!(
+                "which moving it back to {} would carry along or lose",
+                short(&point.position.commit)
+            ),
+            "then roll back",
+        ));
+    }
     let running = compose::current(ctx)?;
     let current_id = match &running {
         Some(c) => Some(c.image.clone()),
@@ -1007,29 +1051,55 @@ pub fn rollback(ctx: &Context, wait_timeout: Duration, json: bool) -> Result<Sum
             ..Default::default()
         });
     }
-    // The release rolled back from becomes the restore point: a second
-    // --rollback goes forward again.
-    let forward = RestorePoint {
-        position: here,
-        release: current.clone(),
-        image_id: current_id.clone(),
-        image_tag: match &current_id {
-            Some(id) => {
-                let t = restore_tag(&image, &current.commit);
-                tag_image(ctx, id, &t)?;
-                Some(t)
-            }
-            None => None,
+
+    // Everything is checked; changes from here on. The release rolled
+    // back from becomes the restore point: a second --rollback goes
+    // forward again.
+    let forward_tag = current_id
+        .as_ref()
+        .map(|_| restore_tag(&image, &current.commit));
+    let before = Before {
+        position: here.clone(),
+        image_id: image_id(ctx, &image)?,
+        added_tag: match &forward_tag {
+            Some(t) if image_id(ctx, t)?.is_none() => Some(t.clone()),
+            _ => None,
         },
+        state: st.clone(),
     };
+    let undo = |e: anyhow::Error, what: &str| {
+        undo_rollback(ctx, &checkout, &image, &before);
+        e.context(format!("{what}; nothing was changed, the relay runs on"))
+    };
+    if let (Some(id), Some(t)) = (&current_id, &forward_tag) {
+        tag_image(ctx, id, t)
+            .map_err(|e| undo(e, "could not keep the running release as a restore point"))?;
+    }
     let mut next = UpgradeState {
         phase: Phase::Swapping,
         image: image.clone(),
-        previous: Some(forward),
+        previous: Some(RestorePoint {
+            position: here,
+            release: current.clone(),
+            image_id: current_id.clone(),
+            image_tag: forward_tag,
+        }),
         target: Some(point.release.clone()),
         started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
-    state::save(ctx, &next)?;
+    state::save(ctx, &next).map_err(|e| undo(e, "could not record the rollback"))?;
+    checkout.restore(&point.position).map_err(|e| {
+        undo(
+            e,
+            &format!(
+                "could not move {} back to {}",
+                relay.display(),
+                short(&point.position.commit)
+            ),
+        )
+    })?;
+    tag_image(ctx, &tag, &image)
+        .map_err(|e| undo(e, "could not name the previous release's image"))?;
     ctx.shell.status(
         "Swapping",
         format!(
@@ -1040,7 +1110,7 @@ pub fn rollback(ctx: &Context, wait_timeout: Duration, json: bool) -> Result<Sum
     let watch = probe::Downtime::watch();
     let started = Instant::now();
     let sni = mail_domain(ctx);
-    let result = roll_back(ctx, &checkout, &point, &image, wait_timeout, &sni, json);
+    let result = swap(ctx, wait_timeout, &sni, json);
     let window = watch.finish();
     result.context("the rollback did not come up healthy; see `chatmail-docker logs`")?;
     next.phase = Phase::Done;
@@ -1074,6 +1144,61 @@ pub fn rollback(ctx: &Context, wait_timeout: Duration, json: bool) -> Result<Sum
     Ok(summary)
 }
 
+/// What a rollback found before it changed anything.
+struct Before {
+    /// Where the checkout stood.
+    position: git::Position,
+    /// The image the service's name pointed at.
+    image_id: Option<String>,
+    /// The restore-point name the rollback adds (none when it existed).
+    added_tag: Option<String>,
+    /// The state file as it was.
+    state: UpgradeState,
+}
+
+/// Put back what a rollback changed before the container was touched:
+/// the checkout, the image name, the restore-point name it added, the
+/// state file. Each step is done whether or not the rollback got to it
+/// (doing it again changes nothing).
+fn undo_rollback(ctx: &Context, checkout: &Checkout, image: &str, before: &Before) {
+    if let Err(e) = checkout.restore(&before.position) {
+        ctx.shell.error(format!(
+            "could not move {} back to {}: {e:#}",
+            checkout.dir.display(),
+            short(&before.position.commit)
+        ));
+    }
+    if let Some(id) = &before.image_id {
+        if let Err(e) = tag_image(ctx, id, image) {
+            ctx.shell.error(format!("{e:#}"));
+        }
+    }
+    if let Some(t) = &before.added_tag {
+        let _ = ctx
+            .host
+            .cmd("docker", ["image", "rm", t.as_str()])
+            .output(&ctx.shell);
+    }
+    state::put_back(ctx, Some(&before.state));
+}
+
+/// The refusal of a checkout with local edits: they are listed (ten at
+/// most), with what they would come to and how to keep them.
+fn local_edits_error(relay: &Path, edits: &[String], fate: &str, then: &str) -> anyhow::Error {
+    let shown: Vec<String> = edits.iter().take(10).map(|e| e.shown()).collect();
+    error::usage(format!(
+        "{} has local changes, {fate}:\n  {}{}\ncommit or stash them (`git -C {} stash`), {then}",
+        relay.display(),
+        shown.join("\n  "),
+        if edits.len() > 10 {
+            format!("\n  ... and {} more", edits.len() - 10)
+        } else {
+            String::new()
+        },
+        relay.display()
+    ))
+}
+
 /// What `status` shows about the relay release: what runs, and a newer
 /// release tag known locally (no fetch).
 #[derive(Clone, Debug, Serialize, Default)]
@@ -1087,9 +1212,7 @@ pub fn release_status(ctx: &Context, image_id: &str) -> ReleaseStatus {
     let newer = running.as_ref().and_then(|r| {
         let dir = relay_dir(ctx).ok()?;
         let checkout = Checkout::open(ctx, &dir).ok()?;
-        let tags = checkout.tags().ok()?;
-        let newest = git::newest_release(tags.iter().map(String::as_str))?;
-        let commit = checkout.resolve(&newest.tag, None).ok()?;
+        let (newest, commit) = checkout.newest_usable_release().ok()?.release?;
         (!checkout.is_ancestor(&commit, &r.commit).unwrap_or(true)).then_some(newest.tag)
     });
     ReleaseStatus { running, newer }

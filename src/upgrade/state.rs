@@ -5,8 +5,9 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-use super::git::Position;
+use super::git::{is_full_hex, Checkout, Position};
 use super::Release;
+use crate::shell::Shown;
 use crate::Context;
 
 /// The state file, relative to the deployment directory.
@@ -71,9 +72,144 @@ pub fn load(ctx: &Context) -> Result<Option<UpgradeState>> {
     else {
         return Ok(None);
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .with_context(|| format!("{} is not an upgrade state file; move it away", p.display()))
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        crate::error::usage(format!(
+            "{} is not an upgrade state file ({e}); move it away (it only serves `upgrade --rollback`)",
+            p.shown()
+        ))
+    })
+}
+
+/// Check a state file read from disk against what an upgrade of this
+/// deployment writes there, before anything of it is used: it may come
+/// from a restored archive or another deployment. Image names must be
+/// this deployment's image (`image`) and its restore points
+/// (`<image>-relay-<commit>`), commits full hex object names, the commit
+/// to move the checkout back to a commit of `relay/`, the branch a valid
+/// branch name. An error names the file, the field and what is wrong.
+pub fn validate(ctx: &Context, st: &UpgradeState, image: &str, checkout: &Checkout) -> Result<()> {
+    let p = path(ctx);
+    let bad = |field: &str, what: String| {
+        crate::error::usage(format!(
+            "{}: `{field}` {what}; an upgrade of this deployment does not write that (a file from another deployment or host, or edited?): move it away (it only serves `upgrade --rollback`)",
+            p.shown()
+        ))
+    };
+    if st.image != image {
+        return Err(bad(
+            "image",
+            format!(
+                "is {}, but this deployment's image is {}",
+                value(&st.image),
+                value(image)
+            ),
+        ));
+    }
+    let release = |field: &str, r: &Release| -> Result<()> {
+        if !is_full_hex(&r.commit) {
+            return Err(bad(
+                &format!("{field}.commit"),
+                format!(
+                    "is {}, not a full commit id (40 or 64 hex digits)",
+                    value(&r.commit)
+                ),
+            ));
+        }
+        let printable = !r.version.is_empty()
+            && r.version.chars().count() <= 128
+            && !r
+                .version
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace());
+        if !printable {
+            return Err(bad(
+                &format!("{field}.version"),
+                format!(
+                    "is {}, not a version (1 to 128 characters, no spaces or control characters)",
+                    value(&r.version)
+                ),
+            ));
+        }
+        Ok(())
+    };
+    if let Some(prev) = &st.previous {
+        let commit = &prev.position.commit;
+        if !is_full_hex(commit) {
+            return Err(bad(
+                "previous.position.commit",
+                format!(
+                    "is {}, not a full commit id (40 or 64 hex digits)",
+                    value(commit)
+                ),
+            ));
+        }
+        if !checkout.has_commit(commit)? {
+            return Err(bad(
+                "previous.position.commit",
+                format!(
+                    "is {}, which is no commit in {}",
+                    value(commit),
+                    checkout.dir.shown()
+                ),
+            ));
+        }
+        if let Some(b) = &prev.position.branch {
+            if !checkout.is_branch_name(b)? {
+                return Err(bad(
+                    "previous.position.branch",
+                    format!("is {}, not a valid branch name", value(b)),
+                ));
+            }
+        }
+        release("previous.release", &prev.release)?;
+        if let Some(tag) = &prev.image_tag {
+            let expected = super::restore_tag(image, &prev.release.commit);
+            if *tag != expected {
+                return Err(bad(
+                    "previous.image_tag",
+                    format!(
+                        "is {}, but the restore point of this deployment's image for that release is {}",
+                        value(tag),
+                        value(&expected)
+                    ),
+                ));
+            }
+        }
+        if let Some(id) = &prev.image_id {
+            let ok = id.strip_prefix("sha256:").is_some_and(|h| {
+                h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            });
+            if !ok {
+                return Err(bad(
+                    "previous.image_id",
+                    format!(
+                        "is {}, not an image id (sha256: and 64 hex digits)",
+                        value(id)
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(t) = &st.target {
+        release("target", t)?;
+    }
+    if humantime::parse_rfc3339_weak(&st.started).is_err() {
+        return Err(bad(
+            "started",
+            format!("is {}, not a time (RFC 3339)", value(&st.started)),
+        ));
+    }
+    Ok(())
+}
+
+/// A value from the file for a message: escaped, quoted, and cut short.
+fn value(v: &str) -> String {
+    let cut: String = v.chars().take(80).collect();
+    format!(
+        "`{}`{}",
+        cut.shown(),
+        if cut.len() < v.len() { "..." } else { "" }
+    )
 }
 
 pub fn save(ctx: &Context, st: &UpgradeState) -> Result<()> {

@@ -35,10 +35,20 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// A relay "release": config.py reading these keys.
+/// A relay "release": the relay's two Python projects (what a release
+/// must hold), chatmaild's config.py reading these keys.
 fn commit_release(origin: &Path, keys: &[(&str, &str)], tag: Option<&str>) -> String {
     let py = origin.join("chatmaild/src/chatmaild");
     fs::create_dir_all(&py).unwrap();
+    fs::create_dir_all(origin.join("cmdeploy/src/cmdeploy")).unwrap();
+    fs::write(origin.join("cmdeploy/src/cmdeploy/__init__.py"), "").unwrap();
+    for project in ["chatmaild", "cmdeploy"] {
+        fs::write(
+            origin.join(project).join("pyproject.toml"),
+            format!("[project]\nname = \"{project}\"\n"),
+        )
+        .unwrap();
+    }
     let mut text = String::from("class Config:\n    def __init__(self, params):\n");
     for (k, d) in keys {
         if d.is_empty() {
@@ -347,10 +357,11 @@ fn an_unreachable_origin_changes_nothing() {
             "http://127.0.0.1:9/relay.git",
         ],
     );
-    for args in [&["--check"][..], &[]] {
+    // `--check` cannot tell: neither 0 (available) nor 1 (up to date).
+    for (args, code) in [(&["--check"][..], 4), (&[], 1)] {
         let o = f.run(args);
         let out = text(&o);
-        assert_eq!(o.status.code(), Some(1), "{out}");
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {out}");
         assert!(
             out.contains("cannot fetch the relay's releases from origin"),
             "{out}"
@@ -452,13 +463,15 @@ fn rollback_without_an_upgrade_is_refused() {
 fn a_relay_that_is_no_git_checkout_is_explained() {
     let f = fixture("exit 0");
     fs::remove_dir_all(f.dir.join("relay/.git")).unwrap();
-    let o = f.run(&["--check"]);
-    let out = text(&o);
-    assert_eq!(o.status.code(), Some(2), "{out}");
-    assert!(
-        out.contains("is not a git checkout") && out.contains("git clone"),
-        "{out}"
-    );
+    for (args, code) in [(&["--check"][..], 4), (&["--dry-run"], 2)] {
+        let o = f.run(args);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {out}");
+        assert!(
+            out.contains("is not a git checkout") && out.contains("git clone"),
+            "{out}"
+        );
+    }
 }
 
 #[test]
@@ -499,4 +512,478 @@ fn an_interrupted_deploy_beside_the_relay_leaves_nothing_behind() {
     );
     assert_eq!(f.head(), f.first);
     assert!(!f.dir.join("data/.upgrade-state.json").exists());
+}
+
+// ------------------------------------------------------------ --check
+
+#[test]
+fn check_that_cannot_check_has_its_own_exit_code() {
+    let f = fixture("exit 0");
+    // Any failure of the check, not only the network: a ref that does
+    // not resolve, a release that is not there.
+    for args in [
+        &["--check", "--ref", "9.9.9"][..],
+        &["--check", "--no-fetch", "--ref", "no-such-branch"],
+    ] {
+        let o = f.run(args);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(4), "{args:?}: {out}");
+        assert!(
+            out.contains("could not check whether an upgrade is available"),
+            "{out}"
+        );
+        assert!(out.contains("no such tag, branch or commit"), "{out}");
+    }
+    // The help says what each code means.
+    let o = f.run(&["--help"]);
+    let help = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        help.contains("exit 0 when one is, 1 when up to date, 4 when it could not be checked"),
+        "{help}"
+    );
+}
+
+// ------------------------------------------------------------ --ref
+
+/// An origin A(1.0.0) - B; relay/ cloned at B on `main`; then C and D on
+/// the origin's main. Returns (A, B, C, D).
+fn diverged(f: &Fixture) -> (String, String, String, String) {
+    let b = commit_release(&f.origin, &[("mail_domain", ""), ("b", "1")], None);
+    git(&f.dir.join("relay"), &["pull", "-q"]);
+    let c = commit_release(&f.origin, &[("mail_domain", ""), ("c", "1")], None);
+    let d = commit_release(&f.origin, &[("mail_domain", ""), ("d", "1")], None);
+    (f.first.clone(), b, c, d)
+}
+
+/// `upgrade --check --json ARGS`: the target commit.
+fn target_of(f: &Fixture, args: &[&str]) -> String {
+    let mut all = vec!["--check", "--json"];
+    all.extend_from_slice(args);
+    let o = f.run(&all);
+    assert!(
+        matches!(o.status.code(), Some(0 | 1)),
+        "{args:?}: {}",
+        text(&o)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["to"]["commit"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_ref_resolves_in_the_checkout_and_a_branch_name_is_the_remotes() {
+    let f = fixture("exit 0");
+    let (a, b, c, d) = diverged(&f);
+    assert_eq!(f.head(), b);
+    // The checkout's HEAD~1, not the remote's (origin/HEAD~1 is C).
+    assert_eq!(target_of(&f, &["--ref", "HEAD~1"]), a);
+    assert_eq!(target_of(&f, &["--no-fetch", "--ref", "HEAD~1"]), a);
+    // A branch of the remote is that branch as just fetched, not the
+    // local `main` that lags behind ...
+    assert_eq!(target_of(&f, &["--ref", "main"]), d);
+    // ... while revision syntax on it is git's in the checkout: the
+    // local main's parent; the remote's is named as such.
+    assert_eq!(target_of(&f, &["--ref", "main~1"]), a);
+    assert_eq!(target_of(&f, &["--ref", "origin/main~1"]), c);
+    // A tag, and a commit.
+    assert_eq!(target_of(&f, &["--ref", "1.0.0"]), a);
+    assert_eq!(target_of(&f, &["--ref", &c[..10]]), c);
+    // The plan says where it goes.
+    let o = f.run(&["--dry-run", "--ref", "HEAD~1"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains(&format!("-> 1.0.0 ({})", &a[..12])) && out.contains("a downgrade"),
+        "{out}"
+    );
+    // Nothing that looks like an option reaches git as one.
+    for bad in ["--orphan=x", "-f", "--output=/tmp/x"] {
+        let o = f.run(&["--check", &format!("--ref={bad}")]);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(4), "{bad}: {out}");
+        assert!(out.contains("no such tag, branch or commit"), "{out}");
+    }
+    assert_eq!(f.head(), b);
+}
+
+// ------------------------------------------------------------ releases
+
+/// Commit in the origin what `change` does to its tree, tagged `tag`.
+fn commit_tree(origin: &Path, tag: &str, change: impl FnOnce(&Path)) -> String {
+    change(origin);
+    git(origin, &["add", "-A"]);
+    git(origin, &["commit", "-q", "--allow-empty", "-m", tag]);
+    git(origin, &["tag", tag]);
+    git(origin, &["rev-parse", "HEAD"])
+}
+
+#[test]
+fn a_tag_without_the_relays_code_is_no_release() {
+    let f = fixture("exit 0");
+    let good = commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
+    // Newer tags on commits that could not be built: no cmdeploy/ at all;
+    // chatmaild/pyproject.toml a symlink; a tag on a tree.
+    let gone = commit_tree(&f.origin, "1.3.0", |o| {
+        fs::remove_dir_all(o.join("cmdeploy")).unwrap()
+    });
+    git(&f.origin, &["reset", "-q", "--hard", &good]);
+    commit_tree(&f.origin, "1.2.0", |o| {
+        let p = o.join("chatmaild/pyproject.toml");
+        fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &p).unwrap();
+    });
+    git(&f.origin, &["reset", "-q", "--hard", &good]);
+    git(&f.origin, &["tag", "1.4.0", &format!("{good}^{{tree}}")]);
+
+    let o = f.run(&["--check", "--json"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["to"]["commit"], good.as_str(), "{out}");
+    assert_eq!(v["to"]["version"], "1.1.0", "{out}");
+    for (tag, why) in [
+        ("1.3.0", "cmdeploy/pyproject.toml, cmdeploy/src/cmdeploy"),
+        ("1.2.0", "chatmaild/pyproject.toml"),
+        ("1.4.0", "does not point at a commit"),
+    ] {
+        assert!(
+            out.contains(&format!(
+                "the tag {tag} is no release of the relay, passed over"
+            )) && out.contains(why),
+            "{tag}: {out}"
+        );
+    }
+    // Asked for by name, it is refused with the reason.
+    let o = f.run(&["--ref", "1.3.0", "--no-backup"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains(&format!(
+            "--ref 1.3.0: its commit {} lacks the relay's code",
+            &gone[..12]
+        )),
+        "{out}"
+    );
+    assert_eq!(f.head(), f.first);
+    let calls = f.docker_calls();
+    assert!(
+        !calls.contains("image tag") && !calls.contains(" build "),
+        "{calls}"
+    );
+}
+
+// ------------------------------------------------------------ --rollback
+
+const OLD_ID: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+/// A deployment after an upgrade from 1.0.0 to 1.1.0: relay/ on `main`
+/// at 1.1.0, whose config.py differs, the restore point of 1.0.0 an
+/// image, and the state file that upgrade wrote. `tag_fails`: the shell
+/// run for `docker image tag` of the restore point back to the image's
+/// name. Returns the fixture, 1.1.0's commit and the state.
+fn upgraded(tag_fails: &str) -> (Fixture, String, serde_json::Value) {
+    // Restore points (and forged names) are images when listed in `images`
+    // beside the deployment.
+    let arms = format!(
+        r#""image inspect --format {{{{.Id}}}} chatmail-relay:local-relay-"*|"image inspect --format {{{{.Id}}}} busybox"*) grep -qxF -- "$5" "$DEPLOY/../images" && echo {OLD_ID} && exit 0; exit 1;;
+  "image tag chatmail-relay:local-relay-"*" chatmail-relay:local") {tag_fails};;"#
+    );
+    let f = fixture_with("exit 0", &arms);
+    let new = commit_release(
+        &f.origin,
+        &[("mail_domain", ""), ("new", "1")],
+        Some("1.1.0"),
+    );
+    git(&f.dir.join("relay"), &["pull", "-q"]);
+    fs::write(
+        f.dir.join("../images"),
+        format!(
+            "chatmail-relay:local-relay-{}\nbusybox:latest\nbusybox:latest-relay-{}\n",
+            &f.first[..12],
+            &f.first[..12]
+        ),
+    )
+    .unwrap();
+    let state = serde_json::json!({
+        "phase": "done",
+        "image": "chatmail-relay:local",
+        "previous": {
+            "position": {"commit": f.first, "branch": "main"},
+            "release": {"commit": f.first, "version": "1.0.0"},
+            "image_tag": format!("chatmail-relay:local-relay-{}", &f.first[..12]),
+            "image_id": OLD_ID,
+        },
+        "target": {"commit": new, "version": "1.1.0"},
+        "started": "2026-01-01T03:00:00Z",
+    });
+    (f, new, state)
+}
+
+impl Fixture {
+    fn write_state(&self, state: &serde_json::Value) {
+        fs::create_dir_all(self.dir.join("data")).unwrap();
+        fs::write(
+            self.dir.join("data/.upgrade-state.json"),
+            serde_json::to_vec_pretty(state).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::from_slice(&fs::read(self.dir.join("data/.upgrade-state.json")).unwrap())
+            .unwrap()
+    }
+
+    fn branch(&self) -> String {
+        git(
+            &self.dir.join("relay"),
+            &["rev-parse", "--abbrev-ref", "HEAD"],
+        )
+    }
+}
+
+#[test]
+fn a_rollback_trusts_no_state_file_it_did_not_write() {
+    let (f, new, good) = upgraded("exit 0");
+    // A valid file passes every check (the dry run runs them all).
+    f.write_state(&good);
+    let o = f.run(&["--rollback", "--dry-run"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("would tag chatmail-relay:local-relay-"),
+        "{out}"
+    );
+
+    // A local edit the forged files must not discard.
+    let config = f.dir.join("relay/chatmaild/src/chatmaild/config.py");
+    fs::write(&config, "# mine\n").unwrap();
+    let other_hex = "0123456789abcdef0123456789abcdef01234567";
+    let forged: Vec<(&str, &str, serde_json::Value)> = vec![
+        // `git checkout --detach --force`: the local edit would be gone.
+        (
+            "previous.position.commit",
+            "/previous/position/commit",
+            "--force".into(),
+        ),
+        ("image", "/image", "busybox:latest".into()),
+        (
+            "previous.image_tag",
+            "/previous/image_tag",
+            "busybox:latest".into(),
+        ),
+        (
+            "previous.image_tag",
+            "/previous/image_tag",
+            "chatmail-relay:local".into(),
+        ),
+        (
+            "previous.position.commit",
+            "/previous/position/commit",
+            "HEAD".into(),
+        ),
+        (
+            "previous.position.commit",
+            "/previous/position/commit",
+            other_hex.into(),
+        ),
+        (
+            "previous.position.branch",
+            "/previous/position/branch",
+            "-f".into(),
+        ),
+        (
+            "previous.position.branch",
+            "/previous/position/branch",
+            "a..b".into(),
+        ),
+        (
+            "previous.position.branch",
+            "/previous/position/branch",
+            "@{-1}".into(),
+        ),
+        (
+            "previous.release.commit",
+            "/previous/release/commit",
+            "--force".into(),
+        ),
+        ("previous.image_id", "/previous/image_id", "--help".into()),
+        ("target.version", "/target/version", "1.1\u{1b}[2J".into()),
+        ("started", "/started", "yesterday".into()),
+    ];
+    for (field, pointer, value) in forged {
+        let mut st = good.clone();
+        *st.pointer_mut(pointer).unwrap() = value.clone();
+        if field == "image" {
+            // Its own restore point, consistently forged too.
+            st["previous"]["image_tag"] = format!("busybox:latest-relay-{}", &f.first[..12]).into();
+        }
+        f.write_state(&st);
+        let before = fs::read(f.dir.join("data/.upgrade-state.json")).unwrap();
+        let o = f.run(&["--rollback", "--wait-timeout", "1"]);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{field}={value}: {out}");
+        assert!(
+            out.contains("data/.upgrade-state.json: `") && out.contains(&format!("`{field}`")),
+            "{field}={value}: {out}"
+        );
+        assert!(!out.contains('\u{1b}'), "raw escape: {out:?}");
+        // Nothing changed: the image names, the checkout, the edit, the file.
+        let calls = f.docker_calls();
+        assert!(
+            !calls.contains("image tag") && !calls.contains(" up "),
+            "{field}={value}: {calls}"
+        );
+        assert_eq!(f.head(), new, "{field}={value}");
+        assert_eq!(fs::read_to_string(&config).unwrap(), "# mine\n");
+        assert_eq!(
+            fs::read(f.dir.join("data/.upgrade-state.json")).unwrap(),
+            before
+        );
+    }
+    // Not even the shape of a state file: a usage error naming it.
+    f.write_state(&serde_json::json!({"phase": "exploded"}));
+    let o = f.run(&["--rollback"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("data/.upgrade-state.json is not an upgrade state file"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_rollback_checks_the_checkout_before_changing_anything() {
+    let (f, new, good) = upgraded("exit 0");
+    f.write_state(&good);
+    // An edit that conflicts with the commit to go back to.
+    let config = f.dir.join("relay/chatmaild/src/chatmaild/config.py");
+    fs::write(&config, "# mine\n").unwrap();
+    let o = f.run(&["--rollback", "--wait-timeout", "1"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("has local changes") && out.contains("config.py") && out.contains("stash"),
+        "{out}"
+    );
+    let calls = f.docker_calls();
+    assert!(
+        !calls.contains("image tag") && !calls.contains(" up "),
+        "the image was not renamed: {calls}"
+    );
+    assert_eq!(f.head(), new);
+    assert_eq!(fs::read_to_string(&config).unwrap(), "# mine\n");
+    assert_eq!(f.state(), good, "the state file is as it was");
+}
+
+#[test]
+fn a_rollback_step_that_fails_puts_back_what_it_changed() {
+    // Renaming the restore point back to the image fails.
+    let (f, new, good) = upgraded("echo 'no space left on device' >&2; exit 1");
+    f.write_state(&good);
+    let o = f.run(&["--rollback", "--wait-timeout", "1"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("could not name the previous release's image")
+            && out.contains("nothing was changed"),
+        "{out}"
+    );
+    // The checkout had moved back to 1.0.0: it is on main at 1.1.0 again.
+    assert_eq!(f.head(), new);
+    assert_eq!(f.branch(), "main");
+    assert_eq!(f.state(), good, "the state file is as it was");
+    let calls = f.docker_calls();
+    assert!(!calls.contains(" up "), "{calls}");
+    // The restore-point name the rollback added for 1.1.0 is gone again,
+    // and the image's name points where it did.
+    let forward = format!("chatmail-relay:local-relay-{}", &new[..12]);
+    assert!(calls.contains(&format!("image rm {forward}")), "{calls}");
+    let failed = calls
+        .find(&format!(
+            "image tag chatmail-relay:local-relay-{} chatmail-relay:local",
+            &f.first[..12]
+        ))
+        .expect(&calls);
+    let back = calls
+        .rfind("image tag sha256:old chatmail-relay:local\n")
+        .expect(&calls);
+    assert!(failed < back, "{calls}");
+}
+
+// ------------------------------------------------------------ file options
+
+#[test]
+fn file_options_are_checked_before_anything_changes() {
+    let f = fixture("exit 0");
+    commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
+    let t = tempfile::tempdir().unwrap();
+    let fifo = t.path().join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let file = t.path().join("file");
+    fs::write(&file, "x").unwrap();
+    let missing = t.path().join("missing.pem");
+    let below = file.join("below");
+    let bounded = |args: &[&str], env: Option<&Path>| {
+        let mut c = f.cmd(args);
+        if let Some(ca) = env {
+            c.env("CHATMAIL_BUILD_CA", ca);
+        }
+        c.timeout(Duration::from_secs(60)).output().unwrap()
+    };
+    let cases: Vec<(Vec<&str>, Option<&Path>, String)> = vec![
+        (
+            vec!["--no-backup", "--build-ca", missing.to_str().unwrap()],
+            None,
+            format!("--build-ca {}", missing.display()),
+        ),
+        (
+            vec!["--no-backup", "--build-ca", fifo.to_str().unwrap()],
+            None,
+            "is a FIFO, not a regular file".into(),
+        ),
+        (
+            vec!["--no-backup"],
+            Some(&missing),
+            format!("CHATMAIL_BUILD_CA {}", missing.display()),
+        ),
+        (
+            vec!["--backup-dir", file.to_str().unwrap()],
+            None,
+            format!(
+                "--backup-dir {}: is a regular file, not a directory",
+                file.display()
+            ),
+        ),
+        (
+            vec!["--backup-dir", below.to_str().unwrap()],
+            None,
+            format!(
+                "--backup-dir {}/below: {} is a regular file",
+                file.display(),
+                file.display()
+            ),
+        ),
+    ];
+    for (args, env, needle) in cases {
+        let o = bounded(&args, env);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {out}");
+        assert!(out.contains(&needle), "{args:?}: no `{needle}` in {out}");
+        let calls = f.docker_calls();
+        assert!(
+            !calls.contains("image tag") && !calls.contains(" build "),
+            "{args:?}: {calls}"
+        );
+        assert_eq!(f.head(), f.first);
+    }
 }
