@@ -584,9 +584,6 @@ fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
             _ => None,
         },
     };
-    if let Some(p) = &opts.since {
-        catalog::open_archive(p).map_err(|e| error::usage(format!("--since: {e:#}")))?;
-    }
     let running = running_container(ctx);
     let layout = container_layout(ctx, running.as_ref())?;
     // The queue is read separately (under a pause); a side container's
