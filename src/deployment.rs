@@ -153,17 +153,17 @@ pub fn load_env_file(path: &Path) -> Result<Option<Env>> {
         .map_err(crate::host::InputError::into_error)?
     {
         None => Ok(None),
-        Some(bytes) => crate::dotenv::load(&bytes, path).map(Some),
+        Some(bytes) => crate::formats::dotenv::load(&bytes, path).map(Some),
     }
 }
 
 /// Read a chatmail.ini as text (any path: `--ini`) with the limits of
 /// [`crate::host::read_input`]: a FIFO, a device or a huge file is refused,
-/// naming the file. Parse it with [`crate::ini::parse_file`].
+/// naming the file. Parse it with [`crate::formats::ini::parse_file`].
 pub fn read_ini(path: &Path) -> Result<String> {
     let bytes = crate::host::read_input(path, crate::host::MAX_CONFIG_BYTES)
         .map_err(crate::host::InputError::into_error)?;
-    crate::ini::text(bytes, path)
+    crate::formats::ini::text(bytes, path)
 }
 
 #[cfg(test)]

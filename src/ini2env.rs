@@ -5,14 +5,14 @@
 //! the container's init writes them back into the relay's ini. This module
 //! makes that trip exact and keeps the administrator's own `.env` intact:
 //!
-//! - the ini is read with the relay's semantics ([`crate::ini`]); only
+//! - the ini is read with the relay's semantics ([`crate::formats::ini`]); only
 //!   `[params]` counts, other sections are reported and ignored;
 //! - by default a key is written only when its value differs from the
 //!   relay's default (the embedded `chatmail-ini-defaults.ini`, compared as
 //!   exact strings); keys without a default are written whenever the ini has
 //!   them, even empty, because the relay tells "empty" from "absent" for
 //!   some of them (`iroh_relay`); `--all` writes every key;
-//! - values are quoted with [`crate::dotenv::quote`] so Compose reads them
+//! - values are quoted with [`crate::formats::dotenv::quote`] so Compose reads them
 //!   back byte for byte; a multi-line ini value (continuation lines) is one
 //!   double-quoted line with `\n` escapes, e.g. `KEY="first\nsecond"`, and
 //!   reaches the container as a variable holding real newlines. The way
@@ -48,10 +48,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::dotenv;
 use crate::error;
+use crate::formats::dotenv;
+use crate::formats::ini::{self, FastMap, Ini};
 use crate::host;
-use crate::ini::{self, FastMap, Ini};
 use crate::Context;
 
 /// The relay's `[params]` defaults (see the file's header for provenance).

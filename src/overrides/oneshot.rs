@@ -7,7 +7,7 @@
 //! that run only: nothing is written to `.env` or the generated override,
 //! and the next `setup`/`up` is back to the defaults.
 
-use crate::ini::quoted;
+use crate::formats::ini::quoted;
 use anyhow::Result;
 
 /// The relay's deployment stages, in the only order they can run.

@@ -70,7 +70,7 @@ pub fn mail_domain(ctx: &Context, env: &Env) -> Option<(String, String)> {
 fn ini_mail_domain(path: &Path) -> Option<String> {
     // Read as the relay reads it; a broken file is reported by ini2env.
     let text = crate::deployment::read_ini(path).ok()?;
-    let ini = crate::ini::parse_file(&text, path).ok()?;
+    let ini = crate::formats::ini::parse_file(&text, path).ok()?;
     ini.section("params")?
         .get("mail_domain")
         .map(str::to_string)

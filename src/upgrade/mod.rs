@@ -196,7 +196,7 @@ fn ini_keys(ctx: &Context) -> Vec<String> {
     let Ok(text) = crate::deployment::read_ini(&path) else {
         return Vec::new();
     };
-    crate::ini::parse_str(&text)
+    crate::formats::ini::parse_str(&text)
         .ok()
         .and_then(|ini| {
             ini.section("params")

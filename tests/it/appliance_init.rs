@@ -108,7 +108,7 @@ fn hand_set_values_with_other_line_breaks_keep_the_ini_readable() {
         ("PRIVACY_MAIL", "a\rb\u{2028}c\x0cd"),
         ("ACME_EMAIL", ""),
     ]);
-    let ini = chatmail_docker::ini::parse_str(&text)
+    let ini = chatmail_docker::formats::ini::parse_str(&text)
         .unwrap_or_else(|e| panic!("the written ini does not parse ({e}):\n{text}"));
     let params = ini.section("params").unwrap();
     assert_eq!(params.get("privacy_mail"), Some("a\nb\nc\nd"), "{text}");

@@ -8,7 +8,7 @@
 
 use crate::support::{have_compose_v2, require, xorshift};
 use assert_cmd::Command as BinCommand;
-use chatmail_docker::{dotenv, ini};
+use chatmail_docker::formats::{dotenv, ini};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;

@@ -5,7 +5,7 @@
 //! the differential tests are skipped with a reason, except under CI=true.
 
 use crate::support::{require, runs, xorshift};
-use chatmail_docker::ini;
+use chatmail_docker::formats::ini;
 use proptest::prelude::*;
 use serde_json::Value;
 use std::io::Write;
@@ -221,13 +221,13 @@ proptest! {
 
     #[test]
     fn dotenv_parser_never_panics(s in "(['\"\\\\$#={}:\\- \t\r\n]|export|[a-zA-Z0-9_]|é|\u{85}|\u{a0})*") {
-        let _ = chatmail_docker::dotenv::parse(&s);
+        let _ = chatmail_docker::formats::dotenv::parse(&s);
     }
 
     #[test]
     fn quoted_values_read_back(v in "\\PC*|[\\x01-\\x7f]*") {
-        if let Ok(q) = chatmail_docker::dotenv::quote(&v) {
-            let st = chatmail_docker::dotenv::parse(&format!("K={q}\n")).unwrap();
+        if let Ok(q) = chatmail_docker::formats::dotenv::quote(&v) {
+            let st = chatmail_docker::formats::dotenv::parse(&format!("K={q}\n")).unwrap();
             prop_assert_eq!(&st[0].value, &v);
         } else {
             prop_assert!(v.contains('\0'));
@@ -285,11 +285,11 @@ proptest! {
         let ini = merge_ini(&values);
         let vars = merge_vars(&ini);
         let _ = chatmail_docker::ini2env::merge(&old, ".env", &vars, false);
-        if chatmail_docker::dotenv::parse(&old).is_ok() {
+        if chatmail_docker::formats::dotenv::parse(&old).is_ok() {
             let m = chatmail_docker::ini2env::merge(&old, ".env", &vars, true).unwrap();
             // Variables that are not the ini's stay.
             let keys = |text: &str| -> std::collections::BTreeSet<String> {
-                chatmail_docker::dotenv::parse(text)
+                chatmail_docker::formats::dotenv::parse(text)
                     .unwrap()
                     .into_iter()
                     .map(|s| s.key)

@@ -31,7 +31,7 @@
 //! value that cannot be represented is one holding a NUL character (no
 //! environment variable can).
 
-use crate::ini::{quoted, FastMap};
+use crate::formats::ini::{quoted, FastMap};
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,0 +1,66 @@
+//! What every command receives: the deployment directory, the host seam,
+//! the output, and whether this is a dry run.
+
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+use crate::deployment::Deployment;
+use crate::host::{Cmd, Host};
+use crate::shell::Shell;
+
+/// Everything a command needs to know about where and how it runs.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// The deployment directory (absolute) and its files.
+    pub deployment: Deployment,
+    pub host: Host,
+    pub shell: Shell,
+    pub dry_run: bool,
+}
+
+impl Context {
+    pub fn new(dir: impl AsRef<Path>, host: Host, shell: Shell, dry_run: bool) -> Result<Context> {
+        let dir = dir.as_ref();
+        let dir = if dir.is_absolute() {
+            dir.to_path_buf()
+        } else {
+            std::env::current_dir()?.join(dir)
+        };
+        // Normalise `./x/.` without requiring the directory to exist.
+        let dir: PathBuf = dir.components().collect();
+        Ok(Context {
+            deployment: Deployment::new(dir),
+            host,
+            shell,
+            dry_run,
+        })
+    }
+
+    /// Where a dry run and a real run part for a command: in a dry run,
+    /// show it (`would run: CMD NOTE`) and return `None`; otherwise run it
+    /// with `run`.
+    pub fn run_or_show<T>(
+        &self,
+        cmd: &Cmd,
+        note: &str,
+        run: impl FnOnce(&Cmd) -> Result<T>,
+    ) -> Result<Option<T>> {
+        if self.dry_run {
+            self.shell
+                .out(format!("would run: {}{note}", cmd.display()));
+            return Ok(None);
+        }
+        run(cmd).map(Some)
+    }
+
+    /// The last line of a dry run.
+    pub fn dry_run_done(&self) {
+        self.shell.out("dry run: nothing was changed");
+    }
+
+    /// A path inside the deployment directory ([`Deployment`] names its
+    /// files; this is for the others).
+    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.deployment.path(rel)
+    }
+}
