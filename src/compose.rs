@@ -712,11 +712,9 @@ pub fn wait_for_health(ctx: &Context, timeout: Duration, interruptible: bool) ->
                 );
             }
             if interruptible && interrupted_since(since) {
-                return Err(error::Failure {
-                    code: 130,
-                    message: Some("interrupted while waiting; the container keeps starting (see `chatmail-docker status`)".into()),
-                }
-                .into());
+                return Err(crate::host::interrupt::interrupted(
+                    "interrupted while waiting; the container keeps starting (see `chatmail-docker status`)",
+                ));
             }
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -725,7 +723,7 @@ pub fn wait_for_health(ctx: &Context, timeout: Duration, interruptible: bool) ->
         b.finish_and_clear();
     }
     if let Err(e) = &result {
-        if interruptible && error::exit_code(e) != 130 {
+        if interruptible && error::exit_code(e) != error::EXIT_INTERRUPTED {
             let logs = last_logs(ctx, 50);
             if !logs.trim().is_empty() {
                 ctx.shell.error("last 50 log lines of the appliance:");
@@ -838,7 +836,7 @@ pub fn logs(ctx: &Context, a: &LogsOptions) -> Result<()> {
     args.push(SERVICE.into());
     let code = run_forwarding(ctx, &Project::new(ctx).cmd(ctx, args))?;
     match code {
-        0 | 130 => Ok(()),
+        0 | error::EXIT_INTERRUPTED => Ok(()),
         c => Err(error::silent(c)),
     }
 }

@@ -17,6 +17,8 @@ pub const EXIT_PREFLIGHT: i32 = 3;
 /// (the relay's remote unreachable, no relay checkout, a `--ref` that does
 /// not resolve, ...): neither "available" (0) nor "up to date" (1).
 pub const EXIT_CANNOT_CHECK: i32 = 4;
+/// Ended by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// An error that carries its own exit code.
 #[derive(Debug)]

@@ -147,13 +147,9 @@ fn deploy_aside(
             }
             Ok(d.fresh)
         }
-        Err(e) if error::exit_code(&e) == 130 || interrupted() => Err(error::Failure {
-            code: 130,
-            message: Some(
-                "interrupted while deploying the configuration in a side container; the container was not touched".into(),
-            ),
-        }
-        .into()),
+        Err(e) if error::exit_code(&e) == error::EXIT_INTERRUPTED || interrupted() => Err(crate::host::interrupt::interrupted(
+                "interrupted while deploying the configuration in a side container; the container was not touched",
+        )),
         Err(e) if crate::stage::is_not_stageable(&e) => {
             ctx.shell.note(format!(
                 "{e:#}; the container deploys the configuration by itself"

@@ -504,11 +504,9 @@ fn deploy_aside(
             _ => {}
         }
         if interrupted() {
-            return Err(error::Failure {
-                code: 130,
-                message: Some("interrupted while deploying beside the relay".into()),
-            }
-            .into());
+            return Err(crate::host::interrupt::interrupted(
+                "interrupted while deploying beside the relay",
+            ));
         }
         if start.elapsed() >= timeout {
             bail!(

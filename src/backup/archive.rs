@@ -74,7 +74,7 @@ pub struct Writer<W: Write + Send + 'static> {
     in_flight: u64,
     /// Pieces returned so far (every piece sent comes back once).
     returned: u64,
-    pool: super::pool::Pool<Job>,
+    pool: crate::host::pool::Pool<Job>,
     /// Frames compressed outside the pool go straight to the writing
     /// thread (dropped before it is joined).
     direct: Option<Sender<Compressed>>,
@@ -194,7 +194,7 @@ impl<W: Write + Send + 'static> Writer<W> {
         let (done_tx, done_rx) = mpsc::channel::<Compressed>();
         let (back_tx, back_rx) = mpsc::channel::<Returned>();
         let direct = Some(done_tx.clone());
-        let pool = super::pool::start("zstd", threads, threads, done_tx, compress_job)?;
+        let pool = crate::host::pool::start("zstd", threads, threads, done_tx, compress_job)?;
         let writer = std::thread::Builder::new()
             .name("archive-out".into())
             .spawn(move || write_in_order(out, done_rx, back_tx))

@@ -15,11 +15,9 @@ pub mod archive;
 mod base;
 pub mod catalog;
 pub mod crypt;
-pub mod flush;
 pub mod manifest;
 pub mod owners;
 pub mod pause;
-pub mod pool;
 pub mod restore;
 pub mod scan;
 
@@ -33,6 +31,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
+use crate::host::parent_dir;
 use crate::{compose, error, Context};
 pub use catalog::Origin;
 use manifest::{Consistency, Entry, EntryKind, Header, Kind, Manifest};
@@ -560,14 +559,6 @@ fn dest_dir(output: &Output) -> Option<PathBuf> {
     }
 }
 
-/// The directory holding `p` (`.` for a bare name).
-fn parent_dir(p: &Path) -> &Path {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    }
-}
-
 fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
     let dep = &ctx.deployment;
     let (_, compact) = stamp(SystemTime::now());
@@ -873,7 +864,7 @@ impl Drop for Progress {
 /// (the flusher stops when this is dropped, once the archive is complete).
 struct Flushed {
     file: fs::File,
-    _flusher: flush::Flusher,
+    _flusher: crate::host::flush::Flusher,
 }
 
 /// How often the archive is flushed while it is written.
@@ -1033,9 +1024,9 @@ fn open_dest(
                 Box::new(std::io::BufWriter::with_capacity(
                     1 << 20,
                     Flushed {
-                        _flusher: flush::Flusher::start(
+                        _flusher: crate::host::flush::Flusher::start(
                             "archive-flush",
-                            flush::Target::Data(f.try_clone()?),
+                            crate::host::flush::Target::Data(f.try_clone()?),
                             FLUSH_PERIOD,
                         )?,
                         file: f,
@@ -1558,9 +1549,7 @@ fn write(
                     .then_some((final_path.as_path(), &json_parts[..])),
                 chain,
             )?;
-            if let Ok(d) = fs::File::open(parent_dir(&final_path)) {
-                let _ = d.sync_all();
-            }
+            crate::host::flush::sync_dir(parent_dir(&final_path));
             Some(final_path)
         }
     };
@@ -1655,9 +1644,9 @@ mod tests {
         let path = dir.path().join("a");
         let f = fs::File::create(&path).unwrap();
         let mut flushed = Flushed {
-            _flusher: flush::Flusher::start(
+            _flusher: crate::host::flush::Flusher::start(
                 "test-flush",
-                flush::Target::Data(f.try_clone().unwrap()),
+                crate::host::flush::Target::Data(f.try_clone().unwrap()),
                 FLUSH_PERIOD,
             )
             .unwrap(),

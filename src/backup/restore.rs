@@ -35,9 +35,9 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use super::crypt::{self, Keys};
-use super::flush::{Flusher, Target};
 use super::manifest::{self, check_format, Entry, EntryKind, Header, Kind, Manifest};
 use super::{catalog, scan};
+use crate::host::flush::{Flusher, Target};
 use crate::host::interrupt;
 use crate::host::tree::{self, Tree};
 use crate::{deployment, error, Context};
@@ -403,7 +403,7 @@ type Written = Result<(String, String, u64)>;
 /// and copying data into them, which this spreads over every core while
 /// one thread decompresses (as `zstd -d | tar -x` runs in two processes).
 struct Pool {
-    workers: super::pool::Pool<WriteJob>,
+    workers: crate::host::pool::Pool<WriteJob>,
     done: std::sync::mpsc::Receiver<Written>,
     sent: usize,
     received: usize,
@@ -424,7 +424,7 @@ impl Pool {
             .unwrap_or(1);
         let (done_tx, done) = std::sync::mpsc::channel::<Written>();
         Ok(Pool {
-            workers: super::pool::start("restore", n, 2 * n, done_tx, write_one)?,
+            workers: crate::host::pool::start("restore", n, 2 * n, done_tx, write_one)?,
             done,
             sent: 0,
             received: 0,
@@ -1174,7 +1174,7 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
         ctx.shell.note("not running as root: files belong to the restoring user; run restore as root to keep owners");
     }
     // One flush for the whole tree before it goes into place.
-    let _ = rustix::fs::syncfs(fs::File::open(staging_dir.path())?);
+    crate::host::flush::sync_fs(staging_dir.path())?;
     // An interrupt at any point before the move leaves the target as it
     // was.
     if interrupt::since(signals) {
@@ -1235,9 +1235,7 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
         }
         return Err(e);
     }
-    if let Ok(d) = fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
+    crate::host::flush::sync_dir(&dir);
     drop(critical);
     drop(staging);
     drop(staging_dir);

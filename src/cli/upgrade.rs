@@ -69,7 +69,7 @@ impl UpgradeArgs {
             return match upgrade::check(ctx, self.reference.as_deref(), !self.no_fetch, self.json) {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(error::silent(error::EXIT_RUNTIME)),
-                Err(e) if error::exit_code(&e) == 130 => Err(e),
+                Err(e) if error::exit_code(&e) == error::EXIT_INTERRUPTED => Err(e),
                 Err(e) => Err(e.context(error::Failure {
                     code: error::EXIT_CANNOT_CHECK,
                     message: Some(format!(

@@ -18,8 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-/// The exit code of a command ended by a signal.
-pub const EXIT_INTERRUPTED: i32 = 130;
+pub use crate::error::EXIT_INTERRUPTED;
 
 struct State {
     count: AtomicUsize,

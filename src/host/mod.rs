@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use crate::shell::Shell;
 
+pub mod flush;
 pub mod interrupt;
+pub mod pool;
 pub mod tree;
 
 /// The host as the tool sees it.
@@ -522,6 +524,14 @@ pub fn write_atomic_nofollow(path: &Path, bytes: &[u8], mode: u32) -> Result<()>
 
 /// [`write_atomic`] with its choices spelled out.
 ///
+/// The directory holding `p`: its parent, or `.` for a bare file name.
+pub fn parent_dir(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// The temp file is `.NAME.chatmail-docker.XXXXXX.tmp` and stays locked
 /// (`flock`) until it is renamed or removed; a temp file of that shape no
 /// process holds locked is what a killed run left behind, and is removed
@@ -540,10 +550,7 @@ pub fn write_atomic_with(path: &Path, bytes: &[u8], mode: u32, opts: WriteOpts) 
         }
         _ => path,
     };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = parent_dir(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -595,9 +602,7 @@ pub fn write_atomic_with(path: &Path, bytes: &[u8], mode: u32, opts: WriteOpts) 
     tmp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("cannot replace {}", path.display()))?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    flush::sync_dir(dir);
     if let (Some(mut old), Some(Some(expected))) = (replaced, opts.expect) {
         // Written to in the moment between comparing and renaming (an
         // append): put the edited file back and let the caller merge again.

@@ -1182,15 +1182,6 @@ impl Job<'_> {
     }
 }
 
-/// Flush everything written to the filesystem holding `path` (one `syncfs`
-/// instead of an fsync per file): a crash after a phase is recorded as done
-/// must not lose its data.
-pub fn flush(path: &Path) -> Result<()> {
-    let f = File::open(path).with_context(|| format!("cannot open {}", path.shown()))?;
-    rustix::fs::syncfs(&f)
-        .with_context(|| format!("cannot sync the filesystem of {}", path.shown()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -406,7 +406,7 @@ fn presync(ctx: &Context, st: &mut State, state_file: &Path, found: &[Found]) ->
         // On disk before the relay stops, so the downtime does not pay
         // for flushing the bulk of the data.
         if stats.changed() {
-            copy::flush(&f.dest)?;
+            crate::host::flush::sync_fs(&f.dest)?;
         }
         report_sync(ctx, "Pre-synced", f, &stats, t.elapsed());
         if !st.presynced.iter().any(|p| p == f.source.dest) {
@@ -461,7 +461,7 @@ fn final_sync(
             .with_context(|| format!("final sync of {} failed", f.source.host_path))?;
         // Always: an interrupted earlier run may have left unflushed copies
         // that this one found complete, and "done" must mean "on disk".
-        copy::flush(&f.dest)?;
+        crate::host::flush::sync_fs(&f.dest)?;
         report_sync(ctx, "Synced", f, &stats, t.elapsed());
         total.add(stats);
     }
@@ -924,7 +924,7 @@ fn recopy(ctx: &Context, f: &Found, differing: &[PathBuf]) -> Result<()> {
     let tree = copy::walk_source(ctx.host.root(), Path::new(f.source.host_path))?;
     copy::sync(&tree, &f.dest, false)
         .with_context(|| format!("copying {} again failed", f.source.host_path))?;
-    copy::flush(&f.dest)
+    crate::host::flush::sync_fs(&f.dest)
 }
 
 /// `n thing` / `n things` (`entry` -> `entries`).

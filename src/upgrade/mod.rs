@@ -407,11 +407,7 @@ fn undo_before_swap(
 }
 
 fn interrupted_error(message: String) -> anyhow::Error {
-    error::Failure {
-        code: 130,
-        message: Some(message),
-    }
-    .into()
+    crate::host::interrupt::interrupted(message)
 }
 
 /// Disk space for the build: the running image's size plus a margin.
@@ -566,7 +562,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
         );
         match stage::deployed(ctx, id, opts.wait_timeout, &interrupted) {
             Ok(d) => restore_id = Some(d.id),
-            Err(e) if error::exit_code(&e) == 130 => {
+            Err(e) if error::exit_code(&e) == error::EXIT_INTERRUPTED => {
                 return Err(interrupted_error(
                     "interrupted before the build; nothing was changed".into(),
                 ))
@@ -665,7 +661,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
                 new_id = d.id;
                 summary.deploy_aside_seconds = Some(aside.elapsed().as_secs_f64());
             }
-            Err(e) if error::exit_code(&e) == 130 || interrupted() => {
+            Err(e) if error::exit_code(&e) == error::EXIT_INTERRUPTED || interrupted() => {
                 undo();
                 return Err(interrupted_error(format!(
                     "interrupted while deploying {} beside the relay; {} is back at {} and the relay was never touched",
@@ -811,7 +807,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
                     }
                     Err(error::Failure {
                         code: if interrupted() {
-                            130
+                            error::EXIT_INTERRUPTED
                         } else {
                             error::EXIT_RUNTIME
                         },
@@ -1135,11 +1131,9 @@ pub fn rollback(ctx: &Context, wait_timeout: Duration, json: bool) -> Result<Sum
         ..Default::default()
     };
     if compose::interrupted_since(signals_at_start) {
-        return Err(error::Failure {
-            code: 130,
-            message: Some("interrupted: the rollback was finished first".into()),
-        }
-        .into());
+        return Err(crate::host::interrupt::interrupted(
+            "interrupted: the rollback was finished first",
+        ));
     }
     Ok(summary)
 }
