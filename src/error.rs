@@ -13,6 +13,27 @@ pub const EXIT_RUNTIME: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 /// A preflight check failed.
 pub const EXIT_PREFLIGHT: i32 = 3;
+/// Stopped by SIGINT or SIGTERM (after finishing what must not be cut short).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Every exit code and what it means: `--help`, the man pages and the
+/// README say the same (the tests compare them).
+pub const EXIT_CODES: &[(i32, &str)] = &[
+    (EXIT_OK, "ok"),
+    (EXIT_RUNTIME, "runtime failure"),
+    (EXIT_USAGE, "usage or configuration error"),
+    (EXIT_PREFLIGHT, "preflight failed"),
+    (EXIT_INTERRUPTED, "interrupted"),
+];
+
+/// `0 ok, 1 runtime failure, ...`
+pub fn exit_codes_text() -> String {
+    EXIT_CODES
+        .iter()
+        .map(|(c, m)| format!("{c} {m}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// An error that carries its own exit code.
 #[derive(Debug)]
