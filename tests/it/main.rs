@@ -23,6 +23,7 @@ mod hardening_sysctl;
 mod ini2env_cli;
 mod ini2env_compose;
 mod ini2env_parse;
+mod metrics;
 mod overrides;
 mod overrides_engine;
 mod ownership;
