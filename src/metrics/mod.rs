@@ -294,7 +294,7 @@ pub static ALL: &[&Def] = &[
 /// What `metrics --help` and its manual page say about each metric.
 pub fn describe() -> String {
     let mut text = String::from(
-        "Prints the relay's state in the Prometheus text exposition format, or writes it to DIR/chatmail-docker.prom (atomically) for node_exporter's textfile collector. A probe that fails is a sample, chatmail_docker_probe_up{probe,target,reason} 0, and the run exits 0; only a usage error (not a deployment directory, a --textfile directory that cannot be written) exits non-zero. Safe to run every minute: it changes nothing.\n\nMetrics:",
+        "Print the relay's state as Prometheus metrics, or write them for node_exporter's textfile collector.\n\nThe text exposition format on standard output; with --textfile DIR, the file DIR/chatmail-docker.prom, replaced atomically. A probe that fails is a sample, chatmail_docker_probe_up{probe,target,reason} 0, and the run exits 0; only a usage error (not a deployment directory, a --textfile directory that cannot be written) exits non-zero. Safe to run every minute: it changes nothing.\n\nMetrics:",
     );
     for d in ALL {
         text.push_str(&format!("\n  {}: {}", d.name, d.help));
