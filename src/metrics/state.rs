@@ -16,7 +16,7 @@ pub fn certificate(ctx: &Context) -> Samples {
         Ok(st) => certificate_samples(&mut out, &st),
         Err(e) => {
             ctx.shell.verbose(format!("certificate: {e:#}"));
-            probe(&mut out, "certificate_file", "", Some("error"));
+            probe(&mut out, "certificate_file", "", Some("internal_error"));
         }
     }
     let recorded = crate::host::read_input_opt(
