@@ -27,7 +27,7 @@ fi
 
 now() { echo "$EPOCHREALTIME"; }
 ms() { echo "($(now) - $1) * 1000" | bc -l; }
-stats() { sort -n | awk '{a[NR]=$1} END {printf "%.0f %.0f %.0f", a[1], a[int((NR+1)/2)], a[NR]}'; }
+stats() { sort -n | awk '{a[NR]=$1} END {printf "%.0f %.0f %.0f\n", a[1], a[int((NR+1)/2)], a[NR]}'; }
 
 metrics=() status=()
 "$BIN" --dir "$DIR" -q metrics >/dev/null
