@@ -47,6 +47,10 @@ pub const STATE_MOUNTS: &[(&str, &str)] = &[
 ];
 /// Created by `migrate --mount-vmail`: mount the host's /home/vmail.
 pub const VMAIL_MARKER: &str = "data/.mount-vmail";
+/// Mailboxes and the relay's user data (`/home` in the container).
+pub const MAIL_DIR: &str = "data/chatmail";
+/// The Postfix queue (`/var/spool/postfix` in the container).
+pub const QUEUE_DIR: &str = "data/chatmail-postfix";
 /// The ACME client's state in the container's default layout.
 pub const ACME_DIR: &str = "data/chatmail-acme";
 /// The appliance's own state (`/var/lib/chatmail-docker` in the container).
@@ -112,6 +116,14 @@ impl Deployment {
             .map(|name| self.path(name))
             .filter(|p| p.exists())
             .collect()
+    }
+
+    pub fn mail_dir(&self) -> PathBuf {
+        self.path(MAIL_DIR)
+    }
+
+    pub fn queue_dir(&self) -> PathBuf {
+        self.path(QUEUE_DIR)
     }
 
     pub fn vmail_marker(&self) -> PathBuf {

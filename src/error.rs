@@ -17,8 +17,28 @@ pub const EXIT_PREFLIGHT: i32 = 3;
 /// (the relay's remote unreachable, no relay checkout, a `--ref` that does
 /// not resolve, ...): neither "available" (0) nor "up to date" (1).
 pub const EXIT_CANNOT_CHECK: i32 = 4;
-/// Ended by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+/// Ended by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it), after
+/// finishing what must not be cut short.
 pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Every exit code and what it means: `--help`, the man pages and the
+/// README say the same (the tests compare them).
+pub const EXIT_CODES: &[(i32, &str)] = &[
+    (EXIT_OK, "ok"),
+    (EXIT_RUNTIME, "runtime failure"),
+    (EXIT_USAGE, "usage or configuration error"),
+    (EXIT_PREFLIGHT, "preflight failed"),
+    (EXIT_INTERRUPTED, "interrupted"),
+];
+
+/// `0 ok, 1 runtime failure, ...`
+pub fn exit_codes_text() -> String {
+    EXIT_CODES
+        .iter()
+        .map(|(c, m)| format!("{c} {m}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// An error that carries its own exit code.
 #[derive(Debug)]

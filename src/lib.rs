@@ -17,6 +17,7 @@ pub mod error;
 pub mod formats;
 pub mod host;
 pub mod ini2env;
+pub mod metrics;
 pub mod migrate;
 pub mod overrides;
 pub mod preflight;
@@ -84,6 +85,8 @@ pub fn run(ctx: &Context, command: Command) -> Result<()> {
         Command::Backup(a) => a.exec(ctx),
         Command::Restore(a) => a.exec(ctx),
         Command::Upgrade(a) => a.exec(ctx),
+        Command::Metrics(a) => a.exec(ctx),
+        Command::Man(a) => a.exec(ctx),
         Command::Completions(a) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -403,12 +403,121 @@ fn appliance_end_to_end() {
         exec(&container, &["stat", "-c", "%U", &msg]).trim(),
         "vmail"
     );
+    metrics_of_the_running_appliance(&dir, &base);
     drop(guard);
 
     // 6. migrate from a bare-metal host, then setup.
     migrate_then_setup(tmp.path(), &base);
 
     eprintln!("e2e: scenarios 1-6 took {:.1?}", total.elapsed());
+}
+
+/// Scenario 5b: `metrics` against the running appliance: the relay up and
+/// healthy, its units active, the certificate the endpoints serve (the
+/// stand-in serves 443, 25 and 143), the queue and alice's mailbox read on
+/// the host; the text passes promtool when it is there. Prints the time of
+/// a few runs (measured, not judged).
+fn metrics_of_the_running_appliance(dir: &Path, base: &str) {
+    let args = ["metrics", "--tls-ports", "443,25,143"];
+    let mut took = Vec::new();
+    let mut text = String::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        text = run_tool(tool(dir, base).args(args), 0, "metrics").0;
+        took.push(t.elapsed());
+    }
+    took.sort();
+    eprintln!(
+        "e2e: metrics took {:.0?} (min), {:.0?} (median), {:.0?} (max)",
+        took[0], took[2], took[4]
+    );
+    let value = |series: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    for probe in [
+        "probe=\"relay\"",
+        "probe=\"units\"",
+        "probe=\"tls\",target=\"443\"",
+        "probe=\"tls\",target=\"25\"",
+        "probe=\"tls\",target=\"143\"",
+        "probe=\"postfix_queue\"",
+        "probe=\"mailboxes\"",
+        "probe=\"filesystem\",target=\"docker\"",
+    ] {
+        assert_eq!(
+            value(&format!("chatmail_docker_probe_up{{{probe}}}")),
+            1.0,
+            "{probe}:\n{text}"
+        );
+    }
+    for one in [
+        "chatmail_docker_relay_up",
+        "chatmail_docker_relay_healthy",
+        "chatmail_docker_unit_active{unit=\"postfix\",enabled=\"enabled\"}",
+        "chatmail_docker_unit_active{unit=\"dovecot\",enabled=\"enabled\"}",
+        "chatmail_docker_unit_active{unit=\"nginx\",enabled=\"enabled\"}",
+        "chatmail_docker_tls_certificates_consistent",
+        "chatmail_docker_tls_certificates_distinct",
+    ] {
+        assert_eq!(value(one), 1.0, "{one}:\n{text}");
+    }
+    let served = served_cert(443, None).expect("443 serves a certificate");
+    let (_, leaf) = x509_parser::parse_x509_certificate(&served).unwrap();
+    let expiry = leaf.validity().not_after.timestamp() as f64;
+    for port in ["443", "25", "143"] {
+        let series =
+            format!("chatmail_docker_tls_certificate_expiry_timestamp_seconds{{port=\"{port}\"}}");
+        assert_eq!(value(&series), expiry, "{series}");
+    }
+    assert!(value("chatmail_docker_mailboxes") >= 1.0, "alice's mailbox");
+    assert!(value("chatmail_docker_mailboxes_size_bytes") >= 20.0);
+    assert_eq!(
+        value("chatmail_docker_postfix_queue_messages{queue=\"deferred\"}"),
+        0.0
+    );
+    let textfile = tempfile::tempdir().unwrap();
+    run_tool(
+        tool(dir, base)
+            .args(args)
+            .arg("--textfile")
+            .arg(textfile.path()),
+        0,
+        "metrics --textfile",
+    );
+    let written = fs::read_to_string(textfile.path().join("chatmail-docker.prom")).unwrap();
+    assert!(
+        written.contains("chatmail_docker_relay_healthy 1\n"),
+        "{written}"
+    );
+    if StdCommand::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let mut check = StdCommand::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(written.as_bytes())
+            .unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Scenario 4: rotate the certificate on the host as acmetool does (new

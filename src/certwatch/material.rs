@@ -216,6 +216,14 @@ impl Material {
     }
 }
 
+/// Subject, expiry and fingerprint of one certificate (DER), such as the
+/// leaf a server presented.
+pub fn leaf_info(der: &[u8]) -> Result<CertInfo> {
+    let (_, leaf) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| anyhow!("not a valid X.509 certificate: {e}"))?;
+    cert_info(der, &leaf)
+}
+
 fn cert_info(der: &[u8], leaf: &x509_parser::certificate::X509Certificate<'_>) -> Result<CertInfo> {
     let mut dns_names = Vec::new();
     if let Ok(Some(san)) = leaf.subject_alternative_name() {

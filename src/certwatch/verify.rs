@@ -108,38 +108,83 @@ pub enum Served {
 /// Connect to `host:port`, get through the protocol's STARTTLS if any, and
 /// return the leaf certificate's fingerprint. `sni` picks the virtual host.
 pub fn served_leaf(host: &str, ep: Endpoint, sni: &str, timeout: Duration) -> Served {
-    match try_served_leaf(host, ep, sni, timeout) {
-        Ok(fp) => Served::Leaf(fp),
-        Err(e) => {
-            let refused = e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-            });
-            if refused {
-                Served::Refused
-            } else {
-                Served::Failed(format!("{e:#}"))
-            }
-        }
+    match served_certificate(host, ep, sni, timeout) {
+        Ok(der) => Served::Leaf(sha256_hex(&der)),
+        Err(e) if e.stage == Stage::Connect && e.is_refused() => Served::Refused,
+        Err(e) => Served::Failed(format!("{:#}", e.error)),
     }
 }
 
-fn try_served_leaf(host: &str, ep: Endpoint, sni: &str, timeout: Duration) -> Result<String> {
-    let addr: SocketAddr = (host, ep.port)
+/// Where getting at the served certificate stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Resolving the address or opening the connection.
+    Connect,
+    /// The SMTP or IMAP dialogue up to STARTTLS.
+    Starttls,
+    /// The TLS handshake.
+    Handshake,
+}
+
+/// Why no certificate came out of a port.
+#[derive(Debug)]
+pub struct ServedError {
+    pub stage: Stage,
+    pub error: anyhow::Error,
+}
+
+impl ServedError {
+    fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        self.error
+            .chain()
+            .find_map(|c| c.downcast_ref::<std::io::Error>().map(|io| io.kind()))
+    }
+
+    /// Nothing listens there.
+    pub fn is_refused(&self) -> bool {
+        self.io_kind() == Some(std::io::ErrorKind::ConnectionRefused)
+    }
+
+    /// The peer did not answer in time.
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self.io_kind(),
+            Some(std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
+        )
+    }
+}
+
+/// The leaf certificate (DER) `host:port` presents, after the protocol's
+/// STARTTLS if any; `sni` picks the virtual host. Every step is bounded
+/// by `timeout`.
+pub fn served_certificate(
+    host: &str,
+    ep: Endpoint,
+    sni: &str,
+    timeout: Duration,
+) -> std::result::Result<Vec<u8>, ServedError> {
+    let at = |stage: Stage| move |error: anyhow::Error| ServedError { stage, error };
+    let mut sock = connect(host, ep.port, timeout).map_err(at(Stage::Connect))?;
+    match ep.proto {
+        Proto::Tls => Ok(()),
+        Proto::Smtp => smtp_starttls(&mut sock),
+        Proto::Imap => imap_starttls(&mut sock),
+    }
+    .map_err(at(Stage::Starttls))?;
+    handshake(&mut sock, sni).map_err(at(Stage::Handshake))
+}
+
+fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream> {
+    let addr: SocketAddr = (host, port)
         .to_socket_addrs()
         .with_context(|| format!("cannot resolve {host}"))?
         .next()
         .ok_or_else(|| anyhow!("{host} has no address"))?;
-    let mut sock = TcpStream::connect_timeout(&addr, timeout)?;
+    let sock = TcpStream::connect_timeout(&addr, timeout)?;
     sock.set_read_timeout(Some(timeout))?;
     sock.set_write_timeout(Some(timeout))?;
     let _ = sock.set_nodelay(true);
-    match ep.proto {
-        Proto::Tls => {}
-        Proto::Smtp => smtp_starttls(&mut sock)?,
-        Proto::Imap => imap_starttls(&mut sock)?,
-    }
-    handshake(&mut sock, sni)
+    Ok(sock)
 }
 
 /// Read one protocol line (CRLF or LF), bounded so a chatty peer cannot
@@ -271,7 +316,8 @@ impl ServerCertVerifier for Recorder {
     }
 }
 
-fn handshake(sock: &mut TcpStream, sni: &str) -> Result<String> {
+/// The TLS handshake; the leaf certificate the server presented (DER).
+fn handshake(sock: &mut TcpStream, sni: &str) -> Result<Vec<u8>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let recorder = Arc::new(Recorder {
         leaf: Mutex::new(None),
@@ -298,7 +344,7 @@ fn handshake(sock: &mut TcpStream, sni: &str) -> Result<String> {
         (Some(der), _) => {
             conn.send_close_notify();
             let _ = conn.complete_io(sock);
-            Ok(sha256_hex(&der))
+            Ok(der)
         }
         (None, Err(e)) => Err(e).context("TLS handshake failed"),
         (None, Ok(())) => bail!("the server presented no certificate"),

@@ -15,6 +15,8 @@ pub mod certwatch;
 pub mod compose;
 pub mod dns;
 pub mod ini2env;
+pub mod man;
+pub mod metrics;
 pub mod migrate;
 pub mod overrides;
 pub mod preflight;
@@ -28,7 +30,7 @@ pub mod upgrade;
     version,
     about = "Run a chatmail relay in one Docker container, and do on the host what the container cannot.",
     after_help = "Start with `chatmail-docker setup` in the deployment directory.\n\
-                  Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error, 3 preflight failed, 130 interrupted;\n\
+                  Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error, 3 preflight failed, 130 interrupted.\n\
                   upgrade --check: 0 an upgrade is available, 1 up to date, 4 could not check."
 )]
 pub struct Cli {
@@ -233,6 +235,19 @@ pub enum Command {
     )]
     Upgrade(upgrade::UpgradeArgs),
 
+    /// Print the relay's state as Prometheus metrics, or write them for node_exporter's textfile collector.
+    #[command(
+        long_about = crate::metrics::describe(),
+        after_help = "Examples:\n  chatmail-docker metrics                                   # on standard output\n  chatmail-docker metrics --textfile /var/lib/prometheus/node-exporter --backup-dir /var/backups/chatmail\n  (examples/chatmail-docker-metrics.timer runs the second every minute)"
+    )]
+    Metrics(metrics::MetricsArgs),
+
+    /// Print a manual page, or install them all.
+    #[command(
+        after_help = "Examples:\n  chatmail-docker man | man -l -          # read the main page\n  chatmail-docker man backup > chatmail-docker-backup.1\n  sudo chatmail-docker man --install     # every page into /usr/local/share/man/man1, then: man chatmail-docker"
+    )]
+    Man(man::ManArgs),
+
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  chatmail-docker completions bash > /etc/bash_completion.d/chatmail-docker"
@@ -281,5 +296,14 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_lists_every_exit_code() {
+        let help = Cli::command().get_after_help().unwrap().to_string();
+        assert!(
+            help.contains(&format!("Exit codes: {}.", crate::error::exit_codes_text())),
+            "{help}"
+        );
     }
 }

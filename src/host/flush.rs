@@ -63,6 +63,24 @@ impl Drop for Flusher {
     }
 }
 
+/// Make a directory's entries durable (a rename or a new file in it):
+/// `fsync` of the directory. Best effort: a file system that cannot sync a
+/// directory has nothing to lose there.
+pub fn sync_dir(dir: &std::path::Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Flush everything written to the file system holding `path` (one
+/// `syncfs` instead of an `fsync` per file).
+pub fn sync_fs(path: &std::path::Path) -> Result<()> {
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    rustix::fs::syncfs(&f)
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("cannot flush the file system of {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,22 +122,4 @@ mod tests {
         rx.recv_timeout(Duration::from_secs(60))
             .expect("the flusher stopped when dropped");
     }
-}
-
-/// Make a directory's entries durable (a rename or a new file in it):
-/// `fsync` of the directory. Best effort: a file system that cannot sync a
-/// directory has nothing to lose there.
-pub fn sync_dir(dir: &std::path::Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// Flush everything written to the file system holding `path` (one
-/// `syncfs` instead of an `fsync` per file).
-pub fn sync_fs(path: &std::path::Path) -> Result<()> {
-    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    rustix::fs::syncfs(&f)
-        .map_err(std::io::Error::from)
-        .with_context(|| format!("cannot flush the file system of {}", path.display()))
 }

@@ -28,6 +28,8 @@ pub struct Host {
     root: PathBuf,
     /// Where programs are looked for instead of the process's `PATH`.
     search_path: Option<OsString>,
+    /// How long a captured command ([`Cmd::output`]) may run.
+    command_limit: Option<Duration>,
 }
 
 impl Host {
@@ -35,7 +37,16 @@ impl Host {
         Host {
             root: root.into(),
             search_path: None,
+            command_limit: None,
         }
+    }
+
+    /// Stop every captured command ([`Cmd::output`]) that runs longer than
+    /// `limit`, with what it started, and fail it with [`TimedOut`]: for
+    /// a report that must end even when Docker does not answer.
+    pub fn with_command_limit(mut self, limit: Duration) -> Host {
+        self.command_limit = Some(limit);
+        self
     }
 
     /// Look programs up in `path` instead of the process's `PATH`, and
@@ -100,6 +111,7 @@ impl Host {
             dir: None,
             search_path: self.search_path.clone(),
             output_to_stderr: false,
+            limit: self.command_limit,
         }
     }
 }
@@ -117,6 +129,8 @@ pub struct Cmd {
     /// Send what the command prints to stdout to stderr instead (when the
     /// tool's own stdout is a JSON result).
     output_to_stderr: bool,
+    /// The host's limit on captured runs, if any ([`Host::with_command_limit`]).
+    limit: Option<Duration>,
 }
 
 impl Cmd {
@@ -194,7 +208,18 @@ impl Cmd {
     }
 
     /// Run capturing stdout and stderr; never fails on a non-zero exit.
+    /// Under a host's command limit, a run that takes longer is stopped
+    /// and fails with [`TimedOut`].
     pub fn output(&self, shell: &Shell) -> Result<Captured> {
+        if let Some(limit) = self.limit {
+            return self.output_within(shell, limit)?.ok_or_else(|| {
+                TimedOut {
+                    command: self.display(),
+                    limit,
+                }
+                .into()
+            });
+        }
         let out = self
             .expr(shell)
             .stdout_capture()
@@ -272,6 +297,26 @@ impl Cmd {
         }))
     }
 }
+
+/// A command stopped because it ran longer than the host's limit.
+#[derive(Debug)]
+pub struct TimedOut {
+    pub command: String,
+    pub limit: Duration,
+}
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` did not finish within {} s and was stopped",
+            self.command,
+            self.limit.as_secs_f64()
+        )
+    }
+}
+
+impl std::error::Error for TimedOut {}
 
 /// What a captured command printed.
 #[derive(Clone, Debug)]
@@ -903,5 +948,38 @@ mod tests {
             .env("SECRET", "hunter2");
         assert_eq!(c.display(), "SECRET=… docker compose up");
         assert_eq!(shell_quote("a b"), "'a b'");
+    }
+
+    #[test]
+    fn a_command_limit_stops_a_captured_run_and_what_it_started() {
+        let d = tempfile::tempdir().unwrap();
+        let marker = d.path().join("child-still-ran");
+        let shell = Shell::new(
+            crate::shell::Verbosity::Quiet,
+            crate::shell::ColorChoice::Never,
+        );
+        let host = Host::new("/").with_command_limit(Duration::from_millis(300));
+        let script = format!("(sleep 2; touch '{}') & sleep 30", marker.display());
+        let started = std::time::Instant::now();
+        let err = host
+            .cmd("sh", ["-c", script.as_str()])
+            .output(&shell)
+            .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "stopped at the limit"
+        );
+        let timed_out = err.downcast_ref::<TimedOut>().expect("a TimedOut error");
+        assert!(
+            timed_out
+                .to_string()
+                .contains("did not finish within 0.3 s"),
+            "{err}"
+        );
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(!marker.exists(), "the background child was stopped too");
+        // Without a limit, and within it, runs are as before.
+        let out = host.cmd("sh", ["-c", "echo hi"]).output(&shell).unwrap();
+        assert_eq!(out.stdout, "hi\n");
     }
 }

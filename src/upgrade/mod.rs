@@ -734,6 +734,11 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
             summary.downtime_seconds = window.seconds;
             st.phase = Phase::Done;
             state::save(ctx, &st)?;
+            state::record_last(
+                ctx,
+                false,
+                state::LastRun::now(Some(old_release.clone()), Some(p.to.clone())),
+            );
             prune(ctx, &image, &new_id, point.image_tag.as_deref());
             ctx.shell.status(
                 "Upgraded",
@@ -793,6 +798,11 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
                     // The restore point of the last good upgrade stays
                     // what `--rollback` goes back to.
                     state::put_back(ctx, prior.as_ref());
+                    let mut run =
+                        state::LastRun::now(Some(p.to.clone()), Some(old_release.clone()));
+                    run.automatic = true;
+                    run.reason = summary.reason.clone();
+                    state::record_last(ctx, true, run);
                     // The failed release's image is of no further use.
                     for id in [&new_id, &built_id].into_iter().filter(|id| {
                         Some(*id) != old_image_id.as_ref() && Some(*id) != restore_id.as_ref()
@@ -1111,6 +1121,11 @@ pub fn rollback(ctx: &Context, wait_timeout: Duration, json: bool) -> Result<Sum
     result.context("the rollback did not come up healthy; see `chatmail-docker logs`")?;
     next.phase = Phase::Done;
     state::save(ctx, &next)?;
+    state::record_last(
+        ctx,
+        true,
+        state::LastRun::now(Some(current.clone()), Some(point.release.clone())),
+    );
     ctx.shell.status(
         "Rolled back",
         format!(

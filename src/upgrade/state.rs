@@ -12,6 +12,10 @@ use crate::Context;
 
 /// The state file, relative to the deployment directory.
 pub const STATE_FILE: &str = "data/.upgrade-state.json";
+/// What the last upgrade and the last rollback did, for `metrics`:
+/// relative to the deployment directory. The state file cannot tell: an
+/// upgrade that rolled back by itself puts the earlier state back.
+pub const LAST_FILE: &str = "data/.upgrade-last.json";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -58,6 +62,79 @@ pub struct UpgradeState {
     pub target: Option<Release>,
     /// When the upgrade began (RFC 3339).
     pub started: String,
+}
+
+/// The last upgrade that swapped, and the last rollback.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRuns {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<LastRun>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<LastRun>,
+}
+
+/// One finished upgrade or rollback.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRun {
+    /// When it finished (RFC 3339).
+    pub at: String,
+    pub from: Option<Release>,
+    pub to: Option<Release>,
+    /// A rollback the upgrade did by itself because the new release failed
+    /// (not `upgrade --rollback`).
+    #[serde(default)]
+    pub automatic: bool,
+    /// Why the new release failed, for an automatic rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl LastRun {
+    /// A run that finished now.
+    pub fn now(from: Option<Release>, to: Option<Release>) -> LastRun {
+        LastRun {
+            at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            from,
+            to,
+            automatic: false,
+            reason: None,
+        }
+    }
+}
+
+/// What [`LAST_FILE`] records, if anything; a broken file is an error
+/// naming it.
+pub fn load_last(ctx: &Context) -> Result<Option<LastRuns>> {
+    let p = ctx.deployment.path(LAST_FILE);
+    let Some(bytes) = crate::host::read_input_opt(&p, crate::host::MAX_CONFIG_BYTES)
+        .map_err(crate::host::InputError::into_error)?
+    else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .with_context(|| format!("{} is not an upgrade record; move it away", p.display()))
+}
+
+/// Record a finished upgrade (`rollback` false) or rollback in
+/// [`LAST_FILE`], keeping the other kind's record. Never fails the
+/// command that finished: a record that cannot be written is a warning.
+pub fn record_last(ctx: &Context, rollback: bool, run: LastRun) {
+    let result = (|| -> Result<()> {
+        let mut last = load_last(ctx).ok().flatten().unwrap_or_default();
+        if rollback {
+            last.rollback = Some(run);
+        } else {
+            last.upgrade = Some(run);
+        }
+        let mut text = serde_json::to_vec_pretty(&last)?;
+        text.push(b'\n');
+        crate::host::write_atomic(&ctx.deployment.path(LAST_FILE), &text, 0o600)
+    })();
+    if let Err(e) = result {
+        ctx.shell
+            .warn(format!("cannot record the upgrade for `metrics`: {e:#}"));
+    }
 }
 
 fn path(ctx: &Context) -> PathBuf {
@@ -232,5 +309,45 @@ pub fn put_back(ctx: &Context, prior: Option<&UpgradeState>) {
         None => {
             let _ = std::fs::remove_file(path(ctx));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upgrade_and_a_rollback_are_recorded_side_by_side() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("data")).unwrap();
+        let ctx = Context::new(
+            d.path(),
+            crate::host::Host::new("/"),
+            crate::shell::Shell::new(
+                crate::shell::Verbosity::Quiet,
+                crate::shell::ColorChoice::Never,
+            ),
+            false,
+        )
+        .unwrap();
+        assert_eq!(load_last(&ctx).unwrap(), None);
+        let rel = |v: &str| Release {
+            commit: format!("{v:0>40}"),
+            version: v.into(),
+        };
+        record_last(&ctx, false, LastRun::now(Some(rel("1")), Some(rel("2"))));
+        let mut back = LastRun::now(Some(rel("3")), Some(rel("2")));
+        back.automatic = true;
+        back.reason = Some("unhealthy".into());
+        record_last(&ctx, true, back.clone());
+        let last = load_last(&ctx).unwrap().unwrap();
+        assert_eq!(last.upgrade.unwrap().to, Some(rel("2")));
+        assert_eq!(last.rollback, Some(back));
+        std::fs::write(d.path().join(LAST_FILE), "{").unwrap();
+        let err = load_last(&ctx).unwrap_err().to_string();
+        assert!(
+            err.contains(".upgrade-last.json is not an upgrade record"),
+            "{err}"
+        );
     }
 }

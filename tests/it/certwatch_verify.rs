@@ -184,7 +184,7 @@ fn refused_ports_are_reported_as_such() {
 }
 
 /// A one-connection-at-a-time server speaking `proto` before TLS.
-fn starttls_server(proto: Proto, p: &Pair) -> u16 {
+pub(crate) fn starttls_server(proto: Proto, p: &Pair) -> u16 {
     let chain = vec![CertificateDer::from(
         rustls_pemfile::certs(&mut p.cert.as_bytes())
             .next()

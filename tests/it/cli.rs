@@ -17,6 +17,8 @@ const COMMANDS: &[&str] = &[
     "config",
     "migrate",
     "cert-watch",
+    "metrics",
+    "man",
     "completions",
 ];
 

@@ -25,6 +25,7 @@ mod hardening_sysctl;
 mod ini2env_cli;
 mod ini2env_compose;
 mod ini2env_parse;
+mod metrics;
 mod option_files;
 mod overrides;
 mod overrides_engine;
