@@ -1,10 +1,11 @@
-//! What every command receives: the deployment directory, the host seam,
-//! the output, and whether this is a dry run.
+//! What every command receives: the deployment directory and its
+//! settings, the host seam, the output, and whether this is a dry run.
 
 use anyhow::Result;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use crate::deployment::Deployment;
+use crate::deployment::{Deployment, Settings};
 use crate::host::{Cmd, Host};
 use crate::shell::Shell;
 
@@ -16,6 +17,9 @@ pub struct Context {
     pub host: Host,
     pub shell: Shell,
     pub dry_run: bool,
+    /// `.env`, read at the first [`Context::settings`] and kept (shared by
+    /// the context's clones) until `.env` is written again.
+    settings: Arc<Mutex<Option<Arc<Settings>>>>,
 }
 
 impl Context {
@@ -33,7 +37,34 @@ impl Context {
             host,
             shell,
             dry_run,
+            settings: Default::default(),
         })
+    }
+
+    /// The deployment's settings: `.env` read once (a missing file is no
+    /// variables; one that cannot be read or parsed is an error naming the
+    /// file and line, every time it is asked for).
+    pub fn settings(&self) -> Result<Arc<Settings>> {
+        let mut cached = self.settings.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = cached.as_ref() {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(Settings::load(&self.deployment)?);
+        *cached = Some(s.clone());
+        Ok(s)
+    }
+
+    /// The same context with another host seam (a time limit on commands).
+    pub fn with_host(&self, host: Host) -> Context {
+        Context {
+            host,
+            ..self.clone()
+        }
+    }
+
+    /// `.env` was written: the next [`Context::settings`] reads it again.
+    pub fn env_written(&self) {
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Where a dry run and a real run part for a command: in a dry run,

@@ -732,6 +732,7 @@ fn apply(ctx: &Context, env: &Path, p: Planned) -> Result<Report> {
                     expect: Some(p.old.as_deref().map(str::as_bytes)),
                 },
             )?;
+            ctx.env_written();
         } else {
             fs::set_permissions(env, fs::Permissions::from_mode(0o600))
                 .with_context(|| format!("cannot set the mode of {}", env.display()))?;

@@ -21,7 +21,6 @@ pub mod metrics;
 pub mod migrate;
 pub mod overrides;
 pub mod preflight;
-pub mod relay;
 pub mod setup;
 pub mod shell;
 pub mod stage;

@@ -23,12 +23,11 @@ use anyhow::{Context as _, Result};
 use std::time::{Duration, Instant};
 
 use crate::compose::{self, image_id, image_names, Project, SERVICE};
-use crate::deployment::Env;
+use crate::deployment::Settings;
 use crate::overrides::{self, OneShot};
 use crate::{error, ini2env, preflight, sysctl, Context};
 
 /// Default relay source directory (the build context of the image).
-pub const DEFAULT_RELAY_SRC: &str = "relay";
 
 /// How `setup` rebuilds the image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,11 +74,8 @@ pub fn up(ctx: &Context) -> Result<()> {
 
 /// With `ENABLE_CERTS_MONITORING=true` in `.env`, install and enable the
 /// host's cert-watch service (or say how to run it without systemd).
-fn ensure_cert_watch_unit(ctx: &Context, env: &Env) -> Result<bool> {
-    let wanted = env
-        .get("ENABLE_CERTS_MONITORING")
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-    if !wanted {
+fn ensure_cert_watch_unit(ctx: &Context, settings: &Settings) -> Result<bool> {
+    if !settings.certs_monitoring {
         return Ok(false);
     }
     let plan = crate::certwatch::unit_plan(ctx)?;
@@ -95,7 +91,7 @@ fn ensure_cert_watch_unit(ctx: &Context, env: &Env) -> Result<bool> {
 fn deploy_aside(
     ctx: &Context,
     args: &Options,
-    vars: &Env,
+    settings: &Settings,
     running: Option<&compose::Inspect>,
     replaced: &mut Vec<(String, String)>,
 ) -> Result<bool> {
@@ -105,14 +101,11 @@ fn deploy_aside(
     let Some(old) = image_id(ctx, &name)? else {
         return Ok(false);
     };
-    let acme = matches!(
-        crate::relay::TlsMode::from_env(vars),
-        Some(crate::relay::TlsMode::Acme)
-    );
+    let acme = matches!(settings.tls, Some(crate::deployment::relay::TlsMode::Acme));
     if acme {
         // The first certificates come from the network: nothing to deploy
         // aside before there are some.
-        let domain = vars.get("MAIL_DOMAIN").map(|d| d.trim()).unwrap_or("");
+        let domain = settings.mail_domain.as_deref().unwrap_or("");
         if !ctx.deployment.acme_dir().join("live").join(domain).exists() {
             return Ok(false);
         }
@@ -224,12 +217,8 @@ fn remove_replaced_images(ctx: &Context, previous: &[(String, String)]) {
     }
 }
 
-fn relay_src_check(ctx: &Context, env: &Env) -> Result<std::path::PathBuf> {
-    let src = env
-        .get("RELAY_SRC")
-        .cloned()
-        .unwrap_or_else(|| DEFAULT_RELAY_SRC.to_string());
-    let path = ctx.deployment.path(&src);
+fn relay_src_check(settings: &Settings) -> Result<std::path::PathBuf> {
+    let path = settings.relay_src.clone();
     if !path.is_dir() {
         return Err(error::usage(format!(
             "the relay source {} is missing; the image is built from it. Get it with:\n  git clone https://github.com/chatmail/relay {}\n(or set RELAY_SRC in .env to where it is)",
@@ -289,12 +278,10 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     changed |= overrides::refresh_generated(ctx)?;
 
     // Read once, now that it is written (a dry run reads the old one).
-    let loaded = ctx.deployment.load_env()?;
-    let env_written = loaded.is_some();
-    let vars = loaded.unwrap_or_default();
+    let settings = ctx.settings()?;
 
     // 5. Build when needed.
-    let previous = build(ctx, args, &vars, env_written)?;
+    let previous = build(ctx, args, &settings)?;
     changed |= previous.is_some();
     let mut replaced = previous.clone().unwrap_or_default();
     let before = if ctx.dry_run {
@@ -310,7 +297,7 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
                 "would deploy the configuration in a side container first (when the image is not deployed for it yet)",
             );
         } else if changed || before.as_ref().is_none_or(|c| !c.state.running) {
-            changed |= deploy_aside(ctx, args, &vars, before.as_ref(), &mut replaced)?;
+            changed |= deploy_aside(ctx, args, &settings, before.as_ref(), &mut replaced)?;
         }
     }
 
@@ -321,7 +308,7 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
             "would wait up to {}s for the container to become healthy",
             args.wait_timeout.as_secs()
         ));
-        ensure_cert_watch_unit(ctx, &vars)?;
+        ensure_cert_watch_unit(ctx, &settings)?;
         ctx.dry_run_done();
         return Ok(());
     }
@@ -337,7 +324,7 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     changed |= recreated;
 
     // 8. The host's certificate watcher, when asked for.
-    changed |= ensure_cert_watch_unit(ctx, &vars)?;
+    changed |= ensure_cert_watch_unit(ctx, &settings)?;
 
     if changed {
         ctx.shell.status(
@@ -405,13 +392,12 @@ fn write_env(ctx: &Context, args: &Options) -> Result<bool> {
 fn build(
     ctx: &Context,
     args: &Options,
-    vars: &Env,
-    env_written: bool,
+    settings: &Settings,
 ) -> Result<Option<Vec<(String, String)>>> {
     // Compose needs .env (`env_file`) to list the images, which a dry run
     // on a fresh directory has only planned: the build is then shown as
     // conditional.
-    let listed = if ctx.dry_run && !env_written {
+    let listed = if ctx.dry_run && !settings.present {
         None
     } else {
         Some(images(ctx)?)
@@ -431,7 +417,7 @@ fn build(
             if args.rebuild.is_none() && missing.is_empty() {
                 return Ok(None);
             }
-            relay = Some(relay_src_check(ctx, vars)?);
+            relay = Some(relay_src_check(settings)?);
             if missing.is_empty() {
                 String::new()
             } else {

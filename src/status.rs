@@ -35,7 +35,7 @@ pub fn unit_states(ctx: &Context) -> Result<Vec<UnitState>> {
     use crate::migrate::units;
     // The units the relay enables (those a timer or path unit starts are
     // idle between runs, not a problem to show).
-    let names: Vec<String> = crate::relay::UNITS
+    let names: Vec<String> = crate::deployment::relay::UNITS
         .iter()
         .filter(|u| !u.triggered)
         .map(|u| u.name.to_string())

@@ -242,7 +242,7 @@ fn real_relay_end_to_end() {
     // every unit this relay release enabled.
     for unit in units.lines() {
         assert!(
-            chatmail_docker::relay::is_relay_unit(unit),
+            chatmail_docker::deployment::relay::is_relay_unit(unit),
             "{unit} was enabled by the relay's deploy but is missing from src/relay.rs"
         );
     }

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use chatmail_docker::relay;
+use chatmail_docker::deployment::relay;
 
 fn relay_source() -> (tempfile::TempDir, PathBuf) {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/relay");

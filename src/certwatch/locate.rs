@@ -17,8 +17,8 @@ use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 
 use crate::compose;
-use crate::deployment::Env;
-use crate::relay::TlsMode;
+use crate::deployment::relay::TlsMode;
+use crate::deployment::Settings;
 use crate::Context;
 
 /// The appliance's documented mount for ACME state.
@@ -167,7 +167,7 @@ fn volume_mountpoint(ctx: &Context, name: &str) -> Option<PathBuf> {
 
 /// Decide which host directory to watch: `--path`, else `PATH_TO_SSL`
 /// mapped through the service's mounts.
-pub fn locate(ctx: &Context, path: Option<&Path>, env: &Env) -> Result<Target> {
+pub fn locate(ctx: &Context, path: Option<&Path>, settings: &Settings) -> Result<Target> {
     if let Some(p) = path {
         let abs = if p.is_absolute() {
             p.to_path_buf()
@@ -193,10 +193,10 @@ pub fn locate(ctx: &Context, path: Option<&Path>, env: &Env) -> Result<Target> {
             files: None,
         });
     }
-    let domain = env.get("MAIL_DOMAIN").filter(|d| !d.is_empty());
-    let explicit_path = env.get("PATH_TO_SSL").filter(|p| !p.is_empty());
+    let domain = settings.mail_domain.as_ref();
+    let explicit_path = settings.path_to_ssl.as_ref();
     // Without PATH_TO_SSL, follow the relay's TLS mode.
-    let mode = TlsMode::from_env(env);
+    let mode = settings.tls.clone();
     if explicit_path.is_none() {
         if let Some(TlsMode::External { cert, key }) = &mode {
             // Host paths: the appliance mounts them at the same place.

@@ -26,7 +26,6 @@ use anyhow::{Context as _, Result};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use crate::deployment::Env;
 use crate::Context;
 use locate::{Target, Walk};
 use material::{CertInfo, Material};
@@ -114,21 +113,18 @@ impl Located {
         poll_interval: Option<u64>,
     ) -> Result<Located> {
         let env_path = ctx.deployment.env_file();
-        let env = match ctx.deployment.load_env()? {
-            Some(env) => env,
-            None if path.is_some() => Env::new(),
-            None => {
-                return Err(crate::error::usage(format!(
-                    "{} does not exist: run `chatmail-docker ini2env` (or `setup`) first, or pass --path DIR",
-                    env_path.display()
-                )))
-            }
-        };
-        let domain = env.get("MAIL_DOMAIN").filter(|d| !d.is_empty()).cloned();
-        let target = locate::locate(ctx, path, &env)?;
+        let settings = ctx.settings()?;
+        if !settings.present && path.is_none() {
+            return Err(crate::error::usage(format!(
+                "{} does not exist: run `chatmail-docker ini2env` (or `setup`) first, or pass --path DIR",
+                env_path.display()
+            )));
+        }
+        let domain = settings.mail_domain.clone();
+        let target = locate::locate(ctx, path, &settings)?;
         let (poll, poll_source) = match poll_interval {
             Some(s) => (s, format!("--poll-interval {s}")),
-            None => match env.get("CERTS_MONITORING_TIMEOUT").map(|s| s.trim()) {
+            None => match settings.certs_monitoring_timeout.as_deref() {
                 None | Some("") => (60, String::new()),
                 Some(v) => (
                     v.trim_matches(['\'', '"']).parse().map_err(|_| {

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use super::expo::Samples;
 use super::*;
-use crate::deployment::Env;
+use crate::deployment::Settings;
 
 /// Postfix's queues, as `qshape` and `postqueue` know them.
 pub const QUEUES: [&str; 5] = ["active", "deferred", "hold", "incoming", "maildrop"];
@@ -151,23 +151,6 @@ pub fn queue(ctx: &Context) -> Samples {
     }
 }
 
-/// Where the relay keeps its mailboxes, in the container: `MAILBOXES_DIR`
-/// (the relay's `mailboxes_dir`) or `/home/vmail/mail/MAIL_DOMAIN`.
-pub fn mailboxes_dir_in_container(env: &Env) -> Option<String> {
-    if let Some(d) = env
-        .get("MAILBOXES_DIR")
-        .map(|d| d.trim())
-        .filter(|d| !d.is_empty())
-    {
-        return Some(d.to_string());
-    }
-    let domain = env
-        .get("MAIL_DOMAIN")
-        .map(|d| d.trim())
-        .filter(|d| !d.is_empty())?;
-    Some(format!("/home/vmail/mail/{domain}"))
-}
-
 /// That directory on the host: under `data/chatmail` (`/home`), or under
 /// the host's `/home/vmail` when `migrate --mount-vmail` mounted it.
 pub fn mailboxes_dir_on_host(ctx: &Context, inside: &str) -> Option<PathBuf> {
@@ -219,9 +202,9 @@ pub fn count_mailboxes(dir: &Path) -> Result<(u64, u64), &'static str> {
 }
 
 /// The mailboxes.
-pub fn mailboxes(ctx: &Context, env: &Env) -> Samples {
+pub fn mailboxes(ctx: &Context, settings: &Settings) -> Samples {
     let mut out = Samples::default();
-    let Some(inside) = mailboxes_dir_in_container(env) else {
+    let Some(inside) = settings.mailboxes_in_container() else {
         probe(&mut out, "mailboxes", "", Some("no_mail_domain"));
         return out;
     };
@@ -401,27 +384,5 @@ mod tests {
         fs::write(m.join("top"), "1").unwrap();
         assert_eq!(count_mailboxes(&m), Ok((2, 11)));
         assert_eq!(count_mailboxes(&d.path().join("none")), Ok((0, 0)));
-    }
-
-    #[test]
-    fn the_mailbox_directory_follows_the_relay_settings() {
-        let env = |kv: &[(&str, &str)]| -> Env {
-            kv.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        assert_eq!(
-            mailboxes_dir_in_container(&env(&[("MAIL_DOMAIN", "c.example.org")])).as_deref(),
-            Some("/home/vmail/mail/c.example.org")
-        );
-        assert_eq!(
-            mailboxes_dir_in_container(&env(&[
-                ("MAIL_DOMAIN", "c.example.org"),
-                ("MAILBOXES_DIR", " /home/other ")
-            ]))
-            .as_deref(),
-            Some("/home/other")
-        );
-        assert_eq!(mailboxes_dir_in_container(&env(&[])), None);
     }
 }

@@ -359,8 +359,8 @@ pub fn io_reason(e: &std::io::Error) -> &'static str {
 /// panics is reported as `reason="internal_error"`.
 pub fn collect(ctx: &Context, opts: &Options) -> Samples {
     let started = Instant::now();
-    let env = match ctx.deployment.load_env() {
-        Ok(e) => e.unwrap_or_default(),
+    let settings = match ctx.settings() {
+        Ok(s) => s,
         Err(e) => {
             ctx.shell.verbose(format!("metrics without .env: {e:#}"));
             Default::default()
@@ -378,12 +378,12 @@ pub fn collect(ctx: &Context, opts: &Options) -> Samples {
     };
     let mut out = Samples::default();
     let parts: Vec<Samples> = std::thread::scope(|s| {
-        let env = &env;
+        let settings = &settings;
         let mut jobs: Vec<(&str, std::thread::ScopedJoinHandle<'_, Samples>)> = vec![
             ("relay", s.spawn(|| relay::container(ctx))),
-            ("tls", s.spawn(|| relay::tls(ctx, env, opts))),
+            ("tls", s.spawn(|| relay::tls(ctx, settings, opts))),
             ("postfix_queue", s.spawn(|| mail::queue(ctx))),
-            ("mailboxes", s.spawn(|| mail::mailboxes(ctx, env))),
+            ("mailboxes", s.spawn(|| mail::mailboxes(ctx, settings))),
             ("filesystem", s.spawn(|| mail::filesystems(ctx))),
             ("certificate_file", s.spawn(|| state::certificate(ctx))),
             ("upgrade", s.spawn(|| state::upgrade(ctx))),
@@ -458,10 +458,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<()> {
         check_textfile_dir(dir)?;
     }
     // Every Docker call of the probes ends within the timeout.
-    let probing = Context {
-        host: ctx.host.clone().with_command_limit(opts.timeout),
-        ..ctx.clone()
-    };
+    let probing = ctx.with_host(ctx.host.clone().with_command_limit(opts.timeout));
     let text = render(&collect(&probing, opts));
     let Some(dir) = &opts.textfile else {
         ctx.shell.data(text.trim_end_matches('\n'));

@@ -10,7 +10,7 @@ use super::expo::Samples;
 use super::*;
 use crate::certwatch::verify::{self, Endpoint, Stage};
 use crate::compose::{Containers, Inspect};
-use crate::deployment::Env;
+use crate::deployment::Settings;
 
 /// Docker's container states, for the state set.
 pub const STATES: &[&str] = &[
@@ -212,13 +212,9 @@ pub fn tls_samples(results: &[(Endpoint, Served)]) -> Samples {
 
 /// Probe the relay's six TLS endpoints at once, with the mail domain as
 /// the server name.
-pub fn tls(ctx: &Context, env: &Env, opts: &Options) -> Samples {
+pub fn tls(ctx: &Context, settings: &Settings, opts: &Options) -> Samples {
     let endpoints = &opts.tls_ports;
-    let sni = env
-        .get("MAIL_DOMAIN")
-        .map(|d| d.trim())
-        .filter(|d| !d.is_empty())
-        .unwrap_or("localhost");
+    let sni = settings.mail_domain.as_deref().unwrap_or("localhost");
     let results: Vec<(Endpoint, Served)> = std::thread::scope(|s| {
         let jobs: Vec<_> = endpoints
             .iter()

@@ -5,7 +5,7 @@
 //! `data/` alone: a later `migrate` updates it with a new pre-sync.
 //!
 //! The state file is data, not a command list: only the relay's own unit
-//! names (the ones `migrate` stops, [`crate::relay::UNITS`]) are accepted from it;
+//! names (the ones `migrate` stops, [`crate::deployment::relay::UNITS`]) are accepted from it;
 //! anything else (another unit, a word starting with `-` that `systemctl`
 //! would take as an option) refuses the whole rollback before `systemctl`
 //! runs.
@@ -87,7 +87,7 @@ fn check(st: &State, file: &Path) -> Result<()> {
          or remove those entries",
         file.shown(),
         bad.join(", "),
-        crate::relay::unit_names().join(" ")
+        crate::deployment::relay::unit_names().join(" ")
     )))
 }
 

@@ -12,10 +12,13 @@ use std::collections::BTreeMap;
 use crate::Context;
 
 /// Whether `unit` (a full name) is one of the relay's units
-/// ([`crate::relay::UNITS`]): the only names that `migrate` records and
+/// ([`crate::deployment::relay::UNITS`]): the only names that `migrate` records and
 /// `--rollback` passes to `systemctl`.
 pub fn is_relay_unit(unit: &str) -> bool {
-    !unit.starts_with('-') && crate::relay::UNITS.iter().any(|u| u.name == unit)
+    !unit.starts_with('-')
+        && crate::deployment::relay::UNITS
+            .iter()
+            .any(|u| u.name == unit)
 }
 
 /// What systemd says about one unit.
@@ -97,7 +100,7 @@ pub fn parse_show(out: &str, units: &[String]) -> Result<Vec<UnitState>> {
 
 /// Ask systemd about every chatmail unit (one `systemctl` call).
 pub fn query(ctx: &Context) -> Result<Vec<UnitState>> {
-    let units = crate::relay::unit_names();
+    let units = crate::deployment::relay::unit_names();
     let cmd = ctx
         .host
         .cmd(

@@ -188,10 +188,8 @@ pub fn generate(ctx: &Context, opts: &OverrideOptions) -> Result<Generated> {
         mounts.sort_by(|a, b| a.target.cmp(&b.target));
     }
 
-    let env = ctx.deployment.load_env()?.unwrap_or_default();
-    if let Some(crate::relay::TlsMode::External { cert, key }) =
-        crate::relay::TlsMode::from_env(&env)
-    {
+    let settings = ctx.settings()?;
+    if let Some(crate::deployment::relay::TlsMode::External { cert, key }) = &settings.tls {
         for dir in tls_external_dirs(ctx, &[&cert, &key], &claims)? {
             mounts.push(Mount {
                 rel: PathBuf::new(),

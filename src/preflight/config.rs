@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use super::{Check, CheckId};
-use crate::deployment::Env;
+use crate::deployment::Settings;
 use crate::Context;
 
 /// Validate MAIL_DOMAIN in one of the forms the relay accepts: a DNS name,
@@ -59,9 +59,9 @@ pub fn validate_mail_domain(domain: &str) -> std::result::Result<(), String> {
 }
 
 /// Find MAIL_DOMAIN: `.env` first, then `chatmail.ini`'s `[params] mail_domain`.
-pub fn mail_domain(ctx: &Context, env: &Env) -> Option<(String, String)> {
-    if let Some(d) = env.get("MAIL_DOMAIN") {
-        return Some((d.clone(), ".env".into()));
+pub fn mail_domain(ctx: &Context, settings: &Settings) -> Option<(String, String)> {
+    if let Some(d) = settings.mail_domain_as_written() {
+        return Some((d.to_string(), ".env".into()));
     }
     let ini = ctx.deployment.ini();
     ini_mail_domain(&ini).map(|d| (d, "chatmail.ini".into()))
@@ -76,9 +76,9 @@ fn ini_mail_domain(path: &Path) -> Option<String> {
         .map(str::to_string)
 }
 
-pub(super) fn check_mail_domain(ctx: &Context, env: &Env) -> Check {
+pub(super) fn check_mail_domain(ctx: &Context, settings: &Settings) -> Check {
     const ID: &str = CheckId::MailDomain.id();
-    match mail_domain(ctx, env) {
+    match mail_domain(ctx, settings) {
         None => Check::fail(
             ID,
             format!(

@@ -16,7 +16,6 @@ use crate::shell::Shown as _;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::deployment::Env;
 use crate::{error, sysctl, Context};
 
 mod arch;
@@ -154,10 +153,10 @@ pub struct Options {
 pub fn run_checks(ctx: &Context, opts: &Options) -> Result<Report> {
     // A `.env` that cannot be parsed fails the env-file check; the other
     // checks then see no variables.
-    let loaded = ctx.deployment.load_env();
-    let env = match &loaded {
-        Ok(Some(env)) => env.clone(),
-        _ => Env::new(),
+    let loaded = ctx.settings();
+    let settings = match &loaded {
+        Ok(s) => s.as_ref().clone(),
+        Err(_) => Default::default(),
     };
     let mut checks = Vec::new();
     for id in CheckId::ALL {
@@ -178,9 +177,9 @@ pub fn run_checks(ctx: &Context, opts: &Options) -> Result<Report> {
             CheckId::DockerEngine => docker::check_docker_engine(ctx),
             CheckId::ComposeV2 => docker::check_compose(ctx),
             CheckId::Architecture => arch::check_architecture(std::env::consts::ARCH),
-            CheckId::MailDomain => config::check_mail_domain(ctx, &env),
+            CheckId::MailDomain => config::check_mail_domain(ctx, &settings),
             CheckId::EnvFile => config::check_env_file(ctx, loaded.as_ref().err()),
-            CheckId::Ports => ports::check_ports(ctx, &env),
+            CheckId::Ports => ports::check_ports(ctx, &settings.vars),
             CheckId::DiskSpace => disk::check_disk(ctx),
             CheckId::Inotify => {
                 inotify::check_inotify(ctx, &opts.inotify_min, opts.inotify_must_pass)

@@ -17,18 +17,18 @@ pub struct Port {
     pub what: String,
 }
 
-/// The ports the relay binds with this configuration ([`crate::relay`]:
+/// The ports the relay binds with this configuration ([`crate::deployment::relay`]:
 /// the manifest checked against the relay's source), the internal ones
 /// moved by `filtermail_smtp_port` and friends when set.
 pub fn appliance_ports(env: &Env) -> Vec<Port> {
-    crate::relay::ports(env)
+    crate::deployment::relay::ports(env)
         .into_iter()
         .map(|p| Port {
             port: p.port,
             udp: p.udp,
             what: match p.scope {
-                crate::relay::Scope::Public => format!("{}, {}", p.what, p.service),
-                crate::relay::Scope::Loopback => {
+                crate::deployment::relay::Scope::Public => format!("{}, {}", p.what, p.service),
+                crate::deployment::relay::Scope::Loopback => {
                     format!("{}, {}, localhost", p.what, p.service)
                 }
             },

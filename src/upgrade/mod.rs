@@ -43,7 +43,6 @@ use git::{short, Checkout};
 use state::{Phase, RestorePoint, UpgradeState};
 
 /// Default relay source directory, relative to the deployment directory.
-const DEFAULT_RELAY_SRC: &str = "relay";
 /// Where upgrades keep their backups, relative to the deployment directory.
 pub const BACKUP_DIR: &str = "backups";
 /// Backup chains an upgrade keeps in its backup directory.
@@ -121,12 +120,7 @@ pub struct Summary {
 
 /// The deployment's relay checkout directory (RELAY_SRC in .env).
 fn relay_dir(ctx: &Context) -> Result<PathBuf> {
-    let env = ctx.deployment.load_env()?.unwrap_or_default();
-    let src = env
-        .get("RELAY_SRC")
-        .cloned()
-        .unwrap_or_else(|| DEFAULT_RELAY_SRC.to_string());
-    Ok(ctx.deployment.path(src))
+    Ok(ctx.settings()?.relay_src.clone())
 }
 
 /// The image name the compose file gives the service.
@@ -205,13 +199,12 @@ fn ini_keys(ctx: &Context) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The mail domain, for the TLS probes' server name.
+/// The mail domain, for the TLS probes' server name (`localhost` when
+/// `.env` has none: the probes then only check that the ports answer).
 fn mail_domain(ctx: &Context) -> String {
-    ctx.deployment
-        .load_env()
+    ctx.settings()
         .ok()
-        .flatten()
-        .and_then(|e| e.get("MAIL_DOMAIN").cloned())
+        .and_then(|s| s.mail_domain.clone())
         .unwrap_or_else(|| "localhost".into())
 }
 
@@ -533,10 +526,9 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
         return Ok(summary);
     }
     check_disk(ctx, &image)?;
-    let env = ctx.deployment.load_env()?.unwrap_or_default();
     let acme = matches!(
-        crate::relay::TlsMode::from_env(&env),
-        Some(crate::relay::TlsMode::Acme)
+        ctx.settings()?.tls,
+        Some(crate::deployment::relay::TlsMode::Acme)
     );
 
     // 2. Restore point: the running image, deployed beside the relay when

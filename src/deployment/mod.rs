@@ -9,12 +9,20 @@
 //!
 //! `.env` is read in one way everywhere: a missing file is no variables,
 //! a file that cannot be read or parsed is an error naming the file and
-//! line. A command loads it once and passes the variables on; `setup`
-//! loads it after writing it.
+//! line. A command reads it once into [`Settings`] (typed: the mail
+//! domain, the TLS mode, the relay source, ...) and passes them on; `setup`
+//! reads them after writing `.env`. No other module reads a variable of
+//! `.env` by its name. The relay's own facts ([`relay`]: its units, ports
+//! and TLS modes) live here too.
 
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+pub mod relay;
+pub mod settings;
+
+pub use settings::Settings;
 
 /// The variables of `.env`, by name.
 pub type Env = BTreeMap<String, String>;
