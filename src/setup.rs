@@ -27,8 +27,6 @@ use crate::deployment::Settings;
 use crate::overrides::{self, OneShot};
 use crate::{error, ini2env, preflight, sysctl, Context};
 
-/// Default relay source directory (the build context of the image).
-
 /// How `setup` rebuilds the image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rebuild {

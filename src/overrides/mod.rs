@@ -190,7 +190,7 @@ pub fn generate(ctx: &Context, opts: &OverrideOptions) -> Result<Generated> {
 
     let settings = ctx.settings()?;
     if let Some(crate::deployment::relay::TlsMode::External { cert, key }) = &settings.tls {
-        for dir in tls_external_dirs(ctx, &[&cert, &key], &claims)? {
+        for dir in tls_external_dirs(ctx, &[cert, key], &claims)? {
             mounts.push(Mount {
                 rel: PathBuf::new(),
                 target: utf8(&dir)?.to_string(),
