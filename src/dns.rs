@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-use crate::compose;
+use crate::engine;
 use crate::error;
 use crate::host;
 use crate::shell::{clean, Shown};
@@ -116,13 +116,13 @@ print(json.dumps(out))
 
 /// Ask the relay in the running container for its records.
 pub fn report(ctx: &Context, check: bool) -> Result<Report> {
-    compose::require_compose_file(ctx)?;
-    if compose::container_id(ctx, compose::Containers::Running)?.is_none() {
+    engine::require_compose_file(ctx)?;
+    if engine::container_id(ctx, engine::Containers::Running)?.is_none() {
         return Err(error::usage(
             "the appliance is not running: start it with `chatmail-docker setup` (the records need its DKIM key)",
         ));
     }
-    let out = compose::exec_output(
+    let out = engine::exec_output(
         ctx,
         [
             "/opt/cmdeploy/bin/python3",

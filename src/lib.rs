@@ -6,13 +6,12 @@
 //! [`main_with`].
 
 pub mod backup;
-pub mod build;
 pub mod certwatch;
 pub mod cli;
-pub mod compose;
 pub mod context;
 pub mod deployment;
 pub mod dns;
+pub mod engine;
 pub mod error;
 pub mod formats;
 pub mod host;
@@ -23,7 +22,6 @@ pub mod overrides;
 pub mod preflight;
 pub mod setup;
 pub mod shell;
-pub mod stage;
 pub mod status;
 pub mod sysctl;
 pub mod upgrade;

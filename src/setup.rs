@@ -6,7 +6,7 @@
 //! 4. custom/ -> docker/compose.generated.yaml,
 //! 5. `docker compose build` when the image is missing or `--rebuild`,
 //!    then, when the container will be created anew, the configuration
-//!    deployed in a side container ([`crate::stage`]): the relay keeps
+//!    deployed in a side container ([`crate::engine::beside`]): the relay keeps
 //!    serving meanwhile, a configuration that fails to deploy never
 //!    replaces it, and the new container only starts its services,
 //! 6. `docker compose up -d` with this run's one-shot switches,
@@ -22,8 +22,8 @@
 use anyhow::{Context as _, Result};
 use std::time::{Duration, Instant};
 
-use crate::compose::{self, image_id, image_names, Project, SERVICE};
 use crate::deployment::Settings;
+use crate::engine::{self, image_id, image_names, Project, SERVICE};
 use crate::overrides::{self, OneShot};
 use crate::{error, ini2env, preflight, sysctl, Context};
 
@@ -54,19 +54,19 @@ pub struct Options {
     /// Deploy the configuration in a side container before starting.
     pub stage: bool,
     /// How to build the image (extra CA certificates).
-    pub build: crate::build::BuildOptions,
+    pub build: crate::engine::build::BuildOptions,
 }
 
 /// `chatmail-docker up`: regenerate the override from custom/, then
 /// `docker compose up -d`.
 pub fn up(ctx: &Context) -> Result<()> {
-    compose::require_compose_file(ctx)?;
+    engine::require_compose_file(ctx)?;
     // `up` recreates a container whose configuration differs: never
     // another deployment's.
-    compose::ensure_ours(ctx)?;
+    engine::ensure_ours(ctx)?;
     overrides::refresh_generated(ctx)?;
-    let cmd = compose::up_cmd(ctx, &[], false);
-    ctx.run_or_show(&cmd, "", |cmd| compose::run_checked(ctx, cmd))?;
+    let cmd = engine::up_cmd(ctx, &[], false);
+    ctx.run_or_show(&cmd, "", |cmd| engine::run_checked(ctx, cmd))?;
     Ok(())
 }
 
@@ -90,7 +90,7 @@ fn deploy_aside(
     ctx: &Context,
     args: &Options,
     settings: &Settings,
-    running: Option<&compose::Inspect>,
+    running: Option<&engine::Inspect>,
     replaced: &mut Vec<(String, String)>,
 ) -> Result<bool> {
     let Some(name) = image_names(ctx)?.into_iter().next() else {
@@ -108,7 +108,7 @@ fn deploy_aside(
             return Ok(false);
         }
     }
-    if crate::stage::is_current(ctx, &old)? {
+    if crate::engine::beside::is_current(ctx, &old)? {
         return Ok(false);
     }
     let serving = running.is_some_and(|c| c.state.running);
@@ -120,13 +120,13 @@ fn deploy_aside(
             "the configuration in a side container (no network, copies of the keys, no mail)"
         },
     );
-    let since = compose::signal_count();
-    let interrupted = || compose::interrupted_since(since);
+    let since = crate::host::interrupt::count();
+    let interrupted = || crate::host::interrupt::since(since);
     let started = Instant::now();
-    match crate::stage::deployed(ctx, &old, args.wait_timeout, &interrupted) {
+    match crate::engine::beside::deployed(ctx, &old, args.wait_timeout, &interrupted) {
         Ok(d) => {
             if d.fresh {
-                crate::stage::tag(ctx, &d.id, &name)?;
+                engine::image::tag_image(ctx, &d.id, &name)?;
                 replaced.push((name, old));
                 ctx.shell.status(
                     "Deployed",
@@ -141,7 +141,7 @@ fn deploy_aside(
         Err(e) if error::exit_code(&e) == error::EXIT_INTERRUPTED || interrupted() => Err(crate::host::interrupt::interrupted(
                 "interrupted while deploying the configuration in a side container; the container was not touched",
         )),
-        Err(e) if crate::stage::is_not_stageable(&e) => {
+        Err(e) if crate::engine::beside::is_not_stageable(&e) => {
             ctx.shell.note(format!(
                 "{e:#}; the container deploys the configuration by itself"
             ));
@@ -176,7 +176,7 @@ fn images(ctx: &Context) -> Result<Vec<(String, Option<String>)>> {
 fn remove_replaced_images(ctx: &Context, previous: &[(String, String)]) {
     for (name, old) in previous {
         // One that still has a name (an upgrade's restore point) stays.
-        let named = compose::image_inspect(ctx, old, "{{len .RepoTags}}")
+        let named = engine::image_inspect(ctx, old, "{{len .RepoTags}}")
             .ok()
             .flatten()
             .is_some_and(|n| n != "0");
@@ -193,21 +193,11 @@ fn remove_replaced_images(ctx: &Context, previous: &[(String, String)]) {
             }
         }
         let short = old.trim_start_matches("sha256:").get(..12).unwrap_or(old);
-        match ctx
-            .host
-            .cmd("docker", ["image", "rm", old.as_str()])
-            .output(&ctx.shell)
-        {
-            Ok(out) if out.success() => {
-                ctx.shell.status(
-                    "Removed",
-                    format!("the image the rebuild replaced ({name} was {short})"),
-                );
-            }
-            Ok(out) => ctx.shell.verbose(format!(
-                "kept the previous image {short} of {name}: {}",
-                out.stderr.trim()
-            )),
+        match engine::image::remove(ctx, old) {
+            Ok(()) => ctx.shell.status(
+                "Removed",
+                format!("the image the rebuild replaced ({name} was {short})"),
+            ),
             Err(e) => ctx
                 .shell
                 .verbose(format!("kept the previous image {short} of {name}: {e:#}")),
@@ -258,13 +248,13 @@ fn run_preflight(ctx: &Context, args: &Options, without_inotify: bool) -> Result
 
 pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     let started = Instant::now();
-    compose::require_compose_file(ctx)?;
+    engine::require_compose_file(ctx)?;
 
     // 1. Preflight, before touching anything.
     run_preflight(ctx, args, true)?;
     // Starting would recreate the project's container: refuse before
     // writing anything when it is another deployment's.
-    compose::ensure_ours(ctx)?;
+    engine::ensure_ours(ctx)?;
 
     // 2. Host tuning, then the inotify check on the result.
     let mut changed = tune_host(ctx, args)?;
@@ -285,7 +275,7 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     let before = if ctx.dry_run {
         None
     } else {
-        compose::current(ctx)?
+        engine::current(ctx)?
     };
     // 5b. The configuration deployed beside the relay, when the container
     // is made anew.
@@ -312,7 +302,7 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     }
 
     // 7. Health.
-    let c = compose::wait_healthy(ctx, args.wait_timeout)
+    let c = engine::wait_healthy(ctx, args.wait_timeout)
         .context("the appliance did not become healthy")?;
     // Only now: while the new image is not proven, the old one stays.
     remove_replaced_images(ctx, &replaced);
@@ -431,7 +421,7 @@ fn build(
     let mut cmd = Project::new(ctx).cmd(ctx, bargs);
     // Kept until the build is over: the CA bundle is a temporary file.
     let inputs = match &relay {
-        Some(relay) => Some(crate::build::prepare(ctx, relay, &args.build)?),
+        Some(relay) => Some(crate::engine::build::prepare(ctx, relay, &args.build)?),
         None => None,
     };
     for (k, v) in inputs.iter().flat_map(|i| &i.env) {
@@ -443,7 +433,7 @@ fn build(
             "Building",
             format!("the appliance image ({})", names.join(", ")),
         );
-        compose::run_checked(ctx, cmd)
+        engine::run_checked(ctx, cmd)
     })?;
     if built.is_none() && !previous.is_empty() {
         ctx.shell.out(
@@ -455,11 +445,11 @@ fn build(
 
 /// Step 6: `docker compose up -d` with this run's one-shot switches.
 fn start(ctx: &Context, one_shot: &OneShot) -> Result<()> {
-    let cmd = compose::up_cmd(ctx, &one_shot.env(), one_shot.needs_recreate());
+    let cmd = engine::up_cmd(ctx, &one_shot.env(), one_shot.needs_recreate());
     ctx.run_or_show(&cmd, "", |cmd| {
         ctx.shell
             .status("Starting", "the appliance (docker compose up -d)");
-        compose::run_checked(ctx, cmd)?;
+        engine::run_checked(ctx, cmd)?;
         if !one_shot.is_empty() {
             ctx.shell.note(
                 "the one-shot settings applied to this start only; the next `setup` or `up` recreates the container with the defaults",

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use std::time::Duration;
 
-use crate::compose::{self, Inspect};
+use crate::engine::{self, Inspect};
 use crate::shell::Shell;
 use crate::{error, overrides, Context};
 
@@ -49,7 +49,7 @@ pub fn unit_states(ctx: &Context) -> Result<Vec<UnitState>> {
     .map(String::from)
     .to_vec();
     args.extend(names.iter().cloned());
-    let out = compose::exec_output(ctx, args)?;
+    let out = engine::exec_output(ctx, args)?;
     if !out.success() {
         bail!(
             "cannot query systemd in the container: {}",
@@ -90,12 +90,12 @@ pub struct StatusReport {
 /// become warnings; only a missing compose file or a failing Compose is an
 /// error.
 pub fn report(ctx: &Context) -> Result<StatusReport> {
-    compose::require_compose_file(ctx)?;
+    engine::require_compose_file(ctx)?;
     let mut r = StatusReport {
         state: "absent".into(),
         ..Default::default()
     };
-    let Some(c) = compose::current(ctx)? else {
+    let Some(c) = engine::current(ctx)? else {
         return Ok(r);
     };
     r.container = Some(c.name.trim_start_matches('/').to_string());
@@ -106,7 +106,7 @@ pub fn report(ctx: &Context) -> Result<StatusReport> {
     r.relay = Some(crate::upgrade::release_status(ctx, &c.image));
     r.started_at = Some(c.state.started_at.clone());
     if c.state.running {
-        r.uptime_seconds = compose::parse_time(&c.state.started_at)
+        r.uptime_seconds = engine::parse_time(&c.state.started_at)
             .and_then(|t| t.elapsed().ok())
             .map(|d| d.as_secs());
         match unit_states(ctx) {
@@ -257,7 +257,7 @@ fn custom_warnings(ctx: &Context, c: &Inspect) -> Vec<String> {
         Err(e) => return vec![format!("cannot check custom/: {e:#}")],
     };
     let mut out = Vec::new();
-    if let Some(started) = compose::parse_time(&c.state.started_at) {
+    if let Some(started) = engine::parse_time(&c.state.started_at) {
         let files = overrides::changed_since_start(&generated, started);
         if !files.is_empty() {
             out.push(format!(

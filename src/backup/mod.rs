@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use crate::host::parent_dir;
-use crate::{compose, error, Context};
+use crate::{engine, error, Context};
 pub use catalog::Origin;
 use manifest::{Consistency, Entry, EntryKind, Header, Kind, Manifest};
 use owners::Names;
@@ -148,11 +148,11 @@ pub(crate) struct RelayInfo {
 
 /// This deployment's running container, if there is one (a failure to
 /// ask Docker counts as none, said with `-v`).
-pub(crate) fn running_container(ctx: &Context) -> Option<compose::Inspect> {
+pub(crate) fn running_container(ctx: &Context) -> Option<engine::Inspect> {
     if !ctx.deployment.compose_file().exists() {
         return None;
     }
-    match compose::container(ctx, compose::Containers::Running) {
+    match engine::container(ctx, engine::Containers::Running) {
         Ok(c) => c,
         Err(e) => {
             ctx.shell.verbose(format!("no container: {e}"));
@@ -171,7 +171,7 @@ pub(crate) fn relay_facts(ctx: &Context, running: bool) -> RelayInfo {
     let script = "cat /etc/chatmail-image-version 2>/dev/null; echo; echo @@; \
                   head -n1 /etc/chatmail-version 2>/dev/null; echo; echo @@; \
                   getent passwd; echo @@; getent group";
-    match compose::exec_output(ctx, ["sh", "-c", script]) {
+    match engine::exec_output(ctx, ["sh", "-c", script]) {
         Ok(out) if out.success() => {
             let parts: Vec<&str> = out.stdout.split("@@\n").collect();
             let field = |i: usize| {
@@ -201,7 +201,7 @@ pub(crate) fn relay_facts(ctx: &Context, running: bool) -> RelayInfo {
 /// stops).
 pub(crate) fn container_layout(
     ctx: &Context,
-    running: Option<&compose::Inspect>,
+    running: Option<&engine::Inspect>,
 ) -> Result<scan::Layout> {
     if let Some(m) = running.and_then(|c| c.mounts.as_ref()) {
         return scan::Layout::from_inspect(m);
@@ -209,29 +209,16 @@ pub(crate) fn container_layout(
     if !ctx.deployment.compose_file().exists() {
         return Ok(scan::default_layout(&ctx.deployment, &ctx.host));
     }
-    let asked = compose::config_json(ctx).and_then(|config| {
-        scan::Layout::from_compose(&config, compose::SERVICE, |name| {
-            let out = ctx
-                .host
-                .cmd(
-                    "docker",
-                    ["volume", "inspect", "--format", "{{.Mountpoint}}", name],
-                )
-                .output(&ctx.shell)?;
-            if !out.success() {
-                bail!(
-                    "`docker volume inspect {name}` failed: {}",
-                    out.stderr.trim()
-                );
-            }
-            Ok(PathBuf::from(out.stdout.trim()))
+    let asked = engine::config_json(ctx).and_then(|config| {
+        scan::Layout::from_compose(&config, engine::SERVICE, |name| {
+            engine::volume_dir(ctx, name)
         })
     });
     match asked {
         Ok(l) => Ok(l),
         Err(e) => {
             let overrides = ctx.deployment.user_overrides();
-            let claimed = compose::claimed_mounts(&overrides)?;
+            let claimed = engine::claimed_mounts(&overrides)?;
             let state: Vec<&str> = crate::deployment::STATE_MOUNTS
                 .iter()
                 .map(|(_, t)| *t)
@@ -579,7 +566,7 @@ fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
     let layout = container_layout(ctx, running.as_ref())?;
     // The queue is read separately (under a pause); a side container's
     // copies of the keys (`setup`/`upgrade` deploying aside) are no state.
-    let skip = vec![crate::stage::STAGE_DIR.to_string()];
+    let skip = vec![crate::engine::beside::STAGE_DIR.to_string()];
     // The base's manifest and the relay's facts are read while the
     // deployment is scanned.
     let (base, info, scanned) = std::thread::scope(|scope| {
@@ -673,7 +660,7 @@ pub fn run(ctx: &Context, opts: &BackupOptions) -> Result<Summary> {
         )));
     }
     let start = Instant::now();
-    let signals = compose::signal_count();
+    let signals = crate::host::interrupt::count();
     let mut plan = plan(ctx, opts)?;
     let info = std::mem::take(&mut plan.info);
     if ctx.dry_run {
@@ -782,7 +769,7 @@ fn show_plan(ctx: &Context, opts: &BackupOptions, plan: &Plan, info: &RelayInfo)
     }
     if plan.scan.has_queue() {
         if info.running && opts.pause {
-            let cmd = compose::exec_cmd(ctx, ["systemctl", "freeze", pause::POSTFIX_UNIT]);
+            let cmd = engine::exec_cmd(ctx, ["systemctl", "freeze", pause::POSTFIX_UNIT]);
             ctx.shell.out(format!(
                 "would run: {} (while the mail queue is copied, then thaw)",
                 cmd.display()
@@ -1071,7 +1058,7 @@ struct Run<'a> {
 
 impl Run<'_> {
     fn check_interrupt(&self) -> Result<()> {
-        if compose::interrupted_since(self.signals) {
+        if crate::host::interrupt::since(self.signals) {
             return Err(crate::host::interrupt::interrupted(
                 "interrupted: no archive was written",
             ));
@@ -1724,7 +1711,7 @@ mod tests {
                 &opts,
                 p,
                 info,
-                compose::signal_count(),
+                crate::host::interrupt::count(),
                 Instant::now(),
             )
             .err()

@@ -20,12 +20,12 @@
 //! the pipe closes because this process died. A timer in the container
 //! thaws the unit after [`WATCHDOG_SECS`] in any case; [`Pause`]'s drop thaws it on every
 //! other exit (errors, panics, Ctrl-C/SIGTERM, which the tool counts
-//! instead of dying, see `compose::signal_count`).
+//! instead of dying, see `engine::signal_count`).
 
 use anyhow::Result;
 use std::time::{Duration, Instant};
 
-use crate::compose;
+use crate::engine;
 use crate::Context;
 
 /// The unit that runs Postfix's master in Debian's packaging
@@ -68,7 +68,7 @@ impl Thawer {
     fn start(ctx: &Context) -> Result<Thawer> {
         use std::io::BufRead;
         let (reader, input) = std::io::pipe()?;
-        let handle = compose::exec_cmd(ctx, ["sh", "-c", THAWER])
+        let handle = engine::exec_cmd(ctx, ["sh", "-c", THAWER])
             .expr(&ctx.shell)
             .stdin_file(reader)
             .stderr_null()
@@ -99,7 +99,7 @@ impl Thawer {
 }
 
 fn exec_ok(ctx: &Context, args: &[&str]) -> Result<Result<(), String>> {
-    let out = compose::exec_output(ctx, args)?;
+    let out = engine::exec_output(ctx, args)?;
     Ok(if out.success() {
         Ok(())
     } else {

@@ -173,7 +173,7 @@ pub fn read_manifest(archive: &Path, keys: &Keys) -> Result<Manifest> {
         None,
         &mut model,
         None,
-        crate::compose::signal_count(),
+        crate::host::interrupt::count(),
     )
 }
 
@@ -995,7 +995,7 @@ fn newest_in(dir: &Path, keys: &Keys) -> Result<PathBuf> {
 /// Warn about the restored override files that mount something over the
 /// state: the container would not see what was restored there.
 fn warn_shadowed(ctx: &Context) {
-    let Ok(claimed) = crate::compose::claimed_mounts(&ctx.deployment.user_overrides()) else {
+    let Ok(claimed) = crate::engine::claimed_mounts(&ctx.deployment.user_overrides()) else {
         return;
     };
     for m in claimed {
@@ -1017,7 +1017,7 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
     let start = Instant::now();
     // Ctrl-C and SIGTERM are counted, not fatal, until everything is
     // checked: the temporary directory is removed on the way out.
-    let signals = crate::compose::signal_count();
+    let signals = crate::host::interrupt::count();
     let dir = ctx.deployment.dir().to_path_buf();
     let stdin = opts.archive == Path::new("-");
     let last = if !stdin && opts.archive.is_dir() {

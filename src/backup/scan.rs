@@ -1446,7 +1446,7 @@ mod tests {
         scan(
             dep,
             l,
-            &[crate::stage::STAGE_DIR.to_string()],
+            &[crate::engine::beside::STAGE_DIR.to_string()],
             Exclude::default(),
         )
         .unwrap()

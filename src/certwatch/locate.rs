@@ -16,9 +16,9 @@ use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 
-use crate::compose;
 use crate::deployment::relay::TlsMode;
 use crate::deployment::Settings;
+use crate::engine;
 use crate::Context;
 
 /// The appliance's documented mount for ACME state.
@@ -81,7 +81,7 @@ pub type Unresolved = Vec<(PathBuf, String)>;
 /// The mounts of the chatmail service, from `docker compose config`.
 /// `Ok(None)` when Compose cannot tell (not installed, no compose file).
 pub fn compose_mounts(ctx: &Context) -> Result<Option<(Vec<Mount>, Unresolved)>> {
-    let project = compose::Project::new(ctx);
+    let project = engine::Project::new(ctx);
     let out = match project
         .cmd(ctx, ["config", "--format", "json"])
         .output(&ctx.shell)
@@ -109,7 +109,7 @@ pub fn compose_mounts(ctx: &Context) -> Result<Option<(Vec<Mount>, Unresolved)>>
 /// output. Named volumes are looked up with `docker volume inspect`.
 fn parse_mounts(ctx: &Context, json: &serde_json::Value) -> Result<(Vec<Mount>, Unresolved)> {
     let vols = json
-        .pointer(&format!("/services/{}/volumes", compose::SERVICE))
+        .pointer(&format!("/services/{}/volumes", engine::SERVICE))
         .and_then(|v| v.as_array())
         .cloned()
         .unwrap_or_default();
@@ -130,7 +130,7 @@ fn parse_mounts(ctx: &Context, json: &serde_json::Value) -> Result<(Vec<Mount>, 
                     .pointer(&format!("/volumes/{source}/name"))
                     .and_then(|x| x.as_str())
                     .map(str::to_string)
-                    .unwrap_or_else(|| format!("{}_{source}", compose::PROJECT_NAME));
+                    .unwrap_or_else(|| format!("{}_{source}", engine::PROJECT_NAME));
                 match volume_mountpoint(ctx, &name) {
                     Some(p) => p,
                     None => {
@@ -153,16 +153,9 @@ fn parse_mounts(ctx: &Context, json: &serde_json::Value) -> Result<(Vec<Mount>, 
 }
 
 fn volume_mountpoint(ctx: &Context, name: &str) -> Option<PathBuf> {
-    let out = ctx
-        .host
-        .cmd(
-            "docker",
-            ["volume", "inspect", "--format", "{{.Mountpoint}}", name],
-        )
-        .output(&ctx.shell)
-        .ok()?;
-    let p = out.stdout.trim();
-    (out.success() && !p.is_empty()).then(|| PathBuf::from(p))
+    engine::volume_dir(ctx, name)
+        .ok()
+        .filter(|p| !p.as_os_str().is_empty())
 }
 
 /// Decide which host directory to watch: `--path`, else `PATH_TO_SSL`

@@ -502,7 +502,7 @@ fn reload_display(ctx: &Context, s: &Settings) -> String {
         Reloader::Compose => {
             let mut args = vec!["systemctl", "reload"];
             args.extend(reload::UNITS);
-            crate::compose::exec_cmd(ctx, args).display()
+            crate::engine::exec_cmd(ctx, args).display()
         }
     }
 }

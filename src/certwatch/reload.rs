@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::compose;
+use crate::engine;
 use crate::Context;
 
 /// The units serving TLS inside the container.
@@ -128,13 +128,13 @@ fn last_line(s: &str) -> String {
 
 fn run_compose(ctx: &Context, action: Action, limit: Duration) -> Outcome {
     // Another deployment's container is never reloaded (nor restarted).
-    if let Ok(Some(f)) = compose::find(ctx, compose::Containers::Any) {
+    if let Ok(Some(f)) = engine::find(ctx, engine::Containers::Any) {
         if !f.is_ours() {
             return Outcome::Failed(format!("{:#}", f.foreign_error(ctx)));
         }
     }
     let exec = |args: Vec<&str>| -> anyhow::Result<crate::host::Captured> {
-        let c = compose::exec_cmd(ctx, args);
+        let c = engine::exec_cmd(ctx, args);
         c.output_within(&ctx.shell, limit)?.ok_or_else(|| {
             anyhow::anyhow!(
                 "`{}` did not finish within {} s and was stopped; raise --reload-timeout if it needs longer",
@@ -155,7 +155,7 @@ fn run_compose(ctx: &Context, action: Action, limit: Duration) -> Outcome {
     if !container_running(ctx) {
         return Outcome::NotNow(format!(
             "the {} container is not running ({})",
-            compose::SERVICE,
+            engine::SERVICE,
             last_line(&first.stderr)
         ));
     }
@@ -183,7 +183,7 @@ fn run_compose(ctx: &Context, action: Action, limit: Duration) -> Outcome {
 
 fn container_running(ctx: &Context) -> bool {
     matches!(
-        compose::container_id(ctx, compose::Containers::Running),
+        engine::container_id(ctx, engine::Containers::Running),
         Ok(Some(_))
     )
 }

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use crate::{compose, setup, Context};
+use crate::{engine, setup, Context};
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct UpArgs {}
@@ -19,7 +19,7 @@ pub struct DownArgs {}
 
 impl DownArgs {
     pub fn exec(self, ctx: &Context) -> Result<()> {
-        compose::down(ctx)
+        engine::down(ctx)
     }
 }
 
@@ -28,7 +28,7 @@ pub struct RestartArgs {}
 
 impl RestartArgs {
     pub fn exec(self, ctx: &Context) -> Result<()> {
-        compose::restart(ctx)
+        engine::restart(ctx)
     }
 }
 
@@ -45,9 +45,9 @@ pub struct LogsArgs {
 
 impl LogsArgs {
     pub fn exec(self, ctx: &Context) -> Result<()> {
-        compose::logs(
+        engine::logs(
             ctx,
-            &compose::LogsOptions {
+            &engine::LogsOptions {
                 follow: self.follow,
                 tail: self.tail,
             },
@@ -69,6 +69,6 @@ pub struct ExecArgs {
 
 impl ExecArgs {
     pub fn exec(self, ctx: &Context) -> Result<()> {
-        compose::exec(ctx, &self.command)
+        engine::exec(ctx, &self.command)
     }
 }

@@ -102,7 +102,7 @@ impl SetupArgs {
             force: self.force,
             wait_timeout: Duration::from_secs(self.wait_timeout),
             stage: !self.no_stage,
-            build: crate::build::BuildOptions {
+            build: crate::engine::build::BuildOptions {
                 ca_name: self
                     .build_ca
                     .as_deref()

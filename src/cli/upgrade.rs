@@ -95,7 +95,7 @@ impl UpgradeArgs {
                     stage: !self.no_stage,
                     backup_dir: self.backup_dir,
                     wait_timeout: timeout,
-                    build: crate::build::BuildOptions {
+                    build: crate::engine::build::BuildOptions {
                         ca_name: self.build_ca.as_deref().map(|ca| {
                             super::option_name("--build-ca", Some("CHATMAIL_BUILD_CA"), ca)
                         }),

@@ -271,20 +271,12 @@ fn filesystem_samples(out: &mut Samples, volume: &str, path: &Path) {
 pub fn filesystems(ctx: &Context) -> Samples {
     let mut out = Samples::default();
     filesystem_samples(&mut out, "data", &ctx.deployment.data());
-    let root = ctx
-        .host
-        .cmd("docker", ["info", "--format", "{{.DockerRootDir}}"])
-        .output(&ctx.shell);
-    match root {
-        Ok(o) if o.success() && o.stdout.trim().starts_with('/') => {
-            filesystem_samples(&mut out, "docker", &ctx.host.path(o.stdout.trim()));
+    match crate::engine::data_root(ctx) {
+        Ok(root) => filesystem_samples(&mut out, "docker", &root),
+        Err(e) => {
+            ctx.shell.verbose(format!("docker info: {e:#}"));
+            probe(&mut out, "filesystem", "docker", Some(docker_reason(&e)));
         }
-        Ok(o) => {
-            ctx.shell
-                .verbose(format!("docker info: {}", o.stderr.trim()));
-            probe(&mut out, "filesystem", "docker", Some("docker_failed"));
-        }
-        Err(e) => probe(&mut out, "filesystem", "docker", Some(docker_reason(&e))),
     }
     out
 }

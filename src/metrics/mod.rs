@@ -29,7 +29,7 @@ use anyhow::{Context as _, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::{compose, error, Context};
+use crate::{engine, error, Context};
 use expo::{Def, Samples, Type};
 
 /// The file `--textfile DIR` writes.
@@ -325,7 +325,7 @@ pub fn unix(t: SystemTime) -> f64 {
 
 /// An RFC 3339 time as Unix seconds.
 pub fn unix_rfc3339(text: &str) -> Option<f64> {
-    compose::parse_time(text)
+    engine::parse_time(text)
         .or_else(|| humantime::parse_rfc3339_weak(text).ok())
         .map(unix)
 }
@@ -453,7 +453,7 @@ pub fn check_textfile_dir(dir: &Path) -> Result<()> {
 
 /// `chatmail-docker metrics`.
 pub fn run(ctx: &Context, opts: &Options) -> Result<()> {
-    compose::require_compose_file(ctx)?;
+    engine::require_compose_file(ctx)?;
     if let Some(dir) = &opts.textfile {
         check_textfile_dir(dir)?;
     }

@@ -1,5 +1,5 @@
 //! The relay as Docker and its clients see it: the container (through
-//! [`crate::compose`], as `status` finds it), its health, the relay's units
+//! [`crate::engine`], as `status` finds it), its health, the relay's units
 //! (through [`crate::status::unit_states`]), the release its image was
 //! built from, and the certificate each TLS endpoint serves (through
 //! [`crate::certwatch::verify`], the check cert-watch runs after a reload).
@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::expo::Samples;
 use super::*;
 use crate::certwatch::verify::{self, Endpoint, Stage};
-use crate::compose::{Containers, Inspect};
 use crate::deployment::Settings;
+use crate::engine::{Containers, Inspect};
 
 /// Docker's container states, for the state set.
 pub const STATES: &[&str] = &[
@@ -44,7 +44,7 @@ pub fn container(ctx: &Context) -> Samples {
         out.flag(&RELAY_UP, &[], false);
         out.flag(&RELAY_HEALTHY, &[], false);
     };
-    let found = match compose::find(ctx, Containers::Any) {
+    let found = match engine::find(ctx, Containers::Any) {
         Ok(f) => f,
         Err(e) => {
             ctx.shell.verbose(format!("relay: {e:#}"));
@@ -87,7 +87,7 @@ pub fn container(ctx: &Context) -> Samples {
             .state
             .running
             .then(|| s.spawn(|| crate::status::unit_states(ctx)));
-        let release = crate::upgrade::image_release(ctx, &c.image);
+        let release = crate::engine::image::image_release(ctx, &c.image);
         (release, units.map(|u| u.join()))
     });
     info(&mut out, release.as_ref());

@@ -109,8 +109,8 @@ pub fn run(ctx: &Context, opts: impl Into<Options>) -> Result<()> {
         // Found out now, not after the relay has been stopped: no compose
         // file, or a container of another deployment that `up` would
         // refuse to touch.
-        crate::compose::require_compose_file(ctx)?;
-        crate::compose::ensure_ours(ctx)?;
+        crate::engine::require_compose_file(ctx)?;
+        crate::engine::ensure_ours(ctx)?;
     }
     let ini = find_ini(ctx, opts)?;
 

@@ -22,7 +22,7 @@
 //! leading out of `custom/`, fifos, sockets and devices, names that are not
 //! UTF-8, two files for one target, and targets at, below or above what the
 //! appliance's compose file mounts itself (read from the file by
-//! [`compose::claimed_mounts`], so a mount added there is protected at
+//! [`engine::claimed_mounts`], so a mount added there is protected at
 //! once: today the persistent data `/home`, `/etc/dkimkeys`,
 //! `/var/lib/acme`, `/var/lib/chatmail-docker`, the cgroup tree and the
 //! tmpfs `/tmp`, `/run`, `/run/lock`), systemd (`/sbin/init`, `systemctl`,
@@ -54,9 +54,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::compose::{self, Project};
 use crate::deployment::GENERATED_FILE;
 pub use crate::deployment::VMAIL_MARKER;
+use crate::engine::{self, Project};
 use crate::{error, host, Context};
 
 pub use oneshot::{parse_stages, OneShot, Stage};
@@ -225,7 +225,7 @@ pub fn generate(ctx: &Context, opts: &OverrideOptions) -> Result<Generated> {
     }
     let model = ComposeOverride {
         services: BTreeMap::from([(
-            compose::SERVICE,
+            engine::SERVICE,
             ServiceOverride {
                 labels: BTreeMap::from([(HASH_LABEL, hash.clone())]),
                 volumes,
@@ -253,7 +253,7 @@ pub fn generate(ctx: &Context, opts: &OverrideOptions) -> Result<Generated> {
 /// target replaces that one, as documented (its settings win).
 fn claims(ctx: &Context) -> Result<Vec<scan::Claim>> {
     let d = &ctx.deployment;
-    Ok(compose::claimed_mounts(&[d.compose_file()])?
+    Ok(engine::claimed_mounts(&[d.compose_file()])?
         .into_iter()
         .map(|m| {
             let file = m.file.strip_prefix(d.dir()).unwrap_or(&m.file);
@@ -508,7 +508,7 @@ pub fn config(ctx: &Context, args: &ConfigOptions) -> Result<()> {
         return Ok(());
     }
 
-    compose::require_compose_file(ctx)?;
+    engine::require_compose_file(ctx)?;
     write(ctx, &generated)?;
     let mut project = Project::new(ctx);
     // With --dry-run nothing is written, so Compose reads the override that

@@ -58,7 +58,7 @@ pub struct Skipped {
 /// A path the appliance's compose file mounts something at (the
 /// persistent data, the tmpfs, the cgroup tree): no custom mount may be at
 /// it, below it, or above it. Derived from the compose file
-/// ([`crate::compose::claimed_mounts`]), so a mount added there is
+/// ([`crate::engine::claimed_mounts`]), so a mount added there is
 /// protected without a change here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claim {
@@ -645,7 +645,7 @@ mod tests {
     /// The appliance's own compose file's mounts.
     fn appliance_claims() -> Vec<Claim> {
         let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(crate::deployment::COMPOSE_FILE);
-        crate::compose::claimed_mounts(&[file])
+        crate::engine::claimed_mounts(&[file])
             .unwrap()
             .into_iter()
             .map(|m| Claim {

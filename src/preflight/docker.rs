@@ -23,12 +23,7 @@ pub(super) fn check_docker_engine(ctx: &Context) -> Check {
         }
         return Check::fail(ID, "the `docker` command was not found on PATH", install);
     }
-    let version = ctx
-        .host
-        .cmd("docker", ["--version"])
-        .output(&ctx.shell)
-        .map(|c| c.stdout)
-        .unwrap_or_default();
+    let version = crate::engine::client_version(ctx);
     if is_podman(&version) {
         return Check::warn(
             ID,
@@ -39,11 +34,7 @@ pub(super) fn check_docker_engine(ctx: &Context) -> Check {
             "use Docker Engine for a supported setup",
         );
     }
-    match ctx
-        .host
-        .cmd("docker", ["info", "--format", "{{.ServerVersion}}"])
-        .output(&ctx.shell)
-    {
+    match crate::engine::server_version(ctx) {
         Ok(c) if c.success() && !c.stdout.trim().is_empty() => {
             Check::ok(ID, format!("Docker Engine {} answers", c.stdout.trim()))
         }
@@ -84,7 +75,7 @@ pub(super) fn check_compose(ctx: &Context) -> Check {
             .output(&ctx.shell)
             .ok()
     };
-    if let Some(c) = run("docker", &["compose", "version", "--short"]) {
+    if let Some(c) = crate::engine::compose_version(ctx) {
         if c.success() {
             if let Some((major, full)) = parse_compose_version(&c.stdout) {
                 if major >= 2 {

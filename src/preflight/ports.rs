@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::fs;
 
 use super::{Check, CheckId};
-use crate::compose::{self, Containers};
 use crate::deployment::Env;
+use crate::engine::{self, Containers};
 use crate::Context;
 
 /// A port the appliance binds on the host network.
@@ -114,11 +114,11 @@ fn in_container(ctx: &Context, pid: u32, container_id: &str) -> bool {
 }
 
 /// The project's running container, whichever deployment it belongs to.
-fn running_container(ctx: &Context) -> Option<compose::Found> {
+fn running_container(ctx: &Context) -> Option<engine::Found> {
     if !ctx.deployment.compose_file().exists() || ctx.host.which("docker").is_none() {
         return None;
     }
-    compose::find(ctx, Containers::Running).ok().flatten()
+    engine::find(ctx, Containers::Running).ok().flatten()
 }
 
 /// The listening sockets of `/proc/net/{tcp,tcp6,udp,udp6}`. The IPv6
@@ -184,7 +184,7 @@ pub(super) fn check_ports(ctx: &Context, env: &Env) -> Check {
                 Some(c) if c.is_ours() => ours += 1,
                 Some(c) => {
                     let whose = match &c.owner {
-                        compose::Owner::Other(Some(dir)) => format!(
+                        engine::Owner::Other(Some(dir)) => format!(
                             "the deployment in {} (`chatmail-docker --dir {} down` stops it)",
                             dir.display(),
                             dir.display()

@@ -35,10 +35,13 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::build::{BuildOptions, COMMIT_LABEL, VERSION_LABEL};
-use crate::compose::{self, image_id, Project, SERVICE};
+use crate::engine::beside;
+use crate::engine::build::BuildOptions;
+pub use crate::engine::image::Release;
+use crate::engine::image::{image_release, image_size, restore_tag, tag_image};
+use crate::engine::{self, image_id, Project, SERVICE};
 use crate::shell::Shown;
-use crate::{backup, error, overrides, stage, Context};
+use crate::{backup, error, overrides, Context};
 use git::{short, Checkout};
 use state::{Phase, RestorePoint, UpgradeState};
 
@@ -75,13 +78,6 @@ pub struct Options {
     pub build: BuildOptions,
     /// Print a JSON summary at the end.
     pub json: bool,
-}
-
-/// The relay a checkout position or an image stands for.
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct Release {
-    pub commit: String,
-    pub version: String,
 }
 
 /// What an upgrade would do.
@@ -125,63 +121,10 @@ fn relay_dir(ctx: &Context) -> Result<PathBuf> {
 
 /// The image name the compose file gives the service.
 pub fn image_name(ctx: &Context) -> Result<String> {
-    compose::image_names(ctx)?
+    engine::image_names(ctx)?
         .into_iter()
         .next()
         .context("docker compose names no image for the appliance")
-}
-
-/// The relay commit and version an image was built from (its labels).
-pub fn image_release(ctx: &Context, image: &str) -> Option<Release> {
-    let out = compose::image_inspect(ctx, image, "{{json .Config.Labels}}").ok()??;
-    let labels: std::collections::BTreeMap<String, String> = serde_json::from_str(&out).ok()?;
-    let commit = labels
-        .get(COMMIT_LABEL)
-        .filter(|c| c.as_str() != "unknown")?;
-    Some(Release {
-        commit: commit.clone(),
-        version: labels
-            .get(VERSION_LABEL)
-            .filter(|v| v.as_str() != "unknown")
-            .cloned()
-            .unwrap_or_else(|| short(commit).to_string()),
-    })
-}
-
-fn image_size(ctx: &Context, image: &str) -> Option<i64> {
-    compose::image_inspect(ctx, image, "{{.Size}}")
-        .ok()??
-        .parse()
-        .ok()
-}
-
-/// `repo:tag` -> `repo:tag-relay-COMMIT`: the restore point's name.
-pub fn restore_tag(image: &str, commit: &str) -> String {
-    let (repo, tag) = split_image(image);
-    format!("{repo}:{tag}-relay-{}", short(commit))
-}
-
-/// `repo:tag` (a `:` after the last `/`), `repo` alone meaning `latest`.
-fn split_image(image: &str) -> (&str, &str) {
-    let slash = image.rfind('/').map_or(0, |i| i + 1);
-    match image[slash..].rfind(':') {
-        Some(i) => (&image[..slash + i], &image[slash + i + 1..]),
-        None => (image, "latest"),
-    }
-}
-
-fn tag_image(ctx: &Context, from: &str, to: &str) -> Result<()> {
-    let out = ctx
-        .host
-        .cmd("docker", ["image", "tag", from, to])
-        .output(&ctx.shell)?;
-    if !out.success() {
-        anyhow::bail!(
-            "`docker image tag {from} {to}` failed: {}",
-            out.stderr.trim()
-        );
-    }
-    Ok(())
 }
 
 /// The keys chatmail.ini sets in `[params]` (empty without one).
@@ -348,7 +291,7 @@ fn print_plan(ctx: &Context, p: &Plan, json: bool) {
 
 /// `upgrade --check`: `Ok(true)` when an upgrade is available.
 pub fn check(ctx: &Context, reference: Option<&str>, fetch: bool, json: bool) -> Result<bool> {
-    compose::require_compose_file(ctx)?;
+    engine::require_compose_file(ctx)?;
     let checkout = Checkout::open(ctx, &relay_dir(ctx)?)?;
     let p = plan(ctx, &checkout, reference, fetch)?;
     if json {
@@ -405,20 +348,16 @@ fn interrupted_error(message: String) -> anyhow::Error {
 
 /// Disk space for the build: the running image's size plus a margin.
 fn check_disk(ctx: &Context, image: &str) -> Result<()> {
-    let out = ctx
-        .host
-        .cmd("docker", ["info", "--format", "{{.DockerRootDir}}"])
-        .output(&ctx.shell)?;
-    let root = out.stdout.trim();
-    if !out.success() || root.is_empty() {
-        return Ok(());
-    }
-    let Ok(st) = rustix::fs::statvfs(ctx.host.path(root)) else {
+    let Ok(root) = engine::data_root(ctx) else {
         return Ok(());
     };
+    let Ok(st) = rustix::fs::statvfs(&root) else {
+        return Ok(());
+    };
+    let root = root.display().to_string();
     let free = st.f_bavail.saturating_mul(st.f_frsize);
     let need = image_size(ctx, image).unwrap_or(0).max(0) as u64 + BUILD_HEADROOM;
-    disk_verdict(root, free, need)
+    disk_verdict(&root, free, need)
 }
 
 /// The disk check's verdict (separate for tests).
@@ -443,11 +382,11 @@ fn human(b: u64) -> String {
 
 /// `chatmail-docker upgrade`.
 pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
-    compose::require_compose_file(ctx)?;
-    compose::ensure_ours(ctx)?;
+    engine::require_compose_file(ctx)?;
+    engine::ensure_ours(ctx)?;
     // From here on a signal is counted, not fatal: each step decides.
-    let signals_at_start = compose::signal_count();
-    let interrupted = || compose::interrupted_since(signals_at_start);
+    let signals_at_start = crate::host::interrupt::count();
+    let interrupted = || crate::host::interrupt::since(signals_at_start);
     let prior = state::load(ctx)?;
     let relay = relay_dir(ctx)?;
     let checkout = Checkout::open(ctx, &relay)?;
@@ -463,7 +402,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
     // The build's CA certificates are read again for the build; a bad
     // path is found now, before anything changes.
     if let Some(ca) = &opts.build.ca {
-        crate::build::collect_certificates(ca, opts.build.ca_name())?;
+        crate::engine::build::collect_certificates(ca, opts.build.ca_name())?;
     }
     let image = image_name(ctx)?;
     if let Some(s) = &prior {
@@ -495,7 +434,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
         return Ok(summary);
     }
     print_plan(ctx, &p, opts.json);
-    let running = compose::current(ctx)?;
+    let running = engine::current(ctx)?;
     let backup_dir = opts
         .backup_dir
         .clone()
@@ -552,7 +491,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
                 old_release.version
             ),
         );
-        match stage::deployed(ctx, id, opts.wait_timeout, &interrupted) {
+        match beside::deployed(ctx, id, opts.wait_timeout, &interrupted) {
             Ok(d) => restore_id = Some(d.id),
             Err(e) if error::exit_code(&e) == error::EXIT_INTERRUPTED => {
                 return Err(interrupted_error(
@@ -647,7 +586,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
             ),
         );
         let aside = Instant::now();
-        match stage::deployed(ctx, &built_id, opts.wait_timeout, &interrupted) {
+        match beside::deployed(ctx, &built_id, opts.wait_timeout, &interrupted) {
             Ok(d) => {
                 tag_image(ctx, &d.id, &image)?;
                 new_id = d.id;
@@ -662,7 +601,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
                     p.from.version
                 )));
             }
-            Err(e) if stage::is_not_stageable(&e) => ctx.shell.note(format!(
+            Err(e) if beside::is_not_stageable(&e) => ctx.shell.note(format!(
                 "{e:#}; the swap deploys {} in the new container (a longer interruption; a failure there rolls back)",
                 p.to.version
             )),
@@ -674,10 +613,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
                 undo();
                 if Some(&built_id) != old_image_id.as_ref() && Some(&built_id) != restore_id.as_ref()
                 {
-                    let _ = ctx
-                        .host
-                        .cmd("docker", ["image", "rm", &built_id])
-                        .output(&ctx.shell);
+                    let _ = engine::image::remove(ctx, &built_id);
                 }
                 return Err(e.context(format!(
                     "{} failed to deploy beside the relay; nothing was swapped: the relay kept serving {} and {} is back at it (--no-stage swaps without this check)",
@@ -731,7 +667,12 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
                 false,
                 state::LastRun::now(Some(old_release.clone()), Some(p.to.clone())),
             );
-            prune(ctx, &image, &new_id, point.image_tag.as_deref());
+            crate::engine::image::prune_restore_points(
+                ctx,
+                &image,
+                &new_id,
+                point.image_tag.as_deref(),
+            );
             ctx.shell.status(
                 "Upgraded",
                 format!(
@@ -758,7 +699,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
             Ok(summary)
         }
         Err(reason) => {
-            let logs = compose::last_logs(ctx, 40);
+            let logs = engine::last_logs(ctx, 40);
             let failed_at = Instant::now();
             ctx.shell.error(format!(
                 "the new release failed: {reason:#}; rolling back to {}",
@@ -799,10 +740,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
                     for id in [&new_id, &built_id].into_iter().filter(|id| {
                         Some(*id) != old_image_id.as_ref() && Some(*id) != restore_id.as_ref()
                     }) {
-                        let _ = ctx
-                            .host
-                            .cmd("docker", ["image", "rm", id.as_str()])
-                            .output(&ctx.shell);
+                        let _ = engine::image::remove(ctx, id);
                     }
                     if opts.json {
                         ctx.shell.data(serde_json::to_string_pretty(&summary)?);
@@ -838,7 +776,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
 
 /// `docker compose build` of the service with this checkout's inputs.
 fn build_image(ctx: &Context, relay: &Path, build: &BuildOptions, json: bool) -> Result<()> {
-    let inputs = crate::build::prepare(ctx, relay, build)?;
+    let inputs = crate::engine::build::prepare(ctx, relay, build)?;
     let mut cmd = Project::new(ctx)
         .cmd(ctx, ["build", SERVICE])
         .output_to_stderr(json);
@@ -849,7 +787,7 @@ fn build_image(ctx: &Context, relay: &Path, build: &BuildOptions, json: bool) ->
         "Building",
         "the new image while the relay keeps serving (a Ctrl-C now stops the build and changes nothing)",
     );
-    compose::run_checked(ctx, &cmd)
+    engine::run_checked(ctx, &cmd)
 }
 
 /// The backup before the swap: incremental against the last one in `dir`.
@@ -874,9 +812,9 @@ fn take_backup(ctx: &Context, dir: &Path) -> Result<Option<PathBuf>> {
 /// for health and for the services to answer.
 fn swap(ctx: &Context, timeout: Duration, sni: &str, json: bool) -> Result<()> {
     overrides::refresh_generated(ctx)?;
-    let cmd = compose::up_cmd(ctx, &[], false).output_to_stderr(json);
-    compose::run_shielded(ctx, &cmd)?;
-    compose::wait_for_health(ctx, timeout, false)?;
+    let cmd = engine::up_cmd(ctx, &[], false).output_to_stderr(json);
+    engine::run_shielded(ctx, &cmd)?;
+    engine::wait_for_health(ctx, timeout, false)?;
     probe::wait_answering(sni, ANSWER_LIMIT)
         .map_err(|bad| anyhow::anyhow!("healthy, but not answering: {}", bad.join("; ")))
 }
@@ -900,66 +838,6 @@ fn roll_back(
     swap(ctx, timeout, sni, json)
 }
 
-/// Remove the restore points of earlier upgrades: keep the image that runs
-/// and the one before it.
-fn prune(ctx: &Context, image: &str, running_id: &str, keep_tag: Option<&str>) {
-    let (repo, tag) = split_image(image);
-    let prefix = format!("{tag}-relay-");
-    let Ok(out) = ctx
-        .host
-        .cmd(
-            "docker",
-            [
-                "image",
-                "ls",
-                "--no-trunc",
-                "--format",
-                "{{.Tag}} {{.ID}}",
-                repo,
-            ],
-        )
-        .output(&ctx.shell)
-    else {
-        return;
-    };
-    for name in to_prune(&out.stdout, repo, &prefix, running_id, keep_tag) {
-        match ctx
-            .host
-            .cmd("docker", ["image", "rm", &name])
-            .output(&ctx.shell)
-        {
-            Ok(o) if o.success() => ctx
-                .shell
-                .status("Removed", format!("the older restore point {name}")),
-            Ok(o) => ctx
-                .shell
-                .verbose(format!("kept {name}: {}", o.stderr.trim())),
-            Err(e) => ctx.shell.verbose(format!("kept {name}: {e:#}")),
-        }
-    }
-}
-
-/// The restore points (`repo:PREFIX...` in `docker image ls` lines of
-/// `TAG ID`) that are neither the running image nor the one kept.
-fn to_prune(
-    listing: &str,
-    repo: &str,
-    prefix: &str,
-    running_id: &str,
-    keep_tag: Option<&str>,
-) -> Vec<String> {
-    listing
-        .lines()
-        .filter_map(|line| line.trim().split_once(' '))
-        .filter(|(t, id)| {
-            t.starts_with(prefix)
-                && *id != running_id
-                && Some(format!("{repo}:{t}").as_str()) != keep_tag
-        })
-        .map(|(t, _)| format!("{repo}:{t}"))
-        .collect()
-}
-
 /// `upgrade --rollback`: back to the release before the last upgrade.
 ///
 /// Everything it needs is checked before anything changes: the state file
@@ -969,9 +847,9 @@ fn to_prune(
 /// that fails before the container is touched puts back what the steps
 /// before it changed ([`undo_rollback`]).
 pub fn rollback(ctx: &Context, wait_timeout: Duration, json: bool) -> Result<Summary> {
-    compose::require_compose_file(ctx)?;
-    compose::ensure_ours(ctx)?;
-    let signals_at_start = compose::signal_count();
+    engine::require_compose_file(ctx)?;
+    engine::ensure_ours(ctx)?;
+    let signals_at_start = crate::host::interrupt::count();
     let st = state::load(ctx)?.ok_or_else(|| {
         error::usage("there is no upgrade to roll back (data/.upgrade-state.json is missing)")
     })?;
@@ -1003,7 +881,7 @@ pub fn rollback(ctx: &Context, wait_timeout: Duration, json: bool) -> Result<Sum
             "then roll back",
         ));
     }
-    let running = compose::current(ctx)?;
+    let running = engine::current(ctx)?;
     let current_id = match &running {
         Some(c) => Some(c.image.clone()),
         None => image_id(ctx, &image)?,
@@ -1137,7 +1015,7 @@ pub fn rollback(ctx: &Context, wait_timeout: Duration, json: bool) -> Result<Sum
         rollback_seconds: Some(started.elapsed().as_secs_f64()),
         ..Default::default()
     };
-    if compose::interrupted_since(signals_at_start) {
+    if crate::host::interrupt::since(signals_at_start) {
         return Err(crate::host::interrupt::interrupted(
             "interrupted: the rollback was finished first",
         ));
@@ -1175,10 +1053,7 @@ fn undo_rollback(ctx: &Context, checkout: &Checkout, image: &str, before: &Befor
         }
     }
     if let Some(t) = &before.added_tag {
-        let _ = ctx
-            .host
-            .cmd("docker", ["image", "rm", t.as_str()])
-            .output(&ctx.shell);
+        let _ = engine::image::remove(ctx, t);
     }
     state::put_back(ctx, Some(&before.state));
 }
@@ -1222,36 +1097,6 @@ pub fn release_status(ctx: &Context, image_id: &str) -> ReleaseStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn restore_points_are_named_after_the_image_and_commit() {
-        let c = "48ad92bf24426ef737deded1c0d87438a4b18dab";
-        assert_eq!(
-            restore_tag("chatmail-relay:local", c),
-            "chatmail-relay:local-relay-48ad92bf2442"
-        );
-        assert_eq!(
-            restore_tag("registry:5000/team/relay", c),
-            "registry:5000/team/relay:latest-relay-48ad92bf2442"
-        );
-    }
-
-    #[test]
-    fn pruning_keeps_the_running_image_and_the_one_before() {
-        let listing = "local sha256:new\n\
-                       local-relay-aaaaaaaaaaaa sha256:a\n\
-                       local-relay-bbbbbbbbbbbb sha256:b\n\
-                       local-relay-cccccccccccc sha256:new\n\
-                       e2e-relay-dddddddddddd sha256:d\n";
-        let gone = to_prune(
-            listing,
-            "chatmail-relay",
-            "local-relay-",
-            "sha256:new",
-            Some("chatmail-relay:local-relay-bbbbbbbbbbbb"),
-        );
-        assert_eq!(gone, vec!["chatmail-relay:local-relay-aaaaaaaaaaaa"]);
-    }
 
     #[test]
     fn a_full_disk_is_refused_before_anything_changes() {

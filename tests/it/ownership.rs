@@ -319,10 +319,10 @@ fn compose_records_the_project_directory_the_tool_compares() {
         .output()
         .unwrap();
     assert_ok(&out);
-    let mut list: Vec<chatmail_docker::compose::Inspect> =
+    let mut list: Vec<chatmail_docker::engine::Inspect> =
         serde_json::from_slice(&out.stdout).unwrap();
     let c = list.pop().unwrap();
-    use chatmail_docker::compose::{owner_of, Owner};
+    use chatmail_docker::engine::container::{owner_of, Owner};
     assert_eq!(c.working_dir(), Some(link.to_str().unwrap()));
     assert_eq!(owner_of(&c, &real), Owner::This);
     assert_eq!(owner_of(&c, &link), Owner::This);

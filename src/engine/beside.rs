@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::compose::{self, Project};
+use crate::engine::{self, Project};
 use crate::{error, Context};
 
 /// The label a deployed image carries: what it was deployed for.
@@ -62,15 +62,10 @@ enum Seed {
 /// An image label's value, when the image exists and has it.
 fn label(ctx: &Context, image: &str, key: &str) -> Option<String> {
     let format = format!("{{{{index .Config.Labels \"{key}\"}}}}");
-    compose::image_inspect(ctx, image, &format)
+    engine::image_inspect(ctx, image, &format)
         .ok()
         .flatten()
         .filter(|v| !v.is_empty() && v != "<no value>")
-}
-
-/// Give image `from` the name `to` as well.
-pub fn tag(ctx: &Context, from: &str, to: &str) -> Result<()> {
-    docker(ctx, &["image", "tag", from, to]).map(|_| ())
 }
 
 /// Whether `image` is deployed for the current settings already.
@@ -102,12 +97,12 @@ pub fn deployed(
     let ipv6 = host_has_ipv6(ctx);
     let digest = settings_digest(&svc, ipv6);
     let id =
-        compose::image_id(ctx, image)?.with_context(|| format!("the image {image} is missing"))?;
+        engine::image_id(ctx, image)?.with_context(|| format!("the image {image} is missing"))?;
     if label(ctx, &id, DEPLOYED_LABEL).as_deref() == Some(digest.as_str()) {
         return Ok(Deployed { id, fresh: false });
     }
     let source = label(ctx, &id, FROM_LABEL)
-        .and_then(|from| compose::image_id(ctx, &from).ok().flatten())
+        .and_then(|from| engine::image_id(ctx, &from).ok().flatten())
         .unwrap_or(id);
     let id = deploy_aside(ctx, &svc, ipv6, &digest, &source, timeout, interrupted)?;
     Ok(Deployed { id, fresh: true })
@@ -172,7 +167,7 @@ fn service_config(ctx: &Context) -> Result<serde_json::Value> {
     }
     let v: serde_json::Value =
         serde_json::from_str(&out.stdout).context("`docker compose config` is not JSON")?;
-    Ok(v["services"][compose::SERVICE].clone())
+    Ok(v["services"][engine::SERVICE].clone())
 }
 
 /// Whether the host has IPv6 (as the init decides it in the container).
@@ -458,7 +453,7 @@ fn deploy_aside(
     let start = Instant::now();
     let mut failed_since: Option<Instant> = None;
     loop {
-        let c = compose::inspect(ctx, NAME)?;
+        let c = engine::inspect(ctx, NAME)?;
         if !c.state.running {
             bail!(
                 "the side container stopped (exit code {})",
