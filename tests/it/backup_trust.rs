@@ -1389,30 +1389,44 @@ mod random_archives {
     }
 
     /// path -> what it is ("dir", "file SHA", "symlink TARGET") after the
-    /// chain ending in `last`, read back with the library.
+    /// chain ending in `last`, read back with the library. A hard link has
+    /// the content of the file it named when its archive was made (that
+    /// name may be deleted later; the file stays).
     fn folded(dir: &Path, last: &Path) -> std::collections::BTreeMap<String, String> {
         use chatmail_docker::backup::manifest::{EntryKind, Manifest};
         let keys = Default::default();
         let chain = chatmail_docker::backup::restore::chain(last, &keys).unwrap();
         let mut state: Option<Manifest> = None;
+        let mut content: std::collections::BTreeMap<String, String> = Default::default();
         for (p, _) in chain {
             let m = chatmail_docker::backup::restore::read_manifest(
                 &dir.join(p.file_name().unwrap()),
                 &keys,
             )
             .unwrap();
+            for e in &m.entries {
+                match e.kind {
+                    EntryKind::File => {
+                        content.insert(e.path.clone(), e.sha256.clone().unwrap_or_default());
+                    }
+                    EntryKind::Hardlink => {
+                        let c = content
+                            .get(e.target.as_deref().unwrap_or(""))
+                            .cloned()
+                            .unwrap_or_default();
+                        content.insert(e.path.clone(), c);
+                    }
+                    _ => {}
+                }
+            }
             match &mut state {
                 None => state = Some(m),
                 Some(s) => s.fold(m),
             }
         }
-        let entries = state.unwrap().entries;
-        let sums: std::collections::BTreeMap<String, String> = entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::File)
-            .map(|e| (e.path.clone(), e.sha256.clone().unwrap_or_default()))
-            .collect();
-        entries
+        state
+            .unwrap()
+            .entries
             .iter()
             .map(|e| {
                 let k = match e.kind {
@@ -1420,13 +1434,9 @@ mod random_archives {
                     EntryKind::Symlink => {
                         format!("symlink {}", e.target.clone().unwrap_or_default())
                     }
-                    EntryKind::File => format!("file {}", e.sha256.clone().unwrap_or_default()),
-                    EntryKind::Hardlink => format!(
-                        "file {}",
-                        sums.get(e.target.as_deref().unwrap_or(""))
-                            .cloned()
-                            .unwrap_or_default()
-                    ),
+                    EntryKind::File | EntryKind::Hardlink => {
+                        format!("file {}", content.get(&e.path).cloned().unwrap_or_default())
+                    }
                 };
                 (e.path.clone(), k)
             })
