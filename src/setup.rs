@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result};
 use std::time::{Duration, Instant};
 
 use crate::deployment::Settings;
-use crate::engine::{self, image_id, image_names, Project, SERVICE};
+use crate::engine::{self, beside, image_id, image_names, Project, SERVICE};
 use crate::overrides::{self, OneShot};
 use crate::{error, ini2env, preflight, sysctl, Context};
 
@@ -108,7 +108,7 @@ fn deploy_aside(
             return Ok(false);
         }
     }
-    if crate::engine::beside::is_current(ctx, &old)? {
+    if beside::is_current(ctx, &old)? {
         return Ok(false);
     }
     let serving = running.is_some_and(|c| c.state.running);
@@ -123,10 +123,14 @@ fn deploy_aside(
     let since = crate::host::interrupt::count();
     let interrupted = || crate::host::interrupt::since(since);
     let started = Instant::now();
-    match crate::engine::beside::deployed(ctx, &old, args.wait_timeout, &interrupted) {
-        Ok(d) => {
+    let policy = beside::Policy {
+        serving,
+        acme,
+        instead: "the new container deploys the configuration by itself",
+    };
+    match beside::deploy(ctx, &old, &name, args.wait_timeout, &interrupted, policy) {
+        Ok(Some(d)) => {
             if d.fresh {
-                engine::image::tag_image(ctx, &d.id, &name)?;
                 replaced.push((name, old));
                 ctx.shell.status(
                     "Deployed",
@@ -138,24 +142,15 @@ fn deploy_aside(
             }
             Ok(d.fresh)
         }
-        Err(e) if error::exit_code(&e) == error::EXIT_INTERRUPTED || interrupted() => Err(crate::host::interrupt::interrupted(
+        Ok(None) => Ok(false),
+        Err(e) if error::exit_code(&e) == error::EXIT_INTERRUPTED => Err(
+            crate::host::interrupt::interrupted(
                 "interrupted while deploying the configuration in a side container; the container was not touched",
-        )),
-        Err(e) if crate::engine::beside::is_not_stageable(&e) => {
-            ctx.shell.note(format!(
-                "{e:#}; the container deploys the configuration by itself"
-            ));
-            Ok(false)
-        }
-        Err(e) if serving && !acme => Err(e.context(
+            ),
+        ),
+        Err(e) => Err(e.context(
             "the configuration failed to deploy in a side container; the running relay was left as it is: fix the configuration, or apply it anyway with `setup --no-stage`",
         )),
-        Err(e) => {
-            ctx.shell.warn(format!(
-                "the configuration did not deploy in a side container ({e:#}); the new container deploys it itself"
-            ));
-            Ok(false)
-        }
     }
 }
 

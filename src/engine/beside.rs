@@ -108,6 +108,73 @@ pub fn deployed(
     Ok(Deployed { id, fresh: true })
 }
 
+/// When a deploy beside the relay does not succeed, what happens next:
+/// the one policy `setup` and `upgrade` share.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy<'a> {
+    /// A relay serves now: a configuration that fails beside it must not
+    /// replace it.
+    pub serving: bool,
+    /// The relay takes ACME certificates: a deploy without network may
+    /// fail only for want of it.
+    pub acme: bool,
+    /// What happens when the container deploys by itself instead, for the
+    /// messages (`the container deploys the configuration by itself`).
+    pub instead: &'a str,
+}
+
+/// Deploy `image` beside the relay and give the result the name `name`.
+/// `Ok(Some(..))`: the image to run, deployed; `Ok(None)`: not deployed
+/// beside the relay, the container deploys by itself (the image cannot be
+/// deployed aside, or it failed where that may be the missing network or
+/// no relay is at risk: said as a note or a warning). An interrupt is an
+/// error with exit code 130 (nothing was named); a failure that would put
+/// a configuration that does not deploy in place of a serving relay is an
+/// error (the caller says what it left as it was).
+pub fn deploy(
+    ctx: &Context,
+    image: &str,
+    name: &str,
+    timeout: Duration,
+    interrupted: &dyn Fn() -> bool,
+    policy: Policy,
+) -> Result<Option<Deployed>> {
+    match deployed(ctx, image, timeout, interrupted) {
+        Ok(d) => {
+            if d.fresh {
+                engine::image::tag_image(ctx, &d.id, name)?;
+            }
+            Ok(Some(d))
+        }
+        Err(e)
+            if crate::error::exit_code(&e) == crate::error::EXIT_INTERRUPTED || interrupted() =>
+        {
+            Err(crate::host::interrupt::interrupted(
+                "interrupted while deploying beside the relay",
+            ))
+        }
+        Err(e) if is_not_stageable(&e) => {
+            ctx.shell.note(format!("{e:#}; {}", policy.instead));
+            Ok(None)
+        }
+        Err(e) if policy.serving && !policy.acme => Err(e),
+        Err(e) if policy.acme => {
+            ctx.shell.warn(format!(
+                "the deploy beside the relay failed ({e:#}); with ACME certificates that can be the missing network, so {}",
+                policy.instead
+            ));
+            Ok(None)
+        }
+        Err(e) => {
+            ctx.shell.warn(format!(
+                "the deploy beside the relay failed ({e:#}); {}",
+                policy.instead
+            ));
+            Ok(None)
+        }
+    }
+}
+
 /// What a deploy depends on besides the image, as the tool sees it: the
 /// settings Compose passes (with the host's IPv6), and the paths and
 /// content of everything bind-mounted into the image's tree.

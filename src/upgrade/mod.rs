@@ -586,13 +586,29 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
             ),
         );
         let aside = Instant::now();
-        match beside::deployed(ctx, &built_id, opts.wait_timeout, &interrupted) {
-            Ok(d) => {
-                tag_image(ctx, &d.id, &image)?;
+        let instead = format!(
+            "the swap deploys {} in the new container (a longer interruption; a failure there rolls back)",
+            p.to.version
+        );
+        let policy = beside::Policy {
+            serving: true,
+            acme,
+            instead: &instead,
+        };
+        match beside::deploy(
+            ctx,
+            &built_id,
+            &image,
+            opts.wait_timeout,
+            &interrupted,
+            policy,
+        ) {
+            Ok(Some(d)) => {
                 new_id = d.id;
                 summary.deploy_aside_seconds = Some(aside.elapsed().as_secs_f64());
             }
-            Err(e) if error::exit_code(&e) == error::EXIT_INTERRUPTED || interrupted() => {
+            Ok(None) => {}
+            Err(e) if error::exit_code(&e) == error::EXIT_INTERRUPTED => {
                 undo();
                 return Err(interrupted_error(format!(
                     "interrupted while deploying {} beside the relay; {} is back at {} and the relay was never touched",
@@ -601,17 +617,10 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
                     p.from.version
                 )));
             }
-            Err(e) if beside::is_not_stageable(&e) => ctx.shell.note(format!(
-                "{e:#}; the swap deploys {} in the new container (a longer interruption; a failure there rolls back)",
-                p.to.version
-            )),
-            Err(e) if acme => ctx.shell.warn(format!(
-                "{} did not deploy beside the relay ({e:#}); with ACME certificates that can be the missing network, so the swap deploys it in the new container (a longer interruption; a failure there rolls back)",
-                p.to.version
-            )),
             Err(e) => {
                 undo();
-                if Some(&built_id) != old_image_id.as_ref() && Some(&built_id) != restore_id.as_ref()
+                if Some(&built_id) != old_image_id.as_ref()
+                    && Some(&built_id) != restore_id.as_ref()
                 {
                     let _ = engine::image::remove(ctx, &built_id);
                 }
