@@ -9,6 +9,7 @@ mod kit;
 
 pub use kit::*;
 
+pub mod online;
 pub mod relay;
 
 use std::fs;
