@@ -299,13 +299,7 @@ pub fn is_not_stageable(err: &anyhow::Error) -> bool {
 /// (the side container would write where the relay does), and container
 /// settings from an override the side container does not get.
 fn check_stageable(svc: &serde_json::Value) -> std::result::Result<(), NotStageable> {
-    for key in [
-        "cap_add",
-        "devices",
-        "sysctls",
-        "security_opt",
-        "privileged",
-    ] {
+    for key in ["cap_add", "devices", "sysctls", "privileged"] {
         let v = &svc[key];
         let set = match v {
             serde_json::Value::Null => false,
@@ -317,6 +311,16 @@ fn check_stageable(svc: &serde_json::Value) -> std::result::Result<(), NotStagea
         if set {
             return Err(NotStageable(format!(
                 "the service sets `{key}` (an override): a side container would not have it"
+            )));
+        }
+    }
+    // The seccomp profile (docker/docker-compose.yaml's own) goes to the
+    // side container too; other security options are an override's.
+    for opt in svc["security_opt"].as_array().into_iter().flatten() {
+        let opt = opt.as_str().unwrap_or("");
+        if !opt.starts_with("seccomp=") {
+            return Err(NotStageable(format!(
+                "the service sets `security_opt: {opt}` (an override): a side container would not have it"
             )));
         }
     }
@@ -347,6 +351,25 @@ fn check_stageable(svc: &serde_json::Value) -> std::result::Result<(), NotStagea
         }
     }
     Ok(())
+}
+
+/// `--security-opt seccomp=...` as the service has it, a relative profile
+/// path resolved against the deployment directory as Compose does.
+fn seccomp_args(ctx: &Context, svc: &serde_json::Value) -> Vec<String> {
+    let mut args = Vec::new();
+    for opt in svc["security_opt"].as_array().into_iter().flatten() {
+        let Some(profile) = opt.as_str().and_then(|o| o.strip_prefix("seccomp=")) else {
+            continue;
+        };
+        let value = if profile == "unconfined" || Path::new(profile).is_absolute() {
+            profile.to_string()
+        } else {
+            ctx.deployment.path(profile).display().to_string()
+        };
+        args.push("--security-opt".into());
+        args.push(format!("seccomp={value}"));
+    }
+    args
 }
 
 /// Deploy `image` in a side container; returns the deployed image's ID.
@@ -403,6 +426,7 @@ fn deploy_aside(
             args.push(t.to_string());
         }
     }
+    args.extend(seccomp_args(ctx, svc));
     let mut seeded = Vec::new();
     // State the deploy creates when it is missing (the self-signed
     // certificate, the DKIM key of a new relay): copied back afterwards.
@@ -626,6 +650,48 @@ mod tests {
             serde_json::json!({"privileged": false})
         )
         .is_ok());
+        // The compose file's seccomp profile goes along; any other
+        // security option is an override's.
+        assert!(with(
+            serde_json::json!([]),
+            serde_json::json!({"security_opt": ["seccomp=docker/seccomp.json"]})
+        )
+        .is_ok());
+        let apparmor = with(
+            serde_json::json!([]),
+            serde_json::json!({"security_opt": ["seccomp=docker/seccomp.json", "apparmor=unconfined"]}),
+        );
+        assert!(apparmor.unwrap_err().contains("apparmor=unconfined"));
+    }
+
+    #[test]
+    fn the_side_container_gets_the_seccomp_profile_of_the_deployment() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = crate::Context::new(
+            d.path(),
+            crate::host::Host::new(d.path()),
+            crate::shell::Shell::new(
+                crate::shell::Verbosity::Quiet,
+                crate::shell::ColorChoice::Never,
+            ),
+            false,
+        )
+        .unwrap();
+        let svc = serde_json::json!({"security_opt": [
+            "seccomp=docker/seccomp.json", "seccomp=/etc/x.json", "seccomp=unconfined"
+        ]});
+        assert_eq!(
+            seccomp_args(&ctx, &svc),
+            vec![
+                "--security-opt".to_string(),
+                format!("seccomp={}", d.path().join("docker/seccomp.json").display()),
+                "--security-opt".to_string(),
+                "seccomp=/etc/x.json".to_string(),
+                "--security-opt".to_string(),
+                "seccomp=unconfined".to_string(),
+            ]
+        );
+        assert!(seccomp_args(&ctx, &serde_json::json!({})).is_empty());
     }
 
     #[test]
