@@ -109,22 +109,32 @@ fn deploy_aside(
         crate::relay::TlsMode::from_env(vars),
         Some(crate::relay::TlsMode::Acme)
     );
+    let serving = running.is_some_and(|c| c.state.running);
+    let mut network = crate::stage::Network::None;
     if acme {
-        // The first certificates come from the network: nothing to deploy
-        // aside before there are some.
+        // The first certificates come from the network, which a side
+        // container does not have. With no relay running (nothing holds
+        // its ports), it deploys on the host's network instead: acmetool
+        // obtains the certificate there, and it is kept with the rest of
+        // what the deploy made. A running relay deploys the new container
+        // by itself.
         let domain = vars.get("MAIL_DOMAIN").map(|d| d.trim()).unwrap_or("");
         if !ctx.deployment.acme_dir().join("live").join(domain).exists() {
-            return Ok(false);
+            if serving {
+                return Ok(false);
+            }
+            network = crate::stage::Network::Host;
         }
     }
     if crate::stage::is_current(ctx, &old)? {
         return Ok(false);
     }
-    let serving = running.is_some_and(|c| c.state.running);
     ctx.shell.status(
         "Deploying",
         if serving {
             "the configuration in a side container first (no network, copies of the keys, no mail); the relay keeps serving"
+        } else if network == crate::stage::Network::Host {
+            "the configuration in a side container on the host's network, for the first ACME certificate (copies of the keys, no mail)"
         } else {
             "the configuration in a side container (no network, copies of the keys, no mail)"
         },
@@ -132,7 +142,7 @@ fn deploy_aside(
     let since = compose::signal_count();
     let interrupted = || compose::interrupted_since(since);
     let started = Instant::now();
-    match crate::stage::deployed(ctx, &old, args.wait_timeout, &interrupted) {
+    match crate::stage::deployed_on(ctx, &old, args.wait_timeout, &interrupted, network) {
         Ok(d) => {
             if d.fresh {
                 crate::stage::tag(ctx, &d.id, &name)?;

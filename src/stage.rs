@@ -98,6 +98,28 @@ pub fn deployed(
     timeout: Duration,
     interrupted: &dyn Fn() -> bool,
 ) -> Result<Deployed> {
+    deployed_on(ctx, image, timeout, interrupted, Network::None)
+}
+
+/// The network a side container gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Network {
+    /// None at all: the running relay's ports and peers are never touched.
+    None,
+    /// The host's, with the service's extra host names: only while no
+    /// relay runs (the deploy starts services on the relay's ports), for a
+    /// deploy that needs the network (the first ACME certificate).
+    Host,
+}
+
+/// [`deployed`] with the side container on `network`.
+pub fn deployed_on(
+    ctx: &Context,
+    image: &str,
+    timeout: Duration,
+    interrupted: &dyn Fn() -> bool,
+    network: Network,
+) -> Result<Deployed> {
     let svc = service_config(ctx)?;
     let ipv6 = host_has_ipv6(ctx);
     let digest = settings_digest(&svc, ipv6);
@@ -109,7 +131,16 @@ pub fn deployed(
     let source = label(ctx, &id, FROM_LABEL)
         .and_then(|from| compose::image_id(ctx, &from).ok().flatten())
         .unwrap_or(id);
-    let id = deploy_aside(ctx, &svc, ipv6, &digest, &source, timeout, interrupted)?;
+    let id = deploy_aside(
+        ctx,
+        &svc,
+        ipv6,
+        &digest,
+        &source,
+        timeout,
+        interrupted,
+        network,
+    )?;
     Ok(Deployed { id, fresh: true })
 }
 
@@ -374,6 +405,7 @@ fn seccomp_args(ctx: &Context, svc: &serde_json::Value) -> Vec<String> {
 
 /// Deploy `image` in a side container; returns the deployed image's ID.
 /// `interrupted` is asked while waiting: a true answer stops it.
+#[allow(clippy::too_many_arguments)]
 fn deploy_aside(
     ctx: &Context,
     svc: &serde_json::Value,
@@ -382,6 +414,7 @@ fn deploy_aside(
     image: &str,
     timeout: Duration,
     interrupted: &dyn Fn() -> bool,
+    network: Network,
 ) -> Result<String> {
     check_stageable(svc)?;
     let dir = ctx.deployment.path(STAGE_DIR);
@@ -403,7 +436,10 @@ fn deploy_aside(
         "--name",
         NAME,
         "--network",
-        "none",
+        match network {
+            Network::None => "none",
+            Network::Host => "host",
+        },
         "--cgroupns",
         "host",
         "--tty",
@@ -412,7 +448,14 @@ fn deploy_aside(
     ]
     .map(String::from)
     .to_vec();
-    if ipv6 {
+    if network == Network::Host {
+        for h in svc["extra_hosts"].as_array().into_iter().flatten() {
+            if let Some(h) = h.as_str() {
+                args.push("--add-host".into());
+                args.push(h.replacen('=', ":", 1));
+            }
+        }
+    } else if ipv6 {
         // Docker gives a container without network no IPv6, not even ::1,
         // where the relay's resolver listens when the host has IPv6.
         for key in ["all", "lo"] {
