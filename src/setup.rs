@@ -100,22 +100,32 @@ fn deploy_aside(
         return Ok(false);
     };
     let acme = matches!(settings.tls, Some(crate::deployment::relay::TlsMode::Acme));
+    let serving = running.is_some_and(|c| c.state.running);
+    let mut network = beside::Network::None;
     if acme {
-        // The first certificates come from the network: nothing to deploy
-        // aside before there are some.
+        // The first certificates come from the network, which a side
+        // container does not have. With no relay running (nothing holds
+        // its ports), it deploys on the host's network instead: acmetool
+        // obtains the certificate there, and it is kept with the rest of
+        // what the deploy made. A running relay deploys the new container
+        // by itself.
         let domain = settings.mail_domain.as_deref().unwrap_or("");
         if !ctx.deployment.acme_dir().join("live").join(domain).exists() {
-            return Ok(false);
+            if serving {
+                return Ok(false);
+            }
+            network = beside::Network::Host;
         }
     }
     if beside::is_current(ctx, &old)? {
         return Ok(false);
     }
-    let serving = running.is_some_and(|c| c.state.running);
     ctx.shell.status(
         "Deploying",
         if serving {
             "the configuration in a side container first (no network, copies of the keys, no mail); the relay keeps serving"
+        } else if network == beside::Network::Host {
+            "the configuration in a side container on the host's network, for the first ACME certificate (copies of the keys, no mail)"
         } else {
             "the configuration in a side container (no network, copies of the keys, no mail)"
         },
@@ -128,7 +138,7 @@ fn deploy_aside(
         acme,
         instead: "the new container deploys the configuration by itself",
     };
-    match beside::deploy(ctx, &old, &name, args.wait_timeout, &interrupted, policy) {
+    match beside::deploy(ctx, &old, &name, args.wait_timeout, &interrupted, network, policy) {
         Ok(Some(d)) => {
             if d.fresh {
                 replaced.push((name, old));

@@ -205,6 +205,9 @@ fn print_text(sh: &Shell, r: &StatusReport) {
                     .map(|d| format!(" ({d} days)"))
                     .unwrap_or_default()
             ));
+            if let Some(issuer) = &cert.issuer {
+                sh.out(format!("issuer:    {issuer}"));
+            }
         }
         sh.out(format!(
             "watcher:   {}",
@@ -294,6 +297,7 @@ mod tests {
             watcher: "systemd".into(),
             path: None,
             subject: None,
+            issuer: None,
             not_after: None,
             days_left,
             fingerprint: None,

@@ -4,12 +4,10 @@
 //! real: Docker engine, Compose v2, systemd as PID 1 in the container,
 //! Debian's nginx, Postfix and Dovecot, the tool's own binary.
 //!
-//! The real relay is the judge (`tests/e2e_relay.rs`); the stand-in stays
-//! here only for what the real relay cannot do on a machine without
-//! internet: serve an acmetool certificate (the real relay's activate stage
-//! runs `acmetool reconcile` against Let's Encrypt for a real domain, so
-//! the acmetool-layout rotation that cert-watch must follow is served by the
-//! stand-in), and run its install stage at container start
+//! The real relay is the judge (`tests/e2e_relay.rs`; its acmetool
+//! certificates, renewal and cert-watch in `tests/e2e_acme.rs`); the
+//! stand-in stays here only for what the real relay cannot do on a machine
+//! without internet: run its install stage at container start
 //! (`--reinstall`: the real one reaches PyPI from inside the container).
 //!
 //! The scenarios that need the engine run in order inside one test, since
@@ -25,13 +23,12 @@ mod e2e_support;
 
 use e2e_support::*;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as StdCommand, Stdio};
+use std::process::{Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
@@ -39,7 +36,6 @@ use assert_cmd::Command;
 const DOMAIN: &str = "chat.e2e-test.example";
 /// The image the suite builds, apart from a user's `chatmail-relay:local`.
 const IMAGE: &str = "chatmail-relay:e2e";
-const PORTS_TLS: &[(u16, Option<&str>)] = &[(443, None), (25, Some("smtp")), (143, Some("imap"))];
 
 /// `chatmail-docker --dir DIR ...` with the suite's image settings.
 fn tool(dir: &Path, base: &str) -> Command {
@@ -113,33 +109,6 @@ fn http_get(path: &str) -> String {
     body
 }
 
-/// The leaf certificate (DER) served on a port, with STARTTLS when given.
-fn served_cert(port: u16, starttls: Option<&str>) -> Option<Vec<u8>> {
-    let mut cmd = StdCommand::new("openssl");
-    cmd.args([
-        "s_client",
-        "-connect",
-        &format!("127.0.0.1:{port}"),
-        "-servername",
-        DOMAIN,
-    ]);
-    if let Some(proto) = starttls {
-        cmd.args(["-starttls", proto]);
-    }
-    let out = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let mut reader = std::io::BufReader::new(text.as_bytes());
-    let first = rustls_pemfile::certs(&mut reader)
-        .next()
-        .and_then(|c| c.ok())
-        .map(|c| c.as_ref().to_vec());
-    first
-}
-
 /// The host's chatmail.ini: only values that differ from the relay's
 /// defaults, so that `.env` carries every key and the round trip can be
 /// compared exactly.
@@ -157,7 +126,7 @@ fn host_ini() -> String {
     )
 }
 
-/// Scenarios 1-6, in order, on the real engine.
+/// Scenarios 1-5, in order, on the real engine.
 #[test]
 fn appliance_end_to_end() {
     if !engine_or_skip() {
@@ -354,10 +323,7 @@ fn appliance_end_to_end() {
         "PID 1 was not restarted"
     );
 
-    // 4. cert-watch: an acmetool-style rotation is served within 2 s.
-    rotate_certificate(&dir, &base, &container);
-
-    // 5. down, then setup: mail and keys under data/ intact.
+    // 4. down, then setup: mail and keys under data/ intact.
     let maildir = format!("/home/vmail/mail/{DOMAIN}/alice@{DOMAIN}/cur");
     let msg = format!("{maildir}/1700000000.e2e:2,S");
     exec(
@@ -406,10 +372,10 @@ fn appliance_end_to_end() {
     metrics_of_the_running_appliance(&dir, &base);
     drop(guard);
 
-    // 6. migrate from a bare-metal host, then setup.
+    // 5. migrate from a bare-metal host, then setup.
     migrate_then_setup(tmp.path(), &base);
 
-    eprintln!("e2e: scenarios 1-6 took {:.1?}", total.elapsed());
+    eprintln!("e2e: scenarios 1-5 took {:.1?}", total.elapsed());
 }
 
 /// Scenario 5b: `metrics` against the running appliance: the relay up and
@@ -465,7 +431,13 @@ fn metrics_of_the_running_appliance(dir: &Path, base: &str) {
     ] {
         assert_eq!(value(one), 1.0, "{one}:\n{text}");
     }
-    let served = served_cert(443, None).expect("443 serves a certificate");
+    let pem = served_cert_pem(443).expect("443 serves a certificate");
+    let served = rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .and_then(|c| c.ok())
+        .expect("a PEM certificate")
+        .as_ref()
+        .to_vec();
     let (_, leaf) = x509_parser::parse_x509_certificate(&served).unwrap();
     let expiry = leaf.validity().not_after.timestamp() as f64;
     for port in ["443", "25", "143"] {
@@ -520,101 +492,7 @@ fn metrics_of_the_running_appliance(dir: &Path, base: &str) {
     }
 }
 
-/// Scenario 4: rotate the certificate on the host as acmetool does (new
-/// directory under certs/, live/<domain> symlink swapped atomically) while
-/// `cert-watch` runs; 443 and STARTTLS on 25 and 143 serve it. The time it
-/// took is printed (the target is 2 s; `benches/certwatch-latency.sh`
-/// measures it); the test only bounds it generously so a loaded CI machine
-/// does not turn a correct reload into a failure.
-fn rotate_certificate(dir: &Path, base: &str, container: &str) {
-    let acme = dir.join("data/chatmail-acme");
-    let live = acme.join("live").join(DOMAIN);
-    assert!(
-        live.join("fullchain").exists(),
-        "the first start made a certificate at {}",
-        live.display()
-    );
-    for &(port, starttls) in PORTS_TLS {
-        assert!(
-            served_cert(port, starttls).is_some(),
-            "no certificate served on port {port}"
-        );
-    }
-
-    let bin = assert_cmd::cargo::cargo_bin("chatmail-docker");
-    let mut watcher: Child = StdCommand::new(bin)
-        .env("CHATMAIL_BASE_IMAGE", base)
-        .env("CHATMAIL_IMAGE", IMAGE)
-        .env("NO_COLOR", "1")
-        .arg("--dir")
-        .arg(dir)
-        .args(["cert-watch", "--path"])
-        .arg(&live)
-        .args(["--poll-interval", "1"])
-        .spawn()
-        .expect("start cert-watch");
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let watcher = Kill(&mut watcher);
-    // Let it take its first look at the current certificate.
-    std::thread::sleep(Duration::from_secs(3));
-    if let Some(status) = watcher.0.try_wait().unwrap() {
-        panic!("cert-watch exited early with {status}");
-    }
-
-    let key = rcgen::generate_simple_self_signed(vec![DOMAIN.to_string()]).unwrap();
-    let new_der = key.cert.der().to_vec();
-    let id = format!("e2e-{}", std::process::id());
-    let certdir = acme.join("certs").join(&id);
-    fs::create_dir_all(&certdir).unwrap();
-    fs::write(certdir.join("fullchain"), key.cert.pem()).unwrap();
-    fs::write(certdir.join("cert"), key.cert.pem()).unwrap();
-    fs::write(certdir.join("privkey"), key.signing_key.serialize_pem()).unwrap();
-    fs::set_permissions(certdir.join("privkey"), fs::Permissions::from_mode(0o600)).unwrap();
-    let tmp_link = acme.join("live").join(format!(".{DOMAIN}.e2e"));
-    std::os::unix::fs::symlink(format!("../certs/{id}"), &tmp_link).unwrap();
-    let rotated = Instant::now();
-    fs::rename(&tmp_link, &live).unwrap();
-
-    let want = sha256_hex(&new_der);
-    let mut pending: Vec<(u16, Option<&str>)> = PORTS_TLS.to_vec();
-    let mut last = BTreeMap::new();
-    while !pending.is_empty() && rotated.elapsed() < Duration::from_secs(30) {
-        pending.retain(|&(port, starttls)| {
-            let got = served_cert(port, starttls)
-                .map(|d| sha256_hex(&d))
-                .unwrap_or_default();
-            let done = got == want;
-            if done {
-                eprintln!(
-                    "e2e: port {port} serves the new certificate after {:.2?}",
-                    rotated.elapsed()
-                );
-            }
-            last.insert(port, got);
-            !done
-        });
-        if !pending.is_empty() {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    drop(watcher);
-    assert!(
-        pending.is_empty(),
-        "ports {:?} did not serve the rotated certificate ({want}) within 30 s; last seen: {last:?}",
-        pending.iter().map(|p| p.0).collect::<Vec<_>>()
-    );
-    // The appliance is still healthy afterwards.
-    let _ = healthy_container(dir, base);
-    let _ = container;
-}
-
-/// Scenario 6: a fake bare-metal host (files owned by uids the container's
+/// Scenario 5: a fake bare-metal host (files owned by uids the container's
 /// users do not have) -> `migrate --root` -> `setup` -> the maildir and the
 /// DKIM key are in the container, owned by vmail and opendkim.
 fn migrate_then_setup(parent: &Path, base: &str) {

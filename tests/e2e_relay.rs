@@ -90,6 +90,90 @@ fn served_cert_sha(port: u16) -> String {
     sha256_hex(pem.as_bytes())
 }
 
+/// The image's filtermail build stage where it cannot run (nothing
+/// reachable: no toolchain from Debian, no crates): the build fails and says what is
+/// missing and how to fall back to the relay's download; with that
+/// fallback (`CHATMAIL_FILTERMAIL=download`) the stage builds nothing and
+/// succeeds.
+fn filtermail_stage_unreachable(parent: &std::path::Path, base: &str) {
+    let ctx = parent.join("filtermail-offline");
+    copy_tree(&manifest_dir().join("docker"), &ctx.join("docker"), &|p| {
+        p.file_name().is_some_and(|n| n == "compose.generated.yaml")
+    });
+    fs::create_dir_all(ctx.join("relay")).unwrap();
+    check(
+        StdCommand::new("tar")
+            .arg("-xzf")
+            .arg(shared_file("filtermail-"))
+            .arg("-C")
+            .arg(ctx.join("relay")),
+        "unpack filtermail's source",
+    );
+    // Not the source the suite's image was built from: no cached layer.
+    let main_rs = ctx.join("relay/filtermail/src/main.rs");
+    let mut text = fs::read_to_string(&main_rs).unwrap();
+    text.push_str("\n// a local change\n");
+    fs::write(&main_rs, text).unwrap();
+    // Compose builds with BuildKit as `setup` does. The build's way out
+    // is a proxy that refuses every connection (Docker's predefined proxy
+    // arguments do not enter the layer cache: the stages before are
+    // reused), so neither Debian's mirror nor crates.io is reachable.
+    let build = |mode: &str| {
+        let image = "chatmail-docker-test-filtermail-offline";
+        fs::write(
+            ctx.join("build.yaml"),
+            format!(
+                "services:\n  filtermail:\n    image: {image}\n    build:\n      context: .\n      dockerfile: docker/Dockerfile\n      target: filtermail\n      args:\n        BASE_IMAGE: {base}\n        FILTERMAIL: {mode}\n        http_proxy: http://127.0.0.1:9\n        https_proxy: http://127.0.0.1:9\n"
+            ),
+        )
+        .unwrap();
+        let out = StdCommand::new("docker")
+            .args([
+                "compose",
+                "--progress",
+                "plain",
+                "-p",
+                "chatmail-filtermail-offline",
+            ])
+            .args(["-f", "build.yaml", "build"])
+            .current_dir(&ctx)
+            .output()
+            .unwrap();
+        let _ = StdCommand::new("docker")
+            .args(["image", "rm", image])
+            .output();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let started = Instant::now();
+    let (ok, out) = build("auto");
+    eprintln!(
+        "e2e-relay: filtermail stage with nothing reachable failed in {:.1?}",
+        started.elapsed()
+    );
+    assert!(
+        !ok,
+        "the filtermail stage cannot build with nothing reachable:\n{out}"
+    );
+    assert!(
+        out.contains("filtermail: cannot build relay/filtermail")
+            && (out.contains("could not be installed") || out.contains("could not be downloaded"))
+            && out.contains("set CHATMAIL_FILTERMAIL=download"),
+        "the build says what is missing and how to fall back:\n{}",
+        tail(&out, 40)
+    );
+    let (ok, out) = build("download");
+    assert!(
+        ok && out.contains("CHATMAIL_FILTERMAIL=download: not built"),
+        "with the fallback the stage builds nothing:\n{}",
+        tail(&out, 40)
+    );
+}
+
 #[test]
 fn real_relay_end_to_end() {
     if !engine_or_skip() {
@@ -102,7 +186,9 @@ fn real_relay_end_to_end() {
         .prefix("chatmail-e2e-relay")
         .tempdir()
         .unwrap();
-    let (dir, commit) = deployment(tmp.path());
+    // filtermail's source in relay/filtermail/, as upstream moves it into
+    // the relay repository: the image builds it (no stand-in, no download).
+    let (dir, commit) = deployment_with(tmp.path(), Filtermail::Source);
     let _down = Down::new(&dir, IMAGE);
 
     // 1. setup in a fresh deployment directory: build, start, healthy.
@@ -142,6 +228,8 @@ fn real_relay_end_to_end() {
         "/opt/chatmail/.git",
         "/usr/bin/gcc",
         "/usr/sbin/unbound-anchor",
+        "/usr/bin/cargo",
+        "/usr/bin/rustc",
     ] {
         assert!(
             !exec_ok(&container, &["test", "-e", absent]),
@@ -184,6 +272,8 @@ fn real_relay_end_to_end() {
         "the image starts no mail service before the deploy: {enabled}"
     );
 
+    filtermail_stage_unreachable(tmp.path(), &base);
+
     // 3. What a user checks: the relay's page, accounts, mail on 587, 465
     // and 25 (STARTTLS) arriving over IMAP; 25 without STARTTLS refused.
     let v = mailcheck(&[]);
@@ -205,11 +295,54 @@ fn real_relay_end_to_end() {
         v["plain_25_refused"].is_string(),
         "25 without STARTTLS must be refused: {v}"
     );
+    // The real filtermail, built by the image from relay/filtermail/: it
+    // passes encrypted mail and refuses what a chatmail relay refuses.
+    filtermail_enforces(&v);
+    assert_eq!(
+        exec(
+            &container,
+            &["cat", "/usr/local/lib/chatmail-docker/filtermail-provided"]
+        )
+        .trim(),
+        "built from relay/filtermail",
+        "the image built filtermail from the relay's source"
+    );
+    assert_eq!(
+        exec(
+            &container,
+            &["head", "-c", "4", "/usr/local/bin/filtermail"]
+        )
+        .as_bytes(),
+        b"\x7fELF",
+        "filtermail is a compiled binary"
+    );
     // The 587 message was signed by the relay's opendkim on its way (the
-    // relay strips the signature from locally delivered copies).
-    let qid = v["queue_id_587"]
-        .as_str()
-        .expect("a queue id for the 587 message");
+    // relay strips the signature from locally delivered copies). Its
+    // queue id is Postfix's after filtermail handed it back (the reply to
+    // the client is filtermail's): found by its Message-ID in the log.
+    let msgid = &sent[0];
+    let postfix_log = exec(
+        &container,
+        &[
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "cat",
+            "-t",
+            "postfix/cleanup",
+        ],
+    );
+    let qid = postfix_log
+        .lines()
+        .find(|l| l.contains(&format!("message-id=<{msgid}>")))
+        .and_then(|l| l.split(':').next())
+        .map(|q| q.trim().to_string())
+        .unwrap_or_else(|| {
+            panic!(
+                "Postfix's cleanup never saw {msgid}: {}",
+                tail(&postfix_log, 20)
+            )
+        });
     let journal = exec(&container, &["journalctl", "--no-pager", "-u", "opendkim"]);
     assert!(
         journal.contains(&format!(
@@ -253,6 +386,13 @@ fn real_relay_end_to_end() {
         "health with filtermail-transport stopped: {out}"
     );
     exec(&container, &["systemctl", "start", "filtermail-transport"]);
+
+    // The relay's own online test suite (`cmdeploy test`), inside the
+    // container as on a relay host: all of it passes but what needs the
+    // internet or a second relay.
+    let outcomes =
+        e2e_support::online::run_online_suite(&container, &dir.join("relay"), DOMAIN, &[]);
+    e2e_support::online::assert_online_outcomes(&outcomes, false);
 
     // 5. A deploy that fails leaves the running relay as it was.
     let ini_path = "/etc/chatmail/chatmail.ini";
@@ -510,6 +650,7 @@ fn real_relay_end_to_end() {
     );
     pause_of(&out, "full backup");
     let v2 = mailcheck(&[]);
+    filtermail_enforces(&v2);
     let later: Vec<String> = ["587", "465", "25"]
         .iter()
         .map(|p| v2["sent"][p].as_str().unwrap().to_string())

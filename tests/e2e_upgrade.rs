@@ -1,8 +1,9 @@
 //! End-to-end `upgrade` with the real relay: a local git origin made from
 //! the relay snapshot (with the offline patch, as in tests/e2e_relay.rs),
 //! a deployment whose `relay/` is a clone of it, and two releases
-//! committed on top: 1.13.0 changes the web page's text, 1.14.0 fails in
-//! the relay's `configure` stage.
+//! committed on top: 1.13.0 changes the web page's text and adds a unit
+//! that uses systemd's sandboxing (DynamicUser=, PrivateTmp=,
+//! ProtectSystem=, ...), 1.14.0 fails in the relay's `configure` stage.
 //!
 //! In order: setup on the snapshot; `--check` finds 1.13.0; the upgrade
 //! (both releases deployed beside the relay first) serves the new page,
@@ -73,6 +74,7 @@ impl Running {
             .env("CHATMAIL_BUILD_CA", HOST_CA)
             .env("CHATMAIL_BASE_IMAGE", base_image())
             .env("NO_COLOR", "1")
+            .envs(filtermail_env(dir))
             .arg("--dir")
             .arg(dir)
             .arg("upgrade")
@@ -126,6 +128,103 @@ impl Running {
     }
 }
 
+/// The unit release 1.13.0 adds: a small service with systemd's
+/// sandboxing, as upstream's next releases have (DynamicUser= and
+/// friends), deployed by the relay's own code like its other units. It
+/// writes down what its sandbox looks like from inside.
+const PROBE: &str = "chatmail-sandbox-probe";
+const PROBE_UNIT: &str = "[Unit]
+Description=Sandboxed probe of test release 1.13.0
+
+[Service]
+DynamicUser=yes
+StateDirectory=chatmail-sandbox-probe
+PrivateTmp=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateDevices=yes
+ReadWritePaths=/var/lib/chatmail-sandbox-probe
+ExecStart=/bin/sh -c 'cd /var/lib/chatmail-sandbox-probe && id -u > uid && (touch /etc/probe 2>/dev/null && echo writable || echo read-only) > etc && (ls -A /home 2>/dev/null | wc -l) > home && touch /tmp/probe-private && (test -e /dev/console && echo yes || echo no) > dev-console && exec sleep infinity'
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+";
+
+fn add_sandboxed_unit(origin: &Path) {
+    let src = origin.join("cmdeploy/src/cmdeploy");
+    fs::write(src.join(format!("service/{PROBE}.service.f")), PROBE_UNIT).unwrap();
+    let f = src.join("deployers.py");
+    let text = fs::read_to_string(&f).unwrap();
+    let anchor = "            \"lastlogin\",\n";
+    assert!(
+        text.contains(anchor),
+        "the relay's ChatmailVenvDeployer units moved"
+    );
+    fs::write(
+        &f,
+        text.replacen(anchor, &format!("{anchor}            \"{PROBE}\",\n"), 1),
+    )
+    .unwrap();
+}
+
+/// The sandboxed unit runs, inside its sandbox: a dynamic user, a
+/// read-only system, no /home, its own /tmp and /dev; the health check
+/// covers it.
+fn sandboxed_unit_runs(container: &str) {
+    let (ok, out) = exec_status(container, &["systemctl", "is-active", PROBE]);
+    assert!(
+        ok,
+        "{PROBE} runs: {out}\n{}",
+        exec_status(container, &["journalctl", "--no-pager", "-u", PROBE]).1
+    );
+    let units = exec(container, &["cat", "/etc/chatmail/relay-units"]);
+    assert!(
+        units.lines().any(|l| l == format!("{PROBE}.service")),
+        "the health check covers {PROBE}: {units}"
+    );
+    let read = |name: &str| {
+        let path = format!("/var/lib/private/{PROBE}/{name}");
+        for _ in 0..40 {
+            let (ok, out) = exec_status(container, &["cat", &path]);
+            if ok && !out.trim().is_empty() {
+                return out.trim().to_string();
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("{PROBE} wrote no {path}");
+    };
+    let uid: u32 = read("uid").parse().unwrap();
+    assert!(
+        (61184..=65519).contains(&uid),
+        "{PROBE} runs as a dynamic user: uid {uid}"
+    );
+    assert_eq!(read("etc"), "read-only", "ProtectSystem=strict");
+    assert_eq!(read("home"), "0", "ProtectHome=yes");
+    assert!(
+        exec_ok(container, &["test", "-e", "/dev/console"]),
+        "the container has a console"
+    );
+    assert_eq!(
+        read("dev-console"),
+        "no",
+        "PrivateDevices=yes: its own /dev"
+    );
+    assert!(
+        !exec_ok(container, &["test", "-e", "/tmp/probe-private"]),
+        "PrivateTmp=yes: the probe's /tmp is its own"
+    );
+    let dropins = exec(
+        container,
+        &["systemctl", "show", "-p", "DropInPaths", "--value", PROBE],
+    );
+    eprintln!(
+        "e2e-upgrade: {PROBE} (uid {uid}) runs sandboxed; drop-ins: {}",
+        dropins.trim()
+    );
+}
+
 /// The suite's base image: an upgrade builds from it like `setup` did.
 fn upgrade(dir: &Path, args: &[&str], expect: i32, what: &str) -> (String, String) {
     run_tool(
@@ -158,6 +257,7 @@ fn mail_flows(when: &str) -> serde_json::Value {
         .map(|p| v["sent"][p].as_str().unwrap().to_string())
         .collect();
     inbox_has(&v, &sent);
+    filtermail_enforces(&v);
     eprintln!("e2e-upgrade: mail delivered {when}");
     v
 }
@@ -259,6 +359,7 @@ fn real_relay_upgrade() {
         let mut text = fs::read_to_string(&page).unwrap();
         text.push_str(&format!("\n{GOOD_TEXT}\n"));
         fs::write(&page, text).unwrap();
+        add_sandboxed_unit(o);
     });
     let (out, _) = upgrade(&dir, &["--check"], 0, "upgrade --check (1.13.0 is out)");
     assert!(out.contains(&format!("-> {GOOD}")), "{out}");
@@ -291,6 +392,7 @@ fn real_relay_upgrade() {
         &first_ids.split(',').map(str::to_string).collect::<Vec<_>>(),
     );
     mail_flows("after the upgrade");
+    sandboxed_unit_runs(&container_id(&dir));
     let s = status(&dir);
     assert_eq!(s["relay"]["running"]["version"], GOOD, "{s}");
     assert!(s["relay"]["newer"].is_null(), "{s}");

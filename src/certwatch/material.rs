@@ -52,6 +52,8 @@ impl std::fmt::Debug for Material {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertInfo {
     pub subject: String,
+    /// Who issued it (the CA: `status` shows it).
+    pub issuer: String,
     pub not_after: SystemTime,
     /// sha256 of the leaf certificate's DER, hex: what a TLS client sees.
     pub leaf_sha256: String,
@@ -241,6 +243,7 @@ fn cert_info(der: &[u8], leaf: &x509_parser::certificate::X509Certificate<'_>) -
     };
     Ok(CertInfo {
         subject: leaf.subject().to_string(),
+        issuer: leaf.issuer().to_string(),
         not_after,
         leaf_sha256: sha256_hex(der),
         dns_names,

@@ -642,6 +642,8 @@ pub struct CertStatus {
     /// The host directory with the certificate.
     pub path: Option<PathBuf>,
     pub subject: Option<String>,
+    /// The certificate's issuer (the CA).
+    pub issuer: Option<String>,
     /// RFC 3339.
     pub not_after: Option<String>,
     /// Days until expiry (negative when expired).
@@ -665,6 +667,7 @@ pub fn status(ctx: &Context) -> Result<CertStatus> {
         watcher,
         path: None,
         subject: None,
+        issuer: None,
         not_after: None,
         days_left: None,
         fingerprint: None,
@@ -693,6 +696,7 @@ pub fn status(ctx: &Context) -> Result<CertStatus> {
                         .unwrap_or_else(|e| -(e.duration().as_secs() as i64));
                     st.days_left = Some(secs.div_euclid(86_400));
                     st.subject = Some(info.subject.clone());
+                    st.issuer = Some(info.issuer.clone());
                     st.not_after = Some(info.not_after_text());
                     if let Err(e) = m.validate(located.domain.as_deref(), SystemTime::now()) {
                         st.problem = Some(format!("{e:#}"));
@@ -738,6 +742,7 @@ mod tests {
         };
         CertInfo {
             subject: "CN=example.org".into(),
+            issuer: "CN=Test CA".into(),
             not_after,
             leaf_sha256: String::new(),
             dns_names: vec!["example.org".into()],

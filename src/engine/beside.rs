@@ -93,6 +93,28 @@ pub fn deployed(
     timeout: Duration,
     interrupted: &dyn Fn() -> bool,
 ) -> Result<Deployed> {
+    deployed_on(ctx, image, timeout, interrupted, Network::None)
+}
+
+/// The network a side container gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Network {
+    /// None at all: the running relay's ports and peers are never touched.
+    None,
+    /// The host's, with the service's extra host names: only while no
+    /// relay runs (the deploy starts services on the relay's ports), for a
+    /// deploy that needs the network (the first ACME certificate).
+    Host,
+}
+
+/// [`deployed`] with the side container on `network`.
+pub fn deployed_on(
+    ctx: &Context,
+    image: &str,
+    timeout: Duration,
+    interrupted: &dyn Fn() -> bool,
+    network: Network,
+) -> Result<Deployed> {
     let svc = service_config(ctx)?;
     let ipv6 = host_has_ipv6(ctx);
     let digest = settings_digest(&svc, ipv6);
@@ -104,7 +126,16 @@ pub fn deployed(
     let source = label(ctx, &id, FROM_LABEL)
         .and_then(|from| engine::image_id(ctx, &from).ok().flatten())
         .unwrap_or(id);
-    let id = deploy_aside(ctx, &svc, ipv6, &digest, &source, timeout, interrupted)?;
+    let id = deploy_aside(
+        ctx,
+        &svc,
+        ipv6,
+        &digest,
+        &source,
+        timeout,
+        interrupted,
+        network,
+    )?;
     Ok(Deployed { id, fresh: true })
 }
 
@@ -137,9 +168,10 @@ pub fn deploy(
     name: &str,
     timeout: Duration,
     interrupted: &dyn Fn() -> bool,
+    network: Network,
     policy: Policy,
 ) -> Result<Option<Deployed>> {
-    match deployed(ctx, image, timeout, interrupted) {
+    match deployed_on(ctx, image, timeout, interrupted, network) {
         Ok(d) => {
             if d.fresh {
                 engine::image::tag_image(ctx, &d.id, name)?;
@@ -361,13 +393,7 @@ pub fn is_not_stageable(err: &anyhow::Error) -> bool {
 /// (the side container would write where the relay does), and container
 /// settings from an override the side container does not get.
 fn check_stageable(svc: &serde_json::Value) -> std::result::Result<(), NotStageable> {
-    for key in [
-        "cap_add",
-        "devices",
-        "sysctls",
-        "security_opt",
-        "privileged",
-    ] {
+    for key in ["cap_add", "devices", "sysctls", "privileged"] {
         let v = &svc[key];
         let set = match v {
             serde_json::Value::Null => false,
@@ -379,6 +405,16 @@ fn check_stageable(svc: &serde_json::Value) -> std::result::Result<(), NotStagea
         if set {
             return Err(NotStageable(format!(
                 "the service sets `{key}` (an override): a side container would not have it"
+            )));
+        }
+    }
+    // The seccomp profile (docker/docker-compose.yaml's own) goes to the
+    // side container too; other security options are an override's.
+    for opt in svc["security_opt"].as_array().into_iter().flatten() {
+        let opt = opt.as_str().unwrap_or("");
+        if !opt.starts_with("seccomp=") {
+            return Err(NotStageable(format!(
+                "the service sets `security_opt: {opt}` (an override): a side container would not have it"
             )));
         }
     }
@@ -411,8 +447,28 @@ fn check_stageable(svc: &serde_json::Value) -> std::result::Result<(), NotStagea
     Ok(())
 }
 
+/// `--security-opt seccomp=...` as the service has it, a relative profile
+/// path resolved against the deployment directory as Compose does.
+fn seccomp_args(ctx: &Context, svc: &serde_json::Value) -> Vec<String> {
+    let mut args = Vec::new();
+    for opt in svc["security_opt"].as_array().into_iter().flatten() {
+        let Some(profile) = opt.as_str().and_then(|o| o.strip_prefix("seccomp=")) else {
+            continue;
+        };
+        let value = if profile == "unconfined" || Path::new(profile).is_absolute() {
+            profile.to_string()
+        } else {
+            ctx.deployment.path(profile).display().to_string()
+        };
+        args.push("--security-opt".into());
+        args.push(format!("seccomp={value}"));
+    }
+    args
+}
+
 /// Deploy `image` in a side container; returns the deployed image's ID.
 /// `interrupted` is asked while waiting: a true answer stops it.
+#[allow(clippy::too_many_arguments)]
 fn deploy_aside(
     ctx: &Context,
     svc: &serde_json::Value,
@@ -421,6 +477,7 @@ fn deploy_aside(
     image: &str,
     timeout: Duration,
     interrupted: &dyn Fn() -> bool,
+    network: Network,
 ) -> Result<String> {
     check_stageable(svc)?;
     let dir = ctx.deployment.path(STAGE_DIR);
@@ -442,7 +499,10 @@ fn deploy_aside(
         "--name",
         NAME,
         "--network",
-        "none",
+        match network {
+            Network::None => "none",
+            Network::Host => "host",
+        },
         "--cgroupns",
         "host",
         "--tty",
@@ -451,7 +511,14 @@ fn deploy_aside(
     ]
     .map(String::from)
     .to_vec();
-    if ipv6 {
+    if network == Network::Host {
+        for h in svc["extra_hosts"].as_array().into_iter().flatten() {
+            if let Some(h) = h.as_str() {
+                args.push("--add-host".into());
+                args.push(h.replacen('=', ":", 1));
+            }
+        }
+    } else if ipv6 {
         // Docker gives a container without network no IPv6, not even ::1,
         // where the relay's resolver listens when the host has IPv6.
         for key in ["all", "lo"] {
@@ -465,6 +532,7 @@ fn deploy_aside(
             args.push(t.to_string());
         }
     }
+    args.extend(seccomp_args(ctx, svc));
     let mut seeded = Vec::new();
     // State the deploy creates when it is missing (the self-signed
     // certificate, the DKIM key of a new relay): copied back afterwards.
@@ -686,6 +754,48 @@ mod tests {
             serde_json::json!({"privileged": false})
         )
         .is_ok());
+        // The compose file's seccomp profile goes along; any other
+        // security option is an override's.
+        assert!(with(
+            serde_json::json!([]),
+            serde_json::json!({"security_opt": ["seccomp=docker/seccomp.json"]})
+        )
+        .is_ok());
+        let apparmor = with(
+            serde_json::json!([]),
+            serde_json::json!({"security_opt": ["seccomp=docker/seccomp.json", "apparmor=unconfined"]}),
+        );
+        assert!(apparmor.unwrap_err().contains("apparmor=unconfined"));
+    }
+
+    #[test]
+    fn the_side_container_gets_the_seccomp_profile_of_the_deployment() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = crate::Context::new(
+            d.path(),
+            crate::host::Host::new(d.path()),
+            crate::shell::Shell::new(
+                crate::shell::Verbosity::Quiet,
+                crate::shell::ColorChoice::Never,
+            ),
+            false,
+        )
+        .unwrap();
+        let svc = serde_json::json!({"security_opt": [
+            "seccomp=docker/seccomp.json", "seccomp=/etc/x.json", "seccomp=unconfined"
+        ]});
+        assert_eq!(
+            seccomp_args(&ctx, &svc),
+            vec![
+                "--security-opt".to_string(),
+                format!("seccomp={}", d.path().join("docker/seccomp.json").display()),
+                "--security-opt".to_string(),
+                "seccomp=/etc/x.json".to_string(),
+                "--security-opt".to_string(),
+                "seccomp=unconfined".to_string(),
+            ]
+        );
+        assert!(seccomp_args(&ctx, &serde_json::json!({})).is_empty());
     }
 
     #[test]

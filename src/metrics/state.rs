@@ -138,6 +138,7 @@ mod tests {
             watcher: String::new(),
             path: Some("/srv/certs".into()),
             subject: None,
+            issuer: None,
             not_after: Some("2027-01-01T00:00:00Z".into()),
             days_left: Some(30),
             fingerprint: Some("new".into()),

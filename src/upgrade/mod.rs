@@ -601,6 +601,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
             &image,
             opts.wait_timeout,
             &interrupted,
+            beside::Network::None,
             policy,
         ) {
             Ok(Some(d)) => {

@@ -9,6 +9,7 @@ mod kit;
 
 pub use kit::*;
 
+pub mod online;
 pub mod relay;
 
 use std::fs;
@@ -197,7 +198,8 @@ pub fn served_cert_pem(port: u16) -> Option<String> {
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let start = text.find("-----BEGIN CERTIFICATE-----")?;
-    let end = text[start..].find("-----END CERTIFICATE-----")? + start;
+    let marker = "-----END CERTIFICATE-----";
+    let end = text[start..].find(marker)? + start + marker.len();
     Some(text[start..end].to_string())
 }
 

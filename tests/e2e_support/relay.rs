@@ -17,18 +17,79 @@ pub const IMAGE: &str = "chatmail-relay:e2e-real";
 /// proxy that re-signs TLS, the image build needs them (`--build-ca`).
 pub const HOST_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// The relay snapshot, unpacked as `relay/` the way `git clone` leaves it
-/// (a git checkout), with the offline patch applied and committed.
-pub fn unpack_relay(dir: &Path) -> String {
-    let shared = manifest_dir().join("../shared/relay");
-    let tarball = fs::read_dir(&shared)
+/// Where the real filtermail binary lies inside the relay checkout when it
+/// reaches the relay through the relay's hook (`CHATMAIL_FILTERMAIL_BINARY`,
+/// a path inside the checkout for the appliance's build).
+pub const FILTERMAIL_IN_RELAY: &str = "offline-build/filtermail";
+
+/// How the real filtermail reaches the relay (no suite has a stand-in).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filtermail {
+    /// Built on this machine by `tests/filtermail/build.sh` (cached by the
+    /// tarball's hash) and given to the relay's install stage through its
+    /// hook, `CHATMAIL_FILTERMAIL_BINARY`.
+    Hook,
+    /// Its source in `relay/filtermail/`, as upstream moves it into the
+    /// relay repository: the image builds it in a build stage.
+    Source,
+}
+
+/// `shared/` beside the checkout (`CHATMAIL_SHARED_DIR` names another).
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("CHATMAIL_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join("../shared"))
+}
+
+/// The one file in `shared/relay/` whose name starts with `prefix`.
+pub fn shared_file(prefix: &str) -> PathBuf {
+    let shared = shared_dir().join("relay");
+    fs::read_dir(&shared)
         .unwrap_or_else(|e| panic!("{}: {e} (the relay snapshot)", shared.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
             p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("chatmail-relay-"))
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
         })
-        .unwrap_or_else(|| panic!("no chatmail-relay-*.tar.gz in {}", shared.display()));
+        .unwrap_or_else(|| panic!("no {prefix}*.tar.gz in {}", shared.display()))
+}
+
+/// The real filtermail, built from its source tarball with cargo once per
+/// tarball content (tests/filtermail/build.sh).
+pub fn filtermail_binary() -> PathBuf {
+    let started = std::time::Instant::now();
+    let script = manifest_dir().join("tests/filtermail/build.sh");
+    let out = StdCommand::new(&script)
+        .arg(shared_file("filtermail-"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(out.status.success(), "{} failed", script.display());
+    let path = PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim(),
+    );
+    assert!(path.is_file(), "no filtermail at {}", path.display());
+    eprintln!(
+        "e2e: filtermail binary ready in {:.1?}: {}",
+        started.elapsed(),
+        path.display()
+    );
+    path
+}
+
+/// The relay snapshot, unpacked as `relay/` the way `git clone` leaves it
+/// (a git checkout), with the offline patch applied and the real
+/// filtermail (its binary, or its source), committed.
+pub fn unpack_relay(dir: &Path) -> String {
+    unpack_relay_with(dir, Filtermail::Hook)
+}
+
+pub fn unpack_relay_with(dir: &Path, filtermail: Filtermail) -> String {
+    let tarball = shared_file("chatmail-relay-");
     check(
         StdCommand::new("tar")
             .arg("-xzf")
@@ -44,6 +105,21 @@ pub fn unpack_relay(dir: &Path) -> String {
             .arg(&relay),
         "replace the relay's downloads",
     );
+    match filtermail {
+        Filtermail::Hook => {
+            let dest = relay.join(FILTERMAIL_IN_RELAY);
+            fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            fs::copy(filtermail_binary(), &dest).unwrap();
+        }
+        Filtermail::Source => check(
+            StdCommand::new("tar")
+                .arg("-xzf")
+                .arg(shared_file("filtermail-"))
+                .arg("-C")
+                .arg(&relay),
+            "unpack filtermail's source into relay/filtermail",
+        ),
+    }
     for args in [
         &["init", "-q"][..],
         &["add", "-A"],
@@ -74,12 +150,16 @@ pub fn unpack_relay(dir: &Path) -> String {
 /// A deployment directory as a user has it after cloning this repository
 /// and the relay: the appliance files, relay/, chatmail.ini.
 pub fn deployment(parent: &Path) -> (PathBuf, String) {
+    deployment_with(parent, Filtermail::Hook)
+}
+
+pub fn deployment_with(parent: &Path, filtermail: Filtermail) -> (PathBuf, String) {
     let dir = parent.join("deploy");
     fs::create_dir_all(&dir).unwrap();
     copy_tree(&manifest_dir().join("docker"), &dir.join("docker"), &|p| {
         p.file_name().is_some_and(|n| n == "compose.generated.yaml")
     });
-    let commit = unpack_relay(&dir);
+    let commit = unpack_relay_with(&dir, filtermail);
     fs::write(dir.join("chatmail.ini"), ini("")).unwrap();
     (dir, commit)
 }
@@ -93,7 +173,20 @@ pub fn ini(extra: &str) -> String {
 pub fn tool(dir: &Path) -> assert_cmd::Command {
     let mut cmd = tool_with_image(dir, IMAGE);
     cmd.env("CHATMAIL_BUILD_CA", HOST_CA);
+    for (k, v) in filtermail_env(dir) {
+        cmd.env(k, v);
+    }
     cmd
+}
+
+/// The build variable that hands the relay checkout's filtermail binary to
+/// the relay's hook, when the checkout has one (Filtermail::Hook).
+pub fn filtermail_env(dir: &Path) -> Vec<(&'static str, &'static str)> {
+    if dir.join("relay").join(FILTERMAIL_IN_RELAY).is_file() {
+        vec![("CHATMAIL_FILTERMAIL_BINARY", FILTERMAIL_IN_RELAY)]
+    } else {
+        vec![]
+    }
 }
 
 /// `setup --rebuild` on the suite's base image.
@@ -136,4 +229,27 @@ pub fn inbox_has(v: &serde_json::Value, ids: &[String]) {
     for id in ids {
         assert!(inbox.contains(&id.as_str()), "{id} not in B's INBOX: {v}");
     }
+}
+
+/// What the relay's filtermail must do with what mailcheck.py sent: the
+/// encrypted message arrived whole (B decrypts it), plain text to another
+/// address and a forged From are refused on submission, encrypted mail on
+/// 25 from a domain that did not sign it (DKIM) is refused.
+pub fn filtermail_enforces(v: &serde_json::Value) {
+    assert_eq!(
+        v["decrypted_587"].as_str(),
+        Some("hello from an end-to-end test"),
+        "B decrypts the encrypted message: {v}"
+    );
+    let refused = |what: &str, code: &str, text: &str| {
+        let reply = v["refused"][what].as_str().unwrap_or_default();
+        assert!(
+            reply.starts_with(code) && reply.contains(text),
+            "{what}: the relay must refuse with {code} {text}, answered {:?}",
+            v["refused"][what]
+        );
+    };
+    refused("plain_587", "523", "Encryption Needed");
+    refused("forged_from_587", "500", "Invalid FROM");
+    refused("unsigned_25", "554", "No DKIM signature found");
 }

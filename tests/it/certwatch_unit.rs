@@ -126,6 +126,12 @@ fn unit_install_and_status() {
     assert_eq!(st.fingerprint, st.applied_fingerprint);
     assert!(st.days_left.unwrap() > 300, "{st:?}");
     assert!(st.not_after.is_some() && st.subject.is_some());
+    // Who issued it: a self-signed certificate names itself.
+    assert!(
+        st.issuer.as_deref().is_some_and(|i| i.contains("rcgen")),
+        "{st:?}"
+    );
+    assert_eq!(st.issuer, st.subject, "self-signed: {st:?}");
     drop(w);
     let st = certwatch::status(&c).unwrap();
     assert!(!st.watcher_running, "a stale pid file does not count");

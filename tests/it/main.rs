@@ -31,6 +31,7 @@ mod overrides;
 mod overrides_engine;
 mod ownership;
 mod preflight;
+mod sandbox_generator;
 mod setup;
 mod sysctl;
 mod upgrade;

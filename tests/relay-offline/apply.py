@@ -4,8 +4,12 @@
 Replaces exactly the relay's two download points and nothing else:
 
 - `Deployer.download_executable()` in cmdeploy/src/cmdeploy/basedeploy.py
-  (filtermail, chatmail-turn, iroh-relay, mtail) installs a stand-in from
-  `offline-standins/` in the relay tree instead of curl + sha256;
+  (chatmail-turn, iroh-relay, mtail) installs a stand-in from
+  `offline-standins/` in the relay tree instead of curl + sha256. filtermail
+  has no stand-in: the real one reaches the relay through its own hook,
+  CHATMAIL_FILTERMAIL_BINARY (built from source by tests/filtermail/build.sh,
+  or by the image from relay/filtermail/); a download of it fails the
+  deploy, naming the hook;
 - `_download_dovecot_package()` in cmdeploy/src/cmdeploy/dovecot/deployer.py
   installs Debian's own dovecot packages (what the relay itself does on an
   architecture it has no packages for).
@@ -23,9 +27,13 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 DOWNLOAD_EXECUTABLE = '''    def download_executable(self, url, dest, sha256sum, extract=None):
         # Offline test build: a local stand-in instead of the download.
-        name = {"chatmail-turn": "idle", "iroh-relay": "idle", "mtail": "idle"}.get(
-            dest.rsplit("/", 1)[-1], dest.rsplit("/", 1)[-1]
-        )
+        base = dest.rsplit("/", 1)[-1]
+        name = {"chatmail-turn": "idle", "iroh-relay": "idle", "mtail": "idle"}.get(base)
+        if name is None:
+            raise RuntimeError(
+                f"offline test build: {base} has no stand-in and cannot be downloaded"
+                " (filtermail: set CHATMAIL_FILTERMAIL_BINARY, or put its source in relay/filtermail/)"
+            )
         standin = os.path.join(
             os.path.dirname(os.path.abspath(__file__)), "../../../offline-standins", name
         )

@@ -8,21 +8,41 @@ for it, to find its DKIM signing in the log) and 465 (TLS + login), one
 from an outside sender on 25 with STARTTLS, whether 25 without STARTTLS is
 refused, and the Message-IDs found in B's INBOX over IMAP 993.
 
+The messages are what Delta Chat sends, as the relay's filtermail demands:
+OpenPGP-encrypted (PGP/MIME, RFC 3156: multipart/encrypted with a
+"Version: 1" part and the armored message) to B's and A's keys, with an
+Autocrypt header carrying A's key. GnuPG (`gpg`) makes the keys and
+encrypts; B's copy read back over IMAP is decrypted with B's key. The
+outside sender on 25 has an address at an IP literal (an IPv4-only relay's
+user): its mail needs no DKIM key in DNS, which these tests cannot publish.
+What filtermail must refuse is tried too and reported under "refused":
+plain text from A to B (523 Encryption Needed), encrypted mail whose From
+is not A's address (500 Invalid FROM), and on 25 encrypted mail from a
+domain that did not sign it (554 No DKIM signature found). (Plain text
+from outside is B's choice: refused only when B asked for that.)
+
 Usage: mailcheck.py HOST
        mailcheck.py HOST --read ADDR:PASSWORD [--wait-ids ID1,ID2,...]
        mailcheck.py HOST --page
 The relay's certificate is self-signed in these tests: not verified.
 """
 import argparse
+import atexit
+import base64
+import email
 import imaplib
 import json
 import re
+import shutil
 import smtplib
 import ssl
+import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
+from email.utils import formatdate
 
 CTX = ssl.create_default_context()
 CTX.check_hostname = False
@@ -42,12 +62,139 @@ def new_account(host):
         return json.loads(r.read())
 
 
-def message(sender, to, msgid):
-    # The relay replaces the subject of submitted mail ("[...]"): messages
-    # are told apart by their Message-ID.
-    return (f"From: {sender}\r\nTo: {to}\r\nSubject: test\r\n"
-            f"Message-ID: <{msgid}>\r\n"
-            "Content-Type: text/plain\r\n\r\nhello\r\n").encode()
+SECRET = "hello from an end-to-end test"
+# The outside sender: a user of an IPv4-only relay (no DKIM lookup).
+OUTSIDE = "someone@[192.0.2.1]"
+
+
+class Keys:
+    """A throwaway GnuPG home with a key for each address used."""
+
+    def __init__(self):
+        self.home = tempfile.mkdtemp(prefix="mailcheck-gnupg.")
+        self.made = set()
+
+    def gpg(self, *args, data=None):
+        r = subprocess.run(["gpg", "--homedir", self.home, "--batch", "--quiet",
+                            "--no-tty", "--pinentry-mode", "loopback", "--passphrase", "",
+                            *args], input=data, capture_output=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"gpg {args[0]}: {r.stderr.decode(errors='replace')}")
+        return r.stdout
+
+    def key(self, addr):
+        if addr not in self.made:
+            # ed25519 signing key with a cv25519 encryption subkey, as
+            # Delta Chat makes them.
+            self.gpg("--quick-gen-key", f"<{addr}>", "future-default", "default", "never")
+            self.made.add(addr)
+        return addr
+
+    def public(self, addr):
+        return self.gpg("--export", f"<{self.key(addr)}>")
+
+    def encrypt(self, data, recipients):
+        args = ["--armor", "--encrypt", "--trust-model", "always"]
+        for r in recipients:
+            args += ["--recipient", f"<{self.key(r)}>"]
+        return self.gpg(*args, data=data)
+
+    def decrypt(self, armored):
+        return self.gpg("--decrypt", data=armored)
+
+
+    def close(self):
+        subprocess.run(["gpgconf", "--homedir", self.home, "--kill", "all"], capture_output=True)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+KEYS = None
+
+
+def keys():
+    global KEYS
+    if KEYS is None:
+        KEYS = Keys()
+        atexit.register(KEYS.close)
+    return KEYS
+
+
+def crlf(text):
+    return text.replace("\r\n", "\n").replace("\n", "\r\n")
+
+
+def message(sender, to, msgid, from_header=None):
+    """An encrypted message as Delta Chat sends it. The relay replaces the
+    subject of submitted mail ("[...]"): messages are told apart by their
+    Message-ID."""
+    k = keys()
+    inner = crlf(f"Content-Type: text/plain; charset=utf-8; protected-headers=\"v1\"\n"
+                 f"From: {sender}\nTo: {to}\nSubject: test\n\n{SECRET}\n")
+    armored = k.encrypt(inner.encode(), [to, sender]).decode()
+    keydata = base64.b64encode(k.public(sender)).decode()
+    folded = "\n ".join(keydata[i:i + 76] for i in range(0, len(keydata), 76))
+    boundary = uuid.uuid4().hex
+    text = (f"From: {from_header or sender}\nTo: {to}\nSubject: [...]\n"
+            f"Date: {formatdate()}\nMessage-ID: <{msgid}>\n"
+            "Chat-Version: 1.0\n"
+            f"Autocrypt: addr={sender}; prefer-encrypt=mutual; keydata=\n {folded}\n"
+            "MIME-Version: 1.0\n"
+            f"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\";\n boundary=\"{boundary}\"\n"
+            f"\n--{boundary}\n"
+            "Content-Type: application/pgp-encrypted\n"
+            "Content-Description: PGP/MIME version identification\n\nVersion: 1\n\n"
+            f"--{boundary}\n"
+            "Content-Type: application/octet-stream; name=\"encrypted.asc\"\n"
+            "Content-Description: OpenPGP encrypted message\n"
+            "Content-Disposition: inline; filename=\"encrypted.asc\";\n\n"
+            f"{armored.strip()}\n\n--{boundary}--\n")
+    return crlf(text).encode()
+
+
+def plain_message(sender, to, msgid, from_header=None):
+    return crlf(f"From: {from_header or sender}\nTo: {to}\nSubject: plain\n"
+                f"Date: {formatdate()}\nMessage-ID: <{msgid}>\n"
+                "Content-Type: text/plain\n\nnot encrypted\n").encode()
+
+
+def refused(send):
+    """The reply of a send the relay must refuse: "CODE text", or None when
+    it was accepted."""
+    try:
+        send()
+    except smtplib.SMTPResponseException as e:
+        return f"{e.smtp_code} {e.smtp_error.decode(errors='replace')}"
+    except smtplib.SMTPRecipientsRefused as e:
+        code, text = next(iter(e.recipients.values()))
+        return f"{code} {text.decode(errors='replace')}"
+    return None
+
+
+def submit(host, a, to, data):
+    with smtplib.SMTP(host, 587, timeout=30) as s:
+        s.starttls(context=CTX)
+        s.login(a["email"], a["password"])
+        s.sendmail(a["email"], [to], data)
+
+
+def refusals(host, a, b, tag):
+    out = {}
+    out["plain_587"] = refused(lambda: submit(
+        host, a, b["email"], plain_message(a["email"], b["email"], f"{tag}-plain@test")))
+    out["forged_from_587"] = refused(lambda: submit(
+        host, a, b["email"],
+        message(a["email"], b["email"], f"{tag}-forged@test", from_header="someone@example.org")))
+
+    def unsigned_25():
+        sender = "someone@outside.example"
+        with smtplib.SMTP(host, 25, timeout=30) as s:
+            s.ehlo("outside.example")
+            s.starttls(context=CTX)
+            s.ehlo("outside.example")
+            s.sendmail(sender, [b["email"]],
+                       message(sender, b["email"], f"{tag}-unsigned25@test"))
+    out["unsigned_25"] = refused(unsigned_25)
+    return out
 
 
 def send_587(host, a, b, msgid):
@@ -71,7 +218,7 @@ def send_465(host, a, b, msgid):
 
 
 def send_25(host, b, msgid):
-    sender = "someone@outside.example"
+    sender = OUTSIDE
     with smtplib.SMTP(host, 25, timeout=30) as s:
         s.ehlo("outside.example")
         s.starttls(context=CTX)
@@ -104,6 +251,24 @@ def inbox_ids(host, acct):
             found = re.search(r"<([^>]*)>", raw)
             ids.append(found.group(1) if found else raw.strip())
         return ids
+
+
+def decrypted(host, acct, msgid):
+    """B's copy of a message, decrypted with B's key: its text."""
+    with imaplib.IMAP4_SSL(host, 993, ssl_context=CTX, timeout=30) as m:
+        m.login(acct["email"], acct["password"])
+        m.select("INBOX")
+        _, data = m.search(None, "HEADER", "Message-ID", f"<{msgid}>")
+        nums = data[0].split()
+        if not nums:
+            return None
+        _, parts = m.fetch(nums[0], "(BODY.PEEK[])")
+        msg = email.message_from_bytes(parts[0][1])
+        for part in msg.walk():
+            if part.get_content_type() == "application/octet-stream":
+                inner = keys().decrypt(part.get_payload(decode=True))
+                return email.message_from_bytes(inner).get_payload(decode=True).decode().strip()
+        return None
 
 
 def wait_ids(host, acct, wanted, timeout=60):
@@ -146,6 +311,8 @@ def main():
     out["sent"] = ids
     out["plain_25_refused"] = plain_25_refused(args.host, b)
     out["inbox"] = wait_ids(args.host, b, list(ids.values()))
+    out["decrypted_587"] = decrypted(args.host, b, ids["587"])
+    out["refused"] = refusals(args.host, a, b, tag)
     print(json.dumps(out))
     return 0
 
