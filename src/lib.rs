@@ -5,6 +5,7 @@
 //! through the [`host`] seam. `main.rs` only parses arguments and calls
 //! [`main_with`].
 
+pub mod archive;
 pub mod backup;
 pub mod certwatch;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod overrides;
 pub mod preflight;
+pub mod restore;
 pub mod setup;
 pub mod shell;
 pub mod status;

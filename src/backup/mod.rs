@@ -11,14 +11,7 @@
 //! renamed when complete; a failure or an interrupt leaves no archive and
 //! no paused service.
 
-pub mod archive;
-mod base;
-pub mod catalog;
-pub mod crypt;
-pub mod manifest;
-pub mod owners;
 pub mod pause;
-pub mod restore;
 pub mod scan;
 
 use anyhow::{bail, Context as _, Result};
@@ -31,11 +24,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
+use crate::archive::base;
+use crate::archive::manifest::{self, Consistency, Entry, EntryKind, Header, Kind, Manifest};
+use crate::archive::write::{self as archive, sha256_hex};
+use crate::archive::{catalog, chain, crypt, PREFIX, SUFFIX};
+use crate::engine::container::RelayFacts;
 use crate::host::parent_dir;
 use crate::{engine, error, Context};
 pub use catalog::Origin;
-use manifest::{Consistency, Entry, EntryKind, Header, Kind, Manifest};
-use owners::Names;
 use scan::Scanned;
 
 /// Where the archive goes.
@@ -92,10 +88,6 @@ pub struct BackupOptions {
 
 /// The most threads `--threads` may ask for.
 pub const MAX_THREADS: u32 = 256;
-/// The largest manifest read into memory (a sidecar, a local copy, the
-/// archive's last entry): about a million files.
-pub const MAX_MANIFEST: u64 = 512 << 20;
-
 impl Default for BackupOptions {
     fn default() -> Self {
         BackupOptions {
@@ -132,121 +124,6 @@ pub struct Summary {
     pub removed_by_retention: Vec<PathBuf>,
 }
 
-/// Archive names in a backup directory: `chatmail-backup-<time>-full.tar.zst`.
-pub const PREFIX: &str = "chatmail-backup-";
-pub const SUFFIX: &str = ".tar.zst";
-
-/// The relay's facts, from the running container.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct RelayInfo {
-    pub running: bool,
-    image_version: Option<String>,
-    relay_commit: Option<String>,
-    pub users: Names,
-    pub groups: Names,
-}
-
-/// This deployment's running container, if there is one (a failure to
-/// ask Docker counts as none, said with `-v`).
-pub(crate) fn running_container(ctx: &Context) -> Option<engine::Inspect> {
-    if !ctx.deployment.compose_file().exists() {
-        return None;
-    }
-    match engine::container(ctx, engine::Containers::Running) {
-        Ok(c) => c,
-        Err(e) => {
-            ctx.shell.verbose(format!("no container: {e}"));
-            None
-        }
-    }
-}
-
-/// Versions and the container's users and groups (when it runs).
-pub(crate) fn relay_facts(ctx: &Context, running: bool) -> RelayInfo {
-    let mut info = RelayInfo::default();
-    if !running {
-        return info;
-    }
-    info.running = true;
-    let script = "cat /etc/chatmail-image-version 2>/dev/null; echo; echo @@; \
-                  head -n1 /etc/chatmail-version 2>/dev/null; echo; echo @@; \
-                  getent passwd; echo @@; getent group";
-    match engine::exec_output(ctx, ["sh", "-c", script]) {
-        Ok(out) if out.success() => {
-            let parts: Vec<&str> = out.stdout.split("@@\n").collect();
-            let field = |i: usize| {
-                parts
-                    .get(i)
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-            };
-            info.image_version = field(0);
-            info.relay_commit = field(1);
-            info.users = Names::parse(parts.get(2).copied().unwrap_or_default());
-            info.groups = Names::parse(parts.get(3).copied().unwrap_or_default());
-        }
-        Ok(out) => ctx.shell.warn(format!(
-            "cannot read the relay's version and users from the container: {}",
-            out.stderr.trim()
-        )),
-        Err(e) => ctx.shell.warn(format!("cannot ask the container: {e}")),
-    }
-    info
-}
-
-/// What the relay's container sees: the running container's mounts, else
-/// those Compose would give it. When Compose cannot be asked, the
-/// appliance's own layout, unless the administrator's override changes
-/// the mounts of the state (then nothing can be known, and the backup
-/// stops).
-pub(crate) fn container_layout(
-    ctx: &Context,
-    running: Option<&engine::Inspect>,
-) -> Result<scan::Layout> {
-    if let Some(m) = running.and_then(|c| c.mounts.as_ref()) {
-        return scan::Layout::from_inspect(m);
-    }
-    if !ctx.deployment.compose_file().exists() {
-        return Ok(scan::default_layout(&ctx.deployment, &ctx.host));
-    }
-    let asked = engine::config_json(ctx).and_then(|config| {
-        scan::Layout::from_compose(&config, engine::SERVICE, |name| {
-            engine::volume_dir(ctx, name)
-        })
-    });
-    match asked {
-        Ok(l) => Ok(l),
-        Err(e) => {
-            let overrides = ctx.deployment.user_overrides();
-            let claimed = engine::claimed_mounts(&overrides)?;
-            let state: Vec<&str> = crate::deployment::STATE_MOUNTS
-                .iter()
-                .map(|(_, t)| *t)
-                .collect();
-            let touches = |t: &str| {
-                state.iter().any(|s| {
-                    t == *s
-                        || t.strip_prefix(s).is_some_and(|r| r.starts_with('/'))
-                        || s.strip_prefix(t).is_some_and(|r| r.starts_with('/'))
-                        || t == "/"
-                })
-            };
-            if let Some(m) = claimed.iter().find(|m| touches(&m.target)) {
-                bail!(
-                    "cannot ask Compose where the container's state is ({e:#}), and {} mounts {} at {}: fix Compose (`chatmail-docker config` shows the error) and back up again",
-                    m.file.display(),
-                    m.what,
-                    m.target
-                );
-            }
-            ctx.shell.warn(format!(
-                "cannot ask Compose for the container's mounts ({e:#}); backing up the appliance's own layout (docker/docker-compose.yaml)"
-            ));
-            Ok(scan::default_layout(&ctx.deployment, &ctx.host))
-        }
-    }
-}
-
 /// `2026-12-01T15:47:00.123Z` -> `20261201T154700.123Z`.
 fn stamp(t: SystemTime) -> (String, String) {
     let rfc = humantime::format_rfc3339_millis(t).to_string();
@@ -260,269 +137,7 @@ fn new_id(created: &str, dir: &Path) -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let seed = format!("{created}|{nanos}|{}|{}", std::process::id(), dir.display());
-    archive::sha256_hex(seed.as_bytes())[..32].to_string()
-}
-
-/// The archives of a backup directory, oldest first.
-pub fn archives_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(PREFIX) && n.ends_with(SUFFIX))
-        })
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
-/// In the deployment directory (not backed up): a copy of the manifest of
-/// each archive of the current chain, `NAME.json` for the archive `NAME`,
-/// so that an incremental against encrypted archives needs no key to
-/// decrypt them. The host holds the same data in clear.
-pub const LOCAL_MANIFESTS: &str = ".chatmail-backup-manifests";
-/// The single local copy earlier versions kept (read, then removed).
-pub const LAST_MANIFEST: &str = ".chatmail-backup-last.json";
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct LastManifest {
-    /// The archive's absolute path and size: the copy is used only for it.
-    archive: PathBuf,
-    size: u64,
-    manifest: Manifest,
-}
-
-/// A local copy's first keys (its manifest is skipped).
-#[derive(serde::Deserialize)]
-struct CopyOf {
-    archive: PathBuf,
-    size: u64,
-}
-
-/// The local copy of `archive`'s manifest, when there is one for it.
-fn local_copy(ctx: &Context, archive: &Path) -> Option<base::Source> {
-    let (abs, meta) = (fs::canonicalize(archive).ok()?, fs::metadata(archive).ok()?);
-    let name = archive.file_name()?;
-    let mut own = std::ffi::OsString::from(name);
-    own.push(".json");
-    for path in [ctx.path(LOCAL_MANIFESTS).join(own), ctx.path(LAST_MANIFEST)] {
-        let Ok(Some(bytes)) = crate::host::read_input_opt(&path, MAX_MANIFEST) else {
-            continue;
-        };
-        if let Ok(f) = serde_json::from_slice::<CopyOf>(&bytes) {
-            if f.archive == abs && f.size == meta.len() {
-                if let Ok(text) = String::from_utf8(bytes) {
-                    return Some(base::Source::Last { text, what: path });
-                }
-            }
-        }
-    }
-    None
-}
-
-/// Keep local copies of the manifests of the chain `keep` (file names of
-/// the archives the new one builds on) and none other; `new` adds the copy
-/// of an encrypted archive just written. An unencrypted archive needs
-/// none: its sidecar is in clear.
-fn keep_local_copies(ctx: &Context, new: Option<(&Path, &[&[u8]])>, keep: &[String]) -> Result<()> {
-    let dir = ctx.path(LOCAL_MANIFESTS);
-    let new_name = match new {
-        Some((archive, _)) => Some(
-            archive
-                .file_name()
-                .context("an archive has a file name")?
-                .to_string_lossy()
-                .into_owned(),
-        ),
-        None => None,
-    };
-    let wanted = |name: &str| new_name.as_deref() == Some(name) || keep.iter().any(|k| k == name);
-    let create_dir = || -> Result<()> {
-        let mut b = fs::DirBuilder::new();
-        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-        match b.create(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                Err(e).with_context(|| format!("cannot create {}", dir.display()))
-            }
-            _ => Ok(()),
-        }
-    };
-    // The single copy of earlier versions joins the others while its
-    // archive is part of the chain.
-    let legacy = ctx.path(LAST_MANIFEST);
-    if let Ok(Some(bytes)) = crate::host::read_input_opt(&legacy, MAX_MANIFEST) {
-        let of = serde_json::from_slice::<CopyOf>(&bytes).ok().and_then(|f| {
-            f.archive
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-        });
-        match of {
-            Some(name) if wanted(&name) => {
-                create_dir()?;
-                fs::rename(&legacy, dir.join(format!("{name}.json")))
-                    .with_context(|| format!("cannot move {}", legacy.display()))?;
-            }
-            _ => {
-                let _ = fs::remove_file(&legacy);
-            }
-        }
-    }
-    if let (Some((archive, json)), Some(name)) = (new, &new_name) {
-        create_dir()?;
-        let mut text = format!(
-            "{{\"archive\":{},\"size\":{},\"manifest\":",
-            serde_json::to_string(&fs::canonicalize(archive)?)?,
-            fs::metadata(archive)?.len()
-        )
-        .into_bytes();
-        for part in json {
-            text.extend_from_slice(part);
-        }
-        text.push(b'}');
-        crate::host::write_atomic(&dir.join(format!("{name}.json")), &text, 0o600)?;
-    }
-    let list = match fs::read_dir(&dir) {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
-    };
-    let mut left = 0;
-    for item in list {
-        let item = item?;
-        let file = item.file_name().to_string_lossy().into_owned();
-        if wanted(file.strip_suffix(".json").unwrap_or(&file)) {
-            left += 1;
-        } else {
-            let _ = fs::remove_file(item.path());
-        }
-    }
-    if left == 0 {
-        let _ = fs::remove_dir(&dir);
-    }
-    Ok(())
-}
-
-/// Where an archive's manifest is: the local copy, its sidecar (decrypted
-/// if need be), else the archive itself (read now).
-enum ManifestAt {
-    Text(base::Source),
-    Archive(Box<Manifest>),
-}
-
-fn find_manifest(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<ManifestAt> {
-    if let Some(copy) = local_copy(ctx, archive) {
-        return Ok(ManifestAt::Text(copy));
-    }
-    let side = Manifest::sidecar_of(archive);
-    if fs::symlink_metadata(&side).is_ok() {
-        // A regular file of a bounded size: a FIFO or a huge file named
-        // like a manifest is refused, never read.
-        let (f, len) = catalog::open_archive(&side)?;
-        if len > MAX_MANIFEST {
-            bail!(
-                "{} is {len} bytes, more than a backup manifest can be ({MAX_MANIFEST}); remove it (the archive holds its manifest too)",
-                side.display()
-            );
-        }
-        // The manifest is as large as the file (smaller when encrypted).
-        let mut bytes = Vec::with_capacity(len as usize);
-        crypt::open_reader(Box::new(f), keys, &side)?
-            .take(MAX_MANIFEST + 1)
-            .read_to_end(&mut bytes)
-            .with_context(|| format!("cannot read {}", side.display()))?;
-        let text = String::from_utf8(bytes)
-            .with_context(|| format!("{}: the backup manifest cannot be read", side.display()))?;
-        return Ok(ManifestAt::Text(base::Source::Manifest {
-            text,
-            what: side,
-        }));
-    }
-    restore::read_manifest(archive, keys).map(|m| ManifestAt::Archive(Box::new(m)))
-}
-
-/// An archive's manifest as written: from the local copy, from its
-/// sidecar (decrypted if need be), else read from the archive itself. An
-/// incremental's lists what changed.
-pub fn load_manifest(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<Manifest> {
-    match find_manifest(ctx, archive, keys)? {
-        ManifestAt::Text(base::Source::Manifest { text, what }) => {
-            Manifest::from_json(text.as_bytes(), &what)
-        }
-        ManifestAt::Text(base::Source::Last { text, what }) => {
-            serde_json::from_str::<LastManifest>(&text)
-                .map(|l| l.manifest)
-                .with_context(|| format!("{}: the backup manifest cannot be read", what.display()))
-        }
-        ManifestAt::Archive(m) => Ok(*m),
-    }
-}
-
-/// One archive's manifest, read as a base.
-fn load_one(ctx: &Context, archive: &Path, keys: &crypt::Keys) -> Result<base::Base> {
-    let source = match find_manifest(ctx, archive, keys)? {
-        ManifestAt::Text(s) => s,
-        // No sidecar (an archive written to a file of its own): rare
-        // enough to go through the text once more.
-        ManifestAt::Archive(m) => base::Source::Manifest {
-            text: String::from_utf8(m.to_json()).context("a manifest is UTF-8")?,
-            what: archive.to_path_buf(),
-        },
-    };
-    let file = archive
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    base::Base::parse(file, source)
-}
-
-/// An archive as the base of an incremental backup: the deployment as it
-/// was then, folded from its chain (the archives it builds on are looked
-/// for next to it).
-fn load_base(
-    ctx: &Context,
-    archive: &Path,
-    keys: &crypt::Keys,
-    ours: Option<&str>,
-) -> Result<base::Base> {
-    let mut newer = Vec::new();
-    let mut cur = archive.to_path_buf();
-    let mut state = loop {
-        let b = load_one(ctx, &cur, keys)?;
-        if b.listing == manifest::Listing::All {
-            break b;
-        }
-        let Some(r) = b.based_on.clone() else {
-            bail!(
-                "{}: an incremental manifest that names no base; the archive is corrupt",
-                cur.display()
-            );
-        };
-        let next = restore::base_next_to(&cur, &r.file, newer.len(), archive)?;
-        newer.push((cur, b));
-        cur = next;
-    };
-    while let Some((path, b)) = newer.pop() {
-        if b.based_on.as_ref().map(|r| r.id.as_str()) != Some(state.reference.id.as_str()) {
-            bail!(
-                "{} does not build on the {} next to it (another archive of that name?)",
-                path.display(),
-                state.reference.file
-            );
-        }
-        state.apply(b);
-    }
-    if let (Some(theirs), Some(ours)) = (state.deployment.as_deref(), ours) {
-        if theirs != ours {
-            return Err(error::usage(format!(
-                "{} was made for another deployment (backup id {theirs}, this one is {ours}); an incremental builds only on this deployment's archives (use --full)",
-                archive.display()
-            )));
-        }
-    }
-    Ok(state)
+    sha256_hex(seed.as_bytes())[..32].to_string()
 }
 
 /// What a backup will do.
@@ -531,7 +146,7 @@ struct Plan {
     base: Option<base::Base>,
     final_path: Option<PathBuf>,
     scan: scan::Scan,
-    info: RelayInfo,
+    info: RelayFacts,
     /// This deployment's backup id (`None` only in a dry run before the
     /// first backup).
     id: Option<String>,
@@ -562,8 +177,8 @@ fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
             _ => None,
         },
     };
-    let running = running_container(ctx);
-    let layout = container_layout(ctx, running.as_ref())?;
+    let running = engine::container::running(ctx);
+    let layout = engine::container::layout(ctx, running.as_ref())?;
     // The queue is read separately (under a pause); a side container's
     // copies of the keys (`setup`/`upgrade` deploying aside) are no state.
     let skip = vec![crate::engine::beside::STAGE_DIR.to_string()];
@@ -581,7 +196,7 @@ fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
             let Some(p) = &base_archive else {
                 return Ok(None);
             };
-            load_base(ctx, p, &opts.keys, id.as_deref())
+            chain::base_of(ctx, p, &opts.keys, id.as_deref())
                 .map(Some)
                 .with_context(|| {
                     format!(
@@ -590,7 +205,7 @@ fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
                     )
                 })
         });
-        let info = scope.spawn(|| relay_facts(ctx, running.is_some()));
+        let info = scope.spawn(|| engine::container::relay_facts(ctx, running.is_some()));
         let scanned = scan::scan(dep, layout, &skip, exclude);
         let base = base
             .join()
@@ -729,7 +344,7 @@ pub fn run(ctx: &Context, opts: &BackupOptions) -> Result<Summary> {
     Ok(summary)
 }
 
-fn show_plan(ctx: &Context, opts: &BackupOptions, plan: &Plan, info: &RelayInfo) {
+fn show_plan(ctx: &Context, opts: &BackupOptions, plan: &Plan, info: &RelayFacts) {
     let files: Vec<&Scanned> = plan
         .scan
         .entries
@@ -857,22 +472,10 @@ struct Flushed {
 /// How often the archive is flushed while it is written.
 const FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// The largest write to a file (the archive; restored files). The kernel
-/// gives a large write large page-cache folios; on a virtual machine whose
-/// free memory goes back to its host, each of those is fresh memory the
-/// host must provide at first touch: writing 500 MiB in 2 MiB writes took
-/// 1.5 s of CPU instead of 0.2 s (perf, `benches/backup.sh`'s archive).
-/// Small folios come from memory the kernel just freed.
-pub(crate) const WRITE_CHUNK: usize = 16 << 10;
-
-/// `w.write_all(data)` in writes of at most [`WRITE_CHUNK`].
-pub(crate) fn write_chunked(w: &mut impl Write, data: &[u8]) -> std::io::Result<()> {
-    data.chunks(WRITE_CHUNK).try_for_each(|c| w.write_all(c))
-}
-
 impl Write for Flushed {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.write(&buf[..buf.len().min(WRITE_CHUNK)])
+        self.file
+            .write(&buf[..buf.len().min(crate::archive::WRITE_CHUNK)])
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
@@ -1025,7 +628,7 @@ fn open_dest(
 }
 
 /// Names for an entry's owner, from the container's databases.
-fn name_owner(e: &mut Entry, info: &RelayInfo) {
+fn name_owner(e: &mut Entry, info: &RelayFacts) {
     e.user = info.users.name(e.uid).map(str::to_string);
     e.group = info.groups.name(e.gid).map(str::to_string);
 }
@@ -1109,7 +712,7 @@ impl Run<'_> {
         w: &mut archive::Writer<W>,
         s: &Scanned,
         content: Option<&[u8]>,
-        info: &RelayInfo,
+        info: &RelayFacts,
         progress: &Progress,
     ) -> Result<()> {
         self.check_interrupt()?;
@@ -1285,7 +888,7 @@ fn write(
     ctx: &Context,
     opts: &BackupOptions,
     plan: Plan,
-    info: RelayInfo,
+    info: RelayFacts,
     signals: usize,
     start: Instant,
 ) -> Result<Summary> {
@@ -1530,7 +1133,7 @@ fn write(
             // clear, for the next incremental (a sidecar in clear would
             // tell the backup's host every mailbox name).
             let chain = plan.base.as_ref().map_or(&[][..], |b| &b.chain[..]);
-            keep_local_copies(
+            chain::keep_local_copies(
                 ctx,
                 (!matches!(opts.encrypt, crypt::Encrypt::None))
                     .then_some((final_path.as_path(), &json_parts[..])),
@@ -1608,24 +1211,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn files_are_written_in_small_pieces() {
-        /// Records the size of each write it is given.
-        struct Sizes(Vec<usize>, Vec<u8>);
-        impl Write for Sizes {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.push(b.len());
-                self.1.extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
+    fn the_archive_file_is_written_in_small_pieces() {
+        use crate::archive::WRITE_CHUNK;
         let data: Vec<u8> = (0..3 * WRITE_CHUNK + 5).map(|i| i as u8).collect();
-        let mut w = Sizes(vec![], vec![]);
-        write_chunked(&mut w, &data).unwrap();
-        assert_eq!(w.0, [WRITE_CHUNK, WRITE_CHUNK, WRITE_CHUNK, 5]);
-        assert_eq!(w.1, data);
         // The archive's file: a 1 MiB buffer above it still writes small.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a");

@@ -37,8 +37,9 @@ use std::collections::VecDeque;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::manifest::{Entry, EntryKind};
+use crate::archive::manifest::{Entry, EntryKind};
 use crate::deployment::{self, Deployment, STATE_MOUNTS};
+pub use crate::engine::mounts::{default_layout, Layout, LayoutFrom, Mount, MountKind};
 use crate::host::tree::Tree;
 
 /// The mail queue, `/var/spool/postfix` in the container: the one part of
@@ -53,150 +54,7 @@ pub const PLACEHOLDERS: &[&str] = &["data/README.md", "custom/README.md"];
 /// limit).
 const MAX_LINKS: u32 = 40;
 
-/// The top-level paths a backup holds, when they exist.
-pub fn top_level() -> Vec<&'static str> {
-    let mut v = vec![
-        deployment::DATA_DIR,
-        deployment::INI_FILE,
-        deployment::ENV_FILE,
-        deployment::CUSTOM_DIR,
-    ];
-    v.extend(deployment::USER_OVERRIDES);
-    v
-}
-
-// ------------------------------------------------------------------ layout
-
-/// What kind of mount the container has at a path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MountKind {
-    /// A host directory (or file) bound in, or a named volume (its data
-    /// directory on the host): readable from the host.
-    Host,
-    /// Memory (`tmpfs`) or anything else the host cannot read.
-    Other(String),
-}
-
-/// One mount of the relay's container.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mount {
-    /// The path in the container, absolute, without a trailing `/`.
-    pub target: String,
-    /// Where it comes from on the host (absolute; [`MountKind::Host`]).
-    pub source: PathBuf,
-    pub kind: MountKind,
-}
-
-/// Where the layout was read from (for the manifest's notes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LayoutFrom {
-    /// `docker inspect` of the running container.
-    Container,
-    /// `docker compose config` of the deployment.
-    Compose,
-}
-
-/// The container's mounts.
-#[derive(Clone, Debug)]
-pub struct Layout {
-    pub mounts: Vec<Mount>,
-    pub from: LayoutFrom,
-}
-
-fn clean_target(t: &str) -> String {
-    let n = crate::host::normalize(Path::new(t))
-        .to_string_lossy()
-        .into_owned();
-    match n.trim_end_matches('/') {
-        "" => "/".to_string(),
-        t => t.to_string(),
-    }
-}
-
-impl Layout {
-    /// From `docker inspect`'s `Mounts` of the container.
-    pub fn from_inspect(mounts: &serde_json::Value) -> Result<Layout> {
-        let list = mounts
-            .as_array()
-            .context("`docker inspect` gave no list of mounts")?;
-        let mut out = Vec::new();
-        for m in list {
-            let s = |k: &str| m.get(k).and_then(|v| v.as_str()).unwrap_or_default();
-            let target = clean_target(s("Destination"));
-            let kind = match s("Type") {
-                "bind" | "volume" => MountKind::Host,
-                other => MountKind::Other(other.to_string()),
-            };
-            out.push(Mount {
-                target,
-                source: PathBuf::from(s("Source")),
-                kind,
-            });
-        }
-        Ok(Layout {
-            mounts: out,
-            from: LayoutFrom::Container,
-        })
-    }
-
-    /// From `docker compose config --format json`: the service's volumes
-    /// and tmpfs. A named volume's data directory is asked from Docker by
-    /// `volume_dir`.
-    pub fn from_compose(
-        config: &serde_json::Value,
-        service: &str,
-        volume_dir: impl Fn(&str) -> Result<PathBuf>,
-    ) -> Result<Layout> {
-        let svc = config
-            .get("services")
-            .and_then(|s| s.get(service))
-            .with_context(|| format!("the Compose configuration has no service {service}"))?;
-        let mut out = Vec::new();
-        if let Some(vols) = svc.get("volumes").and_then(|v| v.as_array()) {
-            for v in vols {
-                let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default();
-                let target = clean_target(s("target"));
-                let (source, kind) = match s("type") {
-                    "bind" => (PathBuf::from(s("source")), MountKind::Host),
-                    "volume" if !s("source").is_empty() => {
-                        let name = config
-                            .get("volumes")
-                            .and_then(|x| x.get(s("source")))
-                            .and_then(|x| x.get("name"))
-                            .and_then(|x| x.as_str())
-                            .unwrap_or(s("source"))
-                            .to_string();
-                        (volume_dir(&name)?, MountKind::Host)
-                    }
-                    other => (PathBuf::new(), MountKind::Other(other.to_string())),
-                };
-                out.push(Mount {
-                    target,
-                    source,
-                    kind,
-                });
-            }
-        }
-        if let Some(t) = svc.get("tmpfs") {
-            let list: Vec<&str> = match t {
-                serde_json::Value::String(s) => vec![s.as_str()],
-                serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str()).collect(),
-                _ => vec![],
-            };
-            for s in list {
-                out.push(Mount {
-                    target: clean_target(s.split(':').next().unwrap_or(s)),
-                    source: PathBuf::new(),
-                    kind: MountKind::Other("tmpfs".into()),
-                });
-            }
-        }
-        Ok(Layout {
-            mounts: out,
-            from: LayoutFrom::Compose,
-        })
-    }
-}
+pub use crate::archive::top_level;
 
 /// `p` split into its components (`/` is none).
 fn comps(p: &str) -> Vec<&str> {
@@ -442,10 +300,11 @@ impl Exclude {
         }
         // A backup directory: its archives, their manifests, the
         // temporary files of backups.
-        let archive = |n: &str| n.starts_with(super::PREFIX) && n.ends_with(super::SUFFIX);
+        let archive =
+            |n: &str| n.starts_with(crate::archive::PREFIX) && n.ends_with(crate::archive::SUFFIX);
         archive(name)
             || name
-                .strip_suffix(super::manifest::SIDECAR_SUFFIX)
+                .strip_suffix(crate::archive::manifest::SIDECAR_SUFFIX)
                 .is_some_and(archive)
             || super::is_partial(name, None)
     }
@@ -1387,31 +1246,6 @@ impl Scan {
             return Ok(Some(entry_of_stat(apath, &st, None, src)));
         }
         Ok(None)
-    }
-}
-
-/// The layout of a deployment whose container is not running and whose
-/// Compose cannot be asked: the appliance's own mounts (docker/docker-compose.yaml),
-/// the host's `/home/vmail` when `migrate --mount-vmail` left its marker.
-pub fn default_layout(dep: &Deployment, host: &crate::host::Host) -> Layout {
-    let mut mounts: Vec<Mount> = STATE_MOUNTS
-        .iter()
-        .map(|(apath, target)| Mount {
-            target: target.to_string(),
-            source: dep.path(apath),
-            kind: MountKind::Host,
-        })
-        .collect();
-    if dep.vmail_marker().exists() {
-        mounts.push(Mount {
-            target: "/home/vmail".into(),
-            source: host.path("/home/vmail"),
-            kind: MountKind::Host,
-        });
-    }
-    Layout {
-        mounts,
-        from: LayoutFrom::Compose,
     }
 }
 

@@ -4,9 +4,9 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
-use crate::backup::crypt::{self, Encrypt, Keys};
-use crate::backup::restore::{self, RestoreOptions};
+use crate::archive::crypt::{self, Encrypt, Keys};
 use crate::backup::{self, BackupOptions, Output};
+use crate::restore::{self, RestoreOptions};
 use crate::Context;
 
 #[derive(Args, Debug, Clone)]

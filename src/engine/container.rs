@@ -8,6 +8,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::mounts::{default_layout, Layout};
 use super::{Project, PROJECT_NAME, SERVICE, WORKING_DIR_LABEL};
 use crate::host::{Captured, Cmd};
 use crate::{error, Context};
@@ -428,6 +429,116 @@ pub fn wait_for_health(ctx: &Context, timeout: Duration, interruptible: bool) ->
 /// Parse docker's RFC 3339 timestamp into a SystemTime.
 pub fn parse_time(ts: &str) -> Option<std::time::SystemTime> {
     humantime::parse_rfc3339_weak(ts.trim_end_matches('Z').split('.').next()?).ok()
+}
+
+// ---------------------------------------------------------------- facts
+
+/// The relay's facts, from the running container.
+#[derive(Clone, Debug, Default)]
+pub struct RelayFacts {
+    pub running: bool,
+    pub image_version: Option<String>,
+    pub relay_commit: Option<String>,
+    pub users: crate::formats::passwd::Names,
+    pub groups: crate::formats::passwd::Names,
+}
+
+/// This deployment's running container, if there is one (a failure to
+/// ask Docker counts as none, said with `-v`).
+pub fn running(ctx: &Context) -> Option<Inspect> {
+    if !ctx.deployment.compose_file().exists() {
+        return None;
+    }
+    match container(ctx, Containers::Running) {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.shell.verbose(format!("no container: {e}"));
+            None
+        }
+    }
+}
+
+/// Versions and the container's users and groups (when it runs).
+pub fn relay_facts(ctx: &Context, running: bool) -> RelayFacts {
+    let mut info = RelayFacts::default();
+    if !running {
+        return info;
+    }
+    info.running = true;
+    let script = "cat /etc/chatmail-image-version 2>/dev/null; echo; echo @@; \
+                  head -n1 /etc/chatmail-version 2>/dev/null; echo; echo @@; \
+                  getent passwd; echo @@; getent group";
+    match exec_output(ctx, ["sh", "-c", script]) {
+        Ok(out) if out.success() => {
+            let parts: Vec<&str> = out.stdout.split("@@\n").collect();
+            let field = |i: usize| {
+                parts
+                    .get(i)
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+            };
+            info.image_version = field(0);
+            info.relay_commit = field(1);
+            info.users =
+                crate::formats::passwd::Names::parse(parts.get(2).copied().unwrap_or_default());
+            info.groups =
+                crate::formats::passwd::Names::parse(parts.get(3).copied().unwrap_or_default());
+        }
+        Ok(out) => ctx.shell.warn(format!(
+            "cannot read the relay's version and users from the container: {}",
+            out.stderr.trim()
+        )),
+        Err(e) => ctx.shell.warn(format!("cannot ask the container: {e}")),
+    }
+    info
+}
+
+/// What the relay's container sees: the running container's mounts, else
+/// those Compose would give it. When Compose cannot be asked, the
+/// appliance's own layout, unless the administrator's override changes
+/// the mounts of the state (then nothing can be known, and the backup
+/// stops).
+pub fn layout(ctx: &Context, running: Option<&Inspect>) -> Result<Layout> {
+    if let Some(m) = running.and_then(|c| c.mounts.as_ref()) {
+        return Layout::from_inspect(m);
+    }
+    if !ctx.deployment.compose_file().exists() {
+        return Ok(default_layout(&ctx.deployment, &ctx.host));
+    }
+    let asked = super::config_json(ctx).and_then(|config| {
+        Layout::from_compose(&config, SERVICE, |name| super::volume_dir(ctx, name))
+    });
+    match asked {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            let overrides = ctx.deployment.user_overrides();
+            let claimed = super::claimed_mounts(&overrides)?;
+            let state: Vec<&str> = crate::deployment::STATE_MOUNTS
+                .iter()
+                .map(|(_, t)| *t)
+                .collect();
+            let touches = |t: &str| {
+                state.iter().any(|s| {
+                    t == *s
+                        || t.strip_prefix(s).is_some_and(|r| r.starts_with('/'))
+                        || s.strip_prefix(t).is_some_and(|r| r.starts_with('/'))
+                        || t == "/"
+                })
+            };
+            if let Some(m) = claimed.iter().find(|m| touches(&m.target)) {
+                bail!(
+                    "cannot ask Compose where the container's state is ({e:#}), and {} mounts {} at {}: fix Compose (`chatmail-docker config` shows the error) and back up again",
+                    m.file.display(),
+                    m.what,
+                    m.target
+                );
+            }
+            ctx.shell.warn(format!(
+                "cannot ask Compose for the container's mounts ({e:#}); backing up the appliance's own layout (docker/docker-compose.yaml)"
+            ));
+            Ok(default_layout(&ctx.deployment, &ctx.host))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! it (`.manifest.json`), and, while a backup runs (or after one was
 //! killed), its partial files. What a backup did is read from the
 //! archives' own headers, as `backup` identifies them
-//! ([`crate::backup::catalog`]: this deployment's archives by the backup
+//! ([`crate::archive::catalog`]: this deployment's archives by the backup
 //! id their headers carry, encrypted ones by the deployment's record of
 //! what it wrote), never from their names or times: a file named like an
 //! archive that is not one, or another relay's archive, is reported, not
@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use super::expo::Samples;
 use super::*;
-use crate::backup::manifest::{Manifest, SIDECAR_SUFFIX};
-use crate::backup::{PREFIX, SUFFIX};
+use crate::archive::manifest::{Manifest, SIDECAR_SUFFIX};
+use crate::archive::{PREFIX, SUFFIX};
 
 /// A partial file untouched for this long belongs to a backup that died.
 const STALE_PARTIAL: Duration = Duration::from_secs(15 * 60);
@@ -118,11 +118,11 @@ pub fn read_dir(ctx: &Context, dir: &Path, now: SystemTime) -> Result<Report, &'
             Name::Foreign => r.foreign.push(name),
         }
     }
-    let id = crate::backup::catalog::deployment_id(ctx, false)
+    let id = crate::archive::catalog::deployment_id(ctx, false)
         .ok()
         .flatten();
     let known =
-        crate::backup::catalog::list(ctx, dir, &Default::default()).map_err(|_| "unreadable")?;
+        crate::archive::catalog::list(ctx, dir, &Default::default()).map_err(|_| "unreadable")?;
     for k in known {
         let name = k
             .path

@@ -238,7 +238,7 @@ pub(crate) fn stand_in(t: &Path, running: bool) -> (PathBuf, PathBuf) {
 }
 
 pub(crate) fn archives(dir: &Path) -> Vec<PathBuf> {
-    backup::archives_in(dir).unwrap()
+    chatmail_docker::archive::archives_in(dir).unwrap()
 }
 
 #[test]
@@ -317,7 +317,8 @@ fn the_queue_is_copied_while_postfix_is_frozen() {
     assert!(pos("echo ready; read _") < pos("systemctl freeze postfix@-.service"));
     assert!(pos("systemctl freeze") < pos("thawed-by-shell"));
     assert!(pos("thawed-by-shell") < pos("systemctl stop chatmail-backup-thaw.timer"));
-    let m = backup::load_manifest(&ctx(&d), &archive, &Default::default()).unwrap();
+    let m = chatmail_docker::archive::chain::load_manifest(&ctx(&d), &archive, &Default::default())
+        .unwrap();
     assert_eq!(m.image_version.as_deref(), Some("img-1"));
     assert_eq!(m.relay_commit.as_deref(), Some("relaycommit"));
     assert!(m.consistency.queue_pause_ms.is_some());
@@ -726,9 +727,9 @@ proptest! {
             backup::run(&ctx(&src), &opts).unwrap();
             states.push((state(&src), inodes(&src)));
             // The chain's manifests, folded, give every file's hash.
-            let mut folded: Option<backup::manifest::Manifest> = None;
-            for a in backup::archives_in(&out).unwrap() {
-                let m = backup::load_manifest(&ctx(&src), &a, &Default::default()).unwrap();
+            let mut folded: Option<chatmail_docker::archive::manifest::Manifest> = None;
+            for a in chatmail_docker::archive::archives_in(&out).unwrap() {
+                let m = chatmail_docker::archive::chain::load_manifest(&ctx(&src), &a, &Default::default()).unwrap();
                 match &mut folded {
                     None => folded = Some(m),
                     Some(f) => f.fold(m),
@@ -739,17 +740,17 @@ proptest! {
             let mut listed: Vec<&String> = folded.entries.iter().map(|e| &e.path).collect();
             listed.sort();
             prop_assert_eq!(listed, now.keys().collect::<Vec<_>>());
-            for e in folded.entries.iter().filter(|e| e.kind == backup::manifest::EntryKind::File) {
+            for e in folded.entries.iter().filter(|e| e.kind == chatmail_docker::archive::manifest::EntryKind::File) {
                 let content = &now[&e.path].3;
                 prop_assert_eq!(e.sha256.clone(), Some(sha256_hex(content)), "{}", e.path);
             }
         }
-        prop_assert_eq!(backup::archives_in(&out).unwrap().len(), 3);
+        prop_assert_eq!(chatmail_docker::archive::archives_in(&out).unwrap().len(), 3);
         // Every archive of the chain restores the deployment as it was.
         for (n, (st, ino)) in states.iter().enumerate() {
             let dst = t.path().join(format!("dst{n}"));
-            let last = &backup::archives_in(&out).unwrap()[n + 1];
-            backup::restore::run(&ctx(&dst), &backup::restore::RestoreOptions {
+            let last = &chatmail_docker::archive::archives_in(&out).unwrap()[n + 1];
+            chatmail_docker::restore::run(&ctx(&dst), &chatmail_docker::restore::RestoreOptions {
                 archive: last.clone(), force: false, json: false, keys: Default::default(),
             }).unwrap();
             prop_assert_eq!(st, &state(&dst));

@@ -1393,13 +1393,13 @@ mod random_archives {
     /// the content of the file it named when its archive was made (that
     /// name may be deleted later; the file stays).
     fn folded(dir: &Path, last: &Path) -> std::collections::BTreeMap<String, String> {
-        use chatmail_docker::backup::manifest::{EntryKind, Manifest};
+        use chatmail_docker::archive::manifest::{EntryKind, Manifest};
         let keys = Default::default();
-        let chain = chatmail_docker::backup::restore::chain(last, &keys).unwrap();
+        let chain = chatmail_docker::archive::chain::headers(last, &keys).unwrap();
         let mut state: Option<Manifest> = None;
         let mut content: std::collections::BTreeMap<String, String> = Default::default();
         for (p, _) in chain {
-            let m = chatmail_docker::backup::restore::read_manifest(
+            let m = chatmail_docker::archive::read::read_manifest(
                 &dir.join(p.file_name().unwrap()),
                 &keys,
             )

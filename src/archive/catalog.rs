@@ -227,7 +227,7 @@ fn identify(p: &Path, keys: &Keys, ledger: &Ledger) -> Option<Header> {
     if encrypted && keys.passphrase.is_none() && keys.identity_files.is_empty() {
         return None;
     }
-    super::restore::read_header(p, keys).ok()
+    super::read::read_header(p, keys).ok()
 }
 
 /// Whether `h` is this deployment's, made by `origin`.
@@ -321,7 +321,7 @@ pub fn to_remove(chains: &[Chain], n: usize, written: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::manifest::{BaseRef, FORMAT};
+    use crate::archive::manifest::{BaseRef, FORMAT};
 
     fn h(id: &str, base: Option<&str>, created: &str, dep: &str) -> Header {
         Header {

@@ -532,7 +532,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::manifest::sample_entry as entry;
+    use crate::archive::manifest::sample_entry as entry;
     use std::fs;
     use std::io::Read;
 

@@ -1,8 +1,7 @@
-//! Owner names: the relay's users (vmail, opendkim, postfix, ...) exist in
-//! the container, not on the host, and their ids may differ between hosts.
-//! A backup records the names the container gives its ids; a restore maps
-//! names back to the ids of the container it restores for, and keeps the
-//! numeric id where it knows no such name.
+//! User and group databases (`/etc/passwd`, `/etc/group`, `getent`): the
+//! relay's users (vmail, opendkim, postfix, ...) exist in the container, not
+//! on the host, and their ids may differ between hosts; a backup records
+//! the names the container gives its ids.
 
 use std::collections::BTreeMap;
 
@@ -48,31 +47,17 @@ impl Names {
     }
 }
 
-/// Map an archived owner to an id here: by name when both sides know it,
-/// else the archived id. Returns the id and whether the name was unknown.
-pub fn map(names: &Names, name: Option<&str>, id: u32) -> (u32, bool) {
-    match name {
-        Some(n) => match names.id(n) {
-            Some(here) => (here, false),
-            None => (id, true),
-        },
-        None => (id, false),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn parses_passwd_and_maps_by_name() {
+    fn parses_passwd() {
         let n = Names::parse(
             "root:x:0:0:root:/root:/bin/sh\nvmail:x:998:998::/home/vmail:/bin/false\nbroken\n",
         );
         assert_eq!(n.name(998), Some("vmail"));
         assert_eq!(n.id("root"), Some(0));
-        assert_eq!(map(&n, Some("vmail"), 5000), (998, false));
-        assert_eq!(map(&n, Some("opendkim"), 107), (107, true));
-        assert_eq!(map(&n, None, 42), (42, false));
+        assert_eq!(n.id("opendkim"), None);
     }
 }

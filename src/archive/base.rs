@@ -245,6 +245,16 @@ impl Base {
     /// Fold `next`, an incremental manifest built on this state, into it:
     /// its deleted paths go, its entries replace or join this state's.
     pub fn apply(&mut self, next: Base) {
+        // An archive of format 1 lists everything, incremental or not.
+        if next.listing == Listing::All {
+            let chain = std::mem::take(&mut self.chain);
+            *self = next;
+            self.chain = chain
+                .into_iter()
+                .chain(std::mem::take(&mut self.chain))
+                .collect();
+            return;
+        }
         for p in &next.deleted {
             if let Ok(found) = self.index.find_entry(hash(p), |&j| {
                 resolve(self.items[j as usize].path, &self.text, &self.aside) == p
@@ -329,6 +339,22 @@ impl Base {
         self.position(path).map(|i| self.found(i))
     }
 
+    /// The paths of this state, in order, with their metadata.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, Found<'_>)> {
+        (0..self.items.len())
+            .filter(|&i| !self.items[i].gone)
+            .map(|i| (self.path(i), self.found(i)))
+    }
+
+    /// How many paths this state has.
+    pub fn len(&self) -> usize {
+        self.items.iter().filter(|i| !i.gone).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// A walk of the current paths against this base.
     pub fn walk(&self) -> Walk<'_> {
         Walk {
@@ -377,7 +403,7 @@ impl<'a> Walk<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::manifest::{sample_entry, Consistency, Kind, Manifest};
+    use crate::archive::manifest::{sample_entry, Consistency, Kind, Manifest};
 
     fn manifest(paths: &[&str]) -> Manifest {
         Manifest {

@@ -370,7 +370,7 @@ mod tests {
                     }),
                     created: "now".into(),
                     deployment: Some("\"entries\":[]".into()),
-                    origin: Some(crate::backup::catalog::Origin::Upgrade),
+                    origin: Some(crate::archive::catalog::Origin::Upgrade),
                 },
                 image_version: Some("v".into()),
                 relay_commit: None,
