@@ -30,16 +30,7 @@ pub const LEDGER: &str = ".chatmail-backup-archives.json";
 /// How many bytes of an archive its fingerprint covers.
 const HEAD: usize = 4096;
 
-/// What made an archive.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Origin {
-    /// `chatmail-docker backup`.
-    #[default]
-    Backup,
-    /// The backup `upgrade` makes before a swap.
-    Upgrade,
-}
+pub use super::manifest::Origin;
 
 /// The deployment's id: read from [`ID_FILE`], made when missing (not in a
 /// dry run: then `None` when there is none yet).
@@ -152,34 +143,7 @@ fn fingerprint(path: &Path) -> Result<(u64, String)> {
     Ok((size, hex::encode(Sha256::digest(&buf[..n]))))
 }
 
-/// Open an archive of a backup directory: a regular file, not a link; never
-/// blocks (a FIFO named like an archive is refused).
-pub fn open_archive(path: &Path) -> Result<(std::fs::File, u64)> {
-    use rustix::fs::{FileType, Mode, OFlags};
-    let fd = rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| match e {
-        rustix::io::Errno::LOOP => {
-            anyhow::anyhow!("{} is a symlink, not an archive", path.display())
-        }
-        e => anyhow::Error::from(std::io::Error::from(e))
-            .context(format!("cannot open {}", path.display())),
-    })?;
-    let st = rustix::fs::fstat(&fd).map_err(std::io::Error::from)?;
-    let kind = FileType::from_raw_mode(st.st_mode);
-    if kind != FileType::RegularFile {
-        anyhow::bail!(
-            "{} is a {}, not an archive",
-            path.display(),
-            crate::host::kind_name(kind)
-        );
-    }
-    rustix::fs::fcntl_setfl(&fd, OFlags::empty()).map_err(std::io::Error::from)?;
-    Ok((std::fs::File::from(fd), st.st_size as u64))
-}
+pub use super::read::open_archive;
 
 /// An archive of a backup directory and what is known about it.
 #[derive(Clone, Debug)]

@@ -15,7 +15,7 @@ use super::base::{self, Base};
 use super::crypt::{self, Keys};
 use super::manifest::{self, BaseRef, Header, Manifest};
 use super::read::untrusted;
-use super::{catalog, MAX_MANIFEST};
+use super::MAX_MANIFEST;
 use crate::Context;
 
 /// The archive `file` that the incremental `cur` builds on, looked for next
@@ -224,7 +224,7 @@ fn find_manifest(ctx: &Context, archive: &Path, keys: &Keys) -> Result<ManifestA
     if fs::symlink_metadata(&side).is_ok() {
         // A regular file of a bounded size: a FIFO or a huge file named
         // like a manifest is refused, never read.
-        let (f, len) = catalog::open_archive(&side)?;
+        let (f, len) = super::read::open_archive(&side)?;
         if len > MAX_MANIFEST {
             bail!(
                 "{} is {len} bytes, more than a backup manifest can be ({MAX_MANIFEST}); remove it (the archive holds its manifest too)",

@@ -53,7 +53,7 @@ pub struct Header {
     pub deployment: Option<String>,
     /// What made it (`backup` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<super::catalog::Origin>,
+    pub origin: Option<Origin>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,6 +306,17 @@ pub fn check_format(header: &Header, archive: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What made an archive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// `chatmail-docker backup`.
+    #[default]
+    Backup,
+    /// The backup `upgrade` makes before a swap.
+    Upgrade,
+}
+
 /// A stored regular file, for tests.
 #[cfg(test)]
 pub(crate) fn sample_entry(path: &str) -> Entry {
@@ -370,7 +381,7 @@ mod tests {
                     }),
                     created: "now".into(),
                     deployment: Some("\"entries\":[]".into()),
-                    origin: Some(crate::archive::catalog::Origin::Upgrade),
+                    origin: Some(Origin::Upgrade),
                 },
                 image_version: Some("v".into()),
                 relay_commit: None,

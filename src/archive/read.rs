@@ -42,7 +42,7 @@ pub fn open(archive: &Path, keys: &Keys) -> Result<Box<dyn Read>> {
         Box::new(io::stdin().lock())
     } else {
         Box::new(
-            super::catalog::open_archive(archive)
+            open_archive(archive)
                 .map_err(|e| {
                     error::usage(format!(
                         "{e:#} (restore reads archives from regular files; give - to read a stream from standard input)"
@@ -286,6 +286,35 @@ impl Model {
     pub fn kind(&self, rel: &str) -> Option<EntryKind> {
         self.paths.get(rel).map(|(k, _)| *k)
     }
+}
+
+/// Open an archive of a backup directory: a regular file, not a link; never
+/// blocks (a FIFO named like an archive is refused).
+pub fn open_archive(path: &Path) -> Result<(std::fs::File, u64)> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP => {
+            anyhow::anyhow!("{} is a symlink, not an archive", path.display())
+        }
+        e => anyhow::Error::from(std::io::Error::from(e))
+            .context(format!("cannot open {}", path.display())),
+    })?;
+    let st = rustix::fs::fstat(&fd).map_err(std::io::Error::from)?;
+    let kind = FileType::from_raw_mode(st.st_mode);
+    if kind != FileType::RegularFile {
+        anyhow::bail!(
+            "{} is a {}, not an archive",
+            path.display(),
+            crate::host::kind_name(kind)
+        );
+    }
+    rustix::fs::fcntl_setfl(&fd, OFlags::empty()).map_err(std::io::Error::from)?;
+    Ok((std::fs::File::from(fd), st.st_size as u64))
 }
 
 /// Where the checked entries of an archive go (a restore's temporary

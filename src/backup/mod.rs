@@ -25,13 +25,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use crate::archive::base;
+pub use crate::archive::manifest::Origin;
 use crate::archive::manifest::{self, Consistency, Entry, EntryKind, Header, Kind, Manifest};
 use crate::archive::write::{self as archive, sha256_hex};
 use crate::archive::{catalog, chain, crypt, PREFIX, SUFFIX};
 use crate::engine::container::RelayFacts;
 use crate::host::parent_dir;
 use crate::{engine, error, Context};
-pub use catalog::Origin;
 use scan::Scanned;
 
 /// Where the archive goes.
