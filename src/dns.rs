@@ -14,11 +14,11 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+use crate::context::Context;
 use crate::engine;
 use crate::error;
 use crate::host;
 use crate::shell::{clean, Shown};
-use crate::Context;
 
 /// What `dns` is asked to do.
 #[derive(Clone, Debug, Default)]

@@ -48,11 +48,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::context::Context;
 use crate::error;
 use crate::formats::dotenv;
 use crate::formats::ini::{self, FastMap, Ini};
 use crate::host;
-use crate::Context;
 
 /// The relay's `[params]` defaults (see the file's header for provenance).
 pub const DEFAULTS_INI: &str = include_str!("chatmail-ini-defaults.ini");
@@ -1071,7 +1071,7 @@ mod tests {
         let env = d.path().join(".env");
         fs::write(&ini, "[params]\nmail_domain = chat.example.org\n").unwrap();
         fs::write(&env, "OWN=1\n").unwrap();
-        let ctx = crate::Context::new(
+        let ctx = crate::context::Context::new(
             d.path(),
             crate::host::Host::new(d.path()),
             crate::shell::Shell::new(

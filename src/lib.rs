@@ -86,12 +86,6 @@ pub fn run(ctx: &Context, command: Command) -> Result<()> {
         Command::Upgrade(a) => a.exec(ctx),
         Command::Metrics(a) => a.exec(ctx),
         Command::Man(a) => a.exec(ctx),
-        Command::Completions(a) => {
-            use clap::CommandFactory;
-            let mut cmd = Cli::command();
-            let shell = a.shell;
-            clap_complete::generate(shell, &mut cmd, "chatmail-docker", &mut std::io::stdout());
-            Ok(())
-        }
+        Command::Completions(a) => a.exec(ctx),
     }
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crate::deployment::Settings;
 use crate::engine::{self, beside, image_id, image_names, Project, SERVICE};
 use crate::overrides::{self, OneShot};
-use crate::{error, ini2env, preflight, sysctl, Context};
+use crate::{context::Context, error, ini2env, preflight, sysctl};
 
 /// How `setup` rebuilds the image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

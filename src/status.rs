@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::engine::{self, Inspect};
 use crate::shell::Shell;
-use crate::{error, overrides, Context};
+use crate::{context::Context, error, overrides};
 
 /// How to show the report.
 #[derive(Clone, Debug, Default)]

@@ -26,8 +26,8 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
+use crate::context::Context;
 use crate::host::{self, Host};
-use crate::Context;
 
 /// The managed file, relative to the host root.
 pub const MANAGED_FILE: &str = "/etc/sysctl.d/60-chatmail-docker-inotify.conf";

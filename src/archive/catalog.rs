@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use super::crypt::Keys;
 use super::manifest::{Header, Kind};
-use crate::Context;
+use crate::context::Context;
 
 /// The deployment's id, in `data/` (archived with it).
 pub const ID_FILE: &str = "data/.chatmail-backup-id";

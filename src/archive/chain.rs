@@ -16,7 +16,7 @@ use super::crypt::{self, Keys};
 use super::manifest::{self, BaseRef, Header, Manifest};
 use super::read::untrusted;
 use super::MAX_MANIFEST;
-use crate::Context;
+use crate::context::Context;
 
 /// The archive `file` that the incremental `cur` builds on, looked for next
 /// to it; `steps` archives of the chain ending in `last` were read so far.

@@ -31,7 +31,7 @@ use crate::archive::write::{self as archive, sha256_hex};
 use crate::archive::{catalog, chain, crypt, PREFIX, SUFFIX};
 use crate::engine::container::RelayFacts;
 use crate::host::parent_dir;
-use crate::{engine, error, Context};
+use crate::{context::Context, engine, error};
 use scan::Scanned;
 
 /// Where the archive goes.

@@ -25,8 +25,8 @@
 use anyhow::Result;
 use std::time::{Duration, Instant};
 
+use crate::context::Context;
 use crate::engine;
-use crate::Context;
 
 /// The unit that runs Postfix's master in Debian's packaging
 /// (`postfix.service` is a stub that starts it).

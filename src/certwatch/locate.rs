@@ -16,10 +16,10 @@ use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 
+use crate::context::Context;
 use crate::deployment::relay::TlsMode;
 use crate::deployment::Settings;
 use crate::engine;
-use crate::Context;
 
 /// The appliance's documented mount for ACME state.
 pub const DEFAULT_ACME_CONTAINER: &str = "/var/lib/acme";

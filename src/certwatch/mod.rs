@@ -26,7 +26,7 @@ use anyhow::{Context as _, Result};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use crate::Context;
+use crate::context::Context;
 use locate::{Target, Walk};
 use material::{CertInfo, Material};
 use reload::{Action, Outcome, Reloader};

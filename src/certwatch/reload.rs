@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
+use crate::context::Context;
 use crate::engine;
-use crate::Context;
 
 /// The units serving TLS inside the container.
 pub const UNITS: &[&str] = &["nginx", "dovecot", "postfix"];

@@ -8,8 +8,8 @@
 use anyhow::{Context as _, Result};
 use std::path::{Path, PathBuf};
 
+use crate::context::Context;
 use crate::host::{shell_quote, Cmd};
-use crate::Context;
 
 /// The unit's name.
 pub const UNIT_NAME: &str = "chatmail-cert-watch.service";

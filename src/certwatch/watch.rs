@@ -29,7 +29,7 @@ use super::locate::Walk;
 use super::material::Material;
 use super::verify::short;
 use super::{apply_exclusive, check, reload, state, Applied, Check, Settings};
-use crate::Context;
+use crate::context::Context;
 
 /// Upper bound on the debounce: a steady stream of events must not
 /// postpone the reload for ever.

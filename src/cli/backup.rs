@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use crate::archive::crypt::{self, Encrypt, Keys};
 use crate::backup::{self, BackupOptions, Output};
+use crate::context::Context;
 use crate::restore::{self, RestoreOptions};
-use crate::Context;
 
 #[derive(Args, Debug, Clone)]
 pub struct BackupArgs {

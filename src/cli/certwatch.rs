@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
-use crate::{certwatch, Context};
+use crate::{certwatch, context::Context};
 
 #[derive(Args, Debug, Clone)]
 pub struct CertWatchArgs {

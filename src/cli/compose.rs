@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use crate::{engine, setup, Context};
+use crate::{context::Context, engine, setup};
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct UpArgs {}

@@ -4,8 +4,8 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
+use crate::context::Context;
 use crate::dns::{self, DnsOptions};
-use crate::Context;
 
 #[derive(Args, Debug, Clone)]
 pub struct DnsArgs {

@@ -4,8 +4,8 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
+use crate::context::Context;
 use crate::ini2env::{self, Output};
-use crate::Context;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct Ini2envArgs {

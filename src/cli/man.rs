@@ -10,7 +10,7 @@ use clap_mangen::roff::{bold, roman, Roff};
 use clap_mangen::Man;
 use std::path::PathBuf;
 
-use crate::{error, Context};
+use crate::{context::Context, error};
 
 /// Where `man --install` puts the pages: searched by `man` on Debian and
 /// Ubuntu without further setup.

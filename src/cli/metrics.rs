@@ -5,7 +5,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{error, metrics, Context};
+use crate::{context::Context, error, metrics};
 
 #[derive(Args, Debug, Clone)]
 pub struct MetricsArgs {

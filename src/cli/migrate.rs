@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
-use crate::{migrate, Context};
+use crate::{context::Context, migrate};
 
 // Migrate a bare-metal chatmail relay on this host into the container
 // deployment: config, DKIM keys, ACME state and mailboxes.

@@ -48,6 +48,21 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
+impl CompletionsArgs {
+    /// Print the completion script (data on stdout, as `--json` is).
+    pub fn exec(self, _ctx: &crate::context::Context) -> anyhow::Result<()> {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        clap_complete::generate(
+            self.shell,
+            &mut cmd,
+            "chatmail-docker",
+            &mut std::io::stdout(),
+        );
+        Ok(())
+    }
+}
+
 impl Cli {
     /// Parse the process's arguments (exits with clap's message and code on
     /// a usage error). Global options may come before or after the command

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use crate::{overrides, Context};
+use crate::{context::Context, overrides};
 
 // `config` regenerates docker/compose.generated.yaml from custom/ (not with
 // --dry-run) and prints what `docker compose config` makes of all compose

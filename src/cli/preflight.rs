@@ -5,7 +5,7 @@ use clap::builder::PossibleValue;
 use clap::{Args, ValueEnum};
 
 use crate::preflight::{self, CheckId};
-use crate::{sysctl, Context};
+use crate::{context::Context, sysctl};
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct PreflightArgs {

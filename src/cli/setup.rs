@@ -6,9 +6,9 @@ use clap::{Args, ValueEnum};
 use std::time::Duration;
 
 use super::preflight::{CheckArgs, SysctlArgs};
+use crate::context::Context;
 use crate::overrides::{self, OneShot, Stage};
 use crate::setup::{self, Rebuild};
-use crate::Context;
 
 #[derive(Args, Debug, Clone)]
 pub struct SetupArgs {

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use crate::{status, Context};
+use crate::{context::Context, status};
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct StatusArgs {

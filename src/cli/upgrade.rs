@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::upgrade::{self, Options};
-use crate::{error, Context};
+use crate::{context::Context, error};
 
 #[derive(Args, Debug, Clone)]
 pub struct UpgradeArgs {

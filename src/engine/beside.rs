@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::engine::{self, Project};
-use crate::{error, Context};
+use crate::{context::Context, error};
 
 /// The label a deployed image carries: what it was deployed for.
 pub const DEPLOYED_LABEL: &str = "org.chatmail-docker.deployed";
@@ -771,7 +771,7 @@ mod tests {
     #[test]
     fn the_side_container_gets_the_seccomp_profile_of_the_deployment() {
         let d = tempfile::tempdir().unwrap();
-        let ctx = crate::Context::new(
+        let ctx = crate::context::Context::new(
             d.path(),
             crate::host::Host::new(d.path()),
             crate::shell::Shell::new(

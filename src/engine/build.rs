@@ -22,8 +22,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::context::Context;
 use crate::error;
-use crate::Context;
 
 /// Environment variable of `docker/docker-compose.yaml`: the bundle file of
 /// the `build_ca` build secret.

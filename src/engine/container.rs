@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::mounts::{default_layout, Layout};
 use super::{Project, PROJECT_NAME, SERVICE, WORKING_DIR_LABEL};
 use crate::host::{Captured, Cmd};
-use crate::{error, Context};
+use crate::{context::Context, error};
 
 /// The container's state as `docker inspect` reports it.
 #[derive(Clone, Debug, Deserialize, Default)]

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::build::{COMMIT_LABEL, VERSION_LABEL};
 use super::Project;
-use crate::{error, Context};
+use crate::{context::Context, error};
 
 /// The first 12 characters of a commit.
 pub fn short(commit: &str) -> &str {

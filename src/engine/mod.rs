@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::host::Cmd;
-use crate::{error, Context};
+use crate::{context::Context, error};
 
 pub mod beside;
 pub mod build;

@@ -29,7 +29,7 @@ use anyhow::{Context as _, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::{engine, error, Context};
+use crate::{context::Context, engine, error};
 use expo::{Def, Samples, Type};
 
 /// The file `--textfile DIR` writes.

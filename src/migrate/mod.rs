@@ -53,7 +53,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::{error, ini2env, Context};
+use crate::{context::Context, error, ini2env};
 use copy::{Totals, Tree};
 use plan::{human, Source};
 use show::Shown as _;

@@ -16,7 +16,7 @@ use std::path::Path;
 use super::show::Shown as _;
 use super::state::{self, Phase, State};
 use super::units;
-use crate::{error, Context};
+use crate::{context::Context, error};
 
 pub fn run(ctx: &Context, yes: bool) -> Result<()> {
     let file = state::path(ctx.deployment.dir());

@@ -9,7 +9,7 @@
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 
-use crate::Context;
+use crate::context::Context;
 
 /// Whether `unit` (a full name) is one of the relay's units
 /// ([`crate::deployment::relay::UNITS`]): the only names that `migrate` records and

@@ -57,7 +57,7 @@ use std::time::SystemTime;
 use crate::deployment::GENERATED_FILE;
 pub use crate::deployment::VMAIL_MARKER;
 use crate::engine::{self, Project};
-use crate::{error, host, Context};
+use crate::{context::Context, error, host};
 
 pub use oneshot::{parse_stages, OneShot, Stage};
 pub use scan::{Mount, MountKind, Skipped};

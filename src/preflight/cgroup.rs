@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use super::{Check, CheckId};
-use crate::Context;
+use crate::context::Context;
 
 /// What `/sys/fs/cgroup` is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

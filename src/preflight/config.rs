@@ -7,8 +7,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use super::{Check, CheckId};
+use crate::context::Context;
 use crate::deployment::Settings;
-use crate::Context;
 
 /// Validate MAIL_DOMAIN in one of the forms the relay accepts: a DNS name,
 /// an IPv4 address ("IP relay"), or a name starting with `_` (test relays

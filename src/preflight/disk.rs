@@ -4,7 +4,7 @@ use anyhow::{Context as _, Result};
 use std::path::Path;
 
 use super::{Check, CheckId};
-use crate::Context;
+use crate::context::Context;
 
 /// Below this, fail; below `DISK_WARN`, warn.
 const DISK_FAIL: u64 = 1 << 30;

@@ -2,8 +2,8 @@
 //! and Compose v2 (the plugin), not v1 or Podman's stand-ins.
 
 use super::{Check, CheckId};
+use crate::context::Context;
 use crate::host::Captured;
-use crate::Context;
 
 /// Whether `docker` is really Podman's docker-compatible CLI.
 fn is_podman(version_output: &str) -> bool {

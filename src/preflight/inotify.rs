@@ -2,7 +2,7 @@
 //! the host can raise (see [`crate::sysctl`]).
 
 use super::{Check, CheckId};
-use crate::{sysctl, Context};
+use crate::{context::Context, sysctl};
 
 pub(super) fn check_inotify(ctx: &Context, min: &sysctl::Limits, must_pass: bool) -> Check {
     const ID: &str = CheckId::Inotify.id();

@@ -16,7 +16,7 @@ use crate::shell::Shown as _;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::{error, sysctl, Context};
+use crate::{context::Context, error, sysctl};
 
 mod arch;
 mod cgroup;

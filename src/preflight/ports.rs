@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::fs;
 
 use super::{Check, CheckId};
+use crate::context::Context;
 use crate::deployment::Env;
 use crate::engine::{self, Containers};
-use crate::Context;
 
 /// A port the appliance binds on the host network.
 #[derive(Clone, Debug, PartialEq, Eq)]

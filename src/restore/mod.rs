@@ -42,7 +42,7 @@ use crate::archive::{self, chain};
 use crate::host::flush::{Flusher, Target};
 use crate::host::interrupt;
 use crate::host::tree::Tree;
-use crate::{deployment, error, Context};
+use crate::{context::Context, deployment, error};
 
 /// How often the restored tree's file system is flushed while it is written.
 const FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_millis(200);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::host::Cmd;
 use crate::shell::Shown;
-use crate::{error, Context};
+use crate::{context::Context, error};
 
 /// How long a `git fetch` may take before it counts as "no network".
 const FETCH_LIMIT: Duration = Duration::from_secs(120);

@@ -41,7 +41,7 @@ pub use crate::engine::image::Release;
 use crate::engine::image::{image_release, image_size, restore_tag, tag_image};
 use crate::engine::{self, image_id, Project, SERVICE};
 use crate::shell::Shown;
-use crate::{backup, error, overrides, Context};
+use crate::{backup, context::Context, error, overrides};
 use git::{short, Checkout};
 use state::{Phase, RestorePoint, UpgradeState};
 

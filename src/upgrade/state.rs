@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use super::git::{is_full_hex, Checkout, Position};
 use super::Release;
+use crate::context::Context;
 use crate::shell::Shown;
-use crate::Context;
 
 /// The state file, relative to the deployment directory.
 pub const STATE_FILE: &str = "data/.upgrade-state.json";
