@@ -52,7 +52,7 @@ pub struct Options {
     /// How long to wait for the container to become healthy.
     pub wait_timeout: Duration,
     /// Deploy the configuration in a side container before starting.
-    pub stage: bool,
+    pub deploy_beside: bool,
     /// How to build the image (extra CA certificates).
     pub build: crate::engine::build::BuildOptions,
 }
@@ -284,7 +284,7 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     };
     // 5b. The configuration deployed beside the relay, when the container
     // is made anew.
-    if args.stage && args.one_shot.is_empty() {
+    if args.deploy_beside && args.one_shot.is_empty() {
         if ctx.dry_run {
             ctx.shell.out(
                 "would deploy the configuration in a side container first (when the image is not deployed for it yet)",

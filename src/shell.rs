@@ -14,6 +14,9 @@
 //! [`Shown::shown`]. Only [`Shell::data`] (`--json`, `--stdout`: output
 //! for programs) is printed as it is.
 
+// The one place that prints to the terminal, and reads NO_COLOR.
+#![allow(clippy::disallowed_macros, clippy::disallowed_methods)]
+
 use anstyle::{AnsiColor, Style};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -194,6 +197,13 @@ impl Shell {
         let mut out = std::io::stdout().lock();
         // A closed pipe (`| head`) is not an error worth reporting.
         let _ = writeln!(out, "{}", text.as_ref());
+    }
+
+    /// Data that is the command's result when stdout holds something else
+    /// (`backup - --json`: the archive): stderr, always printed, exact.
+    pub fn data_to_stderr(&self, text: impl AsRef<str>) {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{}", text.as_ref());
     }
 
     /// A status line on stderr: `  verb message`, verb highlighted.

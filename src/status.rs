@@ -32,7 +32,6 @@ pub struct UnitState {
 
 /// The states of the relay's units inside the running container.
 pub fn unit_states(ctx: &Context) -> Result<Vec<UnitState>> {
-    use crate::migrate::units;
     // The units the relay enables (those a timer or path unit starts are
     // idle between runs, not a problem to show).
     let names: Vec<String> = crate::deployment::relay::UNITS
@@ -56,7 +55,7 @@ pub fn unit_states(ctx: &Context) -> Result<Vec<UnitState>> {
             out.stderr.trim()
         );
     }
-    Ok(units::parse_show(&out.stdout, &names)?
+    Ok(crate::formats::systemctl::parse_show(&out.stdout, &names)?
         .into_iter()
         .filter(|u| u.exists())
         .map(|u| UnitState {

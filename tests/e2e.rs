@@ -19,6 +19,7 @@
 //! `tests/images/build-base.sh` (cached by content hash), because no image
 //! registry is assumed to be reachable.
 
+#![allow(clippy::disallowed_macros, clippy::disallowed_methods)] // tests print to their log and read CI
 mod e2e_support;
 
 use e2e_support::*;

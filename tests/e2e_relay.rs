@@ -14,6 +14,7 @@
 //! order inside one test. Without a Docker daemon the test is skipped with a
 //! printed reason, except under CI=true where that is a failure.
 
+#![allow(clippy::disallowed_macros, clippy::disallowed_methods)] // tests print to their log and read CI
 mod e2e_support;
 
 use std::fs;

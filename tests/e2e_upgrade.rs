@@ -16,6 +16,7 @@
 //! `--rollback` goes back to the snapshot. Mail is delivered after every
 //! step, and the first messages stay readable throughout.
 
+#![allow(clippy::disallowed_macros, clippy::disallowed_methods)] // tests print to their log and read CI
 mod e2e_support;
 
 use std::fs;

@@ -1,4 +1,4 @@
-//! The archive stream: tar entries cut into pieces of about 4 MiB, each
+//! The archive stream: tar entries cut into pieces of about 2 MiB, each
 //! compressed by a pool of threads into its own zstd frame (checksum on)
 //! and written in order. Concatenated frames are one zstd stream, so the
 //! archive still reads with `zstd -d | tar -x`.

@@ -181,7 +181,7 @@ fn plan(ctx: &Context, opts: &BackupOptions) -> Result<Plan> {
     let layout = engine::container::layout(ctx, running.as_ref())?;
     // The queue is read separately (under a pause); a side container's
     // copies of the keys (`setup`/`upgrade` deploying aside) are no state.
-    let skip = vec![crate::engine::beside::STAGE_DIR.to_string()];
+    let skip = vec![crate::engine::beside::BESIDE_DIR.to_string()];
     // The base's manifest and the relay's facts are read while the
     // deployment is scanned.
     let (base, info, scanned) = std::thread::scope(|scope| {
@@ -301,7 +301,7 @@ pub fn run(ctx: &Context, opts: &BackupOptions) -> Result<Summary> {
     if opts.json {
         let text = serde_json::to_string_pretty(&summary)?;
         if opts.output == Output::Stdout {
-            eprintln!("{text}");
+            ctx.shell.data_to_stderr(text);
         } else {
             ctx.shell.data(text);
         }

@@ -1280,7 +1280,7 @@ mod tests {
         scan(
             dep,
             l,
-            &[crate::engine::beside::STAGE_DIR.to_string()],
+            &[crate::engine::beside::BESIDE_DIR.to_string()],
             Exclude::default(),
         )
         .unwrap()

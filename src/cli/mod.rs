@@ -273,6 +273,9 @@ pub enum Command {
 /// How a message names where a path came from: the environment variable
 /// `env` when it holds this value (clap takes it from there when the
 /// option is not given), else the option `flag`.
+// The command line's own environment variables are read here, with the
+// arguments.
+#[allow(clippy::disallowed_methods)]
 pub(crate) fn option_name(flag: &str, env: Option<&str>, value: &Path) -> String {
     match env {
         Some(var) if std::env::var_os(var).is_some_and(|v| v == value.as_os_str()) => {

@@ -101,7 +101,7 @@ impl SetupArgs {
             rebuild: self.rebuild,
             force: self.force,
             wait_timeout: Duration::from_secs(self.wait_timeout),
-            stage: !self.no_stage,
+            deploy_beside: !self.no_stage,
             build: crate::engine::build::BuildOptions {
                 ca_name: self
                     .build_ca

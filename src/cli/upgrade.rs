@@ -92,7 +92,7 @@ impl UpgradeArgs {
                     fetch: !self.no_fetch,
                     allow_dirty: self.allow_dirty,
                     backup: !self.no_backup,
-                    stage: !self.no_stage,
+                    deploy_beside: !self.no_stage,
                     backup_dir: self.backup_dir,
                     wait_timeout: timeout,
                     build: crate::engine::build::BuildOptions {

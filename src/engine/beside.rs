@@ -42,7 +42,7 @@ pub const FROM_LABEL: &str = "org.chatmail-docker.deployed-from";
 /// The side container's name.
 const NAME: &str = "chatmail-upgrade-stage";
 /// Where the copies live while it runs, relative to the deployment.
-pub const STAGE_DIR: &str = "data/.upgrade-stage";
+pub const BESIDE_DIR: &str = "data/.upgrade-stage";
 
 /// The persistent mounts: (target, what the side container gets).
 const DATA: &[(&str, Seed)] = &[
@@ -480,7 +480,7 @@ fn deploy_aside(
     network: Network,
 ) -> Result<String> {
     check_stageable(svc)?;
-    let dir = ctx.deployment.path(STAGE_DIR);
+    let dir = ctx.deployment.path(BESIDE_DIR);
     remove_container(ctx);
     let _ = std::fs::remove_dir_all(&dir);
     let _cleanup = Cleanup {

@@ -6,3 +6,4 @@
 pub mod dotenv;
 pub mod ini;
 pub mod passwd;
+pub mod systemctl;

@@ -24,13 +24,13 @@ pub struct Position {
 /// A release version from a tag: `1.12.0`, `v1.2` (numbers only; a tag
 /// with a suffix such as `-rc1` is no release).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Release {
+pub struct ReleaseTag {
     pub tag: String,
     pub numbers: Vec<u64>,
 }
 
-impl Release {
-    pub fn parse(tag: &str) -> Option<Release> {
+impl ReleaseTag {
+    pub fn parse(tag: &str) -> Option<ReleaseTag> {
         let v = tag.strip_prefix('v').unwrap_or(tag);
         let numbers: Option<Vec<u64>> = v
             .split('.')
@@ -41,13 +41,13 @@ impl Release {
             })
             .collect();
         let numbers = numbers?;
-        (numbers.len() >= 2).then(|| Release {
+        (numbers.len() >= 2).then(|| ReleaseTag {
             tag: tag.to_string(),
             numbers,
         })
     }
 
-    fn cmp_version(&self, other: &Release) -> Ordering {
+    fn cmp_version(&self, other: &ReleaseTag) -> Ordering {
         let n = self.numbers.len().max(other.numbers.len());
         for i in 0..n {
             let (a, b) = (
@@ -65,9 +65,9 @@ impl Release {
 }
 
 /// The newest release among tag names.
-pub fn newest_release<'a>(tags: impl IntoIterator<Item = &'a str>) -> Option<Release> {
+pub fn newest_release<'a>(tags: impl IntoIterator<Item = &'a str>) -> Option<ReleaseTag> {
     tags.into_iter()
-        .filter_map(Release::parse)
+        .filter_map(ReleaseTag::parse)
         .max_by(|a, b| a.cmp_version(b))
 }
 
@@ -326,7 +326,7 @@ impl<'a> Checkout<'a> {
         }
         let releases: Vec<String> = {
             let tags = self.tags().unwrap_or_default();
-            let mut r: Vec<Release> = tags.iter().filter_map(|t| Release::parse(t)).collect();
+            let mut r: Vec<ReleaseTag> = tags.iter().filter_map(|t| ReleaseTag::parse(t)).collect();
             r.sort_by(|a, b| b.cmp_version(a));
             r.into_iter().take(5).map(|r| r.tag).collect()
         };
@@ -386,7 +386,8 @@ impl<'a> Checkout<'a> {
     /// its commit; and the newer release tags passed over, each with why.
     pub fn newest_usable_release(&self) -> Result<Newest> {
         let tags = self.tags()?;
-        let mut releases: Vec<Release> = tags.iter().filter_map(|t| Release::parse(t)).collect();
+        let mut releases: Vec<ReleaseTag> =
+            tags.iter().filter_map(|t| ReleaseTag::parse(t)).collect();
         releases.sort_by(|a, b| b.cmp_version(a));
         let mut skipped = Vec::new();
         for r in releases {
@@ -492,7 +493,7 @@ pub const RELAY_CODE: &[(&str, &str)] = &[
 #[derive(Clone, Debug, Default)]
 pub struct Newest {
     /// The release and its commit.
-    pub release: Option<(Release, String)>,
+    pub release: Option<(ReleaseTag, String)>,
     /// Newer release tags that are no release, each with the reason.
     pub skipped: Vec<(String, String)>,
 }
@@ -515,10 +516,10 @@ mod tests {
     fn releases_sort_by_number_not_by_text() {
         let newest = newest_release(["1.9.0", "1.12.0", "1.10.3", "main", "1.13.0-rc1", "v0.9"]);
         assert_eq!(newest.unwrap().tag, "1.12.0");
-        assert!(Release::parse("1.13.0-rc1").is_none());
-        assert!(Release::parse("2024").is_none());
-        assert!(Release::parse("1..2").is_none());
-        assert_eq!(Release::parse("v1.2").unwrap().numbers, vec![1, 2]);
+        assert!(ReleaseTag::parse("1.13.0-rc1").is_none());
+        assert!(ReleaseTag::parse("2024").is_none());
+        assert!(ReleaseTag::parse("1..2").is_none());
+        assert_eq!(ReleaseTag::parse("v1.2").unwrap().numbers, vec![1, 2]);
         assert_eq!(newest_release(["1.2", "1.2.1"]).unwrap().tag, "1.2.1");
         assert!(newest_release(["latest"]).is_none());
     }

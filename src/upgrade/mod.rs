@@ -69,7 +69,7 @@ pub struct Options {
     /// Deploy the new release in a side container first, so the swap is
     /// a restart (the running release is deployed so in any case, for a
     /// quick rollback).
-    pub stage: bool,
+    pub deploy_beside: bool,
     /// Where that backup goes (default: `backups/` in the deployment).
     pub backup_dir: Option<PathBuf>,
     /// How long the new container may take to become healthy.
@@ -450,7 +450,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
             relay.display(),
             short(&p.to.commit)
         ));
-        if opts.stage {
+        if opts.deploy_beside {
             say("would deploy the new release in a side container without network (copies of the keys, no mail) and keep the result as the image".into());
         }
         if opts.backup {
@@ -577,7 +577,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
 
     // 4. The new release deployed beside the relay.
     let mut new_id = built_id.clone();
-    if opts.stage {
+    if opts.deploy_beside {
         ctx.shell.status(
             "Deploying",
             format!(

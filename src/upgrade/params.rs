@@ -138,6 +138,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)]
     fn the_relay_snapshot_reads_its_known_keys() {
         let Some(src) = snapshot_config_py() else {
             assert_ne!(

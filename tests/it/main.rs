@@ -7,6 +7,7 @@
 //! A test that needs a tool that is missing is skipped with a reason, and
 //! fails instead under CI (see [`support::require`]).
 
+#![allow(clippy::disallowed_macros, clippy::disallowed_methods)] // tests print to their log and read CI
 mod support;
 
 mod appliance_init;
