@@ -61,6 +61,35 @@ fn comps(p: &str) -> Vec<&str> {
     p.split('/').filter(|c| !c.is_empty()).collect()
 }
 
+/// The relative link text `target`, found in the container directory
+/// `dir` (a path without links), as the absolute path that means the same
+/// there. A link inside a directory archived in the place of a link to it
+/// is restored somewhere else: its relative text would lead elsewhere.
+fn absolute_in(dir: &[String], target: &str) -> String {
+    let mut base: Vec<&str> = dir.iter().map(String::as_str).collect();
+    let mut parts = target.split('/').peekable();
+    while let Some(&c) = parts.peek() {
+        match c {
+            "" | "." => {}
+            ".." => {
+                base.pop();
+            }
+            _ => break,
+        }
+        parts.next();
+    }
+    let rest: Vec<&str> = parts.collect();
+    let mut out = String::new();
+    for c in base.iter().chain(&rest) {
+        out.push('/');
+        out.push_str(c);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
 /// Whether the component list `p` is `prefix` or below it.
 fn under(p: &[impl AsRef<str>], prefix: &[impl AsRef<str>]) -> bool {
     p.len() >= prefix.len() && prefix.iter().zip(p).all(|(a, b)| a.as_ref() == b.as_ref())
@@ -296,7 +325,7 @@ impl Exclude {
         }
         if let Some(file) = self.file.as_deref() {
             // A backup to a file: that file and its temporary file.
-            return name == file || super::is_partial(name, Some(file));
+            return name == file || super::dest::is_partial(name, Some(file));
         }
         // A backup directory: its archives, their manifests, the
         // temporary files of backups.
@@ -306,7 +335,7 @@ impl Exclude {
             || name
                 .strip_suffix(crate::archive::manifest::SIDECAR_SUFFIX)
                 .is_some_and(archive)
-            || super::is_partial(name, None)
+            || super::dest::is_partial(name, None)
     }
 }
 
@@ -704,6 +733,14 @@ impl Walker<'_> {
                         let leads = match &here.cpath {
                             Some(c) => self.view.leads(c, &target),
                             None => Leads::Inside,
+                        };
+                        // Archived where the container did not find it:
+                        // the same meaning needs the absolute path.
+                        let target = match &here.cpath {
+                            Some(c) if !here.suffix && !target.starts_with('/') => {
+                                absolute_in(c, &target)
+                            }
+                            _ => target,
                         };
                         match leads {
                             Leads::Inside => {
@@ -1417,6 +1454,10 @@ mod tests {
         fs::write(srv.join("archive/old/m1"), "old mail").unwrap();
         fs::write(srv.join("note"), "a file").unwrap();
         symlink("/srv/data/archive", home.join("vmail/mail/archive")).unwrap();
+        // Relative links in what is archived in a link's place: their
+        // meaning kept by the absolute path.
+        symlink("../gone", srv.join("archive/dangling")).unwrap();
+        symlink("../../../var/lib/acme/certs/c", srv.join("archive/cert")).unwrap();
         symlink("../../../srv/data/note", home.join("vmail/note")).unwrap();
         // A host path the container does not have, and a dangling link:
         // kept, with a note for the absolute one.
@@ -1444,6 +1485,20 @@ mod tests {
             content(&s, "data/chatmail/vmail/mail/archive/old/m1"),
             "old mail"
         );
+        for (p, to) in [
+            (
+                "data/chatmail/vmail/mail/archive/dangling",
+                "/srv/data/gone",
+            ),
+            (
+                "data/chatmail/vmail/mail/archive/cert",
+                "/var/lib/acme/certs/c",
+            ),
+            ("data/chatmail-acme/live/x", "../certs/c"),
+        ] {
+            assert_eq!(get(p).entry.kind, EntryKind::Symlink, "{p}");
+            assert_eq!(get(p).entry.target.as_deref(), Some(to), "{p}");
+        }
         assert_eq!(get("data/chatmail/vmail/note").entry.kind, EntryKind::File);
         assert_eq!(content(&s, "data/chatmail/vmail/note"), "a file");
         for p in [
@@ -1470,6 +1525,15 @@ mod tests {
             "{:?}",
             s.skipped.notes
         );
+    }
+
+    #[test]
+    fn relative_link_text_made_absolute() {
+        let dir: Vec<String> = ["srv", "extra", "n0"].map(String::from).to_vec();
+        assert_eq!(absolute_in(&dir, "../n1"), "/srv/extra/n1");
+        assert_eq!(absolute_in(&dir, "./a/../b"), "/srv/extra/n0/a/../b");
+        assert_eq!(absolute_in(&dir, "../../../../.."), "/");
+        assert_eq!(absolute_in(&dir, "x/"), "/srv/extra/n0/x/");
     }
 
     #[test]
