@@ -240,7 +240,7 @@ pub fn validate(ctx: &Context, st: &UpgradeState, image: &str, checkout: &Checko
         }
         release("previous.release", &prev.release)?;
         if let Some(tag) = &prev.image_tag {
-            let expected = super::restore_tag(image, &prev.release.commit);
+            let expected = crate::engine::image::restore_tag(image, &prev.release.commit);
             if *tag != expected {
                 return Err(bad(
                     "previous.image_tag",
