@@ -405,29 +405,19 @@ pub fn extract(
     signals: usize,
 ) -> Result<Extracted> {
     let mut ar = tar_of(r, archive)?;
-    let mut hashes = Hashes::new();
+    let mut read = ArchiveRead {
+        hashes: Hashes::new(),
+        seen: Default::default(),
+        kinds: BTreeMap::new(),
+    };
     let mut manifest: Option<(Manifest, String)> = None;
     let mut header: Option<Header> = None;
-    // Every path once per archive: a second entry could rewrite a file
-    // through a hard link after its hash was taken.
-    let mut seen: rustc_hash::FxHashSet<String> = Default::default();
-    // What this archive's tar entries are, checked against its manifest.
-    let mut kinds: BTreeMap<String, EntryKind> = BTreeMap::new();
     {
         let entries = ar.entries().with_context(|| corrupt(archive))?;
         for item in entries {
             let mut e = item.with_context(|| corrupt(archive))?;
             if header.is_none() {
-                let h = read_header_from(&mut e, archive)?;
-                if let Some(want) = expect_base {
-                    if h.base.as_ref().map(|b| b.id.as_str()) != Some(want) {
-                        bail!(
-                            "{} does not build on the archive before it in the chain; restore a chain in the order it was made",
-                            archive.display()
-                        );
-                    }
-                }
-                header = Some(h);
+                header = Some(first_header(&mut e, archive, expect_base)?);
                 continue;
             }
             let raw = e.path_bytes().into_owned();
@@ -450,93 +440,11 @@ pub fn extract(
             if interrupt::since(signals) {
                 return Err(interrupt::interrupted("interrupted: nothing was restored"));
             }
-            let Ok(raw) = String::from_utf8(raw) else {
-                return Err(untrusted(archive, "an entry's name is not UTF-8"));
-            };
-            let rel = checked_path(&raw, archive)?;
-            if !seen.insert(rel.clone()) {
-                bail!(
-                    "{}: {rel} appears twice; {}",
-                    archive.display(),
-                    corrupt(archive)
-                );
-            }
-            let ty = e.header().entry_type();
-            let kind = match ty {
-                tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
-                tar::EntryType::Directory => EntryKind::Dir,
-                tar::EntryType::Symlink => EntryKind::Symlink,
-                tar::EntryType::Link => EntryKind::Hardlink,
-                other => {
-                    return Err(untrusted(
-                        archive,
-                        format!("entry {rel} has a type ({other:?}) a backup never holds"),
-                    ))
-                }
-            };
-            if !rel.contains('/') && kind != top_kind(&rel) {
-                return Err(untrusted(
-                    archive,
-                    format!(
-                        "{rel} is a {}; it must be a {}",
-                        kind_word(kind),
-                        kind_word(top_kind(&rel))
-                    ),
-                ));
-            }
-            // The manifest has the mode too (checked there); a header without
-            // one is taken as none.
-            let mode = e.header().mode().unwrap_or(0);
-            check_mode(&rel, kind, mode, archive)?;
-            model.check_parents(&rel, archive)?;
-            let target = match kind {
-                EntryKind::Symlink | EntryKind::Hardlink => {
-                    Some(e.link_name_bytes().map(|t| t.into_owned()).ok_or_else(|| {
-                        untrusted(archive, format!("the link {rel} has no target"))
-                    })?)
-                }
-                _ => None,
-            };
-            if kind == EntryKind::Hardlink {
-                let t = String::from_utf8(target.clone().unwrap_or_default()).map_err(|_| {
-                    untrusted(
-                        archive,
-                        format!("the hard link {rel}'s target is not UTF-8"),
-                    )
-                })?;
-                let t = checked_path(&t, archive)?;
-                let known = match model.kind(&t) {
-                    Some(k) => k == EntryKind::File,
-                    None => model.alone,
-                };
-                if !known || t == rel {
-                    return Err(untrusted(
-                        archive,
-                        format!("the hard link {rel} does not lead to a file of the backup"),
-                    ));
-                }
-            }
-            let size = e.header().entry_size().with_context(|| corrupt(archive))?;
-            let replaced = model.set(&rel, kind, if kind == EntryKind::File { size } else { 0 });
-            kinds.insert(rel.clone(), kind);
-            let io_ctx = || format!("cannot write {rel}");
-            if replaced {
-                sink.remove(&rel, &mut hashes).with_context(io_ctx)?;
-            }
-            match kind {
-                EntryKind::File => sink.file(&rel, size, &mut e, &mut hashes)?,
-                EntryKind::Dir => sink.dir(&rel).with_context(io_ctx)?,
-                EntryKind::Symlink => sink
-                    .symlink(&rel, &target.unwrap_or_default())
-                    .with_context(io_ctx)?,
-                EntryKind::Hardlink => {
-                    let t = String::from_utf8(target.unwrap_or_default()).unwrap_or_default();
-                    sink.hard_link(&rel, &t, &mut hashes).with_context(io_ctx)?;
-                }
-            }
+            let c = check_tar_entry(&e, raw, archive, model, &mut read.seen)?;
+            read.hand_over(c, &mut e, sink, model)?;
         }
     }
-    sink.flush(&mut hashes)?;
+    sink.flush(&mut read.hashes)?;
     // Read to the end of the stream so that zstd checks its checksum.
     io::copy(&mut ar.into_inner(), &mut io::sink()).with_context(|| corrupt(archive))?;
     let header = header.with_context(|| corrupt(archive))?;
@@ -547,52 +455,219 @@ pub fn extract(
             corrupt(archive)
         );
     };
-    if m.header != header {
+    read.check_manifest(&m, &header, archive)?;
+    Ok(Extracted { manifest: m, text })
+}
+
+/// The archive's header, its first entry; `expect_base`: the id of the
+/// archive it must build on.
+fn first_header<R: Read>(
+    e: &mut tar::Entry<R>,
+    archive: &Path,
+    expect_base: Option<&str>,
+) -> Result<Header> {
+    let h = read_header_from(e, archive)?;
+    if let Some(want) = expect_base {
+        if h.base.as_ref().map(|b| b.id.as_str()) != Some(want) {
+            bail!(
+                "{} does not build on the archive before it in the chain; restore a chain in the order it was made",
+                archive.display()
+            );
+        }
+    }
+    Ok(h)
+}
+
+/// What reading one archive found so far.
+struct ArchiveRead {
+    hashes: Hashes,
+    /// Every path once per archive: a second entry could rewrite a file
+    /// through a hard link after its hash was taken.
+    seen: rustc_hash::FxHashSet<String>,
+    /// What this archive's tar entries are, checked against its manifest.
+    kinds: BTreeMap<String, EntryKind>,
+}
+
+/// A tar entry of a backup, checked.
+struct Checked {
+    rel: String,
+    kind: EntryKind,
+    /// A link's target.
+    target: Option<Vec<u8>>,
+    size: u64,
+}
+
+/// Check the tar entry `e` (named `raw`) against what a backup holds and
+/// against the restore so far (`model`).
+fn check_tar_entry<R: Read>(
+    e: &tar::Entry<R>,
+    raw: Vec<u8>,
+    archive: &Path,
+    model: &Model,
+    seen: &mut rustc_hash::FxHashSet<String>,
+) -> Result<Checked> {
+    let Ok(raw) = String::from_utf8(raw) else {
+        return Err(untrusted(archive, "an entry's name is not UTF-8"));
+    };
+    let rel = checked_path(&raw, archive)?;
+    if !seen.insert(rel.clone()) {
         bail!(
-            "{}: the manifest does not belong to the header; {}",
+            "{}: {rel} appears twice; {}",
             archive.display(),
             corrupt(archive)
         );
     }
-    for e in &m.entries {
-        check_entry(e, archive)?;
-    }
-    for d in &m.deleted {
-        checked_path(d, archive)?;
-    }
-    let mut expected = 0usize;
-    for e in m.entries.iter().filter(|e| e.stored) {
-        if kinds.get(&e.path) != Some(&e.kind) {
+    let kind = match e.header().entry_type() {
+        tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
+        tar::EntryType::Directory => EntryKind::Dir,
+        tar::EntryType::Symlink => EntryKind::Symlink,
+        tar::EntryType::Link => EntryKind::Hardlink,
+        other => {
             return Err(untrusted(
                 archive,
-                format!("{} is not in the archive as its manifest says", e.path),
+                format!("entry {rel} has a type ({other:?}) a backup never holds"),
+            ))
+        }
+    };
+    if !rel.contains('/') && kind != top_kind(&rel) {
+        return Err(untrusted(
+            archive,
+            format!(
+                "{rel} is a {}; it must be a {}",
+                kind_word(kind),
+                kind_word(top_kind(&rel))
+            ),
+        ));
+    }
+    // The manifest has the mode too (checked there); a header without one
+    // is taken as none.
+    let mode = e.header().mode().unwrap_or(0);
+    check_mode(&rel, kind, mode, archive)?;
+    model.check_parents(&rel, archive)?;
+    let target = match kind {
+        EntryKind::Symlink | EntryKind::Hardlink => Some(
+            e.link_name_bytes()
+                .map(|t| t.into_owned())
+                .ok_or_else(|| untrusted(archive, format!("the link {rel} has no target")))?,
+        ),
+        _ => None,
+    };
+    if kind == EntryKind::Hardlink {
+        let t = String::from_utf8(target.clone().unwrap_or_default()).map_err(|_| {
+            untrusted(
+                archive,
+                format!("the hard link {rel}'s target is not UTF-8"),
+            )
+        })?;
+        let t = checked_path(&t, archive)?;
+        let known = match model.kind(&t) {
+            Some(k) => k == EntryKind::File,
+            None => model.alone,
+        };
+        if !known || t == rel {
+            return Err(untrusted(
+                archive,
+                format!("the hard link {rel} does not lead to a file of the backup"),
             ));
         }
-        if e.kind != EntryKind::File {
-            continue;
+    }
+    let size = e.header().entry_size().with_context(|| corrupt(archive))?;
+    Ok(Checked {
+        rel,
+        kind,
+        target,
+        size,
+    })
+}
+
+impl ArchiveRead {
+    /// Hand the checked entry `c` (its content read from `data`) to the
+    /// sink, replacing what an earlier archive of the chain had there.
+    fn hand_over(
+        &mut self,
+        c: Checked,
+        data: &mut dyn Read,
+        sink: &mut dyn Sink,
+        model: &mut Model,
+    ) -> Result<()> {
+        let Checked {
+            rel,
+            kind,
+            target,
+            size,
+        } = c;
+        let hashes = &mut self.hashes;
+        let replaced = model.set(&rel, kind, if kind == EntryKind::File { size } else { 0 });
+        self.kinds.insert(rel.clone(), kind);
+        let io_ctx = || format!("cannot write {rel}");
+        if replaced {
+            sink.remove(&rel, hashes).with_context(io_ctx)?;
         }
-        expected += 1;
-        match hashes.get(&e.path) {
-            Some((sha, size)) if Some(sha) == e.sha256.as_ref() && *size == e.size => {}
-            Some(_) => bail!(
-                "{}: {} does not match its checksum; the archive is corrupt (nothing was restored)",
+        match kind {
+            EntryKind::File => sink.file(&rel, size, data, hashes)?,
+            EntryKind::Dir => sink.dir(&rel).with_context(io_ctx)?,
+            EntryKind::Symlink => sink
+                .symlink(&rel, &target.unwrap_or_default())
+                .with_context(io_ctx)?,
+            EntryKind::Hardlink => {
+                let t = String::from_utf8(target.unwrap_or_default()).unwrap_or_default();
+                sink.hard_link(&rel, &t, hashes).with_context(io_ctx)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The manifest `m` belongs to the `header` and lists exactly what was
+    /// read, every stored file with the hash it had.
+    fn check_manifest(&self, m: &Manifest, header: &Header, archive: &Path) -> Result<()> {
+        if &m.header != header {
+            bail!(
+                "{}: the manifest does not belong to the header; {}",
                 archive.display(),
-                e.path
-            ),
-            None => bail!(
-                "{}: {} is missing; {}",
-                archive.display(),
-                e.path,
                 corrupt(archive)
-            ),
+            );
         }
+        for e in &m.entries {
+            check_entry(e, archive)?;
+        }
+        for d in &m.deleted {
+            checked_path(d, archive)?;
+        }
+        let mut expected = 0usize;
+        for e in m.entries.iter().filter(|e| e.stored) {
+            if self.kinds.get(&e.path) != Some(&e.kind) {
+                return Err(untrusted(
+                    archive,
+                    format!("{} is not in the archive as its manifest says", e.path),
+                ));
+            }
+            if e.kind != EntryKind::File {
+                continue;
+            }
+            expected += 1;
+            match self.hashes.get(&e.path) {
+                Some((sha, size)) if Some(sha) == e.sha256.as_ref() && *size == e.size => {}
+                Some(_) => bail!(
+                    "{}: {} does not match its checksum; the archive is corrupt (nothing was restored)",
+                    archive.display(),
+                    e.path
+                ),
+                None => bail!(
+                    "{}: {} is missing; {}",
+                    archive.display(),
+                    e.path,
+                    corrupt(archive)
+                ),
+            }
+        }
+        let stored = m.entries.iter().filter(|e| e.stored).count();
+        if expected != self.hashes.len() || stored != self.kinds.len() {
+            bail!(
+                "{}: entries that the manifest does not list; {}",
+                archive.display(),
+                corrupt(archive)
+            );
+        }
+        Ok(())
     }
-    if expected != hashes.len() || m.entries.iter().filter(|e| e.stored).count() != kinds.len() {
-        bail!(
-            "{}: entries that the manifest does not list; {}",
-            archive.display(),
-            corrupt(archive)
-        );
-    }
-    Ok(Extracted { manifest: m, text })
 }

@@ -570,12 +570,9 @@ impl Walker<'_> {
     /// to its directory's descriptor.
     fn scan_dir(&self, here: &Here) -> Result<Listing> {
         use rayon::prelude::*;
-        use rustix::fs::{AtFlags, FileType};
-        let io_err = |e: rustix::io::Errno| std::io::Error::from(e);
         let Some(tree) = self.view.roots.tree(here.root) else {
             return Ok(Listing::default());
         };
-        let shown = || tree.show(&here.rel);
         let (found, heres, skipped) = {
             let sub;
             let dir = if here.rel.is_empty() {
@@ -583,8 +580,8 @@ impl Walker<'_> {
             } else {
                 sub = match tree.subtree(&here.rel) {
                     Ok(t) => t,
-                    // Removed or replaced since it was listed: a maildir folder
-                    // deleted while the backup runs. Never followed.
+                    // Removed or replaced since it was listed: a maildir
+                    // folder deleted while the backup runs. Never followed.
                     Err(e)
                         if matches!(
                             e.raw_os_error(),
@@ -594,209 +591,21 @@ impl Walker<'_> {
                         return Ok(Listing::default())
                     }
                     Err(e) => {
-                        return Err(e).with_context(|| format!("cannot read {}", shown().display()))
+                        return Err(e).with_context(|| {
+                            format!("cannot read {}", tree.show(&here.rel).display())
+                        })
                     }
                 };
                 &sub
             };
-            let dir_st = rustix::fs::fstat(dir.fd()).map_err(io_err)?;
-            let dir_id = (dir_st.st_dev, dir_st.st_ino);
-            let mut names = Vec::new();
-            {
-                let mut list = rustix::fs::Dir::read_from(dir.fd())
-                    .map_err(io_err)
-                    .with_context(|| format!("cannot read {}", shown().display()))?;
-                for item in list.by_ref() {
-                    let item = item
-                        .map_err(io_err)
-                        .with_context(|| format!("cannot read {}", shown().display()))?;
-                    let name = item.file_name().to_bytes();
-                    if name == b"." || name == b".." {
-                        continue;
-                    }
-                    let Ok(n) = std::str::from_utf8(name) else {
-                        return Err(not_utf8(&shown().join(std::ffi::OsStr::from_bytes(name))));
-                    };
-                    let child = format!("{}/{n}", here.apath);
-                    if PLACEHOLDERS.contains(&child.as_str())
-                        || self.skip.contains(&child)
-                        || self.view.exclude.skips(dir_id, n)
-                    {
-                        continue;
-                    }
-                    names.push(child);
-                }
-            }
-            // A mount below whose mount point the host has not made yet: the
-            // container sees it all the same.
-            if let Some(c) = &here.cpath {
-                for t in &self.view.targets {
-                    if t.len() == c.len() + 1 && under(t, c) {
-                        let child = format!("{}/{}", here.apath, t[c.len()]);
-                        if !names.contains(&child) {
-                            names.push(child);
-                        }
-                    }
-                }
-            }
-            let name_at = here.apath.len() + 1;
-            names.sort_unstable_by(|a, b| a.as_bytes()[name_at..].cmp(&b.as_bytes()[name_at..]));
+            let names = self.names(here, tree, dir)?;
             let mut found = Vec::with_capacity(names.len());
             let mut heres: Vec<Option<Here>> = Vec::with_capacity(names.len());
             let mut skipped = Skipped::default();
             for child in names {
-                let name = &child[name_at..];
-                // Made only where needed: most entries are files.
-                let child_rel = || rel_below(here, name);
-                let child_c = || {
-                    here.cpath.as_ref().map(|c| {
-                        let mut c = c.clone();
-                        c.push(name.to_string());
-                        c
-                    })
-                };
-                // A mount below: the container sees the mount there.
-                if let Some(m) = here
-                    .cpath
-                    .as_ref()
-                    .and_then(|c| self.view.mount_at(c, name))
-                {
-                    let mount = &self.view.layout.mounts[m as usize];
-                    if mount.kind != MountKind::Host {
-                        bail!(
-                        "the container mounts a {} at {}: what it holds is not on the host and cannot be backed up",
-                        match &mount.kind {
-                            MountKind::Other(k) => k.as_str(),
-                            MountKind::Host => "",
-                        },
-                        mount.target
-                    );
-                    }
-                    let Some(t) = self.view.roots.tree(m) else {
-                        // Docker makes a missing source: the container sees an
-                        // empty directory there.
-                        continue;
-                    };
-                    let st = rustix::fs::fstat(t.fd()).map_err(io_err)?;
-                    let s = entry_of_stat(
-                        child.clone(),
-                        &st,
-                        None,
-                        HostRel::Own {
-                            root: m,
-                            rel: "".into(),
-                        },
-                    );
-                    let below = Here {
-                        root: m,
-                        rel: String::new(),
-                        cpath: child_c(),
-                        apath: child.clone(),
-                        stack: push(&here.stack, &st),
-                        suffix: true,
-                    };
+                if let Some((s, below)) = self.examine(here, tree, dir, child, &mut skipped)? {
                     found.push(s);
-                    heres.push(Some(below));
-                    continue;
-                }
-                let st = match rustix::fs::statat(dir.fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
-                    Ok(st) => st,
-                    // A maildir message renamed or expunged since the listing.
-                    Err(rustix::io::Errno::NOENT) => continue,
-                    Err(e) => {
-                        return Err(io_err(e)).with_context(|| {
-                            format!("cannot read {}", tree.show(&child_rel()).display())
-                        })
-                    }
-                };
-                let src = self.src(here, &child, name);
-                match FileType::from_raw_mode(st.st_mode) {
-                    FileType::Directory => {
-                        let below = Here {
-                            root: here.root,
-                            rel: child_rel(),
-                            cpath: child_c(),
-                            apath: child.clone(),
-                            stack: push(&here.stack, &st),
-                            suffix: here.suffix,
-                        };
-                        found.push(entry_of_stat(child, &st, None, src));
-                        heres.push(Some(below));
-                    }
-                    FileType::RegularFile => {
-                        found.push(entry_of_stat(child, &st, None, src));
-                        heres.push(None);
-                    }
-                    FileType::Symlink => {
-                        let target =
-                            link_target(&dir.fd(), name.as_ref(), || tree.show(&child_rel()))?;
-                        let leads = match &here.cpath {
-                            Some(c) => self.view.leads(c, &target),
-                            None => Leads::Inside,
-                        };
-                        // Archived where the container did not find it:
-                        // the same meaning needs the absolute path.
-                        let target = match &here.cpath {
-                            Some(c) if !here.suffix && !target.starts_with('/') => {
-                                absolute_in(c, &target)
-                            }
-                            _ => target,
-                        };
-                        match leads {
-                            Leads::Inside => {
-                                found.push(entry_of_stat(child, &st, Some(target), src));
-                                heres.push(None);
-                            }
-                            Leads::Nowhere(why) => {
-                                if target.starts_with('/') {
-                                    skipped.notes.push(format!(
-                                    "{child} -> {target} is archived as a link: in the container {why}"
-                                ));
-                                }
-                                found.push(entry_of_stat(child, &st, Some(target), src));
-                                heres.push(None);
-                            }
-                            Leads::Elsewhere {
-                                root,
-                                rel,
-                                cpath,
-                                st: to,
-                            } => {
-                                let to_src = HostRel::Own {
-                                    root,
-                                    rel: rel.clone().into(),
-                                };
-                                match FileType::from_raw_mode(to.st_mode) {
-                                    FileType::Directory => {
-                                        if here.stack.contains(&(to.st_dev, to.st_ino)) {
-                                            bail!(
-                                            "{} is a link to {target}, a directory that holds it: the tree would contain itself; change the link",
-                                            tree.show(&child_rel()).display()
-                                        );
-                                        }
-                                        skipped.followed.push(child.clone());
-                                        let below = Here {
-                                            root,
-                                            rel,
-                                            cpath: Some(cpath),
-                                            apath: child.clone(),
-                                            stack: push(&here.stack, &to),
-                                            suffix: false,
-                                        };
-                                        found.push(entry_of_stat(child, &to, None, to_src));
-                                        heres.push(Some(below));
-                                    }
-                                    FileType::RegularFile => {
-                                        skipped.followed.push(child.clone());
-                                        found.push(entry_of_stat(child, &to, None, to_src));
-                                        heres.push(None);
-                                    }
-                                    _ => skipped.special.push(child),
-                                }
-                            }
-                        }
-                    }
-                    _ => skipped.special.push(child),
+                    heres.push(below);
                 }
             }
             (found, heres, skipped)
@@ -818,6 +627,245 @@ impl Walker<'_> {
             total,
         })
     }
+
+    /// The archive paths of what the directory `dir` (`here`) holds, in
+    /// name order: its entries (placeholders, skipped paths and the
+    /// destination's files left out) and the mounts below it.
+    fn names(&self, here: &Here, tree: &Tree, dir: &Tree) -> Result<Vec<String>> {
+        let io_err = |e: rustix::io::Errno| std::io::Error::from(e);
+        let shown = || tree.show(&here.rel);
+        let dir_st = rustix::fs::fstat(dir.fd()).map_err(io_err)?;
+        let dir_id = (dir_st.st_dev, dir_st.st_ino);
+        let mut names = Vec::new();
+        let mut list = rustix::fs::Dir::read_from(dir.fd())
+            .map_err(io_err)
+            .with_context(|| format!("cannot read {}", shown().display()))?;
+        for item in list.by_ref() {
+            let item = item
+                .map_err(io_err)
+                .with_context(|| format!("cannot read {}", shown().display()))?;
+            let name = item.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let Ok(n) = std::str::from_utf8(name) else {
+                return Err(not_utf8(&shown().join(std::ffi::OsStr::from_bytes(name))));
+            };
+            let child = format!("{}/{n}", here.apath);
+            if PLACEHOLDERS.contains(&child.as_str())
+                || self.skip.contains(&child)
+                || self.view.exclude.skips(dir_id, n)
+            {
+                continue;
+            }
+            names.push(child);
+        }
+        // A mount below whose mount point the host has not made yet: the
+        // container sees it all the same.
+        if let Some(c) = &here.cpath {
+            for t in &self.view.targets {
+                if t.len() == c.len() + 1 && under(t, c) {
+                    let child = format!("{}/{}", here.apath, t[c.len()]);
+                    if !names.contains(&child) {
+                        names.push(child);
+                    }
+                }
+            }
+        }
+        let name_at = here.apath.len() + 1;
+        names.sort_unstable_by(|a, b| a.as_bytes()[name_at..].cmp(&b.as_bytes()[name_at..]));
+        Ok(names)
+    }
+
+    /// What the entry `child` of `here` is archived as, and the directory
+    /// to walk below it; `None`: nothing (gone since the listing, or a
+    /// socket or fifo, counted in `skipped`).
+    fn examine(
+        &self,
+        here: &Here,
+        tree: &Tree,
+        dir: &Tree,
+        child: String,
+        skipped: &mut Skipped,
+    ) -> Result<Option<(Scanned, Option<Here>)>> {
+        use rustix::fs::{AtFlags, FileType};
+        let name = &child[here.apath.len() + 1..];
+        // A mount below: the container sees the mount there.
+        if let Some(m) = here
+            .cpath
+            .as_ref()
+            .and_then(|c| self.view.mount_at(c, name))
+        {
+            return self.mount_below(here, &child, m);
+        }
+        let st = match rustix::fs::statat(dir.fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            // A maildir message renamed or expunged since the listing.
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => {
+                return Err(std::io::Error::from(e)).with_context(|| {
+                    format!(
+                        "cannot read {}",
+                        tree.show(&rel_below(here, name)).display()
+                    )
+                })
+            }
+        };
+        let src = self.src(here, &child, name);
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                let below = Here {
+                    root: here.root,
+                    rel: rel_below(here, name),
+                    cpath: child_cpath(here, name),
+                    apath: child.clone(),
+                    stack: push(&here.stack, &st),
+                    suffix: here.suffix,
+                };
+                Ok(Some((entry_of_stat(child, &st, None, src), Some(below))))
+            }
+            FileType::RegularFile => Ok(Some((entry_of_stat(child, &st, None, src), None))),
+            FileType::Symlink => self.link(here, tree, dir, child, &st, src, skipped),
+            _ => {
+                skipped.special.push(child);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The mount `m`, whose target is the entry `child` of `here`.
+    fn mount_below(
+        &self,
+        here: &Here,
+        child: &str,
+        m: u16,
+    ) -> Result<Option<(Scanned, Option<Here>)>> {
+        let mount = &self.view.layout.mounts[m as usize];
+        if mount.kind != MountKind::Host {
+            bail!(
+                "the container mounts a {} at {}: what it holds is not on the host and cannot be backed up",
+                match &mount.kind {
+                    MountKind::Other(k) => k.as_str(),
+                    MountKind::Host => "",
+                },
+                mount.target
+            );
+        }
+        let Some(t) = self.view.roots.tree(m) else {
+            // Docker makes a missing source: the container sees an empty
+            // directory there.
+            return Ok(None);
+        };
+        let st = rustix::fs::fstat(t.fd()).map_err(std::io::Error::from)?;
+        let name = &child[here.apath.len() + 1..];
+        let s = entry_of_stat(
+            child.to_string(),
+            &st,
+            None,
+            HostRel::Own {
+                root: m,
+                rel: "".into(),
+            },
+        );
+        let below = Here {
+            root: m,
+            rel: String::new(),
+            cpath: child_cpath(here, name),
+            apath: child.to_string(),
+            stack: push(&here.stack, &st),
+            suffix: true,
+        };
+        Ok(Some((s, Some(below))))
+    }
+
+    /// The symlink `child` of `here` (`st`): archived as a link when it
+    /// means the same in the restored layout, else as what it leads to in
+    /// the container (a directory then walked).
+    #[allow(clippy::too_many_arguments)]
+    fn link(
+        &self,
+        here: &Here,
+        tree: &Tree,
+        dir: &Tree,
+        child: String,
+        st: &rustix::fs::Stat,
+        src: HostRel,
+        skipped: &mut Skipped,
+    ) -> Result<Option<(Scanned, Option<Here>)>> {
+        use rustix::fs::FileType;
+        let name = &child[here.apath.len() + 1..];
+        let target = link_target(&dir.fd(), name.as_ref(), || {
+            tree.show(&rel_below(here, name))
+        })?;
+        let leads = match &here.cpath {
+            Some(c) => self.view.leads(c, &target),
+            None => Leads::Inside,
+        };
+        // Archived where the container did not find it: the same meaning
+        // needs the absolute path.
+        let target = match &here.cpath {
+            Some(c) if !here.suffix && !target.starts_with('/') => absolute_in(c, &target),
+            _ => target,
+        };
+        let (root, rel, cpath, to) = match leads {
+            Leads::Inside => return Ok(Some((entry_of_stat(child, st, Some(target), src), None))),
+            Leads::Nowhere(why) => {
+                if target.starts_with('/') {
+                    skipped.notes.push(format!(
+                        "{child} -> {target} is archived as a link: in the container {why}"
+                    ));
+                }
+                return Ok(Some((entry_of_stat(child, st, Some(target), src), None)));
+            }
+            Leads::Elsewhere {
+                root,
+                rel,
+                cpath,
+                st,
+            } => (root, rel, cpath, st),
+        };
+        let to_src = HostRel::Own {
+            root,
+            rel: rel.clone().into(),
+        };
+        match FileType::from_raw_mode(to.st_mode) {
+            FileType::Directory => {
+                if here.stack.contains(&(to.st_dev, to.st_ino)) {
+                    bail!(
+                        "{} is a link to {target}, a directory that holds it: the tree would contain itself; change the link",
+                        tree.show(&rel_below(here, name)).display()
+                    );
+                }
+                skipped.followed.push(child.clone());
+                let below = Here {
+                    root,
+                    rel,
+                    cpath: Some(cpath),
+                    apath: child.clone(),
+                    stack: push(&here.stack, &to),
+                    suffix: false,
+                };
+                Ok(Some((entry_of_stat(child, &to, None, to_src), Some(below))))
+            }
+            FileType::RegularFile => {
+                skipped.followed.push(child.clone());
+                Ok(Some((entry_of_stat(child, &to, None, to_src), None)))
+            }
+            _ => {
+                skipped.special.push(child);
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The container path of the entry `name` of `here`, when `here` has one.
+fn child_cpath(here: &Here, name: &str) -> Option<Vec<String>> {
+    here.cpath.as_ref().map(|c| {
+        let mut c = c.clone();
+        c.push(name.to_string());
+        c
+    })
 }
 
 fn push(stack: &[(u64, u64)], st: &rustix::fs::Stat) -> Vec<(u64, u64)> {

@@ -492,7 +492,35 @@ fn deploy_aside(
         &dir,
         <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
     )?;
+    let mut args = run_args(ctx, svc, ipv6, network);
+    let mounts = mounts(ctx, svc, &dir)?;
+    args.extend(mounts.args);
+    let env = stage_env(svc, ipv6);
+    crate::host::write_atomic(
+        &mounts.state.join("stage-env.json"),
+        &serde_json::to_vec(&env)?,
+        0o600,
+    )?;
+    args.push(image.to_string());
+    docker(ctx, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    wait_healthy(ctx, timeout, interrupted)?;
+    docker(ctx, &["stop", "--time", "60", NAME])?;
+    let _ = std::fs::remove_file(mounts.state.join("stage-env.json"));
+    give_back(ctx, &mounts.give_back)?;
+    docker(
+        ctx,
+        &[
+            "commit",
+            "--change",
+            &format!("LABEL {DEPLOYED_LABEL}={digest} {FROM_LABEL}={image}"),
+            NAME,
+        ],
+    )
+}
 
+/// `docker run` for the side container, up to its mounts: no network (or
+/// the host's), the service's tmpfs mounts and seccomp profile.
+fn run_args(ctx: &Context, svc: &serde_json::Value, ipv6: bool, network: Network) -> Vec<String> {
     let mut args: Vec<String> = [
         "run",
         "--detach",
@@ -533,6 +561,21 @@ fn deploy_aside(
         }
     }
     args.extend(seccomp_args(ctx, svc));
+    args
+}
+
+/// The side container's mounts: the service's, with copies in `dir` in
+/// place of the state.
+struct Mounts {
+    args: Vec<String>,
+    /// Copy, the live source it stands for, how it was seeded.
+    give_back: Vec<(PathBuf, PathBuf, Seed)>,
+    /// The copy of the tool's state directory.
+    state: PathBuf,
+}
+
+fn mounts(ctx: &Context, svc: &serde_json::Value, dir: &Path) -> Result<Mounts> {
+    let mut args = Vec::new();
     let mut seeded = Vec::new();
     // State the deploy creates when it is missing (the self-signed
     // certificate, the DKIM key of a new relay): copied back afterwards.
@@ -575,16 +618,15 @@ fn deploy_aside(
         .find(|(t, _)| *t == "/var/lib/chatmail-docker")
         .map(|(_, p)| p.clone())
         .context("the compose file mounts no state directory at /var/lib/chatmail-docker")?;
-    let env = stage_env(svc, ipv6);
-    crate::host::write_atomic(
-        &state.join("stage-env.json"),
-        &serde_json::to_vec(&env)?,
-        0o600,
-    )?;
-    args.push(image.to_string());
-    docker(ctx, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    Ok(Mounts {
+        args,
+        give_back,
+        state,
+    })
+}
 
-    // Until its health check passes, or the init failed.
+/// Until the side container's health check passes, or its init failed.
+fn wait_healthy(ctx: &Context, timeout: Duration, interrupted: &dyn Fn() -> bool) -> Result<()> {
     let start = Instant::now();
     let mut failed_since: Option<Instant> = None;
     loop {
@@ -596,23 +638,7 @@ fn deploy_aside(
             );
         }
         if let Some(reason) = c.init_failure() {
-            let logs = ctx
-                .host
-                .cmd("docker", ["logs", "--tail", "25", NAME])
-                .output(&ctx.shell)
-                .map(|o| format!("{}{}", o.stdout, o.stderr))
-                .unwrap_or_default();
-            return Err(error::Failure {
-                code: error::EXIT_RUNTIME,
-                message: Some(format!(
-                    "{reason}\nlast log lines of the side container:\n{}",
-                    logs.lines()
-                        .map(|l| format!("  | {l}"))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                )),
-            }
-            .into());
+            return Err(init_failed(ctx, &reason));
         }
         // A unit still failed 45 s after the deploy finished does not
         // recover by waiting (the start period would hide it for minutes).
@@ -626,7 +652,7 @@ fn deploy_aside(
             None => failed_since = None,
         }
         match c.health_status() {
-            Some("healthy") => break,
+            Some("healthy") => return Ok(()),
             Some("unhealthy") => bail!(
                 "the side container is unhealthy: {}",
                 c.last_health_output().unwrap_or_default()
@@ -646,12 +672,34 @@ fn deploy_aside(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    docker(ctx, &["stop", "--time", "60", NAME])?;
-    // What the deploy made that the relay does not have yet: the image
-    // just deployed relies on it (its deploy is done). Existing files are
-    // never replaced.
-    let _ = std::fs::remove_file(state.join("stage-env.json"));
-    for (copy, source, seed) in &give_back {
+}
+
+/// The init's failure `reason`, with the side container's last log lines.
+fn init_failed(ctx: &Context, reason: &str) -> anyhow::Error {
+    let logs = ctx
+        .host
+        .cmd("docker", ["logs", "--tail", "25", NAME])
+        .output(&ctx.shell)
+        .map(|o| format!("{}{}", o.stdout, o.stderr))
+        .unwrap_or_default();
+    error::Failure {
+        code: error::EXIT_RUNTIME,
+        message: Some(format!(
+            "{reason}\nlast log lines of the side container:\n{}",
+            logs.lines()
+                .map(|l| format!("  | {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )),
+    }
+    .into()
+}
+
+/// What the deploy made that the relay does not have yet: the image just
+/// deployed relies on it (its deploy is done). Existing files are never
+/// replaced.
+fn give_back(ctx: &Context, copies: &[(PathBuf, PathBuf, Seed)]) -> Result<()> {
+    for (copy, source, seed) in copies {
         std::fs::create_dir_all(source)
             .with_context(|| format!("creating {}", source.display()))?;
         if *seed == Seed::Empty {
@@ -674,16 +722,7 @@ fn deploy_aside(
             );
         }
     }
-    let id = docker(
-        ctx,
-        &[
-            "commit",
-            "--change",
-            &format!("LABEL {DEPLOYED_LABEL}={digest} {FROM_LABEL}={image}"),
-            NAME,
-        ],
-    )?;
-    Ok(id)
+    Ok(())
 }
 
 #[cfg(test)]
