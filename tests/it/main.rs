@@ -23,6 +23,7 @@ mod dns;
 mod hardening_certwatch;
 mod hardening_input;
 mod hardening_sysctl;
+mod house;
 mod ini2env_cli;
 mod ini2env_compose;
 mod ini2env_parse;
