@@ -23,6 +23,17 @@ pub struct Context {
 }
 
 impl Context {
+    /// A quiet context for unit tests: the deployment `dir`, the host's
+    /// paths under `root`.
+    #[cfg(test)]
+    pub fn quiet(dir: impl AsRef<Path>, root: impl Into<PathBuf>) -> Context {
+        let shell = Shell::new(
+            crate::shell::Verbosity::Quiet,
+            crate::shell::ColorChoice::Never,
+        );
+        Context::new(dir, Host::new(root), shell, false).expect("a deployment directory")
+    }
+
     pub fn new(dir: impl AsRef<Path>, host: Host, shell: Shell, dry_run: bool) -> Result<Context> {
         let dir = dir.as_ref();
         let dir = if dir.is_absolute() {

@@ -1071,16 +1071,7 @@ mod tests {
         let env = d.path().join(".env");
         fs::write(&ini, "[params]\nmail_domain = chat.example.org\n").unwrap();
         fs::write(&env, "OWN=1\n").unwrap();
-        let ctx = crate::context::Context::new(
-            d.path(),
-            crate::host::Host::new(d.path()),
-            crate::shell::Shell::new(
-                crate::shell::Verbosity::Quiet,
-                crate::shell::ColorChoice::Never,
-            ),
-            false,
-        )
-        .unwrap();
+        let ctx = crate::context::Context::quiet(d.path(), d.path());
         let opts = Options::default();
         let p = plan(&ctx, &ini, &env, &opts).unwrap();
         // A hand edit between reading and writing.

@@ -571,11 +571,7 @@ mod tests {
         fs::create_dir_all(&cur).unwrap();
         let secret = d.path().join("secret");
         fs::write(&secret, "host file").unwrap();
-        let shell = crate::shell::Shell::new(
-            crate::shell::Verbosity::Quiet,
-            crate::shell::ColorChoice::Never,
-        );
-        let ctx = Context::new(&dep, crate::host::Host::new("/"), shell, false).unwrap();
+        let ctx = Context::quiet(&dep, "/");
         let out = d.path().join("out");
         for swap in ["link", "fifo"] {
             fs::write(cur.join("m"), "mail").unwrap();

@@ -937,6 +937,27 @@ fn open_roots(dep: &Deployment, layout: &Layout) -> Result<(Roots, u16, u16)> {
     Ok((Roots { trees }, data, custom))
 }
 
+/// The state trees as the container sees them, each with what it holds;
+/// the mail queue's root goes to `queue` (it is read apart).
+fn state_trees(
+    walker: &Walker,
+    skipped: &mut Skipped,
+    queue: &mut Option<Here>,
+) -> Result<Vec<(Scanned, Listing)>> {
+    let mut out = Vec::new();
+    for (apath, target) in STATE_MOUNTS {
+        let Some((top, here)) = state_root(walker, apath, target, skipped)? else {
+            continue;
+        };
+        if *apath == QUEUE_DIR {
+            *queue = Some(here);
+            continue;
+        }
+        out.push((top, walker.scan_dir(&here)?));
+    }
+    Ok(out)
+}
+
 /// Scan the deployment as the container `layout` sees it; `skip` are
 /// archive paths left out with what lies below them (the tool's temporary
 /// directories), `exclude` the destination's files.
@@ -986,28 +1007,12 @@ pub fn scan(dep: &Deployment, layout: Layout, skip: &[String], exclude: Exclude)
             };
             let mut listing = host_walker.scan_dir(&here)?;
             // The state trees, in their places by name.
-            for (apath, target) in STATE_MOUNTS {
-                let Some((top, here)) = state_root(&walker, apath, target, &mut skipped)? else {
-                    continue;
-                };
-                if *apath == QUEUE_DIR {
-                    queue = Some(here);
-                    continue;
-                }
-                let below = walker.scan_dir(&here)?;
+            for (top, below) in state_trees(&walker, &mut skipped, &mut queue)? {
                 insert_sorted(&mut listing, top, Some(below));
             }
             trees.push((root, Some(listing)));
         } else {
-            for (apath, target) in STATE_MOUNTS {
-                let Some((top, here)) = state_root(&walker, apath, target, &mut skipped)? else {
-                    continue;
-                };
-                if *apath == QUEUE_DIR {
-                    queue = Some(here);
-                    continue;
-                }
-                let below = walker.scan_dir(&here)?;
+            for (top, below) in state_trees(&walker, &mut skipped, &mut queue)? {
                 trees.push((top, Some(below)));
             }
         }

@@ -810,16 +810,7 @@ mod tests {
     #[test]
     fn the_side_container_gets_the_seccomp_profile_of_the_deployment() {
         let d = tempfile::tempdir().unwrap();
-        let ctx = crate::context::Context::new(
-            d.path(),
-            crate::host::Host::new(d.path()),
-            crate::shell::Shell::new(
-                crate::shell::Verbosity::Quiet,
-                crate::shell::ColorChoice::Never,
-            ),
-            false,
-        )
-        .unwrap();
+        let ctx = crate::context::Context::quiet(d.path(), d.path());
         let svc = serde_json::json!({"security_opt": [
             "seccomp=docker/seccomp.json", "seccomp=/etc/x.json", "seccomp=unconfined"
         ]});

@@ -275,16 +275,7 @@ mod tests {
         let hour_ago = SystemTime::now() - Duration::from_secs(3600);
         filetime::set_file_mtime(&partial, filetime::FileTime::from_system_time(hour_ago)).unwrap();
         let dep = tempfile::tempdir().unwrap();
-        let ctx = Context::new(
-            dep.path(),
-            crate::host::Host::new("/"),
-            crate::shell::Shell::new(
-                crate::shell::Verbosity::Quiet,
-                crate::shell::ColorChoice::Never,
-            ),
-            false,
-        )
-        .unwrap();
+        let ctx = crate::context::Context::quiet(dep.path(), "/");
         let r = read_dir(&ctx, p, SystemTime::now()).unwrap();
         assert_eq!(r.foreign, ["notes.txt"]);
         assert_eq!(r.archives, 0);

@@ -320,16 +320,7 @@ mod tests {
     fn an_upgrade_and_a_rollback_are_recorded_side_by_side() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("data")).unwrap();
-        let ctx = Context::new(
-            d.path(),
-            crate::host::Host::new("/"),
-            crate::shell::Shell::new(
-                crate::shell::Verbosity::Quiet,
-                crate::shell::ColorChoice::Never,
-            ),
-            false,
-        )
-        .unwrap();
+        let ctx = crate::context::Context::quiet(d.path(), "/");
         assert_eq!(load_last(&ctx).unwrap(), None);
         let rel = |v: &str| Release {
             commit: format!("{v:0>40}"),

@@ -407,14 +407,7 @@ fn oversized_headers_and_non_file_bases_are_refused_before_reading() {
         &[],
         |_| {},
     );
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        dir.join("full.tar.zst").as_path(),
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    crate::support::mkfifo(&dir.join("full.tar.zst"));
     refused(
         &dir.join("incr.tar.zst"),
         &t.path().join("target"),

@@ -14,17 +14,6 @@ use std::time::Duration;
 /// of hanging it.
 const BOUND: Duration = Duration::from_secs(60);
 
-fn mkfifo(p: &Path) {
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        p,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
-}
-
 fn deploy(t: &Path) -> PathBuf {
     let d = t.join("deploy");
     fs::create_dir_all(&d).unwrap();

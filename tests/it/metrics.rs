@@ -643,14 +643,18 @@ fn the_textfile_is_replaced_atomically_or_not_at_all() {
     fs::create_dir_all(&dir).unwrap();
     let file = dir.join("chatmail-docker.prom");
     let quiet = ["--tls-ports", "1/tls", "--textfile"];
-    let out = c
-        .tool()
-        .arg("metrics")
-        .args(quiet)
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert_ok(&out);
+    let write = || {
+        let out = c
+            .tool()
+            .arg("metrics")
+            .args(quiet)
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        out
+    };
+    let out = write();
     assert!(out.stdout.is_empty(), "nothing on stdout");
     let first = fs::read_to_string(&file).unwrap();
     assert!(
@@ -660,14 +664,7 @@ fn the_textfile_is_replaced_atomically_or_not_at_all() {
     use std::os::unix::fs::MetadataExt;
     let meta = fs::metadata(&file).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o644);
-    let out = c
-        .tool()
-        .arg("metrics")
-        .args(quiet)
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert_ok(&out);
+    write();
     assert_ne!(
         fs::metadata(&file).unwrap().ino(),
         meta.ino(),

@@ -35,14 +35,7 @@ fn case() -> Case {
     let files = t.path().join("files");
     fs::create_dir_all(files.join("a-directory")).unwrap();
     fs::write(files.join("file"), "x\n").unwrap();
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        files.join("fifo"),
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    crate::support::mkfifo(&files.join("fifo"));
     fs::write(files.join("no-access"), "x\n").unwrap();
     fs::set_permissions(files.join("no-access"), fs::Permissions::from_mode(0o000)).unwrap();
     Case { t, dir, bin }

@@ -921,14 +921,7 @@ fn file_options_are_checked_before_anything_changes() {
     commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
     let t = tempfile::tempdir().unwrap();
     let fifo = t.path().join("fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    crate::support::mkfifo(&fifo);
     let file = t.path().join("file");
     fs::write(&file, "x").unwrap();
     let missing = t.path().join("missing.pem");

@@ -287,3 +287,15 @@ pub fn ini_params(text: &str) -> BTreeMap<String, String> {
     }
     out
 }
+
+/// Make a FIFO at `p` (mode 0600): what a reader must refuse, never block on.
+pub fn mkfifo(p: &std::path::Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+}
