@@ -584,14 +584,7 @@ mod tests {
             if swap == "link" {
                 std::os::unix::fs::symlink(&secret, cur.join("m")).unwrap();
             } else {
-                rustix::fs::mknodat(
-                    rustix::fs::CWD,
-                    cur.join("m").as_path(),
-                    rustix::fs::FileType::Fifo,
-                    rustix::fs::Mode::from_raw_mode(0o600),
-                    0,
-                )
-                .unwrap();
+                crate::host::mkfifo(&cur.join("m"));
             }
             let info = std::mem::take(&mut p.info);
             let err = write(

@@ -1683,14 +1683,7 @@ mod tests {
         fs::remove_file(cur.join("a")).unwrap();
         symlink("/etc/passwd", cur.join("a")).unwrap();
         fs::remove_file(cur.join("b")).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            cur.join("b").as_path(),
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        crate::host::mkfifo(&cur.join("b"));
         // A directory on the way swapped for a link to elsewhere.
         fs::rename(d.path().join("data/chatmail/dir"), d.path().join("moved")).unwrap();
         symlink(d.path().join("moved"), d.path().join("data/chatmail/dir")).unwrap();

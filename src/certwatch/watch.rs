@@ -21,7 +21,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -158,8 +157,9 @@ pub fn run(ctx: &Context, settings: Settings) -> Result<()> {
 }
 
 async fn main_loop(ctx: Context, settings: Settings) -> Result<()> {
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    // SIGTERM, SIGINT and SIGHUP stop the watcher (after a reload under
+    // way, when it is about done).
+    let mut signals = crate::host::interrupt::subscribe();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let _ = tx.send(res);
@@ -200,8 +200,7 @@ async fn main_loop(ctx: Context, settings: Settings) -> Result<()> {
         let retry_at = engine.retry.as_ref().map(|r| r.0);
         tokio::select! {
             biased;
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = signals.changed() => break,
             ev = rx.recv() => {
                 match ev {
                     Some(Ok(ev)) => {
@@ -221,12 +220,12 @@ async fn main_loop(ctx: Context, settings: Settings) -> Result<()> {
             _ = tokio::time::sleep_until(due.unwrap_or(far)), if due.is_some() => {
                 due = None;
                 first_event = None;
-                if let Step::Exit = engine.evaluate(&mut watches, &mut sigterm, &mut sigint).await {
+                if let Step::Exit = engine.evaluate(&mut watches, &mut signals).await {
                     break;
                 }
             }
             _ = poll.tick() => {
-                if let Step::Exit = engine.evaluate(&mut watches, &mut sigterm, &mut sigint).await {
+                if let Step::Exit = engine.evaluate(&mut watches, &mut signals).await {
                     break;
                 }
             }
@@ -234,7 +233,7 @@ async fn main_loop(ctx: Context, settings: Settings) -> Result<()> {
                 if let Some(r) = engine.retry.as_mut() {
                     r.0 = Instant::now();
                 }
-                if let Step::Exit = engine.evaluate(&mut watches, &mut sigterm, &mut sigint).await {
+                if let Step::Exit = engine.evaluate(&mut watches, &mut signals).await {
                     break;
                 }
             }
@@ -249,8 +248,7 @@ impl Engine {
     async fn evaluate(
         &mut self,
         watches: &mut Watches,
-        sigterm: &mut tokio::signal::unix::Signal,
-        sigint: &mut tokio::signal::unix::Signal,
+        signals: &mut tokio::sync::watch::Receiver<usize>,
     ) -> Step {
         // Walk, watch what the walk touched, and walk again if watches were
         // added (anything that changed before they existed is then seen).
@@ -329,8 +327,7 @@ impl Engine {
         let mut step = Step::Continue;
         let outcome = tokio::select! {
             biased;
-            _ = sigterm.recv() => None,
-            _ = sigint.recv() => None,
+            _ = signals.changed() => None,
             r = &mut job => Some(r),
         };
         let outcome = match outcome {

@@ -30,6 +30,8 @@ struct State {
     watchdog: AtomicBool,
     cleanup: Mutex<Vec<(u64, PathBuf)>>,
     next_id: AtomicU64,
+    /// The count, for async loops waiting on it ([`subscribe`]).
+    notify: tokio::sync::watch::Sender<usize>,
 }
 
 fn state() -> &'static State {
@@ -43,13 +45,15 @@ fn state() -> &'static State {
             watchdog: AtomicBool::new(false),
             cleanup: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
+            notify: tokio::sync::watch::Sender::new(0),
         }));
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         if let Ok(mut sigs) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
             std::thread::spawn(move || {
                 for sig in sigs.forever() {
                     state.last.store(sig as usize, Ordering::SeqCst);
-                    state.count.fetch_add(1, Ordering::SeqCst);
+                    let n = state.count.fetch_add(1, Ordering::SeqCst) + 1;
+                    state.notify.send_replace(n);
                     start_watchdog(state);
                 }
             });
@@ -116,6 +120,12 @@ fn start_watchdog(state: &'static State) {
 /// Signals received since the first call (which starts counting them).
 pub fn count() -> usize {
     state().count.load(Ordering::SeqCst)
+}
+
+/// For an async loop (cert-watch): a receiver that changes at each signal
+/// from now on (`changed().await` returns then).
+pub fn subscribe() -> tokio::sync::watch::Receiver<usize> {
+    state().notify.subscribe()
 }
 
 /// Whether a signal arrived since `n` (a value of [`count`]).

@@ -753,6 +753,20 @@ pub fn normalize(p: &Path) -> PathBuf {
     out
 }
 
+/// Make a FIFO at `p` (mode 0600): what the readers must refuse, never
+/// block on.
+#[cfg(test)]
+pub fn mkfifo(p: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -842,14 +856,7 @@ mod tests {
     fn inputs_must_be_regular_files_within_the_limit() {
         let d = tempfile::tempdir().unwrap();
         let fifo = d.path().join("fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        crate::host::mkfifo(&fifo);
         let err = read_input(&fifo, 10).unwrap_err();
         assert!(matches!(err, InputError::NotRegular(_, "FIFO")), "{err}");
         let err = read_input(Path::new("/dev/zero"), 10).unwrap_err();

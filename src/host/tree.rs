@@ -35,6 +35,17 @@ pub struct Tree {
 /// Whether the kernel has `openat2` (0: not known yet, 1: yes, 2: no).
 static OPENAT2: AtomicU8 = AtomicU8::new(0);
 
+/// The directory `name` in `at`, itself no link.
+fn open_dir_at<P: rustix::path::Arg>(at: BorrowedFd<'_>, name: P) -> io::Result<OwnedFd> {
+    rustix::fs::openat(
+        at,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno)
+}
+
 fn errno(e: rustix::io::Errno) -> io::Error {
     io::Error::from(e)
 }
@@ -155,14 +166,7 @@ impl Tree {
         if let Some(parent) = parent {
             for comp in parent.split('/') {
                 let at = cur.as_ref().map_or(dir, |f| f.as_fd());
-                let next = rustix::fs::openat(
-                    at,
-                    comp,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(errno)?;
-                cur = Some(next);
+                cur = Some(open_dir_at(at, comp)?);
             }
         }
         let at = cur.as_ref().map_or(dir, |f| f.as_fd());
@@ -401,13 +405,7 @@ pub fn remove_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
             Err(e) => Err(errno(e)),
         };
     }
-    let sub = rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(errno)?;
+    let sub = open_dir_at(dir, name)?;
     let mut names = Vec::new();
     {
         let mut list = rustix::fs::Dir::read_from(&sub).map_err(errno)?;
@@ -484,14 +482,7 @@ mod tests {
     #[test]
     fn a_fifo_is_seen_for_what_it_is_and_never_blocks() {
         let (d, t) = tree();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            d.path().join("t/a/fifo").as_path(),
-            FileType::Fifo,
-            Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        crate::host::mkfifo(&d.path().join("t/a/fifo"));
         let err = t.open_file("a/fifo").unwrap_err();
         assert!(err.to_string().to_lowercase().contains("fifo"), "{err}");
     }
