@@ -15,12 +15,12 @@
 # Figures (RUNS, default 3, repetitions of the swap; medians):
 #  - build while serving (the first upgrade; minutes, reported)
 #  - swap downtime, image already built: upgrade to the good release and
-#    --rollback, alternately; and upgrade --no-stage (the new container
+#    --rollback, alternately; and upgrade --no-deploy-beside (the new container
 #    deploys itself) | baselines, ratios against the second: `docker
 #    compose up --force-recreate` of the running image, and `docker
 #    restart` (no deploy: the floor any swap has)
 #  - rollback, from the failed verdict to the old release serving again
-#    (upgrade --no-stage to the broken release, which fails in the new
+#    (upgrade --no-deploy-beside to the broken release, which fails in the new
 #    container; with the deploy beside the relay it is never swapped in)
 # Downtime is measured from outside as well as by the tool: a watcher polls
 # 127.0.0.1:25 (SMTP greeting) and :993 every 100 ms and reports the time
@@ -130,11 +130,11 @@ for _ in $(seq "$RUNS"); do
     swap+=("$(json_field downtime_seconds <<<"$r")")
 done
 
-echo "== swaps without the deploy beside the relay ($RUNS runs: --rollback, upgrade --no-stage)"
+echo "== swaps without the deploy beside the relay ($RUNS runs: --rollback, upgrade --no-deploy-beside)"
 plain=()
 for _ in $(seq "$RUNS"); do
     tool upgrade --rollback >/dev/null
-    r=$(tool upgrade --ref "bench-good-$n" --no-fetch --no-backup --no-stage --json)
+    r=$(tool upgrade --ref "bench-good-$n" --no-fetch --no-backup --no-deploy-beside --json)
     plain+=("$(json_field downtime_seconds <<<"$r")")
 done
 
@@ -142,7 +142,7 @@ echo "== automatic rollback (the broken release)"
 rb=()
 for _ in $(seq "$RUNS"); do
     watch_ports
-    r=$(tool upgrade --ref "bench-broken-$n" --no-fetch --no-backup --no-stage --json || true)
+    r=$(tool upgrade --ref "bench-broken-$n" --no-fetch --no-backup --no-deploy-beside --json || true)
     stop_watch
     rb+=("$(json_field rollback_seconds <<<"$r")")
 done
@@ -160,5 +160,5 @@ printf 'recreate, same image (base)  %6.1f s mail downtime\n' "$b"
 printf 'docker restart (floor)       %6.1f s mail downtime\n' "$f"
 printf 'upgrade swap (tool)          %6.1f s   ratio %.2f   goal <= 10 s\n' "$s" "$(echo "$s / $f" | bc -l)"
 printf 'upgrade swap (watcher)       %6.1f s   ratio %.2f\n' "$so" "$(echo "$so / $f" | bc -l)"
-printf 'swap, deploy in the container %6.1f s   ratio %.2f   (upgrade --no-stage)\n' "$pl" "$(echo "$pl / $f" | bc -l)"
+printf 'swap, deploy in the container %6.1f s   ratio %.2f   (upgrade --no-deploy-beside)\n' "$pl" "$(echo "$pl / $f" | bc -l)"
 printf 'automatic rollback           %6.1f s   ratio %.2f   goal <= 15 s\n' "$r" "$(echo "$r / $f" | bc -l)"

@@ -159,7 +159,7 @@ fn deploy_aside(
             ),
         ),
         Err(e) => Err(e.context(
-            "the configuration failed to deploy in a side container; the running relay was left as it is: fix the configuration, or apply it anyway with `setup --no-stage`",
+            "the configuration failed to deploy in a side container; the running relay was left as it is: fix the configuration, or apply it anyway with `setup --no-deploy-beside`",
         )),
     }
 }

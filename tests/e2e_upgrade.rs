@@ -11,7 +11,7 @@
 //! container from the deployed image follows new settings and custom/
 //! files, and skips the deploy for its own; a Ctrl-C during the build of
 //! 1.14.0 leaves the relay as it was; 1.14.0 fails beside the relay and is
-//! never swapped in; with `--no-stage` it is, and the upgrade rolls back
+//! never swapped in; with `--no-deploy-beside` it is, and the upgrade rolls back
 //! by itself; a Ctrl-C during that swap still ends with a healthy relay;
 //! `--rollback` goes back to the snapshot. Mail is delivered after every
 //! step, and the first messages stay readable throughout.
@@ -500,9 +500,9 @@ fn real_relay_upgrade() {
     // the upgrade rolls back by itself.
     let (out, err) = upgrade(
         &dir,
-        &["--no-stage", "--json"],
+        &["--no-deploy-beside", "--json"],
         1,
-        "upgrade --no-stage to the broken 1.14.0",
+        "upgrade --no-deploy-beside to the broken 1.14.0",
     );
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(summary["outcome"], "rolled-back", "{summary}");
@@ -522,7 +522,7 @@ fn real_relay_upgrade() {
     mail_flows("after the automatic rollback");
 
     // 8. A Ctrl-C during that swap waits for the swap and the rollback.
-    let run = Running::start(&dir, &["--no-stage"]);
+    let run = Running::start(&dir, &["--no-deploy-beside"]);
     run.wait_for("Swapping");
     std::thread::sleep(Duration::from_secs(1));
     run.interrupt();

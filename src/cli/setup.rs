@@ -55,8 +55,8 @@ pub struct SetupArgs {
     pub keep_build_ca: bool,
 
     /// Start without deploying the configuration in a side container first: the new container deploys it itself (a longer interruption, and a configuration that fails replaces the running relay anyway).
-    #[arg(long)]
-    pub no_stage: bool,
+    #[arg(long, alias = "no-stage")]
+    pub no_deploy_beside: bool,
 
     /// Seconds to wait for the container to become healthy.
     #[arg(long, default_value_t = 900, value_name = "SECS")]
@@ -101,7 +101,7 @@ impl SetupArgs {
             rebuild: self.rebuild,
             force: self.force,
             wait_timeout: Duration::from_secs(self.wait_timeout),
-            deploy_beside: !self.no_stage,
+            deploy_beside: !self.no_deploy_beside,
             build: crate::engine::build::BuildOptions {
                 ca_name: self
                     .build_ca

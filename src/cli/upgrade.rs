@@ -15,11 +15,11 @@ pub struct UpgradeArgs {
     pub reference: Option<String>,
 
     /// Only say whether an upgrade is available: exit 0 when one is, 1 when up to date, 4 when it could not be checked (the remote unreachable, a bad --ref, ...). Changes nothing but the fetched refs in relay/.git.
-    #[arg(long, conflicts_with_all = ["rollback", "allow_dirty", "no_backup", "no_stage", "backup_dir"])]
+    #[arg(long, conflicts_with_all = ["rollback", "allow_dirty", "no_backup", "no_deploy_beside", "backup_dir"])]
     pub check: bool,
 
     /// Go back to the release before the last upgrade (its image is kept). data/.upgrade-state.json, that image and relay/ (no local edits) are checked before anything changes.
-    #[arg(long, conflicts_with_all = ["reference", "no_fetch", "allow_dirty", "no_backup", "no_stage", "backup_dir"])]
+    #[arg(long, conflicts_with_all = ["reference", "no_fetch", "allow_dirty", "no_backup", "no_deploy_beside", "backup_dir"])]
     pub rollback: bool,
 
     /// Do not fetch from the relay's remote: use the tags and commits already in relay/.
@@ -35,8 +35,8 @@ pub struct UpgradeArgs {
     pub no_backup: bool,
 
     /// Swap without deploying the new release in a side container first: the new container deploys itself (a longer interruption, and a failing release is found only by the swap, then rolled back).
-    #[arg(long)]
-    pub no_stage: bool,
+    #[arg(long, alias = "no-stage")]
+    pub no_deploy_beside: bool,
 
     /// Where the backup before the swap goes (default: backups/ in the deployment directory; two chains are kept).
     #[arg(long, value_name = "DIR")]
@@ -92,7 +92,7 @@ impl UpgradeArgs {
                     fetch: !self.no_fetch,
                     allow_dirty: self.allow_dirty,
                     backup: !self.no_backup,
-                    deploy_beside: !self.no_stage,
+                    deploy_beside: !self.no_deploy_beside,
                     backup_dir: self.backup_dir,
                     wait_timeout: timeout,
                     build: crate::engine::build::BuildOptions {

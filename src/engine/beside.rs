@@ -185,7 +185,7 @@ pub fn deploy(
                 "interrupted while deploying beside the relay",
             ))
         }
-        Err(e) if is_not_stageable(&e) => {
+        Err(e) if is_not_deployable_beside(&e) => {
             ctx.shell.note(format!("{e:#}; {}", policy.instead));
             Ok(None)
         }
@@ -213,7 +213,7 @@ pub fn deploy(
 pub fn settings_digest(svc: &serde_json::Value, ipv6: bool) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(serde_json::to_vec(&stage_env(svc, ipv6)).unwrap_or_default());
+    h.update(serde_json::to_vec(&beside_env(svc, ipv6)).unwrap_or_default());
     let mut mounts: Vec<(&str, &str)> = svc["volumes"]
         .as_array()
         .into_iter()
@@ -320,7 +320,7 @@ fn copy_tree(ctx: &Context, from: &Path, to: &Path) -> Result<()> {
 }
 
 /// The settings file the init reads in the side container.
-fn stage_env(svc: &serde_json::Value, ipv6: bool) -> BTreeMap<String, String> {
+fn beside_env(svc: &serde_json::Value, ipv6: bool) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = svc["environment"]
         .as_object()
         .map(|m| {
@@ -372,27 +372,29 @@ fn give_back_dirs(copy: &Path, live: &Path) -> Result<()> {
 /// Why a configuration cannot be deployed in a side container (not a
 /// failure of the deploy: the container then deploys by itself).
 #[derive(Debug)]
-pub struct NotStageable(pub String);
+pub struct NotDeployableBeside(pub String);
 
-impl std::fmt::Display for NotStageable {
+impl std::fmt::Display for NotDeployableBeside {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for NotStageable {}
+impl std::error::Error for NotDeployableBeside {}
 
 /// Whether `err` says the configuration cannot be deployed aside.
-pub fn is_not_stageable(err: &anyhow::Error) -> bool {
+pub fn is_not_deployable_beside(err: &anyhow::Error) -> bool {
     err.chain()
-        .any(|c| c.downcast_ref::<NotStageable>().is_some())
+        .any(|c| c.downcast_ref::<NotDeployableBeside>().is_some())
 }
 
 /// What a side container could not reproduce faithfully or safely:
 /// mounts other than binds, read-write binds outside the persistent state
 /// (the side container would write where the relay does), and container
 /// settings from an override the side container does not get.
-fn check_stageable(svc: &serde_json::Value) -> std::result::Result<(), NotStageable> {
+fn check_deployable_beside(
+    svc: &serde_json::Value,
+) -> std::result::Result<(), NotDeployableBeside> {
     for key in ["cap_add", "devices", "sysctls", "privileged"] {
         let v = &svc[key];
         let set = match v {
@@ -403,7 +405,7 @@ fn check_stageable(svc: &serde_json::Value) -> std::result::Result<(), NotStagea
             _ => true,
         };
         if set {
-            return Err(NotStageable(format!(
+            return Err(NotDeployableBeside(format!(
                 "the service sets `{key}` (an override): a side container would not have it"
             )));
         }
@@ -413,7 +415,7 @@ fn check_stageable(svc: &serde_json::Value) -> std::result::Result<(), NotStagea
     for opt in svc["security_opt"].as_array().into_iter().flatten() {
         let opt = opt.as_str().unwrap_or("");
         if !opt.starts_with("seccomp=") {
-            return Err(NotStageable(format!(
+            return Err(NotDeployableBeside(format!(
                 "the service sets `security_opt: {opt}` (an override): a side container would not have it"
             )));
         }
@@ -429,17 +431,17 @@ fn check_stageable(svc: &serde_json::Value) -> std::result::Result<(), NotStagea
             continue;
         }
         if kind != "bind" {
-            return Err(NotStageable(format!(
+            return Err(NotDeployableBeside(format!(
                 "the {kind} mount at {target} (an override) cannot be given to a side container"
             )));
         }
         if !v["read_only"].as_bool().unwrap_or(false) {
-            return Err(NotStageable(format!(
+            return Err(NotDeployableBeside(format!(
                 "{source} is mounted read-write at {target} (an override): a side container would write there too"
             )));
         }
         if source.contains(',') || target.contains(',') {
-            return Err(NotStageable(format!(
+            return Err(NotDeployableBeside(format!(
                 "the mount {source} -> {target} has a comma in a path"
             )));
         }
@@ -479,7 +481,7 @@ fn deploy_aside(
     interrupted: &dyn Fn() -> bool,
     network: Network,
 ) -> Result<String> {
-    check_stageable(svc)?;
+    check_deployable_beside(svc)?;
     let dir = ctx.deployment.path(BESIDE_DIR);
     remove_container(ctx);
     let _ = std::fs::remove_dir_all(&dir);
@@ -495,7 +497,7 @@ fn deploy_aside(
     let mut args = run_args(ctx, svc, ipv6, network);
     let mounts = mounts(ctx, svc, &dir)?;
     args.extend(mounts.args);
-    let env = stage_env(svc, ipv6);
+    let env = beside_env(svc, ipv6);
     crate::host::write_atomic(
         &mounts.state.join("stage-env.json"),
         &serde_json::to_vec(&env)?,
@@ -764,7 +766,7 @@ mod tests {
             if let (Some(o), Some(e)) = (svc.as_object_mut(), extra.as_object()) {
                 o.extend(e.clone());
             }
-            check_stageable(&svc).map_err(|e| e.0)
+            check_deployable_beside(&svc).map_err(|e| e.0)
         };
         let data = serde_json::json!([
             {"type": "bind", "source": "/d/data/chatmail", "target": "/home"},
@@ -861,13 +863,13 @@ mod tests {
         let svc = serde_json::json!({"environment": {
             "MAIL_DOMAIN": "chat.example.org", "EMPTY": "", "UNSET": null
         }});
-        let env = stage_env(&svc, false);
+        let env = beside_env(&svc, false);
         assert_eq!(env["MAIL_DOMAIN"], "chat.example.org");
         assert_eq!(env["EMPTY"], "");
         assert!(!env.contains_key("UNSET"));
         assert_eq!(env["CHATMAIL_HOST_IPV6"], "false");
         assert_eq!(env["CHATMAIL_SKIP_DNS_CHECK"], "true");
         assert_eq!(env["CHATMAIL_FORCE_DEPLOY"], "true");
-        assert_eq!(stage_env(&svc, true)["CHATMAIL_HOST_IPV6"], "true");
+        assert_eq!(beside_env(&svc, true)["CHATMAIL_HOST_IPV6"], "true");
     }
 }

@@ -346,7 +346,7 @@ impl<'a> Upgrade<'a> {
                 "the new image did not build; {relay} is back at {from} and the relay kept serving on the old image"
             ),
             Step::Beside => format!(
-                "{to} failed to deploy beside the relay; nothing was swapped: the relay kept serving {from} and {relay} is back at it (--no-stage swaps without this check)"
+                "{to} failed to deploy beside the relay; nothing was swapped: the relay kept serving {from} and {relay} is back at it (--no-deploy-beside swaps without this check)"
             ),
             Step::Backup => "the backup before the swap failed; the relay kept serving on the old image (--no-backup skips the backup)".to_string(),
         })

@@ -112,7 +112,12 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
         staged.contains("would deploy the configuration in a side container first"),
         "{staged}"
     );
-    let plain = ok_stdout(&setup(&root, &d, Some(&path), &["--dry-run", "--no-stage"]));
+    let plain = ok_stdout(&setup(
+        &root,
+        &d,
+        Some(&path),
+        &["--dry-run", "--no-deploy-beside"],
+    ));
     assert!(!plain.contains("side container"), "{plain}");
     assert_eq!(
         (snapshot(&d), snapshot(&root)),

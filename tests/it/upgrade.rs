@@ -429,6 +429,7 @@ fn a_failed_build_puts_everything_back() {
 fn an_interrupted_build_puts_everything_back() {
     let f = fixture("exec sleep 30");
     commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
+    // `--no-stage`: the earlier name of --no-deploy-beside, still accepted.
     let child = f.spawn(&["--no-backup", "--no-stage"]);
     let start = Instant::now();
     f.wait_for_call(" build ");
