@@ -1,9 +1,11 @@
 //! The integration tests' support kit: the one rule for a missing tool,
 //! fake host roots, stand-in programs on a temp PATH, tree snapshots, and
-//! (in [`certs`]) certificates and ACME layouts for the cert-watch tests.
+//! (in [`certs`]) certificates and ACME layouts for the cert-watch tests,
+//! (in [`migrate`]) fake bare-metal hosts for the migration tests.
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod migrate;
 
 use std::collections::BTreeMap;
 use std::fs;

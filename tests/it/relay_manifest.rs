@@ -4,7 +4,6 @@
 //! until the manifest knows it. (What a deploy really enables is checked
 //! against the manifest by the real-relay end-to-end suite.)
 
-#![allow(clippy::disallowed_macros, clippy::disallowed_methods)] // tests print to their log and read CI
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,11 +1,8 @@
 //! `migrate` end to end: a fake bare-metal host under a temp root, the real
 //! binary, a recording `systemctl` stand-in, and an independent checker
-//! (tests/migrate_check.py, os.lstat based) comparing the trees.
+//! (tests/it/support/migrate_check.py, os.lstat based) comparing the trees.
 
-#![allow(clippy::disallowed_macros, clippy::disallowed_methods)] // tests print to their log and read CI
-mod migrate_support;
-
-use migrate_support::*;
+use crate::support::migrate::*;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};

@@ -1,7 +1,6 @@
 //! A fake bare-metal chatmail host for `migrate` tests: the directory
 //! layout a relay really has, under a temp root, plus a `systemctl`
 //! stand-in that records its calls and keeps unit states in files.
-#![allow(dead_code)]
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -481,7 +480,7 @@ pub fn found_or_skipped(tool: &str, what: &str) -> bool {
 }
 
 pub fn checker() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/migrate_check.py")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/migrate_check.py")
 }
 
 /// All regular files under `root`, relative, sorted.
