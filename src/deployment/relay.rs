@@ -1,7 +1,7 @@
 //! The chatmail relay as this tool knows it: its systemd units and the ports
 //! it binds. One manifest, read from the relay's source (its deployers,
 //! units and configuration templates) and checked against it by the tests
-//! (`tests/relay_manifest.rs` reads the relay snapshot, the real-relay
+//! (`tests/it/relay_manifest.rs` reads the relay snapshot, the real-relay
 //! end-to-end suite compares with the units a deploy actually enabled), so a
 //! relay release that adds a service cannot slip past `status`, `migrate`
 //! or `preflight` unnoticed.

@@ -156,7 +156,7 @@ mod tests {
 
     /// chatmaild's config.py from the relay snapshot beside this checkout,
     /// when it is there (the integration tests require it; see
-    /// tests/relay_manifest.rs).
+    /// tests/it/relay_manifest.rs).
     fn snapshot_config_py() -> Option<String> {
         let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/relay");
         let tarball = std::fs::read_dir(&shared)

@@ -5,7 +5,7 @@
 //! not exist, an unreachable origin) that change nothing, and a failed or
 //! interrupted build that puts the checkout and the image name back. The
 //! swap, the rollback and the probes run against the real relay in
-//! tests/e2e_relay.rs.
+//! tests/e2e/relay.rs.
 
 use crate::support::{minimal_deployment, path_with, script};
 

@@ -1,10 +1,13 @@
 //! The integration tests' support kit: the one rule for a missing tool,
 //! fake host roots, stand-in programs on a temp PATH, tree snapshots, and
 //! (in [`certs`]) certificates and ACME layouts for the cert-watch tests,
-//! (in [`migrate`]) fake bare-metal hosts for the migration tests.
+//! (in [`migrate`]) fake bare-metal hosts for the migration tests, (in
+//! [`engine`]) what the end-to-end suites (`tests/e2e/`) need of the
+//! Docker engine and the real relay. Both test binaries use this one kit.
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod engine;
 pub mod migrate;
 
 use std::collections::BTreeMap;

@@ -23,17 +23,14 @@
 //! certificate says so at once with acmetool's own lines, and `status`
 //! shows the certificate missing.
 
-#![allow(clippy::disallowed_macros, clippy::disallowed_methods)] // tests print to their log and read CI
-mod e2e_support;
-
 use std::fs;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e_support::relay::*;
-use e2e_support::*;
+use crate::support::engine::relay::*;
+use crate::support::engine::*;
 
 const ACME_DOMAIN: &str = "chat.example.org";
 const NAMES: [&str; 3] = [

@@ -1,5 +1,5 @@
 //! End-to-end `upgrade` with the real relay: a local git origin made from
-//! the relay snapshot (with the offline patch, as in tests/e2e_relay.rs),
+//! the relay snapshot (with the offline patch, as in tests/e2e/relay.rs),
 //! a deployment whose `relay/` is a clone of it, and two releases
 //! committed on top: 1.13.0 changes the web page's text and adds a unit
 //! that uses systemd's sandboxing (DynamicUser=, PrivateTmp=,
@@ -16,9 +16,6 @@
 //! `--rollback` goes back to the snapshot. Mail is delivered after every
 //! step, and the first messages stay readable throughout.
 
-#![allow(clippy::disallowed_macros, clippy::disallowed_methods)] // tests print to their log and read CI
-mod e2e_support;
-
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -26,8 +23,8 @@ use std::process::{Command as StdCommand, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e_support::relay::*;
-use e2e_support::*;
+use crate::support::engine::relay::*;
+use crate::support::engine::*;
 
 const GOOD: &str = "1.13.0";
 const BROKEN: &str = "1.14.0";

@@ -14,15 +14,12 @@
 //! order inside one test. Without a Docker daemon the test is skipped with a
 //! printed reason, except under CI=true where that is a failure.
 
-#![allow(clippy::disallowed_macros, clippy::disallowed_methods)] // tests print to their log and read CI
-mod e2e_support;
-
 use std::fs;
 use std::process::Command as StdCommand;
 use std::time::Instant;
 
-use e2e_support::relay::*;
-use e2e_support::*;
+use crate::support::engine::relay::*;
+use crate::support::engine::*;
 
 /// Leave two messages for `to` in Postfix's queue, as a relay has them when
 /// its container is replaced: one deferred (Dovecot is stopped, delivery
@@ -391,9 +388,13 @@ fn real_relay_end_to_end() {
     // The relay's own online test suite (`cmdeploy test`), inside the
     // container as on a relay host: all of it passes but what needs the
     // internet or a second relay.
-    let outcomes =
-        e2e_support::online::run_online_suite(&container, &dir.join("relay"), DOMAIN, &[]);
-    e2e_support::online::assert_online_outcomes(&outcomes, false);
+    let outcomes = crate::support::engine::online::run_online_suite(
+        &container,
+        &dir.join("relay"),
+        DOMAIN,
+        &[],
+    );
+    crate::support::engine::online::assert_online_outcomes(&outcomes, false);
 
     // 5. A deploy that fails leaves the running relay as it was.
     let ini_path = "/etc/chatmail/chatmail.ini";

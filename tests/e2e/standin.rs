@@ -4,8 +4,8 @@
 //! real: Docker engine, Compose v2, systemd as PID 1 in the container,
 //! Debian's nginx, Postfix and Dovecot, the tool's own binary.
 //!
-//! The real relay is the judge (`tests/e2e_relay.rs`; its acmetool
-//! certificates, renewal and cert-watch in `tests/e2e_acme.rs`); the
+//! The real relay is the judge (`tests/e2e/relay.rs`; its acmetool
+//! certificates, renewal and cert-watch in `tests/e2e/acme.rs`); the
 //! stand-in stays here only for what the real relay cannot do on a machine
 //! without internet: run its install stage at container start
 //! (`--reinstall`: the real one reaches PyPI from inside the container).
@@ -19,10 +19,7 @@
 //! `tests/images/build-base.sh` (cached by content hash), because no image
 //! registry is assumed to be reachable.
 
-#![allow(clippy::disallowed_macros, clippy::disallowed_methods)] // tests print to their log and read CI
-mod e2e_support;
-
-use e2e_support::*;
+use crate::support::engine::*;
 
 use std::fs;
 use std::io::{Read, Write};

@@ -1,13 +1,10 @@
-//! Helpers of the end-to-end suites that drive the appliance on the
-//! machine's Docker engine: the engine rule (skip with a reason, fail under
-//! CI=true), the base image, the tool with a suite's image name, the
-//! container's health, `docker exec`.
-#![allow(dead_code, unused_imports)]
+//! The support kit's engine part, for the end-to-end suites that drive the
+//! appliance on the machine's Docker engine: the engine rule (skip with a
+//! reason, fail under CI=true), the base image, the tool with a suite's
+//! image name, the container's health, `docker exec`; the real relay
+//! ([`relay`]) and its online test suite ([`online`]).
 
-#[path = "../it/support/mod.rs"]
-mod kit;
-
-pub use kit::*;
+pub use super::*;
 
 pub mod online;
 pub mod relay;
