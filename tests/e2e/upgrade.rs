@@ -32,23 +32,6 @@ const GOOD_TEXT: &str = "This relay runs the test release 1.13.0.";
 /// The label of an image deployed beside the relay.
 const DEPLOYED: &str = "org.chatmail-docker.deployed";
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = StdCommand::new("git")
-        .args(["-c", "user.name=test", "-c", "user.email=test@example.org"])
-        .args(["-c", "advice.detachedHead=false"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Commit what `change` does in the origin and tag it.
 fn release(origin: &Path, tag: &str, change: impl FnOnce(&Path)) -> String {
     change(origin);

@@ -7,33 +7,12 @@
 //! swap, the rollback and the probes run against the real relay in
 //! tests/e2e/relay.rs.
 
-use crate::support::{minimal_deployment, path_with, script};
+use crate::support::{git, minimal_deployment, path_with, script};
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
-        .args([
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "advice.detachedHead=false",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// A relay "release": the relay's two Python projects (what a release
 /// must hold), chatmaild's config.py reading these keys.

@@ -304,3 +304,23 @@ pub fn mkfifo(p: &std::path::Path) {
     )
     .unwrap();
 }
+
+/// `git ARGS` in `dir` with a test identity, `main` as the first branch and
+/// no detached-HEAD advice; its output, trimmed (a failure fails the test).
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=test", "-c", "user.email=test@example.org"])
+        .args(["-c", "init.defaultBranch=main"])
+        .args(["-c", "advice.detachedHead=false"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
