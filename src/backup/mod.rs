@@ -122,6 +122,27 @@ pub struct Summary {
     pub removed_by_retention: Vec<PathBuf>,
 }
 
+impl Summary {
+    /// What a dry run reports: the destination and kind it would write.
+    fn planned(plan: Plan) -> Summary {
+        Summary {
+            archive: plan.final_path,
+            kind: plan.kind,
+            base: plan.base.map(|b| b.reference.file),
+            files: 0,
+            bytes: 0,
+            stored_files: 0,
+            stored_bytes: 0,
+            deleted: 0,
+            archive_bytes: 0,
+            seconds: 0.0,
+            queue_pause_ms: None,
+            consistency: vec![],
+            removed_by_retention: vec![],
+        }
+    }
+}
+
 /// `2026-12-01T15:47:00.123Z` -> `20261201T154700.123Z`.
 fn stamp(t: SystemTime) -> (String, String) {
     let rfc = humantime::format_rfc3339_millis(t).to_string();
@@ -242,6 +263,23 @@ fn mib(b: u64) -> String {
 
 /// Run `backup`.
 pub fn run(ctx: &Context, opts: &BackupOptions) -> Result<Summary> {
+    check_options(ctx, opts)?;
+    let start = Instant::now();
+    let signals = crate::host::interrupt::count();
+    let mut plan = plan(ctx, opts)?;
+    let info = std::mem::take(&mut plan.info);
+    if ctx.dry_run {
+        show_plan(ctx, opts, &plan, &info);
+        ctx.dry_run_done();
+        return Ok(Summary::planned(plan));
+    }
+    let summary = write(ctx, opts, plan, info, signals, start)?;
+    report(ctx, opts, &summary)?;
+    Ok(summary)
+}
+
+/// Refuse options that cannot work before anything is read.
+fn check_options(ctx: &Context, opts: &BackupOptions) -> Result<()> {
     if opts.output == Output::Stdout {
         use std::io::IsTerminal;
         if std::io::stdout().is_terminal() && !ctx.dry_run {
@@ -272,30 +310,11 @@ pub fn run(ctx: &Context, opts: &BackupOptions) -> Result<Summary> {
             opts.threads
         )));
     }
-    let start = Instant::now();
-    let signals = crate::host::interrupt::count();
-    let mut plan = plan(ctx, opts)?;
-    let info = std::mem::take(&mut plan.info);
-    if ctx.dry_run {
-        show_plan(ctx, opts, &plan, &info);
-        ctx.dry_run_done();
-        return Ok(Summary {
-            archive: plan.final_path,
-            kind: plan.kind,
-            base: plan.base.map(|b| b.reference.file),
-            files: 0,
-            bytes: 0,
-            stored_files: 0,
-            stored_bytes: 0,
-            deleted: 0,
-            archive_bytes: 0,
-            seconds: 0.0,
-            queue_pause_ms: None,
-            consistency: vec![],
-            removed_by_retention: vec![],
-        });
-    }
-    let summary = write(ctx, opts, plan, info, signals, start)?;
+    Ok(())
+}
+
+/// The summary, as JSON or as lines for a person.
+fn report(ctx: &Context, opts: &BackupOptions, summary: &Summary) -> Result<()> {
     if opts.json {
         let text = serde_json::to_string_pretty(&summary)?;
         if opts.output == Output::Stdout {
@@ -339,7 +358,7 @@ pub fn run(ctx: &Context, opts: &BackupOptions) -> Result<Summary> {
                 .status("Removed", format!("{} (--keep)", p.display()));
         }
     }
-    Ok(summary)
+    Ok(())
 }
 
 fn show_plan(ctx: &Context, opts: &BackupOptions, plan: &Plan, info: &RelayFacts) {

@@ -367,22 +367,21 @@ fn wait_all_serve_new(old: &str, since: Instant) -> (String, Duration) {
 
 #[test]
 fn relay_with_a_certificate_from_an_acme_server() {
-    if !engine_or_skip() {
-        return;
-    }
     if !require(
         runs("pebble", &["-version"]) || which("pebble"),
         "pebble (Debian's package: an ACME server for tests)",
     ) {
         return;
     }
-    let _engine = engine_lock();
-    let total = Instant::now();
-    let base = base_image();
-    let tmp = tempfile::Builder::new()
-        .prefix("chatmail-e2e-acme")
-        .tempdir()
-        .unwrap();
+    let Some(EngineTest {
+        engine: _engine,
+        total,
+        base,
+        tmp,
+    }) = engine_test("chatmail-e2e-acme")
+    else {
+        return;
+    };
     let ca = test_ca(&tmp.path().join("ca"));
     let mut pebble = Pebble::start(&tmp.path().join("pebble"), &ca);
     let (dir, _) = deployment_with(tmp.path(), Filtermail::Source);

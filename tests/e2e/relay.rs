@@ -174,16 +174,15 @@ fn filtermail_stage_unreachable(parent: &std::path::Path, base: &str) {
 
 #[test]
 fn real_relay_end_to_end() {
-    if !engine_or_skip() {
+    let Some(EngineTest {
+        engine: _engine,
+        total,
+        base,
+        tmp,
+    }) = engine_test("chatmail-e2e-relay")
+    else {
         return;
-    }
-    let _engine = engine_lock();
-    let total = Instant::now();
-    let base = base_image();
-    let tmp = tempfile::Builder::new()
-        .prefix("chatmail-e2e-relay")
-        .tempdir()
-        .unwrap();
+    };
     // filtermail's source in relay/filtermail/, as upstream moves it into
     // the relay repository: the image builds it (no stand-in, no download).
     let (dir, commit) = deployment_with(tmp.path(), Filtermail::Source);

@@ -127,16 +127,15 @@ fn host_ini() -> String {
 /// Scenarios 1-5, in order, on the real engine.
 #[test]
 fn appliance_end_to_end() {
-    if !engine_or_skip() {
+    let Some(EngineTest {
+        engine: _engine,
+        total,
+        base,
+        tmp,
+    }) = engine_test("chatmail-e2e")
+    else {
         return;
-    }
-    let _engine = engine_lock();
-    let total = Instant::now();
-    let base = base_image();
-    let tmp = tempfile::Builder::new()
-        .prefix("chatmail-e2e")
-        .tempdir()
-        .unwrap();
+    };
     let dir = deployment(tmp.path(), "deploy", Some(&host_ini()));
     let guard = Down::new(&dir, IMAGE);
 

@@ -282,16 +282,15 @@ fn container_id(dir: &Path) -> String {
 
 #[test]
 fn real_relay_upgrade() {
-    if !engine_or_skip() {
+    let Some(EngineTest {
+        engine: _engine,
+        total,
+        base: base_image,
+        tmp,
+    }) = engine_test("chatmail-e2e-upgrade")
+    else {
         return;
-    }
-    let _engine = engine_lock();
-    let total = Instant::now();
-    let base_image = base_image();
-    let tmp = tempfile::Builder::new()
-        .prefix("chatmail-e2e-upgrade")
-        .tempdir()
-        .unwrap();
+    };
     // The origin: the snapshot (with the offline patch) on main.
     let origin_parent = tmp.path().join("origin");
     fs::create_dir_all(&origin_parent).unwrap();

@@ -241,14 +241,39 @@ pub(crate) fn archives(dir: &Path) -> Vec<PathBuf> {
     chatmail_docker::archive::archives_in(dir).unwrap()
 }
 
-#[test]
-fn full_then_incremental_then_restore_of_the_chain() {
+/// `restore ARCHIVE` into `target` (no stand-in: no container runs there).
+pub(crate) fn restore_into(target: &Path, archive: &Path) -> std::process::Output {
+    bin()
+        .arg("--dir")
+        .arg(target)
+        .arg("restore")
+        .arg(archive)
+        .output()
+        .unwrap()
+}
+
+/// A deployment in a temp dir with the stand-in docker (relay stopped),
+/// backed up once into `dest` below the temp dir (an archive's name, or a
+/// directory's ending in `/`): the temp dir, the deployment, the stand-in's
+/// directory and the destination.
+pub(crate) fn backed_up(dest: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let t = tempfile::tempdir().unwrap();
     let d = deployment(t.path());
     let (bin_dir, _) = stand_in(t.path(), false);
-    let out = t.path().join("backups");
+    let to = t.path().join(dest.trim_end_matches('/'));
+    let arg = format!(
+        "{}{}",
+        to.display(),
+        if dest.ends_with('/') { "/" } else { "" }
+    );
+    assert_ok(&run(&d, &bin_dir, &["backup", &arg]));
+    (t, d, bin_dir, to)
+}
+
+#[test]
+fn full_then_incremental_then_restore_of_the_chain() {
+    let (t, d, bin_dir, out) = backed_up("backups/");
     let out_s = format!("{}/", out.display());
-    assert_ok(&run(&d, &bin_dir, &["backup", &out_s]));
     let first = archives(&out);
     assert_eq!(first.len(), 1);
     assert!(first[0].to_string_lossy().ends_with("-full.tar.zst"));
@@ -396,11 +421,7 @@ fn postfix_is_thawed_and_nothing_kept_on_sigterm() {
 
 #[test]
 fn restore_refuses_what_it_cannot_trust_and_writes_nothing() {
-    let t = tempfile::tempdir().unwrap();
-    let d = deployment(t.path());
-    let (bin_dir, _) = stand_in(t.path(), false);
-    let archive = t.path().join("b.tar.zst");
-    assert_ok(&run(&d, &bin_dir, &["backup", archive.to_str().unwrap()]));
+    let (t, d, bin_dir, archive) = backed_up("b.tar.zst");
     let bytes = fs::read(&archive).unwrap();
     let target = t.path().join("fresh");
     fs::create_dir_all(&target).unwrap();
@@ -882,12 +903,7 @@ fn an_archive_cannot_write_outside_the_restore_through_a_symlink() {
         },
     );
     let target = t.path().join("fresh");
-    let r = bin()
-        .arg("--dir")
-        .arg(&target)
-        .args(["restore", evil.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let r = restore_into(&target, &evil);
     assert!(!r.status.success());
     assert!(
         String::from_utf8_lossy(&r.stderr).contains("symlink"),
@@ -917,11 +933,7 @@ fn without_the_waiting_shell_postfix_is_thawed_by_a_second_exec() {
 
 #[test]
 fn an_interrupted_restore_leaves_nothing() {
-    let t = tempfile::tempdir().unwrap();
-    let d = deployment(t.path());
-    let (bin_dir, _) = stand_in(t.path(), false);
-    let archive = t.path().join("b.tar.zst");
-    assert_ok(&run(&d, &bin_dir, &["backup", archive.to_str().unwrap()]));
+    let (t, _, _, archive) = backed_up("b.tar.zst");
     // A slow reader: SIGTERM arrives while the archive is being read.
     let target = t.path().join("fresh");
     fs::create_dir_all(&target).unwrap();

@@ -4,7 +4,7 @@
 //! and chains, retention in directories shared with other relays, and
 //! signals while a command is blocked.
 
-use crate::backup::{deployment, hand_made_archive, run, stand_in, state};
+use crate::backup::{backed_up, deployment, hand_made_archive, restore_into, run, stand_in, state};
 use crate::support::{assert_ok, bin, have_compose_v2, path_with, require, script};
 
 use std::fs;
@@ -143,6 +143,11 @@ pub(crate) fn crafted(
         b.append_data(&mut h, ".chatmail-backup/manifest.json", &text[..])
             .unwrap();
     });
+}
+
+/// A full archive of `entries` with a manifest that agrees with them.
+fn full_archive(path: &Path, id: &str, entries: &[Craft]) {
+    crafted(path, id, None, entries, &[], |_| {});
 }
 
 /// `restore` (and `restore --dry-run`) of `archive` into `target` must fail
@@ -299,40 +304,29 @@ fn setuid_and_setgid_files_are_refused() {
     let t = tempfile::tempdir().unwrap();
     for (n, mode) in [0o4755u32, 0o2755].into_iter().enumerate() {
         let archive = t.path().join(format!("s{n}.tar.zst"));
-        crafted(
+        full_archive(
             &archive,
             "s",
-            None,
             &[
                 Craft::Dir("data", 0o755),
                 Craft::File("data/tool", b"#!/bin/sh\n", mode),
             ],
-            &[],
-            |_| {},
         );
         refused(&archive, &t.path().join("target"), t.path(), "bit");
     }
     // Postfix's public/ is a setgid directory: that one is fine.
     let ok = t.path().join("ok.tar.zst");
-    crafted(
+    full_archive(
         &ok,
         "o",
-        None,
         &[
             Craft::Dir("data", 0o755),
             Craft::Dir("data/chatmail-postfix", 0o755),
             Craft::Dir("data/chatmail-postfix/public", 0o2710),
         ],
-        &[],
-        |_| {},
     );
     let target = t.path().join("ok-target");
-    let r = bin()
-        .arg("--dir")
-        .arg(&target)
-        .args(["restore", ok.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let r = restore_into(&target, &ok);
     assert_ok(&r);
     assert_eq!(
         fs::metadata(target.join("data/chatmail-postfix/public"))
@@ -352,17 +346,14 @@ fn a_hard_link_to_a_path_outside_or_not_a_file_is_refused() {
         .enumerate()
     {
         let archive = t.path().join(format!("h{n}.tar.zst"));
-        crafted(
+        full_archive(
             &archive,
             "h",
-            None,
             &[
                 Craft::Dir("data", 0o755),
                 Craft::Dir("data/d", 0o755),
                 Craft::Hard("data/h", target),
             ],
-            &[],
-            |_| {},
         );
         let says = if n == 0 {
             "unexpected entry"
@@ -458,10 +449,9 @@ impl<R: std::io::Read> TakeBytes for R {}
 fn a_crafted_archive_that_is_consistent_restores_exactly() {
     let t = tempfile::tempdir().unwrap();
     let archive = t.path().join("ok.tar.zst");
-    crafted(
+    full_archive(
         &archive,
         "ok",
-        None,
         &[
             Craft::Dir("data", 0o755),
             Craft::Dir("data/chatmail", 0o700),
@@ -470,16 +460,9 @@ fn a_crafted_archive_that_is_consistent_restores_exactly() {
             Craft::Link("data/chatmail/l", "/etc/passwd".into()),
             Craft::File(".env", b"MAIL_DOMAIN=x\n", 0o600),
         ],
-        &[],
-        |_| {},
     );
     let target = t.path().join("target");
-    let r = bin()
-        .arg("--dir")
-        .arg(&target)
-        .args(["restore", archive.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let r = restore_into(&target, &archive);
     assert_ok(&r);
     assert_eq!(fs::read(target.join("data/chatmail/m")).unwrap(), b"mail");
     assert_eq!(
@@ -500,11 +483,7 @@ fn a_crafted_archive_that_is_consistent_restores_exactly() {
 
 #[test]
 fn two_forced_restores_in_one_second_keep_every_original() {
-    let t = tempfile::tempdir().unwrap();
-    let d = deployment(t.path());
-    let (bin_dir, _) = stand_in(t.path(), false);
-    let archive = t.path().join("b.tar.zst");
-    assert_ok(&run(&d, &bin_dir, &["backup", archive.to_str().unwrap()]));
+    let (_t, d, bin_dir, archive) = backed_up("b.tar.zst");
     let mut envs = Vec::new();
     for i in 0..3 {
         let env = format!("MAIL_DOMAIN=edit{i}.org\n");
@@ -573,6 +552,15 @@ fn compose_stand_in(t: &Path) -> Option<PathBuf> {
         ),
     );
     Some(bin_dir)
+}
+
+/// A deployment in `t` with the appliance's compose file and
+/// [`compose_stand_in`]: (the deployment, the stand-in's directory).
+fn compose_deployment(t: &Path) -> Option<(PathBuf, PathBuf)> {
+    let bin_dir = compose_stand_in(t)?;
+    let d = deployment(t);
+    appliance_compose(&d);
+    Some((d, bin_dir))
 }
 
 /// The appliance's own compose file in `d/docker/`.
@@ -660,39 +648,31 @@ fn linked_data_directories_and_the_queue_behind_a_link_are_archived() {
 #[test]
 fn the_mount_vmail_layout_is_archived_with_the_mail_it_mounts() {
     let t = tempfile::tempdir().unwrap();
-    let Some(bin_dir) = compose_stand_in(t.path()) else {
+    let Some((d, bin_dir)) = compose_deployment(t.path()) else {
         return;
     };
-    let d = deployment(t.path());
-    appliance_compose(&d);
     // migrate --mount-vmail: the mail stays in the host's /home/vmail (under
     // a test root), the marker makes the generated override mount it.
     let root = t.path().join("root");
     fs::create_dir_all(root.join("home")).unwrap();
     fs::rename(d.join("data/chatmail/vmail"), root.join("home/vmail")).unwrap();
     fs::write(d.join("data/.mount-vmail"), "# mounted\n").unwrap();
-    let gen = bin()
-        .env("PATH", path_with(&bin_dir))
-        .arg("--root")
-        .arg(&root)
-        .arg("--dir")
-        .arg(&d)
-        .args(["config", "--override-only"])
-        .output()
-        .unwrap();
+    let on_root = |args: &[&str]| {
+        bin()
+            .env("PATH", path_with(&bin_dir))
+            .arg("--root")
+            .arg(&root)
+            .arg("--dir")
+            .arg(&d)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let gen = on_root(&["config", "--override-only"]);
     assert_ok(&gen);
     fs::write(d.join("docker/compose.generated.yaml"), &gen.stdout).unwrap();
     let archive = t.path().join("b.tar.zst");
-    let r = bin()
-        .env("PATH", path_with(&bin_dir))
-        .arg("--root")
-        .arg(&root)
-        .arg("--dir")
-        .arg(&d)
-        .args(["backup", archive.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_ok(&r);
+    assert_ok(&on_root(&["backup", archive.to_str().unwrap()]));
     let target = t.path().join("fresh");
     let r = run(&target, &bin_dir, &["restore", archive.to_str().unwrap()]);
     assert_ok(&r);
@@ -711,11 +691,9 @@ fn the_mount_vmail_layout_is_archived_with_the_mail_it_mounts() {
 #[test]
 fn a_state_mount_the_host_cannot_read_fails_the_backup() {
     let t = tempfile::tempdir().unwrap();
-    let Some(bin_dir) = compose_stand_in(t.path()) else {
+    let Some((d, bin_dir)) = compose_deployment(t.path()) else {
         return;
     };
-    let d = deployment(t.path());
-    appliance_compose(&d);
     fs::write(
         d.join("docker-compose.override.yaml"),
         "services:\n  chatmail:\n    volumes:\n      - type: tmpfs\n        target: /var/spool/postfix\n",
@@ -742,12 +720,8 @@ fn archive_list(dir: &Path) -> Vec<String> {
 
 #[test]
 fn retention_removes_only_this_deployments_chains_never_the_new_one() {
-    let t = tempfile::tempdir().unwrap();
-    let d = deployment(t.path());
-    let (bin_dir, _) = stand_in(t.path(), false);
-    let out = t.path().join("backups");
+    let (t, d, bin_dir, out) = backed_up("backups/");
     let out_s = format!("{}/", out.display());
-    assert_ok(&run(&d, &bin_dir, &["backup", &out_s]));
     let ours = archive_list(&out);
     // Another relay's archives in the same directory, one dated in the
     // future; a file named like an archive; a copy of ours under a future

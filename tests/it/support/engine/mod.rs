@@ -27,6 +27,30 @@ pub fn engine_or_skip() -> bool {
     )
 }
 
+/// What every end-to-end test starts from: the engine held for the whole
+/// test, its clock, the base image and a temp dir named for the suite.
+pub struct EngineTest {
+    pub engine: fs::File,
+    pub total: Instant,
+    pub base: String,
+    pub tmp: tempfile::TempDir,
+}
+
+/// [`EngineTest`] for a suite whose temp dir starts with `prefix`; `None`
+/// when the test is skipped (no engine, outside CI).
+pub fn engine_test(prefix: &str) -> Option<EngineTest> {
+    if !engine_or_skip() {
+        return None;
+    }
+    let engine = engine_lock();
+    Some(EngineTest {
+        engine,
+        total: Instant::now(),
+        base: base_image(),
+        tmp: tempfile::Builder::new().prefix(prefix).tempdir().unwrap(),
+    })
+}
+
 /// The base image tag, built when missing (cached by content hash).
 pub fn base_image() -> String {
     let script = manifest_dir().join("tests/images/build-base.sh");
