@@ -279,22 +279,10 @@ const ENDPOINTS: [(u16, Option<&str>); 6] = [
 
 /// `openssl x509 -noout ARGS` on a PEM certificate.
 fn x509(pem: &str, args: &[&str]) -> String {
-    use std::io::Write;
-    let mut child = StdCommand::new("openssl")
-        .arg("x509")
-        .arg("-noout")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(pem.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = feed(
+        StdCommand::new("openssl").args(["x509", "-noout"]).args(args),
+        pem.as_bytes(),
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 

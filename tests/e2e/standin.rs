@@ -467,20 +467,10 @@ fn metrics_of_the_running_appliance(dir: &Path, base: &str) {
         .output()
         .is_ok()
     {
-        let mut check = StdCommand::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        check
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(written.as_bytes())
-            .unwrap();
-        let out = check.wait_with_output().unwrap();
+        let out = feed(
+            StdCommand::new("promtool").args(["check", "metrics"]),
+            written.as_bytes(),
+        );
         assert!(
             out.status.success() && out.stderr.is_empty(),
             "{}",

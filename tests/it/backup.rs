@@ -3,7 +3,7 @@
 //! `docker` that records its calls (thawed on errors and on SIGTERM), and
 //! every way a restore must refuse with nothing written.
 
-use crate::support::{assert_ok, bin, path_with, script};
+use crate::support::{assert_code, assert_ok, bin, path_with, script};
 
 use chatmail_docker::backup::{self, BackupOptions, Output};
 use chatmail_docker::host::Host;
@@ -407,12 +407,7 @@ fn postfix_is_thawed_and_nothing_kept_on_sigterm() {
     docker(&bin_dir, &log, true, "kill -TERM $PPID");
     let out = t.path().join("backups");
     let r = run(&d, &bin_dir, &["backup", &format!("{}/", out.display())]);
-    assert_eq!(
-        r.status.code(),
-        Some(130),
-        "{}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    assert_code(&r, 130);
     assert!(String::from_utf8_lossy(&r.stderr).contains("interrupted"));
     let calls = fs::read_to_string(&log).unwrap();
     assert!(calls.contains("thawed-by-shell"), "{calls}");
@@ -959,12 +954,7 @@ fn an_interrupted_restore_leaves_nothing() {
     stdin.write_all(&bytes[bytes.len() / 2..]).ok();
     drop(stdin);
     let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_code(&out, 130);
     assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
 }
 

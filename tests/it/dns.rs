@@ -84,13 +84,6 @@ impl Case {
     }
 }
 
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 #[test]
 fn the_zonefile_never_replaces_a_file_it_did_not_write() {
@@ -121,7 +114,7 @@ fn the_zonefile_never_replaces_a_file_it_did_not_write() {
             let mut args = vec!["--no-check", "--zonefile", target];
             args.extend_from_slice(extra);
             let o = c.run(&args);
-            let out = text(&o);
+            let out = output_text(&o);
             assert_eq!(o.status.code(), Some(2), "{args:?}: {out}");
             assert!(
                 out.contains(&format!("--zonefile {}", d.join(target).display()))
@@ -139,7 +132,7 @@ fn the_zonefile_is_written_marked_and_replaced_atomically() {
     let c = case(ZONE, &[]);
     let zone = c.dir.join("chatmail.zone");
     let o = c.run(&["--no-check", "--zonefile", "chatmail.zone"]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let written = fs::read_to_string(&zone).unwrap();
     let mut lines = written.lines();
     assert!(
@@ -159,7 +152,7 @@ fn the_zonefile_is_written_marked_and_replaced_atomically() {
     report["zone"] = newer.clone().into();
     fs::write(&c.report, report.to_string()).unwrap();
     let o = c.run(&["--no-check", "--zonefile", zone.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let rewritten = fs::read_to_string(&zone).unwrap();
     assert!(rewritten.ends_with(&newer), "{rewritten}");
     assert_ne!(fs::metadata(&zone).unwrap().ino(), ino);

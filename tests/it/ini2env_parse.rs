@@ -4,33 +4,24 @@
 //! Needs `python3` with `iniconfig` (`pip install iniconfig`). Without them
 //! the differential tests are skipped with a reason, except under CI=true.
 
-use crate::support::{require, runs, xorshift};
+use crate::support::{feed, require, runs, xorshift};
 use chatmail_docker::formats::ini;
 use proptest::prelude::*;
 use serde_json::Value;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// iniconfig's verdict on each file, in order.
 fn oracle(paths: &[PathBuf]) -> Vec<Value> {
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ini2env/iniconfig_oracle.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
     let list: String = paths.iter().map(|p| format!("{}\n", p.display())).collect();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(list.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "oracle failed");
+    let out = feed(Command::new("python3").arg(script), list.as_bytes());
+    assert!(
+        out.status.success(),
+        "oracle failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()

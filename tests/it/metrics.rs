@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const DOMAIN: &str = "chat.example.org";
@@ -249,22 +249,7 @@ fn parse_with_real_parsers(text: &str) -> Option<usize> {
     {
         return None;
     }
-    let run = |cmd: &mut Command| {
-        use std::io::Write;
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let run = |cmd: &mut Command| feed(cmd, text.as_bytes());
     let out = run(Command::new("promtool").args(["check", "metrics"]));
     assert!(
         out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
@@ -718,12 +703,7 @@ fn the_textfile_is_replaced_atomically_or_not_at_all() {
         .arg(&blocked)
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_code(&out, 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is kept"));
     assert!(blocked.join("chatmail-docker.prom/kept").is_dir());
     assert_eq!(

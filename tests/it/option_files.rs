@@ -77,11 +77,7 @@ impl Case {
         let o = c.output().unwrap();
         (
             o.status.code(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
+            output_text(&o),
         )
     }
 }

@@ -7,7 +7,7 @@
 //! swap, the rollback and the probes run against the real relay in
 //! tests/e2e/relay.rs.
 
-use crate::support::{git, minimal_deployment, path_with, script};
+use crate::support::{git, minimal_deployment, output_text, path_with, script};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -187,20 +187,13 @@ fn terminate(mut child: std::process::Child) -> (std::process::ExitStatus, Strin
     (status, err)
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 #[test]
 fn check_says_whether_a_release_is_available() {
     let f = fixture("exit 0");
     let o = f.run(&["--check"]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("up to date"), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(output_text(&o).contains("up to date"), "{}", output_text(&o));
 
     commit_release(
         &f.origin,
@@ -217,7 +210,7 @@ fn check_says_whether_a_release_is_available() {
         Some("1.1.0"),
     );
     let o = f.run(&["--check"]);
-    let out = text(&o);
+    let out = output_text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("1.0.0") && out.contains("-> 1.1.0"), "{out}");
     assert!(out.contains("2 new commits"), "{out}");
@@ -231,7 +224,7 @@ fn check_says_whether_a_release_is_available() {
 
     // JSON for monitoring.
     let o = f.run(&["--check", "--json", "--no-fetch"]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["to"]["commit"], release.as_str());
     assert_eq!(v["to"]["version"], "1.1.0");
@@ -247,7 +240,7 @@ fn a_dry_run_shows_the_plan_and_changes_nothing() {
         Some("1.1.0"),
     );
     let o = f.run(&["--dry-run"]);
-    let out = text(&o);
+    let out = output_text(&o);
     assert!(o.status.success(), "{out}");
     assert!(
         out.contains("-> 1.1.0") && out.contains("1 new commit"),
@@ -279,7 +272,7 @@ fn a_key_the_ini_still_sets_is_warned_about() {
     git(&f.dir.join("relay"), &["pull", "-q"]);
     commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
     let o = f.run(&["--dry-run"]);
-    let out = text(&o);
+    let out = output_text(&o);
     assert!(o.status.success(), "{out}");
     assert!(
         out.contains("no longer reads `old_knob`, which chatmail.ini sets"),
@@ -297,7 +290,7 @@ fn local_edits_are_refused_unless_allowed() {
     )
     .unwrap();
     let o = f.run(&[]);
-    let out = text(&o);
+    let out = output_text(&o);
     assert_eq!(o.status.code(), Some(2), "{out}");
     assert!(
         out.contains("local changes") && out.contains("config.py"),
@@ -312,7 +305,7 @@ fn local_edits_are_refused_unless_allowed() {
 fn a_ref_that_does_not_exist_is_named() {
     let f = fixture("exit 0");
     let o = f.run(&["--ref", "9.9.9"]);
-    let out = text(&o);
+    let out = output_text(&o);
     assert_eq!(o.status.code(), Some(2), "{out}");
     assert!(
         out.contains("--ref 9.9.9: no such tag, branch or commit"),
@@ -339,7 +332,7 @@ fn an_unreachable_origin_changes_nothing() {
     // `--check` cannot tell: neither 0 (available) nor 1 (up to date).
     for (args, code) in [(&["--check"][..], 4), (&[], 1)] {
         let o = f.run(args);
-        let out = text(&o);
+        let out = output_text(&o);
         assert_eq!(o.status.code(), Some(code), "{args:?}: {out}");
         assert!(
             out.contains("cannot fetch the relay's releases from origin"),
@@ -364,13 +357,13 @@ fn the_newest_release_is_no_upgrade_for_a_checkout_past_it() {
     let past = commit_release(&f.origin, &[("mail_domain", "")], None);
     git(&f.dir.join("relay"), &["pull", "-q"]);
     let o = f.run(&[]);
-    let out = text(&o);
+    let out = output_text(&o);
     assert!(o.status.success(), "{out}");
     assert!(out.contains("nothing to upgrade"), "{out}");
     assert_eq!(f.head(), past);
     // Asked for explicitly, the older release is a downgrade, and says so.
     let o = f.run(&["--ref", "1.0.0", "--dry-run"]);
-    assert!(text(&o).contains("a downgrade"), "{}", text(&o));
+    assert!(output_text(&o).contains("a downgrade"), "{}", output_text(&o));
 }
 
 #[test]
@@ -378,7 +371,7 @@ fn a_failed_build_puts_everything_back() {
     let f = fixture("echo 'no space left on device' >&2; exit 1");
     let target = commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
     let o = f.run(&["--no-backup"]);
-    let out = text(&o);
+    let out = output_text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(
         out.contains("did not build") && out.contains("kept serving"),
@@ -434,7 +427,7 @@ fn an_interrupted_build_puts_everything_back() {
 fn rollback_without_an_upgrade_is_refused() {
     let f = fixture("exit 0");
     let o = f.run(&["--rollback"]);
-    let out = text(&o);
+    let out = output_text(&o);
     assert_eq!(o.status.code(), Some(2), "{out}");
     assert!(out.contains("no upgrade to roll back"), "{out}");
 }
@@ -445,7 +438,7 @@ fn a_relay_that_is_no_git_checkout_is_explained() {
     fs::remove_dir_all(f.dir.join("relay/.git")).unwrap();
     for (args, code) in [(&["--check"][..], 4), (&["--dry-run"], 2)] {
         let o = f.run(args);
-        let out = text(&o);
+        let out = output_text(&o);
         assert_eq!(o.status.code(), Some(code), "{args:?}: {out}");
         assert!(
             out.contains("is not a git checkout") && out.contains("git clone"),
@@ -506,7 +499,7 @@ fn check_that_cannot_check_has_its_own_exit_code() {
         &["--check", "--no-fetch", "--ref", "no-such-branch"],
     ] {
         let o = f.run(args);
-        let out = text(&o);
+        let out = output_text(&o);
         assert_eq!(o.status.code(), Some(4), "{args:?}: {out}");
         assert!(
             out.contains("could not check whether an upgrade is available"),
@@ -546,7 +539,7 @@ fn target_of(f: &Fixture, args: &[&str]) -> String {
     assert!(
         matches!(o.status.code(), Some(0 | 1)),
         "{args:?}: {}",
-        text(&o)
+        output_text(&o)
     );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     v["to"]["commit"].as_str().unwrap().to_string()
@@ -572,7 +565,7 @@ fn a_ref_resolves_in_the_checkout_and_a_branch_name_is_the_remotes() {
     assert_eq!(target_of(&f, &["--ref", &c[..10]]), c);
     // The plan says where it goes.
     let o = f.run(&["--dry-run", "--ref", "HEAD~1"]);
-    let out = text(&o);
+    let out = output_text(&o);
     assert!(o.status.success(), "{out}");
     assert!(
         out.contains(&format!("-> 1.0.0 ({})", &a[..12])) && out.contains("a downgrade"),
@@ -581,7 +574,7 @@ fn a_ref_resolves_in_the_checkout_and_a_branch_name_is_the_remotes() {
     // Nothing that looks like an option reaches git as one.
     for bad in ["--orphan=x", "-f", "--output=/tmp/x"] {
         let o = f.run(&["--check", &format!("--ref={bad}")]);
-        let out = text(&o);
+        let out = output_text(&o);
         assert_eq!(o.status.code(), Some(4), "{bad}: {out}");
         assert!(out.contains("no such tag, branch or commit"), "{out}");
     }
@@ -618,7 +611,7 @@ fn a_tag_without_the_relays_code_is_no_release() {
     git(&f.origin, &["tag", "1.4.0", &format!("{good}^{{tree}}")]);
 
     let o = f.run(&["--check", "--json"]);
-    let out = text(&o);
+    let out = output_text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["to"]["commit"], good.as_str(), "{out}");
@@ -637,7 +630,7 @@ fn a_tag_without_the_relays_code_is_no_release() {
     }
     // Asked for by name, it is refused with the reason.
     let o = f.run(&["--ref", "1.3.0", "--no-backup"]);
-    let out = text(&o);
+    let out = output_text(&o);
     assert_eq!(o.status.code(), Some(2), "{out}");
     assert!(
         out.contains(&format!(
@@ -730,7 +723,7 @@ fn a_rollback_trusts_no_state_file_it_did_not_write() {
     // A valid file passes every check (the dry run runs them all).
     f.write_state(&good);
     let o = f.run(&["--rollback", "--dry-run"]);
-    let out = text(&o);
+    let out = output_text(&o);
     assert!(o.status.success(), "{out}");
     assert!(
         out.contains("would tag chatmail-relay:local-relay-"),
@@ -803,7 +796,7 @@ fn a_rollback_trusts_no_state_file_it_did_not_write() {
         f.write_state(&st);
         let before = fs::read(f.dir.join("data/.upgrade-state.json")).unwrap();
         let o = f.run(&["--rollback", "--wait-timeout", "1"]);
-        let out = text(&o);
+        let out = output_text(&o);
         assert_eq!(o.status.code(), Some(2), "{field}={value}: {out}");
         assert!(
             out.contains("data/.upgrade-state.json: `") && out.contains(&format!("`{field}`")),
@@ -826,7 +819,7 @@ fn a_rollback_trusts_no_state_file_it_did_not_write() {
     // Not even the shape of a state file: a usage error naming it.
     f.write_state(&serde_json::json!({"phase": "exploded"}));
     let o = f.run(&["--rollback"]);
-    let out = text(&o);
+    let out = output_text(&o);
     assert_eq!(o.status.code(), Some(2), "{out}");
     assert!(
         out.contains("data/.upgrade-state.json is not an upgrade state file"),
@@ -842,7 +835,7 @@ fn a_rollback_checks_the_checkout_before_changing_anything() {
     let config = f.dir.join("relay/chatmaild/src/chatmaild/config.py");
     fs::write(&config, "# mine\n").unwrap();
     let o = f.run(&["--rollback", "--wait-timeout", "1"]);
-    let out = text(&o);
+    let out = output_text(&o);
     assert_eq!(o.status.code(), Some(2), "{out}");
     assert!(
         out.contains("has local changes") && out.contains("config.py") && out.contains("stash"),
@@ -864,7 +857,7 @@ fn a_rollback_step_that_fails_puts_back_what_it_changed() {
     let (f, new, good) = upgraded("echo 'no space left on device' >&2; exit 1");
     f.write_state(&good);
     let o = f.run(&["--rollback", "--wait-timeout", "1"]);
-    let out = text(&o);
+    let out = output_text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(
         out.contains("could not name the previous release's image")
@@ -949,7 +942,7 @@ fn file_options_are_checked_before_anything_changes() {
     ];
     for (args, env, needle) in cases {
         let o = bounded(&args, env);
-        let out = text(&o);
+        let out = output_text(&o);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {out}");
         assert!(out.contains(&needle), "{args:?}: no `{needle}` in {out}");
         let calls = f.docker_calls();
