@@ -559,18 +559,14 @@ mod tests {
     fn a_later_file_with_a_lower_value_is_named() {
         let (d, h) = fake_host(128, 128);
         let etc = d.path().join("etc/sysctl.d");
-        fs::create_dir_all(&etc).unwrap();
         // Read before the managed file (10-) does not matter; 99- wins.
-        fs::write(
-            etc.join("10-early.conf"),
-            "fs.inotify.max_user_watches = 1\n",
-        )
-        .unwrap();
-        fs::write(
-            etc.join("99-late.conf"),
-            "fs.inotify.max_user_watches = 8192\n",
-        )
-        .unwrap();
+        crate::host::write_tree(
+            &etc,
+            &[
+                ("10-early.conf", "fs.inotify.max_user_watches = 1\n"),
+                ("99-late.conf", "fs.inotify.max_user_watches = 8192\n"),
+            ],
+        );
         let p = plan(&h, &Limits::default()).unwrap();
         assert_eq!(
             p.overridden,
@@ -583,19 +579,17 @@ mod tests {
         );
         // A same-named file in /usr/lib is masked by /etc's; /etc/sysctl.conf comes last.
         fs::remove_file(etc.join("99-late.conf")).unwrap();
-        let lib = d.path().join("usr/lib/sysctl.d");
-        fs::create_dir_all(&lib).unwrap();
-        fs::write(
-            lib.join("99-late.conf"),
-            "fs.inotify.max_user_instances = 5\n",
-        )
-        .unwrap();
-        fs::write(etc.join("99-late.conf"), "# masked\n").unwrap();
-        fs::write(
-            d.path().join("etc/sysctl.conf"),
-            "fs.inotify.max_user_instances=7\n",
-        )
-        .unwrap();
+        crate::host::write_tree(
+            d.path(),
+            &[
+                (
+                    "usr/lib/sysctl.d/99-late.conf",
+                    "fs.inotify.max_user_instances = 5\n",
+                ),
+                ("etc/sysctl.d/99-late.conf", "# masked\n"),
+                ("etc/sysctl.conf", "fs.inotify.max_user_instances=7\n"),
+            ],
+        );
         let p = plan(&h, &Limits::default()).unwrap();
         assert_eq!(p.overridden.len(), 1, "{:?}", p.overridden);
         assert_eq!(p.overridden[0].file, PathBuf::from("/etc/sysctl.conf"));

@@ -734,9 +734,8 @@ mod tests {
     #[test]
     fn the_digest_follows_settings_and_mounted_files_not_state() {
         let d = tempfile::tempdir().unwrap();
+        crate::host::write_tree(d.path(), &[("custom/index.md", "one")]);
         let custom = d.path().join("custom");
-        std::fs::create_dir_all(&custom).unwrap();
-        std::fs::write(custom.join("index.md"), "one").unwrap();
         let svc = |domain: &str| {
             serde_json::json!({
                 "environment": {"MAIL_DOMAIN": domain},

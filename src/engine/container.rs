@@ -548,9 +548,8 @@ mod tests {
     #[test]
     fn owner_follows_the_working_dir_label() {
         let d = tempfile::tempdir().unwrap();
-        let here = d.path().join("here");
-        std::fs::create_dir_all(&here).unwrap();
-        let link = d.path().join("link");
+        crate::host::write_tree(d.path(), &[("here/", "")]);
+        let (here, link) = (d.path().join("here"), d.path().join("link"));
         std::os::unix::fs::symlink(&here, &link).unwrap();
         let with = |wd: Option<&Path>| Inspect {
             config: Config {

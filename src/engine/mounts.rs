@@ -289,18 +289,14 @@ mod tests {
     #[test]
     fn claimed_mounts_of_the_appliance_and_an_override() {
         let d = tempfile::tempdir().unwrap();
-        let base = d.path().join("base.yaml");
-        let over = d.path().join("override.yaml");
-        std::fs::write(
-            &base,
-            "services:\n  chatmail:\n    tmpfs:\n      - /tmp\n      - /run:size=64m\n    volumes:\n      - ./data/a:/home\n      - type: bind\n        source: ./data/b\n        target: /var/lib/./acme/\n      - acme:/srv/vol:ro\n      - /anon\n      - type: tmpfs\n        target: /var/cache/x\n  other:\n    volumes: [./x:/other]\n",
-        )
-        .unwrap();
-        std::fs::write(
-            &over,
-            "services:\n  chatmail:\n    tmpfs: !reset []\n    volumes:\n      - /srv/host:/opt/extra\n",
-        )
-        .unwrap();
+        crate::host::write_tree(
+            d.path(),
+            &[
+                ("base.yaml", "services:\n  chatmail:\n    tmpfs:\n      - /tmp\n      - /run:size=64m\n    volumes:\n      - ./data/a:/home\n      - type: bind\n        source: ./data/b\n        target: /var/lib/./acme/\n      - acme:/srv/vol:ro\n      - /anon\n      - type: tmpfs\n        target: /var/cache/x\n  other:\n    volumes: [./x:/other]\n"),
+                ("override.yaml", "services:\n  chatmail:\n    tmpfs: !reset []\n    volumes:\n      - /srv/host:/opt/extra\n"),
+            ],
+        );
+        let (base, over) = (d.path().join("base.yaml"), d.path().join("override.yaml"));
         let got: Vec<(String, String)> =
             claimed_mounts(&[base.clone(), d.path().join("missing.yaml"), over.clone()])
                 .unwrap()

@@ -753,6 +753,21 @@ pub fn normalize(p: &Path) -> PathBuf {
     out
 }
 
+/// Test fixture: below `root`, each `(path, text)` as a file holding `text`
+/// (its parents made), or as a directory when `path` ends in `/`.
+#[cfg(test)]
+pub fn write_tree(root: &Path, entries: &[(&str, &str)]) {
+    for (path, text) in entries {
+        let p = root.join(path);
+        if path.ends_with('/') {
+            std::fs::create_dir_all(&p).unwrap();
+        } else {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, text).unwrap();
+        }
+    }
+}
+
 /// Make a FIFO at `p` (mode 0600): what the readers must refuse, never
 /// block on.
 #[cfg(test)]

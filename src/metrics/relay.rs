@@ -300,29 +300,24 @@ mod tests {
 
     #[test]
     fn state_sets_name_every_state_and_an_unknown_one() {
-        let mut out = Samples::default();
-        state_sets(&mut out, None);
-        assert_eq!(
-            value(&out, RELAY_STATE.name, &[("state", "absent")]),
-            Some(1.0)
-        );
-        assert_eq!(
-            value(&out, RELAY_STATE.name, &[("state", "running")]),
-            Some(0.0)
-        );
+        let sets = |c: Option<&Inspect>| {
+            let mut out = Samples::default();
+            state_sets(&mut out, c);
+            out
+        };
+        let out = sets(None);
+        for (state, want) in [("absent", 1.0), ("running", 0.0)] {
+            let got = value(&out, RELAY_STATE.name, &[("state", state)]);
+            assert_eq!(got, Some(want), "{state}");
+        }
         assert_eq!(value(&out, RELAY_HEALTH.name, &[]), None);
         let mut c = Inspect::default();
         c.state.status = "frozen".into();
-        let mut out = Samples::default();
-        state_sets(&mut out, Some(&c));
-        assert_eq!(
-            value(&out, RELAY_STATE.name, &[("state", "frozen")]),
-            Some(1.0)
-        );
-        assert_eq!(
-            value(&out, RELAY_HEALTH.name, &[("status", "none")]),
-            Some(1.0)
-        );
+        let out = sets(Some(&c));
+        let frozen = value(&out, RELAY_STATE.name, &[("state", "frozen")]);
+        assert_eq!(frozen, Some(1.0));
+        let none = value(&out, RELAY_HEALTH.name, &[("status", "none")]);
+        assert_eq!(none, Some(1.0));
         assert!(!healthy(&c));
         c.state.running = true;
         assert!(healthy(&c), "no health check: running is healthy");

@@ -1190,10 +1190,8 @@ mod tests {
     #[test]
     fn mirrors_files_links_and_deletes_extras() {
         let t = tempfile::tempdir().unwrap();
-        let s = t.path().join("s");
-        let d = t.path().join("d");
-        fs::create_dir_all(s.join("a/b")).unwrap();
-        fs::write(s.join("a/b/f"), b"hello").unwrap();
+        crate::host::write_tree(t.path(), &[("s/a/b/f", "hello")]);
+        let (s, d) = (t.path().join("s"), t.path().join("d"));
         fs::hard_link(s.join("a/b/f"), s.join("a/g")).unwrap();
         symlink("b/f", s.join("a/l")).unwrap();
         fs::set_permissions(s.join("a"), fs::Permissions::from_mode(0o2750)).unwrap();

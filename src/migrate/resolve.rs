@@ -205,8 +205,7 @@ mod tests {
     fn absolute_links_stay_in_the_root() {
         let t = tempfile::tempdir().unwrap();
         let r = t.path();
-        fs::create_dir_all(r.join("srv/dkim")).unwrap();
-        fs::create_dir_all(r.join("etc")).unwrap();
+        crate::host::write_tree(r, &[("srv/dkim/", ""), ("etc/", "")]);
         symlink("/srv/dkim", r.join("etc/dkimkeys")).unwrap();
         symlink("../../../../../srv", r.join("up")).unwrap();
         assert_eq!(
@@ -321,8 +320,7 @@ mod tests {
     fn containment_follows_links_inside_the_tree() {
         let t = tempfile::tempdir().unwrap();
         let r = t.path();
-        fs::create_dir_all(r.join("certs/a")).unwrap();
-        fs::create_dir_all(r.join("live")).unwrap();
+        crate::host::write_tree(r, &[("certs/a/", ""), ("live/", "")]);
         symlink("../certs/a", r.join("live/d")).unwrap();
         let m = Some(Path::new("/var/lib/acme"));
         assert!(contained(r, m, Path::new("live"), Path::new("../certs/a")));

@@ -741,12 +741,16 @@ mod tests {
     fn version_control_metadata_is_not_mounted() {
         let d = tempfile::tempdir().unwrap();
         let custom = d.path().join("custom");
-        fs::create_dir_all(custom.join(".git/objects")).unwrap();
-        fs::write(custom.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
-        fs::write(custom.join(".gitignore"), "*.bak\n").unwrap();
-        fs::create_dir_all(custom.join("www/src")).unwrap();
-        fs::write(custom.join("www/src/index.md"), "# hi\n").unwrap();
-        fs::write(custom.join("www/src/.gitkeep"), "").unwrap();
+        crate::host::write_tree(
+            &custom,
+            &[
+                (".git/objects/", ""),
+                (".git/HEAD", "ref: refs/heads/main\n"),
+                (".gitignore", "*.bak\n"),
+                ("www/src/index.md", "# hi\n"),
+                ("www/src/.gitkeep", ""),
+            ],
+        );
         let scan = scan(&custom, &[]).unwrap();
         let targets: Vec<&str> = scan.mounts.iter().map(|m| m.target.as_str()).collect();
         assert_eq!(targets, vec!["/opt/chatmail/www/src/index.md"]);
@@ -764,13 +768,15 @@ mod tests {
     fn mounts_inside_a_directory_mount_are_refused() {
         let d = tempfile::tempdir().unwrap();
         let custom = d.path().join("custom");
-        fs::create_dir_all(custom.join("www")).unwrap();
-        fs::write(custom.join("www/.mount-dir"), "").unwrap();
-        fs::write(custom.join("www/index.md"), "# hi\n").unwrap();
-        fs::create_dir_all(custom.join("_root_/opt/chatmail/www/src")).unwrap();
-        fs::write(custom.join("_root_/opt/chatmail/www/src/extra.md"), "x").unwrap();
-        fs::create_dir_all(custom.join("www-theme")).unwrap();
-        fs::write(custom.join("www-theme/a.css"), "x").unwrap();
+        crate::host::write_tree(
+            &custom,
+            &[
+                ("www/.mount-dir", ""),
+                ("www/index.md", "# hi\n"),
+                ("_root_/opt/chatmail/www/src/extra.md", "x"),
+                ("www-theme/a.css", "x"),
+            ],
+        );
         let err = format!("{:#}", scan(&custom, &[]).unwrap_err());
         assert!(
             err.contains("inside the directory mount of custom/www"),

@@ -280,7 +280,9 @@ const ENDPOINTS: [(u16, Option<&str>); 6] = [
 /// `openssl x509 -noout ARGS` on a PEM certificate.
 fn x509(pem: &str, args: &[&str]) -> String {
     let out = feed(
-        StdCommand::new("openssl").args(["x509", "-noout"]).args(args),
+        StdCommand::new("openssl")
+            .args(["x509", "-noout"])
+            .args(args),
         pem.as_bytes(),
     );
     String::from_utf8_lossy(&out.stdout).to_string()

@@ -84,7 +84,6 @@ impl Case {
     }
 }
 
-
 #[test]
 fn the_zonefile_never_replaces_a_file_it_did_not_write() {
     let c = case(ZONE, &[]);

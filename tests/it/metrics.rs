@@ -740,12 +740,15 @@ fn commands() -> Vec<String> {
 #[test]
 fn every_command_has_a_manual_page_that_renders() {
     let t = tempfile::tempdir().unwrap();
-    let out = bin()
-        .arg("--root")
-        .arg(t.path())
-        .args(["man", "--install"])
-        .output()
-        .unwrap();
+    let install = || {
+        bin()
+            .arg("--root")
+            .arg(t.path())
+            .args(["man", "--install"])
+            .output()
+            .unwrap()
+    };
+    let out = install();
     assert_ok(&out);
     let dir = t.path().join("usr/local/share/man/man1");
     let mut want: Vec<String> = commands()
@@ -763,12 +766,7 @@ fn every_command_has_a_manual_page_that_renders() {
     have_pages.sort();
     assert_eq!(have_pages, want);
     // Installing again changes nothing; a single page is the same text.
-    let out = bin()
-        .arg("--root")
-        .arg(t.path())
-        .args(["man", "--install"])
-        .output()
-        .unwrap();
+    let out = install();
     assert!(String::from_utf8_lossy(&out.stderr).contains("(0 changed)"));
     let status = ok_stdout(&bin().args(["man", "status"]).output().unwrap());
     assert_eq!(

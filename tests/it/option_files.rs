@@ -75,10 +75,7 @@ impl Case {
             c.env(k, v);
         }
         let o = c.output().unwrap();
-        (
-            o.status.code(),
-            output_text(&o),
-        )
+        (o.status.code(), output_text(&o))
     }
 }
 

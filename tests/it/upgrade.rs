@@ -187,13 +187,16 @@ fn terminate(mut child: std::process::Child) -> (std::process::ExitStatus, Strin
     (status, err)
 }
 
-
 #[test]
 fn check_says_whether_a_release_is_available() {
     let f = fixture("exit 0");
     let o = f.run(&["--check"]);
     assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
-    assert!(output_text(&o).contains("up to date"), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("up to date"),
+        "{}",
+        output_text(&o)
+    );
 
     commit_release(
         &f.origin,
@@ -363,7 +366,11 @@ fn the_newest_release_is_no_upgrade_for_a_checkout_past_it() {
     assert_eq!(f.head(), past);
     // Asked for explicitly, the older release is a downgrade, and says so.
     let o = f.run(&["--ref", "1.0.0", "--dry-run"]);
-    assert!(output_text(&o).contains("a downgrade"), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("a downgrade"),
+        "{}",
+        output_text(&o)
+    );
 }
 
 #[test]
