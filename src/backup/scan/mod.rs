@@ -366,30 +366,10 @@ pub fn scan(dep: &Deployment, layout: Layout, skip: &[String], exclude: Exclude)
         let walker = Walker { view, skip };
         // data/ itself, then its entries in name order; the state trees
         // come from the container's view.
-        if let Some(data) = roots.tree(data_root) {
-            let st = rustix::fs::fstat(data.fd()).map_err(std::io::Error::from)?;
-            let root = entry_of_stat(
-                deployment::DATA_DIR.to_string(),
-                &st,
-                None,
-                HostRel::Suffix {
-                    root: data_root,
-                    at: deployment::DATA_DIR.len() as u32,
-                },
-            );
-            let here = Here {
-                root: data_root,
-                rel: String::new(),
-                cpath: None,
-                apath: deployment::DATA_DIR.to_string(),
-                stack: vec![(st.st_dev, st.st_ino)],
-                suffix: true,
-            };
+        if let Some((root, here)) = top_dir(&roots, data_root, deployment::DATA_DIR)? {
             // The host's data/, without the state trees.
-            let state_names: Vec<String> =
-                STATE_MOUNTS.iter().map(|(a, _)| a.to_string()).collect();
             let mut host_skip: Vec<String> = skip.to_vec();
-            host_skip.extend(state_names.iter().cloned());
+            host_skip.extend(STATE_MOUNTS.iter().map(|(a, _)| a.to_string()));
             let host_walker = Walker {
                 view: walker.view.clone(),
                 skip: &host_skip,
@@ -410,69 +390,16 @@ pub fn scan(dep: &Deployment, layout: Layout, skip: &[String], exclude: Exclude)
             if top == deployment::DATA_DIR {
                 continue;
             }
-            let abs = dep.path(top);
             if top == deployment::CUSTOM_DIR {
-                let Some(t) = roots.tree(custom_root) else {
-                    continue;
-                };
-                let st = rustix::fs::fstat(t.fd()).map_err(std::io::Error::from)?;
-                let root = entry_of_stat(
-                    top.to_string(),
-                    &st,
-                    None,
-                    HostRel::Suffix {
-                        root: custom_root,
-                        at: top.len() as u32,
-                    },
-                );
-                let here = Here {
-                    root: custom_root,
-                    rel: String::new(),
-                    cpath: None,
-                    apath: top.to_string(),
-                    stack: vec![(st.st_dev, st.st_ino)],
-                    suffix: true,
-                };
-                let listing = walker.scan_dir(&here)?;
-                trees.push((root, Some(listing)));
-                continue;
-            }
-            // A top-level file is followed when it is a link, as Compose
-            // reads it.
-            let st = match rustix::fs::stat(&abs) {
-                Ok(st) => st,
-                Err(rustix::io::Errno::NOENT) => continue,
-                Err(e) => {
-                    return Err(std::io::Error::from(e))
-                        .with_context(|| format!("cannot read {}", abs.display()))
+                if let Some((root, here)) = top_dir(&roots, custom_root, top)? {
+                    trees.push((root, Some(walker.scan_dir(&here)?)));
                 }
-            };
-            if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
-            {
-                bail!(
-                    "{} is a {}, not a file; make it the file the deployment reads",
-                    abs.display(),
-                    crate::host::kind_name(rustix::fs::FileType::from_raw_mode(st.st_mode))
-                );
+            } else if let Some(file) = top_file(dep, top)? {
+                trees.push((file, None));
             }
-            trees.push((
-                entry_of_stat(top.to_string(), &st, None, HostRel::Top(abs)),
-                None,
-            ));
         }
     }
-    let mut entries = Vec::with_capacity(
-        trees
-            .iter()
-            .map(|(_, l)| 1 + l.as_ref().map_or(0, |l| l.total))
-            .sum(),
-    );
-    for (root, listing) in trees {
-        entries.push(root);
-        if let Some(l) = listing {
-            l.flatten(&mut entries, &mut skipped);
-        }
-    }
+    let entries = flatten(trees, &mut skipped);
     refuse_setid(&entries)?;
     Ok(Scan {
         entries,
@@ -482,6 +409,78 @@ pub fn scan(dep: &Deployment, layout: Layout, skip: &[String], exclude: Exclude)
         layout,
         exclude,
     })
+}
+
+/// A top-level directory of the deployment opened as the root `root`
+/// (`None`: it does not exist): its entry and the place its walk starts.
+fn top_dir(roots: &Roots, root: u16, name: &str) -> Result<Option<(Scanned, Here)>> {
+    let Some(tree) = roots.tree(root) else {
+        return Ok(None);
+    };
+    let st = rustix::fs::fstat(tree.fd()).map_err(std::io::Error::from)?;
+    let entry = entry_of_stat(
+        name.to_string(),
+        &st,
+        None,
+        HostRel::Suffix {
+            root,
+            at: name.len() as u32,
+        },
+    );
+    let here = Here {
+        root,
+        rel: String::new(),
+        cpath: None,
+        apath: name.to_string(),
+        stack: vec![(st.st_dev, st.st_ino)],
+        suffix: true,
+    };
+    Ok(Some((entry, here)))
+}
+
+/// A top-level file of the deployment (`None`: it does not exist),
+/// followed when it is a link, as Compose reads it.
+fn top_file(dep: &Deployment, top: &str) -> Result<Option<Scanned>> {
+    let abs = dep.path(top);
+    let st = match rustix::fs::stat(&abs) {
+        Ok(st) => st,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => {
+            return Err(std::io::Error::from(e))
+                .with_context(|| format!("cannot read {}", abs.display()))
+        }
+    };
+    let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+    if kind != rustix::fs::FileType::RegularFile {
+        bail!(
+            "{} is a {}, not a file; make it the file the deployment reads",
+            abs.display(),
+            crate::host::kind_name(kind)
+        );
+    }
+    Ok(Some(entry_of_stat(
+        top.to_string(),
+        &st,
+        None,
+        HostRel::Top(abs),
+    )))
+}
+
+/// Every tree's root followed by what it holds, in order.
+fn flatten(trees: Vec<Listed>, skipped: &mut Skipped) -> Vec<Scanned> {
+    let mut entries = Vec::with_capacity(
+        trees
+            .iter()
+            .map(|(_, l)| 1 + l.as_ref().map_or(0, |l| l.total))
+            .sum(),
+    );
+    for (root, listing) in trees {
+        entries.push(root);
+        if let Some(l) = listing {
+            l.flatten(&mut entries, skipped);
+        }
+    }
+    entries
 }
 
 /// A deployment's data runs nothing: a setuid file, or a setgid one that
