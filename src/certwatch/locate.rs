@@ -162,140 +162,19 @@ fn volume_mountpoint(ctx: &Context, name: &str) -> Option<PathBuf> {
 /// mapped through the service's mounts.
 pub fn locate(ctx: &Context, path: Option<&Path>, settings: &Settings) -> Result<Target> {
     if let Some(p) = path {
-        let abs = if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            std::env::current_dir()
-                .with_context(|| {
-                    format!(
-                        "cannot resolve --path {}: the current directory is gone; pass an absolute path",
-                        p.display()
-                    )
-                })?
-                .join(p)
-        };
-        let dir = normalize(&abs);
-        // The directory and its parent may be replaced; what is above is
-        // left to the poll timer.
-        let floor = dir.parent().and_then(Path::parent).map(Path::to_path_buf);
-        return Ok(Target {
-            dir,
-            mounts: Vec::new(),
-            origin: "--path".into(),
-            floor,
-            files: None,
-        });
+        return given_path(p);
     }
-    let domain = settings.mail_domain.as_ref();
     let explicit_path = settings.path_to_ssl.as_ref();
     // Without PATH_TO_SSL, follow the relay's TLS mode.
-    let mode = settings.tls.clone();
     if explicit_path.is_none() {
-        if let Some(TlsMode::External { cert, key }) = &mode {
-            // Host paths: the appliance mounts them at the same place.
-            let (cert, key) = (PathBuf::from(cert), PathBuf::from(key));
-            if !cert.is_absolute() || !key.is_absolute() {
-                return Err(crate::error::usage(format!(
-                    "tls_external_cert_and_key (TLS_EXTERNAL_CERT_AND_KEY in {}) must name two absolute paths: CERT KEY",
-                    ctx.deployment.env_file().display()
-                )));
-            }
-            let dir = normalize(cert.parent().unwrap_or(Path::new("/")));
-            let floor = dir.parent().and_then(Path::parent).map(Path::to_path_buf);
-            return Ok(Target {
-                dir,
-                mounts: Vec::new(),
-                origin: "tls_external_cert_and_key".into(),
-                floor,
-                files: Some((normalize(&cert), normalize(&key))),
-            });
+        if let Some(TlsMode::External { cert, key }) = &settings.tls {
+            return external_pair(ctx, cert, key);
         }
     }
-    let self_signed = explicit_path.is_none() && mode == Some(TlsMode::SelfSigned);
-    let container_path = match explicit_path {
-        Some(p) => p.clone(),
-        None if self_signed => SELF_SIGNED_CONTAINER.to_string(),
-        None => match domain {
-            Some(d) => format!("{DEFAULT_ACME_CONTAINER}/live/{d}"),
-            None => {
-                return Err(crate::error::usage(format!(
-                    "neither PATH_TO_SSL nor MAIL_DOMAIN is set in {}; set MAIL_DOMAIN (run `chatmail-docker ini2env`) or pass --path DIR",
-                    ctx.deployment.env_file().display()
-                )))
-            }
-        },
-    };
-    // `.env` may carry the documented default literally; Compose would
-    // interpolate it, so do the same for the one variable it uses.
-    let container_path = match domain {
-        Some(d) => container_path
-            .replace("${MAIL_DOMAIN}", d)
-            .replace("$MAIL_DOMAIN", d),
-        None => container_path,
-    };
-    if container_path.contains('$') {
-        return Err(crate::error::usage(format!(
-            "PATH_TO_SSL={container_path} in {} still contains a variable; write the path out",
-            ctx.deployment.env_file().display()
-        )));
-    }
-    let cpath = Path::new(&container_path);
-    if !cpath.is_absolute() {
-        return Err(crate::error::usage(format!(
-            "PATH_TO_SSL={container_path} in {} must be an absolute path inside the container",
-            ctx.deployment.env_file().display()
-        )));
-    }
-    let (mounts, unresolved, origin) = match compose_mounts(ctx)? {
-        Some((m, u)) => (
-            m,
-            u,
-            "the chatmail service's volumes (docker compose config)",
-        ),
-        None => {
-            ctx.shell.verbose(format!(
-                "using the appliance's default mounts {} <-> {DEFAULT_ACME_CONTAINER}, {} <-> {SELF_SIGNED_CONTAINER}",
-                ctx.deployment.acme_dir().display(),
-                ctx.deployment.self_signed_dir().display()
-            ));
-            (
-                vec![
-                    Mount {
-                        container: PathBuf::from(DEFAULT_ACME_CONTAINER),
-                        host: ctx.deployment.acme_dir(),
-                    },
-                    Mount {
-                        container: PathBuf::from(SELF_SIGNED_CONTAINER),
-                        host: ctx.deployment.self_signed_dir(),
-                    },
-                ],
-                Vec::new(),
-                "the default mounts under data/ (docker compose config unavailable)",
-            )
-        }
-    };
-    if map_to_host(cpath, &mounts).is_none() {
-        if let Some((target, name)) = unresolved.iter().find(|(t, _)| cpath.starts_with(t)) {
-            return Err(crate::error::usage(format!(
-                "PATH_TO_SSL={container_path} is on the named volume {name} (mounted at {}), whose host directory is unknown: start the appliance once so Docker creates it (`docker volume inspect {name}`), or bind-mount a host directory there in docker-compose.override.yaml",
-                target.display()
-            )));
-        }
-    }
-    let dir = map_to_host(cpath, &mounts).ok_or_else(|| {
-        let list = if mounts.is_empty() {
-            "none".to_string()
-        } else {
-            mounts
-                .iter()
-                .map(|m| format!("{} <- {}", m.container.display(), m.host.display()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        crate::error::usage(format!(
-            "PATH_TO_SSL={container_path} is under none of the chatmail service's volume mounts ({list}), so the host cannot see the certificates; mount its directory in docker-compose.override.yaml or pass --path DIR"
-        ))
-    })?;
+    let self_signed = explicit_path.is_none() && settings.tls == Some(TlsMode::SelfSigned);
+    let container_path = container_path(ctx, settings, self_signed)?;
+    let (mounts, unresolved, origin) = mounts_or_defaults(ctx)?;
+    let dir = host_dir(&container_path, &mounts, &unresolved)?;
     // The mount's host directory may be replaced (a restore of data/), so
     // watch from its parent down.
     let floor = mounts
@@ -315,6 +194,151 @@ pub fn locate(ctx: &Context, path: Option<&Path>, settings: &Settings) -> Result
         floor,
         files,
     })
+}
+
+/// `--path DIR`: watched as given (relative to the current directory).
+fn given_path(p: &Path) -> Result<Target> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .with_context(|| {
+                format!(
+                    "cannot resolve --path {}: the current directory is gone; pass an absolute path",
+                    p.display()
+                )
+            })?
+            .join(p)
+    };
+    let dir = normalize(&abs);
+    // The directory and its parent may be replaced; what is above is
+    // left to the poll timer.
+    let floor = dir.parent().and_then(Path::parent).map(Path::to_path_buf);
+    Ok(Target {
+        dir,
+        mounts: Vec::new(),
+        origin: "--path".into(),
+        floor,
+        files: None,
+    })
+}
+
+/// `tls_external_cert_and_key`: host paths, which the appliance mounts at
+/// the same place.
+fn external_pair(ctx: &Context, cert: &str, key: &str) -> Result<Target> {
+    let (cert, key) = (PathBuf::from(cert), PathBuf::from(key));
+    if !cert.is_absolute() || !key.is_absolute() {
+        return Err(crate::error::usage(format!(
+            "tls_external_cert_and_key (TLS_EXTERNAL_CERT_AND_KEY in {}) must name two absolute paths: CERT KEY",
+            ctx.deployment.env_file().display()
+        )));
+    }
+    let dir = normalize(cert.parent().unwrap_or(Path::new("/")));
+    let floor = dir.parent().and_then(Path::parent).map(Path::to_path_buf);
+    Ok(Target {
+        dir,
+        mounts: Vec::new(),
+        origin: "tls_external_cert_and_key".into(),
+        floor,
+        files: Some((normalize(&cert), normalize(&key))),
+    })
+}
+
+/// The certificates' directory in the container: PATH_TO_SSL, else the
+/// self-signed directory or acmetool's for the mail domain.
+fn container_path(ctx: &Context, settings: &Settings, self_signed: bool) -> Result<String> {
+    let domain = settings.mail_domain.as_ref();
+    let path = match settings.path_to_ssl.as_ref() {
+        Some(p) => p.clone(),
+        None if self_signed => SELF_SIGNED_CONTAINER.to_string(),
+        None => match domain {
+            Some(d) => format!("{DEFAULT_ACME_CONTAINER}/live/{d}"),
+            None => {
+                return Err(crate::error::usage(format!(
+                    "neither PATH_TO_SSL nor MAIL_DOMAIN is set in {}; set MAIL_DOMAIN (run `chatmail-docker ini2env`) or pass --path DIR",
+                    ctx.deployment.env_file().display()
+                )))
+            }
+        },
+    };
+    // `.env` may carry the documented default literally; Compose would
+    // interpolate it, so do the same for the one variable it uses.
+    let path = match domain {
+        Some(d) => path.replace("${MAIL_DOMAIN}", d).replace("$MAIL_DOMAIN", d),
+        None => path,
+    };
+    if path.contains('$') {
+        return Err(crate::error::usage(format!(
+            "PATH_TO_SSL={path} in {} still contains a variable; write the path out",
+            ctx.deployment.env_file().display()
+        )));
+    }
+    if !Path::new(&path).is_absolute() {
+        return Err(crate::error::usage(format!(
+            "PATH_TO_SSL={path} in {} must be an absolute path inside the container",
+            ctx.deployment.env_file().display()
+        )));
+    }
+    Ok(path)
+}
+
+/// The service's mounts as Compose reports them, else the appliance's
+/// defaults; with the named volumes whose host directory is unknown and
+/// where the mounts came from.
+fn mounts_or_defaults(ctx: &Context) -> Result<(Vec<Mount>, Unresolved, &'static str)> {
+    if let Some((m, u)) = compose_mounts(ctx)? {
+        return Ok((
+            m,
+            u,
+            "the chatmail service's volumes (docker compose config)",
+        ));
+    }
+    ctx.shell.verbose(format!(
+        "using the appliance's default mounts {} <-> {DEFAULT_ACME_CONTAINER}, {} <-> {SELF_SIGNED_CONTAINER}",
+        ctx.deployment.acme_dir().display(),
+        ctx.deployment.self_signed_dir().display()
+    ));
+    Ok((
+        vec![
+            Mount {
+                container: PathBuf::from(DEFAULT_ACME_CONTAINER),
+                host: ctx.deployment.acme_dir(),
+            },
+            Mount {
+                container: PathBuf::from(SELF_SIGNED_CONTAINER),
+                host: ctx.deployment.self_signed_dir(),
+            },
+        ],
+        Unresolved::default(),
+        "the default mounts under data/ (docker compose config unavailable)",
+    ))
+}
+
+/// The host directory of `container_path` through `mounts`, or an error
+/// that names what keeps the host from seeing it.
+fn host_dir(container_path: &str, mounts: &[Mount], unresolved: &Unresolved) -> Result<PathBuf> {
+    let cpath = Path::new(container_path);
+    if let Some(dir) = map_to_host(cpath, mounts) {
+        return Ok(dir);
+    }
+    if let Some((target, name)) = unresolved.iter().find(|(t, _)| cpath.starts_with(t)) {
+        return Err(crate::error::usage(format!(
+            "PATH_TO_SSL={container_path} is on the named volume {name} (mounted at {}), whose host directory is unknown: start the appliance once so Docker creates it (`docker volume inspect {name}`), or bind-mount a host directory there in docker-compose.override.yaml",
+            target.display()
+        )));
+    }
+    let list = if mounts.is_empty() {
+        "none".to_string()
+    } else {
+        mounts
+            .iter()
+            .map(|m| format!("{} <- {}", m.container.display(), m.host.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(crate::error::usage(format!(
+        "PATH_TO_SSL={container_path} is under none of the chatmail service's volume mounts ({list}), so the host cannot see the certificates; mount its directory in docker-compose.override.yaml or pass --path DIR"
+    )))
 }
 
 /// The outcome of resolving one path.
