@@ -282,6 +282,61 @@ fn project_containers(ctx: &Context) -> Result<Vec<Found>> {
         .collect())
 }
 
+/// The labels Compose puts on the service's container: the project, the
+/// service, not a one-off `run`. `docker compose ps SERVICE` asks the
+/// engine for exactly these.
+fn service_filters() -> [String; 3] {
+    [
+        format!("label=com.docker.compose.project={PROJECT_NAME}"),
+        format!("label=com.docker.compose.service={SERVICE}"),
+        "label=com.docker.compose.oneoff=False".to_string(),
+    ]
+}
+
+/// The project's service container, whoever it belongs to, asked of the
+/// engine directly (`docker ps` on Compose's labels, then `docker inspect`):
+/// what [`find`] answers, without starting Compose, which reads and merges
+/// the project's files first. For cert-watch, whose reload is on the clock.
+pub fn find_direct(ctx: &Context, which: Containers) -> Result<Option<Found>> {
+    let mut args: Vec<String> = vec!["ps".into(), "--quiet".into(), "--no-trunc".into()];
+    if which == Containers::Any {
+        args.push("--all".into());
+    }
+    for f in service_filters() {
+        args.push("--filter".into());
+        args.push(f);
+    }
+    let out = ctx.host.cmd("docker", args).output(&ctx.shell)?;
+    if !out.success() {
+        bail!("`docker ps` failed: {}", out.stderr.trim());
+    }
+    let Some(id) = out
+        .stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+    else {
+        return Ok(None);
+    };
+    let container = inspect(ctx, &id)?;
+    let owner = owner_of(&container, ctx.deployment.dir());
+    Ok(Some(Found { container, owner }))
+}
+
+/// `docker exec ID ARGS`: a command in that container, no terminal, for
+/// output that is read rather than shown. The caller has checked whose the
+/// container is ([`find_direct`]).
+pub fn exec_in_cmd<I, S>(ctx: &Context, id: &str, args: I) -> Cmd
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    let mut all: Vec<OsString> = vec!["exec".into(), id.into()];
+    all.extend(args.into_iter().map(Into::into));
+    ctx.host.cmd("docker", all)
+}
+
 /// `docker compose exec -T chatmail ARGS`: a command in the container, no
 /// terminal, for output that is read rather than shown.
 pub fn exec_cmd<I, S>(ctx: &Context, args: I) -> Cmd
