@@ -294,11 +294,14 @@ fn service_filters() -> [String; 3] {
 }
 
 /// The project's service container, whoever it belongs to, asked of the
-/// engine directly (`docker ps` on Compose's labels, then `docker inspect`):
-/// what [`find`] answers, without starting Compose, which reads and merges
-/// the project's files first. For cert-watch, whose reload is on the clock.
+/// engine directly: one `docker ps` on Compose's labels that also reports
+/// the container's state and project directory. What [`find`] answers
+/// (in the fields it fills: id, name, state, the project directory's
+/// label), without starting Compose, which reads and merges the project's
+/// files first, nor `docker inspect`. For cert-watch, whose reload is on
+/// the clock.
 pub fn find_direct(ctx: &Context, which: Containers) -> Result<Option<Found>> {
-    let mut args: Vec<String> = vec!["ps".into(), "--quiet".into(), "--no-trunc".into()];
+    let mut args: Vec<String> = vec!["ps".into(), "--no-trunc".into()];
     if which == Containers::Any {
         args.push("--all".into());
     }
@@ -306,20 +309,38 @@ pub fn find_direct(ctx: &Context, which: Containers) -> Result<Option<Found>> {
         args.push("--filter".into());
         args.push(f);
     }
+    // Each value as a JSON string: a project directory may hold any byte.
+    args.push("--format".into());
+    args.push(format!(
+        "[{{{{json .ID}}}},{{{{json .Names}}}},{{{{json .State}}}},{{{{json (.Label \"{WORKING_DIR_LABEL}\")}}}}]"
+    ));
     let out = ctx.host.cmd("docker", args).output(&ctx.shell)?;
     if !out.success() {
         bail!("`docker ps` failed: {}", out.stderr.trim());
     }
-    let Some(id) = out
-        .stdout
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .map(str::to_string)
-    else {
+    let Some(line) = out.stdout.lines().map(str::trim).find(|l| !l.is_empty()) else {
         return Ok(None);
     };
-    let container = inspect(ctx, &id)?;
+    let [id, name, state, dir]: [String; 4] = serde_json::from_str(line)
+        .with_context(|| format!("cannot parse `docker ps` output: {line}"))?;
+    let mut labels = std::collections::BTreeMap::new();
+    if !dir.is_empty() {
+        labels.insert(WORKING_DIR_LABEL.to_string(), dir);
+    }
+    let container = Inspect {
+        id,
+        name,
+        state: State {
+            running: state == "running",
+            status: state,
+            ..State::default()
+        },
+        config: Config {
+            labels: Some(labels),
+            ..Config::default()
+        },
+        ..Inspect::default()
+    };
     let owner = owner_of(&container, ctx.deployment.dir());
     Ok(Some(Found { container, owner }))
 }

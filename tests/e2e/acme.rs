@@ -533,11 +533,11 @@ fn relay_with_a_certificate_from_an_acme_server() {
     let (renewed, times) = wait_all_serve_new(&first, switched);
     let took = times.iter().map(|(_, t)| *t).max().unwrap_or_default();
     eprintln!(
-        "e2e-acme: the renewed certificate was served on all six endpoints {:.0?} after acmetool switched it ({})",
-        took,
+        "e2e-acme: the renewed certificate was served on all six endpoints {} ms after acmetool switched it ({})",
+        took.as_millis(),
         times
             .iter()
-            .map(|(p, t)| format!("{p}: {:.0?}", t))
+            .map(|(p, t)| format!("{p}: {} ms", t.as_millis()))
             .collect::<Vec<_>>()
             .join(", ")
     );

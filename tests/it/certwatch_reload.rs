@@ -26,8 +26,11 @@ fn fake_docker(d: &Deploy) -> (PathBuf, PathBuf) {
 S='{state}'
 case "$*" in
   *" config --format json"*) echo "no compose file" >&2; exit 1 ;;
-  "ps --quiet --no-trunc --all --filter label=com.docker.compose.project=chatmail --filter label=com.docker.compose.service=chatmail --filter label=com.docker.compose.oneoff=False")
-    {{ [ -f "$S/up" ] || [ -f "$S/stopped" ]; }} && echo 0123abcd; exit 0 ;;
+  "ps --no-trunc --all --filter label=com.docker.compose.project=chatmail --filter label=com.docker.compose.service=chatmail --filter label=com.docker.compose.oneoff=False --format "*)
+    {{ [ -f "$S/up" ] || [ -f "$S/stopped" ]; }} || exit 0
+    D='{dir}'; [ -f "$S/foreign" ] && D=/srv/other-deployment
+    T=running; [ -f "$S/up" ] || T=exited
+    printf '["0123abcd","chatmail-chatmail-1","%s","%s"]\n' "$T" "$D"; exit 0 ;;
   "inspect 0123abcd") D='{dir}'; [ -f "$S/foreign" ] && D=/srv/other-deployment
     R=true; T=running; [ -f "$S/up" ] || {{ R=false; T=exited; }}
     printf '[{{"Id":"0123abcd","Name":"/chatmail-chatmail-1","Image":"sha256:0","State":{{"Status":"%s","Running":%s,"StartedAt":"2026-01-01T00:00:00Z","ExitCode":0}},"Config":{{"Image":"chatmail-relay:local","Labels":{{"com.docker.compose.project.working_dir":"%s"}}}}}}]' "$T" "$R" "$D"; exit 0 ;;
