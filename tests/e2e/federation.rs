@@ -11,7 +11,9 @@
 //! (the tool keeps one deployment per host). DNS for both domains is what
 //! the test makes each relay's own resolver (its unbound) answer: the
 //! address, MX and DKIM key of each relay, as a zone published for a relay
-//! would.
+//! would; no other name exists there (the network has no internet), and
+//! the relay's fallback resolver, unreachable there, is left out of
+//! `/etc/resolv.conf` for the run.
 //!
 //! Run by hand (`benches/federation.sh`): it takes longer than CI's budget
 //! allows.
@@ -204,6 +206,33 @@ fn records(domain: &str, ip: &str, dkim: &str, zone: bool) -> String {
     lines
 }
 
+/// The test's network has no internet, so its DNS is all there is: each
+/// relay's resolver answers every other name at once with "no such
+/// name" (a root zone of its own) instead of asking the internet and
+/// waiting for time-outs.
+const NO_OTHER_NAMES: &str = "  local-zone: \".\" static\n";
+
+/// The relay's own resolver as the only one: the relay's fallback resolver
+/// (9.9.9.9 in `/etc/resolv.conf`) is unreachable on the test's network,
+/// where its packets are dropped, and filtermail's resolver (DNSSEC
+/// validating) asks it whenever the relay's gives no answer, waiting for
+/// time-outs until the delivery fails. filtermail reads the file when it
+/// starts: its units are restarted.
+fn resolve_locally(container: &str) {
+    exec(
+        container,
+        &[
+            "sh",
+            "-c",
+            // Docker bind-mounts the file: written in place.
+            "grep -v '^nameserver' /etc/resolv.conf > /tmp/resolv.federation; \
+             echo 'nameserver 127.0.0.1' >> /tmp/resolv.federation; \
+             cat /tmp/resolv.federation > /etc/resolv.conf; rm /tmp/resolv.federation; \
+             systemctl restart filtermail filtermail-incoming filtermail-transport",
+        ],
+    );
+}
+
 /// Make the relay's resolver answer `lines` (and keep answering them).
 fn publish(container: &str, lines: &str) {
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -289,9 +318,16 @@ fn two_relays_exchange_mail() {
     let (dkim_a, dkim_b) = (dkim_value(&a), dkim_value(&b));
     publish(
         &b,
-        &(records(DOMAIN, &ip_a, &dkim_a, true) + &records(DOMAIN2, &ip_b, &dkim_b, true)),
+        &(NO_OTHER_NAMES.to_string()
+            + &records(DOMAIN, &ip_a, &dkim_a, true)
+            + &records(DOMAIN2, &ip_b, &dkim_b, true)),
     );
-    let dns_a = records(DOMAIN, &ip_a, &dkim_a, false) + &records(DOMAIN2, &ip_b, &dkim_b, true);
+    let dns_a = NO_OTHER_NAMES.to_string()
+        + &records(DOMAIN, &ip_a, &dkim_a, false)
+        + &records(DOMAIN2, &ip_b, &dkim_b, true);
+    for c in [&a, &b] {
+        resolve_locally(c);
+    }
     eprintln!("e2e-federation: {DOMAIN} at {ip_a}, {DOMAIN2} at {ip_b}");
 
     let started = Instant::now();
