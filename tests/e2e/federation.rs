@@ -353,7 +353,7 @@ fn two_relays_exchange_mail() {
             &[
                 "sh",
                 "-c",
-                "journalctl --no-pager -o cat -u filtermail -u filtermail-incoming -u filtermail-transport -t postfix/smtpd -t postfix/smtp | tail -n 400",
+                "journalctl --no-pager -o cat -t filtermail -t postfix/lmtp-filtermail/lmtp -t postfix/smtpd -t nginx | tail -n 2000",
             ],
         );
         let about: Vec<&str> = journal.lines().filter(|l| l.contains(other)).collect();
