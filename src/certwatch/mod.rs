@@ -192,7 +192,7 @@ impl Settings {
                          reload the services in the container",
                     ))
                 }
-                None => Reloader::Compose,
+                None => Reloader::Container,
             },
             verify,
             verify_host: args.verify_host.clone(),
@@ -499,10 +499,15 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
 fn reload_display(ctx: &Context, s: &Settings) -> String {
     match &s.reloader {
         Reloader::Command(c) => format!("sh -c {}", crate::host::shell_quote(c)),
-        Reloader::Compose => {
+        Reloader::Container => {
             let mut args = vec!["systemctl", "reload"];
             args.extend(reload::UNITS);
-            crate::engine::exec_cmd(ctx, args).display()
+            // The container is looked up at each reload.
+            format!(
+                "{} (CONTAINER: this deployment's {} container)",
+                crate::engine::exec_in_cmd(ctx, "CONTAINER", args).display(),
+                crate::engine::SERVICE
+            )
         }
     }
 }

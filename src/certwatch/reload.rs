@@ -1,7 +1,9 @@
 //! Make the services pick up a new certificate.
 //!
 //! By default nginx, Dovecot and Postfix are reloaded inside the container
-//! (`docker compose exec -T chatmail systemctl reload ...`). A unit whose
+//! (`docker exec <container> systemctl reload ...`, the deployment's
+//! container found by Compose's labels: no `docker compose` process, which
+//! would read the project's files first, on the way). A unit whose
 //! reload fails is restarted; a container that is not running is reported
 //! as such so the caller can retry with backoff once it is back. A custom
 //! `--reload-command` replaces all of this with `sh -c CMD`.
@@ -21,8 +23,8 @@ pub const EXIT_TEMPFAIL: i32 = 75;
 /// How to reload.
 #[derive(Clone, Debug)]
 pub enum Reloader {
-    /// systemctl inside the compose service.
-    Compose,
+    /// systemctl inside the deployment's container.
+    Container,
     /// `sh -c CMD`, with the certificate described in the environment.
     Command(String),
 }
@@ -78,7 +80,7 @@ pub fn run(
 ) -> Outcome {
     match how {
         Reloader::Command(cmd) => run_command(ctx, cmd, action, cert, limit),
-        Reloader::Compose => run_compose(ctx, action, limit),
+        Reloader::Container => run_container(ctx, action, limit),
     }
 }
 
@@ -126,15 +128,38 @@ fn last_line(s: &str) -> String {
         .to_string()
 }
 
-fn run_compose(ctx: &Context, action: Action, limit: Duration) -> Outcome {
-    // Another deployment's container is never reloaded (nor restarted).
-    if let Ok(Some(f)) = engine::find(ctx, engine::Containers::Any) {
-        if !f.is_ours() {
-            return Outcome::Failed(format!("{:#}", f.foreign_error(ctx)));
+fn run_container(ctx: &Context, action: Action, limit: Duration) -> Outcome {
+    // Straight to the engine: `docker compose` would first read and merge
+    // the project's files, at every reload.
+    let found = match engine::find_direct(ctx, engine::Containers::Any) {
+        Ok(f) => f,
+        Err(e) => {
+            return Outcome::NotNow(format!(
+                "cannot ask Docker for the {} container ({e:#})",
+                engine::SERVICE
+            ))
         }
-    }
+    };
+    let container = match found {
+        None => {
+            return Outcome::NotNow(format!(
+                "the {} container is not running (there is none)",
+                engine::SERVICE
+            ))
+        }
+        // Another deployment's container is never reloaded (nor restarted).
+        Some(f) if !f.is_ours() => return Outcome::Failed(format!("{:#}", f.foreign_error(ctx))),
+        Some(f) if !f.container.state.running => {
+            return Outcome::NotNow(format!(
+                "the {} container is not running ({})",
+                engine::SERVICE,
+                f.container.state.status
+            ))
+        }
+        Some(f) => f.container,
+    };
     let exec = |args: Vec<&str>| -> anyhow::Result<crate::host::Captured> {
-        let c = engine::exec_cmd(ctx, args);
+        let c = engine::exec_in_cmd(ctx, &container.id, args);
         c.output_within(&ctx.shell, limit)?.ok_or_else(|| {
             anyhow::anyhow!(
                 "`{}` did not finish within {} s and was stopped; raise --reload-timeout if it needs longer",
@@ -152,7 +177,7 @@ fn run_compose(ctx: &Context, action: Action, limit: Duration) -> Outcome {
     if first.success() {
         return Outcome::Done(format!("{}ed {}", action.word(), UNITS.join(" ")));
     }
-    if !container_running(ctx) {
+    if !still_running(ctx, &container.id) {
         return Outcome::NotNow(format!(
             "the {} container is not running ({})",
             engine::SERVICE,
@@ -181,11 +206,10 @@ fn run_compose(ctx: &Context, action: Action, limit: Duration) -> Outcome {
     Outcome::Done(done.join(", "))
 }
 
-fn container_running(ctx: &Context) -> bool {
-    matches!(
-        engine::container_id(ctx, engine::Containers::Running),
-        Ok(Some(_))
-    )
+/// Whether the container `id` still runs (it may have stopped, or been
+/// replaced, while the reload ran).
+fn still_running(ctx: &Context, id: &str) -> bool {
+    engine::inspect(ctx, id).is_ok_and(|c| c.state.running)
 }
 
 /// Pause before retry number `attempt` (1-based): 1 s, 2 s, 4 s ... 5 min.

@@ -53,8 +53,9 @@ pub struct CertWatchArgs {
     pub reload_timeout: u64,
 
     /// Quiet time after the last file event before acting, in milliseconds (at most 60000)
-    /// (ACME clients write several files in a row).
-    #[arg(long, value_name = "MS", default_value_t = 200)]
+    /// (ACME clients write several files in a row, within a few milliseconds; a pair
+    /// caught half-written is refused and the next event looks again).
+    #[arg(long, value_name = "MS", default_value_t = 50)]
     pub debounce_ms: u64,
 }
 

@@ -282,6 +282,82 @@ fn project_containers(ctx: &Context) -> Result<Vec<Found>> {
         .collect())
 }
 
+/// The labels Compose puts on the service's container: the project, the
+/// service, not a one-off `run`. `docker compose ps SERVICE` asks the
+/// engine for exactly these.
+fn service_filters() -> [String; 3] {
+    [
+        format!("label=com.docker.compose.project={PROJECT_NAME}"),
+        format!("label=com.docker.compose.service={SERVICE}"),
+        "label=com.docker.compose.oneoff=False".to_string(),
+    ]
+}
+
+/// The project's service container, whoever it belongs to, asked of the
+/// engine directly: one `docker ps` on Compose's labels that also reports
+/// the container's state and project directory. What [`find`] answers
+/// (in the fields it fills: id, name, state, the project directory's
+/// label), without starting Compose, which reads and merges the project's
+/// files first, nor `docker inspect`. For cert-watch, whose reload is on
+/// the clock.
+pub fn find_direct(ctx: &Context, which: Containers) -> Result<Option<Found>> {
+    let mut args: Vec<String> = vec!["ps".into(), "--no-trunc".into()];
+    if which == Containers::Any {
+        args.push("--all".into());
+    }
+    for f in service_filters() {
+        args.push("--filter".into());
+        args.push(f);
+    }
+    // Each value as a JSON string: a project directory may hold any byte.
+    args.push("--format".into());
+    args.push(format!(
+        "[{{{{json .ID}}}},{{{{json .Names}}}},{{{{json .State}}}},{{{{json (.Label \"{WORKING_DIR_LABEL}\")}}}}]"
+    ));
+    let out = ctx.host.cmd("docker", args).output(&ctx.shell)?;
+    if !out.success() {
+        bail!("`docker ps` failed: {}", out.stderr.trim());
+    }
+    let Some(line) = out.stdout.lines().map(str::trim).find(|l| !l.is_empty()) else {
+        return Ok(None);
+    };
+    let [id, name, state, dir]: [String; 4] = serde_json::from_str(line)
+        .with_context(|| format!("cannot parse `docker ps` output: {line}"))?;
+    let mut labels = std::collections::BTreeMap::new();
+    if !dir.is_empty() {
+        labels.insert(WORKING_DIR_LABEL.to_string(), dir);
+    }
+    let container = Inspect {
+        id,
+        name,
+        state: State {
+            running: state == "running",
+            status: state,
+            ..State::default()
+        },
+        config: Config {
+            labels: Some(labels),
+            ..Config::default()
+        },
+        ..Inspect::default()
+    };
+    let owner = owner_of(&container, ctx.deployment.dir());
+    Ok(Some(Found { container, owner }))
+}
+
+/// `docker exec ID ARGS`: a command in that container, no terminal, for
+/// output that is read rather than shown. The caller has checked whose the
+/// container is ([`find_direct`]).
+pub fn exec_in_cmd<I, S>(ctx: &Context, id: &str, args: I) -> Cmd
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    let mut all: Vec<OsString> = vec!["exec".into(), id.into()];
+    all.extend(args.into_iter().map(Into::into));
+    ctx.host.cmd("docker", all)
+}
+
 /// `docker compose exec -T chatmail ARGS`: a command in the container, no
 /// terminal, for output that is read rather than shown.
 pub fn exec_cmd<I, S>(ctx: &Context, args: I) -> Cmd

@@ -41,8 +41,9 @@ pub mod image;
 pub mod mounts;
 
 pub use container::{
-    container, container_id, current, ensure_ours, exec_cmd, exec_output, find, inspect, last_logs,
-    parse_time, wait_for_health, wait_healthy, Containers, Found, Inspect, Owner,
+    container, container_id, current, ensure_ours, exec_cmd, exec_in_cmd, exec_output, find,
+    find_direct, inspect, last_logs, parse_time, wait_for_health, wait_healthy, Containers, Found,
+    Inspect, Owner,
 };
 pub use image::{image_id, image_inspect, image_names};
 pub use mounts::{claimed_mounts, ClaimedMount};

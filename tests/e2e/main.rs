@@ -9,7 +9,9 @@
 //! - [`relay`]: the real relay, checked the way a user would;
 //! - [`upgrade`]: upgrades between releases of the real relay, the
 //!   automatic rollback, Ctrl-C, `--rollback`;
-//! - [`acme`]: the real relay with a certificate from an ACME server.
+//! - [`acme`]: the real relay with a certificate from an ACME server;
+//! - [`federation`]: two relays exchanging mail on a network of the
+//!   test's own (ignored: run by hand with `benches/federation.sh`).
 //!
 //! Without a Docker daemon they are skipped with a printed reason, except
 //! under CI=true where that is a failure. The support kit is the
@@ -20,6 +22,7 @@
 mod support;
 
 mod acme;
+mod federation;
 mod relay;
 mod standin;
 mod upgrade;

@@ -391,7 +391,7 @@ fn real_relay_end_to_end() {
         &container,
         &dir.join("relay"),
         DOMAIN,
-        &[],
+        &crate::support::engine::online::Run::default(),
     );
     crate::support::engine::online::assert_online_outcomes(&outcomes, false);
 

@@ -64,6 +64,8 @@ ci.RESOLV_DEPLOYED = d / "etc/chatmail/resolv.conf"
 ci.STAGE_ENV = ci.STATE / "stage-env.json"
 ci.INI_SOURCE = d / "etc/chatmail/.ini-source"
 ci.RESOLV = d / "etc/resolv.conf"
+ci.HOSTS = d / "etc/hosts"
+ci.hostname = lambda: "relay-host"
 ci.SPOOL = d / "var/spool/postfix"
 ci.SPOOL_DIRS = d / "postfix-spool-dirs"
 (d / "run").mkdir(exist_ok=True)
@@ -346,4 +348,41 @@ fn init_writes_env_params_back_exactly() {
             Ok(())
         })
         .unwrap();
+}
+
+#[test]
+fn the_container_s_host_name_is_named_in_etc_hosts_once() {
+    if !have("python3", &["--version"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::create_dir_all(d.join("etc")).unwrap();
+    let hosts = d.join("etc/hosts");
+    // As Docker writes it for the host's network: the host's copy, which
+    // does not name the host (no line break at the end either).
+    std::fs::write(
+        &hosts,
+        "127.0.0.1\tlocalhost\n# relay-host\n::1\tlocalhost ip6-localhost",
+    )
+    .unwrap();
+    let run = || in_init(d, &[], "ci.name_this_host()");
+    let (code, out) = run();
+    assert_eq!(code, 0, "{out}");
+    let text = std::fs::read_to_string(&hosts).unwrap();
+    assert_eq!(
+        text,
+        "127.0.0.1\tlocalhost\n# relay-host\n::1\tlocalhost ip6-localhost\n127.0.1.1\trelay-host\n"
+    );
+    // Named already: left as it is.
+    let (code, out) = run();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(std::fs::read_to_string(&hosts).unwrap(), text);
+    std::fs::write(&hosts, "10.0.0.5 relay-host.example.org relay-host\n").unwrap();
+    let (code, out) = run();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&hosts).unwrap(),
+        "10.0.0.5 relay-host.example.org relay-host\n"
+    );
 }

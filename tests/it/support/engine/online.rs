@@ -12,6 +12,7 @@
 //! and are removed afterwards, as is everything else the run added.
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Stdio};
 use std::time::Instant;
@@ -65,16 +66,27 @@ fn deps() -> PathBuf {
     )
 }
 
+/// What a run of the suite gets besides the relay: more variables (a
+/// second relay's domain), more for the relay's resolver to answer during
+/// the run (unbound `local-data:` lines, or `local-zone:` lines for other
+/// domains: a second relay's records), and which tests to run (pytest's
+/// `-k`; all when empty).
+#[derive(Default)]
+pub struct Run<'a> {
+    pub extra_env: &'a [(&'a str, &'a str)],
+    pub dns: &'a str,
+    pub only: &'a [&'a str],
+}
+
 /// Run the suite in the container; every test's outcome by name
 /// (`test_x[param]`). `relay` is the deployment's relay checkout (its
 /// `.git` goes in for the run), `domain` the relay's domain, which is made
-/// to resolve to this host inside the container for the run, `extra_env`
-/// more variables (a second relay's domain).
+/// to resolve to this host inside the container for the run.
 pub fn run_online_suite(
     container: &str,
     relay: &Path,
     domain: &str,
-    extra_env: &[(&str, &str)],
+    run: &Run,
 ) -> BTreeMap<String, Outcome> {
     let started = Instant::now();
     let deps = deps();
@@ -102,15 +114,23 @@ pub fn run_online_suite(
         container,
         &["cp", "/etc/hosts", "/tmp/hosts.before-online-tests"],
     );
+    let zone = tempfile::NamedTempFile::new().unwrap();
+    fs::write(
+        zone.path(),
+        format!(
+            "server:\n  local-zone: \"{domain}.\" static\n  local-data: \"{domain}. A 127.0.0.1\"\n{}",
+            run.dns
+        ),
+    )
+    .unwrap();
+    cp(zone.path(), UNBOUND_TEST_CONF);
     exec(
         container,
         &[
             "sh",
             "-c",
             &format!(
-                "echo '127.0.0.1 {domain}' >> /etc/hosts && \
-                 printf 'server:\n  local-zone: \"{domain}.\" static\n  local-data: \"{domain}. A 127.0.0.1\"\n' \
-                 > {UNBOUND_TEST_CONF} && systemctl restart unbound"
+                "chmod 644 {UNBOUND_TEST_CONF} && echo '127.0.0.1 {domain}' >> /etc/hosts && systemctl restart unbound"
             ),
         ],
     );
@@ -131,9 +151,14 @@ pub fn run_online_suite(
             &format!("GIT_EXEC_PATH={DEPS_IN}/git/usr/lib/git-core"),
         ])
         .args(["-e", &format!("PATH={path}")]);
-    for (k, v) in extra_env {
+    for (k, v) in run.extra_env {
         cmd.args(["-e", &format!("{k}={v}")]);
     }
+    let only = if run.only.is_empty() {
+        String::new()
+    } else {
+        format!(" -k '{}'", run.only.join(" or "))
+    };
     // A login on the relay host reads /etc/environment (the relay sets TZ
     // there; test_timezone_env checks it). `-P`: pytest as `cmdeploy test`
     // starts it, without the working directory on Python's path (where the
@@ -144,7 +169,7 @@ pub fn run_online_suite(
         "-c",
         &format!(
             "set -a; . /etc/environment; set +a; exec python3 -P -m pytest \
-             cmdeploy/src/cmdeploy/tests/online -n4 -rs -v --durations=5 \
+             cmdeploy/src/cmdeploy/tests/online{only} -n4 -rs -v --durations=5 \
              -p no:cacheprovider --junitxml={REPORT}"
         ),
     ]);
@@ -250,5 +275,38 @@ pub fn assert_online_outcomes(outcomes: &BTreeMap<String, Outcome>, second_relay
         unexpected.is_empty(),
         "the relay's online tests, unexpected outcomes:\n{}",
         unexpected.join("\n")
+    );
+}
+
+/// Check the outcomes of a run of [`NEEDS_SECOND_RELAY`] alone, with a
+/// second relay: every one of them ran and passed. Prints the tally;
+/// panics naming any other outcome.
+pub fn assert_second_relay_outcomes(outcomes: &BTreeMap<String, Outcome>) {
+    let mut tally: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (name, o) in outcomes {
+        tally.entry(o.outcome.as_str()).or_default().push(name);
+    }
+    for (outcome, names) in &tally {
+        eprintln!(
+            "e2e: relay online suite, two relays: {} {outcome}: {}",
+            names.len(),
+            names.join(", ")
+        );
+    }
+    let mut wrong = Vec::new();
+    for t in NEEDS_SECOND_RELAY {
+        if !outcomes.keys().any(|n| base(n) == *t) {
+            wrong.push(format!("{t}: did not run"));
+        }
+    }
+    for (name, o) in outcomes {
+        if o.outcome != "passed" {
+            wrong.push(format!("{name}: {} {}", o.outcome, o.message));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the relay's online tests with a second relay, unexpected outcomes:\n{}",
+        wrong.join("\n")
     );
 }
