@@ -9,7 +9,9 @@
 //! - [`relay`]: the real relay, checked the way a user would;
 //! - [`upgrade`]: upgrades between releases of the real relay, the
 //!   automatic rollback, Ctrl-C, `--rollback`;
-//! - [`acme`]: the real relay with a certificate from an ACME server.
+//! - [`acme`]: the real relay with a certificate from an ACME server;
+//! - [`faults`]: kills, daemon restarts, a full disk and a reboot during
+//!   the day-two commands, while mail flows.
 //!
 //! Without a Docker daemon they are skipped with a printed reason, except
 //! under CI=true where that is a failure. The support kit is the
@@ -20,6 +22,7 @@
 mod support;
 
 mod acme;
+mod faults;
 mod relay;
 mod standin;
 mod upgrade;
