@@ -260,6 +260,9 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     // Starting would recreate the project's container: refuse before
     // writing anything when it is another deployment's.
     engine::ensure_ours(ctx)?;
+    if !ctx.dry_run {
+        beside::remove_leftovers(ctx);
+    }
 
     // 2. Host tuning, then the inotify check on the result.
     let mut changed = tune_host(ctx, args)?;

@@ -67,6 +67,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
     if ctx.dry_run {
         return Ok(up.dry_run());
     }
+    engine::beside::remove_leftovers(ctx);
     check_disk(ctx, &up.image)?;
     let point = up.restore_point()?;
     let st = up.record(&point)?;

@@ -956,6 +956,77 @@ fn an_interrupted_restore_leaves_nothing() {
     assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
 }
 
+/// The `.chatmail-restore.*` directories in `dir`.
+fn staging_dirs(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".chatmail-restore."))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_restore_killed_with_sigkill_is_cleaned_up_and_done_by_the_next() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let (bin_dir, _) = stand_in(t.path(), false);
+    let archive = t.path().join("b.tar.zst");
+    assert_ok(&run(&d, &bin_dir, &["backup", archive.to_str().unwrap()]));
+    let target = t.path().join("fresh");
+    fs::create_dir_all(&target).unwrap();
+    // Another restore's directory, in use (locked): left alone.
+    let held = target.join(".chatmail-restore.held");
+    fs::create_dir_all(held.join("data")).unwrap();
+    let held_lock = fs::File::open(&held).unwrap();
+    rustix::fs::flock(&held_lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    // Half the archive on stdin, then SIGKILL: nothing can clean up.
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("chatmail-docker"))
+        .arg("--dir")
+        .arg(&target)
+        .args(["restore", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = fs::read(&archive).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write;
+    stdin.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    stdin.flush().unwrap();
+    // The killed run's directory exists once it started reading.
+    for _ in 0..100 {
+        if staging_dirs(&target).len() == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    let left = staging_dirs(&target);
+    assert_eq!(left.len(), 2, "the killed restore left its directory: {left:?}");
+    assert!(
+        !target.join("data").exists(),
+        "nothing was moved into place"
+    );
+
+    // The same again: the killed run's directory removed, the held one
+    // kept, the restore done.
+    let out = run(&target, &bin_dir, &["restore", archive.to_str().unwrap()]);
+    assert_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("removed 1 temporary directory of an earlier restore that was killed"),
+        "{stderr}"
+    );
+    assert_eq!(staging_dirs(&target), vec![".chatmail-restore.held".to_string()]);
+    assert_eq!(state(&d), state(&target));
+    drop(held_lock);
+}
+
 /// An archive written by hand (not by `backup`): the header entry, then
 /// whatever `add` appends, zstd-compressed.
 pub(crate) fn hand_made_archive(
