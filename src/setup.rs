@@ -298,7 +298,7 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     }
 
     // 6. Up.
-    start(ctx, &args.one_shot)?;
+    start(ctx, &args.one_shot).map_err(|e| daemon_context(ctx, e, "while `docker compose up` ran"))?;
     if ctx.dry_run {
         ctx.shell.out(format!(
             "would wait up to {}s for the container to become healthy",
@@ -311,7 +311,8 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
 
     // 7. Health.
     let c = engine::wait_healthy(ctx, args.wait_timeout)
-        .context("the appliance did not become healthy")?;
+        .context("the appliance did not become healthy")
+        .map_err(|e| daemon_context(ctx, e, "while the appliance started"))?;
     // Only now: while the new image is not proven, the old one stays.
     remove_replaced_images(ctx, &replaced);
     let recreated = before
@@ -339,6 +340,18 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `e`, said to be the Docker daemon's absence when the daemon stopped
+/// answering during this run (or does not answer now), with what to run.
+fn daemon_context(ctx: &Context, e: anyhow::Error, doing: &str) -> anyhow::Error {
+    if error::exit_code(&e) == error::EXIT_INTERRUPTED
+        || !engine::container::daemon_was_away(ctx)
+    {
+        return e;
+    }
+    let again = format!("chatmail-docker --dir {} setup", ctx.deployment.dir().display());
+    e.context(engine::container::daemon_context(&again, doing))
 }
 
 /// Step 2: raise the inotify limits, then check the live values (unless

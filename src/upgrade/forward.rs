@@ -628,7 +628,9 @@ impl<'a> Upgrade<'a> {
             return Err(error::Failure {
                 code: error::EXIT_RUNTIME,
                 message: Some(format!(
-                    "upgrade to {to} failed ({reason:#}) and so did the rollback: {e:#}\nthe relay may be down: see `chatmail-docker status` and `chatmail-docker logs`; the previous image is {}",
+                    "upgrade to {to} failed ({reason:#}) and so did the rollback: {e:#}\n{}the relay may be down: see `chatmail-docker status` and `chatmail-docker logs`; `chatmail-docker --dir {} upgrade` finishes the swap (checked, or rolled back), `upgrade --rollback` goes back; the previous image is {}",
+                    daemon_note(ctx),
+                    ctx.deployment.dir().display(),
                     point.restore.image_tag.as_deref().unwrap_or("gone")
                 )),
             }
@@ -655,12 +657,31 @@ impl<'a> Upgrade<'a> {
                 error::EXIT_RUNTIME
             },
             message: Some(format!(
-                "upgrade to {to} failed ({reason:#}); rolled back by itself in {:.1}s: the relay runs {} again",
+                "upgrade to {to} failed ({reason:#}); rolled back by itself in {:.1}s: the relay runs {} again{}",
                 failed_at.elapsed().as_secs_f64(),
-                old.version
+                old.version,
+                if engine::container::daemon_was_away(ctx) {
+                    format!(
+                        "\n{}run `chatmail-docker --dir {} upgrade` again",
+                        daemon_note(ctx),
+                        ctx.deployment.dir().display()
+                    )
+                } else {
+                    String::new()
+                }
             )),
         }
         .into())
+    }
+}
+
+/// "the Docker daemon stopped answering during the swap; " when it did
+/// during this run (or does not answer now), else nothing.
+fn daemon_note(ctx: &Context) -> &'static str {
+    if engine::container::daemon_was_away(ctx) {
+        "the Docker daemon stopped answering during the swap (stopped or restarted); once it is back, a relay that was running comes back by itself (restart policy); "
+    } else {
+        ""
     }
 }
 
