@@ -298,7 +298,8 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     }
 
     // 6. Up.
-    start(ctx, &args.one_shot).map_err(|e| daemon_context(ctx, e, "while `docker compose up` ran"))?;
+    start(ctx, &args.one_shot)
+        .map_err(|e| daemon_context(ctx, e, "while `docker compose up` ran"))?;
     if ctx.dry_run {
         ctx.shell.out(format!(
             "would wait up to {}s for the container to become healthy",
@@ -345,12 +346,13 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
 /// `e`, said to be the Docker daemon's absence when the daemon stopped
 /// answering during this run (or does not answer now), with what to run.
 fn daemon_context(ctx: &Context, e: anyhow::Error, doing: &str) -> anyhow::Error {
-    if error::exit_code(&e) == error::EXIT_INTERRUPTED
-        || !engine::container::daemon_was_away(ctx)
-    {
+    if error::exit_code(&e) == error::EXIT_INTERRUPTED || !engine::container::daemon_was_away(ctx) {
         return e;
     }
-    let again = format!("chatmail-docker --dir {} setup", ctx.deployment.dir().display());
+    let again = format!(
+        "chatmail-docker --dir {} setup",
+        ctx.deployment.dir().display()
+    );
     e.context(engine::container::daemon_context(&again, doing))
 }
 

@@ -44,7 +44,7 @@ enum AfterKilled {
     /// Stopped before its swap, and put back.
     Undone,
     /// Stopped during its swap: finish it from this restore point.
-    Swap(Point, UpgradeState),
+    Swap(Box<(Point, UpgradeState)>),
 }
 
 /// An upgrade under way: what its steps share.
@@ -73,7 +73,8 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
         match up.after_killed()? {
             AfterKilled::Nothing => {}
             AfterKilled::Undone => up = Upgrade::open(ctx, opts)?,
-            AfterKilled::Swap(point, st) => {
+            AfterKilled::Swap(found) => {
+                let (point, st) = *found;
                 engine::beside::remove_leftovers(ctx);
                 let new_id = image_id(ctx, &up.image)?
                     .context("the image the stopped upgrade swapped to is gone")?;
@@ -212,7 +213,8 @@ impl<'a> Upgrade<'a> {
                 let Some(target) = prior.target.clone() else {
                     return Ok(AfterKilled::Nothing);
                 };
-                let restore_id = match prior.previous.as_ref().and_then(|p| p.image_tag.as_deref()) {
+                let restore_id = match prior.previous.as_ref().and_then(|p| p.image_tag.as_deref())
+                {
                     Some(tag) => image_id(ctx, tag)?,
                     None => None,
                 };
@@ -237,7 +239,7 @@ impl<'a> Upgrade<'a> {
                 self.plan.to = target;
                 self.summary.to = Some(self.plan.to.clone());
                 self.summary.from = Some(point.restore.release.clone());
-                Ok(AfterKilled::Swap(point, prior))
+                Ok(AfterKilled::Swap(Box::new((point, prior))))
             }
         }
     }

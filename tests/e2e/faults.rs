@@ -393,7 +393,6 @@ impl Suite {
         self.row(&label, fault, rec, extra);
         hit
     }
-
 }
 
 /// `docker` answers.
@@ -475,7 +474,13 @@ impl SmallDisk {
         fs::create_dir_all(at).unwrap();
         check(
             StdCommand::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0755"),
+                    "tmpfs",
+                ])
                 .arg(at),
             "mount a small tmpfs",
         );
@@ -511,11 +516,7 @@ fn tree_of(dir: &Path) -> Vec<(String, u64)> {
         .filter(|e| e.file_type().is_file())
         .map(|e| {
             (
-                e.path()
-                    .strip_prefix(dir)
-                    .unwrap()
-                    .display()
-                    .to_string(),
+                e.path().strip_prefix(dir).unwrap().display().to_string(),
                 e.metadata().map(|m| m.len()).unwrap_or(0),
             )
         })
@@ -657,7 +658,11 @@ fn faults() {
     // setup with changed settings (deploy beside, swap), killed: setup
     // again completes and the container has the new settings.
     fs::write(dir.join("chatmail.ini"), faults_ini(1001)).unwrap();
-    let (_, t_setup) = must(&dir, &["setup", "--skip-check", "cgroup-v2"], "setup (measured)");
+    let (_, t_setup) = must(
+        &dir,
+        &["setup", "--skip-check", "cgroup-v2"],
+        "setup (measured)",
+    );
     for (i, f) in fractions(n).into_iter().enumerate() {
         let value = 1002 + i as u32;
         fs::write(dir.join("chatmail.ini"), faults_ini(value)).unwrap();
@@ -683,7 +688,11 @@ fn faults() {
     release(&origin);
     let restore_point = format!("{IMAGE_F}-relay-{}", &first[..12]);
     let (_, t_upgrade) = must(&dir, &["upgrade"], "upgrade (measured)");
-    must(&dir, &["upgrade", "--rollback"], "upgrade --rollback (measured)");
+    must(
+        &dir,
+        &["upgrade", "--rollback"],
+        "upgrade --rollback (measured)",
+    );
     for f in fractions(n) {
         let name = format!("upgrade killed at {:.0}%", f * 100.0);
         s.kill_then(
@@ -708,7 +717,10 @@ fn faults() {
         }
         let (code, out, _) = run(&dir, &["upgrade", "--rollback"], "upgrade --rollback");
         if code != Some(0) || page().contains(GOOD_TEXT) {
-            s.problem(format!("{name}: --rollback afterwards failed: {}", tail(&out, 20)));
+            s.problem(format!(
+                "{name}: --rollback afterwards failed: {}",
+                tail(&out, 20)
+            ));
         }
     }
 
@@ -719,7 +731,10 @@ fn faults() {
         let flow = Flow::start(name);
         std::thread::sleep(Duration::from_secs(2));
         let run_up = Run::start(&dir, &["upgrade"], "upgrade");
-        assert!(run_up.wait_for("Swapping", Duration::from_secs(1200)), "no swap");
+        assert!(
+            run_up.wait_for("Swapping", Duration::from_secs(1200)),
+            "no swap"
+        );
         std::thread::sleep(Duration::from_secs(1));
         let fault = now();
         let daemon = Daemon::stop(rustix::process::Signal::TERM);
@@ -854,7 +869,10 @@ fn faults() {
             .args(["inspect", "--format", "{{.State.Pid}}", &container])
             .output()
             .unwrap();
-        let init: i32 = String::from_utf8_lossy(&init.stdout).trim().parse().unwrap();
+        let init: i32 = String::from_utf8_lossy(&init.stdout)
+            .trim()
+            .parse()
+            .unwrap();
         let fault = now();
         let daemon = Daemon::stop(rustix::process::Signal::KILL);
         let _ = rustix::process::kill_process(
@@ -884,10 +902,16 @@ fn faults() {
         .unwrap();
     for name in String::from_utf8_lossy(&out.stdout).lines() {
         if name.starts_with(&format!("{IMAGE_F}-relay-")) {
-            let _ = StdCommand::new("docker").args(["image", "rm", name]).status();
+            let _ = StdCommand::new("docker")
+                .args(["image", "rm", name])
+                .status();
         }
     }
     eprintln!("faults: whole suite {:.0?}", total.elapsed());
     let _ = &s.tmp;
-    assert!(s.problems.is_empty(), "faults found:\n{}", s.problems.join("\n"));
+    assert!(
+        s.problems.is_empty(),
+        "faults found:\n{}",
+        s.problems.join("\n")
+    );
 }

@@ -1007,7 +1007,11 @@ fn a_restore_killed_with_sigkill_is_cleaned_up_and_done_by_the_next() {
     child.wait().unwrap();
     drop(stdin);
     let left = staging_dirs(&target);
-    assert_eq!(left.len(), 2, "the killed restore left its directory: {left:?}");
+    assert_eq!(
+        left.len(),
+        2,
+        "the killed restore left its directory: {left:?}"
+    );
     assert!(
         !target.join("data").exists(),
         "nothing was moved into place"
@@ -1022,7 +1026,10 @@ fn a_restore_killed_with_sigkill_is_cleaned_up_and_done_by_the_next() {
         stderr.contains("removed 1 temporary directory of an earlier restore that was killed"),
         "{stderr}"
     );
-    assert_eq!(staging_dirs(&target), vec![".chatmail-restore.held".to_string()]);
+    assert_eq!(
+        staging_dirs(&target),
+        vec![".chatmail-restore.held".to_string()]
+    );
     assert_eq!(state(&d), state(&target));
     drop(held_lock);
 }

@@ -238,7 +238,11 @@ fn status_names_a_full_disk_under_data_and_what_to_do() {
         .arg(&data)
         .status()
         .unwrap();
-    assert!(mounted.success(), "mount a small tmpfs at {}", data.display());
+    assert!(
+        mounted.success(),
+        "mount a small tmpfs at {}",
+        data.display()
+    );
     let _disk = SmallDisk(data.clone());
     // The disk fills up.
     let _ = std::fs::write(data.join("fill"), vec![0u8; 128 << 10]);
