@@ -210,7 +210,11 @@ fn dangling_deployed() -> usize {
 fn leftovers_in(dirs: &[&Path]) -> Vec<String> {
     let mut found = Vec::new();
     for d in dirs {
-        for sub in [d.to_path_buf(), d.join("data")] {
+        let lock = d.join("relay/.git/index.lock");
+        if lock.exists() {
+            found.push(lock.display().to_string());
+        }
+        for sub in [d.to_path_buf(), d.join("data"), d.join("backups")] {
             let Ok(list) = fs::read_dir(&sub) else {
                 continue;
             };
