@@ -6,7 +6,10 @@
 # while mail flows on 25 and 587. It is the end-to-end fault suite
 # (tests/e2e/faults.rs) with more kill points than CI runs.
 #
-#   benches/faults.sh [POINTS]        (default 10)
+#   benches/faults.sh [POINTS [GROUPS]]
+#
+# POINTS: kill points per command (default 10). GROUPS: a comma-separated
+# subset of backup,restore,setup,upgrade,daemon,disk,reboot (default all).
 #
 # Needs what the end-to-end suites need (Docker, Compose v2, the relay
 # snapshot in ../shared/ or CHATMAIL_SHARED_DIR, root for the tmpfs
@@ -24,13 +27,14 @@
 set -uo pipefail
 
 POINTS=${1:-10}
+GROUPS=${2:-}
 here=$(cd "$(dirname "$0")/.." && pwd)
 LOG=${LOG:-/tmp/faults-bench.log}
 
 cd "$here"
 echo "fault matrix: $POINTS kill points per command; log in $LOG" >&2
 started=$(date +%s)
-CHATMAIL_FAULT_POINTS=$POINTS cargo test --test e2e faults -- --nocapture >"$LOG" 2>&1
+CHATMAIL_FAULT_POINTS=$POINTS CHATMAIL_FAULTS=$GROUPS cargo test --test e2e faults -- --nocapture >"$LOG" 2>&1
 status=$?
 elapsed=$(( $(date +%s) - started ))
 

@@ -15,7 +15,8 @@
 //! `upgrade --rollback` to start the next point from the same release).
 //!
 //! `CHATMAIL_FAULT_POINTS` sets `n` (default 2: the CI subset; the full
-//! matrix, `benches/faults.sh`, uses 10). Every fault is a row of the
+//! matrix, `benches/faults.sh`, uses 10); `CHATMAIL_FAULTS` picks groups
+//! of faults (`backup,restore,setup,upgrade,daemon,disk,reboot`). Every fault is a row of the
 //! table printed at the end (lines starting `faults|`): seconds from the
 //! fault until 25 accepted mail again and 993 greeted again, accepted and
 //! delivered messages, what was left on disk. The test fails after the
@@ -46,6 +47,15 @@ fn points() -> usize {
         .and_then(|v| v.parse().ok())
         .filter(|n| *n > 0)
         .unwrap_or(2)
+}
+
+/// Whether the group of faults `name` runs: `CHATMAIL_FAULTS` lists the
+/// groups (`backup,restore,setup,upgrade,daemon,disk,reboot`); unset, all.
+fn want(name: &str) -> bool {
+    match std::env::var("CHATMAIL_FAULTS") {
+        Ok(v) if !v.trim().is_empty() => v.split(',').any(|g| g.trim() == name),
+        _ => true,
+    }
 }
 
 /// `(i + 1/2) / n` for i in 0..n.
@@ -610,7 +620,7 @@ fn faults() {
     // Full backups: every run does the same work, so the measured one
     // spreads the points over the killed ones.
     let (_, t_backup) = must(&dir, &["backup", "--full", &backups], "backup (measured)");
-    for f in fractions(n.max(3)) {
+    for f in fractions(n.max(3)).into_iter().filter(|_| want("backup")) {
         let name = format!("backup killed at {:.0}%", f * 100.0);
         s.kill_then(
             &name,
@@ -639,7 +649,11 @@ fn faults() {
     fs::create_dir_all(&clean).unwrap();
     let (_, t_restore) = must(&clean, &["restore", &backups], "restore (measured)");
     let clean_tree = tree_of(&clean);
-    for (i, f) in fractions(n.max(3)).into_iter().enumerate() {
+    for (i, f) in fractions(n.max(3))
+        .into_iter()
+        .enumerate()
+        .filter(|_| want("restore"))
+    {
         let target = tmp.path().join(format!("restored-{i}"));
         fs::create_dir_all(&target).unwrap();
         let name = format!("restore killed at {:.0}%", f * 100.0);
@@ -661,13 +675,21 @@ fn faults() {
 
     // setup with changed settings (deploy beside, swap), killed: setup
     // again completes and the container has the new settings.
-    fs::write(dir.join("chatmail.ini"), faults_ini(1001)).unwrap();
-    let (_, t_setup) = must(
-        &dir,
-        &["setup", "--skip-check", "cgroup-v2"],
-        "setup (measured)",
-    );
-    for (i, f) in fractions(n).into_iter().enumerate() {
+    let mut t_setup = 0.0;
+    if want("setup") {
+        fs::write(dir.join("chatmail.ini"), faults_ini(1001)).unwrap();
+        t_setup = must(
+            &dir,
+            &["setup", "--skip-check", "cgroup-v2"],
+            "setup (measured)",
+        )
+        .1;
+    }
+    for (i, f) in fractions(n)
+        .into_iter()
+        .enumerate()
+        .filter(|_| want("setup"))
+    {
         let value = 1002 + i as u32;
         fs::write(dir.join("chatmail.ini"), faults_ini(value)).unwrap();
         let name = format!("setup killed at {:.0}%", f * 100.0);
@@ -730,7 +752,7 @@ fn faults() {
 
     // The Docker daemon restarted during upgrade's swap: the relay comes
     // back by itself; the tool says what happened and what to run.
-    {
+    if want("daemon") {
         let name = "dockerd restarted during upgrade's swap";
         let flow = Flow::start(name);
         std::thread::sleep(Duration::from_secs(2));
@@ -767,7 +789,7 @@ fn faults() {
     }
 
     // The Docker daemon restarted during setup's swap.
-    {
+    if want("daemon") {
         let name = "dockerd restarted during setup's swap";
         fs::write(dir.join("chatmail.ini"), faults_ini(1100)).unwrap();
         let flow = Flow::start(name);
@@ -801,7 +823,7 @@ fn faults() {
 
     // A full disk under a backup: refused or failed cleanly, named; the
     // relay serves on; nothing partial left.
-    {
+    if want("disk") {
         let name = "backup onto a full disk";
         let full = tmp.path().join("full-backups");
         let _disk = SmallDisk::mount(&full, "256k");
@@ -828,7 +850,7 @@ fn faults() {
     }
 
     // A full disk under a restore.
-    {
+    if want("disk") {
         let name = "restore onto a full disk";
         let full = tmp.path().join("full-restore");
         let _disk = SmallDisk::mount(&full, "256k");
@@ -857,7 +879,7 @@ fn faults() {
     // killed, the daemon started again; mail that waited in Postfix's
     // queue (delivery held by stopping Dovecot) is delivered, and the
     // relay is healthy without any command.
-    {
+    if want("reboot") {
         let name = "reboot (dockerd and the container killed)";
         let container = healthy(&dir, 30).expect("healthy before the reboot");
         let flow = Flow::start(name);
