@@ -27,14 +27,14 @@
 set -uo pipefail
 
 POINTS=${1:-10}
-GROUPS=${2:-}
+WHICH=${2:-}
 here=$(cd "$(dirname "$0")/.." && pwd)
 LOG=${LOG:-/tmp/faults-bench.log}
 
 cd "$here"
 echo "fault matrix: $POINTS kill points per command; log in $LOG" >&2
 started=$(date +%s)
-CHATMAIL_FAULT_POINTS=$POINTS CHATMAIL_FAULTS=$GROUPS cargo test --test e2e faults -- --nocapture >"$LOG" 2>&1
+CHATMAIL_FAULT_POINTS=$POINTS CHATMAIL_FAULTS=$WHICH cargo test --test e2e faults -- --nocapture >"$LOG" 2>&1
 status=$?
 elapsed=$(( $(date +%s) - started ))
 
