@@ -431,6 +431,51 @@ fn an_interrupted_build_puts_everything_back() {
 }
 
 #[test]
+fn an_upgrade_killed_during_its_build_is_put_back_and_done_by_the_next() {
+    // The build hangs while the file `hang` exists; the running image has
+    // an id of the real shape (the state file is checked when read).
+    let f = fixture_with(
+        r#"[ -e "$DEPLOY/hang" ] && exec sleep 30; exit 0"#,
+        &format!(
+            r#""image inspect --format {{{{.Id}}}} chatmail-relay:local") echo {OLD_ID}; exit 0;;
+  "image inspect --format {{{{.Id}}}} {OLD_ID}") echo {OLD_ID}; exit 0;;"#
+        ),
+    );
+    let target = commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
+    fs::write(f.dir.join("hang"), "").unwrap();
+    let mut child = f.spawn(&["--no-backup", "--no-deploy-beside"]);
+    f.wait_for_call(" build ");
+    // SIGKILL: nothing of the tool's own cleanup runs.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(f.head(), target, "the killed run left relay/ at the target");
+    let state = fs::read_to_string(f.dir.join("data/.upgrade-state.json")).unwrap();
+    assert!(state.contains("\"building\""), "{state}");
+    fs::remove_file(f.dir.join("hang")).unwrap();
+    let killed_calls = f.docker_calls().len();
+
+    // The next upgrade puts back what the killed one changed, then
+    // upgrades afresh (not "up to date": the relay still runs 1.0.0).
+    let o = f.run(&["--no-backup", "--no-deploy-beside"]);
+    let out = text(&o);
+    assert!(
+        out.contains("an earlier upgrade to 1.1.0 was stopped before its swap"),
+        "{out}"
+    );
+    assert!(!out.contains("nothing to upgrade"), "{out}");
+    let calls = f.docker_calls()[killed_calls..].to_string();
+    let back = calls
+        .find(&format!("image tag {OLD_ID} chatmail-relay:local\n"))
+        .expect(&calls);
+    let build = calls.find(" build ").expect(&calls);
+    assert!(
+        back < build,
+        "the name is put back before the new build: {calls}"
+    );
+    assert!(calls.contains(" up "), "this time it swaps: {calls}");
+}
+
+#[test]
 fn rollback_without_an_upgrade_is_refused() {
     let f = fixture("exit 0");
     let o = f.run(&["--rollback"]);
