@@ -476,6 +476,45 @@ fn an_upgrade_killed_during_its_build_is_put_back_and_done_by_the_next() {
 }
 
 #[test]
+fn an_upgrade_killed_during_its_swap_is_finished_by_the_next() {
+    // `docker compose up` hangs while the file `hang` exists.
+    let f = fixture_with(
+        "exit 0",
+        &format!(
+            r#""image inspect --format {{{{.Id}}}} chatmail-relay:local") echo {OLD_ID}; exit 0;;
+  "image inspect --format {{{{.Id}}}} {OLD_ID}") echo {OLD_ID}; exit 0;;
+  *" up "*) [ -e "$DEPLOY/hang" ] && exec sleep 30; exit 0;;"#
+        ),
+    );
+    commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
+    fs::write(f.dir.join("hang"), "").unwrap();
+    let mut child = f.spawn(&["--no-backup", "--no-deploy-beside"]);
+    f.wait_for_call(" up ");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let state = fs::read_to_string(f.dir.join("data/.upgrade-state.json")).unwrap();
+    assert!(state.contains("\"swapping\""), "{state}");
+    fs::remove_file(f.dir.join("hang")).unwrap();
+    let killed_calls = f.docker_calls().len();
+
+    // The next upgrade finishes the swap (here the stand-in's container
+    // never shows up, so it rolls back), instead of "nothing to upgrade".
+    let o = f.run(&["--no-backup", "--no-deploy-beside"]);
+    let out = text(&o);
+    assert!(
+        out.contains("an earlier upgrade to 1.1.0 was stopped while swapping the container; finishing its swap"),
+        "{out}"
+    );
+    assert!(!out.contains("nothing to upgrade"), "{out}");
+    let calls = f.docker_calls()[killed_calls..].to_string();
+    assert!(calls.contains(" up "), "the swap is done again: {calls}");
+    assert!(
+        !calls.contains(" build "),
+        "nothing is built again: {calls}"
+    );
+}
+
+#[test]
 fn rollback_without_an_upgrade_is_refused() {
     let f = fixture("exit 0");
     let o = f.run(&["--rollback"]);
