@@ -515,6 +515,33 @@ fn an_upgrade_killed_during_its_swap_is_finished_by_the_next() {
 }
 
 #[test]
+fn what_a_killed_deploy_beside_left_is_removed_by_the_next_upgrade() {
+    let f = fixture_with(
+        "exit 0",
+        r#""ps --all --quiet --filter name=^chatmail-upgrade-stage$") [ -e "$DEPLOY/stage-gone" ] || echo stale-id; exit 0;;
+  "rm --force --volumes chatmail-upgrade-stage") touch "$DEPLOY/stage-gone"; exit 0;;"#,
+    );
+    commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
+    // A side container still there, and its copies of the keys.
+    let copies = f.dir.join("data/.upgrade-stage/etc-dkimkeys");
+    fs::create_dir_all(&copies).unwrap();
+    fs::write(copies.join("opendkim.private"), "secret").unwrap();
+    let o = f.run(&["--no-backup", "--no-deploy-beside"]);
+    let out = text(&o);
+    assert!(
+        out.contains("removed what a deploy beside the relay that was stopped left (the side container chatmail-upgrade-stage"),
+        "{out}"
+    );
+    assert!(!f.dir.join("data/.upgrade-stage").exists(), "{out}");
+    assert!(
+        f.docker_calls()
+            .contains("rm --force --volumes chatmail-upgrade-stage"),
+        "{}",
+        f.docker_calls()
+    );
+}
+
+#[test]
 fn rollback_without_an_upgrade_is_refused() {
     let f = fixture("exit 0");
     let o = f.run(&["--rollback"]);
