@@ -1034,6 +1034,75 @@ fn a_restore_killed_with_sigkill_is_cleaned_up_and_done_by_the_next() {
     drop(held_lock);
 }
 
+/// A small tmpfs mounted at a directory, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// `None` (the test skips) unless we may mount.
+    fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping: mounting a small tmpfs needs root");
+            return None;
+        }
+        fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs at {}", at.display());
+        Some(SmallDisk(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_under_backup_or_restore_is_named_and_leaves_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    // Mail that does not compress: the archive needs its size.
+    let mut next = crate::support::xorshift(7);
+    let noise: Vec<u8> = (0..(1 << 20)).map(|_| next() as u8).collect();
+    fs::write(
+        d.join("data/chatmail/vmail/mail/example.org/u@example.org/cur/1700000500.M9.relay:2,S"),
+        &noise,
+    )
+    .unwrap();
+    let (bin_dir, _) = stand_in(t.path(), false);
+    let full = t.path().join("full");
+    let Some(_disk) = SmallDisk::mount(&full, "256k") else {
+        return;
+    };
+    let dest = format!("{}/", full.display());
+    let o = run(&d, &bin_dir, &["backup", &dest]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("no space left on {}", full.display()))
+            && err.contains(&format!("chatmail-docker backup {dest}")),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(&full).unwrap().count(), 0, "nothing is left");
+
+    // A restore into a deployment directory on the small disk.
+    let archive = t.path().join("b.tar.zst");
+    assert_ok(&run(&d, &bin_dir, &["backup", archive.to_str().unwrap()]));
+    let o = run(&full, &bin_dir, &["restore", archive.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!("no space left on {}", full.display())) && err.contains("restore"),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(&full).unwrap().count(), 0, "nothing is left");
+}
+
 /// An archive written by hand (not by `backup`): the header entry, then
 /// whatever `add` appends, zstd-compressed.
 pub(crate) fn hand_made_archive(
