@@ -228,3 +228,39 @@ pub fn queued(container: &str) -> usize {
     let (_, out) = exec_status(container, &["postqueue", "-j"]);
     out.lines().filter(|l| l.starts_with('{')).count()
 }
+
+#[test]
+fn back_after_counts_from_the_fault_to_the_first_success_after_the_last_failure() {
+    let a = |t: f64, port: u16, ok: bool| Attempt {
+        t,
+        port,
+        id: (port != 993).then(|| format!("{t}-{port}")),
+        ok,
+        error: None,
+    };
+    let rec = Record {
+        what: "test".into(),
+        b_login: "b:p".into(),
+        started: 0.0,
+        stopped: 20.0,
+        attempts: vec![
+            a(1.0, 25, true),
+            a(2.0, 25, false),
+            a(3.0, 993, true),
+            a(4.0, 25, false),
+            a(5.0, 25, true),
+            a(6.0, 25, false),
+            a(8.5, 25, true),
+            a(9.0, 25, true),
+            a(9.5, 587, false),
+        ],
+    };
+    // From 1.5: failures at 2, 4, 6; back at 8.5.
+    assert_eq!(rec.back_after(25, 1.5), Some(7.0));
+    // Nothing failed on 993 after the fault.
+    assert_eq!(rec.back_after(993, 1.5), Some(0.0));
+    // 587 failed last and never came back before the flow stopped.
+    assert_eq!(rec.back_after(587, 0.0), None);
+    assert_eq!(rec.accepted(), vec!["1-25", "5-25", "8.5-25", "9-25"]);
+    assert_eq!(rec.failures(25), 3);
+}
