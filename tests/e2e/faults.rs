@@ -285,9 +285,30 @@ impl Suite {
     /// The row of a fault at `fault` (Unix seconds) whose flow is `rec`:
     /// the relay healthy, Postfix asked to try deferred mail now, every
     /// accepted message looked for, what was left on disk.
-    fn row(&mut self, fault: &str, at: f64, rec: Record, extra: &[&Path]) {
+    fn row(&mut self, fault: &str, at: f64, rec: Result<Record, String>, extra: &[&Path]) {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                self.problem(format!("{fault}: {e}"));
+                self.rows.push(Row {
+                    fault: fault.to_string(),
+                    back_25: None,
+                    back_993: None,
+                    accepted: 0,
+                    delivered: 0,
+                    leftovers: vec![],
+                });
+                return;
+            }
+        };
         let Some(container) = healthy(&self.dir, 120) else {
             self.problem(format!("{fault}: the relay is not healthy afterwards"));
+            // The next faults need a relay: `setup` brings it back.
+            let _ = run(
+                &self.dir,
+                &["setup", "--skip-check", "cgroup-v2"],
+                "setup to recover",
+            );
             self.rows.push(Row {
                 fault: fault.to_string(),
                 back_25: None,

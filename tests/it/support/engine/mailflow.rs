@@ -96,19 +96,22 @@ impl Flow {
         self.dir.path().join("record.json")
     }
 
-    /// Stop the flow (it finishes its round) and read its record.
-    pub fn stop(mut self) -> Record {
+    /// Stop the flow (it finishes its round) and read its record; an
+    /// error when the flow itself failed (it could not make its accounts:
+    /// the relay did not serve when it began).
+    pub fn stop(mut self) -> Result<Record, String> {
         std::fs::write(self.dir.path().join("stop"), b"").unwrap();
         let mut child = self.child.take().expect("started");
         let status = child.wait().unwrap();
-        assert!(
-            status.success(),
-            "the mail flow of {} failed ({status}): see its output above",
-            self.what
-        );
+        if !status.success() {
+            return Err(format!(
+                "the mail flow of {} failed ({status}): see its output above",
+                self.what
+            ));
+        }
         let text = std::fs::read_to_string(self.out())
-            .unwrap_or_else(|e| panic!("the mail flow of {} left no record: {e}", self.what));
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            .map_err(|e| format!("the mail flow of {} left no record: {e}", self.what))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
         let b = &v["b"];
         let attempts = v["attempts"]
             .as_array()
@@ -122,7 +125,7 @@ impl Flow {
                 error: a["error"].as_str().map(str::to_string),
             })
             .collect();
-        Record {
+        Ok(Record {
             what: self.what.clone(),
             b_login: format!(
                 "{}:{}",
@@ -132,7 +135,7 @@ impl Flow {
             started: v["started"].as_f64().unwrap(),
             stopped: v["stopped"].as_f64().unwrap(),
             attempts,
-        }
+        })
     }
 }
 
