@@ -195,8 +195,21 @@ impl<'a> Upgrade<'a> {
                         short(&back.position.commit)
                     )
                 })?;
+                // The image the killed run built (or deployed) under the
+                // service's name: of no use once the name is back.
+                let made = image_id(ctx, &self.image)?;
                 if let Some(id) = back.image_id.as_deref().or(back.image_tag.as_deref()) {
                     tag_image(ctx, id, &self.image)?;
+                }
+                let keep = [
+                    back.image_id.clone(),
+                    match back.image_tag.as_deref() {
+                        Some(tag) => image_id(ctx, tag)?,
+                        None => None,
+                    },
+                ];
+                if let Some(made) = made.filter(|m| !keep.iter().flatten().any(|k| k == m)) {
+                    let _ = engine::image::remove(ctx, &made);
                 }
                 let mut st = prior.clone();
                 st.phase = Phase::RolledBack;
