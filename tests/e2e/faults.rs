@@ -331,6 +331,8 @@ impl Suite {
                 dangling - self.dangling_before
             ));
         }
+        // Each leak is reported by the row of the fault that made it.
+        self.dangling_before = dangling;
         let row = Row {
             fault: fault.to_string(),
             back_25: rec.back_after(25, at),
