@@ -761,13 +761,24 @@ fn faults() {
     // the restore point is there, the state says done), then --rollback.
     release(&origin);
     let restore_point = format!("{IMAGE_F}-relay-{}", &first[..12]);
-    let (_, t_upgrade) = must(&dir, &["upgrade"], "upgrade (measured)");
-    must(
-        &dir,
-        &["upgrade", "--rollback"],
-        "upgrade --rollback (measured)",
-    );
-    for f in fractions(n) {
+    let mut t_upgrade = 0.0;
+    if want("upgrade") {
+        // The first upgrade builds and deploys what later ones find in
+        // Docker's cache: the second is the one the kills are spread over.
+        must(&dir, &["upgrade"], "upgrade (first)");
+        must(
+            &dir,
+            &["upgrade", "--rollback"],
+            "upgrade --rollback (first)",
+        );
+        t_upgrade = must(&dir, &["upgrade"], "upgrade (measured)").1;
+        must(
+            &dir,
+            &["upgrade", "--rollback"],
+            "upgrade --rollback (measured)",
+        );
+    }
+    for f in fractions(n).into_iter().filter(|_| want("upgrade")) {
         let name = format!("upgrade killed at {:.0}%", f * 100.0);
         s.kill_then(
             &name,
