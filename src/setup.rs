@@ -57,6 +57,10 @@ pub struct Options {
     pub build: crate::engine::build::BuildOptions,
 }
 
+/// How long `setup` waits for a Docker daemon that stopped answering
+/// while it started the container.
+const DAEMON_WAIT: Duration = Duration::from_secs(120);
+
 /// `chatmail-docker up`: regenerate the override from custom/, then
 /// `docker compose up -d`.
 pub fn up(ctx: &Context) -> Result<()> {
@@ -472,7 +476,9 @@ fn start(ctx: &Context, one_shot: &OneShot) -> Result<()> {
     ctx.run_or_show(&cmd, "", |cmd| {
         ctx.shell
             .status("Starting", "the appliance (docker compose up -d)");
-        engine::run_checked(ctx, cmd)?;
+        engine::container::again_after_daemon(ctx, DAEMON_WAIT, || {
+            engine::run_checked(ctx, cmd)
+        })?;
         if !one_shot.is_empty() {
             ctx.shell.note(
                 "the one-shot settings applied to this start only; the next `setup` or `up` recreates the container with the defaults",

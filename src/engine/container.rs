@@ -361,6 +361,35 @@ pub fn daemon_context(again: &str, doing: &str) -> String {
     )
 }
 
+/// Run `f` (a `docker` command that changes the container); when it
+/// fails because the daemon stopped answering, wait for the daemon (until
+/// `timeout` has passed) and run it once more: a daemon restarted in the
+/// middle of a swap does not leave the swap half done.
+pub fn again_after_daemon(
+    ctx: &Context,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let start = Instant::now();
+    match f() {
+        Ok(()) => Ok(()),
+        Err(e) if error::exit_code(&e) == error::EXIT_INTERRUPTED => Err(e),
+        Err(e) => {
+            // A daemon shutting down may still answer for a moment.
+            std::thread::sleep(Duration::from_secs(1));
+            if daemon_answers(ctx) && !DAEMON_AWAY.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(e);
+            }
+            if !wait_for_daemon(ctx, start + timeout) {
+                return Err(e);
+            }
+            ctx.shell
+                .note("running the interrupted `docker compose up` again");
+            f()
+        }
+    }
+}
+
 /// Wait while the daemon does not answer (at most until `deadline`),
 /// saying so once; whether it answers again.
 fn wait_for_daemon(ctx: &Context, deadline: Instant) -> bool {
