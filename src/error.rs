@@ -59,6 +59,30 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// Whether the chain of `e` holds a full disk: an I/O error "no space
+/// left on device" or "disk quota exceeded".
+pub fn is_no_space(e: &anyhow::Error) -> bool {
+    let said = [
+        format!("(os error {})", libc_enospc()),
+        format!("(os error {})", libc_edquot()),
+    ];
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|n| n == libc_enospc() || n == libc_edquot())
+            // An error passed on as text (from a writing thread).
+            || said.iter().any(|s| c.to_string().contains(s.as_str()))
+    })
+}
+
+fn libc_enospc() -> i32 {
+    rustix::io::Errno::NOSPC.raw_os_error()
+}
+
+fn libc_edquot() -> i32 {
+    rustix::io::Errno::DQUOT.raw_os_error()
+}
+
 /// A usage or configuration error (exit 2) with a message that says how to fix it.
 pub fn usage(message: impl Into<String>) -> anyhow::Error {
     Failure {

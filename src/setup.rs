@@ -57,6 +57,10 @@ pub struct Options {
     pub build: crate::engine::build::BuildOptions,
 }
 
+/// How long `setup` waits for a Docker daemon that stopped answering
+/// while it started the container.
+const DAEMON_WAIT: Duration = Duration::from_secs(120);
+
 /// `chatmail-docker up`: regenerate the override from custom/, then
 /// `docker compose up -d`.
 pub fn up(ctx: &Context) -> Result<()> {
@@ -260,6 +264,9 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     // Starting would recreate the project's container: refuse before
     // writing anything when it is another deployment's.
     engine::ensure_ours(ctx)?;
+    if !ctx.dry_run {
+        beside::remove_leftovers(ctx);
+    }
 
     // 2. Host tuning, then the inotify check on the result.
     let mut changed = tune_host(ctx, args)?;
@@ -295,7 +302,8 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
     }
 
     // 6. Up.
-    start(ctx, &args.one_shot)?;
+    start(ctx, &args.one_shot)
+        .map_err(|e| daemon_context(ctx, e, "while `docker compose up` ran"))?;
     if ctx.dry_run {
         ctx.shell.out(format!(
             "would wait up to {}s for the container to become healthy",
@@ -308,7 +316,8 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
 
     // 7. Health.
     let c = engine::wait_healthy(ctx, args.wait_timeout)
-        .context("the appliance did not become healthy")?;
+        .context("the appliance did not become healthy")
+        .map_err(|e| daemon_context(ctx, e, "while the appliance started"))?;
     // Only now: while the new image is not proven, the old one stays.
     remove_replaced_images(ctx, &replaced);
     let recreated = before
@@ -336,6 +345,19 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `e`, said to be the Docker daemon's absence when the daemon stopped
+/// answering during this run (or does not answer now), with what to run.
+fn daemon_context(ctx: &Context, e: anyhow::Error, doing: &str) -> anyhow::Error {
+    if error::exit_code(&e) == error::EXIT_INTERRUPTED || !engine::container::daemon_was_away(ctx) {
+        return e;
+    }
+    let again = format!(
+        "chatmail-docker --dir {} setup",
+        ctx.deployment.dir().display()
+    );
+    e.context(engine::container::daemon_context(&again, doing))
 }
 
 /// Step 2: raise the inotify limits, then check the live values (unless
@@ -454,7 +476,9 @@ fn start(ctx: &Context, one_shot: &OneShot) -> Result<()> {
     ctx.run_or_show(&cmd, "", |cmd| {
         ctx.shell
             .status("Starting", "the appliance (docker compose up -d)");
-        engine::run_checked(ctx, cmd)?;
+        engine::container::again_after_daemon(ctx, DAEMON_WAIT, || {
+            engine::run_checked(ctx, cmd)
+        })?;
         if !one_shot.is_empty() {
             ctx.shell.note(
                 "the one-shot settings applied to this start only; the next `setup` or `up` recreates the container with the defaults",

@@ -94,6 +94,7 @@ pub fn report(ctx: &Context) -> Result<StatusReport> {
         state: "absent".into(),
         ..Default::default()
     };
+    r.warnings.extend(disk_warning(ctx));
     let Some(c) = engine::current(ctx)? else {
         return Ok(r);
     };
@@ -134,6 +135,30 @@ pub fn report(ctx: &Context) -> Result<StatusReport> {
         Err(e) => r.warnings.push(format!("certificate: {e:#}")),
     }
     Ok(r)
+}
+
+/// Below this much free space under `data/`, `status` warns.
+const DISK_LOW: u64 = 1 << 30;
+
+/// A warning when the disk holding `data/` (the mail queue, the
+/// mailboxes) is nearly full: Postfix then defers mail, and backups and
+/// restores into it fail.
+fn disk_warning(ctx: &Context) -> Option<String> {
+    let data = ctx.deployment.data();
+    let at = if data.exists() {
+        data
+    } else {
+        ctx.deployment.dir().to_path_buf()
+    };
+    let free = crate::preflight::free_bytes(&at).ok()?;
+    (free < DISK_LOW).then(|| {
+        format!(
+            "only {} free on the disk of {}: the relay defers mail and backups fail when it is full; free space there (`df -h {}`), then run the command that failed again",
+            crate::preflight::human_bytes(free),
+            at.display(),
+            at.display()
+        )
+    })
 }
 
 /// `chatmail-docker status`: print the report; exit 1 unless the container

@@ -263,6 +263,25 @@ fn mib(b: u64) -> String {
 
 /// Run `backup`.
 pub fn run(ctx: &Context, opts: &BackupOptions) -> Result<Summary> {
+    run_checked(ctx, opts).map_err(|e| {
+        if !error::is_no_space(&e) {
+            return e;
+        }
+        let (at, again) = match &opts.output {
+            Output::Stdout => ("the disk standard output goes to".to_string(), "-".to_string()),
+            Output::File(f) => (
+                crate::host::parent_dir(f).display().to_string(),
+                f.display().to_string(),
+            ),
+            Output::Dir(d) => (d.display().to_string(), format!("{}/", d.display())),
+        };
+        e.context(format!(
+            "no space left on {at}: nothing was kept of this backup, and the relay serves on; free space there (or name another destination), then run `chatmail-docker backup {again}` again"
+        ))
+    })
+}
+
+fn run_checked(ctx: &Context, opts: &BackupOptions) -> Result<Summary> {
     check_options(ctx, opts)?;
     let start = Instant::now();
     let signals = crate::host::interrupt::count();

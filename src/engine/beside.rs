@@ -287,6 +287,49 @@ impl Drop for Cleanup<'_> {
     }
 }
 
+/// Remove what a deploy beside the relay that was killed left: its side
+/// container (still running, or stopped) and the copies of the keys in
+/// [`BESIDE_DIR`]. Said as a note; returns whether there was any.
+pub fn remove_leftovers(ctx: &Context) -> bool {
+    let dir = ctx.deployment.path(BESIDE_DIR);
+    let container = ctx
+        .host
+        .cmd(
+            "docker",
+            [
+                "ps",
+                "--all",
+                "--quiet",
+                "--filter",
+                &format!("name=^{NAME}$"),
+            ],
+        )
+        .output(&ctx.shell)
+        .is_ok_and(|o| o.success() && !o.stdout.trim().is_empty());
+    let copies = std::fs::symlink_metadata(&dir).is_ok();
+    if !container && !copies {
+        return false;
+    }
+    if container {
+        remove_container(ctx);
+    }
+    if copies {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    ctx.shell.note(format!(
+        "removed what a deploy beside the relay that was stopped left ({})",
+        [
+            container.then(|| format!("the side container {NAME}")),
+            copies.then(|| dir.display().to_string()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", ")
+    ));
+    true
+}
+
 fn remove_container(ctx: &Context) {
     let _ = ctx
         .host

@@ -408,6 +408,84 @@ pub fn last_logs(ctx: &Context, n: usize) -> String {
         .unwrap_or_default()
 }
 
+/// Set once this run saw the Docker daemon stop answering (stopped or
+/// restarted): the messages of what it interrupted say so.
+static DAEMON_AWAY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the Docker daemon answers (`docker version`).
+pub fn daemon_answers(ctx: &Context) -> bool {
+    ctx.host
+        .cmd("docker", ["version", "--format", "{{.Server.Version}}"])
+        .output(&ctx.shell)
+        .is_ok_and(|o| o.success())
+}
+
+/// Whether the daemon stopped answering at some point of this run, or
+/// does not answer now (then that is recorded too).
+pub fn daemon_was_away(ctx: &Context) -> bool {
+    if !DAEMON_AWAY.load(std::sync::atomic::Ordering::SeqCst) && !daemon_answers(ctx) {
+        DAEMON_AWAY.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    DAEMON_AWAY.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// What to say about a step the daemon's absence interrupted: `doing`
+/// ("while starting the container"), then the command to run again.
+pub fn daemon_context(again: &str, doing: &str) -> String {
+    format!(
+        "the Docker daemon stopped answering {doing} (it was stopped or restarted): a relay that was running comes back by itself once the daemon is back (restart policy); when `docker info` answers, run `{again}` again to finish"
+    )
+}
+
+/// Run `f` (a `docker` command that changes the container); when it
+/// fails because the daemon stopped answering, wait for the daemon (until
+/// `timeout` has passed) and run it once more: a daemon restarted in the
+/// middle of a swap does not leave the swap half done.
+pub fn again_after_daemon(
+    ctx: &Context,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let start = Instant::now();
+    match f() {
+        Ok(()) => Ok(()),
+        Err(e) if error::exit_code(&e) == error::EXIT_INTERRUPTED => Err(e),
+        Err(e) => {
+            // A daemon shutting down may still answer for a moment.
+            std::thread::sleep(Duration::from_secs(1));
+            if daemon_answers(ctx) && !DAEMON_AWAY.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(e);
+            }
+            if !wait_for_daemon(ctx, start + timeout) {
+                return Err(e);
+            }
+            ctx.shell
+                .note("running the interrupted `docker compose up` again");
+            f()
+        }
+    }
+}
+
+/// Wait while the daemon does not answer (at most until `deadline`),
+/// saying so once; whether it answers again.
+fn wait_for_daemon(ctx: &Context, deadline: Instant) -> bool {
+    if daemon_answers(ctx) {
+        return true;
+    }
+    DAEMON_AWAY.store(true, std::sync::atomic::Ordering::SeqCst);
+    ctx.shell.warn(
+        "the Docker daemon stopped answering (stopped or restarted); waiting for it: the relay comes back with it (restart policy)",
+    );
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        if daemon_answers(ctx) {
+            ctx.shell.note("the Docker daemon answers again");
+            return true;
+        }
+    }
+    false
+}
+
 /// Wait until the container is healthy, with a spinner; on failure print the
 /// last 50 log lines and the failing health check output.
 pub fn wait_healthy(ctx: &Context, timeout: Duration) -> Result<Inspect> {
@@ -435,8 +513,21 @@ pub fn wait_for_health(ctx: &Context, timeout: Duration, interruptible: bool) ->
         let Some(id) = container_id(ctx, Containers::Any)? else {
             bail!("the container does not exist (did `docker compose up` fail?)");
         };
+        let deadline = start + timeout;
+        // Since when the daemon answers again after it was away: the
+        // container may be stopped until its restart policy starts it.
+        let mut back_since: Option<Instant> = None;
         loop {
-            let c = inspect(ctx, &id)?;
+            let c = match inspect(ctx, &id) {
+                Ok(c) => c,
+                Err(e) => {
+                    if daemon_answers(ctx) || !wait_for_daemon(ctx, deadline) {
+                        return Err(e);
+                    }
+                    back_since = Some(Instant::now());
+                    continue;
+                }
+            };
             let elapsed = start.elapsed();
             let health = c.health_status().unwrap_or("none").to_string();
             if let Some(b) = &bar {
@@ -448,6 +539,22 @@ pub fn wait_for_health(ctx: &Context, timeout: Duration, interruptible: bool) ->
                 ));
             }
             if !c.state.running {
+                // A daemon that is stopping stops its containers first.
+                std::thread::sleep(Duration::from_millis(500));
+                if !daemon_answers(ctx) {
+                    if !wait_for_daemon(ctx, deadline) {
+                        bail!(
+                            "the Docker daemon stopped answering and was not back within {}s",
+                            timeout.as_secs()
+                        );
+                    }
+                    back_since = Some(Instant::now());
+                    continue;
+                }
+                if back_since.is_some_and(|t| t.elapsed() < DAEMON_RESTART_GRACE) {
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
                 bail!(
                     "the container stopped (status {}, exit code {})",
                     c.state.status,
@@ -501,6 +608,10 @@ pub fn wait_for_health(ctx: &Context, timeout: Duration, interruptible: bool) ->
     }
     result
 }
+
+/// After the daemon is back, how long a stopped container may take to be
+/// started again by its restart policy.
+const DAEMON_RESTART_GRACE: Duration = Duration::from_secs(60);
 
 /// Parse docker's RFC 3339 timestamp into a SystemTime.
 pub fn parse_time(ts: &str) -> Option<std::time::SystemTime> {

@@ -535,6 +535,19 @@ fn warn_shadowed(ctx: &Context) {
 /// archive read and checked into a temporary directory, owners, modes and
 /// times, then the tree renamed into place.
 pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
+    run_checked(ctx, opts).map_err(|e| {
+        if !error::is_no_space(&e) {
+            return e;
+        }
+        let dir = ctx.deployment.dir().display().to_string();
+        e.context(format!(
+            "no space left on {dir}: nothing was restored and the temporary files are removed; free space there (the restore needs about the size of the archive's files), then run `chatmail-docker --dir {dir} restore {}` again",
+            opts.archive.display()
+        ))
+    })
+}
+
+fn run_checked(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
     let start = Instant::now();
     // Ctrl-C and SIGTERM are counted, not fatal, until everything is
     // checked: the temporary directory is removed on the way out.
@@ -544,6 +557,14 @@ pub fn run(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreSummary> {
     let conflicts = state_in_the_way(ctx, opts.force)?;
     if ctx.dry_run {
         return dry_run(ctx, opts, chain, &conflicts, signals);
+    }
+    let stale = remove_stale_staging(ctx.deployment.dir());
+    if stale > 0 {
+        ctx.shell.note(format!(
+            "removed {stale} temporary director{} of an earlier restore that was killed from {}",
+            if stale == 1 { "y" } else { "ies" },
+            ctx.deployment.dir().display()
+        ));
     }
     let staged = stage(ctx, opts, &chain, signals)?;
     let skip = finish(ctx, &staged)?;
@@ -690,9 +711,50 @@ fn dry_run(
     })
 }
 
+/// The prefix of a restore's temporary directory in the deployment
+/// directory.
+const STAGING_PREFIX: &str = ".chatmail-restore.";
+
+/// Remove the temporary directories of restores that were killed (no
+/// process holds them locked) from `dir`; returns how many. Never follows
+/// a link; a directory another restore holds is left alone.
+fn remove_stale_staging(dir: &Path) -> usize {
+    use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
+    let Ok(list) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in list.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with(STAGING_PREFIX) {
+            continue;
+        }
+        let Ok(fd) = rustix::fs::openat(
+            rustix::fs::CWD,
+            e.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            continue;
+        };
+        let is_dir = rustix::fs::fstat(&fd)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory);
+        if is_dir
+            && rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok()
+            && fs::remove_dir_all(e.path()).is_ok()
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// The chain read into a temporary directory of the deployment directory.
 struct Staged {
     dir: tempfile::TempDir,
+    /// The temporary directory, locked while this process lives: another
+    /// restore sees it is in use and leaves it alone.
+    _lock: fs::File,
     tree: Arc<Tree>,
     state: Base,
     model: Model,
@@ -711,10 +773,15 @@ fn stage(
     let dir = ctx.deployment.dir();
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = tempfile::Builder::new()
-        .prefix(".chatmail-restore.")
+        .prefix(STAGING_PREFIX)
         .tempdir_in(dir)
         .with_context(|| format!("cannot create a temporary directory in {}", dir.display()))?;
     let registered = interrupt::remove_on_forced_end(tmp.path().to_path_buf());
+    let lock = fs::File::open(tmp.path())
+        .with_context(|| format!("cannot open {}", tmp.path().display()))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(io::Error::from)
+        .with_context(|| format!("cannot lock {}", tmp.path().display()))?;
     let tree = Arc::new(
         Tree::open(tmp.path()).with_context(|| format!("cannot open {}", tmp.path().display()))?,
     );
@@ -735,6 +802,7 @@ fn stage(
     drop(flusher);
     Ok(Staged {
         dir: tmp,
+        _lock: lock,
         tree,
         state,
         model,

@@ -38,6 +38,15 @@ struct Point {
     restore_id: Option<String>,
 }
 
+/// What [`Upgrade::after_killed`] found an earlier upgrade left.
+enum AfterKilled {
+    Nothing,
+    /// Stopped before its swap, and put back.
+    Undone,
+    /// Stopped during its swap: finish it from this restore point.
+    Swap(Box<(Point, UpgradeState)>),
+}
+
 /// An upgrade under way: what its steps share.
 struct Upgrade<'a> {
     ctx: &'a Context,
@@ -60,6 +69,19 @@ struct Upgrade<'a> {
 /// `chatmail-docker upgrade`.
 pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
     let mut up = Upgrade::open(ctx, opts)?;
+    if !ctx.dry_run {
+        match up.after_killed()? {
+            AfterKilled::Nothing => {}
+            AfterKilled::Undone => up = Upgrade::open(ctx, opts)?,
+            AfterKilled::Swap(found) => {
+                let (point, st) = *found;
+                engine::beside::remove_leftovers(ctx);
+                let new_id = image_id(ctx, &up.image)?
+                    .context("the image the stopped upgrade swapped to is gone")?;
+                return up.swap(point, st, &new_id);
+            }
+        }
+    }
     if up.plan.up_to_date {
         return Ok(up.fresh());
     }
@@ -67,6 +89,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Summary> {
     if ctx.dry_run {
         return Ok(up.dry_run());
     }
+    engine::beside::remove_leftovers(ctx);
     check_disk(ctx, &up.image)?;
     let point = up.restore_point()?;
     let st = up.record(&point)?;
@@ -141,6 +164,97 @@ impl<'a> Upgrade<'a> {
 
     fn interrupted(&self) -> bool {
         interrupt::since(self.signals)
+    }
+
+    /// What an earlier upgrade that was stopped by force (killed, the
+    /// machine went down) left, made whole: stopped before its swap, the
+    /// checkout and the image name it changed are put back (the container
+    /// was never touched) and this upgrade starts afresh; stopped during
+    /// its swap, the swap is finished (the new release checked, or rolled
+    /// back by itself) instead of calling a checkout at the target "up to
+    /// date" while the container may still run the old release or none.
+    fn after_killed(&mut self) -> Result<AfterKilled> {
+        let ctx = self.ctx;
+        let Some(prior) = self.prior.clone() else {
+            return Ok(AfterKilled::Nothing);
+        };
+        let to = prior
+            .target
+            .as_ref()
+            .map_or_else(|| "?".to_string(), |t| t.version.clone());
+        match prior.phase {
+            Phase::Done | Phase::RolledBack => Ok(AfterKilled::Nothing),
+            Phase::Building => {
+                let Some(back) = prior.previous.clone() else {
+                    return Ok(AfterKilled::Nothing);
+                };
+                self.checkout.restore(&back.position).with_context(|| {
+                    format!(
+                        "an earlier upgrade to {to} was stopped before its swap, and {} cannot be moved back to {}",
+                        self.relay.display(),
+                        short(&back.position.commit)
+                    )
+                })?;
+                // The image the killed run built (or deployed) under the
+                // service's name: of no use once the name is back.
+                let made = image_id(ctx, &self.image)?;
+                if let Some(id) = back.image_id.as_deref().or(back.image_tag.as_deref()) {
+                    tag_image(ctx, id, &self.image)?;
+                }
+                let keep = [
+                    back.image_id.clone(),
+                    match back.image_tag.as_deref() {
+                        Some(tag) => image_id(ctx, tag)?,
+                        None => None,
+                    },
+                ];
+                if let Some(made) = made.filter(|m| !keep.iter().flatten().any(|k| k == m)) {
+                    let _ = engine::image::remove(ctx, &made);
+                }
+                let mut st = prior.clone();
+                st.phase = Phase::RolledBack;
+                state::save(ctx, &st)?;
+                ctx.shell.warn(format!(
+                    "an earlier upgrade to {to} was stopped before its swap (the relay was never touched): {} is back at {} and {} names the running image again; upgrading afresh",
+                    self.relay.display(),
+                    short(&back.position.commit),
+                    self.image
+                ));
+                Ok(AfterKilled::Undone)
+            }
+            Phase::Swapping => {
+                let Some(target) = prior.target.clone() else {
+                    return Ok(AfterKilled::Nothing);
+                };
+                let restore_id = match prior.previous.as_ref().and_then(|p| p.image_tag.as_deref())
+                {
+                    Some(tag) => image_id(ctx, tag)?,
+                    None => None,
+                };
+                let point = Point {
+                    old_id: prior.previous.as_ref().and_then(|p| p.image_id.clone()),
+                    restore: match prior.previous.clone() {
+                        Some(p) => p,
+                        None => {
+                            return Err(anyhow::anyhow!(
+                                "an earlier upgrade to {to} was stopped while swapping the container, and its state file {} names no release to go back to; run `chatmail-docker --dir {} setup` to start the relay on the image {} names",
+                                ctx.deployment.path(state::STATE_FILE).display(),
+                                ctx.deployment.dir().display(),
+                                self.image
+                            ))
+                        }
+                    },
+                    restore_id,
+                };
+                ctx.shell.warn(format!(
+                    "an earlier upgrade to {to} was stopped while swapping the container; finishing its swap now (the new release is checked, or rolled back by itself)"
+                ));
+                self.plan.to = target;
+                self.summary.to = Some(self.plan.to.clone());
+                self.summary.from = Some(point.restore.release.clone());
+                Ok(AfterKilled::Swap(Box::new((point, prior))))
+            }
+        }
     }
 
     /// Nothing to do: the checkout is at the target.
@@ -529,7 +643,9 @@ impl<'a> Upgrade<'a> {
             return Err(error::Failure {
                 code: error::EXIT_RUNTIME,
                 message: Some(format!(
-                    "upgrade to {to} failed ({reason:#}) and so did the rollback: {e:#}\nthe relay may be down: see `chatmail-docker status` and `chatmail-docker logs`; the previous image is {}",
+                    "upgrade to {to} failed ({reason:#}) and so did the rollback: {e:#}\n{}the relay may be down: see `chatmail-docker status` and `chatmail-docker logs`; `chatmail-docker --dir {} upgrade` finishes the swap (checked, or rolled back), `upgrade --rollback` goes back; the previous image is {}",
+                    daemon_note(ctx),
+                    ctx.deployment.dir().display(),
                     point.restore.image_tag.as_deref().unwrap_or("gone")
                 )),
             }
@@ -556,12 +672,31 @@ impl<'a> Upgrade<'a> {
                 error::EXIT_RUNTIME
             },
             message: Some(format!(
-                "upgrade to {to} failed ({reason:#}); rolled back by itself in {:.1}s: the relay runs {} again",
+                "upgrade to {to} failed ({reason:#}); rolled back by itself in {:.1}s: the relay runs {} again{}",
                 failed_at.elapsed().as_secs_f64(),
-                old.version
+                old.version,
+                if engine::container::daemon_was_away(ctx) {
+                    format!(
+                        "\n{}run `chatmail-docker --dir {} upgrade` again",
+                        daemon_note(ctx),
+                        ctx.deployment.dir().display()
+                    )
+                } else {
+                    String::new()
+                }
             )),
         }
         .into())
+    }
+}
+
+/// "the Docker daemon stopped answering during the swap; " when it did
+/// during this run (or does not answer now), else nothing.
+fn daemon_note(ctx: &Context) -> &'static str {
+    if engine::container::daemon_was_away(ctx) {
+        "the Docker daemon stopped answering during the swap (stopped or restarted); once it is back, a relay that was running comes back by itself (restart policy); "
+    } else {
+        ""
     }
 }
 

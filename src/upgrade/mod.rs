@@ -357,7 +357,7 @@ fn human(b: u64) -> String {
 fn swap(ctx: &Context, timeout: Duration, sni: &str, json: bool) -> Result<()> {
     overrides::refresh_generated(ctx)?;
     let cmd = engine::up_cmd(ctx, &[], false).output_to_stderr(json);
-    engine::run_shielded(ctx, &cmd)?;
+    engine::container::again_after_daemon(ctx, timeout, || engine::run_shielded(ctx, &cmd))?;
     engine::wait_for_health(ctx, timeout, false)?;
     probe::wait_answering(sni, ANSWER_LIMIT)
         .map_err(|bad| anyhow::anyhow!("healthy, but not answering: {}", bad.join("; ")))

@@ -11,7 +11,9 @@
 //!   automatic rollback, Ctrl-C, `--rollback`;
 //! - [`acme`]: the real relay with a certificate from an ACME server;
 //! - [`federation`]: two relays exchanging mail on a network of the
-//!   test's own (ignored: run by hand with `benches/federation.sh`).
+//!   test's own (ignored: run by hand with `benches/federation.sh`);
+//! - [`faults`]: kills, daemon restarts, a full disk and a reboot during
+//!   the day-two commands, while mail flows.
 //!
 //! Without a Docker daemon they are skipped with a printed reason, except
 //! under CI=true where that is a failure. The support kit is the
@@ -22,6 +24,7 @@
 mod support;
 
 mod acme;
+mod faults;
 mod federation;
 mod relay;
 mod standin;

@@ -958,6 +958,153 @@ fn an_interrupted_restore_leaves_nothing() {
     assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
 }
 
+/// The `.chatmail-restore.*` directories in `dir`.
+fn staging_dirs(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".chatmail-restore."))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_restore_killed_with_sigkill_is_cleaned_up_and_done_by_the_next() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    let (bin_dir, _) = stand_in(t.path(), false);
+    let archive = t.path().join("b.tar.zst");
+    assert_ok(&run(&d, &bin_dir, &["backup", archive.to_str().unwrap()]));
+    let target = t.path().join("fresh");
+    fs::create_dir_all(&target).unwrap();
+    // Another restore's directory, in use (locked): left alone.
+    let held = target.join(".chatmail-restore.held");
+    fs::create_dir_all(held.join("data")).unwrap();
+    let held_lock = fs::File::open(&held).unwrap();
+    rustix::fs::flock(&held_lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    // Half the archive on stdin, then SIGKILL: nothing can clean up.
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("chatmail-docker"))
+        .arg("--dir")
+        .arg(&target)
+        .args(["restore", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = fs::read(&archive).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write;
+    stdin.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    stdin.flush().unwrap();
+    // The killed run's directory exists once it started reading.
+    for _ in 0..100 {
+        if staging_dirs(&target).len() == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    let left = staging_dirs(&target);
+    assert_eq!(
+        left.len(),
+        2,
+        "the killed restore left its directory: {left:?}"
+    );
+    assert!(
+        !target.join("data").exists(),
+        "nothing was moved into place"
+    );
+
+    // The same again: the killed run's directory removed, the held one
+    // kept, the restore done.
+    let out = run(&target, &bin_dir, &["restore", archive.to_str().unwrap()]);
+    assert_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("removed 1 temporary directory of an earlier restore that was killed"),
+        "{stderr}"
+    );
+    assert_eq!(
+        staging_dirs(&target),
+        vec![".chatmail-restore.held".to_string()]
+    );
+    assert_eq!(state(&d), state(&target));
+    drop(held_lock);
+}
+
+/// A small tmpfs mounted at a directory, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// `None` (the test skips) unless we may mount.
+    fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping: mounting a small tmpfs needs root");
+            return None;
+        }
+        fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs at {}", at.display());
+        Some(SmallDisk(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_under_backup_or_restore_is_named_and_leaves_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let d = deployment(t.path());
+    // Mail that does not compress: the archive needs its size.
+    let mut next = crate::support::xorshift(7);
+    let noise: Vec<u8> = (0..(1 << 20)).map(|_| next() as u8).collect();
+    fs::write(
+        d.join("data/chatmail/vmail/mail/example.org/u@example.org/cur/1700000500.M9.relay:2,S"),
+        &noise,
+    )
+    .unwrap();
+    let (bin_dir, _) = stand_in(t.path(), false);
+    let full = t.path().join("full");
+    let Some(_disk) = SmallDisk::mount(&full, "256k") else {
+        return;
+    };
+    let dest = format!("{}/", full.display());
+    let o = run(&d, &bin_dir, &["backup", &dest]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("no space left on {}", full.display()))
+            && err.contains(&format!("chatmail-docker backup {dest}")),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(&full).unwrap().count(), 0, "nothing is left");
+
+    // A restore into a deployment directory on the small disk.
+    let archive = t.path().join("b.tar.zst");
+    assert_ok(&run(&d, &bin_dir, &["backup", archive.to_str().unwrap()]));
+    let o = run(&full, &bin_dir, &["restore", archive.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!("no space left on {}", full.display())) && err.contains("restore"),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(&full).unwrap().count(), 0, "nothing is left");
+}
+
 /// An archive written by hand (not by `backup`): the header entry, then
 /// whatever `add` appends, zstd-compressed.
 pub(crate) fn hand_made_archive(

@@ -434,6 +434,17 @@ fn killed_at_random_points_it_resumes_to_an_identical_copy() {
         f.check_with_rsync(s, d);
     }
     assert_eq!(src, f.source_digest(), "the source was modified");
+    // Nothing a killed run wrote under a temporary name is left.
+    for (_, d) in TREES {
+        let left: Vec<std::path::PathBuf> = files(&f.dest(d))
+            .into_iter()
+            .filter(|rel| {
+                let name = rel.file_name().unwrap().to_string_lossy().into_owned();
+                name.starts_with(".migrate-") && name.ends_with(".tmp")
+            })
+            .collect();
+        assert!(left.is_empty(), "temporary files left in {d}: {left:?}");
+    }
     let (code, out, _) = migrate(&f, &["--yes"]);
     assert_eq!(code, 0);
     assert!(out.contains("nothing to copy"), "{out}");

@@ -431,6 +431,117 @@ fn an_interrupted_build_puts_everything_back() {
 }
 
 #[test]
+fn an_upgrade_killed_during_its_build_is_put_back_and_done_by_the_next() {
+    // The build hangs while the file `hang` exists; the running image has
+    // an id of the real shape (the state file is checked when read).
+    let f = fixture_with(
+        r#"[ -e "$DEPLOY/hang" ] && exec sleep 30; exit 0"#,
+        &format!(
+            r#""image inspect --format {{{{.Id}}}} chatmail-relay:local") echo {OLD_ID}; exit 0;;
+  "image inspect --format {{{{.Id}}}} {OLD_ID}") echo {OLD_ID}; exit 0;;"#
+        ),
+    );
+    let target = commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
+    fs::write(f.dir.join("hang"), "").unwrap();
+    let mut child = f.spawn(&["--no-backup", "--no-deploy-beside"]);
+    f.wait_for_call(" build ");
+    // SIGKILL: nothing of the tool's own cleanup runs.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(f.head(), target, "the killed run left relay/ at the target");
+    let state = fs::read_to_string(f.dir.join("data/.upgrade-state.json")).unwrap();
+    assert!(state.contains("\"building\""), "{state}");
+    fs::remove_file(f.dir.join("hang")).unwrap();
+    let killed_calls = f.docker_calls().len();
+
+    // The next upgrade puts back what the killed one changed, then
+    // upgrades afresh (not "up to date": the relay still runs 1.0.0).
+    let o = f.run(&["--no-backup", "--no-deploy-beside"]);
+    let out = output_text(&o);
+    assert!(
+        out.contains("an earlier upgrade to 1.1.0 was stopped before its swap"),
+        "{out}"
+    );
+    assert!(!out.contains("nothing to upgrade"), "{out}");
+    let calls = f.docker_calls()[killed_calls..].to_string();
+    let back = calls
+        .find(&format!("image tag {OLD_ID} chatmail-relay:local\n"))
+        .expect(&calls);
+    let build = calls.find(" build ").expect(&calls);
+    assert!(
+        back < build,
+        "the name is put back before the new build: {calls}"
+    );
+    assert!(calls.contains(" up "), "this time it swaps: {calls}");
+}
+
+#[test]
+fn an_upgrade_killed_during_its_swap_is_finished_by_the_next() {
+    // `docker compose up` hangs while the file `hang` exists.
+    let f = fixture_with(
+        "exit 0",
+        &format!(
+            r#""image inspect --format {{{{.Id}}}} chatmail-relay:local") echo {OLD_ID}; exit 0;;
+  "image inspect --format {{{{.Id}}}} {OLD_ID}") echo {OLD_ID}; exit 0;;
+  *" up "*) [ -e "$DEPLOY/hang" ] && exec sleep 30; exit 0;;"#
+        ),
+    );
+    commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
+    fs::write(f.dir.join("hang"), "").unwrap();
+    let mut child = f.spawn(&["--no-backup", "--no-deploy-beside"]);
+    f.wait_for_call(" up ");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let state = fs::read_to_string(f.dir.join("data/.upgrade-state.json")).unwrap();
+    assert!(state.contains("\"swapping\""), "{state}");
+    fs::remove_file(f.dir.join("hang")).unwrap();
+    let killed_calls = f.docker_calls().len();
+
+    // The next upgrade finishes the swap (here the stand-in's container
+    // never shows up, so it rolls back), instead of "nothing to upgrade".
+    let o = f.run(&["--no-backup", "--no-deploy-beside"]);
+    let out = output_text(&o);
+    assert!(
+        out.contains("an earlier upgrade to 1.1.0 was stopped while swapping the container; finishing its swap"),
+        "{out}"
+    );
+    assert!(!out.contains("nothing to upgrade"), "{out}");
+    let calls = f.docker_calls()[killed_calls..].to_string();
+    assert!(calls.contains(" up "), "the swap is done again: {calls}");
+    assert!(
+        !calls.contains(" build "),
+        "nothing is built again: {calls}"
+    );
+}
+
+#[test]
+fn what_a_killed_deploy_beside_left_is_removed_by_the_next_upgrade() {
+    let f = fixture_with(
+        "exit 0",
+        r#""ps --all --quiet --filter name=^chatmail-upgrade-stage$") [ -e "$DEPLOY/stage-gone" ] || echo stale-id; exit 0;;
+  "rm --force --volumes chatmail-upgrade-stage") touch "$DEPLOY/stage-gone"; exit 0;;"#,
+    );
+    commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
+    // A side container still there, and its copies of the keys.
+    let copies = f.dir.join("data/.upgrade-stage/etc-dkimkeys");
+    fs::create_dir_all(&copies).unwrap();
+    fs::write(copies.join("opendkim.private"), "secret").unwrap();
+    let o = f.run(&["--no-backup", "--no-deploy-beside"]);
+    let out = output_text(&o);
+    assert!(
+        out.contains("removed what a deploy beside the relay that was stopped left (the side container chatmail-upgrade-stage"),
+        "{out}"
+    );
+    assert!(!f.dir.join("data/.upgrade-stage").exists(), "{out}");
+    assert!(
+        f.docker_calls()
+            .contains("rm --force --volumes chatmail-upgrade-stage"),
+        "{}",
+        f.docker_calls()
+    );
+}
+
+#[test]
 fn rollback_without_an_upgrade_is_refused() {
     let f = fixture("exit 0");
     let o = f.run(&["--rollback"]);

@@ -21,9 +21,20 @@ is not A's address (500 Invalid FROM), and on 25 encrypted mail from a
 domain that did not sign it (554 No DKIM signature found). (Plain text
 from outside is B's choice: refused only when B asked for that.)
 
+With --flow, it is the mail flow of the fault tests: two new accounts,
+then until the file --stop names exists, every --every seconds one
+message from the outside sender on 25 (STARTTLS) and one from A on 587,
+both to B, and a look at IMAP's greeting on 993. Every attempt is written
+down with its time (Unix seconds) and outcome; a message counts as
+accepted only when DATA answered 250. At the end the record is written
+(atomically) to the file --flow names, with B's login to read the INBOX.
+A refused or failed attempt is part of the record, never an error: the
+relay is expected to be away for a while during a fault.
+
 Usage: mailcheck.py HOST
-       mailcheck.py HOST --read ADDR:PASSWORD [--wait-ids ID1,ID2,...]
+       mailcheck.py HOST --read ADDR:PASSWORD [--wait-ids ID1,ID2,...] [--wait-timeout SECS]
        mailcheck.py HOST --page
+       mailcheck.py HOST --flow OUT --stop FILE [--every SECS]
 The relay's certificate is self-signed in these tests: not verified.
 """
 import argparse
@@ -32,6 +43,7 @@ import base64
 import email
 import imaplib
 import json
+import os
 import re
 import shutil
 import smtplib
@@ -123,15 +135,27 @@ def crlf(text):
     return text.replace("\r\n", "\n").replace("\n", "\r\n")
 
 
+ENCRYPTED = {}
+
+
+def encrypted_part(sender, to):
+    """The armored text and the sender's key of a message from sender to
+    to: made once per pair (only the Message-ID tells messages apart)."""
+    if (sender, to) not in ENCRYPTED:
+        k = keys()
+        inner = crlf(f"Content-Type: text/plain; charset=utf-8; protected-headers=\"v1\"\n"
+                     f"From: {sender}\nTo: {to}\nSubject: test\n\n{SECRET}\n")
+        armored = k.encrypt(inner.encode(), [to, sender]).decode()
+        keydata = base64.b64encode(k.public(sender)).decode()
+        ENCRYPTED[(sender, to)] = (armored, keydata)
+    return ENCRYPTED[(sender, to)]
+
+
 def message(sender, to, msgid, from_header=None):
     """An encrypted message as Delta Chat sends it. The relay replaces the
     subject of submitted mail ("[...]"): messages are told apart by their
     Message-ID."""
-    k = keys()
-    inner = crlf(f"Content-Type: text/plain; charset=utf-8; protected-headers=\"v1\"\n"
-                 f"From: {sender}\nTo: {to}\nSubject: test\n\n{SECRET}\n")
-    armored = k.encrypt(inner.encode(), [to, sender]).decode()
-    keydata = base64.b64encode(k.public(sender)).decode()
+    armored, keydata = encrypted_part(sender, to)
     folded = "\n ".join(keydata[i:i + 76] for i in range(0, len(keydata), 76))
     boundary = uuid.uuid4().hex
     text = (f"From: {from_header or sender}\nTo: {to}\nSubject: [...]\n"
@@ -197,9 +221,9 @@ def refusals(host, a, b, tag):
     return out
 
 
-def send_587(host, a, b, msgid):
+def send_587(host, a, b, msgid, timeout=30):
     """Returns Postfix's queue id, to find the message in the relay's log."""
-    with smtplib.SMTP(host, 587, timeout=30) as s:
+    with smtplib.SMTP(host, 587, timeout=timeout) as s:
         s.starttls(context=CTX)
         s.login(a["email"], a["password"])
         s.mail(a["email"])
@@ -217,9 +241,9 @@ def send_465(host, a, b, msgid):
         s.sendmail(a["email"], [b["email"]], message(a["email"], b["email"], msgid))
 
 
-def send_25(host, b, msgid):
+def send_25(host, b, msgid, timeout=30):
     sender = OUTSIDE
-    with smtplib.SMTP(host, 25, timeout=30) as s:
+    with smtplib.SMTP(host, 25, timeout=timeout) as s:
         s.ehlo("outside.example")
         s.starttls(context=CTX)
         s.ehlo("outside.example")
@@ -280,13 +304,64 @@ def wait_ids(host, acct, wanted, timeout=60):
         time.sleep(0.5)
 
 
+def attempt(log, port, msgid, send):
+    """One try of `send`, written down: accepted only when it returned."""
+    t = time.time()
+    try:
+        send()
+        log.append({"t": t, "port": port, "id": msgid, "ok": True})
+    except (OSError, RuntimeError, smtplib.SMTPException, imaplib.IMAP4.error, ssl.SSLError) as e:
+        log.append({"t": t, "port": port, "id": msgid, "ok": False,
+                    "error": f"{type(e).__name__}: {e}"[:300]})
+
+
+def imap_greets(host):
+    with imaplib.IMAP4_SSL(host, 993, ssl_context=CTX, timeout=5):
+        pass
+
+
+def flow(host, out, stop, every):
+    a, b = new_account(host), new_account(host)
+    for acct in (a, b):
+        inbox_ids(host, acct)
+    # Made now: encrypting takes longer than a send.
+    encrypted_part(a["email"], b["email"])
+    encrypted_part(OUTSIDE, b["email"])
+    tag = uuid.uuid4().hex[:8]
+    log = []
+    n = 0
+    started = time.time()
+    while not os.path.exists(stop):
+        n += 1
+        attempt(log, 25, f"{tag}-{n}-via-25@test", lambda: send_25(host, b, f"{tag}-{n}-via-25@test", timeout=5))
+        attempt(log, 587, f"{tag}-{n}-via-587@test", lambda: send_587(host, a, b, f"{tag}-{n}-via-587@test", timeout=5))
+        attempt(log, 993, None, lambda: imap_greets(host))
+        time.sleep(every)
+    record = {"a": a, "b": b, "started": started, "stopped": time.time(), "attempts": log}
+    tmp = f"{out}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, out)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("host")
     p.add_argument("--read", metavar="ADDR:PASSWORD", help="only list the Message-IDs in this account's INBOX")
     p.add_argument("--wait-ids", default="", help="with --read: wait until these Message-IDs arrive")
+    p.add_argument("--wait-timeout", type=float, default=60, help="with --wait-ids: how long to wait (seconds)")
     p.add_argument("--page", action="store_true", help="only fetch the relay's web page")
+    p.add_argument("--flow", metavar="OUT", help="send mail on 25 and 587 until --stop exists; the record to OUT")
+    p.add_argument("--stop", metavar="FILE", help="with --flow: stop once this file exists")
+    p.add_argument("--every", type=float, default=0.3, help="with --flow: seconds between rounds")
     args = p.parse_args()
+    if args.flow:
+        if not args.stop:
+            p.error("--flow needs --stop FILE")
+        flow(args.host, args.flow, args.stop, args.every)
+        return 0
     if args.page:
         with urllib.request.urlopen(f"https://{args.host}/", context=CTX, timeout=30) as r:
             print(json.dumps({"body": r.read().decode("utf-8", "replace")}))
@@ -295,7 +370,7 @@ def main():
         email, _, password = args.read.partition(":")
         acct = {"email": email, "password": password}
         wanted = [i for i in args.wait_ids.split(",") if i]
-        print(json.dumps({"inbox": wait_ids(args.host, acct, wanted)}))
+        print(json.dumps({"inbox": wait_ids(args.host, acct, wanted, args.wait_timeout)}))
         return 0
     out = {"title": page_title(args.host)}
     a, b = new_account(args.host), new_account(args.host)

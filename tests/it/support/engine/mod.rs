@@ -2,10 +2,12 @@
 //! appliance on the machine's Docker engine: the engine rule (skip with a
 //! reason, fail under CI=true), the base image, the tool with a suite's
 //! image name, the container's health, `docker exec`; the real relay
-//! ([`relay`]) and its online test suite ([`online`]).
+//! ([`relay`]), its online test suite ([`online`]) and the mail flow of the
+//! fault tests ([`mailflow`]).
 
 pub use super::*;
 
+pub mod mailflow;
 pub mod online;
 pub mod relay;
 
