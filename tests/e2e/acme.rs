@@ -138,25 +138,13 @@ fn test_ca(dir: &Path) -> TestCa {
     let openssl = |args: &[&str], what: &str| {
         check(StdCommand::new("openssl").args(args).current_dir(dir), what)
     };
-    openssl(
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=chatmail-docker test ACME server CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ],
-        "the test CA",
+    crate::support::certs::openssl_self_signed(
+        dir,
+        30,
+        "/CN=chatmail-docker test ACME server CA",
+        &[],
+        "ca.key",
+        "ca.pem",
     );
     openssl(
         &[
@@ -251,21 +239,7 @@ fn point_at_pebble(dir: &Path, ca: &TestCa) {
 /// The leaf certificate served on a port of this host (`starttls`: the
 /// protocol to start TLS in), as PEM.
 fn served(port: u16, starttls: Option<&str>) -> Option<String> {
-    let mut cmd = StdCommand::new("openssl");
-    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-        .args(["-servername", ACME_DOMAIN]);
-    if let Some(p) = starttls {
-        cmd.args(["-starttls", p]);
-    }
-    let out = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let start = text.find("-----BEGIN CERTIFICATE-----")?;
-    let end = text[start..].find("-----END CERTIFICATE-----")? + start + 25;
-    Some(text[start..end].to_string() + "\n")
+    served_cert(port, Some(ACME_DOMAIN), starttls).map(|pem| pem + "\n")
 }
 
 const ENDPOINTS: [(u16, Option<&str>); 6] = [

@@ -286,27 +286,13 @@ fn once_reloads_only_when_the_content_changed() {
 /// expires in `days` days.
 fn short_lived(dir: &std::path::Path, days: u32) {
     fs::create_dir_all(dir).unwrap();
-    openssl(
+    openssl_self_signed(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            &days.to_string(),
-            "-subj",
-            "/CN=example.org",
-            "-addext",
-            "subjectAltName=DNS:example.org",
-            "-keyout",
-            "privkey.pem",
-            "-out",
-            "fullchain.pem",
-        ],
+        days,
+        "/CN=example.org",
+        &["-addext", "subjectAltName=DNS:example.org"],
+        "privkey.pem",
+        "fullchain.pem",
     );
 }
 

@@ -52,6 +52,33 @@ pub fn expired_pair() -> Pair {
     }
 }
 
+/// `openssl req -x509` in `dir`: a new P-256 key in `key` and a
+/// certificate for `subj` in `out`, valid `days` days, with `extra`
+/// arguments (e.g. `-addext`).
+pub fn openssl_self_signed(
+    dir: &Path,
+    days: u32,
+    subj: &str,
+    extra: &[&str],
+    key: &str,
+    out: &str,
+) {
+    let days = days.to_string();
+    let mut cmd = Command::new("openssl");
+    cmd.args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", &days])
+        .args(["-subj", subj])
+        .args(extra)
+        .args(["-keyout", key, "-out", out])
+        .current_dir(dir);
+    let o = cmd.output().expect("openssl runs");
+    assert!(
+        o.status.success(),
+        "openssl req -x509 for {subj}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// Write a file through a temp name and rename, like ACME clients do.
 pub fn put(path: &Path, content: &str) {
     let tmp = path.with_extension("cw-tmp");

@@ -213,8 +213,21 @@ pub fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) {
 
 /// The leaf certificate served with TLS on a port of this host, as PEM.
 pub fn served_cert_pem(port: u16) -> Option<String> {
-    let out = StdCommand::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+    served_cert(port, None, None)
+}
+
+/// The leaf certificate served on a port of this host, as PEM, asked for
+/// `servername` (SNI) and after `starttls` (the protocol to start TLS in).
+pub fn served_cert(port: u16, servername: Option<&str>, starttls: Option<&str>) -> Option<String> {
+    let mut cmd = StdCommand::new("openssl");
+    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}")]);
+    if let Some(name) = servername {
+        cmd.args(["-servername", name]);
+    }
+    if let Some(p) = starttls {
+        cmd.args(["-starttls", p]);
+    }
+    let out = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
