@@ -11,7 +11,6 @@ use crate::certwatch_verify::starttls_server;
 use crate::support::certs::Pair;
 use crate::support::*;
 use chatmail_docker::certwatch::verify::Proto;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -35,16 +34,7 @@ fn now() -> f64 {
 
 /// A certificate for the relay's domain, valid until 2030.
 fn relay_pair() -> Pair {
-    let kp = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec![DOMAIN.to_string()]).unwrap();
-    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2030, 1, 1);
-    let cert = params.self_signed(&kp).unwrap();
-    Pair {
-        leaf: hex::encode(Sha256::digest(cert.der())),
-        cert: cert.pem(),
-        key: kp.serialize_pem(),
-    }
+    crate::support::certs::pair_valid(DOMAIN, (2024, 1, 1), (2030, 1, 1))
 }
 
 /// A queue file's first records as Postfix's cleanup writes them (size,

@@ -40,10 +40,16 @@ pub fn pair() -> Pair {
 }
 
 pub fn expired_pair() -> Pair {
+    pair_valid(DOMAIN, (2020, 1, 1), (2020, 4, 1))
+}
+
+/// A self-signed pair for `domain`, valid from `from` to `until` (year,
+/// month, day).
+pub fn pair_valid(domain: &str, from: (i32, u8, u8), until: (i32, u8, u8)) -> Pair {
     let kp = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec![DOMAIN.to_string()]).unwrap();
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2020, 4, 1);
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+    params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
     let cert = params.self_signed(&kp).unwrap();
     Pair {
         leaf: hex::encode(Sha256::digest(cert.der())),
