@@ -373,7 +373,7 @@ fn real_relay_end_to_end() {
     for unit in units.lines() {
         assert!(
             chatmail_docker::deployment::relay::is_relay_unit(unit),
-            "{unit} was enabled by the relay's deploy but is missing from src/relay.rs"
+            "{unit} was enabled by the relay's deploy but is missing from src/deployment/relay.rs"
         );
     }
     exec(&container, &["systemctl", "stop", "filtermail-transport"]);

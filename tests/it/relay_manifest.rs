@@ -1,4 +1,4 @@
-//! The tool's manifest of the relay (`src/relay.rs`: units and ports)
+//! The tool's manifest of the relay (`src/deployment/relay.rs`: units and ports)
 //! against the relay's own source, the snapshot in `../shared/relay/`: a
 //! relay release that ships another unit or binds another port fails here
 //! until the manifest knows it. (What a deploy really enables is checked
@@ -84,7 +84,7 @@ fn every_unit_the_relay_ships_is_in_the_manifest() {
         }
         assert!(
             relay::is_relay_unit(unit),
-            "the relay ships {unit}; add it to src/relay.rs UNITS (or to NOT_ENABLED here if the relay does not enable it)"
+            "the relay ships {unit}; add it to src/deployment/relay.rs UNITS (or to NOT_ENABLED here if the relay does not enable it)"
         );
     }
 }
@@ -118,7 +118,7 @@ fn every_service_the_relay_enables_is_in_the_manifest() {
     for (unit, file) in &enabled {
         assert!(
             relay::is_relay_unit(unit),
-            "{file} enables {unit}; add it to src/relay.rs UNITS"
+            "{file} enables {unit}; add it to src/deployment/relay.rs UNITS"
         );
     }
 }
@@ -174,7 +174,7 @@ fn every_port_the_relay_checks_is_in_the_manifest() {
     for p in &ports {
         assert!(
             known.contains(p),
-            "the relay checks port {p} before deploying; add it to src/relay.rs PORTS"
+            "the relay checks port {p} before deploying; add it to src/deployment/relay.rs PORTS"
         );
     }
 }
