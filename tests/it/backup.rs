@@ -926,32 +926,43 @@ fn without_the_waiting_shell_postfix_is_thawed_by_a_second_exec() {
     assert!(freeze < thaw, "{calls}");
 }
 
+/// `restore -` into `target`, started with the first half of `archive`
+/// on its stdin: the process, its stdin (to write the rest, or not) and
+/// the archive's bytes.
+fn restore_half_fed(
+    target: &Path,
+    archive: &Path,
+) -> (std::process::Child, std::process::ChildStdin, Vec<u8>) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("chatmail-docker"))
+        .arg("--dir")
+        .arg(target)
+        .args(["restore", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = fs::read(archive).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    stdin.flush().unwrap();
+    (child, stdin, bytes)
+}
+
 #[test]
 fn an_interrupted_restore_leaves_nothing() {
     let (t, _, _, archive) = backed_up("b.tar.zst");
     // A slow reader: SIGTERM arrives while the archive is being read.
     let target = t.path().join("fresh");
     fs::create_dir_all(&target).unwrap();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("chatmail-docker"))
-        .arg("--dir")
-        .arg(&target)
-        .args(["restore", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let bytes = fs::read(&archive).unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    use std::io::Write;
-    stdin.write_all(&bytes[..bytes.len() / 2]).unwrap();
-    stdin.flush().unwrap();
+    let (child, mut stdin, bytes) = restore_half_fed(&target, &archive);
     std::thread::sleep(std::time::Duration::from_millis(300));
     rustix::process::kill_process(
         rustix::process::Pid::from_child(&child),
         rustix::process::Signal::TERM,
     )
     .unwrap();
-    stdin.write_all(&bytes[bytes.len() / 2..]).ok();
+    std::io::Write::write_all(&mut stdin, &bytes[bytes.len() / 2..]).ok();
     drop(stdin);
     let out = child.wait_with_output().unwrap();
     assert_code(&out, 130);
@@ -972,11 +983,7 @@ fn staging_dirs(dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_restore_killed_with_sigkill_is_cleaned_up_and_done_by_the_next() {
-    let t = tempfile::tempdir().unwrap();
-    let d = deployment(t.path());
-    let (bin_dir, _) = stand_in(t.path(), false);
-    let archive = t.path().join("b.tar.zst");
-    assert_ok(&run(&d, &bin_dir, &["backup", archive.to_str().unwrap()]));
+    let (t, d, bin_dir, archive) = backed_up("b.tar.zst");
     let target = t.path().join("fresh");
     fs::create_dir_all(&target).unwrap();
     // Another restore's directory, in use (locked): left alone.
@@ -985,19 +992,7 @@ fn a_restore_killed_with_sigkill_is_cleaned_up_and_done_by_the_next() {
     let held_lock = fs::File::open(&held).unwrap();
     rustix::fs::flock(&held_lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
     // Half the archive on stdin, then SIGKILL: nothing can clean up.
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("chatmail-docker"))
-        .arg("--dir")
-        .arg(&target)
-        .args(["restore", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let bytes = fs::read(&archive).unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    use std::io::Write;
-    stdin.write_all(&bytes[..bytes.len() / 2]).unwrap();
-    stdin.flush().unwrap();
+    let (mut child, stdin, _) = restore_half_fed(&target, &archive);
     // The killed run's directory exists once it started reading.
     for _ in 0..100 {
         if staging_dirs(&target).len() == 2 {
