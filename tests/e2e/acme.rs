@@ -357,13 +357,7 @@ fn relay_with_a_certificate_from_an_acme_server() {
     ) {
         return;
     }
-    let Some(EngineTest {
-        engine: _engine,
-        total,
-        base,
-        tmp,
-    }) = engine_test("chatmail-e2e-acme")
-    else {
+    let Some((_engine, total, base, tmp)) = engine_test("chatmail-e2e-acme") else {
         return;
     };
     let ca = test_ca(&tmp.path().join("ca"));

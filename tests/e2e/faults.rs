@@ -614,36 +614,12 @@ fn bulk_mail(dir: &Path, mib: usize) {
 
 #[test]
 fn faults() {
-    if !engine_or_skip() {
+    let Some((_engine, total, _, tmp)) = engine_test("chatmail-e2e-faults") else {
         return;
-    }
-    let _engine = engine_lock();
-    let total = Instant::now();
+    };
     let n = points();
-    let tmp = tempfile::Builder::new()
-        .prefix("chatmail-e2e-faults")
-        .tempdir()
-        .unwrap();
     // The origin: the snapshot on main; the deployment's relay/ a clone.
-    let origin_parent = tmp.path().join("origin");
-    fs::create_dir_all(&origin_parent).unwrap();
-    let first = unpack_relay(&origin_parent);
-    let origin = origin_parent.join("relay");
-    git(&origin, &["branch", "-M", "main"]);
-    let dir = tmp.path().join("deploy");
-    fs::create_dir_all(&dir).unwrap();
-    copy_tree(&manifest_dir().join("docker"), &dir.join("docker"), &|p| {
-        p.file_name().is_some_and(|n| n == "compose.generated.yaml")
-    });
-    git(
-        tmp.path(),
-        &[
-            "clone",
-            "-q",
-            origin.to_str().unwrap(),
-            dir.join("relay").to_str().unwrap(),
-        ],
-    );
+    let (origin, dir, first) = origin_and_deployment(tmp.path());
     fs::write(dir.join("chatmail.ini"), faults_ini(1000)).unwrap();
     let _down = Down::new(&dir, IMAGE_F);
     let mut s = Suite {
@@ -880,45 +856,28 @@ fn faults() {
         s.row(name, fault, rec, &[]);
     }
 
-    // A full disk under a backup: refused or failed cleanly, named; the
-    // relay serves on; nothing partial left.
-    if want("disk") {
-        let name = "backup onto a full disk";
-        let full = tmp.path().join("full-backups");
+    // A full disk under a backup, then under a restore: failed cleanly,
+    // named; the relay serves on; nothing partial left.
+    for (name, sub, what) in [
+        ("backup onto a full disk", "full-backups", "backup"),
+        ("restore onto a full disk", "full-restore", "restore"),
+    ] {
+        if !want("disk") {
+            break;
+        }
+        let full = tmp.path().join(sub);
         let _disk = SmallDisk::mount(&full, "256k");
         let flow = Flow::start(name);
         std::thread::sleep(Duration::from_secs(2));
         let fault = now();
-        let f = full.display().to_string() + "/";
-        let (code, out, _) = run(&dir, &["backup", &f], "backup onto a full disk");
+        let (code, out, _) = if what == "backup" {
+            let f = full.display().to_string() + "/";
+            run(&dir, &["backup", &f], name)
+        } else {
+            run(&full, &["restore", &backups], name)
+        };
         if code == Some(0) {
-            s.problem(format!("{name}: the backup succeeded on a 256 KiB disk"));
-        }
-        if !(out.contains("no space") && out.contains(&full.display().to_string())) {
-            s.problem(format!(
-                "{name}: the message does not name the full disk:\n{}",
-                tail(&out, 10)
-            ));
-        }
-        if !names_in(&full).is_empty() {
-            s.problem(format!("{name}: left {:?}", names_in(&full)));
-        }
-        std::thread::sleep(Duration::from_secs(2));
-        let rec = flow.stop();
-        s.row(name, fault, rec, &[&full]);
-    }
-
-    // A full disk under a restore.
-    if want("disk") {
-        let name = "restore onto a full disk";
-        let full = tmp.path().join("full-restore");
-        let _disk = SmallDisk::mount(&full, "256k");
-        let flow = Flow::start(name);
-        std::thread::sleep(Duration::from_secs(2));
-        let fault = now();
-        let (code, out, _) = run(&full, &["restore", &backups], "restore onto a full disk");
-        if code == Some(0) {
-            s.problem(format!("{name}: the restore succeeded on a 256 KiB disk"));
+            s.problem(format!("{name}: the {what} succeeded on a 256 KiB disk"));
         }
         if !(out.contains("no space") && out.contains(&full.display().to_string())) {
             s.problem(format!(
@@ -981,17 +940,7 @@ fn faults() {
 
     s.table();
     // This suite's images.
-    let out = StdCommand::new("docker")
-        .args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
-        .output()
-        .unwrap();
-    for name in String::from_utf8_lossy(&out.stdout).lines() {
-        if name.starts_with(&format!("{IMAGE_F}-relay-")) {
-            let _ = StdCommand::new("docker")
-                .args(["image", "rm", name])
-                .status();
-        }
-    }
+    remove_restore_points(IMAGE_F);
     eprintln!("faults: whole suite {:.0?}", total.elapsed());
     let _ = &s.tmp;
     assert!(

@@ -257,16 +257,9 @@ fn publish(container: &str, lines: &str) {
 #[test]
 #[ignore = "two relays, several minutes: run by hand with benches/federation.sh"]
 fn two_relays_exchange_mail() {
-    if !engine_or_skip() {
+    let Some((_engine, total, base, tmp)) = engine_test("chatmail-e2e-federation") else {
         return;
-    }
-    let _engine = engine_lock();
-    let total = Instant::now();
-    let base = base_image();
-    let tmp = tempfile::Builder::new()
-        .prefix("chatmail-e2e-federation")
-        .tempdir()
-        .unwrap();
+    };
     let network = Network::create();
     // The first relay: this tool's deployment, on the test's network.
     let (dir, _) = deployment_with(tmp.path(), Filtermail::Source);

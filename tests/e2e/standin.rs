@@ -127,13 +127,7 @@ fn host_ini() -> String {
 /// Scenarios 1-5, in order, on the real engine.
 #[test]
 fn appliance_end_to_end() {
-    let Some(EngineTest {
-        engine: _engine,
-        total,
-        base,
-        tmp,
-    }) = engine_test("chatmail-e2e")
-    else {
+    let Some((_engine, total, base, tmp)) = engine_test("chatmail-e2e") else {
         return;
     };
     let dir = deployment(tmp.path(), "deploy", Some(&host_ini()));

@@ -282,36 +282,12 @@ fn container_id(dir: &Path) -> String {
 
 #[test]
 fn real_relay_upgrade() {
-    let Some(EngineTest {
-        engine: _engine,
-        total,
-        base: base_image,
-        tmp,
-    }) = engine_test("chatmail-e2e-upgrade")
-    else {
+    let Some((_engine, total, base_image, tmp)) = engine_test("chatmail-e2e-upgrade") else {
         return;
     };
-    // The origin: the snapshot (with the offline patch) on main.
-    let origin_parent = tmp.path().join("origin");
-    fs::create_dir_all(&origin_parent).unwrap();
-    let base = unpack_relay(&origin_parent);
-    let origin = origin_parent.join("relay");
-    git(&origin, &["branch", "-M", "main"]);
-    // The deployment: the appliance files and a clone of the origin.
-    let dir = tmp.path().join("deploy");
-    fs::create_dir_all(&dir).unwrap();
-    copy_tree(&manifest_dir().join("docker"), &dir.join("docker"), &|p| {
-        p.file_name().is_some_and(|n| n == "compose.generated.yaml")
-    });
-    git(
-        tmp.path(),
-        &[
-            "clone",
-            "-q",
-            origin.to_str().unwrap(),
-            dir.join("relay").to_str().unwrap(),
-        ],
-    );
+    // The origin: the snapshot (with the offline patch) on main; the
+    // deployment: the appliance files and a clone of the origin.
+    let (origin, dir, base) = origin_and_deployment(tmp.path());
     fs::write(dir.join("chatmail.ini"), ini("")).unwrap();
     let _down = Down::new(&dir, IMAGE);
 
@@ -529,16 +505,6 @@ fn real_relay_upgrade() {
     mail_flows("after --rollback");
 
     // The restore points this suite made.
-    let out = StdCommand::new("docker")
-        .args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
-        .output()
-        .unwrap();
-    for name in String::from_utf8_lossy(&out.stdout).lines() {
-        if name.starts_with(&format!("{IMAGE}-relay-")) {
-            let _ = StdCommand::new("docker")
-                .args(["image", "rm", name])
-                .status();
-        }
-    }
+    remove_restore_points(IMAGE);
     eprintln!("e2e-upgrade: whole sequence {:.0?}", total.elapsed());
 }

@@ -7,7 +7,7 @@
 //! swap, the rollback and the probes run against the real relay in
 //! tests/e2e/relay.rs.
 
-use crate::support::{git, minimal_deployment, output_text, path_with, script};
+use crate::support::{clone_repo, git, minimal_deployment, output_text, path_with, script};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -75,15 +75,7 @@ fn fixture_with(build: &str, arms: &str) -> Fixture {
         Some("1.0.0"),
     );
     let dir = minimal_deployment(t.path());
-    git(
-        t.path(),
-        &[
-            "clone",
-            "-q",
-            origin.to_str().unwrap(),
-            dir.join("relay").to_str().unwrap(),
-        ],
-    );
+    clone_repo(&origin, &dir.join("relay"));
     fs::write(
         dir.join("chatmail.ini"),
         "[params]\nmail_domain = chat.example.org\nold_knob = 1\n",
@@ -169,6 +161,48 @@ impl Fixture {
         git(&self.dir.join("relay"), &["rev-parse", "HEAD"])
     }
 
+    /// An upgrade (no backup, no deploy beside) SIGKILLed while the
+    /// stand-in hangs in the docker call `call` (the file `hang` exists
+    /// meanwhile), when its state file says `phase`: nothing of the
+    /// tool's own cleanup runs. The number of docker calls logged so far.
+    fn killed_at(&self, call: &str, phase: &str) -> usize {
+        fs::write(self.dir.join("hang"), "").unwrap();
+        let mut child = self.spawn(&["--no-backup", "--no-deploy-beside"]);
+        self.wait_for_call(call);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let state = fs::read_to_string(self.dir.join("data/.upgrade-state.json")).unwrap();
+        assert!(state.contains(&format!("\"{phase}\"")), "{state}");
+        fs::remove_file(self.dir.join("hang")).unwrap();
+        self.docker_calls().len()
+    }
+
+    /// The upgrade after a killed one: it says `says` (never "nothing to
+    /// upgrade"); the docker calls it made (those after the first `since`
+    /// bytes of the log).
+    fn next_after_kill(&self, says: &str, since: usize) -> String {
+        let out = output_text(&self.run(&["--no-backup", "--no-deploy-beside"]));
+        assert!(out.contains(says), "{out}");
+        assert!(!out.contains("nothing to upgrade"), "{out}");
+        self.docker_calls()[since..].to_string()
+    }
+
+    /// Run the upgrade with `args`; it must exit with `code`. What it
+    /// wrote.
+    fn run_exit(&self, args: &[&str], code: i32) -> String {
+        let o = self.run(args);
+        let out = output_text(&o);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {out}");
+        out
+    }
+
+    /// [`Fixture::run_exit`], and what it wrote must contain `says`.
+    fn run_says(&self, args: &[&str], code: i32, says: &str) -> String {
+        let out = self.run_exit(args, code);
+        assert!(out.contains(says), "{out}");
+        out
+    }
+
     fn docker_calls(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -212,9 +246,7 @@ fn check_says_whether_a_release_is_available() {
         ],
         Some("1.1.0"),
     );
-    let o = f.run(&["--check"]);
-    let out = output_text(&o);
-    assert_eq!(o.status.code(), Some(0), "{out}");
+    let out = f.run_exit(&["--check"], 0);
     assert!(out.contains("1.0.0") && out.contains("-> 1.1.0"), "{out}");
     assert!(out.contains("2 new commits"), "{out}");
     assert!(
@@ -242,9 +274,7 @@ fn a_dry_run_shows_the_plan_and_changes_nothing() {
         &[("mail_domain", ""), ("new_knob", "5")],
         Some("1.1.0"),
     );
-    let o = f.run(&["--dry-run"]);
-    let out = output_text(&o);
-    assert!(o.status.success(), "{out}");
+    let out = f.run_exit(&["--dry-run"], 0);
     assert!(
         out.contains("-> 1.1.0") && out.contains("1 new commit"),
         "{out}"
@@ -274,12 +304,10 @@ fn a_key_the_ini_still_sets_is_warned_about() {
     commit_release(&f.origin, &[("mail_domain", ""), ("old_knob", "0")], None);
     git(&f.dir.join("relay"), &["pull", "-q"]);
     commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
-    let o = f.run(&["--dry-run"]);
-    let out = output_text(&o);
-    assert!(o.status.success(), "{out}");
-    assert!(
-        out.contains("no longer reads `old_knob`, which chatmail.ini sets"),
-        "{out}"
+    f.run_says(
+        &["--dry-run"],
+        0,
+        "no longer reads `old_knob`, which chatmail.ini sets",
     );
 }
 
@@ -292,9 +320,7 @@ fn local_edits_are_refused_unless_allowed() {
         "# mine\n",
     )
     .unwrap();
-    let o = f.run(&[]);
-    let out = output_text(&o);
-    assert_eq!(o.status.code(), Some(2), "{out}");
+    let out = f.run_exit(&[], 2);
     assert!(
         out.contains("local changes") && out.contains("config.py"),
         "{out}"
@@ -307,12 +333,10 @@ fn local_edits_are_refused_unless_allowed() {
 #[test]
 fn a_ref_that_does_not_exist_is_named() {
     let f = fixture("exit 0");
-    let o = f.run(&["--ref", "9.9.9"]);
-    let out = output_text(&o);
-    assert_eq!(o.status.code(), Some(2), "{out}");
-    assert!(
-        out.contains("--ref 9.9.9: no such tag, branch or commit"),
-        "{out}"
+    let out = f.run_says(
+        &["--ref", "9.9.9"],
+        2,
+        "--ref 9.9.9: no such tag, branch or commit",
     );
     assert!(out.contains("newest releases: 1.0.0"), "{out}");
     assert_eq!(f.head(), f.first);
@@ -359,9 +383,7 @@ fn the_newest_release_is_no_upgrade_for_a_checkout_past_it() {
     let f = fixture("exit 0");
     let past = commit_release(&f.origin, &[("mail_domain", "")], None);
     git(&f.dir.join("relay"), &["pull", "-q"]);
-    let o = f.run(&[]);
-    let out = output_text(&o);
-    assert!(o.status.success(), "{out}");
+    let out = f.run_exit(&[], 0);
     assert!(out.contains("nothing to upgrade"), "{out}");
     assert_eq!(f.head(), past);
     // Asked for explicitly, the older release is a downgrade, and says so.
@@ -377,9 +399,7 @@ fn the_newest_release_is_no_upgrade_for_a_checkout_past_it() {
 fn a_failed_build_puts_everything_back() {
     let f = fixture("echo 'no space left on device' >&2; exit 1");
     let target = commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
-    let o = f.run(&["--no-backup"]);
-    let out = output_text(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}");
+    let out = f.run_exit(&["--no-backup"], 1);
     assert!(
         out.contains("did not build") && out.contains("kept serving"),
         "{out}"
@@ -442,28 +462,15 @@ fn an_upgrade_killed_during_its_build_is_put_back_and_done_by_the_next() {
         ),
     );
     let target = commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
-    fs::write(f.dir.join("hang"), "").unwrap();
-    let mut child = f.spawn(&["--no-backup", "--no-deploy-beside"]);
-    f.wait_for_call(" build ");
-    // SIGKILL: nothing of the tool's own cleanup runs.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let killed_calls = f.killed_at(" build ", "building");
     assert_eq!(f.head(), target, "the killed run left relay/ at the target");
-    let state = fs::read_to_string(f.dir.join("data/.upgrade-state.json")).unwrap();
-    assert!(state.contains("\"building\""), "{state}");
-    fs::remove_file(f.dir.join("hang")).unwrap();
-    let killed_calls = f.docker_calls().len();
 
     // The next upgrade puts back what the killed one changed, then
     // upgrades afresh (not "up to date": the relay still runs 1.0.0).
-    let o = f.run(&["--no-backup", "--no-deploy-beside"]);
-    let out = output_text(&o);
-    assert!(
-        out.contains("an earlier upgrade to 1.1.0 was stopped before its swap"),
-        "{out}"
+    let calls = f.next_after_kill(
+        "an earlier upgrade to 1.1.0 was stopped before its swap",
+        killed_calls,
     );
-    assert!(!out.contains("nothing to upgrade"), "{out}");
-    let calls = f.docker_calls()[killed_calls..].to_string();
     let back = calls
         .find(&format!("image tag {OLD_ID} chatmail-relay:local\n"))
         .expect(&calls);
@@ -487,26 +494,14 @@ fn an_upgrade_killed_during_its_swap_is_finished_by_the_next() {
         ),
     );
     commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
-    fs::write(f.dir.join("hang"), "").unwrap();
-    let mut child = f.spawn(&["--no-backup", "--no-deploy-beside"]);
-    f.wait_for_call(" up ");
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let state = fs::read_to_string(f.dir.join("data/.upgrade-state.json")).unwrap();
-    assert!(state.contains("\"swapping\""), "{state}");
-    fs::remove_file(f.dir.join("hang")).unwrap();
-    let killed_calls = f.docker_calls().len();
+    let killed_calls = f.killed_at(" up ", "swapping");
 
     // The next upgrade finishes the swap (here the stand-in's container
     // never shows up, so it rolls back), instead of "nothing to upgrade".
-    let o = f.run(&["--no-backup", "--no-deploy-beside"]);
-    let out = output_text(&o);
-    assert!(
-        out.contains("an earlier upgrade to 1.1.0 was stopped while swapping the container; finishing its swap"),
-        "{out}"
+    let calls = f.next_after_kill(
+        "an earlier upgrade to 1.1.0 was stopped while swapping the container; finishing its swap",
+        killed_calls,
     );
-    assert!(!out.contains("nothing to upgrade"), "{out}");
-    let calls = f.docker_calls()[killed_calls..].to_string();
     assert!(calls.contains(" up "), "the swap is done again: {calls}");
     assert!(
         !calls.contains(" build "),
@@ -544,9 +539,7 @@ fn what_a_killed_deploy_beside_left_is_removed_by_the_next_upgrade() {
 #[test]
 fn rollback_without_an_upgrade_is_refused() {
     let f = fixture("exit 0");
-    let o = f.run(&["--rollback"]);
-    let out = output_text(&o);
-    assert_eq!(o.status.code(), Some(2), "{out}");
+    let out = f.run_exit(&["--rollback"], 2);
     assert!(out.contains("no upgrade to roll back"), "{out}");
 }
 
@@ -682,9 +675,7 @@ fn a_ref_resolves_in_the_checkout_and_a_branch_name_is_the_remotes() {
     assert_eq!(target_of(&f, &["--ref", "1.0.0"]), a);
     assert_eq!(target_of(&f, &["--ref", &c[..10]]), c);
     // The plan says where it goes.
-    let o = f.run(&["--dry-run", "--ref", "HEAD~1"]);
-    let out = output_text(&o);
-    assert!(o.status.success(), "{out}");
+    let out = f.run_exit(&["--dry-run", "--ref", "HEAD~1"], 0);
     assert!(
         out.contains(&format!("-> 1.0.0 ({})", &a[..12])) && out.contains("a downgrade"),
         "{out}"
@@ -747,9 +738,7 @@ fn a_tag_without_the_relays_code_is_no_release() {
         );
     }
     // Asked for by name, it is refused with the reason.
-    let o = f.run(&["--ref", "1.3.0", "--no-backup"]);
-    let out = output_text(&o);
-    assert_eq!(o.status.code(), Some(2), "{out}");
+    let out = f.run_exit(&["--ref", "1.3.0", "--no-backup"], 2);
     assert!(
         out.contains(&format!(
             "--ref 1.3.0: its commit {} lacks the relay's code",
@@ -840,12 +829,10 @@ fn a_rollback_trusts_no_state_file_it_did_not_write() {
     let (f, new, good) = upgraded("exit 0");
     // A valid file passes every check (the dry run runs them all).
     f.write_state(&good);
-    let o = f.run(&["--rollback", "--dry-run"]);
-    let out = output_text(&o);
-    assert!(o.status.success(), "{out}");
-    assert!(
-        out.contains("would tag chatmail-relay:local-relay-"),
-        "{out}"
+    f.run_says(
+        &["--rollback", "--dry-run"],
+        0,
+        "would tag chatmail-relay:local-relay-",
     );
 
     // A local edit the forged files must not discard.
@@ -936,12 +923,10 @@ fn a_rollback_trusts_no_state_file_it_did_not_write() {
     }
     // Not even the shape of a state file: a usage error naming it.
     f.write_state(&serde_json::json!({"phase": "exploded"}));
-    let o = f.run(&["--rollback"]);
-    let out = output_text(&o);
-    assert_eq!(o.status.code(), Some(2), "{out}");
-    assert!(
-        out.contains("data/.upgrade-state.json is not an upgrade state file"),
-        "{out}"
+    f.run_says(
+        &["--rollback"],
+        2,
+        "data/.upgrade-state.json is not an upgrade state file",
     );
 }
 
@@ -952,9 +937,7 @@ fn a_rollback_checks_the_checkout_before_changing_anything() {
     // An edit that conflicts with the commit to go back to.
     let config = f.dir.join("relay/chatmaild/src/chatmaild/config.py");
     fs::write(&config, "# mine\n").unwrap();
-    let o = f.run(&["--rollback", "--wait-timeout", "1"]);
-    let out = output_text(&o);
-    assert_eq!(o.status.code(), Some(2), "{out}");
+    let out = f.run_exit(&["--rollback", "--wait-timeout", "1"], 2);
     assert!(
         out.contains("has local changes") && out.contains("config.py") && out.contains("stash"),
         "{out}"
@@ -974,9 +957,7 @@ fn a_rollback_step_that_fails_puts_back_what_it_changed() {
     // Renaming the restore point back to the image fails.
     let (f, new, good) = upgraded("echo 'no space left on device' >&2; exit 1");
     f.write_state(&good);
-    let o = f.run(&["--rollback", "--wait-timeout", "1"]);
-    let out = output_text(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}");
+    let out = f.run_exit(&["--rollback", "--wait-timeout", "1"], 1);
     assert!(
         out.contains("could not name the previous release's image")
             && out.contains("nothing was changed"),

@@ -340,6 +340,19 @@ pub fn mkfifo(p: &std::path::Path) {
 }
 
 /// `git ARGS` in `dir` with a test identity, `main` as the first branch and
+/// `git clone -q ORIGIN DEST` (run in DEST's parent).
+pub fn clone_repo(origin: &Path, dest: &Path) {
+    git(
+        dest.parent().unwrap(),
+        &[
+            "clone",
+            "-q",
+            origin.to_str().unwrap(),
+            dest.to_str().unwrap(),
+        ],
+    );
+}
+
 /// no detached-HEAD advice; its output, trimmed (a failure fails the test).
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = std::process::Command::new("git")

@@ -31,12 +31,7 @@ pub fn engine_or_skip() -> bool {
 
 /// What every end-to-end test starts from: the engine held for the whole
 /// test, its clock, the base image and a temp dir named for the suite.
-pub struct EngineTest {
-    pub engine: fs::File,
-    pub total: Instant,
-    pub base: String,
-    pub tmp: tempfile::TempDir,
-}
+pub type EngineTest = (fs::File, Instant, String, tempfile::TempDir);
 
 /// [`EngineTest`] for a suite whose temp dir starts with `prefix`; `None`
 /// when the test is skipped (no engine, outside CI).
@@ -45,12 +40,10 @@ pub fn engine_test(prefix: &str) -> Option<EngineTest> {
         return None;
     }
     let engine = engine_lock();
-    Some(EngineTest {
-        engine,
-        total: Instant::now(),
-        base: base_image(),
-        tmp: tempfile::Builder::new().prefix(prefix).tempdir().unwrap(),
-    })
+    let total = Instant::now();
+    let base = base_image();
+    let tmp = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    Some((engine, total, base, tmp))
 }
 
 /// The base image tag, built when missing (cached by content hash).
@@ -275,6 +268,22 @@ impl Drop for Down {
             .args(["down", "--remove-orphans", "--timeout", "30"])
             .env("CHATMAIL_IMAGE", &self.image)
             .status();
+    }
+}
+
+/// Remove the restore points of `image` (`IMAGE-relay-COMMIT`) a suite
+/// made.
+pub fn remove_restore_points(image: &str) {
+    let out = StdCommand::new("docker")
+        .args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
+        .output()
+        .unwrap();
+    for name in String::from_utf8_lossy(&out.stdout).lines() {
+        if name.starts_with(&format!("{image}-relay-")) {
+            let _ = StdCommand::new("docker")
+                .args(["image", "rm", name])
+                .status();
+        }
     }
 }
 

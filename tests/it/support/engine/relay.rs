@@ -253,3 +253,21 @@ pub fn filtermail_enforces(v: &serde_json::Value) {
     refused("forged_from_587", "500", "Invalid FROM");
     refused("unsigned_25", "554", "No DKIM signature found");
 }
+
+/// A git origin of the relay snapshot on `main` in `parent/origin/relay`
+/// and a deployment in `parent/deploy` (the appliance's files, `relay/` a
+/// clone of the origin): (the origin, the deployment, the first commit).
+pub fn origin_and_deployment(parent: &Path) -> (PathBuf, PathBuf, String) {
+    let origin_parent = parent.join("origin");
+    fs::create_dir_all(&origin_parent).unwrap();
+    let first = unpack_relay(&origin_parent);
+    let origin = origin_parent.join("relay");
+    git(&origin, &["branch", "-M", "main"]);
+    let dir = parent.join("deploy");
+    fs::create_dir_all(&dir).unwrap();
+    copy_tree(&manifest_dir().join("docker"), &dir.join("docker"), &|p| {
+        p.file_name().is_some_and(|n| n == "compose.generated.yaml")
+    });
+    clone_repo(&origin, &dir.join("relay"));
+    (origin, dir, first)
+}
