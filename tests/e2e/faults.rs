@@ -487,7 +487,7 @@ impl Daemon {
 fn start_daemon() -> f64 {
     if !daemon_answers() {
         StdCommand::new("sh")
-            .args(["-c", "dockerd >>/tmp/dockerd.log 2>&1 &"])
+            .args(["-c", "setsid dockerd >>/tmp/dockerd.log 2>&1 </dev/null &"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
