@@ -40,10 +40,47 @@ pub fn engine_test(prefix: &str) -> Option<EngineTest> {
         return None;
     }
     let engine = engine_lock();
+    remove_earlier_runs();
     let total = Instant::now();
     let base = base_image();
     let tmp = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
     Some((engine, total, base, tmp))
+}
+
+/// Containers of the Compose project `chatmail` that an earlier run of
+/// these suites left behind (killed before its guards ran): those whose
+/// project directory lies in this machine's temp dir under a suite's
+/// prefix. A relay that is not a test's is never touched.
+fn remove_earlier_runs() {
+    let prefix = std::env::temp_dir().join("chatmail-e2e");
+    let prefix = prefix.to_string_lossy();
+    let Ok(out) = StdCommand::new("docker")
+        .args([
+            "ps",
+            "--all",
+            "--filter",
+            "label=com.docker.compose.project=chatmail",
+        ])
+        .args([
+            "--format",
+            "{{.ID}} {{.Label \"com.docker.compose.project.working_dir\"}}",
+        ])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((id, dir)) = line.split_once(' ') else {
+            continue;
+        };
+        if dir.starts_with(prefix.as_ref()) {
+            eprintln!("removing the container {id} an earlier test run left ({dir})");
+            let _ = StdCommand::new("docker")
+                .args(["rm", "--force", "--volumes", id])
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
 }
 
 /// The base image tag, built when missing (cached by content hash).
