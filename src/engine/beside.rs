@@ -307,7 +307,8 @@ pub fn remove_leftovers(ctx: &Context) -> bool {
         .output(&ctx.shell)
         .is_ok_and(|o| o.success() && !o.stdout.trim().is_empty());
     let copies = std::fs::symlink_metadata(&dir).is_ok();
-    if !container && !copies {
+    let images = remove_unnamed_deployed(ctx);
+    if !container && !copies && images == 0 {
         return false;
     }
     if container {
@@ -321,6 +322,7 @@ pub fn remove_leftovers(ctx: &Context) -> bool {
         [
             container.then(|| format!("the side container {NAME}")),
             copies.then(|| dir.display().to_string()),
+            (images > 0).then(|| format!("{images} deployed image(s) it had not named yet")),
         ]
         .into_iter()
         .flatten()
@@ -328,6 +330,41 @@ pub fn remove_leftovers(ctx: &Context) -> bool {
         .join(", ")
     ));
     true
+}
+
+/// Deployed images without a name: a deploy beside the relay stopped
+/// between committing its result and naming it. Nothing refers to them;
+/// one a container still uses is left (Docker refuses to remove it).
+/// How many went.
+fn remove_unnamed_deployed(ctx: &Context) -> usize {
+    let label = format!("label={DEPLOYED_LABEL}");
+    let Ok(out) = ctx
+        .host
+        .cmd(
+            "docker",
+            [
+                "images",
+                "--quiet",
+                "--no-trunc",
+                "--filter",
+                "dangling=true",
+                "--filter",
+                label.as_str(),
+            ],
+        )
+        .output(&ctx.shell)
+    else {
+        return 0;
+    };
+    if !out.success() {
+        return 0;
+    }
+    out.stdout
+        .lines()
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .filter(|id| engine::image::remove(ctx, id).is_ok())
+        .count()
 }
 
 fn remove_container(ctx: &Context) {
