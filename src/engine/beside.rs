@@ -307,10 +307,11 @@ pub fn remove_leftovers(ctx: &Context) -> bool {
         .output(&ctx.shell)
         .is_ok_and(|o| o.success() && !o.stdout.trim().is_empty());
     let copies = std::fs::symlink_metadata(&dir).is_ok();
-    let images = remove_unnamed_deployed(ctx);
-    if !container && !copies && images == 0 {
+    if !container && !copies {
         return false;
     }
+    // Only what that deploy left: an image it committed but had not named.
+    let images = remove_unnamed_deployed(ctx);
     if container {
         remove_container(ctx);
     }
@@ -332,10 +333,10 @@ pub fn remove_leftovers(ctx: &Context) -> bool {
     true
 }
 
-/// Deployed images without a name: a deploy beside the relay stopped
-/// between committing its result and naming it. Nothing refers to them;
-/// one a container still uses is left (Docker refuses to remove it).
-/// How many went.
+/// Deployed images without a name, once a stopped deploy beside the
+/// relay is found: it may have been stopped between committing its result
+/// and naming it. One a container still uses is left (Docker refuses to
+/// remove it). How many went.
 fn remove_unnamed_deployed(ctx: &Context) -> usize {
     let label = format!("label={DEPLOYED_LABEL}");
     let Ok(out) = ctx
