@@ -67,35 +67,9 @@ pub fn is_partial(name: &str, file: Option<&str>) -> bool {
 /// Remove the temporary files of backups that were killed (no process
 /// holds them locked) from `dir`; returns how many.
 fn remove_stale_partials(dir: &Path, file: Option<&str>) -> usize {
-    use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
-    let Ok(list) = fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut n = 0;
-    for e in list.flatten() {
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !is_partial(name, file) {
-            continue;
-        }
-        let Ok(fd) = rustix::fs::openat(
-            rustix::fs::CWD,
-            e.path(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
-            continue;
-        };
-        let regular = rustix::fs::fstat(&fd)
-            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
-        if regular
-            && rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok()
-            && fs::remove_file(e.path()).is_ok()
-        {
-            n += 1;
-        }
-    }
-    n
+    crate::host::remove_unlocked(dir, false, |n| {
+        n.to_str().is_some_and(|n| is_partial(n, file))
+    })
 }
 
 /// A temporary file in `dir` for the archive (or its manifest), mode

@@ -571,6 +571,52 @@ pub fn write_atomic_nofollow(path: &Path, bytes: &[u8], mode: u32) -> Result<()>
 
 /// [`write_atomic`] with its choices spelled out.
 ///
+/// Remove the entries of `dir` whose name `ours` accepts and that are a
+/// regular file (`dir_kind` false) or a directory (true), left by a
+/// process that was killed: one still locked (`flock`) by a live process
+/// is left alone, and a link is never followed. Returns how many went.
+pub fn remove_unlocked(dir: &Path, dir_kind: bool, ours: impl Fn(&OsStr) -> bool) -> usize {
+    use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
+    let Ok(list) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let (flags, kind) = if dir_kind {
+        (OFlags::DIRECTORY, FileType::Directory)
+    } else {
+        (OFlags::NONBLOCK, FileType::RegularFile)
+    };
+    let mut n = 0;
+    for e in list.flatten() {
+        if !ours(&e.file_name()) {
+            continue;
+        }
+        let Ok(fd) = rustix::fs::openat(
+            rustix::fs::CWD,
+            e.path(),
+            OFlags::RDONLY | flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            continue;
+        };
+        let right_kind =
+            rustix::fs::fstat(&fd).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == kind);
+        let removed = || {
+            if dir_kind {
+                fs::remove_dir_all(e.path()).is_ok()
+            } else {
+                fs::remove_file(e.path()).is_ok()
+            }
+        };
+        if right_kind
+            && rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok()
+            && removed()
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// The directory holding `p`: its parent, or `.` for a bare file name.
 pub fn parent_dir(p: &Path) -> &Path {
     match p.parent() {

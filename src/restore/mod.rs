@@ -719,34 +719,9 @@ const STAGING_PREFIX: &str = ".chatmail-restore.";
 /// process holds them locked) from `dir`; returns how many. Never follows
 /// a link; a directory another restore holds is left alone.
 fn remove_stale_staging(dir: &Path) -> usize {
-    use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
-    let Ok(list) = fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut n = 0;
-    for e in list.flatten() {
-        let name = e.file_name();
-        if !name.to_string_lossy().starts_with(STAGING_PREFIX) {
-            continue;
-        }
-        let Ok(fd) = rustix::fs::openat(
-            rustix::fs::CWD,
-            e.path(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
-            continue;
-        };
-        let is_dir = rustix::fs::fstat(&fd)
-            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory);
-        if is_dir
-            && rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok()
-            && fs::remove_dir_all(e.path()).is_ok()
-        {
-            n += 1;
-        }
-    }
-    n
+    crate::host::remove_unlocked(dir, true, |n| {
+        n.to_string_lossy().starts_with(STAGING_PREFIX)
+    })
 }
 
 /// The chain read into a temporary directory of the deployment directory.
