@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 
 use crate::context::Context;
 
-/// File name under `data/`.
-
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// Content fingerprint of the applied chain + key.

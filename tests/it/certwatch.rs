@@ -645,3 +645,114 @@ fn tls_external_cert_and_key_are_watched_where_they_are() {
     .unwrap();
     assert_fails(&once_from_env(&d), 2, "absolute paths");
 }
+
+/// A watcher in a process group of its own whose reload command takes
+/// 300 ms (as a real reload does), so that a kill can land in it.
+fn watch_slowly(d: &Deploy, dir: &std::path::Path) -> Watcher {
+    use std::os::unix::process::CommandExt;
+    let log = d.path("watch.log");
+    let mut c = d.cmd();
+    c.args(["-v", "cert-watch", "--no-verify", "--poll-interval", "3600"])
+        .arg("--path")
+        .arg(dir)
+        .arg("--reload-command")
+        .arg(format!("sleep 0.3; {}", d.record_cmd()))
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(d.path("watch.out")).unwrap())
+        .stderr(fs::File::create(&log).unwrap())
+        .process_group(0);
+    Watcher {
+        child: c.spawn().unwrap(),
+        log,
+    }
+}
+
+/// The leaf the state file says was applied.
+fn applied_leaf(d: &Deploy) -> String {
+    fs::read(d.path("data/.cert-watch-state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["leaf_sha256"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Files a write in progress leaves under a temporary name.
+fn temporaries(dir: &std::path::Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".tmp"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// SIGKILL to the watcher's whole process group (as systemd ends its unit,
+/// or the OOM killer the watcher) at 10 moments spread over a certificate
+/// change: before it is noticed, during the debounce, during the reload,
+/// after it. The next watcher starts despite the dead one's pid file and
+/// applies the certificate on disk: the last reload recorded is of it,
+/// the state file names it, and no temporary file is left.
+#[test]
+fn killed_at_any_moment_the_next_watcher_applies_the_certificate_on_disk() {
+    const POINTS: usize = 10;
+    let d = Deploy::new("");
+    let first = pair();
+    let dir = d.plain_at("ssl", &first);
+    let mut w = watch_slowly(&d, &dir);
+    started(&d, &w, &first);
+
+    // One undisturbed change, to measure how long a change takes to apply.
+    let measured = pair();
+    let t0 = std::time::Instant::now();
+    plain(&dir, &measured);
+    wait_for("the measured change to be applied", &w, || {
+        applied_leaf(&d) == measured.leaf
+    });
+    let span = t0.elapsed();
+    assert!(w.terminate().success(), "{}", w.log());
+
+    let mut before_reload = 0;
+    for i in 0..POINTS {
+        let w = watch_slowly(&d, &dir);
+        wait_log(&w, "Watching", 1);
+        let next = pair();
+        let at = span.mul_f64((i as f64 + 0.5) / POINTS as f64);
+        let t0 = std::time::Instant::now();
+        plain(&dir, &next);
+        std::thread::sleep(at.saturating_sub(t0.elapsed()));
+        unsafe {
+            libc::kill(-(w.child.id() as i32), libc::SIGKILL);
+        }
+        drop(w);
+        let recorded = d.reloaded_leaves().last() == Some(&next.leaf);
+        before_reload += usize::from(!recorded);
+
+        let mut w = watch_slowly(&d, &dir);
+        wait_for(
+            &format!("point {i} ({at:?}): the certificate on disk applied"),
+            &w,
+            || applied_leaf(&d) == next.leaf && d.reloaded_leaves().last() == Some(&next.leaf),
+        );
+        assert!(w.terminate().success(), "{}", w.log());
+        for place in [d.path("data"), dir.clone()] {
+            let left = temporaries(&place);
+            assert!(
+                left.is_empty(),
+                "point {i}: left in {}: {left:?}",
+                place.display()
+            );
+        }
+        assert!(
+            !d.path("data/.cert-watch.pid").exists(),
+            "point {i}: pid file"
+        );
+    }
+    // The points really spread over the change: some kills landed before
+    // the reload was recorded, so the next watcher had the work to do.
+    assert!(
+        before_reload > 0 && before_reload < POINTS,
+        "{before_reload} of {POINTS} kills landed before the reload: the points did not spread over it"
+    );
+}

@@ -383,7 +383,7 @@ fn killed_at_random_points_it_resumes_to_an_identical_copy() {
     let src = f.source_digest();
     let mut seed: u64 = 0x5eed_1234;
     let mut killed = 0;
-    for round in 0..6 {
+    for round in 0..10 {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
