@@ -175,6 +175,16 @@ pub fn deploy(
         Ok(d) => {
             if d.fresh {
                 engine::image::tag_image(ctx, &d.id, name)?;
+                // A deploy beside killed during its `docker commit` leaves
+                // the daemon finishing that commit after the next command
+                // looked for leftovers; a whole deploy later it has
+                // finished, and what is still unnamed goes now.
+                let gone = remove_unnamed_deployed(ctx);
+                if gone > 0 {
+                    ctx.shell.note(format!(
+                        "removed {gone} deployed image(s) an earlier, stopped deploy beside the relay had not named"
+                    ));
+                }
             }
             Ok(Some(d))
         }
@@ -333,10 +343,11 @@ pub fn remove_leftovers(ctx: &Context) -> bool {
     true
 }
 
-/// Deployed images without a name, once a stopped deploy beside the
-/// relay is found: it may have been stopped between committing its result
-/// and naming it. One a container still uses is left (Docker refuses to
-/// remove it). How many went.
+/// Deployed images without a name: what a deploy beside the relay stopped
+/// between committing its result and naming it left. Looked for when such
+/// a stopped deploy is found, and after each deploy that named its own
+/// image. One a container still uses is left (Docker refuses to remove
+/// it). How many went.
 fn remove_unnamed_deployed(ctx: &Context) -> usize {
     let label = format!("label={DEPLOYED_LABEL}");
     let Ok(out) = ctx

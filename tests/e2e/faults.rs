@@ -324,12 +324,9 @@ impl Suite {
         let mut dirs: Vec<&Path> = vec![&self.dir, &self.backups];
         dirs.extend(extra);
         let mut left = leftovers_in(&dirs);
-        let files_left = !left.is_empty();
-        // An unnamed deployed image is reported in the table but fails no
-        // row: a kill during the deploy's `docker commit` leaves the
-        // daemon finishing the commit after the next command has looked
-        // (a known gap; the next deploy that finds a stopped one removes
-        // such images).
+        // An unnamed deployed image: what a kill during the deploy's
+        // `docker commit` leaves once the daemon finishes that commit; the
+        // next deploy must have removed it.
         let dangling = dangling_deployed();
         if dangling > self.dangling_before {
             left.push(format!(
@@ -339,6 +336,7 @@ impl Suite {
         }
         // Each leak is reported by the row of the fault that made it.
         self.dangling_before = dangling;
+        let files_left = !left.is_empty();
         let row = Row {
             fault: fault.to_string(),
             back_25: rec.back_after(25, at),
