@@ -592,11 +592,7 @@ fn page() -> String {
 }
 
 fn upgrade_phase(dir: &Path) -> String {
-    fs::read_to_string(dir.join("data/.upgrade-state.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["phase"].as_str().map(str::to_string))
-        .unwrap_or_default()
+    crate::support::json_string(&dir.join("data/.upgrade-state.json"), "phase")
 }
 
 /// Mail of an account no one logs into, `mib` MiB of files that do not

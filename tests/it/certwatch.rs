@@ -5,7 +5,7 @@
 //! only what was recorded.
 
 use crate::support::certs::*;
-use crate::support::{assert_ok, have, ok_stdout};
+use crate::support::{assert_ok, have, json_string, ok_stdout};
 
 use std::fs;
 use std::path::PathBuf;
@@ -669,11 +669,7 @@ fn watch_slowly(d: &Deploy, dir: &std::path::Path) -> Watcher {
 
 /// The leaf the state file says was applied.
 fn applied_leaf(d: &Deploy) -> String {
-    fs::read(d.path("data/.cert-watch-state.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["leaf_sha256"].as_str().map(str::to_string))
-        .unwrap_or_default()
+    json_string(&d.path("data/.cert-watch-state.json"), "leaf_sha256")
 }
 
 /// Files a write in progress leaves under a temporary name.

@@ -398,11 +398,7 @@ fn killed_at_random_points_it_resumes_to_an_identical_copy() {
         let _ = child.kill(); // SIGKILL
         let status = child.wait().unwrap();
         killed += usize::from(status.code().is_none());
-        let phase = fs::read(f.dest("data/.migrate-state.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .map(|v| v["phase"].as_str().unwrap_or("?").to_string())
-            .unwrap_or_else(|| "-".into());
+        let phase = crate::support::json_string(&f.dest("data/.migrate-state.json"), "phase");
         eprintln!(
             "round {round}: killed after {delay:?} ({status}), phase {phase}, {} files copied",
             files(&f.dest("data/chatmail")).len()

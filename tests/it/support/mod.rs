@@ -371,3 +371,14 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// The string `key` of the JSON object in the file `path`; "" when the
+/// file, the key or a string there is missing (a state file a killed run
+/// may not have written yet).
+pub fn json_string(path: &Path, key: &str) -> String {
+    fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v[key].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
