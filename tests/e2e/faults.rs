@@ -14,13 +14,15 @@
 //! the same again (`backup`, `restore`, `setup`, `upgrade`, followed by
 //! `upgrade --rollback` to start the next point from the same release).
 //!
-//! `CHATMAIL_FAULT_POINTS` sets `n` (default 2: the CI subset; the full
-//! matrix, `benches/faults.sh`, uses 10); `CHATMAIL_FAULTS` picks groups
-//! of faults (`backup,restore,setup,upgrade,daemon,disk,reboot`). Every fault is a row of the
-//! table printed at the end (lines starting `faults|`): seconds from the
-//! fault until 25 accepted mail again and 993 greeted again, accepted and
-//! delivered messages, what was left on disk. The test fails after the
-//! table when any row broke a promise.
+//! `CHATMAIL_FAULT_POINTS` sets `n` for every command (the full matrix,
+//! `benches/faults.sh`, uses 10); unset, the CI subset kills `backup` and
+//! `restore` at 2 points and `setup` and `upgrade` at 1 (their middle).
+//! `CHATMAIL_FAULTS` picks groups of faults
+//! (`backup,restore,setup,upgrade,daemon,disk,reboot`). Every fault is a
+//! row of the table printed at the end (lines starting `faults|`):
+//! seconds from the fault until 25 accepted mail again and 993 greeted
+//! again, accepted and delivered messages, what was left on disk. The test
+//! fails after the table when any row broke a promise.
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -41,12 +43,14 @@ const GOOD_TEXT: &str = "This relay runs the fault suite's release 1.13.0.";
 /// The side container of a deploy beside the relay.
 const SIDE: &str = "chatmail-upgrade-stage";
 
-fn points() -> usize {
+/// Kill points for a command: `CHATMAIL_FAULT_POINTS` for every command
+/// when set (the full matrix), else the CI subset's `ci`.
+fn points(ci: usize) -> usize {
     std::env::var("CHATMAIL_FAULT_POINTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|n| *n > 0)
-        .unwrap_or(2)
+        .unwrap_or(ci)
 }
 
 /// Whether the group of faults `name` runs: `CHATMAIL_FAULTS` lists the
@@ -617,7 +621,6 @@ fn faults() {
     let Some((_engine, total, _, tmp)) = engine_test("chatmail-e2e-faults") else {
         return;
     };
-    let n = points();
     // The origin: the snapshot on main; the deployment's relay/ a clone.
     let (origin, dir, first) = origin_and_deployment(tmp.path());
     fs::write(dir.join("chatmail.ini"), faults_ini(1000)).unwrap();
@@ -644,7 +647,7 @@ fn faults() {
     // Full backups: every run does the same work, so the measured one
     // spreads the points over the killed ones.
     let (_, t_backup) = must(&dir, &["backup", "--full", &backups], "backup (measured)");
-    for f in fractions(n.max(3)).into_iter().filter(|_| want("backup")) {
+    for f in fractions(points(2)).into_iter().filter(|_| want("backup")) {
         let name = format!("backup killed at {:.0}%", f * 100.0);
         s.kill_then(
             &name,
@@ -673,7 +676,7 @@ fn faults() {
     fs::create_dir_all(&clean).unwrap();
     let (_, t_restore) = must(&clean, &["restore", &backups], "restore (measured)");
     let clean_tree = tree_of(&clean);
-    for (i, f) in fractions(n.max(3))
+    for (i, f) in fractions(points(2))
         .into_iter()
         .enumerate()
         .filter(|_| want("restore"))
@@ -709,7 +712,7 @@ fn faults() {
         )
         .1;
     }
-    for (i, f) in fractions(n)
+    for (i, f) in fractions(points(1))
         .into_iter()
         .enumerate()
         .filter(|_| want("setup"))
@@ -754,7 +757,7 @@ fn faults() {
             "upgrade --rollback (measured)",
         );
     }
-    for f in fractions(n).into_iter().filter(|_| want("upgrade")) {
+    for f in fractions(points(1)).into_iter().filter(|_| want("upgrade")) {
         let name = format!("upgrade killed at {:.0}%", f * 100.0);
         s.kill_then(
             &name,
