@@ -19,8 +19,9 @@
 #
 # Prints one table, one row per fault:
 #   fault | seconds from the fault until 25 accepted mail again | until 993
-#   greeted again | messages accepted (250) during it | of those, in the
-#   mailbox afterwards | what was left on disk
+#   greeted again | the longest outage on 25 / on 993 after the fault (the
+#   next command's own swap included) | messages accepted (250) during it |
+#   of those, in the mailbox afterwards | what was left on disk
 # "0.0" means the port never stopped serving. The full log is kept in
 # $LOG (default /tmp/faults-bench.log). Exit status: the suite's (1 when
 # any row broke a promise: mail lost, something left, never back).

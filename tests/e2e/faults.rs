@@ -21,7 +21,9 @@
 //! (`backup,restore,setup,upgrade,daemon,disk,reboot`). Every fault is a
 //! row of the table printed at the end (lines starting `faults|`):
 //! seconds from the fault until 25 accepted mail again and 993 greeted
-//! again, accepted and delivered messages, what was left on disk. The test
+//! again, the longest outage of each after the fault (which tells the
+//! fault's own from a swap the next command made later), accepted and
+//! delivered messages, what was left on disk. The test
 //! fails after the table when any row broke a promise.
 
 use std::fs;
@@ -187,6 +189,9 @@ struct Row {
     fault: String,
     back_25: Option<f64>,
     back_993: Option<f64>,
+    /// The longest outage after the fault on 25 and on 993.
+    out_25: Option<f64>,
+    out_993: Option<f64>,
     accepted: usize,
     delivered: usize,
     leftovers: Vec<String>,
@@ -298,6 +303,8 @@ impl Suite {
                     fault: fault.to_string(),
                     back_25: None,
                     back_993: None,
+                    out_25: None,
+                    out_993: None,
                     accepted: 0,
                     delivered: 0,
                     leftovers: vec![],
@@ -317,6 +324,8 @@ impl Suite {
                 fault: fault.to_string(),
                 back_25: None,
                 back_993: None,
+                out_25: None,
+                out_993: None,
                 accepted: rec.accepted().len(),
                 delivered: 0,
                 leftovers: vec![],
@@ -345,14 +354,18 @@ impl Suite {
             fault: fault.to_string(),
             back_25: rec.back_after(25, at),
             back_993: rec.back_after(993, at),
+            out_25: rec.longest_outage(25, at),
+            out_993: rec.longest_outage(993, at),
             accepted: d.accepted,
             delivered: d.delivered,
             leftovers: left,
         };
         eprintln!(
-            "faults: {fault}: 25 back after {:?} s, 993 after {:?} s, {}/{} delivered ({} and {} failed attempts on 25/587), left: {:?}",
+            "faults: {fault}: 25 back after {:?} s, 993 after {:?} s (longest outages {:?} s and {:?} s), {}/{} delivered ({} and {} failed attempts on 25/587), left: {:?}",
             row.back_25,
             row.back_993,
+            row.out_25,
+            row.out_993,
             row.delivered,
             row.accepted,
             rec.failures(25),
@@ -378,14 +391,16 @@ impl Suite {
     }
 
     fn table(&self) {
-        eprintln!("faults|fault|25 back (s)|993 back (s)|accepted|delivered|left on disk");
+        eprintln!("faults|fault|25 back (s)|993 back (s)|longest outage 25/993 (s)|accepted|delivered|left on disk");
         let secs = |v: Option<f64>| v.map_or("never".to_string(), |s| format!("{s:.1}"));
         for r in &self.rows {
             eprintln!(
-                "faults|{}|{}|{}|{}|{}|{}",
+                "faults|{}|{}|{}|{}/{}|{}|{}|{}",
                 r.fault,
                 secs(r.back_25),
                 secs(r.back_993),
+                secs(r.out_25),
+                secs(r.out_993),
                 r.accepted,
                 r.delivered,
                 if r.leftovers.is_empty() {

@@ -183,6 +183,32 @@ impl Record {
         }
     }
 
+    /// The longest time `port` did not serve after `fault` (Unix seconds):
+    /// from the first failure of a run of failures to the success that
+    /// ended it; 0 when nothing failed; `None` when the last run never
+    /// ended before the flow stopped. Unlike [`Record::back_after`] it does
+    /// not count the time the relay served between the fault and an
+    /// outage the next command caused on purpose (its swap).
+    pub fn longest_outage(&self, port: u16, fault: f64) -> Option<f64> {
+        let mut longest = 0.0_f64;
+        let mut down_since: Option<f64> = None;
+        for a in self
+            .attempts
+            .iter()
+            .filter(|a| a.port == port && a.t >= fault)
+        {
+            match (a.ok, down_since) {
+                (false, None) => down_since = Some(a.t),
+                (true, Some(since)) => {
+                    longest = longest.max(a.t - since);
+                    down_since = None;
+                }
+                _ => {}
+            }
+        }
+        down_since.is_none().then_some(longest)
+    }
+
     /// Every accepted message looked for in B's INBOX (after Postfix's
     /// queue was flushed by the caller, waiting up to `wait` seconds).
     pub fn delivery(&self, wait: u64) -> Delivery {
@@ -233,7 +259,7 @@ pub fn queued(container: &str) -> usize {
 }
 
 #[test]
-fn back_after_counts_from_the_fault_to_the_first_success_after_the_last_failure() {
+fn back_after_and_the_longest_outage_count_from_the_fault() {
     let a = |t: f64, port: u16, ok: bool| Attempt {
         t,
         port,
@@ -264,6 +290,11 @@ fn back_after_counts_from_the_fault_to_the_first_success_after_the_last_failure(
     assert_eq!(rec.back_after(993, 1.5), Some(0.0));
     // 587 failed last and never came back before the flow stopped.
     assert_eq!(rec.back_after(587, 0.0), None);
+    // The longest outage on 25 after 1.5: from 6 to 8.5 (2 to 5 is 3).
+    assert_eq!(rec.longest_outage(25, 1.5), Some(3.0));
+    assert_eq!(rec.longest_outage(25, 5.5), Some(2.5));
+    assert_eq!(rec.longest_outage(993, 1.5), Some(0.0));
+    assert_eq!(rec.longest_outage(587, 0.0), None);
     assert_eq!(rec.accepted(), vec!["1-25", "5-25", "8.5-25", "9-25"]);
     assert_eq!(rec.failures(25), 3);
 }
