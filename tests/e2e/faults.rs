@@ -751,20 +751,63 @@ fn faults() {
         }
     }
 
-    // upgrade, killed: upgrade again completes (the new release serves,
-    // the restore point is there, the state says done), then --rollback.
     release(&origin);
     let restore_point = format!("{IMAGE_F}-relay-{}", &first[..12]);
+    // The Docker daemon restarted during upgrade's swap: the relay comes
+    // back by itself; the tool says what happened and what to run. This
+    // first upgrade also builds and deploys what later ones find in
+    // Docker's cache.
+    if want("daemon") {
+        let name = "dockerd restarted during upgrade's swap";
+        let flow = Flow::start(name);
+        std::thread::sleep(Duration::from_secs(2));
+        let run_up = Run::start(&dir, &["upgrade"], "upgrade");
+        assert!(
+            run_up.wait_for("Swapping", Duration::from_secs(1200)),
+            "no swap"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let fault = now();
+        let daemon = Daemon::stop(rustix::process::Signal::TERM);
+        daemon.start();
+        let (code, out, _) = run_up.finish();
+        let by_itself = healthy(&dir, 60).is_some();
+        if !by_itself {
+            s.problem(format!("{name}: the relay did not come back by itself"));
+        }
+        if code != Some(0) && !out.contains("chatmail-docker") {
+            s.problem(format!(
+                "{name}: exit {code:?} without naming what to run next:\n{}",
+                tail(&out, 15)
+            ));
+        }
+        if code != Some(0) {
+            let (c2, o2, _) = run(&dir, &["upgrade"], "upgrade again");
+            if c2 != Some(0) {
+                s.problem(format!("{name}: upgrade again failed: {}", tail(&o2, 20)));
+            }
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let rec = flow.stop();
+        s.row(name, fault, rec, &[]);
+        must(&dir, &["upgrade", "--rollback"], "upgrade --rollback");
+    }
+
+    // upgrade, killed: upgrade again completes (the new release serves,
+    // the restore point is there, the state says done), then --rollback.
     let mut t_upgrade = 0.0;
     if want("upgrade") {
-        // The first upgrade builds and deploys what later ones find in
-        // Docker's cache: the second is the one the kills are spread over.
-        must(&dir, &["upgrade"], "upgrade (first)");
-        must(
-            &dir,
-            &["upgrade", "--rollback"],
-            "upgrade --rollback (first)",
-        );
+        if !want("daemon") {
+            // The first upgrade builds and deploys what later ones find in
+            // Docker's cache: the second is the one the kills are spread
+            // over.
+            must(&dir, &["upgrade"], "upgrade (first)");
+            must(
+                &dir,
+                &["upgrade", "--rollback"],
+                "upgrade --rollback (first)",
+            );
+        }
         t_upgrade = must(&dir, &["upgrade"], "upgrade (measured)").1;
         must(
             &dir,
@@ -801,44 +844,6 @@ fn faults() {
                 tail(&out, 20)
             ));
         }
-    }
-
-    // The Docker daemon restarted during upgrade's swap: the relay comes
-    // back by itself; the tool says what happened and what to run.
-    if want("daemon") {
-        let name = "dockerd restarted during upgrade's swap";
-        let flow = Flow::start(name);
-        std::thread::sleep(Duration::from_secs(2));
-        let run_up = Run::start(&dir, &["upgrade"], "upgrade");
-        assert!(
-            run_up.wait_for("Swapping", Duration::from_secs(1200)),
-            "no swap"
-        );
-        std::thread::sleep(Duration::from_secs(1));
-        let fault = now();
-        let daemon = Daemon::stop(rustix::process::Signal::TERM);
-        daemon.start();
-        let (code, out, _) = run_up.finish();
-        let by_itself = healthy(&dir, 60).is_some();
-        if !by_itself {
-            s.problem(format!("{name}: the relay did not come back by itself"));
-        }
-        if code != Some(0) && !out.contains("chatmail-docker") {
-            s.problem(format!(
-                "{name}: exit {code:?} without naming what to run next:\n{}",
-                tail(&out, 15)
-            ));
-        }
-        if code != Some(0) {
-            let (c2, o2, _) = run(&dir, &["upgrade"], "upgrade again");
-            if c2 != Some(0) {
-                s.problem(format!("{name}: upgrade again failed: {}", tail(&o2, 20)));
-            }
-        }
-        std::thread::sleep(Duration::from_secs(2));
-        let rec = flow.stop();
-        s.row(name, fault, rec, &[]);
-        must(&dir, &["upgrade", "--rollback"], "upgrade --rollback");
     }
 
     // The Docker daemon restarted during setup's swap.
