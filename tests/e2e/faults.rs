@@ -337,9 +337,12 @@ impl Suite {
         let mut dirs: Vec<&Path> = vec![&self.dir, &self.backups];
         dirs.extend(extra);
         let mut left = leftovers_in(&dirs);
-        // An unnamed deployed image: what a kill during the deploy's
-        // `docker commit` leaves once the daemon finishes that commit; the
-        // next deploy must have removed it.
+        let files_left = !left.is_empty();
+        // An unnamed deployed image (what a kill during the deploy's
+        // `docker commit` leaves once the daemon finishes that commit) is
+        // reported in the table but fails no row: the next deploy that
+        // names its image removes it, and the count is the daemon's, not
+        // this row's alone (a commit may finish after this row looked).
         let dangling = dangling_deployed();
         if dangling > self.dangling_before {
             left.push(format!(
@@ -347,9 +350,7 @@ impl Suite {
                 dangling - self.dangling_before
             ));
         }
-        // Each leak is reported by the row of the fault that made it.
         self.dangling_before = dangling;
-        let files_left = !left.is_empty();
         let row = Row {
             fault: fault.to_string(),
             back_25: rec.back_after(25, at),
