@@ -714,7 +714,9 @@ fn killed_at_any_moment_the_next_watcher_applies_the_certificate_on_disk() {
         let w = watch_slowly(&d, &dir);
         wait_log(&w, "Watching", 1);
         let next = pair();
-        let at = span.mul_f64((i as f64 + 0.5) / POINTS as f64);
+        // Over a quarter more than the measured change, so that the last
+        // points fall after the reload even when this one runs slower.
+        let at = span.mul_f64(1.25 * (i as f64 + 0.5) / POINTS as f64);
         let t0 = std::time::Instant::now();
         plain(&dir, &next);
         std::thread::sleep(at.saturating_sub(t0.elapsed()));
@@ -731,6 +733,9 @@ fn killed_at_any_moment_the_next_watcher_applies_the_certificate_on_disk() {
             &w,
             || applied_leaf(&d) == next.leaf && d.reloaded_leaves().last() == Some(&next.leaf),
         );
+        // Started up (signals handled) before it is asked to stop: with
+        // nothing left to apply it may not have got that far yet.
+        wait_log(&w, "Watching", 1);
         assert!(w.terminate().success(), "{}", w.log());
         for place in [d.path("data"), dir.clone()] {
             let left = temporaries(&place);
@@ -746,7 +751,8 @@ fn killed_at_any_moment_the_next_watcher_applies_the_certificate_on_disk() {
         );
     }
     // The points really spread over the change: some kills landed before
-    // the reload was recorded, so the next watcher had the work to do.
+    // the reload was recorded, so the next watcher had the work to do, and
+    // some after it.
     assert!(
         before_reload > 0 && before_reload < POINTS,
         "{before_reload} of {POINTS} kills landed before the reload: the points did not spread over it"
