@@ -569,8 +569,6 @@ pub fn write_atomic_nofollow(path: &Path, bytes: &[u8], mode: u32) -> Result<()>
     write_atomic_with(path, bytes, mode, WriteOpts::default())
 }
 
-/// [`write_atomic`] with its choices spelled out.
-///
 /// Remove the entries of `dir` whose name `ours` accepts and that are a
 /// regular file (`dir_kind` false) or a directory (true), left by a
 /// process that was killed: one still locked (`flock`) by a live process
@@ -625,6 +623,8 @@ pub fn parent_dir(p: &Path) -> &Path {
     }
 }
 
+/// [`write_atomic`] with its choices spelled out.
+///
 /// The temp file is `.NAME.chatmail-docker.XXXXXX.tmp` and stays locked
 /// (`flock`) until it is renamed or removed; a temp file of that shape no
 /// process holds locked is what a killed run left behind, and is removed
