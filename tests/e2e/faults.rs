@@ -23,8 +23,8 @@
 //! seconds from the fault until 25 accepted mail again and 993 greeted
 //! again, the longest outage of each after the fault (which tells the
 //! fault's own from a swap the next command made later), accepted and
-//! delivered messages, what was left on disk. The test
-//! fails after the table when any row broke a promise.
+//! delivered messages, what was left on disk. The test fails after the
+//! table when any row broke a promise.
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -184,7 +184,8 @@ fn must(dir: &Path, args: &[&str], what: &str) -> (String, f64) {
     (out, secs)
 }
 
-/// What a fault did.
+/// What a fault did (`None`: never served again, or not known).
+#[derive(Default)]
 struct Row {
     fault: String,
     back_25: Option<f64>,
@@ -301,13 +302,7 @@ impl Suite {
                 self.problem(format!("{fault}: {e}"));
                 self.rows.push(Row {
                     fault: fault.to_string(),
-                    back_25: None,
-                    back_993: None,
-                    out_25: None,
-                    out_993: None,
-                    accepted: 0,
-                    delivered: 0,
-                    leftovers: vec![],
+                    ..Row::default()
                 });
                 return;
             }
@@ -322,13 +317,8 @@ impl Suite {
             );
             self.rows.push(Row {
                 fault: fault.to_string(),
-                back_25: None,
-                back_993: None,
-                out_25: None,
-                out_993: None,
                 accepted: rec.accepted().len(),
-                delivered: 0,
-                leftovers: vec![],
+                ..Row::default()
             });
             return;
         };
