@@ -162,9 +162,14 @@ fn deploy_aside(
                 "interrupted while deploying the configuration in a side container; the container was not touched",
             ),
         ),
-        Err(e) => Err(e.context(
-            "the configuration failed to deploy in a side container; the running relay was left as it is: fix the configuration, or apply it anyway with `setup --no-deploy-beside`",
-        )),
+        Err(e) => match engine::full_data_root(ctx, &e, engine::DATA_ROOT_LOW, "chatmail-docker setup") {
+            Some(cause) => Err(e.context(cause).context(
+                "the configuration could not be deployed in a side container; the running relay was left as it is",
+            )),
+            None => Err(e.context(
+                "the configuration failed to deploy in a side container; the running relay was left as it is: fix the configuration, or apply it anyway with `setup --no-deploy-beside`",
+            )),
+        },
     }
 }
 

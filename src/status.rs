@@ -95,6 +95,7 @@ pub fn report(ctx: &Context) -> Result<StatusReport> {
         ..Default::default()
     };
     r.warnings.extend(disk_warning(ctx));
+    r.warnings.extend(data_root_warning(ctx));
     let Some(c) = engine::current(ctx)? else {
         return Ok(r);
     };
@@ -157,6 +158,21 @@ fn disk_warning(ctx: &Context) -> Option<String> {
             crate::preflight::human_bytes(free),
             at.display(),
             at.display()
+        )
+    })
+}
+
+/// A warning when the disk holding Docker's data root is nearly full:
+/// the relay's container then cannot write outside `data/`, and a build
+/// (`upgrade`, `setup --rebuild`) fails.
+fn data_root_warning(ctx: &Context) -> Option<String> {
+    let (root, free) = engine::data_root_free(ctx).ok()?;
+    (free < DISK_LOW).then(|| {
+        format!(
+            "only {} free on the disk of Docker's data root {}: builds (`upgrade`, `setup --rebuild`) fail and the relay's container cannot write outside data/; free space there (`docker image prune`, `docker builder prune`, `df -h {}`), then run the command that failed again",
+            crate::preflight::human_bytes(free),
+            root.display(),
+            root.display()
         )
     })
 }

@@ -216,6 +216,40 @@ pub fn data_root(ctx: &Context) -> Result<PathBuf> {
     Ok(ctx.host.path(root))
 }
 
+/// Docker's data root and the bytes free there for unprivileged users
+/// (what a build or a container's writable layer can still use).
+pub fn data_root_free(ctx: &Context) -> Result<(PathBuf, u64)> {
+    let root = data_root(ctx)?;
+    let free = crate::host::space::free_bytes(&root)?;
+    Ok((root, free))
+}
+
+/// Below this much free space on Docker's data root, a failed deploy
+/// beside the relay is put down to it.
+pub const DATA_ROOT_LOW: u64 = 1 << 30;
+
+/// The cause of a failed build or deploy when it was Docker's data root
+/// running out of space (the step said "no space left on device", or less
+/// than `need` is free now), with what to do and `again`, the command to
+/// run then. A disk that filled stays full until someone frees it.
+pub fn full_data_root(
+    ctx: &Context,
+    err: &anyhow::Error,
+    need: u64,
+    again: &str,
+) -> Option<String> {
+    let (root, free) = data_root_free(ctx).ok()?;
+    let said = format!("{err:#}").contains("no space left on device");
+    (said || free < need).then(|| {
+        format!(
+            "Docker's data root {} ran out of space ({} free now): free space there (`docker image prune`, `docker builder prune`, `df -h {}`), then run `{again}` again",
+            root.display(),
+            crate::host::space::human_bytes(free),
+            root.display()
+        )
+    })
+}
+
 /// Where the named volume's data is on the host.
 pub fn volume_dir(ctx: &Context, name: &str) -> Result<PathBuf> {
     let out = ctx

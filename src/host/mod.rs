@@ -20,6 +20,7 @@ use crate::shell::Shell;
 pub mod flush;
 pub mod interrupt;
 pub mod pool;
+pub mod space;
 pub mod tree;
 
 /// The host as the tool sees it.

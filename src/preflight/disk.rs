@@ -1,10 +1,8 @@
-//! The disk-space check, and byte counts for people.
-
-use anyhow::{Context as _, Result};
-use std::path::Path;
+//! The disk-space check.
 
 use super::{Check, CheckId};
 use crate::context::Context;
+use crate::host::space::{free_bytes, human_bytes};
 
 /// Below this, fail; below `DISK_WARN`, warn.
 const DISK_FAIL: u64 = 1 << 30;
@@ -43,26 +41,5 @@ pub(super) fn check_disk(ctx: &Context) -> Check {
             format!("cannot measure free space: {e:#}"),
             "check `df -h`",
         ),
-    }
-}
-
-/// Free bytes for an unprivileged user on the filesystem holding `path`.
-pub fn free_bytes(path: &Path) -> Result<u64> {
-    let st = rustix::fs::statvfs(path).with_context(|| format!("statvfs {}", path.display()))?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }

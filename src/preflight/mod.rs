@@ -26,9 +26,9 @@ mod docker;
 mod inotify;
 mod ports;
 
+pub use crate::host::space::{free_bytes, human_bytes};
 pub use cgroup::{classify_mountinfo, CgroupMode};
 pub use config::{mail_domain, validate_mail_domain};
-pub use disk::{free_bytes, human_bytes};
 pub use docker::parse_compose_version;
 pub use ports::{appliance_ports, parse_proc_net, Listener, Port};
 

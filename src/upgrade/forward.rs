@@ -9,8 +9,8 @@ use std::time::Instant;
 use super::git::{short, Checkout};
 use super::state::{self, Phase, RestorePoint, UpgradeState};
 use super::{
-    check_disk, image_name, local_edits_error, mail_domain, plan, print_plan, probe, relay_dir,
-    say, swap, Options, Plan, Release, Summary, BACKUP_DIR, BACKUP_KEEP,
+    build_need, check_disk, image_name, local_edits_error, mail_domain, plan, print_plan, probe,
+    relay_dir, say, swap, Options, Plan, Release, Summary, BACKUP_DIR, BACKUP_KEEP,
 };
 use crate::context::Context;
 use crate::engine::image::{image_release, image_size, restore_tag, tag_image};
@@ -451,6 +451,17 @@ impl<'a> Upgrade<'a> {
             ));
         }
         let e = err.unwrap_or_else(|| anyhow::anyhow!("the step failed"));
+        let need = match step {
+            Step::Build => Some(build_need(ctx, &self.image)),
+            Step::Beside => Some(engine::DATA_ROOT_LOW),
+            Step::Checkout | Step::Backup => None,
+        };
+        let e = match need
+            .and_then(|n| engine::full_data_root(ctx, &e, n, "chatmail-docker upgrade"))
+        {
+            Some(cause) => e.context(cause),
+            None => e,
+        };
         e.context(match step {
             Step::Checkout => format!(
                 "could not move {relay} to {}; nothing was changed",

@@ -34,6 +34,7 @@ pub mod state;
 pub use back::rollback;
 pub use forward::run;
 
+use crate::host::space::human_bytes;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -320,16 +321,15 @@ pub fn check(ctx: &Context, reference: Option<&str>, fetch: bool, json: bool) ->
 
 /// Disk space for the build: the running image's size plus a margin.
 fn check_disk(ctx: &Context, image: &str) -> Result<()> {
-    let Ok(root) = engine::data_root(ctx) else {
+    let Ok((root, free)) = engine::data_root_free(ctx) else {
         return Ok(());
     };
-    let Ok(st) = rustix::fs::statvfs(&root) else {
-        return Ok(());
-    };
-    let root = root.display().to_string();
-    let free = st.f_bavail.saturating_mul(st.f_frsize);
-    let need = image_size(ctx, image).unwrap_or(0).max(0) as u64 + BUILD_HEADROOM;
-    disk_verdict(&root, free, need)
+    disk_verdict(&root.display().to_string(), free, build_need(ctx, image))
+}
+
+/// What a build beside the running image needs on Docker's data root.
+fn build_need(ctx: &Context, image: &str) -> u64 {
+    image_size(ctx, image).unwrap_or(0).max(0) as u64 + BUILD_HEADROOM
 }
 
 /// The disk check's verdict (separate for tests).
@@ -338,18 +338,14 @@ pub fn disk_verdict(root: &str, free: u64, need: u64) -> Result<()> {
         return Err(error::Failure {
             code: error::EXIT_RUNTIME,
             message: Some(format!(
-                "not enough disk space to build the new image beside the running one: {root} has {} free, the build needs about {}; free some (`docker image prune`, `docker builder prune`) and try again; nothing was changed",
-                human(free),
-                human(need)
+                "not enough disk space to build the new image beside the running one: {root} has {} free, the build needs about {}; free some (`docker image prune`, `docker builder prune`), then run `chatmail-docker upgrade` again; nothing was changed",
+                human_bytes(free),
+                human_bytes(need)
             )),
         }
         .into());
     }
     Ok(())
-}
-
-fn human(b: u64) -> String {
-    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
 /// Recreate the container on the image the service names now, then wait
@@ -409,7 +405,7 @@ mod tests {
         let m = e.to_string();
         assert!(
             m.contains("/var/lib/docker")
-                && m.contains("0.2 GiB")
+                && m.contains("200.0 MiB")
                 && m.contains("nothing was changed"),
             "{m}"
         );
