@@ -9,7 +9,8 @@
 #   benches/faults.sh [POINTS [GROUPS]]
 #
 # POINTS: kill points per command (default 10). GROUPS: a comma-separated
-# subset of backup,restore,setup,upgrade,daemon,disk,reboot (default all).
+# subset of backup,restore,setup,upgrade,daemon,disk,reboot,certwatch,dataroot
+# (default all).
 #
 # Needs what the end-to-end suites need (Docker, Compose v2, the relay
 # snapshot in ../shared/ or CHATMAIL_SHARED_DIR, root for the tmpfs

@@ -18,7 +18,7 @@
 //! `benches/faults.sh`, uses 10); unset, the CI subset kills `backup` and
 //! `restore` at 2 points and `setup` and `upgrade` at 1 (their middle).
 //! `CHATMAIL_FAULTS` picks groups of faults
-//! (`backup,restore,setup,upgrade,daemon,disk,reboot`). Every fault is a
+//! (`backup,restore,setup,upgrade,daemon,disk,reboot,certwatch,dataroot`). Every fault is a
 //! row of the table printed at the end (lines starting `faults|`):
 //! seconds from the fault until 25 accepted mail again and 993 greeted
 //! again, the longest outage of each after the fault (which tells the
@@ -33,6 +33,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+mod certwatch;
+mod dataroot;
 
 use crate::support::engine::mailflow::{self, now, Flow, Record};
 use crate::support::engine::relay::*;
@@ -56,7 +59,9 @@ fn points(ci: usize) -> usize {
 }
 
 /// Whether the group of faults `name` runs: `CHATMAIL_FAULTS` lists the
-/// groups (`backup,restore,setup,upgrade,daemon,disk,reboot`); unset, all.
+/// groups (`backup,restore,setup,upgrade,daemon,disk,reboot,certwatch,
+/// dataroot`);
+/// unset, all.
 fn want(name: &str) -> bool {
     match std::env::var("CHATMAIL_FAULTS") {
         Ok(v) if !v.trim().is_empty() => v.split(',').any(|g| g.trim() == name),
@@ -157,6 +162,15 @@ impl Run {
         );
     }
 
+    /// SIGTERM to the tool and everything it started (how its unit is
+    /// stopped).
+    fn term(&self) {
+        let _ = rustix::process::kill_process_group(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        );
+    }
+
     /// The exit code (`None`: killed) and the output.
     fn finish(mut self) -> (Option<i32>, String, f64) {
         let status = self.child.wait().unwrap();
@@ -205,16 +219,18 @@ struct Suite {
     rows: Vec<Row>,
     problems: Vec<String>,
     /// Deployed images without a name before the suite began.
-    dangling_before: usize,
+    dangling_before: Vec<String>,
 }
 
 /// Deployed images without a name (what a deploy beside killed between
-/// its commit and its tag would leave).
-fn dangling_deployed() -> usize {
+/// its commit and its tag would leave), each with when it was made (Unix
+/// seconds).
+fn dangling_deployed() -> Vec<(String, f64)> {
     let out = StdCommand::new("docker")
         .args([
             "images",
             "--quiet",
+            "--no-trunc",
             "--filter",
             "dangling=true",
             "--filter",
@@ -222,7 +238,21 @@ fn dangling_deployed() -> usize {
         ])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().count()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|id| {
+            let made = StdCommand::new("docker")
+                .args(["image", "inspect", "--format", "{{.Created}}", id])
+                .output()
+                .ok()
+                .and_then(|o| {
+                    humantime::parse_rfc3339_weak(String::from_utf8_lossy(&o.stdout).trim()).ok()
+                })
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0.0, |d| d.as_secs_f64());
+            (id.to_string(), made)
+        })
+        .collect()
 }
 
 /// Temporary files, directories and containers a run may leave: in each
@@ -334,13 +364,17 @@ impl Suite {
         // names its image removes it, and the count is the daemon's, not
         // this row's alone (a commit may finish after this row looked).
         let dangling = dangling_deployed();
-        if dangling > self.dangling_before {
-            left.push(format!(
-                "{} unnamed deployed image(s)",
-                dangling - self.dangling_before
-            ));
+        for (id, made) in &dangling {
+            if !self.dangling_before.contains(id) {
+                left.push(format!(
+                    "an unnamed deployed image ({}) made {:.0} s {} the fault",
+                    id.trim_start_matches("sha256:").get(..12).unwrap_or(id),
+                    (made - at).abs(),
+                    if *made < at { "before" } else { "after" }
+                ));
+            }
         }
-        self.dangling_before = dangling;
+        self.dangling_before = dangling.into_iter().map(|(id, _)| id).collect();
         let row = Row {
             fault: fault.to_string(),
             back_25: rec.back_after(25, at),
@@ -637,7 +671,7 @@ fn faults() {
         backups: tmp.path().join("backups"),
         rows: Vec::new(),
         problems: Vec::new(),
-        dangling_before: dangling_deployed(),
+        dangling_before: dangling_deployed().into_iter().map(|(id, _)| id).collect(),
     };
     let backups = s.backups.display().to_string() + "/";
     must(
@@ -950,6 +984,18 @@ fn faults() {
             answered - fault
         );
         s.row(name, fault, rec, &[]);
+    }
+
+    // cert-watch killed during a certificate change.
+    if want("certwatch") {
+        certwatch::phase(&mut s, &dir);
+    }
+
+    // Docker's data root on a small disk (a second daemon): last, since
+    // the relay moves onto that daemon for it.
+    if want("dataroot") {
+        s.dangling_before.clear();
+        dataroot::phase(&mut s, &dir, base());
     }
 
     s.table();
