@@ -15,10 +15,12 @@
 //! `upgrade --rollback` to start the next point from the same release).
 //!
 //! `CHATMAIL_FAULT_POINTS` sets `n` for every command (the full matrix,
-//! `benches/faults.sh`, uses 10); unset, the CI subset kills `backup` and
-//! `restore` at 2 points and `setup` and `upgrade` at 1 (their middle).
-//! `CHATMAIL_FAULTS` picks groups of faults
-//! (`backup,restore,setup,upgrade,daemon,disk,reboot,certwatch,dataroot`). Every fault is a
+//! `benches/faults.sh`, uses 10); unset, the CI subset kills `backup`,
+//! `restore` and `cert-watch` at 2 points, and `setup` and `upgrade` once,
+//! 2 s after they said "Deploying" (in their deploy beside the relay; no
+//! measured run needed). `CHATMAIL_FAULTS` picks groups of faults
+//! (`backup,restore,setup,upgrade,daemon,disk,reboot,certwatch,
+//! dataroot`). Every fault is a
 //! row of the table printed at the end (lines starting `faults|`):
 //! seconds from the fault until 25 accepted mail again and 993 greeted
 //! again, the longest outage of each after the fault (which tells the
@@ -72,6 +74,34 @@ fn want(name: &str) -> bool {
 /// `(i + 1/2) / n` for i in 0..n.
 fn fractions(n: usize) -> Vec<f64> {
     (0..n).map(|i| (i as f64 + 0.5) / n as f64).collect()
+}
+
+/// When a kill falls: a time after the command started, or a time after
+/// it first printed a text (the CI subset's one point in a chosen step,
+/// which needs no measured run).
+#[derive(Clone, Copy)]
+enum At {
+    Time(Duration),
+    Said(&'static str, Duration),
+}
+
+/// The kill points of a command with their row names: spread over the
+/// duration `measure` returns (the full matrix, `CHATMAIL_FAULT_POINTS`
+/// set), else the CI subset's one point, `ci`.
+fn kill_points(what: &str, ci: (&str, At), measure: impl FnOnce() -> f64) -> Vec<(String, At)> {
+    if std::env::var("CHATMAIL_FAULT_POINTS").is_err() {
+        return vec![(format!("{what} killed {}", ci.0), ci.1)];
+    }
+    let t = measure();
+    fractions(points(1))
+        .into_iter()
+        .map(|f| {
+            (
+                format!("{what} killed at {:.0}%", f * 100.0),
+                At::Time(Duration::from_secs_f64(t * f)),
+            )
+        })
+        .collect()
 }
 
 fn base() -> &'static str {
@@ -437,22 +467,29 @@ impl Suite {
         }
     }
 
-    /// Start `args`, SIGKILL it at `at` after its start (unless it ended
-    /// before), then run `next`, which must succeed; a flow runs
+    /// Start `args`, SIGKILL it at `at` (unless it ended before), then run `next`, which must succeed; a flow runs
     /// throughout. Returns the row's name and whether the kill hit.
     fn kill_then(
         &mut self,
         name: &str,
         dir: &Path,
         args: &[&str],
-        at: Duration,
+        at: At,
         next: &[&str],
         extra: &[&Path],
     ) -> bool {
         let flow = Flow::start(name);
         std::thread::sleep(Duration::from_secs(2));
         let mut killed = Run::start(dir, args, name);
-        std::thread::sleep(at);
+        match at {
+            At::Time(t) => std::thread::sleep(t),
+            At::Said(text, t) => {
+                if !killed.wait_for(text, Duration::from_secs(1200)) {
+                    self.problem(format!("{name}: it never said {text:?}"));
+                }
+                std::thread::sleep(t);
+            }
+        }
         let hit = !killed.ended();
         let fault = now();
         killed.kill();
@@ -693,7 +730,7 @@ fn faults() {
             &name,
             &dir,
             &["backup", "--full", &backups],
-            Duration::from_secs_f64(t_backup * f),
+            At::Time(Duration::from_secs_f64(t_backup * f)),
             &["backup", "--full", &backups],
             &[],
         );
@@ -728,7 +765,7 @@ fn faults() {
             &name,
             &target,
             &["restore", &backups],
-            Duration::from_secs_f64(t_restore * f),
+            At::Time(Duration::from_secs_f64(t_restore * f)),
             &["restore", &backups],
             &[&target],
         );
@@ -742,29 +779,34 @@ fn faults() {
 
     // setup with changed settings (deploy beside, swap), killed: setup
     // again completes and the container has the new settings.
-    let mut t_setup = 0.0;
-    if want("setup") {
-        fs::write(dir.join("chatmail.ini"), faults_ini(1001)).unwrap();
-        t_setup = must(
-            &dir,
-            &["setup", "--skip-check", "cgroup-v2"],
-            "setup (measured)",
+    let setup_points = if want("setup") {
+        kill_points(
+            "setup",
+            (
+                "2 s into its deploy beside",
+                At::Said("Deploying", Duration::from_secs(2)),
+            ),
+            || {
+                fs::write(dir.join("chatmail.ini"), faults_ini(1001)).unwrap();
+                must(
+                    &dir,
+                    &["setup", "--skip-check", "cgroup-v2"],
+                    "setup (measured)",
+                )
+                .1
+            },
         )
-        .1;
-    }
-    for (i, f) in fractions(points(1))
-        .into_iter()
-        .enumerate()
-        .filter(|_| want("setup"))
-    {
+    } else {
+        Vec::new()
+    };
+    for (i, (name, at)) in setup_points.into_iter().enumerate() {
         let value = 1002 + i as u32;
         fs::write(dir.join("chatmail.ini"), faults_ini(value)).unwrap();
-        let name = format!("setup killed at {:.0}%", f * 100.0);
         s.kill_then(
             &name,
             &dir,
             &["setup", "--skip-check", "cgroup-v2"],
-            Duration::from_secs_f64(t_setup * f),
+            at,
             &["setup", "--skip-check", "cgroup-v2"],
             &[],
         );
@@ -820,36 +862,38 @@ fn faults() {
 
     // upgrade, killed: upgrade again completes (the new release serves,
     // the restore point is there, the state says done), then --rollback.
-    let mut t_upgrade = 0.0;
-    if want("upgrade") {
-        if !want("daemon") {
-            // The first upgrade builds and deploys what later ones find in
-            // Docker's cache: the second is the one the kills are spread
-            // over.
-            must(&dir, &["upgrade"], "upgrade (first)");
-            must(
-                &dir,
-                &["upgrade", "--rollback"],
-                "upgrade --rollback (first)",
-            );
-        }
-        t_upgrade = must(&dir, &["upgrade"], "upgrade (measured)").1;
+    if want("upgrade") && !want("daemon") {
+        // The first upgrade builds and deploys what later ones find in
+        // Docker's cache.
+        must(&dir, &["upgrade"], "upgrade (first)");
         must(
             &dir,
             &["upgrade", "--rollback"],
-            "upgrade --rollback (measured)",
+            "upgrade --rollback (first)",
         );
     }
-    for f in fractions(points(1)).into_iter().filter(|_| want("upgrade")) {
-        let name = format!("upgrade killed at {:.0}%", f * 100.0);
-        s.kill_then(
-            &name,
-            &dir,
-            &["upgrade"],
-            Duration::from_secs_f64(t_upgrade * f),
-            &["upgrade"],
-            &[],
-        );
+    let upgrade_points = if want("upgrade") {
+        kill_points(
+            "upgrade",
+            (
+                "2 s into its deploy beside",
+                At::Said("Deploying", Duration::from_secs(2)),
+            ),
+            || {
+                let t = must(&dir, &["upgrade"], "upgrade (measured)").1;
+                must(
+                    &dir,
+                    &["upgrade", "--rollback"],
+                    "upgrade --rollback (measured)",
+                );
+                t
+            },
+        )
+    } else {
+        Vec::new()
+    };
+    for (name, at) in upgrade_points {
+        s.kill_then(&name, &dir, &["upgrade"], at, &["upgrade"], &[]);
         if !page().contains(GOOD_TEXT) {
             s.problem(format!("{name}: the new release does not serve"));
         }
