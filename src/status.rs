@@ -152,14 +152,13 @@ fn disk_warning(ctx: &Context) -> Option<String> {
         ctx.deployment.dir().to_path_buf()
     };
     let free = crate::preflight::free_bytes(&at).ok()?;
-    (free < DISK_LOW).then(|| {
-        format!(
-            "only {} free on the disk of {}: the relay defers mail and backups fail when it is full; free space there (`df -h {}`), then run the command that failed again",
-            crate::preflight::human_bytes(free),
-            at.display(),
-            at.display()
-        )
-    })
+    low_space(
+        free,
+        &at,
+        "",
+        "the relay defers mail and backups fail when it is full",
+        "",
+    )
 }
 
 /// A warning when the disk holding Docker's data root is nearly full:
@@ -167,12 +166,30 @@ fn disk_warning(ctx: &Context) -> Option<String> {
 /// (`upgrade`, `setup --rebuild`) fails.
 fn data_root_warning(ctx: &Context) -> Option<String> {
     let (root, free) = engine::data_root_free(ctx).ok()?;
+    low_space(
+        free,
+        &root,
+        "Docker's data root ",
+        "builds (`upgrade`, `setup --rebuild`) fail and the relay's container cannot write outside data/",
+        "`docker image prune`, `docker builder prune`, ",
+    )
+}
+
+/// The warning for `free` bytes on the disk of `at` (`what` names it),
+/// when below [`DISK_LOW`]: what then fails, and how to free space.
+fn low_space(
+    free: u64,
+    at: &std::path::Path,
+    what: &str,
+    fails: &str,
+    tools: &str,
+) -> Option<String> {
     (free < DISK_LOW).then(|| {
         format!(
-            "only {} free on the disk of Docker's data root {}: builds (`upgrade`, `setup --rebuild`) fail and the relay's container cannot write outside data/; free space there (`docker image prune`, `docker builder prune`, `df -h {}`), then run the command that failed again",
+            "only {} free on the disk of {what}{}: {fails}; free space there ({tools}`df -h {}`), then run the command that failed again",
             crate::preflight::human_bytes(free),
-            root.display(),
-            root.display()
+            at.display(),
+            at.display()
         )
     })
 }
