@@ -595,34 +595,6 @@ impl Drop for Daemon {
     }
 }
 
-/// A small tmpfs mounted at a directory, unmounted when dropped.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &Path, size: &str) -> SmallDisk {
-        fs::create_dir_all(at).unwrap();
-        check(
-            StdCommand::new("mount")
-                .args([
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    &format!("size={size},mode=0755"),
-                    "tmpfs",
-                ])
-                .arg(at),
-            "mount a small tmpfs",
-        );
-        SmallDisk(at.to_path_buf())
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = StdCommand::new("umount").arg(&self.0).status();
-    }
-}
-
 /// The names of files in `dir` (sorted), for a listing in a message.
 fn names_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
@@ -958,7 +930,7 @@ fn faults() {
             break;
         }
         let full = tmp.path().join(sub);
-        let _disk = SmallDisk::mount(&full, "256k");
+        let _disk = SmallDisk::mount(&full, "256k").expect("root, to mount a small tmpfs");
         let flow = Flow::start(name);
         std::thread::sleep(Duration::from_secs(2));
         let fault = now();

@@ -3,7 +3,7 @@
 //! `docker` that records its calls (thawed on errors and on SIGTERM), and
 //! every way a restore must refuse with nothing written.
 
-use crate::support::{assert_code, assert_ok, bin, path_with, script};
+use crate::support::{assert_code, assert_ok, bin, path_with, script, SmallDisk};
 
 use chatmail_docker::backup::{self, BackupOptions, Output};
 use chatmail_docker::host::Host;
@@ -1029,34 +1029,6 @@ fn a_restore_killed_with_sigkill_is_cleaned_up_and_done_by_the_next() {
     );
     assert_eq!(state(&d), state(&target));
     drop(held_lock);
-}
-
-/// A small tmpfs mounted at a directory, unmounted when dropped.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    /// `None` (the test skips) unless we may mount.
-    fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipping: mounting a small tmpfs needs root");
-            return None;
-        }
-        fs::create_dir_all(at).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount a tmpfs at {}", at.display());
-        Some(SmallDisk(at.to_path_buf()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[test]

@@ -404,6 +404,7 @@ fn a_failed_build_puts_everything_back() {
         out.contains("did not build") && out.contains("kept serving"),
         "{out}"
     );
+
     assert_eq!(f.head(), f.first, "relay/ is back where it was");
     let calls = f.docker_calls();
     let restore = format!("chatmail-relay:local-relay-{}", &f.first[..12]);
@@ -422,6 +423,41 @@ fn a_failed_build_puts_everything_back() {
     );
     assert!(!f.dir.join("data/.upgrade-state.json").exists());
     assert_ne!(f.head(), target);
+}
+
+#[test]
+fn a_full_disk_under_the_backup_before_the_swap_puts_everything_back() {
+    let f = fixture("exit 0");
+    commit_release(&f.origin, &[("mail_domain", "")], Some("1.1.0"));
+    // Mail that does not compress, more than the backup disk holds.
+    let cur = f
+        .dir
+        .join("data/chatmail/vmail/mail/chat.example.org/u@chat.example.org/cur");
+    fs::create_dir_all(&cur).unwrap();
+    let mut next = crate::support::xorshift(11);
+    let noise: Vec<u8> = (0..(1 << 20)).map(|_| next() as u8).collect();
+    fs::write(cur.join("1700000500.M9.relay:2,S"), &noise).unwrap();
+    let backups = f.dir.join("backups");
+    let Some(_disk) = crate::support::SmallDisk::mount(&backups, "256k") else {
+        return;
+    };
+    let out = f.run_exit(&["--no-deploy-beside"], 1);
+    assert!(
+        out.contains("the backup before the swap failed")
+            && out.contains("kept serving")
+            && out.contains("no space left on")
+            && out.contains(&backups.display().to_string()),
+        "{out}"
+    );
+    assert_eq!(f.head(), f.first, "relay/ is back where it was");
+    let calls = f.docker_calls();
+    assert!(
+        !calls.contains(" up "),
+        "the container was never touched: {calls}"
+    );
+    assert!(!f.dir.join("data/.upgrade-state.json").exists());
+    let left: Vec<_> = fs::read_dir(&backups).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left in the backup directory: {left:?}");
 }
 
 #[test]

@@ -190,6 +190,42 @@ pub fn have(tool: &str, args: &[&str]) -> bool {
     require(runs(tool, args), tool)
 }
 
+/// A small tmpfs mounted at a directory, unmounted when dropped.
+pub struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// `None` (the test skips; a failure under CI) unless we may mount.
+    pub fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
+        if !require(
+            rustix::process::geteuid().is_root(),
+            "root (to mount a small tmpfs)",
+        ) {
+            return None;
+        }
+        fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs at {}", at.display());
+        Some(SmallDisk(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// Fail with what the command wrote to stderr unless it succeeded.
 pub fn assert_ok(out: &std::process::Output) {
     assert!(
