@@ -214,36 +214,14 @@ fn command_help_starts_with_its_description() {
     }
 }
 
-/// A small tmpfs at `at`, unmounted when dropped (root only).
-struct SmallDisk(std::path::PathBuf);
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn status_names_a_full_disk_under_data_and_what_to_do() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipping: mounting a small tmpfs needs root");
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let d = crate::support::minimal_deployment(t.path());
     let data = d.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(&data)
-        .status()
-        .unwrap();
-    assert!(
-        mounted.success(),
-        "mount a small tmpfs at {}",
-        data.display()
-    );
-    let _disk = SmallDisk(data.clone());
+    let Some(_disk) = crate::support::SmallDisk::mount(&data, "64k") else {
+        return;
+    };
     // The disk fills up.
     let _ = std::fs::write(data.join("fill"), vec![0u8; 128 << 10]);
     // No container (a stand-in docker that finds none): status still
@@ -265,4 +243,42 @@ fn status_names_a_full_disk_under_data_and_what_to_do() {
         "{v}"
     );
     assert!(warnings.contains("df -h"), "{v}");
+}
+
+#[test]
+fn status_names_a_full_docker_data_root_and_what_to_do() {
+    let t = tempfile::tempdir().unwrap();
+    let d = crate::support::minimal_deployment(t.path());
+    let root = t.path().join("docker-root");
+    let Some(_disk) = crate::support::SmallDisk::mount(&root, "64k") else {
+        return;
+    };
+    // A stand-in docker whose data root is that small disk; no container.
+    let bin_dir = t.path().join("bin");
+    crate::support::script(
+        &bin_dir,
+        "docker",
+        &format!(
+            "case \"$*\" in \"info --format \"*) echo '{}';; esac\nexit 0",
+            root.display()
+        ),
+    );
+    let out = bin()
+        .env("PATH", crate::support::path_with(&bin_dir))
+        .arg("--dir")
+        .arg(&d)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let warnings = v["warnings"].to_string();
+    assert!(
+        warnings.contains("Docker's data root")
+            && warnings.contains(&root.display().to_string())
+            && warnings.contains("docker image prune"),
+        "{v}"
+    );
+    // The disk of data/ is not the full one.
+    assert!(!warnings.contains("the relay defers mail"), "{v}");
 }
