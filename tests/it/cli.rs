@@ -214,6 +214,20 @@ fn command_help_starts_with_its_description() {
     }
 }
 
+/// `status --json` of the deployment `d` with the stand-in programs of
+/// `bin_dir` first on `PATH`.
+fn status_json(d: &std::path::Path, bin_dir: &std::path::Path) -> serde_json::Value {
+    let out = bin()
+        .env("PATH", crate::support::path_with(bin_dir))
+        .arg("--dir")
+        .arg(d)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
 #[test]
 fn status_names_a_full_disk_under_data_and_what_to_do() {
     let t = tempfile::tempdir().unwrap();
@@ -228,15 +242,7 @@ fn status_names_a_full_disk_under_data_and_what_to_do() {
     // names the disk.
     let bin_dir = t.path().join("bin");
     crate::support::script(&bin_dir, "docker", "exit 0");
-    let out = bin()
-        .env("PATH", crate::support::path_with(&bin_dir))
-        .arg("--dir")
-        .arg(&d)
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let v = status_json(&d, &bin_dir);
     let warnings = v["warnings"].to_string();
     assert!(
         warnings.contains("free on the disk of") && warnings.contains(&data.display().to_string()),
@@ -263,15 +269,7 @@ fn status_names_a_full_docker_data_root_and_what_to_do() {
             root.display()
         ),
     );
-    let out = bin()
-        .env("PATH", crate::support::path_with(&bin_dir))
-        .arg("--dir")
-        .arg(&d)
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let v = status_json(&d, &bin_dir);
     let warnings = v["warnings"].to_string();
     assert!(
         warnings.contains("Docker's data root")
