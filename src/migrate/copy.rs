@@ -586,6 +586,46 @@ fn tmp_name(dst: &Path) -> PathBuf {
     }
 }
 
+/// Whether `name` is a temporary name of a copy whose process is gone
+/// (killed before it renamed or removed it): `.migrate-PID-N.tmp` with no
+/// process PID. A live copy's names are left alone.
+fn is_stale_tmp(name: &std::ffi::OsStr) -> bool {
+    let Some(rest) = name
+        .to_str()
+        .and_then(|n| n.strip_prefix(".migrate-"))
+        .and_then(|n| n.strip_suffix(".tmp"))
+    else {
+        return false;
+    };
+    let Some(pid) = rest
+        .split_once('-')
+        .and_then(|(pid, n)| n.parse::<u64>().ok().and(pid.parse::<i32>().ok()))
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    // ESRCH: no such process; EPERM would mean one exists.
+    matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
+}
+
+/// Remove what killed copies left in the destination `root`: files and
+/// links under a temporary name of a process that is gone (see
+/// [`is_stale_tmp`]), never following a symlink. The number removed.
+pub fn remove_stale_tmps(root: &Path) -> Result<usize> {
+    let tree = walk(root, true)?;
+    let mut removed = 0;
+    for e in &tree.entries {
+        if !e.meta.is_dir() && e.from.is_none() && e.rel.file_name().is_some_and(is_stale_tmp) {
+            remove_any(&root.join(&e.rel), &e.meta)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Open a source file for reading without touching its atime (also used by
 /// the verifier, which reads every source file once more).
 pub(crate) fn open_source(path: &Path) -> io::Result<File> {
@@ -1281,6 +1321,23 @@ mod tests {
             // A copy never shares an inode with its source.
             let a = fs::metadata(&s).unwrap();
             assert_ne!(a.ino(), fs::metadata(&d).unwrap().ino());
+        }
+    }
+
+    #[test]
+    fn only_a_gone_process_s_temporary_names_are_stale() {
+        let live = format!(".migrate-{}-3.tmp", std::process::id());
+        assert!(!is_stale_tmp(live.as_ref()));
+        // No process has the largest pid the kernel never hands out.
+        assert!(is_stale_tmp(".migrate-2147483646-0.tmp".as_ref()));
+        for other in [
+            ".migrate-x-0.tmp",
+            ".migrate-2147483646.tmp",
+            "migrate-2147483646-0.tmp",
+            ".migrate-2147483646-0.tmp.keep",
+            "1700000000.M1.relay:2,S",
+        ] {
+            assert!(!is_stale_tmp(other.as_ref()), "{other}");
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! It re-enables and starts exactly the units a migration recorded as
 //! stopped or disabled (never others), and leaves the copied data in
-//! `data/` alone: a later `migrate` updates it with a new pre-sync.
+//! `data/` alone (a later `migrate` updates it with a new pre-sync) but
+//! for the temporary files a killed copy left there.
 //!
 //! The state file is data, not a command list: only the relay's own unit
 //! names (the ones `migrate` stops, [`crate::deployment::relay::UNITS`]) are accepted from it;
@@ -26,6 +27,9 @@ pub fn run(ctx: &Context, yes: bool) -> Result<()> {
             "Nothing to roll back: no migration stopped any unit (state: {}).",
             file.shown()
         ));
+        if !ctx.dry_run {
+            remove_stale_tmps(ctx);
+        }
         return Ok(());
     }
     check(&st, &file)?;
@@ -48,7 +52,31 @@ pub fn run(ctx: &Context, yes: bool) -> Result<()> {
         );
         super::ask(ctx, yes, "the rollback", "restart the old relay? [y/N]")?;
     }
-    restart(ctx, &mut st, &file)
+    restart(ctx, &mut st, &file)?;
+    remove_stale_tmps(ctx);
+    Ok(())
+}
+
+/// With the relay back: remove the temporary files a killed migration's
+/// copy left beside the copied data (a later `migrate` would remove them
+/// too). Failures are warnings: the rollback itself is done.
+fn remove_stale_tmps(ctx: &Context) {
+    let mut removed = 0;
+    for src in super::plan::sources(false) {
+        let root = ctx.deployment.path(src.dest);
+        match super::copy::remove_stale_tmps(&root) {
+            Ok(n) => removed += n,
+            Err(e) => ctx.shell.warn(format!(
+                "could not remove what a stopped copy left in {}: {e:#}",
+                root.shown()
+            )),
+        }
+    }
+    if removed > 0 {
+        ctx.shell.note(format!(
+            "removed {removed} temporary file(s) a stopped migration's copy left in data/"
+        ));
+    }
 }
 
 /// Enable and start the recorded units again, then record that nothing is

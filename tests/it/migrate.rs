@@ -446,6 +446,74 @@ fn killed_at_random_points_it_resumes_to_an_identical_copy() {
     assert!(out.contains("nothing to copy"), "{out}");
 }
 
+/// `migrate` killed (SIGKILL to its process group: the tool and the
+/// copies it started, as its unit or the OOM killer would) at moments
+/// spread over a measured run, then the other natural next command,
+/// `migrate --rollback`: the relay's units run again as before, the
+/// source is untouched, nothing temporary is left beside the copy.
+#[test]
+fn killed_at_any_moment_a_rollback_brings_the_relay_back() {
+    let shape = || Mail {
+        big: vec![24 << 20, 8 << 20],
+        ..mail(20, 150)
+    };
+    let took = {
+        let f = Fake::new(&shape());
+        let started = std::time::Instant::now();
+        let (code, out, err) = migrate(&f, &["--yes", "-q"]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        started.elapsed()
+    };
+    let mut while_stopped = 0;
+    for i in 0..10 {
+        let f = Fake::new(&shape());
+        let src = f.source_digest();
+        let at = took.mul_f64((i as f64 + 0.5) / 10.0);
+        let mut c = f.cmd();
+        c.args(["migrate", "--yes", "-q"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut c, 0);
+        let mut child = c.spawn().unwrap();
+        std::thread::sleep(at);
+        let _ = rustix::process::kill_process_group(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::Signal::KILL,
+        );
+        let status = child.wait().unwrap();
+        let stopped = f.unit_state("postfix.service") != "active enabled";
+        while_stopped += usize::from(stopped && status.code().is_none());
+        eprintln!(
+            "point {i}: killed {at:?} in ({status}); the relay's units {}",
+            if stopped { "stopped" } else { "running" }
+        );
+        let (code, out, err) = migrate(&f, &["--rollback", "--yes"]);
+        assert_eq!(code, 0, "point {i}: --rollback failed\n{out}\n{err}");
+        for unit in ["postfix.service", "dovecot.service", "nginx.service"] {
+            assert_eq!(
+                f.unit_state(unit),
+                "active enabled",
+                "point {i}: {unit} after the rollback"
+            );
+        }
+        assert_eq!(f.unit_state("lastlogin.service"), "inactive enabled");
+        assert_eq!(src, f.source_digest(), "point {i}: the source changed");
+        let left: Vec<std::path::PathBuf> = files(&f.dest("data"))
+            .into_iter()
+            .filter(|rel| {
+                let name = rel.file_name().unwrap().to_string_lossy().into_owned();
+                name.starts_with(".migrate-") && name.ends_with(".tmp")
+            })
+            .collect();
+        assert!(left.is_empty(), "point {i}: temporary files left: {left:?}");
+    }
+    assert!(
+        while_stopped > 0,
+        "no kill fell while the relay's units were stopped: the test proved less than it says"
+    );
+}
+
 /// A real small filesystem (a tmpfs mounted in a private mount namespace)
 /// as the deployment dir: the plan must refuse with the numbers, before
 /// writing anything or stopping anything.
