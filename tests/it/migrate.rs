@@ -372,6 +372,17 @@ fn presync_only_keeps_the_relay_running() {
     assert_eq!(f.unit_state("postfix.service"), "inactive disabled");
 }
 
+/// Files under a copy's temporary name (`.migrate-*.tmp`) below `dir`.
+fn temporaries(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    files(dir)
+        .into_iter()
+        .filter(|rel| {
+            let name = rel.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with(".migrate-") && name.ends_with(".tmp")
+        })
+        .collect()
+}
+
 /// `kill -9` at pseudo-random moments, then resume: the result is exact,
 /// and no file under its final name is ever partial.
 #[test]
@@ -432,13 +443,7 @@ fn killed_at_random_points_it_resumes_to_an_identical_copy() {
     assert_eq!(src, f.source_digest(), "the source was modified");
     // Nothing a killed run wrote under a temporary name is left.
     for (_, d) in TREES {
-        let left: Vec<std::path::PathBuf> = files(&f.dest(d))
-            .into_iter()
-            .filter(|rel| {
-                let name = rel.file_name().unwrap().to_string_lossy().into_owned();
-                name.starts_with(".migrate-") && name.ends_with(".tmp")
-            })
-            .collect();
+        let left = temporaries(&f.dest(d));
         assert!(left.is_empty(), "temporary files left in {d}: {left:?}");
     }
     let (code, out, _) = migrate(&f, &["--yes"]);
@@ -499,13 +504,7 @@ fn killed_at_any_moment_a_rollback_brings_the_relay_back() {
         }
         assert_eq!(f.unit_state("lastlogin.service"), "inactive enabled");
         assert_eq!(src, f.source_digest(), "point {i}: the source changed");
-        let left: Vec<std::path::PathBuf> = files(&f.dest("data"))
-            .into_iter()
-            .filter(|rel| {
-                let name = rel.file_name().unwrap().to_string_lossy().into_owned();
-                name.starts_with(".migrate-") && name.ends_with(".tmp")
-            })
-            .collect();
+        let left = temporaries(&f.dest("data"));
         assert!(left.is_empty(), "point {i}: temporary files left: {left:?}");
     }
     assert!(
