@@ -1328,7 +1328,7 @@ mod tests {
     fn only_a_gone_process_s_temporary_names_are_stale() {
         let live = format!(".migrate-{}-3.tmp", std::process::id());
         assert!(!is_stale_tmp(live.as_ref()));
-        // No process has the largest pid the kernel never hands out.
+        // Above any pid the kernel hands out (pid_max is at most 2^22).
         assert!(is_stale_tmp(".migrate-2147483646-0.tmp".as_ref()));
         for other in [
             ".migrate-x-0.tmp",
