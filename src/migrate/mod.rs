@@ -100,6 +100,9 @@ pub struct Options {
 
 pub fn run(ctx: &Context, opts: impl Into<Options>) -> Result<()> {
     let opts = &opts.into();
+    // One migration or rollback at a time per deployment: a second one
+    // would stop, copy or start what the first is in the middle of.
+    let _one = one_at_a_time(ctx)?;
     if opts.rollback {
         return rollback::run(ctx, opts.yes);
     }
@@ -541,6 +544,29 @@ fn secs(d: Duration) -> String {
 /// earlier run of this tool (recorded in the state file): a non-empty
 /// directory from elsewhere (another host, a container that already ran)
 /// could hold mail that the mirror would delete.
+/// An exclusive `flock` on the deployment directory, held while the
+/// returned file is open (released by the kernel however the process
+/// ends); refused when another `migrate` holds it. No lock file is left.
+fn one_at_a_time(ctx: &Context) -> Result<Option<std::fs::File>> {
+    let dir = ctx.deployment.dir();
+    let Ok(f) = std::fs::File::open(dir) else {
+        // Not there yet: the plan says so, and nothing runs in it.
+        return Ok(None);
+    };
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(f)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(error::Failure {
+            code: error::EXIT_RUNTIME,
+            message: Some(format!(
+                "another `chatmail-docker migrate` runs for {}: wait for it to end (or stop it), then run this again",
+                dir.display()
+            )),
+        }
+        .into()),
+        Err(e) => Err(anyhow::anyhow!("cannot lock {}: {e}", dir.display())),
+    }
+}
+
 fn check_destination(dest: &Path, rel: &str, st: &State) -> Result<()> {
     if st.owns(rel) {
         return Ok(());

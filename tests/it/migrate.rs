@@ -372,6 +372,31 @@ fn presync_only_keeps_the_relay_running() {
     assert_eq!(f.unit_state("postfix.service"), "inactive disabled");
 }
 
+/// A second `migrate` (or a rollback) while one runs is refused before it
+/// looks at anything; once the first has ended, it runs.
+#[test]
+fn one_migration_at_a_time() {
+    let f = Fake::new(&small());
+    fs::create_dir_all(&f.dir).unwrap();
+    // What a running migrate holds: the deployment directory, locked.
+    let held = fs::File::open(&f.dir).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    for args in [&["--yes"][..], &["--rollback", "--yes"]] {
+        let (code, out, err) = migrate(&f, args);
+        assert_eq!(code, 1, "{args:?}: {out}\n{err}");
+        assert!(
+            err.contains("another `chatmail-docker migrate` runs for"),
+            "{err}"
+        );
+    }
+    assert!(!f.log().contains("stop"), "{}", f.log());
+    assert!(!f.dest("data").exists());
+    drop(held);
+    let (code, out, err) = migrate(&f, &["--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    f.check_copy("/home", "data/chatmail");
+}
+
 /// Files under a copy's temporary name (`.migrate-*.tmp`) below `dir`.
 fn temporaries(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files(dir)
