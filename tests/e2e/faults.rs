@@ -167,12 +167,15 @@ impl Run {
         }
     }
 
-    /// Whether `text` came within `limit`.
-    fn wait_for(&self, text: &str, limit: Duration) -> bool {
+    /// Whether `text` came within `limit` (not once the command ended
+    /// without it).
+    fn wait_for(&mut self, text: &str, limit: Duration) -> bool {
         let start = Instant::now();
         while !self.out.lock().unwrap().contains(text) {
-            if start.elapsed() > limit {
-                return false;
+            if start.elapsed() > limit || self.ended() {
+                // What it printed last may still be on its way.
+                std::thread::sleep(Duration::from_millis(200));
+                return self.out.lock().unwrap().contains(text);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -800,7 +803,7 @@ fn faults() {
         let name = "dockerd restarted during upgrade's swap";
         let flow = Flow::start(name);
         std::thread::sleep(Duration::from_secs(2));
-        let run_up = Run::start(&dir, &["upgrade"], "upgrade");
+        let mut run_up = Run::start(&dir, &["upgrade"], "upgrade");
         assert!(
             run_up.wait_for("Swapping", Duration::from_secs(1200)),
             "no swap"
@@ -893,7 +896,7 @@ fn faults() {
         fs::write(dir.join("chatmail.ini"), faults_ini(1100)).unwrap();
         let flow = Flow::start(name);
         std::thread::sleep(Duration::from_secs(2));
-        let run_setup = Run::start(&dir, &["setup", "--skip-check", "cgroup-v2"], "setup");
+        let mut run_setup = Run::start(&dir, &["setup", "--skip-check", "cgroup-v2"], "setup");
         assert!(
             run_setup.wait_for("Starting", Duration::from_secs(1200)),
             "setup never started the container"

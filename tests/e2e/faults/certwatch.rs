@@ -63,7 +63,7 @@ fn all_serve(want: &str) -> bool {
 
 /// Start a watcher and wait until it watches.
 fn watcher(dir: &Path, what: &str) -> Run {
-    let w = Run::start(dir, &["cert-watch"], what);
+    let mut w = Run::start(dir, &["cert-watch"], what);
     assert!(
         w.wait_for("Watching", Duration::from_secs(60)),
         "{what}: cert-watch never started watching"

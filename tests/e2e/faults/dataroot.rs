@@ -246,7 +246,7 @@ fn full_during(
     (when, after): (&str, Duration),
     next: &str,
 ) -> f64 {
-    let cmd = Run::start(dir, args, name);
+    let mut cmd = Run::start(dir, args, name);
     let started = cmd.wait_for(when, Duration::from_secs(300));
     std::thread::sleep(after);
     let fault = now();
