@@ -465,7 +465,16 @@ fn build(
             "Building",
             format!("the appliance image ({})", names.join(", ")),
         );
-        engine::run_checked(ctx, cmd)
+        engine::run_checked(ctx, cmd).map_err(|e| {
+            // Builds need room: name a full data root and what to do.
+            let need = engine::DATA_ROOT_LOW;
+            match engine::full_data_root(ctx, &e, need, "chatmail-docker setup") {
+                Some(cause) => e
+                    .context(cause)
+                    .context("the appliance image did not build"),
+                None => e,
+            }
+        })
     })?;
     if built.is_none() && !previous.is_empty() {
         ctx.shell.out(

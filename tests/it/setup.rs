@@ -208,3 +208,57 @@ fn dry_run_on_a_fresh_directory_with_only_chatmail_ini() {
     assert!(stdout.contains("dry run: nothing was changed"), "{stdout}");
     assert_eq!(snapshot(&d), before);
 }
+
+/// A build that fails on a full Docker data root (a small tmpfs where the
+/// stand-in `docker info` says the root is) names the data root and the
+/// command to run again; nothing was started.
+#[test]
+fn a_build_on_a_full_data_root_names_it() {
+    if !require(have_compose_v2(), "docker compose v2") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (root, d) = host_with(t.path(), MOUNTINFO_V2, ".env", ENV);
+    fs::create_dir_all(d.join("relay/cmdeploy")).unwrap();
+    let Some(_disk) = SmallDisk::mount(&root.join("var/lib/docker"), "64k") else {
+        return;
+    };
+    let real = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|p| p.join("docker"))
+        .find(|p| p.is_file())
+        .expect("docker");
+    let bin = t.path().join("bin");
+    let log = t.path().join("docker.log");
+    script(
+        &bin,
+        "docker",
+        &format!(
+            r#"echo "$*" >> '{log}'
+case "$*" in
+  *"{{{{.DockerRootDir}}}}"*) echo /var/lib/docker; exit 0;;
+  compose*" build "*) echo "failed to solve: write /var/lib/docker/x: no space left on device" >&2; exit 1;;
+  compose*" ps "*|compose*" up "*) exit 0;;
+esac
+exec '{real}' "$@""#,
+            log = log.display(),
+            real = real.display()
+        ),
+    );
+    let out = setup(
+        &root,
+        &d,
+        Some(&path_with(&bin)),
+        &["--skip-check", "ports", "--skip-check", "disk-space"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let shown = root.join("var/lib/docker").display().to_string();
+    assert!(
+        err.contains("the appliance image did not build")
+            && err.contains(&format!("Docker's data root {shown} ran out of space"))
+            && err.contains("then run `chatmail-docker setup` again"),
+        "{err}"
+    );
+    let calls = fs::read_to_string(&log).unwrap();
+    assert!(!calls.contains(" up "), "nothing was started: {calls}");
+}
