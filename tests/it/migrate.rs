@@ -484,8 +484,8 @@ fn killed_at_random_points_it_resumes_to_an_identical_copy() {
 #[test]
 fn killed_at_any_moment_a_rollback_brings_the_relay_back() {
     let shape = || Mail {
-        big: vec![24 << 20, 8 << 20],
-        ..mail(20, 150)
+        big: vec![8 << 20, 4 << 20],
+        ..mail(10, 100)
     };
     let took = {
         let f = Fake::new(&shape());
@@ -494,7 +494,7 @@ fn killed_at_any_moment_a_rollback_brings_the_relay_back() {
         assert_eq!(code, 0, "{out}\n{err}");
         started.elapsed()
     };
-    let mut while_stopped = 0;
+    let (mut while_stopped, mut mid_copy) = (0, 0);
     for i in 0..10 {
         let f = Fake::new(&shape());
         let src = f.source_digest();
@@ -514,6 +514,7 @@ fn killed_at_any_moment_a_rollback_brings_the_relay_back() {
         let status = child.wait().unwrap();
         let stopped = f.unit_state("postfix.service") != "active enabled";
         while_stopped += usize::from(stopped && status.code().is_none());
+        mid_copy += usize::from(!temporaries(&f.dest("data")).is_empty());
         eprintln!(
             "point {i}: killed {at:?} in ({status}); the relay's units {}",
             if stopped { "stopped" } else { "running" }
@@ -533,8 +534,8 @@ fn killed_at_any_moment_a_rollback_brings_the_relay_back() {
         assert!(left.is_empty(), "point {i}: temporary files left: {left:?}");
     }
     assert!(
-        while_stopped > 0,
-        "no kill fell while the relay's units were stopped: the test proved less than it says"
+        while_stopped > 0 && mid_copy > 0,
+        "{while_stopped} kills fell while the relay's units were stopped, {mid_copy} in the middle of a file's copy: the test proved less than it says"
     );
 }
 
