@@ -151,7 +151,7 @@ fn disk_warning(ctx: &Context) -> Option<String> {
     } else {
         ctx.deployment.dir().to_path_buf()
     };
-    let free = crate::preflight::free_bytes(&at).ok()?;
+    let free = crate::host::space::free_bytes(&at).ok()?;
     low_space(
         free,
         &at,
@@ -187,7 +187,7 @@ fn low_space(
     (free < DISK_LOW).then(|| {
         format!(
             "only {} free on the disk of {what}{}: {fails}; free space there ({tools}`df -h {}`), then run the command that failed again",
-            crate::preflight::human_bytes(free),
+            crate::host::space::human_bytes(free),
             at.display(),
             at.display()
         )

@@ -130,7 +130,7 @@ pub fn free_at(path: &Path) -> Result<Free> {
 
 /// Bytes for humans (binary units).
 pub fn human(bytes: u64) -> String {
-    crate::preflight::human_bytes(bytes)
+    crate::host::space::human_bytes(bytes)
 }
 
 /// The user name of `uid` in the host's `/etc/passwd` (under `--root`).

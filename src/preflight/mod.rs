@@ -26,7 +26,6 @@ mod docker;
 mod inotify;
 mod ports;
 
-pub use crate::host::space::{free_bytes, human_bytes};
 pub use cgroup::{classify_mountinfo, CgroupMode};
 pub use config::{mail_domain, validate_mail_domain};
 pub use docker::parse_compose_version;
