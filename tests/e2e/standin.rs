@@ -617,13 +617,7 @@ exit 0"#,
 
 /// A PATH whose `docker` records every call, then runs the real one.
 fn recording_docker(dir: &Path) -> (String, PathBuf) {
-    let real = std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("docker"))
-                .find(|d| d.is_file())
-        })
-        .map(|p| p.display().to_string());
+    let real = crate::support::real_docker().map(|p| p.display().to_string());
     let log = dir.join("docker.calls");
     let bin = dir.join("bin");
     let body = match real {

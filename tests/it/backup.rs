@@ -144,9 +144,7 @@ exit 0"#,
 /// real Compose's answer where there is one, else the appliance's own
 /// mounts below the project directory (what the real one would say).
 pub(crate) fn compose_config_answer() -> String {
-    let real = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join("docker"))
-        .find(|p| p.is_file());
+    let real = crate::support::real_docker();
     match real {
         Some(r) if crate::support::have_compose_v2() => format!("exec '{}' \"$@\"", r.display()),
         _ => {

@@ -538,10 +538,7 @@ fn compose_stand_in(t: &Path) -> Option<PathBuf> {
     if !require(have_compose_v2(), "`docker compose` v2") {
         return None;
     }
-    let real = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join("docker"))
-        .find(|p| p.is_file())
-        .unwrap();
+    let real = crate::support::real_docker().unwrap();
     let bin_dir = t.join("bin-compose");
     script(
         &bin_dir,

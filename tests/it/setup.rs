@@ -223,10 +223,7 @@ fn a_build_on_a_full_data_root_names_it() {
     let Some(_disk) = SmallDisk::mount(&root.join("var/lib/docker"), "64k") else {
         return;
     };
-    let real = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|p| p.join("docker"))
-        .find(|p| p.is_file())
-        .expect("docker");
+    let real = real_docker().expect("docker");
     let bin = t.path().join("bin");
     let log = t.path().join("docker.log");
     script(

@@ -98,16 +98,21 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u32, u64, Vec<u8>)> {
     out
 }
 
+/// The real `docker` on this process's `PATH` (what a stand-in passes
+/// the calls it does not answer itself on to).
+pub fn real_docker() -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("docker"))
+        .find(|p| p.is_file())
+}
+
 /// A PATH whose `docker` is the real one, except that `docker compose ...
 /// ps` finds no container: for tests that need the real Compose while a
 /// container of the project `chatmail` from another directory (an
 /// end-to-end run) may exist on the engine, which the tool would rightly
 /// refuse to act on. The stand-in is written to `bin`.
 pub fn path_with_no_containers(bin: &Path) -> String {
-    let real = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join("docker"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/docker"));
+    let real = real_docker().unwrap_or_else(|| PathBuf::from("/usr/bin/docker"));
     script(
         bin,
         "docker",
