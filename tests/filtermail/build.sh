@@ -7,12 +7,21 @@
 # deployer in its install stage), instead of the download the test machines
 # cannot make.
 #
+# The build is the appliance's own `filtermail` stage (docker/Dockerfile:
+# Debian's cargo, the crates from crates.io) on the test base image, with
+# the tarball as the relay's filtermail/: the binary is the one an image
+# builds from that source, and the suite that builds the image from
+# relay/filtermail/ (tests/e2e/relay.rs) finds the stage in Docker's build
+# cache instead of compiling it a second time.
+#
 # Usage: tests/filtermail/build.sh [TARBALL]
 #   TARBALL  default: the one filtermail-*.tar.gz in ../shared/relay/ (beside
 #            the checkout; CHATMAIL_SHARED_DIR names another shared/)
 #            (`git archive` of the relay's filtermail/ directory)
 # Environment:
 #   CHATMAIL_TEST_CACHE  cache directory (default ${XDG_CACHE_HOME:-$HOME/.cache}/chatmail-docker)
+#   CHATMAIL_BUILD_CA    CA bundle for crates.io behind a TLS-inspecting
+#                        proxy (default: the host's, as the suites pass it)
 # The build lands in CACHE/filtermail-<sha256 of the tarball, 16 hex>/: a
 # second run with the same tarball prints the path and builds nothing.
 # Prints the binary's path on the last line of stdout; progress on stderr.
@@ -48,32 +57,60 @@ if [ -x "$bin" ] && [ -s "$cache/built" ]; then
     exit 0
 fi
 
-missing=""
-command -v cargo >/dev/null 2>&1 || missing="$missing cargo (Rust >= 1.85: rustup, or Debian's cargo-web + rustc-web)"
-command -v cc >/dev/null 2>&1 || missing="$missing cc (a C compiler: gcc)"
-if [ -n "$missing" ]; then
-    echo "filtermail cannot be built here: missing$missing." >&2
-    echo "Install them, or let the relay download its filtermail release binary instead (leave CHATMAIL_FILTERMAIL_BINARY unset)." >&2
+if ! docker info >/dev/null 2>&1; then
+    echo "filtermail cannot be built here: no Docker engine answers (the build is the appliance's filtermail stage)." >&2
+    echo "Start it, or let the relay download its filtermail release binary instead (leave CHATMAIL_FILTERMAIL_BINARY unset)." >&2
     exit 1
 fi
 
 start=$(date +%s)
-rm -rf "$cache/src"
-mkdir -p "$cache/src"
-tar -xzf "$tarball" -C "$cache/src"
-manifest=$(find "$cache/src" -maxdepth 2 -name Cargo.toml | head -n 1)
-[ -n "$manifest" ] || { echo "build.sh: no Cargo.toml in $tarball" >&2; exit 2; }
-echo "filtermail: building $(basename "$tarball") with $(cargo --version) (cargo build --release --locked)" >&2
-# From the source directory: no cargo configuration of the caller's
-# directory (this project's static linking, say) applies.
-if ! (cd "$(dirname "$manifest")" && CARGO_TARGET_DIR="$cache/target" \
-        cargo build --release --locked --manifest-path "$manifest" >&2); then
-    echo "filtermail: the build failed (see above). Without crates.io or a compiler it cannot work;" >&2
+root=$(cd "$here/../.." && pwd)
+base=$("$root/tests/images/build-base.sh" | tail -n 1)
+ctx="$cache/context"
+rm -rf "$ctx" "$cache/out"
+mkdir -p "$ctx/relay" "$ctx/docker/files"
+tar -xzf "$tarball" -C "$ctx/relay"
+[ -f "$ctx/relay/filtermail/Cargo.toml" ] || { echo "build.sh: no filtermail/Cargo.toml in $tarball" >&2; exit 2; }
+cp "$root/docker/files/with-build-ca" "$ctx/docker/files/"
+ca=${CHATMAIL_BUILD_CA:-/etc/ssl/certs/ca-certificates.crt}
+[ -s "$ca" ] || ca=/dev/null
+# The appliance's Dockerfile as it is, and one stage more that holds only
+# the binary: the stages before it are the image's own, so Docker's build
+# cache is shared with the image builds. Built the way the tool builds
+# (Compose's BuildKit), then copied out of that one-file image.
+{ cat "$root/docker/Dockerfile"; printf '\nFROM scratch AS filtermail-binary\nCOPY --from=filtermail /out/ /\n'; } \
+    > "$ctx/Dockerfile"
+image="chatmail-docker-test-filtermail:$sum"
+cat > "$ctx/compose.yaml" <<YAML
+services:
+  filtermail:
+    image: "$image"
+    build:
+      context: .
+      dockerfile: Dockerfile
+      target: filtermail-binary
+      args:
+        BASE_IMAGE: "$base"
+      secrets:
+        - build_ca
+secrets:
+  build_ca:
+    file: "$ca"
+YAML
+echo "filtermail: building $(basename "$tarball") in the appliance's filtermail stage on $base" >&2
+if ! docker compose -f "$ctx/compose.yaml" -p chatmail-docker-filtermail-build build --progress plain >&2; then
+    echo "filtermail: the build failed (see above). Without crates.io or Debian's Rust packages it cannot work;" >&2
     echo "the relay's own download of its filtermail release is the fallback (leave CHATMAIL_FILTERMAIL_BINARY unset)." >&2
     exit 1
 fi
-install -m 0755 "$cache/target/release/filtermail" "$bin.tmp"
+holder=$(docker create "$image" /filtermail)
+mkdir -p "$cache/out"
+docker cp "$holder:/filtermail" "$cache/out/filtermail" >&2
+docker rm "$holder" >/dev/null
+docker rmi "$image" >/dev/null
+install -m 0755 "$cache/out/filtermail" "$bin.tmp"
 mv "$bin.tmp" "$bin"
+rm -rf "$ctx" "$cache/out"
 end=$(date +%s)
 echo "$(basename "$tarball") $((end - start)) s" > "$cache/built"
 echo "filtermail: built in $((end - start)) s: $bin" >&2

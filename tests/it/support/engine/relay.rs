@@ -25,8 +25,8 @@ pub const FILTERMAIL_IN_RELAY: &str = "offline-build/filtermail";
 /// How the real filtermail reaches the relay (no suite has a stand-in).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Filtermail {
-    /// Built on this machine by `tests/filtermail/build.sh` (cached by the
-    /// tarball's hash) and given to the relay's install stage through its
+    /// Built by `tests/filtermail/build.sh` in the appliance's filtermail
+    /// stage (cached by the tarball's hash) and given to the relay's install stage through its
     /// hook, `CHATMAIL_FILTERMAIL_BINARY`.
     Hook,
     /// Its source in `relay/filtermail/`, as upstream moves it into the
