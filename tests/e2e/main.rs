@@ -4,8 +4,8 @@
 //! Compose project `chatmail`), so they run one after the other whatever
 //! the test threads, and never beside another checkout's.
 //!
-//! - [`standin`]: setup, custom files, reinstall and migration against the
-//!   relay stand-in;
+//! - [`standin`]: what the real relay cannot do offline (`--reinstall`),
+//!   custom files, the refusals and migration, against the relay stand-in;
 //! - [`relay`]: the real relay, checked the way a user would;
 //! - [`upgrade`]: upgrades between releases of the real relay, the
 //!   automatic rollback, Ctrl-C, `--rollback`;
