@@ -475,9 +475,11 @@ fn real_relay_end_to_end() {
         &queued,
     );
 
-    // A custom/ edit recreates the container: the queue survives that too,
-    // and the relay builds its page from the custom file.
-    let queued = queue_two_messages(&container, &b_email, "custom");
+    // A custom/ edit and a change in the relay source, then `setup
+    // --rebuild`: a new image, a new container; the queue survives that
+    // too, and the relay builds its page from the custom file. (A plain
+    // `setup` after a custom/ edit: the upgrade suite, step 4.)
+    let queued = queue_two_messages(&container, &b_email, "rebuild");
     let page = dir.join("custom/www/src/index.md");
     fs::create_dir_all(page.parent().unwrap()).unwrap();
     fs::write(
@@ -485,11 +487,17 @@ fn real_relay_end_to_end() {
         "# A page of our own\n\nserved by the relay, edited in custom/\n",
     )
     .unwrap();
-    run_tool(
-        tool(&dir).args(["setup", "--skip-check", "cgroup-v2"]),
-        0,
-        "setup after a custom/ edit",
+    let image_before = image_id(IMAGE);
+    let readme = dir.join("relay/README.md");
+    let mut text = fs::read_to_string(&readme).unwrap();
+    text.push_str("\nA local note, so the image is built anew.\n");
+    fs::write(&readme, text).unwrap();
+    rebuild(
+        &dir,
+        &base,
+        "setup --rebuild after a custom/ edit and a relay change",
     );
+    assert_ne!(image_id(IMAGE), image_before, "a new image");
     let container = healthy_container_of(&mut tool(&dir));
     inbox_has(
         &mailcheck(&["--read", &b, "--wait-ids", &queued.join(",")]),
@@ -502,21 +510,6 @@ fn real_relay_end_to_end() {
             .unwrap_or_default()
             .contains("edited in custom/"),
         "the relay's page from custom/www/src/index.md: {v}"
-    );
-
-    // A new image (the relay source changed) with `setup --rebuild`.
-    let queued = queue_two_messages(&container, &b_email, "rebuild");
-    let image_before = image_id(IMAGE);
-    let readme = dir.join("relay/README.md");
-    let mut text = fs::read_to_string(&readme).unwrap();
-    text.push_str("\nA local note, so the image is built anew.\n");
-    fs::write(&readme, text).unwrap();
-    rebuild(&dir, &base, "setup --rebuild after a relay change");
-    assert_ne!(image_id(IMAGE), image_before, "a new image");
-    let container = healthy_container_of(&mut tool(&dir));
-    inbox_has(
-        &mailcheck(&["--read", &b, "--wait-ids", &queued.join(",")]),
-        &queued,
     );
 
     // The DNS records to publish, as the relay computes them, carry the
