@@ -311,7 +311,16 @@ fn appliance_end_to_end() {
     );
 
     // 4. `down` and the next setup keep mail, keys and the queue: the
-    // real relay's suite (`relay.rs`, step 7).
+    // real relay's suite (`relay.rs`, step 7). A mailbox with a message,
+    // for the metrics.
+    let maildir = format!("/home/vmail/mail/{DOMAIN}/alice@{DOMAIN}/cur");
+    let msg = format!("{maildir}/1700000000.e2e:2,S");
+    exec(
+        &container,
+        &["sh", "-c", &format!(
+            "mkdir -p {maildir} && printf 'Subject: kept\\n\\nhello\\n' > {msg} && chown -R vmail:vmail /home/vmail/mail/{DOMAIN}/alice@{DOMAIN}"
+        )],
+    );
     metrics_of_the_running_appliance(&dir, &base);
     drop(guard);
 
