@@ -19,10 +19,9 @@
 //! `restore` and `cert-watch` at 2 points, and `setup` and `upgrade` once,
 //! 2 s after they said "Deploying" (in their deploy beside the relay; no
 //! measured run needed), and restarts the daemon during upgrade's swap
-//! only (the full matrix also during setup's). `CHATMAIL_FAULTS` picks groups of faults
-//! (`backup,restore,setup,upgrade,daemon,disk,reboot,certwatch,
-//! dataroot`). Every fault is a
-//! row of the table printed at the end (lines starting `faults|`):
+//! only (the full matrix also during setup's). `CHATMAIL_FAULTS` picks
+//! groups of faults (`backup,restore,setup,upgrade,daemon,disk,reboot,
+//! certwatch,dataroot`). Every fault is a row of the table printed at the end (lines starting `faults|`):
 //! seconds from the fault until 25 accepted mail again and 993 greeted
 //! again, the longest outage of each after the fault (which tells the
 //! fault's own from a swap the next command made later), accepted and

@@ -67,7 +67,7 @@ start=$(date +%s)
 root=$(cd "$here/../.." && pwd)
 base=$("$root/tests/images/build-base.sh" | tail -n 1)
 ctx="$cache/context"
-rm -rf "$ctx" "$cache/out"
+rm -rf "$ctx"
 mkdir -p "$ctx/relay" "$ctx/docker/files"
 tar -xzf "$tarball" -C "$ctx/relay"
 [ -f "$ctx/relay/filtermail/Cargo.toml" ] || { echo "build.sh: no filtermail/Cargo.toml in $tarball" >&2; exit 2; }
@@ -104,13 +104,14 @@ if ! docker compose -f "$ctx/compose.yaml" -p chatmail-docker-filtermail-build b
     exit 1
 fi
 holder=$(docker create "$image" /filtermail)
-mkdir -p "$cache/out"
-docker cp "$holder:/filtermail" "$cache/out/filtermail" >&2
+copied=0
+docker cp "$holder:/filtermail" "$bin.tmp" >&2 && copied=1
 docker rm "$holder" >/dev/null
 docker rmi "$image" >/dev/null
-install -m 0755 "$cache/out/filtermail" "$bin.tmp"
+[ "$copied" = 1 ] || { echo "filtermail: could not copy the binary out of $image" >&2; exit 1; }
+chmod 0755 "$bin.tmp"
 mv "$bin.tmp" "$bin"
-rm -rf "$ctx" "$cache/out"
+rm -rf "$ctx"
 end=$(date +%s)
 echo "$(basename "$tarball") $((end - start)) s" > "$cache/built"
 echo "filtermail: built in $((end - start)) s: $bin" >&2
