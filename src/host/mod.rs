@@ -645,12 +645,7 @@ pub fn write_atomic_with(path: &Path, bytes: &[u8], mode: u32, opts: WriteOpts) 
         _ => path,
     };
     let dir = parent_dir(path);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dot = if name.starts_with('.') { "" } else { "." };
-    let prefix = format!("{dot}{name}{TEMP_TAG}");
+    let prefix = temp_prefix(path);
     remove_stale_temps(dir, &prefix);
     let mut tmp = tempfile::Builder::new()
         .prefix(&prefix)
@@ -734,6 +729,23 @@ fn content_is(f: &mut fs::File, expected: &[u8], limit: u64, path: &Path) -> Res
         .and_then(|_| Read::by_ref(f).take(limit + 1).read_to_end(&mut now))
         .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(now == expected)
+}
+
+/// The start of the names of [`write_atomic`]'s temp files for `path`.
+fn temp_prefix(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dot = if name.starts_with('.') { "" } else { "." };
+    format!("{dot}{name}{TEMP_TAG}")
+}
+
+/// Remove what a killed [`write_atomic`] of `path` left beside it (temp
+/// files no process holds locked), without writing `path`: for a command
+/// that ends without writing a file an earlier run was killed writing.
+pub fn remove_stale_writes(path: &Path) {
+    remove_stale_temps(parent_dir(path), &temp_prefix(path));
 }
 
 /// Remove `PREFIX*.tmp` files in `dir` that no process holds locked: what a

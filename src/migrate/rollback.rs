@@ -58,9 +58,11 @@ pub fn run(ctx: &Context, yes: bool) -> Result<()> {
 }
 
 /// With the relay back: remove the temporary files a killed migration's
-/// copy left beside the copied data (a later `migrate` would remove them
+/// copy (or its save of the state file) left beside the copied data (a later `migrate` would remove them
 /// too). Failures are warnings: the rollback itself is done.
 fn remove_stale_tmps(ctx: &Context) {
+    // A run killed while it saved its state left the state's temp file.
+    crate::host::remove_stale_writes(&state::path(ctx.deployment.dir()));
     let mut removed = 0;
     for src in super::plan::sources(false) {
         let root = ctx.deployment.path(src.dest);

@@ -327,9 +327,18 @@ fn a_failing_stop_is_an_error_and_rollback_restarts_what_was_stopped() {
             .any(|l| l.starts_with("start ") && l.contains("lastlogin")),
         "{log}"
     );
+    // What a run killed while it saved its state left: removed by a
+    // rollback that has nothing to roll back (it writes no state then);
+    // a file of the administrator's beside it is not.
+    let stale = f.dest("data/.migrate-state.json.chatmail-docker.Zq3x9A.tmp");
+    let theirs = f.dest("data/.migrate-state.json.keep");
+    fs::write(&stale, "{}").unwrap();
+    fs::write(&theirs, "{}").unwrap();
     let (code, out, _) = migrate(&f, &["--rollback"]);
     assert_eq!(code, 0);
     assert!(out.contains("Nothing to roll back"), "{out}");
+    assert!(!stale.exists() && theirs.exists());
+    fs::remove_file(&theirs).unwrap();
 
     // Trying again after a rollback starts over with a pre-sync.
     let (code, out, err) = migrate(&f, &["--yes"]);
@@ -408,6 +417,15 @@ fn temporaries(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// [`temporaries`] of a file's copy (`.migrate-PID-N.tmp`), not of a save
+/// of the state file (`.migrate-state.json.chatmail-docker.XXXXXX.tmp`).
+fn copy_temporaries(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    temporaries(dir)
+        .into_iter()
+        .filter(|rel| !rel.to_string_lossy().contains(".chatmail-docker."))
+        .collect()
+}
+
 /// `kill -9` at pseudo-random moments, then resume: the result is exact,
 /// and no file under its final name is ever partial.
 #[test]
@@ -476,11 +494,22 @@ fn killed_at_random_points_it_resumes_to_an_identical_copy() {
     assert!(out.contains("nothing to copy"), "{out}");
 }
 
+/// When a killed `migrate` in `killed_at_any_moment_a_rollback_brings_the_relay_back`
+/// gets its SIGKILL.
+enum KillAt {
+    /// This long after the start.
+    After(Duration),
+    /// As soon as the test sees this state (polling as fast as it can).
+    Seen(&'static str, fn(&Fake) -> bool),
+}
+
 /// `migrate` killed (SIGKILL to its process group: the tool and the
 /// copies it started, as its unit or the OOM killer would) at moments
-/// spread over a measured run, then the other natural next command,
-/// `migrate --rollback`: the relay's units run again as before, the
-/// source is untouched, nothing temporary is left beside the copy.
+/// spread over a measured run, and at the two moments that matter most,
+/// aimed at by watching for them (in the middle of a file's copy, and
+/// while the relay's units are stopped), then the other natural next
+/// command, `migrate --rollback`: the relay's units run again as before,
+/// the source is untouched, nothing temporary is left beside the copy.
 #[test]
 fn killed_at_any_moment_a_rollback_brings_the_relay_back() {
     let shape = || Mail {
@@ -494,49 +523,85 @@ fn killed_at_any_moment_a_rollback_brings_the_relay_back() {
         assert_eq!(code, 0, "{out}\n{err}");
         started.elapsed()
     };
-    let (mut while_stopped, mut mid_copy) = (0, 0);
-    for i in 0..10 {
+    // One killed run and its rollback; returns (killed while the units
+    // were stopped, killed in the middle of a file's copy).
+    let point = |label: &str, at: &KillAt| -> (bool, bool) {
         let f = Fake::new(&shape());
         let src = f.source_digest();
-        let at = took.mul_f64((i as f64 + 0.5) / 10.0);
         let mut c = f.cmd();
         c.args(["migrate", "--yes", "-q"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         std::os::unix::process::CommandExt::process_group(&mut c, 0);
+        let started = std::time::Instant::now();
         let mut child = c.spawn().unwrap();
-        std::thread::sleep(at);
+        match at {
+            KillAt::After(d) => std::thread::sleep(*d),
+            KillAt::Seen(_, seen) => {
+                while !seen(&f) && child.try_wait().unwrap().is_none() {
+                    std::thread::yield_now();
+                }
+            }
+        }
         let _ = rustix::process::kill_process_group(
             rustix::process::Pid::from_child(&child),
             rustix::process::Signal::KILL,
         );
+        let killed_after = started.elapsed();
         let status = child.wait().unwrap();
+        let killed = status.code().is_none();
         let stopped = f.unit_state("postfix.service") != "active enabled";
-        while_stopped += usize::from(stopped && status.code().is_none());
-        mid_copy += usize::from(!temporaries(&f.dest("data")).is_empty());
+        let mid_copy = !copy_temporaries(&f.dest("data")).is_empty();
         eprintln!(
-            "point {i}: killed {at:?} in ({status}); the relay's units {}",
-            if stopped { "stopped" } else { "running" }
+            "{label}: killed {killed_after:?} in ({status}); the relay's units {}{}",
+            if stopped { "stopped" } else { "running" },
+            if mid_copy { "; a copy under way" } else { "" }
         );
         let (code, out, err) = migrate(&f, &["--rollback", "--yes"]);
-        assert_eq!(code, 0, "point {i}: --rollback failed\n{out}\n{err}");
+        assert_eq!(code, 0, "{label}: --rollback failed\n{out}\n{err}");
         for unit in ["postfix.service", "dovecot.service", "nginx.service"] {
             assert_eq!(
                 f.unit_state(unit),
                 "active enabled",
-                "point {i}: {unit} after the rollback"
+                "{label}: {unit} after the rollback"
             );
         }
         assert_eq!(f.unit_state("lastlogin.service"), "inactive enabled");
-        assert_eq!(src, f.source_digest(), "point {i}: the source changed");
+        assert_eq!(src, f.source_digest(), "{label}: the source changed");
         let left = temporaries(&f.dest("data"));
-        assert!(left.is_empty(), "point {i}: temporary files left: {left:?}");
+        assert!(left.is_empty(), "{label}: temporary files left: {left:?}");
+        (killed && stopped, killed && mid_copy)
+    };
+    for i in 0..10 {
+        let at = took.mul_f64((i as f64 + 0.5) / 10.0);
+        point(&format!("point {i}"), &KillAt::After(at));
     }
-    assert!(
-        while_stopped > 0 && mid_copy > 0,
-        "{while_stopped} kills fell while the relay's units were stopped, {mid_copy} in the middle of a file's copy: the test proved less than it says"
-    );
+    // The moments a spread of times may miss on a fast or a slow machine:
+    // each is watched for until a kill lands in it (a copy can finish
+    // between the look and the kill, so a few tries are allowed).
+    let aimed = [
+        KillAt::Seen("a file's copy under way", |f| {
+            !copy_temporaries(&f.dest("data")).is_empty()
+        }),
+        KillAt::Seen("the relay's units stopped", |f| {
+            f.unit_state("postfix.service").starts_with("inactive")
+        }),
+    ];
+    for (k, at) in aimed.iter().enumerate() {
+        let KillAt::Seen(what, _) = at else {
+            unreachable!()
+        };
+        let hit = (0..10).any(|t| {
+            let (stopped, mid_copy) = point(&format!("aimed at {what}, try {t}"), at);
+            if k == 0 {
+                mid_copy
+            } else {
+                stopped
+            }
+        });
+        assert!(hit, "no kill in ten tries landed while {what}");
+    }
 }
 
 /// A real small filesystem (a tmpfs mounted in a private mount namespace)

@@ -137,7 +137,8 @@ stop|start|enable|disable)
       stop) active=inactive ;; start) active=active ;;
       enable) file=enabled ;; disable) file=disabled ;;
     esac
-    echo "$active $file" > "$UNITS/$u"
+    # Replaced whole, as systemd's own state is: a kill never leaves half.
+    echo "$active $file" > "$UNITS/.$u.$$" && mv -f "$UNITS/.$u.$$" "$UNITS/$u"
   done ;;
 *) echo "stand-in: unsupported systemctl $cmd" >&2; exit 1 ;;
 esac
