@@ -45,8 +45,8 @@ use crate::support::engine::*;
 
 /// This suite's image, apart from the other suites'.
 const IMAGE_F: &str = "chatmail-relay:e2e-faults";
-const GOOD: &str = "1.13.0";
-const GOOD_TEXT: &str = "This relay runs the fault suite's release 1.13.0.";
+const GOOD: &str = RELEASE_1_13;
+const GOOD_TEXT: &str = RELEASE_1_13_TEXT;
 /// The side container of a deploy beside the relay.
 const SIDE: &str = "chatmail-upgrade-stage";
 
@@ -635,11 +635,10 @@ fn tree_of(dir: &Path) -> Vec<(String, u64)> {
     v
 }
 
+/// Release 1.13.0 in the origin (the upgrade suite's release: the same
+/// tree, so one image build serves both suites).
 fn release(origin: &Path) -> String {
-    let page = origin.join("www/src/index.md");
-    let mut text = fs::read_to_string(&page).unwrap();
-    text.push_str(&format!("\n{GOOD_TEXT}\n"));
-    fs::write(&page, text).unwrap();
+    release_1_13(origin);
     git(origin, &["add", "-A"]);
     git(origin, &["commit", "-q", "-m", &format!("release {GOOD}")]);
     git(origin, &["tag", GOOD]);

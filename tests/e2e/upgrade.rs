@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use crate::support::engine::relay::*;
 use crate::support::engine::*;
 
-const GOOD: &str = "1.13.0";
+const GOOD: &str = RELEASE_1_13;
 const BROKEN: &str = "1.14.0";
-const GOOD_TEXT: &str = "This relay runs the test release 1.13.0.";
+const GOOD_TEXT: &str = RELEASE_1_13_TEXT;
 /// The label of an image deployed beside the relay.
 const DEPLOYED: &str = "org.chatmail-docker.deployed";
 
@@ -107,47 +107,6 @@ impl Running {
         let out = self.out.lock().unwrap().clone();
         (status.code().unwrap_or(-1), out)
     }
-}
-
-/// The unit release 1.13.0 adds: a small service with systemd's
-/// sandboxing, as upstream's next releases have (DynamicUser= and
-/// friends), deployed by the relay's own code like its other units. It
-/// writes down what its sandbox looks like from inside.
-const PROBE: &str = "chatmail-sandbox-probe";
-const PROBE_UNIT: &str = "[Unit]
-Description=Sandboxed probe of test release 1.13.0
-
-[Service]
-DynamicUser=yes
-StateDirectory=chatmail-sandbox-probe
-PrivateTmp=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateDevices=yes
-ReadWritePaths=/var/lib/chatmail-sandbox-probe
-ExecStart=/bin/sh -c 'cd /var/lib/chatmail-sandbox-probe && id -u > uid && (touch /etc/probe 2>/dev/null && echo writable || echo read-only) > etc && (ls -A /home 2>/dev/null | wc -l) > home && touch /tmp/probe-private && (test -e /dev/console && echo yes || echo no) > dev-console && exec sleep infinity'
-Restart=always
-RestartSec=5
-
-[Install]
-WantedBy=multi-user.target
-";
-
-fn add_sandboxed_unit(origin: &Path) {
-    let src = origin.join("cmdeploy/src/cmdeploy");
-    fs::write(src.join(format!("service/{PROBE}.service.f")), PROBE_UNIT).unwrap();
-    let f = src.join("deployers.py");
-    let text = fs::read_to_string(&f).unwrap();
-    let anchor = "            \"lastlogin\",\n";
-    assert!(
-        text.contains(anchor),
-        "the relay's ChatmailVenvDeployer units moved"
-    );
-    fs::write(
-        &f,
-        text.replacen(anchor, &format!("{anchor}            \"{PROBE}\",\n"), 1),
-    )
-    .unwrap();
 }
 
 /// The sandboxed unit runs, inside its sandbox: a dynamic user, a
@@ -310,13 +269,7 @@ fn real_relay_upgrade() {
     assert!(s["relay"]["newer"].is_null(), "{s}");
 
     // 2. Release 1.13.0: --check finds it, status knows it after a fetch.
-    let good = release(&origin, GOOD, |o| {
-        let page = o.join("www/src/index.md");
-        let mut text = fs::read_to_string(&page).unwrap();
-        text.push_str(&format!("\n{GOOD_TEXT}\n"));
-        fs::write(&page, text).unwrap();
-        add_sandboxed_unit(o);
-    });
+    let good = release(&origin, GOOD, release_1_13);
     let (out, _) = upgrade(&dir, &["--check"], 0, "upgrade --check (1.13.0 is out)");
     assert!(out.contains(&format!("-> {GOOD}")), "{out}");
     assert_eq!(git(&dir.join("relay"), &["rev-parse", "HEAD"]), base);

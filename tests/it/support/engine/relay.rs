@@ -254,6 +254,64 @@ pub fn filtermail_enforces(v: &serde_json::Value) {
     refused("unsigned_25", "554", "No DKIM signature found");
 }
 
+/// The test release 1.13.0 of the relay, one tree for the suites that
+/// upgrade to it (the upgrade and the fault suites): one image build, in
+/// Docker's cache for both.
+pub const RELEASE_1_13: &str = "1.13.0";
+/// The line release 1.13.0 adds to the relay's web page.
+pub const RELEASE_1_13_TEXT: &str = "This relay runs the test release 1.13.0.";
+
+/// What release 1.13.0 changes in the relay checkout `origin`: a line on
+/// the web page and a sandboxed unit ([`PROBE`]).
+pub fn release_1_13(origin: &Path) {
+    let page = origin.join("www/src/index.md");
+    let mut text = fs::read_to_string(&page).unwrap();
+    text.push_str(&format!("\n{RELEASE_1_13_TEXT}\n"));
+    fs::write(&page, text).unwrap();
+    add_sandboxed_unit(origin);
+}
+
+/// The unit release 1.13.0 adds: a small service with systemd's
+/// sandboxing, as upstream's next releases have (DynamicUser= and
+/// friends), deployed by the relay's own code like its other units. It
+/// writes down what its sandbox looks like from inside.
+pub const PROBE: &str = "chatmail-sandbox-probe";
+pub const PROBE_UNIT: &str = "[Unit]
+Description=Sandboxed probe of test release 1.13.0
+
+[Service]
+DynamicUser=yes
+StateDirectory=chatmail-sandbox-probe
+PrivateTmp=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateDevices=yes
+ReadWritePaths=/var/lib/chatmail-sandbox-probe
+ExecStart=/bin/sh -c 'cd /var/lib/chatmail-sandbox-probe && id -u > uid && (touch /etc/probe 2>/dev/null && echo writable || echo read-only) > etc && (ls -A /home 2>/dev/null | wc -l) > home && touch /tmp/probe-private && (test -e /dev/console && echo yes || echo no) > dev-console && exec sleep infinity'
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+";
+
+fn add_sandboxed_unit(origin: &Path) {
+    let src = origin.join("cmdeploy/src/cmdeploy");
+    fs::write(src.join(format!("service/{PROBE}.service.f")), PROBE_UNIT).unwrap();
+    let f = src.join("deployers.py");
+    let text = fs::read_to_string(&f).unwrap();
+    let anchor = "            \"lastlogin\",\n";
+    assert!(
+        text.contains(anchor),
+        "the relay's ChatmailVenvDeployer units moved"
+    );
+    fs::write(
+        &f,
+        text.replacen(anchor, &format!("{anchor}            \"{PROBE}\",\n"), 1),
+    )
+    .unwrap();
+}
+
 /// A git origin of the relay snapshot on `main` in `parent/origin/relay`
 /// and a deployment in `parent/deploy` (the appliance's files, `relay/` a
 /// clone of the origin): (the origin, the deployment, the first commit).
