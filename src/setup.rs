@@ -301,7 +301,11 @@ pub fn run(ctx: &Context, args: &Options) -> Result<()> {
             ctx.shell.out(
                 "would deploy the configuration in a side container first (when the image is not deployed for it yet)",
             );
-        } else if changed || before.as_ref().is_none_or(|c| !c.state.running) {
+        } else if changed
+            || before
+                .as_ref()
+                .is_none_or(|c| !c.state.running || beside::settings_changed_since(ctx, c))
+        {
             changed |= deploy_aside(ctx, args, &settings, before.as_ref(), &mut replaced)?;
         }
     }

@@ -75,6 +75,40 @@ pub fn is_current(ctx: &Context, image: &str) -> Result<bool> {
     Ok(label(ctx, image, DEPLOYED_LABEL).as_deref() == Some(digest.as_str()))
 }
 
+/// Whether the container `c` runs with other settings than the ones
+/// Compose gives it now (`.env` changed since it was created, for one by
+/// a `setup` that was stopped after writing `.env`): its environment, less
+/// what its image sets, against the service's. Unknown (Compose or the
+/// image cannot be read) is `false`: the caller's other reasons decide.
+pub fn settings_changed_since(ctx: &Context, c: &engine::Inspect) -> bool {
+    let Ok(svc) = service_config(ctx) else {
+        return false;
+    };
+    let want: std::collections::BTreeSet<String> = svc["environment"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
+        .collect();
+    let Some(Some(image_env)) = engine::image_inspect(ctx, &c.image, "{{json .Config.Env}}")
+        .ok()
+        .flatten()
+        .map(|j| serde_json::from_str::<Vec<String>>(&j).ok())
+    else {
+        return false;
+    };
+    let has: std::collections::BTreeSet<String> = c
+        .config
+        .env
+        .iter()
+        .flatten()
+        // Docker may add TERM for a container with a terminal.
+        .filter(|e| want.contains(*e) || !(image_env.contains(e) || e.starts_with("TERM=")))
+        .cloned()
+        .collect();
+    has != want
+}
+
 /// An image deployed for this deployment's current settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Deployed {

@@ -61,6 +61,9 @@ pub struct Config {
     pub image: String,
     #[serde(default)]
     pub labels: Option<std::collections::BTreeMap<String, String>>,
+    /// Its environment, `KEY=value` (the image's and Compose's).
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
 }
 
 impl Inspect {
