@@ -58,8 +58,9 @@ pub fn run(ctx: &Context, yes: bool) -> Result<()> {
 }
 
 /// With the relay back: remove the temporary files a killed migration's
-/// copy (or its save of the state file) left beside the copied data (a later `migrate` would remove them
-/// too). Failures are warnings: the rollback itself is done.
+/// copy (or its save of the state file) left beside the copied data (a
+/// later `migrate` would remove them too). Failures are warnings: the
+/// rollback itself is done.
 fn remove_stale_tmps(ctx: &Context) {
     // A run killed while it saved its state left the state's temp file.
     crate::host::remove_stale_writes(&state::path(ctx.deployment.dir()));

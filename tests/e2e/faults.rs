@@ -21,7 +21,8 @@
 //! measured run needed), and restarts the daemon during upgrade's swap
 //! only (the full matrix also during setup's). `CHATMAIL_FAULTS` picks
 //! groups of faults (`backup,restore,setup,upgrade,daemon,disk,reboot,
-//! certwatch,dataroot`). Every fault is a row of the table printed at the end (lines starting `faults|`):
+//! certwatch,dataroot`). Every fault is a row of the table printed at the
+//! end (lines starting `faults|`):
 //! seconds from the fault until 25 accepted mail again and 993 greeted
 //! again, the longest outage of each after the fault (which tells the
 //! fault's own from a swap the next command made later), accepted and
@@ -636,16 +637,6 @@ fn tree_of(dir: &Path) -> Vec<(String, u64)> {
     v
 }
 
-/// Release 1.13.0 in the origin (the upgrade suite's release: the same
-/// tree, so one image build serves both suites).
-fn release(origin: &Path) -> String {
-    release_1_13(origin);
-    git(origin, &["add", "-A"]);
-    git(origin, &["commit", "-q", "-m", &format!("release {GOOD}")]);
-    git(origin, &["tag", GOOD]);
-    git(origin, &["rev-parse", "HEAD"])
-}
-
 fn page() -> String {
     mailcheck(&["--page"])["body"]
         .as_str()
@@ -808,7 +799,9 @@ fn faults() {
         }
     }
 
-    release(&origin);
+    // Release 1.13.0: the upgrade suite's tree, so one image build serves
+    // both suites.
+    release(&origin, GOOD, release_1_13);
     let restore_point = format!("{IMAGE_F}-relay-{}", &first[..12]);
     // The Docker daemon restarted during upgrade's swap: the relay comes
     // back by itself; the tool says what happened and what to run. This

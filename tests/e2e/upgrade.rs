@@ -32,15 +32,6 @@ const GOOD_TEXT: &str = RELEASE_1_13_TEXT;
 /// The label of an image deployed beside the relay.
 const DEPLOYED: &str = "org.chatmail-docker.deployed";
 
-/// Commit what `change` does in the origin and tag it.
-fn release(origin: &Path, tag: &str, change: impl FnOnce(&Path)) -> String {
-    change(origin);
-    git(origin, &["add", "-A"]);
-    git(origin, &["commit", "-q", "-m", &format!("release {tag}")]);
-    git(origin, &["tag", tag]);
-    git(origin, &["rev-parse", "HEAD"])
-}
-
 /// The tool's `upgrade` as a child process whose output is collected as
 /// it comes, to send it a signal at the right step.
 struct Running {

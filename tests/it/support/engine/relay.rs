@@ -254,6 +254,16 @@ pub fn filtermail_enforces(v: &serde_json::Value) {
     refused("unsigned_25", "554", "No DKIM signature found");
 }
 
+/// Commit what `change` does in the relay's origin and tag it `tag`: a
+/// release; its commit.
+pub fn release(origin: &Path, tag: &str, change: impl FnOnce(&Path)) -> String {
+    change(origin);
+    git(origin, &["add", "-A"]);
+    git(origin, &["commit", "-q", "-m", &format!("release {tag}")]);
+    git(origin, &["tag", tag]);
+    git(origin, &["rev-parse", "HEAD"])
+}
+
 /// The test release 1.13.0 of the relay, one tree for the suites that
 /// upgrade to it (the upgrade and the fault suites): one image build, in
 /// Docker's cache for both.
