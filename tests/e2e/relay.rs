@@ -478,7 +478,7 @@ fn real_relay_end_to_end() {
     // A custom/ edit and a change in the relay source, then `setup
     // --rebuild`: a new image, a new container; the queue survives that
     // too, and the relay builds its page from the custom file. (A plain
-    // `setup` after a custom/ edit: the upgrade suite, step 4.)
+    // `setup` after a custom/ edit: the upgrade suite, its last step.)
     let queued = queue_two_messages(&container, &b_email, "rebuild");
     let page = dir.join("custom/www/src/index.md");
     fs::create_dir_all(page.parent().unwrap()).unwrap();

@@ -8,13 +8,14 @@
 //! In order: setup on the snapshot; `--check` finds 1.13.0; the upgrade
 //! (both releases deployed beside the relay first) serves the new page,
 //! keeps the mail and reports its downtime; `--check` is then quiet; a
-//! container from the deployed image follows new settings and custom/
-//! files, and skips the deploy for its own; a Ctrl-C during the build of
-//! 1.14.0 leaves the relay as it was; 1.14.0 fails beside the relay and is
-//! never swapped in; with `--no-deploy-beside` it is, and the upgrade rolls back
-//! by itself; a Ctrl-C during that swap still ends with a healthy relay;
-//! `--rollback` goes back to the snapshot. Mail is delivered after every
-//! step, and the first messages stay readable throughout.
+//! Ctrl-C during the build of 1.14.0 leaves the relay as it was; 1.14.0
+//! fails beside the relay and is never swapped in; with
+//! `--no-deploy-beside` it is, and the upgrade rolls back by itself; a
+//! Ctrl-C during that swap still ends with a healthy relay; `--rollback`
+//! goes back to the snapshot; a container from that deployed image follows
+//! new settings and custom/ files, and skips the deploy for its own. Mail
+//! is delivered after every step, and the first messages stay readable
+//! throughout.
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -318,42 +319,7 @@ fn real_relay_upgrade() {
     );
     upgrade(&dir, &["--check"], 1, "upgrade --check (up to date)");
 
-    // 4. New settings and custom/ files on the upgraded relay: setup
-    // deploys them beside the relay first, and the new container only
-    // starts its services.
-    let custom = dir.join("custom/www/src/index.md");
-    fs::create_dir_all(custom.parent().unwrap()).unwrap();
-    fs::write(&custom, "# Our own page\n\nCUSTOM-AFTER-UPGRADE\n").unwrap();
-    fs::write(
-        dir.join("chatmail.ini"),
-        ini("max_user_send_per_minute = 61\n"),
-    )
-    .unwrap();
-    let container = setup(&dir, "setup with new settings on the deployed image");
-    assert!(page().contains("CUSTOM-AFTER-UPGRADE"), "the custom page");
-    let ini_in = exec(&container, &["cat", "/etc/chatmail/chatmail.ini"]);
-    assert!(ini_in.contains("max_user_send_per_minute = 61"), "{ini_in}");
-    fs::remove_dir_all(dir.join("custom/www")).unwrap();
-    fs::write(dir.join("chatmail.ini"), ini("")).unwrap();
-    let started = Instant::now();
-    let container = setup(&dir, "setup back to the deployed image's settings");
-    eprintln!(
-        "e2e-upgrade: setup with changed settings (deploy aside + swap): {:.1?}",
-        started.elapsed()
-    );
-    let log = StdCommand::new("docker")
-        .args(["logs", &container])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&log.stdout);
-    assert!(
-        log.contains("skipping cmdeploy run"),
-        "the deploy was skipped: {}",
-        tail(&log, 30)
-    );
-    assert!(page().contains(GOOD_TEXT), "1.13.0's own page again");
-
-    // 5. Release 1.14.0 fails in configure. A Ctrl-C during its build
+    // 4. Release 1.14.0 fails in configure. A Ctrl-C during its build
     // leaves everything as it was.
     release(&origin, BROKEN, |o| {
         let f = o.join("cmdeploy/src/cmdeploy/basedeploy.py");
@@ -384,7 +350,7 @@ fn real_relay_upgrade() {
     assert_eq!(container_id(&dir), serving, "the relay was not touched");
     healthy_container_of(&mut tool(&dir));
 
-    // 6. Its deploy beside the relay fails: nothing is swapped.
+    // 5. Its deploy beside the relay fails: nothing is swapped.
     let (_, err) = upgrade(&dir, &[], 1, "upgrade to the broken 1.14.0");
     assert!(err.contains("nothing was swapped"), "{err}");
     assert!(
@@ -395,7 +361,7 @@ fn real_relay_upgrade() {
     assert_eq!(git(&dir.join("relay"), &["rev-parse", "HEAD"]), good);
     assert!(page().contains(GOOD_TEXT), "1.13.0 serves on");
 
-    // 7. Swapped in without that check, it fails in the new container and
+    // 6. Swapped in without that check, it fails in the new container and
     // the upgrade rolls back by itself.
     let (out, err) = upgrade(
         &dir,
@@ -420,7 +386,7 @@ fn real_relay_upgrade() {
     assert!(page().contains(GOOD_TEXT), "1.13.0 serves again");
     mail_flows("after the automatic rollback");
 
-    // 8. A Ctrl-C during that swap waits for the swap and the rollback.
+    // 7. A Ctrl-C during that swap waits for the swap and the rollback.
     let run = Running::start(&dir, &["--no-deploy-beside"]);
     run.wait_for("Swapping");
     std::thread::sleep(Duration::from_secs(1));
@@ -434,7 +400,7 @@ fn real_relay_upgrade() {
         "1.13.0 serves after the interrupted swap"
     );
 
-    // 9. --rollback by hand: back to the snapshot (the last good upgrade
+    // 8. --rollback by hand: back to the snapshot (the last good upgrade
     // came from there; the failed ones left that restore point alone).
     upgrade(&dir, &["--rollback"], 0, "upgrade --rollback");
     assert_eq!(git(&dir.join("relay"), &["rev-parse", "HEAD"]), base);
@@ -447,6 +413,40 @@ fn real_relay_upgrade() {
         &first_ids.split(',').map(str::to_string).collect::<Vec<_>>(),
     );
     mail_flows("after --rollback");
+
+    // 9. New settings and custom/ files on the rolled-back relay: setup
+    // deploys them beside the relay first (from the image the restore
+    // point was deployed from), and the new container only starts its
+    // services.
+    let custom = dir.join("custom/www/src/index.md");
+    fs::create_dir_all(custom.parent().unwrap()).unwrap();
+    fs::write(&custom, "# Our own page\n\nCUSTOM-AFTER-ROLLBACK\n").unwrap();
+    fs::write(
+        dir.join("chatmail.ini"),
+        ini("max_user_send_per_minute = 61\n"),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let container = setup(&dir, "setup with new settings on the deployed image");
+    eprintln!(
+        "e2e-upgrade: setup with changed settings (deploy aside + swap): {:.1?}",
+        started.elapsed()
+    );
+    assert!(page().contains("CUSTOM-AFTER-ROLLBACK"), "the custom page");
+    let ini_in = exec(&container, &["cat", "/etc/chatmail/chatmail.ini"]);
+    assert!(ini_in.contains("max_user_send_per_minute = 61"), "{ini_in}");
+    let log = StdCommand::new("docker")
+        .args(["logs", &container])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        log.contains("skipping cmdeploy run"),
+        "the deploy was skipped: {}",
+        tail(&log, 30)
+    );
+    let s = status(&dir);
+    assert_eq!(s["relay"]["running"]["commit"], base.as_str(), "{s}");
 
     // The restore points this suite made.
     remove_restore_points(IMAGE);
