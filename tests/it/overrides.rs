@@ -358,6 +358,25 @@ fn hash_follows_content_not_timestamps() {
 }
 
 #[test]
+fn a_removed_custom_file_loses_its_mount_and_changes_the_hash() {
+    let d = Deploy::new();
+    let page = d.put("www/src/index.md", "# Our own page\n");
+    d.put("www/src/other.md", "two\n");
+    let ctx = d.ctx(Path::new("/"));
+    let before = overrides::generate(&ctx, &OverrideOptions::default()).unwrap();
+    assert!(overrides::write(&ctx, &before).unwrap());
+    fs::remove_file(&page).unwrap();
+    let after = overrides::generate(&ctx, &OverrideOptions::default()).unwrap();
+    let targets: Vec<&str> = after.mounts.iter().map(|m| m.target.as_str()).collect();
+    assert_eq!(targets, ["/opt/chatmail/www/src/other.md"]);
+    assert_ne!(before.hash, after.hash, "the next setup sees the change");
+    assert!(overrides::write(&ctx, &after).unwrap());
+    let written = fs::read_to_string(d.generated()).unwrap();
+    assert!(!written.contains("index.md"), "{written}");
+    assert!(written.contains("other.md"), "{written}");
+}
+
+#[test]
 fn changed_since_start_lists_replaced_files() {
     let d = Deploy::new();
     let f = d.put("www/src/index.md", "one\n");
